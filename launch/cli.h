@@ -1,0 +1,20 @@
+/* Command-line helpers shared by the executables: strict number parsing that names the flag, and
+ * the one-line error convention (program: message). */
+#ifndef DINFER_LAUNCH_CLI_H
+#define DINFER_LAUNCH_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/err.h"
+
+/* Each parses the whole of s or fails with "--flag: ..." in err. */
+int cli_int(const char *flag, const char *s, long lo, long hi, long *out, rt_err *err);
+int cli_u64(const char *flag, const char *s, uint64_t *out, rt_err *err);
+int cli_float(const char *flag, const char *s, double lo, double hi, double *out, rt_err *err);
+/* A comma-separated list of token ids: "1,5,9". *out is malloc'd. */
+int cli_int_list(const char *flag, const char *s, int32_t **out, int *n, rt_err *err);
+
+double cli_now(void); /* monotonic seconds */
+
+#endif

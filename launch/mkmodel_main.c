@@ -1,0 +1,265 @@
+/* dinfer-mkmodel: writes a Hugging Face-style model folder (config.json + safetensors) with seeded
+ * random weights, from a few KB to an 8B-shaped model, for demos, tests and benchmarks. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "launch/cli.h"
+#include "runtime/config.h"
+#include "runtime/st_writer.h"
+
+typedef struct preset {
+    const char *name;
+    rt_config cfg;
+} preset;
+
+#define LLAMA3_ROPE(f, orig) \
+    {.type = RT_ROPE_LLAMA3, .theta = 500000.0, .factor = (f), .low_freq_factor = 1.0, .high_freq_factor = 4.0, .orig_max_pos = (orig)}
+
+static const preset presets[] = {
+    {"tiny", {.arch = RT_ARCH_LLAMA, .dim = 64, .ffn_dim = 176, .n_layers = 4, .n_heads = 8, .n_kv_heads = 4,
+              .head_dim = 8, .vocab_size = 512, .max_pos = 512, .norm_eps = 1e-5,
+              .rope = {.theta = 10000.0, .factor = 1.0}, .bos_id = 1, .n_eos = 1, .eos_ids = {2}}},
+    {"llama-100m", {.arch = RT_ARCH_LLAMA, .dim = 768, .ffn_dim = 2048, .n_layers = 12, .n_heads = 12,
+                    .n_kv_heads = 4, .head_dim = 64, .vocab_size = 32000, .max_pos = 2048, .norm_eps = 1e-5,
+                    .rope = {.theta = 10000.0, .factor = 1.0}, .bos_id = 1, .n_eos = 1, .eos_ids = {2}}},
+    {"llama3-1b", {.arch = RT_ARCH_LLAMA, .dim = 2048, .ffn_dim = 8192, .n_layers = 16, .n_heads = 32,
+                   .n_kv_heads = 8, .head_dim = 64, .vocab_size = 128256, .max_pos = 131072, .norm_eps = 1e-5,
+                   .rope = LLAMA3_ROPE(32.0, 8192), .tie_embeddings = true, .bos_id = 128000, .n_eos = 1,
+                   .eos_ids = {128001}, .dtype = RT_BF16}},
+    {"llama3-8b", {.arch = RT_ARCH_LLAMA, .dim = 4096, .ffn_dim = 14336, .n_layers = 32, .n_heads = 32,
+                   .n_kv_heads = 8, .head_dim = 128, .vocab_size = 128256, .max_pos = 131072, .norm_eps = 1e-5,
+                   .rope = LLAMA3_ROPE(8.0, 8192), .bos_id = 128000, .n_eos = 1, .eos_ids = {128001},
+                   .dtype = RT_BF16}},
+};
+
+typedef struct fill_ctx {
+    uint64_t seed;
+    const float *scale;  /* (n_tensors) half-width of the uniform distribution */
+    const float *center; /* (n_tensors) its center */
+} fill_ctx;
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Element e of tensor i is a function of (seed, i, e) only, so chunks fill independently. */
+static void fill_weights(void *ctx_, int index, const rt_st_spec *t, size_t off, void *dst, size_t n)
+{
+    const fill_ctx *ctx = ctx_;
+    size_t es = rt_dtype_size(t->dtype), count = n / es, first = off / es;
+    uint64_t base = mix64(ctx->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)index * 0xd1b54a32d192ed03ULL);
+    float sc = ctx->scale[index], ce = ctx->center[index];
+    float buf[1024];
+    for (size_t done = 0; done < count;) {
+        size_t k = count - done < 1024 ? count - done : 1024;
+        for (size_t j = 0; j < k; j++) {
+            uint64_t r = mix64(base + (first + done + j) * 0x9e3779b97f4a7c15ULL);
+            float u = (float)(r >> 40) * 0x1p-24f * 2.0f - 1.0f; /* [-1, 1) */
+            buf[j] = ce + sc * u;
+        }
+        rt_convert_from_f32((char *)dst + done * es, buf, t->dtype, k);
+        done += k;
+    }
+}
+
+static int add_spec(rt_st_spec *ts, float *scale, float *center, int *n, const char *name, rt_dtype dt,
+                    int64_t rows, int64_t cols, float sc, float ce)
+{
+    rt_st_spec *t = &ts[*n];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dt;
+    t->n_dims = cols ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    scale[*n] = sc;
+    center[*n] = ce;
+    return (*n)++;
+}
+
+/* Every tensor of the model in Hugging Face's names and order. Linear weights are uniform with
+ * standard deviation 1 / sqrt(fan_in) so activations stay of order one through the layers. */
+static int build_specs(const rt_config *c, rt_dtype dt, rt_st_spec *ts, float *sc, float *ce)
+{
+    int n = 0;
+    const int64_t dim = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    const float s3 = sqrtf(3.0f);
+    char name[128];
+    add_spec(ts, sc, ce, &n, "model.embed_tokens.weight", dt, c->vocab_size, dim, s3, 0);
+    for (int l = 0; l < c->n_layers; l++) {
+#define L(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
+        add_spec(ts, sc, ce, &n, L("input_layernorm.weight"), dt, dim, 0, 0.1f, 1.0f);
+        add_spec(ts, sc, ce, &n, L("self_attn.q_proj.weight"), dt, q, dim, s3 / sqrtf((float)dim), 0);
+        add_spec(ts, sc, ce, &n, L("self_attn.k_proj.weight"), dt, kv, dim, s3 / sqrtf((float)dim), 0);
+        add_spec(ts, sc, ce, &n, L("self_attn.v_proj.weight"), dt, kv, dim, s3 / sqrtf((float)dim), 0);
+        if (c->qkv_bias) {
+            add_spec(ts, sc, ce, &n, L("self_attn.q_proj.bias"), dt, q, 0, 0.1f, 0);
+            add_spec(ts, sc, ce, &n, L("self_attn.k_proj.bias"), dt, kv, 0, 0.1f, 0);
+            add_spec(ts, sc, ce, &n, L("self_attn.v_proj.bias"), dt, kv, 0, 0.1f, 0);
+        }
+        add_spec(ts, sc, ce, &n, L("self_attn.o_proj.weight"), dt, dim, q, s3 / sqrtf((float)q), 0);
+        if (c->o_bias)
+            add_spec(ts, sc, ce, &n, L("self_attn.o_proj.bias"), dt, dim, 0, 0.1f, 0);
+        add_spec(ts, sc, ce, &n, L("post_attention_layernorm.weight"), dt, dim, 0, 0.1f, 1.0f);
+        add_spec(ts, sc, ce, &n, L("mlp.gate_proj.weight"), dt, c->ffn_dim, dim, s3 / sqrtf((float)dim), 0);
+        add_spec(ts, sc, ce, &n, L("mlp.up_proj.weight"), dt, c->ffn_dim, dim, s3 / sqrtf((float)dim), 0);
+        add_spec(ts, sc, ce, &n, L("mlp.down_proj.weight"), dt, dim, c->ffn_dim, s3 / sqrtf((float)c->ffn_dim), 0);
+#undef L
+    }
+    add_spec(ts, sc, ce, &n, "model.norm.weight", dt, dim, 0, 0.1f, 1.0f);
+    if (!c->tie_embeddings)
+        add_spec(ts, sc, ce, &n, "lm_head.weight", dt, c->vocab_size, dim, s3 / sqrtf((float)dim), 0);
+    return n;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dinfer-mkmodel --out DIR [--preset tiny|llama-100m|llama3-1b|llama3-8b] [options]\n"
+            "Writes config.json and safetensors weights with seeded random values.\n"
+            "  --arch llama|mistral|qwen2   architecture (default llama)\n"
+            "  --dim N --ffn-dim N --layers N --heads N --kv-heads N --head-dim N --vocab N\n"
+            "  --max-pos N                  context length (max_position_embeddings)\n"
+            "  --rope-theta F               rotary base\n"
+            "  --tie / --no-tie             tie the LM head to the embedding\n"
+            "  --dtype f32|bf16|f16         weight type (default: the preset's, else f32)\n"
+            "  --seed S                     random seed (default 0)\n"
+            "  --shard-mib M                split into files of at most M MiB (default 4096)\n");
+}
+
+static int run(int argc, char **argv, rt_err *err)
+{
+    enum { O_PRESET = 256, O_ARCH, O_DIM, O_FFN, O_LAYERS, O_HEADS, O_KV, O_HD, O_VOCAB, O_MAXPOS, O_THETA,
+           O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD };
+    static const struct option opts[] = {
+        {"out", required_argument, 0, 'o'}, {"preset", required_argument, 0, O_PRESET},
+        {"arch", required_argument, 0, O_ARCH}, {"dim", required_argument, 0, O_DIM},
+        {"ffn-dim", required_argument, 0, O_FFN}, {"layers", required_argument, 0, O_LAYERS},
+        {"heads", required_argument, 0, O_HEADS}, {"kv-heads", required_argument, 0, O_KV},
+        {"head-dim", required_argument, 0, O_HD}, {"vocab", required_argument, 0, O_VOCAB},
+        {"max-pos", required_argument, 0, O_MAXPOS}, {"rope-theta", required_argument, 0, O_THETA},
+        {"tie", no_argument, 0, O_TIE}, {"no-tie", no_argument, 0, O_NOTIE},
+        {"dtype", required_argument, 0, O_DTYPE}, {"seed", required_argument, 0, O_SEED},
+        {"shard-mib", required_argument, 0, O_SHARD}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *out = NULL;
+    rt_config c = presets[0].cfg; /* tiny unless told */
+    bool preset_given = false, dims_changed = false, head_dim_given = false;
+    uint64_t seed = 0;
+    long shard_mib = 4096, v;
+    double d;
+    /* the preset first, so flags override it wherever they appear */
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--preset") == 0) {
+            size_t k = 0;
+            while (k < sizeof presets / sizeof *presets && strcmp(presets[k].name, argv[i + 1]) != 0)
+                k++;
+            if (k == sizeof presets / sizeof *presets)
+                return rt_errf(err, "--preset: unknown preset \"%.32s\" (tiny, llama-100m, llama3-1b, llama3-8b)",
+                               argv[i + 1]);
+            c = presets[k].cfg;
+            preset_given = true;
+        }
+    rt_dtype dt = c.dtype;
+    int o, li = 0;
+    while ((o = getopt_long(argc, argv, "o:h", opts, &li)) != -1) {
+        const char *a = optarg;
+        char f[40]; /* the flag, for messages */
+        snprintf(f, sizeof f, "--%s", opts[li].name);
+        switch (o) {
+        case 'o': out = a; break;
+        case O_PRESET: break;
+        case O_ARCH:
+            if (strcmp(a, "llama") == 0) c.arch = RT_ARCH_LLAMA;
+            else if (strcmp(a, "mistral") == 0) c.arch = RT_ARCH_MISTRAL;
+            else if (strcmp(a, "qwen2") == 0) c.arch = RT_ARCH_QWEN2;
+            else return rt_errf(err, "--arch: unknown architecture \"%.32s\" (llama, mistral, qwen2)", a);
+            c.qkv_bias = c.arch == RT_ARCH_QWEN2;
+            break;
+        case O_DIM: if (cli_int(f, a, 2, 1 << 16, &v, err)) return -1; c.dim = (int)v; dims_changed = true; break;
+        case O_FFN: if (cli_int(f, a, 1, 1 << 18, &v, err)) return -1; c.ffn_dim = (int)v; break;
+        case O_LAYERS: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_layers = (int)v; break;
+        case O_HEADS: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_heads = (int)v; dims_changed = true; break;
+        case O_KV: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_kv_heads = (int)v; break;
+        case O_HD: if (cli_int(f, a, 2, 1024, &v, err)) return -1; c.head_dim = (int)v; head_dim_given = true; break;
+        case O_VOCAB: if (cli_int(f, a, 1, 1 << 24, &v, err)) return -1; c.vocab_size = (int)v; break;
+        case O_MAXPOS: if (cli_int(f, a, 1, 1 << 24, &v, err)) return -1; c.max_pos = (int)v; break;
+        case O_THETA: if (cli_float(f, a, 1, 1e12, &d, err)) return -1; c.rope.theta = d; break;
+        case O_TIE: c.tie_embeddings = true; break;
+        case O_NOTIE: c.tie_embeddings = false; break;
+        case O_DTYPE:
+            if (strcmp(a, "f32") == 0) dt = RT_F32;
+            else if (strcmp(a, "bf16") == 0) dt = RT_BF16;
+            else if (strcmp(a, "f16") == 0) dt = RT_F16;
+            else return rt_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", a);
+            break;
+        case O_SEED: if (cli_u64(f, a, &seed, err)) return -1; break;
+        case O_SHARD: if (cli_int(f, a, 1, 1L << 30, &shard_mib, err)) return -1; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        }
+    }
+    if (optind < argc)
+        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+    if (!out)
+        return rt_errf(err, "--out DIR is required");
+    if (!head_dim_given && (dims_changed || !preset_given)) {
+        if (c.dim % c.n_heads != 0)
+            return rt_errf(err, "--dim %d is not a multiple of --heads %d: give --head-dim", c.dim, c.n_heads);
+        c.head_dim = c.dim / c.n_heads;
+    }
+    if (c.vocab_size <= 2) { /* too small for the usual BOS 1 / EOS 2 */
+        c.n_eos = 0;
+        c.bos_id = -1;
+    }
+    c.dtype = dt;
+    if (mkdir(out, 0755) != 0 && errno != EEXIST)
+        return rt_errf(err, "%s: cannot create the folder: %s", out, strerror(errno));
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", out);
+    if (rt_config_write(&c, path, err))
+        return -1;
+    rt_config back; /* the written config must be one dinfer (and transformers) accepts */
+    if (rt_config_load(&back, out, err))
+        return -1;
+
+    int max_specs = 3 + 12 * c.n_layers;
+    rt_st_spec *ts = calloc((size_t)max_specs, sizeof *ts);
+    float *sc = calloc((size_t)max_specs, sizeof *sc), *ce = calloc((size_t)max_specs, sizeof *ce);
+    if (!ts || !sc || !ce) {
+        free(ts), free(sc), free(ce);
+        return rt_errf(err, "out of memory");
+    }
+    int n = build_specs(&c, dt, ts, sc, ce);
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += rt_st_spec_bytes(&ts[i]);
+    fill_ctx fc = {seed, sc, ce};
+    double t0 = cli_now();
+    int rc = rt_st_write_folder(out, ts, n, (size_t)shard_mib << 20, fill_weights, &fc, err);
+    if (rc == 0)
+        printf("wrote %s: %s, %.1fM parameters, %s, %.2f GiB in %.1f s\n", out, rt_arch_name(c.arch),
+               (double)bytes / rt_dtype_size(dt) / 1e6, rt_dtype_name(dt), (double)bytes / (1 << 30),
+               cli_now() - t0);
+    free(ts), free(sc), free(ce);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    rt_err err = {{0}};
+    int rc = run(argc, argv, &err);
+    if (rc < 0) {
+        fprintf(stderr, "dinfer-mkmodel: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}

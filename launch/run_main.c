@@ -1,0 +1,283 @@
+/* dinfer-run: offline generation. Runs a batch of token prompts through the model and prints the
+ * generated tokens (or JSON lines), or with --bench measures prefill and decode speed. An MPI
+ * program from the start; this version runs on one rank. */
+#include <getopt.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch/cli.h"
+#include "runtime/backend.h"
+#include "runtime/generate.h"
+#include "runtime/model.h"
+#ifdef DINFER_HAVE_CUDA
+#include "runtime/cuda/cuda_device.h"
+#endif
+
+typedef struct run_args {
+    const char *model;
+    int n_prompts;
+    int32_t **prompts; /* (n_prompts) */
+    int *prompt_lens;
+    int max_tokens;
+    rt_sampling sampling;
+    bool ignore_eos, logprobs, json, bench, verbose;
+    int batch, prompt_len, gen_len; /* --bench */
+    int max_batch_tokens, block_size, threads;
+} run_args;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dinfer-run --model DIR --tokens 1,5,9 [--tokens ...] [options]\n"
+            "       dinfer-run --model DIR --bench [--batch B --prompt-len P --gen-len G]\n"
+            "  --max-tokens N        tokens to generate per prompt (default 16)\n"
+            "  --temperature F       0 = greedy (default 0)\n"
+            "  --top-k N --top-p F   sampling filters (default off)\n"
+            "  --seed S              per-prompt random seed (default 0)\n"
+            "  --ignore-eos          do not stop at the end-of-sequence token\n"
+            "  --logprobs            print the logprob of each generated token\n"
+            "  --json                one JSON object per prompt: tokens, logprobs, finish_reason\n"
+            "  --max-batch-tokens N  tokens per forward step (default 2048)\n"
+            "  --block-size N        KV cache block size in tokens (default 16)\n"
+            "  --threads N           CPU threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --verbose             print the load report\n");
+}
+
+static int add_prompt(run_args *a, const char *s, rt_err *err)
+{
+    int32_t *toks;
+    int n;
+    if (cli_int_list("--tokens", s, &toks, &n, err))
+        return -1;
+    int32_t **np = realloc(a->prompts, (size_t)(a->n_prompts + 1) * sizeof *np);
+    int *nl = np ? realloc(a->prompt_lens, (size_t)(a->n_prompts + 1) * sizeof *nl) : NULL;
+    if (np)
+        a->prompts = np;
+    if (!np || !nl) {
+        free(toks);
+        return rt_errf(err, "out of memory");
+    }
+    a->prompt_lens = nl;
+    a->prompts[a->n_prompts] = toks;
+    a->prompt_lens[a->n_prompts++] = n;
+    return 0;
+}
+
+static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
+{
+    enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
+           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
+        {"max-tokens", required_argument, 0, O_MAXTOK}, {"temperature", required_argument, 0, O_TEMP},
+        {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
+        {"seed", required_argument, 0, O_SEED}, {"ignore-eos", no_argument, 0, O_IGNORE},
+        {"logprobs", no_argument, 0, O_LOGP}, {"json", no_argument, 0, O_JSON},
+        {"bench", no_argument, 0, O_BENCH}, {"batch", required_argument, 0, O_BATCH},
+        {"prompt-len", required_argument, 0, O_PLEN}, {"gen-len", required_argument, 0, O_GLEN},
+        {"max-batch-tokens", required_argument, 0, O_MBT}, {"block-size", required_argument, 0, O_BS},
+        {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    *a = (run_args){.max_tokens = 16, .sampling = {.top_p = 1.0f}, .batch = 1, .prompt_len = 128,
+                    .gen_len = 128, .max_batch_tokens = 2048, .block_size = 16};
+    int o, li = 0;
+    long v;
+    double d;
+    while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
+        const char *s = optarg;
+        char f[40];
+        snprintf(f, sizeof f, "--%s", opts[li].name);
+        switch (o) {
+        case 'm': a->model = s; break;
+        case O_TOKENS: if (add_prompt(a, s, err)) return -1; break;
+        case O_MAXTOK: if (cli_int(f, s, 1, 1 << 24, &v, err)) return -1; a->max_tokens = (int)v; break;
+        case O_TEMP: if (cli_float(f, s, 0, 1e6, &d, err)) return -1; a->sampling.temperature = (float)d; break;
+        case O_TOPK: if (cli_int(f, s, 0, 1 << 24, &v, err)) return -1; a->sampling.top_k = (int)v; break;
+        case O_TOPP:
+            if (cli_float(f, s, 0, 1, &d, err)) return -1;
+            if (d <= 0) return rt_errf(err, "--top-p: must be in (0, 1]");
+            a->sampling.top_p = (float)d;
+            break;
+        case O_SEED: if (cli_u64(f, s, &a->sampling.seed, err)) return -1; break;
+        case O_IGNORE: a->ignore_eos = true; break;
+        case O_LOGP: a->logprobs = true; break;
+        case O_JSON: a->json = true; break;
+        case O_BENCH: a->bench = true; break;
+        case O_BATCH: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->batch = (int)v; break;
+        case O_PLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->prompt_len = (int)v; break;
+        case O_GLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->gen_len = (int)v; break;
+        case O_MBT: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_batch_tokens = (int)v; break;
+        case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
+        case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
+        case O_VERBOSE: a->verbose = true; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        }
+    }
+    if (optind < argc)
+        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+    if (!a->model)
+        return rt_errf(err, "--model DIR is required");
+    if (!a->bench && a->n_prompts == 0)
+        return rt_errf(err, "give at least one prompt with --tokens, or --bench");
+    return 0;
+}
+
+static void print_json(const rt_gen_result *r)
+{
+    printf("{\"tokens\": [");
+    for (int i = 0; i < r->n_tokens; i++)
+        printf("%s%d", i ? ", " : "", r->tokens[i]);
+    printf("], \"logprobs\": [");
+    for (int i = 0; i < r->n_tokens; i++)
+        printf("%s%.9g", i ? ", " : "", r->logprobs[i]);
+    printf("], \"finish_reason\": \"%s\"}\n", r->finish_reason);
+}
+
+static void print_text(int k, const int32_t *prompt, int plen, const rt_gen_result *r, bool logprobs)
+{
+    printf("prompt %d (%d tokens):", k, plen);
+    for (int i = 0; i < plen; i++)
+        printf(" %d", prompt[i]);
+    printf("\n  output (%d tokens, %s):", r->n_tokens, r->finish_reason);
+    for (int i = 0; i < r->n_tokens; i++) {
+        if (logprobs)
+            printf(" %d(%.4f)", r->tokens[i], r->logprobs[i]);
+        else
+            printf(" %d", r->tokens[i]);
+    }
+    printf("\n");
+}
+
+static double params_of(const rt_config *c)
+{
+    rt_shard s;
+    rt_shard_whole(&s, c);
+    return (double)rt_shard_weight_bytes(c, &s, RT_F32) / 4.0;
+}
+
+static void print_speed(FILE *f, const rt_gen_stats *st)
+{
+    fprintf(f, "prefill: %ld tokens in %.1f ms (%.1f tokens/s)\n", st->prefill_tokens, st->prefill_seconds * 1e3,
+            st->prefill_seconds > 0 ? (double)st->prefill_tokens / st->prefill_seconds : 0.0);
+    fprintf(f, "decode:  %ld tokens in %.1f ms (%.1f tokens/s)\n", st->decode_tokens, st->decode_seconds * 1e3,
+            st->decode_seconds > 0 ? (double)st->decode_tokens / st->decode_seconds : 0.0);
+}
+
+static int run(run_args *a, rt_err *err)
+{
+    rt_config cfg;
+    if (rt_config_load(&cfg, a->model, err))
+        return -1;
+    rt_backend *be = rt_cpu_backend_create(a->threads);
+    if (!be)
+        return rt_errf(err, "cannot create the CPU backend");
+    rt_shard shard;
+    rt_shard_whole(&shard, &cfg);
+    rt_model m;
+    double t0 = cli_now();
+    int rc = rt_model_load(&m, &cfg, &shard, a->model, be, err);
+    if (rc) {
+        be->ops->destroy(be);
+        return -1;
+    }
+    if (a->verbose) {
+        fprintf(stderr, "rank 0: loaded %s (%s, %.2fM parameters) in %.2f s: %zu bytes of weights, %d threads\n",
+                a->model, rt_arch_name(cfg.arch), params_of(&cfg) / 1e6, cli_now() - t0, m.bytes_loaded,
+                omp_get_max_threads());
+#ifdef DINFER_HAVE_CUDA
+        char desc[256];
+        int nd = rt_cuda_device_count();
+        fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
+                nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
+#endif
+    }
+    int n = a->bench ? a->batch : a->n_prompts;
+    rt_gen_request *reqs = calloc((size_t)n, sizeof *reqs);
+    rt_gen_result *res = calloc((size_t)n, sizeof *res);
+    int32_t *bench_tokens = NULL;
+    if (!reqs || !res) {
+        rc = rt_errf(err, "out of memory");
+        goto out;
+    }
+    if (a->bench) {
+        /* random prompts, a fixed number of new tokens each: EOS ignored so every run is alike */
+        bench_tokens = malloc((size_t)n * (size_t)a->prompt_len * sizeof *bench_tokens);
+        if (!bench_tokens) {
+            rc = rt_errf(err, "out of memory");
+            goto out;
+        }
+        rt_rng rng;
+        rt_rng_seed(&rng, 1234);
+        for (size_t i = 0; i < (size_t)n * (size_t)a->prompt_len; i++)
+            bench_tokens[i] = (int32_t)(rt_rng_next(&rng) % (uint64_t)cfg.vocab_size);
+        for (int i = 0; i < n; i++)
+            reqs[i] = (rt_gen_request){.prompt = bench_tokens + (size_t)i * a->prompt_len,
+                                       .prompt_len = a->prompt_len, .max_tokens = a->gen_len,
+                                       .sampling = a->sampling, .ignore_eos = true};
+    } else {
+        for (int i = 0; i < n; i++)
+            reqs[i] = (rt_gen_request){.prompt = a->prompts[i], .prompt_len = a->prompt_lens[i],
+                                       .max_tokens = a->max_tokens, .sampling = a->sampling,
+                                       .ignore_eos = a->ignore_eos};
+    }
+    rt_gen_options opt = {.max_batch_tokens = a->max_batch_tokens, .block_size = a->block_size};
+    if (opt.max_batch_tokens < n)
+        opt.max_batch_tokens = n; /* room for one decode token per sequence */
+    rt_gen_stats st;
+    if ((rc = rt_generate(&m, reqs, n, &opt, res, &st, err)))
+        goto out;
+    if (a->bench) {
+        printf("bench: %s (%.1fM parameters), cpu, %d threads, batch %d, prompt %d, generate %d\n", a->model,
+               params_of(&cfg) / 1e6, omp_get_max_threads(), n, a->prompt_len, a->gen_len);
+        print_speed(stdout, &st);
+        if (st.decode_seconds > 0)
+            printf("decode step: %.2f ms for %d sequences (%.1f tokens/s per sequence)\n",
+                   st.decode_seconds * 1e3 * n / (double)st.decode_tokens, n,
+                   (double)st.decode_tokens / n / st.decode_seconds);
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (a->json)
+                print_json(&res[i]);
+            else
+                print_text(i, a->prompts[i], a->prompt_lens[i], &res[i], a->logprobs);
+        }
+        print_speed(a->json ? stderr : stdout, &st);
+    }
+out:
+    for (int i = 0; res && i < n; i++)
+        rt_gen_result_free(&res[i]);
+    free(res);
+    free(reqs);
+    free(bench_tokens);
+    rt_model_free(&m);
+    be->ops->destroy(be);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    run_args a;
+    rt_err err = {{0}};
+    int rc = parse_args(&a, argc, argv, &err);
+    if (rc == 0 && world != 1)
+        rc = rt_errf(&err, "this version runs on one rank; the job has %d (tensor and pipeline parallel runs come with --tp/--pp)",
+                     world);
+    if (rc == 0)
+        rc = run(&a, &err);
+    for (int i = 0; i < a.n_prompts; i++)
+        free(a.prompts[i]);
+    free(a.prompts);
+    free(a.prompt_lens);
+    if (rc < 0)
+        fprintf(stderr, "dinfer-run: %s\n", err.msg);
+    MPI_Finalize();
+    return rc < 0 ? 1 : 0;
+}

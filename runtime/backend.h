@@ -1,0 +1,100 @@
+/* The operation table every compute backend implements (cpu/ is the reference, cuda/ the GPU one).
+ * The transformer forward pass (forward.c) is written once against this table and never sees a
+ * device API. Buffers are device pointers owned by the backend; activations are rows of `dim`
+ * elements in the backend's activation type (fp32 on the CPU). Every op is asynchronous with
+ * respect to the host on a device backend: results are visible after `sync` or `download`. */
+#ifndef DINFER_RUNTIME_BACKEND_H
+#define DINFER_RUNTIME_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/dtype.h"
+
+typedef struct rt_backend rt_backend;
+
+/* A weight matrix (rows, cols) or vector (rows, 1) in device memory. */
+typedef struct rt_tensor {
+    void *data;
+    rt_dtype dtype;
+    int64_t rows, cols;
+} rt_tensor;
+
+/* One layer's share of the paged KV cache: slot s (block * block_size + offset) holds
+ * k[s][n_kv_heads][head_dim] and likewise v. */
+typedef struct rt_kv_layer {
+    void *k; /* (n_blocks * block_size, n_kv_heads, head_dim) */
+    void *v;
+} rt_kv_layer;
+
+/* Where the tokens of a step sit in their sequences; all arrays in device memory. */
+typedef struct rt_attn_batch {
+    int n_tokens;
+    const int32_t *pos;          /* (n_tokens) position of each token in its sequence */
+    const int32_t *slot;         /* (n_tokens) KV slot each token's k and v are written to */
+    const int32_t *seq;          /* (n_tokens) row of block_tables that holds its sequence */
+    const int32_t *block_tables; /* (n_seqs, max_blocks) physical block of each logical block */
+    int max_blocks;
+    int block_size;
+} rt_attn_batch;
+
+/* Head geometry of one rank's attention. */
+typedef struct rt_attn_shape {
+    int n_heads;        /* query heads on this rank */
+    int n_kv_heads;     /* KV heads on this rank */
+    int head_dim;
+    int sliding_window; /* 0 = full causal attention */
+    float scale;        /* 1 / sqrt(head_dim) */
+} rt_attn_shape;
+
+typedef struct rt_backend_ops {
+    const char *name;
+    rt_dtype act_dtype; /* the type of activations and the KV cache */
+
+    void *(*alloc)(rt_backend *be, size_t bytes); /* NULL when out of memory */
+    void (*free)(rt_backend *be, void *p);
+    void (*upload)(rt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*download)(rt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*sync)(rt_backend *be);
+
+    /* out(n, cols) = rows of table for tokens; a token outside [row_begin, row_begin + table.rows)
+     * gives a zero row (vocab-parallel embedding: the tp all-reduce fills it in). */
+    void (*embedding)(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
+                      const int32_t *tokens, int n);
+    /* out(n, w.rows) = x(n, w.cols) . w^T (+ bias when bias->data), fp32 accumulation. */
+    void (*matmul)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                   int n);
+    /* out(n, dim) = rmsnorm(x) * w, dim = w.rows. */
+    void (*rmsnorm)(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
+    /* x += delta, then out = rmsnorm(x) * w: the residual add fused with the next norm. */
+    void (*add_rmsnorm)(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n,
+                        float eps);
+    /* Rotates q (n, n_heads * head_dim) and k (n, n_kv_heads * head_dim) in place by position
+     * (Hugging Face half-split layout, inv_freq has head_dim / 2 entries), then writes k and v to
+     * their KV slots. */
+    void (*rope_kv_write)(rt_backend *be, void *q, void *k, const void *v, const float *inv_freq,
+                          const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
+    /* out(n, n_heads * head_dim): causal (optionally windowed) attention of each token over the
+     * cached positions [0, pos] of its sequence; grouped-query: head h reads KV head
+     * h / (n_heads / n_kv_heads). */
+    void (*attention)(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,
+                      const rt_attn_batch *b, const rt_attn_shape *s);
+    /* out = silu(gate) * up, n elements. */
+    void (*silu_mul)(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
+    /* out(n, dim) = x rows listed in rows. */
+    void (*gather_rows)(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
+    /* out(n, cols) fp32 from activations (the logits leave in fp32). */
+    void (*to_f32)(rt_backend *be, float *out, const void *x, size_t n);
+
+    void (*destroy)(rt_backend *be);
+} rt_backend_ops;
+
+struct rt_backend {
+    const rt_backend_ops *ops;
+    void *impl;
+};
+
+/* The CPU backend: fp32, OpenMP threads (OMP_NUM_THREADS or n_threads when > 0). */
+rt_backend *rt_cpu_backend_create(int n_threads);
+
+#endif

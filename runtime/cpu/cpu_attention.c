@@ -1,0 +1,51 @@
+/* Attention over the paged KV cache on the CPU: one pass per (token, head) with an online softmax,
+ * so no score matrix is ever stored, whatever the context length. */
+#include <math.h>
+#include <string.h>
+
+#include "runtime/cpu/cpu_ops.h"
+
+void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s)
+{
+    (void)be;
+    float *out = out_;
+    const float *q = q_;
+    const float *kc = kv->k, *vc = kv->v;
+    const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads, bs = b->block_size;
+    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd;
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+    for (int t = 0; t < b->n_tokens; t++) {
+        for (int h = 0; h < s->n_heads; h++) {
+            const float *qh = q + t * qw + (int64_t)h * hd;
+            const int32_t *table = b->block_tables + (int64_t)b->seq[t] * b->max_blocks;
+            const int64_t kvo = (int64_t)(h / group) * hd;
+            const int pos = b->pos[t];
+            const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0
+                                  ? pos - s->sliding_window + 1 : 0;
+            float acc[1024]; /* head_dim <= 1024: config limits it */
+            memset(acc, 0, (size_t)hd * sizeof *acc);
+            float m = -INFINITY, l = 0.0f;
+            for (int j = start; j <= pos; j++) {
+                int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
+                const float *kj = kc + slot * kw + kvo;
+                float sc = 0.0f;
+#pragma omp simd reduction(+ : sc)
+                for (int i = 0; i < hd; i++)
+                    sc += qh[i] * kj[i];
+                sc *= s->scale;
+                float mn = sc > m ? sc : m;
+                float corr = expf(m - mn), p = expf(sc - mn);
+                l = l * corr + p;
+                const float *vj = vc + slot * kw + kvo;
+                for (int i = 0; i < hd; i++)
+                    acc[i] = acc[i] * corr + p * vj[i];
+                m = mn;
+            }
+            float *oh = out + t * qw + (int64_t)h * hd;
+            float inv = 1.0f / l;
+            for (int i = 0; i < hd; i++)
+                oh[i] = acc[i] * inv;
+        }
+    }
+}

@@ -1,0 +1,115 @@
+/* Element-wise and row-wise CPU ops: embedding, norms, RoPE with the KV write, SiLU-mul, gather. */
+#include <math.h>
+#include <string.h>
+
+#include "runtime/cpu/cpu_ops.h"
+
+void cpu_embedding(rt_backend *be, void *out_, const rt_tensor *table, int64_t row_begin,
+                   const int32_t *tokens, int n)
+{
+    (void)be;
+    float *out = out_;
+    const float *tab = table->data;
+    const int64_t dim = table->cols;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        int64_t r = (int64_t)tokens[t] - row_begin;
+        float *o = out + (int64_t)t * dim;
+        if (r >= 0 && r < table->rows)
+            memcpy(o, tab + r * dim, (size_t)dim * sizeof *o);
+        else
+            memset(o, 0, (size_t)dim * sizeof *o);
+    }
+}
+
+static void rmsnorm_row(float *o, const float *x, const float *w, int64_t dim, float eps)
+{
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < dim; i++)
+        ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int64_t i = 0; i < dim; i++)
+        o[i] = w[i] * (x[i] * inv);
+}
+
+void cpu_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps)
+{
+    (void)be;
+    const int64_t dim = w->rows;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++)
+        rmsnorm_row((float *)out + t * dim, (const float *)x + t * dim, w->data, dim, eps);
+}
+
+void cpu_add_rmsnorm(rt_backend *be, void *x_, const void *delta_, void *out, const rt_tensor *w, int n,
+                     float eps)
+{
+    (void)be;
+    float *x = x_;
+    const float *delta = delta_;
+    const int64_t dim = w->rows;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        float *xr = x + t * dim;
+        const float *dr = delta + t * dim;
+        for (int64_t i = 0; i < dim; i++)
+            xr[i] += dr[i];
+        rmsnorm_row((float *)out + t * dim, xr, w->data, dim, eps);
+    }
+}
+
+/* Hugging Face layout: element i of a head pairs with element i + head_dim / 2. */
+static void rope_head(float *h, const float *cosv, const float *sinv, int half)
+{
+    for (int i = 0; i < half; i++) {
+        float a = h[i], b = h[i + half];
+        h[i] = a * cosv[i] - b * sinv[i];
+        h[i + half] = b * cosv[i] + a * sinv[i];
+    }
+}
+
+void cpu_rope_kv_write(rt_backend *be, void *q_, void *k_, const void *v_, const float *inv_freq,
+                       const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv)
+{
+    (void)be;
+    float *q = q_, *k = k_;
+    const float *v = v_;
+    const int hd = s->head_dim, half = hd / 2;
+    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < b->n_tokens; t++) {
+        float cosv[512], sinv[512]; /* half <= 512: config limits head_dim */
+        float p = (float)b->pos[t];
+        for (int i = 0; i < half; i++) {
+            float ang = p * inv_freq[i]; /* fp32 product, as transformers computes it */
+            cosv[i] = cosf(ang);
+            sinv[i] = sinf(ang);
+        }
+        for (int h = 0; h < s->n_heads; h++)
+            rope_head(q + t * qw + (int64_t)h * hd, cosv, sinv, half);
+        for (int h = 0; h < s->n_kv_heads; h++)
+            rope_head(k + t * kw + (int64_t)h * hd, cosv, sinv, half);
+        int64_t slot = b->slot[t];
+        memcpy((float *)kv->k + slot * kw, k + t * kw, (size_t)kw * sizeof(float));
+        memcpy((float *)kv->v + slot * kw, v + t * kw, (size_t)kw * sizeof(float));
+    }
+}
+
+void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_, const void *up_, size_t n)
+{
+    (void)be;
+    float *out = out_;
+    const float *g = gate_, *u = up_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)
+{
+    (void)be;
+    for (int i = 0; i < n; i++)
+        memcpy((float *)out + (int64_t)i * dim, (const float *)x + (int64_t)rows[i] * dim,
+               (size_t)dim * sizeof(float));
+}

@@ -1,0 +1,216 @@
+#include "runtime/forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rt_forward {
+    rt_model *m;
+    rt_kv_cache *kv;
+    rt_forward_limits lim;
+    rt_attn_shape shape;
+    /* device activations */
+    void *x;      /* (max_tokens, dim) residual stream */
+    void *xb;     /* (max_tokens, dim) normed input / projection output */
+    void *q;      /* (max_tokens, n_heads * head_dim) */
+    void *k, *v;  /* (max_tokens, n_kv_heads * head_dim) */
+    void *att;    /* (max_tokens, n_heads * head_dim) */
+    void *gate;   /* (max_tokens, ffn_local) */
+    void *up;     /* (max_tokens, ffn_local) */
+    void *rows;   /* (2, max_logits, dim): residual and delta of the rows that need logits */
+    void *logits; /* (max_logits, vocab_local) */
+    float *logits32; /* (max_logits, vocab_local) fp32 copy when activations are not fp32 */
+    float *inv_freq;        /* (head_dim / 2) */
+    int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables */
+    int32_t *h_ints;        /* host staging of the same */
+    size_t n_ints;
+};
+
+static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
+{
+    void *p = be->ops->alloc(be, bytes);
+    if (!p)
+        *failed = 1;
+    return p;
+}
+
+int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim,
+                      rt_err *err)
+{
+    rt_forward *fw = calloc(1, sizeof *fw);
+    if (!fw)
+        return rt_errf(err, "out of host memory");
+    const rt_config *c = &m->cfg;
+    const rt_shard *s = &m->shard;
+    rt_backend *be = m->be;
+    fw->m = m;
+    fw->kv = kv;
+    fw->lim = *lim;
+    fw->shape = (rt_attn_shape){
+        .n_heads = s->n_heads, .n_kv_heads = s->n_kv_heads, .head_dim = c->head_dim,
+        .sliding_window = c->sliding_window, .scale = 1.0f / sqrtf((float)c->head_dim),
+    };
+    size_t es = rt_dtype_size(be->ops->act_dtype), T = (size_t)lim->max_tokens;
+    size_t qw = (size_t)s->n_heads * (size_t)c->head_dim, kw = (size_t)s->n_kv_heads * (size_t)c->head_dim;
+    size_t ffn = (size_t)(s->ffn_end - s->ffn_begin), vocab = (size_t)(s->vocab_end - s->vocab_begin);
+    int failed = 0;
+    fw->x = alloc_or_fail(be, T * (size_t)c->dim * es, &failed);
+    fw->xb = alloc_or_fail(be, T * (size_t)c->dim * es, &failed);
+    fw->q = alloc_or_fail(be, T * qw * es, &failed);
+    fw->k = alloc_or_fail(be, T * kw * es, &failed);
+    fw->v = alloc_or_fail(be, T * kw * es, &failed);
+    fw->att = alloc_or_fail(be, T * qw * es, &failed);
+    fw->gate = alloc_or_fail(be, T * ffn * es, &failed);
+    fw->up = alloc_or_fail(be, T * ffn * es, &failed);
+    fw->rows = alloc_or_fail(be, 2 * (size_t)lim->max_logits * (size_t)c->dim * es, &failed);
+    fw->logits = alloc_or_fail(be, (size_t)lim->max_logits * vocab * es, &failed);
+    if (be->ops->act_dtype != RT_F32)
+        fw->logits32 = alloc_or_fail(be, (size_t)lim->max_logits * vocab * sizeof(float), &failed);
+    fw->inv_freq = alloc_or_fail(be, (size_t)c->head_dim / 2 * sizeof(float), &failed);
+    fw->n_ints = 4 * T + (size_t)lim->max_logits + (size_t)lim->max_seqs * (size_t)lim->max_blocks;
+    fw->d_ints = alloc_or_fail(be, fw->n_ints * sizeof(int32_t), &failed);
+    fw->h_ints = malloc(fw->n_ints * sizeof(int32_t));
+    if (failed || !fw->h_ints) {
+        rt_forward_destroy(fw);
+        return rt_errf(err, "cannot allocate the activation workspace for %d tokens per step on the %s backend",
+                       lim->max_tokens, be->ops->name);
+    }
+    float inv[512];
+    rt_rope_inv_freq(&c->rope, c->head_dim, inv);
+    be->ops->upload(be, fw->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
+    *out = fw;
+    return 0;
+}
+
+void rt_forward_destroy(rt_forward *fw)
+{
+    if (!fw)
+        return;
+    rt_backend *be = fw->m->be;
+    void *bufs[] = {fw->x, fw->xb, fw->q, fw->k, fw->v, fw->att, fw->gate, fw->up,
+                    fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i])
+            be->ops->free(be, bufs[i]);
+    free(fw->h_ints);
+    free(fw);
+}
+
+/* Checks the batch against the limits and the model, computes each token's KV slot, and uploads
+ * the index arrays. Returns the device view of them. */
+static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int32_t **d_tokens,
+                       int32_t **d_logit_rows, rt_err *err)
+{
+    const rt_forward_limits *L = &fw->lim;
+    const rt_config *c = &fw->m->cfg;
+    const int bs = fw->kv->block_size;
+    if (b->n_tokens < 1 || b->n_tokens > L->max_tokens)
+        return rt_errf(err, "batch of %d tokens outside [1, %d]", b->n_tokens, L->max_tokens);
+    if (b->n_seqs < 1 || b->n_seqs > L->max_seqs || b->max_blocks < 1 || b->max_blocks > L->max_blocks)
+        return rt_errf(err, "batch of %d sequences x %d blocks exceeds the %d x %d the step was sized for",
+                       b->n_seqs, b->max_blocks, L->max_seqs, L->max_blocks);
+    if (b->n_logits < 0 || b->n_logits > L->max_logits)
+        return rt_errf(err, "%d logit rows requested, at most %d", b->n_logits, L->max_logits);
+    const int T = b->n_tokens;
+    int32_t *tok = fw->h_ints, *pos = tok + T, *slot = pos + T, *seq = slot + T, *lrow = seq + T;
+    int32_t *tables = lrow + b->n_logits;
+    size_t n_tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
+    for (size_t i = 0; i < n_tab; i++) {
+        if (b->block_tables[i] < -1 || b->block_tables[i] >= fw->kv->n_blocks)
+            return rt_errf(err, "block id %d outside the pool of %d blocks", b->block_tables[i], fw->kv->n_blocks);
+        tables[i] = b->block_tables[i];
+    }
+    for (int t = 0; t < T; t++) {
+        if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
+            return rt_errf(err, "token id %d outside the vocabulary [0, %d)", b->tokens[t], c->vocab_size);
+        if (b->seq[t] < 0 || b->seq[t] >= b->n_seqs)
+            return rt_errf(err, "token %d names sequence %d of %d", t, b->seq[t], b->n_seqs);
+        if (b->pos[t] < 0 || b->pos[t] >= b->max_blocks * bs || b->pos[t] >= c->max_pos)
+            return rt_errf(err, "position %d outside the sequence's %d cached positions (context %d)",
+                           b->pos[t], b->max_blocks * bs, c->max_pos);
+        int32_t blk = b->block_tables[(size_t)b->seq[t] * (size_t)b->max_blocks + (size_t)(b->pos[t] / bs)];
+        if (blk < 0)
+            return rt_errf(err, "position %d of sequence %d has no KV block", b->pos[t], b->seq[t]);
+        tok[t] = b->tokens[t];
+        pos[t] = b->pos[t];
+        seq[t] = b->seq[t];
+        slot[t] = blk * bs + b->pos[t] % bs;
+    }
+    for (int i = 0; i < b->n_logits; i++) {
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T)
+            return rt_errf(err, "logit row %d outside the batch of %d tokens", b->logit_rows[i], T);
+        lrow[i] = b->logit_rows[i];
+    }
+    rt_backend *be = fw->m->be;
+    size_t n = 4 * (size_t)T + (size_t)b->n_logits + n_tab;
+    be->ops->upload(be, fw->d_ints, fw->h_ints, n * sizeof(int32_t));
+    int32_t *d = fw->d_ints;
+    *d_tokens = d;
+    *ab = (rt_attn_batch){
+        .n_tokens = T, .pos = d + T, .slot = d + 2 * T, .seq = d + 3 * T,
+        .block_tables = d + 4 * T + b->n_logits, .max_blocks = b->max_blocks, .block_size = bs,
+    };
+    *d_logit_rows = d + 4 * T;
+    return 0;
+}
+
+int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err)
+{
+    rt_model *m = fw->m;
+    rt_backend *be = m->be;
+    const rt_backend_ops *op = be->ops;
+    const rt_config *c = &m->cfg;
+    const rt_shard *s = &m->shard;
+    rt_attn_batch ab;
+    int32_t *d_tokens = NULL, *d_lrows = NULL;
+    if (stage_batch(fw, b, &ab, &d_tokens, &d_lrows, err))
+        return -1;
+    const int T = b->n_tokens;
+    const float eps = (float)c->norm_eps;
+    const size_t ffn_n = (size_t)T * (size_t)(s->ffn_end - s->ffn_begin);
+
+    if (s->first_stage)
+        op->embedding(be, fw->x, &m->embed, s->vocab_begin, d_tokens, T);
+    for (int l = 0; l < m->n_layers; l++) {
+        rt_layer_weights *w = &m->layers[l];
+        if (l == 0)
+            op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
+        /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
+        op->matmul(be, fw->q, fw->xb, &w->wq, &w->bq, T);
+        op->matmul(be, fw->k, fw->xb, &w->wk, &w->bk, T);
+        op->matmul(be, fw->v, fw->xb, &w->wv, &w->bv, T);
+        op->rope_kv_write(be, fw->q, fw->k, fw->v, fw->inv_freq, &ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &ab, &fw->shape);
+        op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
+        op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &w->ffn_norm, T, eps);
+        op->matmul(be, fw->gate, fw->xb, &w->w_gate, NULL, T);
+        op->matmul(be, fw->up, fw->xb, &w->w_up, NULL, T);
+        op->silu_mul(be, fw->gate, fw->gate, fw->up, ffn_n);
+        op->matmul(be, fw->xb, fw->gate, &w->w_down, NULL, T);
+        if (l + 1 < m->n_layers)
+            op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &m->layers[l + 1].attn_norm, T, eps);
+    }
+    if (!s->last_stage || b->n_logits == 0) {
+        op->sync(be);
+        return 0;
+    }
+    /* the last residual add and the final norm, on the rows that need logits only */
+    const int nl = b->n_logits;
+    void *xr = fw->rows, *dr = (char *)fw->rows + (size_t)nl * (size_t)c->dim * rt_dtype_size(op->act_dtype);
+    op->gather_rows(be, xr, fw->x, d_lrows, nl, c->dim);
+    if (m->n_layers > 0) {
+        op->gather_rows(be, dr, fw->xb, d_lrows, nl, c->dim);
+        op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
+    } else {
+        op->rmsnorm(be, dr, xr, &m->final_norm, nl, eps);
+    }
+    op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
+    size_t n = (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin);
+    if (op->act_dtype == RT_F32) {
+        op->download(be, logits, fw->logits, n * sizeof(float));
+    } else {
+        op->to_f32(be, fw->logits32, fw->logits, n);
+        op->download(be, logits, fw->logits32, n * sizeof(float));
+    }
+    return 0;
+}

@@ -1,0 +1,45 @@
+/* The transformer forward pass of one rank over one step's batch, written against the backend op
+ * table. A batch mixes sequences in prefill (many tokens) and decode (one token); every token's k
+ * and v go into the paged KV cache, and logits are produced only for the rows asked for. */
+#ifndef DINFER_RUNTIME_FORWARD_H
+#define DINFER_RUNTIME_FORWARD_H
+
+#include <stdint.h>
+
+#include "runtime/kv_cache.h"
+#include "runtime/model.h"
+
+/* One step's tokens, in host memory. */
+typedef struct rt_batch {
+    int n_tokens;
+    const int32_t *tokens;       /* (n_tokens) */
+    const int32_t *pos;          /* (n_tokens) position in its sequence */
+    const int32_t *seq;          /* (n_tokens) index of its sequence in block_tables */
+    int n_seqs;
+    const int32_t *block_tables; /* (n_seqs, max_blocks): physical block ids */
+    int max_blocks;              /* row stride of block_tables */
+    int n_logits;
+    const int32_t *logit_rows;   /* (n_logits) token rows whose next-token logits are wanted */
+} rt_batch;
+
+/* Limits a forward context is sized for. */
+typedef struct rt_forward_limits {
+    int max_tokens; /* tokens per step */
+    int max_seqs;   /* sequences per step */
+    int max_blocks; /* blocks per sequence */
+    int max_logits; /* logit rows per step */
+} rt_forward_limits;
+
+typedef struct rt_forward rt_forward;
+
+/* Allocates the activation workspace for lim on the model's backend. */
+int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim,
+                      rt_err *err);
+void rt_forward_destroy(rt_forward *fw);
+
+/* Runs the step. On the last stage, logits (n_logits, vocab_local) are written to host memory
+ * at logits. Fails, naming the problem, when the batch exceeds the limits or holds a token id,
+ * position or block id out of range (nothing is computed then). */
+int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err);
+
+#endif

@@ -1,0 +1,49 @@
+/* Offline generation: a fixed set of prompts run to completion as one continuously batched job
+ * on one rank (dinfer-run, benchmarks, tests). Each step takes up to max_batch_tokens tokens:
+ * one decode token per running sequence and prefill chunks of the others. */
+#ifndef DINFER_RUNTIME_GENERATE_H
+#define DINFER_RUNTIME_GENERATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+
+typedef struct rt_gen_request {
+    const int32_t *prompt; /* (prompt_len) token ids */
+    int prompt_len;
+    int max_tokens;        /* tokens to generate, >= 1 */
+    rt_sampling sampling;
+    bool ignore_eos;
+} rt_gen_request;
+
+typedef struct rt_gen_result {
+    int32_t *tokens;       /* (n_tokens) generated ids, an end-of-sequence id included */
+    float *logprobs;       /* (n_tokens) log-softmax of each chosen token */
+    int n_tokens;
+    const char *finish_reason; /* "length" or "stop" */
+} rt_gen_result;
+
+typedef struct rt_gen_stats {
+    double prefill_seconds; /* steps that held prefill tokens */
+    double decode_seconds;  /* steps of decode tokens only */
+    long prefill_tokens;    /* prompt tokens processed */
+    long decode_tokens;     /* tokens fed in decode-only steps */
+    int steps;
+} rt_gen_stats;
+
+typedef struct rt_gen_options {
+    int max_batch_tokens; /* tokens per step */
+    int block_size;       /* KV block size in tokens */
+} rt_gen_options;
+
+/* Checks one request against the model; NULL when valid, else what is wrong (into buf). */
+const char *rt_gen_request_check(const rt_model *m, const rt_gen_request *r, char *buf, size_t n);
+
+/* Runs the requests to completion. results (n) are filled; free them with rt_gen_result_free. */
+int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
+                rt_gen_result *results, rt_gen_stats *stats, rt_err *err);
+void rt_gen_result_free(rt_gen_result *r);
+
+#endif

@@ -1,0 +1,81 @@
+#include "runtime/kv_cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt)
+{
+    return 2 * (size_t)n_layers * (size_t)n_kv_heads * (size_t)head_dim * rt_dtype_size(dt);
+}
+
+int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
+                       int n_kv_heads, int head_dim, rt_err *err)
+{
+    memset(kv, 0, sizeof *kv);
+    kv->be = be;
+    kv->n_blocks = n_blocks;
+    kv->block_size = block_size;
+    kv->n_kv_heads = n_kv_heads;
+    kv->head_dim = head_dim;
+    kv->layers = calloc(n_layers ? (size_t)n_layers : 1, sizeof *kv->layers);
+    if (!kv->layers)
+        return rt_errf(err, "KV cache: out of host memory");
+    kv->n_layers = n_layers;
+    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim *
+                   rt_dtype_size(be->ops->act_dtype);
+    for (int l = 0; l < n_layers; l++) {
+        kv->layers[l].k = be->ops->alloc(be, bytes);
+        kv->layers[l].v = be->ops->alloc(be, bytes);
+        if (!kv->layers[l].k || !kv->layers[l].v) {
+            rt_kv_cache_destroy(kv);
+            return rt_errf(err, "KV cache: cannot allocate %d blocks of %d tokens (%.1f MiB per layer)",
+                           n_blocks, block_size, 2.0 * (double)bytes / (1 << 20));
+        }
+    }
+    return 0;
+}
+
+void rt_kv_cache_destroy(rt_kv_cache *kv)
+{
+    for (int l = 0; l < kv->n_layers; l++) {
+        if (kv->layers[l].k)
+            kv->be->ops->free(kv->be, kv->layers[l].k);
+        if (kv->layers[l].v)
+            kv->be->ops->free(kv->be, kv->layers[l].v);
+    }
+    free(kv->layers);
+    memset(kv, 0, sizeof *kv);
+}
+
+int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, rt_err *err)
+{
+    a->free_ids = malloc((n_blocks ? (size_t)n_blocks : 1) * sizeof *a->free_ids);
+    if (!a->free_ids)
+        return rt_errf(err, "KV blocks: out of memory");
+    a->n_blocks = a->n_free = n_blocks;
+    /* lowest ids on top of the stack */
+    for (int i = 0; i < n_blocks; i++)
+        a->free_ids[i] = n_blocks - 1 - i;
+    return 0;
+}
+
+void rt_kv_blocks_destroy(rt_kv_blocks *a)
+{
+    free(a->free_ids);
+    memset(a, 0, sizeof *a);
+}
+
+int rt_kv_blocks_alloc(rt_kv_blocks *a, int n, int *ids)
+{
+    if (n < 0 || n > a->n_free)
+        return -1;
+    for (int i = 0; i < n; i++)
+        ids[i] = a->free_ids[--a->n_free];
+    return 0;
+}
+
+void rt_kv_blocks_free(rt_kv_blocks *a, int n, const int *ids)
+{
+    for (int i = 0; i < n; i++)
+        a->free_ids[a->n_free++] = ids[i];
+}

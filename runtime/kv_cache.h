@@ -1,0 +1,50 @@
+/* The paged KV cache: a pool of fixed-size blocks on the device (every rank holds the same number
+ * of blocks, each with its own layers and KV heads) and the block allocator the scheduler uses to
+ * hand blocks to sequences. */
+#ifndef DINFER_RUNTIME_KV_CACHE_H
+#define DINFER_RUNTIME_KV_CACHE_H
+
+#include <stddef.h>
+
+#include "runtime/backend.h"
+#include "runtime/err.h"
+
+#define RT_DEFAULT_BLOCK_SIZE 16
+
+typedef struct rt_kv_cache {
+    rt_backend *be;
+    int n_layers;        /* this rank's layers */
+    int n_blocks;
+    int block_size;      /* tokens per block */
+    int n_kv_heads;      /* this rank's KV heads */
+    int head_dim;
+    rt_kv_layer *layers; /* (n_layers) */
+} rt_kv_cache;
+
+/* Bytes one token takes in the cache on a rank with these dimensions (k and v, every layer). */
+size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt);
+
+int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
+                       int n_kv_heads, int head_dim, rt_err *err);
+void rt_kv_cache_destroy(rt_kv_cache *kv);
+
+/* Free-list allocator of block ids [0, n_blocks). */
+typedef struct rt_kv_blocks {
+    int n_blocks;
+    int n_free;
+    int *free_ids; /* stack of free ids */
+} rt_kv_blocks;
+
+int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, rt_err *err);
+void rt_kv_blocks_destroy(rt_kv_blocks *a);
+/* Takes n blocks into ids; fails (taking none) when fewer than n are free. */
+int rt_kv_blocks_alloc(rt_kv_blocks *a, int n, int *ids);
+void rt_kv_blocks_free(rt_kv_blocks *a, int n, const int *ids);
+
+/* Blocks needed to hold n_tokens tokens. */
+static inline int rt_kv_blocks_for(int n_tokens, int block_size)
+{
+    return (n_tokens + block_size - 1) / block_size;
+}
+
+#endif

@@ -1,0 +1,215 @@
+#include "runtime/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/safetensors.h"
+
+void rt_shard_whole(rt_shard *s, const rt_config *cfg)
+{
+    *s = (rt_shard){
+        .layer_begin = 0, .layer_end = cfg->n_layers,
+        .head_begin = 0, .n_heads = cfg->n_heads,
+        .kv_head_begin = 0, .n_kv_heads = cfg->n_kv_heads,
+        .ffn_begin = 0, .ffn_end = cfg->ffn_dim,
+        .vocab_begin = 0, .vocab_end = cfg->vocab_size,
+        .first_stage = true, .last_stage = true, .adds_row_bias = true,
+    };
+}
+
+size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
+{
+    size_t hd = (size_t)c->head_dim, dim = (size_t)c->dim;
+    size_t q = (size_t)s->n_heads * hd, kv = (size_t)s->n_kv_heads * hd;
+    size_t ffn = (size_t)(s->ffn_end - s->ffn_begin), vocab = (size_t)(s->vocab_end - s->vocab_begin);
+    size_t layer = 2 * dim + q * dim + 2 * kv * dim + dim * q + 3 * ffn * dim;
+    if (c->qkv_bias)
+        layer += q + 2 * kv;
+    if (c->o_bias && s->adds_row_bias)
+        layer += dim;
+    size_t n = layer * (size_t)(s->layer_end - s->layer_begin);
+    if (s->first_stage)
+        n += vocab * dim;
+    if (s->last_stage)
+        n += dim + (c->tie_embeddings && s->first_stage ? 0 : vocab * dim);
+    return n * rt_dtype_size(dt);
+}
+
+void rt_rope_inv_freq(const rt_rope *rope, int head_dim, float *inv_freq)
+{
+    const double pi = 3.14159265358979323846;
+    for (int i = 0; i < head_dim / 2; i++) {
+        /* transformers: 1 / theta ** (arange(0, d, 2).float() / d), in fp32 */
+        float expo = (float)(2 * i) / (float)head_dim;
+        float f = (float)(1.0 / pow(rope->theta, (double)expo));
+        if (rope->type == RT_ROPE_LINEAR) {
+            f = f / (float)rope->factor;
+        } else if (rope->type == RT_ROPE_LLAMA3) {
+            double low_wl = rope->orig_max_pos / rope->low_freq_factor;
+            double high_wl = rope->orig_max_pos / rope->high_freq_factor;
+            double wl = 2 * pi / f;
+            if (wl > low_wl) {
+                f = f / (float)rope->factor;
+            } else if (wl >= high_wl) {
+                double smooth = (rope->orig_max_pos / wl - rope->low_freq_factor) /
+                                (rope->high_freq_factor - rope->low_freq_factor);
+                f = (float)((1 - smooth) * f / rope->factor + smooth * f);
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+/* ---- loading ---- */
+
+typedef struct loader {
+    rt_model *m;
+    rt_ckpt ckpt;
+    float *stage;   /* host staging buffer, grown as needed */
+    size_t stage_n;
+    rt_err *err;
+} loader;
+
+/* Loads rows [r0, r1) x cols [c0, c1) of tensor `name`, whose full shape must be (rows, cols)
+ * (cols 0 for a vector), into a new device tensor. */
+static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64_t cols, int64_t r0,
+                int64_t r1, int64_t c0, int64_t c1)
+{
+    const rt_st_file *f;
+    const rt_st_tensor *t;
+    if (rt_ckpt_find(&L->ckpt, name, &f, &t, L->err))
+        return -1;
+    int want_dims = cols ? 2 : 1;
+    if (t->n_dims != want_dims || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        char got[96] = "", *p = got;
+        for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
+            p += sprintf(p, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        if (cols)
+            return rt_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld, %lld] from config.json",
+                           f->path, name, got, (long long)rows, (long long)cols);
+        return rt_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld] from config.json", f->path,
+                       name, got, (long long)rows);
+    }
+    if (!cols)
+        c1 = 1;
+    size_t n = (size_t)(r1 - r0) * (size_t)(c1 - c0);
+    if (n > L->stage_n) {
+        float *ns = realloc(L->stage, n * sizeof *ns);
+        if (!ns)
+            return rt_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
+        L->stage = ns;
+        L->stage_n = n;
+    }
+    if (rt_st_read_f32(f, t, r0, r1, c0, c1, L->stage, L->err))
+        return -1;
+    rt_backend *be = L->m->be;
+    rt_dtype wt = be->ops->act_dtype;
+    size_t bytes = n * rt_dtype_size(wt);
+    *dst = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
+    if (!dst->data)
+        return rt_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
+    if (wt != RT_F32)
+        rt_convert_from_f32(L->stage, L->stage, wt, n); /* narrows in place: output is shorter */
+    be->ops->upload(be, dst->data, L->stage, bytes);
+    L->m->bytes_loaded += n * rt_dtype_size(t->dtype);
+    return 0;
+}
+
+static int load_layer(loader *L, int l, rt_layer_weights *w)
+{
+    const rt_config *c = &L->m->cfg;
+    const rt_shard *s = &L->m->shard;
+    const int64_t dim = c->dim, hd = c->head_dim, ffn = c->ffn_dim;
+    const int64_t q0 = s->head_begin * hd, q1 = (s->head_begin + s->n_heads) * hd;
+    const int64_t k0 = s->kv_head_begin * hd, k1 = (s->kv_head_begin + s->n_kv_heads) * hd;
+    const int64_t nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
+    char n[256];
+#define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
+    if (load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
+        load(L, &w->wq, NAME("self_attn.q_proj.weight"), nq, dim, q0, q1, 0, dim) ||
+        load(L, &w->wk, NAME("self_attn.k_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
+        load(L, &w->wv, NAME("self_attn.v_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
+        load(L, &w->wo, NAME("self_attn.o_proj.weight"), dim, nq, 0, dim, q0, q1) ||
+        load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
+        load(L, &w->w_gate, NAME("mlp.gate_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        load(L, &w->w_up, NAME("mlp.up_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        load(L, &w->w_down, NAME("mlp.down_proj.weight"), dim, ffn, 0, dim, s->ffn_begin, s->ffn_end))
+        return -1;
+    if (c->qkv_bias &&
+        (load(L, &w->bq, NAME("self_attn.q_proj.bias"), nq, 0, q0, q1, 0, 0) ||
+         load(L, &w->bk, NAME("self_attn.k_proj.bias"), nkv, 0, k0, k1, 0, 0) ||
+         load(L, &w->bv, NAME("self_attn.v_proj.bias"), nkv, 0, k0, k1, 0, 0)))
+        return -1;
+    if (c->o_bias && s->adds_row_bias && load(L, &w->bo, NAME("self_attn.o_proj.bias"), dim, 0, 0, dim, 0, 0))
+        return -1;
+#undef NAME
+    return 0;
+}
+
+int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, const char *dir,
+                  rt_backend *be, rt_err *err)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->shard = *shard;
+    m->be = be;
+    loader L = {.m = m, .err = err};
+    if (rt_ckpt_open(&L.ckpt, dir, err))
+        return -1;
+    int rc = 0;
+    m->n_layers = shard->layer_end - shard->layer_begin;
+    m->layers = calloc(m->n_layers ? (size_t)m->n_layers : 1, sizeof *m->layers);
+    if (!m->layers) {
+        rc = rt_errf(err, "out of host memory");
+        goto out;
+    }
+    const int64_t dim = cfg->dim, V = cfg->vocab_size;
+    const int64_t v0 = shard->vocab_begin, v1 = shard->vocab_end;
+    if (shard->first_stage && (rc = load(&L, &m->embed, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)))
+        goto out;
+    for (int l = 0; l < m->n_layers; l++)
+        if ((rc = load_layer(&L, shard->layer_begin + l, &m->layers[l])))
+            goto out;
+    if (shard->last_stage) {
+        if ((rc = load(&L, &m->final_norm, "model.norm.weight", dim, 0, 0, dim, 0, 0)))
+            goto out;
+        if (cfg->tie_embeddings && shard->first_stage)
+            m->lm_head = m->embed;
+        else if ((rc = load(&L, &m->lm_head, cfg->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                            V, dim, v0, v1, 0, dim)))
+            goto out;
+    }
+out:
+    free(L.stage);
+    rt_ckpt_close(&L.ckpt);
+    if (rc)
+        rt_model_free(m);
+    return rc;
+}
+
+static void free_tensor(rt_backend *be, rt_tensor *t)
+{
+    if (t->data)
+        be->ops->free(be, t->data);
+    t->data = NULL;
+}
+
+void rt_model_free(rt_model *m)
+{
+    if (!m->be)
+        return;
+    for (int l = 0; m->layers && l < m->n_layers; l++) {
+        rt_tensor *ts = (rt_tensor *)&m->layers[l];
+        for (size_t i = 0; i < sizeof m->layers[l] / sizeof *ts; i++)
+            free_tensor(m->be, &ts[i]);
+    }
+    free(m->layers);
+    if (m->lm_head.data == m->embed.data)
+        m->lm_head.data = NULL;
+    free_tensor(m->be, &m->embed);
+    free_tensor(m->be, &m->lm_head);
+    free_tensor(m->be, &m->final_norm);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,64 @@
+/* A rank's share of the model: which layers, heads, FFN columns and vocabulary rows it holds (the
+ * shard, decided by partition/), and those weights loaded from a checkpoint onto a backend. */
+#ifndef DINFER_RUNTIME_MODEL_H
+#define DINFER_RUNTIME_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "runtime/backend.h"
+#include "runtime/config.h"
+#include "runtime/err.h"
+
+/* What one rank holds. Ranges are [begin, end) in the full model's numbering. */
+typedef struct rt_shard {
+    int layer_begin, layer_end; /* this pipeline stage's layers */
+    int head_begin, n_heads;    /* query heads */
+    int kv_head_begin, n_kv_heads; /* KV heads (replicated across ranks when tp > KV heads) */
+    int ffn_begin, ffn_end;     /* FFN (intermediate) columns */
+    int vocab_begin, vocab_end; /* embedding and LM-head rows */
+    bool first_stage;           /* embeds the tokens */
+    bool last_stage;            /* final norm, LM head, sampling */
+    bool adds_row_bias;         /* adds o_proj's bias (one rank of a tp group does) */
+} rt_shard;
+
+/* The whole model on one rank. */
+void rt_shard_whole(rt_shard *s, const rt_config *cfg);
+
+typedef struct rt_layer_weights {
+    rt_tensor attn_norm; /* (dim) */
+    rt_tensor wq, bq;    /* (n_heads * head_dim, dim), bias (n_heads * head_dim) or empty */
+    rt_tensor wk, bk;    /* (n_kv_heads * head_dim, dim) */
+    rt_tensor wv, bv;    /* (n_kv_heads * head_dim, dim) */
+    rt_tensor wo, bo;    /* (dim, n_heads * head_dim): this rank's columns; bias (dim) or empty */
+    rt_tensor ffn_norm;  /* (dim) */
+    rt_tensor w_gate;    /* (ffn_local, dim) */
+    rt_tensor w_up;      /* (ffn_local, dim) */
+    rt_tensor w_down;    /* (dim, ffn_local) */
+} rt_layer_weights;
+
+typedef struct rt_model {
+    rt_config cfg;
+    rt_shard shard;
+    rt_backend *be;
+    rt_tensor embed;          /* (vocab_local, dim), first stage */
+    rt_tensor final_norm;     /* (dim), last stage */
+    rt_tensor lm_head;        /* (vocab_local, dim), last stage; shares embed's memory when tied */
+    int n_layers;             /* layer_end - layer_begin */
+    rt_layer_weights *layers; /* (n_layers) */
+    size_t bytes_loaded;      /* checkpoint bytes this rank read */
+} rt_model;
+
+/* Loads the shard's weights from the checkpoint in dir (config.json already parsed into cfg),
+ * converting them to the backend's weight type. Every tensor's shape is checked against cfg. */
+int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, const char *dir,
+                  rt_backend *be, rt_err *err);
+void rt_model_free(rt_model *m);
+
+/* Weight bytes a shard holds in dtype dt (used by the partition plan's memory estimate). */
+size_t rt_shard_weight_bytes(const rt_config *cfg, const rt_shard *s, rt_dtype dt);
+
+/* The head_dim / 2 inverse frequencies of the model's rotary embedding, scaling applied. */
+void rt_rope_inv_freq(const rt_rope *rope, int head_dim, float *inv_freq);
+
+#endif

@@ -1,0 +1,43 @@
+/* Token sampling from one row of logits: greedy, temperature, top-k, top-p, a per-sequence seeded
+ * random stream (so a seed gives the same tokens whatever else is in the batch), the logprob of
+ * the chosen token and the top-n logprobs, all from the model's unscaled distribution. */
+#ifndef DINFER_RUNTIME_SAMPLER_H
+#define DINFER_RUNTIME_SAMPLER_H
+
+#include <stdint.h>
+
+#define RT_MAX_TOP_LOGPROBS 20
+
+typedef struct rt_sampling {
+    float temperature; /* 0: greedy */
+    int top_k;         /* 0: no limit */
+    float top_p;       /* 1: no limit; in (0, 1] */
+    uint64_t seed;
+    int n_logprobs;    /* top-n logprobs to report, <= RT_MAX_TOP_LOGPROBS */
+} rt_sampling;
+
+typedef struct rt_rng {
+    uint64_t state;
+} rt_rng;
+
+void rt_rng_seed(rt_rng *r, uint64_t seed);
+uint64_t rt_rng_next(rt_rng *r);
+float rt_rng_uniform(rt_rng *r); /* [0, 1) */
+
+typedef struct rt_sample_out {
+    int token;
+    float logprob; /* log softmax of the logits at token */
+    int n_top;
+    int top_ids[RT_MAX_TOP_LOGPROBS];
+    float top_logprobs[RT_MAX_TOP_LOGPROBS];
+} rt_sample_out;
+
+/* Samples one token from logits (vocab). scratch holds 2 * vocab floats' worth of space
+ * (vocab floats + vocab ints). Greedy ties go to the lowest id. */
+void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng, void *scratch,
+               rt_sample_out *out);
+
+/* Checks sampling parameters; returns NULL when valid, else what is wrong. */
+const char *rt_sampling_check(const rt_sampling *p);
+
+#endif
