@@ -43,6 +43,25 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
     return 0;
 }
 
+int cli_size(const char *flag, const char *s, uint64_t *out, rt_err *err)
+{
+    static const struct { const char *unit; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"KiB", 1024.0},
+        {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+    };
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0))
+        return rt_errf(err, "%s: \"%.64s\" is not a positive size such as 5GB or 500MiB", flag, s);
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcmp(end, units[i].unit) == 0 && v * units[i].mult < 1.8e19) {
+            *out = (uint64_t)(v * units[i].mult);
+            return 0;
+        }
+    return rt_errf(err, "%s: \"%.64s\" is not a positive size such as 5GB or 500MiB", flag, s);
+}
+
 int cli_int_list(const char *flag, const char *s, int32_t **out, int *n, rt_err *err)
 {
     int cap = 1;

@@ -12,6 +12,9 @@
 int cli_int(const char *flag, const char *s, long lo, long hi, long *out, rt_err *err);
 int cli_u64(const char *flag, const char *s, uint64_t *out, rt_err *err);
 int cli_float(const char *flag, const char *s, double lo, double hi, double *out, rt_err *err);
+/* A byte size: a plain number of bytes, or with a unit: KB, MB, GB (powers of 1000, as Hugging
+ * Face's max_shard_size) or KiB, MiB, GiB. */
+int cli_size(const char *flag, const char *s, uint64_t *out, rt_err *err);
 /* A comma-separated list of token ids: "1,5,9". *out is malloc'd. */
 int cli_int_list(const char *flag, const char *s, int32_t **out, int *n, rt_err *err);
 

@@ -131,7 +131,7 @@ static void usage(FILE *f)
             "  --tie / --no-tie             tie the LM head to the embedding\n"
             "  --dtype f32|bf16|f16         weight type (default: the preset's, else f32)\n"
             "  --seed S                     random seed (default 0)\n"
-            "  --shard-mib M                split into files of at most M MiB (default 4096)\n");
+            "  --shard-size SIZE            split into files of at most SIZE, e.g. 5GB, 100MiB (default 5GB)\n");
 }
 
 static int run(int argc, char **argv, rt_err *err)
@@ -147,13 +147,14 @@ static int run(int argc, char **argv, rt_err *err)
         {"max-pos", required_argument, 0, O_MAXPOS}, {"rope-theta", required_argument, 0, O_THETA},
         {"tie", no_argument, 0, O_TIE}, {"no-tie", no_argument, 0, O_NOTIE},
         {"dtype", required_argument, 0, O_DTYPE}, {"seed", required_argument, 0, O_SEED},
-        {"shard-mib", required_argument, 0, O_SHARD}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"shard-size", required_argument, 0, O_SHARD}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *out = NULL;
     rt_config c = presets[0].cfg; /* tiny unless told */
     bool preset_given = false, dims_changed = false, head_dim_given = false;
     uint64_t seed = 0;
-    long shard_mib = 4096, v;
+    uint64_t shard_bytes = 5000000000ULL;
+    long v;
     double d;
     /* the preset first, so flags override it wherever they appear */
     for (int i = 1; i + 1 < argc; i++)
@@ -201,7 +202,7 @@ static int run(int argc, char **argv, rt_err *err)
             else return rt_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", a);
             break;
         case O_SEED: if (cli_u64(f, a, &seed, err)) return -1; break;
-        case O_SHARD: if (cli_int(f, a, 1, 1L << 30, &shard_mib, err)) return -1; break;
+        case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
         }
@@ -215,9 +216,11 @@ static int run(int argc, char **argv, rt_err *err)
             return rt_errf(err, "--dim %d is not a multiple of --heads %d: give --head-dim", c.dim, c.n_heads);
         c.head_dim = c.dim / c.n_heads;
     }
-    if (c.vocab_size <= 2) { /* too small for the usual BOS 1 / EOS 2 */
-        c.n_eos = 0;
-        c.bos_id = -1;
+    /* a smaller --vocab than the preset's: the usual BOS 1 / EOS 2, or none in a tiny vocabulary */
+    if (c.bos_id >= c.vocab_size || (c.n_eos > 0 && c.eos_ids[0] >= c.vocab_size)) {
+        c.bos_id = c.vocab_size > 2 ? 1 : -1;
+        c.n_eos = c.vocab_size > 2;
+        c.eos_ids[0] = 2;
     }
     c.dtype = dt;
     if (mkdir(out, 0755) != 0 && errno != EEXIST)
@@ -244,7 +247,7 @@ static int run(int argc, char **argv, rt_err *err)
         bytes += rt_st_spec_bytes(&ts[i]);
     fill_ctx fc = {seed, sc, ce};
     double t0 = cli_now();
-    int rc = rt_st_write_folder(out, ts, n, (size_t)shard_mib << 20, fill_weights, &fc, err);
+    int rc = rt_st_write_folder(out, ts, n, (size_t)shard_bytes, fill_weights, &fc, err);
     if (rc == 0)
         printf("wrote %s: %s, %.1fM parameters, %s, %.2f GiB in %.1f s\n", out, rt_arch_name(c.arch),
                (double)bytes / rt_dtype_size(dt) / 1e6, rt_dtype_name(dt), (double)bytes / (1 << 30),

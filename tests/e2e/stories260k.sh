@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# stories260K (llama2.c's trained model, converted to the Hugging Face layout) must reproduce the
+# 256 greedy ids that llama2.c's run.c prints, listed in ../shared/models/README.md.
+set -euo pipefail
+models=${DINFER_SHARED_MODELS:-$(dirname "$0")/../../../shared/models}
+if [ ! -f "$models/stories260K.bin" ] || [ ! -f "$models/README.md" ]; then
+  echo "SKIP: $models/stories260K.bin is absent (it is test data beside the project, not part of it)"
+  exit 77
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$LLAMA2C_CONVERT" "$models/stories260K.bin" "$tmp/model"
+# the reference ids: the first line of the first fenced block after "Reference outputs"
+want=$(awk '/^## Reference outputs/{r=1} r && /^```/{getline; print; exit}' "$models/README.md")
+[ -n "$want" ] || { echo "no reference ids found in $models/README.md"; exit 1; }
+got=$("$DINFER_RUN" --model "$tmp/model" --tokens 1 --max-tokens 256 --temperature 0 --ignore-eos --json 2>/dev/null |
+      sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' | tr -d ' ')
+if [ "$got" != "$want" ]; then
+  echo "stories260K greedy ids differ from llama2.c's:"
+  echo " got:  $got"
+  echo " want: $want"
+  exit 1
+fi
+echo "stories260K: 256 greedy ids identical to llama2.c's"
+# prompted run (R3): "Once upon a time" -> [1, 403, 407, 261, 378], 64 positions in all
+got=$("$DINFER_RUN" --model "$tmp/model" --tokens 1,403,407,261,378 --max-tokens 59 --ignore-eos --json 2>/dev/null |
+      sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' | tr -d ' ')
+want59=$(echo "$want" | cut -d, -f5-63)
+[ "$got" = "$want59" ] || { echo "prompted run differs: got $got want $want59"; exit 1; }
+echo "stories260K: prompted greedy run identical"

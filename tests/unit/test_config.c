@@ -1,0 +1,174 @@
+/* config.json parsing: both key styles, every architecture, and an error naming the field and the
+ * value for everything unsupported. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/config.h"
+
+static int parse(rt_config *c, const char *json, rt_err *err)
+{
+    return rt_config_parse(c, json, strlen(json), "config.json", err);
+}
+
+#define BASE "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, " \
+             "\"num_attention_heads\": 8, \"vocab_size\": 100"
+
+static void expect_error(const char *json, const char *needle)
+{
+    rt_config c;
+    rt_err err = {{0}};
+    assert_int_equal(parse(&c, json, &err), -1);
+    if (!strstr(err.msg, needle))
+        fail_msg("error \"%s\" does not mention \"%s\"", err.msg, needle);
+    assert_non_null(strstr(err.msg, "config.json"));
+}
+
+static void test_old_style_llama3(void **state)
+{
+    (void)state;
+    rt_config c;
+    rt_err err;
+    const char *j = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 2, "
+                    "\"rms_norm_eps\": 1e-5, \"rope_theta\": 500000.0, \"max_position_embeddings\": 4096, "
+                    "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                    "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 1024}, "
+                    "\"torch_dtype\": \"bfloat16\", \"bos_token_id\": 7, \"eos_token_id\": [8, 9], "
+                    "\"tie_word_embeddings\": true}";
+    assert_int_equal(parse(&c, j, &err), 0);
+    assert_int_equal(c.arch, RT_ARCH_LLAMA);
+    assert_int_equal(c.dim, 64);
+    assert_int_equal(c.ffn_dim, 128);
+    assert_int_equal(c.n_layers, 2);
+    assert_int_equal(c.n_heads, 8);
+    assert_int_equal(c.n_kv_heads, 2);
+    assert_int_equal(c.head_dim, 8);
+    assert_int_equal(c.max_pos, 4096);
+    assert_int_equal(c.rope.type, RT_ROPE_LLAMA3);
+    assert_true(c.rope.theta == 500000.0);
+    assert_true(c.rope.factor == 8.0);
+    assert_int_equal(c.rope.orig_max_pos, 1024);
+    assert_int_equal(c.dtype, RT_BF16);
+    assert_int_equal(c.bos_id, 7);
+    assert_int_equal(c.n_eos, 2);
+    assert_true(rt_config_is_eos(&c, 9));
+    assert_false(rt_config_is_eos(&c, 7));
+    assert_true(c.tie_embeddings);
+    assert_false(c.qkv_bias);
+}
+
+static void test_new_style_rope_parameters(void **state)
+{
+    (void)state;
+    rt_config c;
+    rt_err err;
+    const char *j = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"dtype\": \"float16\", "
+                    "\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1234.0}}";
+    assert_int_equal(parse(&c, j, &err), 0);
+    assert_int_equal(c.rope.type, RT_ROPE_LINEAR);
+    assert_true(c.rope.factor == 2.0);
+    assert_true(c.rope.theta == 1234.0);
+    assert_int_equal(c.dtype, RT_F16);
+    assert_int_equal(c.n_kv_heads, 8); /* defaults to the query heads */
+    assert_int_equal(c.bos_id, -1);
+    assert_int_equal(c.n_eos, 0);
+
+    const char *d = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", "
+                    "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 99.0}}";
+    assert_int_equal(parse(&c, d, &err), 0);
+    assert_int_equal(c.rope.type, RT_ROPE_DEFAULT);
+    assert_true(c.rope.theta == 99.0);
+}
+
+static void test_qwen2_and_mistral(void **state)
+{
+    (void)state;
+    rt_config c;
+    rt_err err;
+    assert_int_equal(parse(&c, "{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE
+                               ", \"use_sliding_window\": false, \"sliding_window\": 4096}", &err), 0);
+    assert_int_equal(c.arch, RT_ARCH_QWEN2);
+    assert_true(c.qkv_bias);
+    assert_false(c.o_bias);
+    assert_int_equal(c.sliding_window, 0);
+    assert_int_equal(parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": 32}", &err), 0);
+    assert_int_equal(c.arch, RT_ARCH_MISTRAL);
+    assert_int_equal(c.sliding_window, 32);
+    assert_int_equal(parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": null}", &err), 0);
+    assert_int_equal(c.sliding_window, 0);
+    assert_int_equal(parse(&c, "{\"model_type\": \"llama\", " BASE ", \"attention_bias\": true, \"head_dim\": 16}", &err), 0);
+    assert_true(c.qkv_bias && c.o_bias);
+    assert_int_equal(c.head_dim, 16);
+}
+
+static void test_errors_name_field_and_value(void **state)
+{
+    (void)state;
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 1, "
+                 "\"num_hidden_layers\": 1, \"vocab_size\": 10}", "'num_attention_heads' is missing");
+    expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}", "\"GPT2LMHeadModel\"");
+    expect_error("{\"model_type\": \"gemma\", " BASE "}", "\"gemma\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4}}",
+                 "rope_scaling.rope_type' has unsupported value \"yarn\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"dynamic\"}}",
+                 "rope_parameters.rope_type' has unsupported value \"dynamic\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8}}",
+                 "low_freq_factor' is missing");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}",
+                 "'num_key_value_heads' (3) must divide");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"torch_dtype\": \"float64\"}",
+                 "'torch_dtype' has unsupported value \"float64\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"hidden_act\": \"gelu\"}",
+                 "'hidden_act' has unsupported value \"gelu\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"mlp_bias\": true}", "'mlp_bias'");
+    expect_error("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"use_sliding_window\": true}",
+                 "'use_sliding_window'");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": 100}", "'eos_token_id'");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64.5, \"intermediate_size\": 1, "
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 8, \"vocab_size\": 10}", "'hidden_size' has value 64.5");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"64\", \"intermediate_size\": 1, "
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 8, \"vocab_size\": 10}", "'hidden_size' must be an integer");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 60, \"intermediate_size\": 1, "
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 8, \"vocab_size\": 10}", "not a multiple");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rms_norm_eps\": -1}", "'rms_norm_eps'");
+    expect_error("[1, 2]", "not a JSON object");
+    expect_error("{\"architectures\": ", "not valid JSON");
+}
+
+static void test_write_round_trip(void **state)
+{
+    (void)state;
+    rt_config c, back;
+    rt_err err;
+    const char *j = "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"num_key_value_heads\": 4, "
+                    "\"sliding_window\": 16, \"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8.0, "
+                    "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}, "
+                    "\"eos_token_id\": [3, 4]}";
+    assert_int_equal(parse(&c, j, &err), 0);
+    char dir[] = "/tmp/dinfer_cfg_XXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    assert_int_equal(rt_config_write(&c, path, &err), 0);
+    assert_int_equal(rt_config_load(&back, dir, &err), 0);
+    assert_memory_equal(&c, &back, sizeof c);
+    remove(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_old_style_llama3),
+        cmocka_unit_test(test_new_style_rope_parameters),
+        cmocka_unit_test(test_qwen2_and_mistral),
+        cmocka_unit_test(test_errors_name_field_and_value),
+        cmocka_unit_test(test_write_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,120 @@
+/* Sampling: greedy, logprobs, top-k / top-p filters, temperature, and the seeded random stream. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "runtime/sampler.h"
+
+#define V 6
+static const float logits[V] = {1.0f, 3.0f, 0.5f, 3.0f, -2.0f, 2.0f};
+static char scratch[V * 8];
+
+static double lse(void)
+{
+    double s = 0;
+    for (int i = 0; i < V; i++)
+        s += exp(logits[i]);
+    return log(s);
+}
+
+static void test_greedy_and_logprobs(void **state)
+{
+    (void)state;
+    rt_sampling p = {.top_p = 1.0f, .n_logprobs = 3};
+    rt_rng r;
+    rt_rng_seed(&r, 1);
+    rt_sample_out o;
+    rt_sample(logits, V, &p, &r, scratch, &o);
+    assert_int_equal(o.token, 1); /* the first of the tied maxima */
+    assert_true(fabs(o.logprob - (3.0 - lse())) < 1e-6);
+    assert_int_equal(o.n_top, 3);
+    assert_int_equal(o.top_ids[0], 1);
+    assert_int_equal(o.top_ids[1], 3);
+    assert_int_equal(o.top_ids[2], 5);
+    assert_true(fabs(o.top_logprobs[2] - (2.0 - lse())) < 1e-6);
+}
+
+/* Empirical frequencies of 60000 draws against the exact filtered distribution. */
+static void check_distribution(const rt_sampling *p, const double *want)
+{
+    int counts[V] = {0};
+    rt_rng r;
+    rt_rng_seed(&r, p->seed);
+    const int N = 60000;
+    for (int i = 0; i < N; i++) {
+        rt_sample_out o;
+        rt_sample(logits, V, p, &r, scratch, &o);
+        counts[o.token]++;
+        /* the logprob reported is always the model's, whatever the filters */
+        assert_true(fabs(o.logprob - (logits[o.token] - lse())) < 1e-5);
+    }
+    for (int i = 0; i < V; i++)
+        if (fabs((double)counts[i] / N - want[i]) > 0.01)
+            fail_msg("token %d drawn %.4f of the time, expected %.4f", i, (double)counts[i] / N, want[i]);
+}
+
+static void test_distributions(void **state)
+{
+    (void)state;
+    double want[V], z = 0;
+    /* temperature 2, no filter */
+    for (int i = 0; i < V; i++)
+        z += exp(logits[i] / 2);
+    for (int i = 0; i < V; i++)
+        want[i] = exp(logits[i] / 2) / z;
+    rt_sampling p = {.temperature = 2.0f, .top_p = 1.0f, .seed = 7};
+    check_distribution(&p, want);
+    /* top-k 3: tokens 1, 3, 5 renormalized at temperature 1 */
+    double e3 = exp(3.0), e2 = exp(2.0);
+    double k3[V] = {0, e3 / (2 * e3 + e2), 0, e3 / (2 * e3 + e2), 0, e2 / (2 * e3 + e2)};
+    p = (rt_sampling){.temperature = 1.0f, .top_k = 3, .top_p = 1.0f, .seed = 8};
+    check_distribution(&p, k3);
+    /* top-p 0.6: the two tokens at 3.0 hold about 0.66 of the mass, so only they remain */
+    double p2[V] = {0, 0.5, 0, 0.5, 0, 0};
+    p = (rt_sampling){.temperature = 1.0f, .top_p = 0.6f, .seed = 9};
+    check_distribution(&p, p2);
+}
+
+static void test_seed_stream(void **state)
+{
+    (void)state;
+    rt_rng a, b;
+    rt_rng_seed(&a, 5);
+    rt_rng_seed(&b, 5);
+    for (int i = 0; i < 100; i++)
+        assert_true(rt_rng_next(&a) == rt_rng_next(&b));
+    rt_rng_seed(&b, 6);
+    assert_true(rt_rng_next(&a) != rt_rng_next(&b));
+    for (int i = 0; i < 1000; i++) {
+        float u = rt_rng_uniform(&a);
+        assert_true(u >= 0.0f && u < 1.0f);
+    }
+}
+
+static void test_check(void **state)
+{
+    (void)state;
+    rt_sampling ok = {.temperature = 0.7f, .top_k = 5, .top_p = 0.9f, .n_logprobs = 2};
+    assert_null(rt_sampling_check(&ok));
+    rt_sampling bad[] = {
+        {.temperature = -0.1f, .top_p = 1}, {.temperature = NAN, .top_p = 1}, {.temperature = INFINITY, .top_p = 1},
+        {.top_k = -1, .top_p = 1}, {.top_p = 0}, {.top_p = 1.01f}, {.top_p = NAN}, {.top_p = 1, .n_logprobs = 21},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_non_null(rt_sampling_check(&bad[i]));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_and_logprobs),
+        cmocka_unit_test(test_distributions),
+        cmocka_unit_test(test_seed_stream),
+        cmocka_unit_test(test_check),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
