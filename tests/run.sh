@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs every test through ctest; then the
+# same suite built with AddressSanitizer + UBSan; then each fuzz target for a short smoke when
+# clang's libFuzzer is available.
+#   ./tests/run.sh            everything
+#   ./tests/run.sh --quick    the plain build's suite only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+./launch/install-deps.sh
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+gen=()
+command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "build (build/)"
+cmake -S . -B build "${gen[@]}" >/dev/null
+cmake --build build -j "$jobs"
+step "tests"
+(cd build && ctest --output-on-failure)
+[ $quick -eq 1 ] && exit 0
+
+step "build with DINFER_SANITIZE=address;undefined (build-asan/)"
+cmake -S . -B build-asan "${gen[@]}" -DDINFER_SANITIZE="address;undefined" -DDINFER_CUDA=OFF >/dev/null
+cmake --build build-asan -j "$jobs"
+step "tests under AddressSanitizer + UBSan"
+(cd build-asan && ctest --output-on-failure)
+
+fuzzer_lib=$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)
+if ! command -v clang >/dev/null 2>&1 || [ ! -f "$fuzzer_lib" ]; then
+  step "fuzz smoke: SKIPPED, clang with libFuzzer is not installed (apt-get install clang)"
+  exit 0
+fi
+step "fuzz targets (build-fuzz/), a short smoke each"
+CC=clang cmake -S . -B build-fuzz "${gen[@]}" -DDINFER_FUZZ=ON -DDINFER_CUDA=OFF >/dev/null
+cmake --build build-fuzz -j "$jobs"
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+mkdir -p "$corpus/config" "$corpus/safetensors"
+for f in tests/golden/fixtures/*/config.json; do cp "$f" "$corpus/config/$(basename "$(dirname "$f")").json"; done
+./build/launch/dinfer-mkmodel --out "$corpus/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 \
+  --ffn-dim 8 --dtype bf16 >/dev/null
+cp "$corpus/m/model.safetensors" "$corpus/safetensors/"
+for t in config safetensors; do
+  ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" -print_final_stats=0 \
+    "$corpus/$t" 2>&1 | tail -1
+done
+step "all tests passed"
