@@ -6,6 +6,7 @@
 #ifndef DINFER_RUNTIME_BACKEND_H
 #define DINFER_RUNTIME_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,7 @@ typedef struct rt_attn_shape {
 typedef struct rt_backend_ops {
     const char *name;
     rt_dtype act_dtype; /* the type of activations and the KV cache */
+    bool host_memory;   /* device buffers are plain host memory (the loader writes them directly) */
 
     void *(*alloc)(rt_backend *be, size_t bytes); /* NULL when out of memory */
     void (*free)(rt_backend *be, void *p);

@@ -95,24 +95,29 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     if (!cols)
         c1 = 1;
     size_t n = (size_t)(r1 - r0) * (size_t)(c1 - c0);
-    if (n > L->stage_n) {
-        float *ns = realloc(L->stage, n * sizeof *ns);
-        if (!ns)
-            return rt_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
-        L->stage = ns;
-        L->stage_n = n;
-    }
-    if (rt_st_read_f32(f, t, r0, r1, c0, c1, L->stage, L->err))
-        return -1;
     rt_backend *be = L->m->be;
     rt_dtype wt = be->ops->act_dtype;
     size_t bytes = n * rt_dtype_size(wt);
     *dst = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
     if (!dst->data)
         return rt_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
-    if (wt != RT_F32)
-        rt_convert_from_f32(L->stage, L->stage, wt, n); /* narrows in place: output is shorter */
-    be->ops->upload(be, dst->data, L->stage, bytes);
+    /* fp32 weights in host memory are converted straight into place; others go through staging */
+    bool direct = be->ops->host_memory && wt == RT_F32;
+    if (!direct && n > L->stage_n) {
+        float *ns = realloc(L->stage, n * sizeof *ns);
+        if (!ns)
+            return rt_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
+        L->stage = ns;
+        L->stage_n = n;
+    }
+    float *buf = direct ? dst->data : L->stage;
+    if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, L->err))
+        return -1;
+    if (!direct) {
+        if (wt != RT_F32)
+            rt_convert_from_f32(buf, buf, wt, n); /* narrows in place: output is shorter */
+        be->ops->upload(be, dst->data, buf, bytes);
+    }
     L->m->bytes_loaded += n * rt_dtype_size(t->dtype);
     return 0;
 }

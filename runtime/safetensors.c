@@ -199,6 +199,7 @@ int rt_st_open(rt_st_file *f, const char *path, rt_err *err)
             close(fd);
             return rt_errf(err, "%s: cannot map: %s", path, strerror(errno));
         }
+        madvise(map, size, MADV_SEQUENTIAL); /* read-ahead: weights are read front to back once */
     }
     close(fd);
     static const uint8_t empty[1];
@@ -246,6 +247,7 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
     size_t es = rt_dtype_size(t->dtype);
     const uint8_t *base = f->data + t->begin;
     size_t w = (size_t)(c1 - c0);
+#pragma omp parallel for schedule(static) if ((r1 - r0) * (int64_t)w > (1 << 16))
     for (int64_t r = r0; r < r1; r++)
         rt_convert_to_f32(dst + (size_t)(r - r0) * w, base + ((size_t)r * (size_t)cols + (size_t)c0) * es,
                           t->dtype, w);
