@@ -1,6 +1,6 @@
 /* dinfer-run: offline generation. Runs a batch of token prompts through the model and prints the
  * generated tokens (or JSON lines), or with --bench measures prefill and decode speed. An MPI
- * program from the start; this version runs on one rank. */
+ * program: under mpirun the model is split over tp x pp ranks and the answers are the same. */
 #include <getopt.h>
 #include <mpi.h>
 #include <omp.h>
@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "launch/cli.h"
+#include "launch/job.h"
+#include "partition/plan.h"
 #include "runtime/backend.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
@@ -26,6 +28,9 @@ typedef struct run_args {
     bool ignore_eos, logprobs, json, bench, verbose;
     int batch, prompt_len, gen_len; /* --bench */
     int max_batch_tokens, block_size, threads;
+    int tp, pp;
+    int *layers_per_stage; /* (n_stage_layers) or NULL */
+    int n_stage_layers;
 } run_args;
 
 static void usage(FILE *f)
@@ -42,8 +47,11 @@ static void usage(FILE *f)
             "  --json                one JSON object per prompt: tokens, logprobs, finish_reason\n"
             "  --max-batch-tokens N  tokens per forward step (default 2048)\n"
             "  --block-size N        KV cache block size in tokens (default 16)\n"
-            "  --threads N           CPU threads (default: OMP_NUM_THREADS or all cores)\n"
-            "  --verbose             print the load report\n");
+            "  --threads N           CPU threads per rank (default: OMP_NUM_THREADS, else the host's\n"
+            "                        cores shared among its ranks)\n"
+            "  --tp T --pp P         tensor and pipeline parallel split (the job must have T x P ranks)\n"
+            "  --layers-per-stage L  layers of each pipeline stage, e.g. 3,2 (default: as even as possible)\n"
+            "  --verbose             print each rank's shard and load report, and decode traffic\n");
 }
 
 static int add_prompt(run_args *a, const char *s, rt_err *err)
@@ -69,7 +77,7 @@ static int add_prompt(run_args *a, const char *s, rt_err *err)
 static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
 {
     enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
-           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE };
+           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE, O_TP, O_PP, O_LPS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
         {"max-tokens", required_argument, 0, O_MAXTOK}, {"temperature", required_argument, 0, O_TEMP},
@@ -80,10 +88,12 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         {"prompt-len", required_argument, 0, O_PLEN}, {"gen-len", required_argument, 0, O_GLEN},
         {"max-batch-tokens", required_argument, 0, O_MBT}, {"block-size", required_argument, 0, O_BS},
         {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
+        {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
+        {"layers-per-stage", required_argument, 0, O_LPS},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *a = (run_args){.max_tokens = 16, .sampling = {.top_p = 1.0f}, .batch = 1, .prompt_len = 128,
-                    .gen_len = 128, .max_batch_tokens = 2048, .block_size = 16};
+                    .gen_len = 128, .max_batch_tokens = 2048, .block_size = 16, .tp = 1, .pp = 1};
     int o, li = 0;
     long v;
     double d;
@@ -114,6 +124,17 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
         case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
         case O_VERBOSE: a->verbose = true; break;
+        case O_TP: if (cli_int(f, s, 1, PLAN_MAX_TP, &v, err)) return -1; a->tp = (int)v; break;
+        case O_PP: if (cli_int(f, s, 1, PLAN_MAX_PP, &v, err)) return -1; a->pp = (int)v; break;
+        case O_LPS: {
+            int32_t *l;
+            free(a->layers_per_stage);
+            a->layers_per_stage = NULL;
+            if (cli_int_list(f, s, &l, &a->n_stage_layers, err))
+                return -1;
+            a->layers_per_stage = (int *)l; /* int32_t is int on every platform dinfer builds on */
+            break;
+        }
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
         }
@@ -124,6 +145,8 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         return rt_errf(err, "--model DIR is required");
     if (!a->bench && a->n_prompts == 0)
         return rt_errf(err, "give at least one prompt with --tokens, or --bench");
+    if (a->layers_per_stage && a->n_stage_layers != a->pp)
+        return rt_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_stage_layers, a->pp);
     return 0;
 }
 
@@ -168,95 +191,180 @@ static void print_speed(FILE *f, const rt_gen_stats *st)
             st->decode_seconds > 0 ? (double)st->decode_tokens / st->decode_seconds : 0.0);
 }
 
-static int run(run_args *a, rt_err *err)
+/* Rank 0: the requests of this run (the bench's random prompts, or the --tokens prompts). */
+static int make_requests(const run_args *a, const rt_config *cfg, rt_gen_request **out, int *n,
+                         int32_t **bench_tokens, rt_err *err)
 {
-    rt_config cfg;
-    if (rt_config_load(&cfg, a->model, err))
-        return -1;
-    rt_backend *be = rt_cpu_backend_create(a->threads);
-    if (!be)
-        return rt_errf(err, "cannot create the CPU backend");
-    rt_shard shard;
-    rt_shard_whole(&shard, &cfg);
-    rt_model m;
-    double t0 = cli_now();
-    int rc = rt_model_load(&m, &cfg, &shard, a->model, be, err);
-    if (rc) {
-        be->ops->destroy(be);
-        return -1;
-    }
-    if (a->verbose) {
-        fprintf(stderr, "rank 0: loaded %s (%s, %.2fM parameters) in %.2f s: %zu bytes of weights, %d threads\n",
-                a->model, rt_arch_name(cfg.arch), params_of(&cfg) / 1e6, cli_now() - t0, m.bytes_loaded,
-                omp_get_max_threads());
-#ifdef DINFER_HAVE_CUDA
-        char desc[256];
-        int nd = rt_cuda_device_count();
-        fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
-                nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
-#endif
-    }
-    int n = a->bench ? a->batch : a->n_prompts;
-    rt_gen_request *reqs = calloc((size_t)n, sizeof *reqs);
-    rt_gen_result *res = calloc((size_t)n, sizeof *res);
-    int32_t *bench_tokens = NULL;
-    if (!reqs || !res) {
-        rc = rt_errf(err, "out of memory");
-        goto out;
-    }
+    *n = a->bench ? a->batch : a->n_prompts;
+    rt_gen_request *reqs = calloc((size_t)*n, sizeof *reqs);
+    if (!reqs)
+        return rt_errf(err, "out of memory");
     if (a->bench) {
         /* random prompts, a fixed number of new tokens each: EOS ignored so every run is alike */
-        bench_tokens = malloc((size_t)n * (size_t)a->prompt_len * sizeof *bench_tokens);
-        if (!bench_tokens) {
-            rc = rt_errf(err, "out of memory");
-            goto out;
+        *bench_tokens = malloc((size_t)*n * (size_t)a->prompt_len * sizeof **bench_tokens);
+        if (!*bench_tokens) {
+            free(reqs);
+            return rt_errf(err, "out of memory");
         }
         rt_rng rng;
         rt_rng_seed(&rng, 1234);
-        for (size_t i = 0; i < (size_t)n * (size_t)a->prompt_len; i++)
-            bench_tokens[i] = (int32_t)(rt_rng_next(&rng) % (uint64_t)cfg.vocab_size);
-        for (int i = 0; i < n; i++)
-            reqs[i] = (rt_gen_request){.prompt = bench_tokens + (size_t)i * a->prompt_len,
+        for (size_t i = 0; i < (size_t)*n * (size_t)a->prompt_len; i++)
+            (*bench_tokens)[i] = (int32_t)(rt_rng_next(&rng) % (uint64_t)cfg->vocab_size);
+        for (int i = 0; i < *n; i++)
+            reqs[i] = (rt_gen_request){.prompt = *bench_tokens + (size_t)i * a->prompt_len,
                                        .prompt_len = a->prompt_len, .max_tokens = a->gen_len,
                                        .sampling = a->sampling, .ignore_eos = true};
     } else {
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < *n; i++)
             reqs[i] = (rt_gen_request){.prompt = a->prompts[i], .prompt_len = a->prompt_lens[i],
                                        .max_tokens = a->max_tokens, .sampling = a->sampling,
                                        .ignore_eos = a->ignore_eos};
     }
-    rt_gen_options opt = {.max_batch_tokens = a->max_batch_tokens, .block_size = a->block_size};
-    if (opt.max_batch_tokens < n)
-        opt.max_batch_tokens = n; /* room for one decode token per sequence */
-    rt_gen_stats st;
-    if (a->bench) {
-        /* warm-up: thread pools and first-touch page faults stay out of the figures */
-        rt_gen_request w = reqs[0];
-        w.max_tokens = 2;
-        if ((rc = rt_generate(&m, &w, 1, &opt, res, &st, err)))
-            goto out;
-        rt_gen_result_free(&res[0]);
+    *out = reqs;
+    return 0;
+}
+
+/* Rank 0 sizes the job and tells every rank; a bad request stops every rank. */
+static int share_geometry(comm *c, const run_args *a, rt_model *m, const rt_gen_request *reqs, int n,
+                          rt_engine_geometry *g, rt_err *err)
+{
+    int32_t w[8] = {0};
+    if (comm_topo(c)->rank == 0) {
+        rt_gen_options opt = {.max_batch_tokens = a->max_batch_tokens < n ? n : a->max_batch_tokens,
+                              .block_size = a->block_size};
+        w[0] = rt_gen_geometry(m, reqs, n, &opt, g, err) ? -1 : 0;
+        w[1] = g->n_blocks, w[2] = g->block_size, w[3] = g->lim.max_tokens;
+        w[4] = g->lim.max_seqs, w[5] = g->lim.max_blocks, w[6] = g->lim.max_logits;
     }
-    if ((rc = rt_generate(&m, reqs, n, &opt, res, &st, err)))
+    if (comm_bcast(comm_topo(c)->world, w, 8, COMM_I32, 0))
+        return rt_errf(err, "%s", comm_error(c));
+    if (w[0] != 0) {
+        if (comm_topo(c)->rank != 0)
+            rt_errf(err, "rank 0 refused the requests");
+        return -1;
+    }
+    *g = (rt_engine_geometry){w[1], w[2], {w[3], w[4], w[5], w[6]}};
+    return 0;
+}
+
+static void print_traffic(comm *c, rt_engine *e, const plan *p, const rt_config *cfg)
+{
+    rt_engine_traffic tr = rt_engine_get_traffic(e);
+    const comm_topology *t = comm_topo(c);
+    char line[256];
+    double n = tr.decode_tokens ? (double)tr.decode_tokens : 1.0;
+    snprintf(line, sizeof line,
+             "rank %d (stage %d, tp %d): per decode token sent %.0f B tensor-parallel + %.0f B pipeline "
+             "(plan: %zu B), %.0f B control",
+             t->rank, t->stage, t->tp_rank, (double)tr.tp_bytes / n, (double)tr.pp_bytes / n,
+             plan_comm_bytes_per_token(p, cfg, t->rank), (double)tr.world_bytes / n);
+    job_print_by_rank(c, stdout, line);
+}
+
+static int run(run_args *a, comm *c, rt_err *err)
+{
+    const char *prog = "dinfer-run";
+    const comm_topology *t = comm_topo(c);
+    const bool root = t->rank == 0;
+    rt_config cfg;
+    plan p = {0};
+    int rc = rt_config_load(&cfg, a->model, err);
+    if (rc == 0)
+        rc = plan_make(&p, &cfg, a->tp, a->pp, a->layers_per_stage, RT_F32, err);
+    if (job_agree(c, prog, rc, err))
+        return -2; /* already reported */
+    int threads = job_threads(c, a->threads);
+    rt_backend *be = rt_cpu_backend_create(threads);
+    rt_model m = {0};
+    double t0 = cli_now();
+    rc = be ? rt_model_load(&m, &cfg, &p.ranks[t->rank].shard, a->model, be, err)
+            : rt_errf(err, "cannot create the CPU backend");
+    if (job_agree(c, prog, rc, err)) {
+        if (be)
+            be->ops->destroy(be);
+        plan_free(&p);
+        return -2;
+    }
+    if (a->verbose) {
+        const rt_shard *s = &m.shard;
+        char line[320];
+        snprintf(line, sizeof line,
+                 "rank %d (stage %d, tp %d): layers %d-%d, heads %d-%d, KV heads %d-%d, FFN %d-%d, vocab %d-%d: "
+                 "loaded %zu bytes in %.2f s, %d threads",
+                 t->rank, t->stage, t->tp_rank, s->layer_begin, s->layer_end - 1, s->head_begin,
+                 s->head_begin + s->n_heads - 1, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads - 1,
+                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, m.bytes_loaded, cli_now() - t0,
+                 threads);
+        if (root)
+            fprintf(stderr, "%s: %s, %.2fM parameters, tp=%d x pp=%d\n", a->model, rt_arch_name(cfg.arch),
+                    params_of(&cfg) / 1e6, a->tp, a->pp);
+        job_print_by_rank(c, stderr, line);
+#ifdef DINFER_HAVE_CUDA
+        char desc[256];
+        int nd = rt_cuda_device_count();
+        if (root)
+            fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
+                    nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
+#endif
+    }
+    rt_gen_request *reqs = NULL;
+    rt_gen_result *res = NULL;
+    int32_t *bench_tokens = NULL;
+    int n = 0;
+    rt_engine_geometry g;
+    rt_engine *e = NULL;
+    if (root && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
+        !(res = calloc((size_t)n, sizeof *res)))
+        rc = rt_errf(err, "out of memory");
+    if (job_agree(c, prog, rc, err) || share_geometry(c, a, &m, reqs, n, &g, err)) {
+        rc = -1;
         goto out;
-    if (a->bench) {
-        printf("bench: %s (%.1fM parameters), cpu, %d threads, batch %d, prompt %d, generate %d\n", a->model,
-               params_of(&cfg) / 1e6, omp_get_max_threads(), n, a->prompt_len, a->gen_len);
-        print_speed(stdout, &st);
-        if (st.decode_seconds > 0)
-            printf("decode step: %.2f ms for %d sequences (%.1f tokens/s per sequence)\n",
-                   st.decode_seconds * 1e3 * n / (double)st.decode_tokens, n,
-                   (double)st.decode_tokens / n / st.decode_seconds);
-    } else {
-        for (int i = 0; i < n; i++) {
-            if (a->json)
-                print_json(&res[i]);
-            else
-                print_text(i, a->prompts[i], a->prompt_lens[i], &res[i], a->logprobs);
-        }
-        print_speed(a->json ? stderr : stdout, &st);
     }
+    rc = rt_engine_create(&e, &m, c, &g, err);
+    if (job_agree(c, prog, rc, err)) {
+        rc = -2;
+        goto out;
+    }
+    rt_gen_stats st;
+    if (!root) {
+        if (rt_engine_follow(e, err))
+            job_abort(c, prog, err);
+    } else {
+        if (a->bench) {
+            /* warm-up: thread pools and first-touch page faults stay out of the figures */
+            rt_gen_request w = reqs[0];
+            w.max_tokens = 2;
+            if (rt_generate(e, &w, 1, res, &st, err))
+                job_abort(c, prog, err);
+            rt_gen_result_free(&res[0]);
+        }
+        if (rt_generate(e, reqs, n, res, &st, err) || rt_engine_finish(e, err))
+            job_abort(c, prog, err);
+        if (a->bench) {
+            printf("bench: %s (%.1fM parameters), cpu, tp=%d x pp=%d, %d threads per rank, batch %d, prompt %d, "
+                   "generate %d\n", a->model, params_of(&cfg) / 1e6, a->tp, a->pp, threads, n, a->prompt_len,
+                   a->gen_len);
+            print_speed(stdout, &st);
+            if (st.decode_seconds > 0)
+                printf("decode step: %.2f ms for %d sequences (%.1f tokens/s per sequence)\n",
+                       st.decode_seconds * 1e3 * n / (double)st.decode_tokens, n,
+                       (double)st.decode_tokens / n / st.decode_seconds);
+        } else {
+            for (int i = 0; i < n; i++) {
+                if (a->json)
+                    print_json(&res[i]);
+                else
+                    print_text(i, a->prompts[i], a->prompt_lens[i], &res[i], a->logprobs);
+            }
+            print_speed(a->json ? stderr : stdout, &st);
+        }
+        fflush(stdout);
+    }
+    if ((a->verbose || a->bench) && t->world_size > 1)
+        print_traffic(c, e, &p, &cfg);
+    rc = 0;
 out:
+    rt_engine_destroy(e);
     for (int i = 0; res && i < n; i++)
         rt_gen_result_free(&res[i]);
     free(res);
@@ -264,28 +372,33 @@ out:
     free(bench_tokens);
     rt_model_free(&m);
     be->ops->destroy(be);
+    plan_free(&p);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    int world = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     run_args a;
     rt_err err = {{0}};
+    comm *c = NULL;
+    char cerr[256];
+    /* every rank parses the same command line and reaches the same verdict; rank 0 reports it */
     int rc = parse_args(&a, argc, argv, &err);
-    if (rc == 0 && world != 1)
-        rc = rt_errf(&err, "this version runs on one rank; the job has %d (tensor and pipeline parallel runs come with --tp/--pp)",
-                     world);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
+        rc = rt_errf(&err, "%s", cerr);
     if (rc == 0)
-        rc = run(&a, &err);
+        rc = run(&a, c, &err);
     for (int i = 0; i < a.n_prompts; i++)
         free(a.prompts[i]);
     free(a.prompts);
     free(a.prompt_lens);
-    if (rc < 0)
+    free(a.layers_per_stage);
+    if (rc == -1 && rank == 0)
         fprintf(stderr, "dinfer-run: %s\n", err.msg);
+    comm_destroy(c);
     MPI_Finalize();
     return rc < 0 ? 1 : 0;
 }

@@ -81,6 +81,8 @@ typedef struct rt_backend_ops {
      * h / (n_heads / n_kv_heads). */
     void (*attention)(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,
                       const rt_attn_batch *b, const rt_attn_shape *s);
+    /* x += y, n elements. */
+    void (*add)(rt_backend *be, void *x, const void *y, size_t n);
     /* out = silu(gate) * up, n elements. */
     void (*silu_mul)(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
     /* out(n, dim) = x rows listed in rows. */

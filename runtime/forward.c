@@ -6,6 +6,7 @@
 
 struct rt_forward {
     rt_model *m;
+    comm *comm;           /* NULL on a single rank */
     rt_kv_cache *kv;
     rt_forward_limits lim;
     rt_attn_shape shape;
@@ -24,6 +25,9 @@ struct rt_forward {
     int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables */
     int32_t *h_ints;        /* host staging of the same */
     size_t n_ints;
+    float *part;            /* (max_logits, vocab_local) host: this rank's logits (tp > 1) */
+    float *gathered;        /* (max_logits, vocab) host: every rank's blocks, on the sampling rank */
+    size_t *counts;         /* (tp) logit elements per tp rank */
 };
 
 static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
@@ -34,7 +38,7 @@ static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
     return p;
 }
 
-int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim,
+int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim, comm *cm,
                       rt_err *err)
 {
     rt_forward *fw = calloc(1, sizeof *fw);
@@ -44,6 +48,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     const rt_shard *s = &m->shard;
     rt_backend *be = m->be;
     fw->m = m;
+    fw->comm = cm;
     fw->kv = kv;
     fw->lim = *lim;
     fw->shape = (rt_attn_shape){
@@ -70,6 +75,13 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->n_ints = 4 * T + (size_t)lim->max_logits + (size_t)lim->max_seqs * (size_t)lim->max_blocks;
     fw->d_ints = alloc_or_fail(be, fw->n_ints * sizeof(int32_t), &failed);
     fw->h_ints = malloc(fw->n_ints * sizeof(int32_t));
+    const int tp = cm ? comm_topo(cm)->tp : 1;
+    if (tp > 1 && s->last_stage) {
+        fw->part = malloc((size_t)lim->max_logits * vocab * sizeof(float));
+        fw->gathered = malloc((size_t)lim->max_logits * (size_t)c->vocab_size * sizeof(float));
+        fw->counts = malloc((size_t)tp * sizeof *fw->counts);
+        failed |= !fw->part || !fw->gathered || !fw->counts;
+    }
     if (failed || !fw->h_ints) {
         rt_forward_destroy(fw);
         return rt_errf(err, "cannot allocate the activation workspace for %d tokens per step on the %s backend",
@@ -93,6 +105,9 @@ void rt_forward_destroy(rt_forward *fw)
         if (bufs[i])
             be->ops->free(be, bufs[i]);
     free(fw->h_ints);
+    free(fw->part);
+    free(fw->gathered);
+    free(fw->counts);
     free(fw);
 }
 
@@ -154,6 +169,54 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int
     return 0;
 }
 
+/* The collectives of a step. Each is a no-op on a single rank; a failure names the call. */
+static int tp_allreduce(rt_forward *fw, void *buf, size_t n, rt_err *err)
+{
+    if (!fw->comm || comm_topo(fw->comm)->tp == 1)
+        return 0;
+    if (comm_allreduce_sum(comm_topo(fw->comm)->tp_group, buf, n, COMM_F32))
+        return rt_errf(err, "%s", comm_error(fw->comm));
+    return 0;
+}
+
+static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, rt_err *err)
+{
+    const comm_topology *t = comm_topo(fw->comm);
+    int rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, t->stage + 1)
+                  : comm_recv(t->pp_group, buf, n, COMM_F32, t->stage - 1);
+    return rc ? rt_errf(err, "%s", comm_error(fw->comm)) : 0;
+}
+
+/* Gathers the vocab-parallel logits (nl, vocab_local) of every tp rank on tp rank 0 and lays them
+ * out as (nl, vocab) there. */
+static int gather_logits(rt_forward *fw, int nl, float *logits, rt_err *err)
+{
+    const rt_model *m = fw->m;
+    const comm_topology *t = comm_topo(fw->comm);
+    const rt_backend_ops *op = m->be->ops;
+    const size_t v_local = (size_t)(m->shard.vocab_end - m->shard.vocab_begin), V = (size_t)m->cfg.vocab_size;
+    const float *src = fw->logits;
+    if (op->act_dtype != RT_F32) {
+        op->to_f32(m->be, fw->logits32, fw->logits, (size_t)nl * v_local);
+        src = fw->logits32;
+    }
+    op->download(m->be, fw->part, src, (size_t)nl * v_local * sizeof(float));
+    for (int r = 0; r < t->tp; r++) /* the plan's even split of the vocabulary */
+        fw->counts[r] = (size_t)nl * (size_t)(((long)V * (r + 1) / t->tp) - ((long)V * r / t->tp));
+    if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32))
+        return rt_errf(err, "%s", comm_error(fw->comm));
+    if (t->tp_rank != 0)
+        return 0;
+    const float *blk = fw->gathered;
+    for (int r = 0; r < t->tp; r++) {
+        size_t v0 = (size_t)((long)V * r / t->tp), w = fw->counts[r] / (size_t)nl;
+        for (int i = 0; i < nl; i++)
+            memcpy(logits + (size_t)i * V + v0, blk + (size_t)i * w, w * sizeof(float));
+        blk += fw->counts[r];
+    }
+    return 0;
+}
+
 int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err)
 {
     rt_model *m = fw->m;
@@ -167,10 +230,15 @@ int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *er
         return -1;
     const int T = b->n_tokens;
     const float eps = (float)c->norm_eps;
-    const size_t ffn_n = (size_t)T * (size_t)(s->ffn_end - s->ffn_begin);
+    const size_t ffn_n = (size_t)T * (size_t)(s->ffn_end - s->ffn_begin), xn = (size_t)T * (size_t)c->dim;
 
-    if (s->first_stage)
+    if (s->first_stage) {
         op->embedding(be, fw->x, &m->embed, s->vocab_begin, d_tokens, T);
+        if (tp_allreduce(fw, fw->x, xn, err))
+            return -1;
+    } else if (pp_transfer(fw, fw->x, xn, false, err)) {
+        return -1;
+    }
     for (int l = 0; l < m->n_layers; l++) {
         rt_layer_weights *w = &m->layers[l];
         if (l == 0)
@@ -182,15 +250,24 @@ int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *er
         op->rope_kv_write(be, fw->q, fw->k, fw->v, fw->inv_freq, &ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
+        if (tp_allreduce(fw, fw->xb, xn, err))
+            return -1;
         op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &w->ffn_norm, T, eps);
         op->matmul(be, fw->gate, fw->xb, &w->w_gate, NULL, T);
         op->matmul(be, fw->up, fw->xb, &w->w_up, NULL, T);
         op->silu_mul(be, fw->gate, fw->gate, fw->up, ffn_n);
         op->matmul(be, fw->xb, fw->gate, &w->w_down, NULL, T);
+        if (tp_allreduce(fw, fw->xb, xn, err))
+            return -1;
         if (l + 1 < m->n_layers)
             op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &m->layers[l + 1].attn_norm, T, eps);
     }
-    if (!s->last_stage || b->n_logits == 0) {
+    if (!s->last_stage) {
+        op->add(be, fw->x, fw->xb, xn); /* the last layer's residual, then on to the next stage */
+        op->sync(be);
+        return pp_transfer(fw, fw->x, xn, true, err);
+    }
+    if (b->n_logits == 0) {
         op->sync(be);
         return 0;
     }
@@ -198,13 +275,11 @@ int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *er
     const int nl = b->n_logits;
     void *xr = fw->rows, *dr = (char *)fw->rows + (size_t)nl * (size_t)c->dim * rt_dtype_size(op->act_dtype);
     op->gather_rows(be, xr, fw->x, d_lrows, nl, c->dim);
-    if (m->n_layers > 0) {
-        op->gather_rows(be, dr, fw->xb, d_lrows, nl, c->dim);
-        op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
-    } else {
-        op->rmsnorm(be, dr, xr, &m->final_norm, nl, eps);
-    }
+    op->gather_rows(be, dr, fw->xb, d_lrows, nl, c->dim);
+    op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
     op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
+    if (fw->comm && comm_topo(fw->comm)->tp > 1)
+        return gather_logits(fw, nl, logits, err);
     size_t n = (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin);
     if (op->act_dtype == RT_F32) {
         op->download(be, logits, fw->logits, n * sizeof(float));

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
 
@@ -32,14 +33,19 @@ typedef struct rt_forward_limits {
 
 typedef struct rt_forward rt_forward;
 
-/* Allocates the activation workspace for lim on the model's backend. */
-int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim,
+/* Allocates the activation workspace for lim on the model's backend. With a comm (NULL on a single
+ * rank), the step is this rank's part of a tp x pp job whose shard is m->shard: all-reduces over
+ * the tp group, hidden states from the previous and to the next stage over the pp group, and the
+ * vocab-parallel logits gathered on the last stage's tp rank 0. */
+int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim, comm *c,
                       rt_err *err);
 void rt_forward_destroy(rt_forward *fw);
 
-/* Runs the step. On the last stage, logits (n_logits, vocab_local) are written to host memory
- * at logits. Fails, naming the problem, when the batch exceeds the limits or holds a token id,
- * position or block id out of range (nothing is computed then). */
+/* Runs the step; collective over every rank of the job. On the last stage's tp rank 0, the logits
+ * (n_logits, vocab) of the whole vocabulary are written to host memory at logits. Fails, naming
+ * the problem, when the batch exceeds the limits or holds a token id, position or block id out of
+ * range (every rank sees the same batch and refuses it before any collective), or when a
+ * collective fails. */
 int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err);
 
 #endif

@@ -5,7 +5,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "runtime/forward.h"
 #include "runtime/kv_cache.h"
 
 static double now_seconds(void)
@@ -35,11 +34,35 @@ const char *rt_gen_request_check(const rt_model *m, const rt_gen_request *r, cha
     return rt_sampling_check(&r->sampling);
 }
 
-typedef struct seq_state {
-    int done;        /* positions already in the KV cache */
-    bool finished;
-    rt_rng rng;
-} seq_state;
+/* Blocks a request holds: the last generated token is never fed back, so it needs no KV slot. */
+static int blocks_of(const rt_gen_request *r, int bs)
+{
+    return rt_kv_blocks_for(r->prompt_len + r->max_tokens - 1, bs);
+}
+
+int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
+                    rt_engine_geometry *g, rt_err *err)
+{
+    const int bs = opt->block_size, budget = opt->max_batch_tokens;
+    if (n < 1 || bs < 1 || budget < 1)
+        return rt_errf(err, "generate: need at least one request, a block size and a token budget");
+    int max_blocks = 1;
+    long total = 0;
+    for (int i = 0; i < n; i++) {
+        char buf[160];
+        const char *why = rt_gen_request_check(m, &reqs[i], buf, sizeof buf);
+        if (why)
+            return rt_errf(err, "request %d: %s", i, why);
+        int nb = blocks_of(&reqs[i], bs);
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+        total += nb;
+    }
+    if (total > 1L << 30)
+        return rt_errf(err, "generate: the requests need %ld KV blocks", total);
+    *g = (rt_engine_geometry){.n_blocks = (int32_t)total, .block_size = bs,
+                              .lim = {.max_tokens = budget, .max_seqs = n, .max_blocks = max_blocks, .max_logits = n}};
+    return 0;
+}
 
 void rt_gen_result_free(rt_gen_result *r)
 {
@@ -48,49 +71,39 @@ void rt_gen_result_free(rt_gen_result *r)
     memset(r, 0, sizeof *r);
 }
 
-int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                rt_gen_result *res, rt_gen_stats *st, rt_err *err)
+typedef struct seq_state {
+    int done;        /* positions already in the KV cache */
+    bool finished;
+    rt_rng rng;
+} seq_state;
+
+int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *res, rt_gen_stats *st, rt_err *err)
 {
     memset(st, 0, sizeof *st);
     memset(res, 0, (size_t)n * sizeof *res);
-    const rt_config *c = &m->cfg;
-    const int bs = opt->block_size, budget = opt->max_batch_tokens;
-    if (n < 1 || bs < 1 || budget < 1)
-        return rt_errf(err, "generate: need at least one request, a block size and a token budget");
-    int max_blocks = 1, total_blocks = 0;
-    for (int i = 0; i < n; i++) {
-        char buf[160];
-        const char *why = rt_gen_request_check(m, &reqs[i], buf, sizeof buf);
-        if (why)
-            return rt_errf(err, "request %d: %s", i, why);
-        /* the last generated token is never fed back, so it needs no KV slot */
-        int nb = rt_kv_blocks_for(reqs[i].prompt_len + reqs[i].max_tokens - 1, bs);
-        max_blocks = nb > max_blocks ? nb : max_blocks;
-        total_blocks += nb;
-    }
-
-    rt_kv_cache kv;
-    if (rt_kv_cache_create(&kv, m->be, m->n_layers, total_blocks, bs, m->shard.n_kv_heads, c->head_dim, err))
-        return -1;
-    rt_forward_limits lim = {.max_tokens = budget, .max_seqs = n, .max_blocks = max_blocks, .max_logits = n};
-    rt_forward *fw = NULL;
-    const int vocab = c->vocab_size;
+    const rt_engine_geometry *g = rt_engine_geom(e);
+    const rt_config *c = &rt_engine_model(e)->cfg;
+    const int bs = g->block_size, budget = g->lim.max_tokens, max_blocks = g->lim.max_blocks;
+    if (n > g->lim.max_seqs)
+        return rt_errf(err, "generate: %d requests for an engine sized for %d", n, g->lim.max_seqs);
     int32_t *tables = malloc((size_t)n * (size_t)max_blocks * sizeof *tables);
     int32_t *ints = malloc(5 * (size_t)budget * sizeof *ints);
-    float *logits = malloc((size_t)n * (size_t)vocab * sizeof *logits);
-    void *scratch = malloc((size_t)vocab * 8);
     seq_state *ss = calloc((size_t)n, sizeof *ss);
     int *owner = malloc((size_t)n * sizeof *owner);
+    rt_step_sampling *rows = malloc((size_t)n * sizeof *rows);
+    rt_sample_out *outs = malloc((size_t)n * sizeof *outs);
     int rc = 0;
-    if (!tables || !ints || !logits || !scratch || !ss || !owner) {
+    if (!tables || !ints || !ss || !owner || !rows || !outs) {
         rc = rt_errf(err, "generate: out of host memory");
         goto out;
     }
-    if ((rc = rt_forward_create(&fw, m, &kv, &lim, err)))
-        goto out;
-    /* every block of the pool is handed out up front: sequence i owns a contiguous run */
+    /* each sequence owns a contiguous run of the pool */
     for (int i = 0, next = 0; i < n; i++) {
-        int nb = rt_kv_blocks_for(reqs[i].prompt_len + reqs[i].max_tokens - 1, bs);
+        int nb = blocks_of(&reqs[i], bs);
+        if (nb > max_blocks || next + nb > g->n_blocks) {
+            rc = rt_errf(err, "generate: the requests need more KV blocks than the engine holds");
+            goto out;
+        }
         for (int j = 0; j < max_blocks; j++)
             tables[(size_t)i * max_blocks + j] = j < nb ? next + j : -1;
         next += nb;
@@ -104,6 +117,7 @@ int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_opt
     }
     int32_t *tok = ints, *pos = tok + budget, *seq = pos + budget, *lrow = seq + budget;
     for (int running = n; running > 0;) {
+        /* one decode token for each running sequence, prefill chunks of the others, in order */
         int T = 0, nl = 0, prefill = 0;
         for (int i = 0; i < n && T < budget; i++) {
             if (ss[i].finished)
@@ -129,29 +143,28 @@ int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_opt
             T += take;
             if (ss[i].done >= r->prompt_len) {
                 lrow[nl] = T - 1;
+                rows[nl] = (rt_step_sampling){r->sampling, ss[i].rng};
                 owner[nl++] = i;
             }
         }
         rt_batch b = {.n_tokens = T, .tokens = tok, .pos = pos, .seq = seq, .n_seqs = n,
                       .block_tables = tables, .max_blocks = max_blocks, .n_logits = nl, .logit_rows = lrow};
         double t0 = now_seconds();
-        if ((rc = rt_forward_step(fw, &b, logits, err)))
+        if ((rc = rt_engine_step(e, &b, rows, outs, err)))
             goto out;
         for (int k = 0; k < nl; k++) {
             int i = owner[k];
-            rt_sample_out so;
-            rt_sample(logits + (size_t)k * vocab, vocab, &reqs[i].sampling, &ss[i].rng, scratch, &so);
-            rt_gen_result *out = &res[i];
-            out->tokens[out->n_tokens] = so.token;
-            out->logprobs[out->n_tokens] = so.logprob;
-            out->n_tokens++;
-            if (!reqs[i].ignore_eos && rt_config_is_eos(c, so.token)) {
-                out->finish_reason = "stop";
-            } else if (out->n_tokens == reqs[i].max_tokens) {
-                out->finish_reason = "length";
-            } else {
+            ss[i].rng = rows[k].rng;
+            rt_gen_result *o = &res[i];
+            o->tokens[o->n_tokens] = outs[k].token;
+            o->logprobs[o->n_tokens] = outs[k].logprob;
+            o->n_tokens++;
+            if (!reqs[i].ignore_eos && rt_config_is_eos(c, outs[k].token))
+                o->finish_reason = "stop";
+            else if (o->n_tokens == reqs[i].max_tokens)
+                o->finish_reason = "length";
+            else
                 continue;
-            }
             ss[i].finished = true;
             running--;
         }
@@ -166,16 +179,26 @@ int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_opt
         }
     }
 out:
-    rt_forward_destroy(fw);
-    rt_kv_cache_destroy(&kv);
     free(tables);
     free(ints);
-    free(logits);
-    free(scratch);
     free(ss);
     free(owner);
+    free(rows);
+    free(outs);
     if (rc)
         for (int i = 0; i < n; i++)
             rt_gen_result_free(&res[i]);
+    return rc;
+}
+
+int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
+                      rt_gen_result *results, rt_gen_stats *stats, rt_err *err)
+{
+    rt_engine_geometry g;
+    rt_engine *e;
+    if (rt_gen_geometry(m, reqs, n, opt, &g, err) || rt_engine_create(&e, m, NULL, &g, err))
+        return -1;
+    int rc = rt_generate(e, reqs, n, results, stats, err);
+    rt_engine_destroy(e);
     return rc;
 }

@@ -1,5 +1,5 @@
 /* Offline generation: a fixed set of prompts run to completion as one continuously batched job
- * on one rank (dinfer-run, benchmarks, tests). Each step takes up to max_batch_tokens tokens:
+ * (dinfer-run, benchmarks, tests), scheduled on rank 0 and run by an engine over every rank. Each step takes up to max_batch_tokens tokens:
  * one decode token per running sequence and prefill chunks of the others. */
 #ifndef DINFER_RUNTIME_GENERATE_H
 #define DINFER_RUNTIME_GENERATE_H
@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "runtime/engine.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 
@@ -41,9 +42,19 @@ typedef struct rt_gen_options {
 /* Checks one request against the model; NULL when valid, else what is wrong (into buf). */
 const char *rt_gen_request_check(const rt_model *m, const rt_gen_request *r, char *buf, size_t n);
 
-/* Runs the requests to completion. results (n) are filled; free them with rt_gen_result_free. */
-int rt_generate(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                rt_gen_result *results, rt_gen_stats *stats, rt_err *err);
+/* Checks the requests and sizes the job: a KV pool that holds every request at once, steps of
+ * opt->max_batch_tokens tokens. */
+int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
+                    rt_engine_geometry *g, rt_err *err);
+
+/* Rank 0: runs the requests to completion on an engine sized by rt_gen_geometry. results (n) are
+ * filled; free them with rt_gen_result_free. */
+int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *results, rt_gen_stats *stats,
+                rt_err *err);
+
+/* A single-rank convenience: geometry, engine, generate. */
+int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
+                      rt_gen_result *results, rt_gen_stats *stats, rt_err *err);
 void rt_gen_result_free(rt_gen_result *r);
 
 #endif

@@ -66,6 +66,7 @@ static const rt_backend_ops cpu_ops = {
     .add_rmsnorm = cpu_add_rmsnorm,
     .rope_kv_write = cpu_rope_kv_write,
     .attention = cpu_attention,
+    .add = cpu_add,
     .silu_mul = cpu_silu_mul,
     .gather_rows = cpu_gather_rows,
     .to_f32 = cpu_to_f32,

@@ -96,6 +96,16 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, void *k_, const void *v_, const
     }
 }
 
+void cpu_add(rt_backend *be, void *x_, const void *y_, size_t n)
+{
+    (void)be;
+    float *x = x_;
+    const float *y = y_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
 void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_, const void *up_, size_t n)
 {
     (void)be;

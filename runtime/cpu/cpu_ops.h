@@ -15,6 +15,7 @@ void cpu_rope_kv_write(rt_backend *be, void *q, void *k, const void *v, const fl
                        const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
 void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s);
+void cpu_add(rt_backend *be, void *x, const void *y, size_t n);
 void cpu_silu_mul(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 

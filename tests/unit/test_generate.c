@@ -66,7 +66,7 @@ static void run(fixture *f, const rt_gen_request *r, int n, int budget, int bs, 
     rt_gen_options o = {budget, bs};
     rt_gen_stats st;
     rt_err err;
-    if (rt_generate(&f->m, r, n, &o, out, &st, &err))
+    if (rt_generate_local(&f->m, r, n, &o, out, &st, &err))
         fail_msg("generate: %s", err.msg);
 }
 
@@ -169,7 +169,7 @@ static void test_request_errors(void **state)
         {{P1, 7, 4, {.top_k = -1, .top_p = 1}, false}, "top_k"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        assert_int_equal(rt_generate(&f->m, &cases[i].r, 1, &o, &res, &st, &err), -1);
+        assert_int_equal(rt_generate_local(&f->m, &cases[i].r, 1, &o, &res, &st, &err), -1);
         if (!strstr(err.msg, cases[i].msg))
             fail_msg("case %zu: \"%s\" does not mention \"%s\"", i, err.msg, cases[i].msg);
     }

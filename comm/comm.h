@@ -1,0 +1,70 @@
+/* One communication interface for the runtime, whatever carries the bytes: MPI over host memory
+ * (CPU ranks, control messages) now, NCCL over device memory in the GPU issue. The forward pass
+ * calls these and never sees MPI or NCCL. comm depends on nothing else of dinfer's.
+ *
+ * Every call is collective over its group (send/recv: over the pair) and returns 0, or -1 with
+ * comm_error() saying which call failed on which rank and why. Counts are elements, size_t;
+ * messages of more than INT_MAX elements are split into chunks. */
+#ifndef DINFER_COMM_H
+#define DINFER_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum comm_dtype {
+    COMM_F32 = 0,
+    COMM_I32,
+    COMM_U8,
+} comm_dtype;
+
+size_t comm_dtype_size(comm_dtype t);
+
+typedef struct comm comm;
+typedef struct comm_group comm_group;
+
+/* The groups of a tp x pp job laid out as rank = stage * tp + tp_rank. */
+typedef struct comm_topology {
+    int world_size, rank;
+    int tp, pp;
+    int stage, tp_rank;
+    int local_rank, local_size; /* among the ranks on this host (GPU binding, thread counts) */
+    comm_group *world; /* every rank */
+    comm_group *tp_group; /* the tp ranks of this stage, in tp_rank order */
+    comm_group *pp_group; /* the ranks of every stage with this tp_rank, in stage order */
+} comm_topology;
+
+/* Byte counters of what this rank handed to each group (payloads, both directions of a send
+ * counted once, at the sender; a collective counted as its buffer size). */
+typedef struct comm_counters {
+    uint64_t tp_bytes, pp_bytes, world_bytes;
+    uint64_t calls;
+} comm_counters;
+
+/* MPI backend over MPI_COMM_WORLD (MPI must be initialized). Fails when the world size is not
+ * tp x pp. err receives the reason (errlen bytes). */
+int comm_mpi_create(comm **out, int tp, int pp, char *err, size_t errlen);
+void comm_destroy(comm *c);
+
+const comm_topology *comm_topo(const comm *c);
+const char *comm_error(const comm *c);
+comm_counters comm_get_counters(const comm *c);
+void comm_reset_counters(comm *c);
+/* Largest element count one underlying call carries (INT_MAX by default; tests lower it). */
+void comm_set_chunk_elems(comm *c, size_t n);
+
+int comm_group_size(const comm_group *g);
+int comm_group_rank(const comm_group *g);
+
+int comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
+int comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root);
+/* recv (size * count) = every rank's count elements of send, in group rank order. */
+int comm_allgather(comm_group *g, const void *send, void *recv, size_t count, comm_dtype t);
+/* On root, recv = rank i's counts[i] elements, in rank order; counts is read on root only. */
+int comm_gatherv(comm_group *g, const void *send, size_t count, void *recv, const size_t *counts, int root,
+                 comm_dtype t);
+int comm_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer);
+int comm_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer);
+/* Logical OR of flag over the group: how every rank learns that one of them failed. */
+int comm_any(comm_group *g, int flag, int *any);
+
+#endif

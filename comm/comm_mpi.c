@@ -1,0 +1,283 @@
+/* The MPI backend of comm.h: host memory, MPI_COMM_WORLD split into tp and pp groups with
+ * MPI_Comm_split. Errors are returned (MPI_ERRORS_RETURN), never fatal inside MPI. */
+#include <limits.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm.h"
+
+struct comm_group {
+    comm *owner;
+    MPI_Comm mc;
+    int size, rank;
+    uint64_t *bytes; /* the counter this group's traffic adds to */
+};
+
+struct comm {
+    comm_topology topo;
+    comm_group world, tp, pp;
+    comm_counters counters;
+    size_t chunk;
+    char err[512];
+};
+
+size_t comm_dtype_size(comm_dtype t)
+{
+    return t == COMM_U8 ? 1 : 4;
+}
+
+static MPI_Datatype mpi_type(comm_dtype t)
+{
+    switch (t) {
+    case COMM_F32: return MPI_FLOAT;
+    case COMM_I32: return MPI_INT32_T;
+    case COMM_U8: return MPI_UINT8_T;
+    }
+    return MPI_DATATYPE_NULL;
+}
+
+static int fail(comm *c, const char *call, int rc)
+{
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    snprintf(c->err, sizeof c->err, "rank %d: %s failed: %s", c->topo.rank, call, msg);
+    return -1;
+}
+
+#define MPI_TRY(g, call)                          \
+    do {                                          \
+        int rc_ = (call);                         \
+        if (rc_ != MPI_SUCCESS)                   \
+            return fail((g)->owner, #call, rc_);  \
+    } while (0)
+
+static int init_group(comm *c, comm_group *g, MPI_Comm mc, uint64_t *bytes)
+{
+    g->owner = c;
+    g->mc = mc;
+    g->bytes = bytes;
+    MPI_Comm_set_errhandler(mc, MPI_ERRORS_RETURN);
+    MPI_Comm_size(mc, &g->size);
+    MPI_Comm_rank(mc, &g->rank);
+    return 0;
+}
+
+int comm_mpi_create(comm **out, int tp, int pp, char *err, size_t errlen)
+{
+    int world, rank;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (tp < 1 || pp < 1 || (long)tp * pp != world) {
+        snprintf(err, errlen, "the job has %d ranks but tp=%d x pp=%d needs %ld", world, tp, pp, (long)tp * pp);
+        return -1;
+    }
+    comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    c->chunk = INT_MAX;
+    c->topo = (comm_topology){.world_size = world, .rank = rank, .tp = tp, .pp = pp,
+                              .stage = rank / tp, .tp_rank = rank % tp,
+                              .world = &c->world, .tp_group = &c->tp, .pp_group = &c->pp};
+    MPI_Comm dup, tpc, ppc;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &dup) != MPI_SUCCESS ||
+        MPI_Comm_split(MPI_COMM_WORLD, rank / tp, rank % tp, &tpc) != MPI_SUCCESS ||
+        MPI_Comm_split(MPI_COMM_WORLD, rank % tp, rank / tp, &ppc) != MPI_SUCCESS) {
+        snprintf(err, errlen, "rank %d: cannot create the tp and pp communicators", rank);
+        free(c);
+        return -1;
+    }
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_rank(node, &c->topo.local_rank);
+        MPI_Comm_size(node, &c->topo.local_size);
+        MPI_Comm_free(&node);
+    } else {
+        c->topo.local_rank = 0;
+        c->topo.local_size = 1;
+    }
+    init_group(c, &c->world, dup, &c->counters.world_bytes);
+    init_group(c, &c->tp, tpc, &c->counters.tp_bytes);
+    init_group(c, &c->pp, ppc, &c->counters.pp_bytes);
+    *out = c;
+    return 0;
+}
+
+void comm_destroy(comm *c)
+{
+    if (!c)
+        return;
+    MPI_Comm_free(&c->world.mc);
+    MPI_Comm_free(&c->tp.mc);
+    MPI_Comm_free(&c->pp.mc);
+    free(c);
+}
+
+const comm_topology *comm_topo(const comm *c) { return &c->topo; }
+const char *comm_error(const comm *c) { return c->err; }
+comm_counters comm_get_counters(const comm *c) { return c->counters; }
+void comm_reset_counters(comm *c) { memset(&c->counters, 0, sizeof c->counters); }
+void comm_set_chunk_elems(comm *c, size_t n) { c->chunk = n > 0 && n < INT_MAX ? n : INT_MAX; }
+int comm_group_size(const comm_group *g) { return g->size; }
+int comm_group_rank(const comm_group *g) { return g->rank; }
+
+static void count(comm_group *g, size_t bytes)
+{
+    *g->bytes += bytes;
+    g->owner->counters.calls++;
+}
+
+int comm_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+{
+    if (g->size == 1)
+        return 0;
+    count(g, n * comm_dtype_size(t));
+    char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < g->owner->chunk ? n - done : g->owner->chunk;
+        MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, p + done * comm_dtype_size(t), (int)k, mpi_type(t), MPI_SUM, g->mc));
+        done += k;
+    }
+    return 0;
+}
+
+int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
+{
+    if (g->size == 1)
+        return 0;
+    if (g->rank == root)
+        count(g, n * comm_dtype_size(t));
+    char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < g->owner->chunk ? n - done : g->owner->chunk;
+        MPI_TRY(g, MPI_Bcast(p + done * comm_dtype_size(t), (int)k, mpi_type(t), root, g->mc));
+        done += k;
+    }
+    return 0;
+}
+
+int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+{
+    count(g, n * comm_dtype_size(t));
+    const char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < g->owner->chunk ? n - done : g->owner->chunk;
+        MPI_TRY(g, MPI_Send(p + done * comm_dtype_size(t), (int)k, mpi_type(t), peer, 0, g->mc));
+        done += k;
+    }
+    return 0;
+}
+
+int comm_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+{
+    char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < g->owner->chunk ? n - done : g->owner->chunk;
+        MPI_TRY(g, MPI_Recv(p + done * comm_dtype_size(t), (int)k, mpi_type(t), peer, 0, g->mc, MPI_STATUS_IGNORE));
+        done += k;
+    }
+    return 0;
+}
+
+/* Both gathers go chunk by chunk: in each round rank i contributes up to `chunk` elements of its
+ * remaining data, the round's pieces land in a staging buffer and are copied into place. */
+static int gather_rounds(comm_group *g, const void *send, size_t count_self, void *recv, const size_t *counts,
+                         int root, comm_dtype t)
+{
+    comm *c = g->owner;
+    const size_t es = comm_dtype_size(t);
+    const int all = root < 0;
+    size_t most = 0;
+    for (int i = 0; counts && i < g->size; i++)
+        most = counts[i] > most ? counts[i] : most;
+    /* everyone must agree on the number of rounds: the largest contribution decides */
+    uint64_t m = all || g->rank == root ? most : 0;
+    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, &m, 1, MPI_UINT64_T, MPI_MAX, g->mc));
+    most = (size_t)m;
+    int *rc = NULL, *rd = NULL;
+    char *stage = NULL;
+    size_t *offs = NULL;
+    if (all || g->rank == root) {
+        rc = malloc((size_t)g->size * sizeof *rc);
+        rd = malloc((size_t)g->size * sizeof *rd);
+        offs = malloc((size_t)g->size * sizeof *offs);
+        stage = malloc((size_t)g->size * (c->chunk < most ? c->chunk : (most ? most : 1)) * es);
+        if (!rc || !rd || !offs || !stage) {
+            free(rc), free(rd), free(offs), free(stage);
+            snprintf(c->err, sizeof c->err, "rank %d: out of memory in a gather", c->topo.rank);
+            return -1;
+        }
+        offs[0] = 0;
+        for (int i = 1; i < g->size; i++)
+            offs[i] = offs[i - 1] + counts[i - 1];
+    }
+    int ret = 0;
+    for (size_t done = 0; done < most || (most == 0 && done == 0); done += c->chunk) {
+        size_t mine = count_self > done ? count_self - done : 0;
+        mine = mine < c->chunk ? mine : c->chunk;
+        int pos = 0;
+        for (int i = 0; rc && i < g->size; i++) {
+            size_t left = counts[i] > done ? counts[i] - done : 0;
+            rc[i] = (int)(left < c->chunk ? left : c->chunk);
+            rd[i] = pos;
+            pos += rc[i];
+        }
+        const char *sp = (const char *)send + done * es;
+        int r = all ? MPI_Allgatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), g->mc)
+                    : MPI_Gatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), root, g->mc);
+        if (r != MPI_SUCCESS) {
+            ret = fail(c, all ? "MPI_Allgatherv" : "MPI_Gatherv", r);
+            break;
+        }
+        for (int i = 0; rc && i < g->size; i++)
+            memcpy((char *)recv + (offs[i] + done) * es, stage + (size_t)rd[i] * es, (size_t)rc[i] * es);
+        if (most == 0)
+            break;
+    }
+    free(rc), free(rd), free(offs), free(stage);
+    return ret;
+}
+
+int comm_allgather(comm_group *g, const void *send, void *recv, size_t n, comm_dtype t)
+{
+    if (g->size == 1) {
+        memcpy(recv, send, n * comm_dtype_size(t));
+        return 0;
+    }
+    count(g, n * comm_dtype_size(t));
+    size_t *counts = malloc((size_t)g->size * sizeof *counts);
+    if (!counts) {
+        snprintf(g->owner->err, sizeof g->owner->err, "rank %d: out of memory", g->owner->topo.rank);
+        return -1;
+    }
+    for (int i = 0; i < g->size; i++)
+        counts[i] = n;
+    int rc = gather_rounds(g, send, n, recv, counts, -1, t);
+    free(counts);
+    return rc;
+}
+
+int comm_gatherv(comm_group *g, const void *send, size_t n, void *recv, const size_t *counts, int root,
+                 comm_dtype t)
+{
+    if (g->size == 1) {
+        memcpy(recv, send, n * comm_dtype_size(t));
+        return 0;
+    }
+    if (g->rank != root)
+        count(g, n * comm_dtype_size(t));
+    return gather_rounds(g, send, n, recv, g->rank == root ? counts : NULL, root, t);
+}
+
+int comm_any(comm_group *g, int flag, int *any)
+{
+    int v = flag != 0;
+    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LOR, g->mc));
+    *any = v;
+    return 0;
+}

@@ -1,0 +1,92 @@
+#include "launch/job.h"
+
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LINE 640
+
+/* "rank R (host H)" for messages */
+static void who(const comm *c, char *buf, size_t n)
+{
+    char host[128] = "?";
+    gethostname(host, sizeof host - 1);
+    snprintf(buf, n, "rank %d (host %s)", comm_topo(c)->rank, host);
+}
+
+static int gather_lines(comm *c, const char *line, char **all)
+{
+    const comm_topology *t = comm_topo(c);
+    char mine[LINE] = {0};
+    snprintf(mine, sizeof mine, "%s", line);
+    size_t *counts = malloc((size_t)t->world_size * sizeof *counts);
+    *all = t->rank == 0 ? calloc((size_t)t->world_size, LINE) : NULL;
+    if (!counts || (t->rank == 0 && !*all)) {
+        free(counts);
+        return -1;
+    }
+    for (int i = 0; i < t->world_size; i++)
+        counts[i] = LINE;
+    int rc = comm_gatherv(t->world, mine, LINE, *all, counts, 0, COMM_U8);
+    free(counts);
+    return rc;
+}
+
+int job_agree(comm *c, const char *prog, int rc, const rt_err *err)
+{
+    int any = 0;
+    if (comm_any(comm_topo(c)->world, rc != 0, &any) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, comm_error(c));
+        return -1;
+    }
+    if (!any)
+        return 0;
+    char line[LINE] = "", me[160];
+    if (rc) {
+        who(c, me, sizeof me);
+        snprintf(line, sizeof line, "%s: %s", me, err->msg);
+    }
+    char *all = NULL;
+    if (gather_lines(c, line, &all) == 0 && all)
+        for (int i = 0; i < comm_topo(c)->world_size; i++)
+            if (all[(size_t)i * LINE])
+                fprintf(stderr, "%s: %s\n", prog, all + (size_t)i * LINE);
+    free(all);
+    return -1;
+}
+
+int job_print_by_rank(comm *c, FILE *f, const char *line)
+{
+    char *all = NULL;
+    if (gather_lines(c, line, &all) != 0)
+        return -1;
+    for (int i = 0; all && i < comm_topo(c)->world_size; i++)
+        fprintf(f, "%s\n", all + (size_t)i * LINE);
+    free(all);
+    return 0;
+}
+
+void job_abort(comm *c, const char *prog, const rt_err *err)
+{
+    char me[160] = "rank ?";
+    if (c)
+        who(c, me, sizeof me);
+    fprintf(stderr, "%s: %s: %s\n", prog, me, err->msg);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+int job_threads(const comm *c, int requested)
+{
+    if (requested > 0)
+        return requested;
+    const char *env = getenv("OMP_NUM_THREADS");
+    if (env && atoi(env) > 0)
+        return atoi(env);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int local = c ? comm_topo(c)->local_size : 1;
+    long n = cores / (local > 0 ? local : 1);
+    return n > 0 ? (int)n : 1;
+}

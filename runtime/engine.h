@@ -1,0 +1,49 @@
+/* The engine runs steps of a job over every rank: rank 0 (the coordinator) decides each step and
+ * broadcasts its plan (tokens, positions, KV block tables, sampling of each logit row); every rank
+ * runs its part of the forward pass; the last stage's tp rank 0 samples and returns the tokens to
+ * rank 0. On a single rank (no comm) a step is just forward + sample. */
+#ifndef DINFER_RUNTIME_ENGINE_H
+#define DINFER_RUNTIME_ENGINE_H
+
+#include <stdint.h>
+
+#include "comm/comm.h"
+#include "runtime/forward.h"
+#include "runtime/sampler.h"
+
+/* What every rank must allocate identically: the KV pool and the step limits. */
+typedef struct rt_engine_geometry {
+    int32_t n_blocks;
+    int32_t block_size;
+    rt_forward_limits lim;
+} rt_engine_geometry;
+
+/* How one logit row is sampled; rng is advanced by the step. */
+typedef struct rt_step_sampling {
+    rt_sampling params;
+    rt_rng rng;
+} rt_step_sampling;
+
+/* Traffic of decode steps (every token a sequence's only token in the step), per rank. */
+typedef struct rt_engine_traffic {
+    uint64_t decode_tokens;
+    uint64_t tp_bytes, pp_bytes, world_bytes;
+} rt_engine_traffic;
+
+typedef struct rt_engine rt_engine;
+
+int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geometry *g, rt_err *err);
+void rt_engine_destroy(rt_engine *e);
+const rt_engine_geometry *rt_engine_geom(const rt_engine *e);
+rt_model *rt_engine_model(rt_engine *e);
+rt_engine_traffic rt_engine_get_traffic(const rt_engine *e);
+
+/* Rank 0: runs one step over every rank. rows (b->n_logits) say how each logit row is sampled and
+ * have their rng advanced; out (b->n_logits) receives the samples. */
+int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, rt_err *err);
+/* Ranks other than 0: follow rank 0's steps until it calls rt_engine_finish. */
+int rt_engine_follow(rt_engine *e, rt_err *err);
+/* Rank 0: releases the followers. */
+int rt_engine_finish(rt_engine *e, rt_err *err);
+
+#endif
