@@ -261,25 +261,37 @@ static int cmp_entry(const void *a, const void *b)
     return strcmp(((const rt_ckpt_entry *)a)->name, ((const rt_ckpt_entry *)b)->name);
 }
 
-static int add_file(rt_ckpt *c, const char *dir, const char *fname, const char *index, rt_err *err)
+/* The index of a shard file name, added if new. */
+static int add_file_name(rt_ckpt *c, const char *fname, rt_err *err)
 {
     if (strchr(fname, '/') || strcmp(fname, "..") == 0 || strcmp(fname, ".") == 0 || !*fname)
-        return rt_errf(err, "%s: shard file name \"%.64s\" must be a plain file name", index, fname);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, fname);
+        return rt_errf(err, "%s: shard file name \"%.64s\" must be a plain file name", c->index_path, fname);
     for (int i = 0; i < c->n_files; i++)
-        if (strcmp(c->files[i].path, path) == 0)
+        if (strcmp(c->file_names[i], fname) == 0)
             return i;
-    rt_st_file *nf = realloc(c->files, (size_t)(c->n_files + 1) * sizeof *nf);
-    if (!nf)
-        return rt_errf(err, "%s: out of memory", index);
-    c->files = nf;
-    if (rt_st_open(&c->files[c->n_files], path, err))
-        return -1;
+    char **nn = realloc(c->file_names, (size_t)(c->n_files + 1) * sizeof *nn);
+    if (nn)
+        c->file_names = nn;
+    rt_st_file *nf = nn ? realloc(c->files, (size_t)(c->n_files + 1) * sizeof *nf) : NULL;
+    if (nf)
+        c->files = nf;
+    if (!nn || !nf || !(c->file_names[c->n_files] = strdup(fname)))
+        return rt_errf(err, "%s: out of memory", c->index_path);
+    memset(&c->files[c->n_files], 0, sizeof *c->files);
     return c->n_files++;
 }
 
-static int open_index(rt_ckpt *c, const char *dir, rt_err *err)
+/* Maps shard i on first use. */
+static int ensure_open(rt_ckpt *c, int i, rt_err *err)
+{
+    if (c->files[i].path)
+        return 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", c->dir, c->file_names[i]);
+    return rt_st_open(&c->files[i], path, err);
+}
+
+static int open_index(rt_ckpt *c, rt_err *err)
 {
     char *text;
     size_t len;
@@ -304,14 +316,9 @@ static int open_index(rt_ckpt *c, const char *dir, rt_err *err)
             rc = rt_errf(err, "%s: weight_map entry '%.128s' is not a file name", c->index_path, e->string);
             goto out;
         }
-        int fi = add_file(c, dir, e->valuestring, c->index_path, err);
+        int fi = add_file_name(c, e->valuestring, err);
         if (fi < 0) {
             rc = -1;
-            goto out;
-        }
-        if (!rt_st_find(&c->files[fi], e->string)) {
-            rc = rt_errf(err, "%s: lists tensor '%.128s' in %s, which does not contain it", c->index_path,
-                         e->string, c->files[fi].path);
             goto out;
         }
         rt_ckpt_entry *en = &c->entries[c->n_entries];
@@ -338,16 +345,20 @@ int rt_ckpt_open(rt_ckpt *c, const char *dir, rt_err *err)
 {
     memset(c, 0, sizeof *c);
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     int rc;
+    if (!(c->dir = strdup(dir)))
+        return rt_errf(err, "out of memory");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     if (access(path, F_OK) == 0) {
         c->index_path = strdup(path);
-        rc = c->index_path ? open_index(c, dir, err) : rt_errf(err, "out of memory");
+        rc = c->index_path ? open_index(c, err) : rt_errf(err, "out of memory");
     } else {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        if (access(path, F_OK) != 0)
+        if (access(path, F_OK) != 0) {
+            rt_ckpt_close(c);
             return rt_errf(err, "%s: no model.safetensors or model.safetensors.index.json in the folder", dir);
-        rc = add_file(c, dir, "model.safetensors", path, err) < 0 ? -1 : 0;
+        }
+        rc = add_file_name(c, "model.safetensors", err) < 0 || ensure_open(c, 0, err) ? -1 : 0;
     }
     if (rc)
         rt_ckpt_close(c);
@@ -356,32 +367,40 @@ int rt_ckpt_open(rt_ckpt *c, const char *dir, rt_err *err)
 
 void rt_ckpt_close(rt_ckpt *c)
 {
-    for (int i = 0; i < c->n_files; i++)
-        rt_st_close(&c->files[i]);
+    for (int i = 0; i < c->n_files; i++) {
+        if (c->files[i].path)
+            rt_st_close(&c->files[i]);
+        free(c->file_names[i]);
+    }
     for (int i = 0; i < c->n_entries; i++)
         free(c->entries[i].name);
     free(c->files);
+    free(c->file_names);
     free(c->entries);
     free(c->index_path);
+    free(c->dir);
     memset(c, 0, sizeof *c);
 }
 
-int rt_ckpt_find(const rt_ckpt *c, const char *name, const rt_st_file **file,
-                 const rt_st_tensor **t, rt_err *err)
+int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, rt_err *err)
 {
-    if (!c->index_path) {
-        *file = &c->files[0];
-        *t = rt_st_find(*file, name);
-        if (!*t)
-            return rt_errf(err, "%s: tensor '%s' is missing", c->files[0].path, name);
-        return 0;
+    int fi = 0;
+    if (c->index_path) {
+        rt_ckpt_entry key = {.name = (char *)name};
+        const rt_ckpt_entry *e =
+            c->n_entries ? bsearch(&key, c->entries, (size_t)c->n_entries, sizeof key, cmp_entry) : NULL;
+        if (!e)
+            return rt_errf(err, "%s: tensor '%s' is missing from the index", c->index_path, name);
+        fi = e->file;
+        if (ensure_open(c, fi, err))
+            return -1;
     }
-    rt_ckpt_entry key = {.name = (char *)name};
-    const rt_ckpt_entry *e =
-        c->n_entries ? bsearch(&key, c->entries, (size_t)c->n_entries, sizeof key, cmp_entry) : NULL;
-    if (!e)
-        return rt_errf(err, "%s: tensor '%s' is missing from the index", c->index_path, name);
-    *file = &c->files[e->file];
+    *file = &c->files[fi];
     *t = rt_st_find(*file, name);
+    if (!*t)
+        return c->index_path
+                   ? rt_errf(err, "%s: lists tensor '%s' in %s, which does not contain it", c->index_path, name,
+                             c->files[fi].path)
+                   : rt_errf(err, "%s: tensor '%s' is missing", c->files[0].path, name);
     return 0;
 }

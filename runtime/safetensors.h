@@ -55,19 +55,21 @@ typedef struct rt_ckpt_entry {
 } rt_ckpt_entry;
 
 typedef struct rt_ckpt {
+    char *dir;
     char *index_path;              /* the index file, or NULL for a single model.safetensors */
     int n_files;
-    rt_st_file *files;
+    char **file_names;             /* (n_files) as the index names them */
+    rt_st_file *files;             /* (n_files) mapped on first use: a rank maps only its shards */
     int n_entries;                 /* the index's weight_map, sorted by name; 0 without an index */
     rt_ckpt_entry *entries;
 } rt_ckpt;
 
-/* Opens DIR/model.safetensors.index.json and every shard it names, or DIR/model.safetensors.
- * Every tensor the index lists must be present in its shard. */
+/* Opens DIR/model.safetensors.index.json (the shards it names are mapped and checked when a tensor
+ * in them is first asked for), or maps DIR/model.safetensors. */
 int rt_ckpt_open(rt_ckpt *c, const char *dir, rt_err *err);
 void rt_ckpt_close(rt_ckpt *c);
-/* Finds a tensor; fails naming the tensor and the index or file it is missing from. */
-int rt_ckpt_find(const rt_ckpt *c, const char *name, const rt_st_file **file,
-                 const rt_st_tensor **t, rt_err *err);
+/* Finds a tensor, mapping its shard if needed; fails naming the tensor and the index or file it is
+ * missing from, or the shard's own problem. */
+int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, rt_err *err);
 
 #endif

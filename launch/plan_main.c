@@ -1,0 +1,112 @@
+/* dinfer-plan: prints how a model splits over tp x pp ranks (layers, heads, FFN columns,
+ * vocabulary rows and memory of each rank) without loading a weight, or why it cannot. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch/cli.h"
+#include "partition/plan.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dinfer-plan --model DIR --tp T --pp P [--layers-per-stage 3,2] [--dtype f32|bf16|f16]\n"
+               "Prints each rank's share of the model; exits 1 with the reason when the split is impossible.\n"
+               "Reads only DIR/config.json. --dtype (default: the checkpoint's) sets the memory estimate.\n");
+}
+
+static void range(char *buf, size_t n, int begin, int end)
+{
+    if (end - begin == 1)
+        snprintf(buf, n, "%d", begin);
+    else
+        snprintf(buf, n, "%d-%d", begin, end - 1);
+}
+
+static int run(int argc, char **argv, rt_err *err)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, 't'}, {"pp", required_argument, 0, 'p'},
+        {"layers-per-stage", required_argument, 0, 'l'}, {"dtype", required_argument, 0, 'd'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *model = NULL, *dtype_s = NULL;
+    long tp = 1, pp = 1;
+    int32_t *lps = NULL;
+    int n_lps = 0, o, li = 0;
+    while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 't': if (cli_int("--tp", optarg, 1, PLAN_MAX_TP, &tp, err)) return -1; break;
+        case 'p': if (cli_int("--pp", optarg, 1, PLAN_MAX_PP, &pp, err)) return -1; break;
+        case 'l':
+            free(lps);
+            if (cli_int_list("--layers-per-stage", optarg, &lps, &n_lps, err)) return -1;
+            break;
+        case 'd': dtype_s = optarg; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        }
+    }
+    int rc = 0;
+    rt_config cfg;
+    plan p = {0};
+    if (optind < argc)
+        rc = rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+    else if (!model)
+        rc = rt_errf(err, "--model DIR is required");
+    else if (lps && n_lps != pp)
+        rc = rt_errf(err, "--layers-per-stage lists %d stages, --pp is %ld", n_lps, pp);
+    else
+        rc = rt_config_load(&cfg, model, err);
+    rt_dtype dt = rc == 0 ? cfg.dtype : RT_F32;
+    if (rc == 0 && dtype_s) {
+        if (strcmp(dtype_s, "f32") == 0) dt = RT_F32;
+        else if (strcmp(dtype_s, "bf16") == 0) dt = RT_BF16;
+        else if (strcmp(dtype_s, "f16") == 0) dt = RT_F16;
+        else rc = rt_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", dtype_s);
+    }
+    if (rc == 0)
+        rc = plan_make(&p, &cfg, (int)tp, (int)pp, lps, dt, err);
+    free(lps);
+    if (rc)
+        return rc;
+    printf("model %s: %s, %d layers, %d heads (%d KV, head_dim %d), dim %d, FFN %d, vocab %d\n", model,
+           rt_arch_name(cfg.arch), cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim, cfg.ffn_dim,
+           cfg.vocab_size);
+    printf("split tp=%d x pp=%d over %d ranks, weights and KV cache in %s%s\n", p.tp, p.pp, p.world,
+           rt_dtype_name(dt), cfg.tie_embeddings ? ", tied embeddings" : "");
+    printf("%-5s %-5s %-3s %-8s %-8s %-8s %-13s %-15s %11s %13s\n", "rank", "stage", "tp", "layers", "q heads",
+           "kv heads", "FFN cols", "vocab rows", "weights MiB", "KV MiB/1k tok");
+    double total = 0;
+    for (int r = 0; r < p.world; r++) {
+        const plan_rank *pr = &p.ranks[r];
+        const rt_shard *s = &pr->shard;
+        char L[24], H[24], K[24], F[32], V[32];
+        range(L, sizeof L, s->layer_begin, s->layer_end);
+        range(H, sizeof H, s->head_begin, s->head_begin + s->n_heads);
+        range(K, sizeof K, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads);
+        range(F, sizeof F, s->ffn_begin, s->ffn_end);
+        range(V, sizeof V, s->vocab_begin, s->vocab_end);
+        printf("%-5d %-5d %-3d %-8s %-8s %-8s %-13s %-15s %11.1f %13.2f\n", r, pr->stage, pr->tp_rank, L, H, K, F,
+               s->first_stage || s->last_stage ? V : "-", (double)pr->weight_bytes / (1 << 20),
+               (double)pr->kv_bytes_per_token * 1000 / (1 << 20));
+        total += (double)pr->weight_bytes;
+    }
+    if (p.tp > cfg.n_kv_heads)
+        printf("KV heads are replicated: each is held by %d ranks\n", p.tp / cfg.n_kv_heads);
+    printf("weights in all: %.3f GiB\n", total / (1 << 30));
+    plan_free(&p);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    rt_err err = {{0}};
+    int rc = run(argc, argv, &err);
+    if (rc < 0) {
+        fprintf(stderr, "dinfer-plan: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
