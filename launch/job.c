@@ -1,6 +1,7 @@
 #include "launch/job.h"
 
 #include <mpi.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,10 +49,27 @@ int job_agree(comm *c, const char *prog, int rc, const rt_err *err)
         snprintf(line, sizeof line, "%s: %s", me, err->msg);
     }
     char *all = NULL;
-    if (gather_lines(c, line, &all) == 0 && all)
-        for (int i = 0; i < comm_topo(c)->world_size; i++)
-            if (all[(size_t)i * LINE])
-                fprintf(stderr, "%s: %s\n", prog, all + (size_t)i * LINE);
+    if (gather_lines(c, line, &all) == 0 && all) {
+        /* each distinct message once, from the lowest rank that gave it */
+        int n_failed = 0;
+        const int W = comm_topo(c)->world_size;
+        for (int i = 0; i < W; i++) {
+            const char *msg = all + (size_t)i * LINE;
+            if (!*msg)
+                continue;
+            n_failed++;
+            const char *text = strstr(msg, "): ");
+            bool seen = false;
+            for (int j = 0; j < i && text && !seen; j++) {
+                const char *prev = strstr(all + (size_t)j * LINE, "): ");
+                seen = prev && strcmp(prev, text) == 0;
+            }
+            if (!seen)
+                fprintf(stderr, "%s: %s\n", prog, msg);
+        }
+        if (n_failed > 1)
+            fprintf(stderr, "%s: %d of %d ranks failed\n", prog, n_failed, W);
+    }
     free(all);
     return -1;
 }

@@ -95,7 +95,7 @@ static int run(int argc, char **argv, rt_err *err)
     }
     if (p.tp > cfg.n_kv_heads)
         printf("KV heads are replicated: each is held by %d ranks\n", p.tp / cfg.n_kv_heads);
-    printf("weights in all: %.3f GiB\n", total / (1 << 30));
+    printf("weights in all: %.1f MiB\n", total / (1 << 20));
     plan_free(&p);
     return 0;
 }

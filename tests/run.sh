@@ -21,14 +21,14 @@ step "build (build/)"
 cmake -S . -B build "${gen[@]}" >/dev/null
 cmake --build build -j "$jobs"
 step "tests"
-(cd build && ctest --output-on-failure)
+(cd build && ctest --output-on-failure -j "$jobs")
 [ $quick -eq 1 ] && exit 0
 
 step "build with DINFER_SANITIZE=address;undefined (build-asan/)"
 cmake -S . -B build-asan "${gen[@]}" -DDINFER_SANITIZE="address;undefined" -DDINFER_CUDA=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 step "tests under AddressSanitizer + UBSan"
-(cd build-asan && ctest --output-on-failure)
+(cd build-asan && ctest --output-on-failure -j "$jobs")
 
 fuzzer_lib=$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)
 if ! command -v clang >/dev/null 2>&1 || [ ! -f "$fuzzer_lib" ]; then

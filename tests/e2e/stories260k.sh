@@ -28,3 +28,11 @@ got=$("$DINFER_RUN" --model "$tmp/model" --tokens 1,403,407,261,378 --max-tokens
 want59=$(echo "$want" | cut -d, -f5-63)
 [ "$got" = "$want59" ] || { echo "prompted run differs: got $got want $want59"; exit 1; }
 echo "stories260K: prompted greedy run identical"
+# the same 256 ids from every tp x pp split (5 layers: uneven stages; 4 KV heads: replicated at tp=8)
+for split in 2x1 1x2 2x2 4x1 1x4 2x4 8x1; do
+  tp=${split%x*} pp=${split#*x}
+  got=$(mpirun --oversubscribe --bind-to none -np $((tp * pp)) "$DINFER_RUN" --model "$tmp/model" --tp "$tp" --pp "$pp" \
+        --tokens 1 --max-tokens 256 --ignore-eos --json 2>/dev/null | sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' | tr -d ' ')
+  [ "$got" = "$want" ] || { echo "stories260K at tp=$tp x pp=$pp differs: $got"; exit 1; }
+  echo "stories260K: tp=$tp x pp=$pp identical"
+done
