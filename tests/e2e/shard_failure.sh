@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # When one rank cannot load its shard (a truncated or missing file that only its stage reads),
-# every rank exits non-zero within 10 s and the first line of the error names the rank and the
+# every rank exits non-zero within 10 s (DINFER_FAIL_SECONDS; more under sanitizers) and the first line of the error names the rank and the
 # file; no rank hangs in a collective. Also: start-up errors every rank sees (a world size that is
 # not tp x pp, an impossible split) stop the job with one message.
 set -uo pipefail
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
+limit=${DINFER_FAIL_SECONDS:-10}
 run() { # run NAME ARGS...: mpirun with a 30 s guard; sets rc, secs and the stderr file
   local name=$1; shift
   local t0; t0=$(date +%s%N)
-  timeout 30 mpirun --oversubscribe --bind-to none "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  timeout $((limit * 3)) mpirun --oversubscribe --bind-to none "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
   rc=$?
   secs=$(( ($(date +%s%N) - t0) / 1000000000 ))
 }
-check() { # check NAME NEEDLE...: non-zero exit (not the guard's), under 10 s, needles in line 1
+check() { # check NAME NEEDLE...: non-zero exit (not the guard's), within the limit, needles in line 1
   local name=$1; shift
   local first; first=$(head -n 1 "$tmp/$name.err")
   local ok=1
-  { [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $secs -lt 10 ]; } || ok=0
+  { [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $secs -lt "$limit" ]; } || ok=0
   for n in "$@"; do [[ "$first" == *"$n"* ]] || ok=0; done
   if [ $ok -eq 1 ]; then echo "ok ($name, exit $rc, ${secs}s): $first"
   else echo "FAIL ($name): exit $rc after ${secs}s, first line: $first"; cat "$tmp/$name.err"; fails=$((fails + 1)); fi
