@@ -163,9 +163,9 @@ static void unpack(rt_engine *e, const int32_t *h, rt_batch *b)
 
 /* This rank's part of a step: forward, then sampling on the sampling rank, then the samples (and
  * advanced rng states) to rank 0 when that is another rank. */
-static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, rt_err *err)
+static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out,
+                    comm_counters before, rt_err *err)
 {
-    comm_counters before = e->comm ? comm_get_counters(e->comm) : (comm_counters){0};
     if (rt_forward_step(e->fw, b, e->logits, err))
         return -1;
     const int me = my_rank(e), sr = sampler_rank(e), nl = b->n_logits, V = e->m->cfg.vocab_size;
@@ -191,8 +191,14 @@ static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_
     return 0;
 }
 
+static comm_counters counters_now(const rt_engine *e)
+{
+    return e->comm ? comm_get_counters(e->comm) : (comm_counters){0};
+}
+
 int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, rt_err *err)
 {
+    comm_counters before = counters_now(e);
     if (e->comm && comm_topo(e->comm)->world_size > 1) {
         int32_t h[H_LEN];
         if (pack(e, b, rows, h, err))
@@ -201,7 +207,7 @@ int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_s
         if (comm_bcast(w, h, H_LEN, COMM_I32, 0) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
             return comm_fail(e, err);
     }
-    return run_step(e, b, rows, out, err);
+    return run_step(e, b, rows, out, before, err);
 }
 
 int rt_engine_follow(rt_engine *e, rt_err *err)
@@ -209,6 +215,7 @@ int rt_engine_follow(rt_engine *e, rt_err *err)
     comm_group *w = comm_topo(e->comm)->world;
     for (;;) {
         int32_t h[H_LEN];
+        comm_counters before = counters_now(e);
         if (comm_bcast(w, h, H_LEN, COMM_I32, 0))
             return comm_fail(e, err);
         if (h[H_KIND] == PLAN_STOP)
@@ -219,7 +226,7 @@ int rt_engine_follow(rt_engine *e, rt_err *err)
             return comm_fail(e, err);
         rt_batch b;
         unpack(e, h, &b);
-        if (run_step(e, &b, e->rows, e->out, err))
+        if (run_step(e, &b, e->rows, e->out, before, err))
             return -1;
     }
 }
