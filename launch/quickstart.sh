@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first command of the README: installs what is missing, builds dinfer, writes the default
 # model (a ~125M-parameter Llama-shaped model with seeded random weights) and runs an offline
-# generation on it, printing the generated tokens and the speed.
+# generation on it, first on one rank, then split tp=2 x pp=2 over four MPI ranks (the same
+# tokens), printing the generated tokens and the speed.
 #   ./launch/quickstart.sh [MODEL_DIR]     (default: ./quickstart-model, written once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +21,8 @@ fi
 echo "== offline generation: two prompts as one batch, greedy, 32 new tokens each"
 mpirun --bind-to none -np 1 ./build/launch/dinfer-run --model "$model" --tokens 1,450,4996,17354 --tokens 1,9038,2501,263 \
   --max-tokens 32 --temperature 0 --ignore-eos
+echo "== the same, split tp=2 x pp=2 over 4 MPI ranks"
+mpirun --oversubscribe --bind-to none -np 4 ./build/launch/dinfer-run --model "$model" --tp 2 --pp 2 \
+  --tokens 1,450,4996,17354 --tokens 1,9038,2501,263 --max-tokens 32 --temperature 0 --ignore-eos
 echo "== benchmark: batch 4, prompt 128, 64 new tokens"
 mpirun --bind-to none -np 1 ./build/launch/dinfer-run --model "$model" --bench --batch 4 --prompt-len 128 --gen-len 64
