@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "runtime/kv_cache.h"
+#include "runtime/scheduler.h"
 
 static double now_seconds(void)
 {
@@ -71,104 +72,59 @@ void rt_gen_result_free(rt_gen_result *r)
     memset(r, 0, sizeof *r);
 }
 
-typedef struct seq_state {
-    int done;        /* positions already in the KV cache */
-    bool finished;
-    rt_rng rng;
-} seq_state;
+typedef struct collect {
+    const rt_gen_request *reqs;
+    rt_gen_result *res;
+    int failed;
+    char message[160];
+} collect;
+
+static void on_event(void *ctx, const rt_sched_event *ev)
+{
+    collect *c = ctx;
+    rt_gen_result *r = &c->res[ev->id];
+    if (ev->kind == RT_EV_TOKEN) {
+        r->tokens[r->n_tokens] = ev->sample->token;
+        r->logprobs[r->n_tokens] = ev->sample->logprob;
+        r->n_tokens++;
+    } else if (ev->kind == RT_EV_DONE) {
+        r->finish_reason = ev->finish_reason;
+    } else {
+        c->failed = 1;
+        snprintf(c->message, sizeof c->message, "request %llu: %s", (unsigned long long)ev->id, ev->message);
+    }
+}
 
 int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *res, rt_gen_stats *st, rt_err *err)
 {
     memset(st, 0, sizeof *st);
     memset(res, 0, (size_t)n * sizeof *res);
     const rt_engine_geometry *g = rt_engine_geom(e);
-    const rt_config *c = &rt_engine_model(e)->cfg;
-    const int bs = g->block_size, budget = g->lim.max_tokens, max_blocks = g->lim.max_blocks;
-    if (n > g->lim.max_seqs)
-        return rt_errf(err, "generate: %d requests for an engine sized for %d", n, g->lim.max_seqs);
-    int32_t *tables = malloc((size_t)n * (size_t)max_blocks * sizeof *tables);
-    int32_t *ints = malloc(5 * (size_t)budget * sizeof *ints);
-    seq_state *ss = calloc((size_t)n, sizeof *ss);
-    int *owner = malloc((size_t)n * sizeof *owner);
-    rt_step_sampling *rows = malloc((size_t)n * sizeof *rows);
-    rt_sample_out *outs = malloc((size_t)n * sizeof *outs);
+    rt_sched_options opt = {.max_batch_tokens = g->lim.max_tokens, .max_seqs = n < g->lim.max_seqs ? n : g->lim.max_seqs};
+    collect col = {.reqs = reqs, .res = res};
+    rt_sched *s;
+    if (rt_sched_create(&s, e, &opt, on_event, &col, err))
+        return -1;
     int rc = 0;
-    if (!tables || !ints || !ss || !owner || !rows || !outs) {
-        rc = rt_errf(err, "generate: out of host memory");
-        goto out;
-    }
-    /* each sequence owns a contiguous run of the pool */
-    for (int i = 0, next = 0; i < n; i++) {
-        int nb = blocks_of(&reqs[i], bs);
-        if (nb > max_blocks || next + nb > g->n_blocks) {
-            rc = rt_errf(err, "generate: the requests need more KV blocks than the engine holds");
-            goto out;
-        }
-        for (int j = 0; j < max_blocks; j++)
-            tables[(size_t)i * max_blocks + j] = j < nb ? next + j : -1;
-        next += nb;
-        rt_rng_seed(&ss[i].rng, reqs[i].sampling.seed);
+    for (int i = 0; i < n && rc == 0; i++) {
         res[i].tokens = malloc((size_t)reqs[i].max_tokens * sizeof *res[i].tokens);
         res[i].logprobs = malloc((size_t)reqs[i].max_tokens * sizeof *res[i].logprobs);
-        if (!res[i].tokens || !res[i].logprobs) {
+        int status;
+        rt_sched_request r = {.id = (uint64_t)i, .prompt = reqs[i].prompt, .prompt_len = reqs[i].prompt_len,
+                              .max_tokens = reqs[i].max_tokens, .sampling = reqs[i].sampling,
+                              .ignore_eos = reqs[i].ignore_eos};
+        if (!res[i].tokens || !res[i].logprobs)
             rc = rt_errf(err, "generate: out of host memory");
-            goto out;
-        }
+        else if (rt_sched_add(s, &r, &status, err))
+            rc = -1, rt_err_prefix(err, "request %d", i);
     }
-    int32_t *tok = ints, *pos = tok + budget, *seq = pos + budget, *lrow = seq + budget;
-    for (int running = n; running > 0;) {
-        /* one decode token for each running sequence, prefill chunks of the others, in order */
-        int T = 0, nl = 0, prefill = 0;
-        for (int i = 0; i < n && T < budget; i++) {
-            if (ss[i].finished)
-                continue;
-            const rt_gen_request *r = &reqs[i];
-            int take;
-            if (ss[i].done < r->prompt_len) {
-                take = r->prompt_len - ss[i].done;
-                take = take < budget - T ? take : budget - T;
-                for (int j = 0; j < take; j++) {
-                    tok[T + j] = r->prompt[ss[i].done + j];
-                    pos[T + j] = ss[i].done + j;
-                    seq[T + j] = i;
-                }
-                prefill += take;
-            } else {
-                take = 1;
-                tok[T] = res[i].tokens[res[i].n_tokens - 1];
-                pos[T] = ss[i].done;
-                seq[T] = i;
-            }
-            ss[i].done += take;
-            T += take;
-            if (ss[i].done >= r->prompt_len) {
-                lrow[nl] = T - 1;
-                rows[nl] = (rt_step_sampling){r->sampling, ss[i].rng};
-                owner[nl++] = i;
-            }
-        }
-        rt_batch b = {.n_tokens = T, .tokens = tok, .pos = pos, .seq = seq, .n_seqs = n,
-                      .block_tables = tables, .max_blocks = max_blocks, .n_logits = nl, .logit_rows = lrow};
+    while (rc == 0 && rt_sched_has_work(s)) {
         double t0 = now_seconds();
-        if ((rc = rt_engine_step(e, &b, rows, outs, err)))
-            goto out;
-        for (int k = 0; k < nl; k++) {
-            int i = owner[k];
-            ss[i].rng = rows[k].rng;
-            rt_gen_result *o = &res[i];
-            o->tokens[o->n_tokens] = outs[k].token;
-            o->logprobs[o->n_tokens] = outs[k].logprob;
-            o->n_tokens++;
-            if (!reqs[i].ignore_eos && rt_config_is_eos(c, outs[k].token))
-                o->finish_reason = "stop";
-            else if (o->n_tokens == reqs[i].max_tokens)
-                o->finish_reason = "length";
-            else
-                continue;
-            ss[i].finished = true;
-            running--;
-        }
+        if ((rc = rt_sched_step(s, err)))
+            break;
         double dt = now_seconds() - t0;
+        int T, prefill;
+        rt_sched_last_step(s, &T, &prefill);
         st->steps++;
         if (prefill) {
             st->prefill_seconds += dt;
@@ -177,14 +133,10 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
             st->decode_seconds += dt;
             st->decode_tokens += T;
         }
+        if (col.failed)
+            rc = rt_errf(err, "%s", col.message);
     }
-out:
-    free(tables);
-    free(ints);
-    free(ss);
-    free(owner);
-    free(rows);
-    free(outs);
+    rt_sched_destroy(s);
     if (rc)
         for (int i = 0; i < n; i++)
             rt_gen_result_free(&res[i]);

@@ -1,0 +1,555 @@
+#include "runtime/scheduler.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runtime/kv_cache.h"
+
+#define RING 1024     /* finished requests kept for the latency percentiles */
+#define RATE_RING 512 /* steps kept for the tokens/s window */
+#define RATE_WINDOW 10.0
+
+typedef struct seq {
+    uint64_t id;
+    int32_t *tokens;   /* (prompt_len + max_tokens) prompt, then the generated tokens */
+    int prompt_len, n_gen, max_tokens;
+    int n_computed;    /* tokens whose k and v are in the cache */
+    rt_sampling sampling;
+    rt_rng rng;
+    bool ignore_eos;
+    int32_t *stop_ids;
+    int n_stop;
+    double deadline, arrival, first_token;
+    int32_t *blocks;   /* (max_blocks) physical ids of its logical blocks */
+    int n_blocks;
+} seq;
+
+typedef struct entry { /* one sequence's share of a step */
+    seq *s;
+    int take;
+    bool wants_logits;
+} entry;
+
+struct rt_sched {
+    rt_engine *e;
+    const rt_config *cfg;
+    rt_sched_options opt;
+    rt_sched_emit_fn emit;
+    void *ctx;
+    rt_kv_blocks pool;
+    int block_size, max_blocks;
+    seq **waiting;     /* FIFO; preempted sequences go back to the front */
+    int n_waiting, cap_waiting;
+    seq **running;     /* in admission order */
+    int n_running;
+    seq **snapshot;    /* (max_seqs) scratch copy of running */
+    entry *entries;    /* (max_seqs) */
+    int32_t *tok, *pos, *sidx, *lrow, *tables; /* step arrays */
+    rt_step_sampling *rows;
+    rt_sample_out *outs;
+    /* statistics */
+    uint64_t steps, step_tokens, preemptions, finished;
+    double ttft[RING], tpot[RING];
+    int n_lat;
+    double rate_t[RATE_RING];
+    int rate_n[RATE_RING];
+    int n_rate;
+    int last_tokens, last_prefill;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_options *opt, int n_blocks, int bs)
+{
+    return (rt_engine_geometry){
+        .n_blocks = n_blocks, .block_size = bs,
+        .lim = {.max_tokens = opt->max_batch_tokens, .max_seqs = opt->max_seqs,
+                .max_blocks = rt_kv_blocks_for(cfg->max_pos, bs), .max_logits = opt->max_seqs},
+    };
+}
+
+int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, rt_sched_emit_fn emit, void *ctx,
+                    rt_err *err)
+{
+    const rt_engine_geometry *g = rt_engine_geom(e);
+    if (opt->max_batch_tokens < 1 || opt->max_seqs < 1 || opt->max_batch_tokens > g->lim.max_tokens ||
+        opt->max_seqs > g->lim.max_seqs || opt->max_seqs > g->lim.max_logits)
+        return rt_errf(err, "scheduler: %d tokens and %d sequences per step do not fit the engine's %d and %d",
+                       opt->max_batch_tokens, opt->max_seqs, g->lim.max_tokens, g->lim.max_seqs);
+    rt_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return rt_errf(err, "out of memory");
+    s->e = e;
+    s->cfg = &rt_engine_model(e)->cfg;
+    s->opt = *opt;
+    s->emit = emit;
+    s->ctx = ctx;
+    s->block_size = g->block_size;
+    s->max_blocks = g->lim.max_blocks;
+    size_t T = (size_t)opt->max_batch_tokens, S = (size_t)opt->max_seqs;
+    s->running = calloc(S, sizeof *s->running);
+    s->snapshot = calloc(S, sizeof *s->snapshot);
+    s->entries = calloc(S, sizeof *s->entries);
+    s->tok = malloc(3 * T * sizeof *s->tok);
+    s->lrow = malloc(S * sizeof *s->lrow);
+    s->tables = malloc(S * (size_t)s->max_blocks * sizeof *s->tables);
+    s->rows = calloc(S, sizeof *s->rows);
+    s->outs = calloc(S, sizeof *s->outs);
+    if (!s->running || !s->snapshot || !s->entries || !s->tok || !s->lrow || !s->tables || !s->rows || !s->outs ||
+        rt_kv_blocks_init(&s->pool, g->n_blocks, err)) {
+        rt_sched_destroy(s);
+        return rt_errf(err, "scheduler: out of memory");
+    }
+    s->pos = s->tok + T;
+    s->sidx = s->pos + T;
+    *out = s;
+    return 0;
+}
+
+static void seq_free(seq *q)
+{
+    if (!q)
+        return;
+    free(q->tokens);
+    free(q->stop_ids);
+    free(q->blocks);
+    free(q);
+}
+
+void rt_sched_destroy(rt_sched *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n_waiting; i++)
+        seq_free(s->waiting[i]);
+    for (int i = 0; i < s->n_running; i++)
+        seq_free(s->running[i]);
+    free(s->waiting);
+    free(s->running);
+    free(s->snapshot);
+    free(s->entries);
+    free(s->tok);
+    free(s->lrow);
+    free(s->tables);
+    free(s->rows);
+    free(s->outs);
+    rt_kv_blocks_destroy(&s->pool);
+    free(s);
+}
+
+static int blocks_for(const rt_sched *s, int n_tokens)
+{
+    return rt_kv_blocks_for(n_tokens, s->block_size);
+}
+
+static bool is_live(const rt_sched *s, uint64_t id)
+{
+    for (int i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id)
+            return true;
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id)
+            return true;
+    return false;
+}
+
+static int push_waiting(rt_sched *s, seq *q, bool front)
+{
+    if (s->n_waiting == s->cap_waiting) {
+        int cap = s->cap_waiting ? 2 * s->cap_waiting : 64;
+        seq **nw = realloc(s->waiting, (size_t)cap * sizeof *nw);
+        if (!nw)
+            return -1;
+        s->waiting = nw;
+        s->cap_waiting = cap;
+    }
+    if (front) {
+        memmove(s->waiting + 1, s->waiting, (size_t)s->n_waiting * sizeof *s->waiting);
+        s->waiting[0] = q;
+    } else {
+        s->waiting[s->n_waiting] = q;
+    }
+    s->n_waiting++;
+    return 0;
+}
+
+int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err)
+{
+    const rt_config *c = s->cfg;
+    *status = RT_STATUS_INVALID_ARGUMENT;
+    if (r->prompt_len < 1)
+        return rt_errf(err, "the prompt is empty");
+    for (int i = 0; i < r->prompt_len; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= c->vocab_size)
+            return rt_errf(err, "prompt token %d is outside the vocabulary [0, %d)", r->prompt[i], c->vocab_size);
+    for (int i = 0; i < r->n_stop; i++)
+        if (r->stop_ids[i] < 0 || r->stop_ids[i] >= c->vocab_size)
+            return rt_errf(err, "stop token %d is outside the vocabulary [0, %d)", r->stop_ids[i], c->vocab_size);
+    if (r->max_tokens < 1)
+        return rt_errf(err, "max_tokens must be at least 1");
+    if ((long)r->prompt_len + r->max_tokens > c->max_pos)
+        return rt_errf(err, "prompt (%d tokens) + max_tokens (%d) exceeds the context length %d", r->prompt_len,
+                       r->max_tokens, c->max_pos);
+    const char *bad = rt_sampling_check(&r->sampling);
+    if (bad)
+        return rt_errf(err, "%s", bad);
+    if (is_live(s, r->id))
+        return rt_errf(err, "request id %llu is already live", (unsigned long long)r->id);
+    int need = blocks_for(s, r->prompt_len + r->max_tokens - 1);
+    if (need > s->pool.n_blocks) {
+        *status = RT_STATUS_RESOURCE_EXHAUSTED;
+        return rt_errf(err, "the request needs %d KV blocks and the whole cache has %d", need, s->pool.n_blocks);
+    }
+    seq *q = calloc(1, sizeof *q);
+    if (q) {
+        q->tokens = malloc((size_t)(r->prompt_len + r->max_tokens) * sizeof *q->tokens);
+        q->blocks = malloc((size_t)s->max_blocks * sizeof *q->blocks);
+        q->stop_ids = malloc((size_t)(r->n_stop ? r->n_stop : 1) * sizeof *q->stop_ids);
+    }
+    if (!q || !q->tokens || !q->blocks || !q->stop_ids) {
+        seq_free(q);
+        *status = RT_STATUS_RESOURCE_EXHAUSTED;
+        return rt_errf(err, "out of memory");
+    }
+    memcpy(q->tokens, r->prompt, (size_t)r->prompt_len * sizeof *q->tokens);
+    if (r->n_stop)
+        memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop * sizeof *q->stop_ids);
+    q->id = r->id;
+    q->prompt_len = r->prompt_len;
+    q->max_tokens = r->max_tokens;
+    q->sampling = r->sampling;
+    rt_rng_seed(&q->rng, r->sampling.seed);
+    q->ignore_eos = r->ignore_eos;
+    q->n_stop = r->n_stop;
+    q->deadline = r->deadline;
+    q->arrival = now_s();
+    if (push_waiting(s, q, false)) {
+        seq_free(q);
+        *status = RT_STATUS_RESOURCE_EXHAUSTED;
+        return rt_errf(err, "out of memory");
+    }
+    *status = RT_STATUS_OK;
+    return 0;
+}
+
+static void release_blocks(rt_sched *s, seq *q)
+{
+    rt_kv_blocks_free(&s->pool, q->n_blocks, q->blocks);
+    q->n_blocks = 0;
+}
+
+static void remove_running(rt_sched *s, int i)
+{
+    memmove(s->running + i, s->running + i + 1, (size_t)(s->n_running - i - 1) * sizeof *s->running);
+    s->n_running--;
+}
+
+static void end_with_error(rt_sched *s, seq *q, int status, const char *message)
+{
+    rt_sched_event ev = {.kind = RT_EV_ERROR, .id = q->id, .status = status, .message = message,
+                         .prompt_tokens = q->prompt_len, .completion_tokens = q->n_gen};
+    release_blocks(s, q);
+    s->emit(s->ctx, &ev);
+    seq_free(q);
+}
+
+int rt_sched_cancel(rt_sched *s, uint64_t id, int status, const char *message)
+{
+    for (int i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id) {
+            seq *q = s->waiting[i];
+            memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+            s->n_waiting--;
+            end_with_error(s, q, status, message);
+            return 0;
+        }
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id) {
+            seq *q = s->running[i];
+            remove_running(s, i);
+            end_with_error(s, q, status, message);
+            return 0;
+        }
+    return -1;
+}
+
+void rt_sched_cancel_waiting(rt_sched *s, int status, const char *message)
+{
+    while (s->n_waiting > 0) {
+        seq *q = s->waiting[--s->n_waiting];
+        end_with_error(s, q, status, message);
+    }
+}
+
+bool rt_sched_has_work(const rt_sched *s)
+{
+    return s->n_waiting > 0 || s->n_running > 0;
+}
+
+int rt_sched_running(const rt_sched *s)
+{
+    return s->n_running;
+}
+
+static void expire_deadlines(rt_sched *s, double now)
+{
+    for (int i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->deadline > 0 && now > s->waiting[i]->deadline)
+            rt_sched_cancel(s, s->waiting[i--]->id, RT_STATUS_DEADLINE_EXCEEDED, "the request's deadline passed");
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->deadline > 0 && now > s->running[i]->deadline)
+            rt_sched_cancel(s, s->running[i--]->id, RT_STATUS_DEADLINE_EXCEEDED, "the request's deadline passed");
+}
+
+/* Recompute-preemption: the sequence keeps its tokens and sampling state, loses its cache. */
+static void preempt(rt_sched *s, int i)
+{
+    seq *q = s->running[i];
+    release_blocks(s, q);
+    q->n_computed = 0;
+    remove_running(s, i);
+    push_waiting(s, q, true); /* cannot fail: the queue has room for what left it */
+    s->preemptions++;
+}
+
+static bool is_running(const rt_sched *s, const seq *q)
+{
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i] == q)
+            return true;
+    return false;
+}
+
+static bool in_step(const rt_sched *s, int n_entries, const seq *q)
+{
+    for (int i = 0; i < n_entries; i++)
+        if (s->entries[i].s == q)
+            return true;
+    return false;
+}
+
+/* Gives q blocks for its first n tokens, preempting the latest-admitted running sequences that
+ * are not in this step yet when the pool is short. False when q itself had to be preempted. */
+static bool grow(rt_sched *s, seq *q, int n, int n_entries)
+{
+    int need = blocks_for(s, n) - q->n_blocks;
+    while (need > s->pool.n_free) {
+        int victim = -1;
+        for (int i = s->n_running - 1; i >= 0 && victim < 0; i--)
+            if (s->running[i] != q && !in_step(s, n_entries, s->running[i]))
+                victim = i;
+        if (victim < 0) { /* nobody else to take from: q waits */
+            for (int i = 0; i < s->n_running; i++)
+                if (s->running[i] == q)
+                    preempt(s, i);
+            return false;
+        }
+        preempt(s, victim);
+    }
+    if (need > 0) {
+        rt_kv_blocks_alloc(&s->pool, need, q->blocks + q->n_blocks);
+        q->n_blocks += need;
+    }
+    return true;
+}
+
+static int len_of(const seq *q)
+{
+    return q->prompt_len + q->n_gen;
+}
+
+/* Chooses this step's sequences and token counts. */
+static int form_step(rt_sched *s)
+{
+    int n = 0, budget = s->opt.max_batch_tokens;
+    /* running sequences: decodes first, then prompt chunks; a sequence preempted on the way
+     * (to make room for an earlier one) drops out of the snapshot */
+    seq **snap = s->snapshot;
+    for (int pass = 0; pass < 2; pass++) {
+        int m = s->n_running;
+        memcpy(snap, s->running, (size_t)m * sizeof *snap);
+        for (int i = 0; i < m && budget > 0; i++) {
+            seq *q = snap[i];
+            if (!is_running(s, q) || in_step(s, n, q))
+                continue;
+            int left = len_of(q) - q->n_computed;
+            bool decode = left == 1 && q->n_gen > 0;
+            if (decode != (pass == 0))
+                continue;
+            int take = left < budget ? left : budget;
+            if (!grow(s, q, q->n_computed + take, n))
+                continue;
+            s->entries[n++] = (entry){q, take, q->n_computed + take == len_of(q)};
+            budget -= take;
+        }
+    }
+    /* admissions, first come first served, while the budget and the free blocks allow */
+    while (s->n_waiting > 0 && s->n_running < s->opt.max_seqs && budget > 0) {
+        seq *q = s->waiting[0];
+        int left = len_of(q) - q->n_computed;
+        int take = left < budget ? left : budget;
+        if (blocks_for(s, q->n_computed + take) - q->n_blocks > s->pool.n_free)
+            break;
+        memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
+        s->n_waiting--;
+        s->running[s->n_running++] = q;
+        grow(s, q, q->n_computed + take, n);
+        s->entries[n++] = (entry){q, take, q->n_computed + take == len_of(q)};
+        budget -= take;
+    }
+    return n;
+}
+
+static void record_rate(rt_sched *s, double t, int n_tokens)
+{
+    int i = s->n_rate % RATE_RING;
+    s->rate_t[i] = t;
+    s->rate_n[i] = n_tokens;
+    s->n_rate++;
+}
+
+static void finish(rt_sched *s, int run_index, const char *reason, double now)
+{
+    seq *q = s->running[run_index];
+    rt_sched_event ev = {.kind = RT_EV_DONE, .id = q->id, .finish_reason = reason, .prompt_tokens = q->prompt_len,
+                         .completion_tokens = q->n_gen, .ttft_seconds = q->first_token - q->arrival,
+                         .total_seconds = now - q->arrival};
+    int k = (int)(s->finished % RING);
+    s->ttft[k] = ev.ttft_seconds;
+    s->tpot[k] = q->n_gen > 1 ? (now - q->first_token) / (q->n_gen - 1) : 0.0;
+    s->n_lat = s->n_lat < RING ? s->n_lat + 1 : RING;
+    s->finished++;
+    remove_running(s, run_index);
+    release_blocks(s, q);
+    s->emit(s->ctx, &ev);
+    seq_free(q);
+}
+
+int rt_sched_step(rt_sched *s, rt_err *err)
+{
+    double now = now_s();
+    expire_deadlines(s, now);
+    int n = form_step(s);
+    s->last_tokens = s->last_prefill = 0;
+    if (n == 0)
+        return 0;
+    int width = 1, T = 0, nl = 0;
+    for (int i = 0; i < n; i++)
+        width = s->entries[i].s->n_blocks > width ? s->entries[i].s->n_blocks : width;
+    for (int i = 0; i < n; i++) {
+        entry *en = &s->entries[i];
+        seq *q = en->s;
+        if (!(en->take == 1 && q->n_gen > 0 && en->wants_logits))
+            s->last_prefill += en->take;
+        for (int j = 0; j < en->take; j++, T++) {
+            s->tok[T] = q->tokens[q->n_computed + j];
+            s->pos[T] = q->n_computed + j;
+            s->sidx[T] = i;
+        }
+        for (int j = 0; j < width; j++)
+            s->tables[(size_t)i * width + j] = j < q->n_blocks ? q->blocks[j] : -1;
+        if (en->wants_logits) {
+            s->lrow[nl] = T - 1;
+            s->rows[nl] = (rt_step_sampling){q->sampling, q->rng};
+            nl++;
+        }
+    }
+    rt_batch b = {.n_tokens = T, .tokens = s->tok, .pos = s->pos, .seq = s->sidx, .n_seqs = n,
+                  .block_tables = s->tables, .max_blocks = width, .n_logits = nl, .logit_rows = s->lrow};
+    if (rt_engine_step(s->e, &b, s->rows, s->outs, err))
+        return -1;
+    now = now_s();
+    s->steps++;
+    s->step_tokens += (uint64_t)T;
+    s->last_tokens = T;
+    record_rate(s, now, nl);
+    for (int i = 0, k = 0; i < n; i++) {
+        entry *en = &s->entries[i];
+        seq *q = en->s;
+        q->n_computed += en->take;
+        if (!en->wants_logits)
+            continue;
+        const rt_sample_out *o = &s->outs[k];
+        q->rng = s->rows[k++].rng;
+        q->tokens[len_of(q)] = o->token;
+        q->n_gen++;
+        if (q->n_gen == 1)
+            q->first_token = now;
+        rt_sched_event ev = {.kind = RT_EV_TOKEN, .id = q->id, .sample = o};
+        s->emit(s->ctx, &ev);
+        const char *reason = NULL;
+        if (!q->ignore_eos && rt_config_is_eos(s->cfg, o->token))
+            reason = "stop";
+        for (int j = 0; j < q->n_stop && !reason; j++)
+            if (q->stop_ids[j] == o->token)
+                reason = "stop";
+        if (!reason && q->n_gen == q->max_tokens)
+            reason = "length";
+        if (reason)
+            for (int r = 0; r < s->n_running; r++)
+                if (s->running[r] == q) {
+                    finish(s, r, reason, now);
+                    break;
+                }
+    }
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void percentiles(const double *v, int n, double *p50, double *p99)
+{
+    double tmp[RING];
+    memcpy(tmp, v, (size_t)n * sizeof *tmp);
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+    *p50 = n ? tmp[(n - 1) / 2] : 0.0;
+    *p99 = n ? tmp[(int)((n - 1) * 0.99 + 0.5)] : 0.0;
+}
+
+void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->waiting = s->n_waiting;
+    st->running = s->n_running;
+    st->kv_blocks_free = s->pool.n_free;
+    st->kv_blocks_used = s->pool.n_blocks - s->pool.n_free;
+    st->kv_block_size = s->block_size;
+    st->steps = s->steps;
+    st->step_tokens = s->step_tokens;
+    st->preemptions = s->preemptions;
+    st->finished = s->finished;
+    double now = now_s(), oldest = now;
+    long toks = 0;
+    int have = s->n_rate < RATE_RING ? s->n_rate : RATE_RING;
+    for (int i = 0; i < have; i++)
+        if (now - s->rate_t[i] <= RATE_WINDOW) {
+            toks += s->rate_n[i];
+            oldest = s->rate_t[i] < oldest ? s->rate_t[i] : oldest;
+        }
+    double span = now - oldest;
+    st->tokens_per_second = toks && span > 0 ? (double)toks / (span > 1.0 ? span : 1.0) : 0.0;
+    percentiles(s->ttft, s->n_lat, &st->ttft_p50, &st->ttft_p99);
+    /* tpot of single-token requests is not defined: leave them out */
+    double tp[RING];
+    int m = 0;
+    for (int i = 0; i < s->n_lat; i++)
+        if (s->tpot[i] > 0)
+            tp[m++] = s->tpot[i];
+    percentiles(tp, m, &st->tpot_p50, &st->tpot_p99);
+}
+
+void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens)
+{
+    *tokens = s->last_tokens;
+    *prefill_tokens = s->last_prefill;
+}

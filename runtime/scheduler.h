@@ -1,0 +1,99 @@
+/* Continuous batching on rank 0. Requests wait in a queue; each step the scheduler takes one
+ * decode token from every running sequence, then prefill chunks of sequences still reading their
+ * prompt, then admits waiting requests while the step's token budget (max_batch_tokens), the
+ * sequence limit and the free KV blocks allow. KV blocks are handed out as sequences grow; when
+ * none is left, the most recently admitted sequence is preempted by recomputation (its blocks
+ * freed, its prompt and tokens so far prefilled again later), so admission never deadlocks. New
+ * requests join the running batch at the next step; cancellation frees a sequence's blocks at
+ * once. Events (tokens, completions, errors) go to the caller's callback. */
+#ifndef DINFER_RUNTIME_SCHEDULER_H
+#define DINFER_RUNTIME_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+/* Status codes of finished requests (gRPC's numbers). */
+enum {
+    RT_STATUS_OK = 0,
+    RT_STATUS_CANCELLED = 1,
+    RT_STATUS_INVALID_ARGUMENT = 3,
+    RT_STATUS_DEADLINE_EXCEEDED = 4,
+    RT_STATUS_RESOURCE_EXHAUSTED = 8,
+    RT_STATUS_UNAVAILABLE = 14,
+};
+
+typedef struct rt_sched_request {
+    uint64_t id;             /* unique among live requests; chosen by the caller */
+    const int32_t *prompt;   /* copied */
+    int prompt_len;
+    int max_tokens;
+    rt_sampling sampling;
+    bool ignore_eos;
+    const int32_t *stop_ids; /* copied; generation stops after one of these */
+    int n_stop;
+    double deadline;         /* monotonic seconds; 0: none */
+} rt_sched_request;
+
+typedef enum rt_sched_event_kind {
+    RT_EV_TOKEN,
+    RT_EV_DONE,
+    RT_EV_ERROR,
+} rt_sched_event_kind;
+
+typedef struct rt_sched_event {
+    rt_sched_event_kind kind;
+    uint64_t id;
+    const rt_sample_out *sample;  /* TOKEN */
+    const char *finish_reason;    /* DONE: "length" or "stop" */
+    int status;                   /* ERROR */
+    const char *message;          /* ERROR */
+    int prompt_tokens, completion_tokens;
+    double ttft_seconds, total_seconds; /* DONE: from arrival */
+} rt_sched_event;
+
+typedef void (*rt_sched_emit_fn)(void *ctx, const rt_sched_event *ev);
+
+typedef struct rt_sched_options {
+    int max_batch_tokens; /* tokens per step */
+    int max_seqs;         /* running sequences */
+} rt_sched_options;
+
+typedef struct rt_sched_stats {
+    int waiting, running;
+    int kv_blocks_used, kv_blocks_free, kv_block_size;
+    uint64_t steps, step_tokens, preemptions, finished;
+    double tokens_per_second; /* generated tokens over the last 10 s */
+    double ttft_p50, ttft_p99, tpot_p50, tpot_p99; /* seconds, over the last 1024 requests */
+} rt_sched_stats;
+
+typedef struct rt_sched rt_sched;
+
+/* The scheduler drives an engine whose geometry has room for opt (max_tokens >= max_batch_tokens,
+ * max_seqs, max_logits >= max_seqs, max_blocks covering the context). */
+int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, rt_sched_emit_fn emit, void *ctx,
+                    rt_err *err);
+void rt_sched_destroy(rt_sched *s);
+
+/* The engine geometry a scheduler with opt needs for a model and a pool of n_blocks. */
+rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_options *opt, int n_blocks,
+                                     int block_size);
+
+/* Queues a request. Fails with the status (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) and the reason in
+ * err when it can never run; nothing is emitted then. */
+int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err);
+/* Ends a live request with an ERROR event of this status and message; -1 when id is not live. */
+int rt_sched_cancel(rt_sched *s, uint64_t id, int status, const char *message);
+/* Ends every request still waiting (not yet admitted) likewise. */
+void rt_sched_cancel_waiting(rt_sched *s, int status, const char *message);
+bool rt_sched_has_work(const rt_sched *s);
+int rt_sched_running(const rt_sched *s);
+/* Runs one step (collective over every rank of the engine) and emits its events. */
+int rt_sched_step(rt_sched *s, rt_err *err);
+void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
+/* Tokens of the last step, and how many of them were prompt (prefill) tokens. */
+void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens);
+
+#endif
