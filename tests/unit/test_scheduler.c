@@ -1,0 +1,195 @@
+/* The scheduler under pressure: a KV pool too small for every sequence at once forces preemption
+ * by recomputation, yet every sequence gets the tokens it gets alone; cancellation and deadlines
+ * end requests and free their blocks; requests join a running batch. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/generate.h"
+#include "runtime/scheduler.h"
+#include "tests/unit/tiny_model.h"
+
+static char *dir;
+static rt_backend *be;
+static rt_model model;
+
+typedef struct log {
+    int32_t tokens[8][128];
+    int n[8];
+    int done[8], error[8];
+    int status[8];
+} event_log;
+
+static void on_event(void *ctx, const rt_sched_event *ev)
+{
+    event_log *l = ctx;
+    int i = (int)ev->id;
+    if (ev->kind == RT_EV_TOKEN)
+        l->tokens[i][l->n[i]++] = ev->sample->token;
+    else if (ev->kind == RT_EV_DONE)
+        l->done[i]++;
+    else {
+        l->error[i]++;
+        l->status[i] = ev->status;
+    }
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    rt_err err;
+    rt_config c = tiny_config();
+    dir = tiny_tmpdir();
+    be = rt_cpu_backend_create(0);
+    rt_shard s;
+    rt_shard_whole(&s, &c);
+    if (tiny_model_write(dir, &c, RT_F32, 0, &err) || rt_model_load(&model, &c, &s, dir, be, &err))
+        return -1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rt_model_free(&model);
+    be->ops->destroy(be);
+    tiny_rmtree(dir);
+    free(dir);
+    return 0;
+}
+
+static int32_t prompts[4][40];
+static const int plen[4] = {30, 9, 21, 2};
+static const int gen[4] = {40, 35, 30, 50};
+
+static void reference(int i, rt_sampling smp, int32_t *out)
+{
+    rt_gen_request r = {prompts[i], plen[i], gen[i], smp, true};
+    rt_gen_options o = {64, 16};
+    rt_gen_result res;
+    rt_gen_stats st;
+    rt_err err;
+    if (rt_generate_local(&model, &r, 1, &o, &res, &st, &err))
+        fail_msg("%s", err.msg);
+    memcpy(out, res.tokens, (size_t)gen[i] * sizeof *out);
+    rt_gen_result_free(&res);
+}
+
+static rt_engine *make_engine(int n_blocks, int block_size, const rt_sched_options *o)
+{
+    rt_engine_geometry g = rt_sched_geometry(&model.cfg, o, n_blocks, block_size);
+    rt_engine *e;
+    rt_err err;
+    if (rt_engine_create(&e, &model, NULL, &g, &err))
+        fail_msg("%s", err.msg);
+    return e;
+}
+
+static void test_preemption_keeps_outputs(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < plen[i]; j++)
+            prompts[i][j] = (int32_t)((i * 7 + j * 13) % 60 + 3);
+    for (int sampled = 0; sampled < 2; sampled++) {
+        rt_sampling smp = sampled ? (rt_sampling){.temperature = 1.0f, .top_p = 0.9f, .seed = 5}
+                                  : (rt_sampling){.top_p = 1.0f};
+        int32_t ref[4][128];
+        for (int i = 0; i < 4; i++)
+            reference(i, smp, ref[i]);
+        /* 4-token blocks, 16 of them: 64 token slots for sequences that reach 70, 44, 51, 52 */
+        rt_sched_options o = {.max_batch_tokens = 8, .max_seqs = 4};
+        rt_engine *e = make_engine(19, 4, &o);
+        event_log l = {0};
+        rt_sched *s;
+        rt_err err;
+        assert_int_equal(rt_sched_create(&s, e, &o, on_event, &l, &err), 0);
+        int status;
+        for (int i = 0; i < 4; i++) {
+            rt_sched_request r = {.id = (uint64_t)i, .prompt = prompts[i], .prompt_len = plen[i],
+                                  .max_tokens = gen[i], .sampling = smp, .ignore_eos = true};
+            assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+        }
+        int steps = 0;
+        while (rt_sched_has_work(s) && steps++ < 10000)
+            assert_int_equal(rt_sched_step(s, &err), 0);
+        rt_sched_stats st;
+        rt_sched_get_stats(s, &st);
+        assert_true(st.preemptions > 0);
+        assert_int_equal(st.kv_blocks_used, 0);
+        assert_int_equal(st.finished, 4);
+        assert_true(st.step_tokens / st.steps <= 8);
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(l.done[i], 1);
+            assert_int_equal(l.n[i], gen[i]);
+            assert_memory_equal(l.tokens[i], ref[i], (size_t)gen[i] * sizeof(int32_t));
+        }
+        rt_sched_destroy(s);
+        rt_engine_destroy(e);
+    }
+}
+
+static void test_cancel_deadline_and_joining(void **state)
+{
+    (void)state;
+    rt_sched_options o = {.max_batch_tokens = 16, .max_seqs = 4};
+    rt_engine *e = make_engine(24, 4, &o);
+    event_log l = {0};
+    rt_sched *s;
+    rt_err err;
+    int status;
+    assert_int_equal(rt_sched_create(&s, e, &o, on_event, &l, &err), 0);
+    rt_sampling greedy = {.top_p = 1.0f};
+    rt_sched_request r = {.id = 0, .prompt = prompts[0], .prompt_len = plen[0], .max_tokens = 40,
+                          .sampling = greedy, .ignore_eos = true};
+    assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rt_sched_step(s, &err), 0);
+    assert_int_equal(rt_sched_running(s), 1);
+    /* a second request joins the running batch at the next step */
+    r.id = 1, r.prompt = prompts[1], r.prompt_len = plen[1], r.max_tokens = 5;
+    assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+    assert_int_equal(rt_sched_step(s, &err), 0);
+    assert_int_equal(rt_sched_running(s), 2);
+    /* the same id again is refused while live */
+    assert_int_equal(rt_sched_add(s, &r, &status, &err), -1);
+    assert_int_equal(status, RT_STATUS_INVALID_ARGUMENT);
+    /* cancel frees at once */
+    assert_int_equal(rt_sched_cancel(s, 0, RT_STATUS_CANCELLED, "cancelled"), 0);
+    assert_int_equal(l.error[0], 1);
+    assert_int_equal(l.status[0], RT_STATUS_CANCELLED);
+    assert_int_equal(rt_sched_cancel(s, 0, RT_STATUS_CANCELLED, "again"), -1);
+    while (rt_sched_has_work(s))
+        assert_int_equal(rt_sched_step(s, &err), 0);
+    assert_int_equal(l.done[1], 1);
+    /* a deadline already past ends the request before it runs */
+    r.id = 2, r.deadline = 1e-9;
+    assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+    assert_int_equal(rt_sched_step(s, &err), 0);
+    assert_int_equal(l.status[2], RT_STATUS_DEADLINE_EXCEEDED);
+    /* a request larger than the whole cache can never run */
+    r.id = 3, r.deadline = 0, r.prompt_len = 30, r.max_tokens = 98;
+    assert_int_equal(rt_sched_add(s, &r, &status, &err), -1);
+    assert_int_equal(status, RT_STATUS_RESOURCE_EXHAUSTED);
+    rt_sched_stats st;
+    rt_sched_get_stats(s, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.kv_blocks_free, 24);
+    rt_sched_destroy(s);
+    rt_engine_destroy(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_preemption_keeps_outputs),
+        cmocka_unit_test(test_cancel_deadline_and_joining),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
