@@ -57,6 +57,9 @@ int comm_group_rank(const comm_group *g);
 
 int comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
 int comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root);
+/* As comm_bcast (and matched only by comm_bcast_idle on the other ranks), but a rank that waits
+ * long sleeps between polls instead of spinning: for ranks following an idle coordinator. */
+int comm_bcast_idle(comm_group *g, void *buf, size_t count, comm_dtype t, int root);
 /* recv (size * count) = every rank's count elements of send, in group rank order. */
 int comm_allgather(comm_group *g, const void *send, void *recv, size_t count, comm_dtype t);
 /* On root, recv = rank i's counts[i] elements, in rank order; counts is read on root only. */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm/comm.h"
 
@@ -159,6 +160,28 @@ int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
         done += k;
     }
     return 0;
+}
+
+int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
+{
+    if (g->size == 1)
+        return 0;
+    if (n > g->owner->chunk) /* only small control messages wait idly */
+        return comm_bcast(g, buf, n, t, root);
+    if (g->rank == root)
+        count(g, n * comm_dtype_size(t));
+    MPI_Request req;
+    MPI_TRY(g, MPI_Ibcast(buf, (int)n, mpi_type(t), root, g->mc, &req));
+    for (long polls = 0;; polls++) {
+        int done = 0;
+        MPI_TRY(g, MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        if (done)
+            return 0;
+        if (polls > 20000) { /* about a millisecond of spinning, then 200 us naps */
+            struct timespec nap = {0, 200000};
+            nanosleep(&nap, NULL);
+        }
+    }
 }
 
 int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LINE 640
@@ -107,4 +108,52 @@ int job_threads(const comm *c, int requested)
     int local = c ? comm_topo(c)->local_size : 1;
     long n = cores / (local > 0 ? local : 1);
     return n > 0 ? (int)n : 1;
+}
+
+int job_load(comm *c, const char *prog, const char *dir, int tp, int pp, const int *lps, int threads,
+             bool verbose, job_model *jm)
+{
+    memset(jm, 0, sizeof *jm);
+    const comm_topology *t = comm_topo(c);
+    rt_err err = {{0}};
+    int rc = rt_config_load(&jm->cfg, dir, &err);
+    if (rc == 0)
+        rc = plan_make(&jm->plan, &jm->cfg, tp, pp, lps, RT_F32, &err);
+    if (job_agree(c, prog, rc, &err))
+        return -1;
+    jm->threads = job_threads(c, threads);
+    jm->be = rt_cpu_backend_create(jm->threads);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = jm->be ? rt_model_load(&jm->model, &jm->cfg, &jm->plan.ranks[t->rank].shard, dir, jm->be, &err)
+                : rt_errf(&err, "cannot create the CPU backend");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (job_agree(c, prog, rc, &err)) {
+        job_model_free(jm);
+        return -1;
+    }
+    if (verbose) {
+        const rt_shard *s = &jm->model.shard;
+        char line[320];
+        snprintf(line, sizeof line,
+                 "rank %d (stage %d, tp %d): layers %d-%d, heads %d-%d, KV heads %d-%d, FFN %d-%d, vocab %d-%d: "
+                 "loaded %zu bytes in %.2f s, %d threads",
+                 t->rank, t->stage, t->tp_rank, s->layer_begin, s->layer_end - 1, s->head_begin,
+                 s->head_begin + s->n_heads - 1, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads - 1,
+                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, jm->model.bytes_loaded,
+                 (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec), jm->threads);
+        if (t->rank == 0)
+            fprintf(stderr, "%s: %s, tp=%d x pp=%d\n", dir, rt_arch_name(jm->cfg.arch), tp, pp);
+        job_print_by_rank(c, stderr, line);
+    }
+    return 0;
+}
+
+void job_model_free(job_model *jm)
+{
+    rt_model_free(&jm->model);
+    if (jm->be)
+        jm->be->ops->destroy(jm->be);
+    plan_free(&jm->plan);
+    memset(jm, 0, sizeof *jm);
 }

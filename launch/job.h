@@ -8,7 +8,25 @@
 #include <stdio.h>
 
 #include "comm/comm.h"
+#include "partition/plan.h"
 #include "runtime/err.h"
+#include "runtime/model.h"
+
+/* A rank's loaded share of the model. */
+typedef struct job_model {
+    rt_config cfg;
+    plan plan;
+    rt_backend *be;
+    rt_model model;
+    int threads;
+} job_model;
+
+/* Collective start-up of every MPI executable: config.json, the plan (refused before any weight is
+ * read), then this rank's shard on the CPU backend. With verbose, rank 0 prints every rank's
+ * shard and bytes loaded. Returns 0, or -1 on every rank after rank 0 printed what failed where. */
+int job_load(comm *c, const char *prog, const char *dir, int tp, int pp, const int *layers_per_stage,
+             int threads, bool verbose, job_model *out);
+void job_model_free(job_model *m);
 
 /* Collective over the world. rc is this rank's result (0 or -1, with err filled). Returns 0 when
  * every rank succeeded; else -1 on every rank, after rank 0 has printed "prog: rank R (host H):

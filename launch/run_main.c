@@ -266,47 +266,20 @@ static int run(run_args *a, comm *c, rt_err *err)
     const char *prog = "dinfer-run";
     const comm_topology *t = comm_topo(c);
     const bool root = t->rank == 0;
-    rt_config cfg;
-    plan p = {0};
-    int rc = rt_config_load(&cfg, a->model, err);
-    if (rc == 0)
-        rc = plan_make(&p, &cfg, a->tp, a->pp, a->layers_per_stage, RT_F32, err);
-    if (job_agree(c, prog, rc, err))
+    job_model jm;
+    if (job_load(c, prog, a->model, a->tp, a->pp, a->layers_per_stage, a->threads, a->verbose, &jm))
         return -2; /* already reported */
-    int threads = job_threads(c, a->threads);
-    rt_backend *be = rt_cpu_backend_create(threads);
-    rt_model m = {0};
-    double t0 = cli_now();
-    rc = be ? rt_model_load(&m, &cfg, &p.ranks[t->rank].shard, a->model, be, err)
-            : rt_errf(err, "cannot create the CPU backend");
-    if (job_agree(c, prog, rc, err)) {
-        if (be)
-            be->ops->destroy(be);
-        plan_free(&p);
-        return -2;
-    }
-    if (a->verbose) {
-        const rt_shard *s = &m.shard;
-        char line[320];
-        snprintf(line, sizeof line,
-                 "rank %d (stage %d, tp %d): layers %d-%d, heads %d-%d, KV heads %d-%d, FFN %d-%d, vocab %d-%d: "
-                 "loaded %zu bytes in %.2f s, %d threads",
-                 t->rank, t->stage, t->tp_rank, s->layer_begin, s->layer_end - 1, s->head_begin,
-                 s->head_begin + s->n_heads - 1, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads - 1,
-                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, m.bytes_loaded, cli_now() - t0,
-                 threads);
-        if (root)
-            fprintf(stderr, "%s: %s, %.2fM parameters, tp=%d x pp=%d\n", a->model, rt_arch_name(cfg.arch),
-                    params_of(&cfg) / 1e6, a->tp, a->pp);
-        job_print_by_rank(c, stderr, line);
+    const rt_config cfg = jm.cfg;
+    const int threads = jm.threads;
+    int rc = 0;
 #ifdef DINFER_HAVE_CUDA
+    if (a->verbose && root) {
         char desc[256];
         int nd = rt_cuda_device_count();
-        if (root)
-            fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
-                    nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
-#endif
+        fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
+                nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
     }
+#endif
     rt_gen_request *reqs = NULL;
     rt_gen_result *res = NULL;
     int32_t *bench_tokens = NULL;
@@ -316,11 +289,11 @@ static int run(run_args *a, comm *c, rt_err *err)
     if (root && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
         !(res = calloc((size_t)n, sizeof *res)))
         rc = rt_errf(err, "out of memory");
-    if (job_agree(c, prog, rc, err) || share_geometry(c, a, &m, reqs, n, &g, err)) {
+    if (job_agree(c, prog, rc, err) || share_geometry(c, a, &jm.model, reqs, n, &g, err)) {
         rc = -1;
         goto out;
     }
-    rc = rt_engine_create(&e, &m, c, &g, err);
+    rc = rt_engine_create(&e, &jm.model, c, &g, err);
     if (job_agree(c, prog, rc, err)) {
         rc = -2;
         goto out;
@@ -361,7 +334,7 @@ static int run(run_args *a, comm *c, rt_err *err)
         fflush(stdout);
     }
     if ((a->verbose || a->bench) && t->world_size > 1)
-        print_traffic(c, e, &p, &cfg);
+        print_traffic(c, e, &jm.plan, &cfg);
     rc = 0;
 out:
     rt_engine_destroy(e);
@@ -370,9 +343,7 @@ out:
     free(res);
     free(reqs);
     free(bench_tokens);
-    rt_model_free(&m);
-    be->ops->destroy(be);
-    plan_free(&p);
+    job_model_free(&jm);
     return rc;
 }
 

@@ -204,7 +204,7 @@ int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_s
         if (pack(e, b, rows, h, err))
             return -1;
         comm_group *w = comm_topo(e->comm)->world;
-        if (comm_bcast(w, h, H_LEN, COMM_I32, 0) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
+        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
             return comm_fail(e, err);
     }
     return run_step(e, b, rows, out, before, err);
@@ -216,7 +216,7 @@ int rt_engine_follow(rt_engine *e, rt_err *err)
     for (;;) {
         int32_t h[H_LEN];
         comm_counters before = counters_now(e);
-        if (comm_bcast(w, h, H_LEN, COMM_I32, 0))
+        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0))
             return comm_fail(e, err);
         if (h[H_KIND] == PLAN_STOP)
             return 0;
@@ -236,7 +236,7 @@ int rt_engine_finish(rt_engine *e, rt_err *err)
     if (!e->comm || comm_topo(e->comm)->world_size == 1)
         return 0;
     int32_t h[H_LEN] = {PLAN_STOP};
-    if (comm_bcast(comm_topo(e->comm)->world, h, H_LEN, COMM_I32, 0))
+    if (comm_bcast_idle(comm_topo(e->comm)->world, h, H_LEN, COMM_I32, 0))
         return comm_fail(e, err);
     return 0;
 }

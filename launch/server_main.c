@@ -1,0 +1,275 @@
+/* dinfer-server: the MPI program every rank of a serving job runs.
+ *   mpirun -np 4 dinfer-server --model DIR --tp 2 --pp 2 --port 7070
+ * Rank 0 is the coordinator: it listens for clients, schedules their requests with continuous
+ * batching and streams the tokens back; every rank holds its shard and follows rank 0's steps. */
+#include <errno.h>
+#include <getopt.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launch/cli.h"
+#include "launch/job.h"
+#include "launch/server.h"
+#include "runtime/kv_cache.h"
+
+typedef struct server_args {
+    const char *model, *host, *token_file;
+    int port, tp, pp, *lps, n_lps, threads;
+    int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue;
+    double kv_cache_mib, drain_seconds;
+    long max_frame;
+    bool verbose;
+} server_args;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: mpirun -np N dinfer-server --model DIR [--tp T --pp P] [options]\n"
+            "  --host H                address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)\n"
+            "  --port P                TCP port (default 7070; 0 picks a free one)\n"
+            "  --auth-token-file F     clients must send the token in F\n"
+            "  --max-batch-tokens K    tokens per engine step (default 2048)\n"
+            "  --max-seqs S            sequences running at once (default 256)\n"
+            "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
+            "  --kv-cache-mib M        or: the KV cache per rank in MiB (default 512)\n"
+            "  --block-size N          tokens per KV block (default 16)\n"
+            "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
+            "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
+            "  --drain-seconds S       on SIGTERM/SIGINT, time running requests get to finish (default 30)\n"
+            "  --layers-per-stage L    e.g. 3,2 (default: even)\n"
+            "  --threads N             CPU threads per rank\n"
+            "  --verbose               print each rank's shard\n");
+}
+
+static int parse(server_args *a, int argc, char **argv, rt_err *err)
+{
+    enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
+           O_DRAIN, O_THREADS, O_VERBOSE };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
+        {"layers-per-stage", required_argument, 0, O_LPS}, {"host", required_argument, 0, O_HOST},
+        {"port", required_argument, 0, O_PORT}, {"auth-token-file", required_argument, 0, O_TOKEN},
+        {"max-batch-tokens", required_argument, 0, O_MBT}, {"max-seqs", required_argument, 0, O_SEQS},
+        {"kv-blocks", required_argument, 0, O_KVB}, {"kv-cache-mib", required_argument, 0, O_KVM},
+        {"block-size", required_argument, 0, O_BS}, {"max-queue", required_argument, 0, O_QUEUE},
+        {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
+        {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    *a = (server_args){.host = "127.0.0.1", .port = 7070, .tp = 1, .pp = 1, .max_batch_tokens = 2048,
+                       .max_seqs = 256, .block_size = 16, .max_queue = 4096, .kv_cache_mib = 512,
+                       .drain_seconds = 30, .max_frame = 4 << 20};
+    int o, li = 0;
+    long v;
+    double d;
+    while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
+        char f[40];
+        snprintf(f, sizeof f, "--%s", opts[li].name);
+        const char *s = optarg;
+        switch (o) {
+        case 'm': a->model = s; break;
+        case O_TP: if (cli_int(f, s, 1, PLAN_MAX_TP, &v, err)) return -1; a->tp = (int)v; break;
+        case O_PP: if (cli_int(f, s, 1, PLAN_MAX_PP, &v, err)) return -1; a->pp = (int)v; break;
+        case O_LPS: {
+            int32_t *l;
+            free(a->lps);
+            a->lps = NULL;
+            if (cli_int_list(f, s, &l, &a->n_lps, err)) return -1;
+            a->lps = (int *)l;
+            break;
+        }
+        case O_HOST: a->host = s; break;
+        case O_PORT: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->port = (int)v; break;
+        case O_TOKEN: a->token_file = s; break;
+        case O_MBT: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_batch_tokens = (int)v; break;
+        case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
+        case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
+        case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; break;
+        case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
+        case O_QUEUE: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_queue = (int)v; break;
+        case O_FRAME: if (cli_int(f, s, 64, 1L << 30, &v, err)) return -1; a->max_frame = v; break;
+        case O_DRAIN: if (cli_float(f, s, 0, 86400, &d, err)) return -1; a->drain_seconds = d; break;
+        case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
+        case O_VERBOSE: a->verbose = true; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        }
+    }
+    if (optind < argc)
+        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+    if (!a->model)
+        return rt_errf(err, "--model DIR is required");
+    if (a->lps && a->n_lps != a->pp)
+        return rt_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_lps, a->pp);
+    if (a->max_seqs > a->max_batch_tokens)
+        a->max_seqs = a->max_batch_tokens; /* a step holds at most one token per sequence more */
+    return 0;
+}
+
+/* The token from --auth-token-file: its first line, without the newline. */
+static int read_token(const char *path, char **out, rt_err *err)
+{
+    char *text;
+    size_t len;
+    if (rt_read_file(path, &text, &len, err))
+        return -1;
+    text[strcspn(text, "\r\n")] = 0;
+    if (!*text) {
+        free(text);
+        return rt_errf(err, "%s: the auth token file is empty", path);
+    }
+    *out = text;
+    return 0;
+}
+
+/* KV blocks every rank can hold: --kv-blocks, or the most --kv-cache-mib allows on the rank with
+ * the largest cache per token, capped at what max_seqs sequences of full context could use. Every
+ * rank computes the same number from the plan. */
+static int kv_blocks(const server_args *a, const plan *p, int max_pos, rt_err *err)
+{
+    if (a->kv_blocks > 0)
+        return a->kv_blocks;
+    size_t per_token = 0;
+    for (int r = 0; r < p->world; r++)
+        per_token = p->ranks[r].kv_bytes_per_token > per_token ? p->ranks[r].kv_bytes_per_token : per_token;
+    double blocks = a->kv_cache_mib * 1048576.0 / ((double)per_token * a->block_size);
+    /* never more than every sequence at full context could use */
+    double most = (double)a->max_seqs * rt_kv_blocks_for(max_pos, a->block_size);
+    blocks = blocks < most ? blocks : most;
+    if (blocks < 1)
+        return rt_errf(err, "--kv-cache-mib %g holds no block of %d tokens (%zu bytes per token)", a->kv_cache_mib,
+                       a->block_size, per_token);
+    return blocks > (1 << 28) ? 1 << 28 : (int)blocks;
+}
+
+static srv_shared *the_server; /* the signal handler's only way to it */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (the_server) {
+        the_server->stop = 1;
+        srv_wake(the_server->engine_wake);
+        srv_wake(the_server->net_wake);
+    }
+}
+
+static int serve(server_args *a, comm *c)
+{
+    const char *prog = "dinfer-server";
+    const comm_topology *t = comm_topo(c);
+    const bool root = t->rank == 0;
+    rt_err err = {{0}};
+    char *token = NULL;
+    int rc = root && a->token_file ? read_token(a->token_file, &token, &err) : 0;
+    if (job_agree(c, prog, rc, &err))
+        return 1;
+    job_model jm;
+    if (job_load(c, prog, a->model, a->tp, a->pp, a->lps, a->threads, a->verbose, &jm)) {
+        free(token);
+        return 1;
+    }
+    rt_sched_options so = {.max_batch_tokens = a->max_batch_tokens, .max_seqs = a->max_seqs};
+    int blocks = kv_blocks(a, &jm.plan, jm.cfg.max_pos, &err);
+    rt_engine *e = NULL;
+    rc = blocks < 0 ? -1 : 0;
+    rt_engine_geometry g;
+    if (rc == 0) {
+        g = rt_sched_geometry(&jm.cfg, &so, blocks, a->block_size);
+        rc = rt_engine_create(&e, &jm.model, c, &g, &err);
+    }
+    srv_shared s;
+    pthread_t net_thread;
+    bool net_started = false;
+    if (rc == 0 && root) {
+        srv_options opt = {.host = a->host, .port = a->port, .auth_token = token, .max_frame = (size_t)a->max_frame,
+                           .max_conn_buffer = 16u << 20, .max_connections = 1024, .max_queue = a->max_queue,
+                           .drain_seconds = a->drain_seconds};
+        char nerr[256];
+        if (srv_shared_init(&s, &opt) != 0) {
+            rc = rt_errf(&err, "cannot create the wake pipes: %s", strerror(errno));
+        } else if (srv_net_start(&s, &net_thread, nerr, sizeof nerr) != 0) {
+            rc = rt_errf(&err, "%s", nerr);
+            srv_shared_destroy(&s);
+        } else {
+            net_started = true;
+        }
+    }
+    if (job_agree(c, prog, rc, &err)) {
+        rt_engine_destroy(e);
+        job_model_free(&jm);
+        free(token);
+        return 1;
+    }
+    if (!root) {
+        /* signals end the job through rank 0's drain; a follower just follows */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        rc = rt_engine_follow(e, &err);
+        if (rc)
+            job_abort(c, prog, &err);
+    } else {
+        const rt_config *cfg = &jm.cfg;
+        snprintf(s.snap.model, sizeof s.snap.model, "%s", a->model);
+        snprintf(s.snap.arch, sizeof s.snap.arch, "%s", rt_arch_name(cfg->arch));
+        s.snap.tp = a->tp, s.snap.pp = a->pp, s.snap.world = t->world_size;
+        s.snap.vocab = cfg->vocab_size, s.snap.max_context = cfg->max_pos;
+        srv_log(0, "%s: %s, tp=%d x pp=%d on %d ranks, %d threads per rank", a->model, rt_arch_name(cfg->arch), a->tp,
+                a->pp, t->world_size, jm.threads);
+        srv_log(0, "KV cache: %d blocks of %d tokens (%ld tokens), %.1f MiB on the largest rank; steps of up to %d "
+                   "tokens, %d sequences", blocks, a->block_size, (long)blocks * a->block_size,
+                (double)blocks * a->block_size * (double)jm.plan.ranks[0].kv_bytes_per_token / 1048576.0,
+                so.max_batch_tokens, so.max_seqs);
+        the_server = &s;
+        struct sigaction sa = {.sa_handler = on_signal};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        pthread_mutex_lock(&s.mu);
+        s.ready = true;
+        pthread_mutex_unlock(&s.mu);
+        srv_log(0, "ready on %s (pid %d)%s", s.bound, (int)getpid(), token ? ", auth token required" : "");
+        rc = srv_engine_loop(&s, e, &so, &err);
+        if (rc)
+            job_abort(c, prog, &err);
+        if (rt_engine_finish(e, &err))
+            job_abort(c, prog, &err);
+        if (net_started)
+            pthread_join(net_thread, NULL);
+        the_server = NULL;
+        srv_shared_destroy(&s);
+        srv_log(0, "stopped");
+    }
+    rt_engine_destroy(e);
+    job_model_free(&jm);
+    free(token);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int provided;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    server_args a;
+    rt_err err = {{0}};
+    comm *c = NULL;
+    char cerr[256];
+    int rc = parse(&a, argc, argv, &err);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
+        rc = rt_errf(&err, "%s", cerr);
+    if (rc < 0 && rank == 0)
+        fprintf(stderr, "dinfer-server: %s\n", err.msg);
+    int status = rc < 0 ? 1 : 0;
+    if (rc == 0)
+        status = serve(&a, c);
+    free(a.lps);
+    comm_destroy(c);
+    MPI_Finalize();
+    return status;
+}
