@@ -1,0 +1,472 @@
+/* End-to-end tests of a running dinfer-server (started by tests/e2e/server.sh under mpirun):
+ *   server_test HOST:PORT FIXTURE_DIR [AUTH_TOKEN]
+ * Concurrent clients get exactly the tokens of the offline single-request run (computed here from
+ * the same model folder); seeded sampling is reproducible whatever else runs; every kind of bad
+ * input gets its status code and message while the server keeps serving; the KV cache is empty
+ * once everything ended. With AUTH_TOKEN the server requires it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proto/client.h"
+#include "runtime/generate.h"
+
+static const char *host;
+static int port;
+static const char *token;
+static rt_backend *be;
+static rt_model model;
+
+static dinfer_client *connect_ok(void)
+{
+    dinfer_client *c;
+    char err[256];
+    if (dinfer_connect(&c, host, port, token, err, sizeof err))
+        fail_msg("%s", err);
+    return c;
+}
+
+/* The offline single-request run of p (greedy or seeded), as dinfer-run computes it. */
+static void offline(const dinfer_params *p, rt_gen_result *out)
+{
+    rt_gen_request r = {.prompt = p->prompt, .prompt_len = (int)p->prompt_len, .max_tokens = (int)p->max_tokens,
+                        .sampling = {.temperature = p->temperature, .top_k = p->top_k, .top_p = p->top_p,
+                                     .seed = p->seed},
+                        .ignore_eos = p->ignore_eos};
+    rt_gen_options o = {.max_batch_tokens = 256, .block_size = 16};
+    rt_gen_stats st;
+    rt_err err;
+    if (rt_generate_local(&model, &r, 1, &o, out, &st, &err))
+        fail_msg("offline run: %s", err.msg);
+}
+
+static int64_t stat_of(const char *which);
+
+typedef struct stream {
+    dinfer_params p;
+    int32_t prompt[64];
+    int32_t got[128];
+    float lp[128];
+    int n, status;
+    bool done;
+} stream;
+
+/* Runs every stream at once, stream i on connection conns[i % n_conns], until all end. */
+static void run_streams(stream *s, int n, dinfer_client **conns, int n_conns)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(dinfer_send_generate(conns[i % n_conns], (uint64_t)i + 1, &s[i].p), 0);
+    int left = n;
+    while (left > 0) {
+        struct pollfd pfd[64];
+        for (int k = 0; k < n_conns; k++)
+            pfd[k] = (struct pollfd){.fd = dinfer_fd(conns[k]), .events = POLLIN};
+        assert_true(poll(pfd, (nfds_t)n_conns, 30000) > 0);
+        for (int k = 0; k < n_conns; k++) {
+            if (!pfd[k].revents)
+                continue;
+            wire_frame *f;
+            while (dinfer_next_frame(conns[k], 0, &f) == 1) {
+                stream *x = &s[f->request_id - 1];
+                if (f->body_case == DINFER__V1__FRAME__BODY_CHUNK) {
+                    for (size_t j = 0; j < f->chunk->n_tokens && x->n < 128; j++) {
+                        x->got[x->n] = f->chunk->tokens[j];
+                        x->lp[x->n++] = f->chunk->logprobs[j];
+                    }
+                } else {
+                    x->done = true;
+                    x->status = f->body_case == DINFER__V1__FRAME__BODY_ERROR ? (int)f->error->code : 0;
+                    left--;
+                }
+                wire_frame_free(f);
+            }
+        }
+    }
+}
+
+static void test_concurrent_clients_match_offline(void **state)
+{
+    (void)state;
+    enum { N = 32 };
+    static stream s[N];
+    dinfer_client *conns[N];
+    for (int i = 0; i < N; i++) {
+        conns[i] = connect_ok();
+        memset(&s[i], 0, sizeof s[i]);
+        dinfer_params_init(&s[i].p);
+        int len = 1 + (i * 7) % 40; /* prompts of 1 to 40 tokens */
+        for (int j = 0; j < len; j++)
+            s[i].prompt[j] = (int32_t)((i * 31 + j * 17 + 3) % model.cfg.vocab_size);
+        s[i].p.prompt = s[i].prompt;
+        s[i].p.prompt_len = (size_t)len;
+        s[i].p.max_tokens = 1 + (uint32_t)((i * 5) % 24); /* and 1 to 24 new tokens */
+        s[i].p.ignore_eos = true;
+    }
+    run_streams(s, N, conns, N);
+    for (int i = 0; i < N; i++) {
+        rt_gen_result ref;
+        offline(&s[i].p, &ref);
+        assert_int_equal(s[i].status, 0);
+        assert_int_equal(s[i].n, ref.n_tokens);
+        assert_memory_equal(s[i].got, ref.tokens, (size_t)ref.n_tokens * sizeof(int32_t));
+        for (int j = 0; j < ref.n_tokens; j++)
+            assert_true(fabsf(s[i].lp[j] - ref.logprobs[j]) < 1e-4f);
+        rt_gen_result_free(&ref);
+        dinfer_close(conns[i]);
+    }
+    /* the server script gives the cache too few blocks for all 32 at once: some were preempted
+     * and recomputed, and still gave exactly their tokens */
+    assert_true(stat_of("preemptions") > 0);
+}
+
+static void test_seeded_sampling_reproducible(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    static stream s[N];
+    for (int i = 0; i < N; i++) {
+        memset(&s[i], 0, sizeof s[i]);
+        dinfer_params_init(&s[i].p);
+        for (int j = 0; j < 9; j++)
+            s[i].prompt[j] = (int32_t)((j * 13 + (i ? i : 5)) % model.cfg.vocab_size);
+        s[i].p.prompt = s[i].prompt;
+        s[i].p.prompt_len = 9;
+        s[i].p.max_tokens = 20;
+        s[i].p.temperature = 0.9f;
+        s[i].p.top_k = 30;
+        s[i].p.top_p = 0.95f;
+        s[i].p.has_seed = true;
+        s[i].p.seed = 7 + (uint64_t)i;
+        s[i].p.ignore_eos = true;
+    }
+    /* stream 0 alone, then with 11 others on two connections: the same tokens, the offline ones */
+    dinfer_client *conns[2] = {connect_ok(), connect_ok()};
+    stream alone = s[0];
+    run_streams(&alone, 1, conns, 1);
+    run_streams(s, N, conns, 2);
+    rt_gen_result ref;
+    offline(&s[0].p, &ref);
+    assert_int_equal(alone.n, 20);
+    assert_memory_equal(alone.got, s[0].got, 20 * sizeof(int32_t));
+    assert_memory_equal(alone.got, ref.tokens, 20 * sizeof(int32_t));
+    rt_gen_result_free(&ref);
+    /* another seed, another sequence */
+    assert_memory_not_equal(s[0].got, s[1].got, 20 * sizeof(int32_t));
+    dinfer_close(conns[0]);
+    dinfer_close(conns[1]);
+}
+
+/* ---- bad input ---- */
+
+/* The stream of request id ends with an error of this code and message (tokens it streamed before
+ * that, as a cancelled request may have, are skipped). */
+static void expect_error(dinfer_client *c, uint64_t id, int code, const char *needle)
+{
+    wire_frame *f;
+    for (;;) {
+        assert_int_equal(dinfer_next_frame(c, 10000, &f), 1);
+        if (f->request_id == id && f->body_case != DINFER__V1__FRAME__BODY_CHUNK)
+            break;
+        wire_frame_free(f);
+    }
+    if (f->body_case != DINFER__V1__FRAME__BODY_ERROR)
+        fail_msg("expected an error %s for request %llu, got frame body %d", wire_status_name(code),
+                 (unsigned long long)id, (int)f->body_case);
+    if ((int)f->error->code != code || !strstr(f->error->message, needle))
+        fail_msg("expected %s \"%s\", got %s \"%s\"", wire_status_name(code), needle, wire_status_name(f->error->code),
+                 f->error->message);
+    wire_frame_free(f);
+}
+
+/* The server still answers: a short greedy generation completes on connection c. */
+static void still_serving(dinfer_client *c)
+{
+    int32_t prompt[2] = {1, 2};
+    dinfer_params p;
+    dinfer_params_init(&p);
+    p.prompt = prompt, p.prompt_len = 2, p.max_tokens = 3, p.ignore_eos = true;
+    dinfer_result r;
+    assert_int_equal(dinfer_generate(c, &p, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.completion_tokens, 3);
+}
+
+static int raw_connect(void)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    assert_int_equal(getaddrinfo(host, ps, &hints, &res), 0);
+    int fd = socket(res->ai_family, SOCK_STREAM, 0);
+    assert_int_equal(connect(fd, res->ai_addr, res->ai_addrlen), 0);
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* Sends raw bytes and reads the server's error reply; true when the server then closed. */
+static bool raw_exchange(const void *bytes, size_t n, int code, const char *needle)
+{
+    int fd = raw_connect();
+    assert_int_equal(send(fd, bytes, n, MSG_NOSIGNAL), (ssize_t)n);
+    wire_decoder d;
+    wire_decoder_init(&d, 0);
+    wire_frame *f;
+    char err[128];
+    assert_int_equal(wire_recv(fd, &d, &f, err, sizeof err), 0);
+    assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_ERROR);
+    assert_int_equal((int)f->error->code, code);
+    if (!strstr(f->error->message, needle))
+        fail_msg("\"%s\" does not say \"%s\"", f->error->message, needle);
+    wire_frame_free(f);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char b;
+    bool closed = poll(&p, 1, 2000) == 1 && recv(fd, &b, 1, 0) == 0;
+    wire_decoder_free(&d);
+    close(fd);
+    return closed;
+}
+
+static void test_broken_streams(void **state)
+{
+    (void)state;
+    const char garbage[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_true(raw_exchange(garbage, sizeof garbage - 1, 8, "over the"));
+    const uint8_t huge[8] = {0x7f, 0xff, 0xff, 0xff, 1, 2, 3, 4};
+    assert_true(raw_exchange(huge, sizeof huge, 8, "frame length 2147483647 is over the"));
+    /* a frame of valid length that is not a Frame: reported, and the stream goes on */
+    const uint8_t junk[9] = {0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_false(raw_exchange(junk, sizeof junk, 3, "not a valid dinfer.v1.Frame"));
+    /* a truncated frame, then the client goes away */
+    int fd = raw_connect();
+    const uint8_t partial[6] = {0, 0, 0, 100, 8, 1};
+    assert_int_equal(send(fd, partial, sizeof partial, MSG_NOSIGNAL), 6);
+    close(fd);
+    dinfer_client *c = connect_ok();
+    still_serving(c);
+    /* frames with no message, or a message only the server sends */
+    wire_frame f = DINFER__V1__FRAME__INIT;
+    f.has_request_id = 1, f.request_id = 41, f.auth_token = (char *)token;
+    assert_int_equal(dinfer_send_frame(c, &f), 0);
+    expect_error(c, 41, 3, "unknown or unexpected message");
+    Dinfer__V1__TokenChunk ch = DINFER__V1__TOKEN_CHUNK__INIT;
+    f.request_id = 42, f.body_case = DINFER__V1__FRAME__BODY_CHUNK, f.chunk = &ch;
+    assert_int_equal(dinfer_send_frame(c, &f), 0);
+    expect_error(c, 42, 3, "unknown or unexpected message");
+    still_serving(c);
+    dinfer_close(c);
+}
+
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    dinfer_client *c = connect_ok();
+    int32_t ok[3] = {1, 2, 3}, outside[2] = {1, model.cfg.vocab_size};
+    dinfer_params p;
+#define CASE(id, code, needle, ...)                             \
+    do {                                                        \
+        dinfer_params_init(&p);                                 \
+        p.prompt = ok, p.prompt_len = 3, p.max_tokens = 4;      \
+        __VA_ARGS__;                                            \
+        assert_int_equal(dinfer_send_generate(c, id, &p), 0);   \
+        expect_error(c, id, code, needle);                      \
+    } while (0)
+    CASE(1, 3, "the prompt is empty", p.prompt_len = 0);
+    CASE(2, 3, "outside the vocabulary", p.prompt = outside, p.prompt_len = 2);
+    CASE(3, 3, "exceeds the context length", p.max_tokens = (uint32_t)model.cfg.max_pos - 1);
+    CASE(4, 3, "max_tokens", p.max_tokens = 0);
+    CASE(5, 3, "temperature", p.temperature = -0.5f);
+    CASE(6, 3, "temperature", p.temperature = NAN);
+    CASE(7, 3, "top_p", p.top_p = 0.0f);
+    CASE(8, 3, "top_p", p.top_p = 1.5f);
+    CASE(9, 3, "top_k", p.top_k = -1);
+    CASE(10, 3, "logprobs", p.logprobs = 21);
+#undef CASE
+    /* a request id already live on this connection */
+    int32_t long_prompt[1] = {4};
+    dinfer_params_init(&p);
+    p.prompt = long_prompt, p.prompt_len = 1, p.max_tokens = 100, p.ignore_eos = true;
+    assert_int_equal(dinfer_send_generate(c, 77, &p), 0);
+    assert_int_equal(dinfer_send_generate(c, 77, &p), 0);
+    /* the duplicate is refused; the first one is unharmed and runs to its 100 tokens (its chunks
+     * and the refusal carry the same id, in whatever order the server sends them) */
+    int n = 0;
+    bool refused = false;
+    for (;;) {
+        wire_frame *f;
+        assert_int_equal(dinfer_next_frame(c, 10000, &f), 1);
+        assert_int_equal(f->request_id, 77);
+        int body = (int)f->body_case;
+        if (body == DINFER__V1__FRAME__BODY_CHUNK)
+            n += (int)f->chunk->n_tokens;
+        if (body == DINFER__V1__FRAME__BODY_ERROR) {
+            assert_int_equal((int)f->error->code, 6);
+            assert_non_null(strstr(f->error->message, "already live"));
+            refused = true;
+        }
+        wire_frame_free(f);
+        if (body == DINFER__V1__FRAME__BODY_DONE)
+            break;
+    }
+    assert_true(refused);
+    assert_int_equal(n, 100);
+    /* cancel: of an unknown id, then of a live request */
+    assert_int_equal(dinfer_send_cancel(c, 999), 0);
+    expect_error(c, 999, 5, "no live request 999");
+    assert_int_equal(dinfer_send_generate(c, 78, &p), 0);
+    assert_int_equal(dinfer_send_cancel(c, 78), 0);
+    expect_error(c, 78, 1, "cancelled by the client");
+    still_serving(c);
+    dinfer_close(c);
+}
+
+static int64_t stat_of(const char *which)
+{
+    dinfer_client *c = connect_ok();
+    wire_frame *f;
+    assert_int_equal(dinfer_stats(c, &f), 0);
+    assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_STATS_RESPONSE);
+    const Dinfer__V1__StatsResponse *s = f->stats_response;
+    int64_t v = strcmp(which, "used") == 0      ? s->kv_blocks_used
+                : strcmp(which, "running") == 0   ? s->running
+                : strcmp(which, "preemptions") == 0 ? (int64_t)s->preemptions
+                                                    : s->queue_length;
+    wire_frame_free(f);
+    dinfer_close(c);
+    return v;
+}
+
+/* Waits (up to 10 s) until no request runs and every KV block is free. */
+static void expect_idle_and_free(void)
+{
+    for (int i = 0; i < 200; i++) {
+        if (stat_of("used") == 0 && stat_of("running") == 0 && stat_of("queue") == 0)
+            return;
+        usleep(50000);
+    }
+    fail_msg("the server did not return to idle with every KV block free");
+}
+
+static void test_disconnects_and_silent_clients(void **state)
+{
+    (void)state;
+    int32_t prompt[4] = {5, 6, 7, 8};
+    dinfer_params p;
+    dinfer_params_init(&p);
+    p.prompt = prompt, p.prompt_len = 4, p.max_tokens = 100, p.ignore_eos = true;
+    /* a client that disconnects mid-stream: its request is cancelled and its blocks freed */
+    dinfer_client *a = connect_ok();
+    assert_int_equal(dinfer_send_generate(a, 1, &p), 0);
+    wire_frame *f;
+    assert_int_equal(dinfer_next_frame(a, 10000, &f), 1);
+    assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_CHUNK);
+    wire_frame_free(f);
+    dinfer_close(a);
+    expect_idle_and_free();
+    /* a client that never reads: others are served meanwhile */
+    dinfer_client *silent = connect_ok();
+    p.logprobs = 20;
+    for (uint64_t id = 1; id <= 16; id++)
+        assert_int_equal(dinfer_send_generate(silent, id, &p), 0);
+    dinfer_client *b = connect_ok();
+    still_serving(b);
+    dinfer_close(b);
+    dinfer_close(silent);
+    expect_idle_and_free();
+}
+
+static void test_health(void **state)
+{
+    (void)state;
+    dinfer_client *c = connect_ok();
+    wire_frame *f;
+    assert_int_equal(dinfer_health(c, &f), 0);
+    assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_HEALTH_RESPONSE);
+    assert_true(f->health_response->ready);
+    assert_int_equal(f->health_response->vocab_size, (uint32_t)model.cfg.vocab_size);
+    assert_int_equal(f->health_response->world_size, f->health_response->tp * f->health_response->pp);
+    wire_frame_free(f);
+    dinfer_close(c);
+}
+
+static void test_auth(void **state)
+{
+    (void)state;
+    if (!token)
+        skip();
+    const char *saved = token;
+    dinfer_client *c;
+    char err[256];
+    int32_t prompt[2] = {1, 2};
+    dinfer_params p;
+    dinfer_params_init(&p);
+    p.prompt = prompt, p.prompt_len = 2;
+    const char *tries[2] = {NULL, "not-the-token"};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(dinfer_connect(&c, host, port, tries[i], err, sizeof err), 0);
+        assert_int_equal(dinfer_send_generate(c, 3, &p), 0);
+        expect_error(c, 3, 16, i == 0 ? "needs an auth token" : "wrong auth token");
+        wire_frame *f;
+        assert_int_equal(dinfer_health(c, &f), 0);
+        assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_ERROR);
+        assert_int_equal((int)f->error->code, 16);
+        wire_frame_free(f);
+        dinfer_close(c);
+    }
+    token = saved;
+    c = connect_ok();
+    still_serving(c);
+    dinfer_close(c);
+}
+
+static void test_kv_accounting_at_end(void **state)
+{
+    (void)state;
+    expect_idle_and_free();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: server_test HOST:PORT FIXTURE_DIR [AUTH_TOKEN]\n");
+        return 2;
+    }
+    static char h[256];
+    const char *colon = strrchr(argv[1], ':');
+    snprintf(h, sizeof h, "%.*s", (int)(colon - argv[1]), argv[1]);
+    host = h;
+    port = atoi(colon + 1);
+    token = argc > 3 ? argv[3] : NULL;
+    rt_err err;
+    rt_config cfg;
+    rt_shard s;
+    be = rt_cpu_backend_create(1);
+    if (rt_config_load(&cfg, argv[2], &err) || (rt_shard_whole(&s, &cfg), 0) ||
+        rt_model_load(&model, &cfg, &s, argv[2], be, &err)) {
+        fprintf(stderr, "server_test: %s\n", err.msg);
+        return 2;
+    }
+    const struct CMUnitTest all[] = {
+        cmocka_unit_test(test_health),
+        cmocka_unit_test(test_concurrent_clients_match_offline),
+        cmocka_unit_test(test_seeded_sampling_reproducible),
+        cmocka_unit_test(test_broken_streams),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_disconnects_and_silent_clients),
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_kv_accounting_at_end),
+    };
+    int rc = cmocka_run_group_tests(all, NULL, NULL);
+    rt_model_free(&model);
+    be->ops->destroy(be);
+    return rc;
+}
