@@ -45,7 +45,10 @@ for f in tests/golden/fixtures/*/config.json; do cp "$f" "$corpus/config/$(basen
 ./build/launch/dinfer-mkmodel --out "$corpus/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 \
   --ffn-dim 8 --dtype bf16 >/dev/null
 cp "$corpus/m/model.safetensors" "$corpus/safetensors/"
-for t in config safetensors; do
+mkdir -p "$corpus/wire"
+# a piece-size byte, then a Health request with request_id 7 (length 4: 08 07 62 00)
+printf '\x03\x00\x00\x00\x04\x08\x07\x62\x00' > "$corpus/wire/health"
+for t in config safetensors wire; do
   ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" -print_final_stats=0 \
     "$corpus/$t" 2>&1 | tail -1
 done
