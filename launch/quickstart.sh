@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The first command of the README: installs what is missing, builds dinfer, writes the default
-# model (a ~125M-parameter Llama-shaped model with seeded random weights) and runs an offline
-# generation on it, first on one rank, then split tp=2 x pp=2 over four MPI ranks (the same
-# tokens), printing the generated tokens and the speed.
+# model (a ~125M-parameter Llama-shaped model with seeded random weights), starts dinfer-server
+# split tp=2 x pp=2 over four MPI ranks, streams a few generations with the dinfer client, runs a
+# short benchmark, and stops the server.
 #   ./launch/quickstart.sh [MODEL_DIR]     (default: ./quickstart-model, written once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +18,37 @@ if [ ! -f "$model/config.json" ]; then
   echo "== writing the default model to $model"
   ./build/launch/dinfer-mkmodel --out "$model" --preset llama-100m --seed 1
 fi
-echo "== offline generation: two prompts as one batch, greedy, 32 new tokens each"
-mpirun --bind-to none -np 1 ./build/launch/dinfer-run --model "$model" --tokens 1,450,4996,17354 --tokens 1,9038,2501,263 \
-  --max-tokens 32 --temperature 0 --ignore-eos
-echo "== the same, split tp=2 x pp=2 over 4 MPI ranks"
-mpirun --oversubscribe --bind-to none -np 4 ./build/launch/dinfer-run --model "$model" --tp 2 --pp 2 \
-  --tokens 1,450,4996,17354 --tokens 1,9038,2501,263 --max-tokens 32 --temperature 0 --ignore-eos
-echo "== benchmark: batch 4, prompt 128, 64 new tokens"
-mpirun --bind-to none -np 1 ./build/launch/dinfer-run --model "$model" --bench --batch 4 --prompt-len 128 --gen-len 64
+bin=./build/launch
+echo "== the split: dinfer-plan --model $model --tp 2 --pp 2"
+"$bin/dinfer-plan" --model "$model" --tp 2 --pp 2
+
+log=$(mktemp)
+echo "== starting: mpirun -np 4 dinfer-server --model $model --tp 2 --pp 2 --port 0"
+mpirun --oversubscribe --bind-to none -np 4 "$bin/dinfer-server" --model "$model" --tp 2 --pp 2 --port 0 \
+  --kv-cache-mib 256 >"$log" 2>&1 &
+mpid=$!
+trap 'kill -KILL $mpid 2>/dev/null; rm -f "$log"' EXIT
+for _ in $(seq 1 600); do
+  grep -q "ready on" "$log" && break
+  kill -0 $mpid 2>/dev/null || { cat "$log"; exit 1; }
+  sleep 0.1
+done
+cat "$log"
+addr=$(sed -n 's/.*ready on \([^ ]*\) (pid \([0-9]*\)).*/\1/p' "$log")
+rank0=$(sed -n 's/.*ready on \([^ ]*\) (pid \([0-9]*\)).*/\2/p' "$log")
+
+echo "== dinfer health --server $addr"
+"$bin/dinfer" health --server "$addr"
+echo "== dinfer generate (greedy, streamed as the tokens come)"
+"$bin/dinfer" generate --server "$addr" --tokens 1,450,4996,17354 --max-tokens 32 --ignore-eos
+echo "== dinfer generate (sampled: temperature 0.8, top-p 0.95, seed 42, with logprobs)"
+"$bin/dinfer" generate --server "$addr" --tokens 1,9038,2501,263 --max-tokens 16 --temperature 0.8 \
+  --top-p 0.95 --seed 42 --logprobs 1 --ignore-eos
+echo "== dinfer bench --concurrency 8 --requests 16 --prompt-len 64 --gen-len 32"
+"$bin/dinfer" bench --server "$addr" --concurrency 8 --requests 16 --prompt-len 64 --gen-len 32
+echo "== dinfer stats"
+"$bin/dinfer" stats --server "$addr"
+echo "== stopping the server (SIGTERM to rank 0: it drains, then every rank exits)"
+kill -TERM "$rank0"
+wait $mpid
+tail -n 2 "$log"
