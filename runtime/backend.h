@@ -101,4 +101,13 @@ struct rt_backend {
 /* The CPU backend: fp32, OpenMP threads (OMP_NUM_THREADS or n_threads when > 0). */
 rt_backend *rt_cpu_backend_create(int n_threads);
 
+#ifdef DINFER_HAVE_CUDA
+/* The CUDA backend on device (cudaSetDevice'd on this thread), storing activations, weights and
+ * the KV cache as dt with fp32 arithmetic. NULL with err filled when the device cannot be used.
+ * rank only labels messages. */
+rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, char *err, size_t errlen);
+/* Free and total memory of the current device. */
+int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
+#endif
+
 #endif

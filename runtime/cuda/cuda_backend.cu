@@ -1,0 +1,111 @@
+/* The CUDA backend: device memory through cudaMalloc, one stream per rank, a cuBLAS handle, and
+ * the op table of the .cu files beside this one, for F32, BF16 or F16 storage. */
+#include <string.h>
+
+#include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_device.h"
+#include "runtime/cuda/cuda_ops.h"
+
+static void *cuda_alloc(rt_backend *be, size_t bytes)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+        cudaGetLastError(); /* out of memory is reported by the caller, not fatal here */
+        return NULL;
+    }
+    (void)c;
+    return p;
+}
+
+static void cuda_free(rt_backend *be, void *p)
+{
+    CUDA_CHECK(cuda_ctx_of(be), cudaFree(p));
+}
+
+static void cuda_upload(rt_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!bytes)
+        return;
+    /* the host buffer is reused at once by the caller: wait for the copy */
+    CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_download(rt_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!bytes)
+        return;
+    CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_sync(rt_backend *be)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_destroy(rt_backend *be)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    cublasDestroy(c->blas);
+    cudaStreamDestroy(c->stream);
+    free(c);
+    free(be);
+}
+
+#define CUDA_OPS(name_, dt_)                                                                          \
+    {                                                                                                 \
+        .name = name_, .act_dtype = dt_, .host_memory = false, .alloc = cuda_alloc, .free = cuda_free, \
+        .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .embedding = cuda_embedding, \
+        .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
+        .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
+        .destroy = cuda_destroy,                                                                     \
+    }
+
+static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
+static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
+static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
+
+extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, char *err, size_t errlen)
+{
+    int n = rt_cuda_device_count();
+    if (device < 0 || device >= n) {
+        snprintf(err, errlen, "CUDA device %d requested, %d visible", device, n);
+        return NULL;
+    }
+    if (cudaSetDevice(device) != cudaSuccess) {
+        snprintf(err, errlen, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        return NULL;
+    }
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
+    if (!c || !be) {
+        free(c), free(be);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->device = device;
+    c->rank = rank;
+    c->dt = dt;
+    if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cannot create a CUDA stream and cuBLAS handle on device %d", device);
+        free(c), free(be);
+        return NULL;
+    }
+    /* fp32 stays fp32: no TF32 tensor-op shortcut */
+    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    be->ops = dt == RT_BF16 ? &ops_bf16 : dt == RT_F16 ? &ops_f16 : &ops_f32;
+    be->impl = c;
+    return be;
+}
+
+extern "C" int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -1;
+}

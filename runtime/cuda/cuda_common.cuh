@@ -1,0 +1,118 @@
+/* Shared pieces of the CUDA backend: the check macros, the backend's context, element loads and
+ * stores in fp32 whatever the storage type, block reductions, and the dtype dispatch. */
+#ifndef DINFER_RUNTIME_CUDA_COMMON_CUH
+#define DINFER_RUNTIME_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "runtime/backend.h"
+}
+
+typedef struct cuda_ctx {
+    int device;
+    int rank;              /* for messages */
+    rt_dtype dt;           /* activations, weights and KV cache */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+} cuda_ctx;
+
+static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
+{
+    return (cuda_ctx *)be->impl;
+}
+
+/* A failed CUDA call inside an op cannot be handed back through the op table: say which call,
+ * where and on which rank, then exit (mpirun stops the other ranks). */
+#define CUDA_CHECK(ctx, call)                                                                        \
+    do {                                                                                             \
+        cudaError_t e_ = (call);                                                                     \
+        if (e_ != cudaSuccess) {                                                                     \
+            fprintf(stderr, "rank %d: %s failed at %s:%d: %s\n", (ctx)->rank, #call, __FILE__, __LINE__, \
+                    cudaGetErrorString(e_));                                                         \
+            exit(1);                                                                                 \
+        }                                                                                            \
+    } while (0)
+
+#define CUBLAS_CHECK(ctx, call)                                                                      \
+    do {                                                                                             \
+        cublasStatus_t s_ = (call);                                                                  \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                           \
+            fprintf(stderr, "rank %d: %s failed at %s:%d: %s\n", (ctx)->rank, #call, __FILE__, __LINE__, \
+                    cublasGetStatusString(s_));                                                      \
+            exit(1);                                                                                 \
+        }                                                                                            \
+    } while (0)
+
+/* After every launch: a bad configuration shows up here, not at the next sync. */
+#define CUDA_LAUNCHED(ctx) CUDA_CHECK(ctx, cudaGetLastError())
+
+__device__ __forceinline__ float ld(const float *p) { return *p; }
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float ld(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ void st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void st(__half *p, float v) { *p = __float2half(v); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum or max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+ * scratch holds 32 floats. */
+__device__ __forceinline__ float block_sum(float v, float *scratch)
+{
+    v = warp_sum(v);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+        scratch[w] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float *scratch)
+{
+    v = warp_max(v);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+        scratch[w] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+/* Calls F<T>(args...) with T the storage type of dt. */
+#define CUDA_DISPATCH(dt, F, ...)                                       \
+    do {                                                                \
+        switch (dt) {                                                   \
+        case RT_F32: F<float>(__VA_ARGS__); break;                      \
+        case RT_BF16: F<__nv_bfloat16>(__VA_ARGS__); break;             \
+        case RT_F16: F<__half>(__VA_ARGS__); break;                     \
+        }                                                               \
+    } while (0)
+
+static inline int cuda_blocks(size_t n, int threads)
+{
+    size_t b = (n + (size_t)threads - 1) / (size_t)threads;
+    return (int)(b > 65535 * 16 ? 65535 * 16 : (b ? b : 1));
+}
+
+#endif

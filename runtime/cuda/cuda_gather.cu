@@ -1,0 +1,49 @@
+/* Row gather (the rows that need logits) and the conversion of logits to fp32. */
+#include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_ops.h"
+
+template <typename T>
+__global__ void gather_kernel(T *out, const T *x, const int32_t *rows, int dim)
+{
+    const T *src = x + (int64_t)rows[blockIdx.x] * dim;
+    T *dst = out + (int64_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        dst[i] = src[i];
+}
+
+template <typename T>
+__global__ void to_f32_kernel(float *out, const T *x, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = ld(&x[i]);
+}
+
+template <typename T>
+static void gather(cuda_ctx *c, void *out, const void *x, const int32_t *rows, int n, int dim)
+{
+    gather_kernel<T><<<n, 256, 0, c->stream>>>((T *)out, (const T *)x, rows, dim);
+}
+
+template <typename T>
+static void to_f32(cuda_ctx *c, float *out, const void *x, size_t n)
+{
+    to_f32_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, (const T *)x, n);
+}
+
+extern "C" void cuda_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (n <= 0)
+        return;
+    CUDA_DISPATCH(c->dt, gather, c, out, x, rows, n, dim);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_to_f32(rt_backend *be, float *out, const void *x, size_t n)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (n == 0)
+        return;
+    CUDA_DISPATCH(c->dt, to_f32, c, out, x, n);
+    CUDA_LAUNCHED(c);
+}

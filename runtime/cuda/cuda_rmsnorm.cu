@@ -1,0 +1,53 @@
+/* RMSNorm, and the residual add fused with it: one block per row, the sum of squares in fp32. */
+#include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_ops.h"
+
+/* With delta: x += delta first (rounded to storage, as the unfused add would), then the norm. */
+template <typename T>
+__global__ void rmsnorm_kernel(T *out, T *x, const T *delta, const T *w, int dim, float eps)
+{
+    __shared__ float scratch[32];
+    T *xr = x + (int64_t)blockIdx.x * dim;
+    const T *dr = delta ? delta + (int64_t)blockIdx.x * dim : nullptr;
+    T *orow = out + (int64_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = ld(&xr[i]);
+        if (dr) {
+            st(&xr[i], v + ld(&dr[i]));
+            v = ld(&xr[i]);
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        st(&orow[i], ld(&w[i]) * (ld(&xr[i]) * inv));
+}
+
+template <typename T>
+static void launch(cuda_ctx *c, void *out, void *x, const void *delta, const rt_tensor *w, int n, float eps)
+{
+    const int dim = (int)w->rows;
+    const int threads = dim >= 1024 ? 1024 : ((dim + 31) / 32) * 32;
+    rmsnorm_kernel<T><<<n, threads, 0, c->stream>>>((T *)out, (T *)x, (const T *)delta, (const T *)w->data, dim, eps);
+}
+
+extern "C" void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (n <= 0)
+        return;
+    CUDA_DISPATCH(c->dt, launch, c, out, (void *)x, (const void *)nullptr, w, n, eps);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n,
+                                 float eps)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (n <= 0)
+        return;
+    CUDA_DISPATCH(c->dt, launch, c, out, x, delta, w, n, eps);
+    CUDA_LAUNCHED(c);
+}
