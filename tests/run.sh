@@ -49,7 +49,11 @@ mkdir -p "$corpus/wire"
 # a piece-size byte, then a Health request with request_id 7 (length 4: 08 07 62 00)
 printf '\x03\x00\x00\x00\x04\x08\x07\x62\x00' > "$corpus/wire/health"
 for t in config safetensors wire; do
-  ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" -print_final_stats=0 \
-    "$corpus/$t" 2>&1 | tail -1
+  if ! ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" "$corpus/$t" >"$corpus/$t.log" 2>&1; then
+    tail -n 40 "$corpus/$t.log"
+    echo "fuzz_$t found a failure (above)"
+    exit 1
+  fi
+  echo "fuzz_$t: $(grep -E '^Done' "$corpus/$t.log")"
 done
 step "all tests passed"
