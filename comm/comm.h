@@ -15,6 +15,8 @@ typedef enum comm_dtype {
     COMM_F32 = 0,
     COMM_I32,
     COMM_U8,
+    COMM_BF16, /* device paths only for reductions; MPI moves them as 16-bit words */
+    COMM_F16,
 } comm_dtype;
 
 size_t comm_dtype_size(comm_dtype t);
@@ -69,5 +71,19 @@ int comm_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int pe
 int comm_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer);
 /* Logical OR of flag over the group: how every rank learns that one of them failed. */
 int comm_any(comm_group *g, int flag, int *any);
+/* Smallest value over the group (sizes every rank must agree on). */
+int comm_min_i64(comm_group *g, int64_t *v);
+
+/* ---- the device path: activations in GPU memory over NCCL ----
+ * Collective over the world: one NCCL communicator per tp group and per pipeline chain (the pp
+ * group), each group's first rank making the unique id and MPI broadcasting it; initialization
+ * and every operation wait at most timeout_s, polling NCCL's asynchronous error, and a failure or
+ * timeout aborts the communicator and returns -1 with the rank and the operation named.
+ * cuda_stream is the cudaStream_t the operations are ordered on. Needs one GPU per rank. */
+int comm_nccl_enable(comm *c, void *cuda_stream, double timeout_s);
+int comm_has_device_path(const comm *c);
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
+int comm_dev_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer);
+int comm_dev_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer);
 
 #endif

@@ -10,24 +10,11 @@
 
 #include "comm/comm.h"
 
-struct comm_group {
-    comm *owner;
-    MPI_Comm mc;
-    int size, rank;
-    uint64_t *bytes; /* the counter this group's traffic adds to */
-};
-
-struct comm {
-    comm_topology topo;
-    comm_group world, tp, pp;
-    comm_counters counters;
-    size_t chunk;
-    char err[512];
-};
+#include "comm/comm_impl.h"
 
 size_t comm_dtype_size(comm_dtype t)
 {
-    return t == COMM_U8 ? 1 : 4;
+    return t == COMM_U8 ? 1 : t == COMM_BF16 || t == COMM_F16 ? 2 : 4;
 }
 
 static MPI_Datatype mpi_type(comm_dtype t)
@@ -36,11 +23,13 @@ static MPI_Datatype mpi_type(comm_dtype t)
     case COMM_F32: return MPI_FLOAT;
     case COMM_I32: return MPI_INT32_T;
     case COMM_U8: return MPI_UINT8_T;
+    case COMM_BF16:
+    case COMM_F16: return MPI_UINT16_T; /* moved, never summed, by MPI */
     }
     return MPI_DATATYPE_NULL;
 }
 
-static int fail(comm *c, const char *call, int rc)
+int comm_fail_mpi(comm *c, const char *call, int rc)
 {
     char msg[MPI_MAX_ERROR_STRING] = "";
     int len = 0;
@@ -53,7 +42,7 @@ static int fail(comm *c, const char *call, int rc)
     do {                                          \
         int rc_ = (call);                         \
         if (rc_ != MPI_SUCCESS)                   \
-            return fail((g)->owner, #call, rc_);  \
+            return comm_fail_mpi((g)->owner, #call, rc_);  \
     } while (0)
 
 static int init_group(comm *c, comm_group *g, MPI_Comm mc, uint64_t *bytes)
@@ -113,6 +102,7 @@ void comm_destroy(comm *c)
 {
     if (!c)
         return;
+    comm_nccl_destroy(c);
     MPI_Comm_free(&c->world.mc);
     MPI_Comm_free(&c->tp.mc);
     MPI_Comm_free(&c->pp.mc);
@@ -137,6 +127,10 @@ int comm_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
 {
     if (g->size == 1)
         return 0;
+    if (t == COMM_BF16 || t == COMM_F16) {
+        snprintf(g->owner->err, sizeof g->owner->err, "rank %d: MPI cannot sum 16-bit floats", g->owner->topo.rank);
+        return -1;
+    }
     count(g, n * comm_dtype_size(t));
     char *p = buf;
     for (size_t done = 0; done < n;) {
@@ -254,7 +248,7 @@ static int gather_rounds(comm_group *g, const void *send, size_t count_self, voi
         int r = all ? MPI_Allgatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), g->mc)
                     : MPI_Gatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), root, g->mc);
         if (r != MPI_SUCCESS) {
-            ret = fail(c, all ? "MPI_Allgatherv" : "MPI_Gatherv", r);
+            ret = comm_fail_mpi(c, all ? "MPI_Allgatherv" : "MPI_Gatherv", r);
             break;
         }
         for (int i = 0; rc && i < g->size; i++)
@@ -304,3 +298,54 @@ int comm_any(comm_group *g, int flag, int *any)
     *any = v;
     return 0;
 }
+
+int comm_min_i64(comm_group *g, int64_t *v)
+{
+    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT64_T, MPI_MIN, g->mc));
+    return 0;
+}
+
+#ifndef DINFER_HAVE_NCCL
+/* Built without NCCL: no device path; device activations are staged through host memory. */
+int comm_nccl_enable(comm *c, void *stream, double timeout_s)
+{
+    (void)stream, (void)timeout_s;
+    snprintf(c->err, sizeof c->err, "rank %d: this build has no NCCL", c->topo.rank);
+    return -1;
+}
+
+void comm_nccl_destroy(comm *c)
+{
+    (void)c;
+}
+
+int comm_has_device_path(const comm *c)
+{
+    (void)c;
+    return 0;
+}
+
+static int no_device_path(comm_group *g)
+{
+    snprintf(g->owner->err, sizeof g->owner->err, "rank %d: no device path (built without NCCL)", g->owner->topo.rank);
+    return -1;
+}
+
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+{
+    (void)buf, (void)n, (void)t;
+    return no_device_path(g);
+}
+
+int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+{
+    (void)buf, (void)n, (void)t, (void)peer;
+    return no_device_path(g);
+}
+
+int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+{
+    (void)buf, (void)n, (void)t, (void)peer;
+    return no_device_path(g);
+}
+#endif

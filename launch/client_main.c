@@ -219,15 +219,18 @@ static int cmd_unary(args *a, dinfer_client *c, bool health, rt_err *err)
         printf(a->json ? "{\"queue_length\": %u, \"running\": %u, \"kv_blocks_used\": %u, \"kv_blocks_free\": %u, "
                          "\"kv_block_size\": %u, \"tokens_per_second\": %.2f, \"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, "
                          "\"tpot_p50_ms\": %.3f, \"tpot_p99_ms\": %.3f, \"requests_finished\": %llu, \"steps\": %llu, "
-                         "\"avg_tokens_per_step\": %.2f, \"preemptions\": %llu, \"connections\": %u}\n"
+                         "\"avg_tokens_per_step\": %.2f, \"preemptions\": %llu, \"connections\": %u, \"device\": \"%s\", "
+                         "\"weight_bytes\": %llu, \"workspace_bytes\": %llu, \"kv_cache_bytes\": %llu}\n"
                        : "queue: %u, running: %u\nKV blocks: %u used, %u free (%u tokens each)\n"
                          "tokens/s (last 10 s): %.2f\nTTFT p50 %.3f ms, p99 %.3f ms\nTPOT p50 %.3f ms, p99 %.3f ms\n"
                          "finished requests: %llu, steps: %llu, tokens per step: %.2f, preemptions: %llu\n"
-                         "connections: %u\n",
+                         "connections: %u\ndevice: %s\nmemory: weights %llu bytes, workspace %llu, KV cache %llu\n",
                s->queue_length, s->running, s->kv_blocks_used, s->kv_blocks_free, s->kv_block_size,
                s->tokens_per_second, s->ttft_p50_ms, s->ttft_p99_ms, s->tpot_p50_ms, s->tpot_p99_ms,
                (unsigned long long)s->requests_finished, (unsigned long long)s->steps, s->avg_tokens_per_step,
-               (unsigned long long)s->preemptions, s->connections);
+               (unsigned long long)s->preemptions, s->connections, s->device ? s->device : "",
+               (unsigned long long)s->weight_bytes, (unsigned long long)s->workspace_bytes,
+               (unsigned long long)s->kv_cache_bytes);
     } else {
         rc = rt_errf(err, "unexpected reply (frame body %d)", (int)f->body_case);
     }

@@ -1,6 +1,12 @@
 #include "launch/job.h"
 
+#include "runtime/backend.h"
+#ifdef DINFER_HAVE_CUDA
+#include "runtime/cuda/cuda_device.h"
+#endif
+
 #include <mpi.h>
+#include <stdint.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,40 +116,173 @@ int job_threads(const comm *c, int requested)
     return n > 0 ? (int)n : 1;
 }
 
-int job_load(comm *c, const char *prog, const char *dir, int tp, int pp, const int *lps, int threads,
-             bool verbose, job_model *jm)
+void job_options_init(job_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->tp = o->pp = 1;
+    o->gpu_memory_fraction = 0.9;
+    o->comm_timeout = 120;
+}
+
+int job_parse_flag(job_options *o, const char *flag, const char *v, rt_err *err)
+{
+    char *end;
+    if (strcmp(flag, "--device") == 0) {
+        if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+            return rt_errf(err, "--device: \"%.16s\" is not cpu or cuda", v);
+        o->device = v;
+    } else if (strcmp(flag, "--dtype") == 0) {
+        if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "f16"))
+            return rt_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
+        o->dtype = v;
+    } else if (strcmp(flag, "--gpu-memory-fraction") == 0) {
+        o->gpu_memory_fraction = strtod(v, &end);
+        if (!*v || *end || !(o->gpu_memory_fraction > 0 && o->gpu_memory_fraction <= 1))
+            return rt_errf(err, "--gpu-memory-fraction: \"%.16s\" is not in (0, 1]", v);
+    } else if (strcmp(flag, "--comm-timeout") == 0) {
+        o->comm_timeout = strtod(v, &end);
+        if (!*v || *end || !(o->comm_timeout > 0))
+            return rt_errf(err, "--comm-timeout: \"%.16s\" is not a positive number of seconds", v);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static rt_dtype dtype_of(const char *s, rt_dtype def)
+{
+    if (!s)
+        return def;
+    return strcmp(s, "bf16") == 0 ? RT_BF16 : strcmp(s, "f16") == 0 ? RT_F16 : RT_F32;
+}
+
+static double gib(size_t b)
+{
+    return (double)b / (1 << 30);
+}
+
+/* Chooses this rank's backend (collective: the default device is cuda only when every rank has a
+ * GPU) and checks the memory plan before anything is loaded. */
+static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *err)
+{
+    const comm_topology *t = comm_topo(c);
+    int n_gpu = 0;
+#ifdef DINFER_HAVE_CUDA
+    n_gpu = rt_cuda_device_count();
+#endif
+    int lacking = 0;
+    if (comm_any(t->world, n_gpu == 0, &lacking))
+        return rt_errf(err, "%s", comm_error(c));
+    bool want_gpu = o->device ? strcmp(o->device, "cuda") == 0 : !lacking;
+    if (o->device && want_gpu && n_gpu == 0)
+        return rt_errf(err, "--device cuda, but no CUDA device is visible on this rank%s",
+#ifdef DINFER_HAVE_CUDA
+                       ""
+#else
+                       " (this build has no CUDA backend)"
+#endif
+        );
+    jm->threads = job_threads(c, o->threads);
+    if (!want_gpu) {
+        if (o->dtype && strcmp(o->dtype, "f32") != 0)
+            return rt_errf(err, "--dtype %s needs --device cuda: the CPU backend computes in fp32", o->dtype);
+        jm->dtype = RT_F32;
+        snprintf(jm->device, sizeof jm->device, "cpu (%d threads)", jm->threads);
+        jm->be = rt_cpu_backend_create(jm->threads);
+        return jm->be ? 0 : rt_errf(err, "cannot create the CPU backend");
+    }
+#ifdef DINFER_HAVE_CUDA
+    const int dev = t->local_rank % n_gpu;
+    jm->on_gpu = true;
+    jm->dtype = dtype_of(o->dtype, jm->cfg.dtype);
+    char cerr[256], desc[128] = "?";
+    rt_cuda_describe(dev, desc, sizeof desc);
+    snprintf(jm->device, sizeof jm->device, "%s, %s", desc, rt_dtype_name(jm->dtype));
+    jm->be = rt_cuda_backend_create(dev, jm->dtype, t->rank, cerr, sizeof cerr);
+    if (!jm->be)
+        return rt_errf(err, "%s", cerr);
+    size_t free_b = 0;
+    rt_cuda_mem_info(&free_b, &jm->gpu_total);
+    jm->gpu_budget = (size_t)(o->gpu_memory_fraction * (double)jm->gpu_total);
+    const rt_shard *sh = &jm->plan.ranks[t->rank].shard;
+    jm->weight_bytes = rt_shard_weight_bytes(&jm->cfg, sh, jm->dtype);
+    jm->workspace_bytes = rt_forward_workspace_bytes(&jm->cfg, sh, &o->lim, jm->dtype);
+    const size_t reserve = (size_t)512 << 20; /* cuBLAS workspace, CUDA context, NCCL buffers */
+    if (jm->weight_bytes + jm->workspace_bytes + reserve > jm->gpu_budget)
+        return rt_errf(err, "%s: the shard needs %.2f GiB of weights and %.2f GiB of workspace (+%.1f reserved), more "
+                            "than --gpu-memory-fraction %.2f of the GPU's %.2f GiB: use more ranks, a smaller "
+                            "--max-batch-tokens or --dtype bf16",
+                       desc, gib(jm->weight_bytes), gib(jm->workspace_bytes), gib(reserve), o->gpu_memory_fraction,
+                       gib(jm->gpu_total));
+    jm->gpu_budget -= reserve;
+    return 0;
+#else
+    return rt_errf(err, "this build has no CUDA backend");
+#endif
+}
+
+size_t job_kv_budget(const job_model *jm)
+{
+    if (!jm->on_gpu)
+        return SIZE_MAX;
+    size_t used = jm->weight_bytes + jm->workspace_bytes;
+    return jm->gpu_budget > used ? jm->gpu_budget - used : 0;
+}
+
+int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
 {
     memset(jm, 0, sizeof *jm);
     const comm_topology *t = comm_topo(c);
     rt_err err = {{0}};
-    int rc = rt_config_load(&jm->cfg, dir, &err);
+    int rc = rt_config_load(&jm->cfg, o->model, &err);
     if (rc == 0)
-        rc = plan_make(&jm->plan, &jm->cfg, tp, pp, lps, RT_F32, &err);
+        rc = plan_make(&jm->plan, &jm->cfg, o->tp, o->pp, o->layers_per_stage, RT_F32, &err);
     if (job_agree(c, prog, rc, &err))
         return -1;
-    jm->threads = job_threads(c, threads);
-    jm->be = rt_cpu_backend_create(jm->threads);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = jm->be ? rt_model_load(&jm->model, &jm->cfg, &jm->plan.ranks[t->rank].shard, dir, jm->be, &err)
-                : rt_errf(&err, "cannot create the CPU backend");
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    rc = make_backend(c, o, jm, &err);
     if (job_agree(c, prog, rc, &err)) {
         job_model_free(jm);
         return -1;
     }
-    if (verbose) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = rt_model_load(&jm->model, &jm->cfg, &jm->plan.ranks[t->rank].shard, o->model, jm->be, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+#ifdef DINFER_HAVE_CUDA
+    /* NCCL between ranks that each have their own GPU; ranks sharing one stage through MPI */
+    int shared = 0;
+    if (rc == 0 && jm->on_gpu && t->world_size > 1) {
+        int n_gpu = rt_cuda_device_count();
+        if (comm_any(t->world, t->local_size > n_gpu, &shared) != 0)
+            rc = rt_errf(&err, "%s", comm_error(c));
+        else if (!shared && comm_nccl_enable(c, rt_cuda_backend_stream(jm->be), o->comm_timeout) != 0)
+            rc = rt_errf(&err, "%s", comm_error(c));
+    }
+#endif
+    if (job_agree(c, prog, rc, &err)) {
+        job_model_free(jm);
+        return -1;
+    }
+    const double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    char line[512];
+    if (jm->on_gpu)
+        snprintf(line, sizeof line, "rank %d: %s: weights %.2f GiB, workspace %.2f GiB, budget %.2f GiB%s",
+                 t->rank, jm->device, gib(jm->weight_bytes), gib(jm->workspace_bytes), gib(jm->gpu_budget),
+                 t->world_size > 1 ? (comm_has_device_path(c) ? ", NCCL" : ", MPI through host memory") : "");
+    else
+        snprintf(line, sizeof line, "rank %d: %s", t->rank, jm->device);
+    if (jm->on_gpu || o->verbose)
+        job_print_by_rank(c, stderr, line);
+    if (o->verbose) {
         const rt_shard *s = &jm->model.shard;
-        char line[320];
         snprintf(line, sizeof line,
                  "rank %d (stage %d, tp %d): layers %d-%d, heads %d-%d, KV heads %d-%d, FFN %d-%d, vocab %d-%d: "
-                 "loaded %zu bytes in %.2f s, %d threads",
+                 "loaded %zu bytes in %.2f s",
                  t->rank, t->stage, t->tp_rank, s->layer_begin, s->layer_end - 1, s->head_begin,
                  s->head_begin + s->n_heads - 1, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads - 1,
-                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, jm->model.bytes_loaded,
-                 (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec), jm->threads);
+                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, jm->model.bytes_loaded, secs);
         if (t->rank == 0)
-            fprintf(stderr, "%s: %s, tp=%d x pp=%d\n", dir, rt_arch_name(jm->cfg.arch), tp, pp);
+            fprintf(stderr, "%s: %s, tp=%d x pp=%d\n", o->model, rt_arch_name(jm->cfg.arch), o->tp, o->pp);
         job_print_by_rank(c, stderr, line);
     }
     return 0;

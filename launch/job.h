@@ -10,22 +10,52 @@
 #include "comm/comm.h"
 #include "partition/plan.h"
 #include "runtime/err.h"
+#include "runtime/forward.h"
 #include "runtime/model.h"
 
-/* A rank's loaded share of the model. */
+/* Where and how a job computes: the flags every MPI executable shares. */
+typedef struct job_options {
+    const char *model;
+    int tp, pp;
+    const int *layers_per_stage; /* (pp) or NULL */
+    int threads;                 /* CPU threads per rank, 0: the host's cores shared among its ranks */
+    const char *device;          /* "cpu", "cuda", or NULL: cuda when every rank sees a GPU */
+    const char *dtype;           /* "f32", "bf16", "f16", or NULL: the checkpoint's (the CPU computes fp32) */
+    double gpu_memory_fraction;  /* of each GPU's memory the job may use (0.9) */
+    double comm_timeout;         /* seconds before a stuck NCCL operation fails the job (120) */
+    rt_forward_limits lim;       /* step limits: the workspace of the memory plan */
+    bool verbose;
+} job_options;
+
+void job_options_init(job_options *o);
+/* Parses the shared flags (--device, --dtype, --gpu-memory-fraction, --comm-timeout) into o;
+ * 1 when flag was one of them, 0 when not, -1 on a bad value. */
+int job_parse_flag(job_options *o, const char *flag, const char *value, rt_err *err);
+
+/* A rank's loaded share of the model and the memory it uses. */
 typedef struct job_model {
     rt_config cfg;
     plan plan;
     rt_backend *be;
     rt_model model;
     int threads;
+    bool on_gpu;
+    rt_dtype dtype;              /* activations and weights */
+    char device[160];            /* "cpu" or "cuda:0 NVIDIA H100 ..." */
+    size_t gpu_total, gpu_budget; /* bytes; budget = fraction x total */
+    size_t weight_bytes, workspace_bytes;
 } job_model;
 
 /* Collective start-up of every MPI executable: config.json, the plan (refused before any weight is
- * read), then this rank's shard on the CPU backend. With verbose, rank 0 prints every rank's
- * shard and bytes loaded. Returns 0, or -1 on every rank after rank 0 printed what failed where. */
-int job_load(comm *c, const char *prog, const char *dir, int tp, int pp, const int *layers_per_stage,
-             int threads, bool verbose, job_model *out);
+ * read), the device (GPU local_rank % visible GPUs) and its memory plan (weights + the workspace
+ * of o->lim must fit in the budget, checked before loading), then this rank's shard, and NCCL
+ * between ranks that each have a GPU. Prints the device and memory of every rank (rank 0, in rank
+ * order), and with verbose each rank's shard. Returns 0, or -1 on every rank after rank 0 printed
+ * what failed where. */
+int job_load(comm *c, const char *prog, const job_options *o, job_model *out);
+
+/* Bytes of KV cache this rank can still hold under its budget (GPU), or SIZE_MAX (CPU). */
+size_t job_kv_budget(const job_model *m);
 void job_model_free(job_model *m);
 
 /* Collective over the world. rc is this rank's result (0 or -1, with err filled). Returns 0 when

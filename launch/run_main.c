@@ -13,6 +13,7 @@
 #include "partition/plan.h"
 #include "runtime/backend.h"
 #include "runtime/generate.h"
+#include "runtime/kv_cache.h"
 #include "runtime/model.h"
 #ifdef DINFER_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
@@ -31,6 +32,7 @@ typedef struct run_args {
     int tp, pp;
     int *layers_per_stage; /* (n_stage_layers) or NULL */
     int n_stage_layers;
+    job_options job;       /* --device, --dtype, --gpu-memory-fraction, --comm-timeout */
 } run_args;
 
 static void usage(FILE *f)
@@ -51,6 +53,10 @@ static void usage(FILE *f)
             "                        cores shared among its ranks)\n"
             "  --tp T --pp P         tensor and pipeline parallel split (the job must have T x P ranks)\n"
             "  --layers-per-stage L  layers of each pipeline stage, e.g. 3,2 (default: as even as possible)\n"
+            "  --device cpu|cuda     where to compute (default: cuda when every rank sees a GPU)\n"
+            "  --dtype f32|bf16|f16  GPU storage type (default: the checkpoint's; the CPU computes fp32)\n"
+            "  --gpu-memory-fraction F  of each GPU the job may use (default 0.9)\n"
+            "  --comm-timeout S      seconds before a stuck NCCL operation stops the job (default 120)\n"
             "  --verbose             print each rank's shard and load report, and decode traffic\n");
 }
 
@@ -77,7 +83,7 @@ static int add_prompt(run_args *a, const char *s, rt_err *err)
 static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
 {
     enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
-           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE, O_TP, O_PP, O_LPS };
+           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE, O_TP, O_PP, O_LPS, O_JOB };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
         {"max-tokens", required_argument, 0, O_MAXTOK}, {"temperature", required_argument, 0, O_TEMP},
@@ -89,11 +95,14 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         {"max-batch-tokens", required_argument, 0, O_MBT}, {"block-size", required_argument, 0, O_BS},
         {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
         {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
-        {"layers-per-stage", required_argument, 0, O_LPS},
+        {"layers-per-stage", required_argument, 0, O_LPS}, {"device", required_argument, 0, O_JOB},
+        {"dtype", required_argument, 0, O_JOB}, {"gpu-memory-fraction", required_argument, 0, O_JOB},
+        {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *a = (run_args){.max_tokens = 16, .sampling = {.top_p = 1.0f}, .batch = 1, .prompt_len = 128,
                     .gen_len = 128, .max_batch_tokens = 2048, .block_size = 16, .tp = 1, .pp = 1};
+    job_options_init(&a->job);
     int o, li = 0;
     long v;
     double d;
@@ -124,6 +133,7 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
         case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
         case O_VERBOSE: a->verbose = true; break;
+        case O_JOB: if (job_parse_flag(&a->job, f, s, err) < 0) return -1; break;
         case O_TP: if (cli_int(f, s, 1, PLAN_MAX_TP, &v, err)) return -1; a->tp = (int)v; break;
         case O_PP: if (cli_int(f, s, 1, PLAN_MAX_PP, &v, err)) return -1; a->pp = (int)v; break;
         case O_LPS: {
@@ -189,6 +199,33 @@ static void print_speed(FILE *f, const rt_gen_stats *st)
             st->prefill_seconds > 0 ? (double)st->prefill_tokens / st->prefill_seconds : 0.0);
     fprintf(f, "decode:  %ld tokens in %.1f ms (%.1f tokens/s)\n", st->decode_tokens, st->decode_seconds * 1e3,
             st->decode_seconds > 0 ? (double)st->decode_tokens / st->decode_seconds : 0.0);
+}
+
+/* Bytes a decode step reads on rank 0 (every weight once, but only a row of an untied embedding,
+ * and each sequence's KV cache at its mean context), over the step's time; on a GPU also as a
+ * share of the measured device-to-device copy bandwidth. */
+static void print_bandwidth(const job_model *jm, const run_args *a, int n, double step_seconds)
+{
+    const rt_config *c = &jm->cfg;
+    const rt_shard *s = &jm->model.shard;
+    const size_t es = rt_dtype_size(jm->dtype);
+    size_t weights = rt_shard_weight_bytes(c, s, jm->dtype);
+    if (s->first_stage && !(c->tie_embeddings && s->last_stage))
+        weights -= (size_t)(s->vocab_end - s->vocab_begin) * (size_t)c->dim * es;
+    double ctx = a->prompt_len + a->gen_len / 2.0;
+    double kv = ctx * n * (double)rt_kv_bytes_per_token(s->layer_end - s->layer_begin, s->n_kv_heads, c->head_dim,
+                                                        jm->dtype);
+    double gbs = ((double)weights + kv) / step_seconds / 1e9;
+    printf("decode reads %.3f GB per step (weights %.3f, KV %.3f): %.1f GB/s", ((double)weights + kv) / 1e9,
+           (double)weights / 1e9, kv / 1e9, gbs);
+#ifdef DINFER_HAVE_CUDA
+    if (jm->on_gpu) {
+        double copy = rt_cuda_copy_bandwidth() / 1e9;
+        printf(", %.0f%% of the measured device-to-device copy bandwidth (%.0f GB/s)", copy > 0 ? 100 * gbs / copy : 0,
+               copy);
+    }
+#endif
+    printf("\n");
 }
 
 /* Rank 0: the requests of this run (the bench's random prompts, or the --tokens prompts). */
@@ -267,19 +304,16 @@ static int run(run_args *a, comm *c, rt_err *err)
     const comm_topology *t = comm_topo(c);
     const bool root = t->rank == 0;
     job_model jm;
-    if (job_load(c, prog, a->model, a->tp, a->pp, a->layers_per_stage, a->threads, a->verbose, &jm))
+    job_options o = a->job;
+    int n_req = a->bench ? a->batch : a->n_prompts;
+    o.model = a->model, o.tp = a->tp, o.pp = a->pp, o.layers_per_stage = a->layers_per_stage;
+    o.threads = a->threads, o.verbose = a->verbose;
+    o.lim = (rt_forward_limits){.max_tokens = a->max_batch_tokens < n_req ? n_req : a->max_batch_tokens,
+                                .max_seqs = n_req, .max_blocks = 1, .max_logits = n_req};
+    if (job_load(c, prog, &o, &jm))
         return -2; /* already reported */
     const rt_config cfg = jm.cfg;
-    const int threads = jm.threads;
     int rc = 0;
-#ifdef DINFER_HAVE_CUDA
-    if (a->verbose && root) {
-        char desc[256];
-        int nd = rt_cuda_device_count();
-        fprintf(stderr, "rank 0: %d CUDA device(s) visible%s%s; running on the CPU backend\n", nd,
-                nd ? ", first: " : "", nd && rt_cuda_describe(0, desc, sizeof desc) == 0 ? desc : "");
-    }
-#endif
     rt_gen_request *reqs = NULL;
     rt_gen_result *res = NULL;
     int32_t *bench_tokens = NULL;
@@ -314,14 +348,15 @@ static int run(run_args *a, comm *c, rt_err *err)
         if (rt_generate(e, reqs, n, res, &st, err) || rt_engine_finish(e, err))
             job_abort(c, prog, err);
         if (a->bench) {
-            printf("bench: %s (%.1fM parameters), cpu, tp=%d x pp=%d, %d threads per rank, batch %d, prompt %d, "
-                   "generate %d\n", a->model, params_of(&cfg) / 1e6, a->tp, a->pp, threads, n, a->prompt_len,
-                   a->gen_len);
+            printf("bench: %s (%.1fM parameters), %s, tp=%d x pp=%d, batch %d, prompt %d, generate %d\n", a->model,
+                   params_of(&cfg) / 1e6, jm.device, a->tp, a->pp, n, a->prompt_len, a->gen_len);
             print_speed(stdout, &st);
-            if (st.decode_seconds > 0)
-                printf("decode step: %.2f ms for %d sequences (%.1f tokens/s per sequence)\n",
-                       st.decode_seconds * 1e3 * n / (double)st.decode_tokens, n,
+            if (st.decode_seconds > 0) {
+                double step = st.decode_seconds * n / (double)st.decode_tokens;
+                printf("decode step: %.2f ms for %d sequences (%.1f tokens/s per sequence)\n", step * 1e3, n,
                        (double)st.decode_tokens / n / st.decode_seconds);
+                print_bandwidth(&jm, a, n, step);
+            }
         } else {
             for (int i = 0; i < n; i++) {
                 if (a->json)

@@ -48,6 +48,8 @@ typedef struct srv_options {
 typedef struct srv_snapshot {
     char model[256], arch[64];
     int tp, pp, world, vocab, max_context;
+    char device[160];
+    uint64_t weight_bytes, workspace_bytes, kv_cache_bytes;
     rt_sched_stats st;
     int live;                 /* requests queued or running */
 } srv_snapshot;

@@ -22,7 +22,8 @@ typedef struct server_args {
     int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue;
     double kv_cache_mib, drain_seconds;
     long max_frame;
-    bool verbose;
+    bool verbose, kv_mib_given;
+    job_options job;
 } server_args;
 
 static void usage(FILE *f)
@@ -35,7 +36,12 @@ static void usage(FILE *f)
             "  --max-batch-tokens K    tokens per engine step (default 2048)\n"
             "  --max-seqs S            sequences running at once (default 256)\n"
             "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
-            "  --kv-cache-mib M        or: the KV cache per rank in MiB (default 512)\n"
+            "  --kv-cache-mib M        or: the KV cache per rank in MiB (default: on a GPU what\n"
+            "                          --gpu-memory-fraction leaves after weights and workspace; on CPU 512)\n"
+            "  --device cpu|cuda       where to compute (default: cuda when every rank sees a GPU)\n"
+            "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's)\n"
+            "  --gpu-memory-fraction F of each GPU the server may use (default 0.9)\n"
+            "  --comm-timeout S        seconds before a stuck NCCL operation stops the job (default 120)\n"
             "  --block-size N          tokens per KV block (default 16)\n"
             "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
             "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
@@ -48,7 +54,7 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, rt_err *err)
 {
     enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
-           O_DRAIN, O_THREADS, O_VERBOSE };
+           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
         {"layers-per-stage", required_argument, 0, O_LPS}, {"host", required_argument, 0, O_HOST},
@@ -58,11 +64,14 @@ static int parse(server_args *a, int argc, char **argv, rt_err *err)
         {"block-size", required_argument, 0, O_BS}, {"max-queue", required_argument, 0, O_QUEUE},
         {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
+        {"device", required_argument, 0, O_JOB}, {"dtype", required_argument, 0, O_JOB},
+        {"gpu-memory-fraction", required_argument, 0, O_JOB}, {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *a = (server_args){.host = "127.0.0.1", .port = 7070, .tp = 1, .pp = 1, .max_batch_tokens = 2048,
                        .max_seqs = 256, .block_size = 16, .max_queue = 4096, .kv_cache_mib = 512,
                        .drain_seconds = 30, .max_frame = 4 << 20};
+    job_options_init(&a->job);
     int o, li = 0;
     long v;
     double d;
@@ -88,7 +97,8 @@ static int parse(server_args *a, int argc, char **argv, rt_err *err)
         case O_MBT: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_batch_tokens = (int)v; break;
         case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
         case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
-        case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; break;
+        case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; a->kv_mib_given = true; break;
+        case O_JOB: if (job_parse_flag(&a->job, f, s, err) < 0) return -1; break;
         case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
         case O_QUEUE: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_queue = (int)v; break;
         case O_FRAME: if (cli_int(f, s, 64, 1L << 30, &v, err)) return -1; a->max_frame = v; break;
@@ -126,24 +136,29 @@ static int read_token(const char *path, char **out, rt_err *err)
     return 0;
 }
 
-/* KV blocks every rank can hold: --kv-blocks, or the most --kv-cache-mib allows on the rank with
- * the largest cache per token, capped at what max_seqs sequences of full context could use. Every
- * rank computes the same number from the plan. */
-static int kv_blocks(const server_args *a, const plan *p, int max_pos, rt_err *err)
+/* KV blocks every rank can hold: --kv-blocks, or what this rank's memory allows (on a GPU the
+ * budget left after weights and workspace, --kv-cache-mib if smaller; on CPU --kv-cache-mib),
+ * capped at what max_seqs sequences of full context could use, the smallest over the ranks. */
+static int kv_blocks(comm *c, const server_args *a, const job_model *jm, rt_err *err)
 {
     if (a->kv_blocks > 0)
         return a->kv_blocks;
-    size_t per_token = 0;
-    for (int r = 0; r < p->world; r++)
-        per_token = p->ranks[r].kv_bytes_per_token > per_token ? p->ranks[r].kv_bytes_per_token : per_token;
-    double blocks = a->kv_cache_mib * 1048576.0 / ((double)per_token * a->block_size);
-    /* never more than every sequence at full context could use */
-    double most = (double)a->max_seqs * rt_kv_blocks_for(max_pos, a->block_size);
-    blocks = blocks < most ? blocks : most;
-    if (blocks < 1)
-        return rt_errf(err, "--kv-cache-mib %g holds no block of %d tokens (%zu bytes per token)", a->kv_cache_mib,
+    const rt_shard *s = &jm->model.shard;
+    size_t per_token = rt_kv_bytes_per_token(s->layer_end - s->layer_begin, s->n_kv_heads, jm->cfg.head_dim, jm->dtype);
+    double bytes = a->kv_cache_mib * 1048576.0;
+    if (jm->on_gpu) {
+        double room = (double)job_kv_budget(jm);
+        bytes = a->kv_mib_given && bytes < room ? bytes : room;
+    }
+    double most = (double)a->max_seqs * rt_kv_blocks_for(jm->cfg.max_pos, a->block_size);
+    double blocks = bytes / ((double)per_token * a->block_size);
+    int64_t b = (int64_t)(blocks < most ? blocks : most);
+    if (comm_min_i64(comm_topo(c)->world, &b) != 0)
+        return rt_errf(err, "%s", comm_error(c));
+    if (b < 1)
+        return rt_errf(err, "no room for a single KV block of %d tokens (%zu bytes per token on this rank)",
                        a->block_size, per_token);
-    return blocks > (1 << 28) ? 1 << 28 : (int)blocks;
+    return b > (1 << 28) ? 1 << 28 : (int)b;
 }
 
 static srv_shared *the_server; /* the signal handler's only way to it */
@@ -169,12 +184,18 @@ static int serve(server_args *a, comm *c)
     if (job_agree(c, prog, rc, &err))
         return 1;
     job_model jm;
-    if (job_load(c, prog, a->model, a->tp, a->pp, a->lps, a->threads, a->verbose, &jm)) {
+    rt_sched_options so = {.max_batch_tokens = a->max_batch_tokens, .max_seqs = a->max_seqs};
+    job_options o = a->job;
+    o.model = a->model, o.tp = a->tp, o.pp = a->pp, o.layers_per_stage = a->lps;
+    o.threads = a->threads, o.verbose = a->verbose;
+    rt_config probe; /* the workspace of the memory plan needs the context length */
+    o.lim = rt_sched_geometry(rt_config_load(&probe, a->model, NULL) == 0 ? &probe : &(rt_config){.max_pos = 1}, &so,
+                              1, a->block_size).lim;
+    if (job_load(c, prog, &o, &jm)) {
         free(token);
         return 1;
     }
-    rt_sched_options so = {.max_batch_tokens = a->max_batch_tokens, .max_seqs = a->max_seqs};
-    int blocks = kv_blocks(a, &jm.plan, jm.cfg.max_pos, &err);
+    int blocks = kv_blocks(c, a, &jm, &err);
     rt_engine *e = NULL;
     rc = blocks < 0 ? -1 : 0;
     rt_engine_geometry g;
@@ -218,12 +239,17 @@ static int serve(server_args *a, comm *c)
         snprintf(s.snap.arch, sizeof s.snap.arch, "%s", rt_arch_name(cfg->arch));
         s.snap.tp = a->tp, s.snap.pp = a->pp, s.snap.world = t->world_size;
         s.snap.vocab = cfg->vocab_size, s.snap.max_context = cfg->max_pos;
-        srv_log(0, "%s: %s, tp=%d x pp=%d on %d ranks, %d threads per rank", a->model, rt_arch_name(cfg->arch), a->tp,
-                a->pp, t->world_size, jm.threads);
-        srv_log(0, "KV cache: %d blocks of %d tokens (%ld tokens), %.1f MiB on the largest rank; steps of up to %d "
-                   "tokens, %d sequences", blocks, a->block_size, (long)blocks * a->block_size,
-                (double)blocks * a->block_size * (double)jm.plan.ranks[0].kv_bytes_per_token / 1048576.0,
-                so.max_batch_tokens, so.max_seqs);
+        snprintf(s.snap.device, sizeof s.snap.device, "%s", jm.device);
+        s.snap.weight_bytes = rt_shard_weight_bytes(cfg, &jm.model.shard, jm.dtype);
+        s.snap.workspace_bytes = rt_forward_workspace_bytes(cfg, &jm.model.shard, &g.lim, jm.dtype);
+        s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)a->block_size *
+                                rt_kv_bytes_per_token(jm.model.n_layers, jm.model.shard.n_kv_heads, cfg->head_dim,
+                                                      jm.dtype);
+        srv_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->model, rt_arch_name(cfg->arch), a->tp, a->pp,
+                t->world_size);
+        srv_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
+                   "%d sequences", jm.device, blocks, a->block_size, (long)blocks * a->block_size,
+                (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
         the_server = &s;
         struct sigaction sa = {.sa_handler = on_signal};
         sigemptyset(&sa.sa_mask);

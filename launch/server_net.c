@@ -170,9 +170,10 @@ static void reply_stats(net *n, conn *c, uint64_t rid)
 {
     srv_shared *s = n->s;
     pthread_mutex_lock(&s->mu);
-    rt_sched_stats st = s->snap.st;
+    srv_snapshot snap = s->snap;
     uint32_t conns = (uint32_t)n->n_conns;
     pthread_mutex_unlock(&s->mu);
+    const rt_sched_stats st = snap.st;
     Dinfer__V1__StatsResponse r = DINFER__V1__STATS_RESPONSE__INIT;
 #define SET(field, v) (r.has_##field = 1, r.field = (v))
     SET(queue_length, (uint32_t)st.waiting);
@@ -190,7 +191,11 @@ static void reply_stats(net *n, conn *c, uint64_t rid)
     SET(avg_tokens_per_step, st.steps ? (double)st.step_tokens / (double)st.steps : 0.0);
     SET(preemptions, st.preemptions);
     SET(connections, conns);
+    SET(weight_bytes, snap.weight_bytes);
+    SET(workspace_bytes, snap.workspace_bytes);
+    SET(kv_cache_bytes, snap.kv_cache_bytes);
 #undef SET
+    r.device = snap.device;
     wire_frame f = DINFER__V1__FRAME__INIT;
     f.has_request_id = 1, f.request_id = rid;
     f.body_case = DINFER__V1__FRAME__BODY_STATS_RESPONSE;

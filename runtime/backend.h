@@ -108,6 +108,10 @@ rt_backend *rt_cpu_backend_create(int n_threads);
 rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, char *err, size_t errlen);
 /* Free and total memory of the current device. */
 int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
+/* The cudaStream_t the backend's ops run on (for NCCL). */
+void *rt_cuda_backend_stream(rt_backend *be);
+/* Measured device-to-device copy bandwidth of the current device, bytes read + written per second. */
+double rt_cuda_copy_bandwidth(void);
 #endif
 
 #endif

@@ -25,10 +25,39 @@ struct rt_forward {
     int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables */
     int32_t *h_ints;        /* host staging of the same */
     size_t n_ints;
+    void *stage;            /* (max_tokens, dim) host, activation type: device collectives staged through MPI */
+    float *stage32;         /* (max_tokens, dim) host fp32: the all-reduce's buffer when staged */
     float *part;            /* (max_logits, vocab_local) host: this rank's logits (tp > 1) */
     float *gathered;        /* (max_logits, vocab) host: every rank's blocks, on the sampling rank */
     size_t *counts;         /* (tp) logit elements per tp rank */
 };
+
+/* Bytes of each device buffer of the workspace. */
+typedef struct ws_sizes {
+    size_t x, q, kv, ffn, rows, logits, logits32, inv_freq, ints;
+} ws_sizes;
+
+static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt, ws_sizes *z)
+{
+    const size_t es = rt_dtype_size(dt), T = (size_t)lim->max_tokens, L = (size_t)lim->max_logits;
+    const size_t vocab = (size_t)(s->vocab_end - s->vocab_begin);
+    z->x = T * (size_t)c->dim * es;
+    z->q = T * (size_t)s->n_heads * (size_t)c->head_dim * es;
+    z->kv = T * (size_t)s->n_kv_heads * (size_t)c->head_dim * es;
+    z->ffn = T * (size_t)(s->ffn_end - s->ffn_begin) * es;
+    z->rows = 2 * L * (size_t)c->dim * es;
+    z->logits = L * vocab * es;
+    z->logits32 = dt == RT_F32 ? 0 : L * vocab * sizeof(float);
+    z->inv_freq = (size_t)c->head_dim / 2 * sizeof(float);
+    z->ints = (4 * T + L + (size_t)lim->max_seqs * (size_t)lim->max_blocks) * sizeof(int32_t);
+}
+
+size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt)
+{
+    ws_sizes z;
+    ws_layout(c, s, lim, dt, &z);
+    return 2 * z.x + 2 * z.q + 2 * z.kv + 2 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints;
+}
 
 static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
 {
@@ -55,27 +84,33 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         .n_heads = s->n_heads, .n_kv_heads = s->n_kv_heads, .head_dim = c->head_dim,
         .sliding_window = c->sliding_window, .scale = 1.0f / sqrtf((float)c->head_dim),
     };
-    size_t es = rt_dtype_size(be->ops->act_dtype), T = (size_t)lim->max_tokens;
-    size_t qw = (size_t)s->n_heads * (size_t)c->head_dim, kw = (size_t)s->n_kv_heads * (size_t)c->head_dim;
-    size_t ffn = (size_t)(s->ffn_end - s->ffn_begin), vocab = (size_t)(s->vocab_end - s->vocab_begin);
+    ws_sizes z;
+    ws_layout(c, s, lim, be->ops->act_dtype, &z);
+    const size_t vocab = (size_t)(s->vocab_end - s->vocab_begin);
     int failed = 0;
-    fw->x = alloc_or_fail(be, T * (size_t)c->dim * es, &failed);
-    fw->xb = alloc_or_fail(be, T * (size_t)c->dim * es, &failed);
-    fw->q = alloc_or_fail(be, T * qw * es, &failed);
-    fw->k = alloc_or_fail(be, T * kw * es, &failed);
-    fw->v = alloc_or_fail(be, T * kw * es, &failed);
-    fw->att = alloc_or_fail(be, T * qw * es, &failed);
-    fw->gate = alloc_or_fail(be, T * ffn * es, &failed);
-    fw->up = alloc_or_fail(be, T * ffn * es, &failed);
-    fw->rows = alloc_or_fail(be, 2 * (size_t)lim->max_logits * (size_t)c->dim * es, &failed);
-    fw->logits = alloc_or_fail(be, (size_t)lim->max_logits * vocab * es, &failed);
-    if (be->ops->act_dtype != RT_F32)
-        fw->logits32 = alloc_or_fail(be, (size_t)lim->max_logits * vocab * sizeof(float), &failed);
-    fw->inv_freq = alloc_or_fail(be, (size_t)c->head_dim / 2 * sizeof(float), &failed);
-    fw->n_ints = 4 * T + (size_t)lim->max_logits + (size_t)lim->max_seqs * (size_t)lim->max_blocks;
-    fw->d_ints = alloc_or_fail(be, fw->n_ints * sizeof(int32_t), &failed);
+    fw->x = alloc_or_fail(be, z.x, &failed);
+    fw->xb = alloc_or_fail(be, z.x, &failed);
+    fw->q = alloc_or_fail(be, z.q, &failed);
+    fw->k = alloc_or_fail(be, z.kv, &failed);
+    fw->v = alloc_or_fail(be, z.kv, &failed);
+    fw->att = alloc_or_fail(be, z.q, &failed);
+    fw->gate = alloc_or_fail(be, z.ffn, &failed);
+    fw->up = alloc_or_fail(be, z.ffn, &failed);
+    fw->rows = alloc_or_fail(be, z.rows, &failed);
+    fw->logits = alloc_or_fail(be, z.logits, &failed);
+    if (z.logits32)
+        fw->logits32 = alloc_or_fail(be, z.logits32, &failed);
+    fw->inv_freq = alloc_or_fail(be, z.inv_freq, &failed);
+    fw->n_ints = z.ints / sizeof(int32_t);
+    fw->d_ints = alloc_or_fail(be, z.ints, &failed);
     fw->h_ints = malloc(fw->n_ints * sizeof(int32_t));
-    const int tp = cm ? comm_topo(cm)->tp : 1;
+    const int tp = cm ? comm_topo(cm)->tp : 1, pp = cm ? comm_topo(cm)->pp : 1;
+    if (!be->ops->host_memory && (tp > 1 || pp > 1)) {
+        /* without a device path (NCCL), activations cross ranks through host memory and MPI */
+        fw->stage = malloc(z.x);
+        fw->stage32 = malloc((size_t)lim->max_tokens * (size_t)c->dim * sizeof(float));
+        failed |= !fw->stage || !fw->stage32;
+    }
     if (tp > 1 && s->last_stage) {
         fw->part = malloc((size_t)lim->max_logits * vocab * sizeof(float));
         fw->gathered = malloc((size_t)lim->max_logits * (size_t)c->vocab_size * sizeof(float));
@@ -105,6 +140,8 @@ void rt_forward_destroy(rt_forward *fw)
         if (bufs[i])
             be->ops->free(be, bufs[i]);
     free(fw->h_ints);
+    free(fw->stage);
+    free(fw->stage32);
     free(fw->part);
     free(fw->gathered);
     free(fw->counts);
@@ -169,21 +206,57 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int
     return 0;
 }
 
-/* The collectives of a step. Each is a no-op on a single rank; a failure names the call. */
+/* The collectives of a step, on activations in the backend's memory. Host memory goes straight
+ * to MPI; device memory goes through the comm's device path (NCCL) when it has one, else is staged
+ * through host memory. Each is a no-op on a single rank; a failure names the call. */
+static comm_dtype comm_type(rt_dtype t)
+{
+    return t == RT_BF16 ? COMM_BF16 : t == RT_F16 ? COMM_F16 : COMM_F32;
+}
+
 static int tp_allreduce(rt_forward *fw, void *buf, size_t n, rt_err *err)
 {
     if (!fw->comm || comm_topo(fw->comm)->tp == 1)
         return 0;
-    if (comm_allreduce_sum(comm_topo(fw->comm)->tp_group, buf, n, COMM_F32))
-        return rt_errf(err, "%s", comm_error(fw->comm));
-    return 0;
+    comm_group *g = comm_topo(fw->comm)->tp_group;
+    rt_backend *be = fw->m->be;
+    const rt_dtype dt = be->ops->act_dtype;
+    int rc;
+    if (be->ops->host_memory) {
+        rc = comm_allreduce_sum(g, buf, n, COMM_F32);
+    } else if (comm_has_device_path(fw->comm)) {
+        rc = comm_dev_allreduce_sum(g, buf, n, comm_type(dt));
+    } else {
+        be->ops->download(be, fw->stage, buf, n * rt_dtype_size(dt));
+        rt_convert_to_f32(fw->stage32, fw->stage, dt, n);
+        rc = comm_allreduce_sum(g, fw->stage32, n, COMM_F32);
+        rt_convert_from_f32(fw->stage, fw->stage32, dt, n);
+        be->ops->upload(be, buf, fw->stage, n * rt_dtype_size(dt));
+    }
+    return rc ? rt_errf(err, "%s", comm_error(fw->comm)) : 0;
 }
 
 static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, rt_err *err)
 {
     const comm_topology *t = comm_topo(fw->comm);
-    int rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, t->stage + 1)
-                  : comm_recv(t->pp_group, buf, n, COMM_F32, t->stage - 1);
+    rt_backend *be = fw->m->be;
+    const rt_dtype dt = be->ops->act_dtype;
+    const int peer = send ? t->stage + 1 : t->stage - 1;
+    const size_t bytes = n * rt_dtype_size(dt);
+    int rc;
+    if (be->ops->host_memory) {
+        rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, peer) : comm_recv(t->pp_group, buf, n, COMM_F32, peer);
+    } else if (comm_has_device_path(fw->comm)) {
+        rc = send ? comm_dev_send(t->pp_group, buf, n, comm_type(dt), peer)
+                  : comm_dev_recv(t->pp_group, buf, n, comm_type(dt), peer);
+    } else if (send) {
+        be->ops->download(be, fw->stage, buf, bytes);
+        rc = comm_send(t->pp_group, fw->stage, bytes, COMM_U8, peer);
+    } else {
+        rc = comm_recv(t->pp_group, fw->stage, bytes, COMM_U8, peer);
+        if (rc == 0)
+            be->ops->upload(be, buf, fw->stage, bytes);
+    }
     return rc ? rt_errf(err, "%s", comm_error(fw->comm)) : 0;
 }
 

@@ -41,6 +41,9 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
                       rt_err *err);
 void rt_forward_destroy(rt_forward *fw);
 
+/* Device bytes rt_forward_create allocates for a shard and limits (the memory plan's workspace). */
+size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt);
+
 /* Runs the step; collective over every rank of the job. On the last stage's tp rank 0, the logits
  * (n_logits, vocab) of the whole vocabulary are written to host memory at logits. Fails, naming
  * the problem, when the batch exceeds the limits or holds a token id, position or block id out of

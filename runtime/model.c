@@ -111,13 +111,17 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
         L->stage_n = n;
     }
     float *buf = direct ? dst->data : L->stage;
-    if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, L->err))
-        return -1;
-    if (!direct) {
-        if (wt != RT_F32)
+    if (!direct && t->dtype == wt) { /* stored as it will be used: copy the bytes */
+        if (rt_st_read_raw(f, t, r0, r1, c0, c1, buf, L->err))
+            return -1;
+    } else {
+        if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, L->err))
+            return -1;
+        if (!direct && wt != RT_F32)
             rt_convert_from_f32(buf, buf, wt, n); /* narrows in place: output is shorter */
-        be->ops->upload(be, dst->data, buf, bytes);
     }
+    if (!direct)
+        be->ops->upload(be, dst->data, buf, bytes);
     L->m->bytes_loaded += n * rt_dtype_size(t->dtype);
     return 0;
 }

@@ -232,18 +232,29 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name)
     return bsearch(&key, f->tensors, (size_t)f->n_tensors, sizeof key, cmp_tensor_name);
 }
 
-int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
-                   int64_t c1, float *dst, rt_err *err)
+/* Checks a slice request; gives the tensor's column count. */
+static int check_slice(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                       int64_t *cols, rt_err *err)
 {
     if (!t->supported)
         return rt_errf(err, "%s: tensor '%s' has unsupported dtype %s (weights must be F32, F16 or BF16)",
                        f->path, t->name, t->dtype_name);
     if (t->n_dims < 1 || t->n_dims > 2)
         return rt_errf(err, "%s: tensor '%s' has %d dimensions, expected 1 or 2", f->path, t->name, t->n_dims);
-    int64_t rows = t->shape[0], cols = t->n_dims == 2 ? t->shape[1] : 1;
-    if (r0 < 0 || r1 > rows || r0 > r1 || c0 < 0 || c1 > cols || c0 > c1)
+    int64_t rows = t->shape[0];
+    *cols = t->n_dims == 2 ? t->shape[1] : 1;
+    if (r0 < 0 || r1 > rows || r0 > r1 || c0 < 0 || c1 > *cols || c0 > c1)
         return rt_errf(err, "%s: tensor '%s': slice [%lld:%lld, %lld:%lld] outside its shape", f->path,
                        t->name, (long long)r0, (long long)r1, (long long)c0, (long long)c1);
+    return 0;
+}
+
+int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
+                   int64_t c1, float *dst, rt_err *err)
+{
+    int64_t cols;
+    if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
+        return -1;
     size_t es = rt_dtype_size(t->dtype);
     const uint8_t *base = f->data + t->begin;
     size_t w = (size_t)(c1 - c0);
@@ -251,6 +262,23 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
     for (int64_t r = r0; r < r1; r++)
         rt_convert_to_f32(dst + (size_t)(r - r0) * w, base + ((size_t)r * (size_t)cols + (size_t)c0) * es,
                           t->dtype, w);
+    return 0;
+}
+
+int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                   void *dst, rt_err *err)
+{
+    int64_t cols;
+    if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
+        return -1;
+    size_t es = rt_dtype_size(t->dtype), w = (size_t)(c1 - c0) * es;
+    const uint8_t *base = f->data + t->begin;
+    if (c0 == 0 && c1 == cols) { /* whole rows: one contiguous run */
+        memcpy(dst, base + (size_t)r0 * w, (size_t)(r1 - r0) * w);
+        return 0;
+    }
+    for (int64_t r = r0; r < r1; r++)
+        memcpy((uint8_t *)dst + (size_t)(r - r0) * w, base + ((size_t)r * (size_t)cols + (size_t)c0) * es, w);
     return 0;
 }
 

@@ -48,6 +48,11 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name);
 int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
                    int64_t c1, float *dst, rt_err *err);
 
+/* The same slice in the tensor's own dtype, no conversion (dst holds (r1 - r0) * (c1 - c0)
+ * elements of rt_dtype_size(t->dtype) bytes). */
+int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                   void *dst, rt_err *err);
+
 /* A checkpoint folder. */
 typedef struct rt_ckpt_entry {
     char *name;

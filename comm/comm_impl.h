@@ -1,0 +1,32 @@
+/* The comm structures, shared by the MPI backend and the NCCL device path. Not part of the
+ * interface: nothing outside comm/ includes this. */
+#ifndef DINFER_COMM_IMPL_H
+#define DINFER_COMM_IMPL_H
+
+#include <mpi.h>
+
+#include "comm/comm.h"
+
+struct comm_group {
+    comm *owner;
+    MPI_Comm mc;
+    int size, rank;
+    uint64_t *bytes; /* the counter this group's traffic adds to */
+    void *nccl;      /* ncclComm_t of this group when the device path is on */
+};
+
+struct comm {
+    comm_topology topo;
+    comm_group world, tp, pp;
+    comm_counters counters;
+    size_t chunk;
+    void *stream;     /* cudaStream_t of the device path */
+    double timeout_s; /* of every device-path operation */
+    int device_path;
+    char err[512];
+};
+
+int comm_fail_mpi(comm *c, const char *call, int rc);
+void comm_nccl_destroy(comm *c);
+
+#endif

@@ -1,0 +1,151 @@
+/* The device path of comm: NCCL communicators for the tp groups and the pipeline chains, their
+ * unique ids broadcast over MPI, non-blocking initialization and operations that are waited on by
+ * polling the stream and NCCL's asynchronous error, so a missing or dead peer becomes an error
+ * that names the rank and the operation after the timeout, never a hang. */
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm_impl.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int nccl_fail(comm *c, const char *what, const char *why)
+{
+    snprintf(c->err, sizeof c->err, "rank %d: NCCL %s failed: %s", c->topo.rank, what, why);
+    return -1;
+}
+
+/* Waits for a communicator to leave ncclInProgress (initialization) or for the stream to drain
+ * (an operation), polling the asynchronous error; aborts the communicator on error or timeout. */
+static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
+{
+    const double deadline = now_s() + c->timeout_s;
+    for (long polls = 0;; polls++) {
+        ncclResult_t async = ncclSuccess;
+        ncclResult_t q = ncclCommGetAsyncError(nc, &async);
+        if (q != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
+            ncclCommAbort(nc);
+            return nccl_fail(c, what, ncclGetErrorString(q != ncclSuccess ? q : async));
+        }
+        if (for_stream) {
+            cudaError_t s = cudaStreamQuery((cudaStream_t)c->stream);
+            if (s == cudaSuccess)
+                return 0;
+            if (s != cudaErrorNotReady)
+                return nccl_fail(c, what, cudaGetErrorString(s));
+        } else if (async == ncclSuccess) {
+            return 0;
+        }
+        if (now_s() > deadline) {
+            ncclCommAbort(nc);
+            char why[96];
+            snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",
+                     c->timeout_s);
+            return nccl_fail(c, what, why);
+        }
+        if (polls > 1000) {
+            struct timespec nap = {0, 20000};
+            nanosleep(&nap, NULL);
+        }
+    }
+}
+
+static int init_group(comm *c, comm_group *g, const char *name)
+{
+    if (g->size == 1)
+        return 0;
+    ncclUniqueId id;
+    if (g->rank == 0 && ncclGetUniqueId(&id) != ncclSuccess)
+        return nccl_fail(c, name, "ncclGetUniqueId");
+    int rc = MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, g->mc);
+    if (rc != MPI_SUCCESS)
+        return comm_fail_mpi(c, "MPI_Bcast of the NCCL id", rc);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclComm_t nc;
+    ncclResult_t r = ncclCommInitRankConfig(&nc, g->size, id, g->rank, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress)
+        return nccl_fail(c, name, ncclGetErrorString(r));
+    char what[64];
+    snprintf(what, sizeof what, "initialization of the %s communicator", name);
+    if (wait_nccl(c, nc, what, 0))
+        return -1;
+    g->nccl = nc;
+    return 0;
+}
+
+int comm_nccl_enable(comm *c, void *stream, double timeout_s)
+{
+    c->stream = stream;
+    c->timeout_s = timeout_s > 0 ? timeout_s : 120;
+    if (init_group(c, &c->tp, "tensor-parallel") || init_group(c, &c->pp, "pipeline"))
+        return -1;
+    c->device_path = 1;
+    return 0;
+}
+
+void comm_nccl_destroy(comm *c)
+{
+    comm_group *gs[2] = {&c->tp, &c->pp};
+    for (int i = 0; i < 2; i++)
+        if (gs[i]->nccl) {
+            ncclCommDestroy((ncclComm_t)gs[i]->nccl);
+            gs[i]->nccl = NULL;
+        }
+    c->device_path = 0;
+}
+
+int comm_has_device_path(const comm *c)
+{
+    return c->device_path;
+}
+
+static ncclDataType_t nccl_type(comm_dtype t)
+{
+    switch (t) {
+    case COMM_F32: return ncclFloat32;
+    case COMM_I32: return ncclInt32;
+    case COMM_U8: return ncclUint8;
+    case COMM_BF16: return ncclBfloat16;
+    case COMM_F16: return ncclFloat16;
+    }
+    return ncclFloat32;
+}
+
+static int finish(comm_group *g, ncclResult_t r, const char *what)
+{
+    if (r != ncclSuccess && r != ncclInProgress)
+        return nccl_fail(g->owner, what, ncclGetErrorString(r));
+    return wait_nccl(g->owner, (ncclComm_t)g->nccl, what, 1);
+}
+
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+{
+    if (g->size == 1)
+        return 0;
+    *g->bytes += n * comm_dtype_size(t);
+    g->owner->counters.calls++;
+    return finish(g, ncclAllReduce(buf, buf, n, nccl_type(t), ncclSum, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
+                  "all-reduce");
+}
+
+int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+{
+    *g->bytes += n * comm_dtype_size(t);
+    g->owner->counters.calls++;
+    return finish(g, ncclSend(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream), "send");
+}
+
+int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+{
+    return finish(g, ncclRecv(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
+                  "receive");
+}
