@@ -10,6 +10,8 @@ log="$tmp/server.log"
 cleanup() { [ -n "${mpid:-}" ] && kill -KILL "$mpid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 args=()
+# shellcheck disable=SC2206
+[ -n "${SERVER_ARGS:-}" ] && args+=(${SERVER_ARGS})
 if [ "${AUTH:-0}" = 1 ]; then
   echo "s3cret-$$" > "$tmp/token"
   args+=(--auth-token-file "$tmp/token")
