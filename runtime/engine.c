@@ -1,5 +1,6 @@
 #include "runtime/engine.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,7 +18,7 @@ struct rt_engine {
     rt_kv_cache kv;
     rt_forward *fw;
     float *logits;       /* (max_logits, vocab) on the sampling rank */
-    void *scratch;       /* sampler scratch, 8 * vocab bytes */
+    void *scratch;       /* sampler scratch, 8 * vocab bytes per OpenMP thread */
     int32_t *body;       /* the plan body, sized for the limits */
     size_t body_cap;
     rt_step_sampling *rows; /* (max_logits) followers' copy of the rows */
@@ -56,7 +57,7 @@ int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geom
     e->body_cap = body_ints(&g->lim);
     e->body = malloc(e->body_cap * sizeof *e->body);
     e->logits = malloc((size_t)(L ? L : 1) * (size_t)V * sizeof *e->logits);
-    e->scratch = malloc((size_t)V * 8);
+    e->scratch = malloc((size_t)V * 8 * (size_t)omp_get_max_threads()); /* one sampler scratch per thread */
     e->rows = calloc((size_t)(L ? L : 1), sizeof *e->rows);
     e->out = calloc((size_t)(L ? L : 1), sizeof *e->out);
     if (!e->body || !e->logits || !e->scratch || !e->rows || !e->out) {
@@ -169,9 +170,13 @@ static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_
     if (rt_forward_step(e->fw, b, e->logits, err))
         return -1;
     const int me = my_rank(e), sr = sampler_rank(e), nl = b->n_logits, V = e->m->cfg.vocab_size;
-    if (me == sr)
+    if (me == sr) {
+        /* rows are independent (each has its own random stream): one thread each */
+#pragma omp parallel for schedule(dynamic, 1) if (nl > 1)
         for (int i = 0; i < nl; i++)
-            rt_sample(e->logits + (size_t)i * V, V, &rows[i].params, &rows[i].rng, e->scratch, &out[i]);
+            rt_sample(e->logits + (size_t)i * V, V, &rows[i].params, &rows[i].rng,
+                      (char *)e->scratch + (size_t)omp_get_thread_num() * 8 * (size_t)V, &out[i]);
+    }
     if (sr != 0 && nl > 0 && (me == sr || me == 0)) {
         comm_group *w = comm_topo(e->comm)->world;
         int rc = me == sr ? comm_send(w, out, (size_t)nl * sizeof *out, COMM_U8, 0) ||

@@ -76,9 +76,10 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
             mx = logits[i];
             arg = i;
         }
+    /* the normalizer: expf of (logit - max) is in (0, 1], summed in double (128K terms) */
     double sum = 0.0;
     for (int i = 0; i < vocab; i++)
-        sum += exp((double)logits[i] - mx);
+        sum += (double)expf(logits[i] - mx);
     const float lse = mx + (float)log(sum);
 
     int token = arg;

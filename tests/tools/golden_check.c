@@ -6,8 +6,8 @@
  * appends `--model FIXTURE_DIR --tokens P1 --tokens P2 ... --max-tokens N --temperature 0
  * --ignore-eos --json` to the command, runs it, and checks that it prints one JSON object per
  * prompt whose tokens are identical to the reference and whose logprobs are within the tolerance.
- * With --first-token (reduced precision), the first token must be identical and the logprobs within
- * the tolerance up to the first step where the tokens differ.
+ * With --first-token (reduced precision), the first token of every prompt must be identical and its
+ * logprob within the tolerance; later steps are reported, not held to it.
  * Exits 0 on a match, 1 with the first difference otherwise. */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -113,6 +113,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int bad = 0, k = 0, diverged = 0;
+    double later = 0.0; /* --first-token: the largest logprob difference after the first step */
     double worst = 0.0;
     char line[1 << 16];
     const cJSON *want_t = tokens->child, *want_l = lps->child;
@@ -134,10 +135,15 @@ int main(int argc, char **argv)
             for (int j = 0; j < nt && !bad; j++) {
                 int a = cJSON_GetArrayItem(got_t, j)->valueint, b = cJSON_GetArrayItem(want_t, j)->valueint;
                 double la = cJSON_GetArrayItem(got_l, j)->valuedouble, lb = cJSON_GetArrayItem(want_l, j)->valuedouble;
-                if (first_token && j > 0 && a != b) {
-                    /* reduced precision may take another path later: compare up to there */
-                    diverged++;
-                    break;
+                if (first_token && j > 0) {
+                    /* reduced precision drifts and may take another path later: only the first
+                     * step is held to the tolerance; the rest is reported */
+                    if (a != b) {
+                        diverged++;
+                        break;
+                    }
+                    later = fabs(la - lb) > later ? fabs(la - lb) : later;
+                    continue;
                 }
                 if (a != b) {
                     fprintf(stderr, "golden_check: prompt %d step %d: token %d, transformers chose %d\n", k, j, a, b);
@@ -167,8 +173,9 @@ int main(int argc, char **argv)
     if (!bad)
         printf("golden_check: %s: %d prompts x %d tokens %s, max |logprob diff| %.2e\n", dir, k, n_gen,
                first_token ? "with identical first tokens" : "identical", worst);
-    if (!bad && diverged)
-        printf("golden_check: %d of %d prompts took another token later (allowed with --first-token)\n", diverged, k);
+    if (!bad && first_token)
+        printf("golden_check: after the first step: max |logprob diff| %.3f while the tokens agreed; %d of %d prompts "
+               "took another token later\n", later, diverged, k);
     free(cmd.s);
     cJSON_Delete(g);
     return bad;
