@@ -65,6 +65,12 @@ expect "--top-p" -- --model "$tmp/m" --tokens 1 --temperature 1 --top-p 0
 expect "--model DIR is required" -- --tokens 1
 expect "at least one prompt" -- --model "$tmp/m"
 expect "unexpected argument" -- --model "$tmp/m" --tokens 1 extra
+expect "--device" "not cpu or cuda" -- --model "$tmp/m" --tokens 1 --device tpu
+expect "--dtype bf16 needs --device cuda" -- --model "$tmp/m" --tokens 1 --device cpu --dtype bf16
+expect "--gpu-memory-fraction" -- --model "$tmp/m" --tokens 1 --gpu-memory-fraction 1.5
+if [ -n "${HAS_GPU:-}" ] && ! "$HAS_GPU" >/dev/null 2>&1; then
+  expect "--device cuda, but no CUDA device is visible" -- --model "$tmp/m" --tokens 1 --device cuda
+fi
 
 [ $fails -eq 0 ] || { echo "$fails case(s) failed"; exit 1; }
 echo "all error cases gave one clear line"
