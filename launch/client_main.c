@@ -316,6 +316,14 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
             break;
         }
         uint64_t id = f->request_id;
+        if (id == 0 && f->body_case == DINFER__V1__FRAME__BODY_ERROR) {
+            rc = rt_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
+            if (f->error->code == DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE) {
+                wire_frame_free(f);
+                break;
+            }
+            rc = 0; /* a complaint about a frame: not the end */
+        }
         if (id >= 1 && id <= (uint64_t)N) {
             stream *s = &st[id - 1];
             double now = cli_now();

@@ -1,11 +1,14 @@
 #include "launch/job.h"
 
 #include "runtime/backend.h"
+#include "runtime/sampler.h"
 #ifdef DINFER_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
 #endif
 
+#include <dirent.h>
 #include <mpi.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -229,11 +232,101 @@ size_t job_kv_budget(const job_model *jm)
     return jm->gpu_budget > used ? jm->gpu_budget - used : 0;
 }
 
+/* FNV-1a, to fingerprint a model folder cheaply. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* What every rank must agree on before loading: this build, the model folder as it is on this
+ * host (config.json and the size of every weight file), the split and the device choice. */
+static void fingerprint(const job_options *o, char *out, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    char path[4096], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/config.json", o->model);
+    if (rt_read_file(path, &text, &len, NULL) == 0) {
+        h = fnv(h, text, len);
+        free(text);
+    }
+    DIR *d = opendir(o->model);
+    struct dirent *de;
+    uint64_t files = 0;
+    while (d && (de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l > 12 && strcmp(de->d_name + l - 12, ".safetensors") == 0) {
+            struct stat st;
+            snprintf(path, sizeof path, "%s/%s", o->model, de->d_name);
+            if (stat(path, &st) == 0) { /* the order of readdir does not matter: sum the hashes */
+                uint64_t f = fnv(0xcbf29ce484222325ULL, de->d_name, l);
+                files += fnv(f, &st.st_size, sizeof st.st_size);
+            }
+        }
+    }
+    if (d)
+        closedir(d);
+    h = fnv(h, &files, sizeof files);
+    snprintf(out, n, "build %s (sample %zu B), model %016llx, tp=%d pp=%d, device %s, dtype %s", DINFER_BUILD_ID,
+             sizeof(rt_sample_out), (unsigned long long)h, o->tp, o->pp, o->device ? o->device : "auto",
+             o->dtype ? o->dtype : "model");
+}
+
+/* Every rank compares its fingerprint with rank 0's; a difference stops the job naming the host. */
+static int agree_on_fingerprint(comm *c, const char *prog, const job_options *o)
+{
+    char mine[320], *all = NULL;
+    fingerprint(o, mine, sizeof mine);
+    if (gather_lines(c, mine, &all) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, comm_error(c));
+        return -1;
+    }
+    int bad = 0;
+    if (all) {
+        char host0[64] = "?";
+        gethostname(host0, sizeof host0 - 1);
+        for (int i = 1; i < comm_topo(c)->world_size; i++)
+            if (strcmp(all + (size_t)i * LINE, all) != 0) {
+                if (!bad)
+                    fprintf(stderr, "%s: rank %d disagrees with rank 0 (host %s) about the job: it has \"%s\", rank 0 "
+                                    "has \"%s\": the same build and model folder must be on every host\n",
+                            prog, i, host0, all + (size_t)i * LINE, all);
+                bad = 1;
+            }
+    }
+    free(all);
+    int any = 0;
+    if (comm_any(comm_topo(c)->world, bad, &any) != 0)
+        return -1;
+    return any ? -1 : 0;
+}
+
+int job_roster(comm *c, char (*hosts)[64], int *pids)
+{
+    char line[96], *all = NULL, host[64] = "?";
+    gethostname(host, sizeof host - 1);
+    snprintf(line, sizeof line, "%d %s", (int)getpid(), host);
+    if (gather_lines(c, line, &all) != 0)
+        return -1;
+    for (int i = 0; all && i < comm_topo(c)->world_size; i++) {
+        char *l = all + (size_t)i * LINE, *sp = strchr(l, ' ');
+        pids[i] = atoi(l);
+        snprintf(hosts[i], 64, "%s", sp ? sp + 1 : "?");
+    }
+    free(all);
+    return 0;
+}
+
 int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
 {
     memset(jm, 0, sizeof *jm);
     const comm_topology *t = comm_topo(c);
     rt_err err = {{0}};
+    if (agree_on_fingerprint(c, prog, o))
+        return -1;
     int rc = rt_config_load(&jm->cfg, o->model, &err);
     if (rc == 0)
         rc = plan_make(&jm->plan, &jm->cfg, o->tp, o->pp, o->layers_per_stage, RT_F32, &err);

@@ -54,6 +54,10 @@ typedef struct job_model {
  * what failed where. */
 int job_load(comm *c, const char *prog, const job_options *o, job_model *out);
 
+/* Rank 0 learns where every rank runs: hosts (world, 64 bytes each) and pids, filled on rank 0
+ * only (others may pass NULL). Collective. */
+int job_roster(comm *c, char (*hosts)[64], int *pids);
+
 /* Bytes of KV cache this rank can still hold under its budget (GPU), or SIZE_MAX (CPU). */
 size_t job_kv_budget(const job_model *m);
 void job_model_free(job_model *m);

@@ -42,7 +42,14 @@ typedef struct srv_options {
     int max_connections;
     int max_queue;            /* requests waiting or running */
     double drain_seconds;
+    double comm_timeout;      /* a step running longer than this means a stuck or lost rank */
 } srv_options;
+
+/* Where every rank of the job runs: how rank 0 names a rank it lost. */
+typedef struct srv_rank_info {
+    char host[64];
+    int pid;
+} srv_rank_info;
 
 /* What Health and Stats report, refreshed by the engine loop after every step. */
 typedef struct srv_snapshot {
@@ -66,6 +73,11 @@ typedef struct srv_shared {
     bool engine_done;                /* the engine loop has queued its last frames */
     bool ready;
     char bound[128];                 /* "host:port" actually listening */
+    double step_started;             /* when the running step began; 0 between steps */
+    double longest_step;             /* seconds, of any step so far */
+    double stop_at;                  /* when the stop signal was noticed */
+    srv_rank_info *ranks;            /* (world) */
+    int world;
 } srv_shared;
 
 int srv_shared_init(srv_shared *s, const srv_options *opt);

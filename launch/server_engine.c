@@ -307,7 +307,18 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, r
             break;
         }
         if (rt_sched_has_work(e.sched)) {
-            if ((rc = rt_sched_step(e.sched, err)))
+            /* the network thread watches steps: one that never ends means a lost or stuck rank */
+            double t0 = srv_now();
+            pthread_mutex_lock(&s->mu);
+            s->step_started = t0;
+            pthread_mutex_unlock(&s->mu);
+            rc = rt_sched_step(e.sched, err);
+            pthread_mutex_lock(&s->mu);
+            s->step_started = 0;
+            if (srv_now() - t0 > s->longest_step)
+                s->longest_step = srv_now() - t0;
+            pthread_mutex_unlock(&s->mu);
+            if (rc)
                 break;
         } else {
             flush_out(&e);

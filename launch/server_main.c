@@ -209,7 +209,7 @@ static int serve(server_args *a, comm *c)
     if (rc == 0 && root) {
         srv_options opt = {.host = a->host, .port = a->port, .auth_token = token, .max_frame = (size_t)a->max_frame,
                            .max_conn_buffer = 16u << 20, .max_connections = 1024, .max_queue = a->max_queue,
-                           .drain_seconds = a->drain_seconds};
+                           .drain_seconds = a->drain_seconds, .comm_timeout = a->job.comm_timeout};
         char nerr[256];
         if (srv_shared_init(&s, &opt) != 0) {
             rc = rt_errf(&err, "cannot create the wake pipes: %s", strerror(errno));
@@ -226,6 +226,17 @@ static int serve(server_args *a, comm *c)
         free(token);
         return 1;
     }
+    /* where every rank runs, so rank 0 can name one it loses */
+    char (*hosts)[64] = root ? calloc((size_t)t->world_size, 64) : NULL;
+    int *pids = root ? calloc((size_t)t->world_size, sizeof *pids) : NULL;
+    srv_rank_info *ranks = root ? calloc((size_t)t->world_size, sizeof *ranks) : NULL;
+    job_roster(c, hosts, pids);
+    for (int r = 0; ranks && hosts && pids && r < t->world_size; r++) {
+        snprintf(ranks[r].host, sizeof ranks[r].host, "%s", hosts[r]);
+        ranks[r].pid = pids[r];
+    }
+    free(hosts);
+    free(pids);
     if (!root) {
         /* signals end the job through rank 0's drain; a follower just follows */
         signal(SIGTERM, SIG_IGN);
@@ -250,6 +261,8 @@ static int serve(server_args *a, comm *c)
         srv_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
                    "%d sequences", jm.device, blocks, a->block_size, (long)blocks * a->block_size,
                 (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
+        s.ranks = ranks;
+        s.world = t->world_size;
         the_server = &s;
         struct sigaction sa = {.sa_handler = on_signal};
         sigemptyset(&sa.sa_mask);
@@ -273,6 +286,7 @@ static int serve(server_args *a, comm *c)
     rt_engine_destroy(e);
     job_model_free(&jm);
     free(token);
+    free(ranks);
     return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "launch/server.h"
@@ -440,6 +441,56 @@ static void accept_all(net *n)
     }
 }
 
+/* A step that does not end: past --comm-timeout, or (after a stop signal, which is also how
+ * mpirun says a rank died) well past the longest step so far. Then the job cannot go on: tell
+ * every client UNAVAILABLE on the connection itself (request_id 0), name the ranks found gone,
+ * and exit, which makes mpirun stop the others. */
+static bool step_is_stuck(srv_shared *s, double now)
+{
+    pthread_mutex_lock(&s->mu);
+    double started = s->step_started, longest = s->longest_step;
+    pthread_mutex_unlock(&s->mu);
+    if (started == 0)
+        return false;
+    if (now - started > s->opt.comm_timeout)
+        return true;
+    if (!s->stop)
+        return false;
+    if (s->stop_at == 0)
+        s->stop_at = now;
+    double grace = 3 * longest > 0.25 ? 3 * longest : 0.25;
+    return now - (started > s->stop_at ? started : s->stop_at) > grace;
+}
+
+static void fail_job(net *n, double now)
+{
+    srv_shared *s = n->s;
+    char lost[512] = "";
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    size_t used = 0;
+    for (int r = 1; r < s->world && s->ranks; r++)
+        if (strcmp(s->ranks[r].host, host) == 0 && kill(s->ranks[r].pid, 0) != 0 && used < sizeof lost - 64)
+            used += (size_t)snprintf(lost + used, sizeof lost - used, "%srank %d (host %s, pid %d)", used ? ", " : "", r,
+                                     s->ranks[r].host, s->ranks[r].pid);
+    char msg[640];
+    if (used)
+        snprintf(msg, sizeof msg, "the job lost %s: it is stopping", lost);
+    else
+        snprintf(msg, sizeof msg, "a step has not finished in %.1f s: a rank on another host was lost or is stuck; "
+                                  "the job is stopping", now - s->step_started);
+    srv_log(0, "%s", msg);
+    for (int i = 0; i < n->n_conns; i++) {
+        reply_error(n->conns[i], 0, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, msg);
+        const char *why;
+        for (double until = srv_now() + 0.3; wire_buf_pending(&n->conns[i]->out) && srv_now() < until;)
+            if (!on_writable(n->conns[i], &why))
+                break;
+    }
+    fflush(stderr);
+    _exit(1);
+}
+
 static void *net_main(void *arg)
 {
     net *n = arg;
@@ -471,7 +522,9 @@ static void *net_main(void *arg)
         for (int i = 0; i < n->n_conns; i++)
             pfd[k++] = (struct pollfd){.fd = n->conns[i]->fd,
                                        .events = (short)(POLLIN | (wire_buf_pending(&n->conns[i]->out) ? POLLOUT : 0))};
-        int pr = poll(pfd, (nfds_t)k, done ? 50 : 1000);
+        int pr = poll(pfd, (nfds_t)k, done ? 50 : s->stop ? 50 : 200);
+        if (!done && step_is_stuck(s, srv_now()))
+            fail_job(n, srv_now());
         if (pr < 0 && errno != EINTR)
             break;
         if (pfd[0].revents)

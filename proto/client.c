@@ -192,7 +192,9 @@ static int frame_for(dinfer_client *c, uint64_t id, wire_frame **out)
         int r = read_frame(c, -1, &f);
         if (r <= 0)
             return -1;
-        if (f->request_id == id) {
+        /* request_id 0 with UNAVAILABLE is about the connection: it ends every stream */
+        if (f->request_id == id || (f->request_id == 0 && f->body_case == DINFER__V1__FRAME__BODY_ERROR &&
+                                    f->error->code == DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE)) {
             *out = f;
             return 1;
         }
