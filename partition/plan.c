@@ -102,6 +102,28 @@ void plan_free(plan *p)
     memset(p, 0, sizeof *p);
 }
 
+int plan_choose(const rt_config *c, int hosts, int per_host, int *tp, int *pp, rt_err *err)
+{
+    if (hosts < 1 || per_host < 1)
+        return rt_errf(err, "need at least one host with at least one GPU (got %d hosts x %d)", hosts, per_host);
+    rt_err why = {{0}};
+    for (int t = per_host; t >= 1; t--) {
+        if (per_host % t != 0)
+            continue;
+        long p = (long)hosts * (per_host / t);
+        if (p > PLAN_MAX_PP)
+            continue;
+        if (check_split(c, t, (int)p, NULL, &why) == 0) {
+            *tp = t;
+            *pp = (int)p;
+            return 0;
+        }
+    }
+    return rt_errf(err, "no split of %d host(s) x %d GPU(s) fits the model (%d layers, %d query heads, %d KV heads): "
+                        "with tp=1 it would need %ld pipeline stages (%s); use fewer GPUs, or --tp/--pp",
+                   hosts, per_host, c->n_layers, c->n_heads, c->n_kv_heads, (long)hosts * per_host, why.msg);
+}
+
 int plan_check_world(const plan *p, int world, rt_err *err)
 {
     if (world != p->world)

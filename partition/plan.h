@@ -40,6 +40,12 @@ int plan_make(plan *p, const rt_config *cfg, int tp, int pp, const int *layers_p
               rt_err *err);
 void plan_free(plan *p);
 
+/* The split a launcher uses for `hosts` hosts of `per_host` GPUs (or CPU ranks) each: tensor
+ * parallelism inside a host (the largest tp dividing per_host that the model allows), pipeline
+ * parallelism across hosts and across the tp groups of a host (pp = hosts x per_host / tp), so
+ * every GPU gets a rank. Fails, naming what the model allows, when no split uses them all. */
+int plan_choose(const rt_config *cfg, int hosts, int per_host, int *tp, int *pp, rt_err *err);
+
 /* Fails unless the job's world size equals tp x pp. */
 int plan_check_world(const plan *p, int world_size, rt_err *err);
 

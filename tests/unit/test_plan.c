@@ -179,6 +179,38 @@ static void test_memory_and_traffic(void **state)
     plan_free(&four);
 }
 
+static void test_choose_for_hosts(void **state)
+{
+    (void)state;
+    struct { int layers, heads, kv, hosts, per_host, tp, pp; } cases[] = {
+        {32, 32, 8, 1, 8, 8, 1},   /* one host of 8 GPUs: tp=8 */
+        {32, 32, 8, 2, 8, 8, 2},   /* tp inside the host, pp across hosts */
+        {32, 32, 8, 4, 8, 8, 4},
+        {32, 32, 8, 4, 4, 4, 4},
+        {32, 12, 4, 2, 8, 4, 4},   /* 12 heads cannot split 8 ways: tp=4, two stages per host */
+        {32, 32, 8, 1, 1, 1, 1},
+        {5, 8, 4, 1, 4, 4, 1},
+        {5, 8, 4, 4, 2, 2, 4},
+        {16, 6, 6, 3, 4, 2, 6},    /* 6 heads over 4: tp=2 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rt_config c = cfg(cases[i].layers, cases[i].heads, cases[i].kv, 64, 1000);
+        int tp, pp;
+        rt_err err;
+        if (plan_choose(&c, cases[i].hosts, cases[i].per_host, &tp, &pp, &err))
+            fail_msg("case %zu: %s", i, err.msg);
+        assert_int_equal(tp, cases[i].tp);
+        assert_int_equal(pp, cases[i].pp);
+    }
+    /* more GPUs than layers x heads allow */
+    rt_config small = cfg(5, 4, 4, 64, 1000);
+    int tp, pp;
+    rt_err err = {{0}};
+    assert_int_equal(plan_choose(&small, 4, 8, &tp, &pp, &err), -1);
+    assert_non_null(strstr(err.msg, "no split of 4 host(s) x 8 GPU(s) fits the model (5 layers, 4 query heads"));
+    assert_int_equal(plan_choose(&small, 0, 8, &tp, &pp, &err), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +219,7 @@ int main(void)
         cmocka_unit_test(test_kv_replication),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_memory_and_traffic),
+        cmocka_unit_test(test_choose_for_hosts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
