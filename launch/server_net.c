@@ -474,11 +474,17 @@ static void fail_job(net *n, double now)
             used += (size_t)snprintf(lost + used, sizeof lost - used, "%srank %d (host %s, pid %d)", used ? ", " : "", r,
                                      s->ranks[r].host, s->ranks[r].pid);
     char msg[640];
-    if (used)
+    if (used) {
         snprintf(msg, sizeof msg, "the job lost %s: it is stopping", lost);
-    else
-        snprintf(msg, sizeof msg, "a step has not finished in %.1f s: a rank on another host was lost or is stuck; "
-                                  "the job is stopping", now - s->step_started);
+    } else {
+        /* every rank here is alive: the lost or stuck one is on another host; name the candidates */
+        for (int r = 1; r < s->world && s->ranks; r++)
+            if (strcmp(s->ranks[r].host, host) != 0 && used < sizeof lost - 80)
+                used += (size_t)snprintf(lost + used, sizeof lost - used, "%s%d (%s)", used ? ", " : "ranks ", r,
+                                         s->ranks[r].host);
+        snprintf(msg, sizeof msg, "a step has not finished in %.1f s: one of %s was lost or is stuck; the job is "
+                                  "stopping", now - s->step_started, used ? lost : "the other ranks");
+    }
     srv_log(0, "%s", msg);
     for (int i = 0; i < n->n_conns; i++) {
         reply_error(n->conns[i], 0, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, msg);
