@@ -17,7 +17,7 @@
 #include "runtime/kv_cache.h"
 
 typedef struct server_args {
-    const char *model, *host, *token_file;
+    const char *model, *host, *token_file, *ready_file;
     int port, tp, pp, *lps, n_lps, threads;
     int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue;
     double kv_cache_mib, drain_seconds;
@@ -46,6 +46,7 @@ static void usage(FILE *f)
             "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
             "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
             "  --drain-seconds S       on SIGTERM/SIGINT, time running requests get to finish (default 30)\n"
+            "  --ready-file F          once serving, rank 0 writes \"HOST:PORT PID\" to F (for scripts)\n"
             "  --layers-per-stage L    e.g. 3,2 (default: even)\n"
             "  --threads N             CPU threads per rank\n"
             "  --verbose               print each rank's shard\n");
@@ -54,7 +55,7 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, rt_err *err)
 {
     enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
-           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB };
+           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB, O_READY };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
         {"layers-per-stage", required_argument, 0, O_LPS}, {"host", required_argument, 0, O_HOST},
@@ -65,6 +66,7 @@ static int parse(server_args *a, int argc, char **argv, rt_err *err)
         {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
         {"device", required_argument, 0, O_JOB}, {"dtype", required_argument, 0, O_JOB},
+        {"ready-file", required_argument, 0, O_READY},
         {"gpu-memory-fraction", required_argument, 0, O_JOB}, {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
@@ -105,6 +107,7 @@ static int parse(server_args *a, int argc, char **argv, rt_err *err)
         case O_DRAIN: if (cli_float(f, s, 0, 86400, &d, err)) return -1; a->drain_seconds = d; break;
         case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
         case O_VERBOSE: a->verbose = true; break;
+        case O_READY: a->ready_file = s; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
         }
@@ -272,6 +275,14 @@ static int serve(server_args *a, comm *c)
         s.ready = true;
         pthread_mutex_unlock(&s.mu);
         srv_log(0, "ready on %s (pid %d)%s", s.bound, (int)getpid(), token ? ", auth token required" : "");
+        if (a->ready_file) { /* written whole, then renamed: a reader never sees half a line */
+            char tmpf[4096];
+            snprintf(tmpf, sizeof tmpf, "%s.tmp", a->ready_file);
+            FILE *rf = fopen(tmpf, "w");
+            if (!rf || fprintf(rf, "%s %d\n", s.bound, (int)getpid()) < 0 || fclose(rf) != 0 ||
+                rename(tmpf, a->ready_file) != 0)
+                srv_log(0, "cannot write --ready-file %s: %s", a->ready_file, strerror(errno));
+        }
         rc = srv_engine_loop(&s, e, &so, &err);
         if (rc)
             job_abort(c, prog, &err);
