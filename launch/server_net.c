@@ -462,6 +462,26 @@ static bool step_is_stuck(srv_shared *s, double now)
     return now - (started > s->stop_at ? started : s->stop_at) > grace;
 }
 
+/* What is wrong with a rank on this host: gone, or stopped (SIGSTOP, a debugger); NULL if it runs. */
+static const char *local_rank_state(int pid)
+{
+    if (kill(pid, 0) != 0)
+        return "gone";
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *paren = strrchr(buf, ')'); /* "pid (comm) S ..." */
+    if (!paren || paren[1] != ' ')
+        return NULL;
+    char st = paren[2];
+    return st == 'Z' || st == 'X' ? "gone" : st == 'T' || st == 't' ? "stopped" : NULL;
+}
+
 static void fail_job(net *n, double now)
 {
     srv_shared *s = n->s;
@@ -469,10 +489,14 @@ static void fail_job(net *n, double now)
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     size_t used = 0;
-    for (int r = 1; r < s->world && s->ranks; r++)
-        if (strcmp(s->ranks[r].host, host) == 0 && kill(s->ranks[r].pid, 0) != 0 && used < sizeof lost - 64)
-            used += (size_t)snprintf(lost + used, sizeof lost - used, "%srank %d (host %s, pid %d)", used ? ", " : "", r,
-                                     s->ranks[r].host, s->ranks[r].pid);
+    for (int r = 1; r < s->world && s->ranks; r++) {
+        if (strcmp(s->ranks[r].host, host) != 0 || used >= sizeof lost - 80)
+            continue;
+        const char *what = local_rank_state(s->ranks[r].pid);
+        if (what)
+            used += (size_t)snprintf(lost + used, sizeof lost - used, "%srank %d (host %s, pid %d, %s)",
+                                     used ? ", " : "", r, s->ranks[r].host, s->ranks[r].pid, what);
+    }
     char msg[640];
     if (used) {
         snprintf(msg, sizeof msg, "the job lost %s: it is stopping", lost);
