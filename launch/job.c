@@ -152,12 +152,14 @@ int job_parse_flag(job_options *o, const char *flag, const char *v, rt_err *err)
     return 1;
 }
 
+#ifdef DINFER_HAVE_CUDA
 static rt_dtype dtype_of(const char *s, rt_dtype def)
 {
     if (!s)
         return def;
     return strcmp(s, "bf16") == 0 ? RT_BF16 : strcmp(s, "f16") == 0 ? RT_F16 : RT_F32;
 }
+#endif
 
 static double gib(size_t b)
 {
