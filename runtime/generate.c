@@ -15,24 +15,10 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-const char *rt_gen_request_check(const rt_model *m, const rt_gen_request *r, char *buf, size_t n)
+static rt_sched_request sched_request(const rt_gen_request *r, uint64_t id)
 {
-    const rt_config *c = &m->cfg;
-    if (r->prompt_len < 1)
-        return "the prompt is empty";
-    for (int i = 0; i < r->prompt_len; i++)
-        if (r->prompt[i] < 0 || r->prompt[i] >= c->vocab_size) {
-            snprintf(buf, n, "prompt token %d is outside the vocabulary [0, %d)", r->prompt[i], c->vocab_size);
-            return buf;
-        }
-    if (r->max_tokens < 1)
-        return "max_tokens must be at least 1";
-    if ((long)r->prompt_len + r->max_tokens > c->max_pos) {
-        snprintf(buf, n, "prompt (%d tokens) + max_tokens (%d) exceeds the context length %d", r->prompt_len,
-                 r->max_tokens, c->max_pos);
-        return buf;
-    }
-    return rt_sampling_check(&r->sampling);
+    return (rt_sched_request){.id = id, .prompt = r->prompt, .prompt_len = r->prompt_len, .max_tokens = r->max_tokens,
+                              .sampling = r->sampling, .ignore_eos = r->ignore_eos};
 }
 
 /* Blocks a request holds: the last generated token is never fed back, so it needs no KV slot. */
@@ -50,10 +36,11 @@ int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const 
     int max_blocks = 1;
     long total = 0;
     for (int i = 0; i < n; i++) {
-        char buf[160];
-        const char *why = rt_gen_request_check(m, &reqs[i], buf, sizeof buf);
-        if (why)
-            return rt_errf(err, "request %d: %s", i, why);
+        rt_sched_request r = sched_request(&reqs[i], (uint64_t)i);
+        if (rt_sched_check(&m->cfg, &r, err)) {
+            rt_err_prefix(err, "request %d", i);
+            return -1;
+        }
         int nb = blocks_of(&reqs[i], bs);
         max_blocks = nb > max_blocks ? nb : max_blocks;
         total += nb;
@@ -110,9 +97,7 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
         res[i].tokens = malloc((size_t)reqs[i].max_tokens * sizeof *res[i].tokens);
         res[i].logprobs = malloc((size_t)reqs[i].max_tokens * sizeof *res[i].logprobs);
         int status;
-        rt_sched_request r = {.id = (uint64_t)i, .prompt = reqs[i].prompt, .prompt_len = reqs[i].prompt_len,
-                              .max_tokens = reqs[i].max_tokens, .sampling = reqs[i].sampling,
-                              .ignore_eos = reqs[i].ignore_eos};
+        rt_sched_request r = sched_request(&reqs[i], (uint64_t)i);
         if (!res[i].tokens || !res[i].logprobs)
             rc = rt_errf(err, "generate: out of host memory");
         else if (rt_sched_add(s, &r, &status, err))

@@ -39,9 +39,6 @@ typedef struct rt_gen_options {
     int block_size;       /* KV block size in tokens */
 } rt_gen_options;
 
-/* Checks one request against the model; NULL when valid, else what is wrong (into buf). */
-const char *rt_gen_request_check(const rt_model *m, const rt_gen_request *r, char *buf, size_t n);
-
 /* Checks the requests and sizes the job: a KV pool that holds every request at once, steps of
  * opt->max_batch_tokens tokens. */
 int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,

@@ -179,10 +179,8 @@ static int push_waiting(rt_sched *s, seq *q, bool front)
     return 0;
 }
 
-int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err)
+int rt_sched_check(const rt_config *c, const rt_sched_request *r, rt_err *err)
 {
-    const rt_config *c = s->cfg;
-    *status = RT_STATUS_INVALID_ARGUMENT;
     if (r->prompt_len < 1)
         return rt_errf(err, "the prompt is empty");
     for (int i = 0; i < r->prompt_len; i++)
@@ -197,8 +195,14 @@ int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *er
         return rt_errf(err, "prompt (%d tokens) + max_tokens (%d) exceeds the context length %d", r->prompt_len,
                        r->max_tokens, c->max_pos);
     const char *bad = rt_sampling_check(&r->sampling);
-    if (bad)
-        return rt_errf(err, "%s", bad);
+    return bad ? rt_errf(err, "%s", bad) : 0;
+}
+
+int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err)
+{
+    *status = RT_STATUS_INVALID_ARGUMENT;
+    if (rt_sched_check(s->cfg, r, err))
+        return -1;
     if (is_live(s, r->id))
         return rt_errf(err, "request id %llu is already live", (unsigned long long)r->id);
     int need = blocks_for(s, r->prompt_len + r->max_tokens - 1);

@@ -83,6 +83,9 @@ void rt_sched_destroy(rt_sched *s);
 rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_options *opt, int n_blocks,
                                      int block_size);
 
+/* Checks a request against the model (prompt, token ids, lengths, sampling); -1 with the reason. */
+int rt_sched_check(const rt_config *cfg, const rt_sched_request *r, rt_err *err);
+
 /* Queues a request. Fails with the status (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) and the reason in
  * err when it can never run; nothing is emitted then. */
 int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err);

@@ -72,7 +72,9 @@ echo "client on host 3 got the offline tokens: $got"
 # host 2's ranks die during a long request
 in_ns 3 "$DINFER_CLIENT" generate --server "$net.1:7079" --tokens 1,2 --max-tokens 120 --ignore-eos >"$tmp/client" 2>&1 &
 cpid=$!
-sleep 0.3
+# once tokens stream (the request is running), kill
+for _ in $(seq 1 100); do [ "$(wc -w < "$tmp/client")" -ge 4 ] && break; sleep 0.05; done
+grep -q finish "$tmp/client" && { echo "the request ended before the kill: the test cannot tell"; exit 1; }
 t0=$(date +%s%N)
 kill -KILL $(cat "$tmp/h2pids")
 while pgrep -x dinfer-server >/dev/null && [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt $((limit * 3)) ]; do sleep 0.1; done

@@ -134,6 +134,16 @@ static void test_header_corruption(void **state)
     expect_load_error(NULL, "model.safetensors", "data_offsets");
 }
 
+static void write_json(const char *path, const cJSON *o)
+{
+    char *text = cJSON_Print(o);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    cJSON_free(text);
+}
+
 static void test_index_problems(void **state)
 {
     (void)state;
@@ -147,28 +157,16 @@ static void test_index_problems(void **state)
     /* a tensor the model needs is not in the index */
     cJSON *o = cJSON_Parse(text);
     cJSON_DeleteItemFromObject(cJSON_GetObjectItem(o, "weight_map"), "lm_head.weight");
-    char *out = cJSON_Print(o);
-    FILE *f = fopen(idx, "w");
-    fputs(out, f);
-    fclose(f);
+    write_json(idx, o);
     expect_load_error(NULL, "model.safetensors.index.json", "tensor 'lm_head.weight' is missing from the index");
     /* the index names a shard that is not there */
     cJSON_AddStringToObject(cJSON_GetObjectItem(o, "weight_map"), "lm_head.weight", "model-00042-of-00042.safetensors");
-    cJSON_free(out);
-    out = cJSON_Print(o);
-    f = fopen(idx, "w");
-    fputs(out, f);
-    fclose(f);
+    write_json(idx, o);
     expect_load_error(NULL, "model-00042-of-00042.safetensors", "cannot open");
     /* the index names a path outside the folder */
     cJSON_ReplaceItemInObject(cJSON_GetObjectItem(o, "weight_map"), "lm_head.weight", cJSON_CreateString("../x"));
-    cJSON_free(out);
-    out = cJSON_Print(o);
-    f = fopen(idx, "w");
-    fputs(out, f);
-    fclose(f);
+    write_json(idx, o);
     expect_load_error(NULL, "model.safetensors.index.json", "plain file name");
-    cJSON_free(out);
     cJSON_Delete(o);
     free(text);
 }
