@@ -9,13 +9,7 @@
 #include <time.h>
 
 #include "comm/comm_impl.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "base/clock.h"
 
 static int nccl_fail(comm *c, const char *what, const char *why)
 {
@@ -27,7 +21,7 @@ static int nccl_fail(comm *c, const char *what, const char *why)
  * (an operation), polling the asynchronous error; aborts the communicator on error or timeout. */
 static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
 {
-    const double deadline = now_s() + c->timeout_s;
+    const double deadline = base_now() + c->timeout_s;
     for (long polls = 0;; polls++) {
         ncclResult_t async = ncclSuccess;
         ncclResult_t q = ncclCommGetAsyncError(nc, &async);
@@ -44,7 +38,7 @@ static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
         } else if (async == ncclSuccess) {
             return 0;
         }
-        if (now_s() > deadline) {
+        if (base_now() > deadline) {
             ncclCommAbort(nc);
             char why[96];
             snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",

@@ -10,8 +10,9 @@
 #include <string.h>
 
 #include "launch/cli.h"
+#include "base/clock.h"
 #include "proto/client.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 typedef struct args {
     const char *cmd, *host, *token_file;
@@ -37,12 +38,12 @@ static void usage(FILE *f)
             "  (--server defaults to 127.0.0.1:7070)\n");
 }
 
-static int parse_server(const char *s, args *a, rt_err *err)
+static int parse_server(const char *s, args *a, base_err *err)
 {
     const char *colon = strrchr(s, ':');
     long port;
     if (!colon || colon == s)
-        return rt_errf(err, "--server: \"%.64s\" is not HOST:PORT", s);
+        return base_errf(err, "--server: \"%.64s\" is not HOST:PORT", s);
     if (cli_int("--server", colon + 1, 1, 65535, &port, err))
         return -1;
     static char host[256];
@@ -52,7 +53,7 @@ static int parse_server(const char *s, args *a, rt_err *err)
     return 0;
 }
 
-static int parse(args *a, int argc, char **argv, rt_err *err)
+static int parse(args *a, int argc, char **argv, base_err *err)
 {
     enum { O_SERVER = 256, O_TOKENS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_IGNORE, O_LOGP, O_DEADLINE,
            O_JSON, O_CONC, O_REQS, O_PLEN, O_GLEN, O_TOKEN };
@@ -74,11 +75,11 @@ static int parse(args *a, int argc, char **argv, rt_err *err)
     dinfer_params_init(&a->p);
     if (argc < 2 || argv[1][0] == '-') {
         usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? rt_errf(err, "give a command: generate, health, stats or bench") : 1;
+        return argc < 2 ? base_errf(err, "give a command: generate, health, stats or bench") : 1;
     }
     a->cmd = argv[1];
     if (strcmp(a->cmd, "generate") && strcmp(a->cmd, "health") && strcmp(a->cmd, "stats") && strcmp(a->cmd, "bench"))
-        return rt_errf(err, "unknown command \"%.32s\" (generate, health, stats, bench)", a->cmd);
+        return base_errf(err, "unknown command \"%.32s\" (generate, health, stats, bench)", a->cmd);
     optind = 2;
     int o, li = 0;
     long v;
@@ -109,15 +110,15 @@ static int parse(args *a, int argc, char **argv, rt_err *err)
         case O_GLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->gen_len = (int)v; break;
         case O_TOKEN: a->token_file = s; break;
         case 'h': usage(stdout); return 1;
-        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
-        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+        return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     a->p.stop_ids = stop;
     a->p.n_stop = (size_t)n_stop;
     if (strcmp(a->cmd, "generate") == 0 && !a->tokens)
-        return rt_errf(err, "generate needs --tokens");
+        return base_errf(err, "generate needs --tokens");
     a->p.prompt = a->tokens;
     a->p.prompt_len = (size_t)a->n_tokens;
     return 0;
@@ -161,7 +162,7 @@ static int collect_chunk(void *ctx, const Dinfer__V1__TokenChunk *ch)
     return 0;
 }
 
-static int cmd_generate(args *a, dinfer_client *c, rt_err *err)
+static int cmd_generate(args *a, dinfer_client *c, base_err *err)
 {
     dinfer_result r;
     collected col = {0};
@@ -175,11 +176,11 @@ static int cmd_generate(args *a, dinfer_client *c, rt_err *err)
     }
     if (rc) {
         free(col.tokens), free(col.logprobs);
-        return rt_errf(err, "%s", dinfer_error(c));
+        return base_errf(err, "%s", dinfer_error(c));
     }
     if (r.status) {
         free(col.tokens), free(col.logprobs);
-        return rt_errf(err, "%s: %s", wire_status_name(r.status), r.message);
+        return base_errf(err, "%s: %s", wire_status_name(r.status), r.message);
     }
     if (a->json) {
         printf("{\"tokens\": [");
@@ -198,14 +199,14 @@ static int cmd_generate(args *a, dinfer_client *c, rt_err *err)
     return 0;
 }
 
-static int cmd_unary(args *a, dinfer_client *c, bool health, rt_err *err)
+static int cmd_unary(args *a, dinfer_client *c, bool health, base_err *err)
 {
     wire_frame *f;
     if ((health ? dinfer_health(c, &f) : dinfer_stats(c, &f)) != 0)
-        return rt_errf(err, "%s", dinfer_error(c));
+        return base_errf(err, "%s", dinfer_error(c));
     int rc = 0;
     if (f->body_case == DINFER__V1__FRAME__BODY_ERROR) {
-        rc = rt_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
+        rc = base_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
     } else if (health && f->body_case == DINFER__V1__FRAME__BODY_HEALTH_RESPONSE) {
         const Dinfer__V1__HealthResponse *h = f->health_response;
         printf(a->json ? "{\"ready\": %s, \"model\": \"%s\", \"architecture\": \"%s\", \"tp\": %u, \"pp\": %u, "
@@ -213,7 +214,7 @@ static int cmd_unary(args *a, dinfer_client *c, bool health, rt_err *err)
                        : "ready: %s\nmodel: %s (%s)\ntp: %u, pp: %u, world size: %u\nvocabulary: %u, context: %u\n",
                h->ready ? (a->json ? "true" : "yes") : (a->json ? "false" : "no"), h->model, h->architecture, h->tp,
                h->pp, h->world_size, h->vocab_size, h->max_context);
-        rc = h->ready ? 0 : rt_errf(err, "the server is not ready");
+        rc = h->ready ? 0 : base_errf(err, "the server is not ready");
     } else if (!health && f->body_case == DINFER__V1__FRAME__BODY_STATS_RESPONSE) {
         const Dinfer__V1__StatsResponse *s = f->stats_response;
         printf(a->json ? "{\"queue_length\": %u, \"running\": %u, \"kv_blocks_used\": %u, \"kv_blocks_free\": %u, "
@@ -232,7 +233,7 @@ static int cmd_unary(args *a, dinfer_client *c, bool health, rt_err *err)
                (unsigned long long)s->weight_bytes, (unsigned long long)s->workspace_bytes,
                (unsigned long long)s->kv_cache_bytes);
     } else {
-        rc = rt_errf(err, "unexpected reply (frame body %d)", (int)f->body_case);
+        rc = base_errf(err, "unexpected reply (frame body %d)", (int)f->body_case);
     }
     wire_frame_free(f);
     return rc;
@@ -271,11 +272,11 @@ static int server_steps(dinfer_client *c, uint64_t *steps, uint64_t *tokens, dou
     return 0;
 }
 
-static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
+static int cmd_bench(args *a, dinfer_client *c, base_err *err)
 {
     wire_frame *hf;
     if (dinfer_health(c, &hf) != 0 || hf->body_case != DINFER__V1__FRAME__BODY_HEALTH_RESPONSE)
-        return rt_errf(err, "health check failed: %s", dinfer_error(c));
+        return base_errf(err, "health check failed: %s", dinfer_error(c));
     int vocab = (int)hf->health_response->vocab_size;
     wire_frame_free(hf);
     int N = a->requests, C = a->concurrency < N ? a->concurrency : N;
@@ -284,7 +285,7 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
     double *ttft = malloc((size_t)N * sizeof *ttft), *tpot = malloc((size_t)N * sizeof *tpot);
     if (!st || !prompt || !ttft || !tpot) {
         free(st), free(prompt), free(ttft), free(tpot);
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     uint64_t s0 = 0, t0s = 0, s1 = 0, t1s = 0;
     double avg;
@@ -296,15 +297,15 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
     p.ignore_eos = true;
     int sent = 0, done = 0, failed = 0, n_tpot = 0;
     long total_tokens = 0;
-    double begin = cli_now();
+    double begin = base_now();
     int rc = 0;
     while (done < N && rc == 0) {
         while (sent < N && sent - done < C) {
             for (int i = 0; i < a->prompt_len; i++) /* a different prompt per request */
                 prompt[i] = (int32_t)((sent * 7919u + (unsigned)i * 104729u) % (unsigned)vocab);
-            st[sent].start = cli_now();
+            st[sent].start = base_now();
             if (dinfer_send_generate(c, (uint64_t)sent + 1, &p) != 0) {
-                rc = rt_errf(err, "%s", dinfer_error(c));
+                rc = base_errf(err, "%s", dinfer_error(c));
                 break;
             }
             sent++;
@@ -312,12 +313,12 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
         wire_frame *f;
         if (rc || dinfer_next_frame(c, -1, &f) <= 0) {
             if (!rc)
-                rc = rt_errf(err, "%s", dinfer_error(c));
+                rc = base_errf(err, "%s", dinfer_error(c));
             break;
         }
         uint64_t id = f->request_id;
         if (id == 0 && f->body_case == DINFER__V1__FRAME__BODY_ERROR) {
-            rc = rt_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
+            rc = base_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
             if (f->error->code == DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE) {
                 wire_frame_free(f);
                 break;
@@ -326,7 +327,7 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
         }
         if (id >= 1 && id <= (uint64_t)N) {
             stream *s = &st[id - 1];
-            double now = cli_now();
+            double now = base_now();
             if (f->body_case == DINFER__V1__FRAME__BODY_CHUNK) {
                 if (s->n == 0)
                     s->first = now;
@@ -349,7 +350,7 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
         }
         wire_frame_free(f);
     }
-    double wall = cli_now() - begin;
+    double wall = base_now() - begin;
     if (rc == 0 && server_steps(c, &s1, &t1s, &avg) == 0 && s1 > s0)
         avg = (double)(t1s - t0s) / (double)(s1 - s0);
     else
@@ -371,14 +372,14 @@ static int cmd_bench(args *a, dinfer_client *c, rt_err *err)
     }
     free(st), free(prompt), free(ttft), free(tpot);
     if (rc == 0 && failed)
-        rc = rt_errf(err, "%d of %d requests failed", failed, N);
+        rc = base_errf(err, "%d of %d requests failed", failed, N);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
     args a;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     int rc = parse(&a, argc, argv, &err);
     dinfer_client *c = NULL;
     char *token = NULL;
@@ -386,16 +387,16 @@ int main(int argc, char **argv)
         FILE *f = fopen(a.token_file, "r");
         char line[1024] = "";
         if (!f || !fgets(line, sizeof line, f))
-            rc = rt_errf(&err, "%s: cannot read the auth token", a.token_file);
+            rc = base_errf(&err, "%s: cannot read the auth token", a.token_file);
         if (f)
             fclose(f);
         line[strcspn(line, "\r\n")] = 0;
         if (rc == 0 && !(token = strdup(line)))
-            rc = rt_errf(&err, "out of memory");
+            rc = base_errf(&err, "out of memory");
     }
     char cerr[256];
     if (rc == 0 && dinfer_connect(&c, a.host, a.port, token, cerr, sizeof cerr) != 0)
-        rc = rt_errf(&err, "%s", cerr);
+        rc = base_errf(&err, "%s", cerr);
     if (rc == 0) {
         if (strcmp(a.cmd, "generate") == 0)
             rc = cmd_generate(&a, c, &err);

@@ -1,5 +1,7 @@
 #include "launch/job.h"
 
+#include "base/file.h"
+
 #include "runtime/backend.h"
 #include "runtime/sampler.h"
 #ifdef DINFER_HAVE_CUDA
@@ -44,7 +46,7 @@ static int gather_lines(comm *c, const char *line, char **all)
     return rc;
 }
 
-int job_agree(comm *c, const char *prog, int rc, const rt_err *err)
+int job_agree(comm *c, const char *prog, int rc, const base_err *err)
 {
     int any = 0;
     if (comm_any(comm_topo(c)->world, rc != 0, &any) != 0) {
@@ -95,7 +97,7 @@ int job_print_by_rank(comm *c, FILE *f, const char *line)
     return 0;
 }
 
-void job_abort(comm *c, const char *prog, const rt_err *err)
+void job_abort(comm *c, const char *prog, const base_err *err)
 {
     char me[160] = "rank ?";
     if (c)
@@ -127,25 +129,25 @@ void job_options_init(job_options *o)
     o->comm_timeout = 120;
 }
 
-int job_parse_flag(job_options *o, const char *flag, const char *v, rt_err *err)
+int job_parse_flag(job_options *o, const char *flag, const char *v, base_err *err)
 {
     char *end;
     if (strcmp(flag, "--device") == 0) {
         if (strcmp(v, "cpu") && strcmp(v, "cuda"))
-            return rt_errf(err, "--device: \"%.16s\" is not cpu or cuda", v);
+            return base_errf(err, "--device: \"%.16s\" is not cpu or cuda", v);
         o->device = v;
     } else if (strcmp(flag, "--dtype") == 0) {
         if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "f16"))
-            return rt_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
+            return base_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
         o->dtype = v;
     } else if (strcmp(flag, "--gpu-memory-fraction") == 0) {
         o->gpu_memory_fraction = strtod(v, &end);
         if (!*v || *end || !(o->gpu_memory_fraction > 0 && o->gpu_memory_fraction <= 1))
-            return rt_errf(err, "--gpu-memory-fraction: \"%.16s\" is not in (0, 1]", v);
+            return base_errf(err, "--gpu-memory-fraction: \"%.16s\" is not in (0, 1]", v);
     } else if (strcmp(flag, "--comm-timeout") == 0) {
         o->comm_timeout = strtod(v, &end);
         if (!*v || *end || !(o->comm_timeout > 0))
-            return rt_errf(err, "--comm-timeout: \"%.16s\" is not a positive number of seconds", v);
+            return base_errf(err, "--comm-timeout: \"%.16s\" is not a positive number of seconds", v);
     } else {
         return 0;
     }
@@ -168,7 +170,7 @@ static double gib(size_t b)
 
 /* Chooses this rank's backend (collective: the default device is cuda only when every rank has a
  * GPU) and checks the memory plan before anything is loaded. */
-static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *err)
+static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *err)
 {
     const comm_topology *t = comm_topo(c);
     int n_gpu = 0;
@@ -177,10 +179,10 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *er
 #endif
     int lacking = 0;
     if (comm_any(t->world, n_gpu == 0, &lacking))
-        return rt_errf(err, "%s", comm_error(c));
+        return base_errf(err, "%s", comm_error(c));
     bool want_gpu = o->device ? strcmp(o->device, "cuda") == 0 : !lacking;
     if (o->device && want_gpu && n_gpu == 0)
-        return rt_errf(err, "--device cuda, but no CUDA device is visible on this rank%s",
+        return base_errf(err, "--device cuda, but no CUDA device is visible on this rank%s",
 #ifdef DINFER_HAVE_CUDA
                        ""
 #else
@@ -190,11 +192,11 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *er
     jm->threads = job_threads(c, o->threads);
     if (!want_gpu) {
         if (o->dtype && strcmp(o->dtype, "f32") != 0)
-            return rt_errf(err, "--dtype %s needs --device cuda: the CPU backend computes in fp32", o->dtype);
+            return base_errf(err, "--dtype %s needs --device cuda: the CPU backend computes in fp32", o->dtype);
         jm->dtype = RT_F32;
         snprintf(jm->device, sizeof jm->device, "cpu (%d threads)", jm->threads);
         jm->be = rt_cpu_backend_create(jm->threads);
-        return jm->be ? 0 : rt_errf(err, "cannot create the CPU backend");
+        return jm->be ? 0 : base_errf(err, "cannot create the CPU backend");
     }
 #ifdef DINFER_HAVE_CUDA
     const int dev = t->local_rank % n_gpu;
@@ -205,7 +207,7 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *er
     snprintf(jm->device, sizeof jm->device, "%s, %s", desc, rt_dtype_name(jm->dtype));
     jm->be = rt_cuda_backend_create(dev, jm->dtype, t->rank, cerr, sizeof cerr);
     if (!jm->be)
-        return rt_errf(err, "%s", cerr);
+        return base_errf(err, "%s", cerr);
     size_t free_b = 0;
     rt_cuda_mem_info(&free_b, &jm->gpu_total);
     jm->gpu_budget = (size_t)(o->gpu_memory_fraction * (double)jm->gpu_total);
@@ -214,7 +216,7 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *er
     jm->workspace_bytes = rt_forward_workspace_bytes(&jm->cfg, sh, &o->lim, jm->dtype);
     const size_t reserve = (size_t)512 << 20; /* cuBLAS workspace, CUDA context, NCCL buffers */
     if (jm->weight_bytes + jm->workspace_bytes + reserve > jm->gpu_budget)
-        return rt_errf(err, "%s: the shard needs %.2f GiB of weights and %.2f GiB of workspace (+%.1f reserved), more "
+        return base_errf(err, "%s: the shard needs %.2f GiB of weights and %.2f GiB of workspace (+%.1f reserved), more "
                             "than --gpu-memory-fraction %.2f of the GPU's %.2f GiB: use more ranks, a smaller "
                             "--max-batch-tokens or --dtype bf16",
                        desc, gib(jm->weight_bytes), gib(jm->workspace_bytes), gib(reserve), o->gpu_memory_fraction,
@@ -222,7 +224,7 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, rt_err *er
     jm->gpu_budget -= reserve;
     return 0;
 #else
-    return rt_errf(err, "this build has no CUDA backend");
+    return base_errf(err, "this build has no CUDA backend");
 #endif
 }
 
@@ -251,7 +253,7 @@ static void fingerprint(const job_options *o, char *out, size_t n)
     char path[4096], *text;
     size_t len;
     snprintf(path, sizeof path, "%s/config.json", o->model);
-    if (rt_read_file(path, &text, &len, NULL) == 0) {
+    if (base_read_file(path, RT_CONFIG_MAX_BYTES, &text, &len, NULL) == 0) {
         h = fnv(h, text, len);
         free(text);
     }
@@ -326,7 +328,7 @@ int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
 {
     memset(jm, 0, sizeof *jm);
     const comm_topology *t = comm_topo(c);
-    rt_err err = {{0}};
+    base_err err = {{0}};
     if (agree_on_fingerprint(c, prog, o))
         return -1;
     int rc = rt_config_load(&jm->cfg, o->model, &err);
@@ -349,9 +351,9 @@ int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
     if (rc == 0 && jm->on_gpu && t->world_size > 1) {
         int n_gpu = rt_cuda_device_count();
         if (comm_any(t->world, t->local_size > n_gpu, &shared) != 0)
-            rc = rt_errf(&err, "%s", comm_error(c));
+            rc = base_errf(&err, "%s", comm_error(c));
         else if (!shared && comm_nccl_enable(c, rt_cuda_backend_stream(jm->be), o->comm_timeout) != 0)
-            rc = rt_errf(&err, "%s", comm_error(c));
+            rc = base_errf(&err, "%s", comm_error(c));
     }
 #endif
     if (job_agree(c, prog, rc, &err)) {

@@ -9,7 +9,7 @@
 
 #include "comm/comm.h"
 #include "partition/plan.h"
-#include "runtime/err.h"
+#include "base/err.h"
 #include "runtime/forward.h"
 #include "runtime/model.h"
 
@@ -30,7 +30,7 @@ typedef struct job_options {
 void job_options_init(job_options *o);
 /* Parses the shared flags (--device, --dtype, --gpu-memory-fraction, --comm-timeout) into o;
  * 1 when flag was one of them, 0 when not, -1 on a bad value. */
-int job_parse_flag(job_options *o, const char *flag, const char *value, rt_err *err);
+int job_parse_flag(job_options *o, const char *flag, const char *value, base_err *err);
 
 /* A rank's loaded share of the model and the memory it uses. */
 typedef struct job_model {
@@ -65,14 +65,14 @@ void job_model_free(job_model *m);
 /* Collective over the world. rc is this rank's result (0 or -1, with err filled). Returns 0 when
  * every rank succeeded; else -1 on every rank, after rank 0 has printed "prog: rank R (host H):
  * message" for each failed rank, the lowest first. */
-int job_agree(comm *c, const char *prog, int rc, const rt_err *err);
+int job_agree(comm *c, const char *prog, int rc, const base_err *err);
 
 /* Rank 0 prints one line per rank, in rank order, of what each rank wrote into line. */
 int job_print_by_rank(comm *c, FILE *f, const char *line);
 
 /* A failure after start-up, when the other ranks may be inside a collective: prints
  * "prog: rank R (host H): message" and aborts the whole job. */
-void job_abort(comm *c, const char *prog, const rt_err *err) __attribute__((noreturn));
+void job_abort(comm *c, const char *prog, const base_err *err) __attribute__((noreturn));
 
 /* OpenMP threads for this rank: requested when > 0, else OMP_NUM_THREADS when set, else this
  * host's cores shared among its ranks. */

@@ -44,22 +44,22 @@ static void usage(FILE *f)
             "Options after -- go to dinfer-server (--port, --host, --auth-token-file, --dtype, ...).\n");
 }
 
-static int add_host(hostset *h, const char *name, rt_err *err)
+static int add_host(hostset *h, const char *name, base_err *err)
 {
     if (!*name)
         return 0;
     if (h->n == MAX_HOSTS)
-        return rt_errf(err, "more than %d hosts", MAX_HOSTS);
+        return base_errf(err, "more than %d hosts", MAX_HOSTS);
     for (const char *p = name; *p; p++)
         if (!(*p == '-' || *p == '.' || *p == '_' || *p == ':' || (*p >= '0' && *p <= '9') ||
               (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
-            return rt_errf(err, "host name \"%.64s\" has a character that is not allowed", name);
+            return base_errf(err, "host name \"%.64s\" has a character that is not allowed", name);
     if (!(h->names[h->n++] = strdup(name)))
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     return 0;
 }
 
-static int read_hosts(const launch_args *a, hostset *h, rt_err *err)
+static int read_hosts(const launch_args *a, hostset *h, base_err *err)
 {
     char line[512];
     if (a->hosts_list) {
@@ -73,7 +73,7 @@ static int read_hosts(const launch_args *a, hostset *h, rt_err *err)
     } else if (a->hostfile) {
         FILE *f = fopen(a->hostfile, "r");
         if (!f)
-            return rt_errf(err, "%s: cannot open: %s", a->hostfile, strerror(errno));
+            return base_errf(err, "%s: cannot open: %s", a->hostfile, strerror(errno));
         while (fgets(line, sizeof line, f)) {
             line[strcspn(line, " \t#\r\n")] = 0; /* "host slots=N  # comment": the host */
             if (add_host(h, line, err)) {
@@ -86,7 +86,7 @@ static int read_hosts(const launch_args *a, hostset *h, rt_err *err)
         /* the allocation's compressed node list ("node[01-04]"), expanded by scontrol */
         FILE *p = popen("scontrol show hostnames \"$SLURM_JOB_NODELIST\"", "r");
         if (!p)
-            return rt_errf(err, "cannot run scontrol to read SLURM_JOB_NODELIST");
+            return base_errf(err, "cannot run scontrol to read SLURM_JOB_NODELIST");
         while (fgets(line, sizeof line, p)) {
             line[strcspn(line, "\r\n")] = 0;
             if (add_host(h, line, err)) {
@@ -95,7 +95,7 @@ static int read_hosts(const launch_args *a, hostset *h, rt_err *err)
             }
         }
         if (pclose(p) != 0 || h->n == 0)
-            return rt_errf(err, "scontrol show hostnames \"%s\" failed", getenv("SLURM_JOB_NODELIST"));
+            return base_errf(err, "scontrol show hostnames \"%s\" failed", getenv("SLURM_JOB_NODELIST"));
         h->from_slurm = true;
     } else {
         char self[256] = "localhost";
@@ -104,11 +104,11 @@ static int read_hosts(const launch_args *a, hostset *h, rt_err *err)
             return -1;
     }
     if (h->n == 0)
-        return rt_errf(err, "no hosts given");
+        return base_errf(err, "no hosts given");
     return 0;
 }
 
-static int gpus_per_host(const launch_args *a, rt_err *err)
+static int gpus_per_host(const launch_args *a, base_err *err)
 {
     if (a->gpus_per_host > 0)
         return a->gpus_per_host;
@@ -169,7 +169,7 @@ static double drain_seconds(const launch_args *a)
     return 30;
 }
 
-static int run(launch_args *a, rt_err *err)
+static int run(launch_args *a, base_err *err)
 {
     hostset h = {0};
     int rc = -1;
@@ -185,16 +185,16 @@ static int run(launch_args *a, rt_err *err)
     int tp = a->tp, pp = a->pp;
     if (tp && pp) {
         if ((long)tp * pp > (long)h.n * per) {
-            rt_errf(err, "--tp %d x --pp %d needs %ld ranks; %d host(s) x %d GPU(s) have %ld", tp, pp, (long)tp * pp,
+            base_errf(err, "--tp %d x --pp %d needs %ld ranks; %d host(s) x %d GPU(s) have %ld", tp, pp, (long)tp * pp,
                     h.n, per, (long)h.n * per);
             goto out;
         }
         if (per % tp != 0 && tp < per) {
-            rt_errf(err, "--tp %d does not divide the %d GPUs of a host: a tp group would span hosts", tp, per);
+            base_errf(err, "--tp %d does not divide the %d GPUs of a host: a tp group would span hosts", tp, per);
             goto out;
         }
     } else if (tp || pp) {
-        rt_errf(err, "give both --tp and --pp, or neither");
+        base_errf(err, "give both --tp and --pp, or neither");
         goto out;
     } else if (plan_choose(&cfg, h.n, per, &tp, &pp, err)) {
         goto out;
@@ -235,7 +235,7 @@ static int run(launch_args *a, rt_err *err)
             hfd = mkstemp(hostfile);
             FILE *hf = hfd >= 0 ? fdopen(hfd, "w") : NULL;
             if (!hf) {
-                rt_errf(err, "cannot write a hostfile in /tmp: %s", strerror(errno));
+                base_errf(err, "cannot write a hostfile in /tmp: %s", strerror(errno));
                 goto out;
             }
             for (int i = 0; i < hosts_used; i++)
@@ -270,7 +270,7 @@ static int run(launch_args *a, rt_err *err)
         goto out;
     }
     execvp(argv[0], argv);
-    rt_errf(err, "cannot run %s: %s", argv[0], strerror(errno));
+    base_errf(err, "cannot run %s: %s", argv[0], strerror(errno));
 out:
     plan_free(&p);
     for (int i = 0; i < h.n; i++)
@@ -289,7 +289,7 @@ int main(int argc, char **argv)
         {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     launch_args a = {0};
-    rt_err err = {{0}};
+    base_err err = {{0}};
     int o, li = 0, rc = 0;
     long v;
     while (rc == 0 && (o = getopt_long(argc, argv, "+m:h", opts, &li)) != -1) {
@@ -303,25 +303,25 @@ int main(int argc, char **argv)
         case O_LAUNCHER:
             a.launcher = optarg;
             if (strcmp(optarg, "mpirun") && strcmp(optarg, "srun"))
-                rc = rt_errf(&err, "--launcher: \"%.16s\" is not mpirun or srun", optarg);
+                rc = base_errf(&err, "--launcher: \"%.16s\" is not mpirun or srun", optarg);
             break;
         case O_SERVER: a.server = optarg; break;
         case O_DRY: a.dry_run = true; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); rc = rt_errf(&err, "unknown or incomplete option (see above)");
+        default: usage(stderr); rc = base_errf(&err, "unknown or incomplete option (see above)");
         }
     }
     if (rc == 0 && optind < argc && strcmp(argv[optind - 1], "--") != 0 && strcmp(argv[optind], "--") != 0)
-        rc = rt_errf(&err, "unexpected argument \"%.64s\" (server options go after --)", argv[optind]);
+        rc = base_errf(&err, "unexpected argument \"%.64s\" (server options go after --)", argv[optind]);
     if (rc == 0 && optind < argc) {
         int first = strcmp(argv[optind], "--") == 0 ? optind + 1 : optind;
         a.server_args = argv + first;
         a.n_server_args = argc - first;
     }
     if (rc == 0 && !a.model)
-        rc = rt_errf(&err, "--model DIR is required");
+        rc = base_errf(&err, "--model DIR is required");
     if (rc == 0 && a.hosts_list && a.hostfile)
-        rc = rt_errf(&err, "give --hosts or --hostfile, not both");
+        rc = base_errf(&err, "give --hosts or --hostfile, not both");
     if (rc == 0)
         rc = run(&a, &err);
     if (rc < 0) {

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "launch/cli.h"
+#include "base/clock.h"
 #include "runtime/config.h"
 #include "runtime/st_writer.h"
 
@@ -134,7 +135,7 @@ static void usage(FILE *f)
             "  --shard-size SIZE            split into files of at most SIZE, e.g. 5GB, 100MiB (default 5GB)\n");
 }
 
-static int run(int argc, char **argv, rt_err *err)
+static int run(int argc, char **argv, base_err *err)
 {
     enum { O_PRESET = 256, O_ARCH, O_DIM, O_FFN, O_LAYERS, O_HEADS, O_KV, O_HD, O_VOCAB, O_MAXPOS, O_THETA,
            O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD };
@@ -163,7 +164,7 @@ static int run(int argc, char **argv, rt_err *err)
             while (k < sizeof presets / sizeof *presets && strcmp(presets[k].name, argv[i + 1]) != 0)
                 k++;
             if (k == sizeof presets / sizeof *presets)
-                return rt_errf(err, "--preset: unknown preset \"%.32s\" (tiny, llama-100m, llama3-1b, llama3-8b)",
+                return base_errf(err, "--preset: unknown preset \"%.32s\" (tiny, llama-100m, llama3-1b, llama3-8b)",
                                argv[i + 1]);
             c = presets[k].cfg;
             preset_given = true;
@@ -181,7 +182,7 @@ static int run(int argc, char **argv, rt_err *err)
             if (strcmp(a, "llama") == 0) c.arch = RT_ARCH_LLAMA;
             else if (strcmp(a, "mistral") == 0) c.arch = RT_ARCH_MISTRAL;
             else if (strcmp(a, "qwen2") == 0) c.arch = RT_ARCH_QWEN2;
-            else return rt_errf(err, "--arch: unknown architecture \"%.32s\" (llama, mistral, qwen2)", a);
+            else return base_errf(err, "--arch: unknown architecture \"%.32s\" (llama, mistral, qwen2)", a);
             c.qkv_bias = c.arch == RT_ARCH_QWEN2;
             break;
         case O_DIM: if (cli_int(f, a, 2, 1 << 16, &v, err)) return -1; c.dim = (int)v; dims_changed = true; break;
@@ -199,21 +200,21 @@ static int run(int argc, char **argv, rt_err *err)
             if (strcmp(a, "f32") == 0) dt = RT_F32;
             else if (strcmp(a, "bf16") == 0) dt = RT_BF16;
             else if (strcmp(a, "f16") == 0) dt = RT_F16;
-            else return rt_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", a);
+            else return base_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", a);
             break;
         case O_SEED: if (cli_u64(f, a, &seed, err)) return -1; break;
         case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
         case 'h': usage(stdout); return 1;
-        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
-        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+        return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     if (!out)
-        return rt_errf(err, "--out DIR is required");
+        return base_errf(err, "--out DIR is required");
     if (!head_dim_given && (dims_changed || !preset_given)) {
         if (c.dim % c.n_heads != 0)
-            return rt_errf(err, "--dim %d is not a multiple of --heads %d: give --head-dim", c.dim, c.n_heads);
+            return base_errf(err, "--dim %d is not a multiple of --heads %d: give --head-dim", c.dim, c.n_heads);
         c.head_dim = c.dim / c.n_heads;
     }
     /* a smaller --vocab than the preset's: the usual BOS 1 / EOS 2, or none in a tiny vocabulary */
@@ -224,7 +225,7 @@ static int run(int argc, char **argv, rt_err *err)
     }
     c.dtype = dt;
     if (mkdir(out, 0755) != 0 && errno != EEXIST)
-        return rt_errf(err, "%s: cannot create the folder: %s", out, strerror(errno));
+        return base_errf(err, "%s: cannot create the folder: %s", out, strerror(errno));
 
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", out);
@@ -239,26 +240,26 @@ static int run(int argc, char **argv, rt_err *err)
     float *sc = calloc((size_t)max_specs, sizeof *sc), *ce = calloc((size_t)max_specs, sizeof *ce);
     if (!ts || !sc || !ce) {
         free(ts), free(sc), free(ce);
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     int n = build_specs(&c, dt, ts, sc, ce);
     size_t bytes = 0;
     for (int i = 0; i < n; i++)
         bytes += rt_st_spec_bytes(&ts[i]);
     fill_ctx fc = {seed, sc, ce};
-    double t0 = cli_now();
+    double t0 = base_now();
     int rc = rt_st_write_folder(out, ts, n, (size_t)shard_bytes, fill_weights, &fc, err);
     if (rc == 0)
         printf("wrote %s: %s, %.1fM parameters, %s, %.2f GiB in %.1f s\n", out, rt_arch_name(c.arch),
                (double)bytes / rt_dtype_size(dt) / 1e6, rt_dtype_name(dt), (double)bytes / (1 << 30),
-               cli_now() - t0);
+               base_now() - t0);
     free(ts), free(sc), free(ce);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
-    rt_err err = {{0}};
+    base_err err = {{0}};
     int rc = run(argc, argv, &err);
     if (rc < 0) {
         fprintf(stderr, "dinfer-mkmodel: %s\n", err.msg);

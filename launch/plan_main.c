@@ -23,7 +23,7 @@ static void range(char *buf, size_t n, int begin, int end)
         snprintf(buf, n, "%d-%d", begin, end - 1);
 }
 
-static int run(int argc, char **argv, rt_err *err)
+static int run(int argc, char **argv, base_err *err)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, 't'}, {"pp", required_argument, 0, 'p'},
@@ -45,18 +45,18 @@ static int run(int argc, char **argv, rt_err *err)
             break;
         case 'd': dtype_s = optarg; break;
         case 'h': usage(stdout); return 1;
-        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     int rc = 0;
     rt_config cfg;
     plan p = {0};
     if (optind < argc)
-        rc = rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+        rc = base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     else if (!model)
-        rc = rt_errf(err, "--model DIR is required");
+        rc = base_errf(err, "--model DIR is required");
     else if (lps && n_lps != pp)
-        rc = rt_errf(err, "--layers-per-stage lists %d stages, --pp is %ld", n_lps, pp);
+        rc = base_errf(err, "--layers-per-stage lists %d stages, --pp is %ld", n_lps, pp);
     else
         rc = rt_config_load(&cfg, model, err);
     rt_dtype dt = rc == 0 ? cfg.dtype : RT_F32;
@@ -64,7 +64,7 @@ static int run(int argc, char **argv, rt_err *err)
         if (strcmp(dtype_s, "f32") == 0) dt = RT_F32;
         else if (strcmp(dtype_s, "bf16") == 0) dt = RT_BF16;
         else if (strcmp(dtype_s, "f16") == 0) dt = RT_F16;
-        else rc = rt_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", dtype_s);
+        else rc = base_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", dtype_s);
     }
     if (rc == 0)
         rc = plan_make(&p, &cfg, (int)tp, (int)pp, lps, dt, err);
@@ -102,7 +102,7 @@ static int run(int argc, char **argv, rt_err *err)
 
 int main(int argc, char **argv)
 {
-    rt_err err = {{0}};
+    base_err err = {{0}};
     int rc = run(argc, argv, &err);
     if (rc < 0) {
         fprintf(stderr, "dinfer-plan: %s\n", err.msg);

@@ -60,7 +60,7 @@ static void usage(FILE *f)
             "  --verbose             print each rank's shard and load report, and decode traffic\n");
 }
 
-static int add_prompt(run_args *a, const char *s, rt_err *err)
+static int add_prompt(run_args *a, const char *s, base_err *err)
 {
     int32_t *toks;
     int n;
@@ -72,7 +72,7 @@ static int add_prompt(run_args *a, const char *s, rt_err *err)
         a->prompts = np;
     if (!np || !nl) {
         free(toks);
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     a->prompt_lens = nl;
     a->prompts[a->n_prompts] = toks;
@@ -80,7 +80,7 @@ static int add_prompt(run_args *a, const char *s, rt_err *err)
     return 0;
 }
 
-static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
+static int parse_args(run_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
            O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE, O_TP, O_PP, O_LPS, O_JOB };
@@ -118,7 +118,7 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
         case O_TOPK: if (cli_int(f, s, 0, 1 << 24, &v, err)) return -1; a->sampling.top_k = (int)v; break;
         case O_TOPP:
             if (cli_float(f, s, 0, 1, &d, err)) return -1;
-            if (d <= 0) return rt_errf(err, "--top-p: must be in (0, 1]");
+            if (d <= 0) return base_errf(err, "--top-p: must be in (0, 1]");
             a->sampling.top_p = (float)d;
             break;
         case O_SEED: if (cli_u64(f, s, &a->sampling.seed, err)) return -1; break;
@@ -146,17 +146,17 @@ static int parse_args(run_args *a, int argc, char **argv, rt_err *err)
             break;
         }
         case 'h': usage(stdout); return 1;
-        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
-        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+        return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     if (!a->model)
-        return rt_errf(err, "--model DIR is required");
+        return base_errf(err, "--model DIR is required");
     if (!a->bench && a->n_prompts == 0)
-        return rt_errf(err, "give at least one prompt with --tokens, or --bench");
+        return base_errf(err, "give at least one prompt with --tokens, or --bench");
     if (a->layers_per_stage && a->n_stage_layers != a->pp)
-        return rt_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_stage_layers, a->pp);
+        return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_stage_layers, a->pp);
     return 0;
 }
 
@@ -230,18 +230,18 @@ static void print_bandwidth(const job_model *jm, const run_args *a, int n, doubl
 
 /* Rank 0: the requests of this run (the bench's random prompts, or the --tokens prompts). */
 static int make_requests(const run_args *a, const rt_config *cfg, rt_gen_request **out, int *n,
-                         int32_t **bench_tokens, rt_err *err)
+                         int32_t **bench_tokens, base_err *err)
 {
     *n = a->bench ? a->batch : a->n_prompts;
     rt_gen_request *reqs = calloc((size_t)*n, sizeof *reqs);
     if (!reqs)
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     if (a->bench) {
         /* random prompts, a fixed number of new tokens each: EOS ignored so every run is alike */
         *bench_tokens = malloc((size_t)*n * (size_t)a->prompt_len * sizeof **bench_tokens);
         if (!*bench_tokens) {
             free(reqs);
-            return rt_errf(err, "out of memory");
+            return base_errf(err, "out of memory");
         }
         rt_rng rng;
         rt_rng_seed(&rng, 1234);
@@ -263,7 +263,7 @@ static int make_requests(const run_args *a, const rt_config *cfg, rt_gen_request
 
 /* Rank 0 sizes the job and tells every rank; a bad request stops every rank. */
 static int share_geometry(comm *c, const run_args *a, rt_model *m, const rt_gen_request *reqs, int n,
-                          rt_engine_geometry *g, rt_err *err)
+                          rt_engine_geometry *g, base_err *err)
 {
     int32_t w[8] = {0};
     if (comm_topo(c)->rank == 0) {
@@ -274,10 +274,10 @@ static int share_geometry(comm *c, const run_args *a, rt_model *m, const rt_gen_
         w[4] = g->lim.max_seqs, w[5] = g->lim.max_blocks, w[6] = g->lim.max_logits;
     }
     if (comm_bcast(comm_topo(c)->world, w, 8, COMM_I32, 0))
-        return rt_errf(err, "%s", comm_error(c));
+        return base_errf(err, "%s", comm_error(c));
     if (w[0] != 0) {
         if (comm_topo(c)->rank != 0)
-            rt_errf(err, "rank 0 refused the requests");
+            base_errf(err, "rank 0 refused the requests");
         return -1;
     }
     *g = (rt_engine_geometry){w[1], w[2], {w[3], w[4], w[5], w[6]}};
@@ -298,7 +298,7 @@ static void print_traffic(comm *c, rt_engine *e, const plan *p, const rt_config 
     job_print_by_rank(c, stdout, line);
 }
 
-static int run(run_args *a, comm *c, rt_err *err)
+static int run(run_args *a, comm *c, base_err *err)
 {
     const char *prog = "dinfer-run";
     const comm_topology *t = comm_topo(c);
@@ -322,7 +322,7 @@ static int run(run_args *a, comm *c, rt_err *err)
     rt_engine *e = NULL;
     if (root && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
         !(res = calloc((size_t)n, sizeof *res)))
-        rc = rt_errf(err, "out of memory");
+        rc = base_errf(err, "out of memory");
     if (job_agree(c, prog, rc, err) || share_geometry(c, a, &jm.model, reqs, n, &g, err)) {
         rc = -1;
         goto out;
@@ -388,13 +388,13 @@ int main(int argc, char **argv)
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     run_args a;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     comm *c = NULL;
     char cerr[256];
     /* every rank parses the same command line and reaches the same verdict; rank 0 reports it */
     int rc = parse_args(&a, argc, argv, &err);
     if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
-        rc = rt_errf(&err, "%s", cerr);
+        rc = base_errf(&err, "%s", cerr);
     if (rc == 0)
         rc = run(&a, c, &err);
     for (int i = 0; i < a.n_prompts; i++)

@@ -89,10 +89,7 @@ void srv_wake(int pipe_fds[2]);
 int srv_net_start(srv_shared *s, pthread_t *th, char *err, size_t errlen);
 
 /* The engine loop: runs on rank 0's main thread until a stop signal and the drain. */
-int srv_engine_loop(srv_shared *s, rt_engine *e, const rt_sched_options *opt, rt_err *err);
+int srv_engine_loop(srv_shared *s, rt_engine *e, const rt_sched_options *opt, base_err *err);
 
-/* Log line on stderr: "2026-11-25T03:40:01.123Z rank R: ...". */
-void srv_log(int rank, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-double srv_now(void);
 
 #endif

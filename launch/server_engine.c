@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "launch/server.h"
+#include "base/clock.h"
+#include "base/log.h"
 
 typedef struct live {
     uint64_t sched_id, conn, rid;
@@ -230,7 +232,7 @@ static void handle_in(eng *e, srv_in *m)
     }
     r.id = ++e->next_id;
     int status;
-    rt_err err;
+    base_err err;
     if (rt_sched_add(e->sched, &r, &status, &err)) {
         send_error(e, m->conn, m->rid, status, err.msg);
         return;
@@ -275,7 +277,7 @@ static void wait_for_work(srv_shared *s, int timeout_ms)
     }
 }
 
-int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, rt_err *err)
+int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, base_err *err)
 {
     eng e = {.s = s, .cfg = &rt_engine_model(en)->cfg};
     if (rt_sched_create(&e.sched, en, opt, on_event, &e, err))
@@ -288,12 +290,12 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, r
         take_inbound(&e);
         if (s->stop && !draining) {
             draining = true;
-            drain_end = srv_now() + s->opt.drain_seconds;
-            srv_log(0, "stopping: %d running request(s) get up to %.0f s to finish", rt_sched_running(e.sched),
+            drain_end = base_now() + s->opt.drain_seconds;
+            base_log(0, "stopping: %d running request(s) get up to %.0f s to finish", rt_sched_running(e.sched),
                     s->opt.drain_seconds);
             rt_sched_cancel_waiting(e.sched, RT_STATUS_UNAVAILABLE, "the server is shutting down");
         }
-        if (draining && (!rt_sched_has_work(e.sched) || srv_now() > drain_end)) {
+        if (draining && (!rt_sched_has_work(e.sched) || base_now() > drain_end)) {
             rt_sched_cancel_waiting(e.sched, RT_STATUS_UNAVAILABLE, "the server is shutting down");
             while (e.n_live > 0) {
                 live l = e.lv[e.n_live - 1];
@@ -308,15 +310,15 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, r
         }
         if (rt_sched_has_work(e.sched)) {
             /* the network thread watches steps: one that never ends means a lost or stuck rank */
-            double t0 = srv_now();
+            double t0 = base_now();
             pthread_mutex_lock(&s->mu);
             s->step_started = t0;
             pthread_mutex_unlock(&s->mu);
             rc = rt_sched_step(e.sched, err);
             pthread_mutex_lock(&s->mu);
             s->step_started = 0;
-            if (srv_now() - t0 > s->longest_step)
-                s->longest_step = srv_now() - t0;
+            if (base_now() - t0 > s->longest_step)
+                s->longest_step = base_now() - t0;
             pthread_mutex_unlock(&s->mu);
             if (rc)
                 break;

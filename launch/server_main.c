@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include "launch/cli.h"
+#include "base/clock.h"
+#include "base/file.h"
+#include "base/log.h"
 #include "launch/job.h"
 #include "launch/server.h"
 #include "runtime/kv_cache.h"
@@ -52,7 +55,7 @@ static void usage(FILE *f)
             "  --verbose               print each rank's shard\n");
 }
 
-static int parse(server_args *a, int argc, char **argv, rt_err *err)
+static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
            O_DRAIN, O_THREADS, O_VERBOSE, O_JOB, O_READY };
@@ -109,31 +112,31 @@ static int parse(server_args *a, int argc, char **argv, rt_err *err)
         case O_VERBOSE: a->verbose = true; break;
         case O_READY: a->ready_file = s; break;
         case 'h': usage(stdout); return 1;
-        default: usage(stderr); return rt_errf(err, "unknown or incomplete option (see above)");
+        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
-        return rt_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+        return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     if (!a->model)
-        return rt_errf(err, "--model DIR is required");
+        return base_errf(err, "--model DIR is required");
     if (a->lps && a->n_lps != a->pp)
-        return rt_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_lps, a->pp);
+        return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_lps, a->pp);
     if (a->max_seqs > a->max_batch_tokens)
         a->max_seqs = a->max_batch_tokens; /* a step holds at most one token per sequence more */
     return 0;
 }
 
 /* The token from --auth-token-file: its first line, without the newline. */
-static int read_token(const char *path, char **out, rt_err *err)
+static int read_token(const char *path, char **out, base_err *err)
 {
     char *text;
     size_t len;
-    if (rt_read_file(path, &text, &len, err))
+    if (base_read_file(path, 64 << 10, &text, &len, err))
         return -1;
     text[strcspn(text, "\r\n")] = 0;
     if (!*text) {
         free(text);
-        return rt_errf(err, "%s: the auth token file is empty", path);
+        return base_errf(err, "%s: the auth token file is empty", path);
     }
     *out = text;
     return 0;
@@ -142,7 +145,7 @@ static int read_token(const char *path, char **out, rt_err *err)
 /* KV blocks every rank can hold: --kv-blocks, or what this rank's memory allows (on a GPU the
  * budget left after weights and workspace, --kv-cache-mib if smaller; on CPU --kv-cache-mib),
  * capped at what max_seqs sequences of full context could use, the smallest over the ranks. */
-static int kv_blocks(comm *c, const server_args *a, const job_model *jm, rt_err *err)
+static int kv_blocks(comm *c, const server_args *a, const job_model *jm, base_err *err)
 {
     if (a->kv_blocks > 0)
         return a->kv_blocks;
@@ -157,9 +160,9 @@ static int kv_blocks(comm *c, const server_args *a, const job_model *jm, rt_err 
     double blocks = bytes / ((double)per_token * a->block_size);
     int64_t b = (int64_t)(blocks < most ? blocks : most);
     if (comm_min_i64(comm_topo(c)->world, &b) != 0)
-        return rt_errf(err, "%s", comm_error(c));
+        return base_errf(err, "%s", comm_error(c));
     if (b < 1)
-        return rt_errf(err, "no room for a single KV block of %d tokens (%zu bytes per token on this rank)",
+        return base_errf(err, "no room for a single KV block of %d tokens (%zu bytes per token on this rank)",
                        a->block_size, per_token);
     return b > (1 << 28) ? 1 << 28 : (int)b;
 }
@@ -181,7 +184,7 @@ static int serve(server_args *a, comm *c)
     const char *prog = "dinfer-server";
     const comm_topology *t = comm_topo(c);
     const bool root = t->rank == 0;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     char *token = NULL;
     int rc = root && a->token_file ? read_token(a->token_file, &token, &err) : 0;
     if (job_agree(c, prog, rc, &err))
@@ -215,9 +218,9 @@ static int serve(server_args *a, comm *c)
                            .drain_seconds = a->drain_seconds, .comm_timeout = a->job.comm_timeout};
         char nerr[256];
         if (srv_shared_init(&s, &opt) != 0) {
-            rc = rt_errf(&err, "cannot create the wake pipes: %s", strerror(errno));
+            rc = base_errf(&err, "cannot create the wake pipes: %s", strerror(errno));
         } else if (srv_net_start(&s, &net_thread, nerr, sizeof nerr) != 0) {
-            rc = rt_errf(&err, "%s", nerr);
+            rc = base_errf(&err, "%s", nerr);
             srv_shared_destroy(&s);
         } else {
             net_started = true;
@@ -259,9 +262,9 @@ static int serve(server_args *a, comm *c)
         s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)a->block_size *
                                 rt_kv_bytes_per_token(jm.model.n_layers, jm.model.shard.n_kv_heads, cfg->head_dim,
                                                       jm.dtype);
-        srv_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->model, rt_arch_name(cfg->arch), a->tp, a->pp,
+        base_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->model, rt_arch_name(cfg->arch), a->tp, a->pp,
                 t->world_size);
-        srv_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
+        base_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
                    "%d sequences", jm.device, blocks, a->block_size, (long)blocks * a->block_size,
                 (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
         s.ranks = ranks;
@@ -274,14 +277,14 @@ static int serve(server_args *a, comm *c)
         pthread_mutex_lock(&s.mu);
         s.ready = true;
         pthread_mutex_unlock(&s.mu);
-        srv_log(0, "ready on %s (pid %d)%s", s.bound, (int)getpid(), token ? ", auth token required" : "");
+        base_log(0, "ready on %s (pid %d)%s", s.bound, (int)getpid(), token ? ", auth token required" : "");
         if (a->ready_file) { /* written whole, then renamed: a reader never sees half a line */
             char tmpf[4096];
             snprintf(tmpf, sizeof tmpf, "%s.tmp", a->ready_file);
             FILE *rf = fopen(tmpf, "w");
             if (!rf || fprintf(rf, "%s %d\n", s.bound, (int)getpid()) < 0 || fclose(rf) != 0 ||
                 rename(tmpf, a->ready_file) != 0)
-                srv_log(0, "cannot write --ready-file %s: %s", a->ready_file, strerror(errno));
+                base_log(0, "cannot write --ready-file %s: %s", a->ready_file, strerror(errno));
         }
         rc = srv_engine_loop(&s, e, &so, &err);
         if (rc)
@@ -292,7 +295,7 @@ static int serve(server_args *a, comm *c)
             pthread_join(net_thread, NULL);
         the_server = NULL;
         srv_shared_destroy(&s);
-        srv_log(0, "stopped");
+        base_log(0, "stopped");
     }
     rt_engine_destroy(e);
     job_model_free(&jm);
@@ -308,12 +311,12 @@ int main(int argc, char **argv)
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     server_args a;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     comm *c = NULL;
     char cerr[256];
     int rc = parse(&a, argc, argv, &err);
     if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
-        rc = rt_errf(&err, "%s", cerr);
+        rc = base_errf(&err, "%s", cerr);
     if (rc < 0 && rank == 0)
         fprintf(stderr, "dinfer-server: %s\n", err.msg);
     int status = rc < 0 ? 1 : 0;

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "launch/server.h"
+#include "base/clock.h"
+#include "base/log.h"
 
 typedef struct conn {
     uint64_t id;
@@ -35,29 +37,6 @@ typedef struct net {
     int n_conns;
     uint64_t next_id;
 } net;
-
-double srv_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-void srv_log(int rank, const char *fmt, ...)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[32], msg[1024];
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "%s.%03ldZ rank %d: %s\n", when, ts.tv_nsec / 1000000, rank, msg);
-    fflush(stderr);
-}
 
 void srv_wake(int fds[2])
 {
@@ -114,7 +93,7 @@ static void push_in(srv_shared *s, srv_in_kind kind, uint64_t conn, uint64_t rid
         wire_frame_free(f);
         return;
     }
-    *m = (srv_in){.kind = kind, .conn = conn, .rid = rid, .frame = f, .arrival = srv_now()};
+    *m = (srv_in){.kind = kind, .conn = conn, .rid = rid, .frame = f, .arrival = base_now()};
     pthread_mutex_lock(&s->mu);
     if (s->in_tail)
         s->in_tail->next = m;
@@ -251,7 +230,7 @@ static void close_conn(net *n, int i, const char *why)
 {
     conn *c = n->conns[i];
     if (why)
-        srv_log(0, "connection %llu closed: %s", (unsigned long long)c->id, why);
+        base_log(0, "connection %llu closed: %s", (unsigned long long)c->id, why);
     push_in(n->s, SRV_DISCONNECT, c->id, 0, NULL);
     close(c->fd);
     wire_decoder_free(&c->dec);
@@ -346,7 +325,7 @@ static void take_outbound(net *n)
                 /* a client that does not read: drop it rather than buffer without end */
                 c->closing = true;
                 wire_buf_free(&c->out);
-                srv_log(0, "connection %llu: over %zu bytes unread, dropping the client",
+                base_log(0, "connection %llu: over %zu bytes unread, dropping the client",
                         (unsigned long long)c->id, s->opt.max_conn_buffer);
             } else if (c->out.len == 0) {
                 wire_buf_free(&c->out);
@@ -421,7 +400,7 @@ static void accept_all(net *n)
             return;
         if (n->n_conns >= n->s->opt.max_connections) {
             close(fd);
-            srv_log(0, "refused a connection: %d open already", n->n_conns);
+            base_log(0, "refused a connection: %d open already", n->n_conns);
             continue;
         }
         int one = 1;
@@ -509,11 +488,11 @@ static void fail_job(net *n, double now)
         snprintf(msg, sizeof msg, "a step has not finished in %.1f s: one of %s was lost or is stuck; the job is "
                                   "stopping", now - s->step_started, used ? lost : "the other ranks");
     }
-    srv_log(0, "%s", msg);
+    base_log(0, "%s", msg);
     for (int i = 0; i < n->n_conns; i++) {
         reply_error(n->conns[i], 0, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, msg);
         const char *why;
-        for (double until = srv_now() + 0.3; wire_buf_pending(&n->conns[i]->out) && srv_now() < until;)
+        for (double until = base_now() + 0.3; wire_buf_pending(&n->conns[i]->out) && base_now() < until;)
             if (!on_writable(n->conns[i], &why))
                 break;
     }
@@ -542,8 +521,8 @@ static void *net_main(void *arg)
             for (int i = 0; i < n->n_conns; i++)
                 pending |= wire_buf_pending(&n->conns[i]->out) > 0;
             if (flush_deadline == 0)
-                flush_deadline = srv_now() + 2.0;
-            if (!pending || srv_now() > flush_deadline)
+                flush_deadline = base_now() + 2.0;
+            if (!pending || base_now() > flush_deadline)
                 break;
         }
         int k = 0;
@@ -553,8 +532,8 @@ static void *net_main(void *arg)
             pfd[k++] = (struct pollfd){.fd = n->conns[i]->fd,
                                        .events = (short)(POLLIN | (wire_buf_pending(&n->conns[i]->out) ? POLLOUT : 0))};
         int pr = poll(pfd, (nfds_t)k, done ? 50 : s->stop ? 50 : 200);
-        if (!done && step_is_stuck(s, srv_now()))
-            fail_job(n, srv_now());
+        if (!done && step_is_stuck(s, base_now()))
+            fail_job(n, base_now());
         if (pr < 0 && errno != EINTR)
             break;
         if (pfd[0].revents)

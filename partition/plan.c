@@ -11,40 +11,40 @@ static int split_begin(int n, int k, int i)
     return (int)((long)n * i / k);
 }
 
-static int check_split(const rt_config *c, int tp, int pp, const int *lps, rt_err *err)
+static int check_split(const rt_config *c, int tp, int pp, const int *lps, base_err *err)
 {
     if (tp < 1 || tp > PLAN_MAX_TP)
-        return rt_errf(err, "tp=%d must be in [1, %d]", tp, PLAN_MAX_TP);
+        return base_errf(err, "tp=%d must be in [1, %d]", tp, PLAN_MAX_TP);
     if (pp < 1 || pp > PLAN_MAX_PP)
-        return rt_errf(err, "pp=%d must be in [1, %d]", pp, PLAN_MAX_PP);
+        return base_errf(err, "pp=%d must be in [1, %d]", pp, PLAN_MAX_PP);
     if (c->n_heads % tp != 0)
-        return rt_errf(err, "%d query heads cannot split over tp=%d", c->n_heads, tp);
+        return base_errf(err, "%d query heads cannot split over tp=%d", c->n_heads, tp);
     if (tp <= c->n_kv_heads && c->n_kv_heads % tp != 0)
-        return rt_errf(err, "%d KV heads cannot split over tp=%d", c->n_kv_heads, tp);
+        return base_errf(err, "%d KV heads cannot split over tp=%d", c->n_kv_heads, tp);
     if (tp > c->n_kv_heads && tp % c->n_kv_heads != 0)
-        return rt_errf(err, "tp=%d is not a multiple of the %d KV heads, so they cannot be replicated evenly",
+        return base_errf(err, "tp=%d is not a multiple of the %d KV heads, so they cannot be replicated evenly",
                        tp, c->n_kv_heads);
     if (tp > c->ffn_dim)
-        return rt_errf(err, "%d FFN columns cannot split over tp=%d", c->ffn_dim, tp);
+        return base_errf(err, "%d FFN columns cannot split over tp=%d", c->ffn_dim, tp);
     if (tp > c->vocab_size)
-        return rt_errf(err, "%d vocabulary rows cannot split over tp=%d", c->vocab_size, tp);
+        return base_errf(err, "%d vocabulary rows cannot split over tp=%d", c->vocab_size, tp);
     if (pp > c->n_layers)
-        return rt_errf(err, "pp=%d stages but the model has only %d layers", pp, c->n_layers);
+        return base_errf(err, "pp=%d stages but the model has only %d layers", pp, c->n_layers);
     if (lps) {
         long sum = 0;
         for (int s = 0; s < pp; s++) {
             if (lps[s] < 1)
-                return rt_errf(err, "--layers-per-stage: stage %d has %d layers; every stage needs at least one", s,
+                return base_errf(err, "--layers-per-stage: stage %d has %d layers; every stage needs at least one", s,
                                lps[s]);
             sum += lps[s];
         }
         if (sum != c->n_layers)
-            return rt_errf(err, "--layers-per-stage sums to %ld layers, the model has %d", sum, c->n_layers);
+            return base_errf(err, "--layers-per-stage sums to %ld layers, the model has %d", sum, c->n_layers);
     }
     return 0;
 }
 
-int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dtype dtype, rt_err *err)
+int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dtype dtype, base_err *err)
 {
     memset(p, 0, sizeof *p);
     if (check_split(c, tp, pp, lps, err))
@@ -57,7 +57,7 @@ int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dt
     p->ranks = calloc((size_t)p->world, sizeof *p->ranks);
     if (!p->stage_layers || !p->ranks) {
         plan_free(p);
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     for (int s = 0; s < pp; s++)
         p->stage_layers[s] = lps ? lps[s] : c->n_layers / pp + (s < c->n_layers % pp);
@@ -102,11 +102,11 @@ void plan_free(plan *p)
     memset(p, 0, sizeof *p);
 }
 
-int plan_choose(const rt_config *c, int hosts, int per_host, int *tp, int *pp, rt_err *err)
+int plan_choose(const rt_config *c, int hosts, int per_host, int *tp, int *pp, base_err *err)
 {
     if (hosts < 1 || per_host < 1)
-        return rt_errf(err, "need at least one host with at least one GPU (got %d hosts x %d)", hosts, per_host);
-    rt_err why = {{0}};
+        return base_errf(err, "need at least one host with at least one GPU (got %d hosts x %d)", hosts, per_host);
+    base_err why = {{0}};
     for (int t = per_host; t >= 1; t--) {
         if (per_host % t != 0)
             continue;
@@ -119,15 +119,15 @@ int plan_choose(const rt_config *c, int hosts, int per_host, int *tp, int *pp, r
             return 0;
         }
     }
-    return rt_errf(err, "no split of %d host(s) x %d GPU(s) fits the model (%d layers, %d query heads, %d KV heads): "
+    return base_errf(err, "no split of %d host(s) x %d GPU(s) fits the model (%d layers, %d query heads, %d KV heads): "
                         "with tp=1 it would need %ld pipeline stages (%s); use fewer GPUs, or --tp/--pp",
                    hosts, per_host, c->n_layers, c->n_heads, c->n_kv_heads, (long)hosts * per_host, why.msg);
 }
 
-int plan_check_world(const plan *p, int world, rt_err *err)
+int plan_check_world(const plan *p, int world, base_err *err)
 {
     if (world != p->world)
-        return rt_errf(err, "the job has %d ranks but tp=%d x pp=%d needs %d", world, p->tp, p->pp, p->world);
+        return base_errf(err, "the job has %d ranks but tp=%d x pp=%d needs %d", world, p->tp, p->pp, p->world);
     return 0;
 }
 

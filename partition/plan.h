@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 #include "runtime/config.h"
-#include "runtime/err.h"
+#include "base/err.h"
 #include "runtime/model.h"
 
 #define PLAN_MAX_TP 1024
@@ -37,17 +37,17 @@ typedef struct plan {
  * the layers as evenly as possible, earlier stages taking the remainder (the last stage also
  * holds the LM head). Fails, naming the problem, when the split is impossible. */
 int plan_make(plan *p, const rt_config *cfg, int tp, int pp, const int *layers_per_stage, rt_dtype dtype,
-              rt_err *err);
+              base_err *err);
 void plan_free(plan *p);
 
 /* The split a launcher uses for `hosts` hosts of `per_host` GPUs (or CPU ranks) each: tensor
  * parallelism inside a host (the largest tp dividing per_host that the model allows), pipeline
  * parallelism across hosts and across the tp groups of a host (pp = hosts x per_host / tp), so
  * every GPU gets a rank. Fails, naming what the model allows, when no split uses them all. */
-int plan_choose(const rt_config *cfg, int hosts, int per_host, int *tp, int *pp, rt_err *err);
+int plan_choose(const rt_config *cfg, int hosts, int per_host, int *tp, int *pp, base_err *err);
 
 /* Fails unless the job's world size equals tp x pp. */
-int plan_check_world(const plan *p, int world_size, rt_err *err);
+int plan_check_world(const plan *p, int world_size, base_err *err);
 
 /* Bytes of tensor-parallel and pipeline traffic one rank sends per decoded token (one token of
  * one sequence), as payloads handed to the collectives: the all-reduces after the embedding, each

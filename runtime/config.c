@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/file.h"
+
 const char *rt_arch_name(rt_arch a)
 {
     switch (a) {
@@ -25,46 +27,11 @@ bool rt_config_is_eos(const rt_config *cfg, int token)
     return false;
 }
 
-int rt_read_file(const char *path, char **out, size_t *len, rt_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 4096) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return rt_errf(err, "%s: out of memory reading the file", path);
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return rt_errf(err, "%s: read error", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 /* ---- typed field access; every failure names the field ---- */
 
 typedef struct reader {
     const char *name; /* file name for messages */
-    rt_err *err;
+    base_err *err;
 } reader;
 
 static const cJSON *field(const cJSON *obj, const char *key)
@@ -80,15 +47,15 @@ static int get_int(reader *r, const cJSON *obj, const char *key, bool required, 
     const cJSON *v = field(obj, key);
     if (!v) {
         if (required)
-            return rt_errf(r->err, "%s: field '%s' is missing", r->name, key);
+            return base_errf(r->err, "%s: field '%s' is missing", r->name, key);
         *out = (int)def;
         return 0;
     }
     if (!cJSON_IsNumber(v))
-        return rt_errf(r->err, "%s: field '%s' must be an integer", r->name, key);
+        return base_errf(r->err, "%s: field '%s' must be an integer", r->name, key);
     double d = v->valuedouble;
     if (!(d == floor(d)) || d < (double)lo || d > (double)hi)
-        return rt_errf(r->err, "%s: field '%s' has value %g, expected an integer in [%ld, %ld]",
+        return base_errf(r->err, "%s: field '%s' has value %g, expected an integer in [%ld, %ld]",
                        r->name, key, d, lo, hi);
     *out = (int)d;
     return 0;
@@ -100,15 +67,15 @@ static int get_num(reader *r, const cJSON *obj, const char *prefix, const char *
     const cJSON *v = field(obj, key);
     if (!v) {
         if (required)
-            return rt_errf(r->err, "%s: field '%s%s' is missing", r->name, prefix, key);
+            return base_errf(r->err, "%s: field '%s%s' is missing", r->name, prefix, key);
         *out = def;
         return 0;
     }
     if (!cJSON_IsNumber(v))
-        return rt_errf(r->err, "%s: field '%s%s' must be a number", r->name, prefix, key);
+        return base_errf(r->err, "%s: field '%s%s' must be a number", r->name, prefix, key);
     double d = v->valuedouble;
     if (!(d >= lo && d <= hi))
-        return rt_errf(r->err, "%s: field '%s%s' has value %g, expected a number in [%g, %g]",
+        return base_errf(r->err, "%s: field '%s%s' has value %g, expected a number in [%g, %g]",
                        r->name, prefix, key, d, lo, hi);
     *out = d;
     return 0;
@@ -122,7 +89,7 @@ static int get_bool(reader *r, const cJSON *obj, const char *key, bool def, bool
         return 0;
     }
     if (!cJSON_IsBool(v))
-        return rt_errf(r->err, "%s: field '%s' must be true or false", r->name, key);
+        return base_errf(r->err, "%s: field '%s' must be true or false", r->name, key);
     *out = cJSON_IsTrue(v);
     return 0;
 }
@@ -138,28 +105,28 @@ static int parse_arch(reader *r, const cJSON *root, rt_arch *arch)
     if (archs) {
         const cJSON *first = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
         if (!first || !cJSON_IsString(first))
-            return rt_errf(r->err, "%s: field 'architectures' must be a list of class names", r->name);
+            return base_errf(r->err, "%s: field 'architectures' must be a list of class names", r->name);
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
             if (strcmp(first->valuestring, known[i].cls) == 0) {
                 *arch = known[i].arch;
                 return 0;
             }
-        return rt_errf(r->err,
+        return base_errf(r->err,
                        "%s: field 'architectures' has unsupported value \"%.64s\" (supported: "
                        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
                        r->name, first->valuestring);
     }
     const cJSON *mt = field(root, "model_type");
     if (!mt)
-        return rt_errf(r->err, "%s: field 'architectures' is missing (and no 'model_type')", r->name);
+        return base_errf(r->err, "%s: field 'architectures' is missing (and no 'model_type')", r->name);
     if (!cJSON_IsString(mt))
-        return rt_errf(r->err, "%s: field 'model_type' must be a string", r->name);
+        return base_errf(r->err, "%s: field 'model_type' must be a string", r->name);
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(mt->valuestring, known[i].type) == 0) {
             *arch = known[i].arch;
             return 0;
         }
-    return rt_errf(r->err, "%s: field 'model_type' has unsupported value \"%.64s\"", r->name,
+    return base_errf(r->err, "%s: field 'model_type' has unsupported value \"%.64s\"", r->name,
                    mt->valuestring);
 }
 
@@ -170,9 +137,9 @@ static int parse_rope(reader *r, const cJSON *root, int max_pos, rt_rope *rope)
     const cJSON *params = field(root, "rope_parameters");
     const cJSON *scaling = field(root, "rope_scaling");
     if (params && !cJSON_IsObject(params))
-        return rt_errf(r->err, "%s: field 'rope_parameters' must be an object", r->name);
+        return base_errf(r->err, "%s: field 'rope_parameters' must be an object", r->name);
     if (scaling && !cJSON_IsObject(scaling))
-        return rt_errf(r->err, "%s: field 'rope_scaling' must be an object or null", r->name);
+        return base_errf(r->err, "%s: field 'rope_scaling' must be an object or null", r->name);
 
     memset(rope, 0, sizeof *rope);
     double theta;
@@ -192,9 +159,9 @@ static int parse_rope(reader *r, const cJSON *root, int max_pos, rt_rope *rope)
     const char *tkey = field(src, "rope_type") ? "rope_type" : "type";
     const cJSON *t = field(src, tkey);
     if (!t)
-        return scaling ? rt_errf(r->err, "%s: field 'rope_scaling.rope_type' is missing", r->name) : 0;
+        return scaling ? base_errf(r->err, "%s: field 'rope_scaling.rope_type' is missing", r->name) : 0;
     if (!cJSON_IsString(t))
-        return rt_errf(r->err, "%s: field '%s%s' must be a string", r->name, where, tkey);
+        return base_errf(r->err, "%s: field '%s%s' must be a string", r->name, where, tkey);
     const char *ty = t->valuestring;
     if (strcmp(ty, "default") == 0)
         return 0;
@@ -211,13 +178,13 @@ static int parse_rope(reader *r, const cJSON *root, int max_pos, rt_rope *rope)
             get_num(r, src, where, "original_max_position_embeddings", true, 0, 1, 1 << 30, &orig))
             return -1;
         if (!(rope->high_freq_factor > rope->low_freq_factor))
-            return rt_errf(r->err, "%s: field '%shigh_freq_factor' (%g) must exceed low_freq_factor (%g)",
+            return base_errf(r->err, "%s: field '%shigh_freq_factor' (%g) must exceed low_freq_factor (%g)",
                            r->name, where, rope->high_freq_factor, rope->low_freq_factor);
         rope->orig_max_pos = (int)orig;
         (void)max_pos;
         return 0;
     }
-    return rt_errf(r->err, "%s: field '%s%s' has unsupported value \"%.64s\" (supported: default, linear, llama3)",
+    return base_errf(r->err, "%s: field '%s%s' has unsupported value \"%.64s\" (supported: default, linear, llama3)",
                    r->name, where, tkey, ty);
 }
 
@@ -232,9 +199,9 @@ static int parse_token_ids(reader *r, const cJSON *root, const char *key, int vo
     for (; item; item = cJSON_IsArray(v) ? item->next : NULL) {
         if (!cJSON_IsNumber(item) || item->valuedouble != floor(item->valuedouble) ||
             item->valuedouble < 0 || item->valuedouble >= vocab)
-            return rt_errf(r->err, "%s: field '%s' must be token ids in [0, %d)", r->name, key, vocab);
+            return base_errf(r->err, "%s: field '%s' must be token ids in [0, %d)", r->name, key, vocab);
         if (*n == max_ids)
-            return rt_errf(r->err, "%s: field '%s' lists more than %d ids", r->name, key, max_ids);
+            return base_errf(r->err, "%s: field '%s' lists more than %d ids", r->name, key, max_ids);
         ids[(*n)++] = (int)item->valuedouble;
     }
     return 0;
@@ -248,7 +215,7 @@ static int parse_dtype(reader *r, const cJSON *root, rt_dtype *dt)
     if (!v)
         return 0;
     if (!cJSON_IsString(v))
-        return rt_errf(r->err, "%s: field '%s' must be a string", r->name, key);
+        return base_errf(r->err, "%s: field '%s' must be a string", r->name, key);
     if (strcmp(v->valuestring, "float32") == 0)
         *dt = RT_F32;
     else if (strcmp(v->valuestring, "float16") == 0)
@@ -256,7 +223,7 @@ static int parse_dtype(reader *r, const cJSON *root, rt_dtype *dt)
     else if (strcmp(v->valuestring, "bfloat16") == 0)
         *dt = RT_BF16;
     else
-        return rt_errf(r->err, "%s: field '%s' has unsupported value \"%.64s\" (supported: float32, float16, bfloat16)",
+        return base_errf(r->err, "%s: field '%s' has unsupported value \"%.64s\" (supported: float32, float16, bfloat16)",
                        r->name, key, v->valuestring);
     return 0;
 }
@@ -265,7 +232,7 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
 {
     memset(c, 0, sizeof *c);
     if (!cJSON_IsObject(root))
-        return rt_errf(r->err, "%s: not a JSON object", r->name);
+        return base_errf(r->err, "%s: not a JSON object", r->name);
     if (parse_arch(r, root, &c->arch))
         return -1;
     const long big = 1L << 24;
@@ -278,19 +245,19 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
         get_int(r, root, "max_position_embeddings", false, 2048, 1, big, &c->max_pos))
         return -1;
     if (c->n_heads % c->n_kv_heads != 0)
-        return rt_errf(r->err, "%s: field 'num_key_value_heads' (%d) must divide num_attention_heads (%d)",
+        return base_errf(r->err, "%s: field 'num_key_value_heads' (%d) must divide num_attention_heads (%d)",
                        r->name, c->n_kv_heads, c->n_heads);
     if (field(root, "head_dim")) {
         if (get_int(r, root, "head_dim", true, 0, 2, 1024, &c->head_dim))
             return -1;
     } else {
         if (c->dim % c->n_heads != 0)
-            return rt_errf(r->err, "%s: field 'hidden_size' (%d) is not a multiple of num_attention_heads (%d) and no head_dim is given",
+            return base_errf(r->err, "%s: field 'hidden_size' (%d) is not a multiple of num_attention_heads (%d) and no head_dim is given",
                            r->name, c->dim, c->n_heads);
         c->head_dim = c->dim / c->n_heads;
     }
     if (c->head_dim % 2 != 0)
-        return rt_errf(r->err, "%s: head_dim %d must be even for rotary embeddings", r->name, c->head_dim);
+        return base_errf(r->err, "%s: head_dim %d must be even for rotary embeddings", r->name, c->head_dim);
 
     double eps;
     if (get_num(r, root, "", "rms_norm_eps", false, 1e-6, 1e-12, 0.1, &eps))
@@ -300,7 +267,7 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
     const char *act_key = field(root, "hidden_act") ? "hidden_act" : "hidden_activation";
     const cJSON *act = field(root, act_key);
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
-        return rt_errf(r->err, "%s: field '%s' has unsupported value \"%.32s\" (supported: silu)", r->name,
+        return base_errf(r->err, "%s: field '%s' has unsupported value \"%.32s\" (supported: silu)", r->name,
                        act_key, cJSON_IsString(act) ? act->valuestring : "?");
 
     if (get_bool(r, root, "tie_word_embeddings", false, &c->tie_embeddings))
@@ -309,13 +276,13 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
     if (get_bool(r, root, "mlp_bias", false, &b))
         return -1;
     if (b)
-        return rt_errf(r->err, "%s: field 'mlp_bias' has unsupported value true", r->name);
+        return base_errf(r->err, "%s: field 'mlp_bias' has unsupported value true", r->name);
     if (c->arch == RT_ARCH_QWEN2) {
         c->qkv_bias = true;
         if (get_bool(r, root, "use_sliding_window", false, &b))
             return -1;
         if (b)
-            return rt_errf(r->err, "%s: field 'use_sliding_window' has unsupported value true", r->name);
+            return base_errf(r->err, "%s: field 'use_sliding_window' has unsupported value true", r->name);
     } else if (c->arch == RT_ARCH_LLAMA) {
         if (get_bool(r, root, "attention_bias", false, &b))
             return -1;
@@ -334,24 +301,24 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
     return 0;
 }
 
-int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, rt_err *err)
+int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, base_err *err)
 {
     reader r = {name, err};
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root)
-        return rt_errf(err, "%s: not valid JSON", name);
+        return base_errf(err, "%s: not valid JSON", name);
     int rc = parse_root(&r, root, cfg);
     cJSON_Delete(root);
     return rc;
 }
 
-int rt_config_load(rt_config *cfg, const char *dir, rt_err *err)
+int rt_config_load(rt_config *cfg, const char *dir, base_err *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     char *text;
     size_t len;
-    if (rt_read_file(path, &text, &len, err))
+    if (base_read_file(path, RT_CONFIG_MAX_BYTES, &text, &len, err))
         return -1;
     int rc = rt_config_parse(cfg, text, len, path, err);
     free(text);
@@ -363,7 +330,7 @@ static const char *dtype_torch_name(rt_dtype t)
     return t == RT_BF16 ? "bfloat16" : t == RT_F16 ? "float16" : "float32";
 }
 
-int rt_config_write(const rt_config *c, const char *path, rt_err *err)
+int rt_config_write(const rt_config *c, const char *path, base_err *err)
 {
     static const char *types[] = {"llama", "mistral", "qwen2"};
     cJSON *o = cJSON_CreateObject();
@@ -408,13 +375,13 @@ int rt_config_write(const rt_config *c, const char *path, rt_err *err)
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     if (!text)
-        return rt_errf(err, "%s: out of memory", path);
+        return base_errf(err, "%s: out of memory", path);
     FILE *f = fopen(path, "w");
     int rc = 0;
     if (!f || fputs(text, f) < 0 || fputc('\n', f) < 0)
-        rc = rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
+        rc = base_errf(err, "%s: cannot write: %s", path, strerror(errno));
     if (f && fclose(f) != 0 && rc == 0)
-        rc = rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
+        rc = base_errf(err, "%s: cannot write: %s", path, strerror(errno));
     cJSON_free(text);
     return rc;
 }

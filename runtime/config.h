@@ -6,9 +6,10 @@
 #include <stddef.h>
 
 #include "runtime/dtype.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 #define RT_MAX_EOS 8
+#define RT_CONFIG_MAX_BYTES ((size_t)4 << 20) /* a config.json is a few KB; refuse what is not one */
 
 typedef enum rt_arch {
     RT_ARCH_LLAMA = 0,
@@ -56,18 +57,16 @@ typedef struct rt_config {
 /* Parses the text of a config.json (len bytes, need not be NUL-terminated). `name` is used in error
  * messages. Fails with a message naming the field and value for anything missing, of the wrong
  * type, out of range or unsupported. */
-int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, rt_err *err);
+int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, base_err *err);
 
 /* Reads DIR/config.json and parses it. */
-int rt_config_load(rt_config *cfg, const char *dir, rt_err *err);
+int rt_config_load(rt_config *cfg, const char *dir, base_err *err);
 
 /* Writes cfg as a config.json (transformers 4 key style, which every reader accepts) to path. */
-int rt_config_write(const rt_config *cfg, const char *path, rt_err *err);
+int rt_config_write(const rt_config *cfg, const char *path, base_err *err);
 
 const char *rt_arch_name(rt_arch a); /* "LlamaForCausalLM", ... */
 bool rt_config_is_eos(const rt_config *cfg, int token);
 
-/* Reads a whole file into a NUL-terminated malloc'd buffer. */
-int rt_read_file(const char *path, char **out, size_t *len, rt_err *err);
 
 #endif

@@ -45,11 +45,11 @@ static int my_rank(const rt_engine *e)
     return e->comm ? comm_topo(e->comm)->rank : 0;
 }
 
-int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geometry *g, rt_err *err)
+int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geometry *g, base_err *err)
 {
     rt_engine *e = calloc(1, sizeof *e);
     if (!e)
-        return rt_errf(err, "out of host memory");
+        return base_errf(err, "out of host memory");
     e->m = m;
     e->comm = c;
     e->geo = *g;
@@ -62,7 +62,7 @@ int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geom
     e->out = calloc((size_t)(L ? L : 1), sizeof *e->out);
     if (!e->body || !e->logits || !e->scratch || !e->rows || !e->out) {
         rt_engine_destroy(e);
-        return rt_errf(err, "out of host memory");
+        return base_errf(err, "out of host memory");
     }
     if (rt_kv_cache_create(&e->kv, m->be, m->n_layers, g->n_blocks, g->block_size, m->shard.n_kv_heads,
                            m->cfg.head_dim, err) ||
@@ -93,9 +93,9 @@ const rt_engine_geometry *rt_engine_geom(const rt_engine *e) { return &e->geo; }
 rt_model *rt_engine_model(rt_engine *e) { return e->m; }
 rt_engine_traffic rt_engine_get_traffic(const rt_engine *e) { return e->traffic; }
 
-static int comm_fail(rt_engine *e, rt_err *err)
+static int comm_fail(rt_engine *e, base_err *err)
 {
-    return rt_errf(err, "%s", comm_error(e->comm));
+    return base_errf(err, "%s", comm_error(e->comm));
 }
 
 static int32_t f2i(float f)
@@ -113,13 +113,13 @@ static float i2f(int32_t i)
 }
 
 /* Packs b and rows into the header and e->body. */
-static int pack(rt_engine *e, const rt_batch *b, const rt_step_sampling *rows, int32_t *h, rt_err *err)
+static int pack(rt_engine *e, const rt_batch *b, const rt_step_sampling *rows, int32_t *h, base_err *err)
 {
     const int T = b->n_tokens, nl = b->n_logits;
     size_t tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
     size_t n = 3 * (size_t)T + tab + (size_t)nl * (1 + ROW_INTS);
     if (T < 0 || nl < 0 || b->n_seqs < 0 || b->max_blocks < 0 || n > e->body_cap)
-        return rt_errf(err, "step of %d tokens, %d sequences x %d blocks, %d logits exceeds the job's limits", T,
+        return base_errf(err, "step of %d tokens, %d sequences x %d blocks, %d logits exceeds the job's limits", T,
                        b->n_seqs, b->max_blocks, nl);
     int32_t *p = e->body;
     memcpy(p, b->tokens, (size_t)T * 4), p += T;
@@ -165,7 +165,7 @@ static void unpack(rt_engine *e, const int32_t *h, rt_batch *b)
 /* This rank's part of a step: forward, then sampling on the sampling rank, then the samples (and
  * advanced rng states) to rank 0 when that is another rank. */
 static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out,
-                    comm_counters before, rt_err *err)
+                    comm_counters before, base_err *err)
 {
     if (rt_forward_step(e->fw, b, e->logits, err))
         return -1;
@@ -201,7 +201,7 @@ static comm_counters counters_now(const rt_engine *e)
     return e->comm ? comm_get_counters(e->comm) : (comm_counters){0};
 }
 
-int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, rt_err *err)
+int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
     comm_counters before = counters_now(e);
     if (e->comm && comm_topo(e->comm)->world_size > 1) {
@@ -215,7 +215,7 @@ int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_s
     return run_step(e, b, rows, out, before, err);
 }
 
-int rt_engine_follow(rt_engine *e, rt_err *err)
+int rt_engine_follow(rt_engine *e, base_err *err)
 {
     comm_group *w = comm_topo(e->comm)->world;
     for (;;) {
@@ -226,7 +226,7 @@ int rt_engine_follow(rt_engine *e, rt_err *err)
         if (h[H_KIND] == PLAN_STOP)
             return 0;
         if (h[H_BODY] < 0 || (size_t)h[H_BODY] > e->body_cap || h[H_LOGITS] > e->geo.lim.max_logits)
-            return rt_errf(err, "step plan of %d ints exceeds the %zu this rank allocated", h[H_BODY], e->body_cap);
+            return base_errf(err, "step plan of %d ints exceeds the %zu this rank allocated", h[H_BODY], e->body_cap);
         if (comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
             return comm_fail(e, err);
         rt_batch b;
@@ -236,7 +236,7 @@ int rt_engine_follow(rt_engine *e, rt_err *err)
     }
 }
 
-int rt_engine_finish(rt_engine *e, rt_err *err)
+int rt_engine_finish(rt_engine *e, base_err *err)
 {
     if (!e->comm || comm_topo(e->comm)->world_size == 1)
         return 0;

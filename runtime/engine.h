@@ -32,7 +32,7 @@ typedef struct rt_engine_traffic {
 
 typedef struct rt_engine rt_engine;
 
-int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geometry *g, rt_err *err);
+int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geometry *g, base_err *err);
 void rt_engine_destroy(rt_engine *e);
 const rt_engine_geometry *rt_engine_geom(const rt_engine *e);
 rt_model *rt_engine_model(rt_engine *e);
@@ -40,10 +40,10 @@ rt_engine_traffic rt_engine_get_traffic(const rt_engine *e);
 
 /* Rank 0: runs one step over every rank. rows (b->n_logits) say how each logit row is sampled and
  * have their rng advanced; out (b->n_logits) receives the samples. */
-int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, rt_err *err);
+int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
 /* Ranks other than 0: follow rank 0's steps until it calls rt_engine_finish. */
-int rt_engine_follow(rt_engine *e, rt_err *err);
+int rt_engine_follow(rt_engine *e, base_err *err);
 /* Rank 0: releases the followers. */
-int rt_engine_finish(rt_engine *e, rt_err *err);
+int rt_engine_finish(rt_engine *e, base_err *err);
 
 #endif

@@ -68,11 +68,11 @@ static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
 }
 
 int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim, comm *cm,
-                      rt_err *err)
+                      base_err *err)
 {
     rt_forward *fw = calloc(1, sizeof *fw);
     if (!fw)
-        return rt_errf(err, "out of host memory");
+        return base_errf(err, "out of host memory");
     const rt_config *c = &m->cfg;
     const rt_shard *s = &m->shard;
     rt_backend *be = m->be;
@@ -119,7 +119,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     }
     if (failed || !fw->h_ints) {
         rt_forward_destroy(fw);
-        return rt_errf(err, "cannot allocate the activation workspace for %d tokens per step on the %s backend",
+        return base_errf(err, "cannot allocate the activation workspace for %d tokens per step on the %s backend",
                        lim->max_tokens, be->ops->name);
     }
     float inv[512];
@@ -151,38 +151,38 @@ void rt_forward_destroy(rt_forward *fw)
 /* Checks the batch against the limits and the model, computes each token's KV slot, and uploads
  * the index arrays. Returns the device view of them. */
 static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int32_t **d_tokens,
-                       int32_t **d_logit_rows, rt_err *err)
+                       int32_t **d_logit_rows, base_err *err)
 {
     const rt_forward_limits *L = &fw->lim;
     const rt_config *c = &fw->m->cfg;
     const int bs = fw->kv->block_size;
     if (b->n_tokens < 1 || b->n_tokens > L->max_tokens)
-        return rt_errf(err, "batch of %d tokens outside [1, %d]", b->n_tokens, L->max_tokens);
+        return base_errf(err, "batch of %d tokens outside [1, %d]", b->n_tokens, L->max_tokens);
     if (b->n_seqs < 1 || b->n_seqs > L->max_seqs || b->max_blocks < 1 || b->max_blocks > L->max_blocks)
-        return rt_errf(err, "batch of %d sequences x %d blocks exceeds the %d x %d the step was sized for",
+        return base_errf(err, "batch of %d sequences x %d blocks exceeds the %d x %d the step was sized for",
                        b->n_seqs, b->max_blocks, L->max_seqs, L->max_blocks);
     if (b->n_logits < 0 || b->n_logits > L->max_logits)
-        return rt_errf(err, "%d logit rows requested, at most %d", b->n_logits, L->max_logits);
+        return base_errf(err, "%d logit rows requested, at most %d", b->n_logits, L->max_logits);
     const int T = b->n_tokens;
     int32_t *tok = fw->h_ints, *pos = tok + T, *slot = pos + T, *seq = slot + T, *lrow = seq + T;
     int32_t *tables = lrow + b->n_logits;
     size_t n_tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
     for (size_t i = 0; i < n_tab; i++) {
         if (b->block_tables[i] < -1 || b->block_tables[i] >= fw->kv->n_blocks)
-            return rt_errf(err, "block id %d outside the pool of %d blocks", b->block_tables[i], fw->kv->n_blocks);
+            return base_errf(err, "block id %d outside the pool of %d blocks", b->block_tables[i], fw->kv->n_blocks);
         tables[i] = b->block_tables[i];
     }
     for (int t = 0; t < T; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
-            return rt_errf(err, "token id %d outside the vocabulary [0, %d)", b->tokens[t], c->vocab_size);
+            return base_errf(err, "token id %d outside the vocabulary [0, %d)", b->tokens[t], c->vocab_size);
         if (b->seq[t] < 0 || b->seq[t] >= b->n_seqs)
-            return rt_errf(err, "token %d names sequence %d of %d", t, b->seq[t], b->n_seqs);
+            return base_errf(err, "token %d names sequence %d of %d", t, b->seq[t], b->n_seqs);
         if (b->pos[t] < 0 || b->pos[t] >= b->max_blocks * bs || b->pos[t] >= c->max_pos)
-            return rt_errf(err, "position %d outside the sequence's %d cached positions (context %d)",
+            return base_errf(err, "position %d outside the sequence's %d cached positions (context %d)",
                            b->pos[t], b->max_blocks * bs, c->max_pos);
         int32_t blk = b->block_tables[(size_t)b->seq[t] * (size_t)b->max_blocks + (size_t)(b->pos[t] / bs)];
         if (blk < 0)
-            return rt_errf(err, "position %d of sequence %d has no KV block", b->pos[t], b->seq[t]);
+            return base_errf(err, "position %d of sequence %d has no KV block", b->pos[t], b->seq[t]);
         tok[t] = b->tokens[t];
         pos[t] = b->pos[t];
         seq[t] = b->seq[t];
@@ -190,7 +190,7 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int
     }
     for (int i = 0; i < b->n_logits; i++) {
         if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T)
-            return rt_errf(err, "logit row %d outside the batch of %d tokens", b->logit_rows[i], T);
+            return base_errf(err, "logit row %d outside the batch of %d tokens", b->logit_rows[i], T);
         lrow[i] = b->logit_rows[i];
     }
     rt_backend *be = fw->m->be;
@@ -214,7 +214,7 @@ static comm_dtype comm_type(rt_dtype t)
     return t == RT_BF16 ? COMM_BF16 : t == RT_F16 ? COMM_F16 : COMM_F32;
 }
 
-static int tp_allreduce(rt_forward *fw, void *buf, size_t n, rt_err *err)
+static int tp_allreduce(rt_forward *fw, void *buf, size_t n, base_err *err)
 {
     if (!fw->comm || comm_topo(fw->comm)->tp == 1)
         return 0;
@@ -233,10 +233,10 @@ static int tp_allreduce(rt_forward *fw, void *buf, size_t n, rt_err *err)
         rt_convert_from_f32(fw->stage, fw->stage32, dt, n);
         be->ops->upload(be, buf, fw->stage, n * rt_dtype_size(dt));
     }
-    return rc ? rt_errf(err, "%s", comm_error(fw->comm)) : 0;
+    return rc ? base_errf(err, "%s", comm_error(fw->comm)) : 0;
 }
 
-static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, rt_err *err)
+static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err *err)
 {
     const comm_topology *t = comm_topo(fw->comm);
     rt_backend *be = fw->m->be;
@@ -257,12 +257,12 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, rt_err *e
         if (rc == 0)
             be->ops->upload(be, buf, fw->stage, bytes);
     }
-    return rc ? rt_errf(err, "%s", comm_error(fw->comm)) : 0;
+    return rc ? base_errf(err, "%s", comm_error(fw->comm)) : 0;
 }
 
 /* Gathers the vocab-parallel logits (nl, vocab_local) of every tp rank on tp rank 0 and lays them
  * out as (nl, vocab) there. */
-static int gather_logits(rt_forward *fw, int nl, float *logits, rt_err *err)
+static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
 {
     const rt_model *m = fw->m;
     const comm_topology *t = comm_topo(fw->comm);
@@ -277,7 +277,7 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, rt_err *err)
     for (int r = 0; r < t->tp; r++) /* the plan's even split of the vocabulary */
         fw->counts[r] = (size_t)nl * (size_t)(((long)V * (r + 1) / t->tp) - ((long)V * r / t->tp));
     if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32))
-        return rt_errf(err, "%s", comm_error(fw->comm));
+        return base_errf(err, "%s", comm_error(fw->comm));
     if (t->tp_rank != 0)
         return 0;
     const float *blk = fw->gathered;
@@ -290,7 +290,7 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, rt_err *err)
     return 0;
 }
 
-int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err)
+int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
 {
     rt_model *m = fw->m;
     rt_backend *be = m->be;

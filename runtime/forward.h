@@ -38,7 +38,7 @@ typedef struct rt_forward rt_forward;
  * the tp group, hidden states from the previous and to the next stage over the pp group, and the
  * vocab-parallel logits gathered on the last stage's tp rank 0. */
 int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_forward_limits *lim, comm *c,
-                      rt_err *err);
+                      base_err *err);
 void rt_forward_destroy(rt_forward *fw);
 
 /* Device bytes rt_forward_create allocates for a shard and limits (the memory plan's workspace). */
@@ -49,6 +49,6 @@ size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const r
  * the problem, when the batch exceeds the limits or holds a token id, position or block id out of
  * range (every rank sees the same batch and refuses it before any collective), or when a
  * collective fails. */
-int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, rt_err *err);
+int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err);
 
 #endif

@@ -6,14 +6,8 @@
 #include <time.h>
 
 #include "runtime/kv_cache.h"
+#include "base/clock.h"
 #include "runtime/scheduler.h"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static rt_sched_request sched_request(const rt_gen_request *r, uint64_t id)
 {
@@ -28,17 +22,17 @@ static int blocks_of(const rt_gen_request *r, int bs)
 }
 
 int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                    rt_engine_geometry *g, rt_err *err)
+                    rt_engine_geometry *g, base_err *err)
 {
     const int bs = opt->block_size, budget = opt->max_batch_tokens;
     if (n < 1 || bs < 1 || budget < 1)
-        return rt_errf(err, "generate: need at least one request, a block size and a token budget");
+        return base_errf(err, "generate: need at least one request, a block size and a token budget");
     int max_blocks = 1;
     long total = 0;
     for (int i = 0; i < n; i++) {
         rt_sched_request r = sched_request(&reqs[i], (uint64_t)i);
         if (rt_sched_check(&m->cfg, &r, err)) {
-            rt_err_prefix(err, "request %d", i);
+            base_err_prefix(err, "request %d", i);
             return -1;
         }
         int nb = blocks_of(&reqs[i], bs);
@@ -46,7 +40,7 @@ int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const 
         total += nb;
     }
     if (total > 1L << 30)
-        return rt_errf(err, "generate: the requests need %ld KV blocks", total);
+        return base_errf(err, "generate: the requests need %ld KV blocks", total);
     *g = (rt_engine_geometry){.n_blocks = (int32_t)total, .block_size = bs,
                               .lim = {.max_tokens = budget, .max_seqs = n, .max_blocks = max_blocks, .max_logits = n}};
     return 0;
@@ -82,7 +76,7 @@ static void on_event(void *ctx, const rt_sched_event *ev)
     }
 }
 
-int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *res, rt_gen_stats *st, rt_err *err)
+int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *res, rt_gen_stats *st, base_err *err)
 {
     memset(st, 0, sizeof *st);
     memset(res, 0, (size_t)n * sizeof *res);
@@ -99,15 +93,15 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
         int status;
         rt_sched_request r = sched_request(&reqs[i], (uint64_t)i);
         if (!res[i].tokens || !res[i].logprobs)
-            rc = rt_errf(err, "generate: out of host memory");
+            rc = base_errf(err, "generate: out of host memory");
         else if (rt_sched_add(s, &r, &status, err))
-            rc = -1, rt_err_prefix(err, "request %d", i);
+            rc = -1, base_err_prefix(err, "request %d", i);
     }
     while (rc == 0 && rt_sched_has_work(s)) {
-        double t0 = now_seconds();
+        double t0 = base_now();
         if ((rc = rt_sched_step(s, err)))
             break;
-        double dt = now_seconds() - t0;
+        double dt = base_now() - t0;
         int T, prefill;
         rt_sched_last_step(s, &T, &prefill);
         st->steps++;
@@ -119,7 +113,7 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
             st->decode_tokens += T;
         }
         if (col.failed)
-            rc = rt_errf(err, "%s", col.message);
+            rc = base_errf(err, "%s", col.message);
     }
     rt_sched_destroy(s);
     if (rc)
@@ -129,7 +123,7 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
 }
 
 int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                      rt_gen_result *results, rt_gen_stats *stats, rt_err *err)
+                      rt_gen_result *results, rt_gen_stats *stats, base_err *err)
 {
     rt_engine_geometry g;
     rt_engine *e;

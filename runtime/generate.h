@@ -42,16 +42,16 @@ typedef struct rt_gen_options {
 /* Checks the requests and sizes the job: a KV pool that holds every request at once, steps of
  * opt->max_batch_tokens tokens. */
 int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                    rt_engine_geometry *g, rt_err *err);
+                    rt_engine_geometry *g, base_err *err);
 
 /* Rank 0: runs the requests to completion on an engine sized by rt_gen_geometry. results (n) are
  * filled; free them with rt_gen_result_free. */
 int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *results, rt_gen_stats *stats,
-                rt_err *err);
+                base_err *err);
 
 /* A single-rank convenience: geometry, engine, generate. */
 int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                      rt_gen_result *results, rt_gen_stats *stats, rt_err *err);
+                      rt_gen_result *results, rt_gen_stats *stats, base_err *err);
 void rt_gen_result_free(rt_gen_result *r);
 
 #endif

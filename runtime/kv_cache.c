@@ -9,7 +9,7 @@ size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtyp
 }
 
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
-                       int n_kv_heads, int head_dim, rt_err *err)
+                       int n_kv_heads, int head_dim, base_err *err)
 {
     memset(kv, 0, sizeof *kv);
     kv->be = be;
@@ -19,7 +19,7 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
     kv->head_dim = head_dim;
     kv->layers = calloc(n_layers ? (size_t)n_layers : 1, sizeof *kv->layers);
     if (!kv->layers)
-        return rt_errf(err, "KV cache: out of host memory");
+        return base_errf(err, "KV cache: out of host memory");
     kv->n_layers = n_layers;
     size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim *
                    rt_dtype_size(be->ops->act_dtype);
@@ -28,7 +28,7 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
         kv->layers[l].v = be->ops->alloc(be, bytes);
         if (!kv->layers[l].k || !kv->layers[l].v) {
             rt_kv_cache_destroy(kv);
-            return rt_errf(err, "KV cache: cannot allocate %d blocks of %d tokens (%.1f MiB per layer)",
+            return base_errf(err, "KV cache: cannot allocate %d blocks of %d tokens (%.1f MiB per layer)",
                            n_blocks, block_size, 2.0 * (double)bytes / (1 << 20));
         }
     }
@@ -47,11 +47,11 @@ void rt_kv_cache_destroy(rt_kv_cache *kv)
     memset(kv, 0, sizeof *kv);
 }
 
-int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, rt_err *err)
+int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, base_err *err)
 {
     a->free_ids = malloc((n_blocks ? (size_t)n_blocks : 1) * sizeof *a->free_ids);
     if (!a->free_ids)
-        return rt_errf(err, "KV blocks: out of memory");
+        return base_errf(err, "KV blocks: out of memory");
     a->n_blocks = a->n_free = n_blocks;
     /* lowest ids on top of the stack */
     for (int i = 0; i < n_blocks; i++)

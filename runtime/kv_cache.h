@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #include "runtime/backend.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 #define RT_DEFAULT_BLOCK_SIZE 16
 
@@ -25,7 +25,7 @@ typedef struct rt_kv_cache {
 size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt);
 
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
-                       int n_kv_heads, int head_dim, rt_err *err);
+                       int n_kv_heads, int head_dim, base_err *err);
 void rt_kv_cache_destroy(rt_kv_cache *kv);
 
 /* Free-list allocator of block ids [0, n_blocks). */
@@ -35,7 +35,7 @@ typedef struct rt_kv_blocks {
     int *free_ids; /* stack of free ids */
 } rt_kv_blocks;
 
-int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, rt_err *err);
+int rt_kv_blocks_init(rt_kv_blocks *a, int n_blocks, base_err *err);
 void rt_kv_blocks_destroy(rt_kv_blocks *a);
 /* Takes n blocks into ids; fails (taking none) when fewer than n are free. */
 int rt_kv_blocks_alloc(rt_kv_blocks *a, int n, int *ids);

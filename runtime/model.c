@@ -69,7 +69,7 @@ typedef struct loader {
     rt_ckpt ckpt;
     float *stage;   /* host staging buffer, grown as needed */
     size_t stage_n;
-    rt_err *err;
+    base_err *err;
 } loader;
 
 /* Loads rows [r0, r1) x cols [c0, c1) of tensor `name`, whose full shape must be (rows, cols)
@@ -87,9 +87,9 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
         for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
             p += sprintf(p, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
         if (cols)
-            return rt_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld, %lld] from config.json",
+            return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld, %lld] from config.json",
                            f->path, name, got, (long long)rows, (long long)cols);
-        return rt_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld] from config.json", f->path,
+        return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld] from config.json", f->path,
                        name, got, (long long)rows);
     }
     if (!cols)
@@ -100,13 +100,13 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     size_t bytes = n * rt_dtype_size(wt);
     *dst = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
     if (!dst->data)
-        return rt_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
+        return base_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
     /* fp32 weights in host memory are converted straight into place; others go through staging */
     bool direct = be->ops->host_memory && wt == RT_F32;
     if (!direct && n > L->stage_n) {
         float *ns = realloc(L->stage, n * sizeof *ns);
         if (!ns)
-            return rt_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
+            return base_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
         L->stage = ns;
         L->stage_n = n;
     }
@@ -158,7 +158,7 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
 }
 
 int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, const char *dir,
-                  rt_backend *be, rt_err *err)
+                  rt_backend *be, base_err *err)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
@@ -171,7 +171,7 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
     m->n_layers = shard->layer_end - shard->layer_begin;
     m->layers = calloc(m->n_layers ? (size_t)m->n_layers : 1, sizeof *m->layers);
     if (!m->layers) {
-        rc = rt_errf(err, "out of host memory");
+        rc = base_errf(err, "out of host memory");
         goto out;
     }
     const int64_t dim = cfg->dim, V = cfg->vocab_size;

@@ -8,7 +8,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/config.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 /* What one rank holds. Ranges are [begin, end) in the full model's numbering. */
 typedef struct rt_shard {
@@ -52,7 +52,7 @@ typedef struct rt_model {
 /* Loads the shard's weights from the checkpoint in dir (config.json already parsed into cfg),
  * converting them to the backend's weight type. Every tensor's shape is checked against cfg. */
 int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, const char *dir,
-                  rt_backend *be, rt_err *err);
+                  rt_backend *be, base_err *err);
 void rt_model_free(rt_model *m);
 
 /* Weight bytes a shard holds in dtype dt (used by the partition plan's memory estimate). */

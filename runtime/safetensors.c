@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/config.h" /* rt_read_file */
+#include "base/file.h"
 
 static const struct {
     const char *name;
@@ -48,16 +48,16 @@ static bool json_u53(const cJSON *v, uint64_t *out)
 }
 
 static int parse_entry(rt_st_tensor *t, const cJSON *e, uint64_t data_size, const char *name,
-                       rt_err *err)
+                       base_err *err)
 {
     const char *tn = t->name;
     if (!cJSON_IsObject(e))
-        return rt_errf(err, "%s: tensor '%.128s': header entry is not an object", name, tn);
+        return base_errf(err, "%s: tensor '%.128s': header entry is not an object", name, tn);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (!cJSON_IsString(dt))
-        return rt_errf(err, "%s: tensor '%.128s': missing or non-string 'dtype'", name, tn);
+        return base_errf(err, "%s: tensor '%.128s': missing or non-string 'dtype'", name, tn);
     int elem = 0;
     for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
         if (strcmp(dt->valuestring, st_dtypes[i].name) == 0) {
@@ -67,12 +67,12 @@ static int parse_entry(rt_st_tensor *t, const cJSON *e, uint64_t data_size, cons
             snprintf(t->dtype_name, sizeof t->dtype_name, "%s", st_dtypes[i].name);
         }
     if (!elem)
-        return rt_errf(err, "%s: tensor '%.128s': unknown dtype \"%.16s\"", name, tn, dt->valuestring);
+        return base_errf(err, "%s: tensor '%.128s': unknown dtype \"%.16s\"", name, tn, dt->valuestring);
     if (!cJSON_IsArray(shape))
-        return rt_errf(err, "%s: tensor '%.128s': missing or non-array 'shape'", name, tn);
+        return base_errf(err, "%s: tensor '%.128s': missing or non-array 'shape'", name, tn);
     int nd = cJSON_GetArraySize(shape);
     if (nd > RT_ST_MAX_DIMS)
-        return rt_errf(err, "%s: tensor '%.128s': %d dimensions (at most %d)", name, tn, nd, RT_ST_MAX_DIMS);
+        return base_errf(err, "%s: tensor '%.128s': %d dimensions (at most %d)", name, tn, nd, RT_ST_MAX_DIMS);
     t->n_dims = nd;
     uint64_t count = 1;
     bool overflow = false;
@@ -80,7 +80,7 @@ static int parse_entry(rt_st_tensor *t, const cJSON *e, uint64_t data_size, cons
     for (const cJSON *d = shape->child; d; d = d->next, i++) {
         uint64_t n;
         if (!json_u53(d, &n))
-            return rt_errf(err, "%s: tensor '%.128s': shape entries must be non-negative integers", name, tn);
+            return base_errf(err, "%s: tensor '%.128s': shape entries must be non-negative integers", name, tn);
         t->shape[i] = (int64_t)n;
         if (n && count > UINT64_MAX / n)
             overflow = true;
@@ -88,21 +88,21 @@ static int parse_entry(rt_st_tensor *t, const cJSON *e, uint64_t data_size, cons
     }
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !json_u53(offs->child, &t->begin) ||
         !json_u53(offs->child->next, &t->end))
-        return rt_errf(err, "%s: tensor '%.128s': 'data_offsets' must be two non-negative integers", name, tn);
+        return base_errf(err, "%s: tensor '%.128s': 'data_offsets' must be two non-negative integers", name, tn);
     if (t->begin > t->end)
-        return rt_errf(err, "%s: tensor '%.128s': data_offsets [%llu, %llu] run backwards", name, tn,
+        return base_errf(err, "%s: tensor '%.128s': data_offsets [%llu, %llu] run backwards", name, tn,
                        (unsigned long long)t->begin, (unsigned long long)t->end);
     if (t->end > data_size)
-        return rt_errf(err, "%s: tensor '%.128s': data_offsets [%llu, %llu] run past the end of the data (%llu bytes): truncated or corrupt file",
+        return base_errf(err, "%s: tensor '%.128s': data_offsets [%llu, %llu] run past the end of the data (%llu bytes): truncated or corrupt file",
                        name, tn, (unsigned long long)t->begin, (unsigned long long)t->end,
                        (unsigned long long)data_size);
     if (overflow || count > UINT64_MAX / (uint64_t)elem || count * (uint64_t)elem != t->end - t->begin)
-        return rt_errf(err, "%s: tensor '%.128s': shape x %s size is not the %llu bytes of its data_offsets",
+        return base_errf(err, "%s: tensor '%.128s': shape x %s size is not the %llu bytes of its data_offsets",
                        name, tn, t->dtype_name, (unsigned long long)(t->end - t->begin));
     return 0;
 }
 
-static int check_layout(rt_st_file *f, const char *name, rt_err *err)
+static int check_layout(rt_st_file *f, const char *name, base_err *err)
 {
     int n = f->n_tensors;
     if (n == 0)
@@ -110,41 +110,41 @@ static int check_layout(rt_st_file *f, const char *name, rt_err *err)
     qsort(f->tensors, (size_t)n, sizeof *f->tensors, cmp_tensor_name);
     for (int i = 1; i < n; i++)
         if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0)
-            return rt_errf(err, "%s: tensor '%.128s' appears twice in the header", name, f->tensors[i].name);
+            return base_errf(err, "%s: tensor '%.128s' appears twice in the header", name, f->tensors[i].name);
     rt_st_tensor **by_pos = malloc((size_t)n * sizeof *by_pos);
     if (!by_pos)
-        return rt_errf(err, "%s: out of memory", name);
+        return base_errf(err, "%s: out of memory", name);
     for (int i = 0; i < n; i++)
         by_pos[i] = &f->tensors[i];
     qsort(by_pos, (size_t)n, sizeof *by_pos, cmp_tensor_ptr_begin);
     int rc = 0;
     for (int i = 1; i < n && rc == 0; i++)
         if (by_pos[i]->begin < by_pos[i - 1]->end)
-            rc = rt_errf(err, "%s: tensors '%.100s' and '%.100s' overlap in the data section", name,
+            rc = base_errf(err, "%s: tensors '%.100s' and '%.100s' overlap in the data section", name,
                          by_pos[i - 1]->name, by_pos[i]->name);
     free(by_pos);
     return rc;
 }
 
-int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *name, rt_err *err)
+int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *name, base_err *err)
 {
     memset(f, 0, sizeof *f);
     if (size < 8)
-        return rt_errf(err, "%s: file is %zu bytes, shorter than the 8-byte header length: truncated or not safetensors",
+        return base_errf(err, "%s: file is %zu bytes, shorter than the 8-byte header length: truncated or not safetensors",
                        name, size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = (hlen << 8) | bytes[i];
     if (hlen > RT_ST_MAX_HEADER)
-        return rt_errf(err, "%s: header length %llu is over the %u-byte limit: corrupt or not safetensors",
+        return base_errf(err, "%s: header length %llu is over the %u-byte limit: corrupt or not safetensors",
                        name, (unsigned long long)hlen, RT_ST_MAX_HEADER);
     if (hlen > size - 8)
-        return rt_errf(err, "%s: header length %llu runs past the end of the %zu-byte file: truncated",
+        return base_errf(err, "%s: header length %llu runs past the end of the %zu-byte file: truncated",
                        name, (unsigned long long)hlen, size);
     cJSON *root = cJSON_ParseWithLength((const char *)bytes + 8, (size_t)hlen);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return rt_errf(err, "%s: header is not a JSON object", name);
+        return base_errf(err, "%s: header is not a JSON object", name);
     }
     f->data = bytes + 8 + hlen;
     f->data_size = size - 8 - hlen;
@@ -152,17 +152,17 @@ int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *na
     for (const cJSON *e = root->child; e; e = e->next)
         n += strcmp(e->string, "__metadata__") != 0;
     f->tensors = calloc(n ? (size_t)n : 1, sizeof *f->tensors);
-    int rc = f->tensors ? 0 : rt_errf(err, "%s: out of memory", name);
+    int rc = f->tensors ? 0 : base_errf(err, "%s: out of memory", name);
     for (const cJSON *e = root->child; e && rc == 0; e = e->next) {
         if (strcmp(e->string, "__metadata__") == 0) {
             if (!cJSON_IsObject(e))
-                rc = rt_errf(err, "%s: '__metadata__' is not an object", name);
+                rc = base_errf(err, "%s: '__metadata__' is not an object", name);
             continue;
         }
         rt_st_tensor *t = &f->tensors[f->n_tensors];
         t->name = strdup(e->string);
         if (!t->name) {
-            rc = rt_errf(err, "%s: out of memory", name);
+            rc = base_errf(err, "%s: out of memory", name);
             break;
         }
         f->n_tensors++;
@@ -174,22 +174,22 @@ int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *na
     if (rc == 0)
         f->path = strdup(name);
     if (rc == 0 && !f->path)
-        rc = rt_errf(err, "%s: out of memory", name);
+        rc = base_errf(err, "%s: out of memory", name);
     if (rc)
         rt_st_close(f);
     return rc;
 }
 
-int rt_st_open(rt_st_file *f, const char *path, rt_err *err)
+int rt_st_open(rt_st_file *f, const char *path, base_err *err)
 {
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
+        return base_errf(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return rt_errf(err, "%s: not a regular file", path);
+        return base_errf(err, "%s: not a regular file", path);
     }
     size_t size = (size_t)st.st_size;
     void *map = NULL;
@@ -197,7 +197,7 @@ int rt_st_open(rt_st_file *f, const char *path, rt_err *err)
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             close(fd);
-            return rt_errf(err, "%s: cannot map: %s", path, strerror(errno));
+            return base_errf(err, "%s: cannot map: %s", path, strerror(errno));
         }
         madvise(map, size, MADV_SEQUENTIAL); /* read-ahead: weights are read front to back once */
     }
@@ -234,23 +234,23 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name)
 
 /* Checks a slice request; gives the tensor's column count. */
 static int check_slice(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                       int64_t *cols, rt_err *err)
+                       int64_t *cols, base_err *err)
 {
     if (!t->supported)
-        return rt_errf(err, "%s: tensor '%s' has unsupported dtype %s (weights must be F32, F16 or BF16)",
+        return base_errf(err, "%s: tensor '%s' has unsupported dtype %s (weights must be F32, F16 or BF16)",
                        f->path, t->name, t->dtype_name);
     if (t->n_dims < 1 || t->n_dims > 2)
-        return rt_errf(err, "%s: tensor '%s' has %d dimensions, expected 1 or 2", f->path, t->name, t->n_dims);
+        return base_errf(err, "%s: tensor '%s' has %d dimensions, expected 1 or 2", f->path, t->name, t->n_dims);
     int64_t rows = t->shape[0];
     *cols = t->n_dims == 2 ? t->shape[1] : 1;
     if (r0 < 0 || r1 > rows || r0 > r1 || c0 < 0 || c1 > *cols || c0 > c1)
-        return rt_errf(err, "%s: tensor '%s': slice [%lld:%lld, %lld:%lld] outside its shape", f->path,
+        return base_errf(err, "%s: tensor '%s': slice [%lld:%lld, %lld:%lld] outside its shape", f->path,
                        t->name, (long long)r0, (long long)r1, (long long)c0, (long long)c1);
     return 0;
 }
 
 int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
-                   int64_t c1, float *dst, rt_err *err)
+                   int64_t c1, float *dst, base_err *err)
 {
     int64_t cols;
     if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
@@ -266,7 +266,7 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
 }
 
 int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                   void *dst, rt_err *err)
+                   void *dst, base_err *err)
 {
     int64_t cols;
     if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
@@ -290,10 +290,10 @@ static int cmp_entry(const void *a, const void *b)
 }
 
 /* The index of a shard file name, added if new. */
-static int add_file_name(rt_ckpt *c, const char *fname, rt_err *err)
+static int add_file_name(rt_ckpt *c, const char *fname, base_err *err)
 {
     if (strchr(fname, '/') || strcmp(fname, "..") == 0 || strcmp(fname, ".") == 0 || !*fname)
-        return rt_errf(err, "%s: shard file name \"%.64s\" must be a plain file name", c->index_path, fname);
+        return base_errf(err, "%s: shard file name \"%.64s\" must be a plain file name", c->index_path, fname);
     for (int i = 0; i < c->n_files; i++)
         if (strcmp(c->file_names[i], fname) == 0)
             return i;
@@ -304,13 +304,13 @@ static int add_file_name(rt_ckpt *c, const char *fname, rt_err *err)
     if (nf)
         c->files = nf;
     if (!nn || !nf || !(c->file_names[c->n_files] = strdup(fname)))
-        return rt_errf(err, "%s: out of memory", c->index_path);
+        return base_errf(err, "%s: out of memory", c->index_path);
     memset(&c->files[c->n_files], 0, sizeof *c->files);
     return c->n_files++;
 }
 
 /* Maps shard i on first use. */
-static int ensure_open(rt_ckpt *c, int i, rt_err *err)
+static int ensure_open(rt_ckpt *c, int i, base_err *err)
 {
     if (c->files[i].path)
         return 0;
@@ -319,29 +319,29 @@ static int ensure_open(rt_ckpt *c, int i, rt_err *err)
     return rt_st_open(&c->files[i], path, err);
 }
 
-static int open_index(rt_ckpt *c, rt_err *err)
+static int open_index(rt_ckpt *c, base_err *err)
 {
     char *text;
     size_t len;
-    if (rt_read_file(c->index_path, &text, &len, err))
+    if (base_read_file(c->index_path, RT_ST_MAX_INDEX, &text, &len, err))
         return -1;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     int rc = 0;
     if (!cJSON_IsObject(map)) {
-        rc = rt_errf(err, "%s: not JSON with a 'weight_map' object", c->index_path);
+        rc = base_errf(err, "%s: not JSON with a 'weight_map' object", c->index_path);
         goto out;
     }
     int n = cJSON_GetArraySize(map);
     c->entries = calloc(n ? (size_t)n : 1, sizeof *c->entries);
     if (!c->entries) {
-        rc = rt_errf(err, "%s: out of memory", c->index_path);
+        rc = base_errf(err, "%s: out of memory", c->index_path);
         goto out;
     }
     for (const cJSON *e = map->child; e; e = e->next) {
         if (!cJSON_IsString(e)) {
-            rc = rt_errf(err, "%s: weight_map entry '%.128s' is not a file name", c->index_path, e->string);
+            rc = base_errf(err, "%s: weight_map entry '%.128s' is not a file name", c->index_path, e->string);
             goto out;
         }
         int fi = add_file_name(c, e->valuestring, err);
@@ -353,7 +353,7 @@ static int open_index(rt_ckpt *c, rt_err *err)
         en->name = strdup(e->string);
         en->file = fi;
         if (!en->name) {
-            rc = rt_errf(err, "%s: out of memory", c->index_path);
+            rc = base_errf(err, "%s: out of memory", c->index_path);
             goto out;
         }
         c->n_entries++;
@@ -361,7 +361,7 @@ static int open_index(rt_ckpt *c, rt_err *err)
     qsort(c->entries, (size_t)c->n_entries, sizeof *c->entries, cmp_entry);
     for (int i = 1; i < c->n_entries; i++)
         if (strcmp(c->entries[i - 1].name, c->entries[i].name) == 0) {
-            rc = rt_errf(err, "%s: tensor '%.128s' is listed twice", c->index_path, c->entries[i].name);
+            rc = base_errf(err, "%s: tensor '%.128s' is listed twice", c->index_path, c->entries[i].name);
             goto out;
         }
 out:
@@ -369,22 +369,22 @@ out:
     return rc;
 }
 
-int rt_ckpt_open(rt_ckpt *c, const char *dir, rt_err *err)
+int rt_ckpt_open(rt_ckpt *c, const char *dir, base_err *err)
 {
     memset(c, 0, sizeof *c);
     char path[4096];
     int rc;
     if (!(c->dir = strdup(dir)))
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     if (access(path, F_OK) == 0) {
         c->index_path = strdup(path);
-        rc = c->index_path ? open_index(c, err) : rt_errf(err, "out of memory");
+        rc = c->index_path ? open_index(c, err) : base_errf(err, "out of memory");
     } else {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         if (access(path, F_OK) != 0) {
             rt_ckpt_close(c);
-            return rt_errf(err, "%s: no model.safetensors or model.safetensors.index.json in the folder", dir);
+            return base_errf(err, "%s: no model.safetensors or model.safetensors.index.json in the folder", dir);
         }
         rc = add_file_name(c, "model.safetensors", err) < 0 || ensure_open(c, 0, err) ? -1 : 0;
     }
@@ -410,7 +410,7 @@ void rt_ckpt_close(rt_ckpt *c)
     memset(c, 0, sizeof *c);
 }
 
-int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, rt_err *err)
+int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, base_err *err)
 {
     int fi = 0;
     if (c->index_path) {
@@ -418,7 +418,7 @@ int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt
         const rt_ckpt_entry *e =
             c->n_entries ? bsearch(&key, c->entries, (size_t)c->n_entries, sizeof key, cmp_entry) : NULL;
         if (!e)
-            return rt_errf(err, "%s: tensor '%s' is missing from the index", c->index_path, name);
+            return base_errf(err, "%s: tensor '%s' is missing from the index", c->index_path, name);
         fi = e->file;
         if (ensure_open(c, fi, err))
             return -1;
@@ -427,8 +427,8 @@ int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt
     *t = rt_st_find(*file, name);
     if (!*t)
         return c->index_path
-                   ? rt_errf(err, "%s: lists tensor '%s' in %s, which does not contain it", c->index_path, name,
+                   ? base_errf(err, "%s: lists tensor '%s' in %s, which does not contain it", c->index_path, name,
                              c->files[fi].path)
-                   : rt_errf(err, "%s: tensor '%s' is missing", c->files[0].path, name);
+                   : base_errf(err, "%s: tensor '%s' is missing", c->files[0].path, name);
     return 0;
 }

@@ -10,10 +10,11 @@
 #include <stdint.h>
 
 #include "runtime/dtype.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 #define RT_ST_MAX_DIMS 8
 #define RT_ST_MAX_HEADER (100u << 20) /* the format's own limit on the JSON header */
+#define RT_ST_MAX_INDEX ((size_t)64 << 20) /* model.safetensors.index.json: a few MB for the largest models */
 
 typedef struct rt_st_tensor {
     char *name;
@@ -37,21 +38,21 @@ typedef struct rt_st_file {
 
 /* Parses and checks the header of a safetensors image held in bytes[0..size). Does not take
  * ownership of bytes, which must outlive f. `name` is used in messages. */
-int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *name, rt_err *err);
+int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *name, base_err *err);
 /* Maps path and parses it. */
-int rt_st_open(rt_st_file *f, const char *path, rt_err *err);
+int rt_st_open(rt_st_file *f, const char *path, base_err *err);
 void rt_st_close(rt_st_file *f);
 const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name);
 
 /* Copies rows [r0, r1) and columns [c0, c1) of a 1-D ([rows]) or 2-D ([rows, cols]) tensor into
  * dst as fp32, row-major with (c1 - c0) columns. Fails if the tensor's dtype is not a float type. */
 int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
-                   int64_t c1, float *dst, rt_err *err);
+                   int64_t c1, float *dst, base_err *err);
 
 /* The same slice in the tensor's own dtype, no conversion (dst holds (r1 - r0) * (c1 - c0)
  * elements of rt_dtype_size(t->dtype) bytes). */
 int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                   void *dst, rt_err *err);
+                   void *dst, base_err *err);
 
 /* A checkpoint folder. */
 typedef struct rt_ckpt_entry {
@@ -71,10 +72,10 @@ typedef struct rt_ckpt {
 
 /* Opens DIR/model.safetensors.index.json (the shards it names are mapped and checked when a tensor
  * in them is first asked for), or maps DIR/model.safetensors. */
-int rt_ckpt_open(rt_ckpt *c, const char *dir, rt_err *err);
+int rt_ckpt_open(rt_ckpt *c, const char *dir, base_err *err);
 void rt_ckpt_close(rt_ckpt *c);
 /* Finds a tensor, mapping its shard if needed; fails naming the tensor and the index or file it is
  * missing from, or the shard's own problem. */
-int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, rt_err *err);
+int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, base_err *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "runtime/kv_cache.h"
+#include "base/clock.h"
 
 #define RING 1024     /* finished requests kept for the latency percentiles */
 #define RATE_RING 512 /* steps kept for the tokens/s window */
@@ -58,13 +59,6 @@ struct rt_sched {
     int last_tokens, last_prefill;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_options *opt, int n_blocks, int bs)
 {
     return (rt_engine_geometry){
@@ -75,16 +69,16 @@ rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_option
 }
 
 int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, rt_sched_emit_fn emit, void *ctx,
-                    rt_err *err)
+                    base_err *err)
 {
     const rt_engine_geometry *g = rt_engine_geom(e);
     if (opt->max_batch_tokens < 1 || opt->max_seqs < 1 || opt->max_batch_tokens > g->lim.max_tokens ||
         opt->max_seqs > g->lim.max_seqs || opt->max_seqs > g->lim.max_logits)
-        return rt_errf(err, "scheduler: %d tokens and %d sequences per step do not fit the engine's %d and %d",
+        return base_errf(err, "scheduler: %d tokens and %d sequences per step do not fit the engine's %d and %d",
                        opt->max_batch_tokens, opt->max_seqs, g->lim.max_tokens, g->lim.max_seqs);
     rt_sched *s = calloc(1, sizeof *s);
     if (!s)
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     s->e = e;
     s->cfg = &rt_engine_model(e)->cfg;
     s->opt = *opt;
@@ -104,7 +98,7 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     if (!s->running || !s->snapshot || !s->entries || !s->tok || !s->lrow || !s->tables || !s->rows || !s->outs ||
         rt_kv_blocks_init(&s->pool, g->n_blocks, err)) {
         rt_sched_destroy(s);
-        return rt_errf(err, "scheduler: out of memory");
+        return base_errf(err, "scheduler: out of memory");
     }
     s->pos = s->tok + T;
     s->sidx = s->pos + T;
@@ -179,36 +173,36 @@ static int push_waiting(rt_sched *s, seq *q, bool front)
     return 0;
 }
 
-int rt_sched_check(const rt_config *c, const rt_sched_request *r, rt_err *err)
+int rt_sched_check(const rt_config *c, const rt_sched_request *r, base_err *err)
 {
     if (r->prompt_len < 1)
-        return rt_errf(err, "the prompt is empty");
+        return base_errf(err, "the prompt is empty");
     for (int i = 0; i < r->prompt_len; i++)
         if (r->prompt[i] < 0 || r->prompt[i] >= c->vocab_size)
-            return rt_errf(err, "prompt token %d is outside the vocabulary [0, %d)", r->prompt[i], c->vocab_size);
+            return base_errf(err, "prompt token %d is outside the vocabulary [0, %d)", r->prompt[i], c->vocab_size);
     for (int i = 0; i < r->n_stop; i++)
         if (r->stop_ids[i] < 0 || r->stop_ids[i] >= c->vocab_size)
-            return rt_errf(err, "stop token %d is outside the vocabulary [0, %d)", r->stop_ids[i], c->vocab_size);
+            return base_errf(err, "stop token %d is outside the vocabulary [0, %d)", r->stop_ids[i], c->vocab_size);
     if (r->max_tokens < 1)
-        return rt_errf(err, "max_tokens must be at least 1");
+        return base_errf(err, "max_tokens must be at least 1");
     if ((long)r->prompt_len + r->max_tokens > c->max_pos)
-        return rt_errf(err, "prompt (%d tokens) + max_tokens (%d) exceeds the context length %d", r->prompt_len,
+        return base_errf(err, "prompt (%d tokens) + max_tokens (%d) exceeds the context length %d", r->prompt_len,
                        r->max_tokens, c->max_pos);
     const char *bad = rt_sampling_check(&r->sampling);
-    return bad ? rt_errf(err, "%s", bad) : 0;
+    return bad ? base_errf(err, "%s", bad) : 0;
 }
 
-int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err)
+int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, base_err *err)
 {
     *status = RT_STATUS_INVALID_ARGUMENT;
     if (rt_sched_check(s->cfg, r, err))
         return -1;
     if (is_live(s, r->id))
-        return rt_errf(err, "request id %llu is already live", (unsigned long long)r->id);
+        return base_errf(err, "request id %llu is already live", (unsigned long long)r->id);
     int need = blocks_for(s, r->prompt_len + r->max_tokens - 1);
     if (need > s->pool.n_blocks) {
         *status = RT_STATUS_RESOURCE_EXHAUSTED;
-        return rt_errf(err, "the request needs %d KV blocks and the whole cache has %d", need, s->pool.n_blocks);
+        return base_errf(err, "the request needs %d KV blocks and the whole cache has %d", need, s->pool.n_blocks);
     }
     seq *q = calloc(1, sizeof *q);
     if (q) {
@@ -219,7 +213,7 @@ int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *er
     if (!q || !q->tokens || !q->blocks || !q->stop_ids) {
         seq_free(q);
         *status = RT_STATUS_RESOURCE_EXHAUSTED;
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     memcpy(q->tokens, r->prompt, (size_t)r->prompt_len * sizeof *q->tokens);
     if (r->n_stop)
@@ -232,11 +226,11 @@ int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *er
     q->ignore_eos = r->ignore_eos;
     q->n_stop = r->n_stop;
     q->deadline = r->deadline;
-    q->arrival = now_s();
+    q->arrival = base_now();
     if (push_waiting(s, q, false)) {
         seq_free(q);
         *status = RT_STATUS_RESOURCE_EXHAUSTED;
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     }
     *status = RT_STATUS_OK;
     return 0;
@@ -435,9 +429,9 @@ static void finish(rt_sched *s, int run_index, const char *reason, double now)
     seq_free(q);
 }
 
-int rt_sched_step(rt_sched *s, rt_err *err)
+int rt_sched_step(rt_sched *s, base_err *err)
 {
-    double now = now_s();
+    double now = base_now();
     expire_deadlines(s, now);
     int n = form_step(s);
     s->last_tokens = s->last_prefill = 0;
@@ -468,7 +462,7 @@ int rt_sched_step(rt_sched *s, rt_err *err)
                   .block_tables = s->tables, .max_blocks = width, .n_logits = nl, .logit_rows = s->lrow};
     if (rt_engine_step(s->e, &b, s->rows, s->outs, err))
         return -1;
-    now = now_s();
+    now = base_now();
     s->steps++;
     s->step_tokens += (uint64_t)T;
     s->last_tokens = T;
@@ -532,7 +526,7 @@ void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st)
     st->step_tokens = s->step_tokens;
     st->preemptions = s->preemptions;
     st->finished = s->finished;
-    double now = now_s(), oldest = now;
+    double now = base_now(), oldest = now;
     long toks = 0;
     int have = s->n_rate < RATE_RING ? s->n_rate : RATE_RING;
     for (int i = 0; i < have; i++)

@@ -76,7 +76,7 @@ typedef struct rt_sched rt_sched;
 /* The scheduler drives an engine whose geometry has room for opt (max_tokens >= max_batch_tokens,
  * max_seqs, max_logits >= max_seqs, max_blocks covering the context). */
 int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, rt_sched_emit_fn emit, void *ctx,
-                    rt_err *err);
+                    base_err *err);
 void rt_sched_destroy(rt_sched *s);
 
 /* The engine geometry a scheduler with opt needs for a model and a pool of n_blocks. */
@@ -84,11 +84,11 @@ rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_option
                                      int block_size);
 
 /* Checks a request against the model (prompt, token ids, lengths, sampling); -1 with the reason. */
-int rt_sched_check(const rt_config *cfg, const rt_sched_request *r, rt_err *err);
+int rt_sched_check(const rt_config *cfg, const rt_sched_request *r, base_err *err);
 
 /* Queues a request. Fails with the status (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) and the reason in
  * err when it can never run; nothing is emitted then. */
-int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, rt_err *err);
+int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, base_err *err);
 /* Ends a live request with an ERROR event of this status and message; -1 when id is not live. */
 int rt_sched_cancel(rt_sched *s, uint64_t id, int status, const char *message);
 /* Ends every request still waiting (not yet admitted) likewise. */
@@ -96,7 +96,7 @@ void rt_sched_cancel_waiting(rt_sched *s, int status, const char *message);
 bool rt_sched_has_work(const rt_sched *s);
 int rt_sched_running(const rt_sched *s);
 /* Runs one step (collective over every rank of the engine) and emits its events. */
-int rt_sched_step(rt_sched *s, rt_err *err);
+int rt_sched_step(rt_sched *s, base_err *err);
 void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
 /* Tokens of the last step, and how many of them were prompt (prefill) tokens. */
 void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens);

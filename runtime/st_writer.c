@@ -69,16 +69,16 @@ static int write_all(int fd, const void *buf, size_t n, off_t off)
     return 0;
 }
 
-int rt_st_write(const char *path, const rt_st_spec *ts, int n, rt_st_fill_fn fill, void *ctx, rt_err *err)
+int rt_st_write(const char *path, const rt_st_spec *ts, int n, rt_st_fill_fn fill, void *ctx, base_err *err)
 {
     size_t hlen = 0;
     char *header = make_header(ts, n, &hlen);
     if (!header)
-        return rt_errf(err, "%s: out of memory building the header", path);
+        return base_errf(err, "%s: out of memory building the header", path);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         free(header);
-        return rt_errf(err, "%s: cannot create: %s", path, strerror(errno));
+        return base_errf(err, "%s: cannot create: %s", path, strerror(errno));
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++)
@@ -128,7 +128,7 @@ int rt_st_write(const char *path, const rt_st_spec *ts, int n, rt_st_fill_fn fil
     if (close(fd) != 0)
         failed = 1;
     if (failed)
-        return rt_errf(err, "%s: write failed (disk full, I/O error or out of memory)", path);
+        return base_errf(err, "%s: write failed (disk full, I/O error or out of memory)", path);
     return 0;
 }
 
@@ -145,7 +145,7 @@ static void fill_shard(void *ctx, int index, const rt_st_spec *t, size_t off, vo
 }
 
 int rt_st_write_folder(const char *dir, const rt_st_spec *ts, int n, size_t shard_bytes, rt_st_fill_fn fill,
-                       void *ctx, rt_err *err)
+                       void *ctx, base_err *err)
 {
     char path[4096];
     size_t total = 0;
@@ -158,7 +158,7 @@ int rt_st_write_folder(const char *dir, const rt_st_spec *ts, int n, size_t shar
     /* shard boundaries: start a new file when the next tensor would push it past shard_bytes */
     int *start = malloc(((size_t)n + 1) * sizeof *start), n_shards = 0;
     if (!start)
-        return rt_errf(err, "out of memory");
+        return base_errf(err, "out of memory");
     size_t cur = 0;
     for (int i = 0; i < n; i++) {
         size_t nb = rt_st_spec_bytes(&ts[i]);
@@ -189,9 +189,9 @@ int rt_st_write_folder(const char *dir, const rt_st_spec *ts, int n, size_t shar
         char *text = cJSON_Print(index);
         FILE *f = fopen(path, "w");
         if (!text || !f || fputs(text, f) < 0)
-            rc = rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
+            rc = base_errf(err, "%s: cannot write: %s", path, strerror(errno));
         if (f && fclose(f) != 0 && rc == 0)
-            rc = rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
+            rc = base_errf(err, "%s: cannot write: %s", path, strerror(errno));
         cJSON_free(text);
     }
     cJSON_Delete(index);

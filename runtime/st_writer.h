@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "runtime/dtype.h"
-#include "runtime/err.h"
+#include "base/err.h"
 
 typedef struct rt_st_spec {
     char name[128];
@@ -24,11 +24,11 @@ size_t rt_st_spec_bytes(const rt_st_spec *t);
 typedef void (*rt_st_fill_fn)(void *ctx, int index, const rt_st_spec *t, size_t offset, void *dst, size_t n);
 
 /* Writes tensors[0..n) to path. */
-int rt_st_write(const char *path, const rt_st_spec *tensors, int n, rt_st_fill_fn fill, void *ctx, rt_err *err);
+int rt_st_write(const char *path, const rt_st_spec *tensors, int n, rt_st_fill_fn fill, void *ctx, base_err *err);
 
 /* Writes a checkpoint folder: model.safetensors, or, when the tensors exceed shard_bytes,
  * model-0000K-of-0000N.safetensors files and model.safetensors.index.json. */
 int rt_st_write_folder(const char *dir, const rt_st_spec *tensors, int n, size_t shard_bytes, rt_st_fill_fn fill,
-                       void *ctx, rt_err *err);
+                       void *ctx, base_err *err);
 
 #endif

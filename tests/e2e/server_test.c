@@ -45,7 +45,7 @@ static void offline(const dinfer_params *p, rt_gen_result *out)
                         .ignore_eos = p->ignore_eos};
     rt_gen_options o = {.max_batch_tokens = 256, .block_size = 16};
     rt_gen_stats st;
-    rt_err err;
+    base_err err;
     if (rt_generate_local(&model, &r, 1, &o, out, &st, &err))
         fail_msg("offline run: %s", err.msg);
 }
@@ -446,7 +446,7 @@ int main(int argc, char **argv)
     host = h;
     port = atoi(colon + 1);
     token = argc > 3 ? argv[3] : NULL;
-    rt_err err;
+    base_err err;
     rt_config cfg;
     rt_shard s;
     be = rt_cpu_backend_create(1);

@@ -8,7 +8,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     rt_config c;
-    rt_err err;
+    base_err err;
     if (rt_config_parse(&c, (const char *)data, size, "fuzz", &err) != 0)
         return 0;
     if (c.dim < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.head_dim < 2 ||

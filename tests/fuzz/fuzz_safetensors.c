@@ -8,7 +8,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     rt_st_file f;
-    rt_err err;
+    base_err err;
     if (rt_st_parse(&f, data, size, "fuzz", &err) != 0)
         return 0;
     for (int i = 0; i < f.n_tensors; i++) {

@@ -16,7 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/config.h" /* rt_read_file */
+#include "base/file.h"
+#include "runtime/config.h"
 
 /* A growing command line. */
 typedef struct sb {
@@ -82,8 +83,8 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/golden.json", dir);
     char *text;
     size_t tlen;
-    rt_err err;
-    if (rt_read_file(path, &text, &tlen, &err)) {
+    base_err err;
+    if (base_read_file(path, (size_t)256 << 20, &text, &tlen, &err)) {
         fprintf(stderr, "golden_check: %s\n", err.msg);
         return 2;
     }

@@ -110,7 +110,7 @@ int main(int argc, char **argv)
     mkdir(argv[2], 0755);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", argv[2]);
-    rt_err err;
+    base_err err;
     conv cv = {src};
     if (rt_config_write(&c, path, &err) ||
         rt_st_write_folder(argv[2], specs, n, (size_t)1 << 40, fill, &cv, &err)) {

@@ -12,7 +12,7 @@
 
 #include "runtime/config.h"
 
-static int parse(rt_config *c, const char *json, rt_err *err)
+static int parse(rt_config *c, const char *json, base_err *err)
 {
     return rt_config_parse(c, json, strlen(json), "config.json", err);
 }
@@ -23,7 +23,7 @@ static int parse(rt_config *c, const char *json, rt_err *err)
 static void expect_error(const char *json, const char *needle)
 {
     rt_config c;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     assert_int_equal(parse(&c, json, &err), -1);
     if (!strstr(err.msg, needle))
         fail_msg("error \"%s\" does not mention \"%s\"", err.msg, needle);
@@ -34,7 +34,7 @@ static void test_old_style_llama3(void **state)
 {
     (void)state;
     rt_config c;
-    rt_err err;
+    base_err err;
     const char *j = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 2, "
                     "\"rms_norm_eps\": 1e-5, \"rope_theta\": 500000.0, \"max_position_embeddings\": 4096, "
                     "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
@@ -67,7 +67,7 @@ static void test_new_style_rope_parameters(void **state)
 {
     (void)state;
     rt_config c;
-    rt_err err;
+    base_err err;
     const char *j = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"dtype\": \"float16\", "
                     "\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1234.0}}";
     assert_int_equal(parse(&c, j, &err), 0);
@@ -90,7 +90,7 @@ static void test_qwen2_and_mistral(void **state)
 {
     (void)state;
     rt_config c;
-    rt_err err;
+    base_err err;
     assert_int_equal(parse(&c, "{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE
                                ", \"use_sliding_window\": false, \"sliding_window\": 4096}", &err), 0);
     assert_int_equal(c.arch, RT_ARCH_QWEN2);
@@ -145,7 +145,7 @@ static void test_write_round_trip(void **state)
 {
     (void)state;
     rt_config c, back;
-    rt_err err;
+    base_err err;
     const char *j = "{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"num_key_value_heads\": 4, "
                     "\"sliding_window\": 16, \"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8.0, "
                     "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}, "

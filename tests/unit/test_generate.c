@@ -23,7 +23,7 @@ typedef struct fixture {
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
-    rt_err err;
+    base_err err;
     rt_config c = tiny_config();
     f->dir = tiny_tmpdir();
     if (!f->dir || tiny_model_write(f->dir, &c, RT_F32, 0, &err))
@@ -65,7 +65,7 @@ static void run(fixture *f, const rt_gen_request *r, int n, int budget, int bs, 
 {
     rt_gen_options o = {budget, bs};
     rt_gen_stats st;
-    rt_err err;
+    base_err err;
     if (rt_generate_local(&f->m, r, n, &o, out, &st, &err))
         fail_msg("generate: %s", err.msg);
 }
@@ -155,7 +155,7 @@ static void test_request_errors(void **state)
     rt_gen_options o = {64, 16};
     rt_gen_stats st;
     rt_gen_result res;
-    rt_err err;
+    base_err err;
     int32_t bad[] = {3, 64};
     struct { rt_gen_request r; const char *msg; } cases[] = {
         {{P1, 0, 4, {.top_p = 1}, false}, "empty"},
@@ -180,7 +180,7 @@ static void test_sharded_and_bf16_folders(void **state)
     fixture *f = *state;
     rt_config c = tiny_config();
     char *dir = tiny_tmpdir();
-    rt_err err;
+    base_err err;
     /* the same weights split over files of 20 KB load to the same model */
     assert_int_equal(tiny_model_write(dir, &c, RT_F32, 20000, &err), 0);
     rt_model m2;
@@ -215,7 +215,7 @@ static void test_kv_blocks(void **state)
 {
     (void)state;
     rt_kv_blocks a;
-    rt_err err;
+    base_err err;
     int ids[8], more[8];
     assert_int_equal(rt_kv_blocks_init(&a, 8, &err), 0);
     assert_int_equal(rt_kv_blocks_alloc(&a, 5, ids), 0);

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "runtime/model.h"
+#include "runtime/safetensors.h"
+#include "base/file.h"
 #include "tests/unit/tiny_model.h"
 
 static char *dir;
@@ -33,7 +35,7 @@ static int teardown_each(void **state)
 
 static void write_model(rt_config c, size_t shard)
 {
-    rt_err err;
+    base_err err;
     if (tiny_model_write(dir, &c, RT_F32, shard, &err))
         fail_msg("%s", err.msg);
 }
@@ -43,7 +45,7 @@ static void write_model(rt_config c, size_t shard)
 static void expect_load_error(const rt_config *cfg_for_load, const char *n1, const char *n2)
 {
     rt_config c;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     int rc = 0;
     if (cfg_for_load)
         c = *cfg_for_load;
@@ -150,10 +152,10 @@ static void test_index_problems(void **state)
     write_model(tiny_config(), 16000);
     char *text;
     size_t len;
-    rt_err err;
+    base_err err;
     char idx[512];
     snprintf(idx, sizeof idx, "%s", path_of("model.safetensors.index.json"));
-    assert_int_equal(rt_read_file(idx, &text, &len, &err), 0);
+    assert_int_equal(base_read_file(idx, RT_ST_MAX_INDEX, &text, &len, &err), 0);
     /* a tensor the model needs is not in the index */
     cJSON *o = cJSON_Parse(text);
     cJSON_DeleteItemFromObject(cJSON_GetObjectItem(o, "weight_map"), "lm_head.weight");

@@ -77,7 +77,7 @@ static void test_many_configurations(void **state)
         for (size_t j = 0; j < sizeof splits / sizeof *splits; j++) {
             rt_config c = cfg(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4]);
             plan p;
-            rt_err err;
+            base_err err;
             if (plan_make(&p, &c, splits[j][0], splits[j][1], NULL, RT_BF16, &err) == 0) {
                 check_plan(&c, &p);
                 plan_free(&p);
@@ -92,7 +92,7 @@ static void test_even_layers_and_explicit_split(void **state)
     (void)state;
     rt_config c = cfg(5, 8, 4, 172, 512);
     plan p;
-    rt_err err;
+    base_err err;
     assert_int_equal(plan_make(&p, &c, 1, 4, NULL, RT_F32, &err), 0);
     int want[4] = {2, 1, 1, 1}; /* the remainder goes to the earliest stages */
     assert_memory_equal(p.stage_layers, want, sizeof want);
@@ -110,7 +110,7 @@ static void test_kv_replication(void **state)
     (void)state;
     rt_config c = cfg(2, 8, 2, 64, 64);
     plan p;
-    rt_err err;
+    base_err err;
     assert_int_equal(plan_make(&p, &c, 8, 1, NULL, RT_F32, &err), 0);
     for (int t = 0; t < 8; t++) {
         assert_int_equal(p.ranks[t].shard.n_kv_heads, 1);
@@ -123,7 +123,7 @@ static void test_kv_replication(void **state)
 static void expect_error(rt_config c, int tp, int pp, const int *lps, const char *needle)
 {
     plan p;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     assert_int_equal(plan_make(&p, &c, tp, pp, lps, RT_F32, &err), -1);
     if (!strstr(err.msg, needle))
         fail_msg("\"%s\" does not say \"%s\"", err.msg, needle);
@@ -144,7 +144,7 @@ static void test_errors(void **state)
     expect_error(cfg(4, 8, 8, 64, 64), 0, 1, NULL, "tp=0");
     expect_error(cfg(4, 8, 8, 64, 64), 1, 0, NULL, "pp=0");
     plan p;
-    rt_err err;
+    base_err err;
     rt_config c = cfg(4, 8, 8, 64, 64);
     assert_int_equal(plan_make(&p, &c, 2, 2, NULL, RT_F32, &err), 0);
     assert_int_equal(plan_check_world(&p, 4, &err), 0);
@@ -158,7 +158,7 @@ static void test_memory_and_traffic(void **state)
     (void)state;
     rt_config c = cfg(4, 8, 8, 64, 100);
     plan one, four;
-    rt_err err;
+    base_err err;
     assert_int_equal(plan_make(&one, &c, 1, 1, NULL, RT_F32, &err), 0);
     assert_int_equal(plan_make(&four, &c, 4, 1, NULL, RT_F32, &err), 0);
     /* four ranks hold the model once, plus three more copies of the norms */
@@ -196,7 +196,7 @@ static void test_choose_for_hosts(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         rt_config c = cfg(cases[i].layers, cases[i].heads, cases[i].kv, 64, 1000);
         int tp, pp;
-        rt_err err;
+        base_err err;
         if (plan_choose(&c, cases[i].hosts, cases[i].per_host, &tp, &pp, &err))
             fail_msg("case %zu: %s", i, err.msg);
         assert_int_equal(tp, cases[i].tp);
@@ -205,7 +205,7 @@ static void test_choose_for_hosts(void **state)
     /* more GPUs than layers x heads allow */
     rt_config small = cfg(5, 4, 4, 64, 1000);
     int tp, pp;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     assert_int_equal(plan_choose(&small, 4, 8, &tp, &pp, &err), -1);
     assert_non_null(strstr(err.msg, "no split of 4 host(s) x 8 GPU(s) fits the model (5 layers, 4 query heads"));
     assert_int_equal(plan_choose(&small, 0, 8, &tp, &pp, &err), -1);

@@ -30,7 +30,7 @@ static void expect_bad(const char *header, size_t data_bytes, const char *needle
     size_t size;
     uint8_t *b = image(header, data_bytes, &size);
     rt_st_file f;
-    rt_err err = {{0}};
+    base_err err = {{0}};
     assert_int_equal(rt_st_parse(&f, b, size, "x.safetensors", &err), -1);
     if (!strstr(err.msg, needle))
         fail_msg("error \"%s\" does not mention \"%s\"", err.msg, needle);
@@ -48,7 +48,7 @@ static void test_valid_and_lookup(void **state)
                        "\"z\": {\"dtype\": \"I64\", \"shape\": [], \"data_offsets\": [32, 40]}}",
                        40, &size);
     rt_st_file f;
-    rt_err err;
+    base_err err;
     assert_int_equal(rt_st_parse(&f, b, size, "x", &err), 0);
     assert_int_equal(f.n_tensors, 3);
     const rt_st_tensor *t = rt_st_find(&f, "b");
@@ -96,7 +96,7 @@ static void test_header_checks(void **state)
     /* header length running past the file, and files shorter than the length field */
     uint8_t b[16] = {0xff, 0xff, 0, 0, 0, 0, 0, 0};
     rt_st_file f;
-    rt_err err;
+    base_err err;
     assert_int_equal(rt_st_parse(&f, b, sizeof b, "x", &err), -1);
     assert_non_null(strstr(err.msg, "runs past the end"));
     b[4] = 1;
@@ -124,7 +124,7 @@ static void test_slices_and_conversion(void **state)
     memcpy(b + size - 48, bf, 24);
     memcpy(b + size - 24, hf, 24);
     rt_st_file f;
-    rt_err err;
+    base_err err;
     assert_int_equal(rt_st_parse(&f, b, size, "x", &err), 0);
     for (int which = 0; which < 2; which++) {
         const rt_st_tensor *t = rt_st_find(&f, which ? "n" : "m");

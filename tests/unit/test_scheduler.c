@@ -43,7 +43,7 @@ static void on_event(void *ctx, const rt_sched_event *ev)
 static int setup(void **state)
 {
     (void)state;
-    rt_err err;
+    base_err err;
     rt_config c = tiny_config();
     dir = tiny_tmpdir();
     be = rt_cpu_backend_create(0);
@@ -74,7 +74,7 @@ static void reference(int i, rt_sampling smp, int32_t *out)
     rt_gen_options o = {64, 16};
     rt_gen_result res;
     rt_gen_stats st;
-    rt_err err;
+    base_err err;
     if (rt_generate_local(&model, &r, 1, &o, &res, &st, &err))
         fail_msg("%s", err.msg);
     memcpy(out, res.tokens, (size_t)gen[i] * sizeof *out);
@@ -85,7 +85,7 @@ static rt_engine *make_engine(int n_blocks, int block_size, const rt_sched_optio
 {
     rt_engine_geometry g = rt_sched_geometry(&model.cfg, o, n_blocks, block_size);
     rt_engine *e;
-    rt_err err;
+    base_err err;
     if (rt_engine_create(&e, &model, NULL, &g, &err))
         fail_msg("%s", err.msg);
     return e;
@@ -108,7 +108,7 @@ static void test_preemption_keeps_outputs(void **state)
         rt_engine *e = make_engine(19, 4, &o);
         event_log l = {0};
         rt_sched *s;
-        rt_err err;
+        base_err err;
         assert_int_equal(rt_sched_create(&s, e, &o, on_event, &l, &err), 0);
         int status;
         for (int i = 0; i < 4; i++) {
@@ -142,7 +142,7 @@ static void test_cancel_deadline_and_joining(void **state)
     rt_engine *e = make_engine(24, 4, &o);
     event_log l = {0};
     rt_sched *s;
-    rt_err err;
+    base_err err;
     int status;
     assert_int_equal(rt_sched_create(&s, e, &o, on_event, &l, &err), 0);
     rt_sampling greedy = {.top_p = 1.0f};

@@ -40,7 +40,7 @@ static void spec(rt_st_spec *s, int *n, const char *name, rt_dtype dt, int64_t r
     (*n)++;
 }
 
-int tiny_model_write(const char *dir, const rt_config *c, rt_dtype dt, size_t shard_bytes, rt_err *err)
+int tiny_model_write(const char *dir, const rt_config *c, rt_dtype dt, size_t shard_bytes, base_err *err)
 {
     char path[512], nm[128];
     mkdir(dir, 0755);

@@ -9,7 +9,7 @@ rt_config tiny_config(void);
 
 /* Writes cfg as config.json plus weights (dtype dt) into dir, split into files of at most
  * shard_bytes (0: one file). Returns 0 or -1 with err filled. */
-int tiny_model_write(const char *dir, const rt_config *cfg, rt_dtype dt, size_t shard_bytes, rt_err *err);
+int tiny_model_write(const char *dir, const rt_config *cfg, rt_dtype dt, size_t shard_bytes, base_err *err);
 
 /* mkdtemp under /tmp; the caller removes it with tiny_rmtree. */
 char *tiny_tmpdir(void);

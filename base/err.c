@@ -1,9 +1,9 @@
-#include "runtime/err.h"
+#include "base/err.h"
 
 #include <stdio.h>
 #include <string.h>
 
-int rt_errf(rt_err *err, const char *fmt, ...)
+int base_errf(base_err *err, const char *fmt, ...)
 {
     if (err) {
         va_list ap;
@@ -14,16 +14,23 @@ int rt_errf(rt_err *err, const char *fmt, ...)
     return -1;
 }
 
-void rt_err_prefix(rt_err *err, const char *fmt, ...)
+void base_err_prefix(base_err *err, const char *fmt, ...)
 {
     if (!err)
         return;
-    char head[RT_ERR_LEN];
+    char head[BASE_ERR_LEN];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    char old[RT_ERR_LEN];
+    char old[BASE_ERR_LEN];
     memcpy(old, err->msg, sizeof old);
     snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+}
+
+int base_err_copy(base_err *err, const base_err *src)
+{
+    if (err && src && err != src)
+        memcpy(err->msg, src->msg, sizeof err->msg);
+    return -1;
 }
