@@ -73,9 +73,15 @@ static int parse(args *a, int argc, char **argv, base_err *err)
     a->port = 7070;
     a->concurrency = 8, a->requests = 64, a->prompt_len = 128, a->gen_len = 128;
     dinfer_params_init(&a->p);
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 1;
+    }
     if (argc < 2 || argv[1][0] == '-') {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? base_errf(err, "give a command: generate, health, stats or bench") : 1;
+        usage(stderr);
+        return argc < 2 ? base_errf(err, "give a command: generate, health, stats or bench")
+                        : base_errf(err, "unknown option \"%.32s\" before the command (generate, health, stats, bench)",
+                                    argv[1]);
     }
     a->cmd = argv[1];
     if (strcmp(a->cmd, "generate") && strcmp(a->cmd, "health") && strcmp(a->cmd, "stats") && strcmp(a->cmd, "bench"))
@@ -187,8 +193,8 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
         for (size_t i = 0; i < col.n; i++)
             printf("%s%d", i ? ", " : "", col.tokens[i]);
         printf("], \"logprobs\": [");
-        for (size_t i = 0; i < col.n; i++)
-            printf("%s%.9g", i ? ", " : "", col.logprobs[i]);
+        for (size_t i = 0; i < col.n; i++) /* JSON has no NaN: a model with NaN weights gives null */
+            printf(isfinite(col.logprobs[i]) ? "%s%.9g" : "%snull", i ? ", " : "", col.logprobs[i]);
         printf("], \"finish_reason\": \"%s\", \"prompt_tokens\": %u, \"completion_tokens\": %u, \"ttft_ms\": %.3f, "
                "\"total_ms\": %.3f}\n", r.finish_reason, r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.total_ms);
     } else {

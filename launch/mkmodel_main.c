@@ -190,7 +190,7 @@ static int run(int argc, char **argv, base_err *err)
         case O_LAYERS: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_layers = (int)v; break;
         case O_HEADS: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_heads = (int)v; dims_changed = true; break;
         case O_KV: if (cli_int(f, a, 1, 1024, &v, err)) return -1; c.n_kv_heads = (int)v; break;
-        case O_HD: if (cli_int(f, a, 2, 1024, &v, err)) return -1; c.head_dim = (int)v; head_dim_given = true; break;
+        case O_HD: if (cli_int(f, a, 2, RT_MAX_HEAD_DIM, &v, err)) return -1; c.head_dim = (int)v; head_dim_given = true; break;
         case O_VOCAB: if (cli_int(f, a, 1, 1 << 24, &v, err)) return -1; c.vocab_size = (int)v; break;
         case O_MAXPOS: if (cli_int(f, a, 1, 1 << 24, &v, err)) return -1; c.max_pos = (int)v; break;
         case O_THETA: if (cli_float(f, a, 1, 1e12, &d, err)) return -1; c.rope.theta = d; break;

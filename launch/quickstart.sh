@@ -27,7 +27,7 @@ echo "== starting: mpirun -np 4 dinfer-server --model $model --tp 2 --pp 2 --por
 mpirun --oversubscribe --bind-to none -np 4 "$bin/dinfer-server" --model "$model" --tp 2 --pp 2 --port 0 \
   --kv-cache-mib 256 >"$log" 2>&1 &
 mpid=$!
-trap 'kill -KILL $mpid 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill -KILL $mpid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do
   grep -q "ready on" "$log" && break
   kill -0 $mpid 2>/dev/null || { cat "$log"; exit 1; }

@@ -1,7 +1,9 @@
 /* dinfer-run: offline generation. Runs a batch of token prompts through the model and prints the
  * generated tokens (or JSON lines), or with --bench measures prefill and decode speed. An MPI
  * program: under mpirun the model is split over tp x pp ranks and the answers are the same. */
+#include <float.h>
 #include <getopt.h>
+#include <math.h>
 #include <mpi.h>
 #include <omp.h>
 #include <stdio.h>
@@ -114,8 +116,8 @@ static int parse_args(run_args *a, int argc, char **argv, base_err *err)
         case 'm': a->model = s; break;
         case O_TOKENS: if (add_prompt(a, s, err)) return -1; break;
         case O_MAXTOK: if (cli_int(f, s, 1, 1 << 24, &v, err)) return -1; a->max_tokens = (int)v; break;
-        case O_TEMP: if (cli_float(f, s, 0, 1e6, &d, err)) return -1; a->sampling.temperature = (float)d; break;
-        case O_TOPK: if (cli_int(f, s, 0, 1 << 24, &v, err)) return -1; a->sampling.top_k = (int)v; break;
+        case O_TEMP: if (cli_float(f, s, 0, FLT_MAX, &d, err)) return -1; a->sampling.temperature = (float)d; break;
+        case O_TOPK: if (cli_int(f, s, 0, INT32_MAX, &v, err)) return -1; a->sampling.top_k = (int)v; break;
         case O_TOPP:
             if (cli_float(f, s, 0, 1, &d, err)) return -1;
             if (d <= 0) return base_errf(err, "--top-p: must be in (0, 1]");
@@ -166,8 +168,8 @@ static void print_json(const rt_gen_result *r)
     for (int i = 0; i < r->n_tokens; i++)
         printf("%s%d", i ? ", " : "", r->tokens[i]);
     printf("], \"logprobs\": [");
-    for (int i = 0; i < r->n_tokens; i++)
-        printf("%s%.9g", i ? ", " : "", r->logprobs[i]);
+    for (int i = 0; i < r->n_tokens; i++) /* JSON has no NaN or infinity: a model with NaN weights gives null */
+        printf(isfinite(r->logprobs[i]) ? "%s%.9g" : "%snull", i ? ", " : "", r->logprobs[i]);
     printf("], \"finish_reason\": \"%s\"}\n", r->finish_reason);
 }
 

@@ -248,13 +248,16 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
         return base_errf(r->err, "%s: field 'num_key_value_heads' (%d) must divide num_attention_heads (%d)",
                        r->name, c->n_kv_heads, c->n_heads);
     if (field(root, "head_dim")) {
-        if (get_int(r, root, "head_dim", true, 0, 2, 1024, &c->head_dim))
+        if (get_int(r, root, "head_dim", true, 0, 2, RT_MAX_HEAD_DIM, &c->head_dim))
             return -1;
     } else {
         if (c->dim % c->n_heads != 0)
             return base_errf(r->err, "%s: field 'hidden_size' (%d) is not a multiple of num_attention_heads (%d) and no head_dim is given",
                            r->name, c->dim, c->n_heads);
         c->head_dim = c->dim / c->n_heads;
+        if (c->head_dim > RT_MAX_HEAD_DIM)
+            return base_errf(r->err, "%s: head_dim %d (hidden_size %d / num_attention_heads %d) is over the supported "
+                                     "%d", r->name, c->head_dim, c->dim, c->n_heads, RT_MAX_HEAD_DIM);
     }
     if (c->head_dim % 2 != 0)
         return base_errf(r->err, "%s: head_dim %d must be even for rotary embeddings", r->name, c->head_dim);
@@ -272,7 +275,7 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
 
     if (get_bool(r, root, "tie_word_embeddings", false, &c->tie_embeddings))
         return -1;
-    bool b;
+    bool b = false;
     if (get_bool(r, root, "mlp_bias", false, &b))
         return -1;
     if (b)
@@ -301,12 +304,53 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
     return 0;
 }
 
+/* A key given twice in one object: cJSON would read the first, Python's json (and so transformers)
+ * the last. Neither is safe to guess: refused, naming the key. */
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int check_duplicates(reader *r, const cJSON *obj, const char *where, int depth)
+{
+    int n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next)
+        n++;
+    const char **keys = malloc((size_t)(n ? n : 1) * sizeof *keys);
+    if (!keys)
+        return base_errf(r->err, "%s: out of memory", r->name);
+    n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next)
+        if (a->string)
+            keys[n++] = a->string;
+    qsort(keys, (size_t)n, sizeof *keys, cmp_key);
+    for (int i = 1; i < n; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0) {
+            base_errf(r->err, "%s: field '%s%.64s' appears twice", r->name, where, keys[i]);
+            free(keys);
+            return -1;
+        }
+    free(keys);
+    for (const cJSON *a = obj->child; a && depth < 4; a = a->next)
+        if (cJSON_IsObject(a) && a->string) {
+            char sub[160];
+            snprintf(sub, sizeof sub, "%s%.64s.", where, a->string);
+            if (check_duplicates(r, a, sub, depth + 1))
+                return -1;
+        }
+    return 0;
+}
+
 int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, base_err *err)
 {
     reader r = {name, err};
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root)
         return base_errf(err, "%s: not valid JSON", name);
+    if (cJSON_IsObject(root) && check_duplicates(&r, root, "", 0)) {
+        cJSON_Delete(root);
+        return -1;
+    }
     int rc = parse_root(&r, root, cfg);
     cJSON_Delete(root);
     return rc;

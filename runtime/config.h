@@ -9,6 +9,10 @@
 #include "base/err.h"
 
 #define RT_MAX_EOS 8
+/* The largest head_dim any backend supports, given or derived (hidden_size / num_attention_heads):
+ * the CPU kernels keep a head's accumulators and rotary factors on the stack, the CUDA attention
+ * kernel in registers. Every such site is sized from this one limit. */
+#define RT_MAX_HEAD_DIM 1024
 #define RT_CONFIG_MAX_BYTES ((size_t)4 << 20) /* a config.json is a few KB; refuse what is not one */
 
 typedef enum rt_arch {

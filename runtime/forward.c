@@ -122,7 +122,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         return base_errf(err, "cannot allocate the activation workspace for %d tokens per step on the %s backend",
                        lim->max_tokens, be->ops->name);
     }
-    float inv[512];
+    float inv[RT_MAX_HEAD_DIM / 2]; /* config.c refuses a larger head_dim */
     rt_rope_inv_freq(&c->rope, c->head_dim, inv);
     be->ops->upload(be, fw->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
     *out = fw;

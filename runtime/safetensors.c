@@ -183,15 +183,15 @@ int rt_st_parse(rt_st_file *f, const uint8_t *bytes, size_t size, const char *na
 int rt_st_open(rt_st_file *f, const char *path, base_err *err)
 {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return base_errf(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int fd;
+    uint64_t fsize;
+    if (base_open_regular(path, &fd, &fsize, err))
+        return -1;
+    if (fsize > (uint64_t)SIZE_MAX) {
         close(fd);
-        return base_errf(err, "%s: not a regular file", path);
+        return base_errf(err, "%s: %llu bytes cannot be mapped on this machine", path, (unsigned long long)fsize);
     }
-    size_t size = (size_t)st.st_size;
+    size_t size = (size_t)fsize;
     void *map = NULL;
     if (size >= 8) {
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -252,7 +252,7 @@ static int check_slice(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, i
 int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
                    int64_t c1, float *dst, base_err *err)
 {
-    int64_t cols;
+    int64_t cols = 0;
     if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
         return -1;
     size_t es = rt_dtype_size(t->dtype);
@@ -268,7 +268,7 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
 int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                    void *dst, base_err *err)
 {
-    int64_t cols;
+    int64_t cols = 0;
     if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
         return -1;
     size_t es = rt_dtype_size(t->dtype), w = (size_t)(c1 - c0) * es;
@@ -377,14 +377,22 @@ int rt_ckpt_open(rt_ckpt *c, const char *dir, base_err *err)
     if (!(c->dir = strdup(dir)))
         return base_errf(err, "out of memory");
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    if (access(path, F_OK) == 0) {
+    int has_index = base_path_exists(path, err);
+    if (has_index < 0) {
+        rt_ckpt_close(c);
+        return -1;
+    }
+    if (has_index) {
         c->index_path = strdup(path);
         rc = c->index_path ? open_index(c, err) : base_errf(err, "out of memory");
     } else {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        if (access(path, F_OK) != 0) {
+        int has_single = base_path_exists(path, err);
+        if (has_single <= 0) {
             rt_ckpt_close(c);
-            return base_errf(err, "%s: no model.safetensors or model.safetensors.index.json in the folder", dir);
+            return has_single < 0 ? -1
+                                  : base_errf(err, "%s: no model.safetensors or model.safetensors.index.json in the folder",
+                                              dir);
         }
         rc = add_file_name(c, "model.safetensors", err) < 0 || ensure_open(c, 0, err) ? -1 : 0;
     }

@@ -83,11 +83,11 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
     const float lse = mx + (float)log(sum);
 
     int token = arg;
-    if (p->temperature > 0.0f) {
+    if (p->temperature >= RT_GREEDY_TEMPERATURE) {
         cand *c = scratch;
         int n = 0;
         double full = 0.0; /* the whole distribution's mass at this temperature, when filtered */
-        const float inv_t = 1.0f / p->temperature;
+        const double inv_t = 1.0 / (double)p->temperature; /* in double: at most 1e5, never infinite */
         if (p->top_k > 0 && p->top_k < vocab) {
             top_n(logits, vocab, p->top_k, c);
             n = p->top_k;
@@ -97,8 +97,8 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
             double cut = (1.0 - p->top_p) / (vocab > 1 ? vocab - 1 : 1);
             for (int i = 0; i < vocab; i++)
                 full += exp(((double)logits[i] - mx) * inv_t);
-            for (int i = 0; i < vocab; i++)
-                if (exp(((double)logits[i] - mx) * inv_t) / full >= cut)
+            for (int i = 0; i < vocab; i++) /* the most likely token always stays a candidate */
+                if (i == arg || exp(((double)logits[i] - mx) * inv_t) / full >= cut)
                     c[n++] = (cand){logits[i], i};
             qsort(c, (size_t)n, sizeof *c, cmp_cand_desc);
         } else {
@@ -106,7 +106,8 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
                 c[n++] = (cand){logits[i], i};
         }
         /* c is sorted best-first whenever top_p < 1: cut it to the smallest prefix whose
-         * probability reaches top_p (after top-k, vLLM's order), then renormalize */
+         * probability reaches top_p (after top-k, vLLM's order), then renormalize; n >= 1 here
+         * (top_k >= 1 keeps the best, and the top-p filter keeps arg) and the prefix keeps c[0] */
         double tot = 0.0;
         for (int i = 0; i < n; i++)
             tot += exp(((double)c[i].logit - mx) * inv_t);

@@ -7,9 +7,12 @@
 #include <stdint.h>
 
 #define RT_MAX_TOP_LOGPROBS 20
+/* A temperature below this samples greedily (vLLM's epsilon): dividing by a smaller one would
+ * overflow and turn the distribution into NaN. */
+#define RT_GREEDY_TEMPERATURE 1e-5f
 
 typedef struct rt_sampling {
-    float temperature; /* 0: greedy */
+    float temperature; /* 0 (or below RT_GREEDY_TEMPERATURE): greedy */
     int top_k;         /* 0: no limit */
     float top_p;       /* 1: no limit; in (0, 1] */
     uint64_t seed;
@@ -33,7 +36,8 @@ typedef struct rt_sample_out {
 } rt_sample_out;
 
 /* Samples one token from logits (vocab). scratch holds 2 * vocab floats' worth of space
- * (vocab floats + vocab ints). Greedy ties go to the lowest id. */
+ * (vocab floats + vocab ints). Greedy ties go to the lowest id. Top-k and top-p always keep at
+ * least the most likely token, whatever the temperature (as vLLM does). */
 void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng, void *scratch,
                rt_sample_out *out);
 

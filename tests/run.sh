@@ -18,14 +18,18 @@ jobs=$(nproc 2>/dev/null || echo 2)
 step() { printf '\n==== %s\n' "$*"; }
 
 step "build (build/)"
-cmake -S . -B build "${gen[@]}" >/dev/null
+cmake -S . -B build "${gen[@]}" -DDINFER_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 step "tests"
 (cd build && ctest --output-on-failure -j "$jobs")
 [ $quick -eq 1 ] && exit 0
 
+step "Release build, warnings as errors (build-release/): what a user's -DCMAKE_BUILD_TYPE=Release compiles"
+cmake -S . -B build-release "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DDINFER_WERROR=ON -DDINFER_CUDA=OFF >/dev/null
+cmake --build build-release -j "$jobs"
+
 step "build with DINFER_SANITIZE=address;undefined (build-asan/)"
-cmake -S . -B build-asan "${gen[@]}" -DDINFER_SANITIZE="address;undefined" -DDINFER_CUDA=OFF >/dev/null
+cmake -S . -B build-asan "${gen[@]}" -DDINFER_SANITIZE="address;undefined" -DDINFER_CUDA=OFF -DDINFER_WERROR=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 step "tests under AddressSanitizer + UBSan"
 (cd build-asan && ctest --output-on-failure -j "$jobs")
@@ -36,7 +40,7 @@ if ! command -v clang >/dev/null 2>&1 || [ ! -f "$fuzzer_lib" ]; then
   exit 0
 fi
 step "fuzz targets (build-fuzz/), a short smoke each"
-CC=clang cmake -S . -B build-fuzz "${gen[@]}" -DDINFER_FUZZ=ON -DDINFER_CUDA=OFF >/dev/null
+CC=clang cmake -S . -B build-fuzz "${gen[@]}" -DDINFER_FUZZ=ON -DDINFER_CUDA=OFF -DDINFER_WERROR=ON >/dev/null
 cmake --build build-fuzz -j "$jobs"
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT

@@ -23,7 +23,7 @@ void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer
             const int pos = b->pos[t];
             const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0
                                   ? pos - s->sliding_window + 1 : 0;
-            float acc[1024]; /* head_dim <= 1024: config limits it */
+            float acc[RT_MAX_HEAD_DIM]; /* config.c limits head_dim */
             memset(acc, 0, (size_t)hd * sizeof *acc);
             float m = -INFINITY, l = 0.0f;
             for (int j = start; j <= pos; j++) {

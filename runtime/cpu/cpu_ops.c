@@ -79,7 +79,7 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, void *k_, const void *v_, const
     const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < b->n_tokens; t++) {
-        float cosv[512], sinv[512]; /* half <= 512: config limits head_dim */
+        float cosv[RT_MAX_HEAD_DIM / 2], sinv[RT_MAX_HEAD_DIM / 2]; /* config.c limits head_dim */
         float p = (float)b->pos[t];
         for (int i = 0; i < half; i++) {
             float ang = p * inv_freq[i]; /* fp32 product, as transformers computes it */

@@ -4,6 +4,7 @@
 #define DINFER_RUNTIME_CPU_OPS_H
 
 #include "runtime/backend.h"
+#include "runtime/config.h" /* RT_MAX_HEAD_DIM */
 
 void cpu_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
                    const int32_t *tokens, int n);

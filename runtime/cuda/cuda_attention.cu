@@ -4,9 +4,13 @@
  * KV head h / (n_heads / n_kv_heads); a sliding window limits the positions. fp32 throughout. */
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_ops.h"
+extern "C" {
+#include "runtime/config.h" /* RT_MAX_HEAD_DIM */
+}
 
 #define ATT_THREADS 128
-#define ATT_MAX_ACC 8 /* head_dim <= ATT_THREADS * ATT_MAX_ACC = 1024, the config's limit */
+#define ATT_MAX_ACC (RT_MAX_HEAD_DIM / ATT_THREADS) /* accumulators per thread: head_dim <= RT_MAX_HEAD_DIM */
+static_assert(ATT_MAX_ACC * ATT_THREADS >= RT_MAX_HEAD_DIM, "the attention kernel must cover the config's head_dim limit");
 
 template <typename T>
 __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, const int32_t *pos,

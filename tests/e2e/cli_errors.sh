@@ -6,12 +6,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
 
-# expect NEEDLE... -- ARGS: dinfer-run ARGS must exit 1 with one stderr line holding every needle
+# expect NEEDLE... -- ARGS: dinfer-run ARGS must exit 1 with one stderr line holding every needle,
+# within 20 s (a FIFO in place of a file once blocked forever); PROG=... runs another program
 expect() {
   local needles=()
   while [ "$1" != "--" ]; do needles+=("$1"); shift; done
   shift
-  "$DINFER_RUN" "$@" >"$tmp/out" 2>"$tmp/err"
+  timeout 20 "${PROG:-$DINFER_RUN}" "$@" >"$tmp/out" 2>"$tmp/err"
   local rc=$?
   local lines
   lines=$(grep -c . "$tmp/err")
@@ -51,6 +52,48 @@ rm -rf "$tmp/s"; "$DINFER_MKMODEL" --out "$tmp/s" --layers 2 --shard-size 100KB 
 sed -i '/"lm_head.weight"/d' "$tmp/s/model.safetensors.index.json"
 sed -i -z 's/,\n\t}/\n\t}/' "$tmp/s/model.safetensors.index.json"
 expect "model.safetensors.index.json" "'lm_head.weight' is missing from the index" -- --model "$tmp/s" --tokens 1
+
+# head_dim derived from hidden_size / num_attention_heads over the kernels' limit: once SIGSEGV
+fresh; sed -i '/"head_dim"/d; s/"hidden_size":.*/"hidden_size": 1040,/; s/"num_attention_heads":.*/"num_attention_heads": 1,/; s/"num_key_value_heads":.*/"num_key_value_heads": 1,/' "$tmp/m/config.json"
+expect "config.json" "head_dim 1040" "over the supported 1024" -- --model "$tmp/m" --tokens 1
+PROG=$DINFER_PLAN expect "config.json" "head_dim 1040" -- --model "$tmp/m" --tp 1
+# a key given twice (Python's json takes the last, cJSON the first): refused
+fresh; sed -i 's/"vocab_size":/"vocab_size": 512, "vocab_size":/' "$tmp/m/config.json"
+expect "config.json" "'vocab_size' appears twice" -- --model "$tmp/m" --tokens 1
+# files that are not regular files, or too large: refused by name, never read without end
+fresh; rm "$tmp/m/config.json"; ln -s /dev/zero "$tmp/m/config.json"
+expect "config.json" "not a regular file (a device)" -- --model "$tmp/m" --tokens 1
+fresh; head -c 5000000 /dev/zero | tr '\0' ' ' >> "$tmp/m/config.json"
+expect "config.json" "over the 4194304-byte limit" -- --model "$tmp/m" --tokens 1
+fresh; rm "$tmp/m/model.safetensors"; mkfifo "$tmp/m/model.safetensors"
+expect "model.safetensors" "not a regular file (a FIFO)" -- --model "$tmp/m" --tokens 1
+fresh; rm "$tmp/m/model.safetensors"; ln -s model.safetensors "$tmp/m/model.safetensors"
+expect "model.safetensors" "symbolic links" -- --model "$tmp/m" --tokens 1
+fresh; rm "$tmp/m/model.safetensors"; ln -s model.safetensors.index.json "$tmp/m/model.safetensors.index.json"
+expect "model.safetensors.index.json" "symbolic links" -- --model "$tmp/m" --tokens 1
+
+# NaN weights: --json stays valid JSON (null, never nan)
+fresh
+f="$tmp/m/model.safetensors"
+hlen=$(od -An -t u8 -N8 "$f" | tr -d ' ')
+begin=$(head -c $((8 + hlen)) "$f" | grep -ao '"model.norm.weight":{[^}]*}' | sed -n 's/.*"data_offsets":\[\([0-9]*\),.*/\1/p')
+for i in $(seq 0 63); do printf '\x00\x00\xc0\x7f'; done | dd of="$f" bs=1 seek=$((8 + hlen + begin)) conv=notrunc status=none
+"$DINFER_RUN" --model "$tmp/m" --tokens 1,2 --max-tokens 2 --json >"$tmp/out" 2>"$tmp/err"
+if grep -q '"logprobs": \[null, null\]' "$tmp/out" && ! grep -qi nan "$tmp/out"; then
+  echo "ok: NaN logprobs print as null: $(cat "$tmp/out")"
+else
+  echo "FAIL: NaN weights gave: $(cat "$tmp/out" "$tmp/err")"; fails=$((fails + 1))
+fi
+
+# the client: an unknown option is an error (it once printed the usage and exited 0)
+if "$DINFER_CLIENT" --bogus >/dev/null 2>"$tmp/err"; then
+  echo "FAIL: dinfer --bogus exited 0"; fails=$((fails + 1))
+elif grep -q -- '--bogus' "$tmp/err"; then
+  echo "ok: dinfer --bogus: $(tail -n 1 "$tmp/err")"
+else
+  echo "FAIL: dinfer --bogus did not name the option"; cat "$tmp/err"; fails=$((fails + 1))
+fi
+"$DINFER_CLIENT" --help >/dev/null || { echo "FAIL: dinfer --help did not exit 0"; fails=$((fails + 1)); }
 
 # bad requests and flags
 fresh

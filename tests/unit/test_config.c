@@ -141,6 +141,34 @@ static void test_errors_name_field_and_value(void **state)
     expect_error("{\"architectures\": ", "not valid JSON");
 }
 
+/* head_dim is bounded (RT_MAX_HEAD_DIM) whether given or derived: the kernels size stack and
+ * register arrays by it, and a larger one overflowed them (a model folder crashed every rank). */
+static void test_head_dim_limit(void **state)
+{
+    (void)state;
+    rt_config c;
+    base_err err;
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 1040, \"intermediate_size\": 8, "
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 1, \"vocab_size\": 10}",
+                 "head_dim 1040 (hidden_size 1040 / num_attention_heads 1) is over the supported 1024");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"head_dim\": 1026}", "'head_dim' has value 1026");
+    char j[256];
+    snprintf(j, sizeof j, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": 8, "
+             "\"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"vocab_size\": 10}", 2 * RT_MAX_HEAD_DIM);
+    assert_int_equal(parse(&c, j, &err), 0);
+    assert_int_equal(c.head_dim, RT_MAX_HEAD_DIM);
+}
+
+/* Python's json keeps the last of two equal keys, cJSON the first: refused rather than guessed. */
+static void test_duplicate_keys(void **state)
+{
+    (void)state;
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"vocab_size\": 200}",
+                 "field 'vocab_size' appears twice");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"linear\", "
+                 "\"factor\": 2, \"factor\": 4}}", "field 'rope_scaling.factor' appears twice");
+}
+
 static void test_write_round_trip(void **state)
 {
     (void)state;
@@ -169,6 +197,8 @@ int main(void)
         cmocka_unit_test(test_qwen2_and_mistral),
         cmocka_unit_test(test_errors_name_field_and_value),
         cmocka_unit_test(test_write_round_trip),
+        cmocka_unit_test(test_head_dim_limit),
+        cmocka_unit_test(test_duplicate_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -95,6 +96,45 @@ static void test_seed_stream(void **state)
     }
 }
 
+/* Filters that would keep nothing keep the most likely token; temperatures whose inverse overflows
+ * are greedy. Before: top-p read c[-1] (ASan abort, or token 0), 1e-40 gave NaN and the last id. */
+static void test_extremes(void **state)
+{
+    (void)state;
+    /* a near-flat distribution over a large vocabulary: every token's share is under the cut */
+    enum { N = 1000 };
+    static float flat[N];
+    static char big_scratch[N * 8];
+    for (int i = 0; i < N; i++)
+        flat[i] = (float)(i % 7) * 1e-3f;
+    flat[500] = 0.01f; /* the most likely, by a hair */
+    const struct { float temperature, top_p; int top_k; } cases[] = {
+        {1e6f, 1e-7f, 0}, {1e30f, 1e-7f, 0}, {FLT_MAX, 1e-7f, 0}, {1e6f, 1e-7f, 5}, {1e-40f, 0.5f, 0},
+        {1e-6f, 1.0f, 0}, {0.0f, 1e-7f, 3},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        rt_sampling p = {.temperature = cases[k].temperature, .top_p = cases[k].top_p, .top_k = cases[k].top_k};
+        assert_null(rt_sampling_check(&p));
+        for (uint64_t seed = 0; seed < 20; seed++) {
+            rt_rng r;
+            rt_rng_seed(&r, seed);
+            rt_sample_out o;
+            rt_sample(flat, N, &p, &r, big_scratch, &o);
+            if (o.token != 500)
+                fail_msg("case %zu (temperature %g, top_p %g, top_k %d), seed %llu: token %d, not the most likely 500",
+                         k, (double)p.temperature, (double)p.top_p, p.top_k, (unsigned long long)seed, o.token);
+            assert_true(isfinite(o.logprob));
+        }
+    }
+    /* a tiny temperature is greedy on the small table too: the first of the tied maxima */
+    rt_sampling p = {.temperature = 1e-40f, .top_p = 1.0f};
+    rt_rng r;
+    rt_rng_seed(&r, 3);
+    rt_sample_out o;
+    rt_sample(logits, V, &p, &r, scratch, &o);
+    assert_int_equal(o.token, 1);
+}
+
 static void test_check(void **state)
 {
     (void)state;
@@ -115,6 +155,7 @@ int main(void)
         cmocka_unit_test(test_distributions),
         cmocka_unit_test(test_seed_stream),
         cmocka_unit_test(test_check),
+        cmocka_unit_test(test_extremes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
