@@ -16,14 +16,14 @@
 #include "base/file.h"
 #include "base/log.h"
 #include "launch/job.h"
-#include "launch/server.h"
+#include "launch/server/server.h"
 #include "runtime/kv_cache.h"
 
 typedef struct server_args {
     const char *model, *host, *token_file, *ready_file;
     int port, tp, pp, *lps, n_lps, threads;
-    int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue;
-    double kv_cache_mib, drain_seconds;
+    int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue, max_connections;
+    double kv_cache_mib, drain_seconds, idle_timeout, frame_timeout;
     long max_frame;
     bool verbose, kv_mib_given;
     job_options job;
@@ -48,7 +48,10 @@ static void usage(FILE *f)
             "  --block-size N          tokens per KV block (default 16)\n"
             "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
             "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
-            "  --drain-seconds S       on SIGTERM/SIGINT, time running requests get to finish (default 30)\n"
+            "  --max-connections N     client connections at once; more are refused (default 1024)\n"
+            "  --idle-timeout S        close a connection with no live request and no traffic for S s (default 600)\n"
+            "  --frame-timeout S       a frame begun must arrive whole within S s (default 30)\n"
+            "  --drain-seconds S       on SIGTERM/SIGINT/SIGUSR1, time running requests get to finish (default 30)\n"
             "  --ready-file F          once serving, rank 0 writes \"HOST:PORT PID\" to F (for scripts)\n"
             "  --layers-per-stage L    e.g. 3,2 (default: even)\n"
             "  --threads N             CPU threads per rank\n"
@@ -58,7 +61,7 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
-           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB, O_READY };
+           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB, O_READY, O_MAXCONN, O_IDLE, O_FRAMET };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
         {"layers-per-stage", required_argument, 0, O_LPS}, {"host", required_argument, 0, O_HOST},
@@ -69,13 +72,15 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
         {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
         {"device", required_argument, 0, O_JOB}, {"dtype", required_argument, 0, O_JOB},
-        {"ready-file", required_argument, 0, O_READY},
+        {"ready-file", required_argument, 0, O_READY}, {"max-connections", required_argument, 0, O_MAXCONN},
+        {"idle-timeout", required_argument, 0, O_IDLE}, {"frame-timeout", required_argument, 0, O_FRAMET},
         {"gpu-memory-fraction", required_argument, 0, O_JOB}, {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *a = (server_args){.host = "127.0.0.1", .port = 7070, .tp = 1, .pp = 1, .max_batch_tokens = 2048,
                        .max_seqs = 256, .block_size = 16, .max_queue = 4096, .kv_cache_mib = 512,
-                       .drain_seconds = 30, .max_frame = 4 << 20};
+                       .drain_seconds = 30, .max_frame = 4 << 20, .max_connections = 1024, .idle_timeout = 600,
+                       .frame_timeout = 30};
     job_options_init(&a->job);
     int o, li = 0;
     long v;
@@ -111,6 +116,9 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
         case O_VERBOSE: a->verbose = true; break;
         case O_READY: a->ready_file = s; break;
+        case O_MAXCONN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_connections = (int)v; break;
+        case O_IDLE: if (cli_float(f, s, 0.01, 1e7, &d, err)) return -1; a->idle_timeout = d; break;
+        case O_FRAMET: if (cli_float(f, s, 0.01, 1e7, &d, err)) return -1; a->frame_timeout = d; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
@@ -169,14 +177,11 @@ static int kv_blocks(comm *c, const server_args *a, const job_model *jm, base_er
 
 static srv_shared *the_server; /* the signal handler's only way to it */
 
-static void on_signal(int sig)
+static void on_signal(int sig, siginfo_t *info, void *uctx)
 {
-    (void)sig;
-    if (the_server) {
-        the_server->stop = 1;
-        srv_wake(the_server->engine_wake);
-        srv_wake(the_server->net_wake);
-    }
+    (void)uctx;
+    if (the_server)
+        srv_note_signal(the_server, sig, info ? (int)info->si_pid : 0);
 }
 
 static int serve(server_args *a, comm *c)
@@ -214,13 +219,14 @@ static int serve(server_args *a, comm *c)
     bool net_started = false;
     if (rc == 0 && root) {
         srv_options opt = {.host = a->host, .port = a->port, .auth_token = token, .max_frame = (size_t)a->max_frame,
-                           .max_conn_buffer = 16u << 20, .max_connections = 1024, .max_queue = a->max_queue,
-                           .drain_seconds = a->drain_seconds, .comm_timeout = a->job.comm_timeout};
-        char nerr[256];
+                           .max_conn_buffer = 16u << 20, .max_connections = a->max_connections,
+                           .max_queue = a->max_queue, .idle_timeout = a->idle_timeout,
+                           .frame_timeout = a->frame_timeout, .drain_seconds = a->drain_seconds,
+                           .comm_timeout = a->job.comm_timeout};
         if (srv_shared_init(&s, &opt) != 0) {
             rc = base_errf(&err, "cannot create the wake pipes: %s", strerror(errno));
-        } else if (srv_net_start(&s, &net_thread, nerr, sizeof nerr) != 0) {
-            rc = base_errf(&err, "%s", nerr);
+        } else if (srv_net_start(&s, &net_thread, &err) != 0) {
+            rc = -1;
             srv_shared_destroy(&s);
         } else {
             net_started = true;
@@ -244,9 +250,11 @@ static int serve(server_args *a, comm *c)
     free(hosts);
     free(pids);
     if (!root) {
-        /* signals end the job through rank 0's drain; a follower just follows */
+        /* signals end the job through rank 0's drain; a follower just follows (SIGUSR1 is how
+         * dinfer-launch asks for a drain: mpirun forwards it to every rank) */
         signal(SIGTERM, SIG_IGN);
         signal(SIGINT, SIG_IGN);
+        signal(SIGUSR1, SIG_IGN);
         rc = rt_engine_follow(e, &err);
         if (rc)
             job_abort(c, prog, &err);
@@ -267,13 +275,14 @@ static int serve(server_args *a, comm *c)
         base_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
                    "%d sequences", jm.device, blocks, a->block_size, (long)blocks * a->block_size,
                 (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
-        s.ranks = ranks;
-        s.world = t->world_size;
+        srv_watchdog_set_ranks(&s.wd, ranks, t->world_size);
+        ranks = NULL; /* the watchdog's now */
         the_server = &s;
-        struct sigaction sa = {.sa_handler = on_signal};
+        struct sigaction sa = {.sa_sigaction = on_signal, .sa_flags = SA_SIGINFO};
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGUSR1, &sa, NULL);
         pthread_mutex_lock(&s.mu);
         s.ready = true;
         pthread_mutex_unlock(&s.mu);

@@ -1,7 +1,8 @@
 /* The engine loop of dinfer-server (rank 0's main thread): takes requests from the network thread,
  * turns them into scheduler requests, runs steps while there is work (each step broadcast to every
- * rank), and queues the resulting frames for the network thread. Stops on SIGTERM / SIGINT after
- * draining: no new requests, running ones finish within the drain time, the rest end UNAVAILABLE. */
+ * rank, each watched by the watchdog), and queues the resulting frames for the network thread.
+ * Stops on SIGTERM / SIGINT / SIGUSR1 after draining: no new requests, running ones finish within
+ * the drain time, the rest end UNAVAILABLE. */
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -9,9 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "launch/server.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "launch/server/server.h"
+#include "proto/frames.h"
 
 typedef struct live {
     uint64_t sched_id, conn, rid;
@@ -25,12 +27,12 @@ typedef struct eng {
     live *lv;
     int n_live, cap_live;
     uint64_t next_id;
-    srv_out *out_head, *out_tail; /* this round's frames, handed over together */
+    srv_out *out_head, *out_tail; /* this round's frames, one record per connection */
 } eng;
 
 static srv_out *out_for(eng *e, uint64_t conn)
 {
-    for (srv_out *o = e->out_head; o; o = o->next)
+    for (srv_out *o = e->out_head; o; o = (srv_out *)o->node.next)
         if (o->conn == conn)
             return o;
     srv_out *o = calloc(1, sizeof *o);
@@ -38,30 +40,21 @@ static srv_out *out_for(eng *e, uint64_t conn)
         return NULL;
     o->conn = conn;
     if (e->out_tail)
-        e->out_tail->next = o;
+        e->out_tail->node.next = &o->node;
     else
         e->out_head = o;
     e->out_tail = o;
     return o;
 }
 
-static void send_frame(eng *e, uint64_t conn, wire_frame *f)
+/* An Error for (conn, rid); ends_request when it ends a generate request the network thread counts. */
+static void send_error(eng *e, uint64_t conn, uint64_t rid, int code, const char *msg, bool ends_request)
 {
     srv_out *o = out_for(e, conn);
-    if (o)
-        wire_buf_append(&o->buf, f);
-}
-
-static void send_error(eng *e, uint64_t conn, uint64_t rid, int code, const char *msg)
-{
-    Dinfer__V1__Error er = DINFER__V1__ERROR__INIT;
-    er.has_code = 1, er.code = (Dinfer__V1__StatusCode)code;
-    er.message = (char *)msg;
-    wire_frame f = DINFER__V1__FRAME__INIT;
-    f.has_request_id = 1, f.request_id = rid;
-    f.body_case = DINFER__V1__FRAME__BODY_ERROR;
-    f.error = &er;
-    send_frame(e, conn, &f);
+    if (!o)
+        return;
+    wire_put_error(&o->buf, rid, code, msg);
+    o->ended += ends_request;
 }
 
 /* Hands this round's frames to the network thread. */
@@ -69,16 +62,8 @@ static void flush_out(eng *e)
 {
     if (!e->out_head)
         return;
-    srv_shared *s = e->s;
-    pthread_mutex_lock(&s->mu);
-    if (s->out_tail)
-        s->out_tail->next = e->out_head;
-    else
-        s->out_head = e->out_head;
-    s->out_tail = e->out_tail;
-    pthread_mutex_unlock(&s->mu);
+    srv_queue_push(&e->s->to_net, &e->out_head->node, &e->out_tail->node);
     e->out_head = e->out_tail = NULL;
-    srv_wake(s->net_wake);
 }
 
 static int find_by_sched(eng *e, uint64_t id)
@@ -107,45 +92,30 @@ static void on_event(void *ctx, const rt_sched_event *ev)
     eng *e = ctx;
     int i = find_by_sched(e, ev->id);
     if (i < 0)
+        return; /* its connection is gone */
+    const live l = e->lv[i];
+    srv_out *o = out_for(e, l.conn);
+    if (!o)
         return;
-    live *l = &e->lv[i];
-    wire_frame f = DINFER__V1__FRAME__INIT;
-    f.has_request_id = 1, f.request_id = l->rid;
     if (ev->kind == RT_EV_TOKEN) {
-        const rt_sample_out *o = ev->sample;
-        Dinfer__V1__TokenChunk ch = DINFER__V1__TOKEN_CHUNK__INIT;
-        int32_t tok = o->token;
-        float lp = o->logprob;
-        Dinfer__V1__TopLogprobs top = DINFER__V1__TOP_LOGPROBS__INIT, *tops = &top;
-        ch.n_tokens = 1, ch.tokens = &tok;
-        ch.n_logprobs = 1, ch.logprobs = &lp;
-        if (l->want_top) {
-            top.n_token_ids = (size_t)o->n_top, top.token_ids = (int32_t *)o->top_ids;
-            top.n_logprobs = (size_t)o->n_top, top.logprobs = (float *)o->top_logprobs;
-            ch.n_top = 1, ch.top = &tops;
-        }
-        f.body_case = DINFER__V1__FRAME__BODY_CHUNK;
-        f.chunk = &ch;
-        send_frame(e, l->conn, &f);
+        const rt_sample_out *s = ev->sample;
+        wire_put_token(&o->buf, l.rid, s->token, s->logprob, l.want_top ? s->n_top : 0, s->top_ids, s->top_logprobs);
         return;
     }
     if (ev->kind == RT_EV_DONE) {
-        Dinfer__V1__GenerateDone d = DINFER__V1__GENERATE_DONE__INIT;
-        d.finish_reason = (char *)ev->finish_reason;
-        d.has_prompt_tokens = 1, d.prompt_tokens = (uint32_t)ev->prompt_tokens;
-        d.has_completion_tokens = 1, d.completion_tokens = (uint32_t)ev->completion_tokens;
-        d.has_ttft_ms = 1, d.ttft_ms = ev->ttft_seconds * 1e3;
-        d.has_total_ms = 1, d.total_ms = ev->total_seconds * 1e3;
-        f.body_case = DINFER__V1__FRAME__BODY_DONE;
-        f.done = &d;
-        send_frame(e, l->conn, &f);
+        wire_done d = {.finish_reason = ev->finish_reason, .prompt_tokens = (uint32_t)ev->prompt_tokens,
+                       .completion_tokens = (uint32_t)ev->completion_tokens, .ttft_ms = ev->ttft_seconds * 1e3,
+                       .total_ms = ev->total_seconds * 1e3};
+        wire_put_done(&o->buf, l.rid, &d);
     } else {
-        send_error(e, l->conn, l->rid, ev->status, ev->message);
+        wire_put_error(&o->buf, l.rid, ev->status, ev->message);
     }
+    o->ended++;
     drop_live(e, i);
 }
 
-/* A GenerateRequest's fields, checked where the scheduler does not (defaults as vLLM's). */
+/* A GenerateRequest's fields as a scheduler request (defaults as vLLM's); rt_sched_add checks the
+ * rest with the same validator offline runs use. NULL, or what is wrong. */
 static const char *convert(const Dinfer__V1__GenerateRequest *g, const rt_config *cfg, rt_sched_request *r,
                            double arrival, char *buf, size_t n)
 {
@@ -177,54 +147,33 @@ static const char *convert(const Dinfer__V1__GenerateRequest *g, const rt_config
         .stop_ids = g->stop_token_ids, .n_stop = (int)g->n_stop_token_ids,
         .deadline = g->has_deadline_ms && g->deadline_ms ? arrival + g->deadline_ms * 1e-3 : 0,
     };
-    if (isnan(r->sampling.temperature))
-        return "temperature must be a finite number >= 0";
     return NULL;
 }
 
-static void handle_in(eng *e, srv_in *m)
+static void handle_generate(eng *e, const srv_in *m)
 {
-    srv_shared *s = e->s;
-    if (m->kind == SRV_DISCONNECT) {
-        for (int i = e->n_live - 1; i >= 0; i--)
-            if (e->lv[i].conn == m->conn) {
-                uint64_t id = e->lv[i].sched_id;
-                drop_live(e, i); /* nobody to tell */
-                rt_sched_cancel(e->sched, id, RT_STATUS_CANCELLED, "the client disconnected");
-            }
-        return;
-    }
-    if (m->kind == SRV_CANCEL) {
-        int i = find_by_client(e, m->conn, m->rid);
-        if (i < 0) {
-            char msg[96];
-            snprintf(msg, sizeof msg, "no live request %llu on this connection to cancel", (unsigned long long)m->rid);
-            send_error(e, m->conn, m->rid, RT_STATUS_NOT_FOUND, msg);
-            return;
-        }
-        rt_sched_cancel(e->sched, e->lv[i].sched_id, RT_STATUS_CANCELLED, "cancelled by the client");
-        return;
-    }
     if (find_by_client(e, m->conn, m->rid) >= 0) {
-        send_error(e, m->conn, m->rid, RT_STATUS_ALREADY_EXISTS, "this request_id is already live on this connection");
+        /* the live one keeps running; this one ends here */
+        send_error(e, m->conn, m->rid, RT_STATUS_ALREADY_EXISTS, "this request_id is already live on this connection",
+                   true);
         return;
     }
-    if (e->n_live >= s->opt.max_queue) {
-        send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "the server's request queue is full");
+    if (e->n_live >= e->s->opt.max_queue) {
+        send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "the server's request queue is full", true);
         return;
     }
     rt_sched_request r;
     char buf[160];
     const char *why = convert(m->frame->generate, e->cfg, &r, m->arrival, buf, sizeof buf);
     if (why) {
-        send_error(e, m->conn, m->rid, RT_STATUS_INVALID_ARGUMENT, why);
+        send_error(e, m->conn, m->rid, RT_STATUS_INVALID_ARGUMENT, why, true);
         return;
     }
     if (e->n_live == e->cap_live) {
         int cap = e->cap_live ? 2 * e->cap_live : 64;
         live *nl = realloc(e->lv, (size_t)cap * sizeof *nl);
         if (!nl) {
-            send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "out of memory", true);
             return;
         }
         e->lv = nl;
@@ -234,25 +183,43 @@ static void handle_in(eng *e, srv_in *m)
     int status;
     base_err err;
     if (rt_sched_add(e->sched, &r, &status, &err)) {
-        send_error(e, m->conn, m->rid, status, err.msg);
+        send_error(e, m->conn, m->rid, status, err.msg, true);
         return;
     }
     e->lv[e->n_live++] = (live){r.id, m->conn, m->rid, r.sampling.n_logprobs > 0};
 }
 
+static void handle_in(eng *e, const srv_in *m)
+{
+    if (m->kind == SRV_DISCONNECT) {
+        for (int i = e->n_live - 1; i >= 0; i--)
+            if (e->lv[i].conn == m->conn) {
+                uint64_t id = e->lv[i].sched_id;
+                drop_live(e, i); /* nobody to tell */
+                rt_sched_cancel(e->sched, id, RT_STATUS_CANCELLED, "the client disconnected");
+            }
+    } else if (m->kind == SRV_CANCEL) {
+        int i = find_by_client(e, m->conn, m->rid);
+        if (i < 0) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "no live request %llu on this connection to cancel", (unsigned long long)m->rid);
+            send_error(e, m->conn, m->rid, RT_STATUS_NOT_FOUND, msg, false);
+        } else {
+            rt_sched_cancel(e->sched, e->lv[i].sched_id, RT_STATUS_CANCELLED, "cancelled by the client");
+        }
+    } else {
+        handle_generate(e, m);
+    }
+}
+
 static void take_inbound(eng *e)
 {
-    srv_shared *s = e->s;
-    pthread_mutex_lock(&s->mu);
-    srv_in *m = s->in_head;
-    s->in_head = s->in_tail = NULL;
-    pthread_mutex_unlock(&s->mu);
-    while (m) {
-        srv_in *next = m->next;
+    for (srv_qnode *q = srv_queue_take(&e->s->to_engine), *next; q; q = next) {
+        next = q->next;
+        srv_in *m = (srv_in *)q;
         handle_in(e, m);
         wire_frame_free(m->frame);
         free(m);
-        m = next;
     }
 }
 
@@ -269,10 +236,21 @@ static void publish(eng *e)
 
 static void wait_for_work(srv_shared *s, int timeout_ms)
 {
-    struct pollfd p = {.fd = s->engine_wake[0], .events = POLLIN};
-    if (poll(&p, 1, timeout_ms) > 0) {
-        char buf[256];
-        while (read(s->engine_wake[0], buf, sizeof buf) > 0) {
+    struct pollfd p = {.fd = srv_queue_fd(&s->to_engine), .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) > 0)
+        srv_queue_clear_wake(&s->to_engine);
+}
+
+/* Every request still live ends UNAVAILABLE. */
+static void end_all(eng *e)
+{
+    rt_sched_cancel_waiting(e->sched, RT_STATUS_UNAVAILABLE, "the server is shutting down");
+    while (e->n_live > 0) {
+        live l = e->lv[e->n_live - 1];
+        if (rt_sched_cancel(e->sched, l.sched_id, RT_STATUS_UNAVAILABLE,
+                            "the server shut down before the request finished") != 0) {
+            send_error(e, l.conn, l.rid, RT_STATUS_UNAVAILABLE, "the server shut down", true);
+            e->n_live--;
         }
     }
 }
@@ -292,34 +270,19 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
             draining = true;
             drain_end = base_now() + s->opt.drain_seconds;
             base_log(0, "stopping: %d running request(s) get up to %.0f s to finish", rt_sched_running(e.sched),
-                    s->opt.drain_seconds);
+                     s->opt.drain_seconds);
             rt_sched_cancel_waiting(e.sched, RT_STATUS_UNAVAILABLE, "the server is shutting down");
         }
         if (draining && (!rt_sched_has_work(e.sched) || base_now() > drain_end)) {
-            rt_sched_cancel_waiting(e.sched, RT_STATUS_UNAVAILABLE, "the server is shutting down");
-            while (e.n_live > 0) {
-                live l = e.lv[e.n_live - 1];
-                if (rt_sched_cancel(e.sched, l.sched_id, RT_STATUS_UNAVAILABLE,
-                                    "the server shut down before the request finished") != 0) {
-                    send_error(&e, l.conn, l.rid, RT_STATUS_UNAVAILABLE, "the server shut down");
-                    e.n_live--;
-                }
-            }
+            end_all(&e);
             flush_out(&e);
             break;
         }
         if (rt_sched_has_work(e.sched)) {
-            /* the network thread watches steps: one that never ends means a lost or stuck rank */
-            double t0 = base_now();
-            pthread_mutex_lock(&s->mu);
-            s->step_started = t0;
-            pthread_mutex_unlock(&s->mu);
+            /* the watchdog (on the network thread) sees a step that never ends */
+            int slot = srv_watchdog_step_begin(&s->wd, base_now());
             rc = rt_sched_step(e.sched, err);
-            pthread_mutex_lock(&s->mu);
-            s->step_started = 0;
-            if (base_now() - t0 > s->longest_step)
-                s->longest_step = base_now() - t0;
-            pthread_mutex_unlock(&s->mu);
+            srv_watchdog_step_end(&s->wd, slot, base_now());
             if (rc)
                 break;
         } else {
@@ -335,7 +298,7 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
     pthread_mutex_lock(&s->mu);
     s->engine_done = true;
     pthread_mutex_unlock(&s->mu);
-    srv_wake(s->net_wake);
+    srv_queue_wake(&s->to_net);
     rt_sched_destroy(e.sched);
     free(e.lv);
     return rc;
