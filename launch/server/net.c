@@ -31,6 +31,7 @@ typedef struct conn {
     wire_decoder dec;
     wire_buf out;
     bool closing;       /* close once out is written */
+    double closing_since; /* when closing was decided: a client that does not read is not waited on long */
     int live;           /* generate requests with the engine, not ended yet */
     double last_active; /* last byte received or sent */
     double frame_start; /* when the first byte of the frame still incomplete arrived; 0: none */
@@ -396,12 +397,14 @@ static void accept_all(net *n, double now)
             /* at the descriptor limit the listener stays readable: answer one waiting client
              * through the spare descriptor, then stop looking at the listener for a while and
              * keep serving the connections already open */
-            if (n->spare_fd >= 0) {
+            for (int told = 0; n->spare_fd >= 0 && told < 32; told++) {
                 close(n->spare_fd);
                 int extra = accept4(n->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (extra >= 0)
                     refuse(n, extra, "the server is out of file descriptors (ulimit -n)", now);
                 n->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (extra < 0)
+                    break;
             }
             n->listen_paused_until = now + 0.1;
             uint64_t held = 0;
@@ -592,7 +595,9 @@ static void *net_main(void *arg)
                 keep = on_writable(c, now, &why);
             if (keep)
                 check_timeouts(n, c, now);
-            if (keep && c->closing && wire_buf_pending(&c->out) == 0) {
+            if (keep && c->closing && c->closing_since == 0)
+                c->closing_since = now;
+            if (keep && c->closing && (wire_buf_pending(&c->out) == 0 || now - c->closing_since > 2.0)) {
                 keep = false;
                 why = why ? why : "the stream could not continue";
             }
