@@ -2,11 +2,21 @@
  * (a list, a hostfile, or the Slurm allocation) and the GPUs of each host, it chooses the split
  * (tensor parallelism inside a host, pipeline parallelism across hosts, checked by the partition
  * plan), prints it, and runs dinfer-server through mpirun (a hostfile, one rank per GPU, ranks
- * packed by host) or srun. --tp/--pp override the choice; --dry-run prints the plan and command. */
+ * packed by host) or srun. --tp/--pp override the choice; --dry-run prints the plan and command.
+ *
+ * It stays as the launcher's parent: SIGTERM or SIGINT asks rank 0 for a drain at once (SIGUSR1,
+ * which mpirun and srun forward to every rank; the others ignore it), and dinfer-launch exits with
+ * the job's status, 0 after a clean drain. A second signal stops the job (SIGTERM to the launcher),
+ * a third kills it. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -169,6 +179,8 @@ static double drain_seconds(const launch_args *a)
     return 30;
 }
 
+static int supervise(char **argv, base_err *err);
+
 static int run(launch_args *a, base_err *err)
 {
     hostset h = {0};
@@ -269,13 +281,87 @@ static int run(launch_args *a, base_err *err)
         rc = 0;
         goto out;
     }
-    execvp(argv[0], argv);
-    base_errf(err, "cannot run %s: %s", argv[0], strerror(errno));
+    rc = supervise(argv, err);
 out:
     plan_free(&p);
     for (int i = 0; i < h.n; i++)
         free(h.names[i]);
     return rc;
+}
+
+static volatile sig_atomic_t signals_seen;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    signals_seen++;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs the launcher as a child in its own process group (a terminal's Ctrl-C reaches only us, and
+ * we turn it into a drain), stdin from /dev/null, and relays stop signals. Returns the launcher's
+ * exit status (128 + N when a signal N ended it), or -1 when it cannot be started. */
+static int supervise(char **argv, base_err *err)
+{
+    const pid_t parent = getpid();
+    pid_t child = fork();
+    if (child < 0)
+        return base_errf(err, "cannot start %s: %s", argv[0], strerror(errno));
+    if (child == 0) {
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* dinfer-launch killed: the job does not linger */
+        if (getppid() != parent)
+            _exit(1);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0)
+            dup2(null, 0);
+        execvp(argv[0], argv);
+        fprintf(stderr, "dinfer-launch: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(child, child);
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    /* one stop may arrive as several signals at once (Slurm signals every process of the job, the
+     * batch script passes its own on): those within 2 s of the first are the same request */
+    int relayed = 0, status = 0;
+    double first = 0;
+    for (;;) {
+        pid_t w = waitpid(child, &status, 0);
+        if (w == child)
+            break;
+        if (w < 0 && errno != EINTR)
+            return base_errf(err, "waiting for %s: %s", argv[0], strerror(errno));
+        while (relayed < signals_seen) {
+            if (relayed == 1 && now_s() - first < 2.0) {
+                signals_seen = 1;
+                break;
+            }
+            relayed++;
+            if (relayed == 1) {
+                first = now_s();
+                fprintf(stderr, "dinfer-launch: stopping: asking rank 0 to drain (SIGUSR1 through %s); a second "
+                                "signal stops the job at once\n", argv[0]);
+                kill(child, SIGUSR1);
+            } else if (relayed == 2) {
+                fprintf(stderr, "dinfer-launch: stopping the job (SIGTERM to %s)\n", argv[0]);
+                kill(child, SIGTERM);
+            } else {
+                kill(-child, SIGKILL);
+            }
+        }
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
 }
 
 int main(int argc, char **argv)
@@ -328,5 +414,5 @@ int main(int argc, char **argv)
         fprintf(stderr, "dinfer-launch: %s\n", err.msg);
         return 1;
     }
-    return 0;
+    return rc; /* the job's exit status */
 }

@@ -87,7 +87,7 @@ run_job() { # run_job LAUNCHER SERVER_PORT DRAIN_SECONDS
   sleep 0.3
   t0=$(date +%s)
   scancel "$jid"
-  wait $cpid || { echo "FAIL ($launcher): the request running at scancel failed: $(cat "$tmp/inflight")"; return 1; }
+  wait $cpid || { echo "FAIL ($launcher): the request running at scancel failed: $(cat "$tmp/inflight")"; sleep 2; cat "$tmp/job-$jid.log"; return 1; }
   grep -q '"completion_tokens": 40' "$tmp/inflight" || { echo "FAIL ($launcher): $(cat "$tmp/inflight")"; return 1; }
   for _ in $(seq 1 180); do squeue -h -j "$jid" 2>/dev/null | grep -q . || break; sleep 0.5; done
   if squeue -h -j "$jid" 2>/dev/null | grep -q .; then echo "FAIL ($launcher): the job is still there"; return 1; fi
