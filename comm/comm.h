@@ -2,14 +2,16 @@
  * (CPU ranks, control messages) now, NCCL over device memory in the GPU issue. The forward pass
  * calls these and never sees MPI or NCCL. comm depends on nothing else of dinfer's.
  *
- * Every call is collective over its group (send/recv: over the pair) and returns 0, or -1 with
- * comm_error() saying which call failed on which rank and why. Counts are elements, size_t;
- * messages of more than INT_MAX elements are split into chunks. */
+ * Every call is collective over its group (send/recv: over the pair) and returns 0, or -1 with err
+ * (base's error type, as everywhere in dinfer) saying which call failed on which rank and why.
+ * Counts are elements, size_t; messages of more than INT_MAX elements are split into chunks. */
 #ifndef DINFER_COMM_H
 #define DINFER_COMM_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "base/err.h"
 
 typedef enum comm_dtype {
     COMM_F32 = 0,
@@ -43,12 +45,11 @@ typedef struct comm_counters {
 } comm_counters;
 
 /* MPI backend over MPI_COMM_WORLD (MPI must be initialized). Fails when the world size is not
- * tp x pp. err receives the reason (errlen bytes). */
-int comm_mpi_create(comm **out, int tp, int pp, char *err, size_t errlen);
+ * tp x pp. */
+int comm_mpi_create(comm **out, int tp, int pp, base_err *err);
 void comm_destroy(comm *c);
 
 const comm_topology *comm_topo(const comm *c);
-const char *comm_error(const comm *c);
 comm_counters comm_get_counters(const comm *c);
 void comm_reset_counters(comm *c);
 /* Largest element count one underlying call carries (INT_MAX by default; tests lower it). */
@@ -57,22 +58,22 @@ void comm_set_chunk_elems(comm *c, size_t n);
 int comm_group_size(const comm_group *g);
 int comm_group_rank(const comm_group *g);
 
-int comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
-int comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root);
+int comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
+int comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root, base_err *err);
 /* As comm_bcast (and matched only by comm_bcast_idle on the other ranks), but a rank that waits
  * long sleeps between polls instead of spinning: for ranks following an idle coordinator. */
-int comm_bcast_idle(comm_group *g, void *buf, size_t count, comm_dtype t, int root);
+int comm_bcast_idle(comm_group *g, void *buf, size_t count, comm_dtype t, int root, base_err *err);
 /* recv (size * count) = every rank's count elements of send, in group rank order. */
-int comm_allgather(comm_group *g, const void *send, void *recv, size_t count, comm_dtype t);
+int comm_allgather(comm_group *g, const void *send, void *recv, size_t count, comm_dtype t, base_err *err);
 /* On root, recv = rank i's counts[i] elements, in rank order; counts is read on root only. */
 int comm_gatherv(comm_group *g, const void *send, size_t count, void *recv, const size_t *counts, int root,
-                 comm_dtype t);
-int comm_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer);
-int comm_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer);
+                 comm_dtype t, base_err *err);
+int comm_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+int comm_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
 /* Logical OR of flag over the group: how every rank learns that one of them failed. */
-int comm_any(comm_group *g, int flag, int *any);
+int comm_any(comm_group *g, int flag, int *any, base_err *err);
 /* Smallest value over the group (sizes every rank must agree on). */
-int comm_min_i64(comm_group *g, int64_t *v);
+int comm_min_i64(comm_group *g, int64_t *v, base_err *err);
 
 /* ---- the device path: activations in GPU memory over NCCL ----
  * Collective over the world: one NCCL communicator per tp group and per pipeline chain (the pp
@@ -80,10 +81,10 @@ int comm_min_i64(comm_group *g, int64_t *v);
  * and every operation wait at most timeout_s, polling NCCL's asynchronous error, and a failure or
  * timeout aborts the communicator and returns -1 with the rank and the operation named.
  * cuda_stream is the cudaStream_t the operations are ordered on. Needs one GPU per rank. */
-int comm_nccl_enable(comm *c, void *cuda_stream, double timeout_s);
+int comm_nccl_enable(comm *c, void *cuda_stream, double timeout_s, base_err *err);
 int comm_has_device_path(const comm *c);
-int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
-int comm_dev_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer);
-int comm_dev_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer);
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
+int comm_dev_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+int comm_dev_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
 
 #endif

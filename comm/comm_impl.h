@@ -23,10 +23,10 @@ struct comm {
     void *stream;     /* cudaStream_t of the device path */
     double timeout_s; /* of every device-path operation */
     int device_path;
-    char err[512];
 };
 
-int comm_fail_mpi(comm *c, const char *call, int rc);
+/* "rank R: CALL failed: MPI's message" into err; returns -1. */
+int comm_fail_mpi(const comm *c, base_err *err, const char *call, int rc);
 void comm_nccl_destroy(comm *c);
 
 #endif

@@ -29,20 +29,19 @@ static MPI_Datatype mpi_type(comm_dtype t)
     return MPI_DATATYPE_NULL;
 }
 
-int comm_fail_mpi(comm *c, const char *call, int rc)
+int comm_fail_mpi(const comm *c, base_err *err, const char *call, int rc)
 {
     char msg[MPI_MAX_ERROR_STRING] = "";
     int len = 0;
     MPI_Error_string(rc, msg, &len);
-    snprintf(c->err, sizeof c->err, "rank %d: %s failed: %s", c->topo.rank, call, msg);
-    return -1;
+    return base_errf(err, "rank %d: %s failed: %s", c->topo.rank, call, msg);
 }
 
-#define MPI_TRY(g, call)                          \
-    do {                                          \
-        int rc_ = (call);                         \
-        if (rc_ != MPI_SUCCESS)                   \
-            return comm_fail_mpi((g)->owner, #call, rc_);  \
+#define MPI_TRY(g, call)                                       \
+    do {                                                       \
+        int rc_ = (call);                                      \
+        if (rc_ != MPI_SUCCESS)                                \
+            return comm_fail_mpi((g)->owner, err, #call, rc_); \
     } while (0)
 
 static int init_group(comm *c, comm_group *g, MPI_Comm mc, uint64_t *bytes)
@@ -56,20 +55,17 @@ static int init_group(comm *c, comm_group *g, MPI_Comm mc, uint64_t *bytes)
     return 0;
 }
 
-int comm_mpi_create(comm **out, int tp, int pp, char *err, size_t errlen)
+int comm_mpi_create(comm **out, int tp, int pp, base_err *err)
 {
     int world, rank;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (tp < 1 || pp < 1 || (long)tp * pp != world) {
-        snprintf(err, errlen, "the job has %d ranks but tp=%d x pp=%d needs %ld", world, tp, pp, (long)tp * pp);
-        return -1;
+        return base_errf(err, "the job has %d ranks but tp=%d x pp=%d needs %ld", world, tp, pp, (long)tp * pp);
     }
     comm *c = calloc(1, sizeof *c);
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
+    if (!c)
+        return base_errf(err, "out of memory");
     c->chunk = INT_MAX;
     c->topo = (comm_topology){.world_size = world, .rank = rank, .tp = tp, .pp = pp,
                               .stage = rank / tp, .tp_rank = rank % tp,
@@ -78,9 +74,8 @@ int comm_mpi_create(comm **out, int tp, int pp, char *err, size_t errlen)
     if (MPI_Comm_dup(MPI_COMM_WORLD, &dup) != MPI_SUCCESS ||
         MPI_Comm_split(MPI_COMM_WORLD, rank / tp, rank % tp, &tpc) != MPI_SUCCESS ||
         MPI_Comm_split(MPI_COMM_WORLD, rank % tp, rank / tp, &ppc) != MPI_SUCCESS) {
-        snprintf(err, errlen, "rank %d: cannot create the tp and pp communicators", rank);
         free(c);
-        return -1;
+        return base_errf(err, "rank %d: cannot create the tp and pp communicators", rank);
     }
     MPI_Comm node;
     if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
@@ -110,7 +105,6 @@ void comm_destroy(comm *c)
 }
 
 const comm_topology *comm_topo(const comm *c) { return &c->topo; }
-const char *comm_error(const comm *c) { return c->err; }
 comm_counters comm_get_counters(const comm *c) { return c->counters; }
 void comm_reset_counters(comm *c) { memset(&c->counters, 0, sizeof c->counters); }
 void comm_set_chunk_elems(comm *c, size_t n) { c->chunk = n > 0 && n < INT_MAX ? n : INT_MAX; }
@@ -123,13 +117,12 @@ static void count(comm_group *g, size_t bytes)
     g->owner->counters.calls++;
 }
 
-int comm_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+int comm_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t, base_err *err)
 {
     if (g->size == 1)
         return 0;
     if (t == COMM_BF16 || t == COMM_F16) {
-        snprintf(g->owner->err, sizeof g->owner->err, "rank %d: MPI cannot sum 16-bit floats", g->owner->topo.rank);
-        return -1;
+        return base_errf(err, "rank %d: MPI cannot sum 16-bit floats", g->owner->topo.rank);
     }
     count(g, n * comm_dtype_size(t));
     char *p = buf;
@@ -141,7 +134,7 @@ int comm_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
     return 0;
 }
 
-int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
+int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root, base_err *err)
 {
     if (g->size == 1)
         return 0;
@@ -156,12 +149,12 @@ int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
     return 0;
 }
 
-int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
+int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root, base_err *err)
 {
     if (g->size == 1)
         return 0;
     if (n > g->owner->chunk) /* only small control messages wait idly */
-        return comm_bcast(g, buf, n, t, root);
+        return comm_bcast(g, buf, n, t, root, err);
     if (g->rank == root)
         count(g, n * comm_dtype_size(t));
     MPI_Request req;
@@ -178,7 +171,7 @@ int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root)
     }
 }
 
-int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     count(g, n * comm_dtype_size(t));
     const char *p = buf;
@@ -190,7 +183,7 @@ int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
     return 0;
 }
 
-int comm_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+int comm_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     char *p = buf;
     for (size_t done = 0; done < n;) {
@@ -204,7 +197,7 @@ int comm_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
 /* Both gathers go chunk by chunk: in each round rank i contributes up to `chunk` elements of its
  * remaining data, the round's pieces land in a staging buffer and are copied into place. */
 static int gather_rounds(comm_group *g, const void *send, size_t count_self, void *recv, const size_t *counts,
-                         int root, comm_dtype t)
+                         int root, comm_dtype t, base_err *err)
 {
     comm *c = g->owner;
     const size_t es = comm_dtype_size(t);
@@ -226,8 +219,7 @@ static int gather_rounds(comm_group *g, const void *send, size_t count_self, voi
         stage = malloc((size_t)g->size * (c->chunk < most ? c->chunk : (most ? most : 1)) * es);
         if (!rc || !rd || !offs || !stage) {
             free(rc), free(rd), free(offs), free(stage);
-            snprintf(c->err, sizeof c->err, "rank %d: out of memory in a gather", c->topo.rank);
-            return -1;
+            return base_errf(err, "rank %d: out of memory in a gather", c->topo.rank);
         }
         offs[0] = 0;
         for (int i = 1; i < g->size; i++)
@@ -248,7 +240,7 @@ static int gather_rounds(comm_group *g, const void *send, size_t count_self, voi
         int r = all ? MPI_Allgatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), g->mc)
                     : MPI_Gatherv(sp, (int)mine, mpi_type(t), stage, rc, rd, mpi_type(t), root, g->mc);
         if (r != MPI_SUCCESS) {
-            ret = comm_fail_mpi(c, all ? "MPI_Allgatherv" : "MPI_Gatherv", r);
+            ret = comm_fail_mpi(c, err, all ? "MPI_Allgatherv" : "MPI_Gatherv", r);
             break;
         }
         for (int i = 0; rc && i < g->size; i++)
@@ -260,7 +252,7 @@ static int gather_rounds(comm_group *g, const void *send, size_t count_self, voi
     return ret;
 }
 
-int comm_allgather(comm_group *g, const void *send, void *recv, size_t n, comm_dtype t)
+int comm_allgather(comm_group *g, const void *send, void *recv, size_t n, comm_dtype t, base_err *err)
 {
     if (g->size == 1) {
         memcpy(recv, send, n * comm_dtype_size(t));
@@ -269,18 +261,17 @@ int comm_allgather(comm_group *g, const void *send, void *recv, size_t n, comm_d
     count(g, n * comm_dtype_size(t));
     size_t *counts = malloc((size_t)g->size * sizeof *counts);
     if (!counts) {
-        snprintf(g->owner->err, sizeof g->owner->err, "rank %d: out of memory", g->owner->topo.rank);
-        return -1;
+        return base_errf(err, "rank %d: out of memory", g->owner->topo.rank);
     }
     for (int i = 0; i < g->size; i++)
         counts[i] = n;
-    int rc = gather_rounds(g, send, n, recv, counts, -1, t);
+    int rc = gather_rounds(g, send, n, recv, counts, -1, t, err);
     free(counts);
     return rc;
 }
 
 int comm_gatherv(comm_group *g, const void *send, size_t n, void *recv, const size_t *counts, int root,
-                 comm_dtype t)
+                 comm_dtype t, base_err *err)
 {
     if (g->size == 1) {
         memcpy(recv, send, n * comm_dtype_size(t));
@@ -288,10 +279,10 @@ int comm_gatherv(comm_group *g, const void *send, size_t n, void *recv, const si
     }
     if (g->rank != root)
         count(g, n * comm_dtype_size(t));
-    return gather_rounds(g, send, n, recv, g->rank == root ? counts : NULL, root, t);
+    return gather_rounds(g, send, n, recv, g->rank == root ? counts : NULL, root, t, err);
 }
 
-int comm_any(comm_group *g, int flag, int *any)
+int comm_any(comm_group *g, int flag, int *any, base_err *err)
 {
     int v = flag != 0;
     MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LOR, g->mc));
@@ -299,7 +290,7 @@ int comm_any(comm_group *g, int flag, int *any)
     return 0;
 }
 
-int comm_min_i64(comm_group *g, int64_t *v)
+int comm_min_i64(comm_group *g, int64_t *v, base_err *err)
 {
     MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT64_T, MPI_MIN, g->mc));
     return 0;
@@ -307,11 +298,10 @@ int comm_min_i64(comm_group *g, int64_t *v)
 
 #ifndef DINFER_HAVE_NCCL
 /* Built without NCCL: no device path; device activations are staged through host memory. */
-int comm_nccl_enable(comm *c, void *stream, double timeout_s)
+int comm_nccl_enable(comm *c, void *stream, double timeout_s, base_err *err)
 {
     (void)stream, (void)timeout_s;
-    snprintf(c->err, sizeof c->err, "rank %d: this build has no NCCL", c->topo.rank);
-    return -1;
+    return base_errf(err, "rank %d: this build has no NCCL", c->topo.rank);
 }
 
 void comm_nccl_destroy(comm *c)
@@ -325,27 +315,26 @@ int comm_has_device_path(const comm *c)
     return 0;
 }
 
-static int no_device_path(comm_group *g)
+static int no_device_path(comm_group *g, base_err *err)
 {
-    snprintf(g->owner->err, sizeof g->owner->err, "rank %d: no device path (built without NCCL)", g->owner->topo.rank);
-    return -1;
+    return base_errf(err, "rank %d: no device path (built without NCCL)", g->owner->topo.rank);
 }
 
-int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t, base_err *err)
 {
     (void)buf, (void)n, (void)t;
-    return no_device_path(g);
+    return no_device_path(g, err);
 }
 
-int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     (void)buf, (void)n, (void)t, (void)peer;
-    return no_device_path(g);
+    return no_device_path(g, err);
 }
 
-int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     (void)buf, (void)n, (void)t, (void)peer;
-    return no_device_path(g);
+    return no_device_path(g, err);
 }
 #endif

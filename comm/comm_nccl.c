@@ -11,15 +11,14 @@
 #include "comm/comm_impl.h"
 #include "base/clock.h"
 
-static int nccl_fail(comm *c, const char *what, const char *why)
+static int nccl_fail(const comm *c, base_err *err, const char *what, const char *why)
 {
-    snprintf(c->err, sizeof c->err, "rank %d: NCCL %s failed: %s", c->topo.rank, what, why);
-    return -1;
+    return base_errf(err, "rank %d: NCCL %s failed: %s", c->topo.rank, what, why);
 }
 
 /* Waits for a communicator to leave ncclInProgress (initialization) or for the stream to drain
  * (an operation), polling the asynchronous error; aborts the communicator on error or timeout. */
-static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
+static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream, base_err *err)
 {
     const double deadline = base_now() + c->timeout_s;
     for (long polls = 0;; polls++) {
@@ -27,14 +26,14 @@ static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
         ncclResult_t q = ncclCommGetAsyncError(nc, &async);
         if (q != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
             ncclCommAbort(nc);
-            return nccl_fail(c, what, ncclGetErrorString(q != ncclSuccess ? q : async));
+            return nccl_fail(c, err, what, ncclGetErrorString(q != ncclSuccess ? q : async));
         }
         if (for_stream) {
             cudaError_t s = cudaStreamQuery((cudaStream_t)c->stream);
             if (s == cudaSuccess)
                 return 0;
             if (s != cudaErrorNotReady)
-                return nccl_fail(c, what, cudaGetErrorString(s));
+                return nccl_fail(c, err, what, cudaGetErrorString(s));
         } else if (async == ncclSuccess) {
             return 0;
         }
@@ -43,7 +42,7 @@ static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
             char why[96];
             snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",
                      c->timeout_s);
-            return nccl_fail(c, what, why);
+            return nccl_fail(c, err, what, why);
         }
         if (polls > 1000) {
             struct timespec nap = {0, 20000};
@@ -52,35 +51,35 @@ static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream)
     }
 }
 
-static int init_group(comm *c, comm_group *g, const char *name)
+static int init_group(comm *c, comm_group *g, const char *name, base_err *err)
 {
     if (g->size == 1)
         return 0;
     ncclUniqueId id;
     if (g->rank == 0 && ncclGetUniqueId(&id) != ncclSuccess)
-        return nccl_fail(c, name, "ncclGetUniqueId");
+        return nccl_fail(c, err, name, "ncclGetUniqueId");
     int rc = MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, g->mc);
     if (rc != MPI_SUCCESS)
-        return comm_fail_mpi(c, "MPI_Bcast of the NCCL id", rc);
+        return comm_fail_mpi(c, err, "MPI_Bcast of the NCCL id", rc);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclComm_t nc;
     ncclResult_t r = ncclCommInitRankConfig(&nc, g->size, id, g->rank, &cfg);
     if (r != ncclSuccess && r != ncclInProgress)
-        return nccl_fail(c, name, ncclGetErrorString(r));
+        return nccl_fail(c, err, name, ncclGetErrorString(r));
     char what[64];
     snprintf(what, sizeof what, "initialization of the %s communicator", name);
-    if (wait_nccl(c, nc, what, 0))
+    if (wait_nccl(c, nc, what, 0, err))
         return -1;
     g->nccl = nc;
     return 0;
 }
 
-int comm_nccl_enable(comm *c, void *stream, double timeout_s)
+int comm_nccl_enable(comm *c, void *stream, double timeout_s, base_err *err)
 {
     c->stream = stream;
     c->timeout_s = timeout_s > 0 ? timeout_s : 120;
-    if (init_group(c, &c->tp, "tensor-parallel") || init_group(c, &c->pp, "pipeline"))
+    if (init_group(c, &c->tp, "tensor-parallel", err) || init_group(c, &c->pp, "pipeline", err))
         return -1;
     c->device_path = 1;
     return 0;
@@ -114,32 +113,32 @@ static ncclDataType_t nccl_type(comm_dtype t)
     return ncclFloat32;
 }
 
-static int finish(comm_group *g, ncclResult_t r, const char *what)
+static int finish(comm_group *g, ncclResult_t r, const char *what, base_err *err)
 {
     if (r != ncclSuccess && r != ncclInProgress)
-        return nccl_fail(g->owner, what, ncclGetErrorString(r));
-    return wait_nccl(g->owner, (ncclComm_t)g->nccl, what, 1);
+        return nccl_fail(g->owner, err, what, ncclGetErrorString(r));
+    return wait_nccl(g->owner, (ncclComm_t)g->nccl, what, 1, err);
 }
 
-int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t)
+int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t, base_err *err)
 {
     if (g->size == 1)
         return 0;
     *g->bytes += n * comm_dtype_size(t);
     g->owner->counters.calls++;
     return finish(g, ncclAllReduce(buf, buf, n, nccl_type(t), ncclSum, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
-                  "all-reduce");
+                  "all-reduce", err);
 }
 
-int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer)
+int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     *g->bytes += n * comm_dtype_size(t);
     g->owner->counters.calls++;
-    return finish(g, ncclSend(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream), "send");
+    return finish(g, ncclSend(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream), "send", err);
 }
 
-int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer)
+int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     return finish(g, ncclRecv(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
-                  "receive");
+                  "receive", err);
 }

@@ -28,7 +28,7 @@ static void who(const comm *c, char *buf, size_t n)
     snprintf(buf, n, "rank %d (host %s)", comm_topo(c)->rank, host);
 }
 
-static int gather_lines(comm *c, const char *line, char **all)
+static int gather_lines(comm *c, const char *line, char **all, base_err *err)
 {
     const comm_topology *t = comm_topo(c);
     char mine[LINE] = {0};
@@ -37,11 +37,11 @@ static int gather_lines(comm *c, const char *line, char **all)
     *all = t->rank == 0 ? calloc((size_t)t->world_size, LINE) : NULL;
     if (!counts || (t->rank == 0 && !*all)) {
         free(counts);
-        return -1;
+        return base_errf(err, "rank %d: out of memory", t->rank);
     }
     for (int i = 0; i < t->world_size; i++)
         counts[i] = LINE;
-    int rc = comm_gatherv(t->world, mine, LINE, *all, counts, 0, COMM_U8);
+    int rc = comm_gatherv(t->world, mine, LINE, *all, counts, 0, COMM_U8, err);
     free(counts);
     return rc;
 }
@@ -49,8 +49,9 @@ static int gather_lines(comm *c, const char *line, char **all)
 int job_agree(comm *c, const char *prog, int rc, const base_err *err)
 {
     int any = 0;
-    if (comm_any(comm_topo(c)->world, rc != 0, &any) != 0) {
-        fprintf(stderr, "%s: %s\n", prog, comm_error(c));
+    base_err cerr;
+    if (comm_any(comm_topo(c)->world, rc != 0, &any, &cerr) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, cerr.msg);
         return -1;
     }
     if (!any)
@@ -61,7 +62,7 @@ int job_agree(comm *c, const char *prog, int rc, const base_err *err)
         snprintf(line, sizeof line, "%s: %s", me, err->msg);
     }
     char *all = NULL;
-    if (gather_lines(c, line, &all) == 0 && all) {
+    if (gather_lines(c, line, &all, &cerr) == 0 && all) {
         /* each distinct message once, from the lowest rank that gave it */
         int n_failed = 0;
         const int W = comm_topo(c)->world_size;
@@ -89,7 +90,7 @@ int job_agree(comm *c, const char *prog, int rc, const base_err *err)
 int job_print_by_rank(comm *c, FILE *f, const char *line)
 {
     char *all = NULL;
-    if (gather_lines(c, line, &all) != 0)
+    if (gather_lines(c, line, &all, NULL) != 0)
         return -1;
     for (int i = 0; all && i < comm_topo(c)->world_size; i++)
         fprintf(f, "%s\n", all + (size_t)i * LINE);
@@ -178,8 +179,8 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *
     n_gpu = rt_cuda_device_count();
 #endif
     int lacking = 0;
-    if (comm_any(t->world, n_gpu == 0, &lacking))
-        return base_errf(err, "%s", comm_error(c));
+    if (comm_any(t->world, n_gpu == 0, &lacking, err))
+        return -1;
     bool want_gpu = o->device ? strcmp(o->device, "cuda") == 0 : !lacking;
     if (o->device && want_gpu && n_gpu == 0)
         return base_errf(err, "--device cuda, but no CUDA device is visible on this rank%s",
@@ -284,8 +285,9 @@ static int agree_on_fingerprint(comm *c, const char *prog, const job_options *o)
 {
     char mine[320], *all = NULL;
     fingerprint(o, mine, sizeof mine);
-    if (gather_lines(c, mine, &all) != 0) {
-        fprintf(stderr, "%s: %s\n", prog, comm_error(c));
+    base_err cerr;
+    if (gather_lines(c, mine, &all, &cerr) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, cerr.msg);
         return -1;
     }
     int bad = 0;
@@ -303,7 +305,7 @@ static int agree_on_fingerprint(comm *c, const char *prog, const job_options *o)
     }
     free(all);
     int any = 0;
-    if (comm_any(comm_topo(c)->world, bad, &any) != 0)
+    if (comm_any(comm_topo(c)->world, bad, &any, &cerr) != 0)
         return -1;
     return any ? -1 : 0;
 }
@@ -313,7 +315,7 @@ int job_roster(comm *c, char (*hosts)[64], int *pids)
     char line[96], *all = NULL, host[64] = "?";
     gethostname(host, sizeof host - 1);
     snprintf(line, sizeof line, "%d %s", (int)getpid(), host);
-    if (gather_lines(c, line, &all) != 0)
+    if (gather_lines(c, line, &all, NULL) != 0)
         return -1;
     for (int i = 0; all && i < comm_topo(c)->world_size; i++) {
         char *l = all + (size_t)i * LINE, *sp = strchr(l, ' ');
@@ -350,10 +352,10 @@ int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
     int shared = 0;
     if (rc == 0 && jm->on_gpu && t->world_size > 1) {
         int n_gpu = rt_cuda_device_count();
-        if (comm_any(t->world, t->local_size > n_gpu, &shared) != 0)
-            rc = base_errf(&err, "%s", comm_error(c));
-        else if (!shared && comm_nccl_enable(c, rt_cuda_backend_stream(jm->be), o->comm_timeout) != 0)
-            rc = base_errf(&err, "%s", comm_error(c));
+        if (comm_any(t->world, t->local_size > n_gpu, &shared, &err) != 0)
+            rc = -1;
+        else if (!shared && comm_nccl_enable(c, rt_cuda_backend_stream(jm->be), o->comm_timeout, &err) != 0)
+            rc = -1;
     }
 #endif
     if (job_agree(c, prog, rc, &err)) {

@@ -275,8 +275,8 @@ static int share_geometry(comm *c, const run_args *a, rt_model *m, const rt_gen_
         w[1] = g->n_blocks, w[2] = g->block_size, w[3] = g->lim.max_tokens;
         w[4] = g->lim.max_seqs, w[5] = g->lim.max_blocks, w[6] = g->lim.max_logits;
     }
-    if (comm_bcast(comm_topo(c)->world, w, 8, COMM_I32, 0))
-        return base_errf(err, "%s", comm_error(c));
+    if (comm_bcast(comm_topo(c)->world, w, 8, COMM_I32, 0, err))
+        return -1;
     if (w[0] != 0) {
         if (comm_topo(c)->rank != 0)
             base_errf(err, "rank 0 refused the requests");
@@ -392,11 +392,10 @@ int main(int argc, char **argv)
     run_args a;
     base_err err = {{0}};
     comm *c = NULL;
-    char cerr[256];
     /* every rank parses the same command line and reaches the same verdict; rank 0 reports it */
     int rc = parse_args(&a, argc, argv, &err);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
-        rc = base_errf(&err, "%s", cerr);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, &err) != 0)
+        rc = -1;
     if (rc == 0)
         rc = run(&a, c, &err);
     for (int i = 0; i < a.n_prompts; i++)

@@ -167,8 +167,8 @@ static int kv_blocks(comm *c, const server_args *a, const job_model *jm, base_er
     double most = (double)a->max_seqs * rt_kv_blocks_for(jm->cfg.max_pos, a->block_size);
     double blocks = bytes / ((double)per_token * a->block_size);
     int64_t b = (int64_t)(blocks < most ? blocks : most);
-    if (comm_min_i64(comm_topo(c)->world, &b) != 0)
-        return base_errf(err, "%s", comm_error(c));
+    if (comm_min_i64(comm_topo(c)->world, &b, err) != 0)
+        return -1;
     if (b < 1)
         return base_errf(err, "no room for a single KV block of %d tokens (%zu bytes per token on this rank)",
                        a->block_size, per_token);
@@ -322,10 +322,9 @@ int main(int argc, char **argv)
     server_args a;
     base_err err = {{0}};
     comm *c = NULL;
-    char cerr[256];
     int rc = parse(&a, argc, argv, &err);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, cerr, sizeof cerr) != 0)
-        rc = base_errf(&err, "%s", cerr);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, &err) != 0)
+        rc = -1;
     if (rc < 0 && rank == 0)
         fprintf(stderr, "dinfer-server: %s\n", err.msg);
     int status = rc < 0 ? 1 : 0;

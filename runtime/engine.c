@@ -93,11 +93,6 @@ const rt_engine_geometry *rt_engine_geom(const rt_engine *e) { return &e->geo; }
 rt_model *rt_engine_model(rt_engine *e) { return e->m; }
 rt_engine_traffic rt_engine_get_traffic(const rt_engine *e) { return e->traffic; }
 
-static int comm_fail(rt_engine *e, base_err *err)
-{
-    return base_errf(err, "%s", comm_error(e->comm));
-}
-
 static int32_t f2i(float f)
 {
     int32_t i;
@@ -179,12 +174,12 @@ static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_
     }
     if (sr != 0 && nl > 0 && (me == sr || me == 0)) {
         comm_group *w = comm_topo(e->comm)->world;
-        int rc = me == sr ? comm_send(w, out, (size_t)nl * sizeof *out, COMM_U8, 0) ||
-                                comm_send(w, rows, (size_t)nl * sizeof *rows, COMM_U8, 0)
-                          : comm_recv(w, out, (size_t)nl * sizeof *out, COMM_U8, sr) ||
-                                comm_recv(w, rows, (size_t)nl * sizeof *rows, COMM_U8, sr);
+        int rc = me == sr ? comm_send(w, out, (size_t)nl * sizeof *out, COMM_U8, 0, err) ||
+                                comm_send(w, rows, (size_t)nl * sizeof *rows, COMM_U8, 0, err)
+                          : comm_recv(w, out, (size_t)nl * sizeof *out, COMM_U8, sr, err) ||
+                                comm_recv(w, rows, (size_t)nl * sizeof *rows, COMM_U8, sr, err);
         if (rc)
-            return comm_fail(e, err);
+            return -1;
     }
     if (e->comm && b->n_tokens == nl) { /* a decode step: every sequence has its one token */
         comm_counters now = comm_get_counters(e->comm);
@@ -209,8 +204,8 @@ int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_s
         if (pack(e, b, rows, h, err))
             return -1;
         comm_group *w = comm_topo(e->comm)->world;
-        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
-            return comm_fail(e, err);
+        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0, err) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0, err))
+            return -1;
     }
     return run_step(e, b, rows, out, before, err);
 }
@@ -221,14 +216,14 @@ int rt_engine_follow(rt_engine *e, base_err *err)
     for (;;) {
         int32_t h[H_LEN];
         comm_counters before = counters_now(e);
-        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0))
-            return comm_fail(e, err);
+        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0, err))
+            return -1;
         if (h[H_KIND] == PLAN_STOP)
             return 0;
         if (h[H_BODY] < 0 || (size_t)h[H_BODY] > e->body_cap || h[H_LOGITS] > e->geo.lim.max_logits)
             return base_errf(err, "step plan of %d ints exceeds the %zu this rank allocated", h[H_BODY], e->body_cap);
-        if (comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0))
-            return comm_fail(e, err);
+        if (comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0, err))
+            return -1;
         rt_batch b;
         unpack(e, h, &b);
         if (run_step(e, &b, e->rows, e->out, before, err))
@@ -241,7 +236,5 @@ int rt_engine_finish(rt_engine *e, base_err *err)
     if (!e->comm || comm_topo(e->comm)->world_size == 1)
         return 0;
     int32_t h[H_LEN] = {PLAN_STOP};
-    if (comm_bcast_idle(comm_topo(e->comm)->world, h, H_LEN, COMM_I32, 0))
-        return comm_fail(e, err);
-    return 0;
+    return comm_bcast_idle(comm_topo(e->comm)->world, h, H_LEN, COMM_I32, 0, err);
 }

@@ -223,17 +223,17 @@ static int tp_allreduce(rt_forward *fw, void *buf, size_t n, base_err *err)
     const rt_dtype dt = be->ops->act_dtype;
     int rc;
     if (be->ops->host_memory) {
-        rc = comm_allreduce_sum(g, buf, n, COMM_F32);
+        rc = comm_allreduce_sum(g, buf, n, COMM_F32, err);
     } else if (comm_has_device_path(fw->comm)) {
-        rc = comm_dev_allreduce_sum(g, buf, n, comm_type(dt));
+        rc = comm_dev_allreduce_sum(g, buf, n, comm_type(dt), err);
     } else {
         be->ops->download(be, fw->stage, buf, n * rt_dtype_size(dt));
         rt_convert_to_f32(fw->stage32, fw->stage, dt, n);
-        rc = comm_allreduce_sum(g, fw->stage32, n, COMM_F32);
+        rc = comm_allreduce_sum(g, fw->stage32, n, COMM_F32, err);
         rt_convert_from_f32(fw->stage, fw->stage32, dt, n);
         be->ops->upload(be, buf, fw->stage, n * rt_dtype_size(dt));
     }
-    return rc ? base_errf(err, "%s", comm_error(fw->comm)) : 0;
+    return rc;
 }
 
 static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err *err)
@@ -245,19 +245,19 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
     const size_t bytes = n * rt_dtype_size(dt);
     int rc;
     if (be->ops->host_memory) {
-        rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, peer) : comm_recv(t->pp_group, buf, n, COMM_F32, peer);
+        rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, peer, err) : comm_recv(t->pp_group, buf, n, COMM_F32, peer, err);
     } else if (comm_has_device_path(fw->comm)) {
-        rc = send ? comm_dev_send(t->pp_group, buf, n, comm_type(dt), peer)
-                  : comm_dev_recv(t->pp_group, buf, n, comm_type(dt), peer);
+        rc = send ? comm_dev_send(t->pp_group, buf, n, comm_type(dt), peer, err)
+                  : comm_dev_recv(t->pp_group, buf, n, comm_type(dt), peer, err);
     } else if (send) {
         be->ops->download(be, fw->stage, buf, bytes);
-        rc = comm_send(t->pp_group, fw->stage, bytes, COMM_U8, peer);
+        rc = comm_send(t->pp_group, fw->stage, bytes, COMM_U8, peer, err);
     } else {
-        rc = comm_recv(t->pp_group, fw->stage, bytes, COMM_U8, peer);
+        rc = comm_recv(t->pp_group, fw->stage, bytes, COMM_U8, peer, err);
         if (rc == 0)
             be->ops->upload(be, buf, fw->stage, bytes);
     }
-    return rc ? base_errf(err, "%s", comm_error(fw->comm)) : 0;
+    return rc;
 }
 
 /* Gathers the vocab-parallel logits (nl, vocab_local) of every tp rank on tp rank 0 and lays them
@@ -276,8 +276,8 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
     op->download(m->be, fw->part, src, (size_t)nl * v_local * sizeof(float));
     for (int r = 0; r < t->tp; r++) /* the plan's even split of the vocabulary */
         fw->counts[r] = (size_t)nl * (size_t)(((long)V * (r + 1) / t->tp) - ((long)V * r / t->tp));
-    if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32))
-        return base_errf(err, "%s", comm_error(fw->comm));
+    if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32, err))
+        return -1;
     if (t->tp_rank != 0)
         return 0;
     const float *blk = fw->gathered;
