@@ -174,15 +174,15 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
     collected col = {0};
     int rc;
     if (a->json) {
-        rc = dinfer_generate(c, &a->p, collect_chunk, &col, &r);
+        rc = dinfer_generate(c, &a->p, collect_chunk, &col, &r, err);
     } else {
         printf("tokens:");
-        rc = dinfer_generate(c, &a->p, print_chunk, a, &r);
+        rc = dinfer_generate(c, &a->p, print_chunk, a, &r, err);
         printf("\n");
     }
     if (rc) {
         free(col.tokens), free(col.logprobs);
-        return base_errf(err, "%s", dinfer_error(c));
+        return -1;
     }
     if (r.status) {
         free(col.tokens), free(col.logprobs);
@@ -208,8 +208,8 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
 static int cmd_unary(args *a, dinfer_client *c, bool health, base_err *err)
 {
     wire_frame *f;
-    if ((health ? dinfer_health(c, &f) : dinfer_stats(c, &f)) != 0)
-        return base_errf(err, "%s", dinfer_error(c));
+    if ((health ? dinfer_health(c, &f, err) : dinfer_stats(c, &f, err)) != 0)
+        return -1;
     int rc = 0;
     if (f->body_case == DINFER__V1__FRAME__BODY_ERROR) {
         rc = base_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
@@ -269,7 +269,7 @@ static double pct(double *v, int n, double p)
 static int server_steps(dinfer_client *c, uint64_t *steps, uint64_t *tokens, double *avg)
 {
     wire_frame *f;
-    if (dinfer_stats(c, &f) != 0 || f->body_case != DINFER__V1__FRAME__BODY_STATS_RESPONSE)
+    if (dinfer_stats(c, &f, NULL) != 0 || f->body_case != DINFER__V1__FRAME__BODY_STATS_RESPONSE)
         return -1;
     *steps = f->stats_response->steps;
     *avg = f->stats_response->avg_tokens_per_step;
@@ -281,8 +281,12 @@ static int server_steps(dinfer_client *c, uint64_t *steps, uint64_t *tokens, dou
 static int cmd_bench(args *a, dinfer_client *c, base_err *err)
 {
     wire_frame *hf;
-    if (dinfer_health(c, &hf) != 0 || hf->body_case != DINFER__V1__FRAME__BODY_HEALTH_RESPONSE)
-        return base_errf(err, "health check failed: %s", dinfer_error(c));
+    if (dinfer_health(c, &hf, err) != 0)
+        return -1;
+    if (hf->body_case != DINFER__V1__FRAME__BODY_HEALTH_RESPONSE) {
+        wire_frame_free(hf);
+        return base_errf(err, "health check failed");
+    }
     int vocab = (int)hf->health_response->vocab_size;
     wire_frame_free(hf);
     int N = a->requests, C = a->concurrency < N ? a->concurrency : N;
@@ -310,16 +314,15 @@ static int cmd_bench(args *a, dinfer_client *c, base_err *err)
             for (int i = 0; i < a->prompt_len; i++) /* a different prompt per request */
                 prompt[i] = (int32_t)((sent * 7919u + (unsigned)i * 104729u) % (unsigned)vocab);
             st[sent].start = base_now();
-            if (dinfer_send_generate(c, (uint64_t)sent + 1, &p) != 0) {
-                rc = base_errf(err, "%s", dinfer_error(c));
+            if (dinfer_send_generate(c, (uint64_t)sent + 1, &p, err) != 0) {
+                rc = -1;
                 break;
             }
             sent++;
         }
         wire_frame *f;
-        if (rc || dinfer_next_frame(c, -1, &f) <= 0) {
-            if (!rc)
-                rc = base_errf(err, "%s", dinfer_error(c));
+        if (rc || dinfer_next_frame(c, -1, &f, err) <= 0) {
+            rc = -1;
             break;
         }
         uint64_t id = f->request_id;
@@ -400,9 +403,8 @@ int main(int argc, char **argv)
         if (rc == 0 && !(token = strdup(line)))
             rc = base_errf(&err, "out of memory");
     }
-    char cerr[256];
-    if (rc == 0 && dinfer_connect(&c, a.host, a.port, token, cerr, sizeof cerr) != 0)
-        rc = base_errf(&err, "%s", cerr);
+    if (rc == 0 && dinfer_connect(&c, a.host, a.port, token, &err) != 0)
+        rc = -1;
     if (rc == 0) {
         if (strcmp(a.cmd, "generate") == 0)
             rc = cmd_generate(&a, c, &err);

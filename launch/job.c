@@ -203,12 +203,12 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *
     const int dev = t->local_rank % n_gpu;
     jm->on_gpu = true;
     jm->dtype = dtype_of(o->dtype, jm->cfg.dtype);
-    char cerr[256], desc[128] = "?";
+    char desc[128] = "?";
     rt_cuda_describe(dev, desc, sizeof desc);
     snprintf(jm->device, sizeof jm->device, "%s, %s", desc, rt_dtype_name(jm->dtype));
-    jm->be = rt_cuda_backend_create(dev, jm->dtype, t->rank, cerr, sizeof cerr);
+    jm->be = rt_cuda_backend_create(dev, jm->dtype, t->rank, err);
     if (!jm->be)
-        return base_errf(err, "%s", cerr);
+        return -1;
     size_t free_b = 0;
     rt_cuda_mem_info(&free_b, &jm->gpu_total);
     jm->gpu_budget = (size_t)(o->gpu_memory_fraction * (double)jm->gpu_total);

@@ -20,7 +20,6 @@ struct dinfer_client {
     uint64_t next_id;
     wire_frame **held; /* frames received for other streams while waiting for one */
     int n_held, head;
-    char err[256];
 };
 
 void dinfer_params_init(dinfer_params *p)
@@ -30,17 +29,14 @@ void dinfer_params_init(dinfer_params *p)
     p->top_p = 1.0f;
 }
 
-int dinfer_connect(dinfer_client **out, const char *host, int port, const char *auth_token, char *err,
-                   size_t errlen)
+int dinfer_connect(dinfer_client **out, const char *host, int port, const char *auth_token, base_err *err)
 {
     char ps[16];
     snprintf(ps, sizeof ps, "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int g = getaddrinfo(host, ps, &hints, &res);
-    if (g != 0) {
-        snprintf(err, errlen, "%s:%d: %s", host, port, gai_strerror(g));
-        return -1;
-    }
+    if (g != 0)
+        return base_errf(err, "%s:%d: %s", host, port, gai_strerror(g));
     int fd = -1, saved = 0;
     for (struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
         fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
@@ -51,10 +47,8 @@ int dinfer_connect(dinfer_client **out, const char *host, int port, const char *
         }
     }
     freeaddrinfo(res);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s:%d: cannot connect: %s", host, port, strerror(saved));
-        return -1;
-    }
+    if (fd < 0)
+        return base_errf(err, "%s:%d: cannot connect: %s", host, port, strerror(saved));
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     dinfer_client *c = calloc(1, sizeof *c);
@@ -65,8 +59,7 @@ int dinfer_connect(dinfer_client **out, const char *host, int port, const char *
             free(c->held);
         free(c);
         close(fd);
-        snprintf(err, errlen, "out of memory");
-        return -1;
+        return base_errf(err, "out of memory");
     }
     c->fd = fd;
     c->next_id = 1u << 30; /* ids of the blocking calls, apart from small user-chosen ones */
@@ -88,15 +81,12 @@ void dinfer_close(dinfer_client *c)
     free(c);
 }
 
-const char *dinfer_error(const dinfer_client *c) { return c->err; }
 int dinfer_fd(const dinfer_client *c) { return c->fd; }
 
-int dinfer_send_frame(dinfer_client *c, const wire_frame *f)
+int dinfer_send_frame(dinfer_client *c, const wire_frame *f, base_err *err)
 {
-    if (wire_send(c->fd, f) != 0) {
-        snprintf(c->err, sizeof c->err, "send failed: %s", strerror(errno));
-        return -1;
-    }
+    if (wire_send(c->fd, f) != 0)
+        return base_errf(err, "send failed: %s", errno ? strerror(errno) : "the server closed the connection");
     return 0;
 }
 
@@ -108,7 +98,7 @@ static void init_frame(dinfer_client *c, wire_frame *f, uint64_t id)
     f->auth_token = c->token;
 }
 
-int dinfer_send_generate(dinfer_client *c, uint64_t id, const dinfer_params *p)
+int dinfer_send_generate(dinfer_client *c, uint64_t id, const dinfer_params *p, base_err *err)
 {
     Dinfer__V1__GenerateRequest g = DINFER__V1__GENERATE_REQUEST__INIT;
     g.n_prompt_tokens = p->prompt_len;
@@ -127,31 +117,29 @@ int dinfer_send_generate(dinfer_client *c, uint64_t id, const dinfer_params *p)
     init_frame(c, &f, id);
     f.body_case = DINFER__V1__FRAME__BODY_GENERATE;
     f.generate = &g;
-    return dinfer_send_frame(c, &f);
+    return dinfer_send_frame(c, &f, err);
 }
 
-int dinfer_send_cancel(dinfer_client *c, uint64_t id)
+int dinfer_send_cancel(dinfer_client *c, uint64_t id, base_err *err)
 {
     Dinfer__V1__Cancel x = DINFER__V1__CANCEL__INIT;
     wire_frame f;
     init_frame(c, &f, id);
     f.body_case = DINFER__V1__FRAME__BODY_CANCEL;
     f.cancel = &x;
-    return dinfer_send_frame(c, &f);
+    return dinfer_send_frame(c, &f, err);
 }
 
 /* Reads from the socket until a frame is decoded or the timeout passes. */
-static int read_frame(dinfer_client *c, int timeout_ms, wire_frame **out)
+static int read_frame(dinfer_client *c, int timeout_ms, wire_frame **out, base_err *err)
 {
     for (;;) {
-        char why[160];
-        wire_status st = wire_decode_next(&c->dec, out, why, sizeof why);
+        base_err why;
+        wire_status st = wire_decode_next(&c->dec, out, &why);
         if (st == WIRE_FRAME)
             return 1;
-        if (st != WIRE_NEED_MORE) {
-            snprintf(c->err, sizeof c->err, "from the server: %s", why);
-            return -1;
-        }
+        if (st != WIRE_NEED_MORE)
+            return base_errf(err, "from the server: %s", why.msg);
         struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
         int pr = poll(&pfd, 1, timeout_ms);
         if (pr < 0 && errno == EINTR)
@@ -162,18 +150,14 @@ static int read_frame(dinfer_client *c, int timeout_ms, wire_frame **out)
         ssize_t r = recv(c->fd, buf, sizeof buf, 0);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            snprintf(c->err, sizeof c->err, "%s", r == 0 ? "the server closed the connection" : strerror(errno));
-            return -1;
-        }
-        if (wire_decoder_feed(&c->dec, buf, (size_t)r)) {
-            snprintf(c->err, sizeof c->err, "out of memory");
-            return -1;
-        }
+        if (r <= 0)
+            return base_errf(err, "%s", r == 0 ? "the server closed the connection" : strerror(errno));
+        if (wire_decoder_feed(&c->dec, buf, (size_t)r))
+            return base_errf(err, "out of memory");
     }
 }
 
-int dinfer_next_frame(dinfer_client *c, int timeout_ms, wire_frame **out)
+int dinfer_next_frame(dinfer_client *c, int timeout_ms, wire_frame **out, base_err *err)
 {
     if (c->n_held > 0) {
         *out = c->held[c->head];
@@ -181,15 +165,15 @@ int dinfer_next_frame(dinfer_client *c, int timeout_ms, wire_frame **out)
         c->n_held--;
         return 1;
     }
-    return read_frame(c, timeout_ms, out);
+    return read_frame(c, timeout_ms, out, err);
 }
 
 /* Waits for a frame of request id; others are held for dinfer_next_frame. */
-static int frame_for(dinfer_client *c, uint64_t id, wire_frame **out)
+static int frame_for(dinfer_client *c, uint64_t id, wire_frame **out, base_err *err)
 {
     for (;;) {
         wire_frame *f;
-        int r = read_frame(c, -1, &f);
+        int r = read_frame(c, -1, &f, err);
         if (r <= 0)
             return -1;
         /* request_id 0 with UNAVAILABLE is about the connection: it ends every stream */
@@ -200,28 +184,28 @@ static int frame_for(dinfer_client *c, uint64_t id, wire_frame **out)
         }
         if (c->n_held == HELD_MAX) {
             wire_frame_free(f);
-            snprintf(c->err, sizeof c->err, "more than %d frames of other streams held", HELD_MAX);
-            return -1;
+            return base_errf(err, "more than %d frames of other streams held", HELD_MAX);
         }
         c->held[(c->head + c->n_held++) % HELD_MAX] = f;
     }
 }
 
-int dinfer_generate(dinfer_client *c, const dinfer_params *p, dinfer_chunk_fn on_chunk, void *ctx, dinfer_result *res)
+int dinfer_generate(dinfer_client *c, const dinfer_params *p, dinfer_chunk_fn on_chunk, void *ctx, dinfer_result *res,
+                    base_err *err)
 {
     memset(res, 0, sizeof *res);
     uint64_t id = c->next_id++;
-    if (dinfer_send_generate(c, id, p))
+    if (dinfer_send_generate(c, id, p, err))
         return -1;
     for (;;) {
         wire_frame *f;
-        if (frame_for(c, id, &f) < 0)
+        if (frame_for(c, id, &f, err) < 0)
             return -1;
         int end = 1;
         if (f->body_case == DINFER__V1__FRAME__BODY_CHUNK) {
             end = 0;
             if (on_chunk && on_chunk(ctx, f->chunk))
-                dinfer_send_cancel(c, id);
+                dinfer_send_cancel(c, id, NULL);
         } else if (f->body_case == DINFER__V1__FRAME__BODY_DONE) {
             snprintf(res->finish_reason, sizeof res->finish_reason, "%s", f->done->finish_reason ? f->done->finish_reason : "");
             res->prompt_tokens = f->done->prompt_tokens;
@@ -241,7 +225,7 @@ int dinfer_generate(dinfer_client *c, const dinfer_params *p, dinfer_chunk_fn on
     }
 }
 
-static int unary(dinfer_client *c, int which, wire_frame **out)
+static int unary(dinfer_client *c, int which, wire_frame **out, base_err *err)
 {
     uint64_t id = c->next_id++;
     Dinfer__V1__HealthRequest h = DINFER__V1__HEALTH_REQUEST__INIT;
@@ -253,17 +237,17 @@ static int unary(dinfer_client *c, int which, wire_frame **out)
         f.health = &h;
     else
         f.stats = &s;
-    if (dinfer_send_frame(c, &f))
+    if (dinfer_send_frame(c, &f, err))
         return -1;
-    return frame_for(c, id, out) < 0 ? -1 : 0;
+    return frame_for(c, id, out, err) < 0 ? -1 : 0;
 }
 
-int dinfer_health(dinfer_client *c, wire_frame **out)
+int dinfer_health(dinfer_client *c, wire_frame **out, base_err *err)
 {
-    return unary(c, DINFER__V1__FRAME__BODY_HEALTH, out);
+    return unary(c, DINFER__V1__FRAME__BODY_HEALTH, out, err);
 }
 
-int dinfer_stats(dinfer_client *c, wire_frame **out)
+int dinfer_stats(dinfer_client *c, wire_frame **out, base_err *err)
 {
-    return unary(c, DINFER__V1__FRAME__BODY_STATS, out);
+    return unary(c, DINFER__V1__FRAME__BODY_STATS, out, err);
 }

@@ -50,7 +50,7 @@ size_t wire_decoder_pending(const wire_decoder *d)
     return d->len - d->off;
 }
 
-wire_status wire_decode_next(wire_decoder *d, wire_frame **out, char *err, size_t errlen)
+wire_status wire_decode_next(wire_decoder *d, wire_frame **out, base_err *err)
 {
     size_t have = d->len - d->off;
     if (have < 4)
@@ -58,7 +58,7 @@ wire_status wire_decode_next(wire_decoder *d, wire_frame **out, char *err, size_
     const uint8_t *p = d->buf + d->off;
     uint32_t n = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
     if (n > d->max_frame) {
-        snprintf(err, errlen, "frame length %u is over the %zu-byte limit", n, d->max_frame);
+        base_errf(err, "frame length %u is over the %zu-byte limit", n, d->max_frame);
         return WIRE_TOO_LARGE;
     }
     if (have - 4 < n)
@@ -66,7 +66,7 @@ wire_status wire_decode_next(wire_decoder *d, wire_frame **out, char *err, size_
     d->off += 4 + (size_t)n;
     *out = dinfer__v1__frame__unpack(NULL, n, p + 4);
     if (!*out) {
-        snprintf(err, errlen, "a frame of %u bytes is not a valid dinfer.v1.Frame", n);
+        base_errf(err, "a frame of %u bytes is not a valid dinfer.v1.Frame", n);
         return WIRE_BAD_FRAME;
     }
     return WIRE_FRAME;
@@ -149,10 +149,10 @@ int wire_send(int fd, const wire_frame *f)
     return rc;
 }
 
-int wire_recv(int fd, wire_decoder *d, wire_frame **out, char *err, size_t errlen)
+int wire_recv(int fd, wire_decoder *d, wire_frame **out, base_err *err)
 {
     for (;;) {
-        wire_status st = wire_decode_next(d, out, err, errlen);
+        wire_status st = wire_decode_next(d, out, err);
         if (st == WIRE_FRAME)
             return 0;
         if (st != WIRE_NEED_MORE)
@@ -161,14 +161,10 @@ int wire_recv(int fd, wire_decoder *d, wire_frame **out, char *err, size_t errle
         ssize_t r = recv(fd, buf, sizeof buf, 0);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            snprintf(err, errlen, "%s", r == 0 ? "the server closed the connection" : strerror(errno));
-            return -1;
-        }
-        if (wire_decoder_feed(d, buf, (size_t)r)) {
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
+        if (r <= 0)
+            return base_errf(err, "%s", r == 0 ? "the server closed the connection" : strerror(errno));
+        if (wire_decoder_feed(d, buf, (size_t)r))
+            return base_errf(err, "out of memory");
     }
 }
 

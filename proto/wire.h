@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/err.h"
 #include "proto/dinfer.pb-c.h"
 
 typedef Dinfer__V1__Frame wire_frame;
@@ -34,8 +35,8 @@ int wire_decoder_feed(wire_decoder *d, const void *data, size_t n);
 /* Bytes held that are not a complete frame yet. */
 size_t wire_decoder_pending(const wire_decoder *d);
 /* Takes the next frame. WIRE_FRAME gives *out (free with wire_frame_free); WIRE_BAD_FRAME and
- * WIRE_TOO_LARGE write why into err. */
-wire_status wire_decode_next(wire_decoder *d, wire_frame **out, char *err, size_t errlen);
+ * WIRE_TOO_LARGE say why in err. */
+wire_status wire_decode_next(wire_decoder *d, wire_frame **out, base_err *err);
 void wire_frame_free(wire_frame *f);
 
 /* A growing byte buffer of encoded frames waiting to be written. */
@@ -50,10 +51,10 @@ size_t wire_buf_pending(const wire_buf *b);
 void wire_buf_consume(wire_buf *b, size_t n);
 void wire_buf_free(wire_buf *b);
 
-/* Blocking helpers for clients: send one frame, or read until one frame is decoded. They return 0,
- * or -1 with errno set (0 for a closed connection) / the reason in err. */
+/* Blocking helpers for clients: send one frame (0, or -1 with errno set), or read until one frame
+ * is decoded (0, or -1 with the reason in err). */
 int wire_send(int fd, const wire_frame *f);
-int wire_recv(int fd, wire_decoder *d, wire_frame **out, char *err, size_t errlen);
+int wire_recv(int fd, wire_decoder *d, wire_frame **out, base_err *err);
 
 const char *wire_status_name(int code); /* "INVALID_ARGUMENT", ... for a StatusCode */
 

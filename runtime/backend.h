@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/err.h"
 #include "runtime/dtype.h"
 
 typedef struct rt_backend rt_backend;
@@ -90,6 +91,11 @@ typedef struct rt_backend_ops {
     /* out(n, cols) fp32 from activations (the logits leave in fp32). */
     void (*to_f32)(rt_backend *be, float *out, const void *x, size_t n);
 
+    /* Ops return nothing; a device failure inside one (a CUDA or cuBLAS error) is kept on the
+     * backend, the first one sticky. 0 while none happened, else -1 with it in err. The forward pass
+     * checks once per step, the loader once per model. */
+    int (*check)(rt_backend *be, base_err *err);
+
     void (*destroy)(rt_backend *be);
 } rt_backend_ops;
 
@@ -105,7 +111,7 @@ rt_backend *rt_cpu_backend_create(int n_threads);
 /* The CUDA backend on device (cudaSetDevice'd on this thread), storing activations, weights and
  * the KV cache as dt with fp32 arithmetic. NULL with err filled when the device cannot be used.
  * rank only labels messages. */
-rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, char *err, size_t errlen);
+rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, base_err *err);
 /* Free and total memory of the current device. */
 int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 /* The cudaStream_t the backend's ops run on (for NCCL). */

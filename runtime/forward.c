@@ -290,7 +290,7 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
     return 0;
 }
 
-int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
+static int forward(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
 {
     rt_model *m = fw->m;
     rt_backend *be = m->be;
@@ -361,4 +361,13 @@ int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *
         op->download(be, logits, fw->logits32, n * sizeof(float));
     }
     return 0;
+}
+
+int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
+{
+    int rc = forward(fw, b, logits, err);
+    /* a device failure inside an op is the cause of whatever else went wrong: it wins */
+    if (fw->m->be->ops->check(fw->m->be, err))
+        return -1;
+    return rc;
 }

@@ -193,6 +193,8 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
 out:
     free(L.stage);
     rt_ckpt_close(&L.ckpt);
+    if (be->ops->check(be, err)) /* a failed upload to the device */
+        rc = -1;
     if (rc)
         rt_model_free(m);
     return rc;

@@ -201,15 +201,15 @@ static void process_frames(net *n, conn *c, double now)
     bool progress = false;
     while (reading(n, c)) {
         wire_frame *f = NULL;
-        char msg[160];
-        wire_status st = wire_decode_next(&c->dec, &f, msg, sizeof msg);
+        base_err why;
+        wire_status st = wire_decode_next(&c->dec, &f, &why);
         if (st == WIRE_NEED_MORE)
             break;
         progress = true;
         if (st == WIRE_BAD_FRAME) {
-            reply_error(n, c, 0, DINFER__V1__STATUS_CODE__STATUS_INVALID_ARGUMENT, msg);
+            reply_error(n, c, 0, DINFER__V1__STATUS_CODE__STATUS_INVALID_ARGUMENT, why.msg);
         } else if (st == WIRE_TOO_LARGE) { /* the stream cannot be followed past this: say so, then close */
-            reply_error(n, c, 0, DINFER__V1__STATUS_CODE__STATUS_RESOURCE_EXHAUSTED, msg);
+            reply_error(n, c, 0, DINFER__V1__STATUS_CODE__STATUS_RESOURCE_EXHAUSTED, why.msg);
             c->closing = true;
         } else {
             handle_frame(n, c, f);

@@ -46,6 +46,12 @@ static void cpu_to_f32(rt_backend *be, float *out, const void *x, size_t n)
     cpu_copy(be, out, x, n * sizeof(float));
 }
 
+static int cpu_check(rt_backend *be, base_err *err)
+{
+    (void)be, (void)err; /* host ops cannot fail once their memory is allocated */
+    return 0;
+}
+
 static void cpu_destroy(rt_backend *be)
 {
     free(be);
@@ -70,6 +76,7 @@ static const rt_backend_ops cpu_ops = {
     .silu_mul = cpu_silu_mul,
     .gather_rows = cpu_gather_rows,
     .to_f32 = cpu_to_f32,
+    .check = cpu_check,
     .destroy = cpu_destroy,
 };
 

@@ -6,6 +6,20 @@
 #include "runtime/cuda/cuda_device.h"
 #include "runtime/cuda/cuda_ops.h"
 
+void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg)
+{
+    if (c->failed)
+        return; /* the first failure is the cause; later ones follow from it */
+    c->failed = true;
+    base_errf(&c->err, "rank %d: %s failed at %s:%d: %s", c->rank, call, file, line, msg);
+}
+
+static int cuda_check(rt_backend *be, base_err *err)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    return c->failed ? base_err_copy(err, &c->err) : 0;
+}
+
 static void *cuda_alloc(rt_backend *be, size_t bytes)
 {
     cuda_ctx *c = cuda_ctx_of(be);
@@ -64,29 +78,29 @@ static void cuda_destroy(rt_backend *be)
         .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
-        .destroy = cuda_destroy,                                                                     \
+        .check = cuda_check, .destroy = cuda_destroy,                                                \
     }
 
 static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
 static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
 static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
 
-extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, char *err, size_t errlen)
+extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, base_err *err)
 {
     int n = rt_cuda_device_count();
     if (device < 0 || device >= n) {
-        snprintf(err, errlen, "CUDA device %d requested, %d visible", device, n);
+        base_errf(err, "CUDA device %d requested, %d visible", device, n);
         return NULL;
     }
     if (cudaSetDevice(device) != cudaSuccess) {
-        snprintf(err, errlen, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        base_errf(err, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
         return NULL;
     }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
         free(c), free(be);
-        snprintf(err, errlen, "out of memory");
+        base_errf(err, "out of memory");
         return NULL;
     }
     c->device = device;
@@ -94,7 +108,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->dt = dt;
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
         cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cannot create a CUDA stream and cuBLAS handle on device %d", device);
+        base_errf(err, "cannot create a CUDA stream and cuBLAS handle on device %d", device);
         free(c), free(be);
         return NULL;
     }

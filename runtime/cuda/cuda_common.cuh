@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 extern "C" {
+#include "base/err.h"
 #include "runtime/backend.h"
 }
 
@@ -20,33 +21,38 @@ typedef struct cuda_ctx {
     rt_dtype dt;           /* activations, weights and KV cache */
     cudaStream_t stream;
     cublasHandle_t blas;
+    bool failed;           /* a call failed: err holds the first failure (sticky) */
+    base_err err;
 } cuda_ctx;
+
+/* Keeps the first failure of the backend: "rank R: CALL failed at FILE:LINE: MESSAGE". */
+void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg);
 
 static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
 {
     return (cuda_ctx *)be->impl;
 }
 
-/* A failed CUDA call inside an op cannot be handed back through the op table: say which call,
- * where and on which rank, then exit (mpirun stops the other ranks). */
-#define CUDA_CHECK(ctx, call)                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (call);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "rank %d: %s failed at %s:%d: %s\n", (ctx)->rank, #call, __FILE__, __LINE__, \
-                    cudaGetErrorString(e_));                                                         \
-            exit(1);                                                                                 \
-        }                                                                                            \
+/* A failed CUDA or cuBLAS call inside an op cannot be handed back through the op table (ops return
+ * nothing): the first failure is kept on the backend, naming the call, where and the rank, and the
+ * op returns. The forward pass asks the backend once per step (ops->check) and fails the step;
+ * the executable decides to stop the job. Library code never exits. */
+#define CUDA_CHECK(ctx, call)                                                     \
+    do {                                                                          \
+        cudaError_t e_ = (call);                                                  \
+        if (e_ != cudaSuccess) {                                                  \
+            cuda_fail((ctx), #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            return;                                                               \
+        }                                                                         \
     } while (0)
 
-#define CUBLAS_CHECK(ctx, call)                                                                      \
-    do {                                                                                             \
-        cublasStatus_t s_ = (call);                                                                  \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                           \
-            fprintf(stderr, "rank %d: %s failed at %s:%d: %s\n", (ctx)->rank, #call, __FILE__, __LINE__, \
-                    cublasGetStatusString(s_));                                                      \
-            exit(1);                                                                                 \
-        }                                                                                            \
+#define CUBLAS_CHECK(ctx, call)                                                      \
+    do {                                                                             \
+        cublasStatus_t s_ = (call);                                                  \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                           \
+            cuda_fail((ctx), #call, __FILE__, __LINE__, cublasGetStatusString(s_)); \
+            return;                                                                  \
+        }                                                                            \
     } while (0)
 
 /* After every launch: a bad configuration shows up here, not at the next sync. */

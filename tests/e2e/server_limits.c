@@ -31,6 +31,7 @@
 
 static const char *host;
 static int port;
+static base_err cerr; /* what a failed client call says */
 
 #define CHECK(cond, ...)                                   \
     do {                                                   \
@@ -82,9 +83,9 @@ static wire_frame *read_until2(int fd, wire_decoder *d, int body, int body2, dou
     *eof = 0;
     for (;;) {
         wire_frame *f = NULL;
-        char why[160];
+        base_err why;
         wire_status st;
-        while ((st = wire_decode_next(d, &f, why, sizeof why)) == WIRE_FRAME) {
+        while ((st = wire_decode_next(d, &f, &why)) == WIRE_FRAME) {
             if ((int)f->body_case == body || (int)f->body_case == body2)
                 return f;
             wire_frame_free(f);
@@ -134,11 +135,10 @@ static int error_then_eof(int fd, double seconds, char *msg, size_t n, int *clos
 static int served(const char *token)
 {
     dinfer_client *c;
-    char err[256];
-    if (dinfer_connect(&c, host, port, token, err, sizeof err) != 0)
+    if (dinfer_connect(&c, host, port, token, &cerr) != 0)
         return 0;
     wire_frame *f = NULL;
-    int ok = dinfer_health(c, &f) == 0 && f->body_case == DINFER__V1__FRAME__BODY_HEALTH_RESPONSE;
+    int ok = dinfer_health(c, &f, &cerr) == 0 && f->body_case == DINFER__V1__FRAME__BODY_HEALTH_RESPONSE;
     wire_frame_free(f);
     dinfer_close(c);
     return ok;
@@ -323,15 +323,14 @@ static void test_frame(void)
 static void test_rid0(const char *token)
 {
     dinfer_client *c;
-    char err[256];
-    CHECK(dinfer_connect(&c, host, port, token, err, sizeof err) == 0, "%s", err);
+    CHECK(dinfer_connect(&c, host, port, token, &cerr) == 0, "%s", cerr.msg);
     int32_t prompt[2] = {1, 2};
     dinfer_params p;
     dinfer_params_init(&p);
     p.prompt = prompt, p.prompt_len = 2, p.max_tokens = 2;
-    CHECK(dinfer_send_generate(c, 0, &p) == 0, "send failed");
+    CHECK(dinfer_send_generate(c, 0, &p, &cerr) == 0, "send failed");
     wire_frame *f = NULL;
-    CHECK(dinfer_next_frame(c, 5000, &f) == 1, "no reply");
+    CHECK(dinfer_next_frame(c, 5000, &f, &cerr) == 1, "no reply");
     CHECK(f->body_case == DINFER__V1__FRAME__BODY_ERROR &&
               f->error->code == DINFER__V1__STATUS_CODE__STATUS_INVALID_ARGUMENT && strstr(f->error->message, "request_id 0"),
           "request_id 0 was not refused");

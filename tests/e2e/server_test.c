@@ -24,15 +24,15 @@
 static const char *host;
 static int port;
 static const char *token;
+static base_err cerr; /* what a failed client call says */
 static rt_backend *be;
 static rt_model model;
 
 static dinfer_client *connect_ok(void)
 {
     dinfer_client *c;
-    char err[256];
-    if (dinfer_connect(&c, host, port, token, err, sizeof err))
-        fail_msg("%s", err);
+    if (dinfer_connect(&c, host, port, token, &cerr))
+        fail_msg("%s", cerr.msg);
     return c;
 }
 
@@ -65,7 +65,7 @@ typedef struct stream {
 static void run_streams(stream *s, int n, dinfer_client **conns, int n_conns)
 {
     for (int i = 0; i < n; i++)
-        assert_int_equal(dinfer_send_generate(conns[i % n_conns], (uint64_t)i + 1, &s[i].p), 0);
+        assert_int_equal(dinfer_send_generate(conns[i % n_conns], (uint64_t)i + 1, &s[i].p, &cerr), 0);
     int left = n;
     while (left > 0) {
         struct pollfd pfd[64];
@@ -76,7 +76,7 @@ static void run_streams(stream *s, int n, dinfer_client **conns, int n_conns)
             if (!pfd[k].revents)
                 continue;
             wire_frame *f;
-            while (dinfer_next_frame(conns[k], 0, &f) == 1) {
+            while (dinfer_next_frame(conns[k], 0, &f, &cerr) == 1) {
                 stream *x = &s[f->request_id - 1];
                 if (f->body_case == DINFER__V1__FRAME__BODY_CHUNK) {
                     for (size_t j = 0; j < f->chunk->n_tokens && x->n < 128; j++) {
@@ -174,7 +174,7 @@ static void expect_error(dinfer_client *c, uint64_t id, int code, const char *ne
 {
     wire_frame *f;
     for (;;) {
-        assert_int_equal(dinfer_next_frame(c, 10000, &f), 1);
+        assert_int_equal(dinfer_next_frame(c, 10000, &f, &cerr), 1);
         if (f->request_id == id && f->body_case != DINFER__V1__FRAME__BODY_CHUNK)
             break;
         wire_frame_free(f);
@@ -196,7 +196,7 @@ static void still_serving(dinfer_client *c)
     dinfer_params_init(&p);
     p.prompt = prompt, p.prompt_len = 2, p.max_tokens = 3, p.ignore_eos = true;
     dinfer_result r;
-    assert_int_equal(dinfer_generate(c, &p, NULL, NULL, &r), 0);
+    assert_int_equal(dinfer_generate(c, &p, NULL, NULL, &r, &cerr), 0);
     assert_int_equal(r.status, 0);
     assert_int_equal(r.completion_tokens, 3);
 }
@@ -221,8 +221,7 @@ static bool raw_exchange(const void *bytes, size_t n, int code, const char *need
     wire_decoder d;
     wire_decoder_init(&d, 0);
     wire_frame *f;
-    char err[128];
-    assert_int_equal(wire_recv(fd, &d, &f, err, sizeof err), 0);
+    assert_int_equal(wire_recv(fd, &d, &f, &cerr), 0);
     assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_ERROR);
     assert_int_equal((int)f->error->code, code);
     if (!strstr(f->error->message, needle))
@@ -256,11 +255,11 @@ static void test_broken_streams(void **state)
     /* frames with no message, or a message only the server sends */
     wire_frame f = DINFER__V1__FRAME__INIT;
     f.has_request_id = 1, f.request_id = 41, f.auth_token = (char *)token;
-    assert_int_equal(dinfer_send_frame(c, &f), 0);
+    assert_int_equal(dinfer_send_frame(c, &f, &cerr), 0);
     expect_error(c, 41, 3, "unknown or unexpected message");
     Dinfer__V1__TokenChunk ch = DINFER__V1__TOKEN_CHUNK__INIT;
     f.request_id = 42, f.body_case = DINFER__V1__FRAME__BODY_CHUNK, f.chunk = &ch;
-    assert_int_equal(dinfer_send_frame(c, &f), 0);
+    assert_int_equal(dinfer_send_frame(c, &f, &cerr), 0);
     expect_error(c, 42, 3, "unknown or unexpected message");
     still_serving(c);
     dinfer_close(c);
@@ -277,7 +276,7 @@ static void test_bad_requests(void **state)
         dinfer_params_init(&p);                                 \
         p.prompt = ok, p.prompt_len = 3, p.max_tokens = 4;      \
         __VA_ARGS__;                                            \
-        assert_int_equal(dinfer_send_generate(c, id, &p), 0);   \
+        assert_int_equal(dinfer_send_generate(c, id, &p, &cerr), 0);   \
         expect_error(c, id, code, needle);                      \
     } while (0)
     CASE(1, 3, "the prompt is empty", p.prompt_len = 0);
@@ -295,15 +294,15 @@ static void test_bad_requests(void **state)
     int32_t long_prompt[1] = {4};
     dinfer_params_init(&p);
     p.prompt = long_prompt, p.prompt_len = 1, p.max_tokens = 100, p.ignore_eos = true;
-    assert_int_equal(dinfer_send_generate(c, 77, &p), 0);
-    assert_int_equal(dinfer_send_generate(c, 77, &p), 0);
+    assert_int_equal(dinfer_send_generate(c, 77, &p, &cerr), 0);
+    assert_int_equal(dinfer_send_generate(c, 77, &p, &cerr), 0);
     /* the duplicate is refused; the first one is unharmed and runs to its 100 tokens (its chunks
      * and the refusal carry the same id, in whatever order the server sends them) */
     int n = 0;
     bool refused = false;
     for (;;) {
         wire_frame *f;
-        assert_int_equal(dinfer_next_frame(c, 10000, &f), 1);
+        assert_int_equal(dinfer_next_frame(c, 10000, &f, &cerr), 1);
         assert_int_equal(f->request_id, 77);
         int body = (int)f->body_case;
         if (body == DINFER__V1__FRAME__BODY_CHUNK)
@@ -320,10 +319,10 @@ static void test_bad_requests(void **state)
     assert_true(refused);
     assert_int_equal(n, 100);
     /* cancel: of an unknown id, then of a live request */
-    assert_int_equal(dinfer_send_cancel(c, 999), 0);
+    assert_int_equal(dinfer_send_cancel(c, 999, &cerr), 0);
     expect_error(c, 999, 5, "no live request 999");
-    assert_int_equal(dinfer_send_generate(c, 78, &p), 0);
-    assert_int_equal(dinfer_send_cancel(c, 78), 0);
+    assert_int_equal(dinfer_send_generate(c, 78, &p, &cerr), 0);
+    assert_int_equal(dinfer_send_cancel(c, 78, &cerr), 0);
     expect_error(c, 78, 1, "cancelled by the client");
     still_serving(c);
     dinfer_close(c);
@@ -333,7 +332,7 @@ static int64_t stat_of(const char *which)
 {
     dinfer_client *c = connect_ok();
     wire_frame *f;
-    assert_int_equal(dinfer_stats(c, &f), 0);
+    assert_int_equal(dinfer_stats(c, &f, &cerr), 0);
     assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_STATS_RESPONSE);
     const Dinfer__V1__StatsResponse *s = f->stats_response;
     int64_t v = strcmp(which, "used") == 0      ? s->kv_blocks_used
@@ -365,9 +364,9 @@ static void test_disconnects_and_silent_clients(void **state)
     p.prompt = prompt, p.prompt_len = 4, p.max_tokens = 100, p.ignore_eos = true;
     /* a client that disconnects mid-stream: its request is cancelled and its blocks freed */
     dinfer_client *a = connect_ok();
-    assert_int_equal(dinfer_send_generate(a, 1, &p), 0);
+    assert_int_equal(dinfer_send_generate(a, 1, &p, &cerr), 0);
     wire_frame *f;
-    assert_int_equal(dinfer_next_frame(a, 10000, &f), 1);
+    assert_int_equal(dinfer_next_frame(a, 10000, &f, &cerr), 1);
     assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_CHUNK);
     wire_frame_free(f);
     dinfer_close(a);
@@ -376,7 +375,7 @@ static void test_disconnects_and_silent_clients(void **state)
     dinfer_client *silent = connect_ok();
     p.logprobs = 20;
     for (uint64_t id = 1; id <= 16; id++)
-        assert_int_equal(dinfer_send_generate(silent, id, &p), 0);
+        assert_int_equal(dinfer_send_generate(silent, id, &p, &cerr), 0);
     dinfer_client *b = connect_ok();
     still_serving(b);
     dinfer_close(b);
@@ -389,7 +388,7 @@ static void test_health(void **state)
     (void)state;
     dinfer_client *c = connect_ok();
     wire_frame *f;
-    assert_int_equal(dinfer_health(c, &f), 0);
+    assert_int_equal(dinfer_health(c, &f, &cerr), 0);
     assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_HEALTH_RESPONSE);
     assert_true(f->health_response->ready);
     assert_int_equal(f->health_response->vocab_size, (uint32_t)model.cfg.vocab_size);
@@ -405,18 +404,17 @@ static void test_auth(void **state)
         skip();
     const char *saved = token;
     dinfer_client *c;
-    char err[256];
     int32_t prompt[2] = {1, 2};
     dinfer_params p;
     dinfer_params_init(&p);
     p.prompt = prompt, p.prompt_len = 2;
     const char *tries[2] = {NULL, "not-the-token"};
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(dinfer_connect(&c, host, port, tries[i], err, sizeof err), 0);
-        assert_int_equal(dinfer_send_generate(c, 3, &p), 0);
+        assert_int_equal(dinfer_connect(&c, host, port, tries[i], &cerr), 0);
+        assert_int_equal(dinfer_send_generate(c, 3, &p, &cerr), 0);
         expect_error(c, 3, 16, i == 0 ? "needs an auth token" : "wrong auth token");
         wire_frame *f;
-        assert_int_equal(dinfer_health(c, &f), 0);
+        assert_int_equal(dinfer_health(c, &f, &cerr), 0);
         assert_int_equal(f->body_case, DINFER__V1__FRAME__BODY_ERROR);
         assert_int_equal((int)f->error->code, 16);
         wire_frame_free(f);

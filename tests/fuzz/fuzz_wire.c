@@ -21,8 +21,8 @@ static wire_frame *decode(const wire_buf *b)
     wire_decoder d;
     wire_decoder_init(&d, 1 << 20);
     wire_frame *g = NULL;
-    char err[160];
-    if (wire_decoder_feed(&d, b->data, b->len) != 0 || wire_decode_next(&d, &g, err, sizeof err) != WIRE_FRAME)
+    base_err err;
+    if (wire_decoder_feed(&d, b->data, b->len) != 0 || wire_decode_next(&d, &g, &err) != WIRE_FRAME)
         g = NULL;
     wire_decoder_free(&d);
     return g;
@@ -53,7 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     wire_decoder d;
     wire_decoder_init(&d, 1 << 16);
     size_t piece = (size_t)data[0] % 7 + 1, off = 1;
-    char err[160];
+    base_err err;
     for (int broken = 0; off < size && !broken;) {
         size_t n = size - off < piece ? size - off : piece;
         if (wire_decoder_feed(&d, data + off, n) != 0)
@@ -61,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         off += n;
         for (;;) {
             wire_frame *f = NULL;
-            wire_status st = wire_decode_next(&d, &f, err, sizeof err);
+            wire_status st = wire_decode_next(&d, &f, &err);
             if (st == WIRE_NEED_MORE)
                 break;
             if (st == WIRE_TOO_LARGE) {

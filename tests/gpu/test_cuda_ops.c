@@ -282,21 +282,39 @@ static void test_attention(void **state)
     }
 }
 
+/* A failed CUDA call inside an op is kept on the backend (the first one) and reported by check,
+ * naming the call and the rank; nothing exits. */
+static void test_sticky_error(void **state)
+{
+    (void)state;
+    base_err err = {{0}};
+    rt_backend *be = rt_cuda_backend_create(0, RT_F32, 5, &err);
+    assert_non_null(be);
+    assert_int_equal(be->ops->check(be, &err), 0);
+    be->ops->free(be, (void *)(uintptr_t)0x1234); /* not a device pointer */
+    assert_int_equal(be->ops->check(be, &err), -1);
+    if (!strstr(err.msg, "rank 5: cudaFree(p) failed at"))
+        fail_msg("unexpected message: %s", err.msg);
+    assert_int_equal(be->ops->check(be, &err), -1); /* sticky */
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     if (rt_cuda_device_count() == 0) {
         printf("SKIP: no CUDA device is visible\n");
         return 77;
     }
-    char err[256];
+    base_err err;
     cpu = rt_cpu_backend_create(0);
     for (int k = 0; k < 2; k++)
-        if (!(gpu[k] = rt_cuda_backend_create(0, types[k], 0, err, sizeof err))) {
-            fprintf(stderr, "%s\n", err);
+        if (!(gpu[k] = rt_cuda_backend_create(0, types[k], 0, &err))) {
+            fprintf(stderr, "%s\n", err.msg);
             return 1;
         }
     rt_rng_seed(&rng, 2024);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sticky_error),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_rows_and_elementwise),
         cmocka_unit_test(test_attention),
