@@ -26,7 +26,7 @@ size_t comm_dtype_size(comm_dtype t);
 typedef struct comm comm;
 typedef struct comm_group comm_group;
 
-/* The groups of a tp x pp job laid out as rank = stage * tp + tp_rank. */
+/* The groups of a tp x pp job, from the places the caller gave each rank. */
 typedef struct comm_topology {
     int world_size, rank;
     int tp, pp;
@@ -44,9 +44,10 @@ typedef struct comm_counters {
     uint64_t calls;
 } comm_counters;
 
-/* MPI backend over MPI_COMM_WORLD (MPI must be initialized). Fails when the world size is not
- * tp x pp. */
-int comm_mpi_create(comm **out, int tp, int pp, base_err *err);
+/* MPI backend over MPI_COMM_WORLD (MPI must be initialized). This rank sits at (stage, tp_rank), as
+ * the partition plan places it (comm does not decide the layout); the groups are built from every
+ * rank's place. Fails when the world size is not tp x pp or two ranks claim one place. Collective. */
+int comm_mpi_create(comm **out, int tp, int pp, int stage, int tp_rank, base_err *err);
 void comm_destroy(comm *c);
 
 const comm_topology *comm_topo(const comm *c);

@@ -55,25 +55,29 @@ static int init_group(comm *c, comm_group *g, MPI_Comm mc, uint64_t *bytes)
     return 0;
 }
 
-int comm_mpi_create(comm **out, int tp, int pp, base_err *err)
+int comm_mpi_create(comm **out, int tp, int pp, int stage, int tp_rank, base_err *err)
 {
     int world, rank;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (tp < 1 || pp < 1 || (long)tp * pp != world) {
+    if (tp < 1 || pp < 1 || (long)tp * pp != world) /* the same verdict on every rank */
         return base_errf(err, "the job has %d ranks but tp=%d x pp=%d needs %ld", world, tp, pp, (long)tp * pp);
-    }
+    int bad = stage < 0 || stage >= pp || tp_rank < 0 || tp_rank >= tp;
+    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD);
+    if (bad)
+        return base_errf(err, "rank %d: a rank was placed outside tp=%d x pp=%d (this one at stage %d, tp rank %d)",
+                         rank, tp, pp, stage, tp_rank);
     comm *c = calloc(1, sizeof *c);
     if (!c)
         return base_errf(err, "out of memory");
     c->chunk = INT_MAX;
     c->topo = (comm_topology){.world_size = world, .rank = rank, .tp = tp, .pp = pp,
-                              .stage = rank / tp, .tp_rank = rank % tp,
+                              .stage = stage, .tp_rank = tp_rank,
                               .world = &c->world, .tp_group = &c->tp, .pp_group = &c->pp};
     MPI_Comm dup, tpc, ppc;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &dup) != MPI_SUCCESS ||
-        MPI_Comm_split(MPI_COMM_WORLD, rank / tp, rank % tp, &tpc) != MPI_SUCCESS ||
-        MPI_Comm_split(MPI_COMM_WORLD, rank % tp, rank / tp, &ppc) != MPI_SUCCESS) {
+        MPI_Comm_split(MPI_COMM_WORLD, stage, tp_rank, &tpc) != MPI_SUCCESS ||
+        MPI_Comm_split(MPI_COMM_WORLD, tp_rank, stage, &ppc) != MPI_SUCCESS) {
         free(c);
         return base_errf(err, "rank %d: cannot create the tp and pp communicators", rank);
     }
@@ -89,6 +93,13 @@ int comm_mpi_create(comm **out, int tp, int pp, base_err *err)
     init_group(c, &c->world, dup, &c->counters.world_bytes);
     init_group(c, &c->tp, tpc, &c->counters.tp_bytes);
     init_group(c, &c->pp, ppc, &c->counters.pp_bytes);
+    /* two ranks at one place show as a group of the wrong size somewhere */
+    int wrong = c->tp.size != tp || c->pp.size != pp;
+    MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD);
+    if (wrong) {
+        comm_destroy(c);
+        return base_errf(err, "rank %d: two ranks were given the same place in tp=%d x pp=%d", rank, tp, pp);
+    }
     *out = c;
     return 0;
 }

@@ -393,8 +393,10 @@ int main(int argc, char **argv)
     base_err err = {{0}};
     comm *c = NULL;
     /* every rank parses the same command line and reaches the same verdict; rank 0 reports it */
-    int rc = parse_args(&a, argc, argv, &err);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, &err) != 0)
+    int rc = parse_args(&a, argc, argv, &err), stage = 0, tp_rank = 0;
+    if (rc == 0)
+        plan_place(a.tp, rank, &stage, &tp_rank);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, stage, tp_rank, &err) != 0)
         rc = -1;
     if (rc == 0)
         rc = run(&a, c, &err);

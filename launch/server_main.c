@@ -322,8 +322,10 @@ int main(int argc, char **argv)
     server_args a;
     base_err err = {{0}};
     comm *c = NULL;
-    int rc = parse(&a, argc, argv, &err);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, &err) != 0)
+    int rc = parse(&a, argc, argv, &err), stage = 0, tp_rank = 0;
+    if (rc == 0)
+        plan_place(a.tp, rank, &stage, &tp_rank);
+    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, stage, tp_rank, &err) != 0)
         rc = -1;
     if (rc < 0 && rank == 0)
         fprintf(stderr, "dinfer-server: %s\n", err.msg);

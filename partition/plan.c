@@ -44,6 +44,17 @@ static int check_split(const rt_config *c, int tp, int pp, const int *lps, base_
     return 0;
 }
 
+void plan_place(int tp, int rank, int *stage, int *tp_rank)
+{
+    *stage = rank / tp;
+    *tp_rank = rank % tp;
+}
+
+int plan_rank_at(int tp, int stage, int tp_rank)
+{
+    return stage * tp + tp_rank;
+}
+
 int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dtype dtype, base_err *err)
 {
     memset(p, 0, sizeof *p);
@@ -64,10 +75,10 @@ int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dt
     const bool replicate_kv = tp > c->n_kv_heads;
     for (int s = 0, first_layer = 0; s < pp; first_layer += p->stage_layers[s++]) {
         for (int t = 0; t < tp; t++) {
-            plan_rank *r = &p->ranks[s * tp + t];
-            r->rank = s * tp + t;
-            r->stage = s;
-            r->tp_rank = t;
+            const int rank = plan_rank_at(tp, s, t);
+            plan_rank *r = &p->ranks[rank];
+            r->rank = rank;
+            plan_place(tp, rank, &r->stage, &r->tp_rank);
             rt_shard *sh = &r->shard;
             sh->layer_begin = first_layer;
             sh->layer_end = first_layer + p->stage_layers[s];
@@ -88,6 +99,7 @@ int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dt
             sh->first_stage = s == 0;
             sh->last_stage = s == pp - 1;
             sh->adds_row_bias = t == 0;
+            sh->sampler_rank = plan_rank_at(tp, pp - 1, 0);
             r->weight_bytes = rt_shard_weight_bytes(c, sh, dtype);
             r->kv_bytes_per_token = rt_kv_bytes_per_token(p->stage_layers[s], sh->n_kv_heads, c->head_dim, dtype);
         }

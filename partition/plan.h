@@ -17,10 +17,17 @@
 #define PLAN_MAX_TP 1024
 #define PLAN_MAX_PP 1024
 
+/* Where world rank `rank` sits in a job of tensor-parallel width tp: its pipeline stage and its
+ * place in the stage's tp group. The one definition of the rank layout (comm builds its groups
+ * from it, the plan its shards). */
+void plan_place(int tp, int rank, int *stage, int *tp_rank);
+/* The world rank at (stage, tp_rank). */
+int plan_rank_at(int tp, int stage, int tp_rank);
+
 typedef struct plan_rank {
     int rank;
-    int stage;                 /* pipeline stage: rank / tp */
-    int tp_rank;               /* rank % tp */
+    int stage;                 /* pipeline stage (plan_place) */
+    int tp_rank;               /* place in the stage's tp group */
     rt_shard shard;
     size_t weight_bytes;       /* in the plan's dtype */
     size_t kv_bytes_per_token; /* this rank's KV cache per token of context */

@@ -34,10 +34,7 @@ static size_t body_ints(const rt_forward_limits *l)
 
 static int sampler_rank(const rt_engine *e)
 {
-    if (!e->comm)
-        return 0;
-    const comm_topology *t = comm_topo(e->comm);
-    return (t->pp - 1) * t->tp;
+    return e->comm ? e->m->shard.sampler_rank : 0; /* the plan's choice */
 }
 
 static int my_rank(const rt_engine *e)

@@ -30,6 +30,7 @@ struct rt_forward {
     float *part;            /* (max_logits, vocab_local) host: this rank's logits (tp > 1) */
     float *gathered;        /* (max_logits, vocab) host: every rank's blocks, on the sampling rank */
     size_t *counts;         /* (tp) logit elements per tp rank */
+    int32_t *vocab_ranges;  /* (tp, 2) each tp rank's [vocab_begin, vocab_end): their shards, as the plan cut them */
 };
 
 /* Bytes of each device buffer of the workspace. */
@@ -75,6 +76,20 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         return base_errf(err, "out of host memory");
     const rt_config *c = &m->cfg;
     const rt_shard *s = &m->shard;
+    if (cm && comm_topo(cm)->tp > 1 && s->last_stage) {
+        /* the sampling rank lays the gathered logits out by each rank's own vocabulary range
+         * (collective over the last stage's tp group: first, before anything here can fail) */
+        const int tpn = comm_topo(cm)->tp;
+        int32_t mine[2] = {s->vocab_begin, s->vocab_end};
+        fw->vocab_ranges = malloc((size_t)tpn * 2 * sizeof *fw->vocab_ranges);
+        int short_of_memory = 0;
+        if (comm_any(comm_topo(cm)->tp_group, !fw->vocab_ranges, &short_of_memory, err) || short_of_memory ||
+            comm_allgather(comm_topo(cm)->tp_group, mine, fw->vocab_ranges, 2, COMM_I32, err)) {
+            free(fw->vocab_ranges);
+            free(fw);
+            return short_of_memory ? base_errf(err, "out of host memory") : -1;
+        }
+    }
     rt_backend *be = m->be;
     fw->m = m;
     fw->comm = cm;
@@ -115,7 +130,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         fw->part = malloc((size_t)lim->max_logits * vocab * sizeof(float));
         fw->gathered = malloc((size_t)lim->max_logits * (size_t)c->vocab_size * sizeof(float));
         fw->counts = malloc((size_t)tp * sizeof *fw->counts);
-        failed |= !fw->part || !fw->gathered || !fw->counts;
+        failed |= !fw->part || !fw->gathered || !fw->counts || !fw->vocab_ranges;
     }
     if (failed || !fw->h_ints) {
         rt_forward_destroy(fw);
@@ -145,6 +160,7 @@ void rt_forward_destroy(rt_forward *fw)
     free(fw->part);
     free(fw->gathered);
     free(fw->counts);
+    free(fw->vocab_ranges);
     free(fw);
 }
 
@@ -274,15 +290,15 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
         src = fw->logits32;
     }
     op->download(m->be, fw->part, src, (size_t)nl * v_local * sizeof(float));
-    for (int r = 0; r < t->tp; r++) /* the plan's even split of the vocabulary */
-        fw->counts[r] = (size_t)nl * (size_t)(((long)V * (r + 1) / t->tp) - ((long)V * r / t->tp));
+    for (int r = 0; r < t->tp; r++)
+        fw->counts[r] = (size_t)nl * (size_t)(fw->vocab_ranges[2 * r + 1] - fw->vocab_ranges[2 * r]);
     if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32, err))
         return -1;
     if (t->tp_rank != 0)
         return 0;
     const float *blk = fw->gathered;
     for (int r = 0; r < t->tp; r++) {
-        size_t v0 = (size_t)((long)V * r / t->tp), w = fw->counts[r] / (size_t)nl;
+        size_t v0 = (size_t)fw->vocab_ranges[2 * r], w = fw->counts[r] / (size_t)nl;
         for (int i = 0; i < nl; i++)
             memcpy(logits + (size_t)i * V + v0, blk + (size_t)i * w, w * sizeof(float));
         blk += fw->counts[r];

@@ -20,6 +20,7 @@ typedef struct rt_shard {
     bool first_stage;           /* embeds the tokens */
     bool last_stage;            /* final norm, LM head, sampling */
     bool adds_row_bias;         /* adds o_proj's bias (one rank of a tp group does) */
+    int sampler_rank;           /* the world rank that samples and returns the tokens to rank 0 */
 } rt_shard;
 
 /* The whole model on one rank. */

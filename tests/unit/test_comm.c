@@ -20,13 +20,23 @@ static void test_topology(void **state)
 {
     (void)state;
     assert_int_equal(t->world_size, 4);
-    assert_int_equal(t->stage, t->rank / 2);
-    assert_int_equal(t->tp_rank, t->rank % 2);
+    assert_int_equal(t->stage, t->rank % 2);
+    assert_int_equal(t->tp_rank, t->rank / 2);
+    /* the tp group holds the two ranks of this stage: an all-reduce of world ranks shows which */
+    int32_t sum = t->rank;
+    assert_int_equal(comm_allreduce_sum(t->tp_group, &sum, 1, COMM_I32, &e), 0);
+    assert_int_equal(sum, t->stage + (t->stage + 2));
     assert_int_equal(comm_group_size(t->tp_group), 2);
     assert_int_equal(comm_group_rank(t->tp_group), t->tp_rank);
     assert_int_equal(comm_group_size(t->pp_group), 2);
     assert_int_equal(comm_group_rank(t->pp_group), t->stage);
     assert_true(t->local_size >= 1 && t->local_rank < t->local_size);
+}
+
+/* The world rank at (stage, tp_rank) in this test's transposed layout. */
+static int world_at(int stage, int tp_rank)
+{
+    return tp_rank * 2 + stage;
 }
 
 static void test_allreduce_and_bcast(void **state)
@@ -36,7 +46,7 @@ static void test_allreduce_and_bcast(void **state)
     for (int i = 0; i < 10; i++)
         v[i] = (float)(t->rank * 100 + i);
     assert_int_equal(comm_allreduce_sum(t->tp_group, v, 10, COMM_F32, &e), 0);
-    int a = t->stage * 2, b = a + 1; /* the two ranks of my tp group */
+    int a = world_at(t->stage, 0), b = world_at(t->stage, 1); /* the two ranks of my tp group */
     for (int i = 0; i < 10; i++)
         assert_true(v[i] == (float)(a * 100 + b * 100 + 2 * i));
     int32_t w[11];
@@ -68,9 +78,9 @@ static void test_gathers(void **state)
         assert_int_equal(comm_gatherv(t->tp_group, send, n, recv, counts, root, COMM_F32, &e), 0);
         if (t->tp_rank == root) {
             for (int i = 0; i < 7; i++)
-                assert_true(recv[i] == (float)(t->stage * 2 * 1000 + i));
+                assert_true(recv[i] == (float)(world_at(t->stage, 0) * 1000 + i));
             for (int i = 0; i < 3; i++)
-                assert_true(recv[7 + i] == (float)((t->stage * 2 + 1) * 1000 + i));
+                assert_true(recv[7 + i] == (float)(world_at(t->stage, 1) * 1000 + i));
         }
     }
     /* a rank with nothing to give */
@@ -129,7 +139,19 @@ int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     base_err err;
-    if (comm_mpi_create(&c, 2, 2, &err) != 0) {
+    /* comm builds its groups from the places it is given: here not the plan's layout (stage =
+     * rank / tp) but its transpose, so the test shows the groups follow the caller */
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    /* places that collide (ranks 0 and 1 both at stage 0, tp rank 0) or fall outside are refused on
+     * every rank */
+    if (comm_mpi_create(&c, 2, 2, rank / 2, rank == 1 ? 0 : rank % 2, &err) == 0 || !strstr(err.msg, "same place") ||
+        comm_mpi_create(&c, 2, 2, rank == 3 ? 2 : rank / 2, rank % 2, &err) == 0 || !strstr(err.msg, "outside")) {
+        fprintf(stderr, "test_comm: bad places were not refused (%s)\n", err.msg);
+        MPI_Finalize();
+        return 1;
+    }
+    if (comm_mpi_create(&c, 2, 2, rank % 2, rank / 2, &err) != 0) {
         fprintf(stderr, "test_comm: %s (run it under mpirun -np 4)\n", err.msg);
         MPI_Finalize();
         return 1;
