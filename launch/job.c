@@ -4,6 +4,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/sampler.h"
+#include "runtime/scheduler.h"
 #ifdef DINFER_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
 #endif
@@ -122,48 +123,6 @@ int job_threads(const comm *c, int requested)
     return n > 0 ? (int)n : 1;
 }
 
-void job_options_init(job_options *o)
-{
-    memset(o, 0, sizeof *o);
-    o->tp = o->pp = 1;
-    o->gpu_memory_fraction = 0.9;
-    o->comm_timeout = 120;
-}
-
-int job_parse_flag(job_options *o, const char *flag, const char *v, base_err *err)
-{
-    char *end;
-    if (strcmp(flag, "--device") == 0) {
-        if (strcmp(v, "cpu") && strcmp(v, "cuda"))
-            return base_errf(err, "--device: \"%.16s\" is not cpu or cuda", v);
-        o->device = v;
-    } else if (strcmp(flag, "--dtype") == 0) {
-        if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "f16"))
-            return base_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
-        o->dtype = v;
-    } else if (strcmp(flag, "--gpu-memory-fraction") == 0) {
-        o->gpu_memory_fraction = strtod(v, &end);
-        if (!*v || *end || !(o->gpu_memory_fraction > 0 && o->gpu_memory_fraction <= 1))
-            return base_errf(err, "--gpu-memory-fraction: \"%.16s\" is not in (0, 1]", v);
-    } else if (strcmp(flag, "--comm-timeout") == 0) {
-        o->comm_timeout = strtod(v, &end);
-        if (!*v || *end || !(o->comm_timeout > 0))
-            return base_errf(err, "--comm-timeout: \"%.16s\" is not a positive number of seconds", v);
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
-#ifdef DINFER_HAVE_CUDA
-static rt_dtype dtype_of(const char *s, rt_dtype def)
-{
-    if (!s)
-        return def;
-    return strcmp(s, "bf16") == 0 ? RT_BF16 : strcmp(s, "f16") == 0 ? RT_F16 : RT_F32;
-}
-#endif
-
 static double gib(size_t b)
 {
     return (double)b / (1 << 30);
@@ -171,7 +130,7 @@ static double gib(size_t b)
 
 /* Chooses this rank's backend (collective: the default device is cuda only when every rank has a
  * GPU) and checks the memory plan before anything is loaded. */
-static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *err)
+static int make_backend(comm *c, const job_flags *o, job_model *jm, base_err *err)
 {
     const comm_topology *t = comm_topo(c);
     int n_gpu = 0;
@@ -202,7 +161,7 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *
 #ifdef DINFER_HAVE_CUDA
     const int dev = t->local_rank % n_gpu;
     jm->on_gpu = true;
-    jm->dtype = dtype_of(o->dtype, jm->cfg.dtype);
+    jm->dtype = job_flags_dtype(o, jm->cfg.dtype);
     char desc[128] = "?";
     rt_cuda_describe(dev, desc, sizeof desc);
     snprintf(jm->device, sizeof jm->device, "%s, %s", desc, rt_dtype_name(jm->dtype));
@@ -214,7 +173,7 @@ static int make_backend(comm *c, const job_options *o, job_model *jm, base_err *
     jm->gpu_budget = (size_t)(o->gpu_memory_fraction * (double)jm->gpu_total);
     const rt_shard *sh = &jm->plan.ranks[t->rank].shard;
     jm->weight_bytes = rt_shard_weight_bytes(&jm->cfg, sh, jm->dtype);
-    jm->workspace_bytes = rt_forward_workspace_bytes(&jm->cfg, sh, &o->lim, jm->dtype);
+    jm->workspace_bytes = rt_forward_workspace_bytes(&jm->cfg, sh, &jm->geo.lim, jm->dtype);
     const size_t reserve = (size_t)512 << 20; /* cuBLAS workspace, CUDA context, NCCL buffers */
     if (jm->weight_bytes + jm->workspace_bytes + reserve > jm->gpu_budget)
         return base_errf(err, "%s: the shard needs %.2f GiB of weights and %.2f GiB of workspace (+%.1f reserved), more "
@@ -248,7 +207,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 
 /* What every rank must agree on before loading: this build, the model folder as it is on this
  * host (config.json and the size of every weight file), the split and the device choice. */
-static void fingerprint(const job_options *o, char *out, size_t n)
+static void fingerprint(const job_flags *o, char *out, size_t n)
 {
     uint64_t h = 0xcbf29ce484222325ULL;
     char path[4096], *text;
@@ -281,7 +240,7 @@ static void fingerprint(const job_options *o, char *out, size_t n)
 }
 
 /* Every rank compares its fingerprint with rank 0's; a difference stops the job naming the host. */
-static int agree_on_fingerprint(comm *c, const char *prog, const job_options *o)
+static int agree_on_fingerprint(comm *c, const char *prog, const job_flags *o)
 {
     char mine[320], *all = NULL;
     fingerprint(o, mine, sizeof mine);
@@ -326,7 +285,7 @@ int job_roster(comm *c, char (*hosts)[64], int *pids)
     return 0;
 }
 
-int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
+int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_model *jm)
 {
     memset(jm, 0, sizeof *jm);
     const comm_topology *t = comm_topo(c);
@@ -334,6 +293,10 @@ int job_load(comm *c, const char *prog, const job_options *o, job_model *jm)
     if (agree_on_fingerprint(c, prog, o))
         return -1;
     int rc = rt_config_load(&jm->cfg, o->model, &err);
+    if (rc == 0) {
+        rt_sched_options so = {.max_batch_tokens = o->max_batch_tokens, .max_seqs = max_seqs};
+        jm->geo = rt_sched_geometry(&jm->cfg, &so, 0, o->block_size);
+    }
     if (rc == 0)
         rc = plan_make(&jm->plan, &jm->cfg, o->tp, o->pp, o->layers_per_stage, RT_F32, &err);
     if (job_agree(c, prog, rc, &err))

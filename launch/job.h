@@ -8,33 +8,18 @@
 #include <stdio.h>
 
 #include "comm/comm.h"
+#include "launch/job_flags.h"
 #include "partition/plan.h"
 #include "base/err.h"
-#include "runtime/forward.h"
+#include "runtime/engine.h"
 #include "runtime/model.h"
 
-/* Where and how a job computes: the flags every MPI executable shares. */
-typedef struct job_options {
-    const char *model;
-    int tp, pp;
-    const int *layers_per_stage; /* (pp) or NULL */
-    int threads;                 /* CPU threads per rank, 0: the host's cores shared among its ranks */
-    const char *device;          /* "cpu", "cuda", or NULL: cuda when every rank sees a GPU */
-    const char *dtype;           /* "f32", "bf16", "f16", or NULL: the checkpoint's (the CPU computes fp32) */
-    double gpu_memory_fraction;  /* of each GPU's memory the job may use (0.9) */
-    double comm_timeout;         /* seconds before a stuck NCCL operation fails the job (120) */
-    rt_forward_limits lim;       /* step limits: the workspace of the memory plan */
-    bool verbose;
-} job_options;
-
-void job_options_init(job_options *o);
-/* Parses the shared flags (--device, --dtype, --gpu-memory-fraction, --comm-timeout) into o;
- * 1 when flag was one of them, 0 when not, -1 on a bad value. */
-int job_parse_flag(job_options *o, const char *flag, const char *value, base_err *err);
 
 /* A rank's loaded share of the model and the memory it uses. */
 typedef struct job_model {
     rt_config cfg;
+    rt_engine_geometry geo;      /* the job's step limits, built once from the flags and config.json;
+                                    geo.n_blocks (the KV pool) is the caller's to set */
     plan plan;
     rt_backend *be;
     rt_model model;
@@ -46,13 +31,14 @@ typedef struct job_model {
     size_t weight_bytes, workspace_bytes;
 } job_model;
 
-/* Collective start-up of every MPI executable: config.json, the plan (refused before any weight is
- * read), the device (GPU local_rank % visible GPUs) and its memory plan (weights + the workspace
- * of o->lim must fit in the budget, checked before loading), then this rank's shard, and NCCL
- * between ranks that each have a GPU. Prints the device and memory of every rank (rank 0, in rank
- * order), and with verbose each rank's shard. Returns 0, or -1 on every rank after rank 0 printed
- * what failed where. */
-int job_load(comm *c, const char *prog, const job_options *o, job_model *out);
+/* Collective start-up of every MPI executable: config.json, the step geometry (the flags'
+ * --max-batch-tokens and --block-size, sched's sequences per step, the context), the plan (refused
+ * before any weight is read), the device (GPU local_rank % visible GPUs) and its memory plan
+ * (weights + the workspace of the geometry must fit in the budget, checked before loading), then
+ * this rank's shard, and NCCL between ranks that each have a GPU. Prints the device and memory of
+ * every rank (rank 0, in rank order), and with --verbose each rank's shard. Returns 0, or -1 on
+ * every rank after rank 0 printed what failed where. */
+int job_load(comm *c, const char *prog, const job_flags *f, int max_seqs, job_model *out);
 
 /* Rank 0 learns where every rank runs: hosts (world, 64 bytes each) and pids, filled on rank 0
  * only (others may pass NULL). Collective. */

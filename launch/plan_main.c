@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "launch/cli.h"
+#include "launch/job_flags.h"
 #include "partition/plan.h"
 
 static void usage(FILE *f)
@@ -25,50 +26,39 @@ static void range(char *buf, size_t n, int begin, int end)
 
 static int run(int argc, char **argv, base_err *err)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, 't'}, {"pp", required_argument, 0, 'p'},
-        {"layers-per-stage", required_argument, 0, 'l'}, {"dtype", required_argument, 0, 'd'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
-    };
-    const char *model = NULL, *dtype_s = NULL;
-    long tp = 1, pp = 1;
-    int32_t *lps = NULL;
-    int n_lps = 0, o, li = 0;
+    static const struct option opts[] = {JOB_SPLIT_OPTIONS, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    job_flags f;
+    job_flags_init(&f);
+    int o, li = 0, shared;
     while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
-        switch (o) {
-        case 'm': model = optarg; break;
-        case 't': if (cli_int("--tp", optarg, 1, PLAN_MAX_TP, &tp, err)) return -1; break;
-        case 'p': if (cli_int("--pp", optarg, 1, PLAN_MAX_PP, &pp, err)) return -1; break;
-        case 'l':
-            free(lps);
-            if (cli_int_list("--layers-per-stage", optarg, &lps, &n_lps, err)) return -1;
-            break;
-        case 'd': dtype_s = optarg; break;
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
+        if ((shared = job_flags_parse(&f, o == 'm' ? JF_MODEL : o, optarg, err)) < 0) {
+            job_flags_free(&f);
+            return -1;
         }
+        if (shared)
+            continue;
+        job_flags_free(&f);
+        if (o == 'h') {
+            usage(stdout);
+            return 1;
+        }
+        usage(stderr);
+        return base_errf(err, "unknown or incomplete option (see above)");
     }
     int rc = 0;
     rt_config cfg;
     plan p = {0};
+    const char *model = f.model;
     if (optind < argc)
         rc = base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
-    else if (!model)
-        rc = base_errf(err, "--model DIR is required");
-    else if (lps && n_lps != pp)
-        rc = base_errf(err, "--layers-per-stage lists %d stages, --pp is %ld", n_lps, pp);
-    else
+    else if (job_flags_check(&f, err) == 0)
         rc = rt_config_load(&cfg, model, err);
-    rt_dtype dt = rc == 0 ? cfg.dtype : RT_F32;
-    if (rc == 0 && dtype_s) {
-        if (strcmp(dtype_s, "f32") == 0) dt = RT_F32;
-        else if (strcmp(dtype_s, "bf16") == 0) dt = RT_BF16;
-        else if (strcmp(dtype_s, "f16") == 0) dt = RT_F16;
-        else rc = base_errf(err, "--dtype: unknown type \"%.16s\" (f32, bf16, f16)", dtype_s);
-    }
+    else
+        rc = -1;
+    rt_dtype dt = rc == 0 ? job_flags_dtype(&f, cfg.dtype) : RT_F32;
     if (rc == 0)
-        rc = plan_make(&p, &cfg, (int)tp, (int)pp, lps, dt, err);
-    free(lps);
+        rc = plan_make(&p, &cfg, f.tp, f.pp, f.layers_per_stage, dt, err);
+    job_flags_free(&f);
     if (rc)
         return rc;
     printf("model %s: %s, %d layers, %d heads (%d KV, head_dim %d), dim %d, FFN %d, vocab %d\n", model,

@@ -22,19 +22,14 @@
 #endif
 
 typedef struct run_args {
-    const char *model;
+    job_flags job;     /* the model, its split, where and how it computes */
     int n_prompts;
     int32_t **prompts; /* (n_prompts) */
     int *prompt_lens;
     int max_tokens;
     rt_sampling sampling;
-    bool ignore_eos, logprobs, json, bench, verbose;
+    bool ignore_eos, logprobs, json, bench;
     int batch, prompt_len, gen_len; /* --bench */
-    int max_batch_tokens, block_size, threads;
-    int tp, pp;
-    int *layers_per_stage; /* (n_stage_layers) or NULL */
-    int n_stage_layers;
-    job_options job;       /* --device, --dtype, --gpu-memory-fraction, --comm-timeout */
 } run_args;
 
 static void usage(FILE *f)
@@ -48,18 +43,9 @@ static void usage(FILE *f)
             "  --seed S              per-prompt random seed (default 0)\n"
             "  --ignore-eos          do not stop at the end-of-sequence token\n"
             "  --logprobs            print the logprob of each generated token\n"
-            "  --json                one JSON object per prompt: tokens, logprobs, finish_reason\n"
-            "  --max-batch-tokens N  tokens per forward step (default 2048)\n"
-            "  --block-size N        KV cache block size in tokens (default 16)\n"
-            "  --threads N           CPU threads per rank (default: OMP_NUM_THREADS, else the host's\n"
-            "                        cores shared among its ranks)\n"
-            "  --tp T --pp P         tensor and pipeline parallel split (the job must have T x P ranks)\n"
-            "  --layers-per-stage L  layers of each pipeline stage, e.g. 3,2 (default: as even as possible)\n"
-            "  --device cpu|cuda     where to compute (default: cuda when every rank sees a GPU)\n"
-            "  --dtype f32|bf16|f16  GPU storage type (default: the checkpoint's; the CPU computes fp32)\n"
-            "  --gpu-memory-fraction F  of each GPU the job may use (default 0.9)\n"
-            "  --comm-timeout S      seconds before a stuck NCCL operation stops the job (default 120)\n"
-            "  --verbose             print each rank's shard and load report, and decode traffic\n");
+            "  --json                one JSON object per prompt: tokens, logprobs, finish_reason\n");
+    job_flags_usage_split(f);
+    job_flags_usage_compute(f);
 }
 
 static int add_prompt(run_args *a, const char *s, base_err *err)
@@ -85,35 +71,32 @@ static int add_prompt(run_args *a, const char *s, base_err *err)
 static int parse_args(run_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
-           O_BATCH, O_PLEN, O_GLEN, O_MBT, O_BS, O_THREADS, O_VERBOSE, O_TP, O_PP, O_LPS, O_JOB };
+           O_BATCH, O_PLEN, O_GLEN };
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, O_TOKENS},
+        JOB_FLAG_OPTIONS, {"tokens", required_argument, 0, O_TOKENS},
         {"max-tokens", required_argument, 0, O_MAXTOK}, {"temperature", required_argument, 0, O_TEMP},
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"seed", required_argument, 0, O_SEED}, {"ignore-eos", no_argument, 0, O_IGNORE},
         {"logprobs", no_argument, 0, O_LOGP}, {"json", no_argument, 0, O_JSON},
         {"bench", no_argument, 0, O_BENCH}, {"batch", required_argument, 0, O_BATCH},
         {"prompt-len", required_argument, 0, O_PLEN}, {"gen-len", required_argument, 0, O_GLEN},
-        {"max-batch-tokens", required_argument, 0, O_MBT}, {"block-size", required_argument, 0, O_BS},
-        {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
-        {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
-        {"layers-per-stage", required_argument, 0, O_LPS}, {"device", required_argument, 0, O_JOB},
-        {"dtype", required_argument, 0, O_JOB}, {"gpu-memory-fraction", required_argument, 0, O_JOB},
-        {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
-    *a = (run_args){.max_tokens = 16, .sampling = {.top_p = 1.0f}, .batch = 1, .prompt_len = 128,
-                    .gen_len = 128, .max_batch_tokens = 2048, .block_size = 16, .tp = 1, .pp = 1};
-    job_options_init(&a->job);
-    int o, li = 0;
+    *a = (run_args){.max_tokens = 16, .sampling = {.top_p = 1.0f}, .batch = 1, .prompt_len = 128, .gen_len = 128};
+    job_flags_init(&a->job);
+    int o, li = 0, shared;
     long v;
     double d;
     while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
         const char *s = optarg;
         char f[40];
         snprintf(f, sizeof f, "--%s", opts[li].name);
+        if ((shared = job_flags_parse(&a->job, o == 'm' ? JF_MODEL : o, s, err)) != 0) {
+            if (shared < 0)
+                return -1;
+            continue;
+        }
         switch (o) {
-        case 'm': a->model = s; break;
         case O_TOKENS: if (add_prompt(a, s, err)) return -1; break;
         case O_MAXTOK: if (cli_int(f, s, 1, 1 << 24, &v, err)) return -1; a->max_tokens = (int)v; break;
         case O_TEMP: if (cli_float(f, s, 0, FLT_MAX, &d, err)) return -1; a->sampling.temperature = (float)d; break;
@@ -131,34 +114,16 @@ static int parse_args(run_args *a, int argc, char **argv, base_err *err)
         case O_BATCH: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->batch = (int)v; break;
         case O_PLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->prompt_len = (int)v; break;
         case O_GLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->gen_len = (int)v; break;
-        case O_MBT: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_batch_tokens = (int)v; break;
-        case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
-        case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
-        case O_VERBOSE: a->verbose = true; break;
-        case O_JOB: if (job_parse_flag(&a->job, f, s, err) < 0) return -1; break;
-        case O_TP: if (cli_int(f, s, 1, PLAN_MAX_TP, &v, err)) return -1; a->tp = (int)v; break;
-        case O_PP: if (cli_int(f, s, 1, PLAN_MAX_PP, &v, err)) return -1; a->pp = (int)v; break;
-        case O_LPS: {
-            int32_t *l;
-            free(a->layers_per_stage);
-            a->layers_per_stage = NULL;
-            if (cli_int_list(f, s, &l, &a->n_stage_layers, err))
-                return -1;
-            a->layers_per_stage = (int *)l; /* int32_t is int on every platform dinfer builds on */
-            break;
-        }
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
         return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
-    if (!a->model)
-        return base_errf(err, "--model DIR is required");
+    if (job_flags_check(&a->job, err))
+        return -1;
     if (!a->bench && a->n_prompts == 0)
         return base_errf(err, "give at least one prompt with --tokens, or --bench");
-    if (a->layers_per_stage && a->n_stage_layers != a->pp)
-        return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_stage_layers, a->pp);
     return 0;
 }
 
@@ -263,26 +228,22 @@ static int make_requests(const run_args *a, const rt_config *cfg, rt_gen_request
     return 0;
 }
 
-/* Rank 0 sizes the job and tells every rank; a bad request stops every rank. */
-static int share_geometry(comm *c, const run_args *a, rt_model *m, const rt_gen_request *reqs, int n,
-                          rt_engine_geometry *g, base_err *err)
+/* Rank 0 checks the requests and sizes the KV pool to hold them all; every rank learns the size
+ * (the rest of the geometry every rank built alike in job_load). A bad request stops every rank. */
+static int share_kv_blocks(comm *c, const rt_config *cfg, const rt_gen_request *reqs, int n, rt_engine_geometry *g,
+                           base_err *err)
 {
-    int32_t w[8] = {0};
-    if (comm_topo(c)->rank == 0) {
-        rt_gen_options opt = {.max_batch_tokens = a->max_batch_tokens < n ? n : a->max_batch_tokens,
-                              .block_size = a->block_size};
-        w[0] = rt_gen_geometry(m, reqs, n, &opt, g, err) ? -1 : 0;
-        w[1] = g->n_blocks, w[2] = g->block_size, w[3] = g->lim.max_tokens;
-        w[4] = g->lim.max_seqs, w[5] = g->lim.max_blocks, w[6] = g->lim.max_logits;
-    }
-    if (comm_bcast(comm_topo(c)->world, w, 8, COMM_I32, 0, err))
+    int32_t w[2] = {0, 0};
+    if (comm_topo(c)->rank == 0)
+        w[0] = rt_gen_kv_blocks(cfg, reqs, n, g->block_size, &w[1], err) ? -1 : 0;
+    if (comm_bcast(comm_topo(c)->world, w, 2, COMM_I32, 0, err))
         return -1;
     if (w[0] != 0) {
         if (comm_topo(c)->rank != 0)
             base_errf(err, "rank 0 refused the requests");
         return -1;
     }
-    *g = (rt_engine_geometry){w[1], w[2], {w[3], w[4], w[5], w[6]}};
+    g->n_blocks = w[1];
     return 0;
 }
 
@@ -306,13 +267,10 @@ static int run(run_args *a, comm *c, base_err *err)
     const comm_topology *t = comm_topo(c);
     const bool root = t->rank == 0;
     job_model jm;
-    job_options o = a->job;
-    int n_req = a->bench ? a->batch : a->n_prompts;
-    o.model = a->model, o.tp = a->tp, o.pp = a->pp, o.layers_per_stage = a->layers_per_stage;
-    o.threads = a->threads, o.verbose = a->verbose;
-    o.lim = (rt_forward_limits){.max_tokens = a->max_batch_tokens < n_req ? n_req : a->max_batch_tokens,
-                                .max_seqs = n_req, .max_blocks = 1, .max_logits = n_req};
-    if (job_load(c, prog, &o, &jm))
+    const int n_req = a->bench ? a->batch : a->n_prompts;
+    job_flags f = a->job; /* every prompt decodes in one step: at least one token each */
+    f.max_batch_tokens = f.max_batch_tokens < n_req ? n_req : f.max_batch_tokens;
+    if (job_load(c, prog, &f, n_req, &jm))
         return -2; /* already reported */
     const rt_config cfg = jm.cfg;
     int rc = 0;
@@ -320,12 +278,12 @@ static int run(run_args *a, comm *c, base_err *err)
     rt_gen_result *res = NULL;
     int32_t *bench_tokens = NULL;
     int n = 0;
-    rt_engine_geometry g;
+    rt_engine_geometry g = jm.geo;
     rt_engine *e = NULL;
     if (root && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
         !(res = calloc((size_t)n, sizeof *res)))
         rc = base_errf(err, "out of memory");
-    if (job_agree(c, prog, rc, err) || share_geometry(c, a, &jm.model, reqs, n, &g, err)) {
+    if (job_agree(c, prog, rc, err) || share_kv_blocks(c, &cfg, reqs, n, &g, err)) {
         rc = -1;
         goto out;
     }
@@ -350,8 +308,8 @@ static int run(run_args *a, comm *c, base_err *err)
         if (rt_generate(e, reqs, n, res, &st, err) || rt_engine_finish(e, err))
             job_abort(c, prog, err);
         if (a->bench) {
-            printf("bench: %s (%.1fM parameters), %s, tp=%d x pp=%d, batch %d, prompt %d, generate %d\n", a->model,
-                   params_of(&cfg) / 1e6, jm.device, a->tp, a->pp, n, a->prompt_len, a->gen_len);
+            printf("bench: %s (%.1fM parameters), %s, tp=%d x pp=%d, batch %d, prompt %d, generate %d\n", a->job.model,
+                   params_of(&cfg) / 1e6, jm.device, a->job.tp, a->job.pp, n, a->prompt_len, a->gen_len);
             print_speed(stdout, &st);
             if (st.decode_seconds > 0) {
                 double step = st.decode_seconds * n / (double)st.decode_tokens;
@@ -370,7 +328,7 @@ static int run(run_args *a, comm *c, base_err *err)
         }
         fflush(stdout);
     }
-    if ((a->verbose || a->bench) && t->world_size > 1)
+    if ((a->job.verbose || a->bench) && t->world_size > 1)
         print_traffic(c, e, &jm.plan, &cfg);
     rc = 0;
 out:
@@ -395,8 +353,8 @@ int main(int argc, char **argv)
     /* every rank parses the same command line and reaches the same verdict; rank 0 reports it */
     int rc = parse_args(&a, argc, argv, &err), stage = 0, tp_rank = 0;
     if (rc == 0)
-        plan_place(a.tp, rank, &stage, &tp_rank);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, stage, tp_rank, &err) != 0)
+        plan_place(a.job.tp, rank, &stage, &tp_rank);
+    if (rc == 0 && comm_mpi_create(&c, a.job.tp, a.job.pp, stage, tp_rank, &err) != 0)
         rc = -1;
     if (rc == 0)
         rc = run(&a, c, &err);
@@ -404,7 +362,7 @@ int main(int argc, char **argv)
         free(a.prompts[i]);
     free(a.prompts);
     free(a.prompt_lens);
-    free(a.layers_per_stage);
+    job_flags_free(&a.job);
     if (rc == -1 && rank == 0)
         fprintf(stderr, "dinfer-run: %s\n", err.msg);
     comm_destroy(c);

@@ -20,13 +20,12 @@
 #include "runtime/kv_cache.h"
 
 typedef struct server_args {
-    const char *model, *host, *token_file, *ready_file;
-    int port, tp, pp, *lps, n_lps, threads;
-    int max_batch_tokens, max_seqs, block_size, kv_blocks, max_queue, max_connections;
+    job_flags job; /* the model, its split, where and how it computes */
+    const char *host, *token_file, *ready_file;
+    int port, max_seqs, kv_blocks, max_queue, max_connections;
     double kv_cache_mib, drain_seconds, idle_timeout, frame_timeout;
     long max_frame;
-    bool verbose, kv_mib_given;
-    job_options job;
+    bool kv_mib_given;
 } server_args;
 
 static void usage(FILE *f)
@@ -36,85 +35,62 @@ static void usage(FILE *f)
             "  --host H                address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)\n"
             "  --port P                TCP port (default 7070; 0 picks a free one)\n"
             "  --auth-token-file F     clients must send the token in F\n"
-            "  --max-batch-tokens K    tokens per engine step (default 2048)\n"
             "  --max-seqs S            sequences running at once (default 256)\n"
             "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
             "  --kv-cache-mib M        or: the KV cache per rank in MiB (default: on a GPU what\n"
             "                          --gpu-memory-fraction leaves after weights and workspace; on CPU 512)\n"
-            "  --device cpu|cuda       where to compute (default: cuda when every rank sees a GPU)\n"
-            "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's)\n"
-            "  --gpu-memory-fraction F of each GPU the server may use (default 0.9)\n"
-            "  --comm-timeout S        seconds before a stuck NCCL operation stops the job (default 120)\n"
-            "  --block-size N          tokens per KV block (default 16)\n"
             "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
             "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
             "  --max-connections N     client connections at once; more are refused (default 1024)\n"
             "  --idle-timeout S        close a connection with no live request and no traffic for S s (default 600)\n"
             "  --frame-timeout S       a frame begun must arrive whole within S s (default 30)\n"
             "  --drain-seconds S       on SIGTERM/SIGINT/SIGUSR1, time running requests get to finish (default 30)\n"
-            "  --ready-file F          once serving, rank 0 writes \"HOST:PORT PID\" to F (for scripts)\n"
-            "  --layers-per-stage L    e.g. 3,2 (default: even)\n"
-            "  --threads N             CPU threads per rank\n"
-            "  --verbose               print each rank's shard\n");
+            "  --ready-file F          once serving, rank 0 writes \"HOST:PORT PID\" to F (for scripts)\n");
+    job_flags_usage_split(f);
+    job_flags_usage_compute(f);
 }
 
 static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
-    enum { O_TP = 256, O_PP, O_LPS, O_HOST, O_PORT, O_TOKEN, O_MBT, O_SEQS, O_KVB, O_KVM, O_BS, O_QUEUE, O_FRAME,
-           O_DRAIN, O_THREADS, O_VERBOSE, O_JOB, O_READY, O_MAXCONN, O_IDLE, O_FRAMET };
+    enum { O_HOST = 256, O_PORT, O_TOKEN, O_SEQS, O_KVB, O_KVM, O_QUEUE, O_FRAME, O_DRAIN, O_READY, O_MAXCONN, O_IDLE,
+           O_FRAMET };
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
-        {"layers-per-stage", required_argument, 0, O_LPS}, {"host", required_argument, 0, O_HOST},
+        JOB_FLAG_OPTIONS, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"auth-token-file", required_argument, 0, O_TOKEN},
-        {"max-batch-tokens", required_argument, 0, O_MBT}, {"max-seqs", required_argument, 0, O_SEQS},
+        {"max-seqs", required_argument, 0, O_SEQS},
         {"kv-blocks", required_argument, 0, O_KVB}, {"kv-cache-mib", required_argument, 0, O_KVM},
-        {"block-size", required_argument, 0, O_BS}, {"max-queue", required_argument, 0, O_QUEUE},
+        {"max-queue", required_argument, 0, O_QUEUE},
         {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
-        {"threads", required_argument, 0, O_THREADS}, {"verbose", no_argument, 0, O_VERBOSE},
-        {"device", required_argument, 0, O_JOB}, {"dtype", required_argument, 0, O_JOB},
         {"ready-file", required_argument, 0, O_READY}, {"max-connections", required_argument, 0, O_MAXCONN},
         {"idle-timeout", required_argument, 0, O_IDLE}, {"frame-timeout", required_argument, 0, O_FRAMET},
-        {"gpu-memory-fraction", required_argument, 0, O_JOB}, {"comm-timeout", required_argument, 0, O_JOB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
-    *a = (server_args){.host = "127.0.0.1", .port = 7070, .tp = 1, .pp = 1, .max_batch_tokens = 2048,
-                       .max_seqs = 256, .block_size = 16, .max_queue = 4096, .kv_cache_mib = 512,
+    *a = (server_args){.host = "127.0.0.1", .port = 7070, .max_seqs = 256, .max_queue = 4096, .kv_cache_mib = 512,
                        .drain_seconds = 30, .max_frame = 4 << 20, .max_connections = 1024, .idle_timeout = 600,
                        .frame_timeout = 30};
-    job_options_init(&a->job);
-    int o, li = 0;
+    job_flags_init(&a->job);
+    int o, li = 0, shared;
     long v;
     double d;
     while ((o = getopt_long(argc, argv, "m:h", opts, &li)) != -1) {
         char f[40];
         snprintf(f, sizeof f, "--%s", opts[li].name);
         const char *s = optarg;
-        switch (o) {
-        case 'm': a->model = s; break;
-        case O_TP: if (cli_int(f, s, 1, PLAN_MAX_TP, &v, err)) return -1; a->tp = (int)v; break;
-        case O_PP: if (cli_int(f, s, 1, PLAN_MAX_PP, &v, err)) return -1; a->pp = (int)v; break;
-        case O_LPS: {
-            int32_t *l;
-            free(a->lps);
-            a->lps = NULL;
-            if (cli_int_list(f, s, &l, &a->n_lps, err)) return -1;
-            a->lps = (int *)l;
-            break;
+        if ((shared = job_flags_parse(&a->job, o == 'm' ? JF_MODEL : o, s, err)) != 0) {
+            if (shared < 0)
+                return -1;
+            continue;
         }
+        switch (o) {
         case O_HOST: a->host = s; break;
         case O_PORT: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->port = (int)v; break;
         case O_TOKEN: a->token_file = s; break;
-        case O_MBT: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_batch_tokens = (int)v; break;
         case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
         case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
         case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; a->kv_mib_given = true; break;
-        case O_JOB: if (job_parse_flag(&a->job, f, s, err) < 0) return -1; break;
-        case O_BS: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->block_size = (int)v; break;
         case O_QUEUE: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_queue = (int)v; break;
         case O_FRAME: if (cli_int(f, s, 64, 1L << 30, &v, err)) return -1; a->max_frame = v; break;
         case O_DRAIN: if (cli_float(f, s, 0, 86400, &d, err)) return -1; a->drain_seconds = d; break;
-        case O_THREADS: if (cli_int(f, s, 1, 4096, &v, err)) return -1; a->threads = (int)v; break;
-        case O_VERBOSE: a->verbose = true; break;
         case O_READY: a->ready_file = s; break;
         case O_MAXCONN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_connections = (int)v; break;
         case O_IDLE: if (cli_float(f, s, 0.01, 1e7, &d, err)) return -1; a->idle_timeout = d; break;
@@ -125,12 +101,10 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
     }
     if (optind < argc)
         return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
-    if (!a->model)
-        return base_errf(err, "--model DIR is required");
-    if (a->lps && a->n_lps != a->pp)
-        return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", a->n_lps, a->pp);
-    if (a->max_seqs > a->max_batch_tokens)
-        a->max_seqs = a->max_batch_tokens; /* a step holds at most one token per sequence more */
+    if (job_flags_check(&a->job, err))
+        return -1;
+    if (a->max_seqs > a->job.max_batch_tokens)
+        a->max_seqs = a->job.max_batch_tokens; /* a step holds at most one token per sequence more */
     return 0;
 }
 
@@ -164,14 +138,15 @@ static int kv_blocks(comm *c, const server_args *a, const job_model *jm, base_er
         double room = (double)job_kv_budget(jm);
         bytes = a->kv_mib_given && bytes < room ? bytes : room;
     }
-    double most = (double)a->max_seqs * rt_kv_blocks_for(jm->cfg.max_pos, a->block_size);
-    double blocks = bytes / ((double)per_token * a->block_size);
+    const int bs = jm->geo.block_size;
+    double most = (double)a->max_seqs * rt_kv_blocks_for(jm->cfg.max_pos, bs);
+    double blocks = bytes / ((double)per_token * bs);
     int64_t b = (int64_t)(blocks < most ? blocks : most);
     if (comm_min_i64(comm_topo(c)->world, &b, err) != 0)
         return -1;
     if (b < 1)
         return base_errf(err, "no room for a single KV block of %d tokens (%zu bytes per token on this rank)",
-                       a->block_size, per_token);
+                       bs, per_token);
     return b > (1 << 28) ? 1 << 28 : (int)b;
 }
 
@@ -195,14 +170,8 @@ static int serve(server_args *a, comm *c)
     if (job_agree(c, prog, rc, &err))
         return 1;
     job_model jm;
-    rt_sched_options so = {.max_batch_tokens = a->max_batch_tokens, .max_seqs = a->max_seqs};
-    job_options o = a->job;
-    o.model = a->model, o.tp = a->tp, o.pp = a->pp, o.layers_per_stage = a->lps;
-    o.threads = a->threads, o.verbose = a->verbose;
-    rt_config probe; /* the workspace of the memory plan needs the context length */
-    o.lim = rt_sched_geometry(rt_config_load(&probe, a->model, NULL) == 0 ? &probe : &(rt_config){.max_pos = 1}, &so,
-                              1, a->block_size).lim;
-    if (job_load(c, prog, &o, &jm)) {
+    rt_sched_options so = {.max_batch_tokens = a->job.max_batch_tokens, .max_seqs = a->max_seqs};
+    if (job_load(c, prog, &a->job, a->max_seqs, &jm)) {
         free(token);
         return 1;
     }
@@ -211,7 +180,8 @@ static int serve(server_args *a, comm *c)
     rc = blocks < 0 ? -1 : 0;
     rt_engine_geometry g;
     if (rc == 0) {
-        g = rt_sched_geometry(&jm.cfg, &so, blocks, a->block_size);
+        g = jm.geo; /* the one geometry: job_load built it, the KV pool is ours to size */
+        g.n_blocks = blocks;
         rc = rt_engine_create(&e, &jm.model, c, &g, &err);
     }
     srv_shared s;
@@ -260,20 +230,20 @@ static int serve(server_args *a, comm *c)
             job_abort(c, prog, &err);
     } else {
         const rt_config *cfg = &jm.cfg;
-        snprintf(s.snap.model, sizeof s.snap.model, "%s", a->model);
+        snprintf(s.snap.model, sizeof s.snap.model, "%s", a->job.model);
         snprintf(s.snap.arch, sizeof s.snap.arch, "%s", rt_arch_name(cfg->arch));
-        s.snap.tp = a->tp, s.snap.pp = a->pp, s.snap.world = t->world_size;
+        s.snap.tp = a->job.tp, s.snap.pp = a->job.pp, s.snap.world = t->world_size;
         s.snap.vocab = cfg->vocab_size, s.snap.max_context = cfg->max_pos;
         snprintf(s.snap.device, sizeof s.snap.device, "%s", jm.device);
         s.snap.weight_bytes = rt_shard_weight_bytes(cfg, &jm.model.shard, jm.dtype);
         s.snap.workspace_bytes = rt_forward_workspace_bytes(cfg, &jm.model.shard, &g.lim, jm.dtype);
-        s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)a->block_size *
+        s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)g.block_size *
                                 rt_kv_bytes_per_token(jm.model.n_layers, jm.model.shard.n_kv_heads, cfg->head_dim,
                                                       jm.dtype);
-        base_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->model, rt_arch_name(cfg->arch), a->tp, a->pp,
+        base_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->job.model, rt_arch_name(cfg->arch), a->job.tp, a->job.pp,
                 t->world_size);
         base_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
-                   "%d sequences", jm.device, blocks, a->block_size, (long)blocks * a->block_size,
+                   "%d sequences", jm.device, blocks, g.block_size, (long)blocks * g.block_size,
                 (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
         srv_watchdog_set_ranks(&s.wd, ranks, t->world_size);
         ranks = NULL; /* the watchdog's now */
@@ -324,15 +294,15 @@ int main(int argc, char **argv)
     comm *c = NULL;
     int rc = parse(&a, argc, argv, &err), stage = 0, tp_rank = 0;
     if (rc == 0)
-        plan_place(a.tp, rank, &stage, &tp_rank);
-    if (rc == 0 && comm_mpi_create(&c, a.tp, a.pp, stage, tp_rank, &err) != 0)
+        plan_place(a.job.tp, rank, &stage, &tp_rank);
+    if (rc == 0 && comm_mpi_create(&c, a.job.tp, a.job.pp, stage, tp_rank, &err) != 0)
         rc = -1;
     if (rc < 0 && rank == 0)
         fprintf(stderr, "dinfer-server: %s\n", err.msg);
     int status = rc < 0 ? 1 : 0;
     if (rc == 0)
         status = serve(&a, c);
-    free(a.lps);
+    job_flags_free(&a.job);
     comm_destroy(c);
     MPI_Finalize();
     return status;

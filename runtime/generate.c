@@ -21,28 +21,23 @@ static int blocks_of(const rt_gen_request *r, int bs)
     return rt_kv_blocks_for(r->prompt_len + r->max_tokens - 1, bs);
 }
 
-int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                    rt_engine_geometry *g, base_err *err)
+int rt_gen_kv_blocks(const rt_config *cfg, const rt_gen_request *reqs, int n, int bs, int32_t *n_blocks,
+                     base_err *err)
 {
-    const int bs = opt->block_size, budget = opt->max_batch_tokens;
-    if (n < 1 || bs < 1 || budget < 1)
-        return base_errf(err, "generate: need at least one request, a block size and a token budget");
-    int max_blocks = 1;
+    if (n < 1 || bs < 1)
+        return base_errf(err, "generate: need at least one request and a block size");
     long total = 0;
     for (int i = 0; i < n; i++) {
         rt_sched_request r = sched_request(&reqs[i], (uint64_t)i);
-        if (rt_sched_check(&m->cfg, &r, err)) {
+        if (rt_sched_check(cfg, &r, err)) {
             base_err_prefix(err, "request %d", i);
             return -1;
         }
-        int nb = blocks_of(&reqs[i], bs);
-        max_blocks = nb > max_blocks ? nb : max_blocks;
-        total += nb;
+        total += blocks_of(&reqs[i], bs);
     }
     if (total > 1L << 30)
         return base_errf(err, "generate: the requests need %ld KV blocks", total);
-    *g = (rt_engine_geometry){.n_blocks = (int32_t)total, .block_size = bs,
-                              .lim = {.max_tokens = budget, .max_seqs = n, .max_blocks = max_blocks, .max_logits = n}};
+    *n_blocks = (int32_t)total;
     return 0;
 }
 
@@ -125,9 +120,11 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
 int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
                       rt_gen_result *results, rt_gen_stats *stats, base_err *err)
 {
-    rt_engine_geometry g;
+    rt_sched_options so = {.max_batch_tokens = opt->max_batch_tokens, .max_seqs = n};
+    rt_engine_geometry g = rt_sched_geometry(&m->cfg, &so, 0, opt->block_size);
     rt_engine *e;
-    if (rt_gen_geometry(m, reqs, n, opt, &g, err) || rt_engine_create(&e, m, NULL, &g, err))
+    if (rt_gen_kv_blocks(&m->cfg, reqs, n, opt->block_size, &g.n_blocks, err) ||
+        rt_engine_create(&e, m, NULL, &g, err))
         return -1;
     int rc = rt_generate(e, reqs, n, results, stats, err);
     rt_engine_destroy(e);

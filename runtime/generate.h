@@ -39,12 +39,12 @@ typedef struct rt_gen_options {
     int block_size;       /* KV block size in tokens */
 } rt_gen_options;
 
-/* Checks the requests and sizes the job: a KV pool that holds every request at once, steps of
- * opt->max_batch_tokens tokens. */
-int rt_gen_geometry(const rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,
-                    rt_engine_geometry *g, base_err *err);
+/* Checks the requests against the model and gives the KV blocks of a pool that holds every one of
+ * them at once (the n_blocks of the job's geometry). */
+int rt_gen_kv_blocks(const rt_config *cfg, const rt_gen_request *reqs, int n, int block_size, int32_t *n_blocks,
+                     base_err *err);
 
-/* Rank 0: runs the requests to completion on an engine sized by rt_gen_geometry. results (n) are
+/* Rank 0: runs the requests to completion on an engine whose pool has rt_gen_kv_blocks. results (n) are
  * filled; free them with rt_gen_result_free. */
 int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *results, rt_gen_stats *stats,
                 base_err *err);

@@ -1,0 +1,107 @@
+#include "launch/job_flags.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch/cli.h"
+#include "partition/plan.h"
+
+void job_flags_init(job_flags *f)
+{
+    memset(f, 0, sizeof *f);
+    f->tp = f->pp = 1;
+    f->max_batch_tokens = 2048;
+    f->block_size = 16;
+    f->gpu_memory_fraction = 0.9;
+    f->comm_timeout = 120;
+}
+
+void job_flags_free(job_flags *f)
+{
+    free(f->layers_per_stage);
+    f->layers_per_stage = NULL;
+}
+
+int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
+{
+    long n;
+    double d;
+    switch (opt) {
+    case JF_MODEL: f->model = v; break;
+    case JF_TP: if (cli_int("--tp", v, 1, PLAN_MAX_TP, &n, err)) return -1; f->tp = (int)n; break;
+    case JF_PP: if (cli_int("--pp", v, 1, PLAN_MAX_PP, &n, err)) return -1; f->pp = (int)n; break;
+    case JF_LPS: {
+        int32_t *l;
+        job_flags_free(f);
+        if (cli_int_list("--layers-per-stage", v, &l, &f->n_layers_per_stage, err))
+            return -1;
+        f->layers_per_stage = (int *)l; /* int32_t is int wherever dinfer builds */
+        break;
+    }
+    case JF_DTYPE:
+        if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "f16"))
+            return base_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
+        f->dtype = v;
+        break;
+    case JF_THREADS: if (cli_int("--threads", v, 1, 4096, &n, err)) return -1; f->threads = (int)n; break;
+    case JF_MBT:
+        if (cli_int("--max-batch-tokens", v, 1, 1 << 20, &n, err)) return -1;
+        f->max_batch_tokens = (int)n;
+        break;
+    case JF_BS: if (cli_int("--block-size", v, 1, 1024, &n, err)) return -1; f->block_size = (int)n; break;
+    case JF_DEVICE:
+        if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+            return base_errf(err, "--device: \"%.16s\" is not cpu or cuda", v);
+        f->device = v;
+        break;
+    case JF_GMF:
+        if (cli_float("--gpu-memory-fraction", v, 0, 1, &d, err) || d <= 0)
+            return base_errf(err, "--gpu-memory-fraction: \"%.16s\" is not in (0, 1]", v);
+        f->gpu_memory_fraction = d;
+        break;
+    case JF_COMM_TIMEOUT:
+        if (cli_float("--comm-timeout", v, 0, 1e7, &d, err) || d <= 0)
+            return base_errf(err, "--comm-timeout: \"%.16s\" is not a positive number of seconds", v);
+        f->comm_timeout = d;
+        break;
+    case JF_VERBOSE: f->verbose = true; break;
+    default: return 0;
+    }
+    return 1;
+}
+
+int job_flags_check(const job_flags *f, base_err *err)
+{
+    if (!f->model)
+        return base_errf(err, "--model DIR is required");
+    if (f->layers_per_stage && f->n_layers_per_stage != f->pp)
+        return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", f->n_layers_per_stage, f->pp);
+    return 0;
+}
+
+rt_dtype job_flags_dtype(const job_flags *f, rt_dtype def)
+{
+    if (!f->dtype)
+        return def;
+    return strcmp(f->dtype, "bf16") == 0 ? RT_BF16 : strcmp(f->dtype, "f16") == 0 ? RT_F16 : RT_F32;
+}
+
+void job_flags_usage_split(FILE *out)
+{
+    fprintf(out, "  --model DIR             a Hugging Face model folder\n"
+                 "  --tp T --pp P           tensor and pipeline parallel split (the job has T x P ranks)\n"
+                 "  --layers-per-stage L    layers of each pipeline stage, e.g. 3,2 (default: even)\n"
+                 "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's; the CPU computes fp32)\n");
+}
+
+void job_flags_usage_compute(FILE *out)
+{
+    fprintf(out, "  --max-batch-tokens N    tokens per engine step (default 2048)\n"
+                 "  --block-size N          tokens per KV block (default 16)\n"
+                 "  --threads N             CPU threads per rank (default: OMP_NUM_THREADS, else the host's\n"
+                 "                          cores shared among its ranks)\n"
+                 "  --device cpu|cuda       where to compute (default: cuda when every rank sees a GPU)\n"
+                 "  --gpu-memory-fraction F of each GPU the job may use (default 0.9)\n"
+                 "  --comm-timeout S        seconds before a stuck step or NCCL operation stops the job (default 120)\n"
+                 "  --verbose               print each rank's shard and load report\n");
+}
