@@ -1,0 +1,416 @@
+/* Every backend op against the CPU reference, table-driven as ggml's test-backend-ops: one row per
+ * (op, shape), each run in F32, BF16 and F16 on the backend under test and on the CPU backend with
+ * the same inputs (random, rounded to the type first, so both sides see the same values), compared
+ * by relative error ||out - ref|| / ||ref|| (F32 1e-5, F16 2e-3, BF16 1e-2).
+ *
+ *   test_backend_ops [-o OP] [-t F32|BF16|F16]     (OP: an op table name, e.g. attention)
+ *
+ * The backend under test is CUDA; without a GPU the test skips (exit 77). A row's run function
+ * builds its inputs from the case's seed, calls the op on one backend, and returns its outputs as
+ * fp32, so adding a case is one row and adding an op one function. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/backend.h"
+#include "runtime/config.h" /* RT_MAX_HEAD_DIM */
+#include "runtime/cuda/cuda_device.h"
+#include "runtime/sampler.h"
+
+#define MAX_OUT 4
+
+typedef struct outputs {
+    int n;
+    const char *name[MAX_OUT];
+    float *v[MAX_OUT];
+    size_t len[MAX_OUT];
+} outputs;
+
+/* What one run sees: the backend, the type inputs are rounded to, a random stream from the seed. */
+typedef struct ctx {
+    rt_backend *be;
+    rt_dtype dt;
+    rt_rng rng;
+    void *allocs[64];
+    int n_allocs;
+} ctx;
+
+typedef struct op_case {
+    const char *op;    /* the op table entry under test */
+    int p[6];          /* its shape, as the run function reads it */
+    void (*run)(const struct op_case *c, ctx *x, outputs *o);
+} op_case;
+
+/* ---- helpers every run function uses ---- */
+
+static float *rand_vec(ctx *x, size_t n)
+{
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = rt_rng_uniform(&x->rng) * 2.0f - 1.0f;
+        if (x->dt == RT_BF16)
+            v[i] = rt_bf16_to_f32(rt_f32_to_bf16(v[i]));
+        else if (x->dt == RT_F16)
+            v[i] = rt_f16_to_f32(rt_f32_to_f16(v[i]));
+    }
+    return v;
+}
+
+static void *dev_alloc(ctx *x, size_t bytes)
+{
+    void *d = x->be->ops->alloc(x->be, bytes ? bytes : 4);
+    assert_non_null(d);
+    x->allocs[x->n_allocs++] = d;
+    return d;
+}
+
+/* A device copy of host fp32 data in the backend's type. */
+static void *up(ctx *x, const float *h, size_t n)
+{
+    rt_dtype t = x->be->ops->act_dtype;
+    void *tmp = malloc(n * rt_dtype_size(t) + 4);
+    rt_convert_from_f32(tmp, h, t, n);
+    void *d = dev_alloc(x, n * rt_dtype_size(t));
+    x->be->ops->upload(x->be, d, tmp, n * rt_dtype_size(t));
+    free(tmp);
+    return d;
+}
+
+static void *up_ints(ctx *x, const int32_t *h, size_t n)
+{
+    void *d = dev_alloc(x, n * 4);
+    x->be->ops->upload(x->be, d, h, n * 4);
+    return d;
+}
+
+static void *dev_out(ctx *x, size_t n)
+{
+    return dev_alloc(x, n * rt_dtype_size(x->be->ops->act_dtype));
+}
+
+/* Records device data d (n activations) as output `name`. */
+static void take(ctx *x, outputs *o, const char *name, const void *d, size_t n)
+{
+    rt_dtype t = x->be->ops->act_dtype;
+    void *tmp = malloc(n * rt_dtype_size(t) + 4);
+    x->be->ops->download(x->be, tmp, d, n * rt_dtype_size(t));
+    float *h = malloc(n * sizeof *h + 4);
+    rt_convert_to_f32(h, tmp, t, n);
+    free(tmp);
+    o->name[o->n] = name, o->v[o->n] = h, o->len[o->n] = n;
+    o->n++;
+}
+
+static rt_tensor weight(ctx *x, const float *h, int64_t rows, int64_t cols)
+{
+    return (rt_tensor){up(x, h, (size_t)(rows * (cols ? cols : 1))), x->be->ops->act_dtype, rows, cols ? cols : 1};
+}
+
+/* ---- one run function per op ---- */
+
+static void run_matmul(const op_case *c, ctx *x, outputs *o) /* p: n, K, N, bias */
+{
+    const int n = c->p[0], K = c->p[1], N = c->p[2];
+    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *b = rand_vec(x, (size_t)N);
+    rt_tensor W = weight(x, w, N, K), B = c->p[3] ? weight(x, b, N, 0) : (rt_tensor){0};
+    void *dx = up(x, xs, (size_t)n * K), *dout = dev_out(x, (size_t)n * N);
+    x->be->ops->matmul(x->be, dout, dx, &W, &B, n);
+    take(x, o, "out", dout, (size_t)n * N);
+    free(xs), free(w), free(b);
+}
+
+static void run_rmsnorm(const op_case *c, ctx *x, outputs *o) /* p: n, dim */
+{
+    const int n = c->p[0], dim = c->p[1];
+    float *xs = rand_vec(x, (size_t)n * dim), *w = rand_vec(x, (size_t)dim);
+    rt_tensor W = weight(x, w, dim, 0);
+    void *dx = up(x, xs, (size_t)n * dim), *dout = dev_out(x, (size_t)n * dim);
+    x->be->ops->rmsnorm(x->be, dout, dx, &W, n, 1e-5f);
+    take(x, o, "out", dout, (size_t)n * dim);
+    free(xs), free(w);
+}
+
+static void run_add_rmsnorm(const op_case *c, ctx *x, outputs *o) /* p: n, dim */
+{
+    const int n = c->p[0], dim = c->p[1];
+    float *xs = rand_vec(x, (size_t)n * dim), *d = rand_vec(x, (size_t)n * dim), *w = rand_vec(x, (size_t)dim);
+    rt_tensor W = weight(x, w, dim, 0);
+    void *dx = up(x, xs, (size_t)n * dim), *dd = up(x, d, (size_t)n * dim), *dout = dev_out(x, (size_t)n * dim);
+    x->be->ops->add_rmsnorm(x->be, dx, dd, dout, &W, n, 1e-5f);
+    take(x, o, "norm", dout, (size_t)n * dim);
+    take(x, o, "residual", dx, (size_t)n * dim);
+    free(xs), free(d), free(w);
+}
+
+static void run_silu_mul(const op_case *c, ctx *x, outputs *o) /* p: n */
+{
+    const size_t n = (size_t)c->p[0];
+    float *g = rand_vec(x, n), *u = rand_vec(x, n);
+    void *dg = up(x, g, n), *du = up(x, u, n), *dout = dev_out(x, n);
+    x->be->ops->silu_mul(x->be, dout, dg, du, n);
+    take(x, o, "out", dout, n);
+    free(g), free(u);
+}
+
+static void run_add(const op_case *c, ctx *x, outputs *o) /* p: n */
+{
+    const size_t n = (size_t)c->p[0];
+    float *a = rand_vec(x, n), *b = rand_vec(x, n);
+    void *da = up(x, a, n), *db = up(x, b, n);
+    x->be->ops->add(x->be, da, db, n);
+    take(x, o, "out", da, n);
+    free(a), free(b);
+}
+
+static void run_gather_rows(const op_case *c, ctx *x, outputs *o) /* p: rows in x, dim */
+{
+    const int n = c->p[0], dim = c->p[1];
+    float *xs = rand_vec(x, (size_t)n * dim);
+    int32_t rows[4] = {n - 1, 0, n / 2, n - 1};
+    void *dx = up(x, xs, (size_t)n * dim), *dr = up_ints(x, rows, 4), *dout = dev_out(x, (size_t)4 * dim);
+    x->be->ops->gather_rows(x->be, dout, dx, dr, 4, dim);
+    take(x, o, "out", dout, (size_t)4 * dim);
+    free(xs);
+}
+
+static void run_to_f32(const op_case *c, ctx *x, outputs *o) /* p: n */
+{
+    const size_t n = (size_t)c->p[0];
+    float *a = rand_vec(x, n);
+    void *da = up(x, a, n);
+    float *d32 = dev_alloc(x, n * sizeof(float)), *h = malloc(n * sizeof *h);
+    x->be->ops->to_f32(x->be, d32, da, n);
+    x->be->ops->download(x->be, h, d32, n * sizeof *h);
+    o->name[o->n] = "out", o->v[o->n] = h, o->len[o->n] = n;
+    o->n++;
+    free(a);
+}
+
+static void run_embedding(const op_case *c, ctx *x, outputs *o) /* p: shard rows, dim, first row */
+{
+    const int rows = c->p[0], dim = c->p[1], begin = c->p[2];
+    float *tab = rand_vec(x, (size_t)rows * dim);
+    rt_tensor T = weight(x, tab, rows, dim);
+    int32_t toks[5] = {begin, begin + rows - 1, begin - 1, begin + rows, begin + rows / 2}; /* two outside */
+    void *dt = up_ints(x, toks, 5), *dout = dev_out(x, (size_t)5 * dim);
+    x->be->ops->embedding(x->be, dout, &T, begin, dt, 5);
+    take(x, o, "out", dout, (size_t)5 * dim);
+    free(tab);
+}
+
+/* RoPE + KV write, then attention, for sequences whose blocks are scattered over the pool: the
+ * earlier positions of each sequence are written by a first step, the last p[5] of each by a
+ * second (a long chunked prefill next to decodes). p: heads, KV heads, head_dim, window, layout. */
+static void run_attention(const op_case *c, ctx *x, outputs *o)
+{
+    static const int layouts[2][3][2] = {
+        {{1000, 200}, {37, 1}, {5, 5}}, /* a chunked prefill, a decode, a short prompt */
+        {{300, 1}, {129, 1}, {0, 0}},   /* decodes over long contexts */
+    };
+    const int nh = c->p[0], nkv = c->p[1], hd = c->p[2], window = c->p[3];
+    const int (*seqs)[2] = layouts[c->p[4]];
+    const int n_seqs = seqs[2][0] ? 3 : 2, bs = 16;
+    int max_blocks = 0, total_blocks = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int nb = (seqs[s][0] + bs - 1) / bs;
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+        total_blocks += nb;
+    }
+    /* block ids: a fixed permutation (the same on both backends), so every sequence is scattered */
+    int32_t *perm = malloc((size_t)total_blocks * 4), *tables = malloc((size_t)n_seqs * max_blocks * 4);
+    for (int i = 0; i < total_blocks; i++)
+        perm[i] = (int32_t)((i * 7919L) % total_blocks);
+    for (int s = 0, next = 0; s < n_seqs; s++)
+        for (int b = 0; b < max_blocks; b++)
+            tables[s * max_blocks + b] = b < (seqs[s][0] + bs - 1) / bs ? perm[next++] : -1;
+    float inv_freq[RT_MAX_HEAD_DIM / 2];
+    for (int i = 0; i < hd / 2; i++)
+        inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
+    const int qw = nh * hd, kw = nkv * hd;
+    const size_t cache = (size_t)total_blocks * bs * kw;
+    rt_kv_layer kv = {dev_out(x, cache), dev_out(x, cache)};
+    float *dinv = dev_alloc(x, sizeof inv_freq);
+    x->be->ops->upload(x->be, dinv, inv_freq, sizeof inv_freq);
+    void *dtab = up_ints(x, tables, (size_t)n_seqs * max_blocks);
+    rt_attn_shape sh = {nh, nkv, hd, window, 1.0f / sqrtf((float)hd)};
+    for (int phase = 0; phase < 2; phase++) {
+        int n = 0;
+        for (int s = 0; s < n_seqs; s++)
+            n += phase ? seqs[s][1] : seqs[s][0] - seqs[s][1];
+        if (n == 0)
+            continue;
+        int32_t *pos = malloc((size_t)n * 4), *seq = malloc((size_t)n * 4), *slot = malloc((size_t)n * 4);
+        for (int s = 0, t = 0; s < n_seqs; s++)
+            for (int j = phase ? seqs[s][0] - seqs[s][1] : 0; j < (phase ? seqs[s][0] : seqs[s][0] - seqs[s][1]); j++) {
+                pos[t] = j, seq[t] = s;
+                slot[t++] = tables[s * max_blocks + j / bs] * bs + j % bs;
+            }
+        float *q = rand_vec(x, (size_t)n * qw), *k = rand_vec(x, (size_t)n * kw), *v = rand_vec(x, (size_t)n * kw);
+        void *dq = up(x, q, (size_t)n * qw), *dk = up(x, k, (size_t)n * kw), *dv = up(x, v, (size_t)n * kw);
+        rt_attn_batch b = {n, up_ints(x, pos, (size_t)n), up_ints(x, slot, (size_t)n), up_ints(x, seq, (size_t)n),
+                           dtab, max_blocks, bs};
+        void *dout = dev_out(x, (size_t)n * qw);
+        x->be->ops->rope_kv_write(x->be, dq, dk, dv, dinv, &b, &sh, &kv);
+        x->be->ops->attention(x->be, dout, dq, &kv, &b, &sh);
+        if (phase == 1) {
+            take(x, o, "attention", dout, (size_t)n * qw);
+            take(x, o, "rope(q)", dq, (size_t)n * qw);
+        }
+        free(pos), free(seq), free(slot), free(q), free(k), free(v);
+    }
+    /* the KV slots of the last sequence, in order (the rest of the pool was never written) */
+    const int s = n_seqs - 1;
+    float *ks = malloc((size_t)seqs[s][0] * kw * sizeof *ks);
+    rt_dtype t = x->be->ops->act_dtype;
+    uint8_t *raw = malloc(cache * rt_dtype_size(t));
+    x->be->ops->download(x->be, raw, kv.k, cache * rt_dtype_size(t));
+    for (int j = 0; j < seqs[s][0]; j++)
+        rt_convert_to_f32(ks + (size_t)j * kw,
+                          raw + (size_t)(tables[s * max_blocks + j / bs] * bs + j % bs) * kw * rt_dtype_size(t), t,
+                          (size_t)kw);
+    o->name[o->n] = "KV cache k", o->v[o->n] = ks, o->len[o->n] = (size_t)seqs[s][0] * kw;
+    o->n++;
+    free(raw), free(perm), free(tables);
+}
+
+/* ---- the table ---- */
+
+static const op_case cases[] = {
+    {"matmul", {1, 7, 5, 1}, run_matmul},         {"matmul", {3, 64, 33, 0}, run_matmul},
+    {"matmul", {17, 129, 70, 1}, run_matmul},     {"matmul", {64, 1024, 512, 0}, run_matmul},
+    {"matmul", {1, 4096, 1000, 1}, run_matmul},
+    {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
+    {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
+    {"silu_mul", {185}, run_silu_mul},            {"silu_mul", {5 * 14336}, run_silu_mul},
+    {"add", {185}, run_add},                      {"add", {5 * 4096}, run_add},
+    {"gather_rows", {5, 37}, run_gather_rows},    {"gather_rows", {9, 4096}, run_gather_rows},
+    {"to_f32", {4097}, run_to_f32},
+    {"embedding", {10, 37, 10}, run_embedding},   {"embedding", {100, 4096, 0}, run_embedding},
+    /* rope_kv_write and attention, checked together (attention reads what rope_kv_write wrote) */
+    {"attention", {8, 2, 64, 0, 0}, run_attention},   {"attention", {32, 8, 128, 0, 1}, run_attention},
+    {"attention", {6, 3, 6, 0, 0}, run_attention},    /* an odd head size */
+    {"attention", {4, 4, 16, 50, 0}, run_attention},  /* a sliding window */
+    {"attention", {2, 1, RT_MAX_HEAD_DIM, 0, 1}, run_attention}, /* the largest head_dim */
+};
+
+static const rt_dtype types[] = {RT_F32, RT_BF16, RT_F16};
+static const double tolerance[] = {1e-5, 1e-2, 2e-3};
+static rt_backend *cpu, *gpu[3];
+static const char *only_op;
+static int only_type = -1;
+
+static void free_outputs(outputs *o)
+{
+    for (int i = 0; i < o->n; i++)
+        free(o->v[i]);
+    o->n = 0;
+}
+
+static void run_on(const op_case *c, int k, rt_backend *be, outputs *o)
+{
+    ctx x = {.be = be, .dt = types[k]};
+    rt_rng_seed(&x.rng, 2024 + (uint64_t)(c - cases));
+    c->run(c, &x, o);
+    base_err err;
+    if (be->ops->check(be, &err))
+        fail_msg("%s on %s: %s", c->op, be->ops->name, err.msg);
+    for (int i = 0; i < x.n_allocs; i++)
+        be->ops->free(be, x.allocs[i]);
+}
+
+static void test_ops(void **state)
+{
+    (void)state;
+    int ran = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const op_case *c = &cases[ci];
+        if (only_op && strcmp(only_op, c->op) != 0)
+            continue;
+        for (int k = 0; k < 3; k++) {
+            if (only_type >= 0 && only_type != k)
+                continue;
+            outputs ref = {0}, got = {0};
+            run_on(c, k, cpu, &ref);
+            run_on(c, k, gpu[k], &got);
+            assert_int_equal(ref.n, got.n);
+            double worst = 0;
+            for (int i = 0; i < ref.n; i++) {
+                double num = 0, den = 0;
+                for (size_t j = 0; j < ref.len[i]; j++) {
+                    if (!isfinite(got.v[i][j]))
+                        fail_msg("%s %s [%d %d %d %d %d] %s: element %zu is %g", c->op, rt_dtype_name(types[k]),
+                                 c->p[0], c->p[1], c->p[2], c->p[3], c->p[4], ref.name[i], j, got.v[i][j]);
+                    double d = (double)got.v[i][j] - ref.v[i][j];
+                    num += d * d;
+                    den += (double)ref.v[i][j] * ref.v[i][j];
+                }
+                double e = sqrt(num / (den > 0 ? den : 1));
+                worst = e > worst ? e : worst;
+                if (!(e < tolerance[k]))
+                    fail_msg("%s %s [%d %d %d %d %d] %s: relative error %.3g over %g", c->op, rt_dtype_name(types[k]),
+                             c->p[0], c->p[1], c->p[2], c->p[3], c->p[4], ref.name[i], e, tolerance[k]);
+            }
+            printf("  %-12s %-4s [%d %d %d %d %d]: relative error %.2e\n", c->op, rt_dtype_name(types[k]), c->p[0],
+                   c->p[1], c->p[2], c->p[3], c->p[4], worst);
+            free_outputs(&ref), free_outputs(&got);
+            ran++;
+        }
+    }
+    if (ran == 0)
+        fail_msg("no case matches -o %s", only_op ? only_op : "");
+}
+
+/* A failed CUDA call inside an op is kept on the backend (the first one) and reported by check,
+ * naming the call and the rank; nothing exits. */
+static void test_sticky_error(void **state)
+{
+    (void)state;
+    base_err err = {{0}};
+    rt_backend *be = rt_cuda_backend_create(0, RT_F32, 5, &err);
+    assert_non_null(be);
+    assert_int_equal(be->ops->check(be, &err), 0);
+    be->ops->free(be, (void *)(uintptr_t)0x1234); /* not a device pointer */
+    assert_int_equal(be->ops->check(be, &err), -1);
+    if (!strstr(err.msg, "rank 5: cudaFree(p) failed at"))
+        fail_msg("unexpected message: %s", err.msg);
+    assert_int_equal(be->ops->check(be, &err), -1); /* sticky */
+    be->ops->destroy(be);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "-o") == 0)
+            only_op = argv[i + 1];
+        else if (strcmp(argv[i], "-t") == 0)
+            for (int k = 0; k < 3; k++)
+                if (strcmp(argv[i + 1], rt_dtype_name(types[k])) == 0)
+                    only_type = k;
+    }
+    if (rt_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device is visible\n");
+        return 77;
+    }
+    base_err err;
+    cpu = rt_cpu_backend_create(0);
+    for (int k = 0; k < 3; k++)
+        if (!(gpu[k] = rt_cuda_backend_create(0, types[k], 0, &err))) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ops),
+        cmocka_unit_test(test_sticky_error),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    for (int k = 0; k < 3; k++)
+        gpu[k]->ops->destroy(gpu[k]);
+    cpu->ops->destroy(cpu);
+    return rc;
+}
