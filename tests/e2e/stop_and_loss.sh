@@ -64,11 +64,11 @@ echo "client: $(grep -o 'UNAVAILABLE.*' "$tmp/c2" | head -n 1)"
 
 echo "== 3. SIGTERM to dinfer-launch during a request: a drain, exit 0"
 "$DINFER_LAUNCH" --model "$tmp/m" --hosts localhost --gpus-per-host 1 -- --port 0 --kv-cache-mib 64 \
-  --ready-file "$tmp/r3" >"$tmp/log3" 2>&1 &
+  --drain-seconds 300 --ready-file "$tmp/r3" >"$tmp/log3" 2>&1 &
 lpid=$!; pids+=($lpid)
 wait_ready "$tmp/r3" "$tmp/log3" $lpid
 addr=$(awk '{print $1}' "$tmp/r3")
-"$DINFER_CLIENT" generate --server "$addr" --tokens 1,2 --max-tokens 4000 --ignore-eos >"$tmp/c3" 2>&1 &
+"$DINFER_CLIENT" generate --server "$addr" --tokens 1,2 --max-tokens 1500 --ignore-eos >"$tmp/c3" 2>&1 &
 cpid=$!
 wait_tokens "$tmp/c3" || fail "no tokens streamed"
 t0=$(date +%s%N)
@@ -79,7 +79,7 @@ wait $cpid; crc=$?
 t1=$(date +%s%N)
 wait $lpid; lrc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 )) after=$(( ($(date +%s%N) - t1) / 1000000 ))
-grep -q 'finish: length, 2 prompt + 4000 generated tokens' "$tmp/c3" ||
+grep -q 'finish: length, 2 prompt + 1500 generated tokens' "$tmp/c3" ||
   fail "the running request did not finish: $(tail -c 300 "$tmp/c3")"
 [ $crc -eq 0 ] || fail "the client exited $crc"
 [ $lrc -eq 0 ] || fail "dinfer-launch exited $lrc after the drain"
