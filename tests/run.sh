@@ -44,14 +44,7 @@ CC=clang cmake -S . -B build-fuzz "${gen[@]}" -DDINFER_FUZZ=ON -DDINFER_CUDA=OFF
 cmake --build build-fuzz -j "$jobs"
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
-mkdir -p "$corpus/config" "$corpus/safetensors"
-for f in tests/golden/fixtures/*/config.json; do cp "$f" "$corpus/config/$(basename "$(dirname "$f")").json"; done
-./build/launch/dinfer-mkmodel --out "$corpus/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 \
-  --ffn-dim 8 --dtype bf16 >/dev/null
-cp "$corpus/m/model.safetensors" "$corpus/safetensors/"
-mkdir -p "$corpus/wire"
-# a piece-size byte, then a Health request with request_id 7 (length 4: 08 07 62 00)
-printf '\x03\x00\x00\x00\x04\x08\x07\x62\x00' > "$corpus/wire/health"
+./tests/fuzz/seed_corpus.sh "$corpus" ./build/launch/dinfer-mkmodel
 for t in config safetensors wire; do
   if ! ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" "$corpus/$t" >"$corpus/$t.log" 2>&1; then
     tail -n 40 "$corpus/$t.log"

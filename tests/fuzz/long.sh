@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The long fuzz run (not in CI): every target for RUNS executions (default 10 million) from the
+# seed corpus, with AddressSanitizer and UBSan; prints each target's executions, time and result.
+#   ./tests/fuzz/long.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-10000000}
+gen=()
+command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+CC=clang cmake -S . -B build-fuzz "${gen[@]}" -DDINFER_FUZZ=ON -DDINFER_CUDA=OFF >/dev/null
+cmake --build build-fuzz -j "$(nproc)" >/dev/null
+cmake -S . -B build "${gen[@]}" >/dev/null && cmake --build build --target dinfer-mkmodel >/dev/null
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+./tests/fuzz/seed_corpus.sh "$work/corpus" build/launch/dinfer-mkmodel
+rc=0
+for t in config safetensors wire; do
+  start=$(date +%s)
+  if ./build-fuzz/tests/fuzz/fuzz_$t -runs="$runs" -print_final_stats=1 "$work/corpus/$t" >"$work/$t.log" 2>&1; then
+    res="0 crashes"
+  else
+    res="FAILED"; rc=1; tail -n 40 "$work/$t.log"
+  fi
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log")
+  echo "fuzz_$t: ${execs:-?} executions in $(( $(date +%s) - start )) s, $res ($(grep -E '^Done' "$work/$t.log" || true))"
+done
+exit $rc
