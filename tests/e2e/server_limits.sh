@@ -37,6 +37,15 @@ echo "log: $refusals lines for 41 refused connections"
 start b - -- --idle-timeout 1 --frame-timeout 1
 run idle "$(addr_of b)"
 run frame "$(addr_of b)"
+# sampling extremes (top-p keeping nothing once read before its buffer; 1e-40 gave NaN): served,
+# and a tiny temperature is greedy
+gen() { "$DINFER_CLIENT" generate --server "$(addr_of b)" --tokens 3,4,5 --max-tokens 6 --ignore-eos --json "$@"; }
+greedy=$(gen | sed 's/.*"tokens": \[\([^]]*\)\].*/\1/')
+tiny=$(gen --temperature 1e-40 | sed 's/.*"tokens": \[\([^]]*\)\].*/\1/')
+hot=$(gen --temperature 1e6 --top-p 1e-7 --seed 3 | sed 's/.*"tokens": \[\([^]]*\)\].*/\1/')
+echo "sampling: greedy [$greedy], temperature 1e-40 [$tiny], temperature 1e6 with top-p 1e-7 [$hot]"
+[ -n "$greedy" ] && [ "$tiny" = "$greedy" ] || { echo "FAIL: temperature 1e-40 is not greedy"; rc=1; }
+[ "$hot" = "$greedy" ] || { echo "FAIL: top-p 1e-7 did not keep the most likely token"; rc=1; }
 
 # 64 descriptors: Open MPI and the server take about 30 of them
 start c 64 --
