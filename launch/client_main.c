@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "launch/cli.h"
 #include "base/clock.h"
 #include "proto/client.h"
@@ -205,6 +207,17 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
     return 0;
 }
 
+/* s as it is (text), or as a quoted, escaped JSON string (--json); free the result. */
+static char *text_or_json(const char *s, bool json)
+{
+    if (!json)
+        return strdup(s ? s : "");
+    cJSON *j = cJSON_CreateString(s ? s : "");
+    char *out = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    return out ? out : strdup("\"\"");
+}
+
 static int cmd_unary(args *a, dinfer_client *c, bool health, base_err *err)
 {
     wire_frame *f;
@@ -215,18 +228,21 @@ static int cmd_unary(args *a, dinfer_client *c, bool health, base_err *err)
         rc = base_errf(err, "%s: %s", wire_status_name(f->error->code), f->error->message ? f->error->message : "");
     } else if (health && f->body_case == DINFER__V1__FRAME__BODY_HEALTH_RESPONSE) {
         const Dinfer__V1__HealthResponse *h = f->health_response;
-        printf(a->json ? "{\"ready\": %s, \"model\": \"%s\", \"architecture\": \"%s\", \"tp\": %u, \"pp\": %u, "
+        char *model = text_or_json(h->model, a->json), *arch = text_or_json(h->architecture, a->json);
+        printf(a->json ? "{\"ready\": %s, \"model\": %s, \"architecture\": %s, \"tp\": %u, \"pp\": %u, "
                          "\"world_size\": %u, \"vocab_size\": %u, \"max_context\": %u}\n"
                        : "ready: %s\nmodel: %s (%s)\ntp: %u, pp: %u, world size: %u\nvocabulary: %u, context: %u\n",
-               h->ready ? (a->json ? "true" : "yes") : (a->json ? "false" : "no"), h->model, h->architecture, h->tp,
+               h->ready ? (a->json ? "true" : "yes") : (a->json ? "false" : "no"), model, arch, h->tp,
                h->pp, h->world_size, h->vocab_size, h->max_context);
+        free(model), free(arch);
         rc = h->ready ? 0 : base_errf(err, "the server is not ready");
     } else if (!health && f->body_case == DINFER__V1__FRAME__BODY_STATS_RESPONSE) {
         const Dinfer__V1__StatsResponse *s = f->stats_response;
+        char *device = text_or_json(s->device, a->json);
         printf(a->json ? "{\"queue_length\": %u, \"running\": %u, \"kv_blocks_used\": %u, \"kv_blocks_free\": %u, "
                          "\"kv_block_size\": %u, \"tokens_per_second\": %.2f, \"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, "
                          "\"tpot_p50_ms\": %.3f, \"tpot_p99_ms\": %.3f, \"requests_finished\": %llu, \"steps\": %llu, "
-                         "\"avg_tokens_per_step\": %.2f, \"preemptions\": %llu, \"connections\": %u, \"device\": \"%s\", "
+                         "\"avg_tokens_per_step\": %.2f, \"preemptions\": %llu, \"connections\": %u, \"device\": %s, "
                          "\"weight_bytes\": %llu, \"workspace_bytes\": %llu, \"kv_cache_bytes\": %llu}\n"
                        : "queue: %u, running: %u\nKV blocks: %u used, %u free (%u tokens each)\n"
                          "tokens/s (last 10 s): %.2f\nTTFT p50 %.3f ms, p99 %.3f ms\nTPOT p50 %.3f ms, p99 %.3f ms\n"
@@ -235,9 +251,10 @@ static int cmd_unary(args *a, dinfer_client *c, bool health, base_err *err)
                s->queue_length, s->running, s->kv_blocks_used, s->kv_blocks_free, s->kv_block_size,
                s->tokens_per_second, s->ttft_p50_ms, s->ttft_p99_ms, s->tpot_p50_ms, s->tpot_p99_ms,
                (unsigned long long)s->requests_finished, (unsigned long long)s->steps, s->avg_tokens_per_step,
-               (unsigned long long)s->preemptions, s->connections, s->device ? s->device : "",
+               (unsigned long long)s->preemptions, s->connections, device,
                (unsigned long long)s->weight_bytes, (unsigned long long)s->workspace_bytes,
                (unsigned long long)s->kv_cache_bytes);
+        free(device);
     } else {
         rc = base_errf(err, "unexpected reply (frame body %d)", (int)f->body_case);
     }

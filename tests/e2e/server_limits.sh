@@ -15,7 +15,7 @@ rc=0
 start() {
   local name=$1 lim=$2; shift 3
   ( [ "$lim" != - ] && ulimit -n "$lim"
-    exec mpirun --oversubscribe --bind-to none -np 1 "$DINFER_SERVER" --model "$fx" --port 0 \
+    exec mpirun --oversubscribe --bind-to none -np 1 "$DINFER_SERVER" --model "${model:-$fx}" --port 0 \
       --ready-file "$tmp/$name.ready" "$@" ) >"$tmp/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 300); do [ -s "$tmp/$name.ready" ] && break; sleep 0.1; done
@@ -34,7 +34,14 @@ refusals=$(grep -c "refused a connection" "$tmp/a.log")
 echo "log: $refusals lines for 41 refused connections"
 [ "$refusals" -le 6 ] || { echo "FAIL: refusals are not rate-limited in the log"; rc=1; }
 
+# (server b's model folder has a quote in its name: dinfer health --json must still be JSON)
+model="$tmp/the \"quoted\" model"
+cp -r "$fx" "$model"
 start b - -- --idle-timeout 1 --frame-timeout 1
+model=
+"$DINFER_CLIENT" health --server "$(addr_of b)" --json >"$tmp/health.json"
+grep -qF '"model": "'"$tmp"'/the \"quoted\" model"' "$tmp/health.json" ||
+  { echo "FAIL: the model path is not escaped in JSON: $(cat "$tmp/health.json")"; rc=1; }
 run idle "$(addr_of b)"
 run frame "$(addr_of b)"
 # sampling extremes (top-p keeping nothing once read before its buffer; 1e-40 gave NaN): served,
