@@ -1,9 +1,12 @@
-/* Attention over the paged KV cache on the CPU: one pass per (token, head) with an online softmax,
- * so no score matrix is ever stored, whatever the context length. */
+/* Attention over the paged KV cache on the CPU: one pass per (token, head) over the keys in tiles
+ * with an online softmax (scores of a tile, its maximum, one rescale of the accumulator per tile,
+ * one exponential per key), so no score matrix is ever stored, whatever the context length. */
 #include <math.h>
 #include <string.h>
 
 #include "runtime/cpu/cpu_ops.h"
+
+#define ATT_TILE 64 /* keys scored before the accumulator is rescaled once */
 
 void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s)
@@ -24,22 +27,36 @@ void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer
             const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0
                                   ? pos - s->sliding_window + 1 : 0;
             float acc[RT_MAX_HEAD_DIM]; /* config.c limits head_dim */
+            float sc[ATT_TILE];
+            int64_t slots[ATT_TILE];
             memset(acc, 0, (size_t)hd * sizeof *acc);
             float m = -INFINITY, l = 0.0f;
-            for (int j = start; j <= pos; j++) {
-                int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
-                const float *kj = kc + slot * kw + kvo;
-                float sc = 0.0f;
-#pragma omp simd reduction(+ : sc)
+            for (int j0 = start; j0 <= pos; j0 += ATT_TILE) {
+                const int nt = pos - j0 + 1 < ATT_TILE ? pos - j0 + 1 : ATT_TILE;
+                float tmax = -INFINITY;
+                for (int jj = 0; jj < nt; jj++) {
+                    const int j = j0 + jj;
+                    slots[jj] = (int64_t)table[j / bs] * bs + j % bs;
+                    const float *kj = kc + slots[jj] * kw + kvo;
+                    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                    for (int i = 0; i < hd; i++)
+                        d += qh[i] * kj[i];
+                    sc[jj] = d * s->scale;
+                    tmax = sc[jj] > tmax ? sc[jj] : tmax;
+                }
+                const float mn = tmax > m ? tmax : m, corr = expf(m - mn); /* expf(-inf) = 0 at first */
+                l *= corr;
                 for (int i = 0; i < hd; i++)
-                    sc += qh[i] * kj[i];
-                sc *= s->scale;
-                float mn = sc > m ? sc : m;
-                float corr = expf(m - mn), p = expf(sc - mn);
-                l = l * corr + p;
-                const float *vj = vc + slot * kw + kvo;
-                for (int i = 0; i < hd; i++)
-                    acc[i] = acc[i] * corr + p * vj[i];
+                    acc[i] *= corr;
+                for (int jj = 0; jj < nt; jj++) {
+                    const float p = expf(sc[jj] - mn);
+                    const float *vj = vc + slots[jj] * kw + kvo;
+                    l += p;
+#pragma omp simd
+                    for (int i = 0; i < hd; i++)
+                        acc[i] += p * vj[i];
+                }
                 m = mn;
             }
             float *oh = out + t * qw + (int64_t)h * hd;
