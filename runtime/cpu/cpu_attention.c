@@ -34,9 +34,11 @@ void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer
             for (int j0 = start; j0 <= pos; j0 += ATT_TILE) {
                 const int nt = pos - j0 + 1 < ATT_TILE ? pos - j0 + 1 : ATT_TILE;
                 float tmax = -INFINITY;
+                int blk = j0 / bs, off = j0 % bs; /* walked, not divided, key by key */
                 for (int jj = 0; jj < nt; jj++) {
-                    const int j = j0 + jj;
-                    slots[jj] = (int64_t)table[j / bs] * bs + j % bs;
+                    slots[jj] = (int64_t)table[blk] * bs + off;
+                    if (++off == bs)
+                        blk++, off = 0;
                     const float *kj = kc + slots[jj] * kw + kvo;
                     float d = 0.0f;
 #pragma omp simd reduction(+ : d)
