@@ -14,7 +14,7 @@ sed -i 's/"num_hidden_layers":[^,]*/"num_hidden_layers":\t32/' "$tmp/big/config.
 expect_split() { # expect_split MODEL HOSTS GPUS TP PP
   local out
   out=$("$DINFER_LAUNCH" --model "$1" --hosts "$2" --gpus-per-host "$3" --dry-run 2>&1)
-  if echo "$out" | grep -q "tp=$4 inside a host, pp=$5,"; then
+  if grep -q "tp=$4 inside a host, pp=$5," <<<"$out"; then
     echo "ok: $(basename "$1") on $2 x $3: tp=$4 pp=$5"
   else
     echo "FAIL: $(basename "$1") on $2 x $3: expected tp=$4 pp=$5, got:"; echo "$out"; fails=$((fails + 1))
@@ -31,14 +31,14 @@ expect_split "$fx/llama3_rope_f16" h1,h2 8 8 2
 
 # the command: a hostfile and one rank per GPU packed by host, the server's options passed on
 out=$("$DINFER_LAUNCH" --model "$fx/llama_gqa" --hosts h1,h2 --gpus-per-host 2 --dry-run -- --port 7171 --host 0.0.0.0)
-echo "$out" | grep -q "command: mpirun --hostfile .* -np 4 --map-by ppr:2:node --bind-to none" || { echo "FAIL: mpirun command: $out"; fails=$((fails + 1)); }
-echo "$out" | grep -q -- "--model $fx/llama_gqa --tp 2 --pp 2 --port 7171 --host 0.0.0.0" || { echo "FAIL: server args: $out"; fails=$((fails + 1)); }
-echo "$out" | grep -qE "rank 2 +host h2 +stage 1 +tp 0" || { echo "FAIL: placement: $out"; fails=$((fails + 1)); }
+grep -q "command: mpirun --hostfile .* -np 4 --map-by ppr:2:node --bind-to none" <<<"$out" || { echo "FAIL: mpirun command: $out"; fails=$((fails + 1)); }
+grep -q -- "--model $fx/llama_gqa --tp 2 --pp 2 --port 7171 --host 0.0.0.0" <<<"$out" || { echo "FAIL: server args: $out"; fails=$((fails + 1)); }
+grep -qE "rank 2 +host h2 +stage 1 +tp 0" <<<"$out" || { echo "FAIL: placement: $out"; fails=$((fails + 1)); }
 out=$("$DINFER_LAUNCH" --model "$fx/llama_gqa" --hosts h1,h2 --gpus-per-host 2 --launcher srun --dry-run)
-echo "$out" | grep -q "command: srun --mpi=pmix --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=2 --ntasks=4" || { echo "FAIL: srun: $out"; fails=$((fails + 1)); }
+grep -q "command: srun --mpi=pmix --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=2 --ntasks=4" <<<"$out" || { echo "FAIL: srun: $out"; fails=$((fails + 1)); }
 printf 'h1 slots=4\n# a comment\nh2 slots=4\n' > "$tmp/hosts"
 out=$("$DINFER_LAUNCH" --model "$fx/llama_gqa" --hostfile "$tmp/hosts" --gpus-per-host 4 --tp 2 --pp 4 --dry-run)
-echo "$out" | grep -q "tp=2 inside a host, pp=4, 8 rank(s) on 2 host(s)" || { echo "FAIL: override: $out"; fails=$((fails + 1)); }
+grep -q "tp=2 inside a host, pp=4, 8 rank(s) on 2 host(s)" <<<"$out" || { echo "FAIL: override: $out"; fails=$((fails + 1)); }
 
 expect_fail() { # expect_fail NEEDLE ARGS...
   local needle=$1; shift

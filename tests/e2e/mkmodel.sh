@@ -20,7 +20,7 @@ ls "$tmp"/q/model-0000*-of-0000*.safetensors >/dev/null
 grep -q 'q_proj.bias' "$tmp/q/model.safetensors.index.json" || { echo "qwen2 without q/k/v biases"; exit 1; }
 if grep -q 'lm_head' "$tmp/q/model.safetensors.index.json"; then echo "tied model wrote lm_head"; exit 1; fi
 out=$("$DINFER_RUN" --model "$tmp/q" --tokens 1,2,3 --max-tokens 5 --json 2>/dev/null)
-echo "$out" | grep -q '"finish_reason": "length"' || { echo "qwen2 bf16 sharded model did not run: $out"; exit 1; }
+grep -q '"finish_reason": "length"' <<<"$out" || { echo "qwen2 bf16 sharded model did not run: $out"; exit 1; }
 
 "$DINFER_MKMODEL" --out "$tmp/p" --preset llama3-1b --layers 1 --vocab 1000 --dim 128 --heads 4 --kv-heads 2 \
   --ffn-dim 256 >/dev/null

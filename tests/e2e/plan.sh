@@ -10,12 +10,12 @@ echo "$out"
 rows=$(echo "$out" | grep -cE '^[0-9]+ +[0-9]+ +[0-9]+ ')
 [ "$rows" -eq 8 ] || { echo "expected 8 rank rows, got $rows"; fails=$((fails + 1)); }
 # 5 layers over 4 stages: 2,1,1,1; rank 7 is stage 3, tp 1, layer 4, heads 4-7
-echo "$out" | grep -qE '^7 +3 +1 +4 +4-7 ' || { echo "rank 7's row is wrong"; fails=$((fails + 1)); }
-echo "$out" | grep -qE '^0 +0 +0 +0-1 ' || { echo "rank 0's row is wrong"; fails=$((fails + 1)); }
+grep -qE '^7 +3 +1 +4 +4-7 ' <<<"$out" || { echo "rank 7's row is wrong"; fails=$((fails + 1)); }
+grep -qE '^0 +0 +0 +0-1 ' <<<"$out" || { echo "rank 0's row is wrong"; fails=$((fails + 1)); }
 out=$("$DINFER_PLAN" --model "$fx" --tp 8 --pp 1)
-echo "$out" | grep -q 'KV heads are replicated: each is held by 2 ranks' || { echo "no replication note"; fails=$((fails + 1)); }
+grep -q 'KV heads are replicated: each is held by 2 ranks' <<<"$out" || { echo "no replication note"; fails=$((fails + 1)); }
 out=$("$DINFER_PLAN" --model "$fx" --tp 1 --pp 2 --layers-per-stage 4,1)
-echo "$out" | grep -qE '^1 +1 +0 +4 ' || { echo "--layers-per-stage 4,1 ignored"; fails=$((fails + 1)); }
+grep -qE '^1 +1 +0 +4 ' <<<"$out" || { echo "--layers-per-stage 4,1 ignored"; fails=$((fails + 1)); }
 
 expect_fail() { # expect_fail NEEDLE ARGS...
   local needle=$1; shift

@@ -62,8 +62,8 @@ export SLURM_CONF=$tmp/slurm.conf
 mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null
 if ! munge -n >/dev/null 2>&1; then munged --force 2>/dev/null || { echo "SKIP: munged does not start"; exit 77; }; fi
 slurmctld -f "$SLURM_CONF" && slurmd -f "$SLURM_CONF" || { echo "SKIP: slurmctld or slurmd does not start"; cat "$tmp"/*.log; exit 77; }
-for _ in $(seq 1 60); do sinfo -h -o %T 2>/dev/null | grep -q idle && break; sleep 0.5; done
-sinfo -h -o %T | grep -q idle || { echo "FAIL: the node never became idle"; sinfo; tail "$tmp"/*.log; exit 1; }
+for _ in $(seq 1 60); do grep -q idle <<<"$(sinfo -h -o %T 2>/dev/null)" && break; sleep 0.5; done
+grep -q idle <<<"$(sinfo -h -o %T)" || { echo "FAIL: the node never became idle"; sinfo; tail "$tmp"/*.log; exit 1; }
 echo "slurm: $(sinfo -h -o '%P %a %D %T %N')"
 
 want=$("$DINFER_RUN" --model "$fx" --tokens 5,6,7,8 --max-tokens 12 --ignore-eos --json 2>/dev/null | sed 's/.*"tokens": \[\([^]]*\)\].*/\1/')
@@ -89,8 +89,8 @@ run_job() { # run_job LAUNCHER SERVER_PORT DRAIN_SECONDS
   scancel "$jid"
   wait $cpid || { echo "FAIL ($launcher): the request running at scancel failed: $(cat "$tmp/inflight")"; sleep 2; cat "$tmp/job-$jid.log"; return 1; }
   grep -q '"completion_tokens": 40' "$tmp/inflight" || { echo "FAIL ($launcher): $(cat "$tmp/inflight")"; return 1; }
-  for _ in $(seq 1 180); do squeue -h -j "$jid" 2>/dev/null | grep -q . || break; sleep 0.5; done
-  if squeue -h -j "$jid" 2>/dev/null | grep -q .; then echo "FAIL ($launcher): the job is still there"; return 1; fi
+  for _ in $(seq 1 180); do grep -q . <<<"$(squeue -h -j "$jid" 2>/dev/null)" || break; sleep 0.5; done
+  if grep -q . <<<"$(squeue -h -j "$jid" 2>/dev/null)"; then echo "FAIL ($launcher): the job is still there"; return 1; fi
   echo "job $jid ended $(( $(date +%s) - t0 )) s after scancel; the running request finished"
   local log=$tmp/job-$jid.log
   # under srun the ranks' output reaches the job log to the end; mpirun stops forwarding it once
@@ -103,6 +103,6 @@ run_job() { # run_job LAUNCHER SERVER_PORT DRAIN_SECONDS
   grep -E "rank 0: (stopping|stopped)|the job ended" "$log"
 }
 run_job srun $((port + 2)) 20 || rc=1
-run_job mpirun $((port + 3)) 5 || rc=1
+run_job mpirun $((port + 3)) 15 || rc=1
 [ $rc -eq 0 ] && echo "slurm: both launches served, drained on scancel and stopped every rank"
 exit $rc
