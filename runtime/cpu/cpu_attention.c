@@ -1,70 +1,124 @@
-/* Attention over the paged KV cache on the CPU: one pass per (token, head) over the keys in tiles
- * with an online softmax (scores of a tile, its maximum, one rescale of the accumulator per tile,
- * one exponential per key), so no score matrix is ever stored, whatever the context length. */
+/* Attention over the paged KV cache on the CPU, for each (token, KV head): the query heads that
+ * share the KV head (grouped-query attention) walk the keys together, in tiles, so each cached key
+ * and value row is read once for all of them; an online softmax per head (the tile's scores, its
+ * maximum, one rescale of the accumulator per tile, one vectorized exponential per key), so no
+ * score matrix is ever stored, whatever the context length. */
 #include <math.h>
 #include <string.h>
 
+#include "runtime/cpu/cpu_math.h"
 #include "runtime/cpu/cpu_ops.h"
 
-#define ATT_TILE 64 /* keys scored before the accumulator is rescaled once */
+#define ATT_TILE 64 /* keys scored before the accumulators are rescaled once */
+#define ATT_HEADS 8 /* query heads of one KV head handled together */
 
-void cpu_attention(rt_backend *be, void *out_, const void *q_, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s)
+/* Heads [h0, h0 + nh) of token t, all reading KV head kvh. Inlined into one copy per common head
+ * size (hd a constant there: the per-key loops become straight vector code) and a generic one. */
+static inline __attribute__((always_inline)) void attend(float *out, const float *q, const float *kc, const float *vc,
+                                                         const rt_attn_batch *b, const rt_attn_shape *s, int t,
+                                                         int kvh, int h0, int nh, const int hd)
 {
-    (void)be;
-    float *out = out_;
-    const float *q = q_;
-    const float *kc = kv->k, *vc = kv->v;
-    const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads, bs = b->block_size;
-    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd;
-#pragma omp parallel for collapse(2) schedule(dynamic, 4)
-    for (int t = 0; t < b->n_tokens; t++) {
-        for (int h = 0; h < s->n_heads; h++) {
-            const float *qh = q + t * qw + (int64_t)h * hd;
-            const int32_t *table = b->block_tables + (int64_t)b->seq[t] * b->max_blocks;
-            const int64_t kvo = (int64_t)(h / group) * hd;
-            const int pos = b->pos[t];
-            const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0
-                                  ? pos - s->sliding_window + 1 : 0;
-            float acc[RT_MAX_HEAD_DIM]; /* config.c limits head_dim */
-            float sc[ATT_TILE];
-            int64_t slots[ATT_TILE];
-            memset(acc, 0, (size_t)hd * sizeof *acc);
-            float m = -INFINITY, l = 0.0f;
-            for (int j0 = start; j0 <= pos; j0 += ATT_TILE) {
-                const int nt = pos - j0 + 1 < ATT_TILE ? pos - j0 + 1 : ATT_TILE;
-                float tmax = -INFINITY;
-                int blk = j0 / bs, off = j0 % bs; /* walked, not divided, key by key */
-                for (int jj = 0; jj < nt; jj++) {
-                    slots[jj] = (int64_t)table[blk] * bs + off;
-                    if (++off == bs)
-                        blk++, off = 0;
-                    const float *kj = kc + slots[jj] * kw + kvo;
-                    float d = 0.0f;
+    const int bs = b->block_size;
+    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd, kvo = (int64_t)kvh * hd;
+    const int32_t *table = b->block_tables + (int64_t)b->seq[t] * b->max_blocks;
+    const int pos = b->pos[t];
+    const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0 ? pos - s->sliding_window + 1 : 0;
+    float acc[ATT_HEADS][RT_MAX_HEAD_DIM]; /* config.c limits head_dim */
+    float sc[ATT_HEADS][ATT_TILE], m[ATT_HEADS], l[ATT_HEADS];
+    int64_t slots[ATT_TILE];
+    const float *qh[ATT_HEADS];
+    for (int g = 0; g < nh; g++) {
+        qh[g] = q + t * qw + (int64_t)(h0 + g) * hd;
+        memset(acc[g], 0, (size_t)hd * sizeof(float));
+        m[g] = -INFINITY, l[g] = 0.0f;
+    }
+    for (int j0 = start; j0 <= pos; j0 += ATT_TILE) {
+        const int nt = pos - j0 + 1 < ATT_TILE ? pos - j0 + 1 : ATT_TILE;
+        int blk = j0 / bs, off = j0 % bs; /* walked, not divided, key by key */
+        for (int jj = 0; jj < nt; jj++) {
+            slots[jj] = (int64_t)table[blk] * bs + off;
+            if (++off == bs)
+                blk++, off = 0;
+            const float *kj = kc + slots[jj] * kw + kvo;
+            for (int g = 0; g < nh; g++) {
+                float d = 0.0f;
 #pragma omp simd reduction(+ : d)
-                    for (int i = 0; i < hd; i++)
-                        d += qh[i] * kj[i];
-                    sc[jj] = d * s->scale;
-                    tmax = sc[jj] > tmax ? sc[jj] : tmax;
-                }
-                const float mn = tmax > m ? tmax : m, corr = expf(m - mn); /* expf(-inf) = 0 at first */
-                l *= corr;
                 for (int i = 0; i < hd; i++)
-                    acc[i] *= corr;
-                for (int jj = 0; jj < nt; jj++) {
-                    const float p = expf(sc[jj] - mn);
-                    const float *vj = vc + slots[jj] * kw + kvo;
-                    l += p;
-#pragma omp simd
-                    for (int i = 0; i < hd; i++)
-                        acc[i] += p * vj[i];
-                }
-                m = mn;
+                    d += qh[g][i] * kj[i];
+                sc[g][jj] = d * s->scale;
             }
-            float *oh = out + t * qw + (int64_t)h * hd;
-            float inv = 1.0f / l;
+        }
+        for (int g = 0; g < nh; g++) {
+            float tmax = -INFINITY;
+            for (int jj = 0; jj < nt; jj++)
+                tmax = sc[g][jj] > tmax ? sc[g][jj] : tmax;
+            const float mn = tmax > m[g] ? tmax : m[g], corr = cpu_expf(m[g] - mn); /* 0 for the first tile */
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (int jj = 0; jj < nt; jj++) {
+                sc[g][jj] = cpu_expf(sc[g][jj] - mn); /* the tile's probabilities, unnormalized */
+                sum += sc[g][jj];
+            }
+            l[g] = l[g] * corr + sum;
+            m[g] = mn;
             for (int i = 0; i < hd; i++)
-                oh[i] = acc[i] * inv;
+                acc[g][i] *= corr;
+        }
+        for (int jj = 0; jj < nt; jj++) {
+            const float *vj = vc + slots[jj] * kw + kvo;
+            for (int g = 0; g < nh; g++) {
+                const float p = sc[g][jj];
+#pragma omp simd
+                for (int i = 0; i < hd; i++)
+                    acc[g][i] += p * vj[i];
+            }
         }
     }
+    for (int g = 0; g < nh; g++) {
+        float *oh = out + t * qw + (int64_t)(h0 + g) * hd;
+        const float inv = 1.0f / l[g];
+        for (int i = 0; i < hd; i++)
+            oh[i] = acc[g][i] * inv;
+    }
+}
+
+#define ATTEND_FOR(HD)                                                                                      \
+    static void attend_##HD(float *out, const float *q, const float *kc, const float *vc, const rt_attn_batch *b, \
+                            const rt_attn_shape *s, int t, int kvh, int h0, int nh)                           \
+    {                                                                                                       \
+        attend(out, q, kc, vc, b, s, t, kvh, h0, nh, HD);                                                   \
+    }
+ATTEND_FOR(8)
+ATTEND_FOR(16)
+ATTEND_FOR(32)
+ATTEND_FOR(64)
+ATTEND_FOR(128)
+ATTEND_FOR(256)
+
+static void attend_any(float *out, const float *q, const float *kc, const float *vc, const rt_attn_batch *b,
+                       const rt_attn_shape *s, int t, int kvh, int h0, int nh)
+{
+    attend(out, q, kc, vc, b, s, t, kvh, h0, nh, s->head_dim);
+}
+
+typedef void (*attend_fn)(float *, const float *, const float *, const float *, const rt_attn_batch *,
+                          const rt_attn_shape *, int, int, int, int);
+
+void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s)
+{
+    const int hd = s->head_dim;
+    const attend_fn fn = hd == 8 ? attend_8 : hd == 16 ? attend_16 : hd == 32 ? attend_32 : hd == 64 ? attend_64
+                         : hd == 128 ? attend_128 : hd == 256 ? attend_256 : attend_any;
+    (void)be;
+    const int group = s->n_heads / s->n_kv_heads, chunks = (group + ATT_HEADS - 1) / ATT_HEADS;
+    /* query head h reads KV head h / group: heads [kvh * group, (kvh + 1) * group) share one */
+#pragma omp parallel for collapse(3) schedule(dynamic, 4)
+    for (int t = 0; t < b->n_tokens; t++)
+        for (int kvh = 0; kvh < s->n_kv_heads; kvh++)
+            for (int c = 0; c < chunks; c++) {
+                const int h0 = kvh * group + c * ATT_HEADS;
+                const int nh = group - c * ATT_HEADS < ATT_HEADS ? group - c * ATT_HEADS : ATT_HEADS;
+                fn(out, q, kv->k, kv->v, b, s, t, kvh, h0, nh);
+            }
 }

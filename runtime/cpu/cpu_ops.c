@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/cpu/cpu_math.h"
 #include "runtime/cpu/cpu_ops.h"
 
 void cpu_embedding(rt_backend *be, void *out_, const rt_tensor *table, int64_t row_begin,
@@ -113,7 +114,7 @@ void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_, const void *up_
     const float *g = gate_, *u = up_;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
-        out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        out[i] = g[i] / (1.0f + cpu_expf(-g[i])) * u[i];
 }
 
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)

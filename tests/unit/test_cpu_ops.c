@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "runtime/backend.h"
+#include "runtime/cpu/cpu_math.h"
 #include "runtime/sampler.h"
 
 static rt_backend *be;
@@ -213,6 +214,25 @@ static void test_gather_rows(void **state)
     assert_memory_equal(out, want, sizeof want);
 }
 
+/* The kernels' vectorizable exponential against libm's, on a dense grid of its whole range. */
+static void test_expf(void **state)
+{
+    (void)state;
+    double worst = 0;
+    float at = 0;
+    for (float x = -87.3f; x <= 88.0f; x += 1.0f / 1024) {
+        double want = exp((double)x), got = cpu_expf(x), e = fabs(got - want) / want;
+        if (e > worst)
+            worst = e, at = x;
+    }
+    if (!(worst < 4 * 0x1p-24)) /* a few ulp */
+        fail_msg("cpu_expf: relative error %.3g at %g", worst, (double)at);
+    assert_true(cpu_expf(-INFINITY) == 0.0f);
+    assert_true(cpu_expf(-1000.0f) == 0.0f);
+    assert_true(isinf(cpu_expf(1000.0f)));
+    assert_true(cpu_expf(0.0f) == 1.0f);
+}
+
 int main(void)
 {
     be = rt_cpu_backend_create(0);
@@ -222,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_norms_embedding_silu),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_gather_rows),
+        cmocka_unit_test(test_expf),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     be->ops->destroy(be);
