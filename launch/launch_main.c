@@ -15,12 +15,12 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
-#include <time.h>
 #include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "launch/cli.h"
 #include "partition/plan.h"
 #ifdef DINFER_HAVE_CUDA
@@ -297,12 +297,6 @@ static void on_stop_signal(int sig)
     signals_seen++;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Runs the launcher as a child in its own process group (a terminal's Ctrl-C reaches only us, and
  * we turn it into a drain), stdin from /dev/null, and relays stop signals. Returns the launcher's
@@ -341,13 +335,13 @@ static int supervise(char **argv, base_err *err)
         if (w < 0 && errno != EINTR)
             return base_errf(err, "waiting for %s: %s", argv[0], strerror(errno));
         while (relayed < signals_seen) {
-            if (relayed == 1 && now_s() - first < 2.0) {
+            if (relayed == 1 && base_now() - first < 2.0) {
                 signals_seen = 1;
                 break;
             }
             relayed++;
             if (relayed == 1) {
-                first = now_s();
+                first = base_now();
                 fprintf(stderr, "dinfer-launch: stopping: asking rank 0 to drain (SIGUSR1 through %s); a second "
                                 "signal stops the job at once\n", argv[0]);
                 kill(child, SIGUSR1);

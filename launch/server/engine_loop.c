@@ -3,7 +3,6 @@
  * rank, each watched by the watchdog), and queues the resulting frames for the network thread.
  * Stops on SIGTERM / SIGINT / SIGUSR1 after draining: no new requests, running ones finish within
  * the drain time, the rest end UNAVAILABLE. */
-#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,7 +229,6 @@ static void publish(eng *e)
     rt_sched_get_stats(e->sched, &st);
     pthread_mutex_lock(&s->mu);
     s->snap.st = st;
-    s->snap.live = e->n_live;
     pthread_mutex_unlock(&s->mu);
 }
 

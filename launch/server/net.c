@@ -61,9 +61,12 @@ static void drop_client(net *n, conn *c)
     c->closing = true;
 }
 
-static void over_cap(net *n, conn *c)
+/* After a reply was appended (rc 0) or could not be (out of memory: the stream cannot go on). */
+static void queued(net *n, conn *c, int rc)
 {
-    if (wire_buf_pending(&c->out) > n->s->opt.max_conn_buffer)
+    if (rc != 0)
+        c->closing = true;
+    else if (wire_buf_pending(&c->out) > n->s->opt.max_conn_buffer)
         drop_client(n, c);
 }
 
@@ -71,9 +74,7 @@ static void reply_error(net *n, conn *c, uint64_t rid, int code, const char *msg
 {
     if (c->closing)
         return;
-    if (wire_put_error(&c->out, rid, code, msg) != 0)
-        c->closing = true;
-    over_cap(n, c);
+    queued(n, c, wire_put_error(&c->out, rid, code, msg));
 }
 
 static void reply_health(net *n, conn *c, uint64_t rid)
@@ -91,9 +92,7 @@ static void reply_health(net *n, conn *c, uint64_t rid)
     h.has_world_size = 1, h.world_size = (uint32_t)snap.world;
     h.has_vocab_size = 1, h.vocab_size = (uint32_t)snap.vocab;
     h.has_max_context = 1, h.max_context = (uint32_t)snap.max_context;
-    if (wire_put_health(&c->out, rid, &h) != 0)
-        c->closing = true;
-    over_cap(n, c);
+    queued(n, c, wire_put_health(&c->out, rid, &h));
 }
 
 static void reply_stats(net *n, conn *c, uint64_t rid)
@@ -125,9 +124,7 @@ static void reply_stats(net *n, conn *c, uint64_t rid)
     SET(kv_cache_bytes, snap.kv_cache_bytes);
 #undef SET
     r.device = snap.device;
-    if (wire_put_stats(&c->out, rid, &r) != 0)
-        c->closing = true;
-    over_cap(n, c);
+    queued(n, c, wire_put_stats(&c->out, rid, &r));
 }
 
 /* Constant-time comparison, so the token cannot be guessed a byte at a time. */
@@ -274,13 +271,6 @@ static conn *find_conn(net *n, uint64_t id)
     return NULL;
 }
 
-static void set_connections(net *n)
-{
-    pthread_mutex_lock(&n->s->mu);
-    n->s->connections = n->n_conns;
-    pthread_mutex_unlock(&n->s->mu);
-}
-
 static void close_conn(net *n, int i, const char *why)
 {
     conn *c = n->conns[i];
@@ -292,7 +282,6 @@ static void close_conn(net *n, int i, const char *why)
     wire_buf_free(&c->out);
     free(c);
     n->conns[i] = n->conns[--n->n_conns];
-    set_connections(n);
 }
 
 /* Moves the engine's frames into their connections' buffers. */
@@ -431,7 +420,6 @@ static void accept_all(net *n, double now)
         c->last_active = now;
         wire_decoder_init(&c->dec, n->s->opt.max_frame);
         n->conns[n->n_conns++] = c;
-        set_connections(n);
     }
 }
 

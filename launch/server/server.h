@@ -62,7 +62,6 @@ typedef struct srv_snapshot {
     char device[160];
     uint64_t weight_bytes, workspace_bytes, kv_cache_bytes;
     rt_sched_stats st;
-    int live;                 /* requests queued or running */
 } srv_snapshot;
 
 typedef struct srv_shared {
@@ -72,7 +71,6 @@ typedef struct srv_shared {
     srv_watchdog wd;
     pthread_mutex_t mu;              /* guards the fields below */
     srv_snapshot snap;
-    int connections;
     bool ready;
     bool engine_done;                /* the engine loop has queued its last frames */
     char bound[128];                 /* "host:port" actually listening */
