@@ -12,6 +12,7 @@
 
 #include "base/err.h"
 #include "runtime/dtype.h"
+#include "runtime/sampler.h"
 
 typedef struct rt_backend rt_backend;
 
@@ -59,6 +60,12 @@ typedef struct rt_backend_ops {
     void (*upload)(rt_backend *be, void *dst, const void *src, size_t bytes);
     void (*download)(rt_backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(rt_backend *be);
+    /* Host memory the device copies from without staging (pinned on a GPU); NULL when out of memory. */
+    void *(*host_alloc)(rt_backend *be, size_t bytes);
+    void (*host_free)(rt_backend *be, void *p);
+    /* upload that returns before the copy is done: src (from host_alloc) must stay unchanged until
+     * the next sync or download. */
+    void (*upload_async)(rt_backend *be, void *dst, const void *src, size_t bytes);
 
     /* out(n, cols) = rows of table for tokens; a token outside [row_begin, row_begin + table.rows)
      * gives a zero row (vocab-parallel embedding: the tp all-reduce fills it in). */
@@ -90,6 +97,12 @@ typedef struct rt_backend_ops {
     void (*gather_rows)(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
     /* out(n, cols) fp32 from activations (the logits leave in fp32). */
     void (*to_f32)(rt_backend *be, float *out, const void *x, size_t n);
+    /* Optional (NULL: the logits go to the host and rt_sample runs there). Samples each of the n
+     * rows of fp32 logits (n, vocab) as rows[i] says, into out[i]; rows and out in device memory.
+     * The distribution of rt_sample_with for the row's uniform draw; greedy rows and the logprobs
+     * are exactly the host sampler's. */
+    void (*sample)(rt_backend *be, rt_sample_out *out, const float *logits, int n, int vocab,
+                   const rt_sample_row *rows);
 
     /* Ops return nothing; a device failure inside one (a CUDA or cuBLAS error) is kept on the
      * backend, the first one sticky. 0 while none happened, else -1 with it in err. The forward pass

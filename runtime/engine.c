@@ -1,6 +1,5 @@
 #include "runtime/engine.h"
 
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,8 +16,6 @@ struct rt_engine {
     rt_engine_geometry geo;
     rt_kv_cache kv;
     rt_forward *fw;
-    float *logits;       /* (max_logits, vocab) on the sampling rank */
-    void *scratch;       /* sampler scratch, 8 * vocab bytes per OpenMP thread */
     int32_t *body;       /* the plan body, sized for the limits */
     size_t body_cap;
     rt_step_sampling *rows; /* (max_logits) followers' copy of the rows */
@@ -50,14 +47,12 @@ int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geom
     e->m = m;
     e->comm = c;
     e->geo = *g;
-    const int V = m->cfg.vocab_size, L = g->lim.max_logits;
+    const int L = g->lim.max_logits;
     e->body_cap = body_ints(&g->lim);
     e->body = malloc(e->body_cap * sizeof *e->body);
-    e->logits = malloc((size_t)(L ? L : 1) * (size_t)V * sizeof *e->logits);
-    e->scratch = malloc((size_t)V * 8 * (size_t)omp_get_max_threads()); /* one sampler scratch per thread */
     e->rows = calloc((size_t)(L ? L : 1), sizeof *e->rows);
     e->out = calloc((size_t)(L ? L : 1), sizeof *e->out);
-    if (!e->body || !e->logits || !e->scratch || !e->rows || !e->out) {
+    if (!e->body || !e->rows || !e->out) {
         rt_engine_destroy(e);
         return base_errf(err, "out of host memory");
     }
@@ -79,8 +74,6 @@ void rt_engine_destroy(rt_engine *e)
     if (e->kv.layers)
         rt_kv_cache_destroy(&e->kv);
     free(e->body);
-    free(e->logits);
-    free(e->scratch);
     free(e->rows);
     free(e->out);
     free(e);
@@ -154,21 +147,14 @@ static void unpack(rt_engine *e, const int32_t *h, rt_batch *b)
     }
 }
 
-/* This rank's part of a step: forward, then sampling on the sampling rank, then the samples (and
+/* This rank's part of a step: forward and sampling on the sampling rank, then the samples (and
  * advanced rng states) to rank 0 when that is another rank. */
 static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out,
                     comm_counters before, base_err *err)
 {
-    if (rt_forward_step(e->fw, b, e->logits, err))
+    if (rt_forward_step(e->fw, b, rows, out, err))
         return -1;
-    const int me = my_rank(e), sr = sampler_rank(e), nl = b->n_logits, V = e->m->cfg.vocab_size;
-    if (me == sr) {
-        /* rows are independent (each has its own random stream): one thread each */
-#pragma omp parallel for schedule(dynamic, 1) if (nl > 1)
-        for (int i = 0; i < nl; i++)
-            rt_sample(e->logits + (size_t)i * V, V, &rows[i].params, &rows[i].rng,
-                      (char *)e->scratch + (size_t)omp_get_thread_num() * 8 * (size_t)V, &out[i]);
-    }
+    const int me = my_rank(e), sr = sampler_rank(e), nl = b->n_logits;
     if (sr != 0 && nl > 0 && (me == sr || me == 0)) {
         comm_group *w = comm_topo(e->comm)->world;
         int rc = me == sr ? comm_send(w, out, (size_t)nl * sizeof *out, COMM_U8, 0, err) ||

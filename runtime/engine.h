@@ -18,12 +18,6 @@ typedef struct rt_engine_geometry {
     rt_forward_limits lim;
 } rt_engine_geometry;
 
-/* How one logit row is sampled; rng is advanced by the step. */
-typedef struct rt_step_sampling {
-    rt_sampling params;
-    rt_rng rng;
-} rt_step_sampling;
-
 /* Traffic of decode steps (every token a sequence's only token in the step), per rank. */
 typedef struct rt_engine_traffic {
     uint64_t decode_tokens;

@@ -1,6 +1,7 @@
 #include "runtime/forward.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,8 +23,13 @@ struct rt_forward {
     void *logits; /* (max_logits, vocab_local) */
     float *logits32; /* (max_logits, vocab_local) fp32 copy when activations are not fp32 */
     float *inv_freq;        /* (head_dim / 2) */
-    int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables */
-    int32_t *h_ints;        /* host staging of the same */
+    rt_sample_out *d_out;   /* (max_logits) samples, when the backend samples on the device */
+    bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
+    bool samples;           /* this rank samples: the last stage's tp rank 0 */
+    float *h_logits;        /* (max_logits, vocab) host: the logits the host sampler reads */
+    void *scratch;          /* the host sampler's scratch, 8 * vocab bytes per OpenMP thread */
+    int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables, sample rows */
+    int32_t *h_ints;        /* host staging of the same (the backend's host memory: uploaded without a wait) */
     size_t n_ints;
     void *stage;            /* (max_tokens, dim) host, activation type: device collectives staged through MPI */
     float *stage32;         /* (max_tokens, dim) host fp32: the all-reduce's buffer when staged */
@@ -35,8 +41,10 @@ struct rt_forward {
 
 /* Bytes of each device buffer of the workspace. */
 typedef struct ws_sizes {
-    size_t x, q, kv, ffn, rows, logits, logits32, inv_freq, ints;
+    size_t x, q, kv, ffn, rows, logits, logits32, inv_freq, ints, samples;
 } ws_sizes;
+
+#define ROW_INTS ((int)(sizeof(rt_sample_row) / sizeof(int32_t))) /* a sample row among the step's ints */
 
 static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt, ws_sizes *z)
 {
@@ -50,14 +58,16 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
     z->logits = L * vocab * es;
     z->logits32 = dt == RT_F32 ? 0 : L * vocab * sizeof(float);
     z->inv_freq = (size_t)c->head_dim / 2 * sizeof(float);
-    z->ints = (4 * T + L + (size_t)lim->max_seqs * (size_t)lim->max_blocks) * sizeof(int32_t);
+    z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks) * sizeof(int32_t);
+    z->samples = L * sizeof(rt_sample_out);
 }
 
 size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt)
 {
     ws_sizes z;
     ws_layout(c, s, lim, dt, &z);
-    return 2 * z.x + 2 * z.q + 2 * z.kv + 2 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints;
+    return 2 * z.x + 2 * z.q + 2 * z.kv + 2 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints +
+           z.samples;
 }
 
 static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
@@ -118,8 +128,19 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->inv_freq = alloc_or_fail(be, z.inv_freq, &failed);
     fw->n_ints = z.ints / sizeof(int32_t);
     fw->d_ints = alloc_or_fail(be, z.ints, &failed);
-    fw->h_ints = malloc(fw->n_ints * sizeof(int32_t));
+    fw->h_ints = be->ops->host_alloc(be, fw->n_ints * sizeof(int32_t));
     const int tp = cm ? comm_topo(cm)->tp : 1, pp = cm ? comm_topo(cm)->pp : 1;
+    fw->samples = s->last_stage && (tp == 1 || comm_topo(cm)->tp_rank == 0);
+    fw->device_sampling = be->ops->sample && tp == 1;
+    if (fw->samples && fw->device_sampling) {
+        fw->d_out = alloc_or_fail(be, z.samples, &failed);
+    } else if (fw->samples) {
+        const size_t V = (size_t)c->vocab_size, L = (size_t)(lim->max_logits ? lim->max_logits : 1);
+        if (!be->ops->host_memory || tp > 1)
+            fw->h_logits = malloc(L * V * sizeof(float));
+        fw->scratch = malloc(V * 8 * (size_t)omp_get_max_threads()); /* one sampler scratch per thread */
+        failed |= (!fw->h_logits && (!be->ops->host_memory || tp > 1)) || !fw->scratch;
+    }
     if (!be->ops->host_memory && (tp > 1 || pp > 1)) {
         /* without a device path (NCCL), activations cross ranks through host memory and MPI */
         fw->stage = malloc(z.x);
@@ -150,11 +171,14 @@ void rt_forward_destroy(rt_forward *fw)
         return;
     rt_backend *be = fw->m->be;
     void *bufs[] = {fw->x, fw->xb, fw->q, fw->k, fw->v, fw->att, fw->gate, fw->up,
-                    fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints};
+                    fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints, fw->d_out};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
             be->ops->free(be, bufs[i]);
-    free(fw->h_ints);
+    if (fw->h_ints)
+        be->ops->host_free(be, fw->h_ints);
+    free(fw->h_logits);
+    free(fw->scratch);
     free(fw->stage);
     free(fw->stage32);
     free(fw->part);
@@ -166,8 +190,8 @@ void rt_forward_destroy(rt_forward *fw)
 
 /* Checks the batch against the limits and the model, computes each token's KV slot, and uploads
  * the index arrays. Returns the device view of them. */
-static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int32_t **d_tokens,
-                       int32_t **d_logit_rows, base_err *err)
+static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_attn_batch *ab,
+                       int32_t **d_tokens, int32_t **d_logit_rows, rt_sample_row **d_rows, base_err *err)
 {
     const rt_forward_limits *L = &fw->lim;
     const rt_config *c = &fw->m->cfg;
@@ -209,9 +233,19 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_attn_batch *ab, int
             return base_errf(err, "logit row %d outside the batch of %d tokens", b->logit_rows[i], T);
         lrow[i] = b->logit_rows[i];
     }
-    rt_backend *be = fw->m->be;
     size_t n = 4 * (size_t)T + (size_t)b->n_logits + n_tab;
-    be->ops->upload(be, fw->d_ints, fw->h_ints, n * sizeof(int32_t));
+    *d_rows = NULL;
+    if (fw->samples && fw->device_sampling && b->n_logits > 0) {
+        /* each row's uniform draw is taken here, as rt_sample would take it on the host */
+        rt_sample_row *r = (rt_sample_row *)(fw->h_ints + n);
+        for (int i = 0; i < b->n_logits; i++)
+            r[i] = rt_sample_row_draw(&rows[i].params, &rows[i].rng);
+        *d_rows = (rt_sample_row *)(fw->d_ints + n);
+        n += (size_t)b->n_logits * ROW_INTS;
+    }
+    rt_backend *be = fw->m->be;
+    /* every step ends in a sync or download, so h_ints is free again when the next one stages */
+    be->ops->upload_async(be, fw->d_ints, fw->h_ints, n * sizeof(int32_t));
     int32_t *d = fw->d_ints;
     *d_tokens = d;
     *ab = (rt_attn_batch){
@@ -278,17 +312,13 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
 
 /* Gathers the vocab-parallel logits (nl, vocab_local) of every tp rank on tp rank 0 and lays them
  * out as (nl, vocab) there. */
-static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
+static int gather_logits(rt_forward *fw, const float *src, int nl, base_err *err)
 {
+    float *logits = fw->h_logits;
     const rt_model *m = fw->m;
     const comm_topology *t = comm_topo(fw->comm);
     const rt_backend_ops *op = m->be->ops;
     const size_t v_local = (size_t)(m->shard.vocab_end - m->shard.vocab_begin), V = (size_t)m->cfg.vocab_size;
-    const float *src = fw->logits;
-    if (op->act_dtype != RT_F32) {
-        op->to_f32(m->be, fw->logits32, fw->logits, (size_t)nl * v_local);
-        src = fw->logits32;
-    }
     op->download(m->be, fw->part, src, (size_t)nl * v_local * sizeof(float));
     for (int r = 0; r < t->tp; r++)
         fw->counts[r] = (size_t)nl * (size_t)(fw->vocab_ranges[2 * r + 1] - fw->vocab_ranges[2 * r]);
@@ -306,7 +336,37 @@ static int gather_logits(rt_forward *fw, int nl, float *logits, base_err *err)
     return 0;
 }
 
-static int forward(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
+/* The logit rows of the step to samples: on the device when it can, else on the host (one OpenMP
+ * thread a row: each row has its own random stream). */
+static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_sample_row *d_rows, rt_step_sampling *rows,
+                  rt_sample_out *out, base_err *err)
+{
+    rt_backend *be = fw->m->be;
+    const int V = fw->m->cfg.vocab_size;
+    if (fw->device_sampling) {
+        be->ops->sample(be, fw->d_out, d_logits32, nl, V, d_rows);
+        be->ops->download(be, out, fw->d_out, (size_t)nl * sizeof *out);
+        return 0;
+    }
+    const float *logits = fw->h_logits;
+    if (fw->comm && comm_topo(fw->comm)->tp > 1) {
+        if (gather_logits(fw, d_logits32, nl, err))
+            return -1;
+        if (comm_topo(fw->comm)->tp_rank != 0)
+            return 0;
+    } else if (be->ops->host_memory) {
+        logits = d_logits32;
+    } else {
+        be->ops->download(be, fw->h_logits, d_logits32, (size_t)nl * (size_t)V * sizeof(float));
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (nl > 1)
+    for (int i = 0; i < nl; i++)
+        rt_sample(logits + (size_t)i * (size_t)V, V, &rows[i].params, &rows[i].rng,
+                  (char *)fw->scratch + (size_t)omp_get_thread_num() * 8 * (size_t)V, &out[i]);
+    return 0;
+}
+
+static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
     rt_model *m = fw->m;
     rt_backend *be = m->be;
@@ -315,7 +375,8 @@ static int forward(rt_forward *fw, const rt_batch *b, float *logits, base_err *e
     const rt_shard *s = &m->shard;
     rt_attn_batch ab;
     int32_t *d_tokens = NULL, *d_lrows = NULL;
-    if (stage_batch(fw, b, &ab, &d_tokens, &d_lrows, err))
+    rt_sample_row *d_rows = NULL;
+    if (stage_batch(fw, b, rows, &ab, &d_tokens, &d_lrows, &d_rows, err))
         return -1;
     const int T = b->n_tokens;
     const float eps = (float)c->norm_eps;
@@ -367,21 +428,19 @@ static int forward(rt_forward *fw, const rt_batch *b, float *logits, base_err *e
     op->gather_rows(be, dr, fw->xb, d_lrows, nl, c->dim);
     op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
     op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
-    if (fw->comm && comm_topo(fw->comm)->tp > 1)
-        return gather_logits(fw, nl, logits, err);
-    size_t n = (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin);
-    if (op->act_dtype == RT_F32) {
-        op->download(be, logits, fw->logits, n * sizeof(float));
-    } else {
-        op->to_f32(be, fw->logits32, fw->logits, n);
-        op->download(be, logits, fw->logits32, n * sizeof(float));
+    const float *logits32 = fw->logits;
+    if (op->act_dtype != RT_F32) {
+        op->to_f32(be, fw->logits32, fw->logits, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin));
+        logits32 = fw->logits32;
     }
-    return 0;
+    return sample(fw, logits32, nl, d_rows, rows, out, err);
 }
 
-int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err)
+int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
-    int rc = forward(fw, b, logits, err);
+    int rc = forward(fw, b, rows, out, err);
+    if (rc)
+        fw->m->be->ops->sync(fw->m->be); /* a step cut short leaves no copy from h_ints in flight */
     /* a device failure inside an op is the cause of whatever else went wrong: it wins */
     if (fw->m->be->ops->check(fw->m->be, err))
         return -1;

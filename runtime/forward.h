@@ -9,6 +9,7 @@
 #include "comm/comm.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
+#include "runtime/sampler.h"
 
 /* One step's tokens, in host memory. */
 typedef struct rt_batch {
@@ -44,11 +45,19 @@ void rt_forward_destroy(rt_forward *fw);
 /* Device bytes rt_forward_create allocates for a shard and limits (the memory plan's workspace). */
 size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt);
 
-/* Runs the step; collective over every rank of the job. On the last stage's tp rank 0, the logits
- * (n_logits, vocab) of the whole vocabulary are written to host memory at logits. Fails, naming
+/* How one logit row is sampled; rng is advanced by the step. */
+typedef struct rt_step_sampling {
+    rt_sampling params;
+    rt_rng rng;
+} rt_step_sampling;
+
+/* Runs the step; collective over every rank of the job. On the last stage's tp rank 0 (the
+ * sampling rank), each logit row i is sampled as rows[i] says into out[i] (rows[i].rng advanced):
+ * on the device when the backend has a sampler and the rank holds the whole vocabulary, else from
+ * the logits on the host. rows and out are read only there. Fails, naming
  * the problem, when the batch exceeds the limits or holds a token id, position or block id out of
  * range (every rank sees the same batch and refuses it before any collective), or when a
  * collective fails. */
-int rt_forward_step(rt_forward *fw, const rt_batch *b, float *logits, base_err *err);
+int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
 
 #endif

@@ -1,6 +1,7 @@
 #include "runtime/sampler.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,8 +67,26 @@ static void top_n(const float *logits, int vocab, int n, cand *out)
     }
 }
 
+static bool greedy(const rt_sampling *p)
+{
+    return !(p->temperature >= RT_GREEDY_TEMPERATURE);
+}
+
+rt_sample_row rt_sample_row_draw(const rt_sampling *p, rt_rng *rng)
+{
+    return (rt_sample_row){.temperature = p->temperature, .top_p = p->top_p,
+                           .u = greedy(p) ? 0.0f : rt_rng_uniform(rng), .top_k = p->top_k,
+                           .n_logprobs = p->n_logprobs};
+}
+
 void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng, void *scratch,
                rt_sample_out *out)
+{
+    rt_sample_with(logits, vocab, p, greedy(p) ? 0.0f : rt_rng_uniform(rng), scratch, out);
+}
+
+void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float u, void *scratch,
+                    rt_sample_out *out)
 {
     float mx = -INFINITY;
     int arg = 0;
@@ -83,7 +102,7 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
     const float lse = mx + (float)log(sum);
 
     int token = arg;
-    if (p->temperature >= RT_GREEDY_TEMPERATURE) {
+    if (!greedy(p)) {
         cand *c = scratch;
         int n = 0;
         double full = 0.0; /* the whole distribution's mass at this temperature, when filtered */
@@ -126,11 +145,11 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
             n = keep;
             tot = kept;
         }
-        double u = (double)rt_rng_uniform(rng) * tot, run = 0.0;
+        double target = (double)u * tot, run = 0.0;
         token = c[n - 1].id;
         for (int i = 0; i < n; i++) {
             run += exp(((double)c[i].logit - mx) * inv_t);
-            if (u < run) {
+            if (target < run) {
                 token = c[i].id;
                 break;
             }

@@ -37,9 +37,27 @@ typedef struct rt_sample_out {
 
 /* Samples one token from logits (vocab). scratch holds 2 * vocab floats' worth of space
  * (vocab floats + vocab ints). Greedy ties go to the lowest id. Top-k and top-p always keep at
- * least the most likely token, whatever the temperature (as vLLM does). */
+ * least the most likely token, whatever the temperature (as vLLM does). Draws one uniform from
+ * rng when the temperature is not greedy, none otherwise. */
 void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng, void *scratch,
                rt_sample_out *out);
+/* The same with the uniform draw u in [0, 1) given (ignored when greedy): the candidates, best
+ * first, are walked until their cumulative probability passes u. */
+void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float u, void *scratch,
+                    rt_sample_out *out);
+
+/* One logit row's sampling as a device sampler takes it: the parameters and the row's uniform draw
+ * (taken on the host from the row's rng, exactly as rt_sample would take it). */
+typedef struct rt_sample_row {
+    float temperature;
+    float top_p;
+    float u;
+    int32_t top_k;
+    int32_t n_logprobs;
+} rt_sample_row;
+
+/* The row of p for a step: draws u from rng when the temperature is not greedy. */
+rt_sample_row rt_sample_row_draw(const rt_sampling *p, rt_rng *rng);
 
 /* Checks sampling parameters; returns NULL when valid, else what is wrong. */
 const char *rt_sampling_check(const rt_sampling *p);

@@ -8,6 +8,7 @@
 
 void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg)
 {
+    cudaGetLastError(); /* consumed here, so no later launch check reports it as its own */
     if (c->failed)
         return; /* the first failure is the cause; later ones follow from it */
     c->failed = true;
@@ -47,6 +48,29 @@ static void cuda_upload(rt_backend *be, void *dst, const void *src, size_t bytes
     CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
 }
 
+static void *cuda_host_alloc(rt_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 64) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_host_free(rt_backend *be, void *p)
+{
+    CUDA_CHECK(cuda_ctx_of(be), cudaFreeHost(p));
+}
+
+static void cuda_upload_async(rt_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (bytes)
+        CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+}
+
 static void cuda_download(rt_backend *be, void *dst, const void *src, size_t bytes)
 {
     cuda_ctx *c = cuda_ctx_of(be);
@@ -65,6 +89,7 @@ static void cuda_sync(rt_backend *be)
 static void cuda_destroy(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
+    cudaFree(c->scratch);
     cublasDestroy(c->blas);
     cudaStreamDestroy(c->stream);
     free(c);
@@ -74,11 +99,12 @@ static void cuda_destroy(rt_backend *be)
 #define CUDA_OPS(name_, dt_)                                                                          \
     {                                                                                                 \
         .name = name_, .act_dtype = dt_, .host_memory = false, .alloc = cuda_alloc, .free = cuda_free, \
-        .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .embedding = cuda_embedding, \
+        .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
+        .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, \
         .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
-        .check = cuda_check, .destroy = cuda_destroy,                                                \
+        .sample = cuda_sample, .check = cuda_check, .destroy = cuda_destroy,                                                \
     }
 
 static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
@@ -109,6 +135,16 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
         cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS) {
         base_errf(err, "cannot create a CUDA stream and cuBLAS handle on device %d", device);
+        free(c), free(be);
+        return NULL;
+    }
+    c->scratch_bytes = CUDA_SCRATCH_BYTES;
+    if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess) {
+        cudaGetLastError();
+        base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d", c->scratch_bytes >> 20, device);
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->stream);
         free(c), free(be);
         return NULL;
     }

@@ -15,12 +15,17 @@ extern "C" {
 #include "runtime/backend.h"
 }
 
+#define CUDA_SCRATCH_BYTES ((size_t)32 << 20) /* within the memory plan's 512 MiB reserve (launch/job.c) */
+
 typedef struct cuda_ctx {
     int device;
     int rank;              /* for messages */
     rt_dtype dt;           /* activations, weights and KV cache */
     cudaStream_t stream;
     cublasHandle_t blas;
+    int n_sms;             /* streaming multiprocessors of the device */
+    void *scratch;         /* (scratch_bytes) ops' temporary results within one op (split attention) */
+    size_t scratch_bytes;
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

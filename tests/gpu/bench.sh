@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The GPU benchmark of docs/PERFORMANCE.md (run on the GPU machine, not a test): writes the
-# llama3-1b and llama3-8b shaped BF16 synthetic models and runs dinfer-run --bench on one GPU at
-# batch 1 and 64, prompt 128, 128 new tokens.
-#   tests/gpu/bench.sh [BUILD_DIR] [MODEL_ROOT]
+# llama3-1b and llama3-8b shaped BF16 synthetic models and runs dinfer-run --bench on one GPU:
+# batch 1 and 64 with prompt 128 and 128 new tokens, then the 8B shape over a 4,096-token prompt
+# (its prefill, and batch-1 decode at 4,096 to 4,224 tokens of context).
+#   tests/gpu/bench.sh [BUILD_DIR ...]        (default: build; MODEL_ROOT from $BENCH_MODELS)
+# With several build folders (a baseline and a change), each row runs on every build in turn, in
+# one sitting, so their figures compare.
 set -euo pipefail
-build=${1:-build}
-root=${2:-/tmp/dinfer-bench}
+builds=("$@")
+[ ${#builds[@]} -gt 0 ] || builds=(build)
+root=${BENCH_MODELS:-/tmp/dinfer-bench}
 mkdir -p "$root"
-for preset in llama3-1b llama3-8b; do
-  [ -f "$root/$preset/config.json" ] || "$build/launch/dinfer-mkmodel" --out "$root/$preset" --preset "$preset" --seed 1
-  for batch in 1 64; do
-    echo "== dinfer-run --model $preset --bench --device cuda --dtype bf16 --batch $batch --prompt-len 128 --gen-len 128"
-    "$build/launch/dinfer-run" --model "$root/$preset" --bench --device cuda --dtype bf16 --batch "$batch" \
-      --prompt-len 128 --gen-len 128 --max-batch-tokens 8192
+rows=(
+  "llama3-1b 1 128 128" "llama3-1b 64 128 128"
+  "llama3-8b 1 128 128" "llama3-8b 64 128 128"
+  "llama3-8b 1 4096 128"
+)
+for row in "${rows[@]}"; do
+  read -r preset batch prompt gen <<<"$row"
+  [ -f "$root/$preset/config.json" ] || "${builds[0]}/launch/dinfer-mkmodel" --out "$root/$preset" --preset "$preset" --seed 1
+  for b in "${builds[@]}"; do
+    echo "== $b: dinfer-run --model $preset --bench --device cuda --dtype bf16 --batch $batch --prompt-len $prompt --gen-len $gen"
+    "$b/launch/dinfer-run" --model "$root/$preset" --bench --device cuda --dtype bf16 --batch "$batch" \
+      --prompt-len "$prompt" --gen-len "$gen" --max-batch-tokens 8192 | grep -v '^bench:'
   done
 done
