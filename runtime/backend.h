@@ -79,11 +79,11 @@ typedef struct rt_backend_ops {
     /* x += delta, then out = rmsnorm(x) * w: the residual add fused with the next norm. */
     void (*add_rmsnorm)(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n,
                         float eps);
-    /* Rotates q (n, n_heads * head_dim) and k (n, n_kv_heads * head_dim) in place by position
-     * (Hugging Face half-split layout, inv_freq has head_dim / 2 entries), then writes k and v to
-     * their KV slots. */
-    void (*rope_kv_write)(rt_backend *be, void *q, void *k, const void *v, const float *inv_freq,
-                          const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
+    /* qkv (n, (n_heads + 2 * n_kv_heads) * head_dim) holds each token's q, k and v side by side (the
+     * fused QKV product): writes q rotated by position to q (n, n_heads * head_dim), and k rotated
+     * and v to their KV slots (Hugging Face half-split layout, inv_freq has head_dim / 2 entries). */
+    void (*rope_kv_write)(rt_backend *be, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+                          const rt_attn_shape *s, rt_kv_layer *kv);
     /* out(n, n_heads * head_dim): causal (optionally windowed) attention of each token over the
      * cached positions [0, pos] of its sequence; grouped-query: head h reads KV head
      * h / (n_heads / n_kv_heads). */
@@ -91,8 +91,9 @@ typedef struct rt_backend_ops {
                       const rt_attn_batch *b, const rt_attn_shape *s);
     /* x += y, n elements. */
     void (*add)(rt_backend *be, void *x, const void *y, size_t n);
-    /* out = silu(gate) * up, n elements. */
-    void (*silu_mul)(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
+    /* out(n, ffn) = silu(gate) * up, gate_up (n, 2 * ffn) holding each row's gate then up (the fused
+     * gate/up product). */
+    void (*silu_mul)(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
     /* out(n, dim) = x rows listed in rows. */
     void (*gather_rows)(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
     /* out(n, cols) fp32 from activations (the logits leave in fp32). */
@@ -103,6 +104,15 @@ typedef struct rt_backend_ops {
      * are exactly the host sampler's. */
     void (*sample)(rt_backend *be, rt_sample_out *out, const float *logits, int n, int vocab,
                    const rt_sample_row *rows);
+
+    /* Optional (NULL: nothing is captured). Between graph_begin and graph_end the ops are recorded,
+     * not run; graph_end returns the recording (NULL on failure, kept for check), which graph_launch
+     * replays on the same buffers and graph_free releases. Nothing between them may wait for the
+     * device. */
+    void (*graph_begin)(rt_backend *be);
+    void *(*graph_end)(rt_backend *be);
+    void (*graph_launch)(rt_backend *be, void *graph);
+    void (*graph_free)(rt_backend *be, void *graph);
 
     /* Ops return nothing; a device failure inside one (a CUDA or cuBLAS error) is kept on the
      * backend, the first one sticky. 0 while none happened, else -1 with it in err. The forward pass

@@ -5,6 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_GRAPHS 64
+
+typedef struct step_graph {
+    int rows, width; /* the padded step it replays: rows tokens, block tables of width entries */
+    void *exec;
+} step_graph;
+
 struct rt_forward {
     rt_model *m;
     comm *comm;           /* NULL on a single rank */
@@ -14,16 +21,19 @@ struct rt_forward {
     /* device activations */
     void *x;      /* (max_tokens, dim) residual stream */
     void *xb;     /* (max_tokens, dim) normed input / projection output */
-    void *q;      /* (max_tokens, n_heads * head_dim) */
-    void *k, *v;  /* (max_tokens, n_kv_heads * head_dim) */
+    void *q;      /* (max_tokens, n_heads * head_dim) rotated queries */
+    void *qkv;    /* (max_tokens, (n_heads + 2 * n_kv_heads) * head_dim) the fused QKV product */
     void *att;    /* (max_tokens, n_heads * head_dim) */
-    void *gate;   /* (max_tokens, ffn_local) */
-    void *up;     /* (max_tokens, ffn_local) */
+    void *gate_up; /* (max_tokens, 2 * ffn_local) the fused gate/up product */
+    void *act;    /* (max_tokens, ffn_local) silu(gate) * up */
     void *rows;   /* (2, max_logits, dim): residual and delta of the rows that need logits */
     void *logits; /* (max_logits, vocab_local) */
     float *logits32; /* (max_logits, vocab_local) fp32 copy when activations are not fp32 */
     float *inv_freq;        /* (head_dim / 2) */
     rt_sample_out *d_out;   /* (max_logits) samples, when the backend samples on the device */
+    bool graphs;            /* decode steps are captured (graph_shape) */
+    int n_graphs;
+    step_graph graph[MAX_GRAPHS];
     bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
     bool samples;           /* this rank samples: the last stage's tp rank 0 */
     float *h_logits;        /* (max_logits, vocab) host: the logits the host sampler reads */
@@ -41,7 +51,7 @@ struct rt_forward {
 
 /* Bytes of each device buffer of the workspace. */
 typedef struct ws_sizes {
-    size_t x, q, kv, ffn, rows, logits, logits32, inv_freq, ints, samples;
+    size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples;
 } ws_sizes;
 
 #define ROW_INTS ((int)(sizeof(rt_sample_row) / sizeof(int32_t))) /* a sample row among the step's ints */
@@ -52,7 +62,7 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
     const size_t vocab = (size_t)(s->vocab_end - s->vocab_begin);
     z->x = T * (size_t)c->dim * es;
     z->q = T * (size_t)s->n_heads * (size_t)c->head_dim * es;
-    z->kv = T * (size_t)s->n_kv_heads * (size_t)c->head_dim * es;
+    z->qkv = T * (size_t)(s->n_heads + 2 * s->n_kv_heads) * (size_t)c->head_dim * es;
     z->ffn = T * (size_t)(s->ffn_end - s->ffn_begin) * es;
     z->rows = 2 * L * (size_t)c->dim * es;
     z->logits = L * vocab * es;
@@ -66,7 +76,7 @@ size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const r
 {
     ws_sizes z;
     ws_layout(c, s, lim, dt, &z);
-    return 2 * z.x + 2 * z.q + 2 * z.kv + 2 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints +
+    return 2 * z.x + 2 * z.q + z.qkv + 3 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints +
            z.samples;
 }
 
@@ -116,11 +126,10 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->x = alloc_or_fail(be, z.x, &failed);
     fw->xb = alloc_or_fail(be, z.x, &failed);
     fw->q = alloc_or_fail(be, z.q, &failed);
-    fw->k = alloc_or_fail(be, z.kv, &failed);
-    fw->v = alloc_or_fail(be, z.kv, &failed);
+    fw->qkv = alloc_or_fail(be, z.qkv, &failed);
     fw->att = alloc_or_fail(be, z.q, &failed);
-    fw->gate = alloc_or_fail(be, z.ffn, &failed);
-    fw->up = alloc_or_fail(be, z.ffn, &failed);
+    fw->gate_up = alloc_or_fail(be, 2 * z.ffn, &failed);
+    fw->act = alloc_or_fail(be, z.ffn, &failed);
     fw->rows = alloc_or_fail(be, z.rows, &failed);
     fw->logits = alloc_or_fail(be, z.logits, &failed);
     if (z.logits32)
@@ -132,6 +141,10 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     const int tp = cm ? comm_topo(cm)->tp : 1, pp = cm ? comm_topo(cm)->pp : 1;
     fw->samples = s->last_stage && (tp == 1 || comm_topo(cm)->tp_rank == 0);
     fw->device_sampling = be->ops->sample && tp == 1;
+    /* DINFER_CUDA_GRAPHS=0 runs every step op by op (to measure what the graphs save) */
+    const char *graphs_env = getenv("DINFER_CUDA_GRAPHS");
+    fw->graphs = be->ops->graph_begin && tp == 1 && pp == 1 && fw->device_sampling &&
+                 !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {
         fw->d_out = alloc_or_fail(be, z.samples, &failed);
     } else if (fw->samples) {
@@ -170,7 +183,9 @@ void rt_forward_destroy(rt_forward *fw)
     if (!fw)
         return;
     rt_backend *be = fw->m->be;
-    void *bufs[] = {fw->x, fw->xb, fw->q, fw->k, fw->v, fw->att, fw->gate, fw->up,
+    for (int i = 0; i < fw->n_graphs; i++)
+        be->ops->graph_free(be, fw->graph[i].exec);
+    void *bufs[] = {fw->x, fw->xb, fw->q, fw->qkv, fw->att, fw->gate_up, fw->act,
                     fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints, fw->d_out};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
@@ -188,10 +203,22 @@ void rt_forward_destroy(rt_forward *fw)
     free(fw);
 }
 
+/* Where a step's arrays sit on the device, as stage_batch laid them out. */
+typedef struct staged {
+    int rows;          /* token rows the ops run over: the batch's, or its graph's bucket */
+    int n_logits;      /* logit rows sampled on the device (likewise) */
+    rt_attn_batch ab;
+    int32_t *tokens, *logit_rows;
+    rt_sample_row *sample_rows; /* NULL unless this rank samples on the device */
+} staged;
+
 /* Checks the batch against the limits and the model, computes each token's KV slot, and uploads
- * the index arrays. Returns the device view of them. */
-static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_attn_batch *ab,
-                       int32_t **d_tokens, int32_t **d_logit_rows, rt_sample_row **d_rows, base_err *err)
+ * the index arrays. With rows > n_tokens (a captured decode step, one token a sequence) the batch
+ * is padded to `rows` tokens, sequences and logit rows and its block tables to a stride of
+ * `width`: padding row i is token 0 at position 0 of sequence i, whose only block is the KV
+ * cache's pad block, sampled greedily and never read back. */
+static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, int pad_rows, int width,
+                       staged *st, base_err *err)
 {
     const rt_forward_limits *L = &fw->lim;
     const rt_config *c = &fw->m->cfg;
@@ -203,15 +230,17 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
                        b->n_seqs, b->max_blocks, L->max_seqs, L->max_blocks);
     if (b->n_logits < 0 || b->n_logits > L->max_logits)
         return base_errf(err, "%d logit rows requested, at most %d", b->n_logits, L->max_logits);
-    const int T = b->n_tokens;
-    int32_t *tok = fw->h_ints, *pos = tok + T, *slot = pos + T, *seq = slot + T, *lrow = seq + T;
-    int32_t *tables = lrow + b->n_logits;
-    size_t n_tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
-    for (size_t i = 0; i < n_tab; i++) {
-        if (b->block_tables[i] < -1 || b->block_tables[i] >= fw->kv->n_blocks)
-            return base_errf(err, "block id %d outside the pool of %d blocks", b->block_tables[i], fw->kv->n_blocks);
-        tables[i] = b->block_tables[i];
-    }
+    const int T = b->n_tokens, R = pad_rows > T ? pad_rows : T, W = width > b->max_blocks ? width : b->max_blocks;
+    const int NS = R > T ? R : b->n_seqs, NL = R > T ? R : b->n_logits;
+    int32_t *tok = fw->h_ints, *pos = tok + R, *slot = pos + R, *seq = slot + R, *lrow = seq + R;
+    int32_t *tables = lrow + NL;
+    for (int q = 0; q < b->n_seqs; q++)
+        for (int j = 0; j < W; j++) {
+            int32_t id = j < b->max_blocks ? b->block_tables[(size_t)q * (size_t)b->max_blocks + (size_t)j] : -1;
+            if (id < -1 || id >= fw->kv->n_blocks)
+                return base_errf(err, "block id %d outside the pool of %d blocks", id, fw->kv->n_blocks);
+            tables[(size_t)q * (size_t)W + (size_t)j] = id;
+        }
     for (int t = 0; t < T; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
             return base_errf(err, "token id %d outside the vocabulary [0, %d)", b->tokens[t], c->vocab_size);
@@ -233,26 +262,35 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
             return base_errf(err, "logit row %d outside the batch of %d tokens", b->logit_rows[i], T);
         lrow[i] = b->logit_rows[i];
     }
-    size_t n = 4 * (size_t)T + (size_t)b->n_logits + n_tab;
-    *d_rows = NULL;
-    if (fw->samples && fw->device_sampling && b->n_logits > 0) {
+    for (int i = T; i < R; i++) { /* padding (R > T only when every token is its sequence's one) */
+        tok[i] = 0, pos[i] = 0, seq[i] = i, slot[i] = fw->kv->pad_block * bs, lrow[i] = i;
+        tables[(size_t)i * (size_t)W] = fw->kv->pad_block;
+        for (int j = 1; j < W; j++)
+            tables[(size_t)i * (size_t)W + (size_t)j] = -1;
+    }
+    size_t n = 4 * (size_t)R + (size_t)NL + (size_t)NS * (size_t)W;
+    st->sample_rows = NULL;
+    if (fw->samples && fw->device_sampling && NL > 0) {
         /* each row's uniform draw is taken here, as rt_sample would take it on the host */
         rt_sample_row *r = (rt_sample_row *)(fw->h_ints + n);
-        for (int i = 0; i < b->n_logits; i++)
-            r[i] = rt_sample_row_draw(&rows[i].params, &rows[i].rng);
-        *d_rows = (rt_sample_row *)(fw->d_ints + n);
-        n += (size_t)b->n_logits * ROW_INTS;
+        for (int i = 0; i < NL; i++)
+            r[i] = i < b->n_logits ? rt_sample_row_draw(&rows[i].params, &rows[i].rng)
+                                   : (rt_sample_row){.temperature = 0.0f, .top_p = 1.0f};
+        st->sample_rows = (rt_sample_row *)(fw->d_ints + n);
+        n += (size_t)NL * ROW_INTS;
     }
     rt_backend *be = fw->m->be;
     /* every step ends in a sync or download, so h_ints is free again when the next one stages */
     be->ops->upload_async(be, fw->d_ints, fw->h_ints, n * sizeof(int32_t));
     int32_t *d = fw->d_ints;
-    *d_tokens = d;
-    *ab = (rt_attn_batch){
-        .n_tokens = T, .pos = d + T, .slot = d + 2 * T, .seq = d + 3 * T,
-        .block_tables = d + 4 * T + b->n_logits, .max_blocks = b->max_blocks, .block_size = bs,
+    st->rows = R;
+    st->n_logits = NL;
+    st->tokens = d;
+    st->ab = (rt_attn_batch){
+        .n_tokens = R, .pos = d + R, .slot = d + 2 * R, .seq = d + 3 * R,
+        .block_tables = d + 4 * R + NL, .max_blocks = W, .block_size = bs,
     };
-    *d_logit_rows = d + 4 * T;
+    st->logit_rows = d + 4 * R;
     return 0;
 }
 
@@ -336,15 +374,14 @@ static int gather_logits(rt_forward *fw, const float *src, int nl, base_err *err
     return 0;
 }
 
-/* The logit rows of the step to samples: on the device when it can, else on the host (one OpenMP
- * thread a row: each row has its own random stream). */
-static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_sample_row *d_rows, rt_step_sampling *rows,
-                  rt_sample_out *out, base_err *err)
+/* The logit rows of the step to samples: those the device sampled (run_ops launched it), else
+ * sampled on the host (one OpenMP thread a row: each row has its own random stream). */
+static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampling *rows, rt_sample_out *out,
+                  base_err *err)
 {
     rt_backend *be = fw->m->be;
     const int V = fw->m->cfg.vocab_size;
     if (fw->device_sampling) {
-        be->ops->sample(be, fw->d_out, d_logits32, nl, V, d_rows);
         be->ops->download(be, out, fw->d_out, (size_t)nl * sizeof *out);
         return 0;
     }
@@ -366,24 +403,24 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_sample_row
     return 0;
 }
 
-static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+/* The device work of a step whose arrays are staged: from the embedding (or the previous stage's
+ * hidden state) to the device sampler's launch (or the fp32 logits, left in *logits32 for the host
+ * sampler). On a single rank nothing here waits for the device, so a graph can capture it. */
+static int run_ops(rt_forward *fw, const staged *st, const float **logits32, base_err *err)
 {
     rt_model *m = fw->m;
     rt_backend *be = m->be;
     const rt_backend_ops *op = be->ops;
     const rt_config *c = &m->cfg;
     const rt_shard *s = &m->shard;
-    rt_attn_batch ab;
-    int32_t *d_tokens = NULL, *d_lrows = NULL;
-    rt_sample_row *d_rows = NULL;
-    if (stage_batch(fw, b, rows, &ab, &d_tokens, &d_lrows, &d_rows, err))
-        return -1;
-    const int T = b->n_tokens;
+    const rt_attn_batch *ab = &st->ab;
+    const int T = st->rows;
     const float eps = (float)c->norm_eps;
-    const size_t ffn_n = (size_t)T * (size_t)(s->ffn_end - s->ffn_begin), xn = (size_t)T * (size_t)c->dim;
-
+    const int ffn = s->ffn_end - s->ffn_begin;
+    const size_t xn = (size_t)T * (size_t)c->dim;
+    *logits32 = NULL;
     if (s->first_stage) {
-        op->embedding(be, fw->x, &m->embed, s->vocab_begin, d_tokens, T);
+        op->embedding(be, fw->x, &m->embed, s->vocab_begin, st->tokens, T);
         if (tp_allreduce(fw, fw->x, xn, err))
             return -1;
     } else if (pp_transfer(fw, fw->x, xn, false, err)) {
@@ -394,19 +431,16 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
         if (l == 0)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
-        op->matmul(be, fw->q, fw->xb, &w->wq, &w->bq, T);
-        op->matmul(be, fw->k, fw->xb, &w->wk, &w->bk, T);
-        op->matmul(be, fw->v, fw->xb, &w->wv, &w->bv, T);
-        op->rope_kv_write(be, fw->q, fw->k, fw->v, fw->inv_freq, &ab, &fw->shape, &fw->kv->layers[l]);
-        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &ab, &fw->shape);
+        op->matmul(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, T);
+        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
         if (tp_allreduce(fw, fw->xb, xn, err))
             return -1;
         op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &w->ffn_norm, T, eps);
-        op->matmul(be, fw->gate, fw->xb, &w->w_gate, NULL, T);
-        op->matmul(be, fw->up, fw->xb, &w->w_up, NULL, T);
-        op->silu_mul(be, fw->gate, fw->gate, fw->up, ffn_n);
-        op->matmul(be, fw->xb, fw->gate, &w->w_down, NULL, T);
+        op->matmul(be, fw->gate_up, fw->xb, &w->w_gate_up, NULL, T);
+        op->silu_mul(be, fw->act, fw->gate_up, T, ffn);
+        op->matmul(be, fw->xb, fw->act, &w->w_down, NULL, T);
         if (tp_allreduce(fw, fw->xb, xn, err))
             return -1;
         if (l + 1 < m->n_layers)
@@ -414,26 +448,92 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
     }
     if (!s->last_stage) {
         op->add(be, fw->x, fw->xb, xn); /* the last layer's residual, then on to the next stage */
+        return 0;
+    }
+    const int nl = st->n_logits;
+    if (nl == 0)
+        return 0;
+    /* the last residual add and the final norm, on the rows that need logits only */
+    void *xr = fw->rows, *dr = (char *)fw->rows + (size_t)nl * (size_t)c->dim * rt_dtype_size(op->act_dtype);
+    op->gather_rows(be, xr, fw->x, st->logit_rows, nl, c->dim);
+    op->gather_rows(be, dr, fw->xb, st->logit_rows, nl, c->dim);
+    op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
+    op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
+    *logits32 = fw->logits;
+    if (op->act_dtype != RT_F32) {
+        op->to_f32(be, fw->logits32, fw->logits, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin));
+        *logits32 = fw->logits32;
+    }
+    if (st->sample_rows)
+        op->sample(be, fw->d_out, *logits32, nl, c->vocab_size, st->sample_rows);
+    return 0;
+}
+
+/* Decode steps on a single rank with the device sampler run as CUDA graphs: one per (rows bucket,
+ * block-table width), captured the first time it is needed. 0 when this step is not one. */
+static const int row_buckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024};
+
+static int graph_shape(const rt_forward *fw, const rt_batch *b, int *width)
+{
+    const int T = b->n_tokens;
+    if (!fw->graphs || T != b->n_seqs || T != b->n_logits)
+        return 0;
+    int cap = fw->lim.max_tokens < fw->lim.max_logits ? fw->lim.max_tokens : fw->lim.max_logits;
+    cap = cap < fw->lim.max_seqs ? cap : fw->lim.max_seqs;
+    int rows = 0;
+    for (size_t i = 0; i < sizeof row_buckets / sizeof *row_buckets && !rows; i++)
+        if (row_buckets[i] >= T)
+            rows = row_buckets[i] < cap ? row_buckets[i] : cap;
+    if (rows < T)
+        return 0;
+    int w = 8;
+    while (w < b->max_blocks)
+        w *= 2;
+    *width = w < fw->lim.max_blocks ? w : fw->lim.max_blocks;
+    return rows;
+}
+
+static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+{
+    rt_backend *be = fw->m->be;
+    const rt_backend_ops *op = be->ops;
+    const rt_shard *s = &fw->m->shard;
+    int width = 0;
+    const int pad = graph_shape(fw, b, &width);
+    staged st;
+    if (stage_batch(fw, b, rows, pad, width, &st, err))
+        return -1;
+    const float *logits32 = NULL;
+    if (pad) {
+        step_graph *g = NULL;
+        for (int i = 0; i < fw->n_graphs && !g; i++)
+            if (fw->graph[i].rows == pad && fw->graph[i].width == width)
+                g = &fw->graph[i];
+        if (!g && fw->n_graphs < MAX_GRAPHS) {
+            op->graph_begin(be);
+            int rc = run_ops(fw, &st, &logits32, err);
+            void *exec = op->graph_end(be);
+            if (rc || !exec)
+                return -1;
+            g = &fw->graph[fw->n_graphs++];
+            *g = (step_graph){.rows = pad, .width = width, .exec = exec};
+        }
+        if (g)
+            op->graph_launch(be, g->exec);
+        else if (run_ops(fw, &st, &logits32, err)) /* more shapes than graphs: run it as it comes */
+            return -1;
+    } else if (run_ops(fw, &st, &logits32, err)) {
+        return -1;
+    }
+    if (!s->last_stage) {
         op->sync(be);
-        return pp_transfer(fw, fw->x, xn, true, err);
+        return pp_transfer(fw, fw->x, (size_t)b->n_tokens * (size_t)fw->m->cfg.dim, true, err);
     }
     if (b->n_logits == 0) {
         op->sync(be);
         return 0;
     }
-    /* the last residual add and the final norm, on the rows that need logits only */
-    const int nl = b->n_logits;
-    void *xr = fw->rows, *dr = (char *)fw->rows + (size_t)nl * (size_t)c->dim * rt_dtype_size(op->act_dtype);
-    op->gather_rows(be, xr, fw->x, d_lrows, nl, c->dim);
-    op->gather_rows(be, dr, fw->xb, d_lrows, nl, c->dim);
-    op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
-    op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
-    const float *logits32 = fw->logits;
-    if (op->act_dtype != RT_F32) {
-        op->to_f32(be, fw->logits32, fw->logits, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin));
-        logits32 = fw->logits32;
-    }
-    return sample(fw, logits32, nl, d_rows, rows, out, err);
+    return sample(fw, logits32, b->n_logits, rows, out, err);
 }
 
 int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)

@@ -14,6 +14,7 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
     memset(kv, 0, sizeof *kv);
     kv->be = be;
     kv->n_blocks = n_blocks;
+    kv->pad_block = n_blocks;
     kv->block_size = block_size;
     kv->n_kv_heads = n_kv_heads;
     kv->head_dim = head_dim;
@@ -21,7 +22,7 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
     if (!kv->layers)
         return base_errf(err, "KV cache: out of host memory");
     kv->n_layers = n_layers;
-    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim *
+    size_t bytes = (size_t)(n_blocks + 1) * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim *
                    rt_dtype_size(be->ops->act_dtype);
     for (int l = 0; l < n_layers; l++) {
         kv->layers[l].k = be->ops->alloc(be, bytes);

@@ -14,7 +14,9 @@
 typedef struct rt_kv_cache {
     rt_backend *be;
     int n_layers;        /* this rank's layers */
-    int n_blocks;
+    int n_blocks;        /* blocks sequences get: ids [0, n_blocks) */
+    int pad_block;       /* one more block no sequence gets (id n_blocks): the padding rows of a
+                          * captured step (forward.c) write their k and v there */
     int block_size;      /* tokens per block */
     int n_kv_heads;      /* this rank's KV heads */
     int head_dim;

@@ -73,7 +73,8 @@ typedef struct loader {
 } loader;
 
 /* Loads rows [r0, r1) x cols [c0, c1) of tensor `name`, whose full shape must be (rows, cols)
- * (cols 0 for a vector), into a new device tensor. */
+ * (cols 0 for a vector), into a new device tensor, or into dst->data when the caller set it (a view
+ * of a fused tensor, sized by the caller). */
 static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64_t cols, int64_t r0,
                 int64_t r1, int64_t c0, int64_t c1)
 {
@@ -98,7 +99,8 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     rt_backend *be = L->m->be;
     rt_dtype wt = be->ops->act_dtype;
     size_t bytes = n * rt_dtype_size(wt);
-    *dst = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
+    void *mem = dst->data ? dst->data : be->ops->alloc(be, bytes);
+    *dst = (rt_tensor){.data = mem, .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
     if (!dst->data)
         return base_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
     /* fp32 weights in host memory are converted straight into place; others go through staging */
@@ -126,6 +128,24 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     return 0;
 }
 
+/* A tensor of rows x cols for the parts to be loaded into (views at row offsets). */
+static int fused(loader *L, rt_tensor *t, int64_t rows, int64_t cols, const char *what)
+{
+    rt_backend *be = L->m->be;
+    const rt_dtype wt = be->ops->act_dtype;
+    size_t bytes = (size_t)rows * (size_t)cols * rt_dtype_size(wt);
+    *t = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = rows, .cols = cols};
+    if (!t->data)
+        return base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, bytes, be->ops->name);
+    return 0;
+}
+
+static rt_tensor view(const rt_tensor *t, int64_t row)
+{
+    return (rt_tensor){.data = (char *)t->data + (size_t)row * (size_t)t->cols * rt_dtype_size(t->dtype),
+                       .dtype = t->dtype};
+}
+
 static int load_layer(loader *L, int l, rt_layer_weights *w)
 {
     const rt_config *c = &L->m->cfg;
@@ -136,6 +156,15 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     const int64_t nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
     char n[256];
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
+    const int64_t lq = q1 - q0, lkv = k1 - k0, lffn = s->ffn_end - s->ffn_begin;
+    if (fused(L, &w->wqkv, lq + 2 * lkv, dim, "the fused QKV weight") ||
+        fused(L, &w->w_gate_up, 2 * lffn, dim, "the fused gate/up weight") ||
+        (c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")))
+        return -1;
+    w->wq = view(&w->wqkv, 0), w->wk = view(&w->wqkv, lq), w->wv = view(&w->wqkv, lq + lkv);
+    w->w_gate = view(&w->w_gate_up, 0), w->w_up = view(&w->w_gate_up, lffn);
+    if (c->qkv_bias)
+        w->bq = view(&w->bqkv, 0), w->bk = view(&w->bqkv, lq), w->bv = view(&w->bqkv, lq + lkv);
     if (load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
         load(L, &w->wq, NAME("self_attn.q_proj.weight"), nq, dim, q0, q1, 0, dim) ||
         load(L, &w->wk, NAME("self_attn.k_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
@@ -212,6 +241,10 @@ void rt_model_free(rt_model *m)
     if (!m->be)
         return;
     for (int l = 0; m->layers && l < m->n_layers; l++) {
+        rt_layer_weights *w = &m->layers[l];
+        rt_tensor *views[] = {&w->wq, &w->bq, &w->wk, &w->bk, &w->wv, &w->bv, &w->w_gate, &w->w_up};
+        for (size_t i = 0; i < sizeof views / sizeof *views; i++)
+            views[i]->data = NULL; /* their memory is the fused tensors' */
         rt_tensor *ts = (rt_tensor *)&m->layers[l];
         for (size_t i = 0; i < sizeof m->layers[l] / sizeof *ts; i++)
             free_tensor(m->be, &ts[i]);

@@ -70,14 +70,14 @@ static void rope_head(float *h, const float *cosv, const float *sinv, int half)
     }
 }
 
-void cpu_rope_kv_write(rt_backend *be, void *q_, void *k_, const void *v_, const float *inv_freq,
-                       const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv)
+void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *inv_freq, const rt_attn_batch *b,
+                       const rt_attn_shape *s, rt_kv_layer *kv)
 {
     (void)be;
-    float *q = q_, *k = k_;
-    const float *v = v_;
+    float *q = q_;
+    const float *qkv = qkv_;
     const int hd = s->head_dim, half = hd / 2;
-    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd;
+    const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd, row = qw + 2 * kw;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < b->n_tokens; t++) {
         float cosv[RT_MAX_HEAD_DIM / 2], sinv[RT_MAX_HEAD_DIM / 2]; /* config.c limits head_dim */
@@ -87,13 +87,15 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, void *k_, const void *v_, const
             cosv[i] = cosf(ang);
             sinv[i] = sinf(ang);
         }
+        const float *src = qkv + t * row;
+        float *kc = (float *)kv->k + (int64_t)b->slot[t] * kw;
+        memcpy(q + t * qw, src, (size_t)qw * sizeof(float));
+        memcpy(kc, src + qw, (size_t)kw * sizeof(float));
+        memcpy((float *)kv->v + (int64_t)b->slot[t] * kw, src + qw + kw, (size_t)kw * sizeof(float));
         for (int h = 0; h < s->n_heads; h++)
             rope_head(q + t * qw + (int64_t)h * hd, cosv, sinv, half);
         for (int h = 0; h < s->n_kv_heads; h++)
-            rope_head(k + t * kw + (int64_t)h * hd, cosv, sinv, half);
-        int64_t slot = b->slot[t];
-        memcpy((float *)kv->k + slot * kw, k + t * kw, (size_t)kw * sizeof(float));
-        memcpy((float *)kv->v + slot * kw, v + t * kw, (size_t)kw * sizeof(float));
+            rope_head(kc + (int64_t)h * hd, cosv, sinv, half);
     }
 }
 
@@ -107,14 +109,17 @@ void cpu_add(rt_backend *be, void *x_, const void *y_, size_t n)
         x[i] += y[i];
 }
 
-void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_, const void *up_, size_t n)
+void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_up, int n, int ffn)
 {
     (void)be;
     float *out = out_;
-    const float *g = gate_, *u = up_;
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        out[i] = g[i] / (1.0f + cpu_expf(-g[i])) * u[i];
+    for (int t = 0; t < n; t++) {
+        const float *g = (const float *)gate_up + (int64_t)t * 2 * ffn, *u = g + ffn;
+        float *o = out + (int64_t)t * ffn;
+        for (int i = 0; i < ffn; i++)
+            o[i] = g[i] / (1.0f + cpu_expf(-g[i])) * u[i];
+    }
 }
 
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)

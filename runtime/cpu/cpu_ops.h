@@ -12,12 +12,12 @@ void cpu_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, co
 void cpu_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
 void cpu_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n,
                      float eps);
-void cpu_rope_kv_write(rt_backend *be, void *q, void *k, const void *v, const float *inv_freq,
-                       const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
+void cpu_rope_kv_write(rt_backend *be, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+                       const rt_attn_shape *s, rt_kv_layer *kv);
 void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s);
 void cpu_add(rt_backend *be, void *x, const void *y, size_t n);
-void cpu_silu_mul(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
+void cpu_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 
 #endif

@@ -86,11 +86,46 @@ static void cuda_sync(rt_backend *be)
     CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
 }
 
+static void cuda_graph_begin(rt_backend *be)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    CUDA_CHECK(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+}
+
+static void *cuda_graph_end(rt_backend *be)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e == cudaSuccess)
+        e = cudaGraphInstantiate(&exec, g, 0);
+    if (g)
+        cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        cuda_fail(c, "capturing a step in a CUDA graph", __FILE__, __LINE__, cudaGetErrorString(e));
+        return NULL;
+    }
+    return (void *)exec;
+}
+
+static void cuda_graph_launch(rt_backend *be, void *graph)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    CUDA_CHECK(c, cudaGraphLaunch((cudaGraphExec_t)graph, c->stream));
+}
+
+static void cuda_graph_free(rt_backend *be, void *graph)
+{
+    CUDA_CHECK(cuda_ctx_of(be), cudaGraphExecDestroy((cudaGraphExec_t)graph));
+}
+
 static void cuda_destroy(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
-    cudaFree(c->scratch);
     cublasDestroy(c->blas);
+    cudaFree(c->scratch);
+    cudaFree(c->blas_ws);
     cudaStreamDestroy(c->stream);
     free(c);
     free(be);
@@ -104,7 +139,8 @@ static void cuda_destroy(rt_backend *be)
         .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
-        .sample = cuda_sample, .check = cuda_check, .destroy = cuda_destroy,                                                \
+        .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
+        .graph_launch = cuda_graph_launch, .graph_free = cuda_graph_free, .check = cuda_check, .destroy = cuda_destroy,                                                \
     }
 
 static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
@@ -139,10 +175,16 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
+    /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess) {
+        cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||
+        cudaMalloc(&c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != cudaSuccess ||
+        cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != CUBLAS_STATUS_SUCCESS) {
         cudaGetLastError();
-        base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d", c->scratch_bytes >> 20, device);
+        cudaFree(c->scratch);
+        cudaFree(c->blas_ws);
+        base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
+                  (c->scratch_bytes + CUDA_BLAS_WORKSPACE_BYTES) >> 20, device);
         cublasDestroy(c->blas);
         cudaStreamDestroy(c->stream);
         free(c), free(be);

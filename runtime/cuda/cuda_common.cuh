@@ -15,7 +15,9 @@ extern "C" {
 #include "runtime/backend.h"
 }
 
-#define CUDA_SCRATCH_BYTES ((size_t)32 << 20) /* within the memory plan's 512 MiB reserve (launch/job.c) */
+/* both within the memory plan's 512 MiB reserve (launch/job.c) */
+#define CUDA_SCRATCH_BYTES ((size_t)32 << 20)
+#define CUDA_BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
 typedef struct cuda_ctx {
     int device;
@@ -26,6 +28,7 @@ typedef struct cuda_ctx {
     int n_sms;             /* streaming multiprocessors of the device */
     void *scratch;         /* (scratch_bytes) ops' temporary results within one op (split attention) */
     size_t scratch_bytes;
+    void *blas_ws;         /* cuBLAS's workspace */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

@@ -15,12 +15,12 @@ void cuda_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t r
 void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
 void cuda_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n, float eps);
-void cuda_rope_kv_write(rt_backend *be, void *q, void *k, const void *v, const float *inv_freq,
-                        const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
+void cuda_rope_kv_write(rt_backend *be, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+                        const rt_attn_shape *s, rt_kv_layer *kv);
 void cuda_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                     const rt_attn_shape *s);
 void cuda_add(rt_backend *be, void *x, const void *y, size_t n);
-void cuda_silu_mul(rt_backend *be, void *out, const void *gate, const void *up, size_t n);
+void cuda_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
 void cuda_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 void cuda_to_f32(rt_backend *be, float *out, const void *x, size_t n);
 void cuda_sample(rt_backend *be, rt_sample_out *out, const float *logits, int n, int vocab, const rt_sample_row *rows);

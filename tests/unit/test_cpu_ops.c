@@ -109,10 +109,15 @@ static void test_norms_embedding_silu(void **state)
             assert_true(out[t * dim + i] == want);
         }
 
-    be->ops->silu_mul(be, out, x, d, (size_t)n * dim);
-    for (int i = 0; i < n * dim; i++)
-        ref[i] = x[i] / (1 + exp(-(double)x[i])) * d[i];
-    assert_true(rel_err(out, ref, n * dim) < 1e-6);
+    /* silu_mul over fused rows: x as (n, 2 * half) with gate then up in each row */
+    const int half = dim / 2;
+    be->ops->silu_mul(be, out, x, n, half);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            double g = x[t * 2 * half + i], u = x[t * 2 * half + half + i];
+            ref[t * half + i] = g / (1 + exp(-g)) * u;
+        }
+    assert_true(rel_err(out, ref, n * half) < 1e-6);
     free(x), free(d), free(w), free(tab);
 }
 
@@ -142,7 +147,14 @@ static void check_attention(int n_heads, int n_kv, int hd, int window)
     rt_kv_layer kv = {calloc((size_t)n_blocks * bs * kw, 4), calloc((size_t)n_blocks * bs * kw, 4)};
     rt_attn_batch b = {T, pos, slot, seq, tables, max_blocks, bs};
     rt_attn_shape s = {n_heads, n_kv, hd, window, 1.0f / sqrtf((float)hd)};
-    be->ops->rope_kv_write(be, q, k, v, inv_freq, &b, &s, &kv);
+    float *qkv = malloc((size_t)T * (qw + 2 * kw) * sizeof *qkv); /* the fused product's rows: q, k, v */
+    for (int t = 0; t < T; t++) {
+        memcpy(qkv + (size_t)t * (qw + 2 * kw), q + (size_t)t * qw, (size_t)qw * sizeof *q);
+        memcpy(qkv + (size_t)t * (qw + 2 * kw) + qw, k + (size_t)t * kw, (size_t)kw * sizeof *k);
+        memcpy(qkv + (size_t)t * (qw + 2 * kw) + qw + kw, v + (size_t)t * kw, (size_t)kw * sizeof *v);
+    }
+    be->ops->rope_kv_write(be, q, qkv, inv_freq, &b, &s, &kv);
+    free(qkv);
     float *out = malloc((size_t)T * qw * sizeof *out);
     be->ops->attention(be, out, q, &kv, &b, &s);
 
