@@ -175,6 +175,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
+    const char *gemv_env = getenv("DINFER_CUDA_GEMV");
+    c->gemv = !(gemv_env && strcmp(gemv_env, "0") == 0);
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

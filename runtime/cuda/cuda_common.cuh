@@ -29,6 +29,7 @@ typedef struct cuda_ctx {
     void *scratch;         /* (scratch_bytes) ops' temporary results within one op (split attention) */
     size_t scratch_bytes;
     void *blas_ws;         /* cuBLAS's workspace */
+    bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

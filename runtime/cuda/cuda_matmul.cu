@@ -1,7 +1,108 @@
-/* out(n, N) = x(n, K) . W(N, K)^T (+ bias) through cuBLAS, fp32 accumulation. Row-major on our side
+/* out(n, N) = x(n, K) . W(N, K)^T (+ bias), fp32 accumulation.
+ *
+ * Up to GEMV_MAX_ROWS rows of x (decode at small batch) the product is a pass over the weights,
+ * which is all its cost: a warp per weight row streams it in 16-byte loads, each load used for
+ * every row of x, then reduces across the warp. Larger products go to cuBLAS. Row-major on our side
  * is column-major transposed on cuBLAS's: out^T (N x n) = W^T^T (N x K) . x^T (K x n). */
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_ops.h"
+
+#define GEMV_MAX_ROWS 8
+#define GEMV_WARPS 8
+
+/* 16 bytes of T as floats. */
+template <typename T>
+__device__ __forceinline__ void load16(const T *p, float *o)
+{
+    constexpr int PER = 16 / (int)sizeof(T);
+    const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p));
+    const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        o[j] = ld(&e[j]);
+}
+
+/* R: rows of x the kernel is built for (n <= R are computed). */
+template <typename T, int R>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_kernel(T *out, const T *x, const T *w, const T *bias, int n, int N, int K)
+{
+    constexpr int PER = 16 / (int)sizeof(T);
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N)
+        return;
+    const T *wr = w + (int64_t)row * K;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    /* two 16-byte loads of the weight row in flight per lane and step */
+    int k = lane * PER;
+    for (; k + 32 * PER < K; k += 64 * PER) {
+        float w0[PER], w1[PER];
+        load16(wr + k, w0);
+        load16(wr + k + 32 * PER, w1);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < n) {
+                float x0[PER], x1[PER];
+                load16(x + (int64_t)r * K + k, x0);
+                load16(x + (int64_t)r * K + k + 32 * PER, x1);
+#pragma unroll
+                for (int j = 0; j < PER; j++)
+                    acc[r] += w0[j] * x0[j] + w1[j] * x1[j];
+            }
+        }
+    }
+    if (k < K) {
+        float w0[PER];
+        load16(wr + k, w0);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r < n) {
+                float x0[PER];
+                load16(x + (int64_t)r * K + k, x0);
+#pragma unroll
+                for (int j = 0; j < PER; j++)
+                    acc[r] += w0[j] * x0[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0 && r < n)
+            st(&out[(int64_t)r * N + row], v + (bias ? ld(&bias[row]) : 0.0f));
+    }
+}
+
+template <typename T>
+static void gemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    const T *b = bias && bias->data ? (const T *)bias->data : NULL;
+    const unsigned blocks = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
+#define GEMV_LAUNCH(R)                                                                                       \
+    gemv_kernel<T, R><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>((T *)out, (const T *)x, (const T *)w->data, b, n, N, K)
+    if (n <= 1)
+        GEMV_LAUNCH(1);
+    else if (n <= 2)
+        GEMV_LAUNCH(2);
+    else if (n <= 4)
+        GEMV_LAUNCH(4);
+    else
+        GEMV_LAUNCH(8);
+#undef GEMV_LAUNCH
+}
+
+/* Whether the weight-streaming kernel takes this product: few rows, whole 16-byte loads. */
+static bool gemv_fits(const cuda_ctx *c, const void *out, const void *x, const rt_tensor *w, int n)
+{
+    const size_t es = rt_dtype_size(c->dt);
+    return c->gemv && n <= GEMV_MAX_ROWS && (size_t)w->cols * es % 16 == 0 && (uintptr_t)x % 16 == 0 &&
+           (uintptr_t)w->data % 16 == 0 && (uintptr_t)out % es == 0;
+}
 
 template <typename T>
 __global__ void add_bias_kernel(T *out, const T *bias, int64_t N, int64_t total)
@@ -26,6 +127,11 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
     cuda_ctx *c = cuda_ctx_of(be);
     if (n <= 0)
         return;
+    if (gemv_fits(c, out, x, w, n)) {
+        CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n);
+        CUDA_LAUNCHED(c);
+        return;
+    }
     const int N = (int)w->rows, K = (int)w->cols;
     const float one = 1.0f, zero = 0.0f;
     const cudaDataType_t t = cuda_type(c->dt);

@@ -1,4 +1,7 @@
-/* RMSNorm, and the residual add fused with it: one block per row, the sum of squares in fp32. */
+/* RMSNorm, and the residual add fused with it: one block per row, the sum of squares in fp32. Rows
+ * of up to RMS_PER * 1024 elements stay in registers between the sum and the scaling (a decode
+ * step's norms are latency, not bandwidth: one pass over memory, the weights loaded before the
+ * reduction); longer rows take the two-pass kernel. */
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_ops.h"
 
@@ -25,11 +28,58 @@ __global__ void rmsnorm_kernel(T *out, T *x, const T *delta, const T *w, int dim
         st(&orow[i], ld(&w[i]) * (ld(&xr[i]) * inv));
 }
 
+#define RMS_PER 8
+
+template <typename T>
+__global__ void rmsnorm_reg_kernel(T *out, T *x, const T *delta, const T *w, int dim, float eps)
+{
+    __shared__ float scratch[32];
+    T *xr = x + (int64_t)blockIdx.x * dim;
+    const T *dr = delta ? delta + (int64_t)blockIdx.x * dim : nullptr;
+    T *orow = out + (int64_t)blockIdx.x * dim;
+    float v[RMS_PER], wv[RMS_PER], ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RMS_PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        v[j] = wv[j] = 0.0f;
+        if (i < dim) {
+            float a = ld(&xr[i]);
+            if (dr) {
+                T r; /* rounded to storage, as the unfused add would leave it */
+                st(&r, a + ld(&dr[i]));
+                st(&xr[i], ld(&r));
+                a = ld(&r);
+            }
+            v[j] = a;
+            wv[j] = ld(&w[i]);
+            ss += a * a;
+        }
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)dim + eps);
+#pragma unroll
+    for (int j = 0; j < RMS_PER; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < dim)
+            st(&orow[i], wv[j] * (v[j] * inv));
+    }
+}
+
 template <typename T>
 static void launch(cuda_ctx *c, void *out, void *x, const void *delta, const rt_tensor *w, int n, float eps)
 {
     const int dim = (int)w->rows;
-    const int threads = dim >= 1024 ? 1024 : ((dim + 31) / 32) * 32;
+    if (dim <= RMS_PER * 1024) {
+        /* about four elements a thread: a short reduction, few loads in flight each */
+        int threads = ((dim + 3) / 4 + 31) / 32 * 32;
+        threads = threads < 32 ? 32 : threads > 1024 ? 1024 : threads;
+        while (threads * RMS_PER < dim)
+            threads += 32;
+        rmsnorm_reg_kernel<T><<<n, threads, 0, c->stream>>>((T *)out, (T *)x, (const T *)delta, (const T *)w->data,
+                                                            dim, eps);
+        return;
+    }
+    const int threads = 1024;
     rmsnorm_kernel<T><<<n, threads, 0, c->stream>>>((T *)out, (T *)x, (const T *)delta, (const T *)w->data, dim, eps);
 }
 

@@ -286,8 +286,13 @@ static const op_case cases[] = {
     {"matmul", {1, 7, 5, 1}, run_matmul},         {"matmul", {3, 64, 33, 0}, run_matmul},
     {"matmul", {17, 129, 70, 1}, run_matmul},     {"matmul", {64, 1024, 512, 0}, run_matmul},
     {"matmul", {1, 4096, 1000, 1}, run_matmul},
+    /* the weight-streaming kernel (up to 8 rows, whole 16-byte loads) and its edges */
+    {"matmul", {2, 4096, 33, 1}, run_matmul},     {"matmul", {3, 264, 70, 0}, run_matmul},
+    {"matmul", {8, 1024, 515, 1}, run_matmul},    {"matmul", {5, 14336, 64, 0}, run_matmul},
+    {"matmul", {9, 4096, 40, 0}, run_matmul},     {"matmul", {1, 8, 3, 1}, run_matmul},
     {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
     {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
+    {"rmsnorm", {2, 9000}, run_rmsnorm},          {"add_rmsnorm", {2, 9000}, run_add_rmsnorm}, /* two-pass */
     {"silu_mul", {5, 37}, run_silu_mul},          {"silu_mul", {5, 14336}, run_silu_mul},
     {"add", {185}, run_add},                      {"add", {5 * 4096}, run_add},
     {"gather_rows", {5, 37}, run_gather_rows},    {"gather_rows", {9, 4096}, run_gather_rows},
