@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <mpi.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <stdint.h>
 #include <stdbool.h>
@@ -121,6 +122,23 @@ int job_threads(const comm *c, int requested)
     int local = c ? comm_topo(c)->local_size : 1;
     long n = cores / (local > 0 ? local : 1);
     return n > 0 ? (int)n : 1;
+}
+
+/* Says so when this rank may run on one core of several (Open MPI binds each rank to a core by
+ * default when it starts 1 or 2 of them): its OpenMP threads, the host sampler and the step's host
+ * work would all share that core. */
+static void warn_if_bound(const comm *c, const job_model *jm)
+{
+    cpu_set_t set;
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) != 1 || online <= 1)
+        return;
+    if (!jm->on_gpu && jm->threads <= 1)
+        return;
+    fprintf(stderr,
+            "rank %d: warning: bound to 1 of this host's %ld cores (mpirun binds each of 1 or 2 ranks to a core by "
+            "default); %s runs on that one core: start it with mpirun --bind-to none (dinfer-launch does)\n",
+            comm_topo(c)->rank, online, jm->on_gpu ? "the host's share of every step" : "every OpenMP thread");
 }
 
 static double gib(size_t b)
@@ -335,6 +353,7 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         snprintf(line, sizeof line, "rank %d: %s", t->rank, jm->device);
     if (jm->on_gpu || o->verbose)
         job_print_by_rank(c, stderr, line);
+    warn_if_bound(c, jm);
     if (o->verbose) {
         const rt_shard *s = &jm->model.shard;
         snprintf(line, sizeof line,
