@@ -16,11 +16,19 @@
 
 typedef struct rt_backend rt_backend;
 
+/* How a matrix's elements are laid out. */
+typedef enum rt_layout {
+    RT_ROWS = 0,  /* row-major (rows, cols) */
+    RT_PANELS8,   /* the CPU backend's, for matmul only: rows in panels of 8 (the last zero-padded),
+                   * each panel column by column: element (r, c) at ((r / 8) * cols + c) * 8 + r % 8 */
+} rt_layout;
+
 /* A weight matrix (rows, cols) or vector (rows, 1) in device memory. */
 typedef struct rt_tensor {
     void *data;
     rt_dtype dtype;
     int64_t rows, cols;
+    rt_layout layout;
 } rt_tensor;
 
 /* One layer's share of the paged KV cache: slot s (block * block_size + offset) holds
@@ -71,6 +79,9 @@ typedef struct rt_backend_ops {
      * gives a zero row (vocab-parallel embedding: the tp all-reduce fills it in). */
     void (*embedding)(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
                       const int32_t *tokens, int n);
+    /* Optional (NULL: weights stay row-major). Lays a matrix that only matmul reads out as the
+     * backend's matmul reads it fastest (w->layout says which); -1 when out of memory, w unchanged. */
+    int (*prepare_weight)(rt_backend *be, rt_tensor *w);
     /* out(n, w.rows) = x(n, w.cols) . w^T (+ bias when bias->data), fp32 accumulation. */
     void (*matmul)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                    int n);

@@ -140,6 +140,16 @@ static int fused(loader *L, rt_tensor *t, int64_t rows, int64_t cols, const char
     return 0;
 }
 
+/* The matrix in the backend's layout for matmul. */
+static int prepare(loader *L, rt_tensor *w)
+{
+    rt_backend *be = L->m->be;
+    if (be->ops->prepare_weight && be->ops->prepare_weight(be, w))
+        return base_errf(L->err, "out of memory laying out a %lld x %lld weight for the %s backend",
+                         (long long)w->rows, (long long)w->cols, be->ops->name);
+    return 0;
+}
+
 static rt_tensor view(const rt_tensor *t, int64_t row)
 {
     return (rt_tensor){.data = (char *)t->data + (size_t)row * (size_t)t->cols * rt_dtype_size(t->dtype),
@@ -161,26 +171,29 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
         fused(L, &w->w_gate_up, 2 * lffn, dim, "the fused gate/up weight") ||
         (c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")))
         return -1;
-    w->wq = view(&w->wqkv, 0), w->wk = view(&w->wqkv, lq), w->wv = view(&w->wqkv, lq + lkv);
-    w->w_gate = view(&w->w_gate_up, 0), w->w_up = view(&w->w_gate_up, lffn);
-    if (c->qkv_bias)
-        w->bq = view(&w->bqkv, 0), w->bk = view(&w->bqkv, lq), w->bv = view(&w->bqkv, lq + lkv);
+    /* the parts, loaded into their rows of the fused tensors */
+    rt_tensor wq = view(&w->wqkv, 0), wk = view(&w->wqkv, lq), wv = view(&w->wqkv, lq + lkv);
+    rt_tensor gate = view(&w->w_gate_up, 0), up = view(&w->w_gate_up, lffn);
     if (load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load(L, &w->wq, NAME("self_attn.q_proj.weight"), nq, dim, q0, q1, 0, dim) ||
-        load(L, &w->wk, NAME("self_attn.k_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
-        load(L, &w->wv, NAME("self_attn.v_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
+        load(L, &wq, NAME("self_attn.q_proj.weight"), nq, dim, q0, q1, 0, dim) ||
+        load(L, &wk, NAME("self_attn.k_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
+        load(L, &wv, NAME("self_attn.v_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
         load(L, &w->wo, NAME("self_attn.o_proj.weight"), dim, nq, 0, dim, q0, q1) ||
         load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load(L, &w->w_gate, NAME("mlp.gate_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
-        load(L, &w->w_up, NAME("mlp.up_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        load(L, &gate, NAME("mlp.gate_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        load(L, &up, NAME("mlp.up_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
         load(L, &w->w_down, NAME("mlp.down_proj.weight"), dim, ffn, 0, dim, s->ffn_begin, s->ffn_end))
         return -1;
-    if (c->qkv_bias &&
-        (load(L, &w->bq, NAME("self_attn.q_proj.bias"), nq, 0, q0, q1, 0, 0) ||
-         load(L, &w->bk, NAME("self_attn.k_proj.bias"), nkv, 0, k0, k1, 0, 0) ||
-         load(L, &w->bv, NAME("self_attn.v_proj.bias"), nkv, 0, k0, k1, 0, 0)))
-        return -1;
+    if (c->qkv_bias) {
+        rt_tensor bq = view(&w->bqkv, 0), bk = view(&w->bqkv, lq), bv = view(&w->bqkv, lq + lkv);
+        if (load(L, &bq, NAME("self_attn.q_proj.bias"), nq, 0, q0, q1, 0, 0) ||
+            load(L, &bk, NAME("self_attn.k_proj.bias"), nkv, 0, k0, k1, 0, 0) ||
+            load(L, &bv, NAME("self_attn.v_proj.bias"), nkv, 0, k0, k1, 0, 0))
+            return -1;
+    }
     if (c->o_bias && s->adds_row_bias && load(L, &w->bo, NAME("self_attn.o_proj.bias"), dim, 0, 0, dim, 0, 0))
+        return -1;
+    if (prepare(L, &w->wqkv) || prepare(L, &w->wo) || prepare(L, &w->w_gate_up) || prepare(L, &w->w_down))
         return -1;
 #undef NAME
     return 0;
@@ -216,7 +229,8 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
         if (cfg->tie_embeddings && shard->first_stage)
             m->lm_head = m->embed;
         else if ((rc = load(&L, &m->lm_head, cfg->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-                            V, dim, v0, v1, 0, dim)))
+                            V, dim, v0, v1, 0, dim)) ||
+                 (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
             goto out;
     }
 out:
@@ -241,10 +255,6 @@ void rt_model_free(rt_model *m)
     if (!m->be)
         return;
     for (int l = 0; m->layers && l < m->n_layers; l++) {
-        rt_layer_weights *w = &m->layers[l];
-        rt_tensor *views[] = {&w->wq, &w->bq, &w->wk, &w->bk, &w->wv, &w->bv, &w->w_gate, &w->w_up};
-        for (size_t i = 0; i < sizeof views / sizeof *views; i++)
-            views[i]->data = NULL; /* their memory is the fused tensors' */
         rt_tensor *ts = (rt_tensor *)&m->layers[l];
         for (size_t i = 0; i < sizeof m->layers[l] / sizeof *ts; i++)
             free_tensor(m->be, &ts[i]);

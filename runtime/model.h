@@ -27,7 +27,8 @@ typedef struct rt_shard {
 void rt_shard_whole(rt_shard *s, const rt_config *cfg);
 
 /* The q, k and v projections are one matrix (rows of q, then k, then v: one product computes all
- * three), and so are gate and up; wq ... w_up are views of their rows, not tensors of their own. */
+ * three), and so are gate and up. The matrices only matmul reads (wqkv, wo, w_gate_up, w_down, an
+ * untied lm_head) are in the backend's layout for it (rt_tensor.layout). */
 typedef struct rt_layer_weights {
     rt_tensor attn_norm; /* (dim) */
     rt_tensor wqkv, bqkv; /* ((n_heads + 2 * n_kv_heads) * head_dim, dim), bias likewise or empty */
@@ -35,12 +36,6 @@ typedef struct rt_layer_weights {
     rt_tensor ffn_norm;  /* (dim) */
     rt_tensor w_gate_up; /* (2 * ffn_local, dim): gate's rows, then up's */
     rt_tensor w_down;    /* (dim, ffn_local) */
-    /* views into wqkv, bqkv and w_gate_up */
-    rt_tensor wq, bq;    /* (n_heads * head_dim, dim), bias (n_heads * head_dim) or empty */
-    rt_tensor wk, bk;    /* (n_kv_heads * head_dim, dim) */
-    rt_tensor wv, bv;    /* (n_kv_heads * head_dim, dim) */
-    rt_tensor w_gate;    /* (ffn_local, dim) */
-    rt_tensor w_up;      /* (ffn_local, dim) */
 } rt_layer_weights;
 
 typedef struct rt_model {

@@ -4,6 +4,7 @@
  * maximum, one rescale of the accumulator per tile, one vectorized exponential per key), so no
  * score matrix is ever stored, whatever the context length. */
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "runtime/cpu/cpu_math.h"
@@ -11,9 +12,13 @@
 
 #define ATT_TILE 64 /* keys scored before the accumulators are rescaled once */
 #define ATT_HEADS 8 /* query heads of one KV head handled together */
+#define ATT_TRANSPOSE_HD 32
 
 /* Heads [h0, h0 + nh) of token t, all reading KV head kvh. Inlined into one copy per common head
- * size (hd a constant there: the per-key loops become straight vector code) and a generic one. */
+ * size (hd a constant there: the per-key loops become straight vector code) and a generic one.
+ * For small heads (up to ATT_TRANSPOSE_HD) a key's score is too short a dot product to vectorize
+ * well (a multiply, then a horizontal sum): the tile's keys are copied transposed first, and the
+ * scores of the whole tile are then hd multiply-adds across the keys, for every head of the group. */
 static inline __attribute__((always_inline)) void attend(float *out, const float *q, const float *kc, const float *vc,
                                                          const rt_attn_batch *b, const rt_attn_shape *s, int t,
                                                          int kvh, int h0, int nh, const int hd)
@@ -25,33 +30,71 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
     const int start = s->sliding_window > 0 && pos - s->sliding_window + 1 > 0 ? pos - s->sliding_window + 1 : 0;
     float acc[ATT_HEADS][RT_MAX_HEAD_DIM]; /* config.c limits head_dim */
     float sc[ATT_HEADS][ATT_TILE], m[ATT_HEADS], l[ATT_HEADS];
-    int64_t slots[ATT_TILE];
     const float *qh[ATT_HEADS];
     for (int g = 0; g < nh; g++) {
         qh[g] = q + t * qw + (int64_t)(h0 + g) * hd;
         memset(acc[g], 0, (size_t)hd * sizeof(float));
         m[g] = -INFINITY, l[g] = 0.0f;
     }
+    const bool transpose = hd <= ATT_TRANSPOSE_HD;
+    float kt[ATT_TRANSPOSE_HD][ATT_TILE]; /* the tile's keys, transposed, when transpose */
+    float qs[ATT_HEADS][ATT_TRANSPOSE_HD];
+    if (transpose)
+        for (int g = 0; g < nh; g++)
+            for (int i = 0; i < hd; i++)
+                qs[g][i] = qh[g][i] * s->scale;
+    /* a tile is a few runs of keys, one per KV block it touches: consecutive rows of the cache */
+    int seg_jj[ATT_TILE], seg_len[ATT_TILE]; /* at most one run a key (blocks of one token) */
+    const float *seg_k[ATT_TILE], *seg_v[ATT_TILE];
     for (int j0 = start; j0 <= pos; j0 += ATT_TILE) {
         const int nt = pos - j0 + 1 < ATT_TILE ? pos - j0 + 1 : ATT_TILE;
-        int blk = j0 / bs, off = j0 % bs; /* walked, not divided, key by key */
-        for (int jj = 0; jj < nt; jj++) {
-            slots[jj] = (int64_t)table[blk] * bs + off;
-            if (++off == bs)
-                blk++, off = 0;
-            const float *kj = kc + slots[jj] * kw + kvo;
+        int n_seg = 0;
+        for (int jj = 0; jj < nt;) {
+            const int j = j0 + jj, off = j % bs, len = bs - off < nt - jj ? bs - off : nt - jj;
+            const int64_t row = ((int64_t)table[j / bs] * bs + off) * kw + kvo;
+            seg_jj[n_seg] = jj, seg_len[n_seg] = len, seg_k[n_seg] = kc + row, seg_v[n_seg] = vc + row;
+            n_seg++;
+            jj += len;
+        }
+        if (transpose) {
+            for (int sg = 0; sg < n_seg; sg++)
+                for (int r = 0; r < seg_len[sg]; r++) {
+                    const float *kj = seg_k[sg] + r * kw;
+                    for (int i = 0; i < hd; i++)
+                        kt[i][seg_jj[sg] + r] = kj[i];
+                }
+            for (int i = 0; i < hd; i++) /* a last, partial tile: its unused columns are defined */
+                for (int jj = nt; jj < ATT_TILE; jj++)
+                    kt[i][jj] = 0.0f;
             for (int g = 0; g < nh; g++) {
-                float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-                for (int i = 0; i < hd; i++)
-                    d += qh[g][i] * kj[i];
-                sc[g][jj] = d * s->scale;
+#pragma omp simd
+                for (int jj = 0; jj < ATT_TILE; jj++)
+                    sc[g][jj] = 0.0f;
+                for (int i = 0; i < hd; i++) {
+                    const float qi = qs[g][i];
+#pragma omp simd
+                    for (int jj = 0; jj < ATT_TILE; jj++) /* whole tiles: the columns past nt are unused */
+                        sc[g][jj] += qi * kt[i][jj];
+                }
             }
+        } else {
+            for (int sg = 0; sg < n_seg; sg++)
+                for (int r = 0; r < seg_len[sg]; r++) {
+                    const float *kj = seg_k[sg] + r * kw;
+                    for (int g = 0; g < nh; g++) {
+                        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                        for (int i = 0; i < hd; i++)
+                            d += qh[g][i] * kj[i];
+                        sc[g][seg_jj[sg] + r] = d * s->scale;
+                    }
+                }
         }
         for (int g = 0; g < nh; g++) {
             float tmax = -INFINITY;
+#pragma omp simd reduction(max : tmax)
             for (int jj = 0; jj < nt; jj++)
-                tmax = sc[g][jj] > tmax ? sc[g][jj] : tmax;
+                tmax = sc[g][jj] > tmax ? sc[g][jj] : tmax; /* not fmaxf: a libm call, not an instruction */
             const float mn = tmax > m[g] ? tmax : m[g], corr = cpu_expf(m[g] - mn); /* 0 for the first tile */
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -64,13 +107,16 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
             for (int i = 0; i < hd; i++)
                 acc[g][i] *= corr;
         }
-        for (int jj = 0; jj < nt; jj++) {
-            const float *vj = vc + slots[jj] * kw + kvo;
-            for (int g = 0; g < nh; g++) {
-                const float p = sc[g][jj];
+        for (int g = 0; g < nh; g++) {
+            float *ag = acc[g];
+            for (int sg = 0; sg < n_seg; sg++) {
+                const float *ps = sc[g] + seg_jj[sg], *vb = seg_v[sg];
+                for (int r = 0; r < seg_len[sg]; r++) {
+                    const float p = ps[r], *vj = vb + r * kw;
 #pragma omp simd
-                for (int i = 0; i < hd; i++)
-                    acc[g][i] += p * vj[i];
+                    for (int i = 0; i < hd; i++)
+                        ag[i] += p * vj[i];
+                }
             }
         }
     }

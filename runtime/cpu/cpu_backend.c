@@ -65,6 +65,7 @@ static const rt_backend_ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .upload_async = cpu_copy,
+    .prepare_weight = cpu_prepare_weight,
     .host_alloc = cpu_alloc,
     .host_free = cpu_free,
     .download = cpu_copy,

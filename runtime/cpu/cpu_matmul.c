@@ -1,3 +1,5 @@
+#include <string.h>
+
 #include "runtime/cpu/cpu_ops.h"
 
 /* A dot product the compiler vectorizes (the simd reduction allows reassociation without
@@ -28,9 +30,96 @@ static inline void dot4(const float *restrict a, const float *restrict w, int64_
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
-/* out(n, N) = x(n, K) . W(N, K)^T + bias. Threads split the output columns in groups of four so
- * each reads its own weight rows once; a group stays in cache while it meets every token of the
- * batch. */
+/* Panels (RT_PANELS8): eight weight rows interleaved column by column, so a product is, for each
+ * column k, x[k] times eight consecutive floats added into eight outputs: vector multiply-adds with
+ * no horizontal sums, which dominate row-by-row dot products when rows are short (a 64-wide model).
+ * PANELS panels (32 outputs) are computed together, each x[k] broadcast once for all of them. */
+#define PANEL 8
+#define PANELS 4
+
+int cpu_prepare_weight(rt_backend *be, rt_tensor *w)
+{
+    if (w->layout != RT_ROWS || w->dtype != RT_F32)
+        return 0;
+    const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL;
+    float *p = be->ops->alloc(be, (size_t)np * (size_t)K * PANEL * sizeof *p);
+    if (!p)
+        return -1;
+    const float *W = w->data;
+#pragma omp parallel for schedule(static)
+    for (int64_t q = 0; q < np; q++)
+        for (int64_t k = 0; k < K; k++)
+            for (int r = 0; r < PANEL; r++) {
+                const int64_t row = q * PANEL + r;
+                p[(q * K + k) * PANEL + r] = row < N ? W[row * K + k] : 0.0f;
+            }
+    be->ops->free(be, w->data);
+    w->data = p;
+    w->layout = RT_PANELS8;
+    return 0;
+}
+
+/* Eight floats as one value: GCC's vector extension (a vector register where the target has one,
+ * pairs or quads of narrower ones elsewhere), so the accumulators stay in registers. */
+typedef float v8f __attribute__((vector_size(PANEL * sizeof(float))));
+
+static inline v8f load8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* acc[j] = sum over k of x[k] * P[q0 + j][k][0..8), for np (1 or PANELS) panels from q0. */
+static inline __attribute__((always_inline)) void panels(const float *restrict x, const float *restrict P, int64_t K,
+                                                         int64_t q0, const int np, v8f *acc)
+{
+    const float *restrict p = P + q0 * K * PANEL;
+    if (np == PANELS) {
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const float *p1 = p + K * PANEL, *p2 = p1 + K * PANEL, *p3 = p2 + K * PANEL;
+        for (int64_t k = 0; k < K; k++) {
+            const v8f xk = (v8f){0} + x[k];
+            a0 += xk * load8(p + k * PANEL);
+            a1 += xk * load8(p1 + k * PANEL);
+            a2 += xk * load8(p2 + k * PANEL);
+            a3 += xk * load8(p3 + k * PANEL);
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+        return;
+    }
+    for (int j = 0; j < np; j++, p += K * PANEL) {
+        v8f a = {0};
+        for (int64_t k = 0; k < K; k++)
+            a += ((v8f){0} + x[k]) * load8(p + k * PANEL);
+        acc[j] = a;
+    }
+}
+
+static void matmul_panels(float *out, const float *x, const rt_tensor *w, const float *b, int n)
+{
+    const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL, groups = (np + PANELS - 1) / PANELS;
+    const float *P = w->data;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t q0 = g * PANELS;
+        const int m = np - q0 < PANELS ? (int)(np - q0) : PANELS;
+        for (int t = 0; t < n; t++) {
+            v8f acc[PANELS];
+            panels(x + (int64_t)t * K, P, K, q0, m, acc);
+            float *o = out + (int64_t)t * N + q0 * PANEL;
+            const int64_t rows = N - q0 * PANEL < PANELS * PANEL ? N - q0 * PANEL : PANELS * PANEL;
+            float v[PANELS * PANEL];
+            memcpy(v, acc, sizeof v);
+            for (int64_t r = 0; r < rows; r++)
+                o[r] = v[r] + (b ? b[q0 * PANEL + r] : 0.0f);
+        }
+    }
+}
+
+/* out(n, N) = x(n, K) . W(N, K)^T + bias. Threads split the output columns in groups (of four rows,
+ * or of PANELS panels) so each reads its own weight rows once; a group stays in cache while it
+ * meets every token of the batch. */
 void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, const rt_tensor *bias, int n)
 {
     (void)be;
@@ -38,6 +127,10 @@ void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, 
     const float *x = x_;
     const float *W = w->data;
     const float *b = bias && bias->data ? bias->data : NULL;
+    if (w->layout == RT_PANELS8) {
+        matmul_panels(out, x, w, b, n);
+        return;
+    }
     const int64_t N = w->rows, K = w->cols, groups = N / 4;
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < groups; g++) {

@@ -17,6 +17,7 @@ void cpu_rope_kv_write(rt_backend *be, void *q, const void *qkv, const float *in
 void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s);
 void cpu_add(rt_backend *be, void *x, const void *y, size_t n);
+int cpu_prepare_weight(rt_backend *be, rt_tensor *w);
 void cpu_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,13 +44,26 @@ static double rel_err(const float *a, const double *b, size_t n)
 static void test_matmul(void **state)
 {
     (void)state;
-    int shapes[][3] = {{1, 7, 5}, {3, 64, 33}, {17, 129, 70}, {5, 1, 1}};
-    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        int n = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+    /* row-major weights, then the same weights in the panel layout matmul is given after loading
+     * (N below, at and above one panel and one group of panels, and not a multiple of either) */
+    int shapes[][3] = {{1, 7, 5}, {3, 64, 33}, {17, 129, 70}, {5, 1, 1}, {1, 64, 8}, {2, 20, 32}, {1, 172, 64},
+                       {4, 3, 41}, {1, 64, 512}};
+    for (size_t s = 0; s < 2 * sizeof shapes / sizeof *shapes; s++) {
+        const size_t si = s % (sizeof shapes / sizeof *shapes);
+        const bool packed = s >= sizeof shapes / sizeof *shapes;
+        int n = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *x = rand_vec((size_t)n * K), *w = rand_vec((size_t)N * K), *b = rand_vec((size_t)N);
         float *out = malloc((size_t)n * N * sizeof *out);
         double *ref = malloc((size_t)n * N * sizeof *ref);
-        rt_tensor W = {w, RT_F32, N, K}, B = {b, RT_F32, N, 1};
+        rt_tensor W = {w, RT_F32, N, K, RT_ROWS}, B = {b, RT_F32, N, 1, RT_ROWS};
+        if (packed) {
+            /* prepare_weight replaces the matrix with its panels (backend memory) */
+            float *copy = be->ops->alloc(be, (size_t)N * K * sizeof *copy);
+            memcpy(copy, w, (size_t)N * K * sizeof *copy);
+            W.data = copy;
+            assert_int_equal(be->ops->prepare_weight(be, &W), 0);
+            assert_int_equal(W.layout, RT_PANELS8);
+        }
         for (int with_bias = 0; with_bias < 2; with_bias++) {
             be->ops->matmul(be, out, x, &W, with_bias ? &B : NULL, n);
             for (int t = 0; t < n; t++)
@@ -59,8 +73,12 @@ static void test_matmul(void **state)
                         acc += (double)x[t * K + k] * w[o * K + k];
                     ref[t * N + o] = acc;
                 }
-            assert_true(rel_err(out, ref, (size_t)n * N) < 1e-6);
+            if (!(rel_err(out, ref, (size_t)n * N) < 1e-6))
+                fail_msg("matmul %d x %d x %d (%s, bias %d): relative error %g", n, K, N, packed ? "panels" : "rows",
+                         with_bias, rel_err(out, ref, (size_t)n * N));
         }
+        if (packed)
+            be->ops->free(be, W.data);
         free(x), free(w), free(b), free(out), free(ref);
     }
 }
@@ -72,7 +90,7 @@ static void test_norms_embedding_silu(void **state)
     float *x = rand_vec(n * dim), *d = rand_vec(n * dim), *w = rand_vec(dim);
     float out[5 * 37], x2[5 * 37];
     double ref[5 * 37];
-    rt_tensor W = {w, RT_F32, dim, 1};
+    rt_tensor W = {w, RT_F32, dim, 1, RT_ROWS};
     be->ops->rmsnorm(be, out, x, &W, n, 1e-5f);
     for (int t = 0; t < n; t++) {
         double ss = 0;
@@ -99,7 +117,7 @@ static void test_norms_embedding_silu(void **state)
 
     /* embedding of a vocab shard: rows [10, 20) of a 30-row table */
     float *tab = rand_vec(10 * dim);
-    rt_tensor T = {tab, RT_F32, 10, dim};
+    rt_tensor T = {tab, RT_F32, 10, dim, RT_ROWS};
     int32_t toks[5] = {10, 19, 9, 20, 15};
     be->ops->embedding(be, out, &T, 10, toks, 5);
     for (int t = 0; t < 5; t++)
