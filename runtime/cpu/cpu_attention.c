@@ -159,12 +159,11 @@ void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *
     (void)be;
     const int group = s->n_heads / s->n_kv_heads, chunks = (group + ATT_HEADS - 1) / ATT_HEADS;
     /* query head h reads KV head h / group: heads [kvh * group, (kvh + 1) * group) share one */
-#pragma omp parallel for collapse(3) schedule(dynamic, 4)
-    for (int t = 0; t < b->n_tokens; t++)
-        for (int kvh = 0; kvh < s->n_kv_heads; kvh++)
-            for (int c = 0; c < chunks; c++) {
-                const int h0 = kvh * group + c * ATT_HEADS;
-                const int nh = group - c * ATT_HEADS < ATT_HEADS ? group - c * ATT_HEADS : ATT_HEADS;
-                fn(out, q, kv->k, kv->v, b, s, t, kvh, h0, nh);
-            }
+    CPU_FOR_DYNAMIC(i, (int64_t)b->n_tokens * s->n_kv_heads * chunks, {
+        const int t = (int)(i / ((int64_t)s->n_kv_heads * chunks)), kvh = (int)(i / chunks % s->n_kv_heads);
+        const int c = (int)(i % chunks);
+        const int h0 = kvh * group + c * ATT_HEADS;
+        const int nh = group - c * ATT_HEADS < ATT_HEADS ? group - c * ATT_HEADS : ATT_HEADS;
+        fn(out, q, kv->k, kv->v, b, s, t, kvh, h0, nh);
+    });
 }

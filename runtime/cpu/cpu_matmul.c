@@ -46,13 +46,13 @@ int cpu_prepare_weight(rt_backend *be, rt_tensor *w)
     if (!p)
         return -1;
     const float *W = w->data;
-#pragma omp parallel for schedule(static)
-    for (int64_t q = 0; q < np; q++)
+    CPU_FOR(q, np, {
         for (int64_t k = 0; k < K; k++)
             for (int r = 0; r < PANEL; r++) {
                 const int64_t row = q * PANEL + r;
                 p[(q * K + k) * PANEL + r] = row < N ? W[row * K + k] : 0.0f;
             }
+    });
     be->ops->free(be, w->data);
     w->data = p;
     w->layout = RT_PANELS8;
@@ -100,8 +100,7 @@ static void matmul_panels(float *out, const float *x, const rt_tensor *w, const 
 {
     const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL, groups = (np + PANELS - 1) / PANELS;
     const float *P = w->data;
-#pragma omp parallel for schedule(static)
-    for (int64_t g = 0; g < groups; g++) {
+    CPU_FOR(g, groups, {
         const int64_t q0 = g * PANELS;
         const int m = np - q0 < PANELS ? (int)(np - q0) : PANELS;
         for (int t = 0; t < n; t++) {
@@ -114,7 +113,7 @@ static void matmul_panels(float *out, const float *x, const rt_tensor *w, const 
             for (int64_t r = 0; r < rows; r++)
                 o[r] = v[r] + (b ? b[q0 * PANEL + r] : 0.0f);
         }
-    }
+    });
 }
 
 /* out(n, N) = x(n, K) . W(N, K)^T + bias. Threads split the output columns in groups (of four rows,
@@ -132,8 +131,7 @@ void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, 
         return;
     }
     const int64_t N = w->rows, K = w->cols, groups = N / 4;
-#pragma omp parallel for schedule(static)
-    for (int64_t g = 0; g < groups; g++) {
+    CPU_FOR(g, groups, {
         const int64_t o = 4 * g;
         for (int t = 0; t < n; t++) {
             float s[4];
@@ -141,7 +139,7 @@ void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, 
             for (int j = 0; j < 4; j++)
                 out[(int64_t)t * N + o + j] = s[j] + (b ? b[o + j] : 0.0f);
         }
-    }
+    });
     for (int64_t o = 4 * groups; o < N; o++) /* the last N % 4 rows */
         for (int t = 0; t < n; t++)
             out[(int64_t)t * N + o] = dot(x + (int64_t)t * K, W + o * K, K) + (b ? b[o] : 0.0f);

@@ -12,15 +12,14 @@ void cpu_embedding(rt_backend *be, void *out_, const rt_tensor *table, int64_t r
     float *out = out_;
     const float *tab = table->data;
     const int64_t dim = table->cols;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
+    CPU_FOR(t, n, {
         int64_t r = (int64_t)tokens[t] - row_begin;
-        float *o = out + (int64_t)t * dim;
+        float *o = out + t * dim;
         if (r >= 0 && r < table->rows)
             memcpy(o, tab + r * dim, (size_t)dim * sizeof *o);
         else
             memset(o, 0, (size_t)dim * sizeof *o);
-    }
+    });
 }
 
 static void rmsnorm_row(float *o, const float *x, const float *w, int64_t dim, float eps)
@@ -38,9 +37,7 @@ void cpu_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, i
 {
     (void)be;
     const int64_t dim = w->rows;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++)
-        rmsnorm_row((float *)out + t * dim, (const float *)x + t * dim, w->data, dim, eps);
+    CPU_FOR(t, n, rmsnorm_row((float *)out + t * dim, (const float *)x + t * dim, w->data, dim, eps););
 }
 
 void cpu_add_rmsnorm(rt_backend *be, void *x_, const void *delta_, void *out, const rt_tensor *w, int n,
@@ -50,14 +47,13 @@ void cpu_add_rmsnorm(rt_backend *be, void *x_, const void *delta_, void *out, co
     float *x = x_;
     const float *delta = delta_;
     const int64_t dim = w->rows;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
+    CPU_FOR(t, n, {
         float *xr = x + t * dim;
         const float *dr = delta + t * dim;
         for (int64_t i = 0; i < dim; i++)
             xr[i] += dr[i];
         rmsnorm_row((float *)out + t * dim, xr, w->data, dim, eps);
-    }
+    });
 }
 
 /* Hugging Face layout: element i of a head pairs with element i + head_dim / 2. */
@@ -78,8 +74,7 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *
     const float *qkv = qkv_;
     const int hd = s->head_dim, half = hd / 2;
     const int64_t qw = (int64_t)s->n_heads * hd, kw = (int64_t)s->n_kv_heads * hd, row = qw + 2 * kw;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < b->n_tokens; t++) {
+    CPU_FOR(t, b->n_tokens, {
         float cosv[RT_MAX_HEAD_DIM / 2], sinv[RT_MAX_HEAD_DIM / 2]; /* config.c limits head_dim */
         float p = (float)b->pos[t];
         for (int i = 0; i < half; i++) {
@@ -96,7 +91,7 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *
             rope_head(q + t * qw + (int64_t)h * hd, cosv, sinv, half);
         for (int h = 0; h < s->n_kv_heads; h++)
             rope_head(kc + (int64_t)h * hd, cosv, sinv, half);
-    }
+    });
 }
 
 void cpu_add(rt_backend *be, void *x_, const void *y_, size_t n)
@@ -104,22 +99,25 @@ void cpu_add(rt_backend *be, void *x_, const void *y_, size_t n)
     (void)be;
     float *x = x_;
     const float *y = y_;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
+    /* in chunks: one thread a chunk, each chunk a vector loop */
+    const int64_t chunk = 1 << 14, chunks = ((int64_t)n + chunk - 1) / chunk;
+    CPU_FOR(c, chunks, {
+        const int64_t end = (c + 1) * chunk < (int64_t)n ? (c + 1) * chunk : (int64_t)n;
+        for (int64_t i = c * chunk; i < end; i++)
+            x[i] += y[i];
+    });
 }
 
 void cpu_silu_mul(rt_backend *be, void *out_, const void *gate_up, int n, int ffn)
 {
     (void)be;
     float *out = out_;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
-        const float *g = (const float *)gate_up + (int64_t)t * 2 * ffn, *u = g + ffn;
-        float *o = out + (int64_t)t * ffn;
+    CPU_FOR(t, n, {
+        const float *g = (const float *)gate_up + t * 2 * ffn, *u = g + ffn;
+        float *o = out + t * ffn;
         for (int i = 0; i < ffn; i++)
             o[i] = g[i] / (1.0f + cpu_expf(-g[i])) * u[i];
-    }
+    });
 }
 
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)
