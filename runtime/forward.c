@@ -143,6 +143,11 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->device_sampling = be->ops->sample && tp == 1;
     /* DINFER_CUDA_GRAPHS=0 runs every step op by op (to measure what the graphs save) */
     const char *graphs_env = getenv("DINFER_CUDA_GRAPHS");
+    if (graphs_env && strcmp(graphs_env, "0") != 0 && strcmp(graphs_env, "1") != 0) {
+        rt_forward_destroy(fw);
+        return base_errf(err, "DINFER_CUDA_GRAPHS is '%.32s': 0 (every step op by op) or 1 (decode steps as CUDA "
+                              "graphs, the default)", graphs_env);
+    }
     fw->graphs = be->ops->graph_begin && tp == 1 && pp == 1 && fw->device_sampling &&
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {

@@ -111,6 +111,8 @@ expect "unexpected argument" -- --model "$tmp/m" --tokens 1 extra
 expect "--device" "not cpu or cuda" -- --model "$tmp/m" --tokens 1 --device tpu
 expect "--dtype bf16 needs --device cuda" -- --model "$tmp/m" --tokens 1 --device cpu --dtype bf16
 expect "--gpu-memory-fraction" -- --model "$tmp/m" --tokens 1 --gpu-memory-fraction 1.5
+PROG=env expect "DINFER_CUDA_GRAPHS is 'yes'" "0 (every step op by op) or 1" -- DINFER_CUDA_GRAPHS=yes "$DINFER_RUN" \
+  --model "$tmp/m" --tokens 1
 if [ -n "${HAS_GPU:-}" ] && ! "$HAS_GPU" >/dev/null 2>&1; then
   expect "--device cuda, but no CUDA device is visible" -- --model "$tmp/m" --tokens 1 --device cuda
 fi
