@@ -141,14 +141,21 @@ static void test_norms_embedding_silu(void **state)
 
 /* Attention over a paged cache whose blocks are scattered, against a dense reference computed
  * straight from the unrotated inputs: RoPE, the KV write and the attention all together. */
-static void check_attention(int n_heads, int n_kv, int hd, int window)
+/* long: the second sequence is 150 tokens, several tiles of keys (the online softmax across them,
+ * runs of blocks inside each) */
+static void check_attention(int n_heads, int n_kv, int hd, int window, bool long_seq)
 {
-    const int bs = 4, n_seqs = 2, max_blocks = 6, n_blocks = 16;
-    const int lens[2] = {13, 22}; /* prefill of both sequences in one step */
+    enum { MAX_T = 13 + 150 };
+    const int bs = 4, n_seqs = 2, max_blocks = 38, n_blocks = 64;
+    const int lens[2] = {13, long_seq ? 150 : 22}; /* prefill of both sequences in one step */
     const int T = lens[0] + lens[1];
     const int qw = n_heads * hd, kw = n_kv * hd;
-    int32_t tables[2 * 6] = {7, 2, 11, 0, -1, -1, 5, 9, 1, 14, 3, 12};
-    int32_t pos[64], seq[64], slot[64];
+    /* blocks scattered over the pool: a fixed permutation of [0, 64) */
+    int32_t tables[2 * 38];
+    for (int k = 0, next = 0; k < n_seqs; k++)
+        for (int j = 0; j < max_blocks; j++)
+            tables[k * max_blocks + j] = j < (lens[k] + bs - 1) / bs ? (int32_t)((next++ * 37 + 11) % n_blocks) : -1;
+    int32_t pos[MAX_T], seq[MAX_T], slot[MAX_T];
     for (int t = 0, k = 0; k < n_seqs; k++)
         for (int p = 0; p < lens[k]; p++, t++) {
             pos[t] = p;
@@ -194,7 +201,7 @@ static void check_attention(int n_heads, int n_kv, int hd, int window)
         int first = t - pos[t]; /* this sequence's first token row */
         for (int h = 0; h < n_heads; h++) {
             int g = h / (n_heads / n_kv);
-            double sc[64], mx = -1e300, sum = 0;
+            double sc[MAX_T], mx = -1e300, sum = 0;
             int lo = window > 0 && pos[t] - window + 1 > 0 ? pos[t] - window + 1 : 0;
             for (int j = lo; j <= pos[t]; j++) {
                 double d = 0;
@@ -215,7 +222,8 @@ static void check_attention(int n_heads, int n_kv, int hd, int window)
     }
     double e = rel_err(out, ref, (size_t)T * qw);
     if (!(e < 1e-5))
-        fail_msg("attention heads %d/%d hd %d window %d: relative error %g", n_heads, n_kv, hd, window, e);
+        fail_msg("attention heads %d/%d hd %d window %d (%d tokens): relative error %g", n_heads, n_kv, hd, window, T,
+                 e);
     /* the cache holds the rotated k and the plain v at each token's slot */
     for (int t = 0; t < T; t++)
         for (int i = 0; i < kw; i++) {
@@ -228,10 +236,15 @@ static void check_attention(int n_heads, int n_kv, int hd, int window)
 static void test_attention(void **state)
 {
     (void)state;
-    check_attention(4, 4, 8, 0);  /* MHA */
-    check_attention(8, 2, 16, 0); /* GQA */
-    check_attention(6, 3, 6, 5);  /* odd head size, sliding window */
-    check_attention(2, 1, 64, 0);
+    check_attention(4, 4, 8, 0, false);  /* MHA */
+    check_attention(8, 2, 16, 0, false); /* GQA */
+    check_attention(6, 3, 6, 5, false);  /* odd head size, sliding window */
+    check_attention(2, 1, 64, 0, false);
+    /* several tiles of keys: the transposed small-head path, the wide one, a window across tiles */
+    check_attention(4, 2, 8, 0, true);
+    check_attention(4, 1, 32, 70, true);
+    check_attention(2, 2, 64, 0, true);
+    check_attention(3, 3, 10, 0, true);
 }
 
 static void test_gather_rows(void **state)
