@@ -269,6 +269,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(rt_sample_out *o
         kmin = min(kmin, key_of(l));
     }
     block_best(&best, &arg, &sh);
+    if (arg >= V) /* no logit above -inf (all -inf or NaN): id 0, as the host sampler gives */
+        arg = 0;
     const float mx = best;
     kmin = block_min_u32(kmin, &sh);
     float part = 0.0f;
