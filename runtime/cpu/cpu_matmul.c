@@ -63,12 +63,9 @@ int cpu_prepare_weight(rt_backend *be, rt_tensor *w)
  * pairs or quads of narrower ones elsewhere), so the accumulators stay in registers. */
 typedef float v8f __attribute__((vector_size(PANEL * sizeof(float))));
 
-static inline v8f load8(const float *p)
-{
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* Eight floats from p (any alignment). A macro, not a function: a vector passed or returned by value
+ * changes the ABI where the target lacks AVX (DINFER_NATIVE off), and GCC says so. */
+#define LOAD8(v, p) memcpy(&(v), (p), sizeof(v8f))
 
 /* acc[j] = sum over k of x[k] * P[q0 + j][k][0..8), for np (1 or PANELS) panels from q0. */
 static inline __attribute__((always_inline)) void panels(const float *restrict x, const float *restrict P, int64_t K,
@@ -80,18 +77,23 @@ static inline __attribute__((always_inline)) void panels(const float *restrict x
         const float *p1 = p + K * PANEL, *p2 = p1 + K * PANEL, *p3 = p2 + K * PANEL;
         for (int64_t k = 0; k < K; k++) {
             const v8f xk = (v8f){0} + x[k];
-            a0 += xk * load8(p + k * PANEL);
-            a1 += xk * load8(p1 + k * PANEL);
-            a2 += xk * load8(p2 + k * PANEL);
-            a3 += xk * load8(p3 + k * PANEL);
+            v8f w0, w1, w2, w3;
+            LOAD8(w0, p + k * PANEL);
+            LOAD8(w1, p1 + k * PANEL);
+            LOAD8(w2, p2 + k * PANEL);
+            LOAD8(w3, p3 + k * PANEL);
+            a0 += xk * w0, a1 += xk * w1, a2 += xk * w2, a3 += xk * w3;
         }
         acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
         return;
     }
     for (int j = 0; j < np; j++, p += K * PANEL) {
         v8f a = {0};
-        for (int64_t k = 0; k < K; k++)
-            a += ((v8f){0} + x[k]) * load8(p + k * PANEL);
+        for (int64_t k = 0; k < K; k++) {
+            v8f w0;
+            LOAD8(w0, p + k * PANEL);
+            a += ((v8f){0} + x[k]) * w0;
+        }
         acc[j] = a;
     }
 }
