@@ -154,10 +154,12 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         fw->d_out = alloc_or_fail(be, z.samples, &failed);
     } else if (fw->samples) {
         const size_t V = (size_t)c->vocab_size, L = (size_t)(lim->max_logits ? lim->max_logits : 1);
-        if (!be->ops->host_memory || tp > 1)
+        /* a single host-memory rank samples its logits where they are */
+        const bool copies_logits = !be->ops->host_memory || tp > 1;
+        if (copies_logits)
             fw->h_logits = malloc(L * V * sizeof(float));
         fw->scratch = malloc(V * 8 * (size_t)omp_get_max_threads()); /* one sampler scratch per thread */
-        failed |= (!fw->h_logits && (!be->ops->host_memory || tp > 1)) || !fw->scratch;
+        failed |= (copies_logits && !fw->h_logits) || !fw->scratch;
     }
     if (!be->ops->host_memory && (tp > 1 || pp > 1)) {
         /* without a device path (NCCL), activations cross ranks through host memory and MPI */

@@ -87,22 +87,6 @@ __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, c
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
-/* E consecutive elements at p (16-byte aligned) as floats, in 16-byte loads. */
-template <typename T, int E>
-__device__ __forceinline__ void load_row(const T *p, float *o)
-{
-    constexpr int PER = 16 / (int)sizeof(T), NV = E / PER;
-    static_assert(NV * PER == E, "a lane's slice of a row is whole 16-byte loads");
-#pragma unroll
-    for (int v = 0; v < NV; v++) {
-        const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p) + v);
-        const T *e = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-        for (int j = 0; j < PER; j++)
-            o[v * PER + j] = ld(&e[j]);
-    }
-}
-
 template <typename T, int HD>
 struct fa_geom {
     static constexpr int LPK = HD * (int)sizeof(T) / 16 < 32 ? HD * (int)sizeof(T) / 16 : 32; /* lanes per key */
@@ -138,7 +122,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         for (int e = 0; e < E; e++)
             acc[g][e] = 0.0f, qv[g][e] = 0.0f;
         if (g < group) {
-            load_row<T, E>(q + ((int64_t)t * nh + (int64_t)kvh * group + g) * HD + sub * E, qv[g]);
+            load_vec<T, E>(q + ((int64_t)t * nh + (int64_t)kvh * group + g) * HD + sub * E, qv[g]);
 #pragma unroll
             for (int e = 0; e < E; e++)
                 qv[g][e] *= scale;
@@ -152,8 +136,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         float kr[E], vr[E];
         if (ok) {
             const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
-            load_row<T, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kr);
-            load_row<T, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vr);
+            load_vec<T, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kr);
+            load_vec<T, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vr);
         } else {
 #pragma unroll
             for (int e = 0; e < E; e++)

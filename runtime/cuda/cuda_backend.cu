@@ -158,6 +158,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
         return NULL;
     }
+    const char *gemv_env = getenv("DINFER_CUDA_GEMV");
+    if (gemv_env && strcmp(gemv_env, "0") != 0 && strcmp(gemv_env, "1") != 0) {
+        base_errf(err, "DINFER_CUDA_GEMV is '%.32s': 0 (every product through cuBLAS) or 1 (the default)", gemv_env);
+        return NULL;
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -175,14 +180,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
-    const char *gemv_env = getenv("DINFER_CUDA_GEMV");
-    if (gemv_env && strcmp(gemv_env, "0") != 0 && strcmp(gemv_env, "1") != 0) {
-        base_errf(err, "DINFER_CUDA_GEMV is '%.32s': 0 (every product through cuBLAS) or 1 (the default)", gemv_env);
-        cublasDestroy(c->blas);
-        cudaStreamDestroy(c->stream);
-        free(c), free(be);
-        return NULL;
-    }
     c->gemv = !(gemv_env && strcmp(gemv_env, "0") == 0);
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||

@@ -74,6 +74,23 @@ __device__ __forceinline__ void st(float *p, float v) { *p = v; }
 __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void st(__half *p, float v) { *p = __float2half(v); }
 
+/* E consecutive elements at p (16-byte aligned) as floats, in 16-byte loads through the read-only
+ * cache: the vector loads of the bandwidth-bound kernels (attention, the weight-streaming GEMV). */
+template <typename T, int E>
+__device__ __forceinline__ void load_vec(const T *p, float *o)
+{
+    constexpr int PER = 16 / (int)sizeof(T), NV = E / PER;
+    static_assert(NV * PER == E, "whole 16-byte loads");
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p) + v);
+        const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+            o[v * PER + j] = ld(&e[j]);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1)

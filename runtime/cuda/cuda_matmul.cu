@@ -10,18 +10,6 @@
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
 
-/* 16 bytes of T as floats. */
-template <typename T>
-__device__ __forceinline__ void load16(const T *p, float *o)
-{
-    constexpr int PER = 16 / (int)sizeof(T);
-    const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p));
-    const T *e = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-    for (int j = 0; j < PER; j++)
-        o[j] = ld(&e[j]);
-}
-
 /* R: rows of x the kernel is built for (n <= R are computed). */
 template <typename T, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
@@ -41,14 +29,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     int k = lane * PER;
     for (; k + 32 * PER < K; k += 64 * PER) {
         float w0[PER], w1[PER];
-        load16(wr + k, w0);
-        load16(wr + k + 32 * PER, w1);
+        load_vec<T, PER>(wr + k, w0);
+        load_vec<T, PER>(wr + k + 32 * PER, w1);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < n) {
                 float x0[PER], x1[PER];
-                load16(x + (int64_t)r * K + k, x0);
-                load16(x + (int64_t)r * K + k + 32 * PER, x1);
+                load_vec<T, PER>(x + (int64_t)r * K + k, x0);
+                load_vec<T, PER>(x + (int64_t)r * K + k + 32 * PER, x1);
 #pragma unroll
                 for (int j = 0; j < PER; j++)
                     acc[r] += w0[j] * x0[j] + w1[j] * x1[j];
@@ -57,12 +45,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
     if (k < K) {
         float w0[PER];
-        load16(wr + k, w0);
+        load_vec<T, PER>(wr + k, w0);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < n) {
                 float x0[PER];
-                load16(x + (int64_t)r * K + k, x0);
+                load_vec<T, PER>(x + (int64_t)r * K + k, x0);
 #pragma unroll
                 for (int j = 0; j < PER; j++)
                     acc[r] += w0[j] * x0[j];
