@@ -47,7 +47,22 @@ typedef struct rt_attn_batch {
     const int32_t *block_tables; /* (n_seqs, max_blocks) physical block of each logical block */
     int max_blocks;
     int block_size;
+    /* Optional (n_tiles 0: none): the step's prompt runs, as rt_attn_tiles finds them: tiles of up
+     * to RT_ATTN_TILE consecutive tokens of one sequence at consecutive positions, and the tokens
+     * in no tile. A backend may attend the tiles on its matrix units and the rest one by one; one
+     * that ignores them attends every token alike. */
+    int n_tiles;
+    const int32_t *tiles; /* (n_tiles, 2): first token, tokens */
+    int n_rest;
+    const int32_t *rest;  /* (n_rest) the tokens in no tile */
 } rt_attn_batch;
+
+#define RT_ATTN_TILE 64    /* tokens of a tile at most */
+#define RT_ATTN_RUN_MIN 16 /* a run of fewer tokens is no tile (decodes, short chunks) */
+
+/* The tiles and the rest of a step's tokens (host arrays of n tokens); returns n_tiles. tiles
+ * holds 2 * (n / RT_ATTN_RUN_MIN) ints at most, rest n. */
+int rt_attn_tiles(const int32_t *pos, const int32_t *seq, int n, int32_t *tiles, int32_t *rest, int *n_rest);
 
 /* Head geometry of one rank's attention. */
 typedef struct rt_attn_shape {

@@ -68,7 +68,8 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
     z->logits = L * vocab * es;
     z->logits32 = dt == RT_F32 ? 0 : L * vocab * sizeof(float);
     z->inv_freq = (size_t)c->head_dim / 2 * sizeof(float);
-    z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks) * sizeof(int32_t);
+    z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks +
+               T + 2 * (T / RT_ATTN_RUN_MIN)) * sizeof(int32_t); /* the last: attention tiles and the rest */
     z->samples = L * sizeof(rt_sample_out);
 }
 
@@ -276,6 +277,14 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
             tables[(size_t)i * (size_t)W + (size_t)j] = -1;
     }
     size_t n = 4 * (size_t)R + (size_t)NL + (size_t)NS * (size_t)W;
+    /* prompt runs for attention on matrix units (a padded step is all decodes: none) */
+    int n_tiles = 0, n_rest = 0;
+    int32_t *tiles = fw->h_ints + n, *rest = tiles + 2 * (T / RT_ATTN_RUN_MIN);
+    if (R == T)
+        n_tiles = rt_attn_tiles(pos, seq, T, tiles, rest, &n_rest);
+    const size_t at_tiles = n, at_rest = n + 2 * (size_t)(T / RT_ATTN_RUN_MIN);
+    if (n_tiles > 0)
+        n = at_rest + (size_t)n_rest;
     st->sample_rows = NULL;
     if (fw->samples && fw->device_sampling && NL > 0) {
         /* each row's uniform draw is taken here, as rt_sample would take it on the host */
@@ -296,6 +305,8 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
     st->ab = (rt_attn_batch){
         .n_tokens = R, .pos = d + R, .slot = d + 2 * R, .seq = d + 3 * R,
         .block_tables = d + 4 * R + NL, .max_blocks = W, .block_size = bs,
+        .n_tiles = n_tiles, .tiles = n_tiles ? d + at_tiles : NULL,
+        .n_rest = n_rest, .rest = n_tiles ? d + at_rest : NULL,
     };
     st->logit_rows = d + 4 * R;
     return 0;

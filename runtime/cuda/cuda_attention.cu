@@ -8,6 +8,8 @@
  * at small batch over a long context), the context is split (flash-decoding) and a second kernel
  * combines the splits' partial results. The general path (any other head size or group) is one
  * block per (token, query head) walking the keys in tiles of a thread per key. fp32 throughout. */
+#include <type_traits>
+
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_ops.h"
 extern "C" {
@@ -20,15 +22,15 @@ static_assert(ATT_MAX_ACC * ATT_THREADS >= RT_MAX_HEAD_DIM, "the attention kerne
 
 template <typename T>
 __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, const int32_t *pos,
-                                 const int32_t *seq, const int32_t *tables, int max_blocks, int bs, int nh, int nkv,
-                                 int hd, int window, float scale)
+                                 const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks,
+                                 int bs, int nh, int nkv, int hd, int window, float scale)
 {
     extern __shared__ float sm[];
     float *qs = sm;                     /* (hd) the query, scaled */
     float *ps = qs + hd;                /* (ATT_THREADS) this tile's probabilities */
     int *slots = (int *)(ps + ATT_THREADS); /* (ATT_THREADS) this tile's KV slots */
     __shared__ float scratch[32];
-    const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int t = toks ? toks[blockIdx.x] : blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const int kvh = h / (nh / nkv);
     const int64_t kw = (int64_t)nkv * hd;
     const T *qh = q + ((int64_t)t * nh + h) * hd;
@@ -99,13 +101,13 @@ struct fa_geom {
 template <typename T, int HD, int GM>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const T *kc, const T *vc, const int32_t *pos,
-                    const int32_t *seq, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale, int split_len)
+                    const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh,
+                    int nkv, int window, float scale, int split_len)
 {
     using G_ = fa_geom<T, HD>;
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
     extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
-    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
+    const int i = blockIdx.x, t = toks ? toks[i] : i, kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
     const int group = nh / nkv, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sg = lane / LPK, sub = lane % LPK, part = warp * KPW + sg;
     const int p = pos[t];
@@ -178,8 +180,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < group * HD; i += blockDim.x) {
-        const int g = i / HD, d = i % HD;
+    for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
+        const int g = x / HD, d = x % HD;
         float mx = -INFINITY;
         for (int r = 0; r < PARTS; r++)
             mx = fmaxf(mx, fa_sm[((size_t)r * group + g) * stride + HD]);
@@ -195,7 +197,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         if (n_splits == 1) {
             st(&out[((int64_t)t * nh + h) * HD + d], o / sum);
         } else {
-            const int64_t at = ((int64_t)t * nh + h) * n_splits + split;
+            const int64_t at = ((int64_t)i * nh + h) * n_splits + split;
             part_o[at * HD + d] = o;
             if (d == 0)
                 part_ml[at] = make_float2(mx, sum);
@@ -205,9 +207,11 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 
 /* out = the splits' partial results combined. One block per (token, query head). */
 template <typename T>
-__global__ void fa_combine_kernel(T *out, const float *part_o, const float2 *part_ml, int hd, int n_splits)
+__global__ void fa_combine_kernel(T *out, const float *part_o, const float2 *part_ml, const int32_t *toks, int hd,
+                                  int n_splits)
 {
-    const int64_t row = (int64_t)blockIdx.x * gridDim.y + blockIdx.y; /* token * nh + head */
+    const int64_t row = (int64_t)blockIdx.x * gridDim.y + blockIdx.y; /* the token's index * nh + head */
+    const int64_t out_row = (int64_t)(toks ? toks[blockIdx.x] : (int)blockIdx.x) * gridDim.y + blockIdx.y;
     const float2 *ml = part_ml + row * n_splits;
     float mx = -INFINITY;
     for (int s = 0; s < n_splits; s++)
@@ -221,20 +225,26 @@ __global__ void fa_combine_kernel(T *out, const float *part_o, const float2 *par
                 o += w * part_o[(row * n_splits + s) * hd + d];
                 sum += w * ml[s].y;
             }
-        st(&out[row * hd + d], o / sum);
+        st(&out[out_row * hd + d], o / sum);
     }
 }
 
+/* The tokens one launch attends: toks NULL means tokens 0 .. n - 1. */
+typedef struct tok_set {
+    int n;
+    const int32_t *toks;
+} tok_set;
+
 /* Splits of the context: enough blocks to fill the GPU twice over when tokens x KV heads cannot,
  * within the backend's scratch. */
-static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_shape *s, int *split_len)
+static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_shape *s, int n_tokens, int *split_len)
 {
     const int ctx = b->max_blocks * b->block_size; /* no token of the step sees more */
-    const int64_t blocks = (int64_t)b->n_tokens * s->n_kv_heads, want = 2LL * c->n_sms;
+    const int64_t blocks = (int64_t)n_tokens * s->n_kv_heads, want = 2LL * c->n_sms;
     int n = blocks >= want ? 1 : (int)((want + blocks - 1) / blocks);
     const int most = (ctx + FA_MIN_SPLIT - 1) / FA_MIN_SPLIT;
     n = n < most ? n : most;
-    const size_t per_split = (size_t)b->n_tokens * s->n_heads * ((size_t)s->head_dim * sizeof(float) + sizeof(float2));
+    const size_t per_split = (size_t)n_tokens * s->n_heads * ((size_t)s->head_dim * sizeof(float) + sizeof(float2));
     const int fit = (int)(c->scratch_bytes / per_split);
     n = n < fit ? n : fit;
     n = n > 1 ? n : 1;
@@ -244,40 +254,294 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
 
 template <typename T, int HD, int GM>
 static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                      const rt_attn_shape *s)
+                      const rt_attn_shape *s, tok_set ts)
 {
     using G_ = fa_geom<T, HD>;
     int split_len = 0;
-    const int n_splits = fa_splits(c, b, s, &split_len);
+    const int n_splits = fa_splits(c, b, s, ts.n, &split_len);
     const int group = s->n_heads / s->n_kv_heads;
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float);
     float *part_o = (float *)c->scratch;
-    float2 *part_ml = (float2 *)(part_o + (size_t)b->n_tokens * s->n_heads * n_splits * HD);
-    dim3 grid((unsigned)b->n_tokens, (unsigned)s->n_kv_heads, (unsigned)n_splits);
+    float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
+    dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     fa_split_kernel<T, HD, GM><<<grid, FA_WARPS * 32, shm, c->stream>>>(
-        (T *)out, part_o, part_ml, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, b->block_tables,
-        b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale, split_len);
+        (T *)out, part_o, part_ml, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks,
+        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
+        split_len);
     if (n_splits > 1)
-        fa_combine_kernel<T><<<dim3((unsigned)b->n_tokens, (unsigned)s->n_heads), HD, 0, c->stream>>>(
-            (T *)out, part_o, part_ml, HD, n_splits);
+        fa_combine_kernel<T><<<dim3((unsigned)ts.n, (unsigned)s->n_heads), HD, 0, c->stream>>>(
+            (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
 template <typename T>
 static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s)
+                   const rt_attn_shape *s, tok_set ts)
 {
     const int group = s->n_heads / s->n_kv_heads;
     if (group > FA_MAX_GROUP || s->n_heads % s->n_kv_heads != 0)
         return false;
     /* registers for 4 query heads a KV head (Llama 3's 8B and 1B), or for up to 8 */
     switch (s->head_dim * (group <= 4 ? 1 : -1)) {
-    case 64: fa_launch<T, 64, 4>(c, out, q, kv, b, s); return true;
-    case 128: fa_launch<T, 128, 4>(c, out, q, kv, b, s); return true;
-    case 256: fa_launch<T, 256, 4>(c, out, q, kv, b, s); return true;
-    case -64: fa_launch<T, 64, 8>(c, out, q, kv, b, s); return true;
-    case -128: fa_launch<T, 128, 8>(c, out, q, kv, b, s); return true;
-    case -256: fa_launch<T, 256, 8>(c, out, q, kv, b, s); return true;
+    case 64: fa_launch<T, 64, 4>(c, out, q, kv, b, s, ts); return true;
+    case 128: fa_launch<T, 128, 4>(c, out, q, kv, b, s, ts); return true;
+    case 256: fa_launch<T, 256, 4>(c, out, q, kv, b, s, ts); return true;
+    case -64: fa_launch<T, 64, 8>(c, out, q, kv, b, s, ts); return true;
+    case -128: fa_launch<T, 128, 8>(c, out, q, kv, b, s, ts); return true;
+    case -256: fa_launch<T, 256, 8>(c, out, q, kv, b, s, ts); return true;
     default: return false;
+    }
+}
+
+/* ---- prompt tiles on the tensor cores ----
+ *
+ * FlashAttention-2's forward over the paged cache: one block of 4 warps per (tile, query head),
+ * each warp 16 of the tile's 64 query rows; keys in steps of 64, K and V staged in shared memory
+ * by asynchronous copies one step ahead of the math; S = Q K^T and O += P V by mma.sync
+ * (m16n8k16, fp32 accumulators); the online softmax on S's accumulator fragments, whose layout
+ * is the A operand's of P V, so P never leaves registers. bf16 and fp16, head sizes 64 and 128. */
+
+#define TC_WARPS 4
+#define TC_KEYS 64
+static_assert(TC_WARPS * 16 == RT_ATTN_TILE, "a warp's 16 query rows of each tile");
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes from global to shared memory, or 16 zero bytes when !ok (src is not read then) */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* four 8x8 matrices of 16-bit elements; lane i names row i % 8 of matrix i / 8 */
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+/* c += a b for one m16n8k16 tile */
+template <typename T>
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two floats as a pair of T in one register, the first in the low half */
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    } else {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(TC_WARPS * 32)
+    tc_attention_kernel(T *out, const T *q, const T *kc, const T *vc, const int32_t *pos, const int32_t *seq,
+                        const int32_t *tiles, const int32_t *tables, int max_blocks, int bs, int nh, int nkv,
+                        int window, float scale_log2)
+{
+    constexpr int LD = HD + 8;                   /* a staged row, padded: ldmatrix rows fall in distinct banks */
+    constexpr int CH = HD * (int)sizeof(T) / 16; /* 16-byte pieces of a row */
+    extern __shared__ __align__(16) unsigned char tc_sm[];
+    T *qs = reinterpret_cast<T *>(tc_sm);        /* (RT_ATTN_TILE, LD) */
+    T *ks = qs + RT_ATTN_TILE * LD;              /* (2, TC_KEYS, LD): two steps of keys */
+    T *vs = ks + 2 * TC_KEYS * LD;               /* (2, TC_KEYS, LD) */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / (nh / nkv);
+    const int tok0 = tiles[2 * blockIdx.x], ntok = tiles[2 * blockIdx.x + 1];
+    const int p0 = pos[tok0], last = p0 + ntok - 1;
+    const int32_t *table = tables + (int64_t)seq[tok0] * max_blocks;
+    const int64_t kw = (int64_t)nkv * HD;
+    const int kfirst = window > 0 && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
+
+    for (int i = tid; i < RT_ATTN_TILE * CH; i += TC_WARPS * 32) {
+        const int r = i / CH, c = i % CH;
+        const bool ok = r < ntok;
+        cp_async16(qs + r * LD + c * 8, q + ((int64_t)(tok0 + (ok ? r : 0)) * nh + h) * HD + c * 8, ok);
+    }
+    /* keys kb .. kb + TC_KEYS - 1 into buffer `buf` (past the tile's last position: zeros) */
+    auto stage = [&](int kb, int buf) {
+        T *kd = ks + buf * TC_KEYS * LD, *vd = vs + buf * TC_KEYS * LD;
+        for (int i = tid; i < TC_KEYS * CH; i += TC_WARPS * 32) {
+            const int r = i / CH, c = i % CH, j = kb + r;
+            const bool ok = j <= last;
+            const int64_t at = ok ? ((int64_t)table[j / bs] * bs + j % bs) * kw + (int64_t)kvh * HD + c * 8 : 0;
+            cp_async16(kd + r * LD + c * 8, kc + at, ok);
+            cp_async16(vd + r * LD + c * 8, vc + at, ok);
+        }
+        cp_async_commit();
+    };
+    stage(kfirst, 0); /* with the query tile in its group */
+
+    const int g = lane >> 2, cq = lane & 3;
+    const int pr0 = p0 + warp * 16 + g, pr1 = pr0 + 8; /* positions of this thread's two rows */
+    const int lo0 = window > 0 ? pr0 - window + 1 : 0, lo1 = window > 0 ? pr1 - window + 1 : 0;
+    uint32_t qf[HD / 16][4];
+    float o[HD / 8][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    int buf = 0;
+    for (int kb = kfirst; kb <= last; kb += TC_KEYS, buf ^= 1) {
+        if (kb + TC_KEYS <= last) {
+            stage(kb + TC_KEYS, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (kb == kfirst) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+                ldsm_x4(qf[kk], qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
+        }
+        /* a warp whose rows all stand before this step's keys, or past them by the window, or past the
+         * tile's end, skips the step (the condition is the warp's, the same in every lane) */
+        const int w0 = p0 + warp * 16;
+        const bool live = warp * 16 < ntok && kb <= w0 + 15 && (window <= 0 || kb + TC_KEYS - 1 >= w0 - window + 1);
+        if (live) {
+            const T *kt = ks + buf * TC_KEYS * LD, *vt = vs + buf * TC_KEYS * LD;
+            float s[TC_KEYS / 8][4];
+#pragma unroll
+            for (int n = 0; n < TC_KEYS / 8; n++) {
+                s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < HD / 16; kk += 2) {
+                    uint32_t b[4];
+                    ldsm_x4(b, kt + (n * 8 + (lane & 7)) * LD + kk * 16 + (lane >> 3) * 8);
+                    mma16816<T>(s[n], qf[kk], b[0], b[1]);
+                    mma16816<T>(s[n], qf[kk + 1], b[2], b[3]);
+                }
+            }
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < TC_KEYS / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = kb + n * 8 + 2 * cq + e;
+                    const float v0 = j <= pr0 && j >= lo0 ? s[n][e] * scale_log2 : -INFINITY;
+                    const float v1 = j <= pr1 && j >= lo1 ? s[n][2 + e] * scale_log2 : -INFINITY;
+                    s[n][e] = v0, s[n][2 + e] = v1;
+                    mx0 = fmaxf(mx0, v0), mx1 = fmaxf(mx1, v1);
+                }
+#pragma unroll
+            for (int x = 1; x <= 2; x <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+            }
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            const float b0 = n0 == -INFINITY ? 0.0f : n0, b1 = n1 == -INFINITY ? 0.0f : n1; /* no key yet */
+            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+            m0 = n0, m1 = n1;
+            l0 *= c0, l1 *= c1;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+                o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+#pragma unroll
+            for (int n = 0; n < TC_KEYS / 8; n++) {
+                s[n][0] = exp2f(s[n][0] - b0), s[n][1] = exp2f(s[n][1] - b0);
+                s[n][2] = exp2f(s[n][2] - b1), s[n][3] = exp2f(s[n][3] - b1);
+                l0 += s[n][0] + s[n][1], l1 += s[n][2] + s[n][3];
+            }
+#pragma unroll
+            for (int kk = 0; kk < TC_KEYS / 16; kk++) {
+                const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                       pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                       pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t b[4];
+                    ldsm_x4_trans(b, vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n * 8 + (lane >> 4) * 8);
+                    mma16816<T>(o[n], a, b[0], b[1]);
+                    mma16816<T>(o[n + 1], a, b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads(); /* the buffer is staged again two steps on */
+    }
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        const int d = n * 8 + 2 * cq;
+        if (r0 < ntok)
+            *reinterpret_cast<uint32_t *>(out + ((int64_t)(tok0 + r0) * nh + h) * HD + d) =
+                pack2<T>(o[n][0] * i0, o[n][1] * i0);
+        if (r1 < ntok)
+            *reinterpret_cast<uint32_t *>(out + ((int64_t)(tok0 + r1) * nh + h) * HD + d) =
+                pack2<T>(o[n][2] * i1, o[n][3] * i1);
+    }
+}
+
+template <typename T, int HD>
+static void tc_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                      const rt_attn_shape *s)
+{
+    const size_t shm = (size_t)(RT_ATTN_TILE + 4 * TC_KEYS) * (HD + 8) * sizeof(T);
+    CUDA_CHECK(c, cudaFuncSetAttribute(tc_attention_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)shm));
+    tc_attention_kernel<T, HD><<<dim3((unsigned)b->n_tiles, (unsigned)s->n_heads), TC_WARPS * 32, shm, c->stream>>>(
+        (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, b->tiles, b->block_tables,
+        b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale * 1.44269504088896f);
+}
+
+/* The tiles on the tensor cores, when the type and head size have a kernel there. */
+template <typename T>
+static bool tc_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s)
+{
+    if constexpr (std::is_same<T, float>::value) {
+        return false;
+    } else {
+        if (b->n_tiles <= 0 || s->n_heads % s->n_kv_heads != 0)
+            return false;
+        switch (s->head_dim) {
+        case 64: tc_launch<T, 64>(c, out, q, kv, b, s); return true;
+        case 128: tc_launch<T, 128>(c, out, q, kv, b, s); return true;
+        default: return false;
+        }
     }
 }
 
@@ -285,13 +549,24 @@ static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 
 template <typename T>
 static void launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s)
+                   const rt_attn_shape *s, tok_set ts)
 {
-    dim3 grid((unsigned)b->n_tokens, (unsigned)s->n_heads);
+    dim3 grid((unsigned)ts.n, (unsigned)s->n_heads);
     size_t shm = (size_t)s->head_dim * sizeof(float) + ATT_THREADS * (sizeof(float) + sizeof(int));
     attention_kernel<T><<<grid, ATT_THREADS, shm, c->stream>>>(
-        (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, b->block_tables, b->max_blocks,
-        b->block_size, s->n_heads, s->n_kv_heads, s->head_dim, s->sliding_window, s->scale);
+        (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks, b->block_tables,
+        b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->head_dim, s->sliding_window, s->scale);
+}
+
+template <typename T>
+static void attend(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s)
+{
+    tok_set ts = {b->n_tokens, NULL};
+    if (tc_try<T>(c, out, q, kv, b, s))
+        ts = (tok_set){b->n_rest, b->rest};
+    if (ts.n > 0 && !fa_try<T>(c, out, q, kv, b, s, ts))
+        launch<T>(c, out, q, kv, b, s, ts);
 }
 
 extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,
@@ -300,13 +575,6 @@ extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const r
     cuda_ctx *c = cuda_ctx_of(be);
     if (b->n_tokens <= 0)
         return;
-    bool fast = false;
-    switch (c->dt) {
-    case RT_F32: fast = fa_try<float>(c, out, q, kv, b, s); break;
-    case RT_BF16: fast = fa_try<__nv_bfloat16>(c, out, q, kv, b, s); break;
-    case RT_F16: fast = fa_try<__half>(c, out, q, kv, b, s); break;
-    }
-    if (!fast)
-        CUDA_DISPATCH(c->dt, launch, c, out, q, kv, b, s);
+    CUDA_DISPATCH(c->dt, attend, c, out, q, kv, b, s);
     CUDA_LAUNCHED(c);
 }

@@ -41,6 +41,7 @@ for i in "${!rows[@]}"; do
     echo "== transformers (static cache + torch.compile): $preset, batch $batch, prompt $prompt, generate $gen"
     python3 "$here/peer_transformers.py" "$root/$preset" "$batch" "$prompt" "$gen" 2>"$tmp/peer.err" | tee "$tmp/peer" ||
       { tail -5 "$tmp/peer.err"; : > "$tmp/peer"; }
+    grep '^peer:' "$tmp/peer.err" || true
     share=$(sed -n 's/.*GB\/s, \([0-9]*%\) of the measured.*/\1/p' "$tmp/ours")
     summary+=("$(printf '%s batch %s prompt %s|%s|%s|%s|%s|%s' "$preset" "$batch" "$prompt" \
       "$(rate prefill "$tmp/ours")" "$(rate prefill "$tmp/peer")" "$(rate decode "$tmp/ours")" \

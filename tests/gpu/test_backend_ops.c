@@ -255,8 +255,15 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
             }
         float *qkv = rand_vec(x, (size_t)n * (qw + 2 * kw)); /* the fused product's rows: q, k, v */
         void *dq = dev_out(x, (size_t)n * qw), *dqkv = up(x, qkv, (size_t)n * (qw + 2 * kw));
-        rt_attn_batch b = {n, up_ints(x, pos, (size_t)n), up_ints(x, slot, (size_t)n), up_ints(x, seq, (size_t)n),
-                           dtab, max_blocks, bs};
+        /* prompt runs as tiles, as the forward pass stages them (the CPU backend ignores them) */
+        int32_t *tiles = malloc((size_t)(2 * (n / RT_ATTN_RUN_MIN) + 1) * 4), *rest = malloc((size_t)n * 4);
+        int n_rest = 0, n_tiles = rt_attn_tiles(pos, seq, n, tiles, rest, &n_rest);
+        rt_attn_batch b = {.n_tokens = n, .pos = up_ints(x, pos, (size_t)n), .slot = up_ints(x, slot, (size_t)n),
+                           .seq = up_ints(x, seq, (size_t)n), .block_tables = dtab, .max_blocks = max_blocks,
+                           .block_size = bs, .n_tiles = n_tiles,
+                           .tiles = n_tiles ? up_ints(x, tiles, 2 * (size_t)n_tiles) : NULL, .n_rest = n_rest,
+                           .rest = n_tiles && n_rest ? up_ints(x, rest, (size_t)n_rest) : NULL};
+        free(tiles), free(rest);
         void *dout = dev_out(x, (size_t)n * qw);
         x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
         x->be->ops->attention(x->be, dout, dq, &kv, &b, &sh);
@@ -308,6 +315,9 @@ static const op_case cases[] = {
     {"attention", {16, 2, 128, 0, 2}, run_attention}, {"attention", {8, 8, 128, 100, 2}, run_attention},
     {"attention", {8, 1, 256, 0, 1}, run_attention},  {"attention", {4, 1, 64, 33, 0}, run_attention},
     {"attention", {32, 8, 128, 0, 2}, run_attention}, {"attention", {10, 2, 80, 0, 2}, run_attention},
+    /* prompt tiles on the tensor cores (layout 0's runs), with a window, and beside the general path */
+    {"attention", {32, 8, 128, 0, 0}, run_attention}, {"attention", {8, 1, 128, 100, 0}, run_attention},
+    {"attention", {16, 1, 64, 0, 0}, run_attention},
 };
 
 static const rt_dtype types[] = {RT_F32, RT_BF16, RT_F16};

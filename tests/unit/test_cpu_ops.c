@@ -170,7 +170,8 @@ static void check_attention(int n_heads, int n_kv, int hd, int window, bool long
     for (int i = 0; i < hd / 2; i++)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
     rt_kv_layer kv = {calloc((size_t)n_blocks * bs * kw, 4), calloc((size_t)n_blocks * bs * kw, 4)};
-    rt_attn_batch b = {T, pos, slot, seq, tables, max_blocks, bs};
+    rt_attn_batch b = {.n_tokens = T, .pos = pos, .slot = slot, .seq = seq, .block_tables = tables,
+                       .max_blocks = max_blocks, .block_size = bs};
     rt_attn_shape s = {n_heads, n_kv, hd, window, 1.0f / sqrtf((float)hd)};
     float *qkv = malloc((size_t)T * (qw + 2 * kw) * sizeof *qkv); /* the fused product's rows: q, k, v */
     for (int t = 0; t < T; t++) {
@@ -258,6 +259,36 @@ static void test_gather_rows(void **state)
 }
 
 /* The kernels' vectorizable exponential against libm's, on a dense grid of its whole range. */
+/* The prompt runs of a step as attention tiles: runs of one sequence at consecutive positions, cut
+ * at RT_ATTN_TILE tokens; shorter runs, a position gap or a new sequence leave tokens to the rest. */
+static void test_attn_tiles(void **state)
+{
+    (void)state;
+    int32_t pos[200], seq[200], tiles[2 * (200 / RT_ATTN_RUN_MIN)], rest[200];
+    int n = 0;
+    for (int j = 0; j < 100; j++) /* a 100-token chunk: tiles of 64 and 36 */
+        pos[n] = j, seq[n++] = 0;
+    pos[n] = 7, seq[n++] = 1; /* a decode */
+    for (int j = 0; j < RT_ATTN_RUN_MIN - 1; j++) /* one token short of a tile */
+        pos[n] = 40 + j, seq[n++] = 2;
+    for (int j = 0; j < RT_ATTN_RUN_MIN; j++) /* just a tile */
+        pos[n] = 300 + j, seq[n++] = 3;
+    pos[n] = 400, seq[n++] = 3; /* the same sequence after a gap */
+    int n_rest = -1, n_tiles = rt_attn_tiles(pos, seq, n, tiles, rest, &n_rest);
+    assert_int_equal(n_tiles, 3);
+    const int32_t want[] = {0, 64, 64, 36, 116, RT_ATTN_RUN_MIN};
+    assert_memory_equal(tiles, want, sizeof want);
+    assert_int_equal(n_rest, 1 + RT_ATTN_RUN_MIN - 1 + 1);
+    assert_int_equal(rest[0], 100);
+    assert_int_equal(rest[1], 101);
+    assert_int_equal(rest[n_rest - 1], n - 1);
+    /* decodes only: no tile */
+    for (int j = 0; j < 8; j++)
+        pos[j] = 10 * j, seq[j] = j;
+    assert_int_equal(rt_attn_tiles(pos, seq, 8, tiles, rest, &n_rest), 0);
+    assert_int_equal(n_rest, 8);
+}
+
 static void test_expf(void **state)
 {
     (void)state;
@@ -285,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_norms_embedding_silu),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_gather_rows),
+        cmocka_unit_test(test_attn_tiles),
         cmocka_unit_test(test_expf),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
