@@ -5,6 +5,8 @@
 template <typename T>
 __global__ void add_kernel(T *x, const T *y, size_t n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         st(&x[i], ld(&x[i]) + ld(&y[i]));
 }
@@ -12,7 +14,7 @@ __global__ void add_kernel(T *x, const T *y, size_t n)
 template <typename T>
 static void launch(cuda_ctx *c, void *x, const void *y, size_t n)
 {
-    add_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)x, (const T *)y, n);
+    cuda_launch(c, add_kernel<T>, cuda_blocks(n, 256), 256, 0, (T *)x, (const T *)y, n);
 }
 
 extern "C" void cuda_add(rt_backend *be, void *x, const void *y, size_t n)

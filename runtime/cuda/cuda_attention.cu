@@ -25,6 +25,8 @@ __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, c
                                  const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks,
                                  int bs, int nh, int nkv, int hd, int window, float scale)
 {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float sm[];
     float *qs = sm;                     /* (hd) the query, scaled */
     float *ps = qs + hd;                /* (ATT_THREADS) this tile's probabilities */
@@ -104,6 +106,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
                     const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh,
                     int nkv, int window, float scale, int split_len)
 {
+    pdl_wait();
+    pdl_trigger();
     using G_ = fa_geom<T, HD>;
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
     extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
@@ -210,6 +214,8 @@ template <typename T>
 __global__ void fa_combine_kernel(T *out, const float *part_o, const float2 *part_ml, const int32_t *toks, int hd,
                                   int n_splits)
 {
+    pdl_wait();
+    pdl_trigger();
     const int64_t row = (int64_t)blockIdx.x * gridDim.y + blockIdx.y; /* the token's index * nh + head */
     const int64_t out_row = (int64_t)(toks ? toks[blockIdx.x] : (int)blockIdx.x) * gridDim.y + blockIdx.y;
     const float2 *ml = part_ml + row * n_splits;
@@ -264,12 +270,12 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
-    fa_split_kernel<T, HD, GM><<<grid, FA_WARPS * 32, shm, c->stream>>>(
+    cuda_launch(c, fa_split_kernel<T, HD, GM>, grid, FA_WARPS * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
         split_len);
     if (n_splits > 1)
-        fa_combine_kernel<T><<<dim3((unsigned)ts.n, (unsigned)s->n_heads), HD, 0, c->stream>>>(
+        cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD, 0,
             (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
@@ -376,6 +382,8 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
                         const int32_t *tiles, const int32_t *tables, int max_blocks, int bs, int nh, int nkv,
                         int window, float scale_log2)
 {
+    pdl_wait();
+    pdl_trigger();
     constexpr int LD = HD + 8;                   /* a staged row, padded: ldmatrix rows fall in distinct banks */
     constexpr int CH = HD * (int)sizeof(T) / 16; /* 16-byte pieces of a row */
     extern __shared__ __align__(16) unsigned char tc_sm[];
@@ -522,7 +530,7 @@ static void tc_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
     const size_t shm = (size_t)(RT_ATTN_TILE + 4 * TC_KEYS) * (HD + 8) * sizeof(T);
     CUDA_CHECK(c, cudaFuncSetAttribute(tc_attention_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)shm));
-    tc_attention_kernel<T, HD><<<dim3((unsigned)b->n_tiles, (unsigned)s->n_heads), TC_WARPS * 32, shm, c->stream>>>(
+    cuda_launch(c, tc_attention_kernel<T, HD>, dim3((unsigned)b->n_tiles, (unsigned)s->n_heads), TC_WARPS * 32, shm,
         (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, b->tiles, b->block_tables,
         b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale * 1.44269504088896f);
 }
@@ -553,7 +561,7 @@ static void launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 {
     dim3 grid((unsigned)ts.n, (unsigned)s->n_heads);
     size_t shm = (size_t)s->head_dim * sizeof(float) + ATT_THREADS * (sizeof(float) + sizeof(int));
-    attention_kernel<T><<<grid, ATT_THREADS, shm, c->stream>>>(
+    cuda_launch(c, attention_kernel<T>, grid, ATT_THREADS, shm,
         (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks, b->block_tables,
         b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->head_dim, s->sliding_window, s->scale);
 }

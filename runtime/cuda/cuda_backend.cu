@@ -163,6 +163,12 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "DINFER_CUDA_GEMV is '%.32s': 0 (every product through cuBLAS) or 1 (the default)", gemv_env);
         return NULL;
     }
+    const char *pdl_env = getenv("DINFER_CUDA_PDL");
+    if (pdl_env && strcmp(pdl_env, "0") != 0 && strcmp(pdl_env, "1") != 0) {
+        base_errf(err, "DINFER_CUDA_PDL is '%.32s': 0 (kernels wait for the one ahead to end) or 1 (the default)",
+                  pdl_env);
+        return NULL;
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -181,6 +187,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = !(gemv_env && strcmp(gemv_env, "0") == 0);
+    int cc_major = 0;
+    c->pdl = !(pdl_env && strcmp(pdl_env, "0") == 0) &&
+             cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && cc_major >= 9;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

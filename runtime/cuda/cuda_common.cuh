@@ -30,6 +30,7 @@ typedef struct cuda_ctx {
     size_t scratch_bytes;
     void *blas_ws;         /* cuBLAS's workspace */
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
+    bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;
@@ -67,6 +68,45 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
 /* After every launch: a bad configuration shows up here, not at the next sync. */
 #define CUDA_LAUNCHED(ctx) CUDA_CHECK(ctx, cudaGetLastError())
 
+/* Programmatic dependent launch (compute capability 9.0 on): every kernel of the backend is
+ * launched by cuda_launch, so it may start while the kernel ahead of it in the stream still runs;
+ * it calls pdl_wait() before it touches any memory another kernel writes or reads (that waits for
+ * the kernel ahead to finish and its writes to show), and may only read constant data (weights)
+ * before. pdl_trigger() lets the next kernel launch once every block of this one has called it:
+ * its blocks then sit resident at their own pdl_wait, and the launch gap between the two is gone.
+ * Both are no-ops for a kernel launched the ordinary way. */
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+
+/* kernel<<<grid, block, shm, c->stream>>>(args...), as a programmatic dependent launch when c->pdl;
+ * a failed launch is kept on the backend (ops->check reports it). */
+template <typename... P, typename... A>
+static inline void cuda_launch_at(cuda_ctx *c, const char *file, int line, void (*kernel)(P...), dim3 grid,
+                                  dim3 block, size_t shm, A &&...args)
+{
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = shm, cfg.stream = c->stream;
+    cfg.attrs = &at, cfg.numAttrs = c->pdl ? 1 : 0;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+    if (e != cudaSuccess)
+        cuda_fail(c, "cudaLaunchKernelEx", file, line, cudaGetErrorString(e));
+}
+#define cuda_launch(c, ...) cuda_launch_at((c), __FILE__, __LINE__, __VA_ARGS__)
+
 __device__ __forceinline__ float ld(const float *p) { return *p; }
 __device__ __forceinline__ float ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ld(const __half *p) { return __half2float(*p); }
@@ -85,6 +125,29 @@ __device__ __forceinline__ void load_vec(const T *p, float *o)
     for (int v = 0; v < NV; v++) {
         const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p) + v);
         const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+            o[v * PER + j] = ld(&e[j]);
+    }
+}
+
+/* The same in two halves, so that several loads can be in flight before any is used: the raw
+ * 16-byte vectors first (E * sizeof(T) / 16 of them), then their elements as floats. */
+template <typename T, int E>
+__device__ __forceinline__ void load_raw(const T *p, uint4 *raw)
+{
+#pragma unroll
+    for (int v = 0; v < E * (int)sizeof(T) / 16; v++)
+        raw[v] = __ldg(reinterpret_cast<const uint4 *>(p) + v);
+}
+
+template <typename T, int E>
+__device__ __forceinline__ void raw_to_float(const uint4 *raw, float *o)
+{
+    constexpr int PER = 16 / (int)sizeof(T);
+#pragma unroll
+    for (int v = 0; v < E / PER; v++) {
+        const T *e = reinterpret_cast<const T *>(&raw[v]);
 #pragma unroll
         for (int j = 0; j < PER; j++)
             o[v * PER + j] = ld(&e[j]);

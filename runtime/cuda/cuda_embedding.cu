@@ -7,6 +7,8 @@ template <typename T>
 __global__ void embedding_kernel(T *out, const T *table, int64_t rows, int64_t dim, int64_t row_begin,
                                  const int32_t *tokens)
 {
+    pdl_wait();
+    pdl_trigger();
     const int t = blockIdx.x;
     const int64_t r = (int64_t)tokens[t] - row_begin;
     T *o = out + (int64_t)t * dim;
@@ -18,7 +20,7 @@ __global__ void embedding_kernel(T *out, const T *table, int64_t rows, int64_t d
 template <typename T>
 static void launch(cuda_ctx *c, void *out, const rt_tensor *table, int64_t row_begin, const int32_t *tokens, int n)
 {
-    embedding_kernel<T><<<n, 256, 0, c->stream>>>((T *)out, (const T *)table->data, table->rows, table->cols,
+    cuda_launch(c, embedding_kernel<T>, n, 256, 0, (T *)out, (const T *)table->data, table->rows, table->cols,
                                                    row_begin, tokens);
 }
 

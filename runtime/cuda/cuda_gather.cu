@@ -5,6 +5,8 @@
 template <typename T>
 __global__ void gather_kernel(T *out, const T *x, const int32_t *rows, int dim)
 {
+    pdl_wait();
+    pdl_trigger();
     const T *src = x + (int64_t)rows[blockIdx.x] * dim;
     T *dst = out + (int64_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
@@ -14,6 +16,8 @@ __global__ void gather_kernel(T *out, const T *x, const int32_t *rows, int dim)
 template <typename T>
 __global__ void to_f32_kernel(float *out, const T *x, size_t n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = ld(&x[i]);
 }
@@ -21,13 +25,13 @@ __global__ void to_f32_kernel(float *out, const T *x, size_t n)
 template <typename T>
 static void gather(cuda_ctx *c, void *out, const void *x, const int32_t *rows, int n, int dim)
 {
-    gather_kernel<T><<<n, 256, 0, c->stream>>>((T *)out, (const T *)x, rows, dim);
+    cuda_launch(c, gather_kernel<T>, n, 256, 0, (T *)out, (const T *)x, rows, dim);
 }
 
 template <typename T>
 static void to_f32(cuda_ctx *c, float *out, const void *x, size_t n)
 {
-    to_f32_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, (const T *)x, n);
+    cuda_launch(c, to_f32_kernel<T>, cuda_blocks(n, 256), 256, 0, out, (const T *)x, n);
 }
 
 extern "C" void cuda_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim)

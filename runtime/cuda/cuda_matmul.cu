@@ -25,12 +25,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int r = 0; r < R; r++)
         acc[r] = 0.0f;
-    /* two 16-byte loads of the weight row in flight per lane and step */
-    int k = lane * PER;
-    for (; k + 32 * PER < K; k += 64 * PER) {
+    /* acc += the weights at k (and at k + 32 * PER) times x's */
+    auto step2 = [&](const uint4 &a, const uint4 &b, int k) {
         float w0[PER], w1[PER];
-        load_vec<T, PER>(wr + k, w0);
-        load_vec<T, PER>(wr + k + 32 * PER, w1);
+        raw_to_float<T, PER>(&a, w0);
+        raw_to_float<T, PER>(&b, w1);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < n) {
@@ -42,10 +41,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
                     acc[r] += w0[j] * x0[j] + w1[j] * x1[j];
             }
         }
-    }
-    if (k < K) {
+    };
+    auto step1 = [&](const uint4 &a, int k) {
         float w0[PER];
-        load_vec<T, PER>(wr + k, w0);
+        raw_to_float<T, PER>(&a, w0);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < n) {
@@ -56,7 +55,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
                     acc[r] += w0[j] * x0[j];
             }
         }
+    };
+    const uint4 *wv = reinterpret_cast<const uint4 *>(wr);
+    /* two 16-byte loads of the weight row in flight per lane and step; the first step's are issued
+     * before pdl_wait (weights are constant), while the kernel ahead may still run */
+    int k = lane * PER;
+    const bool two = k + 32 * PER < K;
+    uint4 a = make_uint4(0, 0, 0, 0), b = a;
+    if (k < K)
+        a = __ldg(wv + k / PER);
+    if (two)
+        b = __ldg(wv + k / PER + 32);
+    pdl_wait();
+    pdl_trigger();
+    if (two) {
+        step2(a, b, k);
+        for (k += 64 * PER; k + 32 * PER < K; k += 64 * PER)
+            step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
     }
+    if (k < K)
+        step1(two ? __ldg(wv + k / PER) : a, k);
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const float v = warp_sum(acc[r]);
@@ -72,7 +90,7 @@ static void gemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, cons
     const T *b = bias && bias->data ? (const T *)bias->data : NULL;
     const unsigned blocks = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
 #define GEMV_LAUNCH(R)                                                                                       \
-    gemv_kernel<T, R><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>((T *)out, (const T *)x, (const T *)w->data, b, n, N, K)
+    cuda_launch(c, gemv_kernel<T, R>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, b, n, N, K)
     if (n <= 1)
         GEMV_LAUNCH(1);
     else if (n <= 2)
@@ -95,6 +113,8 @@ static bool gemv_fits(const cuda_ctx *c, const void *out, const void *x, const r
 template <typename T>
 __global__ void add_bias_kernel(T *out, const T *bias, int64_t N, int64_t total)
 {
+    pdl_wait();
+    pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         st(&out[i], ld(&out[i]) + ld(&bias[i % N]));
 }
@@ -102,7 +122,7 @@ __global__ void add_bias_kernel(T *out, const T *bias, int64_t N, int64_t total)
 template <typename T>
 static void add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t total)
 {
-    add_bias_kernel<T><<<cuda_blocks((size_t)total, 256), 256, 0, c->stream>>>((T *)out, (const T *)bias, N, total);
+    cuda_launch(c, add_bias_kernel<T>, cuda_blocks((size_t)total, 256), 256, 0, (T *)out, (const T *)bias, N, total);
 }
 
 static cudaDataType_t cuda_type(rt_dtype t)

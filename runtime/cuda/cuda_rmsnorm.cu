@@ -9,6 +9,8 @@
 template <typename T>
 __global__ void rmsnorm_kernel(T *out, T *x, const T *delta, const T *w, int dim, float eps)
 {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float scratch[32];
     T *xr = x + (int64_t)blockIdx.x * dim;
     const T *dr = delta ? delta + (int64_t)blockIdx.x * dim : nullptr;
@@ -33,6 +35,8 @@ __global__ void rmsnorm_kernel(T *out, T *x, const T *delta, const T *w, int dim
 template <typename T>
 __global__ void rmsnorm_reg_kernel(T *out, T *x, const T *delta, const T *w, int dim, float eps)
 {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float scratch[32];
     T *xr = x + (int64_t)blockIdx.x * dim;
     const T *dr = delta ? delta + (int64_t)blockIdx.x * dim : nullptr;
@@ -75,12 +79,12 @@ static void launch(cuda_ctx *c, void *out, void *x, const void *delta, const rt_
         threads = threads < 32 ? 32 : threads > 1024 ? 1024 : threads;
         while (threads * RMS_PER < dim)
             threads += 32;
-        rmsnorm_reg_kernel<T><<<n, threads, 0, c->stream>>>((T *)out, (T *)x, (const T *)delta, (const T *)w->data,
+        cuda_launch(c, rmsnorm_reg_kernel<T>, n, threads, 0, (T *)out, (T *)x, (const T *)delta, (const T *)w->data,
                                                             dim, eps);
         return;
     }
     const int threads = 1024;
-    rmsnorm_kernel<T><<<n, threads, 0, c->stream>>>((T *)out, (T *)x, (const T *)delta, (const T *)w->data, dim, eps);
+    cuda_launch(c, rmsnorm_kernel<T>, n, threads, 0, (T *)out, (T *)x, (const T *)delta, (const T *)w->data, dim, eps);
 }
 
 extern "C" void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps)

@@ -11,6 +11,8 @@ template <typename T>
 __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
                                int nq, int nkv, int hd, int pair_blocks, T *kc, T *vc)
 {
+    pdl_wait();
+    pdl_trigger();
     const int t = blockIdx.x, half = hd / 2;
     const float p = (float)pos[t];
     const int64_t qw = (int64_t)nq * hd, kw = (int64_t)nkv * hd;
@@ -43,7 +45,7 @@ static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq,
 {
     const int pairs = (s->n_heads + s->n_kv_heads) * (s->head_dim / 2), kw = s->n_kv_heads * s->head_dim;
     const int pair_blocks = (pairs + ROPE_THREADS - 1) / ROPE_THREADS, v_blocks = (kw + ROPE_THREADS - 1) / ROPE_THREADS;
-    rope_kv_kernel<T><<<dim3((unsigned)b->n_tokens, (unsigned)(pair_blocks + v_blocks)), ROPE_THREADS, 0, c->stream>>>(
+    cuda_launch(c, rope_kv_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)(pair_blocks + v_blocks)), ROPE_THREADS, 0,
         (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, pair_blocks,
         (T *)kv->k, (T *)kv->v);
 }

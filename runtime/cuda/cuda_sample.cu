@@ -253,6 +253,8 @@ __device__ int draw(const float *x, int V, const rt_sample_row &p, float mx, flo
 __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(rt_sample_out *out, const float *logits, int V,
                                                                 const rt_sample_row *rows)
 {
+    pdl_wait();
+    pdl_trigger();
     __shared__ sample_smem sh;
     const rt_sample_row p = rows[blockIdx.x];
     const float *x = logits + (size_t)blockIdx.x * (size_t)V;
@@ -313,6 +315,6 @@ extern "C" void cuda_sample(rt_backend *be, rt_sample_out *out, const float *log
     cuda_ctx *c = cuda_ctx_of(be);
     if (n <= 0)
         return;
-    sample_kernel<<<n, SAMPLE_THREADS, 0, c->stream>>>(out, logits, vocab, rows);
+    cuda_launch(c, sample_kernel, n, SAMPLE_THREADS, 0, out, logits, vocab, rows);
     CUDA_LAUNCHED(c);
 }

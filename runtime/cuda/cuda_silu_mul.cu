@@ -5,6 +5,8 @@
 template <typename T>
 __global__ void silu_mul_kernel(T *out, const T *gu, int ffn, size_t n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t t = i / (size_t)ffn, j = i % (size_t)ffn;
         const T *g = gu + t * 2 * (size_t)ffn;
@@ -16,7 +18,7 @@ __global__ void silu_mul_kernel(T *out, const T *gu, int ffn, size_t n)
 template <typename T>
 static void launch(cuda_ctx *c, void *out, const void *gu, int ffn, size_t n)
 {
-    silu_mul_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)gu, ffn, n);
+    cuda_launch(c, silu_mul_kernel<T>, cuda_blocks(n, 256), 256, 0, (T *)out, (const T *)gu, ffn, n);
 }
 
 extern "C" void cuda_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn)
