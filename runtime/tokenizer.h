@@ -1,0 +1,46 @@
+/* Hugging Face tokenizer.json, read and run in C: the same ids as the `tokenizers` library.
+ *
+ * The parts real checkpoints use: a BPE model (byte-level, as Llama 3, Qwen and GPT-2 use it, or
+ * SentencePiece-style with byte fallback, as Llama 2 and Mistral use it); the normalizers NFC, NFD,
+ * NFKC, NFKD, Lowercase, Prepend, Replace and Sequence (Unicode from utf8proc); the pre-tokenizers
+ * Split (its regex run by Oniguruma, the engine `tokenizers` uses), ByteLevel, Metaspace and
+ * Sequence; added tokens matched before the model (lstrip, rstrip, single_word, normalized); the
+ * TemplateProcessing and ByteLevel post-processors; the ByteLevel, Metaspace, Replace,
+ * ByteFallback, Fuse and Strip decoders. Anything else is refused when the file loads, naming the
+ * type and where it stands in the file. No MPI, no backend: the coordinator tokenizes. */
+#ifndef DINFER_RUNTIME_TOKENIZER_H
+#define DINFER_RUNTIME_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/err.h"
+
+#define RT_TOKENIZER_MAX_BYTES ((size_t)256 << 20) /* a tokenizer.json larger than this is refused */
+
+typedef struct rt_tokenizer rt_tokenizer;
+
+/* Loads path: a tokenizer.json, or a model folder holding one. NULL on failure, with err naming
+ * the file and the problem (a missing file, bad JSON, an unsupported type and its place). */
+rt_tokenizer *rt_tokenizer_load(const char *path, base_err *err);
+void rt_tokenizer_free(rt_tokenizer *t);
+
+/* The ids of len bytes of UTF-8 text, in a malloc'd *ids (the caller frees it; NULL when there are
+ * none). add_special: with what the post-processor adds (a BOS). Returns the count, or -1 with err
+ * (invalid UTF-8 names the byte offset). Safe to call from several threads at once. */
+int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,
+                        base_err *err);
+
+/* The text of n ids, malloc'd and NUL-terminated (*len its length when len is not NULL);
+ * skip_special leaves out special added tokens. NULL with err for an id outside the vocabulary. */
+char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool skip_special, size_t *len,
+                          base_err *err);
+
+/* Ids are below this (the model's vocabulary and the added tokens). */
+int rt_tokenizer_n_ids(const rt_tokenizer *t);
+
+/* The id of a token's exact text (an added token or a vocabulary entry), or -1. */
+int32_t rt_tokenizer_token_id(const rt_tokenizer *t, const char *token);
+
+#endif
