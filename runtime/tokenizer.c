@@ -315,6 +315,8 @@ struct rt_tokenizer {
 
     char byte_char[256][3]; /* ByteLevel: each byte's character, UTF-8 (NUL-terminated) */
     int16_t char_byte[324]; /* ByteLevel: a character below U+0144 -> its byte, -1 otherwise */
+    int32_t ascii_id[128];  /* the vocabulary id of each one-byte character, -1 if none */
+    int32_t latin_id[256];  /* of U+0080 .. U+017F (ByteLevel's characters), -1 if none */
 };
 
 /* ---- loading ---- */
@@ -742,6 +744,15 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
     t->unk_id = unk ? str_map_get(&t->vocab, unk, strlen(unk)) : -1;
     if (unk && t->unk_id < 0)
         return base_errf(err, "model.unk_token: \"%s\" is not in the vocabulary", unk);
+    for (int c = 0; c < 128 + 256; c++) { /* single characters: looked up without hashing */
+        utf8proc_uint8_t u[4];
+        const utf8proc_ssize_t k = utf8proc_encode_char(c, u);
+        const int32_t id = str_map_get(&t->vocab, (const char *)u, (size_t)k);
+        if (c < 128)
+            t->ascii_id[c] = id;
+        else
+            t->latin_id[c - 128] = id;
+    }
     for (int b = 0; b < 256; b++) {
         char s[8];
         snprintf(s, sizeof s, "<0x%02X>", b);
@@ -1235,14 +1246,19 @@ static int split_regex(enc *e, const piece *p, OnigRegex re, split_behavior beha
 
 static int bytelevel_map(enc *e, piece *p)
 {
-    size_t off = e->arena.n;
+    const size_t off = e->arena.n;
     if (buf_reserve(&e->arena, 2 * p->len + 1))
         return -1;
+    char *dst = e->arena.p + off;
+    const unsigned char *src = (const unsigned char *)e->arena.p + p->off;
     for (size_t i = 0; i < p->len; i++) {
-        const char *c = e->t->byte_char[(unsigned char)e->arena.p[p->off + i]];
-        if (buf_add(&e->arena, c, strlen(c)))
-            return -1;
+        const char *c = e->t->byte_char[src[i]];
+        *dst++ = c[0];
+        if (c[1])
+            *dst++ = c[1];
     }
+    *dst = '\0';
+    e->arena.n = (size_t)(dst - e->arena.p);
     p->off = off, p->len = e->arena.n - off;
     return 0;
 }
@@ -1411,10 +1427,17 @@ static int bpe_word(enc *e, const char *w, size_t n)
     int32_t ns = 0;
     bool last_unk = false;
     for (size_t i = 0; i < n;) {
-        int k = utf8_len((const unsigned char *)w + i, n - i);
+        const unsigned char c0 = (unsigned char)w[i];
+        int k = c0 < 0x80 ? 1 : utf8_len((const unsigned char *)w + i, n - i);
         if (k == 0)
             k = 1;
-        int32_t id = str_map_get(&t->vocab, w + i, (size_t)k);
+        int32_t id;
+        if (k == 1)
+            id = t->ascii_id[c0];
+        else if (k == 2 && c0 < 0xC6) /* U+0080 .. U+017F: ByteLevel's characters among them */
+            id = t->latin_id[((c0 & 0x1F) << 6 | ((unsigned char)w[i + 1] & 0x3F)) - 0x80];
+        else
+            id = str_map_get(&t->vocab, w + i, (size_t)k);
         if (id >= 0) {
             e->sym[ns++] = id, last_unk = false;
         } else {

@@ -126,12 +126,113 @@ static void test_llama2(void **state)
     check_one("llama2");
 }
 
+/* A tokenizer.json written to a temporary file, loaded: NULL and err on failure. */
+static rt_tokenizer *load_text(const char *json, base_err *err)
+{
+    char path[] = "/tmp/dinfer-tok-XXXXXX";
+    const int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+    close(fd);
+    rt_tokenizer *t = rt_tokenizer_load(path, err);
+    unlink(path);
+    return t;
+}
+
+#define TINY_VOCAB "\"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"<unk>\": 3}"
+
+static void expect_refused(const char *json, const char *needle)
+{
+    base_err err = {{0}};
+    rt_tokenizer *t = load_text(json, &err);
+    if (t)
+        fail_msg("loaded, expected a refusal naming \"%s\"", needle);
+    if (!strstr(err.msg, needle))
+        fail_msg("error \"%s\" does not name \"%s\"", err.msg, needle);
+}
+
+/* A small hand-written BPE file: merges by rank, unk fused, the template's BOS; and every kind of
+ * bad file refused with a message that names the problem and where it is. */
+static void test_small_and_errors(void **state)
+{
+    (void)state;
+    base_err err = {{0}};
+    rt_tokenizer *t = load_text(
+        "{\"added_tokens\": [{\"id\": 4, \"content\": \"<s>\", \"special\": true, \"normalized\": false}],"
+        " \"normalizer\": null, \"pre_tokenizer\": null, \"decoder\": {\"type\": \"Fuse\"},"
+        " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\"}},"
+        "   {\"Sequence\": {\"id\": \"A\"}}], \"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": [4]}}},"
+        " \"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"fuse_unk\": true, " TINY_VOCAB ","
+        "   \"merges\": [\"a b\"]}}",
+        &err);
+    if (!t)
+        fail_msg("%s", err.msg);
+    int32_t *ids = NULL;
+    int n = rt_tokenizer_encode(t, "abxyab<s>b", 10, true, &ids, &err);
+    const int32_t want[] = {4, 2, 3, 2, 4, 1}; /* BOS, ab, one fused unk for "xy", ab, <s>, b */
+    assert_int_equal(n, 6);
+    assert_memory_equal(ids, want, sizeof want);
+    size_t len = 0;
+    char *text = rt_tokenizer_decode(t, ids, n, true, &len, &err);
+    assert_string_equal(text, "ab<unk>abb");
+    free(text);
+    free(ids);
+    /* invalid UTF-8 names its byte; an id outside the vocabulary names itself */
+    assert_int_equal(rt_tokenizer_encode(t, "ab\xC3(", 4, true, &ids, &err), -1);
+    assert_non_null(strstr(err.msg, "byte 2"));
+    const int32_t bad[] = {1, 77};
+    assert_null(rt_tokenizer_decode(t, bad, 2, false, NULL, &err));
+    assert_non_null(strstr(err.msg, "77"));
+    assert_int_equal(rt_tokenizer_token_id(t, "<s>"), 4);
+    assert_int_equal(rt_tokenizer_token_id(t, "ab"), 2);
+    assert_int_equal(rt_tokenizer_token_id(t, "zz"), -1);
+    rt_tokenizer_free(t);
+
+    assert_null(rt_tokenizer_load("/nonexistent/tokenizer.json", &err));
+    assert_non_null(strstr(err.msg, "/nonexistent/tokenizer.json"));
+    expect_refused("{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []", "not valid JSON");
+    expect_refused("{\"model\": {\"type\": \"WordPiece\", " TINY_VOCAB "}}", "type \"WordPiece\"");
+    expect_refused("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "Unigram");
+    expect_refused("{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"NFC\"}, "
+                   "{\"type\": \"BertNormalizer\"}]}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}",
+                   "normalizer.normalizers[1]");
+    expect_refused("{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                   ", \"merges\": []}}",
+                   "pre_tokenizer: pre-tokenizer type \"Whitespace\"");
+    expect_refused("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(unclosed\"}, "
+                   "\"behavior\": \"Isolated\"}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}",
+                   "regex does not compile");
+    expect_refused("{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": [\"a b\", \"b q\"]}}",
+                   "model.merges[1]");
+    expect_refused("{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": [\"ab\"]}}",
+                   "neither \"left right\"");
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}",
+                   "model.vocab[\"a\"]");
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}",
+                   "id 0 given to");
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"unk_token\": \"<x>\", " TINY_VOCAB ", \"merges\": []}}",
+                   "model.unk_token");
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, " TINY_VOCAB ", \"merges\": []}}",
+                   "model.dropout");
+    expect_refused("{\"decoder\": {\"type\": \"WordPiece\"}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                   ", \"merges\": []}}",
+                   "decoder: decoder type \"WordPiece\"");
+    expect_refused("{\"post_processor\": {\"type\": \"BertProcessing\"}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                   ", \"merges\": []}}",
+                   "post-processor type \"BertProcessing\"");
+    expect_refused("{\"added_tokens\": [{\"id\": 0, \"content\": \"zz\"}], \"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                   ", \"merges\": []}}",
+                   "added_tokens[0]: id 0 is \"a\"");
+    expect_refused("[1, 2]", "not a JSON object");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama3),
         cmocka_unit_test(test_qwen3),
         cmocka_unit_test(test_llama2),
+        cmocka_unit_test(test_small_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
