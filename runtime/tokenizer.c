@@ -1738,3 +1738,73 @@ oom:
     base_errf(err, "out of memory");
     return NULL;
 }
+
+/* ---- streaming ---- */
+
+void rt_detok_init(rt_detok *d, const rt_tokenizer *t, bool skip_special)
+{
+    *d = (rt_detok){.t = t, .skip_special = skip_special};
+}
+
+void rt_detok_free(rt_detok *d)
+{
+    free(d->ids);
+    d->ids = NULL;
+    d->n = d->cap = 0;
+}
+
+/* The text ids[prefix, n) add after ids[prefix, read); NULL *text when it must wait (it ends in an
+ * incomplete character) unless final. */
+static int detok_delta(rt_detok *d, bool final, char **text, size_t *len, base_err *err)
+{
+    *text = NULL, *len = 0;
+    size_t lp = 0, ln = 0;
+    char *before = rt_tokenizer_decode(d->t, d->ids + d->prefix, d->read - d->prefix, d->skip_special, &lp, err);
+    if (!before)
+        return -1;
+    char *now = rt_tokenizer_decode(d->t, d->ids + d->prefix, d->n - d->prefix, d->skip_special, &ln, err);
+    if (!now) {
+        free(before);
+        return -1;
+    }
+    const bool held = ln >= 3 && memcmp(now + ln - 3, "\xEF\xBF\xBD", 3) == 0; /* U+FFFD: maybe incomplete */
+    if ((ln > lp || final) && (!held || final) && ln >= lp && memcmp(now, before, lp) == 0) {
+        *len = ln - lp;
+        *text = malloc(*len + 1);
+        if (*text) {
+            memcpy(*text, now + lp, *len);
+            (*text)[*len] = '\0';
+        }
+        d->prefix = d->read;
+        d->read = d->n;
+    }
+    free(before), free(now);
+    if (!*text) {
+        *text = strdup("");
+        *len = 0;
+    }
+    return *text ? 0 : base_errf(err, "out of memory");
+}
+
+int rt_detok_add(rt_detok *d, int32_t id, char **text, size_t *len, base_err *err)
+{
+    *text = NULL;
+    if (id < 0 || id >= d->t->n_ids)
+        return base_errf(err, "token id %d is outside the vocabulary of %d ids", id, d->t->n_ids);
+    if (d->n == d->cap) {
+        const int cap = d->cap ? 2 * d->cap : 64;
+        int32_t *v = realloc(d->ids, (size_t)cap * sizeof *v);
+        if (!v)
+            return base_errf(err, "out of memory");
+        d->ids = v, d->cap = cap;
+    }
+    d->ids[d->n++] = id;
+    size_t l;
+    return detok_delta(d, false, text, len ? len : &l, err);
+}
+
+int rt_detok_flush(rt_detok *d, char **text, size_t *len, base_err *err)
+{
+    size_t l;
+    return detok_delta(d, true, text, len ? len : &l, err);
+}

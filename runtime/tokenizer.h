@@ -37,6 +37,26 @@ int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, boo
 char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool skip_special, size_t *len,
                           base_err *err);
 
+/* Streaming detokenization: ids in, text out as soon as it is final. A character split over
+ * several tokens waits until it is complete, and SentencePiece's leading space comes out as a
+ * whole decode would give it: the pieces' concatenation (with the flush) equals decoding all the
+ * ids at once. Each call decodes a window of the last few tokens, not the whole stream. */
+typedef struct rt_detok {
+    const rt_tokenizer *t;
+    bool skip_special;
+    int32_t *ids; /* (n) every id so far */
+    int n, cap;
+    int prefix;   /* ids[prefix, read): context, already emitted; ids[read, n): not yet emitted */
+    int read;
+} rt_detok;
+
+void rt_detok_init(rt_detok *d, const rt_tokenizer *t, bool skip_special);
+/* Adds an id; *text (malloc'd, NUL-terminated, possibly "") gets the text it made final. */
+int rt_detok_add(rt_detok *d, int32_t id, char **text, size_t *len, base_err *err);
+/* The text still held back at the end of the stream (an incomplete character comes out as U+FFFD). */
+int rt_detok_flush(rt_detok *d, char **text, size_t *len, base_err *err);
+void rt_detok_free(rt_detok *d);
+
 /* Ids are below this (the model's vocabulary and the added tokens). */
 int rt_tokenizer_n_ids(const rt_tokenizer *t);
 
