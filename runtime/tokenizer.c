@@ -362,6 +362,18 @@ oom:
     return base_errf(err, "out of memory");
 }
 
+static bool valid_utf8(const char *s)
+{
+    const size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        const int k = utf8_len((const unsigned char *)s + i, n - i);
+        if (k == 0)
+            return false;
+        i += (size_t)k;
+    }
+    return true;
+}
+
 static const char *jstr(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
@@ -606,6 +618,27 @@ static int32_t lookup_token(const rt_tokenizer *t, const char *s)
     return str_map_get(&t->vocab, s, strlen(s));
 }
 
+/* The text of an id (an added token's content, else the vocabulary's entry); NULL for none. */
+static const char *token_of(const rt_tokenizer *t, int32_t id, size_t *len, bool *special)
+{
+    for (int j = 0; j < t->n_added; j++) /* few added tokens: a scan */
+        if (t->added[j].id == id) {
+            if (len)
+                *len = t->added[j].len;
+            if (special)
+                *special = t->added[j].special;
+            return t->added[j].content;
+        }
+    if (id >= 0 && id < t->n_vocab && t->tok[id]) {
+        if (len)
+            *len = t->tok_len[id];
+        if (special)
+            *special = false;
+        return t->tok[id];
+    }
+    return NULL;
+}
+
 /* TemplateProcessing's "single": SpecialToken pieces before and after the Sequence. */
 static int load_template(rt_tokenizer *t, const cJSON *n, const char *where, base_err *err)
 {
@@ -630,8 +663,10 @@ static int load_template(rt_tokenizer *t, const cJSON *n, const char *where, bas
         if (!cJSON_IsArray(ids))
             return base_errf(err, "%s.special_tokens: no ids for \"%s\"", where, name);
         for (const cJSON *id = ids->child; id; id = id->next) {
-            if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= t->n_ids)
-                return base_errf(err, "%s.special_tokens[\"%s\"]: id outside [0, %d)", where, name, t->n_ids);
+            if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= t->n_ids ||
+                !token_of(t, (int32_t)id->valuedouble, NULL, NULL))
+                return base_errf(err, "%s.special_tokens[\"%s\"]: id %g is no token of the vocabulary", where, name,
+                                 cJSON_IsNumber(id) ? id->valuedouble : -1.0);
             int32_t *dst = seen_seq ? t->suffix : t->prefix;
             int *cnt = seen_seq ? &t->n_suffix : &t->n_prefix;
             if (*cnt == MAX_TEMPLATE)
@@ -717,6 +752,8 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 30) ||
             e->valuedouble != (double)(int32_t)e->valuedouble)
             return base_errf(err, "model.vocab[\"%.40s\"]: the id is not an integer in [0, 2^30)", e->string);
+        if (!valid_utf8(e->string))
+            return base_errf(err, "model.vocab: an entry is not valid UTF-8 (id %d)", (int)e->valuedouble);
         bytes += strlen(e->string) + 1;
         if ((int32_t)e->valuedouble > max_id)
             max_id = (int32_t)e->valuedouble;
@@ -836,10 +873,13 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
         const char *content = jstr(e, "content");
         if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= (1 << 30) || !content || !*content)
             return base_errf(err, "added_tokens[%d]: needs an integer \"id\" and a non-empty \"content\"", i);
+        if (!valid_utf8(content))
+            return base_errf(err, "added_tokens[%d]: the content is not valid UTF-8", i);
         added_token *a = &t->added[t->n_added];
         a->content = strdup(content);
         if (!a->content)
             return base_errf(err, "out of memory");
+        t->n_added++; /* owned from here: freed with the tokenizer, whatever follows */
         a->len = strlen(content);
         a->id = (int32_t)id->valuedouble;
         a->special = jbool(e, "special", false);
@@ -853,9 +893,8 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
                              t->tok[a->id], a->content);
         if (str_map_get(&t->added_map, a->content, a->len) >= 0)
             return base_errf(err, "added_tokens[%d]: \"%.40s\" twice", i, a->content);
-        str_map_put(&t->added_map, a->content, a->len, t->n_added);
+        str_map_put(&t->added_map, a->content, a->len, t->n_added - 1);
         t->added_first[(unsigned char)a->content[0]] = true;
-        t->n_added++;
         if (a->id + 1 > t->n_ids)
             t->n_ids = a->id + 1;
     }
@@ -892,14 +931,27 @@ rt_tokenizer *rt_tokenizer_load(const char *path, base_err *err)
     size_t len = 0;
     if (base_read_file(file, RT_TOKENIZER_MAX_BYTES, &text, &len, err))
         return NULL;
+    rt_tokenizer *t = rt_tokenizer_parse(text, len, file, err);
+    free(text);
+    return t;
+}
+
+rt_tokenizer *rt_tokenizer_parse(const char *text, size_t len, const char *file, base_err *err)
+{
+    for (size_t i = 0; i < len;) { /* JSON is UTF-8: every string in the file is valid text */
+        const int k = utf8_len((const unsigned char *)text + i, len - i);
+        if (k == 0) {
+            base_errf(err, "%s: not valid UTF-8 at byte %zu", file, i);
+            return NULL;
+        }
+        i += (size_t)k;
+    }
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         base_errf(err, "%s: not valid JSON (at byte %zu)", file, at && at >= text ? (size_t)(at - text) : (size_t)0);
-        free(text);
         return NULL;
     }
-    free(text);
     rt_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
         cJSON_Delete(root);
@@ -1432,7 +1484,7 @@ static int bpe_word(enc *e, const char *w, size_t n)
         if (k == 0)
             k = 1;
         int32_t id;
-        if (k == 1)
+        if (c0 < 0x80)
             id = t->ascii_id[c0];
         else if (k == 2 && c0 < 0xC6) /* U+0080 .. U+017F: ByteLevel's characters among them */
             id = t->latin_id[((c0 & 0x1F) << 6 | ((unsigned char)w[i + 1] & 0x3F)) - 0x80];
@@ -1690,14 +1742,9 @@ char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool
     toks a = {0}, b = {0};
     for (int i = 0; i < n; i++) {
         const int32_t id = ids[i];
-        const char *s = NULL;
         size_t k = 0;
         bool special = false;
-        for (int j = 0; j < t->n_added && !s; j++) /* few added tokens: a scan */
-            if (t->added[j].id == id)
-                s = t->added[j].content, k = t->added[j].len, special = t->added[j].special;
-        if (!s && id >= 0 && id < t->n_vocab && t->tok[id])
-            s = t->tok[id], k = t->tok_len[id];
+        const char *s = token_of(t, id, &k, &special);
         if (!s) {
             toks_free(&a);
             base_errf(err, "token id %d is outside the vocabulary of %d ids", id, t->n_ids);
@@ -1758,6 +1805,10 @@ void rt_detok_free(rt_detok *d)
 static int detok_delta(rt_detok *d, bool final, char **text, size_t *len, base_err *err)
 {
     *text = NULL, *len = 0;
+    if (d->n == 0) {
+        *text = strdup("");
+        return *text ? 0 : base_errf(err, "out of memory");
+    }
     size_t lp = 0, ln = 0;
     char *before = rt_tokenizer_decode(d->t, d->ids + d->prefix, d->read - d->prefix, d->skip_special, &lp, err);
     if (!before)

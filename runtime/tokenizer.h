@@ -24,6 +24,8 @@ typedef struct rt_tokenizer rt_tokenizer;
 /* Loads path: a tokenizer.json, or a model folder holding one. NULL on failure, with err naming
  * the file and the problem (a missing file, bad JSON, an unsupported type and its place). */
 rt_tokenizer *rt_tokenizer_load(const char *path, base_err *err);
+/* The same from len bytes of JSON in memory; name stands for the file in messages. */
+rt_tokenizer *rt_tokenizer_parse(const char *json, size_t len, const char *name, base_err *err);
 void rt_tokenizer_free(rt_tokenizer *t);
 
 /* The ids of len bytes of UTF-8 text, in a malloc'd *ids (the caller frees it; NULL when there are

@@ -5,10 +5,15 @@
 set -euo pipefail
 dir=$1 mkmodel=$2
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire"
+mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire" "$dir/tokenizer_load" "$dir/tokenizer_encode"
 for f in "$root"/tests/golden/fixtures/*/config.json; do cp "$f" "$dir/config/$(basename "$(dirname "$f")").json"; done
 "$mkmodel" --out "$dir/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 --ffn-dim 8 --dtype bf16 >/dev/null
 cp "$dir/m/model.safetensors" "$dir/safetensors/"
 rm -rf "$dir/m"
+# small tokenizer.json files (the real ones are megabytes: slow seeds), and texts to encode
+printf '%s' '{"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}, "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}, "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [1]}}}, "added_tokens": [{"id": 1, "content": "<s>", "special": true}], "model": {"type": "BPE", "unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true, "vocab": {"<unk>": 0, "<s>": 1, "<0x41>": 2, "\u2581": 3, "a": 4, "b": 5, "\u2581a": 6}, "merges": ["\u2581 a"]}}' > "$dir/tokenizer_load/llama2-like.json"
+printf '%s' '{"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": true}, "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"}, "model": {"type": "BPE", "vocab": {"\u2581": 0, "a": 1, "\u2581a": 2}, "merges": [["\u2581", "a"]]}}' > "$dir/tokenizer_load/metaspace.json"
+cp "$root/tests/tokenizer/corpus.json" "$dir/tokenizer_encode/corpus.json"
+printf 'Hello world <|s|> [X] ab cab the\n\n  x' > "$dir/tokenizer_encode/mixed"
 # a piece-size byte, then a Health request with request_id 7 (length 4: 08 07 62 00)
 printf '\x03\x00\x00\x00\x04\x08\x07\x62\x00' > "$dir/wire/health"
