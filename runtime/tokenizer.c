@@ -94,11 +94,16 @@ static int pieces_push(pieces *a, piece p)
     return 0;
 }
 
-/* String -> int32 map, open addressing over FNV-1a hashes; keys point into the owner's storage. */
+/* String -> int32 map, open addressing over FNV-1a hashes; keys point into the owner's storage.
+ * A slot holds the key's hash bits, so a probe reads its string only when they agree. */
+typedef struct str_slot {
+    const char *key; /* NULL: empty */
+    uint32_t len, hash;
+    int32_t val;
+} str_slot;
+
 typedef struct str_map {
-    const char **key;
-    uint32_t *klen;
-    int32_t *val;
+    str_slot *slot;
     size_t cap; /* a power of two */
     size_t n;
 } str_map;
@@ -116,48 +121,54 @@ static int str_map_init(str_map *m, size_t expect)
     size_t cap = 16;
     while (cap < expect * 2)
         cap *= 2;
-    m->key = calloc(cap, sizeof *m->key);
-    m->klen = calloc(cap, sizeof *m->klen);
-    m->val = calloc(cap, sizeof *m->val);
+    m->slot = calloc(cap, sizeof *m->slot);
     m->cap = cap, m->n = 0;
-    return m->key && m->klen && m->val ? 0 : -1;
+    return m->slot ? 0 : -1;
 }
 
 static void str_map_free(str_map *m)
 {
-    free(m->key), free(m->klen), free(m->val);
+    free(m->slot);
 }
 
 static int32_t str_map_get(const str_map *m, const char *s, size_t n)
 {
     if (!m->cap)
         return -1;
-    for (size_t i = fnv1a(s, n) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->key[i])
+    const uint64_t h = fnv1a(s, n);
+    for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        const str_slot *e = &m->slot[i];
+        if (!e->key)
             return -1;
-        if (m->klen[i] == n && memcmp(m->key[i], s, n) == 0)
-            return m->val[i];
+        if (e->hash == (uint32_t)(h >> 32) && e->len == n && memcmp(e->key, s, n) == 0)
+            return e->val;
     }
 }
 
 /* Inserts (the map never fills: sized for twice its entries); an existing key keeps its value. */
 static void str_map_put(str_map *m, const char *s, size_t n, int32_t v)
 {
-    for (size_t i = fnv1a(s, n) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->key[i]) {
-            m->key[i] = s, m->klen[i] = (uint32_t)n, m->val[i] = v;
+    const uint64_t h = fnv1a(s, n);
+    for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        str_slot *e = &m->slot[i];
+        if (!e->key) {
+            *e = (str_slot){s, (uint32_t)n, (uint32_t)(h >> 32), v};
             m->n++;
             return;
         }
-        if (m->klen[i] == n && memcmp(m->key[i], s, n) == 0)
+        if (e->hash == (uint32_t)(h >> 32) && e->len == n && memcmp(e->key, s, n) == 0)
             return;
     }
 }
 
-/* (left id, right id) -> merge rank and the merged token's id. */
+/* (left id, right id) -> merge rank and the merged token's id, one slot a cache line's quarter. */
+typedef struct merge_slot {
+    uint64_t key; /* (left + 1) << 32 | right; 0 = empty */
+    int32_t rank, merged;
+} merge_slot;
+
 typedef struct merge_map {
-    uint64_t *key; /* (left + 1) << 32 | right; 0 = empty */
-    int32_t *rank, *merged;
+    merge_slot *slot;
     size_t cap;
 } merge_map;
 
@@ -175,10 +186,11 @@ static bool merge_get(const merge_map *m, int32_t a, int32_t b, int32_t *rank, i
         return false;
     const uint64_t k = ((uint64_t)a + 1) << 32 | (uint32_t)b;
     for (size_t i = mix64(k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (m->key[i] == 0)
+        const merge_slot *e = &m->slot[i];
+        if (e->key == 0)
             return false;
-        if (m->key[i] == k) {
-            *rank = m->rank[i], *merged = m->merged[i];
+        if (e->key == k) {
+            *rank = e->rank, *merged = e->merged;
             return true;
         }
     }
@@ -187,8 +199,10 @@ static bool merge_get(const merge_map *m, int32_t a, int32_t b, int32_t *rank, i
 /* ---- UTF-8 ---- */
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid there. */
-static int utf8_len(const unsigned char *s, size_t n)
+static inline int utf8_len(const unsigned char *s, size_t n)
 {
+    if (s[0] < 0x80)
+        return 1;
     utf8proc_int32_t cp;
     utf8proc_ssize_t k = utf8proc_iterate(s, (utf8proc_ssize_t)(n < 4 ? n : 4), &cp);
     return k > 0 ? (int)k : 0;
@@ -803,11 +817,9 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
     size_t cap = 16;
     while (cap < (size_t)nm * 2)
         cap *= 2;
-    t->merges.key = calloc(cap, sizeof *t->merges.key);
-    t->merges.rank = malloc(cap * sizeof *t->merges.rank);
-    t->merges.merged = malloc(cap * sizeof *t->merges.merged);
+    t->merges.slot = calloc(cap, sizeof *t->merges.slot);
     t->merges.cap = cap;
-    if (!t->merges.key || !t->merges.rank || !t->merges.merged)
+    if (!t->merges.slot)
         return base_errf(err, "out of memory");
     buf joined = {0};
     int rank = 0;
@@ -840,10 +852,11 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
         }
         const uint64_t k = ((uint64_t)ia + 1) << 32 | (uint32_t)ib;
         for (size_t i = mix64(k) & (cap - 1);; i = (i + 1) & (cap - 1)) {
-            if (t->merges.key[i] == k)
+            merge_slot *ms = &t->merges.slot[i];
+            if (ms->key == k)
                 break; /* a repeated merge keeps its first (best) rank */
-            if (t->merges.key[i] == 0) {
-                t->merges.key[i] = k, t->merges.rank[i] = rank, t->merges.merged[i] = im;
+            if (ms->key == 0) {
+                *ms = (merge_slot){k, rank, im};
                 break;
             }
         }
@@ -974,7 +987,7 @@ void rt_tokenizer_free(rt_tokenizer *t)
         return;
     free(t->strings), free(t->tok), free(t->tok_len);
     str_map_free(&t->vocab);
-    free(t->merges.key), free(t->merges.rank), free(t->merges.merged);
+    free(t->merges.slot);
     for (int i = 0; i < t->n_norm; i++) {
         free(t->norm[i].text), free(t->norm[i].content);
         if (t->norm[i].re)
@@ -1139,6 +1152,17 @@ static int arena_copy(enc *e, size_t from, size_t n, size_t *off)
     return arena_add(e, e->arena.p + from, n, off);
 }
 
+/* The leftmost match of re in arena bytes [at, end): -1 when none. */
+static int find(enc *e, OnigRegex re, size_t at, size_t end, size_t *m0, size_t *m1)
+{
+    const OnigUChar *s = (const OnigUChar *)e->arena.p;
+    const int r = onig_search(re, s, s + end, s + at, s + end, e->region, ONIG_OPTION_NONE);
+    if (r < 0)
+        return -1;
+    *m0 = (size_t)e->region->beg[0], *m1 = (size_t)e->region->end[0];
+    return 0;
+}
+
 static int replace_all(enc *e, piece *p, OnigRegex re, const char *content)
 {
     buf o = {0};
@@ -1146,11 +1170,10 @@ static int replace_all(enc *e, piece *p, OnigRegex re, const char *content)
     size_t at = p->off;
     const size_t end = p->off + p->len;
     while (at <= end) {
-        const OnigUChar *s = (const OnigUChar *)e->arena.p;
-        int r = onig_search(re, s, s + end, s + at, s + end, e->region, ONIG_OPTION_NONE);
-        if (r < 0)
+        const unsigned char *s = (const unsigned char *)e->arena.p;
+        size_t m0, m1;
+        if (find(e, re, at, end, &m0, &m1))
             break;
-        size_t m0 = (size_t)e->region->beg[0], m1 = (size_t)e->region->end[0];
         if (m1 == m0) { /* an empty match replaces nothing: step over one character */
             if (m0 >= end)
                 break;
@@ -1252,13 +1275,11 @@ static int split_regex(enc *e, const piece *p, OnigRegex re, split_behavior beha
     const size_t end = p->off + p->len;
     size_t pending = (size_t)-1; /* MergedWithNext: the start of a match waiting for what follows */
     while (at < end) {
-        const OnigUChar *s = (const OnigUChar *)e->arena.p;
-        int r = onig_search(re, s, s + end, s + at, s + end, e->region, ONIG_OPTION_NONE);
-        if (r < 0)
+        size_t m0, m1;
+        if (find(e, re, at, end, &m0, &m1))
             break;
-        size_t m0 = (size_t)e->region->beg[0], m1 = (size_t)e->region->end[0];
         if (m1 == m0) { /* an empty match splits nothing */
-            int k = utf8_len(s + m0, end - m0);
+            int k = utf8_len((const unsigned char *)e->arena.p + m0, end - m0);
             at = m0 + (size_t)(k ? k : 1);
             continue;
         }
