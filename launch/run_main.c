@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "launch/cli.h"
 #include "launch/job.h"
@@ -17,6 +20,7 @@
 #include "runtime/generate.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
+#include "runtime/tokenizer.h"
 #ifdef DINFER_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
 #endif
@@ -24,8 +28,9 @@
 typedef struct run_args {
     job_flags job;     /* the model, its split, where and how it computes */
     int n_prompts;
-    int32_t **prompts; /* (n_prompts) */
+    int32_t **prompts; /* (n_prompts) the ids of each prompt (a --prompt's once rank 0 encoded it) */
     int *prompt_lens;
+    char **texts;      /* (n_prompts) a --prompt's text; NULL for --tokens */
     int max_tokens;
     rt_sampling sampling;
     bool ignore_eos, logprobs, json, bench;
@@ -35,7 +40,7 @@ typedef struct run_args {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: dinfer-run --model DIR --tokens 1,5,9 [--tokens ...] [options]\n"
+            "usage: dinfer-run --model DIR --prompt TEXT | --tokens 1,5,9 [--prompt ... --tokens ...] [options]\n"
             "       dinfer-run --model DIR --bench [--batch B --prompt-len P --gen-len G]\n"
             "  --max-tokens N        tokens to generate per prompt (default 16)\n"
             "  --temperature F       0 = greedy (default 0)\n"
@@ -43,37 +48,47 @@ static void usage(FILE *f)
             "  --seed S              per-prompt random seed (default 0)\n"
             "  --ignore-eos          do not stop at the end-of-sequence token\n"
             "  --logprobs            print the logprob of each generated token\n"
-            "  --json                one JSON object per prompt: tokens, logprobs, finish_reason\n");
+            "  --json                one JSON object per prompt: tokens, logprobs, finish_reason (and\n"
+            "                        text, with the model's tokenizer.json)\n"
+            "  --prompt TEXT is encoded with DIR/tokenizer.json (with its BOS); the output is decoded\n"
+            "  with it whenever the folder has one.\n");
     job_flags_usage_split(f);
     job_flags_usage_compute(f);
 }
 
-static int add_prompt(run_args *a, const char *s, base_err *err)
+/* A --tokens prompt (text NULL) or a --prompt (ids filled in by rank 0 once the tokenizer loads). */
+static int add_prompt(run_args *a, const char *s, bool text, base_err *err)
 {
-    int32_t *toks;
-    int n;
-    if (cli_int_list("--tokens", s, &toks, &n, err))
+    int32_t *toks = NULL;
+    int n = 0;
+    if (!text && cli_int_list("--tokens", s, &toks, &n, err))
         return -1;
+    char *t = text ? strdup(s) : NULL;
     int32_t **np = realloc(a->prompts, (size_t)(a->n_prompts + 1) * sizeof *np);
-    int *nl = np ? realloc(a->prompt_lens, (size_t)(a->n_prompts + 1) * sizeof *nl) : NULL;
     if (np)
         a->prompts = np;
-    if (!np || !nl) {
-        free(toks);
+    int *nl = np ? realloc(a->prompt_lens, (size_t)(a->n_prompts + 1) * sizeof *nl) : NULL;
+    if (nl)
+        a->prompt_lens = nl;
+    char **nt = nl ? realloc(a->texts, (size_t)(a->n_prompts + 1) * sizeof *nt) : NULL;
+    if (nt)
+        a->texts = nt;
+    if (!np || !nl || !nt || (text && !t)) {
+        free(toks), free(t);
         return base_errf(err, "out of memory");
     }
-    a->prompt_lens = nl;
     a->prompts[a->n_prompts] = toks;
+    a->texts[a->n_prompts] = t;
     a->prompt_lens[a->n_prompts++] = n;
     return 0;
 }
 
 static int parse_args(run_args *a, int argc, char **argv, base_err *err)
 {
-    enum { O_TOKENS = 256, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
+    enum { O_TOKENS = 256, O_PROMPT, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_IGNORE, O_LOGP, O_JSON, O_BENCH,
            O_BATCH, O_PLEN, O_GLEN };
     static const struct option opts[] = {
-        JOB_FLAG_OPTIONS, {"tokens", required_argument, 0, O_TOKENS},
+        JOB_FLAG_OPTIONS, {"tokens", required_argument, 0, O_TOKENS}, {"prompt", required_argument, 0, O_PROMPT},
         {"max-tokens", required_argument, 0, O_MAXTOK}, {"temperature", required_argument, 0, O_TEMP},
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"seed", required_argument, 0, O_SEED}, {"ignore-eos", no_argument, 0, O_IGNORE},
@@ -97,7 +112,8 @@ static int parse_args(run_args *a, int argc, char **argv, base_err *err)
             continue;
         }
         switch (o) {
-        case O_TOKENS: if (add_prompt(a, s, err)) return -1; break;
+        case O_TOKENS: if (add_prompt(a, s, false, err)) return -1; break;
+        case O_PROMPT: if (add_prompt(a, s, true, err)) return -1; break;
         case O_MAXTOK: if (cli_int(f, s, 1, 1 << 24, &v, err)) return -1; a->max_tokens = (int)v; break;
         case O_TEMP: if (cli_float(f, s, 0, FLT_MAX, &d, err)) return -1; a->sampling.temperature = (float)d; break;
         case O_TOPK: if (cli_int(f, s, 0, INT32_MAX, &v, err)) return -1; a->sampling.top_k = (int)v; break;
@@ -123,11 +139,20 @@ static int parse_args(run_args *a, int argc, char **argv, base_err *err)
     if (job_flags_check(&a->job, err))
         return -1;
     if (!a->bench && a->n_prompts == 0)
-        return base_errf(err, "give at least one prompt with --tokens, or --bench");
+        return base_errf(err, "give at least one prompt with --prompt or --tokens, or --bench");
     return 0;
 }
 
-static void print_json(const rt_gen_result *r)
+/* The generated text as a JSON string (escaped), or NULL. */
+static char *json_text(const char *text)
+{
+    cJSON *s = text ? cJSON_CreateString(text) : NULL;
+    char *out = s ? cJSON_PrintUnformatted(s) : NULL;
+    cJSON_Delete(s);
+    return out;
+}
+
+static void print_json(const rt_gen_result *r, const char *text)
 {
     printf("{\"tokens\": [");
     for (int i = 0; i < r->n_tokens; i++)
@@ -135,14 +160,22 @@ static void print_json(const rt_gen_result *r)
     printf("], \"logprobs\": [");
     for (int i = 0; i < r->n_tokens; i++) /* JSON has no NaN or infinity: a model with NaN weights gives null */
         printf(isfinite(r->logprobs[i]) ? "%s%.9g" : "%snull", i ? ", " : "", r->logprobs[i]);
-    printf("], \"finish_reason\": \"%s\"}\n", r->finish_reason);
+    printf("], \"finish_reason\": \"%s\"", r->finish_reason);
+    char *t = json_text(text);
+    if (t)
+        printf(", \"text\": %s", t);
+    free(t);
+    printf("}\n");
 }
 
-static void print_text(int k, const int32_t *prompt, int plen, const rt_gen_result *r, bool logprobs)
+static void print_text(int k, const int32_t *prompt, int plen, const char *prompt_text, const rt_gen_result *r,
+                       bool logprobs, const char *text)
 {
     printf("prompt %d (%d tokens):", k, plen);
     for (int i = 0; i < plen; i++)
         printf(" %d", prompt[i]);
+    if (prompt_text)
+        printf("\n  prompt text: %s", prompt_text);
     printf("\n  output (%d tokens, %s):", r->n_tokens, r->finish_reason);
     for (int i = 0; i < r->n_tokens; i++) {
         if (logprobs)
@@ -150,7 +183,44 @@ static void print_text(int k, const int32_t *prompt, int plen, const rt_gen_resu
         else
             printf(" %d", r->tokens[i]);
     }
+    if (text)
+        printf("\n  text: %s", text);
     printf("\n");
+}
+
+/* Rank 0: the model folder's tokenizer (NULL when it has none), and each --prompt's ids. A
+ * --prompt without a usable tokenizer.json is refused; --tokens alone works without one. */
+static int prepare_text(run_args *a, rt_tokenizer **tok, base_err *err)
+{
+    *tok = NULL;
+    bool any_text = false;
+    for (int i = 0; i < a->n_prompts; i++)
+        any_text |= a->texts[i] != NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", a->job.model);
+    if (a->bench || (!any_text && access(path, F_OK) != 0))
+        return 0;
+    base_err e;
+    *tok = rt_tokenizer_load(a->job.model, &e);
+    if (!*tok) {
+        if (any_text)
+            return base_errf(err, "--prompt needs the model's tokenizer.json: %s", e.msg);
+        fprintf(stderr, "dinfer-run: the output stays ids: %s\n", e.msg);
+        return 0;
+    }
+    for (int i = 0; i < a->n_prompts; i++) {
+        if (!a->texts[i])
+            continue;
+        int32_t *ids = NULL;
+        const int n = rt_tokenizer_encode(*tok, a->texts[i], strlen(a->texts[i]), true, &ids, &e);
+        if (n < 0)
+            return base_errf(err, "--prompt %d: %s", i, e.msg);
+        if (n == 0)
+            return base_errf(err, "--prompt %d: the text encodes to no tokens", i);
+        a->prompts[i] = ids;
+        a->prompt_lens[i] = n;
+    }
+    return 0;
 }
 
 static double params_of(const rt_config *c)
@@ -280,7 +350,8 @@ static int run(run_args *a, comm *c, base_err *err)
     int n = 0;
     rt_engine_geometry g = jm.geo;
     rt_engine *e = NULL;
-    if (root && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
+    rt_tokenizer *tok = NULL;
+    if (root && (rc = prepare_text(a, &tok, err)) == 0 && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
         !(res = calloc((size_t)n, sizeof *res)))
         rc = base_errf(err, "out of memory");
     if (job_agree(c, prog, rc, err) || share_kv_blocks(c, &cfg, reqs, n, &g, err)) {
@@ -319,10 +390,15 @@ static int run(run_args *a, comm *c, base_err *err)
             }
         } else {
             for (int i = 0; i < n; i++) {
+                base_err de;
+                char *text = tok ? rt_tokenizer_decode(tok, res[i].tokens, res[i].n_tokens, true, NULL, &de) : NULL;
+                if (tok && !text)
+                    fprintf(stderr, "dinfer-run: prompt %d's output stays ids: %s\n", i, de.msg);
                 if (a->json)
-                    print_json(&res[i]);
+                    print_json(&res[i], text);
                 else
-                    print_text(i, a->prompts[i], a->prompt_lens[i], &res[i], a->logprobs);
+                    print_text(i, a->prompts[i], a->prompt_lens[i], a->texts[i], &res[i], a->logprobs, text);
+                free(text);
             }
             print_speed(a->json ? stderr : stdout, &st);
         }
@@ -338,6 +414,7 @@ out:
     free(res);
     free(reqs);
     free(bench_tokens);
+    rt_tokenizer_free(tok);
     job_model_free(&jm);
     return rc;
 }
@@ -359,8 +436,9 @@ int main(int argc, char **argv)
     if (rc == 0)
         rc = run(&a, c, &err);
     for (int i = 0; i < a.n_prompts; i++)
-        free(a.prompts[i]);
+        free(a.prompts[i]), free(a.texts[i]);
     free(a.prompts);
+    free(a.texts);
     free(a.prompt_lens);
     job_flags_free(&a.job);
     if (rc == -1 && rank == 0)

@@ -9,7 +9,13 @@ if [ ! -f "$models/stories260K.bin" ] || [ ! -f "$models/README.md" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$LLAMA2C_CONVERT" "$models/stories260K.bin" "$tmp/model"
+"$LLAMA2C_CONVERT" "$models/stories260K.bin" "$tmp/model" "$models/tok512.bin"
+# the converted tokenizer.json encodes as llama2.c's own encoder does (run.c compiled in)
+if [ -n "${RUNC_TOKENIZER_CHECK:-}" ]; then
+  "$RUNC_TOKENIZER_CHECK" "$models/tok512.bin" 512 "$tmp/model/tokenizer.json" "$(dirname "$0")/../tokenizer/corpus.json"
+else
+  echo "SKIP (this check only): llama2.c's run.c is absent, the tokenizer is not compared with its encoder"
+fi
 # the reference ids: the first line of the first fenced block after "Reference outputs"
 want=$(awk '/^## Reference outputs/{r=1} r && /^```/{getline; print; exit}' "$models/README.md")
 [ -n "$want" ] || { echo "no reference ids found in $models/README.md"; exit 1; }
@@ -36,3 +42,19 @@ for split in 2x1 1x2 2x2 4x1 1x4 2x4 8x1; do
   [ "$got" = "$want" ] || { echo "stories260K at tp=$tp x pp=$pp differs: $got"; exit 1; }
   echo "stories260K: tp=$tp x pp=$pp identical"
 done
+
+# text: the prompt encoded by the tokenizer.json, the story decoded by it, as llama2.c prints them
+# (README.md's R3: "Once upon a time" and 60 greedy tokens; R2: the 256 greedy tokens from BOS)
+block() { awk -v h="$1" 'index($0, h) == 1 {r = 1; next} r && /^```/ {if (inb) exit; inb = 1; next} inb' "$models/README.md"; }
+json_escape() { sed 's/\\/\\\\/g; s/"/\\"/g' | awk '{printf "%s%s", (NR > 1 ? "\\n" : ""), $0}'; }
+r3=$(block "R3," | json_escape)
+# run.c's 64 steps from a 5-token prompt print 60 new tokens: the last is predicted at position 63
+out=$("$DINFER_RUN" --model "$tmp/model" --prompt "Once upon a time" --max-tokens 60 --ignore-eos --json 2>/dev/null)
+tokens=$(sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' <<<"$out" | tr -d ' ')
+[ "$tokens" = "$(echo "$want" | cut -d, -f5-64)" ] || { echo "--prompt \"Once upon a time\" gave other ids: $tokens"; exit 1; }
+grep -qF "\"text\": \"${r3#Once upon a time}\"" <<<"$out" || { echo "--prompt text differs from R3: $out"; exit 1; }
+echo "stories260K: --prompt \"Once upon a time\" gives llama2.c's ids and text"
+r2=$(block "R2," | json_escape)
+out=$("$DINFER_RUN" --model "$tmp/model" --tokens 1 --max-tokens 256 --ignore-eos --json 2>/dev/null)
+grep -qF "\"text\": \"$r2\"" <<<"$out" || { echo "the 256-token story's text differs from R2: $out"; exit 1; }
+echo "stories260K: the 256-token story decodes to llama2.c's text"
