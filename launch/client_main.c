@@ -22,6 +22,7 @@ typedef struct args {
     int32_t *tokens;
     int n_tokens;
     dinfer_params p;
+    const char *stops[16]; /* --stop */
     bool json;
     int concurrency, requests, prompt_len, gen_len, vocab;
 } args;
@@ -29,8 +30,9 @@ typedef struct args {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: dinfer generate --server HOST:PORT --tokens 1,5,9 [--max-tokens N] [--temperature F]\n"
-            "                       [--top-k K] [--top-p P] [--seed S] [--stop-ids 2,7] [--ignore-eos]\n"
+            "usage: dinfer generate --server HOST:PORT --prompt TEXT | --tokens 1,5,9 [--max-tokens N]\n"
+            "                       [--temperature F] [--top-k K] [--top-p P] [--seed S] [--stop-ids 2,7]\n"
+            "                       [--stop STRING ...] [--ignore-eos]\n"
             "                       [--logprobs N] [--deadline-ms D] [--json]\n"
             "       dinfer health --server HOST:PORT [--json]\n"
             "       dinfer stats --server HOST:PORT [--json]\n"
@@ -57,10 +59,11 @@ static int parse_server(const char *s, args *a, base_err *err)
 
 static int parse(args *a, int argc, char **argv, base_err *err)
 {
-    enum { O_SERVER = 256, O_TOKENS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_IGNORE, O_LOGP, O_DEADLINE,
+    enum { O_SERVER = 256, O_TOKENS, O_PROMPT, O_STOPSTR, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_IGNORE, O_LOGP, O_DEADLINE,
            O_JSON, O_CONC, O_REQS, O_PLEN, O_GLEN, O_TOKEN };
     static const struct option opts[] = {
         {"server", required_argument, 0, O_SERVER}, {"tokens", required_argument, 0, O_TOKENS},
+        {"prompt", required_argument, 0, O_PROMPT}, {"stop", required_argument, 0, O_STOPSTR},
         {"max-tokens", required_argument, 0, O_MAX}, {"temperature", required_argument, 0, O_TEMP},
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"seed", required_argument, 0, O_SEED}, {"stop-ids", required_argument, 0, O_STOP},
@@ -102,6 +105,12 @@ static int parse(args *a, int argc, char **argv, base_err *err)
         switch (o) {
         case O_SERVER: if (parse_server(s, a, err)) return -1; break;
         case O_TOKENS: free(a->tokens); if (cli_int_list(f, s, &a->tokens, &a->n_tokens, err)) return -1; break;
+        case O_PROMPT: a->p.prompt_text = s; break;
+        case O_STOPSTR:
+            if (a->p.n_stop_strings == 16)
+                return base_errf(err, "--stop: at most 16 stop strings");
+            a->stops[a->p.n_stop_strings++] = s;
+            break;
         case O_MAX: if (cli_int(f, s, 0, 1 << 24, &v, err)) return -1; a->p.max_tokens = (uint32_t)v; break;
         case O_TEMP: if (cli_float(f, s, -1e6, 1e6, &d, err)) return -1; a->p.temperature = (float)d; break;
         case O_TOPK: if (cli_int(f, s, -1, 1 << 24, &v, err)) return -1; a->p.top_k = (int32_t)v; break;
@@ -125,16 +134,25 @@ static int parse(args *a, int argc, char **argv, base_err *err)
         return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     a->p.stop_ids = stop;
     a->p.n_stop = (size_t)n_stop;
-    if (strcmp(a->cmd, "generate") == 0 && !a->tokens)
-        return base_errf(err, "generate needs --tokens");
+    a->p.stop = a->stops;
+    if (strcmp(a->cmd, "generate") == 0 && !a->tokens == !a->p.prompt_text)
+        return base_errf(err, "generate needs exactly one of --prompt and --tokens");
     a->p.prompt = a->tokens;
     a->p.prompt_len = (size_t)a->n_tokens;
     return 0;
 }
 
+static char *text_or_json(const char *s, bool json);
+
 static int print_chunk(void *ctx, const Dinfer__V1__TokenChunk *ch)
 {
     const args *a = ctx;
+    if (a->p.prompt_text) { /* the text as it streams */
+        if (ch->text)
+            fputs(ch->text, stdout);
+        fflush(stdout);
+        return 0;
+    }
     for (size_t i = 0; i < ch->n_tokens; i++) {
         if (a->json)
             continue;
@@ -151,11 +169,21 @@ typedef struct collected {
     int32_t *tokens;
     float *logprobs;
     size_t n, cap;
+    char *text; /* the chunks' texts joined; NULL when the server sent none */
+    size_t text_len;
 } collected;
 
 static int collect_chunk(void *ctx, const Dinfer__V1__TokenChunk *ch)
 {
     collected *c = ctx;
+    if (ch->text) {
+        const size_t k = strlen(ch->text);
+        char *t = realloc(c->text, c->text_len + k + 1);
+        if (!t)
+            return 1;
+        memcpy(t + c->text_len, ch->text, k + 1);
+        c->text = t, c->text_len += k;
+    }
     for (size_t i = 0; i < ch->n_tokens; i++) {
         if (c->n == c->cap) {
             c->cap = c->cap ? 2 * c->cap : 64;
@@ -178,17 +206,14 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
     if (a->json) {
         rc = dinfer_generate(c, &a->p, collect_chunk, &col, &r, err);
     } else {
-        printf("tokens:");
+        if (!a->p.prompt_text)
+            printf("tokens:");
         rc = dinfer_generate(c, &a->p, print_chunk, a, &r, err);
         printf("\n");
     }
-    if (rc) {
-        free(col.tokens), free(col.logprobs);
-        return -1;
-    }
-    if (r.status) {
-        free(col.tokens), free(col.logprobs);
-        return base_errf(err, "%s: %s", wire_status_name(r.status), r.message);
+    if (rc || r.status) {
+        free(col.tokens), free(col.logprobs), free(col.text);
+        return rc ? -1 : base_errf(err, "%s: %s", wire_status_name(r.status), r.message);
     }
     if (a->json) {
         printf("{\"tokens\": [");
@@ -198,12 +223,17 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
         for (size_t i = 0; i < col.n; i++) /* JSON has no NaN: a model with NaN weights gives null */
             printf(isfinite(col.logprobs[i]) ? "%s%.9g" : "%snull", i ? ", " : "", col.logprobs[i]);
         printf("], \"finish_reason\": \"%s\", \"prompt_tokens\": %u, \"completion_tokens\": %u, \"ttft_ms\": %.3f, "
-               "\"total_ms\": %.3f}\n", r.finish_reason, r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.total_ms);
+               "\"total_ms\": %.3f", r.finish_reason, r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.total_ms);
+        char *t = col.text ? text_or_json(col.text, true) : NULL;
+        if (t)
+            printf(", \"text\": %s", t);
+        free(t);
+        printf("}\n");
     } else {
         printf("finish: %s, %u prompt + %u generated tokens, TTFT %.1f ms, total %.1f ms\n", r.finish_reason,
                r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.total_ms);
     }
-    free(col.tokens), free(col.logprobs);
+    free(col.tokens), free(col.logprobs), free(col.text);
     return 0;
 }
 

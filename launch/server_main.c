@@ -167,12 +167,22 @@ static int serve(server_args *a, comm *c)
     base_err err = {{0}};
     char *token = NULL;
     int rc = root && a->token_file ? read_token(a->token_file, &token, &err) : 0;
-    if (job_agree(c, prog, rc, &err))
+    /* the model's tokenizer.json, on rank 0 (it tokenizes): a broken one stops the job, naming the
+     * problem; none at all leaves text requests refused */
+    rt_tokenizer *tok = NULL;
+    char tok_path[4096];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", a->job.model);
+    if (rc == 0 && root && access(tok_path, F_OK) == 0 && !(tok = rt_tokenizer_load(tok_path, &err)))
+        rc = -1;
+    if (job_agree(c, prog, rc, &err)) {
+        free(token);
         return 1;
+    }
     job_model jm;
     rt_sched_options so = {.max_batch_tokens = a->job.max_batch_tokens, .max_seqs = a->max_seqs};
     if (job_load(c, prog, &a->job, a->max_seqs, &jm)) {
         free(token);
+        rt_tokenizer_free(tok);
         return 1;
     }
     int blocks = kv_blocks(c, a, &jm, &err);
@@ -206,6 +216,7 @@ static int serve(server_args *a, comm *c)
         rt_engine_destroy(e);
         job_model_free(&jm);
         free(token);
+        rt_tokenizer_free(tok);
         return 1;
     }
     /* where every rank runs, so rank 0 can name one it loses */
@@ -245,6 +256,12 @@ static int serve(server_args *a, comm *c)
         base_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "
                    "%d sequences", jm.device, blocks, g.block_size, (long)blocks * g.block_size,
                 (double)s.snap.kv_cache_bytes / (1 << 30), so.max_batch_tokens, so.max_seqs);
+        if (tok)
+            base_log(0, "tokenizer: %s (%d ids): text prompts, text out and stop strings", tok_path,
+                     rt_tokenizer_n_ids(tok));
+        else
+            base_log(0, "no %s: requests send token ids (text ones are refused)", tok_path);
+        s.tok = tok;
         srv_watchdog_set_ranks(&s.wd, ranks, t->world_size);
         ranks = NULL; /* the watchdog's now */
         the_server = &s;
@@ -279,6 +296,7 @@ static int serve(server_args *a, comm *c)
     rt_engine_destroy(e);
     job_model_free(&jm);
     free(token);
+    rt_tokenizer_free(tok);
     free(ranks);
     return 0;
 }

@@ -103,6 +103,9 @@ int dinfer_send_generate(dinfer_client *c, uint64_t id, const dinfer_params *p, 
     Dinfer__V1__GenerateRequest g = DINFER__V1__GENERATE_REQUEST__INIT;
     g.n_prompt_tokens = p->prompt_len;
     g.prompt_tokens = (int32_t *)p->prompt;
+    g.prompt_text = (char *)p->prompt_text;
+    g.n_stop = p->n_stop_strings;
+    g.stop = (char **)p->stop;
     g.has_max_tokens = 1, g.max_tokens = p->max_tokens;
     g.has_temperature = 1, g.temperature = p->temperature;
     g.has_top_k = 1, g.top_k = p->top_k;

@@ -29,6 +29,9 @@ typedef struct dinfer_client dinfer_client;
 typedef struct dinfer_params {
     const int32_t *prompt;
     size_t prompt_len;
+    const char *prompt_text; /* instead of prompt: UTF-8, encoded by the server's tokenizer */
+    const char *const *stop; /* stop strings (the server matches them on its text) */
+    size_t n_stop_strings;
     uint32_t max_tokens;     /* 16 by default */
     float temperature;       /* 0: greedy */
     int32_t top_k;           /* 0: off */

@@ -19,7 +19,7 @@ int wire_put_error(wire_buf *b, uint64_t rid, int code, const char *msg)
 }
 
 int wire_put_token(wire_buf *b, uint64_t rid, int32_t token, float logprob, int n_top, const int32_t *top_ids,
-                   const float *top_logprobs)
+                   const float *top_logprobs, const char *text)
 {
     Dinfer__V1__TokenChunk ch = DINFER__V1__TOKEN_CHUNK__INIT;
     Dinfer__V1__TopLogprobs top = DINFER__V1__TOP_LOGPROBS__INIT, *tops = &top;
@@ -30,6 +30,17 @@ int wire_put_token(wire_buf *b, uint64_t rid, int32_t token, float logprob, int 
         top.n_logprobs = (size_t)n_top, top.logprobs = (float *)top_logprobs;
         ch.n_top = 1, ch.top = &tops;
     }
+    ch.text = (char *)text;
+    wire_frame f = DINFER__V1__FRAME__INIT;
+    f.body_case = DINFER__V1__FRAME__BODY_CHUNK;
+    f.chunk = &ch;
+    return put(b, rid, &f);
+}
+
+int wire_put_text(wire_buf *b, uint64_t rid, const char *text)
+{
+    Dinfer__V1__TokenChunk ch = DINFER__V1__TOKEN_CHUNK__INIT;
+    ch.text = (char *)text;
     wire_frame f = DINFER__V1__FRAME__INIT;
     f.body_case = DINFER__V1__FRAME__BODY_CHUNK;
     f.chunk = &ch;
@@ -44,6 +55,7 @@ int wire_put_done(wire_buf *b, uint64_t rid, const wire_done *d)
     m.has_completion_tokens = 1, m.completion_tokens = d->completion_tokens;
     m.has_ttft_ms = 1, m.ttft_ms = d->ttft_ms;
     m.has_total_ms = 1, m.total_ms = d->total_ms;
+    m.text = (char *)d->text;
     wire_frame f = DINFER__V1__FRAME__INIT;
     f.body_case = DINFER__V1__FRAME__BODY_DONE;
     f.done = &m;

@@ -12,15 +12,19 @@
  * connection": it ends every stream on it. */
 int wire_put_error(wire_buf *b, uint64_t rid, int code, const char *msg);
 
-/* A TokenChunk of one token with its logprob, and its top-n logprobs when n_top > 0. */
+/* A TokenChunk of one token with its logprob, and its top-n logprobs when n_top > 0; text (NULL:
+ * none) is the text it made final. */
 int wire_put_token(wire_buf *b, uint64_t rid, int32_t token, float logprob, int n_top, const int32_t *top_ids,
-                   const float *top_logprobs);
+                   const float *top_logprobs, const char *text);
+/* A TokenChunk of text alone (what was held back until the end). */
+int wire_put_text(wire_buf *b, uint64_t rid, const char *text);
 
 /* GenerateDone. */
 typedef struct wire_done {
     const char *finish_reason; /* "length" or "stop" */
     uint32_t prompt_tokens, completion_tokens;
     double ttft_ms, total_ms;
+    const char *text; /* NULL: none (no tokenizer) */
 } wire_done;
 int wire_put_done(wire_buf *b, uint64_t rid, const wire_done *d);
 

@@ -479,9 +479,10 @@ int rt_sched_step(rt_sched *s, base_err *err)
         q->n_gen++;
         if (q->n_gen == 1)
             q->first_token = now;
-        rt_sched_event ev = {.kind = RT_EV_TOKEN, .id = q->id, .sample = o};
+        bool stop = false; /* a stop string the receiver matched on the text */
+        rt_sched_event ev = {.kind = RT_EV_TOKEN, .id = q->id, .sample = o, .stop = &stop};
         s->emit(s->ctx, &ev);
-        const char *reason = NULL;
+        const char *reason = stop ? "stop" : NULL;
         if (!q->ignore_eos && rt_config_is_eos(s->cfg, o->token))
             reason = "stop";
         for (int j = 0; j < q->n_stop && !reason; j++)

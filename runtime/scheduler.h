@@ -54,6 +54,7 @@ typedef struct rt_sched_event {
     const char *message;          /* ERROR */
     int prompt_tokens, completion_tokens;
     double ttft_seconds, total_seconds; /* DONE: from arrival */
+    bool *stop;                   /* TOKEN: the receiver sets *stop to end the request here ("stop") */
 } rt_sched_event;
 
 typedef void (*rt_sched_emit_fn)(void *ctx, const rt_sched_event *ev);

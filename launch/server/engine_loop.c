@@ -14,9 +14,19 @@
 #include "launch/server/server.h"
 #include "proto/frames.h"
 
+#define MAX_STOP_STRINGS 16
+#define MAX_STOP_BYTES 256
+
+/* A live request; with a tokenizer, its text so far. */
 typedef struct live {
     uint64_t sched_id, conn, rid;
     bool want_top;
+    rt_detok *dt;     /* NULL without a tokenizer */
+    char *text;       /* (text_len) the generated text: a stop string found ends it there */
+    size_t text_len, text_cap, sent; /* text[0, sent) has gone out in chunks */
+    char **stops;     /* (n_stops) */
+    int n_stops;
+    bool stopped;     /* a stop string ended the text */
 } live;
 
 typedef struct eng {
@@ -81,9 +91,72 @@ static int find_by_client(eng *e, uint64_t conn, uint64_t rid)
     return -1;
 }
 
+static void live_free(live *l)
+{
+    if (l->dt) {
+        rt_detok_free(l->dt);
+        free(l->dt);
+    }
+    for (int i = 0; i < l->n_stops; i++)
+        free(l->stops[i]);
+    free(l->stops), free(l->text);
+}
+
 static void drop_live(eng *e, int i)
 {
+    live_free(&e->lv[i]);
     e->lv[i] = e->lv[--e->n_live];
+}
+
+static int text_add(live *l, const char *s, size_t n)
+{
+    if (l->text_len + n + 1 > l->text_cap) {
+        size_t cap = l->text_cap ? 2 * l->text_cap : 256;
+        while (cap < l->text_len + n + 1)
+            cap *= 2;
+        char *t = realloc(l->text, cap);
+        if (!t)
+            return -1;
+        l->text = t, l->text_cap = cap;
+    }
+    memcpy(l->text + l->text_len, s, n);
+    l->text_len += n;
+    l->text[l->text_len] = '\0';
+    return 0;
+}
+
+/* After text grew by `added` bytes: true when a stop string now occurs (the text is cut where it
+ * starts); else how much may go out, holding back an ending that could begin a stop string. */
+static bool stop_scan(live *l, size_t added, size_t *safe)
+{
+    size_t longest = 0;
+    for (int i = 0; i < l->n_stops; i++)
+        longest = strlen(l->stops[i]) > longest ? strlen(l->stops[i]) : longest;
+    /* a match must end in the new bytes: it starts no earlier than this */
+    const size_t from = l->text_len - added > longest ? l->text_len - added - longest + 1 : 0;
+    size_t cut = (size_t)-1;
+    for (int i = 0; i < l->n_stops; i++) {
+        const char *at = memmem(l->text + from, l->text_len - from, l->stops[i], strlen(l->stops[i]));
+        if (at && (size_t)(at - l->text) < cut)
+            cut = (size_t)(at - l->text);
+    }
+    if (cut != (size_t)-1) {
+        l->text_len = cut;
+        l->text[cut] = '\0';
+        *safe = cut;
+        return true;
+    }
+    size_t hold = 0; /* the longest ending of the text that begins some stop string */
+    for (int i = 0; i < l->n_stops; i++) {
+        const size_t n = strlen(l->stops[i]);
+        for (size_t k = n - 1; k > hold; k--)
+            if (k <= l->text_len && memcmp(l->text + l->text_len - k, l->stops[i], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    *safe = l->text_len - hold;
+    return false;
 }
 
 static void on_event(void *ctx, const rt_sched_event *ev)
@@ -96,15 +169,42 @@ static void on_event(void *ctx, const rt_sched_event *ev)
     srv_out *o = out_for(e, l.conn);
     if (!o)
         return;
+    live *lp = &e->lv[i];
     if (ev->kind == RT_EV_TOKEN) {
         const rt_sample_out *s = ev->sample;
-        wire_put_token(&o->buf, l.rid, s->token, s->logprob, l.want_top ? s->n_top : 0, s->top_ids, s->top_logprobs);
+        char *piece = NULL, *out = NULL;
+        size_t pl = 0, safe = 0;
+        if (lp->dt) { /* the text this token made final; a stop string ends the request at its start */
+            base_err err;
+            if (rt_detok_add(lp->dt, s->token, &piece, &pl, &err) == 0 && text_add(lp, piece, pl) == 0) {
+                if (stop_scan(lp, pl, &safe))
+                    *ev->stop = lp->stopped = true;
+                out = strndup(lp->text + lp->sent, safe - lp->sent);
+                lp->sent = safe;
+            }
+            free(piece);
+        }
+        wire_put_token(&o->buf, l.rid, s->token, s->logprob, l.want_top ? s->n_top : 0, s->top_ids, s->top_logprobs,
+                       out);
+        free(out);
         return;
     }
     if (ev->kind == RT_EV_DONE) {
+        if (lp->dt && !lp->stopped) { /* what waited: an incomplete character's bytes */
+            char *rest = NULL;
+            size_t rl = 0, safe = 0;
+            base_err err;
+            if (rt_detok_flush(lp->dt, &rest, &rl, &err) == 0 && rl > 0 && text_add(lp, rest, rl) == 0)
+                lp->stopped = stop_scan(lp, rl, &safe);
+            free(rest);
+        }
+        if (lp->dt && lp->sent < lp->text_len) { /* and what could have begun a stop string */
+            wire_put_text(&o->buf, l.rid, lp->text + lp->sent);
+            lp->sent = lp->text_len;
+        }
         wire_done d = {.finish_reason = ev->finish_reason, .prompt_tokens = (uint32_t)ev->prompt_tokens,
                        .completion_tokens = (uint32_t)ev->completion_tokens, .ttft_ms = ev->ttft_seconds * 1e3,
-                       .total_ms = ev->total_seconds * 1e3};
+                       .total_ms = ev->total_seconds * 1e3, .text = lp->dt ? (lp->text ? lp->text : "") : NULL};
         wire_put_done(&o->buf, l.rid, &d);
     } else {
         wire_put_error(&o->buf, l.rid, ev->status, ev->message);
@@ -115,15 +215,37 @@ static void on_event(void *ctx, const rt_sched_event *ev)
 
 /* A GenerateRequest's fields as a scheduler request (defaults as vLLM's); rt_sched_add checks the
  * rest with the same validator offline runs use. NULL, or what is wrong. */
-static const char *convert(const Dinfer__V1__GenerateRequest *g, const rt_config *cfg, rt_sched_request *r,
-                           double arrival, char *buf, size_t n)
+static const char *convert(const Dinfer__V1__GenerateRequest *g, const rt_config *cfg, const rt_tokenizer *tok,
+                           rt_sched_request *r, int32_t **text_ids, double arrival, char *buf, size_t n)
 {
-    if (g->prompt_text && *g->prompt_text)
-        return "text prompts need the server's tokenizer, which this version lacks: send prompt_tokens";
-    if (g->n_stop > 0)
-        return "stop strings need the server's tokenizer, which this version lacks: use stop_token_ids";
-    if (g->n_prompt_tokens > (size_t)cfg->max_pos) {
-        snprintf(buf, n, "the prompt has %zu tokens, over the context length %d", g->n_prompt_tokens, cfg->max_pos);
+    *text_ids = NULL;
+    const int32_t *prompt = g->prompt_tokens;
+    size_t prompt_len = g->n_prompt_tokens;
+    if (g->prompt_text) {
+        if (g->n_prompt_tokens > 0)
+            return "send exactly one of prompt_tokens and prompt_text";
+        if (!tok)
+            return "the model has no tokenizer.json: send prompt_tokens";
+        base_err err;
+        const int k = rt_tokenizer_encode(tok, g->prompt_text, strlen(g->prompt_text), true, text_ids, &err);
+        if (k < 0) {
+            snprintf(buf, n, "prompt_text: %s", err.msg);
+            return buf;
+        }
+        prompt = *text_ids, prompt_len = (size_t)k;
+    }
+    if (g->n_stop > 0 && !tok)
+        return "stop strings need the model's tokenizer.json: use stop_token_ids";
+    if (g->n_stop > MAX_STOP_STRINGS)
+        return "at most 16 stop strings";
+    for (size_t i = 0; i < g->n_stop; i++)
+        if (!*g->stop[i] || strlen(g->stop[i]) > MAX_STOP_BYTES) {
+            snprintf(buf, n, "stop string %zu is %s: 1 to %d bytes", i, *g->stop[i] ? "too long" : "empty",
+                     MAX_STOP_BYTES);
+            return buf;
+        }
+    if (prompt_len > (size_t)cfg->max_pos) {
+        snprintf(buf, n, "the prompt has %zu tokens, over the context length %d", prompt_len, cfg->max_pos);
         return buf;
     }
     if (g->has_max_tokens && (g->max_tokens == 0 || g->max_tokens > (uint32_t)cfg->max_pos)) {
@@ -135,7 +257,7 @@ static const char *convert(const Dinfer__V1__GenerateRequest *g, const rt_config
     if (g->has_logprobs && g->logprobs > RT_MAX_TOP_LOGPROBS)
         return "logprobs must be in [0, 20]";
     *r = (rt_sched_request){
-        .prompt = g->prompt_tokens, .prompt_len = (int)g->n_prompt_tokens,
+        .prompt = prompt, .prompt_len = (int)prompt_len,
         .max_tokens = g->has_max_tokens ? (int)g->max_tokens : 16,
         .sampling = {.temperature = g->has_temperature ? g->temperature : 0.0f,
                      .top_k = g->has_top_k ? g->top_k : 0,
@@ -162,16 +284,37 @@ static void handle_generate(eng *e, const srv_in *m)
         return;
     }
     rt_sched_request r;
-    char buf[160];
-    const char *why = convert(m->frame->generate, e->cfg, &r, m->arrival, buf, sizeof buf);
+    char buf[BASE_ERR_LEN + 32];
+    int32_t *text_ids = NULL; /* a prompt_text's ids: the scheduler copies them */
+    const Dinfer__V1__GenerateRequest *g = m->frame->generate;
+    const char *why = convert(g, e->cfg, e->s->tok, &r, &text_ids, m->arrival, buf, sizeof buf);
     if (why) {
+        free(text_ids);
         send_error(e, m->conn, m->rid, RT_STATUS_INVALID_ARGUMENT, why, true);
         return;
+    }
+    live l = {.want_top = r.sampling.n_logprobs > 0};
+    if (e->s->tok) {
+        l.dt = malloc(sizeof *l.dt);
+        l.stops = g->n_stop ? calloc(g->n_stop, sizeof *l.stops) : NULL;
+        bool ok = l.dt && (!g->n_stop || l.stops);
+        if (l.dt)
+            rt_detok_init(l.dt, e->s->tok, true);
+        for (size_t i = 0; ok && i < g->n_stop; i++)
+            ok = (l.stops[l.n_stops++] = strdup(g->stop[i])) != NULL;
+        if (!ok) {
+            free(text_ids);
+            live_free(&l);
+            send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "out of memory", true);
+            return;
+        }
     }
     if (e->n_live == e->cap_live) {
         int cap = e->cap_live ? 2 * e->cap_live : 64;
         live *nl = realloc(e->lv, (size_t)cap * sizeof *nl);
         if (!nl) {
+            free(text_ids);
+            live_free(&l);
             send_error(e, m->conn, m->rid, RT_STATUS_RESOURCE_EXHAUSTED, "out of memory", true);
             return;
         }
@@ -181,11 +324,15 @@ static void handle_generate(eng *e, const srv_in *m)
     r.id = ++e->next_id;
     int status;
     base_err err;
-    if (rt_sched_add(e->sched, &r, &status, &err)) {
+    const int rc = rt_sched_add(e->sched, &r, &status, &err);
+    free(text_ids);
+    if (rc) {
+        live_free(&l);
         send_error(e, m->conn, m->rid, status, err.msg, true);
         return;
     }
-    e->lv[e->n_live++] = (live){r.id, m->conn, m->rid, r.sampling.n_logprobs > 0};
+    l.sched_id = r.id, l.conn = m->conn, l.rid = m->rid;
+    e->lv[e->n_live++] = l;
 }
 
 static void handle_in(eng *e, const srv_in *m)
@@ -248,6 +395,7 @@ static void end_all(eng *e)
         if (rt_sched_cancel(e->sched, l.sched_id, RT_STATUS_UNAVAILABLE,
                             "the server shut down before the request finished") != 0) {
             send_error(e, l.conn, l.rid, RT_STATUS_UNAVAILABLE, "the server shut down", true);
+            live_free(&e->lv[e->n_live - 1]);
             e->n_live--;
         }
     }
@@ -298,6 +446,8 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
     pthread_mutex_unlock(&s->mu);
     srv_queue_wake(&s->to_net);
     rt_sched_destroy(e.sched);
+    for (int i = 0; i < e.n_live; i++)
+        live_free(&e.lv[i]);
     free(e.lv);
     return rc;
 }

@@ -59,14 +59,14 @@ static void *server(void *arg)
                 const uint32_t mode = f->generate->max_tokens;
                 if (mode == 1) {
                     wire_done done = {.finish_reason = "length", .prompt_tokens = 2, .completion_tokens = 2};
-                    wire_put_token(&b, rid, 10, -0.5f, 0, NULL, NULL);
-                    wire_put_token(&b, 999, 77, -0.1f, 0, NULL, NULL);
-                    wire_put_token(&b, rid, 11, -0.25f, 0, NULL, NULL);
+                    wire_put_token(&b, rid, 10, -0.5f, 0, NULL, NULL, NULL);
+                    wire_put_token(&b, 999, 77, -0.1f, 0, NULL, NULL, NULL);
+                    wire_put_token(&b, rid, 11, -0.25f, 0, NULL, NULL, NULL);
                     wire_put_done(&b, rid, &done);
                 } else if (mode == 2) {
                     wire_put_error(&b, 0, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, "the job lost rank 1");
                 } else {
-                    wire_put_token(&b, rid, 12, -0.5f, 0, NULL, NULL);
+                    wire_put_token(&b, rid, 12, -0.5f, 0, NULL, NULL, NULL);
                     open = 0;
                 }
             }

@@ -38,14 +38,14 @@ static void test_builders_round_trip(void **state)
     int32_t top_ids[3] = {5, 9, 2};
     float top_lp[3] = {-0.1f, -2.5f, -3.0f};
     wire_done done = {.finish_reason = "stop", .prompt_tokens = 7, .completion_tokens = 3, .ttft_ms = 1.5,
-                      .total_ms = 9.25};
+                      .total_ms = 9.25, .text = "h\xc3\xa9llo"};
     Dinfer__V1__HealthResponse h = DINFER__V1__HEALTH_RESPONSE__INIT;
     h.has_ready = 1, h.ready = 1, h.model = "m", h.has_tp = 1, h.tp = 2;
     Dinfer__V1__StatsResponse s = DINFER__V1__STATS_RESPONSE__INIT;
     s.has_running = 1, s.running = 4, s.device = "cpu";
     assert_int_equal(wire_put_error(&b, 11, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, "gone"), 0);
-    assert_int_equal(wire_put_token(&b, 12, 42, -0.5f, 3, top_ids, top_lp), 0);
-    assert_int_equal(wire_put_token(&b, 13, 43, -1.5f, 0, NULL, NULL), 0);
+    assert_int_equal(wire_put_token(&b, 12, 42, -0.5f, 3, top_ids, top_lp, "hi"), 0);
+    assert_int_equal(wire_put_token(&b, 13, 43, -1.5f, 0, NULL, NULL, NULL), 0);
     assert_int_equal(wire_put_done(&b, 14, &done), 0);
     assert_int_equal(wire_put_health(&b, 15, &h), 0);
     assert_int_equal(wire_put_stats(&b, 16, &s), 0);
@@ -65,11 +65,14 @@ static void test_builders_round_trip(void **state)
         assert_int_equal(f[1]->chunk->top[0]->n_token_ids, 3);
         assert_int_equal(f[1]->chunk->top[0]->token_ids[1], 9);
         assert_true(f[1]->chunk->top[0]->logprobs[2] == -3.0f);
+        assert_string_equal(f[1]->chunk->text, "hi");
         assert_int_equal(f[2]->chunk->n_top, 0);
+        assert_null(f[2]->chunk->text);
         assert_int_equal(f[3]->body_case, DINFER__V1__FRAME__BODY_DONE);
         assert_string_equal(f[3]->done->finish_reason, "stop");
         assert_int_equal(f[3]->done->completion_tokens, 3);
         assert_true(f[3]->done->total_ms == 9.25);
+        assert_string_equal(f[3]->done->text, "h\xc3\xa9llo");
         assert_int_equal(f[4]->body_case, DINFER__V1__FRAME__BODY_HEALTH_RESPONSE);
         assert_true(f[4]->health_response->ready);
         assert_int_equal(f[4]->health_response->tp, 2);

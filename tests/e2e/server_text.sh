@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Text through dinfer-server, under mpirun 1x1 and 2x2, on stories260K (converted with its
+# tokenizer.json): a text prompt gives the text dinfer-run gives (the streamed pieces joined equal
+# the whole decode), stop strings end the text where they start, also when they span two or three
+# tokens, and bad text requests get INVALID_ARGUMENT naming the problem while the server keeps
+# serving. A model folder without tokenizer.json refuses text but serves ids. Skips (77) without
+# ../shared/models.
+set -uo pipefail
+models=${DINFER_SHARED_MODELS:-}
+[ -f "$models/stories260K.bin" ] && [ -f "$models/tok512.bin" ] || { echo "SKIP: no stories260K under '$models'"; exit 77; }
+tmp=$(mktemp -d)
+cleanup() { [ -n "${mpid:-}" ] && kill -KILL "$mpid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+"$LLAMA2C_CONVERT" "$models/stories260K.bin" "$tmp/model" "$models/tok512.bin" || exit 1
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+field() { sed -n "s/.*\"$1\": \"\\(\\([^\"\\\\]\\|\\\\.\\)*\\)\".*/\\1/p"; } # a JSON string field, still escaped
+
+start() { # start TP PP MODEL
+  mpirun --oversubscribe --bind-to none -np $(($1 * $2)) "$DINFER_SERVER" --model "$3" --tp "$1" --pp "$2" --port 0 \
+    >"$tmp/log" 2>&1 &
+  mpid=$!
+  for _ in $(seq 1 300); do
+    grep -q "ready on" "$tmp/log" && break
+    kill -0 "$mpid" 2>/dev/null || { echo "the server exited:"; cat "$tmp/log"; exit 1; }
+    sleep 0.1
+  done
+  addr=$(sed -n 's/.*ready on \([^ ]*\) (pid.*/\1/p' "$tmp/log")
+  [ -n "$addr" ] || { echo "the server never became ready:"; cat "$tmp/log"; exit 1; }
+}
+stop() { kill -TERM "$(sed -n 's/.*ready on [^ ]* (pid \([0-9]*\)).*/\1/p' "$tmp/log")"; wait "$mpid"; mpid=; }
+gen() { "$DINFER_CLIENT" generate --server "$addr" "$@" 2>&1; }
+expect_refused() { # expect_refused NEEDLE ARGS...
+  local needle=$1; shift
+  local out; out=$(gen "$@") && { fail "accepted: $*"; return; }
+  grep -qF -- "$needle" <<<"$out" && echo "ok: $out" || fail "$*: $out"
+}
+
+# the reference: dinfer-run's decode of the same greedy run
+want=$("$DINFER_RUN" --model "$tmp/model" --prompt "Once upon a time" --max-tokens 60 --ignore-eos --json 2>/dev/null |
+       field text)
+[ -n "$want" ] || { echo "dinfer-run gave no text"; exit 1; }
+for split in "1 1" "2 2"; do
+  read -r tp pp <<<"$split"
+  start "$tp" "$pp" "$tmp/model"
+  echo "== server tp=$tp pp=$pp on $addr"
+  got=$(gen --prompt "Once upon a time" --max-tokens 60 --ignore-eos --json | field text)
+  [ "$got" = "$want" ] && echo "ok: the streamed text equals dinfer-run's" || fail "text: got '$got' want '$want'"
+  # stop strings: one token ("Lily"), two or three tokens ("park. One", "red ball"), never found
+  for s in "Lily" "park. One" "red ball" "zebra"; do
+    out=$(gen --prompt "Once upon a time" --max-tokens 60 --ignore-eos --stop "$s" --stop "xyz" --json)
+    got=$(field text <<<"$out")
+    if [ "$s" = zebra ]; then
+      exp=$want reason=length
+    else
+      exp=${want%%"$s"*} reason=stop
+    fi
+    [ "$got" = "$exp" ] && grep -q "\"finish_reason\": \"$reason\"" <<<"$out" && echo "ok: stop \"$s\" ($reason)" ||
+      fail "stop \"$s\": $out"
+  done
+  # the text as it streams (not JSON) is the same text
+  plain=$(gen --prompt "Once upon a time" --max-tokens 60 --ignore-eos | head -n -1)
+  [ "$(printf '%s' "$plain" | awk '{printf "%s%s", (NR > 1 ? "\\n" : ""), $0}' | sed 's/"/\\"/g')" = "$want" ] &&
+    echo "ok: streamed plain text" || fail "plain text: $plain"
+  expect_refused "prompt_text: the text is not valid UTF-8 at byte 2" --prompt $'ab\xffcd'
+  expect_refused "stop string 1 is empty" --prompt "x" --stop "a" --stop ""
+  expect_refused "stop string 0 is too long" --prompt "x" --stop "$(head -c 257 /dev/zero | tr '\0' a)"
+  long=$(printf 'Once upon a time %.0s' $(seq 1 200))
+  expect_refused "over the context length 512" --prompt "$long"
+  # still serving, ids as before
+  out=$(gen --tokens 1,403 --max-tokens 3 --json)
+  grep -q '"tokens": \[407, 261, 378\]' <<<"$out" && echo "ok: ids still served" || fail "ids after errors: $out"
+  stop
+done
+# a model folder without tokenizer.json: ids work, text is refused by name
+start 1 1 "$(dirname "$0")/../golden/fixtures/llama_5layer_sharded"
+expect_refused "the model has no tokenizer.json" --prompt "hello"
+expect_refused "stop strings need the model's tokenizer.json" --tokens 1,2 --stop "x"
+gen --tokens 1,2 --max-tokens 2 >/dev/null && echo "ok: ids without a tokenizer" || fail "ids without a tokenizer"
+stop
+[ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
+echo "server text: prompts, streamed text, stop strings and refusals as expected"
