@@ -206,7 +206,9 @@ static int cmd_generate(args *a, dinfer_client *c, base_err *err)
     if (a->json) {
         rc = dinfer_generate(c, &a->p, collect_chunk, &col, &r, err);
     } else {
-        if (!a->p.prompt_text)
+        if (a->p.prompt_text) /* the prompt, then its continuation as it streams */
+            fputs(a->p.prompt_text, stdout);
+        else
             printf("tokens:");
         rc = dinfer_generate(c, &a->p, print_chunk, a, &r, err);
         printf("\n");

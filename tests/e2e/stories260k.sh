@@ -10,6 +10,12 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$LLAMA2C_CONVERT" "$models/stories260K.bin" "$tmp/model" "$models/tok512.bin"
+# the quickstart's committed copy is this conversion, byte for byte
+root=$(cd "$(dirname "$0")/../.." && pwd)
+for f in config.json model.safetensors tokenizer.json; do
+  cmp -s "$tmp/model/$f" "$root/launch/stories260K/$f" || { echo "launch/stories260K/$f is not llama2c_convert's output"; exit 1; }
+done
+echo "stories260K: launch/stories260K is the converted checkpoint"
 # the converted tokenizer.json encodes as llama2.c's own encoder does (run.c compiled in)
 if [ -n "${RUNC_TOKENIZER_CHECK:-}" ]; then
   "$RUNC_TOKENIZER_CHECK" "$models/tok512.bin" 512 "$tmp/model/tokenizer.json" "$(dirname "$0")/../tokenizer/corpus.json"
