@@ -190,7 +190,7 @@ static void print_text(int k, const int32_t *prompt, int plen, const char *promp
 
 /* Rank 0: the model folder's tokenizer (NULL when it has none), and each --prompt's ids. A
  * --prompt without a usable tokenizer.json is refused; --tokens alone works without one. */
-static int prepare_text(run_args *a, rt_tokenizer **tok, base_err *err)
+static int prepare_text(run_args *a, rt_config *cfg, rt_tokenizer **tok, base_err *err)
 {
     *tok = NULL;
     bool any_text = false;
@@ -208,6 +208,12 @@ static int prepare_text(run_args *a, rt_tokenizer **tok, base_err *err)
         fprintf(stderr, "dinfer-run: the output stays ids: %s\n", e.msg);
         return 0;
     }
+    int32_t eos; /* generation stops at tokenizer_config.json's EOS too, as transformers' does */
+    const int has_eos = rt_tokenizer_config_eos(*tok, a->job.model, &eos, &e);
+    if (has_eos < 0)
+        return base_err_copy(err, &e);
+    if (has_eos == 0 && rt_config_add_eos(cfg, eos))
+        return base_errf(err, "tokenizer_config.json's eos_token %d: too many end-of-sequence ids", eos);
     for (int i = 0; i < a->n_prompts; i++) {
         if (!a->texts[i])
             continue;
@@ -351,7 +357,7 @@ static int run(run_args *a, comm *c, base_err *err)
     rt_engine_geometry g = jm.geo;
     rt_engine *e = NULL;
     rt_tokenizer *tok = NULL;
-    if (root && (rc = prepare_text(a, &tok, err)) == 0 && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
+    if (root && (rc = prepare_text(a, &jm.model.cfg, &tok, err)) == 0 && (rc = make_requests(a, &cfg, &reqs, &n, &bench_tokens, err)) == 0 &&
         !(res = calloc((size_t)n, sizeof *res)))
         rc = base_errf(err, "out of memory");
     if (job_agree(c, prog, rc, err) || share_kv_blocks(c, &cfg, reqs, n, &g, err)) {

@@ -188,6 +188,11 @@ static int serve(server_args *a, comm *c)
     int blocks = kv_blocks(c, a, &jm, &err);
     rt_engine *e = NULL;
     rc = blocks < 0 ? -1 : 0;
+    int32_t eos;
+    int has_eos = rc == 0 && tok ? rt_tokenizer_config_eos(tok, a->job.model, &eos, &err) : 1;
+    if (has_eos < 0 || (has_eos == 0 && rt_config_add_eos(&jm.model.cfg, eos) != 0 &&
+                        base_errf(&err, "tokenizer_config.json's eos_token %d: too many end-of-sequence ids", eos)))
+        rc = -1; /* the coordinator stops at tokenizer_config.json's EOS too, as transformers does */
     rt_engine_geometry g;
     if (rc == 0) {
         g = jm.geo; /* the one geometry: job_load built it, the KV pool is ours to size */

@@ -356,6 +356,49 @@ int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *na
     return rc;
 }
 
+int rt_config_add_eos(rt_config *cfg, int id)
+{
+    if (id < 0 || id >= cfg->vocab_size)
+        return -1;
+    if (rt_config_is_eos(cfg, id))
+        return 0;
+    if (cfg->n_eos == RT_MAX_EOS)
+        return -1;
+    cfg->eos_ids[cfg->n_eos++] = id;
+    return 0;
+}
+
+/* generation_config.json's eos_token_id (an id or a list), joined to the config's: what
+ * transformers' generate() stops at. An absent file adds nothing; a bad one is refused by name. */
+static int load_generation_eos(rt_config *cfg, const char *dir, base_err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    base_err e;
+    const int exists = base_path_exists(path, &e);
+    if (exists <= 0)
+        return exists < 0 ? base_err_copy(err, &e) : 0;
+    char *text;
+    size_t len;
+    if (base_read_file(path, RT_CONFIG_MAX_BYTES, &text, &len, err))
+        return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return base_errf(err, "%s: not a JSON object", path);
+    }
+    reader r = {path, err};
+    int ids[RT_MAX_EOS], n = 0;
+    int rc = parse_token_ids(&r, root, "eos_token_id", cfg->vocab_size, ids, RT_MAX_EOS, &n);
+    for (int i = 0; rc == 0 && i < n; i++)
+        if (rt_config_add_eos(cfg, ids[i]))
+            rc = base_errf(err, "%s: eos_token_id: more than %d end-of-sequence ids with config.json's", path,
+                           RT_MAX_EOS);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int rt_config_load(rt_config *cfg, const char *dir, base_err *err)
 {
     char path[4096];
@@ -366,7 +409,7 @@ int rt_config_load(rt_config *cfg, const char *dir, base_err *err)
         return -1;
     int rc = rt_config_parse(cfg, text, len, path, err);
     free(text);
-    return rc;
+    return rc ? rc : load_generation_eos(cfg, dir, err);
 }
 
 static const char *dtype_torch_name(rt_dtype t)

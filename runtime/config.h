@@ -63,7 +63,8 @@ typedef struct rt_config {
  * type, out of range or unsupported. */
 int rt_config_parse(rt_config *cfg, const char *text, size_t len, const char *name, base_err *err);
 
-/* Reads DIR/config.json and parses it. */
+/* Reads DIR/config.json and parses it; the end-of-sequence ids of DIR/generation_config.json, when
+ * there is one, are joined to config.json's (transformers' generate() stops at either). */
 int rt_config_load(rt_config *cfg, const char *dir, base_err *err);
 
 /* Writes cfg as a config.json (transformers 4 key style, which every reader accepts) to path. */
@@ -71,6 +72,9 @@ int rt_config_write(const rt_config *cfg, const char *path, base_err *err);
 
 const char *rt_arch_name(rt_arch a); /* "LlamaForCausalLM", ... */
 bool rt_config_is_eos(const rt_config *cfg, int token);
+/* Adds an end-of-sequence id (already there: nothing); -1 when it is outside the vocabulary or
+ * RT_MAX_EOS are taken. */
+int rt_config_add_eos(rt_config *cfg, int id);
 
 
 #endif

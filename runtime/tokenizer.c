@@ -1880,3 +1880,36 @@ int rt_detok_flush(rt_detok *d, char **text, size_t *len, base_err *err)
     size_t l;
     return detok_delta(d, true, text, len ? len : &l, err);
 }
+
+/* ---- tokenizer_config.json ---- */
+
+int rt_tokenizer_config_eos(const rt_tokenizer *t, const char *dir, int32_t *id, base_err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    base_err e;
+    const int exists = base_path_exists(path, &e);
+    if (exists <= 0)
+        return exists < 0 ? base_err_copy(err, &e) : 1;
+    char *text = NULL;
+    size_t len = 0;
+    if (base_read_file(path, (size_t)64 << 20, &text, &len, err))
+        return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return base_errf(err, "%s: not a JSON object", path);
+    }
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token");
+    const char *name = cJSON_IsString(eos) ? eos->valuestring : jstr(eos, "content");
+    int rc = 1;
+    if (eos && !cJSON_IsNull(eos) && !name) {
+        rc = base_errf(err, "%s: eos_token is neither a string nor {\"content\": ...}", path);
+    } else if (name) {
+        *id = lookup_token(t, name);
+        rc = *id >= 0 ? 0 : base_errf(err, "%s: eos_token \"%.60s\" is no token of tokenizer.json", path, name);
+    }
+    cJSON_Delete(root);
+    return rc;
+}

@@ -59,6 +59,11 @@ int rt_detok_add(rt_detok *d, int32_t id, char **text, size_t *len, base_err *er
 int rt_detok_flush(rt_detok *d, char **text, size_t *len, base_err *err);
 void rt_detok_free(rt_detok *d);
 
+/* The id of tokenizer_config.json's eos_token (a string or {"content": ...}) in a model folder:
+ * 0 with *id, or 1 when the folder has no such file or field, -1 with err when the file is bad or
+ * names a token the tokenizer lacks. */
+int rt_tokenizer_config_eos(const rt_tokenizer *t, const char *dir, int32_t *id, base_err *err);
+
 /* Ids are below this (the model's vocabulary and the added tokens). */
 int rt_tokenizer_n_ids(const rt_tokenizer *t);
 

@@ -189,9 +189,48 @@ static void test_write_round_trip(void **state)
     rmdir(dir);
 }
 
+/* generation_config.json's eos_token_id joins config.json's (an id or a list; repeats once); a bad
+ * one is refused naming the file. */
+static void test_generation_config_eos(void **state)
+{
+    (void)state;
+    rt_config c;
+    base_err err;
+    const char *j = "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": 3}";
+    assert_int_equal(parse(&c, j, &err), 0);
+    char dir[] = "/tmp/dinfer_cfg_XXXXXX", path[256], gen[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(gen, sizeof gen, "%s/generation_config.json", dir);
+    assert_int_equal(rt_config_write(&c, path, &err), 0);
+    FILE *f = fopen(gen, "w");
+    fputs("{\"bos_token_id\": 1, \"eos_token_id\": [3, 9]}", f);
+    fclose(f);
+    assert_int_equal(rt_config_load(&c, dir, &err), 0);
+    assert_int_equal(c.n_eos, 2);
+    assert_int_equal(c.eos_ids[0], 3);
+    assert_int_equal(c.eos_ids[1], 9);
+    assert_true(rt_config_is_eos(&c, 9));
+    f = fopen(gen, "w");
+    fputs("{\"eos_token_id\": 100000}", f);
+    fclose(f);
+    assert_int_equal(rt_config_load(&c, dir, &err), -1);
+    assert_non_null(strstr(err.msg, "generation_config.json"));
+    assert_non_null(strstr(err.msg, "eos_token_id"));
+    f = fopen(gen, "w");
+    fputs("[1]", f);
+    fclose(f);
+    assert_int_equal(rt_config_load(&c, dir, &err), -1);
+    assert_non_null(strstr(err.msg, "generation_config.json: not a JSON object"));
+    remove(gen);
+    remove(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_generation_config_eos),
         cmocka_unit_test(test_old_style_llama3),
         cmocka_unit_test(test_new_style_rope_parameters),
         cmocka_unit_test(test_qwen2_and_mistral),

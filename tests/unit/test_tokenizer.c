@@ -249,6 +249,39 @@ static void test_small_and_errors(void **state)
                    ", \"merges\": []}}",
                    "added_tokens[0]: id 0 is \"a\"");
     expect_refused("[1, 2]", "not a JSON object");
+
+    /* tokenizer_config.json's eos_token: a string or {"content": ...}, a token of the tokenizer */
+    char dir[] = "/tmp/dinfer-tokcfg-XXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    t = load_text("{\"added_tokens\": [{\"id\": 4, \"content\": \"<s>\", \"special\": true}], "
+                  "\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}",
+                  &err);
+    assert_non_null(t);
+    int32_t eos = -1;
+    assert_int_equal(rt_tokenizer_config_eos(t, dir, &eos, &err), 1); /* no file */
+    const char *cases[][2] = {{"{\"eos_token\": \"<s>\"}", "4"}, {"{\"eos_token\": {\"content\": \"ab\"}}", "2"},
+                              {"{\"bos_token\": \"<s>\"}", "none"}, {"{\"eos_token\": \"<zz>\"}", "no token"},
+                              {"{\"eos_token\": 7}", "neither a string"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        FILE *f = fopen(path, "w");
+        fputs(cases[i][0], f);
+        fclose(f);
+        const int rc = rt_tokenizer_config_eos(t, dir, &eos, &err);
+        if (strcmp(cases[i][1], "none") == 0) {
+            assert_int_equal(rc, 1);
+        } else if (cases[i][1][0] >= '0' && cases[i][1][0] <= '9') {
+            assert_int_equal(rc, 0);
+            assert_int_equal(eos, atoi(cases[i][1]));
+        } else {
+            assert_int_equal(rc, -1);
+            assert_non_null(strstr(err.msg, cases[i][1]));
+            assert_non_null(strstr(err.msg, "tokenizer_config.json"));
+        }
+    }
+    rt_tokenizer_free(t);
+    remove(path);
+    rmdir(dir);
 }
 
 int main(void)
