@@ -19,10 +19,10 @@ if command -v pkg-config >/dev/null 2>&1; then
   need_pc libprotobuf-c libprotobuf-c-dev
   need_pc cmocka libcmocka-dev
   need_pc libcjson libcjson-dev
-  need_pc oniguruma libonig-dev
+  need_pc libpcre2-8 libpcre2-dev
   need_pc libutf8proc libutf8proc-dev
 else
-  missing+=(libprotobuf-c-dev libcmocka-dev libcjson-dev libonig-dev libutf8proc-dev)
+  missing+=(libprotobuf-c-dev libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev)
 fi
 # Ninja is optional (faster builds); make is the fallback.
 

@@ -3,8 +3,8 @@
  * The parts real checkpoints use: a BPE model (byte-level, as Llama 3, Qwen and GPT-2 use it, or
  * SentencePiece-style with byte fallback, as Llama 2 and Mistral use it); the normalizers NFC, NFD,
  * NFKC, NFKD, Lowercase, Prepend, Replace and Sequence (Unicode from utf8proc); the pre-tokenizers
- * Split (its regex run by Oniguruma, the engine `tokenizers` uses), ByteLevel, Metaspace and
- * Sequence; added tokens matched before the model (lstrip, rstrip, single_word, normalized); the
+ * Split (its regex run by PCRE2, JIT-compiled: the splits `tokenizers`' Oniguruma makes), ByteLevel,
+ * Metaspace and Sequence; added tokens matched before the model (lstrip, rstrip, single_word, normalized); the
  * TemplateProcessing and ByteLevel post-processors; the ByteLevel, Metaspace, Replace,
  * ByteFallback, Fuse and Strip decoders. Anything else is refused when the file loads, naming the
  * type and where it stands in the file. No MPI, no backend: the coordinator tokenizes. */
