@@ -755,8 +755,6 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 30) ||
             e->valuedouble != (double)(int32_t)e->valuedouble)
             return base_errf(err, "model.vocab[\"%.40s\"]: the id is not an integer in [0, 2^30)", e->string);
-        if (!valid_utf8(e->string))
-            return base_errf(err, "model.vocab: an entry is not valid UTF-8 (id %d)", (int)e->valuedouble);
         bytes += strlen(e->string) + 1;
         if ((int32_t)e->valuedouble > max_id)
             max_id = (int32_t)e->valuedouble;
