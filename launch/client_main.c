@@ -14,6 +14,7 @@
 #include "launch/cli.h"
 #include "base/clock.h"
 #include "proto/client.h"
+#include "runtime/tokenizer.h"
 #include "base/err.h"
 
 typedef struct args {
@@ -23,6 +24,7 @@ typedef struct args {
     int n_tokens;
     dinfer_params p;
     const char *stops[16]; /* --stop */
+    const char *tokenizer; /* bench: text prompts, drawn with this tokenizer.json */
     bool json;
     int concurrency, requests, prompt_len, gen_len, vocab;
 } args;
@@ -37,7 +39,9 @@ static void usage(FILE *f)
             "       dinfer health --server HOST:PORT [--json]\n"
             "       dinfer stats --server HOST:PORT [--json]\n"
             "       dinfer bench --server HOST:PORT [--concurrency 8] [--requests 64] [--prompt-len 128]\n"
-            "                    [--gen-len 128] [--json]\n"
+            "                    [--gen-len 128] [--tokenizer DIR_OR_FILE] [--json]\n"
+            "  bench --tokenizer: text prompts of --prompt-len tokens (random tokens of that tokenizer,\n"
+            "  decoded), sent as text for the server to encode\n"
             "  --auth-token-file F   send the token in F with every request\n"
             "  (--server defaults to 127.0.0.1:7070)\n");
 }
@@ -60,7 +64,7 @@ static int parse_server(const char *s, args *a, base_err *err)
 static int parse(args *a, int argc, char **argv, base_err *err)
 {
     enum { O_SERVER = 256, O_TOKENS, O_PROMPT, O_STOPSTR, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_IGNORE, O_LOGP, O_DEADLINE,
-           O_JSON, O_CONC, O_REQS, O_PLEN, O_GLEN, O_TOKEN };
+           O_JSON, O_CONC, O_REQS, O_PLEN, O_GLEN, O_TOKEN, O_TOKENIZER };
     static const struct option opts[] = {
         {"server", required_argument, 0, O_SERVER}, {"tokens", required_argument, 0, O_TOKENS},
         {"prompt", required_argument, 0, O_PROMPT}, {"stop", required_argument, 0, O_STOPSTR},
@@ -71,7 +75,8 @@ static int parse(args *a, int argc, char **argv, base_err *err)
         {"deadline-ms", required_argument, 0, O_DEADLINE}, {"json", no_argument, 0, O_JSON},
         {"concurrency", required_argument, 0, O_CONC}, {"requests", required_argument, 0, O_REQS},
         {"prompt-len", required_argument, 0, O_PLEN}, {"gen-len", required_argument, 0, O_GLEN},
-        {"auth-token-file", required_argument, 0, O_TOKEN}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"auth-token-file", required_argument, 0, O_TOKEN}, {"tokenizer", required_argument, 0, O_TOKENIZER},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
     a->host = "127.0.0.1";
@@ -126,6 +131,7 @@ static int parse(args *a, int argc, char **argv, base_err *err)
         case O_PLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->prompt_len = (int)v; break;
         case O_GLEN: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->gen_len = (int)v; break;
         case O_TOKEN: a->token_file = s; break;
+        case O_TOKENIZER: a->tokenizer = s; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
@@ -327,6 +333,53 @@ static int server_steps(dinfer_client *c, uint64_t *steps, uint64_t *tokens, dou
     return 0;
 }
 
+/* n text prompts of up to len tokens each (BOS included) for tok: random tokens, decoded (special
+ * ones left out), shortened until they encode within len. */
+static char **text_prompts(const char *path, int n, int len, base_err *err)
+{
+    rt_tokenizer *tok = rt_tokenizer_load(path, err);
+    if (!tok)
+        return NULL;
+    char **texts = calloc((size_t)n, sizeof *texts);
+    int32_t *ids = malloc((size_t)len * sizeof *ids);
+    uint64_t x = 88172645463325252ULL;
+    for (int r = 0; texts && ids && r < n; r++) {
+        for (int i = 0; i < len; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+            ids[i] = (int32_t)(x % (uint64_t)rt_tokenizer_n_ids(tok));
+        }
+        for (int k = len; k > 0 && !texts[r]; k = k * 9 / 10) {
+            char *t = rt_tokenizer_decode(tok, ids, k, true, NULL, err);
+            int32_t *back = NULL;
+            const int m = t ? rt_tokenizer_encode(tok, t, strlen(t), true, &back, err) : -1;
+            free(back);
+            if (m >= 0 && m <= len)
+                texts[r] = t;
+            else
+                free(t);
+        }
+        if (!texts[r]) {
+            base_errf(err, "--tokenizer: no text of at most %d tokens came out", len);
+            for (int i = 0; i < r; i++)
+                free(texts[i]);
+            free(texts);
+            texts = NULL;
+        }
+    }
+    free(ids);
+    rt_tokenizer_free(tok);
+    if (!texts && err->msg[0] == '\0')
+        base_errf(err, "out of memory");
+    return texts;
+}
+
+static void free_texts(char **texts, int n)
+{
+    for (int i = 0; texts && i < n; i++)
+        free(texts[i]);
+    free(texts);
+}
+
 static int cmd_bench(args *a, dinfer_client *c, base_err *err)
 {
     wire_frame *hf;
@@ -339,11 +392,15 @@ static int cmd_bench(args *a, dinfer_client *c, base_err *err)
     int vocab = (int)hf->health_response->vocab_size;
     wire_frame_free(hf);
     int N = a->requests, C = a->concurrency < N ? a->concurrency : N;
+    char **texts = NULL;
+    if (a->tokenizer && !(texts = text_prompts(a->tokenizer, N, a->prompt_len, err)))
+        return -1;
     stream *st = calloc((size_t)N, sizeof *st);
     int32_t *prompt = malloc((size_t)a->prompt_len * sizeof *prompt);
     double *ttft = malloc((size_t)N * sizeof *ttft), *tpot = malloc((size_t)N * sizeof *tpot);
     if (!st || !prompt || !ttft || !tpot) {
         free(st), free(prompt), free(ttft), free(tpot);
+        free_texts(texts, N);
         return base_errf(err, "out of memory");
     }
     uint64_t s0 = 0, t0s = 0, s1 = 0, t1s = 0;
@@ -362,6 +419,8 @@ static int cmd_bench(args *a, dinfer_client *c, base_err *err)
         while (sent < N && sent - done < C) {
             for (int i = 0; i < a->prompt_len; i++) /* a different prompt per request */
                 prompt[i] = (int32_t)((sent * 7919u + (unsigned)i * 104729u) % (unsigned)vocab);
+            if (texts)
+                p.prompt = NULL, p.prompt_len = 0, p.prompt_text = texts[sent];
             st[sent].start = base_now();
             if (dinfer_send_generate(c, (uint64_t)sent + 1, &p, err) != 0) {
                 rc = -1;
@@ -429,6 +488,7 @@ static int cmd_bench(args *a, dinfer_client *c, base_err *err)
                    N, failed, C, a->prompt_len, a->gen_len, wall, t50, t99, p50, p99, tps, avg);
     }
     free(st), free(prompt), free(ttft), free(tpot);
+    free_texts(texts, N);
     if (rc == 0 && failed)
         rc = base_errf(err, "%d of %d requests failed", failed, N);
     return rc;

@@ -65,6 +65,10 @@ for split in "1 1" "2 2"; do
   expect_refused "stop string 0 is too long" --prompt "x" --stop "$(head -c 257 /dev/zero | tr '\0' a)"
   long=$(printf 'Once upon a time %.0s' $(seq 1 200))
   expect_refused "over the context length 512" --prompt "$long"
+  # dinfer bench with text prompts of 40 tokens drawn from the tokenizer
+  out=$("$DINFER_CLIENT" bench --server "$addr" --concurrency 4 --requests 8 --prompt-len 40 --gen-len 8 \
+        --tokenizer "$tmp/model" --json 2>&1)
+  grep -q '"requests": 8, "failed": 0' <<<"$out" && echo "ok: bench with text prompts" || fail "bench --tokenizer: $out"
   # still serving, ids as before
   out=$(gen --tokens 1,403 --max-tokens 3 --json)
   grep -q '"tokens": \[407, 261, 378\]' <<<"$out" && echo "ok: ids still served" || fail "ids after errors: $out"
