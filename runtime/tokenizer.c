@@ -290,6 +290,8 @@ typedef struct dec_step {
 typedef struct added_token {
     char *content;
     size_t len;
+    char *pattern; /* what is matched: the content, normalized for a normalized token */
+    size_t plen;
     int32_t id;
     bool special, lstrip, rstrip, single_word, normalized;
 } added_token;
@@ -867,6 +869,8 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
     t->added = calloc((size_t)(n ? n : 1), sizeof *t->added);
     if (!t->added || str_map_init(&t->added_map, (size_t)n + 1))
         return base_errf(err, "out of memory");
+    const int32_t n_entries = (int32_t)t->vocab.n; /* tokenizers' get_vocab_size() */
+    int32_t max_added = -1;
     int i = 0;
     for (const cJSON *e = list->child; e; e = e->next, i++) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
@@ -881,7 +885,12 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
             return base_errf(err, "out of memory");
         t->n_added++; /* owned from here: freed with the tokenizer, whatever follows */
         a->len = strlen(content);
-        a->id = (int32_t)id->valuedouble;
+        /* the id tokenizers gives it, whatever the file says: a vocabulary entry's own, else the
+         * next after the vocabulary and the added tokens before it */
+        const int32_t in_vocab = str_map_get(&t->vocab, a->content, a->len);
+        a->id = in_vocab >= 0 ? in_vocab : max_added >= n_entries ? max_added + 1 : n_entries;
+        max_added = a->id > max_added ? a->id : max_added;
+        (void)id;
         a->special = jbool(e, "special", false);
         a->lstrip = jbool(e, "lstrip", false);
         a->rstrip = jbool(e, "rstrip", false);
@@ -894,12 +903,13 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
         if (str_map_get(&t->added_map, a->content, a->len) >= 0)
             return base_errf(err, "added_tokens[%d]: \"%.40s\" twice", i, a->content);
         str_map_put(&t->added_map, a->content, a->len, t->n_added - 1);
-        t->added_first[(unsigned char)a->content[0]] = true;
         if (a->id + 1 > t->n_ids)
             t->n_ids = a->id + 1;
     }
     return 0;
 }
+
+static int added_patterns(rt_tokenizer *t, base_err *err);
 
 static int load_json(rt_tokenizer *t, const cJSON *root, base_err *err)
 {
@@ -912,6 +922,8 @@ static int load_json(rt_tokenizer *t, const cJSON *root, base_err *err)
         load_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer", err) ||
         load_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), "post_processor", err) ||
         load_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder", err))
+        return -1;
+    if (added_patterns(t, err))
         return -1;
     const cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncation");
     if (trunc && !cJSON_IsNull(trunc))
@@ -986,7 +998,7 @@ void rt_tokenizer_free(rt_tokenizer *t)
     for (int i = 0; i < t->n_dec; i++)
         free(t->dec[i].from), free(t->dec[i].to);
     for (int i = 0; i < t->n_added; i++)
-        free(t->added[i].content);
+        free(t->added[i].content), free(t->added[i].pattern);
     free(t->added);
     str_map_free(&t->added_map);
     free(t);
@@ -1018,14 +1030,17 @@ typedef struct enc {
     size_t heap_n, heap_cap;
 } enc;
 
+/* A word character as the \\w of Rust's regex crate, which tokenizers' single_word uses: letters,
+ * marks, decimal digits, letter numbers, connector punctuation, the joiners. */
 static bool is_word_char(const char *s, size_t n)
 {
     utf8proc_int32_t cp;
     if (utf8proc_iterate((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &cp) <= 0)
         return false;
     const utf8proc_category_t c = utf8proc_category(cp);
-    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_LO) || (c >= UTF8PROC_CATEGORY_ND && c <= UTF8PROC_CATEGORY_NO) ||
-           cp == '_';
+    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_LO) || (c >= UTF8PROC_CATEGORY_MN && c <= UTF8PROC_CATEGORY_ME) ||
+           c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_PC || cp == 0x200C ||
+           cp == 0x200D;
 }
 
 /* Unicode White_Space: the ASCII controls, U+0085 and the separators (Zs, Zl, Zp) */
@@ -1078,24 +1093,27 @@ static int split_added(enc *e, bool normalized)
                 at++;
                 continue;
             }
+            /* the longest token starting here (tokenizers' leftmost-longest Aho-Corasick) */
             int best = -1;
             size_t best_len = 0;
             for (int i = 0; i < t->n_added; i++) {
                 const added_token *a = &t->added[i];
-                if (a->normalized != normalized || a->len > end - at || (best >= 0 && a->len <= best_len) ||
-                    memcmp(s + at, a->content, a->len) != 0)
+                if (a->normalized != normalized || a->plen > end - at || (best >= 0 && a->plen <= best_len) ||
+                    memcmp(s + at, a->pattern, a->plen) != 0)
                     continue;
-                if (a->single_word && ((at > p.off && is_word_char(s + char_before(s, p.off, at), 4)) ||
-                                       (at + a->len < end && is_word_char(s + at + a->len, end - at - a->len))))
-                    continue;
-                best = i, best_len = a->len;
+                best = i, best_len = a->plen;
             }
             if (best < 0) {
                 at++;
                 continue;
             }
             const added_token *a = &t->added[best];
-            size_t m0 = at, m1 = at + a->len;
+            if (a->single_word && ((at > p.off && is_word_char(s + char_before(s, p.off, at), at - char_before(s, p.off, at))) ||
+                                   (at + a->plen < end && is_word_char(s + at + a->plen, end - at - a->plen)))) {
+                at += a->plen; /* not a word of its own: passed over, the search goes on after it */
+                continue;
+            }
+            size_t m0 = at, m1 = at + a->plen;
             int k;
             if (a->lstrip)
                 while (m0 > start) {
@@ -1552,6 +1570,27 @@ static void enc_free(enc *e)
 {
     free(e->arena.p), free(e->a.v), free(e->b.v), free(e->sym), free(e->prev), free(e->next), free(e->heap);
     pcre2_match_data_free(e->md);
+}
+
+/* Each added token's pattern: its content, or for a normalized one the content normalized as the
+ * text it is matched in will be (tokenizers builds its normalized trie so). */
+static int added_patterns(rt_tokenizer *t, base_err *err)
+{
+    for (int i = 0; i < t->n_added; i++) {
+        added_token *a = &t->added[i];
+        enc e = {.t = t};
+        piece p = {0, a->len, -1, true};
+        e.md = pcre2_match_data_create(1, NULL);
+        const bool ok = e.md && buf_add(&e.arena, a->content, a->len) == 0 &&
+                        (!a->normalized || normalize_piece(&e, &p) == 0) && p.len > 0 &&
+                        (a->pattern = strndup(e.arena.p + p.off, p.len)) != NULL;
+        enc_free(&e);
+        if (!ok)
+            return base_errf(err, "added_tokens[%d]: \"%.40s\" normalizes to nothing, or out of memory", i, a->content);
+        a->plen = p.len;
+        t->added_first[(unsigned char)a->pattern[0]] = true;
+    }
+    return 0;
 }
 
 int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,

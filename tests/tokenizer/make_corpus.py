@@ -84,6 +84,15 @@ texts = [
     "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX! 42 foxes.",
     "\u00bfQu\u00e9 tal? \u00a1Muy bien! \u00c7a va tr\u00e8s bien, merci. Stra\u00dfe.",
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",
+    # added tokens' flags (tests/tokenizer/flags has them: lstrip/rstrip [MASK], single_word abab,
+    # a normalized "hey" under a Lowercase normalizer, rstrip <e>)
+    "a [MASK] b",
+    "x  [MASK]  y",
+    "\t[MASK]\n",
+    "[MASK][MASK]",
+    "abab cabab ababc abab. (abab) _abab abab_ xabab abababab \u00e9abab abab\u0301",
+    "HEY Hey hey<|x|>hey<e>  end they heyhey",
+    "The <e> end <e>",
 ]
 
 print(json.dumps(texts, ensure_ascii=True, indent=1))

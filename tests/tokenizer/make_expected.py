@@ -23,6 +23,7 @@ texts = json.load(open(os.path.join(here, "corpus.json"), encoding="utf-8"))
 out = {"tokenizers_version": tokenizers.__version__, "corpus_size": len(texts), "tokenizers": {}}
 paths = {name: os.path.join(root, name, "tokenizer.json") for name in ("llama3", "qwen3", "llama2")}
 paths["stories260K"] = os.path.join(here, "..", "..", "launch", "stories260K", "tokenizer.json")
+paths["flags"] = os.path.join(here, "flags", "tokenizer.json")  # added tokens' lstrip/rstrip/single_word/normalized
 for name, path in paths.items():
     if not os.path.exists(path):
         sys.exit(f"{path}: not found")

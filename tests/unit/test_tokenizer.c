@@ -57,6 +57,8 @@ static void check_one(const char *name)
     char path[4096];
     if (strcmp(name, "stories260K") == 0) /* the quickstart's, written by llama2c_convert */
         snprintf(path, sizeof path, "%s/launch/stories260K/tokenizer.json", DINFER_SOURCE_DIR);
+    else if (strcmp(name, "flags") == 0) /* added tokens with every flag, hand-made */
+        snprintf(path, sizeof path, "%s/tests/tokenizer/flags/tokenizer.json", DINFER_SOURCE_DIR);
     else
         snprintf(path, sizeof path, "%s/%s/tokenizer.json", DINFER_SHARED_TOKENIZERS, name);
     if (access(path, R_OK) != 0) {
@@ -188,6 +190,14 @@ static void test_stories260k(void **state)
     check_one("stories260K");
 }
 
+/* added tokens' lstrip, rstrip, single_word and normalized (under a Lowercase normalizer), a
+ * template with a BOS and an EOS, byte-level with GPT-2's regex: tests/tokenizer/flags */
+static void test_flags(void **state)
+{
+    (void)state;
+    check_one("flags");
+}
+
 static void test_small_and_errors(void **state)
 {
     (void)state;
@@ -255,9 +265,10 @@ static void test_small_and_errors(void **state)
     expect_refused("{\"post_processor\": {\"type\": \"BertProcessing\"}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB
                    ", \"merges\": []}}",
                    "post-processor type \"BertProcessing\"");
-    expect_refused("{\"added_tokens\": [{\"id\": 0, \"content\": \"zz\"}], \"model\": {\"type\": \"BPE\", " TINY_VOCAB
-                   ", \"merges\": []}}",
-                   "added_tokens[0]: id 0 is \"a\"");
+    /* a vocabulary with a hole: the id tokenizers gives "zz" (after the 4 entries) is another's */
+    expect_refused("{\"added_tokens\": [{\"id\": 9, \"content\": \"zz\"}], \"model\": {\"type\": \"BPE\", "
+                   "\"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"<unk>\": 4}, \"merges\": []}}",
+                   "added_tokens[0]: id 4 is \"<unk>\"");
     expect_refused("[1, 2]", "not a JSON object");
 
     /* tokenizer_config.json's eos_token: a string or {"content": ...}, a token of the tokenizer */
@@ -301,6 +312,7 @@ int main(void)
         cmocka_unit_test(test_qwen3),
         cmocka_unit_test(test_llama2),
         cmocka_unit_test(test_stories260k),
+        cmocka_unit_test(test_flags),
         cmocka_unit_test(test_small_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
