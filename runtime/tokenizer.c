@@ -951,6 +951,11 @@ rt_tokenizer *rt_tokenizer_load(const char *path, base_err *err)
 rt_tokenizer *rt_tokenizer_parse(const char *text, size_t len, const char *file, base_err *err)
 {
     for (size_t i = 0; i < len;) { /* JSON is UTF-8: every string in the file is valid text */
+        uint64_t word;
+        if (i + 8 <= len && (memcpy(&word, text + i, 8), (word & 0x8080808080808080ULL) == 0)) {
+            i += 8; /* eight ASCII bytes at once */
+            continue;
+        }
         const int k = utf8_len((const unsigned char *)text + i, len - i);
         if (k == 0) {
             base_errf(err, "%s: not valid UTF-8 at byte %zu", file, i);
