@@ -57,8 +57,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
     };
     const uint4 *wv = reinterpret_cast<const uint4 *>(wr);
-    /* two 16-byte loads of the weight row in flight per lane and step; the first step's are issued
-     * before pdl_wait (weights are constant), while the kernel ahead may still run */
+    /* 16-byte loads of the weight row, four in flight per lane and step (two in the first and last
+     * steps); the first step's are issued before pdl_wait (weights are constant), while the kernel
+     * ahead may still run */
     int k = lane * PER;
     const bool two = k + 32 * PER < K;
     uint4 a = make_uint4(0, 0, 0, 0), b = a;
@@ -70,7 +71,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     pdl_trigger();
     if (two) {
         step2(a, b, k);
-        for (k += 64 * PER; k + 32 * PER < K; k += 64 * PER)
+        k += 64 * PER;
+        for (; k + 96 * PER < K; k += 128 * PER) { /* four loads in flight a lane, then the pairs' order */
+            const uint4 a0 = __ldg(wv + k / PER), a1 = __ldg(wv + k / PER + 32), a2 = __ldg(wv + k / PER + 64),
+                        a3 = __ldg(wv + k / PER + 96);
+            step2(a0, a1, k);
+            step2(a2, a3, k + 64 * PER);
+        }
+        for (; k + 32 * PER < K; k += 64 * PER)
             step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
     }
     if (k < K)
