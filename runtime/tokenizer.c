@@ -145,8 +145,9 @@ static int32_t str_map_get(const str_map *m, const char *s, size_t n)
     }
 }
 
-/* Inserts (the map never fills: sized for twice its entries); an existing key keeps its value. */
-static void str_map_put(str_map *m, const char *s, size_t n, int32_t v)
+/* Inserts (the map never fills: sized for twice its entries): true, or false when the key is
+ * there already (it keeps its value). */
+static bool str_map_put(str_map *m, const char *s, size_t n, int32_t v)
 {
     const uint64_t h = fnv1a(s, n);
     for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
@@ -154,10 +155,10 @@ static void str_map_put(str_map *m, const char *s, size_t n, int32_t v)
         if (!e->key) {
             *e = (str_slot){s, (uint32_t)n, (uint32_t)(h >> 32), v};
             m->n++;
-            return;
+            return true;
         }
         if (e->hash == (uint32_t)(h >> 32) && e->len == n && memcmp(e->key, s, n) == 0)
-            return;
+            return false;
     }
 }
 
@@ -775,9 +776,8 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
         if (t->tok[id])
             return base_errf(err, "model.vocab: id %d given to \"%.40s\" and \"%.40s\"", id, t->tok[id], p);
         t->tok[id] = p, t->tok_len[id] = (uint32_t)k;
-        if (str_map_get(&t->vocab, p, k) >= 0)
+        if (!str_map_put(&t->vocab, p, k, id))
             return base_errf(err, "model.vocab: \"%.40s\" twice", p);
-        str_map_put(&t->vocab, p, k, id);
         p += k + 1;
     }
     const char *unk = jstr(m, "unk_token");
@@ -900,9 +900,8 @@ static int load_added(rt_tokenizer *t, const cJSON *list, base_err *err)
             (t->tok_len[a->id] != a->len || memcmp(t->tok[a->id], a->content, a->len) != 0))
             return base_errf(err, "added_tokens[%d]: id %d is \"%.40s\" in the vocabulary, \"%.40s\" here", i, a->id,
                              t->tok[a->id], a->content);
-        if (str_map_get(&t->added_map, a->content, a->len) >= 0)
+        if (!str_map_put(&t->added_map, a->content, a->len, t->n_added - 1))
             return base_errf(err, "added_tokens[%d]: \"%.40s\" twice", i, a->content);
-        str_map_put(&t->added_map, a->content, a->len, t->n_added - 1);
         if (a->id + 1 > t->n_ids)
             t->n_ids = a->id + 1;
     }
