@@ -102,3 +102,11 @@ int base_path_exists(const char *path, base_err *err)
         return 0;
     return base_errf(err, "%s: %s", path, strerror(errno));
 }
+
+int base_read_file_if_present(const char *path, size_t max_bytes, char **out, size_t *len, base_err *err)
+{
+    const int exists = base_path_exists(path, err);
+    if (exists <= 0)
+        return exists < 0 ? -1 : 1;
+    return base_read_file(path, max_bytes, out, len, err);
+}

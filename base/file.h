@@ -16,6 +16,10 @@ int base_open_regular(const char *path, int *fd, uint64_t *size, base_err *err);
 /* Reads a whole regular file of at most max_bytes into a NUL-terminated malloc'd buffer. */
 int base_read_file(const char *path, size_t max_bytes, char **out, size_t *len, base_err *err);
 
+/* base_read_file for a file that may be absent: 1 when it is (nothing read), 0 when read, -1 with
+ * the reason otherwise. */
+int base_read_file_if_present(const char *path, size_t max_bytes, char **out, size_t *len, base_err *err);
+
 /* 1 when path exists (as anything), 0 when it does not (ENOENT / ENOTDIR), -1 with the reason for
  * anything else (a symlink loop, no permission): "missing" is said only of what is missing. */
 int base_path_exists(const char *path, base_err *err);

@@ -374,14 +374,11 @@ static int load_generation_eos(rt_config *cfg, const char *dir, base_err *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    base_err e;
-    const int exists = base_path_exists(path, &e);
-    if (exists <= 0)
-        return exists < 0 ? base_err_copy(err, &e) : 0;
     char *text;
     size_t len;
-    if (base_read_file(path, RT_CONFIG_MAX_BYTES, &text, &len, err))
-        return -1;
+    const int rc_read = base_read_file_if_present(path, RT_CONFIG_MAX_BYTES, &text, &len, err);
+    if (rc_read != 0)
+        return rc_read < 0 ? -1 : 0;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!cJSON_IsObject(root)) {

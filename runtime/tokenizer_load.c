@@ -669,14 +669,11 @@ int rt_tokenizer_config_eos(const rt_tokenizer *t, const char *dir, int32_t *id,
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    base_err e;
-    const int exists = base_path_exists(path, &e);
-    if (exists <= 0)
-        return exists < 0 ? base_err_copy(err, &e) : 1;
     char *text = NULL;
     size_t len = 0;
-    if (base_read_file(path, (size_t)64 << 20, &text, &len, err))
-        return -1;
+    const int rc_read = base_read_file_if_present(path, (size_t)64 << 20, &text, &len, err);
+    if (rc_read != 0)
+        return rc_read;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!cJSON_IsObject(root)) {
