@@ -4,9 +4,10 @@
  * The fast path (head sizes 64, 128 and 256, up to 8 query heads per KV head): one block per
  * (token, KV head, split of the context) serves every query head of that KV head, so each K and V
  * row is read once for all of them; a group of lanes holds one key row in 16-byte loads and the
- * warp walks several keys at a time. When the tokens and KV heads alone cannot fill the GPU (decode
- * at small batch over a long context), the context is split (flash-decoding) and a second kernel
- * combines the splits' partial results. The general path (any other head size or group) is one
+ * warp walks several keys at a time, each lane's loads two key steps ahead of its math. When the
+ * tokens and KV heads alone cannot fill the GPU (decode at small batch over a long context), each
+ * token's context is split (flash-decoding) into as many equal parts as the grid has splits, and a
+ * second kernel combines the splits' partial results. The general path (any other head size or group) is one
  * block per (token, query head) walking the keys in tiles of a thread per key. fp32 throughout. */
 #include <type_traits>
 
@@ -89,6 +90,7 @@ __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, c
 
 #define FA_WARPS 4
 #define FA_MAX_GROUP 8   /* query heads per KV head */
+#define FA_AHEAD 2      /* key steps whose loads are in flight ahead of the math */
 #define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
 template <typename T, int HD>
@@ -104,7 +106,7 @@ template <typename T, int HD, int GM>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const T *kc, const T *vc, const int32_t *pos,
                     const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh,
-                    int nkv, int window, float scale, int split_len)
+                    int nkv, int window, float scale)
 {
     pdl_wait();
     pdl_trigger();
@@ -116,7 +118,13 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     const int sg = lane / LPK, sub = lane % LPK, part = warp * KPW + sg;
     const int p = pos[t];
     const int start = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-    const int k0 = max(start, split * split_len), k1 = min(p + 1, (split + 1) * split_len);
+    /* the splits share this token's own context (a CUDA graph's grid is sized for its bucket's
+     * widest table; splits of the table's width would leave most of them empty), in whole block
+     * steps of at least FA_MIN_SPLIT keys: the trailing splits of a short context see none */
+    constexpr int STEP = FA_WARPS * KPW;
+    int split_len = (p + 1 - start + n_splits - 1) / n_splits;
+    split_len = split_len > FA_MIN_SPLIT ? (split_len + STEP - 1) / STEP * STEP : FA_MIN_SPLIT;
+    const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
 
@@ -135,39 +143,54 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         }
     }
     /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
-     * of the split computes nothing into its state */
-    for (int jb = k0 + warp * KPW; jb < k1; jb += FA_WARPS * KPW) {
-        const int j = jb + sg;
-        const bool ok = j < k1;
-        float kr[E], vr[E];
-        if (ok) {
+     * of the split computes nothing into its state. Each step's K and V rows are requested
+     * FA_AHEAD steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
+     * steps before */
+    constexpr int NV = E * (int)sizeof(T) / 16;
+    uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
+    const auto fetch = [&](int j, uint4 *kb, uint4 *vb) {
+        if (j < k1) {
             const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
-            load_vec<T, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kr);
-            load_vec<T, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vr);
+            load_raw<T, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
+            load_raw<T, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
         } else {
 #pragma unroll
-            for (int e = 0; e < E; e++)
-                kr[e] = 0.0f, vr[e] = 0.0f;
+            for (int v = 0; v < NV; v++)
+                kb[v] = make_uint4(0, 0, 0, 0), vb[v] = make_uint4(0, 0, 0, 0);
         }
+    };
 #pragma unroll
-        for (int g = 0; g < GM; g++) {
-            if (g >= group)
-                continue;
-            float d = 0.0f;
+    for (int a = 0; a < FA_AHEAD; a++)
+        fetch(k0 + warp * KPW + sg + a * STEP, kn[a], vn[a]);
+    for (int jb = k0 + warp * KPW; jb < k1; jb += FA_AHEAD * STEP) {
 #pragma unroll
-            for (int e = 0; e < E; e++)
-                d += qv[g][e] * kr[e];
+        for (int a = 0; a < FA_AHEAD; a++) {
+            const int j = jb + a * STEP + sg;
+            const bool ok = j < k1;
+            float kr[E], vr[E];
+            raw_to_float<T, E>(kn[a], kr);
+            raw_to_float<T, E>(vn[a], vr);
+            fetch(j + FA_AHEAD * STEP, kn[a], vn[a]);
 #pragma unroll
-            for (int o = LPK / 2; o > 0; o >>= 1)
-                d += __shfl_xor_sync(0xffffffffu, d, o);
-            if (ok) {
-                const float m_new = fmaxf(m[g], d);
-                const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new);
-                l[g] = l[g] * corr + pj;
+            for (int g = 0; g < GM; g++) {
+                if (g >= group)
+                    continue;
+                float d = 0.0f;
 #pragma unroll
                 for (int e = 0; e < E; e++)
-                    acc[g][e] = acc[g][e] * corr + pj * vr[e];
-                m[g] = m_new;
+                    d += qv[g][e] * kr[e];
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1)
+                    d += __shfl_xor_sync(0xffffffffu, d, o);
+                if (ok) {
+                    const float m_new = fmaxf(m[g], d);
+                    const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new);
+                    l[g] = l[g] * corr + pj;
+#pragma unroll
+                    for (int e = 0; e < E; e++)
+                        acc[g][e] = acc[g][e] * corr + pj * vr[e];
+                    m[g] = m_new;
+                }
             }
         }
     }
@@ -209,29 +232,49 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     }
 }
 
-/* out = the splits' partial results combined. One block per (token, query head). */
+/* out = the splits' partial results combined. One block per (token, query head), a thread per
+ * element: the first warp turns the splits' (m, l) into weights in shared memory (n_splits floats
+ * of dynamic shared memory), then every thread sums its element over the splits, several loads in
+ * flight (the partials were just written: they come from L2). */
 template <typename T>
 __global__ void fa_combine_kernel(T *out, const float *part_o, const float2 *part_ml, const int32_t *toks, int hd,
                                   int n_splits)
 {
     pdl_wait();
     pdl_trigger();
+    extern __shared__ float fa_w[];
+    __shared__ float inv_sum;
     const int64_t row = (int64_t)blockIdx.x * gridDim.y + blockIdx.y; /* the token's index * nh + head */
     const int64_t out_row = (int64_t)(toks ? toks[blockIdx.x] : (int)blockIdx.x) * gridDim.y + blockIdx.y;
     const float2 *ml = part_ml + row * n_splits;
-    float mx = -INFINITY;
-    for (int s = 0; s < n_splits; s++)
-        if (ml[s].y > 0.0f)
-            mx = fmaxf(mx, ml[s].x);
+    if (threadIdx.x < 32) {
+        float mx = -INFINITY;
+        for (int s = threadIdx.x; s < n_splits; s += 32) {
+            const float2 v = ml[s];
+            if (v.y > 0.0f)
+                mx = fmaxf(mx, v.x);
+        }
+        for (int o = 16; o > 0; o >>= 1)
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.0f;
+        for (int s = threadIdx.x; s < n_splits; s += 32) {
+            const float2 v = ml[s];
+            const float w = v.y > 0.0f ? __expf(v.x - mx) : 0.0f; /* a split that saw no key weighs 0 */
+            fa_w[s] = w;
+            sum += w * v.y;
+        }
+        sum = warp_sum(sum);
+        if (threadIdx.x == 0)
+            inv_sum = 1.0f / sum;
+    }
+    __syncthreads();
+    const float *po = part_o + row * n_splits * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f, sum = 0.0f;
+        float o = 0.0f;
+#pragma unroll 8
         for (int s = 0; s < n_splits; s++)
-            if (ml[s].y > 0.0f) {
-                const float w = __expf(ml[s].x - mx);
-                o += w * part_o[(row * n_splits + s) * hd + d];
-                sum += w * ml[s].y;
-            }
-        st(&out[out_row * hd + d], o / sum);
+            o += fa_w[s] * po[(int64_t)s * hd + d];
+        st(&out[out_row * hd + d], o * inv_sum);
     }
 }
 
@@ -243,7 +286,7 @@ typedef struct tok_set {
 
 /* Splits of the context: enough blocks to fill the GPU twice over when tokens x KV heads cannot,
  * within the backend's scratch. */
-static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_shape *s, int n_tokens, int *split_len)
+static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_shape *s, int n_tokens)
 {
     const int ctx = b->max_blocks * b->block_size; /* no token of the step sees more */
     const int64_t blocks = (int64_t)n_tokens * s->n_kv_heads, want = 2LL * c->n_sms;
@@ -253,9 +296,7 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     const size_t per_split = (size_t)n_tokens * s->n_heads * ((size_t)s->head_dim * sizeof(float) + sizeof(float2));
     const int fit = (int)(c->scratch_bytes / per_split);
     n = n < fit ? n : fit;
-    n = n > 1 ? n : 1;
-    *split_len = (ctx + n - 1) / n;
-    return (ctx + *split_len - 1) / *split_len;
+    return n > 1 ? n : 1;
 }
 
 template <typename T, int HD, int GM>
@@ -263,8 +304,7 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
                       const rt_attn_shape *s, tok_set ts)
 {
     using G_ = fa_geom<T, HD>;
-    int split_len = 0;
-    const int n_splits = fa_splits(c, b, s, ts.n, &split_len);
+    const int n_splits = fa_splits(c, b, s, ts.n);
     const int group = s->n_heads / s->n_kv_heads;
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float);
     float *part_o = (float *)c->scratch;
@@ -272,11 +312,10 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     cuda_launch(c, fa_split_kernel<T, HD, GM>, grid, FA_WARPS * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks,
-        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        split_len);
+        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
     if (n_splits > 1)
-        cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD, 0,
-            (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
+        cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
+            (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
 template <typename T>
