@@ -15,14 +15,17 @@ need_cmd pkg-config pkg-config
 need_cmd mpirun openmpi-bin
 need_cmd mpicc libopenmpi-dev
 need_cmd protoc-c protobuf-c-compiler
+need_cmd curl curl   # the HTTP tests' client
+need_cmd jq jq       # and their JSON reader
 if command -v pkg-config >/dev/null 2>&1; then
   need_pc libprotobuf-c libprotobuf-c-dev
   need_pc cmocka libcmocka-dev
   need_pc libcjson libcjson-dev
   need_pc libpcre2-8 libpcre2-dev
   need_pc libutf8proc libutf8proc-dev
+  need_pc libmicrohttpd libmicrohttpd-dev
 else
-  missing+=(libprotobuf-c-dev libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev)
+  missing+=(libprotobuf-c-dev libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev)
 fi
 # Ninja is optional (faster builds); make is the fallback.
 

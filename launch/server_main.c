@@ -22,7 +22,7 @@
 typedef struct server_args {
     job_flags job; /* the model, its split, where and how it computes */
     const char *host, *token_file, *ready_file;
-    int port, max_seqs, kv_blocks, max_queue, max_connections;
+    int port, http_port, max_seqs, kv_blocks, max_queue, max_connections;
     double kv_cache_mib, drain_seconds, idle_timeout, frame_timeout;
     long max_frame;
     bool kv_mib_given;
@@ -34,13 +34,16 @@ static void usage(FILE *f)
             "usage: mpirun -np N dinfer-server --model DIR [--tp T --pp P] [options]\n"
             "  --host H                address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)\n"
             "  --port P                TCP port (default 7070; 0 picks a free one)\n"
-            "  --auth-token-file F     clients must send the token in F\n"
+            "  --http-port P           also serve OpenAI's HTTP API (/v1/completions, /v1/models, /tokenize,\n"
+            "                          /detokenize, /health, /metrics) on --host:P (default off; 0 picks a free one)\n"
+            "  --auth-token-file F     clients must send the token in F (HTTP: Authorization: Bearer; /health\n"
+            "                          and /metrics stay open)\n"
             "  --max-seqs S            sequences running at once (default 256)\n"
             "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
             "  --kv-cache-mib M        or: the KV cache per rank in MiB (default: on a GPU what\n"
             "                          --gpu-memory-fraction leaves after weights and workspace; on CPU 512)\n"
             "  --max-queue Q           requests queued or running before RESOURCE_EXHAUSTED (default 4096)\n"
-            "  --max-frame-bytes N     largest frame a client may send (default 4194304)\n"
+            "  --max-frame-bytes N     largest frame or HTTP request body a client may send (default 4194304)\n"
             "  --max-connections N     client connections at once; more are refused (default 1024)\n"
             "  --idle-timeout S        close a connection with no live request and no traffic for S s (default 600)\n"
             "  --frame-timeout S       a frame begun must arrive whole within S s (default 30)\n"
@@ -53,10 +56,11 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_HOST = 256, O_PORT, O_TOKEN, O_SEQS, O_KVB, O_KVM, O_QUEUE, O_FRAME, O_DRAIN, O_READY, O_MAXCONN, O_IDLE,
-           O_FRAMET };
+           O_FRAMET, O_HTTP };
     static const struct option opts[] = {
         JOB_FLAG_OPTIONS, {"host", required_argument, 0, O_HOST},
-        {"port", required_argument, 0, O_PORT}, {"auth-token-file", required_argument, 0, O_TOKEN},
+        {"port", required_argument, 0, O_PORT}, {"http-port", required_argument, 0, O_HTTP},
+        {"auth-token-file", required_argument, 0, O_TOKEN},
         {"max-seqs", required_argument, 0, O_SEQS},
         {"kv-blocks", required_argument, 0, O_KVB}, {"kv-cache-mib", required_argument, 0, O_KVM},
         {"max-queue", required_argument, 0, O_QUEUE},
@@ -65,7 +69,7 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         {"idle-timeout", required_argument, 0, O_IDLE}, {"frame-timeout", required_argument, 0, O_FRAMET},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
-    *a = (server_args){.host = "127.0.0.1", .port = 7070, .max_seqs = 256, .max_queue = 4096, .kv_cache_mib = 512,
+    *a = (server_args){.host = "127.0.0.1", .port = 7070, .http_port = -1, .max_seqs = 256, .max_queue = 4096, .kv_cache_mib = 512,
                        .drain_seconds = 30, .max_frame = 4 << 20, .max_connections = 1024, .idle_timeout = 600,
                        .frame_timeout = 30};
     job_flags_init(&a->job);
@@ -84,6 +88,7 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         switch (o) {
         case O_HOST: a->host = s; break;
         case O_PORT: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->port = (int)v; break;
+        case O_HTTP: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->http_port = (int)v; break;
         case O_TOKEN: a->token_file = s; break;
         case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
         case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
@@ -203,7 +208,7 @@ static int serve(server_args *a, comm *c)
     pthread_t net_thread;
     bool net_started = false;
     if (rc == 0 && root) {
-        srv_options opt = {.host = a->host, .port = a->port, .auth_token = token, .max_frame = (size_t)a->max_frame,
+        srv_options opt = {.host = a->host, .port = a->port, .http_port = a->http_port, .auth_token = token, .max_frame = (size_t)a->max_frame,
                            .max_conn_buffer = 16u << 20, .max_connections = a->max_connections,
                            .max_queue = a->max_queue, .idle_timeout = a->idle_timeout,
                            .frame_timeout = a->frame_timeout, .drain_seconds = a->drain_seconds,
@@ -278,12 +283,14 @@ static int serve(server_args *a, comm *c)
         pthread_mutex_lock(&s.mu);
         s.ready = true;
         pthread_mutex_unlock(&s.mu);
-        base_log(0, "ready on %s (pid %d)%s", s.bound, (int)getpid(), token ? ", auth token required" : "");
+        base_log(0, "ready on %s (pid %d)%s%s%s", s.bound, (int)getpid(), token ? ", auth token required" : "",
+                 s.http_bound[0] ? "; HTTP (OpenAI API) on " : "", s.http_bound);
         if (a->ready_file) { /* written whole, then renamed: a reader never sees half a line */
             char tmpf[4096];
             snprintf(tmpf, sizeof tmpf, "%s.tmp", a->ready_file);
             FILE *rf = fopen(tmpf, "w");
-            if (!rf || fprintf(rf, "%s %d\n", s.bound, (int)getpid()) < 0 || fclose(rf) != 0 ||
+            if (!rf || fprintf(rf, "%s %d%s%s\n", s.bound, (int)getpid(), s.http_bound[0] ? " " : "", s.http_bound) < 0 ||
+                fclose(rf) != 0 ||
                 rename(tmpf, a->ready_file) != 0)
                 base_log(0, "cannot write --ready-file %s: %s", a->ready_file, strerror(errno));
         }

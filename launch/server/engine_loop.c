@@ -37,6 +37,7 @@ typedef struct eng {
     int n_live, cap_live;
     uint64_t next_id;
     srv_out *out_head, *out_tail; /* this round's frames, one record per connection */
+    srv_metrics m;                /* published with the snapshot after each step */
 } eng;
 
 static srv_out *out_for(eng *e, uint64_t conn)
@@ -159,9 +160,28 @@ static bool stop_scan(live *l, size_t added, size_t *safe)
     return false;
 }
 
+/* The metrics every event moves, whether or not its client is still there. */
+static void observe(srv_metrics *m, const rt_sched_event *ev)
+{
+    if (ev->kind == RT_EV_TOKEN) {
+        m->generation_tokens++;
+    } else if (ev->kind == RT_EV_DONE) {
+        const bool length = ev->finish_reason && strcmp(ev->finish_reason, "length") == 0;
+        m->finished[length ? SRV_FINISH_LENGTH : SRV_FINISH_STOP]++;
+        m->prompt_tokens += (uint64_t)ev->prompt_tokens;
+        srv_hist_observe(&m->ttft, ev->ttft_seconds);
+        srv_hist_observe(&m->e2e, ev->total_seconds);
+        if (ev->completion_tokens > 1)
+            srv_hist_observe(&m->tpot, (ev->total_seconds - ev->ttft_seconds) / (ev->completion_tokens - 1));
+    } else {
+        m->finished[ev->status == RT_STATUS_CANCELLED ? SRV_FINISH_CANCELLED : SRV_FINISH_ERROR]++;
+    }
+}
+
 static void on_event(void *ctx, const rt_sched_event *ev)
 {
     eng *e = ctx;
+    observe(&e->m, ev);
     int i = find_by_sched(e, ev->id);
     if (i < 0)
         return; /* its connection is gone */
@@ -376,6 +396,7 @@ static void publish(eng *e)
     rt_sched_get_stats(e->sched, &st);
     pthread_mutex_lock(&s->mu);
     s->snap.st = st;
+    s->metrics = e->m;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -404,6 +425,7 @@ static void end_all(eng *e)
 int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, base_err *err)
 {
     eng e = {.s = s, .cfg = &rt_engine_model(en)->cfg};
+    srv_metrics_init(&e.m);
     if (rt_sched_create(&e.sched, en, opt, on_event, &e, err))
         return -1;
     int rc = 0;
@@ -426,9 +448,12 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
         }
         if (rt_sched_has_work(e.sched)) {
             /* the watchdog (on the network thread) sees a step that never ends */
-            int slot = srv_watchdog_step_begin(&s->wd, base_now());
+            const double t0 = base_now();
+            int slot = srv_watchdog_step_begin(&s->wd, t0);
             rc = rt_sched_step(e.sched, err);
-            srv_watchdog_step_end(&s->wd, slot, base_now());
+            const double t1 = base_now();
+            srv_watchdog_step_end(&s->wd, slot, t1);
+            srv_hist_observe(&e.m.step, t1 - t0);
             if (rc)
                 break;
         } else {

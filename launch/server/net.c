@@ -20,6 +20,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "launch/server/http.h"
 #include "launch/server/server.h"
 #include "proto/frames.h"
 
@@ -48,6 +49,7 @@ typedef struct net {
     size_t pause_bytes;  /* stop reading a client while this much waits for it */
     base_ratelimit refuse_log, limit_log;
     int seen_signal, seen_sender;
+    srv_http *http;      /* NULL: no --http-port */
 } net;
 
 /* ---- replies the network thread writes itself ---- */
@@ -143,13 +145,7 @@ static bool token_ok(const char *want, const char *got)
 
 static void push_in(net *n, srv_in_kind kind, uint64_t conn_id, uint64_t rid, wire_frame *f)
 {
-    srv_in *m = calloc(1, sizeof *m);
-    if (!m) {
-        wire_frame_free(f);
-        return;
-    }
-    m->kind = kind, m->conn = conn_id, m->rid = rid, m->frame = f, m->arrival = base_now();
-    srv_queue_push(&n->s->to_engine, &m->node, &m->node);
+    srv_send_in(n->s, kind, conn_id, rid, f);
 }
 
 static void handle_frame(net *n, conn *c, wire_frame *f)
@@ -290,6 +286,13 @@ static void take_outbound(net *n)
     for (srv_qnode *q = srv_queue_take(&n->s->to_net), *next; q; q = next) {
         next = q->next;
         srv_out *o = (srv_out *)q;
+        if (o->conn & SRV_HTTP_CONN_BIT) { /* an HTTP request's */
+            if (n->http)
+                srv_http_deliver(n->http, o);
+            wire_buf_free(&o->buf);
+            free(o);
+            continue;
+        }
         conn *c = find_conn(n, o->conn);
         if (c) {
             c->live -= o->ended;
@@ -320,15 +323,14 @@ static void take_outbound(net *n)
     }
 }
 
-static int open_listener(net *n, base_err *err)
+int srv_listen(const char *host, int port, int *out_fd, char *bound, size_t bound_len, base_err *err)
 {
-    srv_shared *s = n->s;
     char ps[16];
-    snprintf(ps, sizeof ps, "%d", s->opt.port);
+    snprintf(ps, sizeof ps, "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
-    int g = getaddrinfo(s->opt.host, ps, &hints, &res);
+    int g = getaddrinfo(host, ps, &hints, &res);
     if (g != 0)
-        return base_errf(err, "--host %s: %s", s->opt.host, gai_strerror(g));
+        return base_errf(err, "--host %s: %s", host, gai_strerror(g));
     int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, res->ai_protocol);
     int one = 1;
     if (fd >= 0)
@@ -338,23 +340,23 @@ static int open_listener(net *n, base_err *err)
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
-        return base_errf(err, "cannot listen on %s:%d: %s", s->opt.host, s->opt.port, strerror(e));
+        return base_errf(err, "cannot listen on %s:%d: %s", host, port, strerror(e));
     }
     freeaddrinfo(res);
     struct sockaddr_storage a;
     socklen_t al = sizeof a;
     getsockname(fd, (struct sockaddr *)&a, &al);
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    char h[INET6_ADDRSTRLEN] = "?";
+    int bound_port = 0;
     if (a.ss_family == AF_INET) {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, host, sizeof host);
-        port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, h, sizeof h);
+        bound_port = ntohs(((struct sockaddr_in *)&a)->sin_port);
     } else if (a.ss_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, host, sizeof host);
-        port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, h, sizeof h);
+        bound_port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
     }
-    snprintf(s->bound, sizeof s->bound, "%s:%d", host, port);
-    n->listen_fd = fd;
+    snprintf(bound, bound_len, "%s:%d", h, bound_port);
+    *out_fd = fd;
     return 0;
 }
 
@@ -525,7 +527,7 @@ static void *net_main(void *arg)
 {
     net *n = arg;
     srv_shared *s = n->s;
-    struct pollfd *pfd = calloc((size_t)s->opt.max_connections + 2, sizeof *pfd);
+    struct pollfd *pfd = calloc((size_t)s->opt.max_connections + 3, sizeof *pfd); /* wake pipe, listener, HTTP */
     double flush_deadline = 0, stop_at = 0;
     while (pfd) {
         pthread_mutex_lock(&s->mu);
@@ -537,10 +539,13 @@ static void *net_main(void *arg)
         if (s->stop && n->listen_fd >= 0) { /* draining: no new connections */
             close(n->listen_fd);
             n->listen_fd = -1;
+            if (n->http)
+                srv_http_quiesce(n->http);
         }
         take_outbound(n);
+        s->n_socket_conns = n->n_conns;
         if (done) {
-            bool pending = false;
+            bool pending = n->http && srv_http_active(n->http) > 0;
             for (int i = 0; i < n->n_conns; i++)
                 pending |= wire_buf_pending(&n->conns[i]->out) > 0;
             if (flush_deadline == 0)
@@ -557,10 +562,19 @@ static void *net_main(void *arg)
             short ev = (short)((reading(n, c) ? POLLIN : 0) | (wire_buf_pending(&c->out) ? POLLOUT : 0));
             pfd[k++] = (struct pollfd){.fd = c->fd, .events = ev};
         }
-        int pr = poll(pfd, (nfds_t)k, done || s->stop ? 50 : 200);
+        int wait_ms = done || s->stop ? 50 : 200;
+        if (n->http) {
+            pfd[k++] = (struct pollfd){.fd = srv_http_fd(n->http), .events = POLLIN};
+            wait_ms = srv_http_timeout_ms(n->http, wait_ms);
+        }
+        int pr = poll(pfd, (nfds_t)k, wait_ms);
         if (pr < 0 && errno != EINTR)
             break;
         now = base_now();
+        if (n->http) {
+            srv_http_run(n->http);
+            k--; /* the connections' entries end before it */
+        }
         if (pfd[0].revents)
             srv_queue_clear_wake(&s->to_net);
         if (listening && (pfd[1].revents & POLLIN))
@@ -593,6 +607,7 @@ static void *net_main(void *arg)
                 close_conn(n, i, why);
         }
     }
+    srv_http_stop(n->http);
     while (n->n_conns > 0)
         close_conn(n, n->n_conns - 1, NULL);
     if (n->listen_fd >= 0)
@@ -617,7 +632,19 @@ int srv_net_start(srv_shared *s, pthread_t *th, base_err *err)
     n->pause_bytes = s->opt.max_conn_buffer / 4 < ((size_t)1 << 20) ? s->opt.max_conn_buffer / 4 : (size_t)1 << 20;
     n->refuse_log = (base_ratelimit){.interval = 10, .burst = 5};
     n->limit_log = (base_ratelimit){.interval = 10, .burst = 2};
-    if (open_listener(n, err) != 0) {
+    if (srv_listen(s->opt.host, s->opt.port, &n->listen_fd, s->bound, sizeof s->bound, err) != 0) {
+        free(n->conns);
+        free(n);
+        return -1;
+    }
+    if (s->opt.http_port >= 0 && srv_http_start(s, &n->http, err) != 0) {
+        close(n->listen_fd);
+        free(n->conns);
+        free(n);
+        return -1;
+    }
+    if (s->opt.http_port >= 0 && srv_http_start(s, &n->http, err) != 0) {
+        close(n->listen_fd);
         free(n->conns);
         free(n);
         return -1;
@@ -633,6 +660,7 @@ int srv_net_start(srv_shared *s, pthread_t *th, base_err *err)
     int rc = pthread_create(th, NULL, net_main, n);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
+        srv_http_stop(n->http);
         close(n->listen_fd);
         if (n->spare_fd >= 0)
             close(n->spare_fd);

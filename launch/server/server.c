@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
+
 static void free_in(srv_qnode *n)
 {
     srv_in *m = (srv_in *)n;
@@ -29,6 +31,7 @@ int srv_shared_init(srv_shared *s, const srv_options *opt)
         return -1;
     }
     pthread_mutex_init(&s->mu, NULL);
+    srv_metrics_init(&s->metrics);
     srv_watchdog_init(&s->wd, opt->comm_timeout);
     return 0;
 }
@@ -48,4 +51,15 @@ void srv_note_signal(srv_shared *s, int sig, int sender_pid)
     s->stop = 1;
     srv_queue_wake(&s->to_engine);
     srv_queue_wake(&s->to_net);
+}
+
+void srv_send_in(srv_shared *s, srv_in_kind kind, uint64_t conn, uint64_t rid, wire_frame *f)
+{
+    srv_in *m = calloc(1, sizeof *m);
+    if (!m) {
+        wire_frame_free(f);
+        return;
+    }
+    m->kind = kind, m->conn = conn, m->rid = rid, m->frame = f, m->arrival = base_now();
+    srv_queue_push(&s->to_engine, &m->node, &m->node);
 }

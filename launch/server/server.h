@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "base/err.h"
+#include "launch/server/metrics.h"
 #include "launch/server/queue.h"
 #include "launch/server/watchdog.h"
 #include "proto/wire.h"
@@ -45,8 +46,9 @@ typedef struct srv_out {
 typedef struct srv_options {
     const char *host;
     int port;                 /* 0: any free port */
+    int http_port;            /* OpenAI's HTTP API on host:http_port; -1: off, 0: any free port */
     const char *auth_token;   /* NULL: no authentication */
-    size_t max_frame;         /* largest frame a client may send */
+    size_t max_frame;         /* largest frame (or HTTP request body) a client may send */
     size_t max_conn_buffer;   /* bytes queued for a client (every reply counts) before it is dropped */
     int max_connections;      /* more are refused with RESOURCE_EXHAUSTED */
     int max_queue;            /* requests waiting or running */
@@ -73,9 +75,12 @@ typedef struct srv_shared {
     srv_watchdog wd;
     pthread_mutex_t mu;              /* guards the fields below */
     srv_snapshot snap;
+    srv_metrics metrics;             /* the engine loop's, as of its last step */
     bool ready;
     bool engine_done;                /* the engine loop has queued its last frames */
     char bound[128];                 /* "host:port" actually listening */
+    char http_bound[128];            /* the same for HTTP ("" when off) */
+    int n_socket_conns;              /* the network thread's own count (it alone reads it) */
     /* set by the signal handler */
     volatile sig_atomic_t stop;      /* SIGTERM, SIGINT or SIGUSR1: drain and stop */
     volatile sig_atomic_t stop_signal, stop_sender;
@@ -86,6 +91,13 @@ void srv_shared_destroy(srv_shared *s);
 
 /* The signal handler's part: records the signal and its sender and wakes both threads. */
 void srv_note_signal(srv_shared *s, int sig, int sender_pid);
+
+/* Queues a request for the engine loop (the network thread and the HTTP front end); the engine
+ * owns f (may be NULL) from here on. */
+void srv_send_in(srv_shared *s, srv_in_kind kind, uint64_t conn, uint64_t rid, wire_frame *f);
+
+/* A listening TCP socket on host:port (0: a free one), non-blocking; bound gets "host:port". */
+int srv_listen(const char *host, int port, int *fd, char *bound, size_t bound_len, base_err *err);
 
 /* The network thread. Binds before returning (so "ready" follows a listening socket); runs until
  * the engine is done and every queued frame is written (or 2 s pass). */
