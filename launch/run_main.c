@@ -397,7 +397,9 @@ static int run(run_args *a, comm *c, base_err *err)
         } else {
             for (int i = 0; i < n; i++) {
                 base_err de;
-                char *text = tok ? rt_tokenizer_decode(tok, res[i].tokens, res[i].n_tokens, true, NULL, &de) : NULL;
+                char *text = tok ? rt_tokenizer_decode_after(tok, a->prompts[i], a->prompt_lens[i], res[i].tokens,
+                                                             res[i].n_tokens, true, NULL, &de)
+                                 : NULL;
                 if (tok && !text)
                     fprintf(stderr, "dinfer-run: prompt %d's output stays ids: %s\n", i, de.msg);
                 if (a->json)

@@ -1000,6 +1000,63 @@ int rt_detok_add(rt_detok *d, int32_t id, char **text, size_t *len, base_err *er
     return detok_delta(d, false, text, len ? len : &l, err);
 }
 
+#define DETOK_CONTEXT 6 /* prompt ids kept as context (vLLM keeps 5 before the last) */
+
+int rt_detok_prime(rt_detok *d, const int32_t *ids, int n, base_err *err)
+{
+    const int k = n < DETOK_CONTEXT ? n : DETOK_CONTEXT;
+    for (int i = 0; i < k; i++)
+        if (ids[n - k + i] < 0 || ids[n - k + i] >= d->t->n_ids)
+            return base_errf(err, "token id %d is outside the vocabulary of %d ids", ids[n - k + i], d->t->n_ids);
+    if (k > d->cap) {
+        int32_t *v = realloc(d->ids, 64 * sizeof *v);
+        if (!v)
+            return base_errf(err, "out of memory");
+        d->ids = v, d->cap = 64;
+    }
+    memcpy(d->ids, ids + n - k, (size_t)k * sizeof *ids);
+    d->n = d->read = k;
+    d->prefix = 0;
+    return 0;
+}
+
+char *rt_tokenizer_decode_after(const rt_tokenizer *t, const int32_t *ctx, int n_ctx, const int32_t *ids, int n,
+                                bool skip_special, size_t *len, base_err *err)
+{
+    rt_detok d;
+    rt_detok_init(&d, t, skip_special);
+    char *out = NULL;
+    size_t ol = 0, cap = 0;
+    int rc = rt_detok_prime(&d, ctx, n_ctx, err);
+    for (int i = 0; rc == 0 && i <= n; i++) {
+        char *piece;
+        size_t pl;
+        rc = i < n ? rt_detok_add(&d, ids[i], &piece, &pl, err) : rt_detok_flush(&d, &piece, &pl, err);
+        if (rc == 0 && ol + pl + 1 > cap) {
+            cap = 2 * (ol + pl + 1) + 64;
+            char *o = realloc(out, cap);
+            if (!o)
+                rc = base_errf(err, "out of memory");
+            else
+                out = o;
+        }
+        if (rc == 0) {
+            memcpy(out + ol, piece, pl);
+            ol += pl;
+            out[ol] = '\0';
+        }
+        free(piece);
+    }
+    rt_detok_free(&d);
+    if (rc) {
+        free(out);
+        return NULL;
+    }
+    if (len)
+        *len = ol;
+    return out;
+}
+
 int rt_detok_flush(rt_detok *d, char **text, size_t *len, base_err *err)
 {
     size_t l;

@@ -38,6 +38,10 @@ int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, boo
  * skip_special leaves out special added tokens. NULL with err for an id outside the vocabulary. */
 char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool skip_special, size_t *len,
                           base_err *err);
+/* The text of ids as the continuation of ctx (n_ctx ids before them: a prompt), as a stream primed
+ * with ctx gives it (rt_detok_prime). */
+char *rt_tokenizer_decode_after(const rt_tokenizer *t, const int32_t *ctx, int n_ctx, const int32_t *ids, int n,
+                                bool skip_special, size_t *len, base_err *err);
 
 /* Streaming detokenization: ids in, text out as soon as it is final. A character split over
  * several tokens waits until it is complete, and SentencePiece's leading space comes out as a
@@ -53,6 +57,10 @@ typedef struct rt_detok {
 } rt_detok;
 
 void rt_detok_init(rt_detok *d, const rt_tokenizer *t, bool skip_special);
+/* What came before the stream (a prompt's ids; its last few are kept as context): the stream's
+ * text then continues that text, as vLLM's detokenizer gives it (a SentencePiece piece's leading
+ * space is kept, not stripped as at the start of a text). Call before the first rt_detok_add. */
+int rt_detok_prime(rt_detok *d, const int32_t *ids, int n, base_err *err);
 /* Adds an id; *text (malloc'd, NUL-terminated, possibly "") gets the text it made final. */
 int rt_detok_add(rt_detok *d, int32_t id, char **text, size_t *len, base_err *err);
 /* The text still held back at the end of the stream (an incomplete character comes out as U+FFFD). */

@@ -318,8 +318,11 @@ static void handle_generate(eng *e, const srv_in *m)
         l.dt = malloc(sizeof *l.dt);
         l.stops = g->n_stop ? calloc(g->n_stop, sizeof *l.stops) : NULL;
         bool ok = l.dt && (!g->n_stop || l.stops);
-        if (l.dt)
+        if (l.dt) { /* the text continues the prompt's (a leading space stays) */
+            base_err perr;
             rt_detok_init(l.dt, e->s->tok, true);
+            rt_detok_prime(l.dt, r.prompt, r.prompt_len, &perr); /* bad ids: rt_sched_add names them */
+        }
         for (size_t i = 0; ok && i < g->n_stop; i++)
             ok = (l.stops[l.n_stops++] = strdup(g->stop[i])) != NULL;
         if (!ok) {

@@ -110,6 +110,9 @@ post /v1/completions '{"prompt": "Once upon a time", "max_tokens": 6, "temperatu
      ([.top_logprobs[] | length <= 2 and length >= 1] | all), ([.token_logprobs[] | . <= 0] | all)' "$tmp/body" |
      tr '\n' ' ')" = "6 6 6 true true " ] && ok "logprobs: 6 tokens, 2 alternatives each" ||
   fail "logprobs: $(cat "$tmp/body")"
+post /v1/completions '{"prompt": "Once", "max_tokens": 3, "temperature": 0}' >/dev/null
+[ "$(jq -r '.choices[0].text' "$tmp/body")" = " upon a time" ] && ok "the text continues the prompt (\" upon a time\")" ||
+  fail "continuation: $(cat "$tmp/body")"
 ids=$(curl -s "${auth[@]}" "$base/tokenize" -d '{"prompt": "Once upon a time"}' | jq -c .tokens)
 [ "$ids" = "$("$DINFER_TOKENIZE" --tokenizer "$tmp/model" <<<"Once upon a time" | jq -c .)" ] || true
 post /v1/completions '{"prompt": '"$ids"', "max_tokens": 40, "temperature": 0}' >/dev/null

@@ -190,6 +190,46 @@ static void test_stories260k(void **state)
     check_one("stories260K");
 }
 
+/* A stream primed with a prompt continues its text: SentencePiece's leading space stays (it is
+ * stripped only at the start of a text), as vLLM's detokenizer gives it; from BOS alone it does not. */
+static void test_continuation(void **state)
+{
+    (void)state;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/launch/stories260K/tokenizer.json", DINFER_SOURCE_DIR);
+    base_err err;
+    rt_tokenizer *t = rt_tokenizer_load(path, &err);
+    assert_non_null(t);
+    int32_t *prompt = NULL, *gen = NULL;
+    const int np = rt_tokenizer_encode(t, "Once", 4, true, &prompt, &err); /* BOS, "Once" */
+    const int ng = rt_tokenizer_encode(t, "upon a time", 11, false, &gen, &err); /* ▁upon ▁a ▁time */
+    assert_true(np == 2 && ng > 0);
+    char *alone = rt_tokenizer_decode(t, gen, ng, true, NULL, &err);
+    char *after = rt_tokenizer_decode_after(t, prompt, np, gen, ng, true, NULL, &err);
+    char *from_bos = rt_tokenizer_decode_after(t, prompt, 1, gen, ng, true, NULL, &err);
+    assert_string_equal(alone, "upon a time");
+    assert_string_equal(after, " upon a time");
+    assert_string_equal(from_bos, "upon a time");
+    /* streamed one id at a time, primed the same way: the same text */
+    rt_detok d;
+    rt_detok_init(&d, t, true);
+    assert_int_equal(rt_detok_prime(&d, prompt, np, &err), 0);
+    char joined[64] = "";
+    for (int i = 0; i <= ng; i++) {
+        char *piece;
+        assert_int_equal(i < ng ? rt_detok_add(&d, gen[i], &piece, NULL, &err) : rt_detok_flush(&d, &piece, NULL, &err),
+                         0);
+        strncat(joined, piece, sizeof joined - strlen(joined) - 1);
+        free(piece);
+    }
+    assert_string_equal(joined, " upon a time");
+    int32_t bad = 99999;
+    assert_int_not_equal(rt_detok_prime(&d, &bad, 1, &err), 0);
+    rt_detok_free(&d);
+    free(alone), free(after), free(from_bos), free(prompt), free(gen);
+    rt_tokenizer_free(t);
+}
+
 /* added tokens' lstrip, rstrip, single_word and normalized (under a Lowercase normalizer), a
  * template with a BOS and an EOS, byte-level with GPT-2's regex: tests/tokenizer/flags */
 static void test_flags(void **state)
@@ -313,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_llama2),
         cmocka_unit_test(test_stories260k),
         cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_continuation),
         cmocka_unit_test(test_small_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
