@@ -5,7 +5,7 @@
 set -euo pipefail
 dir=$1 mkmodel=$2
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire" "$dir/tokenizer_load" "$dir/tokenizer_encode"
+mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire" "$dir/tokenizer_load" "$dir/tokenizer_encode" "$dir/openai"
 for f in "$root"/tests/golden/fixtures/*/config.json; do cp "$f" "$dir/config/$(basename "$(dirname "$f")").json"; done
 "$mkmodel" --out "$dir/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 --ffn-dim 8 --dtype bf16 >/dev/null
 cp "$dir/m/model.safetensors" "$dir/safetensors/"
@@ -17,3 +17,8 @@ cp "$root/tests/tokenizer/corpus.json" "$dir/tokenizer_encode/corpus.json"
 printf 'Hello world <|s|> [X] ab cab the\n\n  x' > "$dir/tokenizer_encode/mixed"
 # a piece-size byte, then a Health request with request_id 7 (length 4: 08 07 62 00)
 printf '\x03\x00\x00\x00\x04\x08\x07\x62\x00' > "$dir/wire/health"
+# OpenAI request bodies
+printf '%s' '{"model": "m", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 3, "stop": ["\n", "The"], "n": 2, "logprobs": 2, "stream": true, "stream_options": {"include_usage": true}, "user": "u"}' > "$dir/openai/completion"
+printf '%s' '{"prompt": [1, 403, 407], "echo": false, "best_of": 1, "logit_bias": {}}' > "$dir/openai/ids"
+printf '%s' '{"prompt": "x", "add_special_tokens": false}' > "$dir/openai/tokenize"
+printf '%s' '{"tokens": [1, 2, 3]}' > "$dir/openai/detokenize"
