@@ -521,6 +521,7 @@ static int submit(hreq *r)
         g.stop = q->n_stop ? (char **)q->stop : NULL, g.n_stop = (size_t)q->n_stop;
         if (q->logprobs >= 0)
             g.has_logprobs = 1, g.logprobs = (uint32_t)q->logprobs;
+        g.has_ignore_eos = q->ignore_eos, g.ignore_eos = q->ignore_eos;
         Dinfer__V1__Frame fr = DINFER__V1__FRAME__INIT;
         fr.has_request_id = 1, fr.request_id = (uint64_t)i + 1;
         fr.body_case = DINFER__V1__FRAME__BODY_GENERATE, fr.generate = &g;

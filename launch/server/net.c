@@ -564,6 +564,7 @@ static void *net_main(void *arg)
         }
         int wait_ms = done || s->stop ? 50 : 200;
         if (n->http) {
+            srv_http_run(n->http); /* the connections take_outbound resumed are served now */
             pfd[k++] = (struct pollfd){.fd = srv_http_fd(n->http), .events = POLLIN};
             wait_ms = srv_http_timeout_ms(n->http, wait_ms);
         }

@@ -222,7 +222,7 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *
                                   "n", "logprobs", "stream", "stream_options", "user", "echo", "best_of", "suffix",
                                   "logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty",
                                   "min_tokens", "response_format", "tools", "tool_choice", "functions",
-                                  "function_call", "guided_json", "guided_regex", "guided_choice"};
+                                  "function_call", "guided_json", "guided_regex", "guided_choice", "ignore_eos"};
     *r = (oai_request){.max_tokens = 16, .temperature = 1.0f, .top_p = 1.0f, .n = 1, .logprobs = -1};
     cJSON *j = parse_body(body, len, e);
     if (!j)
@@ -247,7 +247,7 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *
     if (!rc && sd && !cJSON_IsNull(sd) && !(rc = get_num(j, "seed", -9007199254740991.0, 9007199254740991.0, true, &v, e)))
         r->has_seed = true, r->seed = (uint64_t)(int64_t)v;
     rc = rc || parse_stop(j, r, e);
-    rc = rc || get_bool(j, "stream", &r->stream, e);
+    rc = rc || get_bool(j, "stream", &r->stream, e) || get_bool(j, "ignore_eos", &r->ignore_eos, e);
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
     if (!rc && so && !cJSON_IsNull(so)) {
         static const char *so_known[] = {"include_usage", "continuous_usage_stats"};

@@ -41,6 +41,7 @@ typedef struct oai_request {
     int n;                       /* choices, 1..OAI_MAX_N */
     int logprobs;                /* -1: none; else the top alternatives per token (0..20) */
     bool stream, include_usage;
+    bool ignore_eos;             /* vLLM's extension: generate max_tokens whatever the model says */
 } oai_request;
 
 /* Parses the body of POST /v1/completions; -1 with e filled (400, the field named). */
