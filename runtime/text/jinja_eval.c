@@ -627,8 +627,9 @@ static void exec_for(jctx *c, const jnode *n, jframe *f)
     if (n->c) { /* the `if` filter comes first: loop.length and loop.index count what passes */
         jlist *kept = jx_list_new(c, all->n);
         kept->n = 0;
+        jframe *g = frame_new(c, f);
         for (size_t i = 0; i < all->n; i++) {
-            jframe *g = frame_new(c, f);
+            g->n = 0;
             assign(c, n->line, n->a, all->v[i], g);
             if (jx_truthy(eval(c, n->c, g)))
                 kept->v[kept->n++] = all->v[i];
@@ -637,9 +638,12 @@ static void exec_for(jctx *c, const jnode *n, jframe *f)
     }
     jloop *loop = jx_alloc(c, sizeof *loop);
     loop->items = items;
+    /* one scope, emptied at each iteration (nothing keeps a pointer to a scope past its use) */
+    jframe *g = frame_new(c, f);
     for (size_t i = 0; i < items->n; i++) {
+        step(c, n->line); /* an empty body still costs its iterations */
         loop->i = i;
-        jframe *g = frame_new(c, f);
+        g->n = 0;
         frame_set(c, g, "loop", (jv){.t = JV_LOOP, .u.loop = loop});
         assign(c, n->line, n->a, items->v[i], g);
         if (exec_body(c, n->kids, n->n_kids, g) == FLOW_BREAK)
