@@ -17,6 +17,7 @@ need_cmd mpicc libopenmpi-dev
 need_cmd protoc-c protobuf-c-compiler
 need_cmd curl curl   # the HTTP tests' client
 need_cmd jq jq       # and their JSON reader
+need_cmd promtool prometheus  # checks /metrics (its server is not started)
 if command -v pkg-config >/dev/null 2>&1; then
   need_pc libprotobuf-c libprotobuf-c-dev
   need_pc cmocka libcmocka-dev

@@ -21,7 +21,7 @@
 
 typedef struct server_args {
     job_flags job; /* the model, its split, where and how it computes */
-    const char *host, *token_file, *ready_file;
+    const char *host, *token_file, *ready_file, *chat_template;
     int port, http_port, max_seqs, kv_blocks, max_queue, max_connections;
     double kv_cache_mib, drain_seconds, idle_timeout, frame_timeout;
     long max_frame;
@@ -34,10 +34,13 @@ static void usage(FILE *f)
             "usage: mpirun -np N dinfer-server --model DIR [--tp T --pp P] [options]\n"
             "  --host H                address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)\n"
             "  --port P                TCP port (default 7070; 0 picks a free one)\n"
-            "  --http-port P           also serve OpenAI's HTTP API (/v1/completions, /v1/models, /tokenize,\n"
-            "                          /detokenize, /health, /metrics) on --host:P (default off; 0 picks a free one)\n"
+            "  --http-port P           also serve OpenAI's HTTP API (/v1/completions, /v1/chat/completions,\n"
+            "                          /v1/models, /tokenize, /detokenize, /health, /metrics) on --host:P\n"
+            "                          (default off; 0 picks a free one)\n"
             "  --auth-token-file F     clients must send the token in F (HTTP: Authorization: Bearer; /health\n"
             "                          and /metrics stay open)\n"
+            "  --chat-template F       the Jinja chat template for /v1/chat/completions (default: the model\n"
+            "                          folder's chat_template.jinja or tokenizer_config.json's chat_template)\n"
             "  --max-seqs S            sequences running at once (default 256)\n"
             "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
             "  --kv-cache-mib M        or: the KV cache per rank in MiB (default: on a GPU what\n"
@@ -56,11 +59,11 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_HOST = 256, O_PORT, O_TOKEN, O_SEQS, O_KVB, O_KVM, O_QUEUE, O_FRAME, O_DRAIN, O_READY, O_MAXCONN, O_IDLE,
-           O_FRAMET, O_HTTP };
+           O_FRAMET, O_HTTP, O_CHAT };
     static const struct option opts[] = {
         JOB_FLAG_OPTIONS, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"http-port", required_argument, 0, O_HTTP},
-        {"auth-token-file", required_argument, 0, O_TOKEN},
+        {"auth-token-file", required_argument, 0, O_TOKEN}, {"chat-template", required_argument, 0, O_CHAT},
         {"max-seqs", required_argument, 0, O_SEQS},
         {"kv-blocks", required_argument, 0, O_KVB}, {"kv-cache-mib", required_argument, 0, O_KVM},
         {"max-queue", required_argument, 0, O_QUEUE},
@@ -90,6 +93,7 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         case O_PORT: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->port = (int)v; break;
         case O_HTTP: if (cli_int(f, s, 0, 65535, &v, err)) return -1; a->http_port = (int)v; break;
         case O_TOKEN: a->token_file = s; break;
+        case O_CHAT: a->chat_template = s; break;
         case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
         case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
         case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; a->kv_mib_given = true; break;
@@ -179,8 +183,15 @@ static int serve(server_args *a, comm *c)
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", a->job.model);
     if (rc == 0 && root && access(tok_path, F_OK) == 0 && !(tok = rt_tokenizer_load(tok_path, &err)))
         rc = -1;
+    /* its chat template: an unreadable file or a --chat-template that does not parse stops the job;
+     * a model's own template the interpreter cannot run leaves chat requests refused, saying why */
+    rt_chat *chat = NULL;
+    if (rc == 0 && root && rt_chat_load(a->job.model, a->chat_template, &chat, &err) != 0)
+        rc = -1;
     if (job_agree(c, prog, rc, &err)) {
         free(token);
+        rt_tokenizer_free(tok);
+        rt_chat_free(chat);
         return 1;
     }
     job_model jm;
@@ -188,6 +199,7 @@ static int serve(server_args *a, comm *c)
     if (job_load(c, prog, &a->job, a->max_seqs, &jm)) {
         free(token);
         rt_tokenizer_free(tok);
+        rt_chat_free(chat);
         return 1;
     }
     int blocks = kv_blocks(c, a, &jm, &err);
@@ -227,6 +239,7 @@ static int serve(server_args *a, comm *c)
         job_model_free(&jm);
         free(token);
         rt_tokenizer_free(tok);
+        rt_chat_free(chat);
         return 1;
     }
     /* where every rank runs, so rank 0 can name one it loses */
@@ -271,7 +284,14 @@ static int serve(server_args *a, comm *c)
                      rt_tokenizer_n_ids(tok));
         else
             base_log(0, "no %s: requests send token ids (text ones are refused)", tok_path);
+        if (chat && rt_chat_problem(chat))
+            base_log(0, "%s: /v1/chat/completions refuses requests (give --chat-template FILE)", rt_chat_problem(chat));
+        else if (chat)
+            base_log(0, "chat template: %s", rt_chat_source(chat));
+        else
+            base_log(0, "no chat template: /v1/chat/completions refuses requests (give --chat-template FILE)");
         s.tok = tok;
+        s.chat = chat;
         srv_watchdog_set_ranks(&s.wd, ranks, t->world_size);
         ranks = NULL; /* the watchdog's now */
         the_server = &s;
@@ -309,6 +329,7 @@ static int serve(server_args *a, comm *c)
     job_model_free(&jm);
     free(token);
     rt_tokenizer_free(tok);
+    rt_chat_free(chat);
     free(ranks);
     return 0;
 }

@@ -39,6 +39,7 @@ typedef struct choice {
     char *text; /* (len) whole responses: the text so far */
     size_t len, cap;
     const char *finish; /* "stop" / "length" once ended */
+    bool role_sent;     /* chat streams: the first chunk (delta.role) went out */
     oai_logprobs lp;    /* with logprobs: every token so far (streams: this chunk's) */
 } choice;
 
@@ -239,8 +240,9 @@ static enum MHD_Result respond_completion(hreq *r)
     for (int i = 0; i < r->req.n; i++)
         c[i] = (oai_choice){.text = r->ch[i].text ? r->ch[i].text : "", .finish_reason = r->ch[i].finish,
                             .lp = r->req.logprobs >= 0 ? &r->ch[i].lp : NULL};
-    return respond_json(r, oai_completion_json(r->cmpl_id, r->created, r->h->s->snap.model, c, r->req.n,
-                                               r->prompt_tokens, r->completion_tokens));
+    return respond_json(r, (r->req.chat ? oai_chat_json : oai_completion_json)(r->cmpl_id, r->created,
+                                                                               r->h->s->snap.model, c, r->req.n,
+                                                                               r->prompt_tokens, r->completion_tokens));
 }
 
 /* ---- the engine's frames ---- */
@@ -340,9 +342,15 @@ static void on_chunk(hreq *r, int index, const Dinfer__V1__TokenChunk *k)
                    t < k->n_top ? k->top[t] : NULL, offset) != 0)
             r->dropped = true;
     if (r->req.stream) {
-        if (*text || k->n_tokens)
+        if (r->req.chat && (*text || k->n_tokens || !c->role_sent)) {
+            stream_add(r, oai_chat_chunk(r->cmpl_id, r->created, r->h->s->snap.model, index,
+                                         c->role_sent ? NULL : "assistant", text,
+                                         r->req.logprobs >= 0 && k->n_tokens ? &c->lp : NULL, NULL));
+            c->role_sent = true;
+        } else if (!r->req.chat && (*text || k->n_tokens)) {
             stream_add(r, oai_completion_chunk(r->cmpl_id, r->created, r->h->s->snap.model, index, text,
                                                r->req.logprobs >= 0 ? &c->lp : NULL, NULL));
+        }
         c->len += strlen(text); /* offsets only */
     } else if (text_add(c, text) != 0) {
         r->dropped = true;
@@ -352,8 +360,9 @@ static void on_chunk(hreq *r, int index, const Dinfer__V1__TokenChunk *k)
 static void finish_stream(hreq *r)
 {
     if (r->req.include_usage)
-        stream_add(r, oai_usage_chunk(r->cmpl_id, r->created, r->h->s->snap.model, r->prompt_tokens,
-                                      r->completion_tokens));
+        stream_add(r, (r->req.chat ? oai_chat_usage_chunk : oai_usage_chunk)(r->cmpl_id, r->created,
+                                                                            r->h->s->snap.model, r->prompt_tokens,
+                                                                            r->completion_tokens));
     stream_add(r, strdup(OAI_DONE));
 }
 
@@ -364,8 +373,13 @@ static void on_done(hreq *r, int index, const Dinfer__V1__GenerateDone *d)
     r->prompt_tokens = d->has_prompt_tokens ? d->prompt_tokens : r->prompt_tokens;
     if (r->req.stream) {
         oai_logprobs_free(&c->lp);
-        stream_add(r, oai_completion_chunk(r->cmpl_id, r->created, r->h->s->snap.model, index, "",
-                                           NULL, c->finish));
+        if (r->req.chat)
+            stream_add(r, oai_chat_chunk(r->cmpl_id, r->created, r->h->s->snap.model, index,
+                                         c->role_sent ? NULL : "assistant", c->role_sent ? NULL : "", NULL, c->finish));
+        else
+            stream_add(r, oai_completion_chunk(r->cmpl_id, r->created, r->h->s->snap.model, index, "", NULL,
+                                               c->finish));
+        c->role_sent = true;
     }
     if (++r->n_done == r->req.n) {
         if (r->req.stream)
@@ -538,10 +552,36 @@ static int submit(hreq *r)
     return 0;
 }
 
-static enum MHD_Result answer_completion(hreq *r)
+/* A conversation through the chat template, then the tokenizer (special tokens not added unless
+ * add_special: the template writes them, as transformers and vLLM tokenize a chat); the count, or
+ * -1 with a 400. */
+static int chat_prompt(srv_http *h, const cJSON *messages, bool add_generation_prompt, bool add_special, int32_t **ids,
+                       oai_err *e)
+{
+    *ids = NULL;
+    if (!h->s->tok)
+        return oai_fail(e, 400, "messages", "the model has no tokenizer.json: chat needs one");
+    if (!h->s->chat)
+        return oai_fail(e, 400, "messages",
+                        "the model has no chat template (tokenizer_config.json's chat_template or chat_template.jinja): "
+                        "use /v1/completions, or start the server with --chat-template FILE");
+    base_err err;
+    size_t len = 0;
+    char *text = rt_chat_render(h->s->chat, messages, add_generation_prompt, &len, &err);
+    if (!text)
+        return oai_fail(e, 400, "messages", "%s", err.msg);
+    const int k = rt_tokenizer_encode(h->s->tok, text, len, add_special, ids, &err);
+    free(text);
+    if (k < 0)
+        return oai_fail(e, 400, "messages", "the rendered prompt: %s", err.msg);
+    return k;
+}
+
+static enum MHD_Result answer_generate(hreq *r)
 {
     srv_http *h = r->h;
-    if (oai_parse_completion(r->body ? r->body : "", r->body_len, &r->req, &r->err))
+    const bool chat = r->rt == R_CHAT;
+    if ((chat ? oai_parse_chat : oai_parse_completion)(r->body ? r->body : "", r->body_len, &r->req, &r->err))
         return respond_error(r);
     if (r->req.model && strcmp(r->req.model, h->s->snap.model) != 0) {
         oai_fail(&r->err, 404, "model", "the model `%.200s` does not exist: this server serves `%s`", r->req.model,
@@ -553,12 +593,33 @@ static enum MHD_Result answer_completion(hreq *r)
         oai_fail(&r->err, 503, NULL, "the server is shutting down");
         return respond_error(r);
     }
-    snprintf(r->cmpl_id, sizeof r->cmpl_id, "cmpl-%016llx", (unsigned long long)next_seed(h));
+    if (chat) {
+        const int k = chat_prompt(h, r->req.messages, r->req.add_generation_prompt, false, &r->req.prompt_ids, &r->err);
+        if (k < 0)
+            return respond_error(r);
+        r->req.n_prompt_ids = (size_t)k;
+        if (!r->req.max_tokens) /* as OpenAI: what the context leaves (too long a prompt is the engine's 400) */
+            r->req.max_tokens = k < h->s->snap.max_context ? h->s->snap.max_context - k : 1;
+    }
+    snprintf(r->cmpl_id, sizeof r->cmpl_id, "%s-%016llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)next_seed(h));
     r->created = (long)time(NULL);
     if (submit(r))
         return respond_error(r);
     suspend(r);
     return MHD_YES;
+}
+
+static char *ids_json(const int32_t *ids, int k, int max_context)
+{
+    const size_t cap = 64 + (size_t)k * 12;
+    char *json = malloc(cap);
+    if (json) {
+        size_t at = (size_t)snprintf(json, cap, "{\"count\":%d,\"max_model_len\":%d,\"tokens\":[", k, max_context);
+        for (int i = 0; i < k; i++)
+            at += (size_t)snprintf(json + at, cap - at, "%s%d", i ? "," : "", (int)ids[i]);
+        snprintf(json + at, cap - at, "]}");
+    }
+    return json;
 }
 
 static enum MHD_Result answer_tokenize(hreq *r)
@@ -568,29 +629,28 @@ static enum MHD_Result answer_tokenize(hreq *r)
         oai_fail(&r->err, 400, NULL, "the model has no tokenizer.json");
         return respond_error(r);
     }
-    char *text = NULL;
-    bool special = true;
     int32_t *ids = NULL;
     size_t n = 0;
     base_err err;
     char *json = NULL;
     if (r->rt == R_TOKENIZE) {
-        if (oai_parse_tokenize(r->body ? r->body : "", r->body_len, &text, &special, &r->err))
+        oai_tokenize t;
+        if (oai_parse_tokenize(r->body ? r->body : "", r->body_len, &t, &r->err))
             return respond_error(r);
-        const int k = rt_tokenizer_encode(h->s->tok, text, strlen(text), special, &ids, &err);
-        free(text);
+        int k;
+        if (t.messages) { /* exactly what a chat request with these messages would be prompted with */
+            k = chat_prompt(h, t.messages, t.add_generation_prompt, t.add_special, &ids, &r->err);
+        } else {
+            k = rt_tokenizer_encode(h->s->tok, t.text, strlen(t.text), t.add_special, &ids, &err);
+            if (k < 0)
+                oai_fail(&r->err, 400, "prompt", "prompt: %s", err.msg);
+        }
+        oai_tokenize_free(&t);
         if (k < 0) {
-            oai_fail(&r->err, 400, "prompt", "prompt: %s", err.msg);
+            free(ids);
             return respond_error(r);
         }
-        size_t cap = 64 + (size_t)k * 12;
-        if ((json = malloc(cap))) {
-            size_t at = (size_t)snprintf(json, cap, "{\"count\":%d,\"max_model_len\":%d,\"tokens\":[", k,
-                                         h->s->snap.max_context);
-            for (int i = 0; i < k; i++)
-                at += (size_t)snprintf(json + at, cap - at, "%s%d", i ? "," : "", (int)ids[i]);
-            snprintf(json + at, cap - at, "]}");
-        }
+        json = ids_json(ids, k, h->s->snap.max_context);
         free(ids);
         return respond_json(r, json);
     }
@@ -644,14 +704,11 @@ static enum MHD_Result answer_now(hreq *r)
     case R_MODELS:
         return respond_json(r, oai_models_json(s->snap.model, h->started, s->snap.max_context));
     case R_COMPLETIONS:
-        return answer_completion(r);
+    case R_CHAT:
+        return answer_generate(r);
     case R_TOKENIZE:
     case R_DETOKENIZE:
         return answer_tokenize(r);
-    case R_CHAT:
-        oai_fail(&r->err, 400, "messages", "chat completions need the chat-template interpreter, not built yet: "
-                                           "use /v1/completions with the prompt as text");
-        return respond_error(r);
     default:
         oai_fail(&r->err, 404, NULL, "no such endpoint");
         return respond_error(r);

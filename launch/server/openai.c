@@ -2,6 +2,7 @@
  * out of range, or one dinfer does not implement, is a 400 that names it; nothing is ignored but
  * `user`. */
 #include "launch/server/openai.h"
+#include "launch/server/openai_impl.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -31,7 +32,7 @@ int oai_fail(oai_err *e, int status, const char *param, const char *fmt, ...)
 }
 
 /* cJSON's printer, freed with free() (its default allocator). */
-static char *print_free(cJSON *o)
+char *oai_print_free(cJSON *o)
 {
     char *s = o ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
@@ -55,7 +56,7 @@ char *oai_error_json(const oai_err *e)
         cJSON_AddStringToObject(er, "code", e->code);
     else
         cJSON_AddNullToObject(er, "code");
-    return print_free(o);
+    return oai_print_free(o);
 }
 
 /* JSON text must be UTF-8 (RFC 8259); -1 with the offset of the first bad byte. */
@@ -76,7 +77,7 @@ static int check_utf8(const char *s, size_t len, oai_err *e)
     return 0;
 }
 
-static cJSON *parse_body(const char *body, size_t len, oai_err *e)
+cJSON *oai_parse_body(const char *body, size_t len, oai_err *e)
 {
     if (check_utf8(body, len, e))
         return NULL;
@@ -103,7 +104,7 @@ static cJSON *parse_body(const char *body, size_t len, oai_err *e)
 }
 
 /* A number field in [lo, hi]; absent or null leaves *v. Integers must be whole. */
-static int get_num(const cJSON *o, const char *name, double lo, double hi, bool integer, double *v, oai_err *e)
+int oai_get_num(const cJSON *o, const char *name, double lo, double hi, bool integer, double *v, oai_err *e)
 {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
     if (!f || cJSON_IsNull(f))
@@ -119,7 +120,7 @@ static int get_num(const cJSON *o, const char *name, double lo, double hi, bool 
     return 0;
 }
 
-static int get_bool(const cJSON *o, const char *name, bool *v, oai_err *e)
+int oai_get_bool(const cJSON *o, const char *name, bool *v, oai_err *e)
 {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
     if (!f || cJSON_IsNull(f))
@@ -132,7 +133,7 @@ static int get_bool(const cJSON *o, const char *name, bool *v, oai_err *e)
 
 /* The fields of OpenAI's API dinfer does not implement: a 400 naming them unless they hold their
  * default (absent, null, false, 0, "", {} or 1 for best_of). */
-static int refuse_unsupported(const cJSON *o, oai_err *e)
+int oai_refuse_unsupported(const cJSON *o, oai_err *e)
 {
     static const char *names[] = {"echo", "best_of", "suffix", "logit_bias", "presence_penalty", "frequency_penalty",
                                   "repetition_penalty", "min_tokens", "response_format", "tools", "tool_choice",
@@ -150,7 +151,7 @@ static int refuse_unsupported(const cJSON *o, oai_err *e)
 }
 
 /* Every top-level field must be one this endpoint knows. */
-static int refuse_unknown(const cJSON *o, const char *const *known, size_t n_known, oai_err *e)
+int oai_refuse_unknown(const cJSON *o, const char *const *known, size_t n_known, oai_err *e)
 {
     for (const cJSON *f = o->child; f; f = f->next) {
         bool ok = false;
@@ -216,19 +217,12 @@ static int parse_stop(const cJSON *o, oai_request *r, oai_err *e)
     return 0;
 }
 
-int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *e)
+/* The fields completions and chat completions share: model, sampling, stop, n, seed, stream,
+ * stream_options, user, ignore_eos (r->max_tokens and r->logprobs are the caller's). */
+int oai_parse_common(const cJSON *j, oai_request *r, oai_err *e)
 {
-    static const char *known[] = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-                                  "n", "logprobs", "stream", "stream_options", "user", "echo", "best_of", "suffix",
-                                  "logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                                  "min_tokens", "response_format", "tools", "tool_choice", "functions",
-                                  "function_call", "guided_json", "guided_regex", "guided_choice", "ignore_eos"};
-    *r = (oai_request){.max_tokens = 16, .temperature = 1.0f, .top_p = 1.0f, .n = 1, .logprobs = -1};
-    cJSON *j = parse_body(body, len, e);
-    if (!j)
-        return -1;
     double v;
-    int rc = refuse_unknown(j, known, sizeof known / sizeof *known, e) || refuse_unsupported(j, e);
+    int rc = oai_refuse_unsupported(j, e);
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
     if (!rc && m && !cJSON_IsNull(m)) {
         if (!cJSON_IsString(m))
@@ -236,18 +230,15 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *
         else if (!(r->model = strdup(m->valuestring)))
             rc = oai_fail(e, 500, NULL, "out of memory");
     }
-    rc = rc || parse_prompt(j, r, e);
-    double mt = r->max_tokens, temp = r->temperature, tp = r->top_p, tk = r->top_k, n = r->n, lp = r->logprobs;
-    rc = rc || get_num(j, "max_tokens", 1, INT32_MAX, true, &mt, e) || get_num(j, "temperature", 0, 100, false, &temp, e) ||
-         get_num(j, "top_p", 1e-9, 1, false, &tp, e) || get_num(j, "top_k", -1, INT32_MAX, true, &tk, e) ||
-         get_num(j, "n", 1, OAI_MAX_N, true, &n, e) || get_num(j, "logprobs", 0, RT_MAX_TOP_LOGPROBS, true, &lp, e);
-    r->max_tokens = (int)mt, r->temperature = (float)temp, r->top_p = (float)tp, r->top_k = tk < 0 ? 0 : (int)tk;
-    r->n = (int)n, r->logprobs = (int)lp;
+    double temp = r->temperature, tp = r->top_p, tk = r->top_k, n = r->n;
+    rc = rc || oai_get_num(j, "temperature", 0, 100, false, &temp, e) || oai_get_num(j, "top_p", 1e-9, 1, false, &tp, e) ||
+         oai_get_num(j, "top_k", -1, INT32_MAX, true, &tk, e) || oai_get_num(j, "n", 1, OAI_MAX_N, true, &n, e);
+    r->temperature = (float)temp, r->top_p = (float)tp, r->top_k = tk < 0 ? 0 : (int)tk, r->n = (int)n;
     const cJSON *sd = cJSON_GetObjectItemCaseSensitive(j, "seed");
-    if (!rc && sd && !cJSON_IsNull(sd) && !(rc = get_num(j, "seed", -9007199254740991.0, 9007199254740991.0, true, &v, e)))
+    if (!rc && sd && !cJSON_IsNull(sd) && !(rc = oai_get_num(j, "seed", -9007199254740991.0, 9007199254740991.0, true, &v, e)))
         r->has_seed = true, r->seed = (uint64_t)(int64_t)v;
     rc = rc || parse_stop(j, r, e);
-    rc = rc || get_bool(j, "stream", &r->stream, e) || get_bool(j, "ignore_eos", &r->ignore_eos, e);
+    rc = rc || oai_get_bool(j, "stream", &r->stream, e) || oai_get_bool(j, "ignore_eos", &r->ignore_eos, e);
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
     if (!rc && so && !cJSON_IsNull(so)) {
         static const char *so_known[] = {"include_usage", "continuous_usage_stats"};
@@ -256,11 +247,27 @@ int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *
         else if (!r->stream)
             rc = oai_fail(e, 400, "stream_options", "stream_options needs \"stream\": true");
         else
-            rc = refuse_unknown(so, so_known, 1, e) || get_bool(so, "include_usage", &r->include_usage, e);
+            rc = oai_refuse_unknown(so, so_known, 1, e) || oai_get_bool(so, "include_usage", &r->include_usage, e);
     }
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user");
     if (!rc && u && !cJSON_IsNull(u) && !cJSON_IsString(u))
         rc = oai_fail(e, 400, "user", "user must be a string");
+    return rc;
+}
+
+int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *e)
+{
+    static const char *known[] = {OAI_COMMON_FIELDS, "prompt", "max_tokens", "logprobs", "echo", "best_of", "suffix"};
+    *r = (oai_request){.max_tokens = 16, .temperature = 1.0f, .top_p = 1.0f, .n = 1, .logprobs = -1};
+    cJSON *j = oai_parse_body(body, len, e);
+    if (!j)
+        return -1;
+    int rc = oai_refuse_unknown(j, known, sizeof known / sizeof *known, e) || oai_parse_common(j, r, e) ||
+             parse_prompt(j, r, e);
+    double mt = r->max_tokens, lp = r->logprobs;
+    rc = rc || oai_get_num(j, "max_tokens", 1, INT32_MAX, true, &mt, e) ||
+         oai_get_num(j, "logprobs", 0, RT_MAX_TOP_LOGPROBS, true, &lp, e);
+    r->max_tokens = (int)mt, r->logprobs = (int)lp;
     cJSON_Delete(j);
     if (rc) {
         oai_request_free(r);
@@ -274,34 +281,52 @@ void oai_request_free(oai_request *r)
     free(r->model), free(r->prompt_text), free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    cJSON_Delete(r->messages);
     memset(r, 0, sizeof *r);
 }
 
-int oai_parse_tokenize(const char *body, size_t len, char **text, bool *add_special, oai_err *e)
+int oai_parse_tokenize(const char *body, size_t len, oai_tokenize *t, oai_err *e)
 {
-    static const char *known[] = {"model", "prompt", "add_special_tokens"};
-    *text = NULL, *add_special = true;
-    cJSON *j = parse_body(body, len, e);
+    static const char *known[] = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"};
+    *t = (oai_tokenize){.add_generation_prompt = true};
+    cJSON *j = oai_parse_body(body, len, e);
     if (!j)
         return -1;
-    int rc = refuse_unknown(j, known, 3, e) || get_bool(j, "add_special_tokens", add_special, e);
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
-    if (!rc && !cJSON_IsString(p))
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt"), *m = cJSON_GetObjectItemCaseSensitive(j, "messages");
+    /* as vLLM: special tokens added to a prompt, not to a chat (its template writes them) */
+    t->add_special = !m;
+    int rc = oai_refuse_unknown(j, known, sizeof known / sizeof *known, e) ||
+             oai_get_bool(j, "add_special_tokens", &t->add_special, e) ||
+             oai_get_bool(j, "add_generation_prompt", &t->add_generation_prompt, e);
+    if (!rc && !!p == !!m)
+        rc = oai_fail(e, 400, p ? "messages" : "prompt", "send exactly one of prompt and messages");
+    else if (!rc && p && !cJSON_IsString(p))
         rc = oai_fail(e, 400, "prompt", "prompt must be a string");
-    if (!rc && !(*text = strdup(p->valuestring)))
+    else if (!rc && p && !(t->text = strdup(p->valuestring)))
         rc = oai_fail(e, 500, NULL, "out of memory");
+    else if (!rc && m)
+        rc = oai_parse_messages(m, &t->messages, e);
     cJSON_Delete(j);
+    if (rc)
+        oai_tokenize_free(t);
     return rc ? -1 : 0;
+}
+
+void oai_tokenize_free(oai_tokenize *t)
+{
+    free(t->text);
+    cJSON_Delete(t->messages);
+    memset(t, 0, sizeof *t);
 }
 
 int oai_parse_detokenize(const char *body, size_t len, int32_t **ids, size_t *n, oai_err *e)
 {
     static const char *known[] = {"model", "tokens"};
     *ids = NULL, *n = 0;
-    cJSON *j = parse_body(body, len, e);
+    cJSON *j = oai_parse_body(body, len, e);
     if (!j)
         return -1;
-    int rc = refuse_unknown(j, known, 2, e);
+    int rc = oai_refuse_unknown(j, known, 2, e);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "tokens");
     if (!rc && !cJSON_IsArray(t))
         rc = oai_fail(e, 400, "tokens", "tokens must be a list of token ids");
@@ -334,7 +359,7 @@ void oai_logprobs_free(oai_logprobs *l)
 }
 
 /* -inf (a token the sampler could not pick) is not JSON: the most negative float instead */
-static double finite_lp(float v)
+double oai_finite_lp(float v)
 {
     return isfinite(v) ? (double)v : -3.4028234663852886e38;
 }
@@ -350,13 +375,13 @@ static cJSON *logprobs_json(const oai_logprobs *l)
     }
     for (size_t i = 0; i < l->n; i++) {
         cJSON_AddItemToArray(toks, cJSON_CreateString(l->tokens[i]));
-        cJSON_AddItemToArray(lps, cJSON_CreateNumber(finite_lp(l->logprob[i])));
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(oai_finite_lp(l->logprob[i])));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)l->offset[i]));
         cJSON *t = cJSON_CreateObject();
         for (int k = 0; k < l->n_top; k++) {
             const char *name = l->top_tokens[i * (size_t)l->n_top + (size_t)k];
             if (!cJSON_GetObjectItemCaseSensitive(t, name)) /* two ids of one text: the likelier */
-                cJSON_AddNumberToObject(t, name, finite_lp(l->top_logprob[i * (size_t)l->n_top + (size_t)k]));
+                cJSON_AddNumberToObject(t, name, oai_finite_lp(l->top_logprob[i * (size_t)l->n_top + (size_t)k]));
         }
         cJSON_AddItemToArray(tops, t);
     }
@@ -389,7 +414,7 @@ static void add_choice(cJSON *arr, int index, const char *text, const oai_logpro
     cJSON_AddItemToArray(arr, c);
 }
 
-static void add_usage(cJSON *o, uint64_t prompt, uint64_t completion)
+void oai_add_usage(cJSON *o, uint64_t prompt, uint64_t completion)
 {
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
@@ -398,9 +423,9 @@ static void add_usage(cJSON *o, uint64_t prompt, uint64_t completion)
 }
 
 /* "data: " + JSON + "\n\n" */
-static char *sse(cJSON *o)
+char *oai_sse(cJSON *o)
 {
-    char *j = print_free(o);
+    char *j = oai_print_free(o);
     if (!j)
         return NULL;
     const size_t n = strlen(j);
@@ -419,15 +444,15 @@ char *oai_completion_chunk(const char *id, long created, const char *model, int 
 {
     cJSON *o = completion_head(id, created, model);
     add_choice(cJSON_AddArrayToObject(o, "choices"), index, text, lp, finish_reason);
-    return sse(o);
+    return oai_sse(o);
 }
 
 char *oai_usage_chunk(const char *id, long created, const char *model, uint64_t prompt, uint64_t completion)
 {
     cJSON *o = completion_head(id, created, model);
     cJSON_AddArrayToObject(o, "choices");
-    add_usage(o, prompt, completion);
-    return sse(o);
+    oai_add_usage(o, prompt, completion);
+    return oai_sse(o);
 }
 
 char *oai_completion_json(const char *id, long created, const char *model, const oai_choice *c, int n,
@@ -436,8 +461,8 @@ char *oai_completion_json(const char *id, long created, const char *model, const
     cJSON *o = completion_head(id, created, model), *arr = cJSON_AddArrayToObject(o, "choices");
     for (int i = 0; i < n; i++)
         add_choice(arr, i, c[i].text, c[i].lp, c[i].finish_reason);
-    add_usage(o, prompt, completion);
-    return print_free(o);
+    oai_add_usage(o, prompt, completion);
+    return oai_print_free(o);
 }
 
 char *oai_models_json(const char *model, long created, int max_context)
@@ -451,12 +476,12 @@ char *oai_models_json(const char *model, long created, int max_context)
     cJSON_AddStringToObject(m, "owned_by", "dinfer");
     cJSON_AddNumberToObject(m, "max_model_len", max_context);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "data"), m);
-    return print_free(o);
+    return oai_print_free(o);
 }
 
 char *oai_prompt_json(const char *text)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "prompt", text);
-    return print_free(o);
+    return oai_print_free(o);
 }

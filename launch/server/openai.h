@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #define OAI_MAX_N 16     /* choices per request */
 #define OAI_MAX_STOP 16  /* stop strings */
 
@@ -42,15 +44,36 @@ typedef struct oai_request {
     int logprobs;                /* -1: none; else the top alternatives per token (0..20) */
     bool stream, include_usage;
     bool ignore_eos;             /* vLLM's extension: generate max_tokens whatever the model says */
+    /* chat completions: the conversation, checked and normalized for the chat template (each
+     * message {"role", "content" (a string: text parts joined by newlines), "name"?}) */
+    bool chat;
+    cJSON *messages;
+    bool add_generation_prompt;  /* vLLM's extension; true unless given */
 } oai_request;
 
 /* Parses the body of POST /v1/completions; -1 with e filled (400, the field named). */
 int oai_parse_completion(const char *body, size_t len, oai_request *r, oai_err *e);
+/* POST /v1/chat/completions: messages (system, user and assistant roles; string content or a list
+ * of text parts), max_tokens or max_completion_tokens (default: as much as the context allows, as
+ * OpenAI; 0 here means that), logprobs (a boolean) with top_logprobs (0..20), the shared fields. */
+int oai_parse_chat(const char *body, size_t len, oai_request *r, oai_err *e);
 void oai_request_free(oai_request *r);
 
-/* POST /tokenize and /detokenize bodies: {"prompt": "...", "add_special_tokens": bool} and
- * {"tokens": [ids]}. */
-int oai_parse_tokenize(const char *body, size_t len, char **text, bool *add_special, oai_err *e);
+/* A "messages" list checked and normalized (see oai_request); -1 with a 400 naming the message and
+ * field ("messages[2].role"). */
+int oai_parse_messages(const cJSON *m, cJSON **out, oai_err *e);
+
+/* POST /tokenize: {"prompt": "...", "add_special_tokens"} or, as vLLM, {"messages": [...],
+ * "add_generation_prompt"} (rendered with the chat template; special tokens not added unless asked:
+ * the template writes them). */
+typedef struct oai_tokenize {
+    char *text;       /* or */
+    cJSON *messages;  /* normalized as oai_parse_messages leaves them */
+    bool add_special, add_generation_prompt;
+} oai_tokenize;
+int oai_parse_tokenize(const char *body, size_t len, oai_tokenize *t, oai_err *e);
+void oai_tokenize_free(oai_tokenize *t);
+/* POST /detokenize: {"tokens": [ids]}. */
 int oai_parse_detokenize(const char *body, size_t len, int32_t **ids, size_t *n, oai_err *e);
 
 /* One choice's token logprobs, in the completions API's shape. */
@@ -83,6 +106,14 @@ typedef struct oai_choice {
 } oai_choice;
 char *oai_completion_json(const char *id, long created, const char *model, const oai_choice *c, int n,
                           uint64_t prompt, uint64_t completion);
+
+/* Chat completions' replies. A streamed chunk carries one choice's delta: role "assistant" (first
+ * chunk of a choice, role not NULL), text, logprobs (its tokens') and, on the last, finish_reason. */
+char *oai_chat_chunk(const char *id, long created, const char *model, int index, const char *role, const char *text,
+                     const oai_logprobs *lp, const char *finish_reason);
+char *oai_chat_usage_chunk(const char *id, long created, const char *model, uint64_t prompt, uint64_t completion);
+char *oai_chat_json(const char *id, long created, const char *model, const oai_choice *c, int n, uint64_t prompt,
+                    uint64_t completion);
 
 /* POST /detokenize's answer: {"prompt": text}. */
 char *oai_prompt_json(const char *text);

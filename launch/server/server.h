@@ -17,6 +17,7 @@
 #include "launch/server/watchdog.h"
 #include "proto/wire.h"
 #include "runtime/scheduler.h"
+#include "runtime/text/chat_template.h"
 #include "runtime/tokenizer.h"
 
 /* A request from the network thread to the engine loop. */
@@ -70,6 +71,7 @@ typedef struct srv_snapshot {
 typedef struct srv_shared {
     srv_options opt;
     const rt_tokenizer *tok;         /* the model's tokenizer.json; NULL: text requests are refused */
+    const rt_chat *chat;             /* its chat template; NULL: chat requests are refused */
     srv_queue to_engine;             /* srv_in */
     srv_queue to_net;                /* srv_out */
     srv_watchdog wd;
