@@ -1,4 +1,5 @@
-/* libFuzzer target: arbitrary bytes as the body of POST /v1/completions, /tokenize and /detokenize.
+/* libFuzzer target: arbitrary bytes as the body of POST /v1/completions, /v1/chat/completions,
+ * /tokenize and /detokenize.
  * Each parse either succeeds with every field in its documented range or fails with a 4xx status,
  * a message and a valid error object; nothing leaks (ASan) and nothing reads past the body. */
 #include <stdint.h>
@@ -31,10 +32,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *j = oai_error_json(&e);
         free(j);
     }
-    char *text;
-    bool special;
-    if (oai_parse_tokenize(body, size, &text, &special, &e) == 0)
-        free(text);
+    if (oai_parse_chat(body, size, &r, &e) == 0) { /* normalized messages: each a role and string content */
+        if (!r.chat || r.max_tokens < 0 || r.logprobs < -1 || r.logprobs > 20 || !cJSON_IsArray(r.messages) ||
+            !r.messages->child || r.prompt_text || r.n_prompt_ids)
+            abort();
+        for (const cJSON *m = r.messages->child; m; m = m->next) {
+            const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+            if (!cJSON_IsString(role) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "content")) ||
+                (strcmp(role->valuestring, "system") && strcmp(role->valuestring, "user") &&
+                 strcmp(role->valuestring, "assistant")))
+                abort();
+        }
+        oai_request_free(&r);
+    } else if (e.status < 400 || e.status > 500 || !e.message[0]) {
+        abort();
+    }
+    oai_tokenize t;
+    if (oai_parse_tokenize(body, size, &t, &e) == 0) {
+        if (!t.text == !t.messages)
+            abort();
+        oai_tokenize_free(&t);
+    }
     int32_t *ids;
     size_t n;
     if (oai_parse_detokenize(body, size, &ids, &n, &e) == 0) {

@@ -14,7 +14,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ./tests/fuzz/seed_corpus.sh "$work/corpus" build/launch/dinfer-mkmodel
 rc=0
-for t in config safetensors wire tokenizer_load tokenizer_encode openai; do
+for t in config safetensors wire tokenizer_load tokenizer_encode openai jinja; do
   start=$(date +%s)
   if ./build-fuzz/tests/fuzz/fuzz_$t -runs="$runs" -print_final_stats=1 "$work/corpus/$t" >"$work/$t.log" 2>&1; then
     res="0 crashes"

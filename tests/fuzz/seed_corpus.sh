@@ -5,7 +5,8 @@
 set -euo pipefail
 dir=$1 mkmodel=$2
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire" "$dir/tokenizer_load" "$dir/tokenizer_encode" "$dir/openai"
+mkdir -p "$dir/config" "$dir/safetensors" "$dir/wire" "$dir/tokenizer_load" "$dir/tokenizer_encode" "$dir/openai" \
+  "$dir/jinja"
 for f in "$root"/tests/golden/fixtures/*/config.json; do cp "$f" "$dir/config/$(basename "$(dirname "$f")").json"; done
 "$mkmodel" --out "$dir/m" --dim 8 --heads 2 --kv-heads 1 --layers 1 --vocab 16 --ffn-dim 8 --dtype bf16 >/dev/null
 cp "$dir/m/model.safetensors" "$dir/safetensors/"
@@ -22,3 +23,15 @@ printf '%s' '{"model": "m", "prompt": "Once upon a time", "max_tokens": 16, "tem
 printf '%s' '{"prompt": [1, 403, 407], "echo": false, "best_of": 1, "logit_bias": {}}' > "$dir/openai/ids"
 printf '%s' '{"prompt": "x", "add_special_tokens": false}' > "$dir/openai/tokenize"
 printf '%s' '{"tokens": [1, 2, 3]}' > "$dir/openai/detokenize"
+printf '%s' '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "n"}], "max_completion_tokens": 8, "logprobs": true, "top_logprobs": 2, "stream": true, "add_generation_prompt": true}' > "$dir/openai/chat"
+printf '%s' '{"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": false, "add_special_tokens": true}' > "$dir/openai/tokenize_chat"
+# chat templates: every template of tests/chat (their language cases too, one file each)
+cp "$root"/tests/chat/templates/*.jinja "$dir/jinja/"
+i=0
+while IFS= read -r -d '' t; do printf '%s' "$t" > "$dir/jinja/case$i"; i=$((i + 1)); done < \
+  <(python3 -c 'import json,sys; [sys.stdout.write(t + "\0") for t in json.load(open(sys.argv[1]))["templates"]]' \
+    "$root/tests/chat/jinja_cases.json" 2>/dev/null || true)
+for n in llama3 qwen3; do
+  f="$root/../shared/tokenizers/$n/tokenizer_config.json"
+  [ -f "$f" ] && jq -j .chat_template "$f" > "$dir/jinja/$n.jinja" 2>/dev/null || true
+done
