@@ -51,15 +51,23 @@ for path in sorted(glob.glob(os.path.join(here, "templates", "*.jinja"))):
     template = open(path, encoding="utf-8").read()
     for i, conv in enumerate(convs):
         cases.append({"template": os.path.basename(path), "conversation": i, **render(tok, conv, template)})
-try:
+try:  # the environment apply_chat_template compiles templates with
     from transformers.utils.chat_template_utils import _compile_jinja_template
-except ImportError:  # older layouts
-    from transformers.tokenization_utils_base import _compile_jinja_template
+except ImportError:
+    try:
+        from transformers.tokenization_utils_base import _compile_jinja_template
+    except ImportError:
+        _compile_jinja_template = None
 jc = json.load(open(os.path.join(here, "jinja_cases.json"), encoding="utf-8"))
 language = []
 for template in jc["templates"]:
     try:
-        language.append({"text": _compile_jinja_template(template).render(**jc["vars"])})
+        if _compile_jinja_template:
+            language.append({"text": _compile_jinja_template(template).render(**jc["vars"])})
+        else:  # through the public call, the variables beside the messages as template kwargs
+            rest = {k: v for k, v in jc["vars"].items() if k != "messages"}
+            language.append({"text": tok.apply_chat_template(jc["vars"]["messages"], chat_template=template,
+                                                             tokenize=False, **rest)})
     except Exception as e:
         language.append({"error": f"{type(e).__name__}: {e}"})
 out = {"transformers": transformers.__version__, "special_tokens": specials, "cases": cases, "language": language}
