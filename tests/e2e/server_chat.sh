@@ -200,11 +200,13 @@ for f in config.json model.safetensors tokenizer.json; do ln -s "$src/$f" "$tmp/
 start_server "$tmp/plain" || { echo "no start:"; cat "$tmp/log"; exit 1; }
 expect_error 400 messages /v1/chat/completions '{"messages": [{"role": "user", "content": "Once"}]}' "no chat template"
 stop_server
-printf '%s' '{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}' >"$tmp/story.jinja"
-printf '{"bos_token": "<s>"}' >"$tmp/plain/tokenizer_config.json"
-start_server "$tmp/plain" --chat-template "$tmp/story.jinja" || { echo "no start:"; cat "$tmp/log"; exit 1; }
-post /v1/chat/completions '{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 8, "temperature": 0}' >/dev/null
-[ "$(jq -r .usage.prompt_tokens "$tmp/body")" = 5 ] && ok "--chat-template FILE serves chat" || fail "--chat-template: $(cat "$tmp/body")"
+start_server "$tmp/plain" --chat-template "$src/../story.jinja" || { echo "no start:"; cat "$tmp/log"; exit 1; }
+post /v1/chat/completions '{"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Once upon"},
+  {"role": "assistant", "content": " a time"}], "max_tokens": 8, "temperature": 0}' >/dev/null
+[ "$(jq -r .usage.prompt_tokens "$tmp/body")" = 5 ] && [ "$(jq -r '.choices[0].message.content' "$tmp/body")" = "$(
+  "$DINFER_CLIENT" generate --server "$addr" --prompt "Once upon a time" --max-tokens 8 --json | jq -r .text)" ] &&
+  ok "--chat-template launch/story.jinja (the README's): the story's beginning, as a text prompt gives it" ||
+  fail "--chat-template: $(cat "$tmp/body")"
 stop_server
 printf '%s' '{"chat_template": "{% include \"other.jinja\" %}"}' >"$tmp/broken/tokenizer_config.json"
 start_server "$tmp/broken" || { echo "no start:"; cat "$tmp/log"; exit 1; }
