@@ -123,6 +123,24 @@ static void nv_push(parser *p, nvec *v, jnode *x)
     v->v[v->n++] = x;
 }
 
+/* a growing array of names (keyword arguments, parameters) */
+typedef struct svec {
+    const char **v;
+    size_t n, cap;
+} svec;
+
+static void sv_push(parser *p, svec *v, const char *x)
+{
+    if (v->n == v->cap) {
+        const size_t cap = v->cap ? 2 * v->cap : 4;
+        const char **m = palloc(p, cap * sizeof *m);
+        if (v->n)
+            memcpy(m, v->v, v->n * sizeof *m);
+        v->v = m, v->cap = cap;
+    }
+    v->v[v->n++] = x;
+}
+
 static void enter(parser *p)
 {
     if (++p->depth > MAX_NESTING)
@@ -138,8 +156,7 @@ static void call_args(parser *p, jnode *n)
 {
     expect_op(p, '(');
     nvec args = {0}, kwv = {0};
-    const char **kwn = NULL;
-    size_t kcap = 0;
+    svec kwn = {0};
     while (!is_op(cur(p), ')')) {
         if (args.n || kwv.n) {
             expect_op(p, ',');
@@ -149,16 +166,8 @@ static void call_args(parser *p, jnode *n)
         if (is_op(cur(p), '*') || is_op(cur(p), JOP_POW))
             pfail(p, "*args and **kwargs in calls are not supported");
         if (cur(p)->type == JT_NAME && is_op(peek(p, 1), '=')) {
-            const char *k = p->t[p->i].text;
+            sv_push(p, &kwn, p->t[p->i].text);
             p->i += 2;
-            if (kwv.n == kcap) {
-                kcap = kcap ? 2 * kcap : 4;
-                const char **m = palloc(p, kcap * sizeof *m);
-                if (kwv.n)
-                    memcpy(m, kwn, kwv.n * sizeof *m);
-                kwn = m;
-            }
-            kwn[kwv.n] = k;
             nv_push(p, &kwv, expression(p, true));
         } else {
             if (kwv.n)
@@ -168,7 +177,7 @@ static void call_args(parser *p, jnode *n)
     }
     expect_op(p, ')');
     n->kids = args.v, n->n_kids = args.n;
-    n->kw_names = kwn, n->kw_vals = kwv.v, n->n_kw = kwv.n;
+    n->kw_names = kwn.v, n->kw_vals = kwv.v, n->n_kw = kwv.n;
 }
 
 /* | name(args) | ...; in == NULL for filter blocks (the first name follows directly) */
@@ -562,13 +571,15 @@ static void expect_block_end(parser *p)
     p->i++;
 }
 
-/* the body of a block up to one of ends; leaves the parser on that tag's name */
-static void block_body(parser *p, nvec *out, const char *const *ends)
+/* the body of a block up to one of ends, into (*kids, *n); leaves the parser on that tag's name */
+static void block_body(parser *p, jnode ***kids, size_t *n, const char *const *ends)
 {
     if (is_op(cur(p), ':'))
         p->i++;
     expect_block_end(p);
-    subparse(p, out, ends);
+    nvec out = {0};
+    subparse(p, &out, ends);
+    *kids = out.v, *n = out.n;
     if (cur(p)->type == JT_EOF) {
         size_t k = 0;
         while (ends[k + 1])
@@ -593,15 +604,11 @@ static jnode *parse_for(parser *p)
     if (is_name(cur(p), "recursive"))
         pfail(p, "recursive for loops are not supported");
     static const char *const ends[] = {"endfor", "else", NULL};
-    nvec b = {0};
-    block_body(p, &b, ends);
-    n->kids = b.v, n->n_kids = b.n;
+    block_body(p, &n->kids, &n->n_kids, ends);
     if (is_name(cur(p), "else")) {
         p->i++;
         static const char *const ends2[] = {"endfor", NULL};
-        nvec e = {0};
-        block_body(p, &e, ends2);
-        n->else_kids = e.v, n->n_else = e.n;
+        block_body(p, &n->else_kids, &n->n_else, ends2);
     }
     p->i++; /* endfor */
     return n;
@@ -613,9 +620,7 @@ static jnode *parse_if(parser *p)
     static const char *const ends[] = {"elif", "else", "endif", NULL};
     for (;;) {
         n->a = tuple(p, false, false, NULL, false, false);
-        nvec b = {0};
-        block_body(p, &b, ends);
-        n->kids = b.v, n->n_kids = b.n;
+        block_body(p, &n->kids, &n->n_kids, ends);
         if (is_name(cur(p), "elif")) {
             p->i++;
             jnode *e = node(p, JN_IF);
@@ -627,9 +632,7 @@ static jnode *parse_if(parser *p)
         if (is_name(cur(p), "else")) {
             p->i++;
             static const char *const ends2[] = {"endif", NULL};
-            nvec e = {0};
-            block_body(p, &e, ends2);
-            n->else_kids = e.v, n->n_else = e.n;
+            block_body(p, &n->else_kids, &n->n_else, ends2);
         }
         p->i++; /* endif */
         return top;
@@ -652,10 +655,8 @@ static jnode *parse_set(parser *p)
     if (is_op(cur(p), '|'))
         n->c = filters(p, NULL, false);
     static const char *const ends[] = {"endset", NULL};
-    nvec b = {0};
-    block_body(p, &b, ends);
+    block_body(p, &n->kids, &n->n_kids, ends);
     p->i++;
-    n->kids = b.v, n->n_kids = b.n;
     return n;
 }
 
@@ -665,20 +666,12 @@ static jnode *parse_macro(parser *p)
     n->name = expect_name(p);
     expect_op(p, '(');
     nvec defaults = {0};
-    const char **names = NULL;
-    size_t cap = 0;
+    svec names = {0};
     bool any_default = false;
     while (!is_op(cur(p), ')')) {
         if (defaults.n)
             expect_op(p, ',');
-        if (defaults.n == cap) {
-            cap = cap ? 2 * cap : 4;
-            const char **m = palloc(p, cap * sizeof *m);
-            if (defaults.n)
-                memcpy(m, names, defaults.n * sizeof *m);
-            names = m;
-        }
-        names[defaults.n] = expect_name(p);
+        sv_push(p, &names, expect_name(p));
         jnode *d = NULL;
         if (is_op(cur(p), '=')) {
             p->i++;
@@ -690,12 +683,10 @@ static jnode *parse_macro(parser *p)
         nv_push(p, &defaults, d);
     }
     p->i++;
-    n->kw_names = names, n->kw_vals = defaults.v, n->n_kw = defaults.n;
+    n->kw_names = names.v, n->kw_vals = defaults.v, n->n_kw = defaults.n;
     static const char *const ends[] = {"endmacro", NULL};
-    nvec b = {0};
-    block_body(p, &b, ends);
+    block_body(p, &n->kids, &n->n_kids, ends);
     p->i++;
-    n->kids = b.v, n->n_kids = b.n;
     return n;
 }
 
@@ -703,28 +694,18 @@ static jnode *parse_with(parser *p)
 {
     jnode *n = node(p, JN_WITH);
     nvec vals = {0};
-    const char **names = NULL;
-    size_t cap = 0;
+    svec names = {0};
     while (cur(p)->type != JT_BLOCK_END) {
         if (vals.n)
             expect_op(p, ',');
-        if (vals.n == cap) {
-            cap = cap ? 2 * cap : 4;
-            const char **m = palloc(p, cap * sizeof *m);
-            if (vals.n)
-                memcpy(m, names, vals.n * sizeof *m);
-            names = m;
-        }
-        names[vals.n] = expect_name(p);
+        sv_push(p, &names, expect_name(p));
         expect_op(p, '=');
         nv_push(p, &vals, expression(p, true));
     }
-    n->kw_names = names, n->kw_vals = vals.v, n->n_kw = vals.n;
+    n->kw_names = names.v, n->kw_vals = vals.v, n->n_kw = vals.n;
     static const char *const ends[] = {"endwith", NULL};
-    nvec b = {0};
-    block_body(p, &b, ends);
+    block_body(p, &n->kids, &n->n_kids, ends);
     p->i++;
-    n->kids = b.v, n->n_kids = b.n;
     return n;
 }
 
@@ -733,10 +714,8 @@ static jnode *simple_block(parser *p, int kind, const char *end)
 {
     jnode *n = node(p, kind);
     const char *const ends[] = {end, NULL};
-    nvec b = {0};
-    block_body(p, &b, ends);
+    block_body(p, &n->kids, &n->n_kids, ends);
     p->i++;
-    n->kids = b.v, n->n_kids = b.n;
     return n;
 }
 
