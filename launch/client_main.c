@@ -14,7 +14,7 @@
 #include "launch/cli.h"
 #include "base/clock.h"
 #include "proto/client.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 #include "base/err.h"
 
 typedef struct args {

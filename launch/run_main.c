@@ -20,7 +20,7 @@
 #include "runtime/generate.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 #ifdef DINFER_HAVE_CUDA
 #include "runtime/cuda/cuda_device.h"
 #endif

@@ -9,7 +9,7 @@
 
 #include "base/clock.h"
 #include "launch/cli.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 #define MAX_INPUT ((size_t)256 << 20)
 

@@ -18,7 +18,7 @@
 #include "proto/wire.h"
 #include "runtime/scheduler.h"
 #include "runtime/text/chat_template.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 /* A request from the network thread to the engine loop. */
 typedef enum srv_in_kind {

@@ -10,7 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/file.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 int main(int argc, char **argv)
 {

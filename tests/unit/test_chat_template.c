@@ -26,7 +26,7 @@
 #include "base/file.h"
 #include "runtime/text/chat_template.h"
 #include "runtime/text/jinja.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 static char *read_text(const char *path, size_t *len)
 {

@@ -16,7 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/file.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 static cJSON *read_json(const char *path)
 {

@@ -1,8 +1,8 @@
 /* The tokenizer's private parts, shared by its loader (tokenizer_load.c: tokenizer.json -> this
  * struct) and its runner (tokenizer.c: encoding, decoding, streaming). Not for other modules:
- * runtime/tokenizer.h is the interface. */
-#ifndef DINFER_RUNTIME_TOKENIZER_IMPL_H
-#define DINFER_RUNTIME_TOKENIZER_IMPL_H
+ * runtime/text/tokenizer.h is the interface. */
+#ifndef DINFER_RUNTIME_TEXT_TOKENIZER_IMPL_H
+#define DINFER_RUNTIME_TEXT_TOKENIZER_IMPL_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 /* ---- small containers ---- */
 

@@ -8,8 +8,8 @@
  * TemplateProcessing and ByteLevel post-processors; the ByteLevel, Metaspace, Replace,
  * ByteFallback, Fuse and Strip decoders. Anything else is refused when the file loads, naming the
  * type and where it stands in the file. No MPI, no backend: the coordinator tokenizes. */
-#ifndef DINFER_RUNTIME_TOKENIZER_H
-#define DINFER_RUNTIME_TOKENIZER_H
+#ifndef DINFER_RUNTIME_TEXT_TOKENIZER_H
+#define DINFER_RUNTIME_TEXT_TOKENIZER_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 
 #include "base/file.h"
-#include "runtime/tokenizer_impl.h"
+#include "runtime/text/tokenizer_impl.h"
 
 /* ---- loading ---- */
 

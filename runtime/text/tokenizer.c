@@ -9,7 +9,7 @@
  * arena of byte ranges), so encoding allocates a few buffers, not one per word. */
 #include <stdio.h>
 
-#include "runtime/tokenizer_impl.h"
+#include "runtime/text/tokenizer_impl.h"
 
 /* ---- the runner's containers ---- */
 
