@@ -44,5 +44,22 @@ expect_fail "element 1 of the array is not an integer id" '[1, 2.5]' --tokenizer
 expect_fail "token id 32000 is outside the vocabulary" '[1, 32000]' --tokenizer "$T/llama2" --decode
 printf '{"model": {"type": "WordPiece", "vocab": {}}}' > "$tmp/tokenizer.json"
 expect_fail 'model: type "WordPiece" is not supported' '' --tokenizer "$tmp"
+# --chat: a conversation through the model's template, as transformers' apply_chat_template gives it
+exp=$(dirname "$0")/../chat/expected.json
+for m in llama3 qwen3; do
+  i=3 # a Unicode-heavy conversation
+  jq -c ".[$i]" "$(dirname "$0")/../chat/conversations.json" >"$tmp/conv"
+  jq -j --arg m $m ".cases[] | select(.tokenizer == \$m and .conversation == $i) | .text" "$exp" >"$tmp/want"
+  "$DINFER_TOKENIZE" --tokenizer "$T/$m" --chat --render <"$tmp/conv" >"$tmp/got"
+  cmp -s "$tmp/want" "$tmp/got" && echo "ok: $m --chat --render = transformers' text" || { echo "FAIL: $m --chat --render"; fails=$((fails + 1)); }
+  [ "$("$DINFER_TOKENIZE" --tokenizer "$T/$m" --chat <"$tmp/conv")" = \
+    "$(jq -c --arg m $m ".cases[] | select(.tokenizer == \$m and .conversation == $i) | .ids" "$exp")" ] &&
+    echo "ok: $m --chat = transformers' ids" || { echo "FAIL: $m --chat ids"; fails=$((fails + 1)); }
+done
+expect_fail "has no chat template" '[]' --tokenizer "$T/llama2" --chat
+expect_fail "not a JSON list of messages" '{"role": "user"}' --tokenizer "$T/llama3" --chat
+expect_fail "go with --chat" 'x' --tokenizer "$T/llama3" --render
+printf '{%% include "x" %%}' >"$tmp/bad.jinja"
+expect_fail "the 'include' tag is not supported" '[]' --tokenizer "$T/llama3" --chat --chat-template "$tmp/bad.jinja"
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
-echo "dinfer-tokenize: ids, round trips and refusals as expected"
+echo "dinfer-tokenize: ids, round trips, chat templates and refusals as expected"
