@@ -6,10 +6,12 @@
 # for the same ids, n / seeds / stop / logprobs / max_completion_tokens, the template's own
 # refusal, hostile requests (bad JSON, wrong types, unknown roles, empty and 10,000 messages, other
 # content parts, invalid UTF-8, a slow sender) each get their 4xx and the server keeps serving, 64
-# streamed chats at once equal the socket protocol's texts, and the Prometheus counters move by
-# what was served (promtool checks the exposition). Then the template's sources: none (chat
-# refused, naming it), --chat-template overriding, a model template the interpreter cannot run
-# (the server starts, chat says why), a --chat-template that does not parse (the job stops).
+# streamed chats at once equal the socket protocol's texts, the Prometheus counters move by
+# what was served (promtool checks the exposition), and while the server drains /health and new
+# requests get 503 on an open connection as running streams finish. Then a full queue (429) and the
+# template's sources: none (chat refused, naming it), --chat-template overriding, a model template
+# the interpreter cannot run (the server starts, chat says why), a --chat-template that does not
+# parse (the job stops).
 set -uo pipefail
 tmp=$(mktemp -d)
 cleanup() { [ -n "${mpid:-}" ] && kill -KILL "$mpid" 2>/dev/null; rm -rf "$tmp"; }
@@ -192,13 +194,55 @@ if command -v promtool >/dev/null; then
 else
   fail "promtool is not installed (launch/install-deps.sh installs Debian's prometheus package)"
 fi
-stop_server
+
+# ---- draining: on a connection already open, /health and new requests get 503 ----
+status_on3() { # a request on the open connection fd 3; echoes the status and reads the whole answer
+  printf '%s /%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s' "$1" "$2" "${#3}" "$3" >&3
+  local line len=0 code
+  read -r -t 5 line <&3 || return 1
+  code=$(awk '{print $2}' <<<"$line")
+  while read -r -t 5 line <&3 && [ "$line" != $'\r' ]; do
+    [[ "${line,,}" == content-length:* ]] && len=$(tr -dc 0-9 <<<"$line")
+  done
+  [ "$len" -gt 0 ] && head -c "$len" <&3 >/dev/null
+  echo "$code"
+}
+exec 3<>"/dev/tcp/${http%:*}/${http##*:}"
+[ "$(status_on3 GET health '')" = 200 ] && ok "/health 200 while serving" || fail "/health before draining"
+cpids=()
+for i in 1 2 3 4; do # 64 sequences of 480 tokens: a drain of seconds
+  curl -sN "$base/v1/completions" -d '{"prompt": "Once", "max_tokens": 480, "ignore_eos": true, "stream": true,
+    "n": 16}' >"$tmp/drain$i" &
+  cpids+=($!)
+done
+sleep 0.5
+kill -TERM "$pid"
+sleep 0.3
+[ "$(status_on3 GET health '')" = 503 ] && ok "/health 503 while draining" || fail "/health while draining"
+[ "$(status_on3 POST v1/chat/completions '{"messages": [{"role": "user", "content": "x"}]}')" = 503 ] &&
+  ok "a new request while draining: 503" || fail "a request while draining"
+exec 3>&-
+wait "${cpids[@]}"
+done_streams=0
+for i in 1 2 3 4; do
+  [ "$(tail -n 2 "$tmp/drain$i" | head -n 1)" = "data: [DONE]" ] &&
+    [ "$(grep -c '"finish_reason":"length"' "$tmp/drain$i")" = 16 ] && done_streams=$((done_streams + 1))
+done
+[ $done_streams = 4 ] && ok "the 4 running streams (64 choices) finished during the drain" ||
+  fail "drained streams: $done_streams of 4""
+wait "$mpid"
+mpid="
 
 # ---- where the template comes from ----
 mkdir -p "$tmp/plain" "$tmp/broken"
 for f in config.json model.safetensors tokenizer.json; do ln -s "$src/$f" "$tmp/plain/$f"; ln -s "$src/$f" "$tmp/broken/$f"; done
-start_server "$tmp/plain" || { echo "no start:"; cat "$tmp/log"; exit 1; }
+start_server "$tmp/plain" --max-queue 2 || { echo "no start:"; cat "$tmp/log"; exit 1; }
 expect_error 400 messages /v1/chat/completions '{"messages": [{"role": "user", "content": "Once"}]}' "no chat template"
+# a full queue: three choices where two fit
+expect_error 429 "" /v1/completions '{"prompt": "Once", "max_tokens": 300, "n": 3, "ignore_eos": true}' "queue is full"
+[ "$(jq -r .error.type "$tmp/body")" = rate_limit_error ] && ok "429 is a rate_limit_error" || fail "429 type: $(cat "$tmp/body")"
+code=$(post /v1/completions '{"prompt": "Once", "max_tokens": 3, "n": 2}')
+[ "$code" = 200 ] && ok "two choices fit the queue of 2" || fail "after 429: $code $(cat "$tmp/body")"
 stop_server
 start_server "$tmp/plain" --chat-template "$src/../story.jinja" || { echo "no start:"; cat "$tmp/log"; exit 1; }
 post /v1/chat/completions '{"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Once upon"},
