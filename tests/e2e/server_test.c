@@ -295,11 +295,12 @@ static void test_bad_requests(void **state)
     dinfer_params_init(&p);
     p.prompt = long_prompt, p.prompt_len = 1, p.max_tokens = 100, p.ignore_eos = true;
     assert_int_equal(dinfer_send_generate(c, 77, &p, &cerr), 0);
-    assert_int_equal(dinfer_send_generate(c, 77, &p, &cerr), 0);
-    /* the duplicate is refused; the first one is unharmed and runs to its 100 tokens (its chunks
-     * and the refusal carry the same id, in whatever order the server sends them) */
+    /* the duplicate goes once the first has streamed its first token (so it is surely live: sent
+     * together, a loaded machine could finish the first before reading the second); it is refused,
+     * and the first runs unharmed to its 100 tokens (its chunks and the refusal carry the same id,
+     * in whatever order the server sends them) */
     int n = 0;
-    bool refused = false;
+    bool refused = false, sent = false;
     for (;;) {
         wire_frame *f;
         assert_int_equal(dinfer_next_frame(c, 10000, &f, &cerr), 1);
@@ -307,6 +308,11 @@ static void test_bad_requests(void **state)
         int body = (int)f->body_case;
         if (body == DINFER__V1__FRAME__BODY_CHUNK)
             n += (int)f->chunk->n_tokens;
+        if (body == DINFER__V1__FRAME__BODY_CHUNK && !sent) {
+            assert_true(n < 100);
+            assert_int_equal(dinfer_send_generate(c, 77, &p, &cerr), 0);
+            sent = true;
+        }
         if (body == DINFER__V1__FRAME__BODY_ERROR) {
             assert_int_equal((int)f->error->code, 6);
             assert_non_null(strstr(f->error->message, "already live"));
