@@ -61,7 +61,7 @@ expect_error() { # STATUS PARAM PATH JSON [WORDS]: the status, the field, and th
 }
 metric() { curl -s "$base/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
-start_server "$tmp/model" --max-frame-bytes 4194304 --frame-timeout 2 || { echo "the server exited:"; cat "$tmp/log"; exit 1; }
+start_server "$tmp/model" --max-frame-bytes 4194304 --frame-timeout 2 --drain-seconds 300 || { echo "the server exited:"; cat "$tmp/log"; exit 1; }
 grep -q "chat template: tokenizer_config.json" "$tmp/log" && ok "the model's template loaded" || fail "log: $(cat "$tmp/log")"
 echo "== socket $addr, HTTP $base"
 prompt0=$(metric dinfer_prompt_tokens_total)
@@ -210,7 +210,7 @@ status_on3() { # a request on the open connection fd 3; echoes the status and re
 exec 3<>"/dev/tcp/${http%:*}/${http##*:}"
 [ "$(status_on3 GET health '')" = 200 ] && ok "/health 200 while serving" || fail "/health before draining"
 cpids=()
-for i in 1 2 3 4; do # 64 sequences of 480 tokens: a drain of seconds
+for i in 1 2 3 4; do # 64 sequences of 480 tokens: a drain of seconds (a minute under ASan: --drain-seconds 300)
   curl -sN "$base/v1/completions" -d '{"prompt": "Once", "max_tokens": 480, "ignore_eos": true, "stream": true,
     "n": 16}' >"$tmp/drain$i" &
   cpids+=($!)
