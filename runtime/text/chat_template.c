@@ -84,36 +84,35 @@ int rt_chat_load(const char *dir, const char *override_path, rt_chat **out, base
         return base_errf(err, "%s is not valid JSON", path);
     }
     free(cfg_text);
+    /* the template's text: the operator's file, else chat_template.jinja, else the config's */
     int rc = 0;
+    const char *src = NULL, *source = NULL;
+    size_t src_len = 0;
+    char jpath[4096];
+    snprintf(jpath, sizeof jpath, "%s/chat_template.jinja", dir);
     if (override_path) {
-        if (base_read_file(override_path, RT_CHAT_TEMPLATE_MAX_BYTES, &text, &len, err) != 0) {
-            rc = -1;
-        } else {
-            *out = make(text, len, cfg, override_path);
-            if (*out && (*out)->problem[0]) { /* the operator's own choice: say so now */
-                rc = base_errf(err, "--chat-template %s", (*out)->problem);
-                rt_chat_free(*out);
-                *out = NULL;
-            }
-        }
+        rc = base_read_file(override_path, RT_CHAT_TEMPLATE_MAX_BYTES, &text, &len, err);
+        src = text, src_len = len, source = override_path;
     } else {
-        char jpath[4096];
-        snprintf(jpath, sizeof jpath, "%s/chat_template.jinja", dir);
         const int have = base_read_file_if_present(jpath, RT_CHAT_TEMPLATE_MAX_BYTES, &text, &len, err);
-        if (have < 0) {
+        if (have < 0)
             rc = -1;
-        } else if (have == 0) {
-            *out = make(text, len, cfg, "chat_template.jinja");
-        } else {
-            const char *t = cfg ? config_template(cfg) : NULL;
-            if (t)
-                *out = make(t, strlen(t), cfg, "tokenizer_config.json");
+        else if (have == 0)
+            src = text, src_len = len, source = "chat_template.jinja";
+        else if (cfg && (src = config_template(cfg)))
+            src_len = strlen(src), source = "tokenizer_config.json";
+    }
+    if (rc == 0 && src) {
+        if (!(*out = make(src, src_len, cfg, source))) {
+            rc = base_errf(err, "out of memory");
+        } else if (override_path && (*out)->problem[0]) { /* the operator's own choice: say so now */
+            rc = base_errf(err, "--chat-template %s", (*out)->problem);
+            rt_chat_free(*out);
+            *out = NULL;
         }
     }
     free(text);
     cJSON_Delete(cfg);
-    if (rc == 0 && (override_path || *out) && !*out)
-        return base_errf(err, "out of memory");
     return rc;
 }
 

@@ -198,7 +198,7 @@ int jinja_lex(jarena *a, const char *src, size_t len, jtok **toks, size_t *n, ba
 /* The byte length of the whitespace character (Python's str.isspace) at s[i] (i < n), or 0. */
 size_t jx_space_at(const char *s, size_t n, size_t i);
 
-/* jinja_builtins.c: the index of a filter or test by name, -1 when there is none. */
+/* jinja_filters.c / jinja_builtins.c: the index of a filter or test by name, -1 when there is none. */
 int jinja_filter_id(const char *name);
 int jinja_test_id(const char *name);
 
@@ -255,6 +255,8 @@ bool jx_eq(jv a, jv b);
 /* <0, 0, >0; fails (a TypeError) for values Python does not order. */
 int jx_cmp(jctx *c, int line, jv a, jv b);
 bool jx_is_number(jv v);
+/* v as an integer (bools count); fails naming what for anything else */
+int64_t jx_need_int(jctx *c, int line, const char *what, jv v);
 double jx_num(jv v);
 /* str(v) as Python gives it (undefined: ""). */
 jstr *jx_to_str(jctx *c, jv v);
@@ -269,10 +271,24 @@ jv jx_from_json(jctx *c, const cJSON *j);
 size_t jx_utf8_count(const jstr *s);
 size_t jx_utf8_offset(const jstr *s, size_t k);
 
-/* jinja_eval.c, for the builtins that call back */
+/* jinja_ops.c: what expressions do to values */
+/* An undefined value whose use fails with the message (formatted into the arena). */
+jv jx_undef(jctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+_Noreturn void jx_fail_undef(jctx *c, int line, jv u);
+jv jx_getattr(jctx *c, int line, jv obj, const char *name);
+jv jx_getitem(jctx *c, int line, jv obj, jv key);
+/* obj[start:stop:step] with Python's rules (strings by code point); None: the default bound */
+jv jx_slice(jctx *c, int line, jv obj, jv start, jv stop, jv step);
+/* a op b for + - * / // % ** ~ (JOP_ codes for the two-character ones) */
+jv jx_arith(jctx *c, int line, int op, jv a, jv b);
+jv jx_unary(jctx *c, int line, int op, jv v); /* '-' or '+' */
+bool jx_contains(jctx *c, int line, jv item, jv seq);
+/* a op b for == != < > <= >= in, not in */
+bool jx_compare(jctx *c, int line, int op, jv a, jv b);
 /* What iterating v gives (a list's items, a dict's keys, a string's characters; undefined: none). */
 const jlist *jx_iter(jctx *c, int line, jv v);
-jv jx_getattr(jctx *c, int line, jv obj, const char *name);
+
+/* jinja_eval.c, for the builtins that call back */
 jv jx_call_macro(jctx *c, int line, const jnode *m, const jv *args, size_t n_args, const char **kw_names,
                  const jv *kw_vals, size_t n_kw);
 
@@ -283,7 +299,7 @@ jstr *jx_str_strip(jctx *c, const jstr *s, const jstr *chars, bool left, bool ri
 jstr *jx_str_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count);
 jv jx_str_splitlines(jctx *c, const jstr *s, bool keepends);
 
-/* jinja_builtins.c: filter / test / global function / method calls; the values are evaluated. */
+/* jinja_filters.c, jinja_builtins.c: filter / test / global function calls; the values are evaluated. */
 jv jx_filter(jctx *c, int line, int id, jv in, const jv *args, size_t n, const char **kw_names, const jv *kw_vals,
              size_t n_kw);
 bool jx_test(jctx *c, int line, int id, jv in, const jv *args, size_t n);

@@ -198,6 +198,13 @@ const char *jx_type_name(jv v)
     }
 }
 
+int64_t jx_need_int(jctx *c, int line, const char *what, jv v)
+{
+    if (v.t != JV_INT && v.t != JV_BOOL)
+        jx_fail(c, line, "%s must be an integer, not %s", what, jx_type_name(v));
+    return v.t == JV_INT ? v.u.i : v.u.b;
+}
+
 bool jx_is_number(jv v)
 {
     return v.t == JV_BOOL || v.t == JV_INT || v.t == JV_FLOAT;
