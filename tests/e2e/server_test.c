@@ -328,6 +328,14 @@ static void test_bad_requests(void **state)
     assert_int_equal(dinfer_send_cancel(c, 999, &cerr), 0);
     expect_error(c, 999, 5, "no live request 999");
     assert_int_equal(dinfer_send_generate(c, 78, &p, &cerr), 0);
+    { /* the cancel goes once the request has streamed a token: surely live (sent back to back, a
+       * fast machine once finished all 100 tokens before reading the cancel) */
+        wire_frame *f;
+        assert_int_equal(dinfer_next_frame(c, 10000, &f, &cerr), 1);
+        assert_int_equal(f->request_id, 78);
+        assert_int_equal((int)f->body_case, DINFER__V1__FRAME__BODY_CHUNK);
+        wire_frame_free(f);
+    }
     assert_int_equal(dinfer_send_cancel(c, 78, &cerr), 0);
     expect_error(c, 78, 1, "cancelled by the client");
     still_serving(c);
