@@ -62,7 +62,7 @@ int comm_group_rank(const comm_group *g);
 int comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
 int comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root, base_err *err);
 /* As comm_bcast (and matched only by comm_bcast_idle on the other ranks), but a rank that waits
- * long sleeps between polls instead of spinning: for ranks following an idle coordinator. */
+ * polls as comm_recv_idle does: for ranks following the coordinator. */
 int comm_bcast_idle(comm_group *g, void *buf, size_t count, comm_dtype t, int root, base_err *err);
 /* recv (size * count) = every rank's count elements of send, in group rank order. */
 int comm_allgather(comm_group *g, const void *send, void *recv, size_t count, comm_dtype t, base_err *err);
@@ -71,6 +71,20 @@ int comm_gatherv(comm_group *g, const void *send, size_t count, void *recv, cons
                  comm_dtype t, base_err *err);
 int comm_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
 int comm_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+/* A send that never waits for the receiver: the bytes are copied and move in the background, so
+ * the caller may reuse buf at once (a pipeline stage hands a step on and starts the next while
+ * the next stage is still busy). Matched by comm_recv / comm_recv_idle, in order with the
+ * group's other sends to that peer. A failure of a background send is returned by a later
+ * comm_isend or comm_flush of the same comm. */
+int comm_isend(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+/* Waits until every background send of c has been received. */
+int comm_flush(comm *c, base_err *err);
+/* As comm_recv, for a rank waiting on the next step of the job: while steps arrive it polls
+ * without sleeping (yielding the core to other processes), and only after COMM_IDLE_SPIN_S
+ * seconds without a message does it nap between polls, so an idle job does not burn its cores
+ * and a busy one does not wait on naps. */
+int comm_recv_idle(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+#define COMM_IDLE_SPIN_S 0.1
 /* Logical OR of flag over the group: how every rank learns that one of them failed. */
 int comm_any(comm_group *g, int flag, int *any, base_err *err);
 /* Smallest value over the group (sizes every rank must agree on). */

@@ -15,6 +15,14 @@ struct comm_group {
     void *nccl;      /* ncclComm_t of this group when the device path is on */
 };
 
+/* A background send (comm_isend): its requests and its own copy of the bytes. */
+typedef struct comm_pending {
+    struct comm_pending *next;
+    comm_group *g;
+    int n_req;
+    MPI_Request *req; /* (n_req) one a chunk */
+} comm_pending;
+
 struct comm {
     comm_topology topo;
     comm_group world, tp, pp;
@@ -23,6 +31,8 @@ struct comm {
     void *stream;     /* cudaStream_t of the device path */
     double timeout_s; /* of every device-path operation */
     int device_path;
+    comm_pending *pending, *pending_tail; /* background sends, oldest first */
+    int n_pending;
 };
 
 /* "rank R: CALL failed: MPI's message" into err; returns -1. */

@@ -2,6 +2,7 @@
  * MPI_Comm_split. Errors are returned (MPI_ERRORS_RETURN), never fatal inside MPI. */
 #include <limits.h>
 #include <mpi.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,11 @@
 #include "comm/comm.h"
 
 #include "comm/comm_impl.h"
+#include "base/clock.h"
+
+#define MAX_PENDING 64 /* background sends before comm_isend waits for the oldest */
+
+static void pending_drop(comm *c);
 
 size_t comm_dtype_size(comm_dtype t)
 {
@@ -109,6 +115,11 @@ void comm_destroy(comm *c)
     if (!c)
         return;
     comm_nccl_destroy(c);
+    while (c->pending) { /* a job ending on an error: what its peers never received is dropped */
+        for (int i = 0; i < c->pending->n_req; i++)
+            MPI_Request_free(&c->pending->req[i]);
+        pending_drop(c);
+    }
     MPI_Comm_free(&c->world.mc);
     MPI_Comm_free(&c->tp.mc);
     MPI_Comm_free(&c->pp.mc);
@@ -160,6 +171,29 @@ int comm_bcast(comm_group *g, void *buf, size_t n, comm_dtype t, int root, base_
     return 0;
 }
 
+/* Waits for req as a follower waits for its next step: spinning (yielding the core) for the first
+ * COMM_IDLE_SPIN_S seconds, then napping 200 us between polls. */
+static int wait_idle(comm_group *g, MPI_Request *req, base_err *err)
+{
+    double start = 0;
+    for (long polls = 0;; polls++) {
+        int done = 0;
+        MPI_TRY(g, MPI_Test(req, &done, MPI_STATUS_IGNORE));
+        if (done)
+            return 0;
+        if (polls < 2000)
+            continue;
+        if (polls == 2000)
+            start = base_now();
+        if ((polls & 63) != 0 || base_now() - start < COMM_IDLE_SPIN_S) {
+            sched_yield();
+        } else {
+            struct timespec nap = {0, 200000};
+            nanosleep(&nap, NULL);
+        }
+    }
+}
+
 int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root, base_err *err)
 {
     if (g->size == 1)
@@ -170,16 +204,89 @@ int comm_bcast_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int root, 
         count(g, n * comm_dtype_size(t));
     MPI_Request req;
     MPI_TRY(g, MPI_Ibcast(buf, (int)n, mpi_type(t), root, g->mc, &req));
-    for (long polls = 0;; polls++) {
-        int done = 0;
-        MPI_TRY(g, MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-        if (done)
-            return 0;
-        if (polls > 20000) { /* about a millisecond of spinning, then 200 us naps */
-            struct timespec nap = {0, 200000};
-            nanosleep(&nap, NULL);
+    return wait_idle(g, &req, err);
+}
+
+int comm_recv_idle(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, base_err *err)
+{
+    if (n > g->owner->chunk)
+        return comm_recv(g, buf, n, t, peer, err);
+    MPI_Request req;
+    MPI_TRY(g, MPI_Irecv(buf, (int)n, mpi_type(t), peer, 0, g->mc, &req));
+    return wait_idle(g, &req, err);
+}
+
+static void pending_drop(comm *c)
+{
+    comm_pending *p = c->pending;
+    c->pending = p->next;
+    if (!c->pending)
+        c->pending_tail = NULL;
+    c->n_pending--;
+    free(p);
+}
+
+/* Frees the background sends that have completed, oldest first; with wait, waits for the oldest
+ * (all of them when wait_all). */
+static int reap(comm *c, int wait, int wait_all, base_err *err)
+{
+    while (c->pending) {
+        comm_pending *p = c->pending;
+        int done = 0, rc;
+        if (wait || wait_all)
+            rc = MPI_Waitall(p->n_req, p->req, MPI_STATUSES_IGNORE), done = 1;
+        else
+            rc = MPI_Testall(p->n_req, p->req, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS) {
+            pending_drop(c);
+            return comm_fail_mpi(c, err, "a background MPI_Isend", rc);
         }
+        if (!done)
+            return 0;
+        pending_drop(c);
+        wait = 0;
     }
+    return 0;
+}
+
+int comm_isend(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)
+{
+    comm *c = g->owner;
+    if (reap(c, c->n_pending >= MAX_PENDING, 0, err))
+        return -1;
+    count(g, n * comm_dtype_size(t));
+    const size_t bytes = n * comm_dtype_size(t), chunks = n ? (n + c->chunk - 1) / c->chunk : 1;
+    const size_t head = (sizeof(comm_pending) + chunks * sizeof(MPI_Request) + 15) / 16 * 16;
+    comm_pending *p = malloc(head + bytes);
+    if (!p)
+        return base_errf(err, "rank %d: out of memory for a send of %zu bytes", c->topo.rank, bytes);
+    *p = (comm_pending){.g = g, .req = (MPI_Request *)(p + 1)};
+    char *data = (char *)p + head;
+    if (bytes)
+        memcpy(data, buf, bytes);
+    for (size_t done = 0; done < n || p->n_req == 0;) {
+        size_t k = n - done < c->chunk ? n - done : c->chunk;
+        int rc = MPI_Isend(data + done * comm_dtype_size(t), (int)k, mpi_type(t), peer, 0, g->mc, &p->req[p->n_req]);
+        if (rc != MPI_SUCCESS) {
+            MPI_Waitall(p->n_req, p->req, MPI_STATUSES_IGNORE);
+            free(p);
+            return comm_fail_mpi(c, err, "MPI_Isend", rc);
+        }
+        p->n_req++;
+        done += k;
+    }
+    if (c->pending_tail)
+        c->pending_tail->next = p;
+    else
+        c->pending = p;
+    c->pending_tail = p;
+    c->n_pending++;
+    return 0;
+}
+
+int comm_flush(comm *c, base_err *err)
+{
+    return reap(c, 1, 1, err);
 }
 
 int comm_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)

@@ -65,6 +65,10 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
         f->comm_timeout = d;
         break;
     case JF_VERBOSE: f->verbose = true; break;
+    case JF_DEPTH:
+        if (cli_int("--pipeline-depth", v, 1, 16, &n, err)) return -1; /* RT_ENGINE_MAX_IN_FLIGHT */
+        f->pipeline_depth = (int)n;
+        break;
     default: return 0;
     }
     return 1;
@@ -77,6 +81,11 @@ int job_flags_check(const job_flags *f, base_err *err)
     if (f->layers_per_stage && f->n_layers_per_stage != f->pp)
         return base_errf(err, "--layers-per-stage lists %d stages, --pp is %d", f->n_layers_per_stage, f->pp);
     return 0;
+}
+
+int job_flags_depth(const job_flags *f)
+{
+    return f->pipeline_depth ? f->pipeline_depth : f->pp;
 }
 
 rt_dtype job_flags_dtype(const job_flags *f, rt_dtype def)
@@ -103,5 +112,7 @@ void job_flags_usage_compute(FILE *out)
                  "  --device cpu|cuda       where to compute (default: cuda when every rank sees a GPU)\n"
                  "  --gpu-memory-fraction F of each GPU the job may use (default 0.9)\n"
                  "  --comm-timeout S        seconds before a stuck step or NCCL operation stops the job (default 120)\n"
+                 "  --pipeline-depth D      steps in flight at once, each over other sequences, so every pipeline\n"
+                 "                          stage has work (default: --pp; 1 runs one step at a time)\n"
                  "  --verbose               print each rank's shard and load report\n");
 }

@@ -24,13 +24,14 @@ typedef struct job_flags {
     const char *device;          /* --device cpu|cuda, or NULL: cuda when every rank sees a GPU */
     double gpu_memory_fraction;  /* --gpu-memory-fraction (0.9) */
     double comm_timeout;         /* --comm-timeout seconds (120) */
+    int pipeline_depth;          /* --pipeline-depth: steps in flight, 0: pp (every stage busy) */
     bool verbose;                /* --verbose */
 } job_flags;
 
 /* Option codes of the shared flags, apart from any executable's own. */
 enum {
     JF_MODEL = 1000, JF_TP, JF_PP, JF_LPS, JF_DTYPE, JF_THREADS, JF_MBT, JF_BS, JF_DEVICE, JF_GMF, JF_COMM_TIMEOUT,
-    JF_VERBOSE,
+    JF_VERBOSE, JF_DEPTH,
 };
 
 #define JOB_SPLIT_OPTIONS                                                                                     \
@@ -42,7 +43,8 @@ enum {
     JOB_SPLIT_OPTIONS, {"threads", required_argument, 0, JF_THREADS},                                        \
     {"max-batch-tokens", required_argument, 0, JF_MBT}, {"block-size", required_argument, 0, JF_BS},        \
     {"device", required_argument, 0, JF_DEVICE}, {"gpu-memory-fraction", required_argument, 0, JF_GMF},     \
-    {"comm-timeout", required_argument, 0, JF_COMM_TIMEOUT}, {"verbose", no_argument, 0, JF_VERBOSE}
+    {"comm-timeout", required_argument, 0, JF_COMM_TIMEOUT}, {"verbose", no_argument, 0, JF_VERBOSE},       \
+    {"pipeline-depth", required_argument, 0, JF_DEPTH}
 
 void job_flags_init(job_flags *f);
 void job_flags_free(job_flags *f);
@@ -53,6 +55,9 @@ int job_flags_parse(job_flags *f, int opt, const char *value, base_err *err);
 
 /* What must hold once every flag is read: a model, a --layers-per-stage entry per stage. */
 int job_flags_check(const job_flags *f, base_err *err);
+
+/* The steps rank 0 keeps in flight: --pipeline-depth, else pp. */
+int job_flags_depth(const job_flags *f);
 
 /* The --dtype as a type, or def when not given. */
 rt_dtype job_flags_dtype(const job_flags *f, rt_dtype def);

@@ -242,6 +242,8 @@ static void print_speed(FILE *f, const rt_gen_stats *st)
             st->prefill_seconds > 0 ? (double)st->prefill_tokens / st->prefill_seconds : 0.0);
     fprintf(f, "decode:  %ld tokens in %.1f ms (%.1f tokens/s)\n", st->decode_tokens, st->decode_seconds * 1e3,
             st->decode_seconds > 0 ? (double)st->decode_tokens / st->decode_seconds : 0.0);
+    if (st->steps_overlapped > 0)
+        fprintf(f, "pipeline: %ld of %d steps started while another was in flight\n", st->steps_overlapped, st->steps);
 }
 
 /* Bytes a decode step reads on rank 0 (every weight once, but only a row of an untied embedding,
@@ -378,11 +380,11 @@ static int run(run_args *a, comm *c, base_err *err)
             /* warm-up: thread pools and first-touch page faults stay out of the figures */
             rt_gen_request w = reqs[0];
             w.max_tokens = 2;
-            if (rt_generate(e, &w, 1, res, &st, err))
+            if (rt_generate(e, &w, 1, 1, res, &st, err))
                 job_abort(c, prog, err);
             rt_gen_result_free(&res[0]);
         }
-        if (rt_generate(e, reqs, n, res, &st, err) || rt_engine_finish(e, err))
+        if (rt_generate(e, reqs, n, job_flags_depth(&a->job), res, &st, err) || rt_engine_finish(e, err))
             job_abort(c, prog, err);
         if (a->bench) {
             printf("bench: %s (%.1fM parameters), %s, tp=%d x pp=%d, batch %d, prompt %d, generate %d\n", a->job.model,

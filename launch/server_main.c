@@ -195,7 +195,8 @@ static int serve(server_args *a, comm *c)
         return 1;
     }
     job_model jm;
-    rt_sched_options so = {.max_batch_tokens = a->job.max_batch_tokens, .max_seqs = a->max_seqs};
+    rt_sched_options so = {.max_batch_tokens = a->job.max_batch_tokens, .max_seqs = a->max_seqs,
+                           .pipeline_depth = job_flags_depth(&a->job)};
     if (job_load(c, prog, &a->job, a->max_seqs, &jm)) {
         free(token);
         rt_tokenizer_free(tok);

@@ -5,10 +5,20 @@
 
 #include "runtime/kv_cache.h"
 
-/* The step plan on the wire: a fixed header, then one int32 body. */
+/* The step plan on the wire: a fixed header, then one int32 body. It goes from rank 0 to the
+ * other ranks of stage 0 (a broadcast over their tp group) and down each pipeline chain ahead of
+ * the hidden states: each rank hands it to the next stage before it computes, with a send that
+ * does not wait, so a stage still busy with one step never holds up the plan of the next. */
 enum { PLAN_STOP = 0, PLAN_STEP = 1 };
 enum { H_KIND, H_TOKENS, H_SEQS, H_MAXBLK, H_LOGITS, H_BODY, H_LEN };
 #define ROW_INTS 6 /* temperature bits, top_k, top_p bits, n_logprobs, rng lo, rng hi */
+
+/* A step rank 0 has started and not yet collected: where its samples go. */
+typedef struct flight {
+    rt_step_sampling *rows; /* (n_logits) the caller's: the advanced rng states land here */
+    rt_sample_out *out;     /* (n_logits) */
+    int n_logits;
+} flight;
 
 struct rt_engine {
     rt_model *m;
@@ -16,10 +26,13 @@ struct rt_engine {
     rt_engine_geometry geo;
     rt_kv_cache kv;
     rt_forward *fw;
+    int32_t head[H_LEN]; /* the plan's header */
     int32_t *body;       /* the plan body, sized for the limits */
     size_t body_cap;
     rt_step_sampling *rows; /* (max_logits) followers' copy of the rows */
     rt_sample_out *out;     /* (max_logits) followers' samples */
+    flight flights[RT_ENGINE_MAX_IN_FLIGHT]; /* rank 0: oldest at first */
+    int first, n_flights;
     rt_engine_traffic traffic;
 };
 
@@ -147,70 +160,147 @@ static void unpack(rt_engine *e, const int32_t *h, rt_batch *b)
     }
 }
 
-/* This rank's part of a step: forward and sampling on the sampling rank, then the samples (and
- * advanced rng states) to rank 0 when that is another rank. */
-static int run_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out,
-                    comm_counters before, base_err *err)
-{
-    if (rt_forward_step(e->fw, b, rows, out, err))
-        return -1;
-    const int me = my_rank(e), sr = sampler_rank(e), nl = b->n_logits;
-    if (sr != 0 && nl > 0 && (me == sr || me == 0)) {
-        comm_group *w = comm_topo(e->comm)->world;
-        int rc = me == sr ? comm_send(w, out, (size_t)nl * sizeof *out, COMM_U8, 0, err) ||
-                                comm_send(w, rows, (size_t)nl * sizeof *rows, COMM_U8, 0, err)
-                          : comm_recv(w, out, (size_t)nl * sizeof *out, COMM_U8, sr, err) ||
-                                comm_recv(w, rows, (size_t)nl * sizeof *rows, COMM_U8, sr, err);
-        if (rc)
-            return -1;
-    }
-    if (e->comm && b->n_tokens == nl) { /* a decode step: every sequence has its one token */
-        comm_counters now = comm_get_counters(e->comm);
-        e->traffic.decode_tokens += (uint64_t)b->n_tokens;
-        e->traffic.tp_bytes += now.tp_bytes - before.tp_bytes;
-        e->traffic.pp_bytes += now.pp_bytes - before.pp_bytes;
-        e->traffic.world_bytes += now.world_bytes - before.world_bytes;
-    }
-    return 0;
-}
-
 static comm_counters counters_now(const rt_engine *e)
 {
     return e->comm ? comm_get_counters(e->comm) : (comm_counters){0};
 }
 
+/* Decode steps' traffic (every sequence has its one token): this rank's sends during its part of
+ * the step, the plan's and the samples' bytes counted as control (world) whatever group carried
+ * them. */
+static void account(rt_engine *e, const int32_t *h, comm_counters before, uint64_t ctl_tp, uint64_t ctl_pp)
+{
+    if (!e->comm || h[H_TOKENS] != h[H_LOGITS])
+        return;
+    comm_counters now = comm_get_counters(e->comm);
+    e->traffic.decode_tokens += (uint64_t)h[H_TOKENS];
+    e->traffic.tp_bytes += now.tp_bytes - before.tp_bytes - ctl_tp;
+    e->traffic.pp_bytes += now.pp_bytes - before.pp_bytes - ctl_pp;
+    e->traffic.world_bytes += now.world_bytes - before.world_bytes + ctl_tp + ctl_pp;
+}
+
+/* Hands the plan in e->head / e->body to the next stage (when there is one); *ctl_pp counts it. */
+static int pass_on(rt_engine *e, uint64_t *ctl_pp, base_err *err)
+{
+    const comm_topology *t = comm_topo(e->comm);
+    if (t->stage + 1 >= t->pp)
+        return 0;
+    const bool step = e->head[H_KIND] == PLAN_STEP;
+    if (comm_isend(t->pp_group, e->head, H_LEN, COMM_I32, t->stage + 1, err) ||
+        (step && comm_isend(t->pp_group, e->body, (size_t)e->head[H_BODY], COMM_I32, t->stage + 1, err)))
+        return -1;
+    *ctl_pp = (H_LEN + (step ? (uint64_t)e->head[H_BODY] : 0)) * sizeof(int32_t);
+    return 0;
+}
+
+/* Rank 0: sends the plan in e->head / e->body to the rest of stage 0 and down the pipeline. */
+static int send_plan(rt_engine *e, uint64_t *ctl_tp, uint64_t *ctl_pp, base_err *err)
+{
+    const comm_topology *t = comm_topo(e->comm);
+    *ctl_tp = *ctl_pp = 0;
+    if (t->tp > 1) {
+        const bool step = e->head[H_KIND] == PLAN_STEP;
+        if (comm_bcast_idle(t->tp_group, e->head, H_LEN, COMM_I32, 0, err) ||
+            (step && comm_bcast(t->tp_group, e->body, (size_t)e->head[H_BODY], COMM_I32, 0, err)))
+            return -1;
+        *ctl_tp = (H_LEN + (step ? (uint64_t)e->head[H_BODY] : 0)) * sizeof(int32_t);
+    }
+    return pass_on(e, ctl_pp, err);
+}
+
+/* Ranks other than 0: the next plan, from rank 0 (stage 0) or from the previous stage. */
+static int receive_plan(rt_engine *e, base_err *err)
+{
+    const comm_topology *t = comm_topo(e->comm);
+    int32_t *h = e->head;
+    const bool first = t->stage == 0;
+    if (first ? comm_bcast_idle(t->tp_group, h, H_LEN, COMM_I32, 0, err)
+              : comm_recv_idle(t->pp_group, h, H_LEN, COMM_I32, t->stage - 1, err))
+        return -1;
+    if (h[H_KIND] == PLAN_STOP)
+        return 0;
+    if (h[H_KIND] != PLAN_STEP || h[H_BODY] < 0 || (size_t)h[H_BODY] > e->body_cap || h[H_LOGITS] < 0 ||
+        h[H_LOGITS] > e->geo.lim.max_logits)
+        return base_errf(err, "rank %d: a step plan of %d ints and %d logit rows exceeds the %zu ints and %d rows "
+                         "this rank allocated", t->rank, h[H_BODY], h[H_LOGITS], e->body_cap, e->geo.lim.max_logits);
+    return first ? comm_bcast(t->tp_group, e->body, (size_t)h[H_BODY], COMM_I32, 0, err)
+                 : comm_recv(t->pp_group, e->body, (size_t)h[H_BODY], COMM_I32, t->stage - 1, err);
+}
+
+int rt_engine_max_in_flight(const rt_engine *e)
+{
+    return sampler_rank(e) == 0 ? 1 : RT_ENGINE_MAX_IN_FLIGHT;
+}
+
+int rt_engine_in_flight(const rt_engine *e)
+{
+    return e->n_flights;
+}
+
+int rt_engine_submit(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+{
+    if (e->n_flights >= rt_engine_max_in_flight(e))
+        return base_errf(err, "a step was started with %d already in flight, the most this job allows",
+                         e->n_flights);
+    comm_counters before = counters_now(e);
+    uint64_t ctl_tp = 0, ctl_pp = 0;
+    if (e->comm && comm_topo(e->comm)->world_size > 1 &&
+        (pack(e, b, rows, e->head, err) || send_plan(e, &ctl_tp, &ctl_pp, err)))
+        return -1;
+    if (rt_forward_step(e->fw, b, rows, out, err))
+        return -1;
+    if (e->comm) {
+        int32_t h[H_LEN] = {[H_TOKENS] = b->n_tokens, [H_LOGITS] = b->n_logits};
+        account(e, h, before, ctl_tp, ctl_pp);
+    }
+    e->flights[(e->first + e->n_flights++) % RT_ENGINE_MAX_IN_FLIGHT] =
+        (flight){.rows = rows, .out = out, .n_logits = b->n_logits};
+    return 0;
+}
+
+int rt_engine_collect(rt_engine *e, base_err *err)
+{
+    if (e->n_flights == 0)
+        return base_errf(err, "no step in flight to collect");
+    const flight f = e->flights[e->first];
+    e->first = (e->first + 1) % RT_ENGINE_MAX_IN_FLIGHT;
+    e->n_flights--;
+    const int sr = sampler_rank(e);
+    if (sr == 0 || f.n_logits == 0)
+        return 0; /* sampled here, or nothing to sample */
+    comm_group *w = comm_topo(e->comm)->world;
+    return comm_recv(w, f.out, (size_t)f.n_logits * sizeof *f.out, COMM_U8, sr, err) ||
+           comm_recv(w, f.rows, (size_t)f.n_logits * sizeof *f.rows, COMM_U8, sr, err);
+}
+
 int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
-    comm_counters before = counters_now(e);
-    if (e->comm && comm_topo(e->comm)->world_size > 1) {
-        int32_t h[H_LEN];
-        if (pack(e, b, rows, h, err))
-            return -1;
-        comm_group *w = comm_topo(e->comm)->world;
-        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0, err) || comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0, err))
-            return -1;
-    }
-    return run_step(e, b, rows, out, before, err);
+    if (e->n_flights > 0)
+        return base_errf(err, "a whole step was asked for with %d others in flight", e->n_flights);
+    return rt_engine_submit(e, b, rows, out, err) || rt_engine_collect(e, err) ? -1 : 0;
 }
 
 int rt_engine_follow(rt_engine *e, base_err *err)
 {
+    const int me = my_rank(e), sr = sampler_rank(e);
     comm_group *w = comm_topo(e->comm)->world;
     for (;;) {
-        int32_t h[H_LEN];
         comm_counters before = counters_now(e);
-        if (comm_bcast_idle(w, h, H_LEN, COMM_I32, 0, err))
+        uint64_t ctl_pp = 0;
+        if (receive_plan(e, err) || pass_on(e, &ctl_pp, err))
             return -1;
-        if (h[H_KIND] == PLAN_STOP)
-            return 0;
-        if (h[H_BODY] < 0 || (size_t)h[H_BODY] > e->body_cap || h[H_LOGITS] > e->geo.lim.max_logits)
-            return base_errf(err, "step plan of %d ints exceeds the %zu this rank allocated", h[H_BODY], e->body_cap);
-        if (comm_bcast(w, e->body, (size_t)h[H_BODY], COMM_I32, 0, err))
-            return -1;
+        if (e->head[H_KIND] == PLAN_STOP)
+            return comm_flush(e->comm, err);
         rt_batch b;
-        unpack(e, h, &b);
-        if (run_step(e, &b, e->rows, e->out, before, err))
+        unpack(e, e->head, &b);
+        if (rt_forward_step(e->fw, &b, e->rows, e->out, err))
             return -1;
+        const size_t nl = (size_t)b.n_logits;
+        if (me == sr && nl > 0 &&
+            (comm_isend(w, e->out, nl * sizeof *e->out, COMM_U8, 0, err) ||
+             comm_isend(w, e->rows, nl * sizeof *e->rows, COMM_U8, 0, err)))
+            return -1;
+        account(e, e->head, before, 0, ctl_pp);
     }
 }
 
@@ -218,6 +308,7 @@ int rt_engine_finish(rt_engine *e, base_err *err)
 {
     if (!e->comm || comm_topo(e->comm)->world_size == 1)
         return 0;
-    int32_t h[H_LEN] = {PLAN_STOP};
-    return comm_bcast_idle(comm_topo(e->comm)->world, h, H_LEN, COMM_I32, 0, err);
+    e->head[H_KIND] = PLAN_STOP;
+    uint64_t ctl_tp, ctl_pp;
+    return send_plan(e, &ctl_tp, &ctl_pp, err) || comm_flush(e->comm, err) ? -1 : 0;
 }

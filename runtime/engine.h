@@ -32,8 +32,21 @@ const rt_engine_geometry *rt_engine_geom(const rt_engine *e);
 rt_model *rt_engine_model(rt_engine *e);
 rt_engine_traffic rt_engine_get_traffic(const rt_engine *e);
 
-/* Rank 0: runs one step over every rank. rows (b->n_logits) say how each logit row is sampled and
- * have their rng advanced; out (b->n_logits) receives the samples. */
+#define RT_ENGINE_MAX_IN_FLIGHT 16
+
+/* Rank 0: starts a step over every rank: sends its plan and runs rank 0's part of it. rows
+ * (b->n_logits) say how each logit row is sampled; rows and out (b->n_logits) belong to the step
+ * until rt_engine_collect returns it: the samples land in out and the advanced rng states in rows.
+ * When another rank samples (pp > 1) several steps may be in flight, each over other sequences
+ * (a sequence's next token needs its last one), so each stage of the pipeline works on a
+ * different step. */
+int rt_engine_submit(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
+/* Rank 0: waits for the oldest step in flight to end and fills its rows and out. */
+int rt_engine_collect(rt_engine *e, base_err *err);
+/* Steps rank 0 may have in flight at once: 1 when rank 0 samples itself (pp = 1). */
+int rt_engine_max_in_flight(const rt_engine *e);
+int rt_engine_in_flight(const rt_engine *e);
+/* Rank 0, with nothing in flight: submit and collect one step. */
 int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
 /* Ranks other than 0: follow rank 0's steps until it calls rt_engine_finish. */
 int rt_engine_follow(rt_engine *e, base_err *err);

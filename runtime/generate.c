@@ -71,12 +71,14 @@ static void on_event(void *ctx, const rt_sched_event *ev)
     }
 }
 
-int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *res, rt_gen_stats *st, base_err *err)
+int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, int depth, rt_gen_result *res, rt_gen_stats *st,
+                base_err *err)
 {
     memset(st, 0, sizeof *st);
     memset(res, 0, (size_t)n * sizeof *res);
     const rt_engine_geometry *g = rt_engine_geom(e);
-    rt_sched_options opt = {.max_batch_tokens = g->lim.max_tokens, .max_seqs = n < g->lim.max_seqs ? n : g->lim.max_seqs};
+    rt_sched_options opt = {.max_batch_tokens = g->lim.max_tokens, .max_seqs = n < g->lim.max_seqs ? n : g->lim.max_seqs,
+                            .pipeline_depth = depth};
     collect col = {.reqs = reqs, .res = res};
     rt_sched *s;
     if (rt_sched_create(&s, e, &opt, on_event, &col, err))
@@ -110,6 +112,9 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *
         if (col.failed)
             rc = base_errf(err, "%s", col.message);
     }
+    rt_sched_stats ss;
+    rt_sched_get_stats(s, &ss);
+    st->steps_overlapped = (long)ss.steps_overlapped;
     rt_sched_destroy(s);
     if (rc)
         for (int i = 0; i < n; i++)
@@ -126,7 +131,7 @@ int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_g
     if (rt_gen_kv_blocks(&m->cfg, reqs, n, opt->block_size, &g.n_blocks, err) ||
         rt_engine_create(&e, m, NULL, &g, err))
         return -1;
-    int rc = rt_generate(e, reqs, n, results, stats, err);
+    int rc = rt_generate(e, reqs, n, 1, results, stats, err);
     rt_engine_destroy(e);
     return rc;
 }

@@ -32,6 +32,7 @@ typedef struct rt_gen_stats {
     long prefill_tokens;    /* prompt tokens processed */
     long decode_tokens;     /* tokens fed in decode-only steps */
     int steps;
+    long steps_overlapped;  /* steps started while another was in flight (pipeline parallelism) */
 } rt_gen_stats;
 
 typedef struct rt_gen_options {
@@ -44,10 +45,11 @@ typedef struct rt_gen_options {
 int rt_gen_kv_blocks(const rt_config *cfg, const rt_gen_request *reqs, int n, int block_size, int32_t *n_blocks,
                      base_err *err);
 
-/* Rank 0: runs the requests to completion on an engine whose pool has rt_gen_kv_blocks. results (n) are
- * filled; free them with rt_gen_result_free. */
-int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, rt_gen_result *results, rt_gen_stats *stats,
-                base_err *err);
+/* Rank 0: runs the requests to completion on an engine whose pool has rt_gen_kv_blocks, with up to
+ * pipeline_depth steps in flight (rt_sched_options). results (n) are filled; free them with
+ * rt_gen_result_free. */
+int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, int pipeline_depth, rt_gen_result *results,
+                rt_gen_stats *stats, base_err *err);
 
 /* A single-rank convenience: geometry, engine, generate. */
 int rt_generate_local(rt_model *m, const rt_gen_request *reqs, int n, const rt_gen_options *opt,

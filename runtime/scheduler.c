@@ -24,13 +24,23 @@ typedef struct seq {
     double deadline, arrival, first_token;
     int32_t *blocks;   /* (max_blocks) physical ids of its logical blocks */
     int n_blocks;
+    bool in_flight;    /* in a step not yet collected: its next token is not known yet */
 } seq;
 
 typedef struct entry { /* one sequence's share of a step */
-    seq *s;
+    seq *s;            /* NULL once it ended while its step was in flight */
     int take;
     bool wants_logits;
 } entry;
+
+/* A step submitted to the engine and not yet collected. */
+typedef struct flight {
+    entry *entries;        /* (max_seqs) */
+    int n;
+    rt_step_sampling *rows; /* (max_seqs) */
+    rt_sample_out *outs;    /* (max_seqs) */
+    int tokens, prefill;
+} flight;
 
 struct rt_sched {
     rt_engine *e;
@@ -45,12 +55,13 @@ struct rt_sched {
     seq **running;     /* in admission order */
     int n_running;
     seq **snapshot;    /* (max_seqs) scratch copy of running */
-    entry *entries;    /* (max_seqs) */
+    entry *entries;    /* (max_seqs) the step being formed */
     int32_t *tok, *pos, *sidx, *lrow, *tables; /* step arrays */
-    rt_step_sampling *rows;
-    rt_sample_out *outs;
+    int depth;         /* steps in flight at most (pipeline parallelism) */
+    flight flights[RT_ENGINE_MAX_IN_FLIGHT]; /* (depth) oldest at first */
+    int first, n_flights;
     /* statistics */
-    uint64_t steps, step_tokens, preemptions, finished;
+    uint64_t steps, step_tokens, preemptions, finished, overlapped;
     double ttft[RING], tpot[RING];
     int n_lat;
     double rate_t[RATE_RING];
@@ -86,6 +97,8 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->ctx = ctx;
     s->block_size = g->block_size;
     s->max_blocks = g->lim.max_blocks;
+    const int most = rt_engine_max_in_flight(e);
+    s->depth = opt->pipeline_depth < 1 ? 1 : opt->pipeline_depth > most ? most : opt->pipeline_depth;
     size_t T = (size_t)opt->max_batch_tokens, S = (size_t)opt->max_seqs;
     s->running = calloc(S, sizeof *s->running);
     s->snapshot = calloc(S, sizeof *s->snapshot);
@@ -93,10 +106,15 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->tok = malloc(3 * T * sizeof *s->tok);
     s->lrow = malloc(S * sizeof *s->lrow);
     s->tables = malloc(S * (size_t)s->max_blocks * sizeof *s->tables);
-    s->rows = calloc(S, sizeof *s->rows);
-    s->outs = calloc(S, sizeof *s->outs);
-    if (!s->running || !s->snapshot || !s->entries || !s->tok || !s->lrow || !s->tables || !s->rows || !s->outs ||
-        rt_kv_blocks_init(&s->pool, g->n_blocks, err)) {
+    bool ok = s->running && s->snapshot && s->entries && s->tok && s->lrow && s->tables;
+    for (int i = 0; i < s->depth && ok; i++) {
+        flight *f = &s->flights[i];
+        f->entries = calloc(S, sizeof *f->entries);
+        f->rows = calloc(S, sizeof *f->rows);
+        f->outs = calloc(S, sizeof *f->outs);
+        ok = f->entries && f->rows && f->outs;
+    }
+    if (!ok || rt_kv_blocks_init(&s->pool, g->n_blocks, err)) {
         rt_sched_destroy(s);
         return base_errf(err, "scheduler: out of memory");
     }
@@ -131,8 +149,8 @@ void rt_sched_destroy(rt_sched *s)
     free(s->tok);
     free(s->lrow);
     free(s->tables);
-    free(s->rows);
-    free(s->outs);
+    for (int i = 0; i < RT_ENGINE_MAX_IN_FLIGHT; i++)
+        free(s->flights[i].entries), free(s->flights[i].rows), free(s->flights[i].outs);
     rt_kv_blocks_destroy(&s->pool);
     free(s);
 }
@@ -248,8 +266,22 @@ static void remove_running(rt_sched *s, int i)
     s->n_running--;
 }
 
+/* q ends while a step holding it is in flight: that step's result for it is dropped. Its blocks
+ * may go to another sequence at once: every rank runs the steps in order, so what the step in
+ * flight writes there lands before anything a later step writes or reads. */
+static void forget_in_flight(rt_sched *s, const seq *q)
+{
+    for (int i = 0; i < s->n_flights && q->in_flight; i++) {
+        flight *f = &s->flights[(s->first + i) % s->depth];
+        for (int j = 0; j < f->n; j++)
+            if (f->entries[j].s == q)
+                f->entries[j].s = NULL;
+    }
+}
+
 static void end_with_error(rt_sched *s, seq *q, int status, const char *message)
 {
+    forget_in_flight(s, q);
     rt_sched_event ev = {.kind = RT_EV_ERROR, .id = q->id, .status = status, .message = message,
                          .prompt_tokens = q->prompt_len, .completion_tokens = q->n_gen};
     release_blocks(s, q);
@@ -287,7 +319,12 @@ void rt_sched_cancel_waiting(rt_sched *s, int status, const char *message)
 
 bool rt_sched_has_work(const rt_sched *s)
 {
-    return s->n_waiting > 0 || s->n_running > 0;
+    return s->n_waiting > 0 || s->n_running > 0 || s->n_flights > 0;
+}
+
+int rt_sched_in_flight(const rt_sched *s)
+{
+    return s->n_flights;
 }
 
 int rt_sched_running(const rt_sched *s)
@@ -333,14 +370,15 @@ static bool in_step(const rt_sched *s, int n_entries, const seq *q)
 }
 
 /* Gives q blocks for its first n tokens, preempting the latest-admitted running sequences that
- * are not in this step yet when the pool is short. False when q itself had to be preempted. */
+ * are not in this step yet nor in one in flight when the pool is short. False when q itself had
+ * to be preempted. */
 static bool grow(rt_sched *s, seq *q, int n, int n_entries)
 {
     int need = blocks_for(s, n) - q->n_blocks;
     while (need > s->pool.n_free) {
         int victim = -1;
         for (int i = s->n_running - 1; i >= 0 && victim < 0; i--)
-            if (s->running[i] != q && !in_step(s, n_entries, s->running[i]))
+            if (s->running[i] != q && !s->running[i]->in_flight && !in_step(s, n_entries, s->running[i]))
                 victim = i;
         if (victim < 0) { /* nobody else to take from: q waits */
             for (int i = 0; i < s->n_running; i++)
@@ -362,19 +400,25 @@ static int len_of(const seq *q)
     return q->prompt_len + q->n_gen;
 }
 
-/* Chooses this step's sequences and token counts. */
+/* Chooses this step's sequences and token counts, among those not in a step in flight. With
+ * several steps in flight each takes its share of the sequences, so the stages get even work. */
 static int form_step(rt_sched *s)
 {
-    int n = 0, budget = s->opt.max_batch_tokens;
+    int n = 0, budget = s->opt.max_batch_tokens, most = s->opt.max_seqs;
+    if (s->depth > 1) {
+        int all = s->n_running + s->n_waiting;
+        all = all < s->opt.max_seqs ? all : s->opt.max_seqs;
+        most = (all + s->depth - 1) / s->depth;
+    }
     /* running sequences: decodes first, then prompt chunks; a sequence preempted on the way
      * (to make room for an earlier one) drops out of the snapshot */
     seq **snap = s->snapshot;
     for (int pass = 0; pass < 2; pass++) {
         int m = s->n_running;
         memcpy(snap, s->running, (size_t)m * sizeof *snap);
-        for (int i = 0; i < m && budget > 0; i++) {
+        for (int i = 0; i < m && budget > 0 && n < most; i++) {
             seq *q = snap[i];
-            if (!is_running(s, q) || in_step(s, n, q))
+            if (!is_running(s, q) || q->in_flight || in_step(s, n, q))
                 continue;
             int left = len_of(q) - q->n_computed;
             bool decode = left == 1 && q->n_gen > 0;
@@ -388,7 +432,7 @@ static int form_step(rt_sched *s)
         }
     }
     /* admissions, first come first served, while the budget and the free blocks allow */
-    while (s->n_waiting > 0 && s->n_running < s->opt.max_seqs && budget > 0) {
+    while (s->n_waiting > 0 && s->n_running < s->opt.max_seqs && budget > 0 && n < most) {
         seq *q = s->waiting[0];
         int left = len_of(q) - q->n_computed;
         int take = left < budget ? left : budget;
@@ -429,22 +473,22 @@ static void finish(rt_sched *s, int run_index, const char *reason, double now)
     seq_free(q);
 }
 
-int rt_sched_step(rt_sched *s, base_err *err)
+/* Forms a step and hands it to the engine; false when there was nothing to run. */
+static int submit(rt_sched *s, bool *submitted, base_err *err)
 {
-    double now = base_now();
-    expire_deadlines(s, now);
+    *submitted = false;
     int n = form_step(s);
-    s->last_tokens = s->last_prefill = 0;
     if (n == 0)
         return 0;
-    int width = 1, T = 0, nl = 0;
+    flight *f = &s->flights[(s->first + s->n_flights) % s->depth];
+    int width = 1, T = 0, nl = 0, prefill = 0;
     for (int i = 0; i < n; i++)
         width = s->entries[i].s->n_blocks > width ? s->entries[i].s->n_blocks : width;
     for (int i = 0; i < n; i++) {
         entry *en = &s->entries[i];
         seq *q = en->s;
         if (!(en->take == 1 && q->n_gen > 0 && en->wants_logits))
-            s->last_prefill += en->take;
+            prefill += en->take;
         for (int j = 0; j < en->take; j++, T++) {
             s->tok[T] = q->tokens[q->n_computed + j];
             s->pos[T] = q->n_computed + j;
@@ -454,27 +498,51 @@ int rt_sched_step(rt_sched *s, base_err *err)
             s->tables[(size_t)i * width + j] = j < q->n_blocks ? q->blocks[j] : -1;
         if (en->wants_logits) {
             s->lrow[nl] = T - 1;
-            s->rows[nl] = (rt_step_sampling){q->sampling, q->rng};
+            f->rows[nl] = (rt_step_sampling){q->sampling, q->rng};
             nl++;
         }
+        f->entries[i] = *en;
+        q->in_flight = true;
     }
+    f->n = n, f->tokens = T, f->prefill = prefill;
+    s->last_tokens = T, s->last_prefill = prefill;
     rt_batch b = {.n_tokens = T, .tokens = s->tok, .pos = s->pos, .seq = s->sidx, .n_seqs = n,
                   .block_tables = s->tables, .max_blocks = width, .n_logits = nl, .logit_rows = s->lrow};
-    if (rt_engine_step(s->e, &b, s->rows, s->outs, err))
+    s->overlapped += s->n_flights > 0;
+    s->n_flights++;
+    *submitted = true;
+    return rt_engine_submit(s->e, &b, f->rows, f->outs, err);
+}
+
+/* Takes the oldest step in flight back from the engine and emits its tokens. */
+static int collect(rt_sched *s, base_err *err)
+{
+    flight *f = &s->flights[s->first];
+    s->first = (s->first + 1) % s->depth;
+    s->n_flights--;
+    for (int i = 0; i < f->n; i++)
+        if (f->entries[i].s)
+            f->entries[i].s->in_flight = false;
+    if (rt_engine_collect(s->e, err))
         return -1;
-    now = base_now();
+    const double now = base_now();
     s->steps++;
-    s->step_tokens += (uint64_t)T;
-    s->last_tokens = T;
-    record_rate(s, now, nl);
-    for (int i = 0, k = 0; i < n; i++) {
-        entry *en = &s->entries[i];
+    s->step_tokens += (uint64_t)f->tokens;
+    int k = 0; /* the step's logit row */
+    for (int i = 0; i < f->n; i++) {
+        entry *en = &f->entries[i];
         seq *q = en->s;
-        q->n_computed += en->take;
-        if (!en->wants_logits)
+        if (!en->wants_logits) {
+            if (q)
+                q->n_computed += en->take;
             continue;
-        const rt_sample_out *o = &s->outs[k];
-        q->rng = s->rows[k++].rng;
+        }
+        const rt_sample_out *o = &f->outs[k];
+        const rt_rng rng = f->rows[k++].rng;
+        if (!q)
+            continue; /* it ended while the step was in flight */
+        q->n_computed += en->take;
+        q->rng = rng;
         q->tokens[len_of(q)] = o->token;
         q->n_gen++;
         if (q->n_gen == 1)
@@ -497,6 +565,22 @@ int rt_sched_step(rt_sched *s, base_err *err)
                     break;
                 }
     }
+    record_rate(s, now, k);
+    return 0;
+}
+
+int rt_sched_step(rt_sched *s, base_err *err)
+{
+    expire_deadlines(s, base_now());
+    s->last_tokens = s->last_prefill = 0;
+    bool submitted = false;
+    if (s->n_flights < s->depth && submit(s, &submitted, err))
+        return -1;
+    /* the oldest step comes back when nothing else could start, or at once with a depth of 1; a
+     * deeper pipeline that is full gives it back on the next call (so the caller sees, between
+     * calls, every step in flight) */
+    if (s->n_flights > 0 && (!submitted || s->depth == 1))
+        return collect(s, err);
     return 0;
 }
 
@@ -527,6 +611,8 @@ void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st)
     st->step_tokens = s->step_tokens;
     st->preemptions = s->preemptions;
     st->finished = s->finished;
+    st->steps_overlapped = s->overlapped;
+    st->in_flight = s->n_flights;
     double now = base_now(), oldest = now;
     long toks = 0;
     int have = s->n_rate < RATE_RING ? s->n_rate : RATE_RING;

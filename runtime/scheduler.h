@@ -62,12 +62,16 @@ typedef void (*rt_sched_emit_fn)(void *ctx, const rt_sched_event *ev);
 typedef struct rt_sched_options {
     int max_batch_tokens; /* tokens per step */
     int max_seqs;         /* running sequences */
+    int pipeline_depth;   /* steps in flight at once, each over other sequences (pipeline parallelism:
+                           * pp keeps every stage busy); at most rt_engine_max_in_flight, < 1 means 1 */
 } rt_sched_options;
 
 typedef struct rt_sched_stats {
     int waiting, running;
     int kv_blocks_used, kv_blocks_free, kv_block_size;
     uint64_t steps, step_tokens, preemptions, finished;
+    uint64_t steps_overlapped; /* steps started while another was in flight (pipeline parallelism) */
+    int in_flight;             /* steps in flight now */
     double tokens_per_second; /* generated tokens over the last 10 s */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99; /* seconds, over the last 1024 requests */
 } rt_sched_stats;
@@ -94,12 +98,17 @@ int rt_sched_add(rt_sched *s, const rt_sched_request *r, int *status, base_err *
 int rt_sched_cancel(rt_sched *s, uint64_t id, int status, const char *message);
 /* Ends every request still waiting (not yet admitted) likewise. */
 void rt_sched_cancel_waiting(rt_sched *s, int status, const char *message);
+/* Requests waiting or running, or steps in flight. */
 bool rt_sched_has_work(const rt_sched *s);
+int rt_sched_in_flight(const rt_sched *s);
 int rt_sched_running(const rt_sched *s);
-/* Runs one step (collective over every rank of the engine) and emits its events. */
+/* Starts a step when the pipeline has room and there is work, else takes back (emitting its
+ * events) the oldest step in flight. With a depth of 1: runs one whole step. Collective over every
+ * rank of the engine. */
 int rt_sched_step(rt_sched *s, base_err *err);
 void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
-/* Tokens of the last step, and how many of them were prompt (prefill) tokens. */
+/* Tokens of the step the last rt_sched_step started (0 when none), and how many of them were
+ * prompt (prefill) tokens. */
 void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens);
 
 #endif

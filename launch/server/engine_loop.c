@@ -38,6 +38,8 @@ typedef struct eng {
     uint64_t next_id;
     srv_out *out_head, *out_tail; /* this round's frames, one record per connection */
     srv_metrics m;                /* published with the snapshot after each step */
+    int flight_slots[SRV_MAX_IN_FLIGHT]; /* the watchdog's slot of each step in flight, oldest first */
+    int n_flight_slots;
 } eng;
 
 static srv_out *out_for(eng *e, uint64_t conn)
@@ -425,6 +427,33 @@ static void end_all(eng *e)
     }
 }
 
+/* One scheduler step, watched: the call itself (a collective that never returns), and each engine
+ * step from its start to the call that collects it (with pipeline parallelism a step stays in
+ * flight across calls: a rank lost with several in flight ends the job through the oldest). */
+static int watched_step(eng *e, base_err *err)
+{
+    srv_watchdog *wd = &e->s->wd;
+    const int before = rt_sched_in_flight(e->sched);
+    const double t0 = base_now();
+    const int call = srv_watchdog_step_begin(wd, t0);
+    const int rc = rt_sched_step(e->sched, err);
+    const double t1 = base_now();
+    srv_watchdog_step_end(wd, call, t1);
+    srv_hist_observe(&e->m.step, t1 - t0);
+    if (rc)
+        return rc;
+    int tokens, prefill;
+    rt_sched_last_step(e->sched, &tokens, &prefill);
+    const int started = tokens > 0, collected = before + started - rt_sched_in_flight(e->sched);
+    if (started && e->n_flight_slots < SRV_MAX_IN_FLIGHT)
+        e->flight_slots[e->n_flight_slots++] = srv_watchdog_step_begin(wd, t0);
+    for (int i = 0; i < collected && e->n_flight_slots > 0; i++) {
+        srv_watchdog_step_end(wd, e->flight_slots[0], t1);
+        memmove(e->flight_slots, e->flight_slots + 1, (size_t)--e->n_flight_slots * sizeof *e->flight_slots);
+    }
+    return 0;
+}
+
 int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, base_err *err)
 {
     eng e = {.s = s, .cfg = &rt_engine_model(en)->cfg};
@@ -446,18 +475,14 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
         }
         if (draining && (!rt_sched_has_work(e.sched) || base_now() > drain_end)) {
             end_all(&e);
+            while (rc == 0 && rt_sched_in_flight(e.sched) > 0) /* the steps in flight come back first */
+                rc = watched_step(&e, err);
             flush_out(&e);
             break;
         }
         if (rt_sched_has_work(e.sched)) {
             /* the watchdog (on the network thread) sees a step that never ends */
-            const double t0 = base_now();
-            int slot = srv_watchdog_step_begin(&s->wd, t0);
-            rc = rt_sched_step(e.sched, err);
-            const double t1 = base_now();
-            srv_watchdog_step_end(&s->wd, slot, t1);
-            srv_hist_observe(&e.m.step, t1 - t0);
-            if (rc)
+            if ((rc = watched_step(&e, err)))
                 break;
         } else {
             flush_out(&e);
@@ -473,6 +498,10 @@ int srv_engine_loop(srv_shared *s, rt_engine *en, const rt_sched_options *opt, b
     s->engine_done = true;
     pthread_mutex_unlock(&s->mu);
     srv_queue_wake(&s->to_net);
+    rt_sched_stats st;
+    rt_sched_get_stats(e.sched, &st);
+    base_log(0, "%llu steps, %llu of them started while another was in flight", (unsigned long long)st.steps,
+             (unsigned long long)st.steps_overlapped);
     rt_sched_destroy(e.sched);
     for (int i = 0; i < e.n_live; i++)
         live_free(&e.lv[i]);

@@ -452,7 +452,10 @@ static void flush_all(net *n, double seconds)
 static void fail_job(net *n, const char *msg) __attribute__((noreturn));
 static void fail_job(net *n, const char *msg)
 {
-    base_log(0, "%s", msg);
+    pthread_mutex_lock(&n->s->mu);
+    const int in_flight = n->s->snap.st.in_flight;
+    pthread_mutex_unlock(&n->s->mu);
+    base_log(0, "%s (engine steps in flight: %d)", msg, in_flight);
     for (int i = 0; i < n->n_conns; i++) {
         n->conns[i]->closing = false;
         reply_error(n, n->conns[i], 0, DINFER__V1__STATUS_CODE__STATUS_UNAVAILABLE, msg);

@@ -51,5 +51,10 @@ grep -q '"finish_reason": "length", "prompt_tokens": 2, "completion_tokens": 60'
 [ $crc -eq 0 ] || rc=1
 [ $src -eq 0 ] || { echo "mpirun exited $src after SIGTERM"; rc=1; }
 grep -q "rank 0: stopped" "$log" || { echo "no clean stop in the log"; rc=1; }
+if [ "$pp" -gt 1 ]; then # the stages worked on several steps at once
+  overlapped=$(sed -n 's/.* steps, \([0-9]*\) of them started while another was in flight.*/\1/p' "$log")
+  echo "steps started with another in flight: ${overlapped:-none}"
+  [ "${overlapped:-0}" -gt 0 ] || { echo "pp=$pp but no step started while another was in flight"; rc=1; }
+fi
 [ $rc -eq 0 ] || { echo "--- server log"; cat "$log"; }
 exit $rc

@@ -51,6 +51,7 @@ static void offline(const dinfer_params *p, rt_gen_result *out)
 }
 
 static int64_t stat_of(const char *which);
+static void expect_idle_and_free(void);
 
 typedef struct stream {
     dinfer_params p;
@@ -164,6 +165,78 @@ static void test_seeded_sampling_reproducible(void **state)
     assert_memory_not_equal(s[0].got, s[1].got, 20 * sizeof(int32_t));
     dinfer_close(conns[0]);
     dinfer_close(conns[1]);
+}
+
+/* Requests that end while steps holding them are in flight (with pipeline parallelism several
+ * are): cancelled after a few tokens, past their deadline, finishing at different lengths. What
+ * each streamed is a prefix of its offline tokens (all of them when it ran to its end), the
+ * others are untouched, and the cache is empty afterwards. */
+static void test_ends_mid_flight(void **state)
+{
+    (void)state;
+    enum { N = 24 };
+    static stream s[N];
+    bool cancel[N] = {0}, cancelled[N] = {0};
+    for (int i = 0; i < N; i++) {
+        memset(&s[i], 0, sizeof s[i]);
+        dinfer_params_init(&s[i].p);
+        for (int j = 0; j < 6; j++)
+            s[i].prompt[j] = (int32_t)((i * 11 + j * 7 + 1) % model.cfg.vocab_size);
+        s[i].p.prompt = s[i].prompt;
+        s[i].p.prompt_len = 6;
+        s[i].p.ignore_eos = true;
+        s[i].p.max_tokens = 8 + (uint32_t)(i * 5) % 90; /* finishing at different steps */
+        if (i % 4 == 0)
+            cancel[i] = true, s[i].p.max_tokens = 110;
+        if (i % 4 == 1)
+            s[i].p.deadline_ms = 30 + 10 * (uint32_t)i, s[i].p.max_tokens = 110;
+    }
+    dinfer_client *conns[2] = {connect_ok(), connect_ok()};
+    for (int i = 0; i < N; i++)
+        assert_int_equal(dinfer_send_generate(conns[i % 2], (uint64_t)i + 1, &s[i].p, &cerr), 0);
+    for (int left = N; left > 0;) {
+        struct pollfd pfd[2] = {{.fd = dinfer_fd(conns[0]), .events = POLLIN}, {.fd = dinfer_fd(conns[1]), .events = POLLIN}};
+        assert_true(poll(pfd, 2, 30000) > 0);
+        for (int k = 0; k < 2; k++) {
+            wire_frame *f;
+            while (pfd[k].revents && dinfer_next_frame(conns[k], 0, &f, &cerr) == 1) {
+                const int i = (int)f->request_id - 1;
+                stream *x = &s[i];
+                if (f->body_case == DINFER__V1__FRAME__BODY_CHUNK) {
+                    for (size_t j = 0; j < f->chunk->n_tokens && x->n < 128; j++)
+                        x->got[x->n++] = f->chunk->tokens[j];
+                    if (cancel[i] && !cancelled[i] && x->n >= 3) {
+                        assert_int_equal(dinfer_send_cancel(conns[k], (uint64_t)i + 1, &cerr), 0);
+                        cancelled[i] = true;
+                    }
+                } else {
+                    x->done = true;
+                    x->status = f->body_case == DINFER__V1__FRAME__BODY_ERROR ? (int)f->error->code : 0;
+                    left--;
+                }
+                wire_frame_free(f);
+            }
+        }
+    }
+    int n_cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        rt_gen_result ref;
+        offline(&s[i].p, &ref);
+        assert_true(s[i].n <= ref.n_tokens);
+        assert_memory_equal(s[i].got, ref.tokens, (size_t)s[i].n * sizeof(int32_t));
+        if (cancel[i])
+            assert_true(s[i].status == 1 || (s[i].status == 0 && s[i].n == ref.n_tokens));
+        else if (i % 4 == 1)
+            assert_true(s[i].status == 4 || (s[i].status == 0 && s[i].n == ref.n_tokens));
+        else
+            assert_true(s[i].status == 0 && s[i].n == ref.n_tokens);
+        n_cancelled += s[i].status == 1 && s[i].n < ref.n_tokens;
+        rt_gen_result_free(&ref);
+    }
+    assert_true(n_cancelled > 0); /* at least one cancel landed while the request ran */
+    dinfer_close(conns[0]);
+    dinfer_close(conns[1]);
+    expect_idle_and_free();
 }
 
 /* ---- bad input ---- */
@@ -471,6 +544,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_concurrent_clients_match_offline),
         cmocka_unit_test(test_seeded_sampling_reproducible),
+        cmocka_unit_test(test_ends_mid_flight),
         cmocka_unit_test(test_broken_streams),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_disconnects_and_silent_clients),
