@@ -350,14 +350,16 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
     const int peer = send ? t->stage + 1 : t->stage - 1;
     const size_t bytes = n * rt_dtype_size(dt);
     int rc;
+    /* sends never wait for the next stage: it may still be busy with the step before (several are in
+     * flight with pipeline parallelism) */
     if (be->ops->host_memory) {
-        rc = send ? comm_send(t->pp_group, buf, n, COMM_F32, peer, err) : comm_recv(t->pp_group, buf, n, COMM_F32, peer, err);
+        rc = send ? comm_isend(t->pp_group, buf, n, COMM_F32, peer, err) : comm_recv(t->pp_group, buf, n, COMM_F32, peer, err);
     } else if (comm_has_device_path(fw->comm)) {
         rc = send ? comm_dev_send(t->pp_group, buf, n, comm_type(dt), peer, err)
                   : comm_dev_recv(t->pp_group, buf, n, comm_type(dt), peer, err);
     } else if (send) {
         be->ops->download(be, fw->stage, buf, bytes);
-        rc = comm_send(t->pp_group, fw->stage, bytes, COMM_U8, peer, err);
+        rc = comm_isend(t->pp_group, fw->stage, bytes, COMM_U8, peer, err);
     } else {
         rc = comm_recv(t->pp_group, fw->stage, bytes, COMM_U8, peer, err);
         if (rc == 0)
