@@ -160,6 +160,11 @@ static int blocks_for(const rt_sched *s, int n_tokens)
     return rt_kv_blocks_for(n_tokens, s->block_size);
 }
 
+static int len_of(const seq *q)
+{
+    return q->prompt_len + q->n_gen;
+}
+
 static bool is_live(const rt_sched *s, uint64_t id)
 {
     for (int i = 0; i < s->n_waiting; i++)
@@ -395,21 +400,29 @@ static bool grow(rt_sched *s, seq *q, int n, int n_entries)
     return true;
 }
 
-static int len_of(const seq *q)
+
+/* With several steps in flight, a step's share of the tokens there are to compute (those of the
+ * steps in flight, the next token of each running sequence, the prompts still to read): a stage
+ * works through the steps in order, so a step much larger than the one before it leaves the next
+ * stage idle, and equal shares keep every stage busy. Prompts are read in chunks to fit. */
+static int even_share(const rt_sched *s)
 {
-    return q->prompt_len + q->n_gen;
+    long work = 0;
+    for (int i = 0; i < s->n_flights; i++)
+        work += s->flights[(s->first + i) % s->depth].tokens;
+    for (int i = 0; i < s->n_running; i++)
+        if (!s->running[i]->in_flight)
+            work += len_of(s->running[i]) - s->running[i]->n_computed;
+    for (int i = 0; i < s->n_waiting && work < (long)s->depth * s->opt.max_batch_tokens; i++)
+        work += len_of(s->waiting[i]) - s->waiting[i]->n_computed;
+    const long share = (work + s->depth - 1) / s->depth;
+    return share < 1 ? 1 : share < s->opt.max_batch_tokens ? (int)share : s->opt.max_batch_tokens;
 }
 
-/* Chooses this step's sequences and token counts, among those not in a step in flight. With
- * several steps in flight each takes its share of the sequences, so the stages get even work. */
+/* Chooses this step's sequences and token counts, among those not in a step in flight. */
 static int form_step(rt_sched *s)
 {
-    int n = 0, budget = s->opt.max_batch_tokens, most = s->opt.max_seqs;
-    if (s->depth > 1) {
-        int all = s->n_running + s->n_waiting;
-        all = all < s->opt.max_seqs ? all : s->opt.max_seqs;
-        most = (all + s->depth - 1) / s->depth;
-    }
+    int n = 0, budget = s->depth > 1 ? even_share(s) : s->opt.max_batch_tokens, most = s->opt.max_seqs;
     /* running sequences: decodes first, then prompt chunks; a sequence preempted on the way
      * (to make room for an earlier one) drops out of the snapshot */
     seq **snap = s->snapshot;
