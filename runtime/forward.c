@@ -1,4 +1,5 @@
 #include "runtime/forward.h"
+#include "runtime/vocab_sample.h"
 
 #include <math.h>
 #include <omp.h>
@@ -43,10 +44,8 @@ struct rt_forward {
     size_t n_ints;
     void *stage;            /* (max_tokens, dim) host, activation type: device collectives staged through MPI */
     float *stage32;         /* (max_tokens, dim) host fp32: the all-reduce's buffer when staged */
-    float *part;            /* (max_logits, vocab_local) host: this rank's logits (tp > 1) */
-    float *gathered;        /* (max_logits, vocab) host: every rank's blocks, on the sampling rank */
-    size_t *counts;         /* (tp) logit elements per tp rank */
-    int32_t *vocab_ranges;  /* (tp, 2) each tp rank's [vocab_begin, vocab_end): their shards, as the plan cut them */
+    float *part;            /* (max_logits, vocab_local) host: this rank's logits off the device (tp > 1) */
+    rt_vocab_sampler *vs;   /* the last stage's, tp > 1 */
 };
 
 /* Bytes of each device buffer of the workspace. */
@@ -97,19 +96,13 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         return base_errf(err, "out of host memory");
     const rt_config *c = &m->cfg;
     const rt_shard *s = &m->shard;
-    if (cm && comm_topo(cm)->tp > 1 && s->last_stage) {
-        /* the sampling rank lays the gathered logits out by each rank's own vocabulary range
-         * (collective over the last stage's tp group: first, before anything here can fail) */
-        const int tpn = comm_topo(cm)->tp;
-        int32_t mine[2] = {s->vocab_begin, s->vocab_end};
-        fw->vocab_ranges = malloc((size_t)tpn * 2 * sizeof *fw->vocab_ranges);
-        int short_of_memory = 0;
-        if (comm_any(comm_topo(cm)->tp_group, !fw->vocab_ranges, &short_of_memory, err) || short_of_memory ||
-            comm_allgather(comm_topo(cm)->tp_group, mine, fw->vocab_ranges, 2, COMM_I32, err)) {
-            free(fw->vocab_ranges);
-            free(fw);
-            return short_of_memory ? base_errf(err, "out of host memory") : -1;
-        }
+    /* the vocab-parallel sampler (collective over the last stage's tp group: first, before anything
+     * here can fail) */
+    if (cm && comm_topo(cm)->tp > 1 && s->last_stage &&
+        rt_vocab_sampler_create(&fw->vs, comm_topo(cm)->tp_group, c->vocab_size, s->vocab_begin, s->vocab_end,
+                                lim->max_logits, err)) {
+        free(fw);
+        return -1;
     }
     rt_backend *be = m->be;
     fw->m = m;
@@ -153,10 +146,10 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {
         fw->d_out = alloc_or_fail(be, z.samples, &failed);
-    } else if (fw->samples) {
+    } else if (fw->samples && tp == 1) {
         const size_t V = (size_t)c->vocab_size, L = (size_t)(lim->max_logits ? lim->max_logits : 1);
         /* a single host-memory rank samples its logits where they are */
-        const bool copies_logits = !be->ops->host_memory || tp > 1;
+        const bool copies_logits = !be->ops->host_memory;
         if (copies_logits)
             fw->h_logits = malloc(L * V * sizeof(float));
         fw->scratch = malloc(V * 8 * (size_t)omp_get_max_threads()); /* one sampler scratch per thread */
@@ -168,11 +161,9 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         fw->stage32 = malloc((size_t)lim->max_tokens * (size_t)c->dim * sizeof(float));
         failed |= !fw->stage || !fw->stage32;
     }
-    if (tp > 1 && s->last_stage) {
-        fw->part = malloc((size_t)lim->max_logits * vocab * sizeof(float));
-        fw->gathered = malloc((size_t)lim->max_logits * (size_t)c->vocab_size * sizeof(float));
-        fw->counts = malloc((size_t)tp * sizeof *fw->counts);
-        failed |= !fw->part || !fw->gathered || !fw->counts || !fw->vocab_ranges;
+    if (tp > 1 && s->last_stage && !be->ops->host_memory) {
+        fw->part = malloc((size_t)(lim->max_logits ? lim->max_logits : 1) * vocab * sizeof(float));
+        failed |= !fw->part;
     }
     if (failed || !fw->h_ints) {
         rt_forward_destroy(fw);
@@ -205,9 +196,7 @@ void rt_forward_destroy(rt_forward *fw)
     free(fw->stage);
     free(fw->stage32);
     free(fw->part);
-    free(fw->gathered);
-    free(fw->counts);
-    free(fw->vocab_ranges);
+    rt_vocab_sampler_destroy(fw->vs);
     free(fw);
 }
 
@@ -368,32 +357,6 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
     return rc;
 }
 
-/* Gathers the vocab-parallel logits (nl, vocab_local) of every tp rank on tp rank 0 and lays them
- * out as (nl, vocab) there. */
-static int gather_logits(rt_forward *fw, const float *src, int nl, base_err *err)
-{
-    float *logits = fw->h_logits;
-    const rt_model *m = fw->m;
-    const comm_topology *t = comm_topo(fw->comm);
-    const rt_backend_ops *op = m->be->ops;
-    const size_t v_local = (size_t)(m->shard.vocab_end - m->shard.vocab_begin), V = (size_t)m->cfg.vocab_size;
-    op->download(m->be, fw->part, src, (size_t)nl * v_local * sizeof(float));
-    for (int r = 0; r < t->tp; r++)
-        fw->counts[r] = (size_t)nl * (size_t)(fw->vocab_ranges[2 * r + 1] - fw->vocab_ranges[2 * r]);
-    if (comm_gatherv(t->tp_group, fw->part, (size_t)nl * v_local, fw->gathered, fw->counts, 0, COMM_F32, err))
-        return -1;
-    if (t->tp_rank != 0)
-        return 0;
-    const float *blk = fw->gathered;
-    for (int r = 0; r < t->tp; r++) {
-        size_t v0 = (size_t)fw->vocab_ranges[2 * r], w = fw->counts[r] / (size_t)nl;
-        for (int i = 0; i < nl; i++)
-            memcpy(logits + (size_t)i * V + v0, blk + (size_t)i * w, w * sizeof(float));
-        blk += fw->counts[r];
-    }
-    return 0;
-}
-
 /* The logit rows of the step to samples: those the device sampled (run_ops launched it), else
  * sampled on the host (one OpenMP thread a row: each row has its own random stream). */
 static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampling *rows, rt_sample_out *out,
@@ -406,11 +369,14 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
         return 0;
     }
     const float *logits = fw->h_logits;
-    if (fw->comm && comm_topo(fw->comm)->tp > 1) {
-        if (gather_logits(fw, d_logits32, nl, err))
-            return -1;
-        if (comm_topo(fw->comm)->tp_rank != 0)
-            return 0;
+    if (fw->vs) { /* vocab-parallel: every tp rank holds a slice of each row */
+        const float *slice = d_logits32;
+        if (!be->ops->host_memory) {
+            const rt_shard *s = &fw->m->shard;
+            be->ops->download(be, fw->part, d_logits32, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin) * 4);
+            slice = fw->part;
+        }
+        return rt_vocab_sample(fw->vs, slice, nl, rows, out, err);
     } else if (be->ops->host_memory) {
         logits = d_logits32;
     } else {

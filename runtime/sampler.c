@@ -85,6 +85,54 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
     rt_sample_with(logits, vocab, p, greedy(p) ? 0.0f : rt_rng_uniform(rng), scratch, out);
 }
 
+/* The token drawn with u from the candidates c (n >= 1), as rt_sample_with says: c best first
+ * whenever top_p < 1, full the whole distribution's mass at this temperature when only top-p
+ * filtered them (else 0). */
+static int pick(const cand *c, int n, float mx, double full, const rt_sampling *p, float u)
+{
+    const double inv_t = 1.0 / (double)p->temperature; /* in double: at most 1e5, never infinite */
+    /* cut c to the smallest prefix whose probability reaches top_p (after top-k, vLLM's order),
+     * then renormalize; the prefix keeps c[0] */
+    double tot = 0.0;
+    for (int i = 0; i < n; i++)
+        tot += exp(((double)c[i].logit - mx) * inv_t);
+    if (p->top_p < 1.0f) {
+        double norm = full > 0.0 ? full : tot, acc = 0.0, kept = 0.0;
+        int keep = n;
+        for (int i = 0; i < n; i++) {
+            double e = exp(((double)c[i].logit - mx) * inv_t);
+            acc += e / norm;
+            kept += e;
+            if (acc >= p->top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+        tot = kept;
+    }
+    double target = (double)u * tot, run = 0.0;
+    for (int i = 0; i < n; i++) {
+        run += exp(((double)c[i].logit - mx) * inv_t);
+        if (target < run)
+            return c[i].id;
+    }
+    return c[n - 1].id;
+}
+
+/* out's token (given), its logprob and the top-n logprobs from best (n_best, best first). */
+static void fill_out(rt_sample_out *out, const float *logit_of_token, int token, float lse, const cand *best,
+                     int n_best)
+{
+    out->token = token;
+    out->logprob = *logit_of_token - lse;
+    out->n_top = n_best;
+    for (int i = 0; i < n_best; i++) {
+        out->top_ids[i] = best[i].id;
+        out->top_logprobs[i] = best[i].logit - lse;
+    }
+}
+
 void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float u, void *scratch,
                     rt_sample_out *out)
 {
@@ -106,7 +154,7 @@ void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float 
         cand *c = scratch;
         int n = 0;
         double full = 0.0; /* the whole distribution's mass at this temperature, when filtered */
-        const double inv_t = 1.0 / (double)p->temperature; /* in double: at most 1e5, never infinite */
+        const double inv_t = 1.0 / (double)p->temperature;
         if (p->top_k > 0 && p->top_k < vocab) {
             top_n(logits, vocab, p->top_k, c);
             n = p->top_k;
@@ -124,48 +172,89 @@ void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float 
             for (int i = 0; i < vocab; i++)
                 c[n++] = (cand){logits[i], i};
         }
-        /* c is sorted best-first whenever top_p < 1: cut it to the smallest prefix whose
-         * probability reaches top_p (after top-k, vLLM's order), then renormalize; n >= 1 here
-         * (top_k >= 1 keeps the best, and the top-p filter keeps arg) and the prefix keeps c[0] */
-        double tot = 0.0;
+        token = pick(c, n, mx, full, p, u);
+    }
+    cand best[RT_MAX_TOP_LOGPROBS];
+    const int n_best = p->n_logprobs < vocab ? p->n_logprobs : vocab;
+    if (n_best > 0)
+        top_n(logits, vocab, n_best, best);
+    fill_out(out, &logits[token], token, lse, best, n_best);
+}
+
+/* ---- vocab-parallel logits: each rank's slice reduced to a few numbers a row ---- */
+
+int rt_sample_part_need(const rt_sampling *p, int vocab)
+{
+    int need = p->n_logprobs > 1 ? p->n_logprobs : 1;
+    if (!greedy(p)) {
+        if (p->top_k <= 0 || p->top_k >= vocab || p->top_k > RT_SAMPLE_PART_MAX)
+            return 0; /* the draw walks the whole distribution */
+        need = p->top_k > need ? p->top_k : need;
+    }
+    return need;
+}
+
+float rt_sample_slice_max(const float *logits, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    return mx;
+}
+
+void rt_sample_part_make(const float *logits, int n, int32_t id0, float mx, int need, rt_sample_part *out)
+{
+    double sum = 0.0; /* the terms rt_sample_with adds, in its order */
+    for (int i = 0; i < n; i++)
+        sum += (double)expf(logits[i] - mx);
+    out->sum = sum;
+    out->n = need < n ? need : n;
+    cand c[RT_SAMPLE_PART_MAX];
+    top_n(logits, n, out->n, c);
+    for (int i = 0; i < out->n; i++)
+        out->c[i] = (rt_sample_cand){c[i].logit, c[i].id + id0};
+}
+
+void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, rt_rng *rng,
+                     rt_sample_out *out)
+{
+    /* every slice's best, merged best first (logit, then the lowest id, as over the whole row) */
+    cand c[RT_SAMPLE_PART_MAX];
+    int n = 0, need = 0, at[RT_SAMPLE_MAX_PARTS] = {0};
+    double sum = 0.0;
+    for (int r = 0; r < n_parts; r++) {
+        sum += parts[r].sum;
+        need = parts[r].n > need ? parts[r].n : need;
+    }
+    int total = 0;
+    for (int r = 0; r < n_parts; r++)
+        total += parts[r].n;
+    need = need < total ? need : total;
+    while (n < need) {
+        int best = -1;
+        for (int r = 0; r < n_parts; r++) {
+            if (at[r] == parts[r].n)
+                continue;
+            const rt_sample_cand *x = &parts[r].c[at[r]];
+            if (best < 0) {
+                best = r;
+                continue;
+            }
+            const rt_sample_cand *y = &parts[best].c[at[best]];
+            if (x->logit > y->logit || (x->logit == y->logit && x->id < y->id))
+                best = r;
+        }
+        c[n++] = (cand){parts[best].c[at[best]].logit, parts[best].c[at[best]].id};
+        at[best]++;
+    }
+    const float lse = mx + (float)log(sum);
+    int token = c[0].id;
+    float logit = c[0].logit;
+    if (!greedy(p)) {
+        token = pick(c, p->top_k < n ? p->top_k : n, mx, 0.0, p, rt_rng_uniform(rng));
         for (int i = 0; i < n; i++)
-            tot += exp(((double)c[i].logit - mx) * inv_t);
-        if (p->top_p < 1.0f) {
-            double norm = full > 0.0 ? full : tot, acc = 0.0, kept = 0.0;
-            int keep = n;
-            for (int i = 0; i < n; i++) {
-                double e = exp(((double)c[i].logit - mx) * inv_t);
-                acc += e / norm;
-                kept += e;
-                if (acc >= p->top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            n = keep;
-            tot = kept;
-        }
-        double target = (double)u * tot, run = 0.0;
-        token = c[n - 1].id;
-        for (int i = 0; i < n; i++) {
-            run += exp(((double)c[i].logit - mx) * inv_t);
-            if (target < run) {
-                token = c[i].id;
-                break;
-            }
-        }
+            if (c[i].id == token)
+                logit = c[i].logit;
     }
-    out->token = token;
-    out->logprob = logits[token] - lse;
-    out->n_top = 0;
-    if (p->n_logprobs > 0) {
-        cand best[RT_MAX_TOP_LOGPROBS];
-        int n = p->n_logprobs < vocab ? p->n_logprobs : vocab;
-        top_n(logits, vocab, n, best);
-        for (int i = 0; i < n; i++) {
-            out->top_ids[i] = best[i].id;
-            out->top_logprobs[i] = best[i].logit - lse;
-        }
-        out->n_top = n;
-    }
+    fill_out(out, &logit, token, lse, c, p->n_logprobs < n ? p->n_logprobs : n);
 }

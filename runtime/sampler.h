@@ -46,6 +46,37 @@ void rt_sample(const float *logits, int vocab, const rt_sampling *p, rt_rng *rng
 void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float u, void *scratch,
                     rt_sample_out *out);
 
+/* ---- vocab-parallel logits (tp > 1): each rank holds a slice of every row ----
+ * Instead of gathering whole rows, each slice sends per row the sum of exp(logit - the row's
+ * max) over it and its best few candidates; the merge gives exactly what rt_sample gives on the
+ * whole row (greedy, top-k up to RT_SAMPLE_PART_MAX with or without top-p, top-n logprobs). */
+#define RT_SAMPLE_PART_MAX 64 /* candidates a slice sends for one row */
+#define RT_SAMPLE_MAX_PARTS 64 /* slices (the tp degree) a merge takes */
+
+typedef struct rt_sample_cand {
+    float logit;
+    int32_t id; /* in the whole vocabulary */
+} rt_sample_cand;
+
+typedef struct rt_sample_part {
+    double sum; /* of expf(logit - the row's max over every slice) over this slice, in id order */
+    int32_t n;  /* candidates, best first (highest logit, then lowest id) */
+    int32_t pad;
+    rt_sample_cand c[RT_SAMPLE_PART_MAX];
+} rt_sample_part;
+
+/* Candidates a row sampled with p needs from each slice: 0 when the draw needs the whole row
+ * (temperature with top_k 0 or over RT_SAMPLE_PART_MAX: the slices then send whole rows). */
+int rt_sample_part_need(const rt_sampling *p, int vocab);
+/* The largest of a slice's n logits (the row's max is the largest over the slices). */
+float rt_sample_slice_max(const float *logits, int n);
+/* A slice's part of a row: its n logits start at vocabulary id id0; mx is the row's max. */
+void rt_sample_part_make(const float *logits, int n, int32_t id0, float mx, int need, rt_sample_part *out);
+/* The sample of a row from every slice's part (in vocabulary order), as rt_sample would give it
+ * on the whole row: draws one uniform from rng when the temperature is not greedy. */
+void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, rt_rng *rng,
+                     rt_sample_out *out);
+
 /* One logit row's sampling as a device sampler takes it: the parameters and the row's uniform draw
  * (taken on the host from the row's rng, exactly as rt_sample would take it). */
 typedef struct rt_sample_row {

@@ -148,6 +148,69 @@ static void test_check(void **state)
         assert_non_null(rt_sampling_check(&bad[i]));
 }
 
+/* Vocab-parallel sampling: a row cut into slices (uneven, some smaller than the candidates a
+ * row needs), each reduced to its part against the row's max, merged: exactly rt_sample's token,
+ * logprob and top-n on the whole row, for greedy rows, top-k with and without top-p, logprobs,
+ * ties across slices, and the same uniform draws (one per non-greedy row). */
+static void test_parts_merge_as_whole_rows(void **state)
+{
+    (void)state;
+    enum { VOCAB = 1000 };
+    static float row[VOCAB];
+    static char big[VOCAB * 8];
+    const int cuts[][5] = {{0, 500, 1000}, {0, 10, 20, 600, 1000}, {0, 333, 666, 999, 1000}};
+    const int n_cuts[] = {3, 5, 5};
+    const rt_sampling ps[] = {
+        {.top_p = 1.0f}, {.top_p = 1.0f, .n_logprobs = 20}, {.temperature = 0.8f, .top_k = 1, .top_p = 1.0f},
+        {.temperature = 0.8f, .top_k = 40, .top_p = 1.0f, .n_logprobs = 5},
+        {.temperature = 1.3f, .top_k = 64, .top_p = 0.9f}, {.temperature = 0.5f, .top_k = 7, .top_p = 0.3f, .n_logprobs = 20},
+    };
+    int agree = 0;
+    for (int trial = 0; trial < 40; trial++) {
+        rt_rng g;
+        rt_rng_seed(&g, 100 + (uint64_t)trial);
+        for (int i = 0; i < VOCAB; i++) /* coarse values: many exact ties, across slices too */
+            row[i] = trial % 2 ? (float)(int)(rt_rng_uniform(&g) * 40.0f) * 0.25f : rt_rng_uniform(&g) * 8.0f - 4.0f;
+        for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
+            const rt_sampling *p = &ps[k];
+            assert_true(rt_sample_part_need(p, VOCAB) > 0);
+            for (int c = 0; c < 3; c++) {
+                rt_rng ra, rb;
+                rt_rng_seed(&ra, 7 + (uint64_t)trial), rt_rng_seed(&rb, 7 + (uint64_t)trial);
+                rt_sample_out want, got;
+                rt_sample(row, VOCAB, p, &ra, big, &want);
+                const int slices = n_cuts[c] - 1;
+                float mx = -INFINITY;
+                for (int r = 0; r < slices; r++) {
+                    const float m = rt_sample_slice_max(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r]);
+                    mx = m > mx ? m : mx;
+                }
+                rt_sample_part parts[4];
+                for (int r = 0; r < slices; r++)
+                    rt_sample_part_make(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], cuts[c][r], mx,
+                                        rt_sample_part_need(p, VOCAB), &parts[r]);
+                rt_sample_merge(parts, slices, mx, p, &rb, &got);
+                assert_int_equal(got.token, want.token);
+                assert_true(got.logprob == want.logprob);
+                assert_int_equal(got.n_top, want.n_top);
+                for (int i = 0; i < want.n_top; i++) {
+                    assert_int_equal(got.top_ids[i], want.top_ids[i]);
+                    assert_true(got.top_logprobs[i] == want.top_logprobs[i]);
+                }
+                assert_true(ra.state == rb.state); /* the same draws */
+                agree++;
+            }
+        }
+    }
+    assert_int_equal(agree, 40 * 6 * 3);
+    /* rows whose draw walks the whole distribution are not reduced */
+    const rt_sampling whole[] = {{.temperature = 1.0f, .top_p = 1.0f}, {.temperature = 1.0f, .top_p = 0.9f},
+                                 {.temperature = 1.0f, .top_k = 65, .top_p = 1.0f},
+                                 {.temperature = 1.0f, .top_k = VOCAB, .top_p = 1.0f}};
+    for (size_t k = 0; k < sizeof whole / sizeof *whole; k++)
+        assert_int_equal(rt_sample_part_need(&whole[k], VOCAB), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -156,6 +219,7 @@ int main(void)
         cmocka_unit_test(test_seed_stream),
         cmocka_unit_test(test_check),
         cmocka_unit_test(test_extremes),
+        cmocka_unit_test(test_parts_merge_as_whole_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,149 @@
+#include "runtime/vocab_sample.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A slice's part of one row on the wire: sum (8 bytes), n (4), 4 bytes of padding, then the
+ * step's most candidates (8 bytes each) of which the first n count. */
+#define PART_HEAD 16
+#define PART_BYTES(need) ((size_t)PART_HEAD + (size_t)(need) * sizeof(rt_sample_cand))
+
+struct rt_vocab_sampler {
+    comm_group *tp;
+    int n_ranks, rank, vocab, max_logits;
+    int32_t begin, end;
+    int32_t *ranges;  /* (n_ranks, 2) every rank's [begin, end) */
+    size_t *counts;   /* (n_ranks) elements each rank sends */
+    float *gathered;  /* (max_logits, vocab) tp rank 0: the slices as they arrive */
+    float *whole;     /* (max_logits, vocab) tp rank 0: whole rows */
+    float *maxes;     /* (n_ranks, max_logits) every rank's row maxima */
+    float *row_max;   /* (max_logits) */
+    char *mine;       /* (max_logits, PART_BYTES(RT_SAMPLE_PART_MAX)) this rank's parts */
+    char *parts;      /* (n_ranks, max_logits, PART_BYTES(...)) tp rank 0: everyone's */
+    rt_sample_part *merge; /* (n_ranks) one row's parts, unpacked */
+    void *scratch;    /* rt_sample's, 8 * vocab bytes per OpenMP thread */
+};
+
+int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab, int32_t begin, int32_t end,
+                            int max_logits, base_err *err)
+{
+    const int n = comm_group_size(tp);
+    const size_t L = (size_t)(max_logits > 0 ? max_logits : 1), V = (size_t)vocab;
+    rt_vocab_sampler *vs = calloc(1, sizeof *vs);
+    const bool root = comm_group_rank(tp) == 0;
+    if (vs) {
+        *vs = (rt_vocab_sampler){.tp = tp, .n_ranks = n, .rank = comm_group_rank(tp), .vocab = vocab,
+                                 .max_logits = (int)L, .begin = begin, .end = end};
+        vs->ranges = malloc((size_t)n * 2 * sizeof *vs->ranges);
+        vs->counts = malloc((size_t)n * sizeof *vs->counts);
+        vs->maxes = malloc((size_t)n * L * sizeof *vs->maxes);
+        vs->row_max = malloc(L * sizeof *vs->row_max);
+        vs->mine = malloc(L * PART_BYTES(RT_SAMPLE_PART_MAX));
+        vs->merge = malloc((size_t)n * sizeof *vs->merge);
+        if (root) {
+            vs->gathered = malloc(L * V * sizeof(float));
+            vs->whole = malloc(L * V * sizeof(float));
+            vs->parts = malloc((size_t)n * L * PART_BYTES(RT_SAMPLE_PART_MAX));
+            vs->scratch = malloc(V * 8 * (size_t)omp_get_max_threads());
+        }
+    }
+    const int short_of_memory = !vs || !vs->ranges || !vs->counts || !vs->maxes || !vs->row_max || !vs->mine ||
+                                !vs->merge || n > RT_SAMPLE_MAX_PARTS ||
+                                (root && (!vs->gathered || !vs->whole || !vs->parts || !vs->scratch));
+    int any = 0;
+    int32_t mine[2] = {begin, end};
+    if (comm_any(tp, short_of_memory, &any, err) || any ||
+        comm_allgather(tp, mine, vs->ranges, 2, COMM_I32, err)) {
+        rt_vocab_sampler_destroy(vs);
+        if (any && n > RT_SAMPLE_MAX_PARTS)
+            return base_errf(err, "vocab-parallel sampling takes at most %d tp ranks, not %d", RT_SAMPLE_MAX_PARTS, n);
+        return any ? base_errf(err, "out of host memory for the vocab-parallel sampler") : -1;
+    }
+    *out = vs;
+    return 0;
+}
+
+void rt_vocab_sampler_destroy(rt_vocab_sampler *vs)
+{
+    if (!vs)
+        return;
+    free(vs->ranges), free(vs->counts), free(vs->gathered), free(vs->whole), free(vs->maxes);
+    free(vs->row_max), free(vs->mine), free(vs->parts), free(vs->merge), free(vs->scratch);
+    free(vs);
+}
+
+/* Whole rows gathered on tp rank 0, laid out by each rank's range, and sampled there. */
+static int sample_whole(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, rt_sample_out *out,
+                        base_err *err)
+{
+    const size_t V = (size_t)vs->vocab, n = (size_t)(vs->end - vs->begin);
+    for (int r = 0; r < vs->n_ranks; r++)
+        vs->counts[r] = (size_t)nl * (size_t)(vs->ranges[2 * r + 1] - vs->ranges[2 * r]);
+    if (comm_gatherv(vs->tp, slice, (size_t)nl * n, vs->gathered, vs->counts, 0, COMM_F32, err))
+        return -1;
+    if (vs->rank != 0)
+        return 0;
+    const float *blk = vs->gathered;
+    for (int r = 0; r < vs->n_ranks; r++) {
+        const size_t v0 = (size_t)vs->ranges[2 * r], w = vs->counts[r] / (size_t)nl;
+        for (int i = 0; i < nl; i++)
+            memcpy(vs->whole + (size_t)i * V + v0, blk + (size_t)i * w, w * sizeof(float));
+        blk += vs->counts[r];
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (nl > 1)
+    for (int i = 0; i < nl; i++)
+        rt_sample(vs->whole + (size_t)i * V, vs->vocab, &rows[i].params, &rows[i].rng,
+                  (char *)vs->scratch + (size_t)omp_get_thread_num() * 8 * V, &out[i]);
+    return 0;
+}
+
+int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, rt_sample_out *out,
+                    base_err *err)
+{
+    if (nl <= 0)
+        return 0;
+    int most = 1; /* candidates the step's hungriest row needs from a slice */
+    for (int i = 0; i < nl; i++) {
+        const int need = rt_sample_part_need(&rows[i].params, vs->vocab);
+        if (need == 0)
+            return sample_whole(vs, slice, nl, rows, out, err);
+        most = need > most ? need : most;
+    }
+    const int n = vs->end - vs->begin;
+    /* every row's max over the whole vocabulary: each slice's sum is taken against it */
+    for (int i = 0; i < nl; i++)
+        vs->row_max[i] = rt_sample_slice_max(slice + (size_t)i * (size_t)n, n);
+    if (comm_allgather(vs->tp, vs->row_max, vs->maxes, (size_t)nl, COMM_F32, err))
+        return -1;
+    for (int i = 0; i < nl; i++)
+        for (int r = 0; r < vs->n_ranks; r++)
+            vs->row_max[i] = vs->maxes[(size_t)r * (size_t)nl + (size_t)i] > vs->row_max[i]
+                                 ? vs->maxes[(size_t)r * (size_t)nl + (size_t)i]
+                                 : vs->row_max[i];
+    const size_t pb = PART_BYTES(most);
+    for (int i = 0; i < nl; i++) {
+        rt_sample_part p;
+        rt_sample_part_make(slice + (size_t)i * (size_t)n, n, vs->begin, vs->row_max[i],
+                            rt_sample_part_need(&rows[i].params, vs->vocab), &p);
+        char *at = vs->mine + (size_t)i * pb;
+        memcpy(at, &p, PART_HEAD);
+        memcpy(at + PART_HEAD, p.c, (size_t)p.n * sizeof *p.c);
+    }
+    for (int r = 0; r < vs->n_ranks; r++)
+        vs->counts[r] = (size_t)nl * pb;
+    if (comm_gatherv(vs->tp, vs->mine, (size_t)nl * pb, vs->parts, vs->counts, 0, COMM_U8, err))
+        return -1;
+    if (vs->rank != 0)
+        return 0;
+    for (int i = 0; i < nl; i++) {
+        for (int r = 0; r < vs->n_ranks; r++) {
+            const char *at = vs->parts + ((size_t)r * (size_t)nl + (size_t)i) * pb;
+            rt_sample_part *p = &vs->merge[r];
+            memcpy(p, at, PART_HEAD);
+            memcpy(p->c, at + PART_HEAD, (size_t)p->n * sizeof *p->c);
+        }
+        rt_sample_merge(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, &rows[i].rng, &out[i]);
+    }
+    return 0;
+}

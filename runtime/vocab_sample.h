@@ -1,0 +1,29 @@
+/* Sampling from vocab-parallel logits (tp > 1): each rank of the last stage's tp group holds its
+ * slice of every logit row (its vocabulary range, as the plan cut them). When every row of a step
+ * can be sampled from a few numbers a slice (greedy, top-k up to RT_SAMPLE_PART_MAX with or without
+ * top-p, top-n logprobs: rt_sample_part_need), the slices exchange those (each row's max, then each
+ * slice's sum of exponentials and best candidates) instead of their logits; a step with a row that
+ * needs the whole distribution gathers whole rows. Either way tp rank 0 gets exactly the samples
+ * rt_sample gives on whole rows. */
+#ifndef DINFER_RUNTIME_VOCAB_SAMPLE_H
+#define DINFER_RUNTIME_VOCAB_SAMPLE_H
+
+#include <stdint.h>
+
+#include "comm/comm.h"
+#include "runtime/forward.h"
+
+typedef struct rt_vocab_sampler rt_vocab_sampler;
+
+/* Collective over tp (it learns every rank's range [begin, end) of the vocab_size ids). */
+int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab_size, int32_t begin, int32_t end,
+                            int max_logits, base_err *err);
+void rt_vocab_sampler_destroy(rt_vocab_sampler *vs);
+
+/* Collective over tp: slice (nl, end - begin) is this rank's logits of the step's rows (host
+ * memory, fp32). On tp rank 0, out[i] is row i's sample as rows[i] says (its rng advanced); rows
+ * are read on every rank (the choice of exchange is theirs to agree on). */
+int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, rt_sample_out *out,
+                    base_err *err);
+
+#endif
