@@ -1,4 +1,5 @@
 #include "partition/plan.h"
+#include "runtime/vocab_sample.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -152,8 +153,8 @@ size_t plan_comm_bytes_per_token(const plan *p, const rt_config *c, int rank)
         n += act * 2 * (size_t)(r->shard.layer_end - r->shard.layer_begin); /* attention and MLP */
         if (r->shard.first_stage)
             n += act; /* vocab-parallel embedding */
-        if (r->shard.last_stage && r->tp_rank != 0)
-            n += (size_t)(r->shard.vocab_end - r->shard.vocab_begin) * sizeof(float); /* logits */
+        if (r->shard.last_stage) /* a greedy row's share of the vocab-parallel sampling */
+            n += rt_vocab_row_bytes(1, r->tp_rank);
     }
     if (!r->shard.last_stage)
         n += act; /* hidden state to the next stage */

@@ -58,7 +58,8 @@ int plan_check_world(const plan *p, int world_size, base_err *err);
 
 /* Bytes of tensor-parallel and pipeline traffic one rank sends per decoded token (one token of
  * one sequence), as payloads handed to the collectives: the all-reduces after the embedding, each
- * attention and each MLP; the hidden state to the next stage; the logits to the sampling rank. */
+ * attention and each MLP; the hidden state to the next stage; a greedy row's part of the
+ * vocab-parallel sampling (runtime/vocab_sample.h). */
 size_t plan_comm_bytes_per_token(const plan *p, const rt_config *cfg, int rank);
 
 #endif

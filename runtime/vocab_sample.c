@@ -9,6 +9,11 @@
 #define PART_HEAD 16
 #define PART_BYTES(need) ((size_t)PART_HEAD + (size_t)(need) * sizeof(rt_sample_cand))
 
+size_t rt_vocab_row_bytes(int need, int tp_rank)
+{
+    return sizeof(float) + (tp_rank != 0 ? PART_BYTES(need) : 0);
+}
+
 struct rt_vocab_sampler {
     comm_group *tp;
     int n_ranks, rank, vocab, max_logits;

@@ -15,6 +15,10 @@
 
 typedef struct rt_vocab_sampler rt_vocab_sampler;
 
+/* Bytes a slice sends for one row whose sampling needs `need` candidates (rt_sample_part_need):
+ * its max (to every rank), then, from a rank other than 0, its part. */
+size_t rt_vocab_row_bytes(int need, int tp_rank);
+
 /* Collective over tp (it learns every rank's range [begin, end) of the vocab_size ids). */
 int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab_size, int32_t begin, int32_t end,
                             int max_logits, base_err *err);

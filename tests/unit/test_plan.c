@@ -170,11 +170,11 @@ static void test_memory_and_traffic(void **state)
     /* KV: each rank a quarter */
     assert_int_equal(four.ranks[1].kv_bytes_per_token * 4, one.ranks[0].kv_bytes_per_token);
     /* traffic: a single rank sends nothing; tp=4 sends 2 all-reduces per layer + the embedding's,
-     * and the non-zero ranks their logits */
+     * every rank its row max, the non-zero ranks their part of a greedy row (sum, count, best) */
     assert_int_equal(plan_comm_bytes_per_token(&one, &c, 0), 0);
     size_t act = (size_t)c.dim * 4;
-    assert_int_equal(plan_comm_bytes_per_token(&four, &c, 0), act * (2 * 4 + 1));
-    assert_int_equal(plan_comm_bytes_per_token(&four, &c, 1), act * (2 * 4 + 1) + 25 * 4);
+    assert_int_equal(plan_comm_bytes_per_token(&four, &c, 0), act * (2 * 4 + 1) + 4);
+    assert_int_equal(plan_comm_bytes_per_token(&four, &c, 1), act * (2 * 4 + 1) + 4 + 24);
     plan_free(&one);
     plan_free(&four);
 }
