@@ -93,13 +93,19 @@ int comm_min_i64(comm_group *g, int64_t *v, base_err *err);
 /* ---- the device path: activations in GPU memory over NCCL ----
  * Collective over the world: one NCCL communicator per tp group and per pipeline chain (the pp
  * group), each group's first rank making the unique id and MPI broadcasting it; initialization
- * and every operation wait at most timeout_s, polling NCCL's asynchronous error, and a failure or
- * timeout aborts the communicator and returns -1 with the rank and the operation named.
- * cuda_stream is the cudaStream_t the operations are ordered on. Needs one GPU per rank. */
+ * waits at most timeout_s. cuda_stream is the cudaStream_t the operations are ordered on: they are
+ * enqueued there and return at once, the host never waiting on one (so a step's kernels and its
+ * collectives run back to back, and a step can be captured in a CUDA graph); comm_dev_wait, once
+ * a step, waits for what was enqueued, at most timeout_s, polling NCCL's asynchronous errors, and
+ * a failure or timeout aborts the communicators and returns -1 naming the rank and the operation.
+ * Needs one GPU per rank. */
 int comm_nccl_enable(comm *c, void *cuda_stream, double timeout_s, base_err *err);
 int comm_has_device_path(const comm *c);
 int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
 int comm_dev_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
 int comm_dev_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+/* Waits until every operation enqueued on the stream so far has finished (0 at once without a
+ * device path). */
+int comm_dev_wait(comm *c, base_err *err);
 
 #endif

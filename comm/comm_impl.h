@@ -31,6 +31,7 @@ struct comm {
     void *stream;     /* cudaStream_t of the device path */
     double timeout_s; /* of every device-path operation */
     int device_path;
+    const char *last_op; /* the device path's latest operation, named when a wait fails */
     comm_pending *pending, *pending_tail; /* background sends, oldest first */
     int n_pending;
 };
@@ -38,5 +39,8 @@ struct comm {
 /* "rank R: CALL failed: MPI's message" into err; returns -1. */
 int comm_fail_mpi(const comm *c, base_err *err, const char *call, int rc);
 void comm_nccl_destroy(comm *c);
+/* Lets MPI move the background sends along (a rank waiting on its GPU must not hold up a peer
+ * that waits for one of them); frees those that completed. */
+int comm_progress(comm *c, base_err *err);
 
 #endif

@@ -1,7 +1,8 @@
 /* The device path of comm: NCCL communicators for the tp groups and the pipeline chains, their
- * unique ids broadcast over MPI, non-blocking initialization and operations that are waited on by
- * polling the stream and NCCL's asynchronous error, so a missing or dead peer becomes an error
- * that names the rank and the operation after the timeout, never a hang. */
+ * unique ids broadcast over MPI, non-blocking initialization, operations enqueued on the stream
+ * without a wait, and one wait a step that polls the stream and NCCL's asynchronous errors, so a
+ * missing or dead peer becomes an error that names the rank and the operation after the timeout,
+ * never a hang. */
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -16,9 +17,9 @@ static int nccl_fail(const comm *c, base_err *err, const char *what, const char 
     return base_errf(err, "rank %d: NCCL %s failed: %s", c->topo.rank, what, why);
 }
 
-/* Waits for a communicator to leave ncclInProgress (initialization) or for the stream to drain
- * (an operation), polling the asynchronous error; aborts the communicator on error or timeout. */
-static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream, base_err *err)
+/* Waits for a communicator to leave ncclInProgress (initialization), polling its asynchronous
+ * error; aborts it on error or timeout. */
+static int wait_init(comm *c, ncclComm_t nc, const char *what, base_err *err)
 {
     const double deadline = base_now() + c->timeout_s;
     for (long polls = 0;; polls++) {
@@ -28,15 +29,8 @@ static int wait_nccl(comm *c, ncclComm_t nc, const char *what, int for_stream, b
             ncclCommAbort(nc);
             return nccl_fail(c, err, what, ncclGetErrorString(q != ncclSuccess ? q : async));
         }
-        if (for_stream) {
-            cudaError_t s = cudaStreamQuery((cudaStream_t)c->stream);
-            if (s == cudaSuccess)
-                return 0;
-            if (s != cudaErrorNotReady)
-                return nccl_fail(c, err, what, cudaGetErrorString(s));
-        } else if (async == ncclSuccess) {
+        if (async == ncclSuccess)
             return 0;
-        }
         if (base_now() > deadline) {
             ncclCommAbort(nc);
             char why[96];
@@ -69,7 +63,7 @@ static int init_group(comm *c, comm_group *g, const char *name, base_err *err)
         return nccl_fail(c, err, name, ncclGetErrorString(r));
     char what[64];
     snprintf(what, sizeof what, "initialization of the %s communicator", name);
-    if (wait_nccl(c, nc, what, 0, err))
+    if (wait_init(c, nc, what, err))
         return -1;
     g->nccl = nc;
     return 0;
@@ -79,10 +73,23 @@ int comm_nccl_enable(comm *c, void *stream, double timeout_s, base_err *err)
 {
     c->stream = stream;
     c->timeout_s = timeout_s > 0 ? timeout_s : 120;
+    c->last_op = "operation";
     if (init_group(c, &c->tp, "tensor-parallel", err) || init_group(c, &c->pp, "pipeline", err))
         return -1;
     c->device_path = 1;
     return 0;
+}
+
+/* After a failure: every communicator aborted (what is in flight is cut), the device path off. */
+static void comm_nccl_destroy_abort(comm *c)
+{
+    comm_group *gs[2] = {&c->tp, &c->pp};
+    for (int i = 0; i < 2; i++)
+        if (gs[i]->nccl) {
+            ncclCommAbort((ncclComm_t)gs[i]->nccl);
+            gs[i]->nccl = NULL;
+        }
+    c->device_path = 0;
 }
 
 void comm_nccl_destroy(comm *c)
@@ -113,11 +120,60 @@ static ncclDataType_t nccl_type(comm_dtype t)
     return ncclFloat32;
 }
 
-static int finish(comm_group *g, ncclResult_t r, const char *what, base_err *err)
+/* An operation just enqueued: its immediate result and the communicator's asynchronous error,
+ * without waiting for it (comm_dev_wait does, once a step). */
+static int enqueued(comm_group *g, ncclResult_t r, const char *what, base_err *err)
 {
-    if (r != ncclSuccess && r != ncclInProgress)
+    ncclResult_t async = ncclSuccess;
+    if (r == ncclSuccess || r == ncclInProgress)
+        r = ncclCommGetAsyncError((ncclComm_t)g->nccl, &async);
+    if (r == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
+        r = async;
+    if (r != ncclSuccess && r != ncclInProgress) {
+        comm_nccl_destroy_abort(g->owner);
         return nccl_fail(g->owner, err, what, ncclGetErrorString(r));
-    return wait_nccl(g->owner, (ncclComm_t)g->nccl, what, 1, err);
+    }
+    g->owner->last_op = what;
+    return 0;
+}
+
+int comm_dev_wait(comm *c, base_err *err)
+{
+    if (!c->device_path)
+        return 0;
+    comm_group *gs[2] = {&c->tp, &c->pp};
+    const double deadline = base_now() + c->timeout_s;
+    for (long polls = 0;; polls++) {
+        for (int i = 0; i < 2; i++) {
+            ncclResult_t async = ncclSuccess;
+            if (!gs[i]->nccl)
+                continue;
+            ncclResult_t q = ncclCommGetAsyncError((ncclComm_t)gs[i]->nccl, &async);
+            if (q != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
+                comm_nccl_destroy_abort(c);
+                return nccl_fail(c, err, c->last_op, ncclGetErrorString(q != ncclSuccess ? q : async));
+            }
+        }
+        cudaError_t s = cudaStreamQuery((cudaStream_t)c->stream);
+        if (s == cudaSuccess)
+            return 0;
+        /* the next stage may be waiting for this rank's step plan before it receives our send */
+        if (comm_progress(c, err))
+            return -1;
+        if (s != cudaErrorNotReady)
+            return nccl_fail(c, err, c->last_op, cudaGetErrorString(s));
+        if (base_now() > deadline) {
+            comm_nccl_destroy_abort(c);
+            char why[96];
+            snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",
+                     c->timeout_s);
+            return nccl_fail(c, err, c->last_op, why);
+        }
+        if (polls > 1000) {
+            struct timespec nap = {0, 20000};
+            nanosleep(&nap, NULL);
+        }
+    }
 }
 
 int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t, base_err *err)
@@ -126,19 +182,20 @@ int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t n, comm_dtype t, bas
         return 0;
     *g->bytes += n * comm_dtype_size(t);
     g->owner->counters.calls++;
-    return finish(g, ncclAllReduce(buf, buf, n, nccl_type(t), ncclSum, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
-                  "all-reduce", err);
+    return enqueued(g, ncclAllReduce(buf, buf, n, nccl_type(t), ncclSum, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
+                    "all-reduce", err);
 }
 
 int comm_dev_send(comm_group *g, const void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
     *g->bytes += n * comm_dtype_size(t);
     g->owner->counters.calls++;
-    return finish(g, ncclSend(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream), "send", err);
+    return enqueued(g, ncclSend(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream), "send",
+                    err);
 }
 
 int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, base_err *err)
 {
-    return finish(g, ncclRecv(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
-                  "receive", err);
+    return enqueued(g, ncclRecv(buf, n, nccl_type(t), peer, (ncclComm_t)g->nccl, (cudaStream_t)g->owner->stream),
+                    "receive", err);
 }

@@ -511,6 +511,10 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
     } else if (run_ops(fw, &st, &logits32, err)) {
         return -1;
     }
+    /* the step's collectives on the device path were enqueued without a wait: waited for here,
+     * once, at most --comm-timeout (before the host reads anything the step computed) */
+    if (fw->comm && comm_dev_wait(fw->comm, err))
+        return -1;
     if (!s->last_stage) {
         op->sync(be);
         return pp_transfer(fw, fw->x, (size_t)b->n_tokens * (size_t)fw->m->cfg.dim, true, err);

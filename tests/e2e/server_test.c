@@ -376,9 +376,9 @@ static void test_bad_requests(void **state)
      * together, a loaded machine could finish the first before reading the second); it is refused,
      * and the first runs unharmed to its 100 tokens (its chunks and the refusal carry the same id,
      * in whatever order the server sends them) */
-    int n = 0;
+    int n = 0, done = 0;
     bool refused = false, sent = false;
-    for (;;) {
+    while (done == 0 || (!refused && done < 2)) {
         wire_frame *f;
         assert_int_equal(dinfer_next_frame(c, 10000, &f, &cerr), 1);
         assert_int_equal(f->request_id, 77);
@@ -396,11 +396,14 @@ static void test_bad_requests(void **state)
             refused = true;
         }
         wire_frame_free(f);
-        if (body == DINFER__V1__FRAME__BODY_DONE)
-            break;
+        done += body == DINFER__V1__FRAME__BODY_DONE;
     }
-    assert_true(refused);
-    assert_int_equal(n, 100);
+    /* refused while the first ran (which then ran unharmed to its 100 tokens); or, on a machine so
+     * loaded that this client read the first chunk after the request had ended, the second was a
+     * new request of its own and ran its 100 tokens too */
+    if (!refused)
+        fprintf(stderr, "the first request ended before its duplicate arrived: the refusal went unchecked\n");
+    assert_int_equal(n, refused ? 100 : 200);
     /* cancel: of an unknown id, then of a live request */
     assert_int_equal(dinfer_send_cancel(c, 999, &cerr), 0);
     expect_error(c, 999, 5, "no live request 999");
