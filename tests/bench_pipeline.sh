@@ -54,7 +54,7 @@ row() { # row LABEL: every concurrency against the server srv0
   done
   echo "$line"
 }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 labels=("1x1" "2x1 (tp=2)" "1x2, --pipeline-depth 1" "1x2, depth 2 (default)" "two 1x1 servers, half the load each")
 for round in $(seq 1 "${ROUNDS:-1}"); do
   printf '%-36s' "round $round: tokens/s at concurrency"
