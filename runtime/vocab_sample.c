@@ -116,7 +116,9 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
         most = need > most ? need : most;
     }
     const int n = vs->end - vs->begin;
-    /* every row's max over the whole vocabulary: each slice's sum is taken against it */
+    /* every row's max over the whole vocabulary: each slice's sum is taken against it (rows on
+     * the rank's threads: a row is a pass over the slice, tens of thousands of logits) */
+#pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++)
         vs->row_max[i] = rt_sample_slice_max(slice + (size_t)i * (size_t)n, n);
     if (comm_allgather(vs->tp, vs->row_max, vs->maxes, (size_t)nl, COMM_F32, err))
@@ -127,6 +129,7 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
                                  ? vs->maxes[(size_t)r * (size_t)nl + (size_t)i]
                                  : vs->row_max[i];
     const size_t pb = PART_BYTES(most);
+#pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++) {
         rt_sample_part p;
         rt_sample_part_make(slice + (size_t)i * (size_t)n, n, vs->begin, vs->row_max[i],
@@ -141,7 +144,7 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
         return -1;
     if (vs->rank != 0)
         return 0;
-    for (int i = 0; i < nl; i++) {
+    for (int i = 0; i < nl; i++) { /* merges are small: one thread */
         for (int r = 0; r < vs->n_ranks; r++) {
             const char *at = vs->parts + ((size_t)r * (size_t)nl + (size_t)i) * pb;
             rt_sample_part *p = &vs->merge[r];
