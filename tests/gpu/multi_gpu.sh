@@ -29,6 +29,8 @@ for preset in ${PRESETS:-llama3-8b}; do
   for batch in 1 64; do
     for bb in "${builds[@]}"; do
       for split in "1x1" "--tp 2" "--pp 2 --pipeline-depth 1" "--pp 2"; do
+        # a build from before --pipeline-depth: its --pp 2 is depth 1
+        [[ $split != *depth* ]] || "$bb/launch/dinfer-run" --help 2>&1 | grep -q pipeline-depth || continue
         if [ "$split" = 1x1 ]; then cmd=("$bb/launch/dinfer-run"); args=(); else
           cmd=(mpirun --bind-to none -np 2 "$bb/launch/dinfer-run"); read -r -a args <<<"$split"; fi
         out=$("${cmd[@]}" --model "$m" "${args[@]}" --device cuda --bench --batch "$batch" --prompt-len 128 \
