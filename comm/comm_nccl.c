@@ -120,20 +120,31 @@ static ncclDataType_t nccl_type(comm_dtype t)
     return ncclFloat32;
 }
 
-/* An operation just enqueued: its immediate result and the communicator's asynchronous error,
- * without waiting for it (comm_dev_wait does, once a step). */
+/* An operation just issued: its immediate result, then the communicator's state. A
+ * non-blocking communicator may answer ncclInProgress before the operation is on the stream, and
+ * takes no other call until it is: polled here until it is enqueued (not until it has run: that
+ * is comm_dev_wait's, once a step), at most timeout_s. */
 static int enqueued(comm_group *g, ncclResult_t r, const char *what, base_err *err)
 {
-    ncclResult_t async = ncclSuccess;
-    if (r == ncclSuccess || r == ncclInProgress)
+    comm *c = g->owner;
+    const double deadline = base_now() + c->timeout_s;
+    ncclResult_t async = r;
+    while (r == ncclSuccess || r == ncclInProgress) {
         r = ncclCommGetAsyncError((ncclComm_t)g->nccl, &async);
-    if (r == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
-        r = async;
-    if (r != ncclSuccess && r != ncclInProgress) {
-        comm_nccl_destroy_abort(g->owner);
-        return nccl_fail(g->owner, err, what, ncclGetErrorString(r));
+        if (r != ncclSuccess || async != ncclInProgress)
+            break;
+        if (base_now() > deadline) {
+            comm_nccl_destroy_abort(c);
+            return nccl_fail(c, err, what, "was not enqueued within --comm-timeout");
+        }
     }
-    g->owner->last_op = what;
+    if (r == ncclSuccess)
+        r = async;
+    if (r != ncclSuccess) {
+        comm_nccl_destroy_abort(c);
+        return nccl_fail(c, err, what, ncclGetErrorString(r));
+    }
+    c->last_op = what;
     return 0;
 }
 
