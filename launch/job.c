@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <mpi.h>
+#include <omp.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <stdint.h>
@@ -186,6 +187,9 @@ static int make_backend(comm *c, const job_flags *o, job_model *jm, base_err *er
     jm->be = rt_cuda_backend_create(dev, jm->dtype, t->rank, err);
     if (!jm->be)
         return -1;
+    /* the host's share of a GPU step (the vocab-parallel sampler, the host sampler) runs on this
+     * rank's share of the cores: ranks sharing a host must not each start a thread per core */
+    omp_set_num_threads(jm->threads);
     size_t free_b = 0;
     rt_cuda_mem_info(&free_b, &jm->gpu_total);
     jm->gpu_budget = (size_t)(o->gpu_memory_fraction * (double)jm->gpu_total);
