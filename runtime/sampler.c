@@ -183,9 +183,16 @@ void rt_sample_with(const float *logits, int vocab, const rt_sampling *p, float 
 
 /* ---- vocab-parallel logits: each rank's slice reduced to a few numbers a row ---- */
 
+bool rt_sample_by_mass(const rt_sampling *p, int vocab)
+{
+    return !greedy(p) && (p->top_k <= 0 || p->top_k >= vocab) && !(p->top_p < 1.0f);
+}
+
 int rt_sample_part_need(const rt_sampling *p, int vocab)
 {
     int need = p->n_logprobs > 1 ? p->n_logprobs : 1;
+    if (rt_sample_by_mass(p, vocab))
+        return need; /* the draw goes by the slices' masses; candidates only for the logprobs */
     if (!greedy(p)) {
         if (p->top_k <= 0 || p->top_k >= vocab || p->top_k > RT_SAMPLE_PART_MAX)
             return 0; /* the draw walks the whole distribution */
@@ -215,20 +222,52 @@ void rt_sample_part_make(const float *logits, int n, int32_t id0, float mx, int 
         out->c[i] = (rt_sample_cand){c[i].logit, c[i].id + id0};
 }
 
-void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, rt_rng *rng,
-                     rt_sample_out *out)
+double rt_sample_slice_mass(const float *logits, int n, float mx, float temperature)
 {
-    /* every slice's best, merged best first (logit, then the lowest id, as over the whole row) */
-    cand c[RT_SAMPLE_PART_MAX];
-    int n = 0, need = 0, at[RT_SAMPLE_MAX_PARTS] = {0};
-    double sum = 0.0;
+    const double inv_t = 1.0 / (double)temperature; /* pick's arithmetic, term for term */
+    double m = 0.0;
+    for (int i = 0; i < n; i++)
+        m += exp(((double)logits[i] - mx) * inv_t);
+    return m;
+}
+
+int32_t rt_sample_mass_draw(const float *logits, int n, int32_t id0, float mx, float temperature,
+                            const double *masses, int n_parts, int part, float u, float *logit)
+{
+    double before = 0.0, tot = 0.0;
     for (int r = 0; r < n_parts; r++) {
-        sum += parts[r].sum;
-        need = parts[r].n > need ? parts[r].n : need;
+        before += r < part ? masses[r] : 0.0;
+        tot += masses[r];
     }
-    int total = 0;
-    for (int r = 0; r < n_parts; r++)
+    const double target = (double)u * tot, slack = 1e-9 * tot;
+    const bool last = part == n_parts - 1;
+    if (n <= 0 || target + slack < before || (!last && target >= before + masses[part] + slack))
+        return -1; /* the walk lands in another slice */
+    const double inv_t = 1.0 / (double)temperature;
+    double run = before;
+    for (int i = 0; i < n; i++) {
+        run += exp(((double)logits[i] - mx) * inv_t);
+        if (target < run) {
+            *logit = logits[i];
+            return id0 + i;
+        }
+    }
+    if (!last)
+        return -1;
+    *logit = logits[n - 1]; /* a draw past the whole mass: the last id, as the walk over one row */
+    return id0 + n - 1;
+}
+
+/* The c (n, best first) merged from every slice's candidates: the first `need` overall. */
+static int merge_candidates(const rt_sample_part *parts, int n_parts, double *sum, cand *c)
+{
+    int n = 0, need = 0, total = 0, at[RT_SAMPLE_MAX_PARTS] = {0};
+    *sum = 0.0;
+    for (int r = 0; r < n_parts; r++) {
+        *sum += parts[r].sum;
+        need = parts[r].n > need ? parts[r].n : need;
         total += parts[r].n;
+    }
     need = need < total ? need : total;
     while (n < need) {
         int best = -1;
@@ -247,6 +286,24 @@ void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const r
         c[n++] = (cand){parts[best].c[at[best]].logit, parts[best].c[at[best]].id};
         at[best]++;
     }
+    return n;
+}
+
+void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, int32_t token,
+                           float logit, rt_sample_out *out)
+{
+    cand c[RT_SAMPLE_PART_MAX];
+    double sum;
+    const int n = merge_candidates(parts, n_parts, &sum, c);
+    fill_out(out, &logit, token, mx + (float)log(sum), c, p->n_logprobs < n ? p->n_logprobs : n);
+}
+
+void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, rt_rng *rng,
+                     rt_sample_out *out)
+{
+    cand c[RT_SAMPLE_PART_MAX];
+    double sum;
+    const int n = merge_candidates(parts, n_parts, &sum, c);
     const float lse = mx + (float)log(sum);
     int token = c[0].id;
     float logit = c[0].logit;

@@ -4,6 +4,7 @@
 #ifndef DINFER_RUNTIME_SAMPLER_H
 #define DINFER_RUNTIME_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define RT_MAX_TOP_LOGPROBS 20
@@ -66,8 +67,22 @@ typedef struct rt_sample_part {
 } rt_sample_part;
 
 /* Candidates a row sampled with p needs from each slice: 0 when the draw needs the whole row
- * (temperature with top_k 0 or over RT_SAMPLE_PART_MAX: the slices then send whole rows). */
+ * (top-p without top-k, or a top-k over RT_SAMPLE_PART_MAX: the slices then send whole rows). */
 int rt_sample_part_need(const rt_sampling *p, int vocab);
+/* Temperature with neither top-k nor top-p: rt_sample's draw walks the whole row in id order, so
+ * the slices send their masses (rt_sample_slice_mass: sum of exp((logit - the row's max) /
+ * temperature)) and the slice the draw lands in finds the token (rt_sample_mass_draw); the
+ * candidates then serve the logprobs only. The token is rt_sample's but when the draw falls
+ * within a double's rounding of the boundary between two tokens. */
+bool rt_sample_by_mass(const rt_sampling *p, int vocab);
+double rt_sample_slice_mass(const float *logits, int n, float mx, float temperature);
+/* Slice `part` of n_parts (ids from id0, every slice's mass in masses, u the row's uniform draw):
+ * the id the draw lands on and its *logit, or -1 when it lands in another slice. */
+int32_t rt_sample_mass_draw(const float *logits, int n, int32_t id0, float mx, float temperature,
+                            const double *masses, int n_parts, int part, float u, float *logit);
+/* As rt_sample_merge for a row whose token (and its logit) the draw by mass chose. */
+void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, int32_t token,
+                           float logit, rt_sample_out *out);
 /* The largest of a slice's n logits (the row's max is the largest over the slices). */
 float rt_sample_slice_max(const float *logits, int n);
 /* A slice's part of a row: its n logits start at vocabulary id id0; mx is the row's max. */

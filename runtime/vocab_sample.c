@@ -1,6 +1,7 @@
 #include "runtime/vocab_sample.h"
 
 #include <omp.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,10 @@ struct rt_vocab_sampler {
     char *mine;       /* (max_logits, PART_BYTES(RT_SAMPLE_PART_MAX)) this rank's parts */
     char *parts;      /* (n_ranks, max_logits, PART_BYTES(...)) tp rank 0: everyone's */
     rt_sample_part *merge; /* (n_ranks) one row's parts, unpacked */
+    double *mass;     /* (max_logits) this slice's mass of each row drawn by mass */
+    double *masses;   /* (n_ranks, max_logits) every slice's */
+    rt_sample_cand *drawn; /* (max_logits) the token this slice's walk landed on, id -1 when none */
+    rt_sample_cand *drawns; /* (n_ranks, max_logits) tp rank 0: every slice's */
     void *scratch;    /* rt_sample's, 8 * vocab bytes per OpenMP thread */
 };
 
@@ -46,7 +51,11 @@ int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab, i
         vs->row_max = malloc(L * sizeof *vs->row_max);
         vs->mine = malloc(L * PART_BYTES(RT_SAMPLE_PART_MAX));
         vs->merge = malloc((size_t)n * sizeof *vs->merge);
+        vs->mass = malloc(L * sizeof *vs->mass);
+        vs->masses = malloc((size_t)n * L * sizeof *vs->masses);
+        vs->drawn = malloc(L * sizeof *vs->drawn);
         if (root) {
+            vs->drawns = malloc((size_t)n * L * sizeof *vs->drawns);
             vs->gathered = malloc(L * V * sizeof(float));
             vs->whole = malloc(L * V * sizeof(float));
             vs->parts = malloc((size_t)n * L * PART_BYTES(RT_SAMPLE_PART_MAX));
@@ -54,8 +63,8 @@ int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab, i
         }
     }
     const int short_of_memory = !vs || !vs->ranges || !vs->counts || !vs->maxes || !vs->row_max || !vs->mine ||
-                                !vs->merge || n > RT_SAMPLE_MAX_PARTS ||
-                                (root && (!vs->gathered || !vs->whole || !vs->parts || !vs->scratch));
+                                !vs->merge || !vs->mass || !vs->masses || !vs->drawn || n > RT_SAMPLE_MAX_PARTS ||
+                                (root && (!vs->gathered || !vs->whole || !vs->parts || !vs->scratch || !vs->drawns));
     int any = 0;
     int32_t mine[2] = {begin, end};
     if (comm_any(tp, short_of_memory, &any, err) || any ||
@@ -75,6 +84,7 @@ void rt_vocab_sampler_destroy(rt_vocab_sampler *vs)
         return;
     free(vs->ranges), free(vs->counts), free(vs->gathered), free(vs->whole), free(vs->maxes);
     free(vs->row_max), free(vs->mine), free(vs->parts), free(vs->merge), free(vs->scratch);
+    free(vs->mass), free(vs->masses), free(vs->drawn), free(vs->drawns);
     free(vs);
 }
 
@@ -103,17 +113,51 @@ static int sample_whole(rt_vocab_sampler *vs, const float *slice, int nl, rt_ste
     return 0;
 }
 
+/* Rows drawn by mass: every slice's mass to every rank, then each rank walks its slice for the
+ * rows whose draw may land there (each rank draws the row's uniform from its copy of the row's
+ * random stream: the same on every rank, and rank 0's advanced once, as rt_sample would). */
+static int draw_by_mass(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, base_err *err)
+{
+    const int n = vs->end - vs->begin;
+#pragma omp parallel for schedule(static) if (nl > 1)
+    for (int i = 0; i < nl; i++)
+        vs->mass[i] = rt_sample_by_mass(&rows[i].params, vs->vocab)
+                          ? rt_sample_slice_mass(slice + (size_t)i * (size_t)n, n, vs->row_max[i],
+                                                 rows[i].params.temperature)
+                          : 0.0;
+    if (comm_allgather(vs->tp, vs->mass, vs->masses, (size_t)nl * sizeof *vs->mass, COMM_U8, err))
+        return -1;
+    for (int i = 0; i < nl; i++)
+        vs->drawn[i] = (rt_sample_cand){0.0f, -1};
+#pragma omp parallel for schedule(static) if (nl > 1)
+    for (int i = 0; i < nl; i++) {
+        if (!rt_sample_by_mass(&rows[i].params, vs->vocab))
+            continue;
+        double masses[RT_SAMPLE_MAX_PARTS];
+        for (int r = 0; r < vs->n_ranks; r++)
+            masses[r] = vs->masses[(size_t)r * (size_t)nl + (size_t)i];
+        const float u = rt_rng_uniform(&rows[i].rng);
+        float logit = 0.0f;
+        const int32_t id = rt_sample_mass_draw(slice + (size_t)i * (size_t)n, n, vs->begin, vs->row_max[i],
+                                               rows[i].params.temperature, masses, vs->n_ranks, vs->rank, u, &logit);
+        vs->drawn[i] = (rt_sample_cand){logit, id};
+    }
+    return 0;
+}
+
 int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, rt_sample_out *out,
                     base_err *err)
 {
     if (nl <= 0)
         return 0;
     int most = 1; /* candidates the step's hungriest row needs from a slice */
+    bool by_mass = false; /* a row drawn by the slices' masses */
     for (int i = 0; i < nl; i++) {
         const int need = rt_sample_part_need(&rows[i].params, vs->vocab);
         if (need == 0)
             return sample_whole(vs, slice, nl, rows, out, err);
         most = need > most ? need : most;
+        by_mass |= rt_sample_by_mass(&rows[i].params, vs->vocab);
     }
     const int n = vs->end - vs->begin;
     /* every row's max over the whole vocabulary: each slice's sum is taken against it (rows on
@@ -128,6 +172,8 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
             vs->row_max[i] = vs->maxes[(size_t)r * (size_t)nl + (size_t)i] > vs->row_max[i]
                                  ? vs->maxes[(size_t)r * (size_t)nl + (size_t)i]
                                  : vs->row_max[i];
+    if (by_mass && draw_by_mass(vs, slice, nl, rows, err))
+        return -1;
     const size_t pb = PART_BYTES(most);
 #pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++) {
@@ -142,6 +188,11 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
         vs->counts[r] = (size_t)nl * pb;
     if (comm_gatherv(vs->tp, vs->mine, (size_t)nl * pb, vs->parts, vs->counts, 0, COMM_U8, err))
         return -1;
+    for (int r = 0; r < vs->n_ranks && by_mass; r++)
+        vs->counts[r] = (size_t)nl * sizeof *vs->drawn;
+    if (by_mass && comm_gatherv(vs->tp, vs->drawn, (size_t)nl * sizeof *vs->drawn, vs->drawns, vs->counts, 0, COMM_U8,
+                                err))
+        return -1;
     if (vs->rank != 0)
         return 0;
     for (int i = 0; i < nl; i++) { /* merges are small: one thread */
@@ -151,7 +202,17 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
             memcpy(p, at, PART_HEAD);
             memcpy(p->c, at + PART_HEAD, (size_t)p->n * sizeof *p->c);
         }
-        rt_sample_merge(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, &rows[i].rng, &out[i]);
+        if (!rt_sample_by_mass(&rows[i].params, vs->vocab)) {
+            rt_sample_merge(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, &rows[i].rng, &out[i]);
+            continue;
+        }
+        const rt_sample_cand *d = NULL; /* the first slice, in id order, whose walk landed */
+        for (int r = 0; r < vs->n_ranks && !d; r++)
+            if (vs->drawns[(size_t)r * (size_t)nl + (size_t)i].id >= 0)
+                d = &vs->drawns[(size_t)r * (size_t)nl + (size_t)i];
+        if (!d)
+            return base_errf(err, "vocab-parallel sampling: no slice holds row %d's draw", i);
+        rt_sample_merge_drawn(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, d->id, d->logit, &out[i]);
     }
     return 0;
 }

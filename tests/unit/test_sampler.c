@@ -150,8 +150,9 @@ static void test_check(void **state)
 
 /* Vocab-parallel sampling: a row cut into slices (uneven, some smaller than the candidates a
  * row needs), each reduced to its part against the row's max, merged: exactly rt_sample's token,
- * logprob and top-n on the whole row, for greedy rows, top-k with and without top-p, logprobs,
- * ties across slices, and the same uniform draws (one per non-greedy row). */
+ * logprob and top-n on the whole row, for greedy rows, top-k with and without top-p, temperature
+ * alone (drawn by the slices' masses), logprobs, ties across slices, and the same uniform draws
+ * (one per non-greedy row). */
 static void test_parts_merge_as_whole_rows(void **state)
 {
     (void)state;
@@ -164,7 +165,11 @@ static void test_parts_merge_as_whole_rows(void **state)
         {.top_p = 1.0f}, {.top_p = 1.0f, .n_logprobs = 20}, {.temperature = 0.8f, .top_k = 1, .top_p = 1.0f},
         {.temperature = 0.8f, .top_k = 40, .top_p = 1.0f, .n_logprobs = 5},
         {.temperature = 1.3f, .top_k = 64, .top_p = 0.9f}, {.temperature = 0.5f, .top_k = 7, .top_p = 0.3f, .n_logprobs = 20},
+        /* drawn by the slices' masses */
+        {.temperature = 0.9f, .top_p = 1.0f}, {.temperature = 1.7f, .top_p = 1.0f, .n_logprobs = 5},
+        {.temperature = 0.3f, .top_k = VOCAB, .top_p = 1.0f, .n_logprobs = 1},
     };
+    enum { N_PS = sizeof ps / sizeof *ps };
     int agree = 0;
     for (int trial = 0; trial < 40; trial++) {
         rt_rng g;
@@ -189,7 +194,21 @@ static void test_parts_merge_as_whole_rows(void **state)
                 for (int r = 0; r < slices; r++)
                     rt_sample_part_make(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], cuts[c][r], mx,
                                         rt_sample_part_need(p, VOCAB), &parts[r]);
-                rt_sample_merge(parts, slices, mx, p, &rb, &got);
+                if (rt_sample_by_mass(p, VOCAB)) { /* as vocab_sample.c: masses, the draw, the first slice it lands in */
+                    double masses[4];
+                    for (int r = 0; r < slices; r++)
+                        masses[r] = rt_sample_slice_mass(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], mx, p->temperature);
+                    const float u = rt_rng_uniform(&rb);
+                    int32_t token = -1;
+                    float logit = 0.0f;
+                    for (int r = 0; r < slices && token < 0; r++)
+                        token = rt_sample_mass_draw(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], cuts[c][r], mx,
+                                                    p->temperature, masses, slices, r, u, &logit);
+                    assert_true(token >= 0);
+                    rt_sample_merge_drawn(parts, slices, mx, p, token, logit, &got);
+                } else {
+                    rt_sample_merge(parts, slices, mx, p, &rb, &got);
+                }
                 assert_int_equal(got.token, want.token);
                 assert_true(got.logprob == want.logprob);
                 assert_int_equal(got.n_top, want.n_top);
@@ -202,11 +221,10 @@ static void test_parts_merge_as_whole_rows(void **state)
             }
         }
     }
-    assert_int_equal(agree, 40 * 6 * 3);
-    /* rows whose draw walks the whole distribution are not reduced */
-    const rt_sampling whole[] = {{.temperature = 1.0f, .top_p = 1.0f}, {.temperature = 1.0f, .top_p = 0.9f},
-                                 {.temperature = 1.0f, .top_k = 65, .top_p = 1.0f},
-                                 {.temperature = 1.0f, .top_k = VOCAB, .top_p = 1.0f}};
+    assert_int_equal(agree, 40 * N_PS * 3);
+    /* rows whose draw needs the whole distribution sorted are not reduced */
+    const rt_sampling whole[] = {{.temperature = 1.0f, .top_p = 0.9f}, {.temperature = 1.0f, .top_k = 65, .top_p = 1.0f},
+                                 {.temperature = 1.0f, .top_k = VOCAB - 1, .top_p = 0.5f}};
     for (size_t k = 0; k < sizeof whole / sizeof *whole; k++)
         assert_int_equal(rt_sample_part_need(&whole[k], VOCAB), 0);
 }
