@@ -188,11 +188,18 @@ bool rt_sample_by_mass(const rt_sampling *p, int vocab)
     return !greedy(p) && (p->top_k <= 0 || p->top_k >= vocab) && !(p->top_p < 1.0f);
 }
 
+bool rt_sample_by_nucleus(const rt_sampling *p, int vocab)
+{
+    return !greedy(p) && (p->top_k <= 0 || p->top_k >= vocab) && p->top_p < 1.0f;
+}
+
 int rt_sample_part_need(const rt_sampling *p, int vocab)
 {
     int need = p->n_logprobs > 1 ? p->n_logprobs : 1;
     if (rt_sample_by_mass(p, vocab))
         return need; /* the draw goes by the slices' masses; candidates only for the logprobs */
+    if (rt_sample_by_nucleus(p, vocab))
+        return RT_SAMPLE_PART_MAX; /* as many as a slice sends: the nucleus must fit in them */
     if (!greedy(p)) {
         if (p->top_k <= 0 || p->top_k >= vocab || p->top_k > RT_SAMPLE_PART_MAX)
             return 0; /* the draw walks the whole distribution */
@@ -287,6 +294,54 @@ static int merge_candidates(const rt_sample_part *parts, int n_parts, double *su
         at[best]++;
     }
     return n;
+}
+
+/* The nucleus of a top-p row over c (n, best first): its length, or 0 when it does not close
+ * within c. pick's walk, term for term. */
+static int nucleus_len(const cand *c, int n, float mx, double full, const rt_sampling *p)
+{
+    const double inv_t = 1.0 / (double)p->temperature;
+    double acc = 0.0;
+    for (int i = 0; i < n; i++) {
+        acc += exp(((double)c[i].logit - mx) * inv_t) / full;
+        if (acc >= p->top_p)
+            return i + 1;
+    }
+    return 0;
+}
+
+bool rt_sample_nucleus_ready(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p)
+{
+    cand c[RT_SAMPLE_PART_MAX];
+    double sum;
+    const int n = merge_candidates(parts, n_parts, &sum, c), k = nucleus_len(c, n, mx, full, p);
+    if (k == 0)
+        return false;
+    /* a slice that sent all it could may hold more: they come after its last one sent, and the
+     * nucleus must end no later than that */
+    const cand last = c[k - 1];
+    for (int r = 0; r < n_parts; r++) {
+        if (parts[r].n < RT_SAMPLE_PART_MAX)
+            continue;
+        const rt_sample_cand *b = &parts[r].c[parts[r].n - 1];
+        if (last.logit < b->logit || (last.logit == b->logit && last.id > b->id))
+            return false;
+    }
+    return true;
+}
+
+void rt_sample_merge_nucleus(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p,
+                             rt_rng *rng, rt_sample_out *out)
+{
+    cand c[RT_SAMPLE_PART_MAX];
+    double sum;
+    const int n = merge_candidates(parts, n_parts, &sum, c);
+    const int token = pick(c, n, mx, full, p, rt_rng_uniform(rng));
+    float logit = c[0].logit;
+    for (int i = 0; i < n; i++)
+        if (c[i].id == token)
+            logit = c[i].logit;
+    fill_out(out, &logit, token, mx + (float)log(sum), c, p->n_logprobs < n ? p->n_logprobs : n);
 }
 
 void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, int32_t token,

@@ -66,8 +66,8 @@ typedef struct rt_sample_part {
     rt_sample_cand c[RT_SAMPLE_PART_MAX];
 } rt_sample_part;
 
-/* Candidates a row sampled with p needs from each slice: 0 when the draw needs the whole row
- * (top-p without top-k, or a top-k over RT_SAMPLE_PART_MAX: the slices then send whole rows). */
+/* Candidates a row sampled with p needs from each slice: 0 when the draw needs the whole row (a
+ * top-k over RT_SAMPLE_PART_MAX: the slices then send whole rows). */
 int rt_sample_part_need(const rt_sampling *p, int vocab);
 /* Temperature with neither top-k nor top-p: rt_sample's draw walks the whole row in id order, so
  * the slices send their masses (rt_sample_slice_mass: sum of exp((logit - the row's max) /
@@ -80,6 +80,14 @@ double rt_sample_slice_mass(const float *logits, int n, float mx, float temperat
  * the id the draw lands on and its *logit, or -1 when it lands in another slice. */
 int32_t rt_sample_mass_draw(const float *logits, int n, int32_t id0, float mx, float temperature,
                             const double *masses, int n_parts, int part, float u, float *logit);
+/* Top-p with no top-k: each slice sends its RT_SAMPLE_PART_MAX best and its mass (the masses' sum
+ * is the whole distribution's, rt_sample's `full`); rt_sample_nucleus_ready says, before any draw,
+ * whether the nucleus closes within the merged candidates ahead of anything a slice did not send
+ * (else the step gathers whole rows), and rt_sample_merge_nucleus then draws as rt_sample would. */
+bool rt_sample_by_nucleus(const rt_sampling *p, int vocab);
+bool rt_sample_nucleus_ready(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p);
+void rt_sample_merge_nucleus(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p,
+                             rt_rng *rng, rt_sample_out *out);
 /* As rt_sample_merge for a row whose token (and its logit) the draw by mass chose. */
 void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, int32_t token,
                            float logit, rt_sample_out *out);

@@ -32,6 +32,7 @@ struct rt_vocab_sampler {
     double *masses;   /* (n_ranks, max_logits) every slice's */
     rt_sample_cand *drawn; /* (max_logits) the token this slice's walk landed on, id -1 when none */
     rt_sample_cand *drawns; /* (n_ranks, max_logits) tp rank 0: every slice's */
+    rt_rng *saved;    /* (max_logits) the streams of rows drawn by mass, before their draw */
     void *scratch;    /* rt_sample's, 8 * vocab bytes per OpenMP thread */
 };
 
@@ -54,6 +55,7 @@ int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab, i
         vs->mass = malloc(L * sizeof *vs->mass);
         vs->masses = malloc((size_t)n * L * sizeof *vs->masses);
         vs->drawn = malloc(L * sizeof *vs->drawn);
+        vs->saved = malloc(L * sizeof *vs->saved);
         if (root) {
             vs->drawns = malloc((size_t)n * L * sizeof *vs->drawns);
             vs->gathered = malloc(L * V * sizeof(float));
@@ -63,7 +65,8 @@ int rt_vocab_sampler_create(rt_vocab_sampler **out, comm_group *tp, int vocab, i
         }
     }
     const int short_of_memory = !vs || !vs->ranges || !vs->counts || !vs->maxes || !vs->row_max || !vs->mine ||
-                                !vs->merge || !vs->mass || !vs->masses || !vs->drawn || n > RT_SAMPLE_MAX_PARTS ||
+                                !vs->merge || !vs->mass || !vs->masses || !vs->drawn || !vs->saved ||
+                                n > RT_SAMPLE_MAX_PARTS ||
                                 (root && (!vs->gathered || !vs->whole || !vs->parts || !vs->scratch || !vs->drawns));
     int any = 0;
     int32_t mine[2] = {begin, end};
@@ -84,7 +87,7 @@ void rt_vocab_sampler_destroy(rt_vocab_sampler *vs)
         return;
     free(vs->ranges), free(vs->counts), free(vs->gathered), free(vs->whole), free(vs->maxes);
     free(vs->row_max), free(vs->mine), free(vs->parts), free(vs->merge), free(vs->scratch);
-    free(vs->mass), free(vs->masses), free(vs->drawn), free(vs->drawns);
+    free(vs->mass), free(vs->masses), free(vs->drawn), free(vs->drawns), free(vs->saved);
     free(vs);
 }
 
@@ -113,35 +116,72 @@ static int sample_whole(rt_vocab_sampler *vs, const float *slice, int nl, rt_ste
     return 0;
 }
 
-/* Rows drawn by mass: every slice's mass to every rank, then each rank walks its slice for the
- * rows whose draw may land there (each rank draws the row's uniform from its copy of the row's
- * random stream: the same on every rank, and rank 0's advanced once, as rt_sample would). */
-static int draw_by_mass(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows, base_err *err)
+/* Rows drawn by mass or by nucleus: every slice's mass (at the row's temperature) to every rank. */
+static int exchange_masses(rt_vocab_sampler *vs, const float *slice, int nl, const rt_step_sampling *rows,
+                           base_err *err)
 {
     const int n = vs->end - vs->begin;
 #pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++)
-        vs->mass[i] = rt_sample_by_mass(&rows[i].params, vs->vocab)
+        vs->mass[i] = rt_sample_by_mass(&rows[i].params, vs->vocab) || rt_sample_by_nucleus(&rows[i].params, vs->vocab)
                           ? rt_sample_slice_mass(slice + (size_t)i * (size_t)n, n, vs->row_max[i],
                                                  rows[i].params.temperature)
                           : 0.0;
-    if (comm_allgather(vs->tp, vs->mass, vs->masses, (size_t)nl * sizeof *vs->mass, COMM_U8, err))
-        return -1;
-    for (int i = 0; i < nl; i++)
-        vs->drawn[i] = (rt_sample_cand){0.0f, -1};
+    return comm_allgather(vs->tp, vs->mass, vs->masses, (size_t)nl * sizeof *vs->mass, COMM_U8, err);
+}
+
+/* Rows drawn by mass: each rank walks its slice for the rows whose draw may land there (each rank
+ * draws the row's uniform from its copy of the row's random stream: the same on every rank, and
+ * rank 0's advanced once, as rt_sample would). */
+static void draw_by_mass(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sampling *rows)
+{
+    const int n = vs->end - vs->begin;
 #pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++) {
+        vs->drawn[i] = (rt_sample_cand){0.0f, -1};
         if (!rt_sample_by_mass(&rows[i].params, vs->vocab))
             continue;
         double masses[RT_SAMPLE_MAX_PARTS];
         for (int r = 0; r < vs->n_ranks; r++)
             masses[r] = vs->masses[(size_t)r * (size_t)nl + (size_t)i];
+        vs->saved[i] = rows[i].rng;
         const float u = rt_rng_uniform(&rows[i].rng);
         float logit = 0.0f;
         const int32_t id = rt_sample_mass_draw(slice + (size_t)i * (size_t)n, n, vs->begin, vs->row_max[i],
                                                rows[i].params.temperature, masses, vs->n_ranks, vs->rank, u, &logit);
         vs->drawn[i] = (rt_sample_cand){logit, id};
     }
+}
+
+/* tp rank 0: row i's parts from every slice into vs->merge; the sum of the slices' masses when
+ * they were exchanged (with_mass), else 0. */
+static double unpack_row(rt_vocab_sampler *vs, int i, int nl, size_t pb, bool with_mass)
+{
+    double full = 0.0;
+    for (int r = 0; r < vs->n_ranks; r++) {
+        const char *at = vs->parts + ((size_t)r * (size_t)nl + (size_t)i) * pb;
+        rt_sample_part *p = &vs->merge[r];
+        memcpy(p, at, PART_HEAD);
+        memcpy(p->c, at + PART_HEAD, (size_t)p->n * sizeof *p->c);
+        full += with_mass ? vs->masses[(size_t)r * (size_t)nl + (size_t)i] : 0.0;
+    }
+    return full;
+}
+
+/* Whether every top-p row's nucleus is within the candidates sent (tp rank 0 decides, every rank
+ * learns): when one is not, the step gathers whole rows. */
+static int nuclei_ready(rt_vocab_sampler *vs, int nl, const rt_step_sampling *rows, size_t pb, bool *ready,
+                        base_err *err)
+{
+    int32_t ok = 1;
+    for (int i = 0; i < nl && vs->rank == 0 && ok; i++)
+        if (rt_sample_by_nucleus(&rows[i].params, vs->vocab)) {
+            const double full = unpack_row(vs, i, nl, pb, true);
+            ok = rt_sample_nucleus_ready(vs->merge, vs->n_ranks, vs->row_max[i], full, &rows[i].params);
+        }
+    if (comm_bcast(vs->tp, &ok, 1, COMM_I32, 0, err))
+        return -1;
+    *ready = ok != 0;
     return 0;
 }
 
@@ -151,13 +191,14 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
     if (nl <= 0)
         return 0;
     int most = 1; /* candidates the step's hungriest row needs from a slice */
-    bool by_mass = false; /* a row drawn by the slices' masses */
+    bool by_mass = false, by_nucleus = false; /* rows drawn by the slices' masses, rows of top-p alone */
     for (int i = 0; i < nl; i++) {
         const int need = rt_sample_part_need(&rows[i].params, vs->vocab);
         if (need == 0)
             return sample_whole(vs, slice, nl, rows, out, err);
         most = need > most ? need : most;
         by_mass |= rt_sample_by_mass(&rows[i].params, vs->vocab);
+        by_nucleus |= rt_sample_by_nucleus(&rows[i].params, vs->vocab);
     }
     const int n = vs->end - vs->begin;
     /* every row's max over the whole vocabulary: each slice's sum is taken against it (rows on
@@ -172,8 +213,10 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
             vs->row_max[i] = vs->maxes[(size_t)r * (size_t)nl + (size_t)i] > vs->row_max[i]
                                  ? vs->maxes[(size_t)r * (size_t)nl + (size_t)i]
                                  : vs->row_max[i];
-    if (by_mass && draw_by_mass(vs, slice, nl, rows, err))
+    if ((by_mass || by_nucleus) && exchange_masses(vs, slice, nl, rows, err))
         return -1;
+    if (by_mass)
+        draw_by_mass(vs, slice, nl, rows);
     const size_t pb = PART_BYTES(most);
 #pragma omp parallel for schedule(static) if (nl > 1)
     for (int i = 0; i < nl; i++) {
@@ -193,26 +236,33 @@ int rt_vocab_sample(rt_vocab_sampler *vs, const float *slice, int nl, rt_step_sa
     if (by_mass && comm_gatherv(vs->tp, vs->drawn, (size_t)nl * sizeof *vs->drawn, vs->drawns, vs->counts, 0, COMM_U8,
                                 err))
         return -1;
+    bool ready = true;
+    if (by_nucleus && nuclei_ready(vs, nl, rows, pb, &ready, err))
+        return -1;
+    if (!ready) { /* the draws by mass taken back: the whole rows draw again */
+        for (int i = 0; i < nl; i++)
+            if (rt_sample_by_mass(&rows[i].params, vs->vocab))
+                rows[i].rng = vs->saved[i];
+        return sample_whole(vs, slice, nl, rows, out, err);
+    }
     if (vs->rank != 0)
         return 0;
     for (int i = 0; i < nl; i++) { /* merges are small: one thread */
-        for (int r = 0; r < vs->n_ranks; r++) {
-            const char *at = vs->parts + ((size_t)r * (size_t)nl + (size_t)i) * pb;
-            rt_sample_part *p = &vs->merge[r];
-            memcpy(p, at, PART_HEAD);
-            memcpy(p->c, at + PART_HEAD, (size_t)p->n * sizeof *p->c);
+        const rt_sampling *p = &rows[i].params;
+        const double full = unpack_row(vs, i, nl, pb, by_mass || by_nucleus);
+        if (rt_sample_by_nucleus(p, vs->vocab)) {
+            rt_sample_merge_nucleus(vs->merge, vs->n_ranks, vs->row_max[i], full, p, &rows[i].rng, &out[i]);
+        } else if (!rt_sample_by_mass(p, vs->vocab)) {
+            rt_sample_merge(vs->merge, vs->n_ranks, vs->row_max[i], p, &rows[i].rng, &out[i]);
+        } else {
+            const rt_sample_cand *d = NULL; /* the first slice, in id order, whose walk landed */
+            for (int r = 0; r < vs->n_ranks && !d; r++)
+                if (vs->drawns[(size_t)r * (size_t)nl + (size_t)i].id >= 0)
+                    d = &vs->drawns[(size_t)r * (size_t)nl + (size_t)i];
+            if (!d)
+                return base_errf(err, "vocab-parallel sampling: no slice holds row %d's draw", i);
+            rt_sample_merge_drawn(vs->merge, vs->n_ranks, vs->row_max[i], p, d->id, d->logit, &out[i]);
         }
-        if (!rt_sample_by_mass(&rows[i].params, vs->vocab)) {
-            rt_sample_merge(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, &rows[i].rng, &out[i]);
-            continue;
-        }
-        const rt_sample_cand *d = NULL; /* the first slice, in id order, whose walk landed */
-        for (int r = 0; r < vs->n_ranks && !d; r++)
-            if (vs->drawns[(size_t)r * (size_t)nl + (size_t)i].id >= 0)
-                d = &vs->drawns[(size_t)r * (size_t)nl + (size_t)i];
-        if (!d)
-            return base_errf(err, "vocab-parallel sampling: no slice holds row %d's draw", i);
-        rt_sample_merge_drawn(vs->merge, vs->n_ranks, vs->row_max[i], &rows[i].params, d->id, d->logit, &out[i]);
     }
     return 0;
 }

@@ -1,11 +1,11 @@
 /* Sampling from vocab-parallel logits (tp > 1): each rank of the last stage's tp group holds its
- * slice of every logit row (its vocabulary range, as the plan cut them). When every row of a step
- * can be sampled from a few numbers a slice (greedy, top-k up to RT_SAMPLE_PART_MAX with or without
- * top-p, temperature alone, top-n logprobs: rt_sample_part_need), the slices exchange those (each
- * row's max; each slice's sum of exponentials and best candidates; for temperature alone each
- * slice's mass, and the token from the slice the draw lands in) instead of their logits; a step
- * with a row that needs the whole distribution sorted (top-p without top-k) gathers whole rows.
- * Either way tp rank 0 gets the samples rt_sample gives on whole rows. */
+ * slice of every logit row (its vocabulary range, as the plan cut them). The slices exchange a few
+ * numbers a row instead of their logits (rt_sample_part_need): each row's max; each slice's sum of
+ * exponentials and best candidates (greedy, top-k up to RT_SAMPLE_PART_MAX with or without top-p,
+ * top-n logprobs); for temperature alone each slice's mass, the slice the draw lands in finding
+ * the token; for top-p alone the masses and RT_SAMPLE_PART_MAX candidates a slice, enough when the
+ * nucleus closes within them. A step with a row they cannot serve (a larger top-k, a wider
+ * nucleus) gathers whole rows. Either way tp rank 0 gets the samples rt_sample gives on whole rows. */
 #ifndef DINFER_RUNTIME_VOCAB_SAMPLE_H
 #define DINFER_RUNTIME_VOCAB_SAMPLE_H
 

@@ -144,8 +144,10 @@ static void test_seeded_sampling_reproducible(void **state)
         s[i].p.prompt_len = 9;
         s[i].p.max_tokens = 20;
         s[i].p.temperature = 0.9f;
-        s[i].p.top_k = i % 3 == 2 ? 0 : 30; /* temperature alone: tp ranks draw by their slices' masses */
-        s[i].p.top_p = i % 3 == 2 ? 1.0f : 0.95f;
+        /* top-k with top-p; top-p alone (tp ranks: the nucleus from the slices' best, or whole rows);
+         * temperature alone (tp ranks draw by their slices' masses) */
+        s[i].p.top_k = i % 3 == 0 ? 30 : 0;
+        s[i].p.top_p = i % 3 == 2 ? 1.0f : i % 3 == 1 ? 0.8f : 0.95f;
         s[i].p.has_seed = true;
         s[i].p.seed = 7 + (uint64_t)i;
         s[i].p.ignore_eos = true;

@@ -168,14 +168,17 @@ static void test_parts_merge_as_whole_rows(void **state)
         /* drawn by the slices' masses */
         {.temperature = 0.9f, .top_p = 1.0f}, {.temperature = 1.7f, .top_p = 1.0f, .n_logprobs = 5},
         {.temperature = 0.3f, .top_k = VOCAB, .top_p = 1.0f, .n_logprobs = 1},
+        /* top-p alone: by the candidates when the nucleus is within them */
+        {.temperature = 0.8f, .top_p = 0.9f}, {.temperature = 1.2f, .top_p = 0.5f, .n_logprobs = 3},
     };
     enum { N_PS = sizeof ps / sizeof *ps };
-    int agree = 0;
+    int agree = 0, ready = 0, not_ready = 0;
     for (int trial = 0; trial < 40; trial++) {
         rt_rng g;
         rt_rng_seed(&g, 100 + (uint64_t)trial);
-        for (int i = 0; i < VOCAB; i++) /* coarse values: many exact ties, across slices too */
-            row[i] = trial % 2 ? (float)(int)(rt_rng_uniform(&g) * 40.0f) * 0.25f : rt_rng_uniform(&g) * 8.0f - 4.0f;
+        for (int i = 0; i < VOCAB; i++) /* coarse values: many exact ties, across slices too; some peaked */
+            row[i] = trial % 2 ? (float)(int)(rt_rng_uniform(&g) * 40.0f) * 0.25f
+                               : (rt_rng_uniform(&g) * 8.0f - 4.0f) * (trial % 4 == 2 ? 6.0f : 1.0f);
         for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
             const rt_sampling *p = &ps[k];
             assert_true(rt_sample_part_need(p, VOCAB) > 0);
@@ -194,10 +197,19 @@ static void test_parts_merge_as_whole_rows(void **state)
                 for (int r = 0; r < slices; r++)
                     rt_sample_part_make(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], cuts[c][r], mx,
                                         rt_sample_part_need(p, VOCAB), &parts[r]);
-                if (rt_sample_by_mass(p, VOCAB)) { /* as vocab_sample.c: masses, the draw, the first slice it lands in */
-                    double masses[4];
-                    for (int r = 0; r < slices; r++)
-                        masses[r] = rt_sample_slice_mass(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], mx, p->temperature);
+                double masses[4], full = 0.0;
+                for (int r = 0; r < slices; r++)
+                    full += masses[r] = rt_sample_slice_mass(row + cuts[c][r], cuts[c][r + 1] - cuts[c][r], mx,
+                                                             p->temperature);
+                if (rt_sample_by_nucleus(p, VOCAB)) { /* the nucleus within the candidates, or whole rows */
+                    if (!rt_sample_nucleus_ready(parts, slices, mx, full, p)) {
+                        not_ready++;
+                        agree++;
+                        continue;
+                    }
+                    ready++;
+                    rt_sample_merge_nucleus(parts, slices, mx, full, p, &rb, &got);
+                } else if (rt_sample_by_mass(p, VOCAB)) { /* as vocab_sample.c: masses, the draw, the first slice it lands in */
                     const float u = rt_rng_uniform(&rb);
                     int32_t token = -1;
                     float logit = 0.0f;
@@ -222,8 +234,10 @@ static void test_parts_merge_as_whole_rows(void **state)
         }
     }
     assert_int_equal(agree, 40 * N_PS * 3);
+    print_message("top-p rows: %d by the candidates, %d by whole rows\n", ready, not_ready);
+    assert_true(ready > 0 && not_ready > 0); /* both ways were taken */
     /* rows whose draw needs the whole distribution sorted are not reduced */
-    const rt_sampling whole[] = {{.temperature = 1.0f, .top_p = 0.9f}, {.temperature = 1.0f, .top_k = 65, .top_p = 1.0f},
+    const rt_sampling whole[] = {{.temperature = 1.0f, .top_k = 65, .top_p = 1.0f},
                                  {.temperature = 1.0f, .top_k = VOCAB - 1, .top_p = 0.5f}};
     for (size_t k = 0; k < sizeof whole / sizeof *whole; k++)
         assert_int_equal(rt_sample_part_need(&whole[k], VOCAB), 0);
