@@ -116,10 +116,20 @@ void comm_destroy(comm *c)
         return;
     comm_nccl_destroy(c);
     while (c->pending) { /* a job ending on an error: what its peers never received is dropped */
-        for (int i = 0; i < c->pending->n_req; i++)
-            MPI_Request_free(&c->pending->req[i]);
-        pending_drop(c);
+        comm_pending *p = c->pending;
+        int done = 0;
+        MPI_Testall(p->n_req, p->req, &done, MPI_STATUSES_IGNORE);
+        if (done) {
+            pending_drop(c);
+            continue;
+        }
+        /* MPI may still read a send it was told to let go of: its copy stays allocated */
+        for (int i = 0; i < p->n_req; i++)
+            MPI_Request_free(&p->req[i]);
+        c->pending = p->next;
+        c->n_pending--;
     }
+    c->pending_tail = NULL;
     MPI_Comm_free(&c->world.mc);
     MPI_Comm_free(&c->tp.mc);
     MPI_Comm_free(&c->pp.mc);
