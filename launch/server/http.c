@@ -697,7 +697,8 @@ static enum MHD_Result answer_now(hreq *r)
         const int blocks = st.kv_blocks_used + st.kv_blocks_free;
         const srv_gauges g = {.running = st.running, .waiting = st.waiting,
                               .kv_usage = blocks ? (double)st.kv_blocks_used / blocks : 0.0,
-                              .preemptions = st.preemptions, .connections = s->n_socket_conns};
+                              .preemptions = st.preemptions, .connections = s->n_socket_conns,
+                              .in_flight = st.in_flight, .steps = st.steps, .overlapped = st.steps_overlapped};
         size_t len;
         return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_metrics_render(&m, &g, &len));
     }

@@ -106,6 +106,14 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     put(&o, "dinfer_kv_cache_usage_ratio %.6f\n", g->kv_usage);
     head(&o, "dinfer_client_connections", "gauge", "Open protocol-socket client connections.");
     put(&o, "dinfer_client_connections %d\n", g->connections);
+    head(&o, "dinfer_engine_steps_in_flight", "gauge",
+         "Engine steps started and not yet taken back (up to --pipeline-depth with pipeline parallelism).");
+    put(&o, "dinfer_engine_steps_in_flight %d\n", g->in_flight);
+    head(&o, "dinfer_engine_steps_total", "counter", "Engine steps run.");
+    put(&o, "dinfer_engine_steps_total %llu\n", (unsigned long long)g->steps);
+    head(&o, "dinfer_engine_steps_overlapped_total", "counter",
+         "Engine steps started while another was in flight (pipeline parallelism keeping stages busy).");
+    put(&o, "dinfer_engine_steps_overlapped_total %llu\n", (unsigned long long)g->overlapped);
     head(&o, "dinfer_prompt_tokens_total", "counter", "Prompt tokens of finished requests.");
     put(&o, "dinfer_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
     head(&o, "dinfer_generation_tokens_total", "counter", "Tokens generated.");
@@ -120,7 +128,8 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     hist(&o, "dinfer_time_per_output_token_seconds", "Mean time per generated token after the first, per request.",
          &m->tpot);
     hist(&o, "dinfer_e2e_request_latency_seconds", "From arrival to the last token.", &m->e2e);
-    hist(&o, "dinfer_step_duration_seconds", "One engine step (every rank's forward pass and the sampling).", &m->step);
+    hist(&o, "dinfer_step_duration_seconds",
+         "One engine call: a whole step, or with pipeline parallelism starting one or taking one back.", &m->step);
     if (o.bad) {
         free(o.p);
         return NULL;

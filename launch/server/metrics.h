@@ -42,6 +42,8 @@ typedef struct srv_gauges {
     double kv_usage; /* used KV blocks / all, 0..1 */
     uint64_t preemptions;
     int connections;
+    int in_flight;               /* engine steps in flight */
+    uint64_t steps, overlapped;  /* engine steps, and those started while another was in flight */
 } srv_gauges;
 
 /* The exposition text (malloc'd, NUL-terminated, *len its length), or NULL when out of memory. */

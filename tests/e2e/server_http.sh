@@ -201,9 +201,12 @@ len1=$(awk '$1 == "dinfer_requests_finished_total{reason=\"length\"}" {print $2}
 [ $((len1 - len0)) -ge 24 ] && ok "finished by length +$((len1 - len0))" || fail "finished{length} +$((len1 - len0))"
 for m in dinfer_requests_running dinfer_requests_waiting dinfer_kv_cache_usage_ratio dinfer_prompt_tokens_total \
   dinfer_preemptions_total dinfer_time_to_first_token_seconds_count dinfer_time_per_output_token_seconds_count \
-  dinfer_e2e_request_latency_seconds_count dinfer_step_duration_seconds_count; do
+  dinfer_e2e_request_latency_seconds_count dinfer_step_duration_seconds_count dinfer_engine_steps_in_flight \
+  dinfer_engine_steps_overlapped_total; do
   grep -q "^$m " "$tmp/metrics" || fail "metric $m missing"
 done
+steps=$(awk '$1 == "dinfer_engine_steps_total" {print $2}' "$tmp/metrics")
+[ "${steps:-0}" -ge 40 ] && ok "engine steps $steps" || fail "dinfer_engine_steps_total is ${steps:-missing}"
 [ "$(awk '$1 == "dinfer_time_to_first_token_seconds_bucket{le=\"+Inf\"}" {print $2}' "$tmp/metrics")" = \
   "$(awk '$1 == "dinfer_time_to_first_token_seconds_count" {print $2}' "$tmp/metrics")" ] &&
   ok "histograms: +Inf bucket = count" || fail "histogram +Inf"
