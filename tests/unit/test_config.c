@@ -137,6 +137,15 @@ static void test_errors_name_field_and_value(void **state)
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 60, \"intermediate_size\": 1, "
                  "\"num_hidden_layers\": 1, \"num_attention_heads\": 8, \"vocab_size\": 10}", "not a multiple");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rms_norm_eps\": -1}", "'rms_norm_eps'");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"quant_method\": \"awq\", "
+                 "\"bits\": 4, \"group_size\": 128, \"version\": \"gemm\"}}",
+                 "'quantization_config.quant_method' has unsupported value \"awq\" (bits 4, group_size 128)");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"quant_method\": "
+                 "\"compressed-tensors\", \"format\": \"float-quantized\"}}", "\"compressed-tensors\"");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"bits\": 4}}",
+                 "'quantization_config' has no quant_method");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": 4}",
+                 "'quantization_config' must be an object");
     expect_error("[1, 2]", "not a JSON object");
     expect_error("{\"architectures\": ", "not valid JSON");
 }
