@@ -111,6 +111,11 @@ expect "unexpected argument" -- --model "$tmp/m" --tokens 1 extra
 expect "--device" "not cpu or cuda" -- --model "$tmp/m" --tokens 1 --device tpu
 expect "--dtype bf16 needs --device cuda" -- --model "$tmp/m" --tokens 1 --device cpu --dtype bf16
 expect "--gpu-memory-fraction" -- --model "$tmp/m" --tokens 1 --gpu-memory-fraction 1.5
+expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 0
+expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 17
+fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128},/' "$tmp/m/config.json"
+expect "config.json" "quantization_config.quant_method" "\"gptq\" (bits 4, group_size 128)" -- --model "$tmp/m" --tokens 1
+fresh
 PROG=env expect "DINFER_CUDA_GRAPHS is 'yes'" "0 (every step op by op) or 1" -- DINFER_CUDA_GRAPHS=yes "$DINFER_RUN" \
   --model "$tmp/m" --tokens 1
 if [ -n "${HAS_GPU:-}" ] && ! "$HAS_GPU" >/dev/null 2>&1; then
