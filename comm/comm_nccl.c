@@ -5,6 +5,7 @@
  * never a hang. */
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -80,13 +81,17 @@ int comm_nccl_enable(comm *c, void *stream, double timeout_s, base_err *err)
     return 0;
 }
 
-/* After a failure: every communicator aborted (what is in flight is cut), the device path off. */
-static void comm_nccl_destroy_abort(comm *c)
+/* Every communicator closed and the device path off; after a failure (abort) what is in flight is
+ * cut instead of waited for. */
+static void close_comms(comm *c, bool abort)
 {
     comm_group *gs[2] = {&c->tp, &c->pp};
     for (int i = 0; i < 2; i++)
         if (gs[i]->nccl) {
-            ncclCommAbort((ncclComm_t)gs[i]->nccl);
+            if (abort)
+                ncclCommAbort((ncclComm_t)gs[i]->nccl);
+            else
+                ncclCommDestroy((ncclComm_t)gs[i]->nccl);
             gs[i]->nccl = NULL;
         }
     c->device_path = 0;
@@ -94,13 +99,7 @@ static void comm_nccl_destroy_abort(comm *c)
 
 void comm_nccl_destroy(comm *c)
 {
-    comm_group *gs[2] = {&c->tp, &c->pp};
-    for (int i = 0; i < 2; i++)
-        if (gs[i]->nccl) {
-            ncclCommDestroy((ncclComm_t)gs[i]->nccl);
-            gs[i]->nccl = NULL;
-        }
-    c->device_path = 0;
+    close_comms(c, false);
 }
 
 int comm_has_device_path(const comm *c)
@@ -134,14 +133,14 @@ static int enqueued(comm_group *g, ncclResult_t r, const char *what, base_err *e
         if (r != ncclSuccess || async != ncclInProgress)
             break;
         if (base_now() > deadline) {
-            comm_nccl_destroy_abort(c);
+            close_comms(c, true);
             return nccl_fail(c, err, what, "was not enqueued within --comm-timeout");
         }
     }
     if (r == ncclSuccess)
         r = async;
     if (r != ncclSuccess) {
-        comm_nccl_destroy_abort(c);
+        close_comms(c, true);
         return nccl_fail(c, err, what, ncclGetErrorString(r));
     }
     c->last_op = what;
@@ -161,7 +160,7 @@ int comm_dev_wait(comm *c, base_err *err)
                 continue;
             ncclResult_t q = ncclCommGetAsyncError((ncclComm_t)gs[i]->nccl, &async);
             if (q != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
-                comm_nccl_destroy_abort(c);
+                close_comms(c, true);
                 return nccl_fail(c, err, c->last_op, ncclGetErrorString(q != ncclSuccess ? q : async));
             }
         }
@@ -174,7 +173,7 @@ int comm_dev_wait(comm *c, base_err *err)
         if (s != cudaErrorNotReady)
             return nccl_fail(c, err, c->last_op, cudaGetErrorString(s));
         if (base_now() > deadline) {
-            comm_nccl_destroy_abort(c);
+            close_comms(c, true);
             char why[96];
             snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",
                      c->timeout_s);

@@ -179,6 +179,12 @@ static void account(rt_engine *e, const int32_t *h, comm_counters before, uint64
     e->traffic.world_bytes += now.world_bytes - before.world_bytes + ctl_tp + ctl_pp;
 }
 
+/* Bytes of the plan in e->head / e->body (the body only with a step). */
+static uint64_t plan_bytes(const rt_engine *e)
+{
+    return (H_LEN + (e->head[H_KIND] == PLAN_STEP ? (uint64_t)e->head[H_BODY] : 0)) * sizeof(int32_t);
+}
+
 /* Hands the plan in e->head / e->body to the next stage (when there is one); *ctl_pp counts it. */
 static int pass_on(rt_engine *e, uint64_t *ctl_pp, base_err *err)
 {
@@ -189,7 +195,7 @@ static int pass_on(rt_engine *e, uint64_t *ctl_pp, base_err *err)
     if (comm_isend(t->pp_group, e->head, H_LEN, COMM_I32, t->stage + 1, err) ||
         (step && comm_isend(t->pp_group, e->body, (size_t)e->head[H_BODY], COMM_I32, t->stage + 1, err)))
         return -1;
-    *ctl_pp = (H_LEN + (step ? (uint64_t)e->head[H_BODY] : 0)) * sizeof(int32_t);
+    *ctl_pp = plan_bytes(e);
     return 0;
 }
 
@@ -203,7 +209,7 @@ static int send_plan(rt_engine *e, uint64_t *ctl_tp, uint64_t *ctl_pp, base_err 
         if (comm_bcast_idle(t->tp_group, e->head, H_LEN, COMM_I32, 0, err) ||
             (step && comm_bcast(t->tp_group, e->body, (size_t)e->head[H_BODY], COMM_I32, 0, err)))
             return -1;
-        *ctl_tp = (H_LEN + (step ? (uint64_t)e->head[H_BODY] : 0)) * sizeof(int32_t);
+        *ctl_tp = plan_bytes(e);
     }
     return pass_on(e, ctl_pp, err);
 }

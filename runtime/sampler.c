@@ -330,18 +330,29 @@ bool rt_sample_nucleus_ready(const rt_sample_part *parts, int n_parts, float mx,
     return true;
 }
 
-void rt_sample_merge_nucleus(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p,
-                             rt_rng *rng, rt_sample_out *out)
+/* The sample of a row from the slices' merged candidates: their best when greedy, else pick's draw
+ * over the first top_k of them, or over all of them for a nucleus (full: the row's mass). */
+static void merge_pick(const rt_sample_part *parts, int n_parts, float mx, double full, bool nucleus,
+                       const rt_sampling *p, rt_rng *rng, rt_sample_out *out)
 {
     cand c[RT_SAMPLE_PART_MAX];
     double sum;
     const int n = merge_candidates(parts, n_parts, &sum, c);
-    const int token = pick(c, n, mx, full, p, rt_rng_uniform(rng));
+    int token = c[0].id;
     float logit = c[0].logit;
-    for (int i = 0; i < n; i++)
-        if (c[i].id == token)
-            logit = c[i].logit;
+    if (!greedy(p)) {
+        token = pick(c, nucleus || p->top_k >= n ? n : p->top_k, mx, full, p, rt_rng_uniform(rng));
+        for (int i = 0; i < n; i++)
+            if (c[i].id == token)
+                logit = c[i].logit;
+    }
     fill_out(out, &logit, token, mx + (float)log(sum), c, p->n_logprobs < n ? p->n_logprobs : n);
+}
+
+void rt_sample_merge_nucleus(const rt_sample_part *parts, int n_parts, float mx, double full, const rt_sampling *p,
+                             rt_rng *rng, rt_sample_out *out)
+{
+    merge_pick(parts, n_parts, mx, full, true, p, rng, out);
 }
 
 void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, int32_t token,
@@ -356,17 +367,5 @@ void rt_sample_merge_drawn(const rt_sample_part *parts, int n_parts, float mx, c
 void rt_sample_merge(const rt_sample_part *parts, int n_parts, float mx, const rt_sampling *p, rt_rng *rng,
                      rt_sample_out *out)
 {
-    cand c[RT_SAMPLE_PART_MAX];
-    double sum;
-    const int n = merge_candidates(parts, n_parts, &sum, c);
-    const float lse = mx + (float)log(sum);
-    int token = c[0].id;
-    float logit = c[0].logit;
-    if (!greedy(p)) {
-        token = pick(c, p->top_k < n ? p->top_k : n, mx, 0.0, p, rt_rng_uniform(rng));
-        for (int i = 0; i < n; i++)
-            if (c[i].id == token)
-                logit = c[i].logit;
-    }
-    fill_out(out, &logit, token, lse, c, p->n_logprobs < n ? p->n_logprobs : n);
+    merge_pick(parts, n_parts, mx, 0.0, false, p, rng, out);
 }
