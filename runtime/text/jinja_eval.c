@@ -298,6 +298,8 @@ static jstr *capture(jctx *c, jnode *const *kids, size_t n, jframe *f)
     exec_body(c, kids, n, f);
     jstr *s = jx_str_new(c, c->out ? c->out + mark : "", c->out_len - mark);
     c->out_len = mark;
+    if (c->out)
+        c->out[mark] = '\0'; /* what follows, or the end, writes from here */
     return s;
 }
 

@@ -218,6 +218,9 @@ static void test_language(void **state)
         } else if (text && !got) {
             fprintf(stderr, "  case %d %s: %s\n", n, t->valuestring, err.msg);
             bad++;
+        } else if (got && strlen(got) > len) {
+            fprintf(stderr, "  case %d %s: \"%s\" runs past the %zu bytes rendered\n", n, t->valuestring, got, len);
+            bad++;
         } else if (text && (strlen(text->valuestring) != len || memcmp(text->valuestring, got, len) != 0)) {
             fprintf(stderr, "  case %d %s:\n", n, t->valuestring);
             show_diff("text", text->valuestring, got);
@@ -350,6 +353,34 @@ static void test_limits(void **state)
     cJSON_Delete(vars);
 }
 
+/* A body rendered into a variable (set block, filter block, macro call) ends where the output
+ * ended before it: a template whose last output is such a body leaves no trace of it past the end
+ * (found by fuzz_jinja: the returned text ran on past its length). Expected texts: jinja2's. */
+static void test_captures_end(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        {"{% set s %}perl %}perlsoup{% endset %}", ""},
+        {"{% macro m() %}ab{% endmacro %}{% set x = m() %}", ""},
+        {"{% filter upper %}{% endfilter %}", ""},
+        {"{% set s %}ab{% endset %}{{ s }}{% set t %}cd{% endset %}", "ab"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        base_err err;
+        jinja_template *t = jinja_parse(cases[i][0], strlen(cases[i][0]), &err);
+        assert_non_null(t);
+        cJSON *vars = cJSON_Parse("{}");
+        size_t len = 99;
+        char *out = jinja_render(t, vars, NULL, &len, &err);
+        assert_non_null(out);
+        assert_int_equal(len, strlen(cases[i][1]));
+        assert_string_equal(out, cases[i][1]);
+        free(out);
+        cJSON_Delete(vars);
+        jinja_free(t);
+    }
+}
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -425,7 +456,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama3),     cmocka_unit_test(test_qwen3),         cmocka_unit_test(test_templates),
         cmocka_unit_test(test_language),   cmocka_unit_test(test_unsupported),   cmocka_unit_test(test_render_errors),
-        cmocka_unit_test(test_limits),     cmocka_unit_test(test_sources),
+        cmocka_unit_test(test_limits),     cmocka_unit_test(test_sources),       cmocka_unit_test(test_captures_end),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
