@@ -402,9 +402,11 @@ static int load_model(rt_tokenizer *t, const cJSON *m, base_err *err)
     size_t n = 0, bytes = 0;
     int32_t max_id = -1;
     for (const cJSON *e = vocab->child; e; e = e->next, n++) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 30) ||
+        /* ids index arrays: 2^22 is far past any published vocabulary (256K), and keeps a
+         * hostile file from making them gigabytes */
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 22) ||
             e->valuedouble != (double)(int32_t)e->valuedouble)
-            return base_errf(err, "model.vocab[\"%.40s\"]: the id is not an integer in [0, 2^30)", e->string);
+            return base_errf(err, "model.vocab[\"%.40s\"]: the id is not an integer in [0, 2^22)", e->string);
         bytes += strlen(e->string) + 1;
         if ((int32_t)e->valuedouble > max_id)
             max_id = (int32_t)e->valuedouble;

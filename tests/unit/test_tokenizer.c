@@ -295,6 +295,9 @@ static void test_small_and_errors(void **state)
                    "model.vocab[\"a\"]");
     expect_refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}",
                    "id 0 given to");
+    /* an id that would size the tables in gigabytes (found by fuzz_tokenizer_load) */
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 745319932}, \"merges\": []}}",
+                   "model.vocab[\"b\"]: the id is not an integer in [0, 2^22)");
     expect_refused("{\"model\": {\"type\": \"BPE\", \"unk_token\": \"<x>\", " TINY_VOCAB ", \"merges\": []}}",
                    "model.unk_token");
     expect_refused("{\"model\": {\"type\": \"BPE\", \"dropout\": 0.1, " TINY_VOCAB ", \"merges\": []}}",
