@@ -5,6 +5,7 @@
 
 #include "launch/cli.h"
 #include "partition/plan.h"
+#include "runtime/config.h"
 
 void job_flags_init(job_flags *f)
 {
@@ -69,6 +70,13 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
         if (cli_int("--pipeline-depth", v, 1, 16, &n, err)) return -1; /* RT_ENGINE_MAX_IN_FLIGHT */
         f->pipeline_depth = (int)n;
         break;
+    case JF_QUANTIZE: {
+        rt_quant q;
+        if (rt_quant_for_load(&q, v))
+            return base_errf(err, "--quantize: \"%.16s\" is not fp8, int8 or int4", v);
+        f->quantize = v;
+        break;
+    }
     default: return 0;
     }
     return 1;
@@ -86,6 +94,18 @@ int job_flags_check(const job_flags *f, base_err *err)
 int job_flags_depth(const job_flags *f)
 {
     return f->pipeline_depth ? f->pipeline_depth : f->pp;
+}
+
+int job_flags_quantize(const job_flags *f, rt_config *cfg, base_err *err)
+{
+    if (!f->quantize)
+        return 0;
+    if (cfg->quant.method != RT_QUANT_NONE) {
+        char what[96];
+        return base_errf(err, "--quantize %s: the checkpoint is already quantized (%s); load it as it is", f->quantize,
+                         rt_quant_describe(&cfg->quant, what, sizeof what));
+    }
+    return rt_quant_for_load(&cfg->quant, f->quantize);
 }
 
 rt_dtype job_flags_dtype(const job_flags *f, rt_dtype def)
@@ -114,5 +134,7 @@ void job_flags_usage_compute(FILE *out)
                  "  --comm-timeout S        seconds before a stuck step or NCCL operation stops the job (default 120)\n"
                  "  --pipeline-depth D      steps in flight at once, each over other sequences, so every pipeline\n"
                  "                          stage has work (default: --pp; 1 runs one step at a time)\n"
+                 "  --quantize fp8|int8|int4 quantize a float checkpoint's linear layers as it loads: fp8 and\n"
+                 "                          int8 a scale a row, int4 groups of 128 with zero points\n"
                  "  --verbose               print each rank's shard and load report\n");
 }

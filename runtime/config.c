@@ -228,30 +228,6 @@ static int parse_dtype(reader *r, const cJSON *root, rt_dtype *dt)
     return 0;
 }
 
-/* A quantized checkpoint (quantization_config: AWQ, GPTQ, compressed-tensors, fp8, bitsandbytes...)
- * keeps its weights in tensors the loader does not read (qweight, scales, packed ints): refused
- * here, naming the method and its shape, rather than as a missing tensor later. */
-static int parse_quantization(reader *r, const cJSON *root)
-{
-    const cJSON *q = field(root, "quantization_config");
-    if (!q || cJSON_IsNull(q))
-        return 0;
-    if (!cJSON_IsObject(q))
-        return base_errf(r->err, "%s: field 'quantization_config' must be an object", r->name);
-    const cJSON *m = field(q, "quant_method"), *bits = field(q, "bits"), *group = field(q, "group_size");
-    char shape[96] = "";
-    if (cJSON_IsNumber(bits) && cJSON_IsNumber(group))
-        snprintf(shape, sizeof shape, " (bits %g, group_size %g)", bits->valuedouble, group->valuedouble);
-    else if (cJSON_IsNumber(bits))
-        snprintf(shape, sizeof shape, " (bits %g)", bits->valuedouble);
-    if (!cJSON_IsString(m))
-        return base_errf(r->err, "%s: field 'quantization_config' has no quant_method: a quantized checkpoint dinfer "
-                                 "cannot read (load its BF16, F16 or F32 weights)", r->name);
-    return base_errf(r->err, "%s: field 'quantization_config.quant_method' has unsupported value \"%.32s\"%s: dinfer "
-                             "loads BF16, F16 and F32 weights (quantized checkpoints are not read yet)",
-                     r->name, m->valuestring, shape);
-}
-
 static int parse_root(reader *r, const cJSON *root, rt_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -317,7 +293,8 @@ static int parse_root(reader *r, const cJSON *root, rt_config *c)
     } else if (get_int(r, root, "sliding_window", false, 0, 1, big, &c->sliding_window)) {
         return -1;
     }
-    if (parse_quantization(r, root) || parse_rope(r, root, c->max_pos, &c->rope) || parse_dtype(r, root, &c->dtype))
+    if (rt_quant_parse(&c->quant, field(root, "quantization_config"), r->name, r->err) ||
+        parse_rope(r, root, c->max_pos, &c->rope) || parse_dtype(r, root, &c->dtype))
         return -1;
     int nbos = 0;
     if (parse_token_ids(r, root, "bos_token_id", c->vocab_size, &c->bos_id, 1, &nbos) ||

@@ -36,6 +36,41 @@ typedef struct rt_rope {
     int orig_max_pos;       /* llama3 original_max_position_embeddings */
 } rt_rope;
 
+/* Quantized weights: what config.json's quantization_config says the linear layers hold (the
+ * embeddings, norms and, unless the checkpoint quantized it, the LM head stay float), or what
+ * --quantize makes of a float checkpoint as it loads. runtime/quant.h reads and applies it. */
+typedef enum rt_quant_method {
+    RT_QUANT_NONE = 0,
+    RT_QUANT_CT_FP8, /* compressed-tensors "float-quantized" (or "naive-quantized") FP8 */
+    RT_QUANT_FP8,    /* transformers "fp8": FP8 with block scales (weight_scale_inv) */
+    RT_QUANT_AWQ,    /* AWQ, GEMM packing, 4 bits with zero points */
+    RT_QUANT_GPTQ,   /* GPTQ, 4 or 8 bits, input order (desc_act false) */
+    RT_QUANT_LOAD,   /* a float checkpoint quantized as it loads (--quantize) */
+} rt_quant_method;
+
+typedef enum rt_quant_kind {
+    RT_QK_FP8 = 1, /* FP8 e4m3 codes times a scale */
+    RT_QK_INT,     /* unsigned integer codes of `bits` bits: (code - zero) times a scale */
+} rt_quant_kind;
+
+typedef enum rt_quant_scale {
+    RT_QSCALE_TENSOR = 0, /* one scale a matrix */
+    RT_QSCALE_CHANNEL,    /* one scale an output row */
+    RT_QSCALE_GROUP,      /* one an output row and group_size input columns */
+    RT_QSCALE_BLOCK,      /* one a block of block_rows x block_cols */
+} rt_quant_scale;
+
+typedef struct rt_quant {
+    rt_quant_method method;
+    rt_quant_kind kind;
+    rt_quant_scale scale;
+    int bits;                   /* 8 (FP8, int8) or 4 */
+    int group_size;             /* RT_QSCALE_GROUP */
+    int block_rows, block_cols; /* RT_QSCALE_BLOCK */
+    bool zero_point;            /* integer codes come with zero points (else the zero is 2^(bits-1)) */
+    bool gptq_v1;               /* GPTQ's "gptq" format: each stored zero point is the zero minus one */
+} rt_quant;
+
 typedef struct rt_config {
     rt_arch arch;
     int dim;            /* hidden_size */
@@ -56,6 +91,7 @@ typedef struct rt_config {
     int n_eos;
     int eos_ids[RT_MAX_EOS];
     rt_dtype dtype;     /* torch_dtype / dtype: the checkpoint's compute type */
+    rt_quant quant;     /* quantization_config, or --quantize (method RT_QUANT_NONE: float weights) */
 } rt_config;
 
 /* Parses the text of a config.json (len bytes, need not be NUL-terminated). `name` is used in error
@@ -71,6 +107,15 @@ int rt_config_load(rt_config *cfg, const char *dir, base_err *err);
 int rt_config_write(const rt_config *cfg, const char *path, base_err *err);
 
 const char *rt_arch_name(rt_arch a); /* "LlamaForCausalLM", ... */
+struct cJSON;
+/* Parses a quantization_config object (`name` prefixes messages); refuses what dinfer cannot load,
+ * naming the field: method, format, bits, group size, activation order, zero-point layout. */
+int rt_quant_parse(rt_quant *q, const struct cJSON *obj, const char *name, base_err *err);
+/* --quantize's modes: "fp8" (per channel), "int8" (per channel, symmetric), "int4" (groups of
+ * 128 with zero points, round to nearest); -1 for another name. */
+int rt_quant_for_load(rt_quant *q, const char *mode);
+/* "AWQ int4, groups of 128", ... for logs and messages (buf of 96 bytes is enough). */
+const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size);
 bool rt_config_is_eos(const rt_config *cfg, int token);
 /* Adds an end-of-sequence id (already there: nothing); -1 when it is outside the vocabulary or
  * RT_MAX_EOS are taken. */

@@ -79,6 +79,44 @@ uint16_t rt_f32_to_f16(float f)
     return sign | (uint16_t)(r >> 13);
 }
 
+float rt_fp8_to_f32(uint8_t b)
+{
+    const int e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 15 && m == 7)
+        v = NAN;
+    else if (e == 0)
+        v = ldexpf((float)m, -9); /* subnormal: m / 8 * 2^-6 */
+    else
+        v = ldexpf((float)(8 + m), e - 10); /* (1 + m / 8) * 2^(e - 7) */
+    return b & 0x80 ? -v : v;
+}
+
+uint8_t rt_f32_to_fp8(float f)
+{
+    if (isnan(f))
+        return 0x7f;
+    const uint8_t sign = signbit(f) ? 0x80 : 0;
+    const float a = fabsf(f);
+    if (a >= 448.0f)
+        return sign | 0x7e;
+    /* the codes 0..0x7e are the finite magnitudes in increasing order: the last one <= a, or the
+     * one after it when nearer; a tie goes to the even code (an even mantissa) */
+    int lo = 0, hi = 0x7e;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (rt_fp8_to_f32((uint8_t)mid) <= a)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const float below = rt_fp8_to_f32((uint8_t)lo), above = rt_fp8_to_f32((uint8_t)(lo + 1));
+    int code = lo;
+    if (a - below > above - a || (a - below == above - a && (lo & 1)))
+        code = lo + 1;
+    return sign | (uint8_t)code;
+}
+
 void rt_convert_to_f32(float *dst, const void *src, rt_dtype t, size_t n)
 {
     const uint16_t *h = src;

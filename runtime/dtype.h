@@ -19,6 +19,10 @@ uint16_t rt_f32_to_bf16(float f); /* round to nearest even, NaN kept NaN */
 float rt_f16_to_f32(uint16_t h);
 uint16_t rt_f32_to_f16(float f); /* round to nearest even, overflow to inf */
 
+/* FP8 e4m3 ("e4m3fn": no infinities, 0x7f / 0xff NaN, largest finite 448). */
+float rt_fp8_to_f32(uint8_t b);
+uint8_t rt_f32_to_fp8(float f); /* round to nearest even, saturating at +-448, NaN kept NaN */
+
 /* Converts n elements of type t at src into fp32 at dst. */
 void rt_convert_to_f32(float *dst, const void *src, rt_dtype t, size_t n);
 /* Converts n fp32 elements into type t at dst. */

@@ -38,6 +38,7 @@ struct rt_forward {
     bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
     bool samples;           /* this rank samples: the last stage's tp rank 0 */
     float *h_logits;        /* (max_logits, vocab) host: the logits the host sampler reads */
+    const float *last_logits; /* the last step's whole rows of fp32 logits on the host, or NULL */
     void *scratch;          /* the host sampler's scratch, 8 * vocab bytes per OpenMP thread */
     int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables, sample rows */
     int32_t *h_ints;        /* host staging of the same (the backend's host memory: uploaded without a wait) */
@@ -175,6 +176,11 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     be->ops->upload(be, fw->inv_freq, inv, (size_t)c->head_dim / 2 * sizeof(float));
     *out = fw;
     return 0;
+}
+
+const float *rt_forward_host_logits(const rt_forward *fw)
+{
+    return fw->last_logits;
 }
 
 void rt_forward_destroy(rt_forward *fw)
@@ -364,6 +370,7 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
 {
     rt_backend *be = fw->m->be;
     const int V = fw->m->cfg.vocab_size;
+    fw->last_logits = NULL;
     if (fw->device_sampling) {
         be->ops->download(be, out, fw->d_out, (size_t)nl * sizeof *out);
         return 0;
@@ -382,6 +389,7 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
     } else {
         be->ops->download(be, fw->h_logits, d_logits32, (size_t)nl * (size_t)V * sizeof(float));
     }
+    fw->last_logits = logits;
 #pragma omp parallel for schedule(dynamic, 1) if (nl > 1)
     for (int i = 0; i < nl; i++)
         rt_sample(logits + (size_t)i * (size_t)V, V, &rows[i].params, &rows[i].rng,

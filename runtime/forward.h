@@ -60,4 +60,9 @@ typedef struct rt_step_sampling {
  * collective fails. */
 int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
 
+/* After a step on a rank that sampled whole rows on the host (a single rank without a device
+ * sampler): its (n_logits, vocab) fp32 logits, valid until the next step; else NULL. For scoring
+ * a text (perplexity), where the next token is known rather than drawn. */
+const float *rt_forward_host_logits(const rt_forward *fw);
+
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/quant.h"
 #include "runtime/safetensors.h"
 
 void rt_shard_whole(rt_shard *s, const rt_config *cfg)
@@ -72,6 +73,77 @@ typedef struct loader {
     base_err *err;
 } loader;
 
+/* Finds tensor `name` and checks that its full shape is (rows, cols) (cols 0 for a vector). */
+static int find_shaped(loader *L, const char *name, int64_t rows, int64_t cols, const rt_st_file **f,
+                       const rt_st_tensor **t)
+{
+    if (rt_ckpt_find(&L->ckpt, name, f, t, L->err))
+        return -1;
+    int want_dims = cols ? 2 : 1;
+    const rt_st_tensor *x = *t;
+    if (x->n_dims != want_dims || x->shape[0] != rows || (cols && x->shape[1] != cols)) {
+        char got[96] = "", *p = got;
+        for (int i = 0; i < x->n_dims && p < got + sizeof got - 24; i++)
+            p += sprintf(p, "%s%lld", i ? ", " : "", (long long)x->shape[i]);
+        if (cols)
+            return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld, %lld] from config.json",
+                             (*f)->path, name, got, (long long)rows, (long long)cols);
+        return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld] from config.json", (*f)->path,
+                         name, got, (long long)rows);
+    }
+    return 0;
+}
+
+/* The host staging buffer, at least n floats. */
+static float *staging(loader *L, size_t n, const char *name)
+{
+    if (n > L->stage_n) {
+        float *ns = realloc(L->stage, n * sizeof *ns);
+        if (!ns) {
+            base_errf(L->err, "out of host memory staging tensor '%s'", name);
+            return NULL;
+        }
+        L->stage = ns;
+        L->stage_n = n;
+    }
+    return L->stage;
+}
+
+/* A new device tensor of rows x cols in the backend's weight type, or dst->data when the caller
+ * set it (a view of a fused tensor, sized by the caller). */
+static int place(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64_t cols)
+{
+    rt_backend *be = L->m->be;
+    rt_dtype wt = be->ops->act_dtype;
+    size_t bytes = (size_t)rows * (size_t)cols * rt_dtype_size(wt);
+    void *mem = dst->data ? dst->data : be->ops->alloc(be, bytes);
+    *dst = (rt_tensor){.data = mem, .dtype = wt, .rows = rows, .cols = cols};
+    if (!dst->data)
+        return base_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
+    return 0;
+}
+
+/* Where fp32 values for dst go: straight into place for fp32 weights in host memory, else staging. */
+static float *f32_target(loader *L, rt_tensor *dst, const char *name)
+{
+    rt_backend *be = L->m->be;
+    if (be->ops->host_memory && be->ops->act_dtype == RT_F32)
+        return dst->data;
+    return staging(L, (size_t)dst->rows * (size_t)dst->cols, name);
+}
+
+/* Sends fp32 values at buf (from f32_target) to dst, converting to the weight type. */
+static void f32_commit(loader *L, rt_tensor *dst, float *buf)
+{
+    rt_backend *be = L->m->be;
+    if (buf == dst->data)
+        return;
+    size_t n = (size_t)dst->rows * (size_t)dst->cols;
+    if (dst->dtype != RT_F32)
+        rt_convert_from_f32(buf, buf, dst->dtype, n); /* narrows in place: output is shorter */
+    be->ops->upload(be, dst->data, buf, n * rt_dtype_size(dst->dtype));
+}
+
 /* Loads rows [r0, r1) x cols [c0, c1) of tensor `name`, whose full shape must be (rows, cols)
  * (cols 0 for a vector), into a new device tensor, or into dst->data when the caller set it (a view
  * of a fused tensor, sized by the caller). */
@@ -80,52 +152,71 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
 {
     const rt_st_file *f;
     const rt_st_tensor *t;
-    if (rt_ckpt_find(&L->ckpt, name, &f, &t, L->err))
+    if (find_shaped(L, name, rows, cols, &f, &t))
         return -1;
-    int want_dims = cols ? 2 : 1;
-    if (t->n_dims != want_dims || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
-        char got[96] = "", *p = got;
-        for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
-            p += sprintf(p, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        if (cols)
-            return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld, %lld] from config.json",
-                           f->path, name, got, (long long)rows, (long long)cols);
-        return base_errf(L->err, "%s: tensor '%s' has shape [%s], expected [%lld] from config.json", f->path,
-                       name, got, (long long)rows);
-    }
     if (!cols)
         c1 = 1;
+    if (place(L, dst, name, r1 - r0, cols ? c1 - c0 : 1))
+        return -1;
     size_t n = (size_t)(r1 - r0) * (size_t)(c1 - c0);
     rt_backend *be = L->m->be;
-    rt_dtype wt = be->ops->act_dtype;
-    size_t bytes = n * rt_dtype_size(wt);
-    void *mem = dst->data ? dst->data : be->ops->alloc(be, bytes);
-    *dst = (rt_tensor){.data = mem, .dtype = wt, .rows = r1 - r0, .cols = cols ? c1 - c0 : 1};
-    if (!dst->data)
-        return base_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
-    /* fp32 weights in host memory are converted straight into place; others go through staging */
-    bool direct = be->ops->host_memory && wt == RT_F32;
-    if (!direct && n > L->stage_n) {
-        float *ns = realloc(L->stage, n * sizeof *ns);
-        if (!ns)
-            return base_errf(L->err, "%s: out of host memory staging tensor '%s'", f->path, name);
-        L->stage = ns;
-        L->stage_n = n;
+    if (!be->ops->host_memory && t->supported && t->dtype == dst->dtype) { /* stored as it will be used */
+        float *buf = staging(L, n, name);
+        if (!buf || rt_st_read_raw(f, t, r0, r1, c0, c1, buf, L->err))
+            return -1;
+        be->ops->upload(be, dst->data, buf, n * rt_dtype_size(dst->dtype));
+    } else {
+        float *buf = f32_target(L, dst, name);
+        if (!buf || rt_st_read_f32(f, t, r0, r1, c0, c1, buf, L->err))
+            return -1;
+        f32_commit(L, dst, buf);
     }
-    float *buf = direct ? dst->data : L->stage;
-    if (!direct && t->dtype == wt) { /* stored as it will be used: copy the bytes */
-        if (rt_st_read_raw(f, t, r0, r1, c0, c1, buf, L->err))
+    L->m->bytes_loaded += n * (size_t)t->elem_size;
+    return 0;
+}
+
+/* A linear layer's weight (module "model.layers.L.mlp.down_proj", ...), rows [r0, r1) x cols [c0, c1) of
+ * (rows, cols): float as stored; or quantized, as the checkpoint stores it or as --quantize makes it
+ * (quantize_at_load: the LM head is not), and then dequantized: every backend computes on the
+ * dequantized values for now. */
+static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t rows, int64_t cols, int64_t r0,
+                       int64_t r1, int64_t c0, int64_t c1, bool quantize_at_load)
+{
+    const rt_quant *q = &L->m->cfg.quant;
+    char name[320];
+    snprintf(name, sizeof name, "%s.weight", module);
+    rt_qmat qm;
+    if (q->method == RT_QUANT_LOAD && quantize_at_load) {
+        /* whole rows: a row's scale (and group boundaries) must not depend on the split */
+        const rt_st_file *f;
+        const rt_st_tensor *t;
+        float *full = malloc((size_t)(r1 - r0) * (size_t)cols * sizeof *full + 1);
+        int rc = !full ? base_errf(L->err, "out of host memory quantizing '%s'", name)
+                 : find_shaped(L, name, rows, cols, &f, &t) || rt_st_read_f32(f, t, r0, r1, 0, cols, full, L->err) ||
+                         rt_qmat_quantize(&qm, q, full, r1 - r0, cols, c0, c1, name, L->err)
+                     ? -1
+                     : 0;
+        if (!rc)
+            L->m->bytes_loaded += (size_t)(r1 - r0) * (size_t)cols * (size_t)t->elem_size;
+        free(full);
+        if (rc)
+            return -1;
+    } else if (q->method != RT_QUANT_NONE && q->method != RT_QUANT_LOAD && rt_quant_stored(&L->ckpt, q, module)) {
+        if (rt_qmat_read(&qm, &L->ckpt, q, module, rows, cols, r0, r1, c0, c1, &L->m->bytes_loaded, L->err))
             return -1;
     } else {
-        if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, L->err))
-            return -1;
-        if (!direct && wt != RT_F32)
-            rt_convert_from_f32(buf, buf, wt, n); /* narrows in place: output is shorter */
+        return load(L, dst, name, rows, cols, r0, r1, c0, c1);
     }
-    if (!direct)
-        be->ops->upload(be, dst->data, buf, bytes);
-    L->m->bytes_loaded += n * rt_dtype_size(t->dtype);
-    return 0;
+    float *buf = NULL;
+    int rc = place(L, dst, name, r1 - r0, c1 - c0);
+    if (!rc && !(buf = f32_target(L, dst, name)))
+        rc = -1;
+    if (!rc) {
+        rt_qmat_dequantize(&qm, buf);
+        f32_commit(L, dst, buf);
+    }
+    rt_qmat_free(&qm);
+    return rc;
 }
 
 /* A tensor of rows x cols for the parts to be loaded into (views at row offsets). */
@@ -166,6 +257,7 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     const int64_t nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
     char n[256];
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
+#define LINEAR(dst, module, rows, cols, r0, r1, c0, c1) load_linear(L, dst, NAME(module), rows, cols, r0, r1, c0, c1, true)
     const int64_t lq = q1 - q0, lkv = k1 - k0, lffn = s->ffn_end - s->ffn_begin;
     if (fused(L, &w->wqkv, lq + 2 * lkv, dim, "the fused QKV weight") ||
         fused(L, &w->w_gate_up, 2 * lffn, dim, "the fused gate/up weight") ||
@@ -175,14 +267,14 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     rt_tensor wq = view(&w->wqkv, 0), wk = view(&w->wqkv, lq), wv = view(&w->wqkv, lq + lkv);
     rt_tensor gate = view(&w->w_gate_up, 0), up = view(&w->w_gate_up, lffn);
     if (load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load(L, &wq, NAME("self_attn.q_proj.weight"), nq, dim, q0, q1, 0, dim) ||
-        load(L, &wk, NAME("self_attn.k_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
-        load(L, &wv, NAME("self_attn.v_proj.weight"), nkv, dim, k0, k1, 0, dim) ||
-        load(L, &w->wo, NAME("self_attn.o_proj.weight"), dim, nq, 0, dim, q0, q1) ||
+        LINEAR(&wq, "self_attn.q_proj", nq, dim, q0, q1, 0, dim) ||
+        LINEAR(&wk, "self_attn.k_proj", nkv, dim, k0, k1, 0, dim) ||
+        LINEAR(&wv, "self_attn.v_proj", nkv, dim, k0, k1, 0, dim) ||
+        LINEAR(&w->wo, "self_attn.o_proj", dim, nq, 0, dim, q0, q1) ||
         load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load(L, &gate, NAME("mlp.gate_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
-        load(L, &up, NAME("mlp.up_proj.weight"), ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
-        load(L, &w->w_down, NAME("mlp.down_proj.weight"), dim, ffn, 0, dim, s->ffn_begin, s->ffn_end))
+        LINEAR(&gate, "mlp.gate_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        LINEAR(&up, "mlp.up_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
+        LINEAR(&w->w_down, "mlp.down_proj", dim, ffn, 0, dim, s->ffn_begin, s->ffn_end))
         return -1;
     if (c->qkv_bias) {
         rt_tensor bq = view(&w->bqkv, 0), bk = view(&w->bqkv, lq), bv = view(&w->bqkv, lq + lkv);
@@ -195,6 +287,7 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
         return -1;
     if (prepare(L, &w->wqkv) || prepare(L, &w->wo) || prepare(L, &w->w_gate_up) || prepare(L, &w->w_down))
         return -1;
+#undef LINEAR
 #undef NAME
     return 0;
 }
@@ -228,8 +321,8 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
             goto out;
         if (cfg->tie_embeddings && shard->first_stage)
             m->lm_head = m->embed;
-        else if ((rc = load(&L, &m->lm_head, cfg->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-                            V, dim, v0, v1, 0, dim)) ||
+        else if ((rc = cfg->tie_embeddings ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
+                                           : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, false)) ||
                  (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
             goto out;
     }

@@ -61,7 +61,7 @@ static int parse_entry(rt_st_tensor *t, const cJSON *e, uint64_t data_size, cons
     int elem = 0;
     for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
         if (strcmp(dt->valuestring, st_dtypes[i].name) == 0) {
-            elem = st_dtypes[i].size;
+            elem = t->elem_size = st_dtypes[i].size;
             t->supported = st_dtypes[i].rt >= 0;
             t->dtype = t->supported ? (rt_dtype)st_dtypes[i].rt : RT_F32;
             snprintf(t->dtype_name, sizeof t->dtype_name, "%s", st_dtypes[i].name);
@@ -232,11 +232,11 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name)
     return bsearch(&key, f->tensors, (size_t)f->n_tensors, sizeof key, cmp_tensor_name);
 }
 
-/* Checks a slice request; gives the tensor's column count. */
-static int check_slice(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                       int64_t *cols, base_err *err)
+/* Checks a slice request (of a float tensor when need_float); gives the tensor's column count. */
+static int check_slice(const rt_st_file *f, const rt_st_tensor *t, bool need_float, int64_t r0, int64_t r1,
+                       int64_t c0, int64_t c1, int64_t *cols, base_err *err)
 {
-    if (!t->supported)
+    if (need_float && !t->supported)
         return base_errf(err, "%s: tensor '%s' has unsupported dtype %s (weights must be F32, F16 or BF16)",
                        f->path, t->name, t->dtype_name);
     if (t->n_dims < 1 || t->n_dims > 2)
@@ -253,7 +253,7 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
                    int64_t c1, float *dst, base_err *err)
 {
     int64_t cols = 0;
-    if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
+    if (check_slice(f, t, true, r0, r1, c0, c1, &cols, err))
         return -1;
     size_t es = rt_dtype_size(t->dtype);
     const uint8_t *base = f->data + t->begin;
@@ -269,9 +269,9 @@ int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
                    void *dst, base_err *err)
 {
     int64_t cols = 0;
-    if (check_slice(f, t, r0, r1, c0, c1, &cols, err))
+    if (check_slice(f, t, false, r0, r1, c0, c1, &cols, err))
         return -1;
-    size_t es = rt_dtype_size(t->dtype), w = (size_t)(c1 - c0) * es;
+    size_t es = (size_t)t->elem_size, w = (size_t)(c1 - c0) * es;
     const uint8_t *base = f->data + t->begin;
     if (c0 == 0 && c1 == cols) { /* whole rows: one contiguous run */
         memcpy(dst, base + (size_t)r0 * w, (size_t)(r1 - r0) * w);
@@ -439,4 +439,13 @@ int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt
                              c->files[fi].path)
                    : base_errf(err, "%s: tensor '%s' is missing", c->files[0].path, name);
     return 0;
+}
+
+bool rt_ckpt_has(const rt_ckpt *c, const char *name)
+{
+    if (c->index_path) {
+        rt_ckpt_entry key = {.name = (char *)name};
+        return c->n_entries && bsearch(&key, c->entries, (size_t)c->n_entries, sizeof key, cmp_entry);
+    }
+    return rt_st_find(&c->files[0], name) != NULL;
 }

@@ -19,7 +19,8 @@
 typedef struct rt_st_tensor {
     char *name;
     char dtype_name[12];           /* as written: "F32", "BF16", "I64", ... */
-    bool supported;                /* F32, F16 or BF16: the types weights may have */
+    bool supported;                /* F32, F16 or BF16: the types float weights may have */
+    int elem_size;                 /* bytes per element of dtype_name (F8_E4M3 1, I32 4, ...) */
     rt_dtype dtype;                /* valid when supported */
     int n_dims;
     int64_t shape[RT_ST_MAX_DIMS];
@@ -50,7 +51,7 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64
                    int64_t c1, float *dst, base_err *err);
 
 /* The same slice in the tensor's own dtype, no conversion (dst holds (r1 - r0) * (c1 - c0)
- * elements of rt_dtype_size(t->dtype) bytes). */
+ * elements of t->elem_size bytes): any dtype, the packed integers and FP8 of quantized weights too. */
 int rt_st_read_raw(const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                    void *dst, base_err *err);
 
@@ -77,5 +78,7 @@ void rt_ckpt_close(rt_ckpt *c);
 /* Finds a tensor, mapping its shard if needed; fails naming the tensor and the index or file it is
  * missing from, or the shard's own problem. */
 int rt_ckpt_find(rt_ckpt *c, const char *name, const rt_st_file **file, const rt_st_tensor **t, base_err *err);
+/* Whether the checkpoint names a tensor (the index's list, or the single file's header). */
+bool rt_ckpt_has(const rt_ckpt *c, const char *name);
 
 #endif

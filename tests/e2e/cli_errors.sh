@@ -113,8 +113,27 @@ expect "--dtype bf16 needs --device cuda" -- --model "$tmp/m" --tokens 1 --devic
 expect "--gpu-memory-fraction" -- --model "$tmp/m" --tokens 1 --gpu-memory-fraction 1.5
 expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 0
 expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 17
-fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128},/' "$tmp/m/config.json"
-expect "config.json" "quantization_config.quant_method" "\"gptq\" (bits 4, group_size 128)" -- --model "$tmp/m" --tokens 1
+fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": true},/' "$tmp/m/config.json"
+expect "config.json" "quantization_config.desc_act' is true" "activation order" -- --model "$tmp/m" --tokens 1
+fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "bitsandbytes", "bits": 4},/' "$tmp/m/config.json"
+expect "config.json" "quantization_config.quant_method" "\"bitsandbytes\" (bits 4)" -- --model "$tmp/m" --tokens 1
+expect "--quantize" "not fp8, int8 or int4" -- --model "$tmp/m" --tokens 1 --quantize q4_k
+# quantized checkpoints: a scale tensor of the wrong shape, a split that cuts a group, and a second
+# quantization, each refused naming the tensor, the split or the checkpoint's own
+fx="$(dirname "$0")/../golden/fixtures"
+rm -rf "$tmp/q" && cp -r "$fx/quant_awq" "$tmp/q" && sed -i 's/"group_size": 64/"group_size": 32/' "$tmp/q/config.json"
+expect "model.layers.0.self_attn.q_proj.qzeros' has shape [2, 16], expected [4, 16]" -- --model "$tmp/q" --tokens 1
+# (mpirun adds its own lines: the rank's one line is looked for among them)
+if timeout 60 mpirun --oversubscribe -np 2 --bind-to none "$DINFER_RUN" --model "$fx/quant_fp8_block" --tokens 1 --tp 2 \
+     >"$tmp/out" 2>"$tmp/err" ||
+   ! grep -qF "rank 1 (host $(hostname)): model.layers.0.self_attn.o_proj: the tensor-parallel split at column 64 cuts a scale's group of 128" "$tmp/err"; then
+  echo "FAIL: --tp 2 of quant_fp8_block (blocks of 128 columns, a 128-wide o_proj):"; cat "$tmp/err"
+  fails=$((fails + 1))
+else
+  echo "ok: $(grep -F "cuts a scale" "$tmp/err")"
+fi
+expect "--quantize int8: the checkpoint is already quantized (AWQ int4, groups of 64)" -- --model "$fx/quant_awq" \
+  --tokens 1 --quantize int8
 fresh
 PROG=env expect "DINFER_CUDA_GRAPHS is 'yes'" "0 (every step op by op) or 1" -- DINFER_CUDA_GRAPHS=yes "$DINFER_RUN" \
   --model "$tmp/m" --tokens 1

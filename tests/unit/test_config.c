@@ -137,15 +137,36 @@ static void test_errors_name_field_and_value(void **state)
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 60, \"intermediate_size\": 1, "
                  "\"num_hidden_layers\": 1, \"num_attention_heads\": 8, \"vocab_size\": 10}", "not a multiple");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rms_norm_eps\": -1}", "'rms_norm_eps'");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"quant_method\": \"awq\", "
-                 "\"bits\": 4, \"group_size\": 128, \"version\": \"gemm\"}}",
-                 "'quantization_config.quant_method' has unsupported value \"awq\" (bits 4, group_size 128)");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"quant_method\": "
-                 "\"compressed-tensors\", \"format\": \"float-quantized\"}}", "\"compressed-tensors\"");
+#define QC(json) "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": " json "}"
+    expect_error(QC("{\"quant_method\": \"bitsandbytes\", \"bits\": 4}"),
+                 "'quantization_config.quant_method' has unsupported value \"bitsandbytes\" (bits 4)");
+    expect_error(QC("{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 128, \"version\": \"gemv\"}"),
+                 "'quantization_config.version' has unsupported value \"gemv\"");
+    expect_error(QC("{\"quant_method\": \"awq\", \"bits\": 3, \"group_size\": 128}"), "'quantization_config.bits' is 3");
+    expect_error(QC("{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 100}"),
+                 "'quantization_config.group_size' is 100");
+    expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"desc_act\": true}"),
+                 "'quantization_config.desc_act' is true");
+    expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 2, \"group_size\": 128}"), "'quantization_config.bits' is 2");
+    expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"checkpoint_format\": \"marlin\"}"),
+                 "'quantization_config.checkpoint_format' has unsupported value \"marlin\"");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\"}"),
+                 "'quantization_config.format' has unsupported value \"pack-quantized\"");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\"}"),
+                 "'quantization_config.config_groups' must hold exactly one group (has 0)");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"config_groups\": "
+                    "{\"g\": {\"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\"}}}}"),
+                 "holds 4-bit int weights");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"config_groups\": "
+                    "{\"g\": {\"weights\": {\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"token\"}}}}"),
+                 "weights.strategy' has unsupported value \"token\"");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"kv_cache_scheme\": "
+                    "{\"num_bits\": 8}}"), "'quantization_config.kv_cache_scheme' is set");
+    expect_error(QC("{\"quant_method\": \"fp8\", \"weight_block_size\": [128]}"), "'quantization_config.weight_block_size'");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"bits\": 4}}",
                  "'quantization_config' has no quant_method");
-    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": 4}",
-                 "'quantization_config' must be an object");
+    expect_error(QC("4"), "'quantization_config' must be an object");
+#undef QC
     expect_error("[1, 2]", "not a JSON object");
     expect_error("{\"architectures\": ", "not valid JSON");
 }

@@ -1,0 +1,428 @@
+#include "runtime/quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/dtype.h"
+
+void rt_qmat_free(rt_qmat *m)
+{
+    free(m->codes);
+    free(m->scales);
+    free(m->zeros);
+    memset(m, 0, sizeof *m);
+}
+
+void rt_qmat_dequantize(const rt_qmat *m, float *w)
+{
+    float fp8[256];
+    for (int i = 0; i < 256; i++)
+        fp8[i] = rt_fp8_to_f32((uint8_t)i);
+    const int mid = 1 << (m->bits - 1);
+#pragma omp parallel for schedule(static) if (m->rows * m->cols > (1 << 16))
+    for (int64_t r = 0; r < m->rows; r++) {
+        const uint8_t *code = m->codes + r * m->cols;
+        float *out = w + r * m->cols;
+        for (int64_t c = 0; c < m->cols; c++) {
+            const int64_t g = r * m->n_groups + c / m->group;
+            const float v = m->kind == RT_QK_FP8 ? fp8[code[c]] : (float)((int)code[c] - (m->zeros ? m->zeros[g] : mid));
+            out[c] = v * m->scales[g];
+        }
+    }
+}
+
+/* A slice's storage: codes, scales and (when zeros) zero points. */
+static int qmat_alloc(rt_qmat *m, rt_quant_kind kind, int bits, int64_t rows, int64_t cols, int64_t group,
+                      bool zeros, base_err *err)
+{
+    *m = (rt_qmat){.kind = kind, .bits = bits, .rows = rows, .cols = cols, .group = group};
+    m->n_groups = cols ? (cols + group - 1) / group : 0;
+    m->codes = malloc((size_t)(rows * cols) + 1);
+    m->scales = malloc((size_t)(rows * m->n_groups) * sizeof *m->scales + 1);
+    m->zeros = zeros ? malloc((size_t)(rows * m->n_groups) * sizeof *m->zeros + 1) : NULL;
+    if (!m->codes || !m->scales || (zeros && !m->zeros)) {
+        rt_qmat_free(m);
+        return base_errf(err, "out of host memory for a %lld x %lld quantized weight", (long long)rows,
+                         (long long)cols);
+    }
+    return 0;
+}
+
+bool rt_quant_stored(const rt_ckpt *ck, const rt_quant *q, const char *module)
+{
+    char name[320];
+    switch (q->method) {
+    case RT_QUANT_CT_FP8:
+    case RT_QUANT_FP8: {
+        /* quantized modules carry their scale; those the checkpoint left float do not */
+        snprintf(name, sizeof name, "%s.%s", module, q->method == RT_QUANT_FP8 ? "weight_scale_inv" : "weight_scale");
+        return rt_ckpt_has(ck, name);
+    }
+    case RT_QUANT_AWQ:
+    case RT_QUANT_GPTQ:
+        snprintf(name, sizeof name, "%s.qweight", module);
+        return rt_ckpt_has(ck, name);
+    case RT_QUANT_NONE:
+    case RT_QUANT_LOAD:
+        break;
+    }
+    return false;
+}
+
+/* ---- reading a format's tensors ---- */
+
+typedef struct qread {
+    rt_ckpt *ck;
+    const char *module;
+    size_t *bytes;
+    base_err *err;
+} qread;
+
+/* The tensor `module.suffix`, of dtype `dtype` (NULL: a float type) and shape (d0, d1) (d1 < 0:
+ * one dimension; d1 == 0: (d0) or (d0, 1)). */
+static int qfind(qread *R, const char *suffix, const char *dtype, int64_t d0, int64_t d1, const rt_st_file **f,
+                 const rt_st_tensor **t)
+{
+    char name[320];
+    snprintf(name, sizeof name, "%s.%s", R->module, suffix);
+    if (rt_ckpt_find(R->ck, name, f, t, R->err))
+        return -1;
+    if (dtype ? strcmp((*t)->dtype_name, dtype) != 0 : !(*t)->supported)
+        return base_errf(R->err, "%s: tensor '%s' has dtype %s, expected %s", (*f)->path, name, (*t)->dtype_name,
+                         dtype ? dtype : "F32, F16 or BF16");
+    const rt_st_tensor *x = *t;
+    bool ok = d1 < 0    ? x->n_dims == 1 && x->shape[0] == d0
+              : d1 == 0 ? (x->n_dims == 1 && x->shape[0] == d0) || (x->n_dims == 2 && x->shape[0] == d0 && x->shape[1] == 1)
+                        : x->n_dims == 2 && x->shape[0] == d0 && x->shape[1] == d1;
+    if (!ok) {
+        char got[96] = "", *p = got, want[64];
+        for (int i = 0; i < x->n_dims && p < got + sizeof got - 24; i++)
+            p += sprintf(p, "%s%lld", i ? ", " : "", (long long)x->shape[i]);
+        if (d1 > 0)
+            snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else if (d1 == 0)
+            snprintf(want, sizeof want, "[%lld] or [%lld, 1]", (long long)d0, (long long)d0);
+        else
+            snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        return base_errf(R->err, "%s: tensor '%s' has shape [%s], expected %s from config.json and quantization_config",
+                         (*f)->path, name, got, want);
+    }
+    return 0;
+}
+
+/* Rows [r0, r1) x columns [c0, c1) of a 2-D tensor in its own dtype, into a new buffer. */
+static void *qslice(qread *R, const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
+                    int64_t c1)
+{
+    size_t n = (size_t)((r1 - r0) * (c1 - c0)) * (size_t)t->elem_size;
+    void *buf = malloc(n + 1);
+    if (!buf) {
+        base_errf(R->err, "out of host memory reading tensor '%s'", t->name);
+        return NULL;
+    }
+    if (rt_st_read_raw(f, t, r0, r1, c0, c1, buf, R->err)) {
+        free(buf);
+        return NULL;
+    }
+    if (R->bytes)
+        *R->bytes += n;
+    return buf;
+}
+
+/* The same slice of a float tensor, as fp32. */
+static float *qslice_f32(qread *R, const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1)
+{
+    size_t n = (size_t)((r1 - r0) * (c1 - c0));
+    float *buf = malloc(n * sizeof *buf + 1);
+    if (!buf) {
+        base_errf(R->err, "out of host memory reading tensor '%s'", t->name);
+        return NULL;
+    }
+    if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, R->err)) {
+        free(buf);
+        return NULL;
+    }
+    if (R->bytes)
+        *R->bytes += n * (size_t)t->elem_size;
+    return buf;
+}
+
+/* A slice that starts inside a group (or a packed word) is refused: its rank would need a scale
+ * (or bits) another rank holds. */
+static int check_cut(qread *R, const char *what, int64_t at, int64_t unit, const char *why)
+{
+    if (unit > 1 && at % unit)
+        return base_errf(R->err, "%s: the tensor-parallel split at %s %lld cuts %s of %lld: choose a --tp whose "
+                                 "slices are multiples of %lld", R->module, what, (long long)at, why, (long long)unit,
+                         (long long)unit);
+    return 0;
+}
+
+static int read_fp8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                    int64_t c0, int64_t c1)
+{
+    const rt_st_file *f, *sf;
+    const rt_st_tensor *t, *st;
+    if (qfind(R, "weight", "F8_E4M3", rows, cols, &f, &t))
+        return -1;
+    int64_t group = c1 - c0, br = 1, bc = 1, sr = rows, sc = 1;
+    const char *sname = q->method == RT_QUANT_FP8 ? "weight_scale_inv" : "weight_scale";
+    switch (q->scale) {
+    case RT_QSCALE_TENSOR:
+        sr = 1;
+        br = rows;
+        break;
+    case RT_QSCALE_CHANNEL:
+        break;
+    case RT_QSCALE_GROUP:
+        group = bc = q->group_size;
+        sc = (cols + bc - 1) / bc;
+        break;
+    case RT_QSCALE_BLOCK:
+        br = q->block_rows;
+        group = bc = q->block_cols;
+        sr = (rows + br - 1) / br;
+        sc = (cols + bc - 1) / bc;
+        break;
+    }
+    if (check_cut(R, "column", c0, bc, "a scale's group"))
+        return -1;
+    if (q->scale == RT_QSCALE_TENSOR) { /* [1] or a scalar */
+        char name[320];
+        snprintf(name, sizeof name, "%s.%s", R->module, sname);
+        if (rt_ckpt_find(R->ck, name, &sf, &st, R->err))
+            return -1;
+        int64_t count = 1;
+        for (int i = 0; i < st->n_dims; i++)
+            count *= st->shape[i];
+        if (count != 1 || !st->supported || st->n_dims > 2)
+            return base_errf(R->err, "%s: tensor '%s' must be one float (a per-tensor scale), has dtype %s and %lld "
+                                     "elements", sf->path, name, st->dtype_name, (long long)count);
+    } else if (qfind(R, sname, NULL, sr, q->scale == RT_QSCALE_CHANNEL ? 0 : sc, &sf, &st)) {
+        return -1;
+    }
+    if (qmat_alloc(m, RT_QK_FP8, 8, r1 - r0, c1 - c0, group, false, R->err))
+        return -1;
+    uint8_t *codes = qslice(R, f, t, r0, r1, c0, c1);
+    float one = 0, *s = NULL;
+    if (q->scale == RT_QSCALE_TENSOR) {
+        rt_convert_to_f32(&one, sf->data + st->begin, st->dtype, 1);
+        if (R->bytes)
+            *R->bytes += (size_t)st->elem_size;
+    } else {
+        /* the scale rows covering [r0, r1) and the scale columns from c0's */
+        const int64_t s0 = r0 / br, s1 = (r1 + br - 1) / br, cs0 = c0 / bc;
+        const int64_t ncol = q->scale == RT_QSCALE_CHANNEL ? 1 : sc;
+        if (st->n_dims == 1) /* (rows) */
+            s = qslice_f32(R, sf, st, s0, s1, 0, 1);
+        else
+            s = qslice_f32(R, sf, st, s0, s1, 0, ncol);
+        if (s)
+            for (int64_t r = 0; r < m->rows; r++)
+                for (int64_t g = 0; g < m->n_groups; g++)
+                    m->scales[r * m->n_groups + g] =
+                        q->scale == RT_QSCALE_CHANNEL ? s[(r0 + r) / br - s0] : s[((r0 + r) / br - s0) * ncol + cs0 + g];
+    }
+    if (!codes || (q->scale != RT_QSCALE_TENSOR && !s)) {
+        free(codes);
+        free(s);
+        rt_qmat_free(m);
+        return -1;
+    }
+    if (q->scale == RT_QSCALE_TENSOR)
+        for (int64_t i = 0; i < m->rows * m->n_groups; i++)
+            m->scales[i] = one;
+    memcpy(m->codes, codes, (size_t)(m->rows * m->cols));
+    free(codes);
+    free(s);
+    return 0;
+}
+
+/* AWQ's GEMM packing: word c of a row holds output columns 8c + ORDER[i] at bits 4i. */
+static const int awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+
+static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                    int64_t c0, int64_t c1)
+{
+    const int64_t g = q->group_size, ng = cols / g;
+    const rt_st_file *fw, *fz, *fs;
+    const rt_st_tensor *tw, *tz, *ts;
+    if (rows % 8 || cols % g)
+        return base_errf(R->err, "%s: a %lld x %lld weight does not pack as AWQ (outputs a multiple of 8, inputs of "
+                                 "the group size %lld)", R->module, (long long)rows, (long long)cols, (long long)g);
+    if (qfind(R, "qweight", "I32", cols, rows / 8, &fw, &tw) || qfind(R, "qzeros", "I32", ng, rows / 8, &fz, &tz) ||
+        qfind(R, "scales", NULL, ng, rows, &fs, &ts) || check_cut(R, "column", c0, g, "a group") ||
+        check_cut(R, "row", r0, 8, "a packed word") || check_cut(R, "row", r1, 8, "a packed word"))
+        return -1;
+    if (qmat_alloc(m, RT_QK_INT, 4, r1 - r0, c1 - c0, g, true, R->err))
+        return -1;
+    const int64_t g0 = c0 / g, g1 = (c1 + g - 1) / g, w0 = r0 / 8, w1 = r1 / 8, nw = w1 - w0;
+    uint32_t *qw = qslice(R, fw, tw, c0, c1, w0, w1), *qz = qslice(R, fz, tz, g0, g1, w0, w1);
+    float *s = qslice_f32(R, fs, ts, g0, g1, r0, r1);
+    if (qw && qz && s) {
+        int pos[8]; /* the nibble holding output column k of a word */
+        for (int i = 0; i < 8; i++)
+            pos[awq_order[i]] = i;
+        for (int64_t r = 0; r < m->rows; r++) {
+            const int64_t w = r / 8, shift = 4 * pos[r % 8];
+            for (int64_t c = 0; c < m->cols; c++)
+                m->codes[r * m->cols + c] = (uint8_t)((qw[c * nw + w] >> shift) & 15);
+            for (int64_t j = 0; j < m->n_groups; j++) {
+                m->zeros[r * m->n_groups + j] = (uint16_t)((qz[j * nw + w] >> shift) & 15);
+                m->scales[r * m->n_groups + j] = s[j * m->rows + r];
+            }
+        }
+    }
+    int rc = qw && qz && s ? 0 : -1;
+    free(qw);
+    free(qz);
+    free(s);
+    if (rc)
+        rt_qmat_free(m);
+    return rc;
+}
+
+static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                     int64_t c0, int64_t c1)
+{
+    const int bits = q->bits, per = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1;
+    const int64_t g = q->scale == RT_QSCALE_CHANNEL ? cols : q->group_size, ng = cols / g;
+    const rt_st_file *fw, *fz, *fs, *fi;
+    const rt_st_tensor *tw, *tz, *ts, *ti;
+    if (rows % per || cols % g || cols % per)
+        return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit GPTQ (outputs and inputs multiples "
+                                 "of %d, inputs of the group size %lld)", R->module, (long long)rows, (long long)cols,
+                         bits, per, (long long)g);
+    if (qfind(R, "qweight", "I32", cols / per, rows, &fw, &tw) ||
+        qfind(R, "qzeros", "I32", ng, rows / per, &fz, &tz) || qfind(R, "scales", NULL, ng, rows, &fs, &ts) ||
+        check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? per : g, "a group") ||
+        check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
+        check_cut(R, "row", r0, per, "a packed word") || check_cut(R, "row", r1 == rows ? 0 : r1, per, "a packed word"))
+        return -1;
+    char gname[320];
+    snprintf(gname, sizeof gname, "%s.g_idx", R->module);
+    if (rt_ckpt_has(R->ck, gname)) { /* in input order: column i in group i / g */
+        if (qfind(R, "g_idx", "I32", cols, -1, &fi, &ti))
+            return -1;
+        const int32_t *gi = (const int32_t *)(fi->data + ti->begin);
+        for (int64_t i = 0; i < cols; i++) {
+            int32_t v;
+            memcpy(&v, gi + i, sizeof v);
+            if (v != (int32_t)(i / g))
+                return base_errf(R->err, "%s: tensor '%s' puts input column %lld in group %d, not %lld: columns "
+                                         "quantized out of order (act-order) are not supported", fi->path, gname,
+                                 (long long)i, (int)v, (long long)(i / g));
+        }
+    }
+    const int64_t mg = q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g;
+    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, mg, true, R->err))
+        return -1;
+    const int64_t g0 = c0 / g, g1 = (c1 + g - 1) / g, ncw = r1 / per - r0 / per;
+    uint32_t *qw = qslice(R, fw, tw, c0 / per, (c1 + per - 1) / per, r0, r1);
+    uint32_t *qz = qslice(R, fz, tz, g0, g1, r0 / per, r1 / per);
+    float *s = qslice_f32(R, fs, ts, g0, g1, r0, r1);
+    if (qw && qz && s) {
+        const int64_t nr = m->rows;
+        for (int64_t r = 0; r < nr; r++) {
+            for (int64_t c = 0; c < m->cols; c++)
+                m->codes[r * m->cols + c] = (uint8_t)((qw[(c / per) * nr + r] >> (bits * (c % per))) & mask);
+            const int64_t zr = r + r0 % per;
+            for (int64_t j = 0; j < m->n_groups; j++) {
+                const uint32_t z = (qz[j * ncw + zr / per] >> (bits * (zr % per))) & mask;
+                m->zeros[r * m->n_groups + j] = (uint16_t)(z + (q->gptq_v1 ? 1 : 0));
+                m->scales[r * m->n_groups + j] = s[j * nr + r];
+            }
+        }
+    }
+    int rc = qw && qz && s ? 0 : -1;
+    free(qw);
+    free(qz);
+    free(s);
+    if (rc)
+        rt_qmat_free(m);
+    return rc;
+}
+
+int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module, int64_t rows, int64_t cols,
+                 int64_t r0, int64_t r1, int64_t c0, int64_t c1, size_t *bytes, base_err *err)
+{
+    qread R = {.ck = ck, .module = module, .bytes = bytes, .err = err};
+    memset(m, 0, sizeof *m);
+    switch (q->method) {
+    case RT_QUANT_CT_FP8:
+    case RT_QUANT_FP8:
+        return read_fp8(m, &R, q, rows, cols, r0, r1, c0, c1);
+    case RT_QUANT_AWQ:
+        return read_awq(m, &R, q, rows, cols, r0, r1, c0, c1);
+    case RT_QUANT_GPTQ:
+        return read_gptq(m, &R, q, rows, cols, r0, r1, c0, c1);
+    case RT_QUANT_NONE:
+    case RT_QUANT_LOAD:
+        break;
+    }
+    return base_errf(err, "%s: not a quantized checkpoint's weight", module);
+}
+
+/* ---- quantizing a float matrix as it loads ---- */
+
+int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows, int64_t cols, int64_t c0,
+                     int64_t c1, const char *what, base_err *err)
+{
+    const int64_t g = q->scale == RT_QSCALE_GROUP ? q->group_size : cols;
+    if (g < cols && c0 % g)
+        return base_errf(err, "%s: the tensor-parallel split at column %lld cuts a group of %lld (--quantize int4 "
+                              "groups 128 columns): choose a --tp whose slices are multiples of %lld",
+                         what, (long long)c0, (long long)g, (long long)g);
+    const bool zeros = q->kind == RT_QK_INT && q->zero_point;
+    if (qmat_alloc(m, q->kind, q->bits, rows, c1 - c0, g < cols ? g : c1 - c0, zeros, err))
+        return -1;
+    const int maxq = (1 << q->bits) - 1, mid = 1 << (q->bits - 1);
+    const int64_t gfirst = g < cols ? c0 / g : 0;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = w + r * cols;
+        for (int64_t j = 0; j < m->n_groups; j++) {
+            /* the group's columns of the whole row: [a, b) */
+            const int64_t a = g < cols ? (gfirst + j) * g : 0, b = g < cols ? (a + g < cols ? a + g : cols) : cols;
+            float lo = 0, hi = 0, amax = 0;
+            for (int64_t c = a; c < b; c++) {
+                lo = fminf(lo, row[c]);
+                hi = fmaxf(hi, row[c]);
+            }
+            amax = fmaxf(-lo, hi);
+            float s;
+            int zero = mid;
+            if (q->kind == RT_QK_FP8)
+                s = amax / 448.0f;
+            else if (zeros) {
+                s = (hi - lo) / (float)maxq;
+                zero = s > 0 ? (int)fminf(fmaxf(nearbyintf(-lo / s), 0), (float)maxq) : 0;
+            } else {
+                s = amax / (float)(mid - 1);
+            }
+            if (!(s > 0))
+                s = 1; /* an all-zero group: any scale gives zeros */
+            const int64_t gi = r * m->n_groups + j;
+            m->scales[gi] = s;
+            if (m->zeros)
+                m->zeros[gi] = (uint16_t)zero;
+            /* this slice's part of the group */
+            const int64_t ka = a > c0 ? a : c0, kb = b < c1 ? b : c1;
+            for (int64_t c = ka; c < kb; c++) {
+                uint8_t code;
+                if (q->kind == RT_QK_FP8) {
+                    code = rt_f32_to_fp8(row[c] / s);
+                } else {
+                    float v = nearbyintf(row[c] / s) + (float)zero;
+                    code = (uint8_t)fminf(fmaxf(v, zeros ? 0.0f : 1.0f), (float)maxq);
+                }
+                m->codes[r * m->cols + (c - c0)] = code;
+            }
+        }
+    }
+    return 0;
+}

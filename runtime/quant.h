@@ -1,0 +1,48 @@
+/* Quantized weight matrices: every format (compressed-tensors FP8, transformers' block FP8, AWQ,
+ * GPTQ, and --quantize of a float checkpoint) read into one host form, rt_qmat, from which a
+ * backend takes the codes as they are or the dequantized floats. */
+#ifndef DINFER_RUNTIME_QUANT_H
+#define DINFER_RUNTIME_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "runtime/config.h"
+#include "runtime/safetensors.h"
+
+/* A slice (rows, cols) of a weight matrix (out, in): w[r][c] = value(codes[r][c]) * scales[r][c / group]
+ * where value is the FP8 number of the code (RT_QK_FP8) or code - zero (RT_QK_INT). */
+typedef struct rt_qmat {
+    rt_quant_kind kind;
+    int bits;
+    int64_t rows, cols;
+    int64_t group;    /* columns a scale covers; a row's last group may be shorter */
+    int64_t n_groups; /* ceil(cols / group) */
+    uint8_t *codes;   /* (rows, cols), a code a byte */
+    float *scales;    /* (rows, n_groups) */
+    uint16_t *zeros;  /* (rows, n_groups) for RT_QK_INT with zero points; NULL: the zero is 2^(bits-1) */
+} rt_qmat;
+
+void rt_qmat_free(rt_qmat *m);
+/* w (rows, cols) = the slice's values, in fp32 (one rounding: the code's value times its scale). */
+void rt_qmat_dequantize(const rt_qmat *m, float *w);
+
+/* Whether `module` ("model.layers.3.mlp.down_proj") holds its weight quantized as q says (a
+ * checkpoint may leave some float: compressed-tensors' ignore list, AWQ without lm_head). */
+bool rt_quant_stored(const rt_ckpt *ck, const rt_quant *q, const char *module);
+
+/* Reads rows [r0, r1) and columns [c0, c1) of the quantized weight of `module`, whose full shape
+ * must be (rows, cols). Fails naming the tensor for a wrong dtype or shape, and naming the split for
+ * a slice that cuts a group or a packed word. *bytes (may be NULL) gains the bytes read. */
+int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module, int64_t rows, int64_t cols,
+                 int64_t r0, int64_t r1, int64_t c0, int64_t c1, size_t *bytes, base_err *err);
+
+/* Quantizes w (rows, cols), float, as --quantize's q says (round to nearest; scales from the whole
+ * row, groups from column 0, so that a slice is the same whichever rank takes it), keeping
+ * columns [c0, c1). `what` names the matrix in messages. */
+int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows, int64_t cols, int64_t c0,
+                     int64_t c1, const char *what, base_err *err);
+
+#endif

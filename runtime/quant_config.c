@@ -1,0 +1,235 @@
+/* config.json's quantization_config: the formats published quantized checkpoints use, each read
+ * as its tools write it, and everything else refused by the field that makes it unreadable. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "runtime/config.h"
+
+static const cJSON *qfield(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+/* An integer field, def when absent; -1 when present and not an integer. */
+static int qint(const cJSON *obj, const char *key, int def, int *out)
+{
+    const cJSON *v = qfield(obj, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
+        return -1;
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static const char *qstr(const cJSON *obj, const char *key)
+{
+    const cJSON *v = qfield(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* A boolean field, def when absent; -1 when present and not a boolean. */
+static int qbool(const cJSON *obj, const char *key, bool def, bool *out)
+{
+    const cJSON *v = qfield(obj, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v))
+        return -1;
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* [rows, cols] of positive integers. */
+static int qpair(const cJSON *v, int *rows, int *cols)
+{
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+        return -1;
+    const cJSON *a = v->child, *b = a->next;
+    if (!cJSON_IsNumber(a) || !cJSON_IsNumber(b) || a->valuedouble != floor(a->valuedouble) ||
+        b->valuedouble != floor(b->valuedouble) || a->valuedouble < 1 || b->valuedouble < 1 ||
+        a->valuedouble > 65536 || b->valuedouble > 65536)
+        return -1;
+    *rows = (int)a->valuedouble;
+    *cols = (int)b->valuedouble;
+    return 0;
+}
+
+/* compressed-tensors: one config group of FP8 weights. */
+static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
+{
+    const char *fmt = qstr(obj, "format");
+    if (!fmt || (strcmp(fmt, "float-quantized") != 0 && strcmp(fmt, "naive-quantized") != 0))
+        return base_errf(err, "%s: field 'quantization_config.format' has unsupported value \"%.32s\": dinfer reads "
+                              "compressed-tensors FP8 weights (float-quantized or naive-quantized)",
+                         name, fmt ? fmt : "(missing)");
+    if (qfield(obj, "kv_cache_scheme"))
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme' is set: quantized KV-cache scales "
+                              "are not read (use --kv-dtype)", name);
+    const cJSON *groups = qfield(obj, "config_groups");
+    if (!cJSON_IsObject(groups) || cJSON_GetArraySize(groups) != 1)
+        return base_errf(err, "%s: field 'quantization_config.config_groups' must hold exactly one group (has %d)",
+                         name, cJSON_IsObject(groups) ? cJSON_GetArraySize(groups) : 0);
+    const cJSON *g = groups->child, *w = qfield(g, "weights");
+    if (!cJSON_IsObject(w))
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' is missing", name,
+                         g->string);
+    const char *type = qstr(w, "type"), *strategy = qstr(w, "strategy");
+    int bits = 0;
+    bool sym = true, dynamic = false;
+    if (qint(w, "num_bits", 0, &bits) || bits != 8 || !type || strcmp(type, "float") != 0)
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' holds %d-bit %.16s "
+                              "weights: dinfer reads 8-bit float (FP8) ones from compressed-tensors",
+                         name, g->string, bits, type ? type : "(no type)");
+    if (qbool(w, "symmetric", true, &sym) || !sym || qbool(w, "dynamic", false, &dynamic) || dynamic)
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights': FP8 weights must be "
+                              "symmetric with static scales", name, g->string);
+    *q = (rt_quant){.method = RT_QUANT_CT_FP8, .kind = RT_QK_FP8, .bits = 8};
+    if (strategy && strcmp(strategy, "tensor") == 0) {
+        q->scale = RT_QSCALE_TENSOR;
+    } else if (strategy && strcmp(strategy, "channel") == 0) {
+        q->scale = RT_QSCALE_CHANNEL;
+    } else if (strategy && strcmp(strategy, "group") == 0) {
+        q->scale = RT_QSCALE_GROUP;
+        if (qint(w, "group_size", 0, &q->group_size) || q->group_size < 1)
+            return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.group_size' must be "
+                                  "a positive integer", name, g->string);
+    } else if (strategy && strcmp(strategy, "block") == 0) {
+        q->scale = RT_QSCALE_BLOCK;
+        if (qpair(qfield(w, "block_structure"), &q->block_rows, &q->block_cols))
+            return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.block_structure' "
+                                  "must be [rows, cols] of positive integers", name, g->string);
+    } else {
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.strategy' has unsupported "
+                              "value \"%.16s\" (supported: tensor, channel, group, block)",
+                         name, g->string, strategy ? strategy : "(missing)");
+    }
+    return 0;
+}
+
+static int parse_awq(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
+{
+    int bits = 0, group = 0;
+    bool zero = true;
+    const char *version = qstr(obj, "version");
+    if (qint(obj, "bits", 0, &bits) || bits != 4)
+        return base_errf(err, "%s: field 'quantization_config.bits' is %d: AWQ checkpoints are read with 4 bits",
+                         name, bits);
+    if (qint(obj, "group_size", 0, &group) || group < 8 || group % 8)
+        return base_errf(err, "%s: field 'quantization_config.group_size' is %d: AWQ needs a positive multiple of 8",
+                         name, group);
+    if (version && strcasecmp(version, "gemm") != 0)
+        return base_errf(err, "%s: field 'quantization_config.version' has unsupported value \"%.16s\": dinfer reads "
+                              "AWQ's GEMM packing", name, version);
+    if (qbool(obj, "zero_point", true, &zero) || !zero)
+        return base_errf(err, "%s: field 'quantization_config.zero_point' is false: dinfer reads AWQ checkpoints "
+                              "with zero points", name);
+    *q = (rt_quant){.method = RT_QUANT_AWQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                    .group_size = group, .zero_point = true};
+    return 0;
+}
+
+static int parse_gptq(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
+{
+    int bits = 0, group = 0;
+    bool desc_act = false, sym = true;
+    const char *fmt = qstr(obj, "checkpoint_format");
+    if (qint(obj, "bits", 0, &bits) || (bits != 4 && bits != 8))
+        return base_errf(err, "%s: field 'quantization_config.bits' is %d: GPTQ checkpoints are read with 4 or 8 bits",
+                         name, bits);
+    if (qint(obj, "group_size", -1, &group) || (group != -1 && (group < 8 || group % 8)))
+        return base_errf(err, "%s: field 'quantization_config.group_size' is %d: GPTQ needs -1 (per channel) or a "
+                              "positive multiple of 8", name, group);
+    if (qbool(obj, "desc_act", false, &desc_act) || desc_act)
+        return base_errf(err, "%s: field 'quantization_config.desc_act' is true: activation order (columns "
+                              "quantized out of order) is not supported; quantize with desc_act false", name);
+    if (qbool(obj, "sym", true, &sym))
+        return base_errf(err, "%s: field 'quantization_config.sym' must be true or false", name);
+    if (fmt && strcmp(fmt, "gptq") != 0 && strcmp(fmt, "gptq_v2") != 0)
+        return base_errf(err, "%s: field 'quantization_config.checkpoint_format' has unsupported value \"%.16s\" "
+                              "(supported: gptq, gptq_v2)", name, fmt);
+    *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .bits = bits,
+                    .scale = group == -1 ? RT_QSCALE_CHANNEL : RT_QSCALE_GROUP, .group_size = group > 0 ? group : 0,
+                    .zero_point = true, /* stored even when symmetric: read as written */
+                    .gptq_v1 = !fmt || strcmp(fmt, "gptq") == 0};
+    return 0;
+}
+
+static int parse_fp8(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
+{
+    *q = (rt_quant){.method = RT_QUANT_FP8, .kind = RT_QK_FP8, .scale = RT_QSCALE_BLOCK, .bits = 8};
+    if (qpair(qfield(obj, "weight_block_size"), &q->block_rows, &q->block_cols))
+        return base_errf(err, "%s: field 'quantization_config.weight_block_size' must be [rows, cols] of positive "
+                              "integers", name);
+    return 0;
+}
+
+int rt_quant_parse(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
+{
+    memset(q, 0, sizeof *q);
+    if (!obj || cJSON_IsNull(obj))
+        return 0;
+    if (!cJSON_IsObject(obj))
+        return base_errf(err, "%s: field 'quantization_config' must be an object", name);
+    const char *m = qstr(obj, "quant_method");
+    if (!m)
+        return base_errf(err, "%s: field 'quantization_config' has no quant_method: a quantized checkpoint dinfer "
+                              "cannot read (load its BF16, F16 or F32 weights)", name);
+    if (strcmp(m, "compressed-tensors") == 0)
+        return parse_ct(q, obj, name, err);
+    if (strcmp(m, "fp8") == 0)
+        return parse_fp8(q, obj, name, err);
+    if (strcmp(m, "awq") == 0)
+        return parse_awq(q, obj, name, err);
+    if (strcmp(m, "gptq") == 0)
+        return parse_gptq(q, obj, name, err);
+    int bits = 0;
+    char shape[48] = "";
+    if (!qint(obj, "bits", 0, &bits) && bits)
+        snprintf(shape, sizeof shape, " (bits %d)", bits);
+    return base_errf(err, "%s: field 'quantization_config.quant_method' has unsupported value \"%.32s\"%s: dinfer "
+                          "reads compressed-tensors FP8, fp8, awq and gptq checkpoints", name, m, shape);
+}
+
+int rt_quant_for_load(rt_quant *q, const char *mode)
+{
+    if (strcmp(mode, "fp8") == 0)
+        *q = (rt_quant){.method = RT_QUANT_LOAD, .kind = RT_QK_FP8, .scale = RT_QSCALE_CHANNEL, .bits = 8};
+    else if (strcmp(mode, "int8") == 0)
+        *q = (rt_quant){.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8};
+    else if (strcmp(mode, "int4") == 0)
+        *q = (rt_quant){.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                        .group_size = 128, .zero_point = true};
+    else
+        return -1;
+    return 0;
+}
+
+const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size)
+{
+    static const char *const methods[] = {"float", "compressed-tensors", "fp8", "AWQ", "GPTQ", "--quantize"};
+    const char *what = q->kind == RT_QK_FP8 ? "FP8" : q->bits == 4 ? "int4" : "int8";
+    if (q->method == RT_QUANT_NONE) {
+        snprintf(buf, size, "float weights");
+        return buf;
+    }
+    switch (q->scale) {
+    case RT_QSCALE_TENSOR: snprintf(buf, size, "%s %s, a scale a matrix", methods[q->method], what); break;
+    case RT_QSCALE_CHANNEL: snprintf(buf, size, "%s %s, a scale a row", methods[q->method], what); break;
+    case RT_QSCALE_GROUP:
+        snprintf(buf, size, "%s %s, groups of %d", methods[q->method], what, q->group_size);
+        break;
+    case RT_QSCALE_BLOCK:
+        snprintf(buf, size, "%s %s, blocks of %d x %d", methods[q->method], what, q->block_rows, q->block_cols);
+        break;
+    }
+    return buf;
+}

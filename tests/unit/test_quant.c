@@ -1,0 +1,193 @@
+/* Quantized weights: FP8 e4m3 conversions, --quantize's round-to-nearest within its error bound
+ * and independent of the split, the golden fixtures' quantization_config read as written, and every
+ * format's reader giving the same values for a slice as for the whole matrix. (The fixtures' models
+ * against transformers: the golden.quant_* tests.) */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/dtype.h"
+#include "runtime/quant.h"
+
+#define FIXTURES DINFER_SOURCE_DIR "/tests/golden/fixtures/"
+
+static void test_fp8(void **state)
+{
+    (void)state;
+    assert_true(rt_fp8_to_f32(0x38) == 1.0f);
+    assert_true(rt_fp8_to_f32(0x7e) == 448.0f);
+    assert_true(rt_fp8_to_f32(0xfe) == -448.0f);
+    assert_true(rt_fp8_to_f32(0x01) == ldexpf(1, -9)); /* the smallest subnormal */
+    assert_true(rt_fp8_to_f32(0x08) == ldexpf(1, -6)); /* the smallest normal */
+    assert_true(isnan(rt_fp8_to_f32(0x7f)) && isnan(rt_fp8_to_f32(0xff)));
+    for (int c = 0; c < 256; c++) /* every number is its own code */
+        if ((c & 0x7f) != 0x7f)
+            assert_int_equal(rt_f32_to_fp8(rt_fp8_to_f32((uint8_t)c)), c);
+    /* halfway between two codes: the even one */
+    assert_int_equal(rt_f32_to_fp8(1.0625f), 0x38);
+    assert_int_equal(rt_f32_to_fp8(1.1875f), 0x3a);
+    assert_int_equal(rt_f32_to_fp8(-1.0625f), 0xb8);
+    assert_int_equal(rt_f32_to_fp8(1.07f), 0x39);
+    assert_int_equal(rt_f32_to_fp8(1000.0f), 0x7e); /* saturates */
+    assert_int_equal(rt_f32_to_fp8(-1e30f), 0xfe);
+    assert_int_equal(rt_f32_to_fp8(ldexpf(1, -11)), 0x00); /* below half the smallest subnormal */
+    assert_int_equal(rt_f32_to_fp8(NAN), 0x7f);
+}
+
+static float *random_matrix(int64_t rows, int64_t cols, unsigned seed)
+{
+    float *w = malloc((size_t)(rows * cols) * sizeof *w);
+    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        w[i] = ((float)(s >> 40) * 0x1p-24f * 2 - 1) * (1 + (float)(i % 7)); /* rows of varied range */
+    }
+    return w;
+}
+
+/* Each --quantize mode within half a step of its grid, a slice equal to the whole's columns. */
+static void test_quantize(void **state)
+{
+    (void)state;
+    const char *modes[] = {"fp8", "int8", "int4"};
+    const int64_t rows = 9, cols = 300; /* the last group of 128 holds 44 columns */
+    float *w = random_matrix(rows, cols, 3);
+    float *deq = malloc((size_t)(rows * cols) * sizeof *deq), *part = malloc((size_t)(rows * cols) * sizeof *part);
+    for (int mi = 0; mi < 3; mi++) {
+        rt_quant q;
+        assert_int_equal(rt_quant_for_load(&q, modes[mi]), 0);
+        rt_qmat m, s;
+        base_err err;
+        assert_int_equal(rt_qmat_quantize(&m, &q, w, rows, cols, 0, cols, "w", &err), 0);
+        rt_qmat_dequantize(&m, deq);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                const float x = w[r * cols + c], scale = m.scales[r * m.n_groups + c / m.group];
+                /* FP8: 3 mantissa bits, so within 1/16 of the value (or of the smallest normal) */
+                const float bound = q.kind == RT_QK_FP8 ? fmaxf(fabsf(x), ldexpf(1, -6) * scale) / 16 * 1.0001f
+                                                        : scale * 0.5001f;
+                if (!(fabsf(deq[r * cols + c] - x) <= bound))
+                    fail_msg("%s: w[%lld][%lld] = %g became %g (bound %g)", modes[mi], (long long)r, (long long)c, x,
+                             deq[r * cols + c], bound);
+            }
+        /* a slice from column 128 (a group boundary): the same codes, scales and values */
+        assert_int_equal(rt_qmat_quantize(&s, &q, w, rows, cols, 128, cols, "w", &err), 0);
+        rt_qmat_dequantize(&s, part);
+        for (int64_t r = 0; r < rows; r++)
+            assert_memory_equal(part + r * (cols - 128), deq + r * cols + 128, (size_t)(cols - 128) * sizeof(float));
+        rt_qmat_free(&s);
+        /* a slice inside a group: per-row modes take it, int4 refuses naming the group */
+        int rc = rt_qmat_quantize(&s, &q, w, rows, cols, 100, cols, "w", &err);
+        if (q.scale == RT_QSCALE_GROUP) {
+            assert_int_equal(rc, -1);
+            assert_non_null(strstr(err.msg, "cuts a group of 128"));
+        } else {
+            assert_int_equal(rc, 0);
+            rt_qmat_dequantize(&s, part);
+            for (int64_t r = 0; r < rows; r++)
+                assert_memory_equal(part + r * (cols - 100), deq + r * cols + 100, (size_t)(cols - 100) * sizeof(float));
+            rt_qmat_free(&s);
+        }
+        rt_qmat_free(&m);
+    }
+    free(w);
+    free(deq);
+    free(part);
+}
+
+static void test_fixture_configs(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *dir;
+        rt_quant_method method;
+        rt_quant_scale scale;
+        int bits, group, block;
+    } cases[] = {
+        {"quant_fp8_tensor", RT_QUANT_CT_FP8, RT_QSCALE_TENSOR, 8, 0, 0},
+        {"quant_fp8_channel", RT_QUANT_CT_FP8, RT_QSCALE_CHANNEL, 8, 0, 0},
+        {"quant_fp8_block", RT_QUANT_FP8, RT_QSCALE_BLOCK, 8, 0, 128},
+        {"quant_awq", RT_QUANT_AWQ, RT_QSCALE_GROUP, 4, 64, 0},
+        {"quant_gptq4", RT_QUANT_GPTQ, RT_QSCALE_GROUP, 4, 32, 0},
+        {"quant_gptq8", RT_QUANT_GPTQ, RT_QSCALE_CHANNEL, 8, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rt_config c;
+        base_err err;
+        char dir[512];
+        snprintf(dir, sizeof dir, FIXTURES "%s", cases[i].dir);
+        if (rt_config_load(&c, dir, &err))
+            fail_msg("%s: %s", dir, err.msg);
+        assert_int_equal(c.quant.method, cases[i].method);
+        assert_int_equal(c.quant.scale, cases[i].scale);
+        assert_int_equal(c.quant.bits, cases[i].bits);
+        assert_int_equal(c.quant.group_size, cases[i].group);
+        assert_int_equal(c.quant.block_rows, cases[i].block);
+        assert_int_equal(c.quant.block_cols, cases[i].block);
+        assert_int_equal(c.quant.gptq_v1, cases[i].method == RT_QUANT_GPTQ);
+    }
+}
+
+/* Every reader: a slice (rows and columns at the boundaries a split makes) is the whole matrix's
+ * block, code for code and value for value. */
+static void test_read_slices(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"quant_fp8_tensor", "quant_fp8_channel", "quant_fp8_block",
+                                       "quant_awq", "quant_gptq4", "quant_gptq8"};
+    static const char *const modules[] = {"model.layers.1.self_attn.o_proj", "model.layers.2.mlp.down_proj",
+                                          "model.layers.0.mlp.gate_proj"};
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, FIXTURES "%s", dirs[d]);
+        rt_config c;
+        rt_ckpt ck;
+        base_err err;
+        assert_int_equal(rt_config_load(&c, dir, &err), 0);
+        assert_int_equal(rt_ckpt_open(&ck, dir, &err), 0);
+        for (size_t k = 0; k < sizeof modules / sizeof *modules; k++) {
+            assert_true(rt_quant_stored(&ck, &c.quant, modules[k]));
+            const bool down = strstr(modules[k], "down") != NULL, gate = strstr(modules[k], "gate") != NULL;
+            const int64_t rows = gate ? c.ffn_dim : c.dim, cols = down ? c.ffn_dim : c.dim;
+            rt_qmat whole, part;
+            size_t bytes = 0;
+            assert_int_equal(rt_qmat_read(&whole, &ck, &c.quant, modules[k], rows, cols, 0, rows, 0, cols, &bytes, &err), 0);
+            assert_true(bytes > (size_t)(rows * cols) / 2);
+            /* the second half of the rows and of the columns, as tp = 2 splits them */
+            const int64_t r0 = rows / 2,
+                          c0 = c.quant.scale != RT_QSCALE_BLOCK ? cols / 2 : cols > 128 ? 128 : 0;
+            if (rt_qmat_read(&part, &ck, &c.quant, modules[k], rows, cols, r0, rows, c0, cols, NULL, &err))
+                fail_msg("%s %s: %s", dirs[d], modules[k], err.msg);
+            float *wv = malloc((size_t)(rows * cols) * sizeof *wv), *pv = malloc((size_t)(rows * cols) * sizeof *pv);
+            rt_qmat_dequantize(&whole, wv);
+            rt_qmat_dequantize(&part, pv);
+            for (int64_t r = r0; r < rows; r++) {
+                assert_memory_equal(part.codes + (r - r0) * part.cols, whole.codes + r * cols + c0, (size_t)(cols - c0));
+                assert_memory_equal(pv + (r - r0) * part.cols, wv + r * cols + c0, (size_t)(cols - c0) * sizeof(float));
+            }
+            free(wv);
+            free(pv);
+            rt_qmat_free(&whole);
+            rt_qmat_free(&part);
+        }
+        assert_false(rt_quant_stored(&ck, &c.quant, "lm_head")); /* left float by every fixture */
+        rt_ckpt_close(&ck);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fp8),
+        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_fixture_configs),
+        cmocka_unit_test(test_read_slices),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
