@@ -44,6 +44,11 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
             return base_errf(err, "--dtype: \"%.16s\" is not f32, bf16 or f16", v);
         f->dtype = v;
         break;
+    case JF_KV_DTYPE:
+        if (strcmp(v, "auto") && strcmp(v, "fp8"))
+            return base_errf(err, "--kv-dtype: \"%.16s\" is not auto or fp8", v);
+        f->kv_fp8 = strcmp(v, "fp8") == 0;
+        break;
     case JF_THREADS: if (cli_int("--threads", v, 1, 4096, &n, err)) return -1; f->threads = (int)n; break;
     case JF_MBT:
         if (cli_int("--max-batch-tokens", v, 1, 1 << 20, &n, err)) return -1;
@@ -98,6 +103,7 @@ int job_flags_depth(const job_flags *f)
 
 int job_flags_quantize(const job_flags *f, rt_config *cfg, base_err *err)
 {
+    cfg->kv_fp8 = f->kv_fp8;
     if (!f->quantize)
         return 0;
     if (cfg->quant.method != RT_QUANT_NONE) {
@@ -120,7 +126,9 @@ void job_flags_usage_split(FILE *out)
     fprintf(out, "  --model DIR             a Hugging Face model folder\n"
                  "  --tp T --pp P           tensor and pipeline parallel split (the job has T x P ranks)\n"
                  "  --layers-per-stage L    layers of each pipeline stage, e.g. 3,2 (default: even)\n"
-                 "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's; the CPU computes fp32)\n");
+                 "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's; the CPU computes fp32)\n"
+                 "  --kv-dtype auto|fp8     the KV cache's type: the compute type, or FP8 e4m3 with a scale a\n"
+                 "                          token and head (about 2x BF16's tokens; CPU only for now)\n");
 }
 
 void job_flags_usage_compute(FILE *out)

@@ -11,6 +11,7 @@
 #include "launch/cli.h"
 #include "base/clock.h"
 #include "runtime/config.h"
+#include "runtime/quant.h"
 #include "runtime/st_writer.h"
 
 typedef struct preset {
@@ -42,6 +43,10 @@ typedef struct fill_ctx {
     uint64_t seed;
     const float *scale;  /* (n_tensors) half-width of the uniform distribution */
     const float *center; /* (n_tensors) its center */
+    /* with --quantize: the written list's tensor i is float tensor src[i] of build_specs' list, or
+     * the precomputed bytes packed[i] (a quantized weight's tensors) */
+    const int *src;
+    void *const *packed;
 } fill_ctx;
 
 static uint64_t mix64(uint64_t z)
@@ -69,6 +74,15 @@ static void fill_weights(void *ctx_, int index, const rt_st_spec *t, size_t off,
         rt_convert_from_f32((char *)dst + done * es, buf, t->dtype, k);
         done += k;
     }
+}
+
+static void fill_written(void *ctx_, int index, const rt_st_spec *t, size_t off, void *dst, size_t n)
+{
+    const fill_ctx *ctx = ctx_;
+    if (ctx->packed && ctx->packed[index])
+        memcpy(dst, (const char *)ctx->packed[index] + off, n);
+    else
+        fill_weights(ctx_, ctx->src ? ctx->src[index] : index, t, off, dst, n);
 }
 
 static int add_spec(rt_st_spec *ts, float *scale, float *center, int *n, const char *name, rt_dtype dt,
@@ -120,6 +134,98 @@ static int build_specs(const rt_config *c, rt_dtype dt, rt_st_spec *ts, float *s
     return n;
 }
 
+/* --quantize's formats, as each published tool lays its checkpoints out. */
+static int quant_format(const char *name, rt_quant *q)
+{
+    if (strcmp(name, "fp8") == 0) /* llm-compressor's FP8_DYNAMIC: a scale a row */
+        *q = (rt_quant){.method = RT_QUANT_CT_FP8, .kind = RT_QK_FP8, .scale = RT_QSCALE_CHANNEL, .bits = 8};
+    else if (strcmp(name, "fp8-block") == 0) /* transformers' fp8: 128 x 128 blocks */
+        *q = (rt_quant){.method = RT_QUANT_FP8, .kind = RT_QK_FP8, .scale = RT_QSCALE_BLOCK, .bits = 8,
+                        .block_rows = 128, .block_cols = 128};
+    else if (strcmp(name, "awq") == 0)
+        *q = (rt_quant){.method = RT_QUANT_AWQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                        .group_size = 128, .zero_point = true, .scales_f16 = true};
+    else if (strcmp(name, "gptq4") == 0) /* zero points as they are: a zero of 0 has no v1 form */
+        *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                        .group_size = 128, .zero_point = true, .scales_f16 = true};
+    else if (strcmp(name, "gptq8") == 0)
+        *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
+                        .symmetric = true, .gptq_v1 = true, .scales_f16 = true};
+    else
+        return -1;
+    return 0;
+}
+
+static bool is_linear(const char *name)
+{
+    static const char *const suffixes[] = {".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".o_proj.weight",
+                                           ".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"};
+    const size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        const size_t k = strlen(suffixes[i]);
+        if (n > k && strcmp(name + n - k, suffixes[i]) == 0 && strncmp(name, "model.layers.", 13) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The written list: build_specs' tensors, each linear weight replaced by its quantized form (the
+ * float values it would have held, as dt rounds them, quantized by q and packed), into out/src/packed
+ * (room for 4 tensors a float one). */
+static int quantize_specs(const rt_st_spec *ts, int n, fill_ctx *fc, const rt_quant *q, rt_st_spec *out, int *src,
+                          void **packed, int *n_out, base_err *err)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (!is_linear(ts[i].name)) {
+            out[k] = ts[i];
+            src[k++] = i;
+            continue;
+        }
+        const int64_t rows = ts[i].shape[0], cols = ts[i].shape[1];
+        const size_t es = rt_dtype_size(ts[i].dtype), count = (size_t)(rows * cols);
+        float *w = malloc(count * sizeof *w);
+        char *raw = malloc(count * es);
+        if (!w || !raw) {
+            free(w), free(raw);
+            return base_errf(err, "out of memory quantizing %s", ts[i].name);
+        }
+        const size_t chunk = (size_t)1 << 20; /* elements a thread generates at a time */
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t c0 = 0; c0 < count; c0 += chunk) {
+            const size_t m = count - c0 < chunk ? count - c0 : chunk;
+            fill_weights(fc, i, &ts[i], c0 * es, raw + c0 * es, m * es);
+            rt_convert_to_f32(w + c0, raw + c0 * es, ts[i].dtype, m);
+        }
+        free(raw);
+        rt_qmat qm;
+        rt_qtensor qt[RT_QTENSORS_MAX];
+        int nq = 0;
+        char module[128];
+        snprintf(module, sizeof module, "%.*s", (int)(strlen(ts[i].name) - strlen(".weight")), ts[i].name);
+        int rc = rt_qmat_quantize(&qm, q, w, rows, cols, 0, cols, ts[i].name, err);
+        free(w);
+        if (rc)
+            return -1;
+        rc = rt_qmat_pack(&qm, q, qt, &nq, err);
+        rt_qmat_free(&qm);
+        if (rc) {
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err->msg);
+            return base_errf(err, "%s: %s", module, why);
+        }
+        for (int j = 0; j < nq; j++, k++) {
+            out[k] = (rt_st_spec){.dtype = ts[i].dtype, .raw_dtype = qt[j].dtype, .raw_size = qt[j].elem_size,
+                                  .n_dims = qt[j].n_dims, .shape = {qt[j].shape[0], qt[j].shape[1]}};
+            snprintf(out[k].name, sizeof out[k].name, "%s.%s", module, qt[j].suffix);
+            src[k] = i;
+            packed[k] = qt[j].data; /* owned by packed[] from here */
+        }
+    }
+    *n_out = k;
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -132,13 +238,18 @@ static void usage(FILE *f)
             "  --tie / --no-tie             tie the LM head to the embedding\n"
             "  --dtype f32|bf16|f16         weight type (default: the preset's, else f32)\n"
             "  --seed S                     random seed (default 0)\n"
-            "  --shard-size SIZE            split into files of at most SIZE, e.g. 5GB, 100MiB (default 5GB)\n");
+            "  --shard-size SIZE            split into files of at most SIZE, e.g. 5GB, 100MiB (default 5GB)\n"
+            "  --quantize FORMAT            the linear layers quantized (round to nearest) and stored as a\n"
+            "                               published format: fp8 (compressed-tensors, a scale a row),\n"
+            "                               fp8-block (transformers fp8, 128 x 128 blocks), awq (int4, groups\n"
+            "                               of 128), gptq4 (int4, groups of 128, gptq_v2 zero points),\n"
+            "                               gptq8 (int8, a scale a row, symmetric)\n");
 }
 
 static int run(int argc, char **argv, base_err *err)
 {
     enum { O_PRESET = 256, O_ARCH, O_DIM, O_FFN, O_LAYERS, O_HEADS, O_KV, O_HD, O_VOCAB, O_MAXPOS, O_THETA,
-           O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD };
+           O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD, O_QUANT };
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'}, {"preset", required_argument, 0, O_PRESET},
         {"arch", required_argument, 0, O_ARCH}, {"dim", required_argument, 0, O_DIM},
@@ -148,12 +259,14 @@ static int run(int argc, char **argv, base_err *err)
         {"max-pos", required_argument, 0, O_MAXPOS}, {"rope-theta", required_argument, 0, O_THETA},
         {"tie", no_argument, 0, O_TIE}, {"no-tie", no_argument, 0, O_NOTIE},
         {"dtype", required_argument, 0, O_DTYPE}, {"seed", required_argument, 0, O_SEED},
-        {"shard-size", required_argument, 0, O_SHARD}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"shard-size", required_argument, 0, O_SHARD}, {"quantize", required_argument, 0, O_QUANT},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *out = NULL;
     rt_config c = presets[0].cfg; /* tiny unless told */
     bool preset_given = false, dims_changed = false, head_dim_given = false;
     uint64_t seed = 0;
+    rt_quant quant = {0};
     uint64_t shard_bytes = 5000000000ULL;
     long v;
     double d;
@@ -204,6 +317,10 @@ static int run(int argc, char **argv, base_err *err)
             break;
         case O_SEED: if (cli_u64(f, a, &seed, err)) return -1; break;
         case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
+        case O_QUANT:
+            if (quant_format(a, &quant))
+                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq8)", a);
+            break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
@@ -224,6 +341,7 @@ static int run(int argc, char **argv, base_err *err)
         c.eos_ids[0] = 2;
     }
     c.dtype = dt;
+    c.quant = quant;
     if (mkdir(out, 0755) != 0 && errno != EEXIST)
         return base_errf(err, "%s: cannot create the folder: %s", out, strerror(errno));
 
@@ -236,24 +354,48 @@ static int run(int argc, char **argv, base_err *err)
         return -1;
 
     int max_specs = 3 + 12 * c.n_layers;
-    rt_st_spec *ts = calloc((size_t)max_specs, sizeof *ts);
+    rt_st_spec *ts = calloc((size_t)max_specs, sizeof *ts), *qs = NULL;
     float *sc = calloc((size_t)max_specs, sizeof *sc), *ce = calloc((size_t)max_specs, sizeof *ce);
+    int *src = NULL;
+    void **packed = NULL;
     if (!ts || !sc || !ce) {
         free(ts), free(sc), free(ce);
         return base_errf(err, "out of memory");
     }
     int n = build_specs(&c, dt, ts, sc, ce);
-    size_t bytes = 0;
+    double params = 0;
     for (int i = 0; i < n; i++)
-        bytes += rt_st_spec_bytes(&ts[i]);
-    fill_ctx fc = {seed, sc, ce};
+        params += (double)rt_st_spec_bytes(&ts[i]) / (double)rt_dtype_size(dt);
+    fill_ctx fc = {seed, sc, ce, NULL, NULL};
     double t0 = base_now();
-    int rc = rt_st_write_folder(out, ts, n, (size_t)shard_bytes, fill_weights, &fc, err);
+    int rc = 0;
+    if (quant.method != RT_QUANT_NONE) {
+        const int max_q = RT_QTENSORS_MAX * n;
+        qs = calloc((size_t)max_q, sizeof *qs);
+        src = calloc((size_t)max_q, sizeof *src);
+        packed = calloc((size_t)max_q, sizeof *packed);
+        int nq = 0;
+        rc = !qs || !src || !packed ? base_errf(err, "out of memory")
+                                    : quantize_specs(ts, n, &fc, &quant, qs, src, packed, &nq, err);
+        fc.src = src;
+        fc.packed = packed;
+        n = nq;
+    }
+    const rt_st_spec *written = qs ? qs : ts;
+    size_t bytes = 0;
+    for (int i = 0; rc == 0 && i < n; i++)
+        bytes += rt_st_spec_bytes(&written[i]);
     if (rc == 0)
-        printf("wrote %s: %s, %.1fM parameters, %s, %.2f GiB in %.1f s\n", out, rt_arch_name(c.arch),
-               (double)bytes / rt_dtype_size(dt) / 1e6, rt_dtype_name(dt), (double)bytes / (1 << 30),
+        rc = rt_st_write_folder(out, written, n, (size_t)shard_bytes, fill_written, &fc, err);
+    if (rc == 0) {
+        char what[96];
+        printf("wrote %s: %s, %.1fM parameters, %s, %s, %.2f GiB in %.1f s\n", out, rt_arch_name(c.arch), params / 1e6,
+               rt_dtype_name(dt), rt_quant_describe(&quant, what, sizeof what), (double)bytes / (1 << 30),
                base_now() - t0);
-    free(ts), free(sc), free(ce);
+    }
+    for (int i = 0; packed && i < n; i++)
+        free(packed[i]);
+    free(ts), free(sc), free(ce), free(qs), free(src), free(packed);
     return rc;
 }
 

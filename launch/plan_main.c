@@ -12,8 +12,10 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dinfer-plan --model DIR --tp T --pp P [--layers-per-stage 3,2] [--dtype f32|bf16|f16]\n"
+               "                   [--kv-dtype auto|fp8]\n"
                "Prints each rank's share of the model; exits 1 with the reason when the split is impossible.\n"
-               "Reads only DIR/config.json. --dtype (default: the checkpoint's) sets the memory estimate.\n");
+               "Reads only DIR/config.json. --dtype (default: the checkpoint's) and --kv-dtype set the memory\n"
+               "estimate.\n");
 }
 
 static void range(char *buf, size_t n, int begin, int end)
@@ -52,7 +54,7 @@ static int run(int argc, char **argv, base_err *err)
     if (optind < argc)
         rc = base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     else if (job_flags_check(&f, err) == 0)
-        rc = rt_config_load(&cfg, model, err);
+        rc = rt_config_load(&cfg, model, err) || job_flags_quantize(&f, &cfg, err) ? -1 : 0;
     else
         rc = -1;
     rt_dtype dt = rc == 0 ? job_flags_dtype(&f, cfg.dtype) : RT_F32;
@@ -64,8 +66,15 @@ static int run(int argc, char **argv, base_err *err)
     printf("model %s: %s, %d layers, %d heads (%d KV, head_dim %d), dim %d, FFN %d, vocab %d\n", model,
            rt_arch_name(cfg.arch), cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim, cfg.ffn_dim,
            cfg.vocab_size);
-    printf("split tp=%d x pp=%d over %d ranks, weights and KV cache in %s%s\n", p.tp, p.pp, p.world,
-           rt_dtype_name(dt), cfg.tie_embeddings ? ", tied embeddings" : "");
+    char qdesc[96];
+    if (cfg.kv_fp8)
+        printf("split tp=%d x pp=%d over %d ranks, weights in %s (%s), KV cache in FP8 with a scale a token and "
+               "head%s\n", p.tp, p.pp, p.world, rt_dtype_name(dt), rt_quant_describe(&cfg.quant, qdesc, sizeof qdesc),
+               cfg.tie_embeddings ? ", tied embeddings" : "");
+    else
+        printf("split tp=%d x pp=%d over %d ranks, weights and KV cache in %s (%s)%s\n", p.tp, p.pp, p.world,
+               rt_dtype_name(dt), rt_quant_describe(&cfg.quant, qdesc, sizeof qdesc),
+               cfg.tie_embeddings ? ", tied embeddings" : "");
     printf("%-5s %-5s %-3s %-8s %-8s %-8s %-13s %-15s %11s %13s\n", "rank", "stage", "tp", "layers", "q heads",
            "kv heads", "FFN cols", "vocab rows", "weights MiB", "KV MiB/1k tok");
     double total = 0;

@@ -36,6 +36,10 @@ typedef struct rt_tensor {
 typedef struct rt_kv_layer {
     void *k; /* (n_blocks * block_size, n_kv_heads, head_dim) */
     void *v;
+    /* NULL, or an FP8 cache: k and v hold e4m3 codes, and these each (slot, KV head)'s scale (its
+     * largest magnitude / 448): value = code * scale. */
+    float *k_scale; /* (n_blocks * block_size, n_kv_heads) */
+    float *v_scale;
 } rt_kv_layer;
 
 /* Where the tokens of a step sit in their sequences; all arrays in device memory. */

@@ -457,6 +457,9 @@ int rt_config_write(const rt_config *c, const char *path, base_err *err)
     else if (c->n_eos > 1)
         cJSON_AddItemToObject(o, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
     cJSON_AddStringToObject(o, "torch_dtype", dtype_torch_name(c->dtype));
+    cJSON *q = rt_quant_to_json(&c->quant); /* NULL: float weights */
+    if (q)
+        cJSON_AddItemToObject(o, "quantization_config", q);
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     if (!text)

@@ -69,6 +69,8 @@ typedef struct rt_quant {
     int block_rows, block_cols; /* RT_QSCALE_BLOCK */
     bool zero_point;            /* integer codes come with zero points (else the zero is 2^(bits-1)) */
     bool gptq_v1;               /* GPTQ's "gptq" format: each stored zero point is the zero minus one */
+    bool symmetric;             /* GPTQ's sym (its zero points are then all 2^(bits-1)) */
+    bool scales_f16;            /* scales are stored as F16 (AWQ, GPTQ): quantizing rounds them so */
 } rt_quant;
 
 typedef struct rt_config {
@@ -92,6 +94,7 @@ typedef struct rt_config {
     int eos_ids[RT_MAX_EOS];
     rt_dtype dtype;     /* torch_dtype / dtype: the checkpoint's compute type */
     rt_quant quant;     /* quantization_config, or --quantize (method RT_QUANT_NONE: float weights) */
+    bool kv_fp8;        /* --kv-dtype fp8: the KV cache in FP8 e4m3, a scale a token and KV head */
 } rt_config;
 
 /* Parses the text of a config.json (len bytes, need not be NUL-terminated). `name` is used in error
@@ -114,6 +117,9 @@ int rt_quant_parse(rt_quant *q, const struct cJSON *obj, const char *name, base_
 /* --quantize's modes: "fp8" (per channel), "int8" (per channel, symmetric), "int4" (groups of
  * 128 with zero points, round to nearest); -1 for another name. */
 int rt_quant_for_load(rt_quant *q, const char *mode);
+/* The quantization_config object that describes q (a checkpoint method), as the format's tools
+ * write it; NULL for RT_QUANT_NONE / RT_QUANT_LOAD or out of memory. */
+struct cJSON *rt_quant_to_json(const rt_quant *q);
 /* "AWQ int4, groups of 128", ... for logs and messages (buf of 96 bytes is enough). */
 const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size);
 bool rt_config_is_eos(const rt_config *cfg, int token);

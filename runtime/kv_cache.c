@@ -3,13 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt)
+size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt, bool fp8)
 {
-    return 2 * (size_t)n_layers * (size_t)n_kv_heads * (size_t)head_dim * rt_dtype_size(dt);
+    const size_t per_head = fp8 ? (size_t)head_dim + sizeof(float) : (size_t)head_dim * rt_dtype_size(dt);
+    return 2 * (size_t)n_layers * (size_t)n_kv_heads * per_head;
 }
 
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
-                       int n_kv_heads, int head_dim, base_err *err)
+                       int n_kv_heads, int head_dim, bool fp8, base_err *err)
 {
     memset(kv, 0, sizeof *kv);
     kv->be = be;
@@ -18,16 +19,22 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
     kv->block_size = block_size;
     kv->n_kv_heads = n_kv_heads;
     kv->head_dim = head_dim;
+    kv->fp8 = fp8;
     kv->layers = calloc(n_layers ? (size_t)n_layers : 1, sizeof *kv->layers);
     if (!kv->layers)
         return base_errf(err, "KV cache: out of host memory");
     kv->n_layers = n_layers;
-    size_t bytes = (size_t)(n_blocks + 1) * (size_t)block_size * (size_t)n_kv_heads * (size_t)head_dim *
-                   rt_dtype_size(be->ops->act_dtype);
+    const size_t slots = (size_t)(n_blocks + 1) * (size_t)block_size * (size_t)n_kv_heads;
+    size_t bytes = slots * (size_t)head_dim * (fp8 ? 1 : rt_dtype_size(be->ops->act_dtype));
     for (int l = 0; l < n_layers; l++) {
-        kv->layers[l].k = be->ops->alloc(be, bytes);
-        kv->layers[l].v = be->ops->alloc(be, bytes);
-        if (!kv->layers[l].k || !kv->layers[l].v) {
+        rt_kv_layer *y = &kv->layers[l];
+        y->k = be->ops->alloc(be, bytes);
+        y->v = be->ops->alloc(be, bytes);
+        if (fp8) {
+            y->k_scale = be->ops->alloc(be, slots * sizeof(float));
+            y->v_scale = be->ops->alloc(be, slots * sizeof(float));
+        }
+        if (!y->k || !y->v || (fp8 && (!y->k_scale || !y->v_scale))) {
             rt_kv_cache_destroy(kv);
             return base_errf(err, "KV cache: cannot allocate %d blocks of %d tokens (%.1f MiB per layer)",
                            n_blocks, block_size, 2.0 * (double)bytes / (1 << 20));
@@ -43,6 +50,10 @@ void rt_kv_cache_destroy(rt_kv_cache *kv)
             kv->be->ops->free(kv->be, kv->layers[l].k);
         if (kv->layers[l].v)
             kv->be->ops->free(kv->be, kv->layers[l].v);
+        if (kv->layers[l].k_scale)
+            kv->be->ops->free(kv->be, kv->layers[l].k_scale);
+        if (kv->layers[l].v_scale)
+            kv->be->ops->free(kv->be, kv->layers[l].v_scale);
     }
     free(kv->layers);
     memset(kv, 0, sizeof *kv);

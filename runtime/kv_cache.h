@@ -4,6 +4,7 @@
 #ifndef DINFER_RUNTIME_KV_CACHE_H
 #define DINFER_RUNTIME_KV_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "runtime/backend.h"
@@ -20,14 +21,16 @@ typedef struct rt_kv_cache {
     int block_size;      /* tokens per block */
     int n_kv_heads;      /* this rank's KV heads */
     int head_dim;
+    bool fp8;            /* FP8 codes with a scale a token and head (rt_kv_layer), else the backend's type */
     rt_kv_layer *layers; /* (n_layers) */
 } rt_kv_cache;
 
-/* Bytes one token takes in the cache on a rank with these dimensions (k and v, every layer). */
-size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt);
+/* Bytes one token takes in the cache on a rank with these dimensions (k and v, every layer): in
+ * type dt, or (fp8) as FP8 codes and their scales. */
+size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt, bool fp8);
 
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
-                       int n_kv_heads, int head_dim, base_err *err);
+                       int n_kv_heads, int head_dim, bool fp8, base_err *err);
 void rt_kv_cache_destroy(rt_kv_cache *kv);
 
 /* Free-list allocator of block ids [0, n_blocks). */

@@ -372,40 +372,46 @@ int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module,
 int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows, int64_t cols, int64_t c0,
                      int64_t c1, const char *what, base_err *err)
 {
-    const int64_t g = q->scale == RT_QSCALE_GROUP ? q->group_size : cols;
+    const int64_t g = q->scale == RT_QSCALE_GROUP ? q->group_size : q->scale == RT_QSCALE_BLOCK ? q->block_cols : cols;
+    const int64_t br = q->scale == RT_QSCALE_BLOCK ? q->block_rows : q->scale == RT_QSCALE_TENSOR ? rows : 1;
     if (g < cols && c0 % g)
-        return base_errf(err, "%s: the tensor-parallel split at column %lld cuts a group of %lld (--quantize int4 "
-                              "groups 128 columns): choose a --tp whose slices are multiples of %lld",
-                         what, (long long)c0, (long long)g, (long long)g);
+        return base_errf(err, "%s: the tensor-parallel split at column %lld cuts a group of %lld columns: choose a "
+                              "--tp whose slices are multiples of %lld", what, (long long)c0, (long long)g,
+                         (long long)g);
     const bool zeros = q->kind == RT_QK_INT && q->zero_point;
     if (qmat_alloc(m, q->kind, q->bits, rows, c1 - c0, g < cols ? g : c1 - c0, zeros, err))
         return -1;
     const int maxq = (1 << q->bits) - 1, mid = 1 << (q->bits - 1);
     const int64_t gfirst = g < cols ? c0 / g : 0;
+    /* a block of br rows shares a scale: each row computes its block's (the same result) */
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; r++) {
         const float *row = w + r * cols;
+        const int64_t b0 = r / br * br, b1 = b0 + br < rows ? b0 + br : rows;
         for (int64_t j = 0; j < m->n_groups; j++) {
             /* the group's columns of the whole row: [a, b) */
             const int64_t a = g < cols ? (gfirst + j) * g : 0, b = g < cols ? (a + g < cols ? a + g : cols) : cols;
             float lo = 0, hi = 0, amax = 0;
-            for (int64_t c = a; c < b; c++) {
-                lo = fminf(lo, row[c]);
-                hi = fmaxf(hi, row[c]);
-            }
+            for (int64_t rr = b0; rr < b1; rr++)
+                for (int64_t c = a; c < b; c++) {
+                    lo = fminf(lo, w[rr * cols + c]);
+                    hi = fmaxf(hi, w[rr * cols + c]);
+                }
             amax = fmaxf(-lo, hi);
             float s;
             int zero = mid;
             if (q->kind == RT_QK_FP8)
                 s = amax / 448.0f;
-            else if (zeros) {
+            else if (zeros)
                 s = (hi - lo) / (float)maxq;
-                zero = s > 0 ? (int)fminf(fmaxf(nearbyintf(-lo / s), 0), (float)maxq) : 0;
-            } else {
+            else
                 s = amax / (float)(mid - 1);
-            }
+            if (q->scales_f16) /* the scale the checkpoint will hold, before any code is chosen */
+                s = rt_f16_to_f32(rt_f32_to_f16(s));
             if (!(s > 0))
                 s = 1; /* an all-zero group: any scale gives zeros */
+            if (zeros)
+                zero = (int)fminf(fmaxf(nearbyintf(-lo / s), 0), (float)maxq);
             const int64_t gi = r * m->n_groups + j;
             m->scales[gi] = s;
             if (m->zeros)

@@ -39,10 +39,28 @@ bool rt_quant_stored(const rt_ckpt *ck, const rt_quant *q, const char *module);
 int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module, int64_t rows, int64_t cols,
                  int64_t r0, int64_t r1, int64_t c0, int64_t c1, size_t *bytes, base_err *err);
 
-/* Quantizes w (rows, cols), float, as --quantize's q says (round to nearest; scales from the whole
- * row, groups from column 0, so that a slice is the same whichever rank takes it), keeping
- * columns [c0, c1). `what` names the matrix in messages. */
+/* Quantizes w (rows, cols), float, as q says (round to nearest; scales from the whole row, groups
+ * from column 0, so that a slice is the same whichever rank takes it; block scales over blocks of
+ * rows from row 0), keeping columns [c0, c1). `what` names the matrix in messages. */
 int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows, int64_t cols, int64_t c0,
                      int64_t c1, const char *what, base_err *err);
+
+/* One tensor of a format's stored form. */
+typedef struct rt_qtensor {
+    const char *suffix; /* after the module's name: "weight", "weight_scale", "qweight", ... */
+    const char *dtype;  /* safetensors dtype: "F8_E4M3", "F32", "F16", "I32" */
+    int elem_size;
+    int n_dims;
+    int64_t shape[2];
+    void *data;         /* malloc'd, row-major */
+} rt_qtensor;
+
+#define RT_QTENSORS_MAX 4
+
+/* The tensors a checkpoint of method q->method stores for the whole matrix m (out, in), packed as
+ * the format's tools lay them out: the inverse of rt_qmat_read. Fails naming a shape the format
+ * cannot pack (AWQ needs outputs a multiple of 8, ...), or scales the layout cannot express. */
+int rt_qmat_pack(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *n, base_err *err);
+void rt_qtensors_free(rt_qtensor *t, int n);
 
 #endif

@@ -133,7 +133,7 @@ static int parse_awq(rt_quant *q, const cJSON *obj, const char *name, base_err *
         return base_errf(err, "%s: field 'quantization_config.zero_point' is false: dinfer reads AWQ checkpoints "
                               "with zero points", name);
     *q = (rt_quant){.method = RT_QUANT_AWQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
-                    .group_size = group, .zero_point = true};
+                    .group_size = group, .zero_point = true, .scales_f16 = true};
     return 0;
 }
 
@@ -159,7 +159,7 @@ static int parse_gptq(rt_quant *q, const cJSON *obj, const char *name, base_err 
     *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .bits = bits,
                     .scale = group == -1 ? RT_QSCALE_CHANNEL : RT_QSCALE_GROUP, .group_size = group > 0 ? group : 0,
                     .zero_point = true, /* stored even when symmetric: read as written */
-                    .gptq_v1 = !fmt || strcmp(fmt, "gptq") == 0};
+                    .gptq_v1 = !fmt || strcmp(fmt, "gptq") == 0, .symmetric = sym, .scales_f16 = true};
     return 0;
 }
 
@@ -211,6 +211,72 @@ int rt_quant_for_load(rt_quant *q, const char *mode)
     else
         return -1;
     return 0;
+}
+
+cJSON *rt_quant_to_json(const rt_quant *q)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    switch (q->method) {
+    case RT_QUANT_CT_FP8: {
+        static const char *const strategies[] = {"tensor", "channel", "group", "block"};
+        cJSON_AddStringToObject(o, "quant_method", "compressed-tensors");
+        cJSON_AddStringToObject(o, "format", "float-quantized");
+        cJSON_AddStringToObject(o, "quantization_status", "compressed");
+        cJSON *g = cJSON_AddObjectToObject(cJSON_AddObjectToObject(o, "config_groups"), "group_0");
+        const char *targets[] = {"Linear"};
+        cJSON_AddItemToObject(g, "targets", cJSON_CreateStringArray(targets, 1));
+        cJSON *w = cJSON_AddObjectToObject(g, "weights");
+        cJSON_AddNumberToObject(w, "num_bits", 8);
+        cJSON_AddStringToObject(w, "type", "float");
+        cJSON_AddStringToObject(w, "strategy", strategies[q->scale]);
+        cJSON_AddBoolToObject(w, "symmetric", 1);
+        cJSON_AddBoolToObject(w, "dynamic", 0);
+        if (q->scale == RT_QSCALE_GROUP)
+            cJSON_AddNumberToObject(w, "group_size", q->group_size);
+        if (q->scale == RT_QSCALE_BLOCK) {
+            const int b[2] = {q->block_rows, q->block_cols};
+            cJSON_AddItemToObject(w, "block_structure", cJSON_CreateIntArray(b, 2));
+        }
+        cJSON *a = cJSON_AddObjectToObject(g, "input_activations"); /* dynamic per token, as llm-compressor's FP8_DYNAMIC */
+        cJSON_AddNumberToObject(a, "num_bits", 8);
+        cJSON_AddStringToObject(a, "type", "float");
+        cJSON_AddStringToObject(a, "strategy", "token");
+        cJSON_AddBoolToObject(a, "symmetric", 1);
+        cJSON_AddBoolToObject(a, "dynamic", 1);
+        const char *ignore[] = {"lm_head"};
+        cJSON_AddItemToObject(o, "ignore", cJSON_CreateStringArray(ignore, 1));
+        break;
+    }
+    case RT_QUANT_FP8: {
+        const int b[2] = {q->block_rows, q->block_cols};
+        cJSON_AddStringToObject(o, "quant_method", "fp8");
+        cJSON_AddStringToObject(o, "activation_scheme", "dynamic");
+        cJSON_AddItemToObject(o, "weight_block_size", cJSON_CreateIntArray(b, 2));
+        break;
+    }
+    case RT_QUANT_AWQ:
+        cJSON_AddStringToObject(o, "quant_method", "awq");
+        cJSON_AddNumberToObject(o, "bits", q->bits);
+        cJSON_AddNumberToObject(o, "group_size", q->group_size);
+        cJSON_AddBoolToObject(o, "zero_point", 1);
+        cJSON_AddStringToObject(o, "version", "gemm");
+        break;
+    case RT_QUANT_GPTQ:
+        cJSON_AddStringToObject(o, "quant_method", "gptq");
+        cJSON_AddNumberToObject(o, "bits", q->bits);
+        cJSON_AddNumberToObject(o, "group_size", q->scale == RT_QSCALE_GROUP ? q->group_size : -1);
+        cJSON_AddBoolToObject(o, "desc_act", 0);
+        cJSON_AddBoolToObject(o, "sym", q->symmetric);
+        cJSON_AddStringToObject(o, "checkpoint_format", q->gptq_v1 ? "gptq" : "gptq_v2");
+        break;
+    case RT_QUANT_NONE:
+    case RT_QUANT_LOAD:
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
 }
 
 const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size)

@@ -12,7 +12,7 @@
 
 size_t rt_st_spec_bytes(const rt_st_spec *t)
 {
-    size_t n = rt_dtype_size(t->dtype);
+    size_t n = t->raw_dtype ? (size_t)t->raw_size : rt_dtype_size(t->dtype);
     for (int i = 0; i < t->n_dims; i++)
         n *= (size_t)t->shape[i];
     return n;
@@ -27,7 +27,7 @@ static char *make_header(const rt_st_spec *ts, int n, size_t *hlen)
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         cJSON *e = cJSON_AddObjectToObject(o, ts[i].name);
-        cJSON_AddStringToObject(e, "dtype", rt_dtype_name(ts[i].dtype));
+        cJSON_AddStringToObject(e, "dtype", ts[i].raw_dtype ? ts[i].raw_dtype : rt_dtype_name(ts[i].dtype));
         cJSON *shape = cJSON_AddArrayToObject(e, "shape");
         for (int d = 0; d < ts[i].n_dims; d++)
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)ts[i].shape[d]));

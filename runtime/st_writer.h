@@ -13,6 +13,9 @@
 typedef struct rt_st_spec {
     char name[128];
     rt_dtype dtype;
+    const char *raw_dtype; /* another safetensors dtype ("I32", "F8_E4M3", ...) of raw_size-byte
+                            * elements in place of dtype (quantized weights), or NULL */
+    int raw_size;
     int n_dims;        /* 1 or 2 */
     int64_t shape[2];
 } rt_st_spec;

@@ -4,6 +4,7 @@
 
 #include "runtime/cpu/cpu_math.h"
 #include "runtime/cpu/cpu_ops.h"
+#include "runtime/dtype.h"
 
 void cpu_embedding(rt_backend *be, void *out_, const rt_tensor *table, int64_t row_begin,
                    const int32_t *tokens, int n)
@@ -66,6 +67,18 @@ static void rope_head(float *h, const float *cosv, const float *sinv, int half)
     }
 }
 
+/* One head's hd values into an FP8 cache row: codes and the scale (largest magnitude / 448). */
+static void fp8_row(uint8_t *codes, float *scale, const float *x, int hd)
+{
+    float amax = 0.0f;
+    for (int i = 0; i < hd; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
+    *scale = s;
+    for (int i = 0; i < hd; i++)
+        codes[i] = rt_f32_to_fp8(x[i] / s);
+}
+
 void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *inv_freq, const rt_attn_batch *b,
                        const rt_attn_shape *s, rt_kv_layer *kv)
 {
@@ -83,14 +96,26 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *
             sinv[i] = sinf(ang);
         }
         const float *src = qkv + t * row;
-        float *kc = (float *)kv->k + (int64_t)b->slot[t] * kw;
         memcpy(q + t * qw, src, (size_t)qw * sizeof(float));
-        memcpy(kc, src + qw, (size_t)kw * sizeof(float));
-        memcpy((float *)kv->v + (int64_t)b->slot[t] * kw, src + qw + kw, (size_t)kw * sizeof(float));
         for (int h = 0; h < s->n_heads; h++)
             rope_head(q + t * qw + (int64_t)h * hd, cosv, sinv, half);
-        for (int h = 0; h < s->n_kv_heads; h++)
-            rope_head(kc + (int64_t)h * hd, cosv, sinv, half);
+        const int64_t slot = b->slot[t];
+        if (kv->k_scale) { /* FP8: each head's rotated k and its v, quantized */
+            float kh[RT_MAX_HEAD_DIM];
+            for (int h = 0; h < s->n_kv_heads; h++) {
+                const int64_t at = slot * kw + (int64_t)h * hd, si = slot * s->n_kv_heads + h;
+                memcpy(kh, src + qw + (int64_t)h * hd, (size_t)hd * sizeof(float));
+                rope_head(kh, cosv, sinv, half);
+                fp8_row((uint8_t *)kv->k + at, kv->k_scale + si, kh, hd);
+                fp8_row((uint8_t *)kv->v + at, kv->v_scale + si, src + qw + kw + (int64_t)h * hd, hd);
+            }
+        } else {
+            float *kc = (float *)kv->k + slot * kw;
+            memcpy(kc, src + qw, (size_t)kw * sizeof(float));
+            memcpy((float *)kv->v + slot * kw, src + qw + kw, (size_t)kw * sizeof(float));
+            for (int h = 0; h < s->n_kv_heads; h++)
+                rope_head(kc + (int64_t)h * hd, cosv, sinv, half);
+        }
     });
 }
 

@@ -118,6 +118,7 @@ expect "config.json" "quantization_config.desc_act' is true" "activation order" 
 fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "bitsandbytes", "bits": 4},/' "$tmp/m/config.json"
 expect "config.json" "quantization_config.quant_method" "\"bitsandbytes\" (bits 4)" -- --model "$tmp/m" --tokens 1
 expect "--quantize" "not fp8, int8 or int4" -- --model "$tmp/m" --tokens 1 --quantize q4_k
+expect "--kv-dtype" "not auto or fp8" -- --model "$tmp/m" --tokens 1 --kv-dtype int8
 # quantized checkpoints: a scale tensor of the wrong shape, a split that cuts a group, and a second
 # quantization, each refused naming the tensor, the split or the checkpoint's own
 fx="$(dirname "$0")/../golden/fixtures"

@@ -236,7 +236,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
     const int qw = nh * hd, kw = nkv * hd;
     const size_t cache = (size_t)total_blocks * bs * kw;
-    rt_kv_layer kv = {dev_out(x, cache), dev_out(x, cache)};
+    rt_kv_layer kv = {.k = dev_out(x, cache), .v = dev_out(x, cache)};
     float *dinv = dev_alloc(x, sizeof inv_freq);
     x->be->ops->upload(x->be, dinv, inv_freq, sizeof inv_freq);
     void *dtab = up_ints(x, tables, (size_t)n_seqs * max_blocks);

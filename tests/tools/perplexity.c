@@ -1,6 +1,6 @@
 /* perplexity: how well a model (optionally quantized as it loads) predicts a text, on one CPU rank.
  *
- *   perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--window N]
+ *   perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] [--window N]
  *
  * bf16 rounds every weight (embeddings and norms too) to BF16, as a BF16 checkpoint of the same
  * model would hold them, computing in fp32 like the rest.
@@ -9,6 +9,7 @@
  * a window's first is scored by the log-softmax the model gives it, fp32 on the CPU. Prints the
  * tokens scored, the mean negative log-likelihood and its exponential, the perplexity. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,7 @@ static int fail(const char *what, const base_err *err)
 int main(int argc, char **argv)
 {
     const char *model = NULL, *text_path = NULL, *quantize = NULL;
+    bool kv_fp8 = false;
     int window = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--model") == 0)
@@ -51,13 +53,17 @@ int main(int argc, char **argv)
             text_path = argv[i + 1];
         else if (strcmp(argv[i], "--quantize") == 0)
             quantize = argv[i + 1];
+        else if (strcmp(argv[i], "--kv-dtype") == 0)
+            kv_fp8 = strcmp(argv[i + 1], "fp8") == 0;
         else if (strcmp(argv[i], "--window") == 0)
             window = atoi(argv[i + 1]);
         else
-            return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4] [--window N]", NULL);
+            return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] "
+                        "[--window N]", NULL);
     }
     if (!model || !text_path)
-        return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4] [--window N]", NULL);
+        return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] "
+                    "[--window N]", NULL);
     base_err err = {{0}};
     rt_config cfg;
     if (rt_config_load(&cfg, model, &err))
@@ -65,6 +71,7 @@ int main(int argc, char **argv)
     const bool bf16 = quantize && strcmp(quantize, "bf16") == 0;
     if (quantize && !bf16 && rt_quant_for_load(&cfg.quant, quantize))
         return fail("--quantize is not fp8, int8, int4 or bf16", NULL);
+    cfg.kv_fp8 = kv_fp8;
     if (window <= 1 || window > cfg.max_pos)
         window = cfg.max_pos;
     char path[4096];
@@ -88,7 +95,7 @@ int main(int argc, char **argv)
     rt_forward *fw = NULL;
     rt_forward_limits lim = {.max_tokens = window, .max_seqs = 1, .max_blocks = nb, .max_logits = window};
     if (rt_model_load(&m, &cfg, &s, model, be, &err) ||
-        rt_kv_cache_create(&kv, be, m.n_layers, nb, bs, s.n_kv_heads, cfg.head_dim, &err) ||
+        rt_kv_cache_create(&kv, be, m.n_layers, nb, bs, s.n_kv_heads, cfg.head_dim, cfg.kv_fp8, &err) ||
         rt_forward_create(&fw, &m, &kv, &lim, NULL, &err))
         return fail("loading the model", &err);
     if (bf16) {
@@ -138,9 +145,10 @@ int main(int argc, char **argv)
         }
     }
     char what[96];
-    printf("%s: %ld tokens scored (windows of %d), mean NLL %.5f, perplexity %.4f (%s)\n", model, scored, window,
+    printf("%s: %ld tokens scored (windows of %d), mean NLL %.5f, perplexity %.4f (%s%s)\n", model, scored, window,
            nll / (double)scored, exp(nll / (double)scored),
-           bf16 ? "weights rounded to BF16" : rt_quant_describe(&cfg.quant, what, sizeof what));
+           bf16 ? "weights rounded to BF16" : rt_quant_describe(&cfg.quant, what, sizeof what),
+           kv_fp8 ? ", FP8 KV cache" : "");
     rt_forward_destroy(fw);
     rt_kv_cache_destroy(&kv);
     rt_model_free(&m);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "runtime/backend.h"
+#include "runtime/dtype.h"
 #include "runtime/cpu/cpu_math.h"
 #include "runtime/sampler.h"
 
@@ -143,7 +144,9 @@ static void test_norms_embedding_silu(void **state)
  * straight from the unrotated inputs: RoPE, the KV write and the attention all together. */
 /* long: the second sequence is 150 tokens, several tiles of keys (the online softmax across them,
  * runs of blocks inside each) */
-static void check_attention(int n_heads, int n_kv, int hd, int window, bool long_seq)
+/* fp8: the cache in FP8 codes with a scale a token and head (--kv-dtype fp8): each cached value
+ * within half an FP8 step of the reference, the output within a few percent */
+static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool long_seq, bool fp8)
 {
     enum { MAX_T = 13 + 150 };
     const int bs = 4, n_seqs = 2, max_blocks = 38, n_blocks = 64;
@@ -169,7 +172,11 @@ static void check_attention(int n_heads, int n_kv, int hd, int window, bool long
     float inv_freq[64];
     for (int i = 0; i < hd / 2; i++)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
-    rt_kv_layer kv = {calloc((size_t)n_blocks * bs * kw, 4), calloc((size_t)n_blocks * bs * kw, 4)};
+    rt_kv_layer kv = {calloc((size_t)n_blocks * bs * kw, 4), calloc((size_t)n_blocks * bs * kw, 4), NULL, NULL};
+    if (fp8) {
+        kv.k_scale = calloc((size_t)n_blocks * bs * n_kv, sizeof(float));
+        kv.v_scale = calloc((size_t)n_blocks * bs * n_kv, sizeof(float));
+    }
     rt_attn_batch b = {.n_tokens = T, .pos = pos, .slot = slot, .seq = seq, .block_tables = tables,
                        .max_blocks = max_blocks, .block_size = bs};
     rt_attn_shape s = {n_heads, n_kv, hd, window, 1.0f / sqrtf((float)hd)};
@@ -222,16 +229,33 @@ static void check_attention(int n_heads, int n_kv, int hd, int window, bool long
         }
     }
     double e = rel_err(out, ref, (size_t)T * qw);
-    if (!(e < 1e-5))
-        fail_msg("attention heads %d/%d hd %d window %d (%d tokens): relative error %g", n_heads, n_kv, hd, window, T,
-                 e);
+    if (!(e < (fp8 ? 0.05 : 1e-5)))
+        fail_msg("attention heads %d/%d hd %d window %d (%d tokens)%s: relative error %g", n_heads, n_kv, hd, window, T,
+                 fp8 ? ", FP8 cache" : "", e);
     /* the cache holds the rotated k and the plain v at each token's slot */
     for (int t = 0; t < T; t++)
         for (int i = 0; i < kw; i++) {
-            assert_true(fabs(((float *)kv.k)[slot[t] * kw + i] - kr[t * kw + i]) < 1e-5);
-            assert_true(((float *)kv.v)[slot[t] * kw + i] == v[t * kw + i]);
+            if (fp8) {
+                const int64_t si = (int64_t)slot[t] * n_kv + i / hd;
+                const double kd = rt_fp8_to_f32(((uint8_t *)kv.k)[slot[t] * kw + i]) * kv.k_scale[si];
+                const double vd = rt_fp8_to_f32(((uint8_t *)kv.v)[slot[t] * kw + i]) * kv.v_scale[si];
+                const double kb = fmax(fabs(kr[t * kw + i]) / 16, kv.k_scale[si] / 1024) * 1.001 + 1e-6;
+                const double vb = fmax(fabs(v[t * kw + i]) / 16, kv.v_scale[si] / 1024) * 1.001;
+                if (!(fabs(kd - kr[t * kw + i]) <= kb && fabs(vd - v[t * kw + i]) <= vb))
+                    fail_msg("FP8 cache, token %d element %d: k %g for %g, v %g for %g", t, i, kd, kr[t * kw + i], vd,
+                             (double)v[t * kw + i]);
+            } else {
+                assert_true(fabs(((float *)kv.k)[slot[t] * kw + i] - kr[t * kw + i]) < 1e-5);
+                assert_true(((float *)kv.v)[slot[t] * kw + i] == v[t * kw + i]);
+            }
         }
     free(q), free(k), free(v), free(q0), free(k0), free(kv.k), free(kv.v), free(out), free(qr), free(kr), free(ref);
+    free(kv.k_scale), free(kv.v_scale);
+}
+
+static void check_attention(int n_heads, int n_kv, int hd, int window, bool long_seq)
+{
+    check_attention_kv(n_heads, n_kv, hd, window, long_seq, false);
 }
 
 static void test_attention(void **state)
@@ -246,6 +270,11 @@ static void test_attention(void **state)
     check_attention(4, 1, 32, 70, true);
     check_attention(2, 2, 64, 0, true);
     check_attention(3, 3, 10, 0, true);
+    /* an FP8 cache: the small-head (transposed) path, the wide one, GQA, a window across tiles */
+    check_attention_kv(4, 2, 8, 0, true, true);
+    check_attention_kv(8, 2, 64, 0, true, true);
+    check_attention_kv(4, 1, 32, 70, true, true);
+    check_attention_kv(6, 3, 6, 5, false, true);
 }
 
 static void test_gather_rows(void **state)
