@@ -362,6 +362,11 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         snprintf(line, sizeof line, "rank %d: %s", t->rank, jm->device);
     if (jm->on_gpu || o->verbose)
         job_print_by_rank(c, stderr, line);
+    if (t->rank == 0 && jm->cfg.quant.method != RT_QUANT_NONE) {
+        char what[96];
+        fprintf(stderr, "%s: weights: %s, dequantized as they load (the quantized model's outputs at the compute "
+                        "type's speed and memory)\n", prog, rt_quant_describe(&jm->cfg.quant, what, sizeof what));
+    }
     warn_if_bound(c, jm);
     if (o->verbose) {
         const rt_shard *s = &jm->model.shard;
