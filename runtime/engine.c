@@ -1,5 +1,6 @@
 #include "runtime/engine.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,22 @@
 enum { PLAN_STOP = 0, PLAN_STEP = 1 };
 enum { H_KIND, H_TOKENS, H_SEQS, H_MAXBLK, H_LOGITS, H_BODY, H_LEN };
 #define ROW_INTS 6 /* temperature bits, top_k, top_p bits, n_logprobs, rng lo, rng hi */
+
+/* The block tables go as changes: every rank keeps the table each sequence had in the last plan
+ * that named it, under the sequence's first block (a block belongs to one sequence at a time), and
+ * a row goes as (first block, how many of the kept blocks it still starts with, the blocks after
+ * them): three ints a sequence in a decode step, and one more a new block, instead of the whole
+ * table (256 ints at 4K tokens of context). Rank 0 and every follower change their copies from
+ * the same plans in the same order, so they stay equal; none trusts its copy beyond what the plan
+ * says it kept. */
+typedef struct known_tables {
+    int32_t **row;   /* (n_keys) the kept table of the sequence whose first block is the key, or NULL */
+    int32_t *len;    /* (n_keys) */
+    int32_t *cap;    /* (n_keys) */
+    int n_keys;      /* the pool's blocks and its padding block */
+    size_t total;    /* ints kept in all */
+    size_t limit;    /* past it every copy is dropped together (and the next plans send whole rows) */
+} known_tables;
 
 /* A step rank 0 has started and not yet collected: where its samples go. */
 typedef struct flight {
@@ -34,12 +51,66 @@ struct rt_engine {
     flight flights[RT_ENGINE_MAX_IN_FLIGHT]; /* rank 0: oldest at first */
     int first, n_flights;
     rt_engine_traffic traffic;
+    known_tables known;
+    int32_t *tables; /* (max_seqs, max_blocks) followers: the step's block tables, rebuilt */
 };
 
 static size_t body_ints(const rt_forward_limits *l)
 {
-    return 3 * (size_t)l->max_tokens + (size_t)l->max_seqs * (size_t)l->max_blocks +
+    return 3 * (size_t)l->max_tokens + (size_t)l->max_seqs * (3 + (size_t)l->max_blocks) +
            (size_t)l->max_logits * (1 + ROW_INTS);
+}
+
+static void known_clear(known_tables *k)
+{
+    for (int i = 0; k->row && i < k->n_keys; i++) {
+        free(k->row[i]);
+        k->row[i] = NULL;
+        k->len[i] = k->cap[i] = 0;
+    }
+    k->total = 0;
+}
+
+static void known_free(known_tables *k)
+{
+    known_clear(k);
+    free(k->row);
+    free(k->len);
+    free(k->cap);
+    memset(k, 0, sizeof *k);
+}
+
+/* Keeps row (len blocks, row[0] its key) as its sequence's table; a key among its later blocks
+ * names a sequence that has ended (its block is this one's now): that copy goes. */
+static int known_keep(known_tables *k, const int32_t *row, int len)
+{
+    const int key = row[0];
+    for (int j = 1; j < len; j++)
+        if (row[j] >= 0 && row[j] < k->n_keys && k->row[row[j]]) {
+            k->total -= (size_t)k->len[row[j]];
+            free(k->row[row[j]]);
+            k->row[row[j]] = NULL;
+            k->len[row[j]] = k->cap[row[j]] = 0;
+        }
+    if (len > k->cap[key]) {
+        const int cap = len < 16 ? 16 : 2 * len;
+        int32_t *r = realloc(k->row[key], (size_t)cap * sizeof *r);
+        if (!r)
+            return -1;
+        k->row[key] = r;
+        k->cap[key] = cap;
+    }
+    memcpy(k->row[key], row, (size_t)len * sizeof *row);
+    k->total += (size_t)len - (size_t)k->len[key];
+    k->len[key] = len;
+    return 0;
+}
+
+/* After a plan: past the limit, every copy goes (on every rank, as the plans are the same). */
+static void known_trim(known_tables *k)
+{
+    if (k->total > k->limit)
+        known_clear(k);
 }
 
 static int sampler_rank(const rt_engine *e)
@@ -65,7 +136,15 @@ int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geom
     e->body = malloc(e->body_cap * sizeof *e->body);
     e->rows = calloc((size_t)(L ? L : 1), sizeof *e->rows);
     e->out = calloc((size_t)(L ? L : 1), sizeof *e->out);
-    if (!e->body || !e->rows || !e->out) {
+    const rt_forward_limits *lim = &g->lim;
+    e->tables = malloc(((size_t)lim->max_seqs * (size_t)lim->max_blocks + 1) * sizeof *e->tables);
+    known_tables *k = &e->known;
+    k->n_keys = g->n_blocks + 1;
+    k->row = calloc((size_t)k->n_keys, sizeof *k->row);
+    k->len = calloc((size_t)k->n_keys, sizeof *k->len);
+    k->cap = calloc((size_t)k->n_keys, sizeof *k->cap);
+    k->limit = 4 * (size_t)k->n_keys + (size_t)lim->max_seqs * (size_t)lim->max_blocks; /* a few times the pool */
+    if (!e->body || !e->rows || !e->out || !e->tables || !k->row || !k->len || !k->cap) {
         rt_engine_destroy(e);
         return base_errf(err, "out of host memory");
     }
@@ -89,6 +168,8 @@ void rt_engine_destroy(rt_engine *e)
     free(e->body);
     free(e->rows);
     free(e->out);
+    free(e->tables);
+    known_free(&e->known);
     free(e);
 }
 
@@ -113,17 +194,41 @@ static float i2f(int32_t i)
 /* Packs b and rows into the header and e->body. */
 static int pack(rt_engine *e, const rt_batch *b, const rt_step_sampling *rows, int32_t *h, base_err *err)
 {
-    const int T = b->n_tokens, nl = b->n_logits;
-    size_t tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
+    const int T = b->n_tokens, nl = b->n_logits, W = b->max_blocks;
+    size_t tab = (size_t)b->n_seqs * (3 + (size_t)W); /* the most the rows' changes take */
     size_t n = 3 * (size_t)T + tab + (size_t)nl * (1 + ROW_INTS);
-    if (T < 0 || nl < 0 || b->n_seqs < 0 || b->max_blocks < 0 || n > e->body_cap)
+    if (T < 0 || nl < 0 || b->n_seqs < 0 || W < 0 || W > e->geo.lim.max_blocks || n > e->body_cap)
         return base_errf(err, "step of %d tokens, %d sequences x %d blocks, %d logits exceeds the job's limits", T,
-                       b->n_seqs, b->max_blocks, nl);
+                       b->n_seqs, W, nl);
     int32_t *p = e->body;
     memcpy(p, b->tokens, (size_t)T * 4), p += T;
     memcpy(p, b->pos, (size_t)T * 4), p += T;
     memcpy(p, b->seq, (size_t)T * 4), p += T;
-    memcpy(p, b->block_tables, tab * 4), p += tab;
+    known_tables *k = &e->known;
+    for (int i = 0; i < b->n_seqs; i++) { /* each row as a change of what the followers keep */
+        const int32_t *row = b->block_tables + (size_t)i * (size_t)W;
+        int len = 0;
+        while (len < W && row[len] >= 0)
+            len++;
+        for (int j = 0; j < W; j++) /* what every rank's forward would refuse is refused before it goes */
+            if (j < len ? row[j] >= e->geo.n_blocks : row[j] != -1)
+                return base_errf(err, "block table row %d: block id %d at %d (a row is ids below %d, then -1s)", i,
+                                 row[j], j, e->geo.n_blocks);
+        if (len == 0) {
+            p[0] = -1, p[1] = 0, p[2] = 0, p += 3;
+            continue;
+        }
+        const int32_t *kept = k->row[row[0]];
+        int same = 0;
+        while (kept && same < len && same < k->len[row[0]] && kept[same] == row[same])
+            same++;
+        p[0] = row[0], p[1] = same, p[2] = len - same;
+        memcpy(p + 3, row + same, (size_t)(len - same) * 4);
+        p += 3 + (len - same);
+        if (known_keep(k, row, len))
+            return base_errf(err, "out of host memory keeping block tables");
+    }
+    known_trim(k);
     memcpy(p, b->logit_rows, (size_t)nl * 4), p += nl;
     for (int i = 0; i < nl; i++, p += ROW_INTS) {
         const rt_step_sampling *r = &rows[i];
@@ -139,25 +244,57 @@ static int pack(rt_engine *e, const rt_batch *b, const rt_step_sampling *rows, i
     h[H_SEQS] = b->n_seqs;
     h[H_MAXBLK] = b->max_blocks;
     h[H_LOGITS] = nl;
-    h[H_BODY] = (int32_t)n;
+    h[H_BODY] = (int32_t)(p - e->body);
     return 0;
 }
 
-static void unpack(rt_engine *e, const int32_t *h, rt_batch *b)
+/* The plan in e->head / e->body as a batch; the block tables rebuilt from their changes. Fails
+ * when the plan does not fit what this rank allocated or keeps (ranks out of step). */
+static int unpack(rt_engine *e, const int32_t *h, rt_batch *b, base_err *err)
 {
-    const int T = h[H_TOKENS], nl = h[H_LOGITS];
-    const int32_t *p = e->body;
-    *b = (rt_batch){.n_tokens = T, .n_seqs = h[H_SEQS], .max_blocks = h[H_MAXBLK], .n_logits = nl};
+    const int T = h[H_TOKENS], nl = h[H_LOGITS], S = h[H_SEQS], W = h[H_MAXBLK];
+    const int32_t *p = e->body, *end = e->body + h[H_BODY];
+    const rt_forward_limits *lim = &e->geo.lim;
+    if (T < 0 || T > lim->max_tokens || S < 0 || S > lim->max_seqs || W < 0 || W > lim->max_blocks ||
+        3 * (size_t)T + 3 * (size_t)S + (size_t)nl * (1 + ROW_INTS) > (size_t)h[H_BODY])
+        return base_errf(err, "a step plan of %d tokens, %d sequences x %d blocks does not fit this rank's limits", T,
+                         S, W);
+    *b = (rt_batch){.n_tokens = T, .n_seqs = S, .max_blocks = W, .n_logits = nl, .block_tables = e->tables};
     b->tokens = p, p += T;
     b->pos = p, p += T;
     b->seq = p, p += T;
-    b->block_tables = p, p += (size_t)b->n_seqs * (size_t)b->max_blocks;
+    known_tables *k = &e->known;
+    for (int i = 0; i < S; i++) {
+        int32_t *row = e->tables + (size_t)i * (size_t)W;
+        if (end - p < 3)
+            return base_errf(err, "a step plan ends inside its block tables");
+        const int key = p[0], same = p[1], more = p[2];
+        p += 3;
+        int len = 0;
+        if (key >= 0) {
+            if (key >= k->n_keys || same < 0 || more < 0 || same + more > W || same > k->len[key] || end - p < more)
+                return base_errf(err, "a step plan's block table for block %d (keeping %d of %d, %d more) is not "
+                                      "what this rank kept: ranks out of step", key, same, k->len[key], more);
+            memcpy(row, k->row[key], (size_t)same * sizeof *row);
+            memcpy(row + same, p, (size_t)more * sizeof *row);
+            p += more;
+            len = same + more;
+            if (len > 0 && known_keep(k, row, len))
+                return base_errf(err, "out of host memory keeping block tables");
+        }
+        for (int j = len; j < W; j++)
+            row[j] = -1;
+    }
+    known_trim(k);
+    if (end - p < (ptrdiff_t)nl * (1 + ROW_INTS))
+        return base_errf(err, "a step plan ends before its sampling rows");
     b->logit_rows = p, p += nl;
     for (int i = 0; i < nl; i++, p += ROW_INTS) {
         rt_step_sampling *r = &e->rows[i];
         r->params = (rt_sampling){.temperature = i2f(p[0]), .top_k = p[1], .top_p = i2f(p[2]), .n_logprobs = p[3]};
         r->rng.state = (uint64_t)(uint32_t)p[4] | (uint64_t)(uint32_t)p[5] << 32;
     }
+    return 0;
 }
 
 static comm_counters counters_now(const rt_engine *e)
@@ -298,8 +435,7 @@ int rt_engine_follow(rt_engine *e, base_err *err)
         if (e->head[H_KIND] == PLAN_STOP)
             return comm_flush(e->comm, err);
         rt_batch b;
-        unpack(e, e->head, &b);
-        if (rt_forward_step(e->fw, &b, e->rows, e->out, err))
+        if (unpack(e, e->head, &b, err) || rt_forward_step(e->fw, &b, e->rows, e->out, err))
             return -1;
         const size_t nl = (size_t)b.n_logits;
         if (me == sr && nl > 0 &&

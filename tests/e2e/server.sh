@@ -39,7 +39,11 @@ tf=()
 [ "${AUTH:-0}" = 1 ] && tf=(--auth-token-file "$tmp/token")
 "$DINFER_CLIENT" generate --server "$addr" "${tf[@]}" --tokens 3,4 --max-tokens 60 --ignore-eos --json >"$tmp/last" 2>&1 &
 cpid=$!
-sleep 0.3
+# SIGTERM once the request is running (a loaded machine may take longer than any fixed sleep)
+for _ in $(seq 1 100); do
+  "$DINFER_CLIENT" stats --server "$addr" "${tf[@]}" 2>/dev/null | grep -q "running: [1-9]" && break
+  sleep 0.05
+done
 kill -TERM "$rank0"
 wait "$cpid"
 crc=$?
