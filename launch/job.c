@@ -364,8 +364,10 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         job_print_by_rank(c, stderr, line);
     if (t->rank == 0 && jm->cfg.quant.method != RT_QUANT_NONE) {
         char what[96];
-        fprintf(stderr, "%s: weights: %s, dequantized as they load (the quantized model's outputs at the compute "
-                        "type's speed and memory)\n", prog, rt_quant_describe(&jm->cfg.quant, what, sizeof what));
+        fprintf(stderr, "%s: weights: %s, %s\n", prog, rt_quant_describe(&jm->cfg.quant, what, sizeof what),
+                jm->be->ops->quant_matmul ? "kept as codes and scales (the matmul dequantizes them a chunk at a time)"
+                                          : "dequantized as they load (the quantized model's outputs at the compute "
+                                            "type's speed and memory)");
     }
     warn_if_bound(c, jm);
     if (o->verbose) {

@@ -271,7 +271,7 @@ static int serve(server_args *a, comm *c)
         s.snap.tp = a->job.tp, s.snap.pp = a->job.pp, s.snap.world = t->world_size;
         s.snap.vocab = cfg->vocab_size, s.snap.max_context = cfg->max_pos;
         snprintf(s.snap.device, sizeof s.snap.device, "%s", jm.device);
-        s.snap.weight_bytes = rt_shard_weight_bytes(cfg, &jm.model.shard, jm.dtype);
+        s.snap.weight_bytes = jm.model.bytes_held; /* quantized weights as the backend holds them */
         s.snap.workspace_bytes = rt_forward_workspace_bytes(cfg, &jm.model.shard, &g.lim, jm.dtype);
         s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)g.block_size *
                                 rt_kv_bytes_per_token(jm.model.n_layers, jm.model.shard.n_kv_heads, cfg->head_dim,

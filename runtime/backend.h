@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "base/err.h"
+#include "runtime/config.h"
 #include "runtime/dtype.h"
 #include "runtime/sampler.h"
 
@@ -23,12 +24,26 @@ typedef enum rt_layout {
                    * each panel column by column: element (r, c) at ((r / 8) * cols + c) * 8 + r % 8 */
 } rt_layout;
 
-/* A weight matrix (rows, cols) or vector (rows, 1) in device memory. */
+/* A quantized matrix's codes' meaning (runtime/quant.h reads every format into it): element (r, c)
+ * is value(code) * scales[r * n_groups + c / group], value the FP8 number of the code (RT_QK_FP8)
+ * or code - zero (RT_QK_INT). */
+typedef struct rt_tensor_quant {
+    rt_quant_kind kind; /* 0: not quantized */
+    int bits;           /* 8: a code a byte; 4: two a byte, the low nibble the even column */
+    int64_t group;      /* columns a scale covers (a row's last group may be shorter) */
+    int64_t n_groups;   /* a row's scales */
+    float *scales;      /* (rows, n_groups) device memory */
+    uint16_t *zeros;    /* (rows, n_groups) device memory, or NULL: the zero is 2^(bits-1) */
+} rt_tensor_quant;
+
+/* A weight matrix (rows, cols) or vector (rows, 1) in device memory; a matrix only matmul reads
+ * may be quantized (q.kind != 0: data holds the codes, dtype is unused). */
 typedef struct rt_tensor {
     void *data;
     rt_dtype dtype;
     int64_t rows, cols;
     rt_layout layout;
+    rt_tensor_quant q;
 } rt_tensor;
 
 /* One layer's share of the paged KV cache: slot s (block * block_size + offset) holds
@@ -81,6 +96,7 @@ typedef struct rt_backend_ops {
     const char *name;
     rt_dtype act_dtype; /* the type of activations and the KV cache */
     bool host_memory;   /* device buffers are plain host memory (the loader writes them directly) */
+    bool quant_matmul;  /* matmul reads quantized weights as they are (else the loader dequantizes them) */
 
     void *(*alloc)(rt_backend *be, size_t bytes); /* NULL when out of memory */
     void (*free)(rt_backend *be, void *p);
@@ -101,7 +117,8 @@ typedef struct rt_backend_ops {
     /* Optional (NULL: weights stay row-major). Lays a matrix that only matmul reads out as the
      * backend's matmul reads it fastest (w->layout says which); -1 when out of memory, w unchanged. */
     int (*prepare_weight)(rt_backend *be, rt_tensor *w);
-    /* out(n, w.rows) = x(n, w.cols) . w^T (+ bias when bias->data), fp32 accumulation. */
+    /* out(n, w.rows) = x(n, w.cols) . w^T (+ bias when bias->data), fp32 accumulation; w quantized
+     * too when quant_matmul (its values as rt_tensor_quant says). */
     void (*matmul)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                    int n);
     /* out(n, dim) = rmsnorm(x) * w, dim = w.rows. */

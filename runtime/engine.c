@@ -275,8 +275,10 @@ static int unpack(rt_engine *e, const int32_t *h, rt_batch *b, base_err *err)
             if (key >= k->n_keys || same < 0 || more < 0 || same + more > W || same > k->len[key] || end - p < more)
                 return base_errf(err, "a step plan's block table for block %d (keeping %d of %d, %d more) is not "
                                       "what this rank kept: ranks out of step", key, same, k->len[key], more);
-            memcpy(row, k->row[key], (size_t)same * sizeof *row);
-            memcpy(row + same, p, (size_t)more * sizeof *row);
+            if (same) /* none kept: no copy (there may be no row to copy from) */
+                memcpy(row, k->row[key], (size_t)same * sizeof *row);
+            if (more)
+                memcpy(row + same, p, (size_t)more * sizeof *row);
             p += more;
             len = same + more;
             if (len > 0 && known_keep(k, row, len))

@@ -117,6 +117,8 @@ static int place(loader *L, rt_tensor *dst, const char *name, int64_t rows, int6
     rt_dtype wt = be->ops->act_dtype;
     size_t bytes = (size_t)rows * (size_t)cols * rt_dtype_size(wt);
     void *mem = dst->data ? dst->data : be->ops->alloc(be, bytes);
+    if (!dst->data)
+        L->m->bytes_held += bytes;
     *dst = (rt_tensor){.data = mem, .dtype = wt, .rows = rows, .cols = cols};
     if (!dst->data)
         return base_errf(L->err, "tensor '%s': cannot allocate %zu bytes on the %s backend", name, bytes, be->ops->name);
@@ -175,17 +177,15 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     return 0;
 }
 
-/* A linear layer's weight (module "model.layers.L.mlp.down_proj", ...), rows [r0, r1) x cols [c0, c1) of
- * (rows, cols): float as stored; or quantized, as the checkpoint stores it or as --quantize makes it
- * (quantize_at_load: the LM head is not), and then dequantized: every backend computes on the
- * dequantized values for now. */
-static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t rows, int64_t cols, int64_t r0,
-                       int64_t r1, int64_t c0, int64_t c1, bool quantize_at_load)
+/* The quantized form of rows [r0, r1) x cols [c0, c1) of a linear layer's weight (module
+ * "model.layers.L.mlp.down_proj", ...; full shape (rows, cols)): as the checkpoint stores it, or as
+ * --quantize makes it (quantize_at_load: the LM head is not). 1 when it stays float. */
+static int read_qmat(loader *L, const char *module, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+                     int64_t c1, bool quantize_at_load, rt_qmat *qm)
 {
     const rt_quant *q = &L->m->cfg.quant;
     char name[320];
     snprintf(name, sizeof name, "%s.weight", module);
-    rt_qmat qm;
     if (q->method == RT_QUANT_LOAD && quantize_at_load) {
         /* whole rows: a row's scale (and group boundaries) must not depend on the split */
         const rt_st_file *f;
@@ -193,29 +193,100 @@ static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t ro
         float *full = malloc((size_t)(r1 - r0) * (size_t)cols * sizeof *full + 1);
         int rc = !full ? base_errf(L->err, "out of host memory quantizing '%s'", name)
                  : find_shaped(L, name, rows, cols, &f, &t) || rt_st_read_f32(f, t, r0, r1, 0, cols, full, L->err) ||
-                         rt_qmat_quantize(&qm, q, full, r1 - r0, cols, c0, c1, name, L->err)
+                         rt_qmat_quantize(qm, q, full, r1 - r0, cols, c0, c1, name, L->err)
                      ? -1
                      : 0;
         if (!rc)
             L->m->bytes_loaded += (size_t)(r1 - r0) * (size_t)cols * (size_t)t->elem_size;
         free(full);
-        if (rc)
-            return -1;
-    } else if (q->method != RT_QUANT_NONE && q->method != RT_QUANT_LOAD && rt_quant_stored(&L->ckpt, q, module)) {
-        if (rt_qmat_read(&qm, &L->ckpt, q, module, rows, cols, r0, r1, c0, c1, &L->m->bytes_loaded, L->err))
-            return -1;
-    } else {
+        return rc;
+    }
+    if (q->method != RT_QUANT_NONE && q->method != RT_QUANT_LOAD && rt_quant_stored(&L->ckpt, q, module))
+        return rt_qmat_read(qm, &L->ckpt, q, module, rows, cols, r0, r1, c0, c1, &L->m->bytes_loaded, L->err);
+    return 1;
+}
+
+/* A linear layer's weight as floats in the backend's type: as stored, or dequantized. */
+static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t rows, int64_t cols, int64_t r0,
+                       int64_t r1, int64_t c0, int64_t c1, bool quantize_at_load)
+{
+    rt_qmat qm;
+    int rc = read_qmat(L, module, rows, cols, r0, r1, c0, c1, quantize_at_load, &qm);
+    if (rc < 0)
+        return -1;
+    if (rc == 1) {
+        char name[320];
+        snprintf(name, sizeof name, "%s.weight", module);
         return load(L, dst, name, rows, cols, r0, r1, c0, c1);
     }
     float *buf = NULL;
-    int rc = place(L, dst, name, r1 - r0, c1 - c0);
-    if (!rc && !(buf = f32_target(L, dst, name)))
+    rc = place(L, dst, module, r1 - r0, c1 - c0);
+    if (!rc && !(buf = f32_target(L, dst, module)))
         rc = -1;
     if (!rc) {
         rt_qmat_dequantize(&qm, buf);
         f32_commit(L, dst, buf);
     }
     rt_qmat_free(&qm);
+    return rc;
+}
+
+/* Whether quantized slices can share one device tensor: the same kind of codes and scales. */
+static bool stackable(const rt_qmat *m, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (m[i].kind != m[0].kind || m[i].bits != m[0].bits || m[i].cols != m[0].cols || m[i].group != m[0].group ||
+            m[i].n_groups != m[0].n_groups || !m[i].zeros != !m[0].zeros || (m[i].bits == 4 && m[i].cols % 2))
+            return false;
+    return true;
+}
+
+/* Quantized slices stacked by rows into one device tensor, as the backend's matmul reads it. */
+static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const char *what)
+{
+    rt_backend *be = L->m->be;
+    const int64_t cols = m[0].cols, ng = m[0].n_groups, row_bytes = m[0].bits == 4 ? cols / 2 : cols;
+    int64_t rows = 0;
+    for (int i = 0; i < n; i++)
+        rows += m[i].rows;
+    const size_t nc = (size_t)(rows * row_bytes), ns = (size_t)(rows * ng);
+    uint8_t *codes = malloc(nc + 1);
+    float *scales = malloc(ns * sizeof *scales + 1);
+    uint16_t *zeros = m[0].zeros ? malloc(ns * sizeof *zeros + 1) : NULL;
+    void *dc = be->ops->alloc(be, nc), *ds = be->ops->alloc(be, ns * sizeof *scales);
+    void *dz = m[0].zeros ? be->ops->alloc(be, ns * sizeof *zeros) : NULL;
+    *dst = (rt_tensor){.data = dc, .dtype = be->ops->act_dtype, .rows = rows, .cols = cols,
+                       .q = {.kind = m[0].kind, .bits = m[0].bits, .group = m[0].group, .n_groups = ng,
+                             .scales = ds, .zeros = dz}};
+    L->m->bytes_held += nc + ns * sizeof *scales + (dz ? ns * sizeof *zeros : 0);
+    int rc = 0;
+    if (!codes || !scales || (m[0].zeros && !zeros))
+        rc = base_errf(L->err, "%s: out of host memory", what);
+    else if (!dc || !ds || (m[0].zeros && !dz))
+        rc = base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, nc + ns * 6, be->ops->name);
+    for (int i = 0, r0 = 0; !rc && i < n; r0 += (int)m[i].rows, i++) {
+        for (int64_t r = 0; r < m[i].rows; r++) {
+            const uint8_t *src = m[i].codes + r * cols;
+            uint8_t *out = codes + (r0 + r) * row_bytes;
+            if (m[i].bits == 4)
+                for (int64_t c = 0; c < cols; c += 2) /* the even column in the low nibble */
+                    out[c / 2] = (uint8_t)(src[c] | src[c + 1] << 4);
+            else
+                memcpy(out, src, (size_t)cols);
+        }
+        memcpy(scales + r0 * ng, m[i].scales, (size_t)(m[i].rows * ng) * sizeof *scales);
+        if (zeros)
+            memcpy(zeros + r0 * ng, m[i].zeros, (size_t)(m[i].rows * ng) * sizeof *zeros);
+    }
+    if (!rc) {
+        be->ops->upload(be, dc, codes, nc);
+        be->ops->upload(be, ds, scales, ns * sizeof *scales);
+        if (dz)
+            be->ops->upload(be, dz, zeros, ns * sizeof *zeros);
+    }
+    free(codes);
+    free(scales);
+    free(zeros);
     return rc;
 }
 
@@ -226,6 +297,7 @@ static int fused(loader *L, rt_tensor *t, int64_t rows, int64_t cols, const char
     const rt_dtype wt = be->ops->act_dtype;
     size_t bytes = (size_t)rows * (size_t)cols * rt_dtype_size(wt);
     *t = (rt_tensor){.data = be->ops->alloc(be, bytes), .dtype = wt, .rows = rows, .cols = cols};
+    L->m->bytes_held += bytes;
     if (!t->data)
         return base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, bytes, be->ops->name);
     return 0;
@@ -247,6 +319,49 @@ static rt_tensor view(const rt_tensor *t, int64_t row)
                        .dtype = t->dtype};
 }
 
+/* One linear layer's slice of a fused matrix: its module and rows [r0, r1) x cols [c0, c1) of (rows, cols). */
+typedef struct part {
+    const char *module; /* after "model.layers.L." */
+    int64_t rows, cols, r0, r1, c0, c1;
+} part;
+
+/* The parts (1 to 3) stacked by rows into dst: quantized when the backend's matmul reads codes and
+ * every part is quantized alike; else floats in the backend's type, laid out for its matmul. */
+static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int n, const char *what)
+{
+    char module[3][256];
+    for (int i = 0; i < n; i++)
+        snprintf(module[i], sizeof module[i], "model.layers.%d.%s", layer, p[i].module);
+    if (L->m->be->ops->quant_matmul && L->m->cfg.quant.method != RT_QUANT_NONE) {
+        rt_qmat qm[3];
+        int got = 0, rc = 0;
+        while (got < n && (rc = read_qmat(L, module[got], p[got].rows, p[got].cols, p[got].r0, p[got].r1, p[got].c0,
+                                          p[got].c1, true, &qm[got])) == 0)
+            got++;
+        if (got == n && stackable(qm, n))
+            rc = place_quant(L, dst, qm, n, what);
+        for (int i = 0; i < got; i++)
+            rt_qmat_free(&qm[i]);
+        if (rc < 0 || (got == n && dst->q.kind))
+            return rc < 0 ? -1 : 0;
+        /* a part left float, or parts quantized unlike each other: the whole matrix as floats */
+    }
+    if (n > 1) {
+        int64_t rows = 0;
+        for (int i = 0; i < n; i++)
+            rows += p[i].r1 - p[i].r0;
+        if (fused(L, dst, rows, p[0].c1 - p[0].c0, what))
+            return -1;
+    }
+    for (int i = 0, off = 0; i < n; off += (int)(p[i].r1 - p[i].r0), i++) {
+        rt_tensor v = n > 1 ? view(dst, off) : (rt_tensor){0};
+        if (load_linear(L, n > 1 ? &v : dst, module[i], p[i].rows, p[i].cols, p[i].r0, p[i].r1, p[i].c0, p[i].c1,
+                        true))
+            return -1;
+    }
+    return prepare(L, dst);
+}
+
 static int load_layer(loader *L, int l, rt_layer_weights *w)
 {
     const rt_config *c = &L->m->cfg;
@@ -257,24 +372,20 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     const int64_t nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
     char n[256];
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
-#define LINEAR(dst, module, rows, cols, r0, r1, c0, c1) load_linear(L, dst, NAME(module), rows, cols, r0, r1, c0, c1, true)
-    const int64_t lq = q1 - q0, lkv = k1 - k0, lffn = s->ffn_end - s->ffn_begin;
-    if (fused(L, &w->wqkv, lq + 2 * lkv, dim, "the fused QKV weight") ||
-        fused(L, &w->w_gate_up, 2 * lffn, dim, "the fused gate/up weight") ||
-        (c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")))
-        return -1;
-    /* the parts, loaded into their rows of the fused tensors */
-    rt_tensor wq = view(&w->wqkv, 0), wk = view(&w->wqkv, lq), wv = view(&w->wqkv, lq + lkv);
-    rt_tensor gate = view(&w->w_gate_up, 0), up = view(&w->w_gate_up, lffn);
-    if (load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        LINEAR(&wq, "self_attn.q_proj", nq, dim, q0, q1, 0, dim) ||
-        LINEAR(&wk, "self_attn.k_proj", nkv, dim, k0, k1, 0, dim) ||
-        LINEAR(&wv, "self_attn.v_proj", nkv, dim, k0, k1, 0, dim) ||
-        LINEAR(&w->wo, "self_attn.o_proj", dim, nq, 0, dim, q0, q1) ||
+    const int64_t lq = q1 - q0, lkv = k1 - k0;
+    const part qkv[3] = {{"self_attn.q_proj", nq, dim, q0, q1, 0, dim}, {"self_attn.k_proj", nkv, dim, k0, k1, 0, dim},
+                         {"self_attn.v_proj", nkv, dim, k0, k1, 0, dim}};
+    const part o = {"self_attn.o_proj", dim, nq, 0, dim, q0, q1};
+    const part gate_up[2] = {{"mlp.gate_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim},
+                             {"mlp.up_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim}};
+    const part down = {"mlp.down_proj", dim, ffn, 0, dim, s->ffn_begin, s->ffn_end};
+    if ((c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")) ||
+        load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
+        load_linears(L, l, &w->wqkv, qkv, 3, "the fused QKV weight") ||
+        load_linears(L, l, &w->wo, &o, 1, "o_proj") ||
         load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        LINEAR(&gate, "mlp.gate_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
-        LINEAR(&up, "mlp.up_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim) ||
-        LINEAR(&w->w_down, "mlp.down_proj", dim, ffn, 0, dim, s->ffn_begin, s->ffn_end))
+        load_linears(L, l, &w->w_gate_up, gate_up, 2, "the fused gate/up weight") ||
+        load_linears(L, l, &w->w_down, &down, 1, "down_proj"))
         return -1;
     if (c->qkv_bias) {
         rt_tensor bq = view(&w->bqkv, 0), bk = view(&w->bqkv, lq), bv = view(&w->bqkv, lq + lkv);
@@ -285,9 +396,6 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     }
     if (c->o_bias && s->adds_row_bias && load(L, &w->bo, NAME("self_attn.o_proj.bias"), dim, 0, 0, dim, 0, 0))
         return -1;
-    if (prepare(L, &w->wqkv) || prepare(L, &w->wo) || prepare(L, &w->w_gate_up) || prepare(L, &w->w_down))
-        return -1;
-#undef LINEAR
 #undef NAME
     return 0;
 }
@@ -338,9 +446,13 @@ out:
 
 static void free_tensor(rt_backend *be, rt_tensor *t)
 {
-    if (t->data)
-        be->ops->free(be, t->data);
+    void *bufs[] = {t->data, t->q.scales, t->q.zeros};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i])
+            be->ops->free(be, bufs[i]);
     t->data = NULL;
+    t->q.scales = NULL;
+    t->q.zeros = NULL;
 }
 
 void rt_model_free(rt_model *m)

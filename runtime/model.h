@@ -48,6 +48,7 @@ typedef struct rt_model {
     int n_layers;             /* layer_end - layer_begin */
     rt_layer_weights *layers; /* (n_layers) */
     size_t bytes_loaded;      /* checkpoint bytes this rank read */
+    size_t bytes_held;        /* backend memory its weights take (quantized ones as codes and scales) */
 } rt_model;
 
 /* Loads the shard's weights from the checkpoint in dir (config.json already parsed into cfg),

@@ -5,17 +5,13 @@
  * score matrix is ever stored, whatever the context length. An FP8 cache (codes and a scale a
  * token and head) is read a tile at a time into fp32 rows first. */
 #include <math.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
-
-#include "runtime/dtype.h"
 
 #include "runtime/cpu/cpu_math.h"
 #include "runtime/cpu/cpu_ops.h"
 
 #define ATT_TILE 64 /* keys scored before the accumulators are rescaled once */
-extern float cpu_fp8[256];
 #define ATT_HEADS 8 /* query heads of one KV head handled together */
 #define ATT_TRANSPOSE_HD 32
 
@@ -174,13 +170,7 @@ static void attend_any(float *out, const float *q, const rt_kv_layer *kv, const 
 typedef void (*attend_fn)(float *, const float *, const rt_kv_layer *, const rt_attn_batch *,
                           const rt_attn_shape *, int, int, int, int);
 
-float cpu_fp8[256]; /* the FP8 e4m3 code table, filled once */
 
-static void fill_fp8(void)
-{
-    for (int i = 0; i < 256; i++)
-        cpu_fp8[i] = rt_fp8_to_f32((uint8_t)i);
-}
 
 void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s)
@@ -189,9 +179,8 @@ void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *
     const attend_fn fn = hd == 8 ? attend_8 : hd == 16 ? attend_16 : hd == 32 ? attend_32 : hd == 64 ? attend_64
                          : hd == 128 ? attend_128 : hd == 256 ? attend_256 : attend_any;
     (void)be;
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
     if (kv->k_scale)
-        pthread_once(&once, fill_fp8);
+        cpu_fp8_init();
     const int group = s->n_heads / s->n_kv_heads, chunks = (group + ATT_HEADS - 1) / ATT_HEADS;
     /* query head h reads KV head h / group: heads [kvh * group, (kvh + 1) * group) share one */
     CPU_FOR_DYNAMIC(i, (int64_t)b->n_tokens * s->n_kv_heads * chunks, {

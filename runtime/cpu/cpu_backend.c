@@ -61,6 +61,7 @@ static const rt_backend_ops cpu_ops = {
     .name = "cpu",
     .act_dtype = RT_F32,
     .host_memory = true,
+    .quant_matmul = true,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,

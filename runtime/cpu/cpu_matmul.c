@@ -1,6 +1,8 @@
+#include <pthread.h>
 #include <string.h>
 
 #include "runtime/cpu/cpu_ops.h"
+#include "runtime/dtype.h"
 
 /* A dot product the compiler vectorizes (the simd reduction allows reassociation without
  * -ffast-math). */
@@ -39,7 +41,7 @@ static inline void dot4(const float *restrict a, const float *restrict w, int64_
 
 int cpu_prepare_weight(rt_backend *be, rt_tensor *w)
 {
-    if (w->layout != RT_ROWS || w->dtype != RT_F32)
+    if (w->layout != RT_ROWS || w->dtype != RT_F32 || w->q.kind)
         return 0;
     const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL;
     float *p = be->ops->alloc(be, (size_t)np * (size_t)K * PANEL * sizeof *p);
@@ -118,6 +120,76 @@ static void matmul_panels(float *out, const float *x, const rt_tensor *w, const 
     });
 }
 
+/* A quantized weight (rt_tensor_quant): threads take groups of PANELS panels as for float panels;
+ * a group's rows are dequantized QCHUNK columns at a time into panel layout on the stack and
+ * multiplied into every token's outputs, so the codes are read once a call and nothing is
+ * allocated. This is the reference the device kernels that read codes are held to. */
+#define QCHUNK 256
+
+float cpu_fp8[256]; /* the FP8 e4m3 code table (cpu_attention.c reads it too) */
+
+static void fill_fp8(void)
+{
+    for (int i = 0; i < 256; i++)
+        cpu_fp8[i] = rt_fp8_to_f32((uint8_t)i);
+}
+
+/* dst[0..kc) = row `row`'s values at columns [c0, c0 + kc). */
+static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t kc, float *dst)
+{
+    const rt_tensor_quant *q = &w->q;
+    const uint8_t *codes = w->data;
+    const int64_t K = w->cols;
+    const int mid = 1 << (q->bits - 1);
+    for (int64_t c = c0; c < c0 + kc; c++) {
+        const int code = q->bits == 4 ? (codes[row * (K / 2) + c / 2] >> (4 * (c & 1))) & 15 : codes[row * K + c];
+        const int64_t g = row * q->n_groups + c / q->group;
+        const float v = q->kind == RT_QK_FP8 ? cpu_fp8[code] : (float)(code - (q->zeros ? q->zeros[g] : mid));
+        dst[c - c0] = v * q->scales[g];
+    }
+}
+
+void cpu_fp8_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fill_fp8);
+}
+
+static void matmul_quant(float *out, const float *x, const rt_tensor *w, const float *b, int n)
+{
+    cpu_fp8_init();
+    const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL, groups = (np + PANELS - 1) / PANELS;
+    CPU_FOR(g, groups, {
+        const int64_t q0 = g * PANELS, r0 = q0 * PANEL;
+        const int m = np - q0 < PANELS ? (int)(np - q0) : PANELS;
+        const int64_t rows = N - r0 < PANELS * PANEL ? N - r0 : PANELS * PANEL;
+        for (int t = 0; t < n; t++)
+            for (int64_t r = 0; r < rows; r++)
+                out[(int64_t)t * N + r0 + r] = b ? b[r0 + r] : 0.0f;
+        float P[PANELS * PANEL * QCHUNK], row[QCHUNK];
+        for (int64_t c0 = 0; c0 < K; c0 += QCHUNK) {
+            const int64_t kc = K - c0 < QCHUNK ? K - c0 : QCHUNK;
+            for (int64_t r = 0; r < (int64_t)m * PANEL; r++) { /* panel j holds rows [8j, 8j + 8) */
+                if (r < rows)
+                    dequant_chunk(w, r0 + r, c0, kc, row);
+                else
+                    memset(row, 0, (size_t)kc * sizeof *row);
+                for (int64_t k = 0; k < kc; k++)
+                    P[((r / PANEL) * kc + k) * PANEL + r % PANEL] = row[k];
+            }
+            for (int t = 0; t < n; t++) {
+                v8f acc[PANELS];
+                panels(x + (int64_t)t * K + c0, P, kc, 0, m, acc);
+                float v[PANELS * PANEL];
+                memcpy(v, acc, (size_t)m * sizeof(v8f));
+                float *o = out + (int64_t)t * N + r0;
+                for (int64_t r = 0; r < rows; r++)
+                    o[r] += v[r];
+            }
+        }
+    });
+}
+
 /* out(n, N) = x(n, K) . W(N, K)^T + bias. Threads split the output columns in groups (of four rows,
  * or of PANELS panels) so each reads its own weight rows once; a group stays in cache while it
  * meets every token of the batch. */
@@ -128,6 +200,10 @@ void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, 
     const float *x = x_;
     const float *W = w->data;
     const float *b = bias && bias->data ? bias->data : NULL;
+    if (w->q.kind) {
+        matmul_quant(out, x, w, b, n);
+        return;
+    }
     if (w->layout == RT_PANELS8) {
         matmul_panels(out, x, w, b, n);
         return;

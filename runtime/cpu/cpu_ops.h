@@ -30,6 +30,10 @@
 #define CPU_FOR(i, n, ...) CPU_FOR_("omp parallel for schedule(static)", i, n, __VA_ARGS__)
 #define CPU_FOR_DYNAMIC(i, n, ...) CPU_FOR_("omp parallel for schedule(dynamic, 4)", i, n, __VA_ARGS__)
 
+/* The FP8 e4m3 code table (value of each code), filled by cpu_fp8_init (once, any thread). */
+extern float cpu_fp8[256];
+void cpu_fp8_init(void);
+
 void cpu_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
                    const int32_t *tokens, int n);
 void cpu_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);

@@ -133,7 +133,8 @@ static void cuda_destroy(rt_backend *be)
 
 #define CUDA_OPS(name_, dt_)                                                                          \
     {                                                                                                 \
-        .name = name_, .act_dtype = dt_, .host_memory = false, .alloc = cuda_alloc, .free = cuda_free, \
+        .name = name_, .act_dtype = dt_, .host_memory = false, .quant_matmul = false, .alloc = cuda_alloc,   \
+        .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, .prepare_weight = NULL, \
         .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \

@@ -109,8 +109,8 @@ static void take(ctx *x, outputs *o, const char *name, const void *d, size_t n)
 
 static rt_tensor weight(ctx *x, const float *h, int64_t rows, int64_t cols)
 {
-    return (rt_tensor){up(x, h, (size_t)(rows * (cols ? cols : 1))), x->be->ops->act_dtype, rows, cols ? cols : 1,
-                       RT_ROWS};
+    return (rt_tensor){.data = up(x, h, (size_t)(rows * (cols ? cols : 1))), .dtype = x->be->ops->act_dtype,
+                       .rows = rows, .cols = cols ? cols : 1};
 }
 
 /* ---- one run function per op ---- */

@@ -27,7 +27,7 @@
  * layout's padding rows are zeros and stay so). */
 static void round_bf16(rt_tensor *t)
 {
-    if (!t->data)
+    if (!t->data || t->q.kind)
         return;
     int64_t rows = t->layout == RT_PANELS8 ? (t->rows + 7) / 8 * 8 : t->rows;
     float *w = t->data;

@@ -56,7 +56,7 @@ static void test_matmul(void **state)
         float *x = rand_vec((size_t)n * K), *w = rand_vec((size_t)N * K), *b = rand_vec((size_t)N);
         float *out = malloc((size_t)n * N * sizeof *out);
         double *ref = malloc((size_t)n * N * sizeof *ref);
-        rt_tensor W = {w, RT_F32, N, K, RT_ROWS}, B = {b, RT_F32, N, 1, RT_ROWS};
+        rt_tensor W = {.data = w, .dtype = RT_F32, .rows = N, .cols = K}, B = {.data = b, .dtype = RT_F32, .rows = N, .cols = 1};
         if (packed) {
             /* prepare_weight replaces the matrix with its panels (backend memory) */
             float *copy = be->ops->alloc(be, (size_t)N * K * sizeof *copy);
@@ -91,7 +91,7 @@ static void test_norms_embedding_silu(void **state)
     float *x = rand_vec(n * dim), *d = rand_vec(n * dim), *w = rand_vec(dim);
     float out[5 * 37], x2[5 * 37];
     double ref[5 * 37];
-    rt_tensor W = {w, RT_F32, dim, 1, RT_ROWS};
+    rt_tensor W = {.data = w, .dtype = RT_F32, .rows = dim, .cols = 1};
     be->ops->rmsnorm(be, out, x, &W, n, 1e-5f);
     for (int t = 0; t < n; t++) {
         double ss = 0;
@@ -118,7 +118,7 @@ static void test_norms_embedding_silu(void **state)
 
     /* embedding of a vocab shard: rows [10, 20) of a 30-row table */
     float *tab = rand_vec(10 * dim);
-    rt_tensor T = {tab, RT_F32, 10, dim, RT_ROWS};
+    rt_tensor T = {.data = tab, .dtype = RT_F32, .rows = 10, .cols = dim};
     int32_t toks[5] = {10, 19, 9, 20, 15};
     be->ops->embedding(be, out, &T, 10, toks, 5);
     for (int t = 0; t < 5; t++)

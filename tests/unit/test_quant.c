@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/backend.h"
 #include "runtime/dtype.h"
+#include "runtime/model.h"
 #include "runtime/quant.h"
 
 #define FIXTURES DINFER_SOURCE_DIR "/tests/golden/fixtures/"
@@ -181,6 +183,85 @@ static void test_read_slices(void **state)
     }
 }
 
+/* The CPU backend's matmul on codes (rt_tensor_quant) against the same product over the dequantized
+ * floats: FP8 a scale a row, int8, int4 in groups (the last group short, odd rows, a bias), for 1,
+ * 3 and 37 tokens. */
+static void test_cpu_matmul_codes(void **state)
+{
+    (void)state;
+    const char *modes[] = {"fp8", "int8", "int4"};
+    const int64_t N = 45, K = 300;
+    rt_backend *be = rt_cpu_backend_create(2);
+    float *w = random_matrix(N, K, 5), *x = random_matrix(37, K, 6), *deq = malloc(sizeof(float) * N * K);
+    float bias[45], got[37 * 45], want[37 * 45];
+    for (int i = 0; i < N; i++)
+        bias[i] = 0.1f * (float)(i % 5);
+    for (int mi = 0; mi < 3; mi++) {
+        rt_quant q;
+        rt_qmat m;
+        base_err err;
+        assert_int_equal(rt_quant_for_load(&q, modes[mi]), 0);
+        assert_int_equal(rt_qmat_quantize(&m, &q, w, N, K, 0, K, "w", &err), 0);
+        rt_qmat_dequantize(&m, deq);
+        const int64_t row_bytes = m.bits == 4 ? K / 2 : K;
+        uint8_t *codes = malloc((size_t)(N * row_bytes));
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < K; c++) {
+                if (m.bits == 4) /* the even column in the low nibble */
+                    codes[r * row_bytes + c / 2] = (uint8_t)(c % 2 ? codes[r * row_bytes + c / 2] | m.codes[r * K + c] << 4
+                                                                    : m.codes[r * K + c]);
+                else
+                    codes[r * K + c] = m.codes[r * K + c];
+            }
+        rt_tensor W = {.data = codes, .rows = N, .cols = K,
+                       .q = {.kind = m.kind, .bits = m.bits, .group = m.group, .n_groups = m.n_groups,
+                             .scales = m.scales, .zeros = m.zeros}};
+        rt_tensor F = {.data = deq, .dtype = RT_F32, .rows = N, .cols = K}, B = {.data = bias, .rows = N, .cols = 1};
+        const int ns[] = {1, 3, 37};
+        for (int k = 0; k < 3; k++) {
+            be->ops->matmul(be, got, x, &W, &B, ns[k]);
+            be->ops->matmul(be, want, x, &F, &B, ns[k]);
+            for (int i = 0; i < ns[k] * N; i++)
+                if (!(fabsf(got[i] - want[i]) <= 1e-4f * (1 + fabsf(want[i]))))
+                    fail_msg("%s, %d tokens: out[%d] = %g on codes, %g on floats", modes[mi], ns[k], i, got[i], want[i]);
+        }
+        free(codes);
+        rt_qmat_free(&m);
+    }
+    free(w), free(x), free(deq);
+    be->ops->destroy(be);
+}
+
+/* The CPU backend holds a quantized checkpoint's linear layers as codes: the fixtures' models in
+ * less memory than their float size, by about what their codes and scales save. */
+static void test_cpu_holds_codes(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"quant_fp8_channel", "quant_awq", "quant_gptq8"};
+    rt_backend *be = rt_cpu_backend_create(1);
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, FIXTURES "%s", dirs[d]);
+        rt_config c;
+        rt_shard s;
+        rt_model m;
+        base_err err;
+        assert_int_equal(rt_config_load(&c, dir, &err), 0);
+        rt_shard_whole(&s, &c);
+        if (rt_model_load(&m, &c, &s, dir, be, &err))
+            fail_msg("%s: %s", dir, err.msg);
+        const size_t floats = rt_shard_weight_bytes(&c, &s, RT_F32);
+        /* linear weights: 3 layers x (128 x 128 x 2 + 32 x 128 x 2 + 256 x 128 x 3) of 4 bytes */
+        const size_t linear = 3 * (128 * 128 * 2 + 32 * 128 * 2 + 256 * 128 * 3) * 4;
+        const size_t expect = floats - linear + linear / (c.quant.bits == 4 ? 8 : 4);
+        if (!(m.bytes_held >= expect && m.bytes_held < expect + linear / 16))
+            fail_msg("%s: holds %zu bytes, float %zu, expected about %zu", dirs[d], m.bytes_held, floats, expect);
+        assert_int_equal(m.layers[0].wqkv.q.kind, c.quant.kind);
+        rt_model_free(&m);
+    }
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -188,6 +269,8 @@ int main(void)
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_fixture_configs),
         cmocka_unit_test(test_read_slices),
+        cmocka_unit_test(test_cpu_matmul_codes),
+        cmocka_unit_test(test_cpu_holds_codes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
