@@ -125,6 +125,7 @@ static void matmul_panels(float *out, const float *x, const rt_tensor *w, const 
  * multiplied into every token's outputs, so the codes are read once a call and nothing is
  * allocated. This is the reference the device kernels that read codes are held to. */
 #define QCHUNK 256
+#define QUANT_ROWS_MAX 8 /* up to this many tokens a row at a time; more through panels */
 
 float cpu_fp8[256]; /* the FP8 e4m3 code table (cpu_attention.c reads it too) */
 
@@ -134,25 +135,62 @@ static void fill_fp8(void)
         cpu_fp8[i] = rt_fp8_to_f32((uint8_t)i);
 }
 
-/* dst[0..kc) = row `row`'s values at columns [c0, c0 + kc). */
-static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t kc, float *dst)
-{
-    const rt_tensor_quant *q = &w->q;
-    const uint8_t *codes = w->data;
-    const int64_t K = w->cols;
-    const int mid = 1 << (q->bits - 1);
-    for (int64_t c = c0; c < c0 + kc; c++) {
-        const int code = q->bits == 4 ? (codes[row * (K / 2) + c / 2] >> (4 * (c & 1))) & 15 : codes[row * K + c];
-        const int64_t g = row * q->n_groups + c / q->group;
-        const float v = q->kind == RT_QK_FP8 ? cpu_fp8[code] : (float)(code - (q->zeros ? q->zeros[g] : mid));
-        dst[c - c0] = v * q->scales[g];
-    }
-}
-
 void cpu_fp8_init(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, fill_fp8);
+}
+
+/* dst[0..kc) = row `row`'s values at columns [c0, c0 + kc): a group's scale and zero read once, a
+ * loop per kind of code so each vectorizes (int4: c0 and every group boundary are even). */
+static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t kc, float *restrict dst)
+{
+    const rt_tensor_quant *q = &w->q;
+    const uint8_t *codes = w->data;
+    const int64_t K = w->cols, ng = q->n_groups;
+    const float mid = (float)(1 << (q->bits - 1));
+    for (int64_t c = c0; c < c0 + kc;) {
+        const int64_t g = c / q->group, end = (g + 1) * q->group < c0 + kc ? (g + 1) * q->group : c0 + kc;
+        const int64_t len = end - c;
+        const float s = q->scales[row * ng + g], z = q->zeros ? (float)q->zeros[row * ng + g] : mid;
+        float *restrict o = dst + (c - c0);
+        if (q->kind == RT_QK_FP8) {
+            const uint8_t *src = codes + row * K + c;
+            for (int64_t i = 0; i < len; i++)
+                o[i] = cpu_fp8[src[i]] * s;
+        } else if (q->bits == 8) {
+            const uint8_t *src = codes + row * K + c;
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                o[i] = ((float)src[i] - z) * s;
+        } else {
+            const uint8_t *src = codes + row * (K / 2) + c / 2;
+#pragma omp simd
+            for (int64_t i = 0; i < len / 2; i++) {
+                o[2 * i] = ((float)(src[i] & 15) - z) * s;
+                o[2 * i + 1] = ((float)(src[i] >> 4) - z) * s;
+            }
+        }
+        c = end;
+    }
+}
+
+/* Few tokens (decode): a row at a time, each chunk dequantized once and dotted with every token. */
+static void matmul_quant_rows(float *out, const float *x, const rt_tensor *w, const float *b, int n)
+{
+    cpu_fp8_init();
+    const int64_t N = w->rows, K = w->cols;
+    CPU_FOR(r, N, {
+        float buf[QCHUNK], acc[QUANT_ROWS_MAX] = {0};
+        for (int64_t c0 = 0; c0 < K; c0 += QCHUNK) {
+            const int64_t kc = K - c0 < QCHUNK ? K - c0 : QCHUNK;
+            dequant_chunk(w, r, c0, kc, buf);
+            for (int t = 0; t < n; t++)
+                acc[t] += dot(buf, x + (int64_t)t * K + c0, kc);
+        }
+        for (int t = 0; t < n; t++)
+            out[(int64_t)t * N + r] = acc[t] + (b ? b[r] : 0.0f);
+    });
 }
 
 static void matmul_quant(float *out, const float *x, const rt_tensor *w, const float *b, int n)
@@ -201,7 +239,10 @@ void cpu_matmul(rt_backend *be, void *out_, const void *x_, const rt_tensor *w, 
     const float *W = w->data;
     const float *b = bias && bias->data ? bias->data : NULL;
     if (w->q.kind) {
-        matmul_quant(out, x, w, b, n);
+        if (n <= QUANT_ROWS_MAX)
+            matmul_quant_rows(out, x, w, b, n);
+        else
+            matmul_quant(out, x, w, b, n);
         return;
     }
     if (w->layout == RT_PANELS8) {
