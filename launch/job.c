@@ -319,7 +319,7 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         return -1;
     int rc = rt_config_load(&jm->cfg, o->model, &err);
     if (rc == 0)
-        rc = job_flags_quantize(o, &jm->cfg, &err);
+        rc = job_flags_to_config(o, &jm->cfg, &err);
     if (rc == 0) {
         rt_sched_options so = {.max_batch_tokens = o->max_batch_tokens, .max_seqs = max_seqs};
         jm->geo = rt_sched_geometry(&jm->cfg, &so, 0, o->block_size);

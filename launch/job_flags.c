@@ -101,7 +101,7 @@ int job_flags_depth(const job_flags *f)
     return f->pipeline_depth ? f->pipeline_depth : f->pp;
 }
 
-int job_flags_quantize(const job_flags *f, rt_config *cfg, base_err *err)
+int job_flags_to_config(const job_flags *f, rt_config *cfg, base_err *err)
 {
     cfg->kv_fp8 = f->kv_fp8;
     if (!f->quantize)

@@ -64,7 +64,7 @@ int job_flags_depth(const job_flags *f);
 /* Applies --quantize and --kv-dtype to a loaded config.json: --quantize refused for a checkpoint
  * that is already quantized. */
 struct rt_config;
-int job_flags_quantize(const job_flags *f, struct rt_config *cfg, base_err *err);
+int job_flags_to_config(const job_flags *f, struct rt_config *cfg, base_err *err);
 
 /* The --dtype as a type, or def when not given. */
 rt_dtype job_flags_dtype(const job_flags *f, rt_dtype def);

@@ -54,7 +54,7 @@ static int run(int argc, char **argv, base_err *err)
     if (optind < argc)
         rc = base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
     else if (job_flags_check(&f, err) == 0)
-        rc = rt_config_load(&cfg, model, err) || job_flags_quantize(&f, &cfg, err) ? -1 : 0;
+        rc = rt_config_load(&cfg, model, err) || job_flags_to_config(&f, &cfg, err) ? -1 : 0;
     else
         rc = -1;
     rt_dtype dt = rc == 0 ? job_flags_dtype(&f, cfg.dtype) : RT_F32;

@@ -112,36 +112,18 @@ static int qfind(qread *R, const char *suffix, const char *dtype, int64_t d0, in
     return 0;
 }
 
-/* Rows [r0, r1) x columns [c0, c1) of a 2-D tensor in its own dtype, into a new buffer. */
-static void *qslice(qread *R, const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
-                    int64_t c1)
+/* Rows [r0, r1) x columns [c0, c1) of a 2-D tensor into a new buffer: in its own dtype, or (f32)
+ * converted to fp32 from a float dtype. */
+static void *read_slice(qread *R, const rt_st_file *f, const rt_st_tensor *t, bool f32, int64_t r0, int64_t r1,
+                        int64_t c0, int64_t c1)
 {
-    size_t n = (size_t)((r1 - r0) * (c1 - c0)) * (size_t)t->elem_size;
-    void *buf = malloc(n + 1);
+    const size_t n = (size_t)((r1 - r0) * (c1 - c0));
+    void *buf = malloc(n * (f32 ? sizeof(float) : (size_t)t->elem_size) + 1);
     if (!buf) {
         base_errf(R->err, "out of host memory reading tensor '%s'", t->name);
         return NULL;
     }
-    if (rt_st_read_raw(f, t, r0, r1, c0, c1, buf, R->err)) {
-        free(buf);
-        return NULL;
-    }
-    if (R->bytes)
-        *R->bytes += n;
-    return buf;
-}
-
-/* The same slice of a float tensor, as fp32. */
-static float *qslice_f32(qread *R, const rt_st_file *f, const rt_st_tensor *t, int64_t r0, int64_t r1, int64_t c0,
-                         int64_t c1)
-{
-    size_t n = (size_t)((r1 - r0) * (c1 - c0));
-    float *buf = malloc(n * sizeof *buf + 1);
-    if (!buf) {
-        base_errf(R->err, "out of host memory reading tensor '%s'", t->name);
-        return NULL;
-    }
-    if (rt_st_read_f32(f, t, r0, r1, c0, c1, buf, R->err)) {
+    if (f32 ? rt_st_read_f32(f, t, r0, r1, c0, c1, buf, R->err) : rt_st_read_raw(f, t, r0, r1, c0, c1, buf, R->err)) {
         free(buf);
         return NULL;
     }
@@ -206,7 +188,7 @@ static int read_fp8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
     }
     if (qmat_alloc(m, RT_QK_FP8, 8, r1 - r0, c1 - c0, group, false, R->err))
         return -1;
-    uint8_t *codes = qslice(R, f, t, r0, r1, c0, c1);
+    uint8_t *codes = read_slice(R, f, t, false, r0, r1, c0, c1);
     float one = 0, *s = NULL;
     if (q->scale == RT_QSCALE_TENSOR) {
         rt_convert_to_f32(&one, sf->data + st->begin, st->dtype, 1);
@@ -217,9 +199,9 @@ static int read_fp8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
         const int64_t s0 = r0 / br, s1 = (r1 + br - 1) / br, cs0 = c0 / bc;
         const int64_t ncol = q->scale == RT_QSCALE_CHANNEL ? 1 : sc;
         if (st->n_dims == 1) /* (rows) */
-            s = qslice_f32(R, sf, st, s0, s1, 0, 1);
+            s = read_slice(R, sf, st, true, s0, s1, 0, 1);
         else
-            s = qslice_f32(R, sf, st, s0, s1, 0, ncol);
+            s = read_slice(R, sf, st, true, s0, s1, 0, ncol);
         if (s)
             for (int64_t r = 0; r < m->rows; r++)
                 for (int64_t g = 0; g < m->n_groups; g++)
@@ -260,8 +242,8 @@ static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
     if (qmat_alloc(m, RT_QK_INT, 4, r1 - r0, c1 - c0, g, true, R->err))
         return -1;
     const int64_t g0 = c0 / g, g1 = (c1 + g - 1) / g, w0 = r0 / 8, w1 = r1 / 8, nw = w1 - w0;
-    uint32_t *qw = qslice(R, fw, tw, c0, c1, w0, w1), *qz = qslice(R, fz, tz, g0, g1, w0, w1);
-    float *s = qslice_f32(R, fs, ts, g0, g1, r0, r1);
+    uint32_t *qw = read_slice(R, fw, tw, false, c0, c1, w0, w1), *qz = read_slice(R, fz, tz, false, g0, g1, w0, w1);
+    float *s = read_slice(R, fs, ts, true, g0, g1, r0, r1);
     if (qw && qz && s) {
         int pos[8]; /* the nibble holding output column k of a word */
         for (int i = 0; i < 8; i++)
@@ -322,9 +304,9 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
     if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, mg, true, R->err))
         return -1;
     const int64_t g0 = c0 / g, g1 = (c1 + g - 1) / g, ncw = r1 / per - r0 / per;
-    uint32_t *qw = qslice(R, fw, tw, c0 / per, (c1 + per - 1) / per, r0, r1);
-    uint32_t *qz = qslice(R, fz, tz, g0, g1, r0 / per, r1 / per);
-    float *s = qslice_f32(R, fs, ts, g0, g1, r0, r1);
+    uint32_t *qw = read_slice(R, fw, tw, false, c0 / per, (c1 + per - 1) / per, r0, r1);
+    uint32_t *qz = read_slice(R, fz, tz, false, g0, g1, r0 / per, r1 / per);
+    float *s = read_slice(R, fs, ts, true, g0, g1, r0, r1);
     if (qw && qz && s) {
         const int64_t nr = m->rows;
         for (int64_t r = 0; r < nr; r++) {
