@@ -177,9 +177,6 @@ static int make_backend(comm *c, const job_flags *o, job_model *jm, base_err *er
         jm->be = rt_cpu_backend_create(jm->threads);
         return jm->be ? 0 : base_errf(err, "cannot create the CPU backend");
     }
-    if (jm->cfg.kv_fp8)
-        return base_errf(err, "--kv-dtype fp8 is not on the CUDA backend yet (its attention kernels read the "
-                              "compute type): use --kv-dtype auto, or --device cpu");
 #ifdef DINFER_HAVE_CUDA
     const int dev = t->local_rank % n_gpu;
     jm->on_gpu = true;

@@ -135,7 +135,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->h_ints = be->ops->host_alloc(be, fw->n_ints * sizeof(int32_t));
     const int tp = cm ? comm_topo(cm)->tp : 1, pp = cm ? comm_topo(cm)->pp : 1;
     fw->samples = s->last_stage && (tp == 1 || comm_topo(cm)->tp_rank == 0);
-    fw->device_sampling = be->ops->sample && tp == 1;
+    fw->device_sampling = be->ops->sample && tp == 1 && !lim->host_logits;
     /* DINFER_CUDA_GRAPHS=0 runs every step op by op (to measure what the graphs save) */
     const char *graphs_env = getenv("DINFER_CUDA_GRAPHS");
     if (graphs_env && strcmp(graphs_env, "0") != 0 && strcmp(graphs_env, "1") != 0) {

@@ -30,6 +30,8 @@ typedef struct rt_forward_limits {
     int max_seqs;   /* sequences per step */
     int max_blocks; /* blocks per sequence */
     int max_logits; /* logit rows per step */
+    bool host_logits; /* sample on the host even where the backend samples: rt_forward_host_logits
+                       * then gives each step's logits (quality tools) */
 } rt_forward_limits;
 
 typedef struct rt_forward rt_forward;

@@ -20,22 +20,38 @@ void rt_shard_whole(rt_shard *s, const rt_config *cfg)
     };
 }
 
+/* The bytes of a linear layer's weight (rows, cols): floats, or codes with their scales and zero
+ * points when the model is quantized (modules a checkpoint leaves float are counted as codes). */
+static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtype dt)
+{
+    const rt_quant *q = &c->quant;
+    if (q->method == RT_QUANT_NONE)
+        return rows * cols * rt_dtype_size(dt);
+    const int g = q->scale == RT_QSCALE_GROUP ? q->group_size : q->scale == RT_QSCALE_BLOCK ? q->block_cols : 0;
+    const size_t group = g > 0 ? (size_t)g : cols, ng = (cols + group - 1) / group;
+    const size_t per_scale = sizeof(float) + (q->kind == RT_QK_INT && q->zero_point ? sizeof(uint16_t) : 0);
+    return rows * (cols * (size_t)q->bits / 8 + ng * per_scale);
+}
+
 size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
 {
     size_t hd = (size_t)c->head_dim, dim = (size_t)c->dim;
     size_t q = (size_t)s->n_heads * hd, kv = (size_t)s->n_kv_heads * hd;
     size_t ffn = (size_t)(s->ffn_end - s->ffn_begin), vocab = (size_t)(s->vocab_end - s->vocab_begin);
-    size_t layer = 2 * dim + q * dim + 2 * kv * dim + dim * q + 3 * ffn * dim;
+    size_t layer = 2 * dim; /* floats: the norms, biases, embeddings and LM head */
     if (c->qkv_bias)
         layer += q + 2 * kv;
     if (c->o_bias && s->adds_row_bias)
         layer += dim;
-    size_t n = layer * (size_t)(s->layer_end - s->layer_begin);
+    const size_t layers = (size_t)(s->layer_end - s->layer_begin);
+    size_t n = layer * layers;
     if (s->first_stage)
         n += vocab * dim;
     if (s->last_stage)
         n += dim + (c->tie_embeddings && s->first_stage ? 0 : vocab * dim);
-    return n * rt_dtype_size(dt);
+    const size_t linears = linear_bytes(c, q + 2 * kv, dim, dt) + linear_bytes(c, dim, q, dt) +
+                           linear_bytes(c, 2 * ffn, dim, dt) + linear_bytes(c, dim, ffn, dt);
+    return n * rt_dtype_size(dt) + linears * layers;
 }
 
 void rt_rope_inv_freq(const rt_rope *rope, int head_dim, float *inv_freq)
@@ -245,7 +261,7 @@ static bool stackable(const rt_qmat *m, int n)
 static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const char *what)
 {
     rt_backend *be = L->m->be;
-    const int64_t cols = m[0].cols, ng = m[0].n_groups, row_bytes = m[0].bits == 4 ? cols / 2 : cols;
+    const int64_t cols = m[0].cols, ng = m[0].n_groups, row_bytes = rt_qmat_row_bytes(&m[0]);
     int64_t rows = 0;
     for (int i = 0; i < n; i++)
         rows += m[i].rows;
@@ -265,15 +281,7 @@ static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const
     else if (!dc || !ds || (m[0].zeros && !dz))
         rc = base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, nc + ns * 6, be->ops->name);
     for (int i = 0, r0 = 0; !rc && i < n; r0 += (int)m[i].rows, i++) {
-        for (int64_t r = 0; r < m[i].rows; r++) {
-            const uint8_t *src = m[i].codes + r * cols;
-            uint8_t *out = codes + (r0 + r) * row_bytes;
-            if (m[i].bits == 4)
-                for (int64_t c = 0; c < cols; c += 2) /* the even column in the low nibble */
-                    out[c / 2] = (uint8_t)(src[c] | src[c + 1] << 4);
-            else
-                memcpy(out, src, (size_t)cols);
-        }
+        rt_qmat_pack_codes(&m[i], codes + r0 * row_bytes);
         memcpy(scales + r0 * ng, m[i].scales, (size_t)(m[i].rows * ng) * sizeof *scales);
         if (zeros)
             memcpy(zeros + r0 * ng, m[i].zeros, (size_t)(m[i].rows * ng) * sizeof *zeros);

@@ -15,6 +15,23 @@ void rt_qmat_free(rt_qmat *m)
     memset(m, 0, sizeof *m);
 }
 
+int64_t rt_qmat_row_bytes(const rt_qmat *m)
+{
+    return m->bits == 4 ? m->cols / 2 : m->cols;
+}
+
+void rt_qmat_pack_codes(const rt_qmat *m, uint8_t *out)
+{
+    const int64_t rb = rt_qmat_row_bytes(m);
+    if (m->bits != 4) {
+        memcpy(out, m->codes, (size_t)(m->rows * rb));
+        return;
+    }
+    for (int64_t r = 0; r < m->rows; r++)
+        for (int64_t c = 0; c + 1 < m->cols; c += 2)
+            out[r * rb + c / 2] = (uint8_t)(m->codes[r * m->cols + c] | m->codes[r * m->cols + c + 1] << 4);
+}
+
 void rt_qmat_dequantize(const rt_qmat *m, float *w)
 {
     float fp8[256];

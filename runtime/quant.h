@@ -26,6 +26,10 @@ typedef struct rt_qmat {
 } rt_qmat;
 
 void rt_qmat_free(rt_qmat *m);
+/* The codes as a backend's matmul reads them (rt_tensor_quant): a byte each, or at 4 bits two a
+ * byte, the even column in the low nibble (cols even). out holds rows * rt_qmat_row_bytes(m). */
+int64_t rt_qmat_row_bytes(const rt_qmat *m);
+void rt_qmat_pack_codes(const rt_qmat *m, uint8_t *out);
 /* w (rows, cols) = the slice's values, in fp32 (one rounding: the code's value times its scale). */
 void rt_qmat_dequantize(const rt_qmat *m, float *w);
 

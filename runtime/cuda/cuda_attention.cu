@@ -21,11 +21,14 @@ extern "C" {
 #define ATT_MAX_ACC (RT_MAX_HEAD_DIM / ATT_THREADS) /* accumulators per thread: head_dim <= RT_MAX_HEAD_DIM */
 static_assert(ATT_MAX_ACC * ATT_THREADS >= RT_MAX_HEAD_DIM, "the attention kernel must cover the config's head_dim limit");
 
-template <typename T>
-__global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, const int32_t *pos,
-                                 const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks,
-                                 int bs, int nh, int nkv, int hd, int window, float scale)
+/* KV: the cache's storage, T or fp8_e4m3 (then k_scale and v_scale hold each (slot, KV head)'s scale) */
+template <typename T, typename KV>
+__global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc, const float *k_scale,
+                                 const float *v_scale, const int32_t *pos, const int32_t *seq, const int32_t *toks,
+                                 const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int hd, int window,
+                                 float scale)
 {
+    constexpr bool Q8 = sizeof(KV) == 1;
     pdl_wait();
     pdl_trigger();
     extern __shared__ float sm[];
@@ -48,19 +51,21 @@ __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, c
     __syncthreads();
     for (int base = start; base <= p; base += ATT_THREADS) {
         const int j = base + tid;
-        float s = -INFINITY;
+        float s = -INFINITY, vsc = 1.0f;
         if (j <= p) {
             const int slot = table[j / bs] * bs + j % bs;
             slots[tid] = slot;
-            const T *kj = kc + slot * kw + (int64_t)kvh * hd;
+            const KV *kj = kc + slot * kw + (int64_t)kvh * hd;
             float d = 0.0f;
             for (int i = 0; i < hd; i++)
                 d += qs[i] * ld(&kj[i]);
-            s = d;
+            s = Q8 ? d * k_scale[(int64_t)slot * nkv + kvh] : d;
+            if (Q8)
+                vsc = v_scale[(int64_t)slot * nkv + kvh];
         }
         const float m_new = fmaxf(m, block_max(s, scratch));
         const float pj = j <= p ? expf(s - m_new) : 0.0f;
-        ps[tid] = pj;
+        ps[tid] = pj * vsc; /* the value sum's weight: the probability times the value row's scale */
         const float tile_sum = block_sum(pj, scratch); /* its barriers also publish ps and slots */
         const float corr = expf(m - m_new);
         l = l * corr + tile_sum;
@@ -93,24 +98,26 @@ __global__ void attention_kernel(T *out, const T *q, const T *kc, const T *vc, c
 #define FA_AHEAD 2      /* key steps whose loads are in flight ahead of the math */
 #define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
-template <typename T, int HD>
+template <typename KV, int HD>
 struct fa_geom {
-    static constexpr int LPK = HD * (int)sizeof(T) / 16 < 32 ? HD * (int)sizeof(T) / 16 : 32; /* lanes per key */
+    static constexpr int LPK = HD * (int)sizeof(KV) / 16 < 32 ? HD * (int)sizeof(KV) / 16 : 32; /* lanes per key */
     static constexpr int E = HD / LPK;                                                           /* elements per lane */
     static constexpr int KPW = 32 / LPK;                                                         /* keys per warp step */
     static constexpr int PARTS = FA_WARPS * KPW; /* partial softmax states per block */
 };
 
 /* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m). */
-template <typename T, int HD, int GM>
+template <typename T, typename KV, int HD, int GM>
 __global__ void __launch_bounds__(FA_WARPS * 32)
-    fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const T *kc, const T *vc, const int32_t *pos,
-                    const int32_t *seq, const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh,
-                    int nkv, int window, float scale)
+    fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
+                    const float *k_scale, const float *v_scale, const int32_t *pos, const int32_t *seq,
+                    const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
+                    float scale)
 {
     pdl_wait();
     pdl_trigger();
-    using G_ = fa_geom<T, HD>;
+    using G_ = fa_geom<KV, HD>;
+    constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: a scale a (slot, KV head) */
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
     extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
     const int i = blockIdx.x, t = toks ? toks[i] : i, kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
@@ -146,31 +153,36 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
      * of the split computes nothing into its state. Each step's K and V rows are requested
      * FA_AHEAD steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
      * steps before */
-    constexpr int NV = E * (int)sizeof(T) / 16;
+    constexpr int NV = E * (int)sizeof(KV) / 16;
     uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
-    const auto fetch = [&](int j, uint4 *kb, uint4 *vb) {
+    float ksn[FA_AHEAD], vsn[FA_AHEAD]; /* an FP8 cache's scales of the keys in flight */
+    const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
         if (j < k1) {
             const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
-            load_raw<T, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
-            load_raw<T, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
+            load_raw<KV, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
+            load_raw<KV, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
+            if (Q8)
+                ks = __ldg(k_scale + slot * nkv + kvh), vs = __ldg(v_scale + slot * nkv + kvh);
         } else {
 #pragma unroll
             for (int v = 0; v < NV; v++)
                 kb[v] = make_uint4(0, 0, 0, 0), vb[v] = make_uint4(0, 0, 0, 0);
+            ks = vs = 0.0f;
         }
     };
 #pragma unroll
     for (int a = 0; a < FA_AHEAD; a++)
-        fetch(k0 + warp * KPW + sg + a * STEP, kn[a], vn[a]);
+        fetch(k0 + warp * KPW + sg + a * STEP, kn[a], vn[a], ksn[a], vsn[a]);
     for (int jb = k0 + warp * KPW; jb < k1; jb += FA_AHEAD * STEP) {
 #pragma unroll
         for (int a = 0; a < FA_AHEAD; a++) {
             const int j = jb + a * STEP + sg;
             const bool ok = j < k1;
             float kr[E], vr[E];
-            raw_to_float<T, E>(kn[a], kr);
-            raw_to_float<T, E>(vn[a], vr);
-            fetch(j + FA_AHEAD * STEP, kn[a], vn[a]);
+            raw_to_float<KV, E>(kn[a], kr);
+            raw_to_float<KV, E>(vn[a], vr);
+            const float ksc = Q8 ? ksn[a] : 1.0f, vsc = Q8 ? vsn[a] : 1.0f;
+            fetch(j + FA_AHEAD * STEP, kn[a], vn[a], ksn[a], vsn[a]);
 #pragma unroll
             for (int g = 0; g < GM; g++) {
                 if (g >= group)
@@ -182,13 +194,15 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 #pragma unroll
                 for (int o = LPK / 2; o > 0; o >>= 1)
                     d += __shfl_xor_sync(0xffffffffu, d, o);
+                if (Q8)
+                    d *= ksc;
                 if (ok) {
                     const float m_new = fmaxf(m[g], d);
-                    const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new);
+                    const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new), pv = pj * vsc;
                     l[g] = l[g] * corr + pj;
 #pragma unroll
                     for (int e = 0; e < E; e++)
-                        acc[g][e] = acc[g][e] * corr + pj * vr[e];
+                        acc[g][e] = acc[g][e] * corr + pv * vr[e];
                     m[g] = m_new;
                 }
             }
@@ -299,26 +313,27 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     return n > 1 ? n : 1;
 }
 
-template <typename T, int HD, int GM>
+template <typename T, typename KV, int HD, int GM>
 static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                       const rt_attn_shape *s, tok_set ts)
 {
-    using G_ = fa_geom<T, HD>;
+    using G_ = fa_geom<KV, HD>;
     const int n_splits = fa_splits(c, b, s, ts.n);
     const int group = s->n_heads / s->n_kv_heads;
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float);
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
-    cuda_launch(c, fa_split_kernel<T, HD, GM>, grid, FA_WARPS * 32, shm,
-        (T *)out, part_o, part_ml, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks,
+    cuda_launch(c, fa_split_kernel<T, KV, HD, GM>, grid, FA_WARPS * 32, shm,
+        (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
+        (const float *)kv->v_scale, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
     if (n_splits > 1)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
-template <typename T>
+template <typename T, typename KV>
 static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s, tok_set ts)
 {
@@ -327,12 +342,12 @@ static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         return false;
     /* registers for 4 query heads a KV head (Llama 3's 8B and 1B), or for up to 8 */
     switch (s->head_dim * (group <= 4 ? 1 : -1)) {
-    case 64: fa_launch<T, 64, 4>(c, out, q, kv, b, s, ts); return true;
-    case 128: fa_launch<T, 128, 4>(c, out, q, kv, b, s, ts); return true;
-    case 256: fa_launch<T, 256, 4>(c, out, q, kv, b, s, ts); return true;
-    case -64: fa_launch<T, 64, 8>(c, out, q, kv, b, s, ts); return true;
-    case -128: fa_launch<T, 128, 8>(c, out, q, kv, b, s, ts); return true;
-    case -256: fa_launch<T, 256, 8>(c, out, q, kv, b, s, ts); return true;
+    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts); return true;
+    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts); return true;
+    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts); return true;
+    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts); return true;
+    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts); return true;
+    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts); return true;
     default: return false;
     }
 }
@@ -594,26 +609,34 @@ static bool tc_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 
 /* ---- the general path ---- */
 
-template <typename T>
+template <typename T, typename KV>
 static void launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s, tok_set ts)
 {
     dim3 grid((unsigned)ts.n, (unsigned)s->n_heads);
     size_t shm = (size_t)s->head_dim * sizeof(float) + ATT_THREADS * (sizeof(float) + sizeof(int));
-    cuda_launch(c, attention_kernel<T>, grid, ATT_THREADS, shm,
-        (T *)out, (const T *)q, (const T *)kv->k, (const T *)kv->v, b->pos, b->seq, ts.toks, b->block_tables,
+    cuda_launch(c, attention_kernel<T, KV>, grid, ATT_THREADS, shm,
+        (T *)out, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
+        (const float *)kv->v_scale, b->pos, b->seq, ts.toks, b->block_tables,
         b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->head_dim, s->sliding_window, s->scale);
 }
 
+/* An FP8 cache (codes and scales) goes to the split kernel or the general one, which dequantize as
+ * they load; the tensor-core tiles read 16-bit caches only. */
 template <typename T>
 static void attend(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s)
 {
     tok_set ts = {b->n_tokens, NULL};
+    if (kv->k_scale) {
+        if (!fa_try<T, fp8_e4m3>(c, out, q, kv, b, s, ts))
+            launch<T, fp8_e4m3>(c, out, q, kv, b, s, ts);
+        return;
+    }
     if (tc_try<T>(c, out, q, kv, b, s))
         ts = (tok_set){b->n_rest, b->rest};
-    if (ts.n > 0 && !fa_try<T>(c, out, q, kv, b, s, ts))
-        launch<T>(c, out, q, kv, b, s, ts);
+    if (ts.n > 0 && !fa_try<T, T>(c, out, q, kv, b, s, ts))
+        launch<T, T>(c, out, q, kv, b, s, ts);
 }
 
 extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,

@@ -124,6 +124,7 @@ static void cuda_destroy(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
     cublasDestroy(c->blas);
+    cublasLtDestroy(c->lt);
     cudaFree(c->scratch);
     cudaFree(c->blas_ws);
     cudaStreamDestroy(c->stream);
@@ -133,7 +134,7 @@ static void cuda_destroy(rt_backend *be)
 
 #define CUDA_OPS(name_, dt_)                                                                          \
     {                                                                                                 \
-        .name = name_, .act_dtype = dt_, .host_memory = false, .quant_matmul = false, .alloc = cuda_alloc,   \
+        .name = name_, .act_dtype = dt_, .host_memory = false, .quant_matmul = true, .alloc = cuda_alloc,   \
         .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, .prepare_weight = NULL, \
@@ -170,6 +171,12 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                   pdl_env);
         return NULL;
     }
+    const char *fp8_env = getenv("DINFER_CUDA_FP8_GEMM");
+    if (fp8_env && strcmp(fp8_env, "0") != 0 && strcmp(fp8_env, "1") != 0) {
+        base_errf(err, "DINFER_CUDA_FP8_GEMM is '%.32s': 0 (FP8 weights dequantized for products of many rows) or 1 "
+                  "(the default: FP8 tensor cores)", fp8_env);
+        return NULL;
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -181,16 +188,19 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->rank = rank;
     c->dt = dt;
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
-        cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS) {
-        base_errf(err, "cannot create a CUDA stream and cuBLAS handle on device %d", device);
+        cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+        base_errf(err, "cannot create a CUDA stream and cuBLAS handles on device %d", device);
         free(c), free(be);
         return NULL;
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = !(gemv_env && strcmp(gemv_env, "0") == 0);
     int cc_major = 0;
-    c->pdl = !(pdl_env && strcmp(pdl_env, "0") == 0) &&
-             cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && cc_major >= 9;
+    if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+        cc_major = 0;
+    c->pdl = !(pdl_env && strcmp(pdl_env, "0") == 0) && cc_major >= 9;
+    c->fp8_gemm = !(fp8_env && strcmp(fp8_env, "0") == 0) && cc_major >= 9;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||
@@ -202,6 +212,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
                   (c->scratch_bytes + CUDA_BLAS_WORKSPACE_BYTES) >> 20, device);
         cublasDestroy(c->blas);
+        cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);
         free(c), free(be);
         return NULL;

@@ -3,9 +3,11 @@
 #ifndef DINFER_RUNTIME_CUDA_COMMON_CUH
 #define DINFER_RUNTIME_CUDA_COMMON_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,14 @@ extern "C" {
 #define CUDA_SCRATCH_BYTES ((size_t)32 << 20)
 #define CUDA_BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
+/* cuBLASLt's algorithm for one shape of FP8 product (cuda_qmatmul.cu), found once */
+typedef struct cuda_fp8_algo {
+    int m, n, k;
+    bool ok; /* false: cuBLASLt has none (the product takes another path) */
+    cublasLtMatmulAlgo_t algo;
+} cuda_fp8_algo;
+#define CUDA_FP8_ALGOS 64
+
 typedef struct cuda_ctx {
     int device;
     int rank;              /* for messages */
@@ -31,9 +41,17 @@ typedef struct cuda_ctx {
     void *blas_ws;         /* cuBLAS's workspace */
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
+    bool fp8_gemm;         /* FP8 weights take FP8 tensor cores above the GEMV's rows (Hopper on; DINFER_CUDA_FP8_GEMM=0 off) */
+    cublasLtHandle_t lt;
+    cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
+    int n_fp8_algos;
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;
+
+/* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
+void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
+void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t total);
 
 /* Keeps the first failure of the backend: "rank R: CALL failed at FILE:LINE: MESSAGE". */
 void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg);
@@ -110,6 +128,14 @@ static inline void cuda_launch_at(cuda_ctx *c, const char *file, int line, void 
 __device__ __forceinline__ float ld(const float *p) { return *p; }
 __device__ __forceinline__ float ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ld(const __half *p) { return __half2float(*p); }
+/* An FP8 e4m3 code of the KV cache: ld gives its value (the caller applies the scale). */
+struct fp8_e4m3 {
+    uint8_t b;
+};
+__device__ __forceinline__ float ld(const fp8_e4m3 *p)
+{
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw(p->b, __NV_E4M3)));
+}
 __device__ __forceinline__ void st(float *p, float v) { *p = v; }
 __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void st(__half *p, float v) { *p = __float2half(v); }

@@ -133,6 +133,11 @@ static void add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_
     cuda_launch(c, add_bias_kernel<T>, cuda_blocks((size_t)total, 256), 256, 0, (T *)out, (const T *)bias, N, total);
 }
 
+void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t total)
+{
+    CUDA_DISPATCH(c->dt, add_bias, c, out, bias, N, total);
+}
+
 static cudaDataType_t cuda_type(rt_dtype t)
 {
     return t == RT_BF16 ? CUDA_R_16BF : t == RT_F16 ? CUDA_R_16F : CUDA_R_32F;
@@ -143,6 +148,10 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
     cuda_ctx *c = cuda_ctx_of(be);
     if (n <= 0)
         return;
+    if (w->q.kind) {
+        cuda_qmatmul(c, out, x, w, bias, n);
+        return;
+    }
     if (gemv_fits(c, out, x, w, n)) {
         CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n);
         CUDA_LAUNCHED(c);
@@ -155,7 +164,7 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
     CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, &one, w->data, t, K, x, t, K, &zero,
                                  out, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias && bias->data) {
-        CUDA_DISPATCH(c->dt, add_bias, c, out, bias->data, (int64_t)N, (int64_t)N * n);
+        cuda_add_bias(c, out, bias->data, (int64_t)N, (int64_t)N * n);
         CUDA_LAUNCHED(c);
     }
 }

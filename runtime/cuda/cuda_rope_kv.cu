@@ -7,9 +7,11 @@
 
 #define ROPE_THREADS 128
 
+/* rope_heads: nq + nkv (q and k rotated here, v copied), or nq (an FP8 cache: k and v are
+ * rope_kv_fp8_kernel's) */
 template <typename T>
 __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
-                               int nq, int nkv, int hd, int pair_blocks, T *kc, T *vc)
+                               int nq, int nkv, int hd, int rope_heads, int pair_blocks, T *kc, T *vc)
 {
     pdl_wait();
     pdl_trigger();
@@ -17,7 +19,7 @@ __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const 
     const float p = (float)pos[t];
     const int64_t qw = (int64_t)nq * hd, kw = (int64_t)nkv * hd;
     const T *src = qkv + t * (qw + 2 * kw);
-    T *qt = q + t * qw, *kt = kc + (int64_t)slot[t] * kw;
+    T *qt = q + t * qw;
     if ((int)blockIdx.y >= pair_blocks) { /* the v part */
         T *vt = vc + (int64_t)slot[t] * kw;
         const int64_t i = (int64_t)(blockIdx.y - pair_blocks) * ROPE_THREADS + threadIdx.x;
@@ -27,10 +29,10 @@ __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const 
     }
     /* pairs of every head of q, then of k */
     const int i = blockIdx.y * ROPE_THREADS + threadIdx.x;
-    if (i < (nq + nkv) * half) {
+    if (i < rope_heads * half) {
         const int h = i / half, j = i % half;
         const T *in = src + (int64_t)h * hd; /* k's heads follow q's in the row */
-        T *head = h < nq ? qt + (int64_t)h * hd : kt + (int64_t)(h - nq) * hd;
+        T *head = h < nq ? qt + (int64_t)h * hd : kc + (int64_t)slot[t] * kw + (int64_t)(h - nq) * hd;
         float s, co;
         sincosf(p * inv_freq[j], &s, &co); /* fp32 angle, as transformers computes it */
         const float a = ld(&in[j]), b = ld(&in[j + half]);
@@ -39,15 +41,60 @@ __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const 
     }
 }
 
+/* An FP8 cache: a block per (token, KV head) rotates its k, takes its v, and writes both as e4m3
+ * codes with a scale each (the largest magnitude / 448), as the CPU backend does. */
+template <typename T>
+__global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
+                                   int nq, int nkv, int hd, uint8_t *kc, uint8_t *vc, float *k_scale, float *v_scale)
+{
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float red[32];
+    const int t = blockIdx.x, h = blockIdx.y, half = hd / 2, j = threadIdx.x;
+    const int64_t qw = (int64_t)nq * hd, kw = (int64_t)nkv * hd;
+    const T *kin = qkv + t * (qw + 2 * kw) + qw + (int64_t)h * hd, *vin = kin + kw;
+    float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+    if (j < half) {
+        float sn, co;
+        sincosf((float)pos[t] * inv_freq[j], &sn, &co);
+        const float a = ld(&kin[j]), b = ld(&kin[j + half]);
+        k0 = a * co - b * sn, k1 = b * co + a * sn;
+        v0 = ld(&vin[j]), v1 = ld(&vin[j + half]);
+    }
+    const float kmax = block_max(fmaxf(fabsf(k0), fabsf(k1)), red);
+    const float vmax = block_max(fmaxf(fabsf(v0), fabsf(v1)), red);
+    const float ks = kmax > 0.0f ? kmax / 448.0f : 1.0f, vs = vmax > 0.0f ? vmax / 448.0f : 1.0f;
+    const int64_t at = (int64_t)slot[t] * kw + (int64_t)h * hd;
+    if (j < half) {
+        kc[at + j] = __nv_cvt_float_to_fp8(k0 / ks, __NV_SATFINITE, __NV_E4M3);
+        kc[at + j + half] = __nv_cvt_float_to_fp8(k1 / ks, __NV_SATFINITE, __NV_E4M3);
+        vc[at + j] = __nv_cvt_float_to_fp8(v0 / vs, __NV_SATFINITE, __NV_E4M3);
+        vc[at + j + half] = __nv_cvt_float_to_fp8(v1 / vs, __NV_SATFINITE, __NV_E4M3);
+    }
+    if (j == 0) {
+        k_scale[(int64_t)slot[t] * nkv + h] = ks;
+        v_scale[(int64_t)slot[t] * nkv + h] = vs;
+    }
+}
+
 template <typename T>
 static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
                    const rt_attn_shape *s, rt_kv_layer *kv)
 {
-    const int pairs = (s->n_heads + s->n_kv_heads) * (s->head_dim / 2), kw = s->n_kv_heads * s->head_dim;
-    const int pair_blocks = (pairs + ROPE_THREADS - 1) / ROPE_THREADS, v_blocks = (kw + ROPE_THREADS - 1) / ROPE_THREADS;
+    const bool fp8 = kv->k_scale != NULL;
+    const int rope_heads = fp8 ? s->n_heads : s->n_heads + s->n_kv_heads, pairs = rope_heads * (s->head_dim / 2);
+    const int kw = s->n_kv_heads * s->head_dim;
+    const int pair_blocks = (pairs + ROPE_THREADS - 1) / ROPE_THREADS;
+    const int v_blocks = fp8 ? 0 : (kw + ROPE_THREADS - 1) / ROPE_THREADS;
     cuda_launch(c, rope_kv_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)(pair_blocks + v_blocks)), ROPE_THREADS, 0,
-        (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, pair_blocks,
-        (T *)kv->k, (T *)kv->v);
+        (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, rope_heads,
+        pair_blocks, (T *)kv->k, (T *)kv->v);
+    if (fp8) {
+        const unsigned threads = (unsigned)((s->head_dim / 2 + 31) / 32 * 32);
+        cuda_launch(c, rope_kv_fp8_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)s->n_kv_heads), threads, 0,
+            (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, (uint8_t *)kv->k,
+            (uint8_t *)kv->v, kv->k_scale, kv->v_scale);
+    }
 }
 
 extern "C" void cuda_rope_kv_write(rt_backend *be, void *q, const void *qkv, const float *inv_freq,

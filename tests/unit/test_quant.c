@@ -233,7 +233,8 @@ static void test_cpu_matmul_codes(void **state)
 }
 
 /* The CPU backend holds a quantized checkpoint's linear layers as codes: the fixtures' models in
- * less memory than their float size, by about what their codes and scales save. */
+ * less memory than their float size, by about what their codes and scales save, and the memory
+ * plan counts exactly that. */
 static void test_cpu_holds_codes(void **state)
 {
     (void)state;
@@ -250,12 +251,17 @@ static void test_cpu_holds_codes(void **state)
         rt_shard_whole(&s, &c);
         if (rt_model_load(&m, &c, &s, dir, be, &err))
             fail_msg("%s: %s", dir, err.msg);
-        const size_t floats = rt_shard_weight_bytes(&c, &s, RT_F32);
+        rt_config cf = c;
+        cf.quant.method = RT_QUANT_NONE;
+        const size_t floats = rt_shard_weight_bytes(&cf, &s, RT_F32), planned = rt_shard_weight_bytes(&c, &s, RT_F32);
         /* linear weights: 3 layers x (128 x 128 x 2 + 32 x 128 x 2 + 256 x 128 x 3) of 4 bytes */
         const size_t linear = 3 * (128 * 128 * 2 + 32 * 128 * 2 + 256 * 128 * 3) * 4;
         const size_t expect = floats - linear + linear / (c.quant.bits == 4 ? 8 : 4);
         if (!(m.bytes_held >= expect && m.bytes_held < expect + linear / 16))
             fail_msg("%s: holds %zu bytes, float %zu, expected about %zu", dirs[d], m.bytes_held, floats, expect);
+        /* the memory plan's estimate (config.json only) is what the load holds */
+        if (planned != m.bytes_held)
+            fail_msg("%s: the plan counts %zu bytes of weights, the load holds %zu", dirs[d], planned, m.bytes_held);
         assert_int_equal(m.layers[0].wqkv.q.kind, c.quant.kind);
         rt_model_free(&m);
     }

@@ -1,0 +1,372 @@
+/* out(n, N) = x(n, K) . W(N, K)^T (+ bias) for a quantized W (rt_tensor_quant: FP8 e4m3 or unsigned
+ * integer codes of 8 or 4 bits, a scale per row and group of columns, zero points or not).
+ *
+ * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes, a warp per weight
+ * row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers. A load's codes lie in
+ * one group (the group a multiple of the load's columns), so each load's partial dot product is
+ * scaled once.
+ *
+ * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 or F16 activations: FP8
+ * tensor cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
+ * magnitude / 448), the product of codes is taken in fp32 and written in the activation type, then
+ * each element is scaled by its token's and its weight row's scales (W8A8, as vLLM runs an FP8
+ * checkpoint). DINFER_CUDA_FP8_GEMM=0 turns it off.
+ *
+ * Every other product (int8, int4, FP8 of group or block scales, f32): the weights dequantized into
+ * the backend's scratch a slab of rows at a time, each slab a cuBLAS product into its columns of
+ * out. */
+#include <cublasLt.h>
+#include <cuda_fp8.h>
+#include <type_traits>
+
+#include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_ops.h"
+
+#define QGEMV_MAX_ROWS 16
+#define QGEMV_WARPS 8
+#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane */
+
+/* The 16-byte load's codes (E of them) as values, without the scale: the FP8 number, or code - zero. */
+template <bool FP8, int BITS>
+__device__ __forceinline__ void dequant16(const uint4 &raw, float zero, float *w)
+{
+    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if constexpr (FP8) {
+            const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u[i] & 0xffffu), __NV_E4M3)));
+            const float2 b = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u[i] >> 16), __NV_E4M3)));
+            w[4 * i] = a.x, w[4 * i + 1] = a.y, w[4 * i + 2] = b.x, w[4 * i + 3] = b.y;
+        } else if constexpr (BITS == 8) {
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+                w[4 * i + b] = (float)((u[i] >> (8 * b)) & 0xffu) - zero;
+        } else { /* the even column in the low nibble: column j of the word is bits 4j .. 4j + 3 */
+#pragma unroll
+            for (int b = 0; b < 8; b++)
+                w[8 * i + b] = (float)((u[i] >> (4 * b)) & 0xfu) - zero;
+        }
+    }
+}
+
+/* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
+ * multiple of E (or n_groups 1). */
+template <typename T, int R, bool FP8, int BITS>
+__global__ void __launch_bounds__(QGEMV_WARPS * 32)
+    qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
+                 int n, int N, int K, int group, int n_groups)
+{
+    constexpr int E = BITS == 4 ? 32 : 16; /* codes a 16-byte load holds */
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * QGEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N)
+        return;
+    const int loads = K / E;
+    const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
+    const float *sr = scales + (int64_t)row * n_groups;
+    const uint16_t *zr = zeros ? zeros + (int64_t)row * n_groups : nullptr;
+    const float zdef = FP8 ? 0.0f : (float)(1 << (BITS - 1));
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    /* the first loads go out before pdl_wait (the codes are constant) */
+    uint4 next[QGEMV_AHEAD];
+#pragma unroll
+    for (int u = 0; u < QGEMV_AHEAD; u++)
+        next[u] = lane + 32 * u < loads ? __ldg(wv + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+    pdl_wait();
+    pdl_trigger();
+    for (int j0 = lane; j0 < loads; j0 += 32 * QGEMV_AHEAD) {
+        uint4 cur[QGEMV_AHEAD];
+#pragma unroll
+        for (int u = 0; u < QGEMV_AHEAD; u++) {
+            cur[u] = next[u];
+            const int j = j0 + 32 * (QGEMV_AHEAD + u);
+            next[u] = j < loads ? __ldg(wv + j) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < QGEMV_AHEAD; u++) {
+            const int j = j0 + 32 * u;
+            if (j < loads) {
+                const int k = j * E, g = n_groups == 1 ? 0 : k / group;
+                const float s = __ldg(sr + g), z = FP8 ? 0.0f : zr ? (float)__ldg(zr + g) : zdef;
+                float w[E];
+                dequant16<FP8, BITS>(cur[u], z, w);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < n) {
+                        float xv[E];
+                        load_vec<T, E>(x + (int64_t)r * K + k, xv);
+                        float p = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < E; e++)
+                            p += w[e] * xv[e];
+                        acc[r] += s * p;
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0 && r < n)
+            st(&out[(int64_t)r * N + row], v + (bias ? ld(&bias[row]) : 0.0f));
+    }
+}
+
+template <typename T, bool FP8, int BITS>
+static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    const unsigned blocks = (unsigned)((N + QGEMV_WARPS - 1) / QGEMV_WARPS);
+    const rt_tensor_quant *q = &w->q;
+#define QGEMV_LAUNCH(R)                                                                                          \
+    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,            \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, n, N, K,   \
+                (int)q->group, (int)q->n_groups)
+    if (n <= 1)
+        QGEMV_LAUNCH(1);
+    else if (n <= 2)
+        QGEMV_LAUNCH(2);
+    else if (n <= 4)
+        QGEMV_LAUNCH(4);
+    else if (n <= 8)
+        QGEMV_LAUNCH(8);
+    else
+        QGEMV_LAUNCH(16);
+#undef QGEMV_LAUNCH
+}
+
+template <typename T>
+static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const T *b = bias && bias->data ? (const T *)bias->data : NULL;
+    if (w->q.kind == RT_QK_FP8)
+        qgemv_as<T, true, 8>(c, out, x, w, b, n);
+    else if (w->q.bits == 8)
+        qgemv_as<T, false, 8>(c, out, x, w, b, n);
+    else
+        qgemv_as<T, false, 4>(c, out, x, w, b, n);
+}
+
+/* Whether the weight-streaming kernel takes this product: few rows, whole loads in one group each. */
+static bool qgemv_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
+{
+    const int64_t E = w->q.bits == 4 ? 32 : 16;
+    return c->gemv && n <= QGEMV_MAX_ROWS && w->cols % E == 0 && (w->q.n_groups == 1 || w->q.group % E == 0) &&
+           (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+}
+
+/* ---- dequantized slabs through cuBLAS ---- */
+
+template <typename T, bool FP8, int BITS>
+__global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales, const uint16_t *zeros, int64_t r0,
+                               int rows, int K, int group, int n_groups)
+{
+    pdl_wait(); /* out (the scratch) may still be read by the product ahead */
+    pdl_trigger();
+    const int64_t total = (int64_t)rows * K;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = r0 + i / K;
+        const int col = (int)(i % K), g = col / group;
+        float v;
+        if constexpr (FP8) {
+            v = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[r * K + col], __NV_E4M3)));
+        } else {
+            const int code = BITS == 4 ? (codes[r * (K / 2) + col / 2] >> (4 * (col & 1))) & 0xf : codes[r * K + col];
+            v = (float)code - (zeros ? (float)zeros[r * n_groups + g] : (float)(1 << (BITS - 1)));
+        }
+        st(&out[i], v * scales[r * n_groups + g]);
+    }
+}
+
+static cudaDataType_t blas_type(rt_dtype t)
+{
+    return t == RT_BF16 ? CUDA_R_16BF : t == RT_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+template <typename T>
+static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    const rt_tensor_quant *q = &w->q;
+    int slab = (int)(c->scratch_bytes / ((size_t)K * sizeof(T)));
+    slab = slab < N ? slab : N;
+    if (slab < 1) {
+        cuda_fail(c, "dequantizing a weight", __FILE__, __LINE__, "a row does not fit the backend's scratch");
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    const cudaDataType_t t = blas_type(c->dt);
+    T *wd = (T *)c->scratch;
+    for (int r0 = 0; r0 < N; r0 += slab) {
+        const int rows = N - r0 < slab ? N - r0 : slab;
+        const unsigned blocks = (unsigned)cuda_blocks((size_t)rows * K, 256);
+        const uint8_t *codes = (const uint8_t *)w->data;
+        const uint16_t *zeros = (const uint16_t *)q->zeros;
+        const int group = (int)(q->n_groups == 1 ? K : q->group), ng = (int)q->n_groups;
+        if (q->kind == RT_QK_FP8)
+            cuda_launch(c, dequant_kernel<T, true, 8>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, rows, K, group, ng);
+        else if (q->bits == 8)
+            cuda_launch(c, dequant_kernel<T, false, 8>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, rows, K, group, ng);
+        else
+            cuda_launch(c, dequant_kernel<T, false, 4>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, rows, K, group, ng);
+        CUDA_LAUNCHED(c);
+        CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, K, &one, wd, t, K, x, t, K, &zero,
+                                     (T *)out + r0, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+/* ---- FP8 tensor cores (cuBLASLt) ---- */
+
+/* Row t of x (n, K) as e4m3 codes and a scale (its largest magnitude / 448): a block a row. */
+template <typename T>
+__global__ void quantize_rows_kernel(uint8_t *codes, float *scales, const T *x, int K)
+{
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float red[32];
+    const T *xr = x + (int64_t)blockIdx.x * K;
+    float amax = 0.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x)
+        amax = fmaxf(amax, fabsf(ld(&xr[k])));
+    amax = block_max(amax, red);
+    const float s = amax > 0.0f ? amax / 448.0f : 1.0f, inv = 1.0f / s;
+    if (threadIdx.x == 0)
+        scales[blockIdx.x] = s;
+    uint8_t *cr = codes + (int64_t)blockIdx.x * K;
+    for (int k = threadIdx.x; k < K; k += blockDim.x)
+        cr[k] = __nv_cvt_float_to_fp8(ld(&xr[k]) * inv, __NV_SATFINITE, __NV_E4M3);
+}
+
+/* out (n, N), the product of codes, times its token's and its weight row's scales (+ bias). */
+template <typename T>
+__global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const T *bias, int N, int64_t total)
+{
+    pdl_wait();
+    pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int col = (int)(i % N);
+        st(&out[i], ld(&out[i]) * xs[i / N] * ws[col] + (bias ? ld(&bias[col]) : 0.0f));
+    }
+}
+
+/* The algorithm cuBLASLt's heuristic picks for an (m, n, k) FP8 product, found once. */
+static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                     cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo)
+{
+    for (int i = 0; i < c->n_fp8_algos; i++) {
+        cuda_fp8_algo *a = &c->fp8_algos[i];
+        if (a->m == m && a->n == n && a->k == k) {
+            *algo = a->algo;
+            return a->ok;
+        }
+    }
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
+    if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+            CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS)
+        found = 0;
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    const bool ok = found > 0;
+    if (ok)
+        *algo = res.algo;
+    if (c->n_fp8_algos < CUDA_FP8_ALGOS)
+        c->fp8_algos[c->n_fp8_algos++] = (cuda_fp8_algo){m, n, k, ok, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+    return ok;
+}
+
+/* Whether the FP8 path can take this product (the product of codes is then in out). */
+static bool fp8_gemm_fits(const cuda_ctx *c, const rt_tensor *w, int n)
+{
+    return c->fp8_gemm && c->dt != RT_F32 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 && n > QGEMV_MAX_ROWS &&
+           w->cols % 16 == 0 && w->rows % 16 == 0;
+}
+
+/* false when cuBLASLt has no algorithm for the shape (the caller takes the slabs) */
+template <typename T>
+static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    /* tokens a pass: their codes and scales within the scratch */
+    int chunk = (int)(c->scratch_bytes / ((size_t)K + 64));
+    chunk = (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
+    uint8_t *xq = (uint8_t *)c->scratch;
+    float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
+    const cudaDataType_t t = blas_type(c->dt);
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
+    for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
+        const int rows = n - t0 < chunk ? n - t0 : chunk;
+        if (rows != laid) { /* the first pass and a shorter last one */
+            if (lb)
+                cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
+            lb = ld = NULL;
+            ok = cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, rows, K) == CUBLAS_STATUS_SUCCESS &&
+                 cublasLtMatrixLayoutCreate(&ld, t, N, rows, N) == CUBLAS_STATUS_SUCCESS;
+            laid = rows;
+        }
+        cublasLtMatmulAlgo_t algo;
+        if (!ok || !fp8_algo(c, op, la, lb, ld, N, rows, K, &algo)) {
+            ok = false;
+            break;
+        }
+        cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
+        const float one = 1.0f, zero = 0.0f;
+        T *o = (T *)out + (int64_t)t0 * N;
+        const cublasStatus_t s = cublasLtMatmul(c->lt, op, &one, w->data, la, xq, lb, &zero, o, ld, o, ld, &algo,
+                                                c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES, c->stream);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            cuda_fail(c, "cublasLtMatmul (FP8)", __FILE__, __LINE__, cublasGetStatusString(s));
+            break;
+        }
+        const int64_t total = (int64_t)rows * N;
+        cuda_launch(c, scale_out_kernel<T>, (unsigned)cuda_blocks((size_t)total, 256), 256, 0, o, (const float *)xs,
+                    (const float *)w->q.scales, bias && bias->data ? (const T *)bias->data : (const T *)NULL, N, total);
+    }
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (ld)
+        cublasLtMatrixLayoutDestroy(ld);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    return ok;
+}
+
+template <typename T>
+static void qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    if (qgemv_fits(c, x, w, n)) {
+        qgemv<T>(c, out, x, w, bias, n);
+        return;
+    }
+    if constexpr (!std::is_same<T, float>::value)
+        if (fp8_gemm_fits(c, w, n) && fp8_gemm<T>(c, out, x, w, bias, n))
+            return;
+    slabs<T>(c, out, x, w, n);
+    if (bias && bias->data)
+        cuda_add_bias(c, out, bias->data, w->rows, w->rows * (int64_t)n);
+}
+
+void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    CUDA_DISPATCH(c->dt, qmatmul, c, out, x, w, bias, n);
+    CUDA_LAUNCHED(c);
+}
