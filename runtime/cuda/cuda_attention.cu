@@ -324,6 +324,9 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
+    if (shm > 48 * 1024) /* the partial states of many key groups (an FP8 cache at head_dim 64, 8 heads a KV head) */
+        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)shm));
     cuda_launch(c, fa_split_kernel<T, KV, HD, GM>, grid, FA_WARPS * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
         (const float *)kv->v_scale, b->pos, b->seq, ts.toks,

@@ -6,13 +6,14 @@
  * one group (the group a multiple of the load's columns), so each load's partial dot product is
  * scaled once.
  *
- * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 or F16 activations: FP8
+ * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8
  * tensor cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
- * magnitude / 448), the product of codes is taken in fp32 and written in the activation type, then
+ * magnitude / 448), the product of codes is taken in fp32 and written in BF16 (F16's range is too
+ * short for a product of codes, up to 448^2 K), then
  * each element is scaled by its token's and its weight row's scales (W8A8, as vLLM runs an FP8
  * checkpoint). DINFER_CUDA_FP8_GEMM=0 turns it off.
  *
- * Every other product (int8, int4, FP8 of group or block scales, f32): the weights dequantized into
+ * Every other product (int8, int4, FP8 of group or block scales, F32, F16): the weights dequantized into
  * the backend's scratch a slab of rows at a time, each slab a cuBLAS product into its columns of
  * out. */
 #include <cublasLt.h>
@@ -26,9 +27,18 @@
 #define QGEMV_WARPS 8
 #define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane */
 
-/* The 16-byte load's codes (E of them) as values, without the scale: the FP8 number, or code - zero. */
+/* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
+ * exponent of 2^23 (a byte permute, no conversion instruction; those run at a quarter of the rate
+ * of arithmetic, and the integer kernels were bound by them). */
+__device__ __forceinline__ float magic_byte(uint32_t word, int byte)
+{
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | (uint32_t)byte));
+}
+
+/* The 16-byte load's codes (E of them) as values, without the scale: the FP8 number, or
+ * code - zero (zoff = 2^23 + zero: the subtraction is exact). */
 template <bool FP8, int BITS>
-__device__ __forceinline__ void dequant16(const uint4 &raw, float zero, float *w)
+__device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w)
 {
     const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -40,11 +50,12 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zero, float *w
         } else if constexpr (BITS == 8) {
 #pragma unroll
             for (int b = 0; b < 4; b++)
-                w[4 * i + b] = (float)((u[i] >> (8 * b)) & 0xffu) - zero;
-        } else { /* the even column in the low nibble: column j of the word is bits 4j .. 4j + 3 */
+                w[4 * i + b] = magic_byte(u[i], b) - zoff;
+        } else { /* the even column in the low nibble: byte b holds columns 2b (low) and 2b + 1 (high) */
+            const uint32_t lo = u[i] & 0x0F0F0F0Fu, hi = (u[i] >> 4) & 0x0F0F0F0Fu;
 #pragma unroll
-            for (int b = 0; b < 8; b++)
-                w[8 * i + b] = (float)((u[i] >> (4 * b)) & 0xfu) - zero;
+            for (int b = 0; b < 4; b++)
+                w[8 * i + 2 * b] = magic_byte(lo, b) - zoff, w[8 * i + 2 * b + 1] = magic_byte(hi, b) - zoff;
         }
     }
 }
@@ -65,7 +76,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
     const float *sr = scales + (int64_t)row * n_groups;
     const uint16_t *zr = zeros ? zeros + (int64_t)row * n_groups : nullptr;
-    const float zdef = FP8 ? 0.0f : (float)(1 << (BITS - 1));
+    const float zdef = 8388608.0f + (float)(1 << (BITS - 1)); /* 2^23 + the zero (dequant16's zoff) */
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -90,7 +101,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
             const int j = j0 + 32 * u;
             if (j < loads) {
                 const int k = j * E, g = n_groups == 1 ? 0 : k / group;
-                const float s = __ldg(sr + g), z = FP8 ? 0.0f : zr ? (float)__ldg(zr + g) : zdef;
+                const float s = __ldg(sr + g), z = FP8 ? 0.0f : zr ? 8388608.0f + (float)__ldg(zr + g) : zdef;
                 float w[E];
                 dequant16<FP8, BITS>(cur[u], z, w);
 #pragma unroll
@@ -161,24 +172,28 @@ static bool qgemv_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int
 
 /* ---- dequantized slabs through cuBLAS ---- */
 
+/* out (rows, K) = rows r0 .. r0 + rows - 1 of the weight's values: a block per row. */
 template <typename T, bool FP8, int BITS>
 __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales, const uint16_t *zeros, int64_t r0,
-                               int rows, int K, int group, int n_groups)
+                               int K, int group, int n_groups)
 {
     pdl_wait(); /* out (the scratch) may still be read by the product ahead */
     pdl_trigger();
-    const int64_t total = (int64_t)rows * K;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = r0 + i / K;
-        const int col = (int)(i % K), g = col / group;
+    const int64_t r = r0 + blockIdx.x;
+    const uint8_t *cr = codes + r * (K / 8 * BITS);
+    const float *sr = scales + r * n_groups;
+    const uint16_t *zr = zeros ? zeros + r * n_groups : nullptr;
+    T *o = out + (int64_t)blockIdx.x * K;
+    for (int col = threadIdx.x; col < K; col += blockDim.x) {
+        const int g = col / group;
         float v;
         if constexpr (FP8) {
-            v = __half2float(__half(__nv_cvt_fp8_to_halfraw(codes[r * K + col], __NV_E4M3)));
+            v = __half2float(__half(__nv_cvt_fp8_to_halfraw(cr[col], __NV_E4M3)));
         } else {
-            const int code = BITS == 4 ? (codes[r * (K / 2) + col / 2] >> (4 * (col & 1))) & 0xf : codes[r * K + col];
-            v = (float)code - (zeros ? (float)zeros[r * n_groups + g] : (float)(1 << (BITS - 1)));
+            const int code = BITS == 4 ? (cr[col / 2] >> (4 * (col & 1))) & 0xf : cr[col];
+            v = (float)code - (zr ? (float)zr[g] : (float)(1 << (BITS - 1)));
         }
-        st(&out[i], v * scales[r * n_groups + g]);
+        st(&o[col], v * sr[g]);
     }
 }
 
@@ -203,19 +218,18 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
     T *wd = (T *)c->scratch;
     for (int r0 = 0; r0 < N; r0 += slab) {
         const int rows = N - r0 < slab ? N - r0 : slab;
-        const unsigned blocks = (unsigned)cuda_blocks((size_t)rows * K, 256);
         const uint8_t *codes = (const uint8_t *)w->data;
         const uint16_t *zeros = (const uint16_t *)q->zeros;
         const int group = (int)(q->n_groups == 1 ? K : q->group), ng = (int)q->n_groups;
         if (q->kind == RT_QK_FP8)
-            cuda_launch(c, dequant_kernel<T, true, 8>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, rows, K, group, ng);
+            cuda_launch(c, dequant_kernel<T, true, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
+                        zeros, (int64_t)r0, K, group, ng);
         else if (q->bits == 8)
-            cuda_launch(c, dequant_kernel<T, false, 8>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, rows, K, group, ng);
+            cuda_launch(c, dequant_kernel<T, false, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
+                        zeros, (int64_t)r0, K, group, ng);
         else
-            cuda_launch(c, dequant_kernel<T, false, 4>, blocks, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, rows, K, group, ng);
+            cuda_launch(c, dequant_kernel<T, false, 4>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
+                        zeros, (int64_t)r0, K, group, ng);
         CUDA_LAUNCHED(c);
         CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, K, &one, wd, t, K, x, t, K, &zero,
                                      (T *)out + r0, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -289,7 +303,7 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_
 /* Whether the FP8 path can take this product (the product of codes is then in out). */
 static bool fp8_gemm_fits(const cuda_ctx *c, const rt_tensor *w, int n)
 {
-    return c->fp8_gemm && c->dt != RT_F32 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 && n > QGEMV_MAX_ROWS &&
+    return c->fp8_gemm && c->dt == RT_BF16 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 && n > QGEMV_MAX_ROWS &&
            w->cols % 16 == 0 && w->rows % 16 == 0;
 }
 
@@ -357,7 +371,7 @@ static void qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
         qgemv<T>(c, out, x, w, bias, n);
         return;
     }
-    if constexpr (!std::is_same<T, float>::value)
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
         if (fp8_gemm_fits(c, w, n) && fp8_gemm<T>(c, out, x, w, bias, n))
             return;
     slabs<T>(c, out, x, w, n);

@@ -5,6 +5,8 @@
 #   tests/gpu/step_profile.sh MODEL_DIR [BUILD_DIR]           the last batch-1 decode step
 #   PROFILE=prefill tests/gpu/step_profile.sh MODEL_DIR [BUILD]  the first prefill step of 64 x 128
 #                                                                tokens (PROFILE_BATCH, PROFILE_PROMPT)
+#   PROFILE_BATCH=64 (decode too: a decode step of that many sequences)
+#   PROFILE_ARGS="--quantize fp8"   more dinfer-run flags
 # Prints kernels per step, then per kind: count, total microseconds, share of the step. Kernel
 # times are measured one at a time (ncu serializes them), so their sum is the step's GPU work
 # without launch gaps; the bench's own step time (printed first) includes them.
@@ -15,16 +17,17 @@ ncu=${NCU:-/usr/local/cuda/bin/ncu}
 csv=$(mktemp)
 trap 'rm -f "$csv"' EXIT
 mode=${PROFILE:-decode}
+read -r -a extra <<<"${PROFILE_ARGS:-}"
 if [ "$mode" = prefill ]; then
-  run=(--batch "${PROFILE_BATCH:-64}" --prompt-len "${PROFILE_PROMPT:-128}" --gen-len 2 --max-batch-tokens 8192)
+  run=(--batch "${PROFILE_BATCH:-64}" --prompt-len "${PROFILE_PROMPT:-128}" --gen-len 2 --max-batch-tokens 8192 "${extra[@]}")
   DINFER_CUDA_GRAPHS=0 "$build/launch/dinfer-run" --model "$model" --bench --device cuda --dtype bf16 "${run[@]}" |
     grep -E '^prefill:'
   # the kernels of the bench's warm-up (one prompt and a decode step) and of its batch's prefill
   limit=(--launch-count 1100)
 else
-  run=(--batch 1 --prompt-len 1 --gen-len 2)
-  DINFER_CUDA_GRAPHS=0 "$build/launch/dinfer-run" --model "$model" --bench --device cuda --dtype bf16 --batch 1 \
-    --prompt-len 16 --gen-len 8 | grep -E '^decode step'
+  run=(--batch "${PROFILE_BATCH:-1}" --prompt-len 1 --gen-len 2 "${extra[@]}")
+  DINFER_CUDA_GRAPHS=0 "$build/launch/dinfer-run" --model "$model" --bench --device cuda --dtype bf16 \
+    --batch "${PROFILE_BATCH:-1}" --prompt-len 16 --gen-len 8 "${extra[@]}" | grep -E '^decode step'
   limit=()
 fi
 # every kernel timed once, with neither the caches flushed nor the clocks locked between them
