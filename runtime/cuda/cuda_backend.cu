@@ -177,6 +177,12 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                   "(the default: FP8 tensor cores)", fp8_env);
         return NULL;
     }
+    const char *qmma_env = getenv("DINFER_CUDA_QMMA");
+    if (qmma_env && strcmp(qmma_env, "0") != 0 && strcmp(qmma_env, "1") != 0) {
+        base_errf(err, "DINFER_CUDA_QMMA is '%.32s': 0 (quantized products of few rows in fp32 arithmetic) or 1 (the "
+                  "default: on the tensor cores)", qmma_env);
+        return NULL;
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -200,6 +206,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
         cc_major = 0;
     c->pdl = !(pdl_env && strcmp(pdl_env, "0") == 0) && cc_major >= 9;
+    c->qmma = !(qmma_env && strcmp(qmma_env, "0") == 0) && cc_major >= 8;
     c->fp8_gemm = !(fp8_env && strcmp(fp8_env, "0") == 0) && cc_major >= 9;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||

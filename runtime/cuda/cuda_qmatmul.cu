@@ -1,10 +1,11 @@
 /* out(n, N) = x(n, K) . W(N, K)^T (+ bias) for a quantized W (rt_tensor_quant: FP8 e4m3 or unsigned
  * integer codes of 8 or 4 bits, a scale per row and group of columns, zero points or not).
  *
- * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes, a warp per weight
- * row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers. A load's codes lie in
- * one group (the group a multiple of the load's columns), so each load's partial dot product is
- * scaled once.
+ * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4 or
+ * FP8 codes in groups of 128 columns or more: on the tensor cores (qmma_kernel). Otherwise a warp per
+ * weight row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers in fp32: a
+ * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
+ * dot product is scaled once.
  *
  * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8
  * tensor cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
@@ -160,6 +161,203 @@ static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
         qgemv_as<T, false, 8>(c, out, x, w, b, n);
     else
         qgemv_as<T, false, 4>(c, out, x, w, b, n);
+}
+
+/* ---- the same on the tensor cores (BF16 activations, int4 or FP8 codes) ----
+ *
+ * The fp32 kernel above spends about five instructions on each code (unpack, convert, subtract the
+ * zero, multiply-add, and the activation's conversion): at 4 bits a code that is as much time as
+ * reading it. Here a warp takes 16 weight rows and feeds mma.m16n8k16 (bf16 in, fp32 out) with
+ * codes turned into bf16 pairs by a few bit operations, up to 16 tokens as the 8-column B operand
+ * (one or two products a step), so the products cost an instruction per 256 codes. A dot product
+ * does not depend on the order of its terms: each lane reads 32 consecutive columns of its two rows
+ * (16 or 32 bytes: whole loads) and the activations are gathered in the same order. Each 128-column
+ * chunk lies in one group, so its sum is scaled once, in fp32, as the fp32 kernel does. The 8 warps
+ * of a block split the columns (chunk w, w + 8, ...) and add their sums in shared memory. */
+#define QMMA_WARPS 8
+#define QMMA_AHEAD 2 /* chunks whose codes are in flight ahead of the math */
+
+__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v)
+{
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ __nv_bfloat162 bits_bf16x2(uint32_t v)
+{
+    return *reinterpret_cast<__nv_bfloat162 *>(&v);
+}
+
+/* Two int4 codes (bits 0-3 and 16-19 of w) minus the zero, exactly, as a bf16 pair: 128 + code is
+ * the bf16 0x4300 with the code in its low mantissa bits. zoff: (128 + zero) twice. */
+__device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
+{
+    return bf16x2_bits(__hsub2(bits_bf16x2((w & 0x000F000Fu) | 0x43004300u), zoff));
+}
+
+/* Two FP8 codes (the low 16 bits of w) as a bf16 pair: e4m3 to f16 is exact, and so is f16 to bf16
+ * for every e4m3 value. */
+__device__ __forceinline__ uint32_t fp8_pair(uint32_t w)
+{
+    const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3)));
+    return bf16x2_bits(__floats2bfloat162_rn(f.x, f.y));
+}
+
+template <bool FP8, int NT>
+__global__ void __launch_bounds__(QMMA_WARPS * 32)
+    qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
+                const uint16_t *zeros, const __nv_bfloat16 *bias, int n, int N, int K, int group, int n_groups)
+{
+    constexpr int BITS = FP8 ? 8 : 4, NV = BITS / 4; /* 16-byte loads of a lane's 32 columns of a row */
+    __shared__ float red[QMMA_WARPS][NT * 4][32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
+    const bool ok0 = r0 < N, ok1 = r1 < N;
+    const int64_t rb = (int64_t)K / 8 * BITS;
+    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (ok0 ? r0 : 0) * rb) + c * NV;
+    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (ok1 ? r1 : 0) * rb) + c * NV;
+    const int chunks = K / 128;
+    uint4 b0[QMMA_AHEAD][NV], b1[QMMA_AHEAD][NV];
+    const auto fetch = [&](int ch, uint4 *d0, uint4 *d1) {
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const bool in = ch < chunks;
+            d0[v] = in && ok0 ? __ldg(p0 + (int64_t)ch * 4 * NV + v) : make_uint4(0, 0, 0, 0);
+            d1[v] = in && ok1 ? __ldg(p1 + (int64_t)ch * 4 * NV + v) : make_uint4(0, 0, 0, 0);
+        }
+    };
+#pragma unroll
+    for (int a = 0; a < QMMA_AHEAD; a++)
+        fetch(warp + a * QMMA_WARPS, b0[a], b1[a]);
+    pdl_wait();
+    pdl_trigger();
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (int ch0 = warp; ch0 < chunks; ch0 += QMMA_AHEAD * QMMA_WARPS) {
+#pragma unroll
+        for (int a = 0; a < QMMA_AHEAD; a++) {
+            const int ch = ch0 + a * QMMA_WARPS;
+            if (ch >= chunks)
+                break;
+            uint4 w0[NV], w1[NV];
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                w0[v] = b0[a][v], w1[v] = b1[a][v];
+            fetch(ch + QMMA_AHEAD * QMMA_WARPS, b0[a], b1[a]);
+            const int col = ch * 128 + c * 32, gi = n_groups == 1 ? 0 : ch * 128 / group;
+            const float s0 = ok0 ? __ldg(scales + (int64_t)r0 * n_groups + gi) : 0.0f;
+            const float s1 = ok1 ? __ldg(scales + (int64_t)r1 * n_groups + gi) : 0.0f;
+            float d[NT][4];
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
+            if constexpr (FP8) {
+                /* word q of the lane's 32 bytes: columns col + 4q .. + 3, one step: a0 / a2 the row's
+                 * pairs (0, 1) / (2, 3), and the activations in their order */
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const uint32_t u0 = (&w0[q / 4].x)[q % 4], u1 = (&w1[q / 4].x)[q % 4];
+                    const uint32_t a[4] = {fp8_pair(u0), fp8_pair(u1), fp8_pair(u0 >> 16), fp8_pair(u1 >> 16)};
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const int tok = t * 8 + g;
+                        const uint2 xv = tok < n ? __ldg(reinterpret_cast<const uint2 *>(x + (int64_t)tok * K + col + 4 * q))
+                                                 : make_uint2(0, 0);
+                        mma16816<__nv_bfloat16>(d[t], a, xv.x, xv.y);
+                    }
+                }
+            } else {
+                const float z0f = 128.0f + (ok0 && zeros ? (float)__ldg(zeros + (int64_t)r0 * n_groups + gi) : 8.0f);
+                const float z1f = 128.0f + (ok1 && zeros ? (float)__ldg(zeros + (int64_t)r1 * n_groups + gi) : 8.0f);
+                const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
+                /* word q: columns col + 8q .. + 7 (nibble j the column j); two steps: pairs (0, 4) and
+                 * (1, 5), then (2, 6) and (3, 7), the activations gathered alike */
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const uint32_t u0 = (&w0[0].x)[q], u1 = (&w1[0].x)[q];
+                    const uint32_t a0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0),
+                                            int4_pair(u1 >> 4, z1)};
+                    const uint32_t a1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
+                                            int4_pair(u1 >> 12, z1)};
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const int tok = t * 8 + g;
+                        const uint4 xv = tok < n ? __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)tok * K + col + 8 * q))
+                                                 : make_uint4(0, 0, 0, 0);
+                        mma16816<__nv_bfloat16>(d[t], a0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
+                        mma16816<__nv_bfloat16>(d[t], a1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
+                    }
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                acc[t][0] += s0 * d[t][0], acc[t][1] += s0 * d[t][1];
+                acc[t][2] += s1 * d[t][2], acc[t][3] += s1 * d[t][3];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            red[warp][t * 4 + i][lane] = acc[t][i];
+    __syncthreads();
+    if (warp != 0)
+        return;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[i] = 0.0f;
+#pragma unroll
+            for (int w = 0; w < QMMA_WARPS; w++)
+                v[i] += red[w][t * 4 + i][lane];
+        }
+        /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1 */
+        const int t0 = t * 8 + 2 * c;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int tok = t0 + (i & 1), row = i < 2 ? r0 : r1;
+            if (tok < n && row < N)
+                out[(int64_t)tok * N + row] = __float2bfloat16(v[i] + (bias ? __bfloat162float(bias[row]) : 0.0f));
+        }
+    }
+}
+
+/* Whether the tensor-core kernel takes this product: BF16, int4 or FP8, whole 128-column chunks in
+ * one group each, up to 16 rows. */
+static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
+{
+    const rt_tensor_quant *q = &w->q;
+    return c->gemv && c->qmma && c->dt == RT_BF16 && n <= QGEMV_MAX_ROWS &&
+           (q->kind == RT_QK_FP8 || q->bits == 4) && w->cols % 128 == 0 && (q->n_groups == 1 || q->group % 128 == 0) &&
+           (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+}
+
+static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const rt_tensor_quant *q = &w->q;
+    const int N = (int)w->rows, K = (int)w->cols;
+    const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
+    const unsigned blocks = (unsigned)((N + 15) / 16);
+#define QMMA_LAUNCH(F, NT)                                                                                         \
+    cuda_launch(c, qmma_kernel<F, NT>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, b, n, N, K,         \
+                (int)q->group, (int)q->n_groups)
+    if (q->kind == RT_QK_FP8) {
+        if (n <= 8)
+            QMMA_LAUNCH(true, 1);
+        else
+            QMMA_LAUNCH(true, 2);
+    } else {
+        if (n <= 8)
+            QMMA_LAUNCH(false, 1);
+        else
+            QMMA_LAUNCH(false, 2);
+    }
+#undef QMMA_LAUNCH
 }
 
 /* Whether the weight-streaming kernel takes this product: few rows, whole loads in one group each. */
@@ -367,6 +565,10 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
 template <typename T>
 static void qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
 {
+    if (qmma_fits(c, x, w, n)) {
+        qmma(c, out, x, w, bias, n);
+        return;
+    }
     if (qgemv_fits(c, x, w, n)) {
         qgemv<T>(c, out, x, w, bias, n);
         return;

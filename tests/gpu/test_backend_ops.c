@@ -381,6 +381,10 @@ static const op_case cases[] = {
     {"matmul", {64, 1024, 512, 1, 0, 1}, run_qmatmul}, {"matmul", {300, 256, 64, 0, 0, 1}, run_qmatmul},
     {"matmul", {17, 512, 100, 0, 0}, run_qmatmul},  {"matmul", {40, 4096, 96, 1, 3}, run_qmatmul},
     {"matmul", {33, 384, 64, 0, 1}, run_qmatmul},   {"matmul", {20, 1024, 70, 0, 4}, run_qmatmul},
+    /* the tensor-core kernel's edges (BF16, int4 or FP8 in 128-column groups): rows not a multiple of
+     * 16, 9 to 16 tokens (two products a step) */
+    {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
+    {"matmul", {16, 1024, 17, 0, 1}, run_qmatmul},
     {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
     {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
     {"rmsnorm", {2, 9000}, run_rmsnorm},          {"add_rmsnorm", {2, 9000}, run_add_rmsnorm}, /* two-pass */
