@@ -1,8 +1,8 @@
 /* out(n, N) = x(n, K) . W(N, K)^T (+ bias) for a quantized W (rt_tensor_quant: FP8 e4m3 or unsigned
  * integer codes of 8 or 4 bits, a scale per row and group of columns, zero points or not).
  *
- * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4 or
- * FP8 codes in groups of 128 columns or more: on the tensor cores (qmma_kernel). Otherwise a warp per
+ * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4
+ * codes in groups of 128 columns or more: on the tensor cores (qmma_kernel). Otherwise a warp per
  * weight row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers in fp32: a
  * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
  * dot product is scaled once.
@@ -26,7 +26,7 @@
 
 #define QGEMV_MAX_ROWS 16
 #define QGEMV_WARPS 8
-#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane */
+#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane (8: 90 registers, a fifth slower) */
 
 /* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
  * exponent of 2^23 (a byte permute, no conversion instruction; those run at a quarter of the rate
@@ -163,19 +163,20 @@ static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
         qgemv_as<T, false, 4>(c, out, x, w, b, n);
 }
 
-/* ---- the same on the tensor cores (BF16 activations, int4 or FP8 codes) ----
+/* ---- the same on the tensor cores (BF16 activations, int4 codes) ----
  *
  * The fp32 kernel above spends about five instructions on each code (unpack, convert, subtract the
  * zero, multiply-add, and the activation's conversion): at 4 bits a code that is as much time as
  * reading it. Here a warp takes 16 weight rows and feeds mma.m16n8k16 (bf16 in, fp32 out) with
- * codes turned into bf16 pairs by a few bit operations, up to 16 tokens as the 8-column B operand
- * (one or two products a step), so the products cost an instruction per 256 codes. A dot product
+ * codes turned into exact bf16 pairs by a few bit operations, up to 16 tokens as the 8-column B
+ * operand (one or two products a step), so the products cost an instruction per 256 codes. (FP8
+ * codes went the same way, through f16 and fp32 to bf16, and ran slower than the fp32 kernel.) A dot product
  * does not depend on the order of its terms: each lane reads 32 consecutive columns of its two rows
- * (16 or 32 bytes: whole loads) and the activations are gathered in the same order. Each 128-column
+ * (16 bytes each) and the activations are gathered in the same order. Each 128-column
  * chunk lies in one group, so its sum is scaled once, in fp32, as the fp32 kernel does. The 8 warps
  * of a block split the columns (chunk w, w + 8, ...) and add their sums in shared memory. */
 #define QMMA_WARPS 8
-#define QMMA_AHEAD 2 /* chunks whose codes are in flight ahead of the math */
+#define QMMA_AHEAD 2 /* chunks whose codes are in flight ahead of the math (4, with 64 registers: slower) */
 
 __device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v)
 {
@@ -194,20 +195,12 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
     return bf16x2_bits(__hsub2(bits_bf16x2((w & 0x000F000Fu) | 0x43004300u), zoff));
 }
 
-/* Two FP8 codes (the low 16 bits of w) as a bf16 pair: e4m3 to f16 is exact, and so is f16 to bf16
- * for every e4m3 value. */
-__device__ __forceinline__ uint32_t fp8_pair(uint32_t w)
-{
-    const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3)));
-    return bf16x2_bits(__floats2bfloat162_rn(f.x, f.y));
-}
-
-template <bool FP8, int NT>
+template <int NT>
 __global__ void __launch_bounds__(QMMA_WARPS * 32)
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, int n, int N, int K, int group, int n_groups)
 {
-    constexpr int BITS = FP8 ? 8 : 4, NV = BITS / 4; /* 16-byte loads of a lane's 32 columns of a row */
+    constexpr int BITS = 4, NV = 1; /* a lane's 32 columns of a row: one 16-byte load */
     __shared__ float red[QMMA_WARPS][NT * 4][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
@@ -252,22 +245,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
-            if constexpr (FP8) {
-                /* word q of the lane's 32 bytes: columns col + 4q .. + 3, one step: a0 / a2 the row's
-                 * pairs (0, 1) / (2, 3), and the activations in their order */
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    const uint32_t u0 = (&w0[q / 4].x)[q % 4], u1 = (&w1[q / 4].x)[q % 4];
-                    const uint32_t a[4] = {fp8_pair(u0), fp8_pair(u1), fp8_pair(u0 >> 16), fp8_pair(u1 >> 16)};
-#pragma unroll
-                    for (int t = 0; t < NT; t++) {
-                        const int tok = t * 8 + g;
-                        const uint2 xv = tok < n ? __ldg(reinterpret_cast<const uint2 *>(x + (int64_t)tok * K + col + 4 * q))
-                                                 : make_uint2(0, 0);
-                        mma16816<__nv_bfloat16>(d[t], a, xv.x, xv.y);
-                    }
-                }
-            } else {
+            {
                 const float z0f = 128.0f + (ok0 && zeros ? (float)__ldg(zeros + (int64_t)r0 * n_groups + gi) : 8.0f);
                 const float z1f = 128.0f + (ok1 && zeros ? (float)__ldg(zeros + (int64_t)r1 * n_groups + gi) : 8.0f);
                 const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
@@ -326,13 +304,13 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     }
 }
 
-/* Whether the tensor-core kernel takes this product: BF16, int4 or FP8, whole 128-column chunks in
- * one group each, up to 16 rows. */
+/* Whether the tensor-core kernel takes this product: BF16, int4, whole 128-column chunks in one
+ * group each, up to 16 rows. */
 static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const rt_tensor_quant *q = &w->q;
     return c->gemv && c->qmma && c->dt == RT_BF16 && n <= QGEMV_MAX_ROWS &&
-           (q->kind == RT_QK_FP8 || q->bits == 4) && w->cols % 128 == 0 && (q->n_groups == 1 || q->group % 128 == 0) &&
+           q->kind == RT_QK_INT && q->bits == 4 && w->cols % 128 == 0 && (q->n_groups == 1 || q->group % 128 == 0) &&
            (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
 }
 
@@ -342,21 +320,14 @@ static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, cons
     const int N = (int)w->rows, K = (int)w->cols;
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
     const unsigned blocks = (unsigned)((N + 15) / 16);
-#define QMMA_LAUNCH(F, NT)                                                                                         \
-    cuda_launch(c, qmma_kernel<F, NT>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
+#define QMMA_LAUNCH(NT)                                                                                            \
+    cuda_launch(c, qmma_kernel<NT>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, b, n, N, K,         \
                 (int)q->group, (int)q->n_groups)
-    if (q->kind == RT_QK_FP8) {
-        if (n <= 8)
-            QMMA_LAUNCH(true, 1);
-        else
-            QMMA_LAUNCH(true, 2);
-    } else {
-        if (n <= 8)
-            QMMA_LAUNCH(false, 1);
-        else
-            QMMA_LAUNCH(false, 2);
-    }
+    if (n <= 8)
+        QMMA_LAUNCH(1);
+    else
+        QMMA_LAUNCH(2);
 #undef QMMA_LAUNCH
 }
 
