@@ -62,6 +62,17 @@ story() { "$DINFER_RUN" --model "$m" --tokens 1 --max-tokens 40 --temperature 0 
 [ "$(story --kv-dtype fp8)" = "$(story)" ] || { echo "FAIL: stories260K with an FP8 cache: $(story --kv-dtype fp8)"; exit 1; }
 echo "ok: --kv-dtype fp8 holds 1.88x the tokens of BF16 (plan: $a / $b MiB per 1k), the same first token of each prompt"
 
+# tests/tools/kl_divergence (docs/PERFORMANCE.md's 8B table runs it on the GPU): each format's
+# divergence from the float model is finite and positive, int8's below FP8's below int4's
+"$DINFER_KL" --model "$tmp/f32" --prompts 2 --len 24 int8 fp8 int4 kv-fp8 > "$tmp/kl"
+cat "$tmp/kl"
+kl() { awk -v f="$1" '$1 == f && $2 == "mean" { print $4 }' "$tmp/kl"; }
+awk -v a="$(kl int8)" -v b="$(kl fp8)" -v c="$(kl int4)" -v d="$(kl kv-fp8)" \
+  'BEGIN { exit !(a > 0 && d > 0 && a < b && b < c && c < 10) }' || { echo "FAIL: KL divergences out of order"; exit 1; }
+if "$DINFER_KL" --model "$tmp/f32" int3 2>"$tmp/err"; then echo "FAIL: kl_divergence took int3"; exit 1; fi
+grep -q "fp8, int8, int4 or kv-fp8" "$tmp/err"
+echo "ok: KL(float || int8) < KL(float || fp8) < KL(float || int4)"
+
 # a format that cannot hold the shape is refused naming it
 if "$DINFER_MKMODEL" --out "$tmp/bad" --dim 64 --heads 4 --kv-heads 2 --layers 1 --ffn-dim 100 --quantize awq \
      2>"$tmp/err" >/dev/null; then
