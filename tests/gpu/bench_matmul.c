@@ -1,0 +1,249 @@
+/* bench_matmul: one backend's matmul on the 8B shape's four products, float and quantized, without
+ * a model (a kernel change measured in seconds, not a model load): each product timed over many
+ * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
+ *
+ *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
+ *                [--iters N] [--small]
+ *
+ * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
+ * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
+ * AWQ's), int4-g32 (groups of 32, symmetric). --small: shapes 16x smaller (a smoke run on a CPU).
+ * The weights are random, quantized as --quantize does; the activations random. Timing: the
+ * launches of one product back to back, then one sync, so the figure is the device's time per
+ * product with launch overheads overlapped, as in a CUDA graph. Not a test: prints figures. */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "runtime/backend.h"
+#include "runtime/dtype.h"
+#include "runtime/quant.h"
+#include "runtime/sampler.h"
+#ifdef DINFER_HAVE_CUDA
+#include "runtime/cuda/cuda_device.h"
+#endif
+
+typedef struct shape {
+    const char *name;
+    int N, K;
+} shape;
+
+static const shape shapes[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+
+typedef struct format {
+    const char *name;
+    rt_quant q; /* method RT_QUANT_NONE: the compute type */
+} format;
+
+static const format formats[] = {
+    {"bf16", {0}},
+    {"fp8", {.method = RT_QUANT_LOAD, .kind = RT_QK_FP8, .scale = RT_QSCALE_CHANNEL, .bits = 8}},
+    {"fp8-block",
+     {.method = RT_QUANT_LOAD, .kind = RT_QK_FP8, .scale = RT_QSCALE_BLOCK, .bits = 8, .block_rows = 128,
+      .block_cols = 128}},
+    {"int8", {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8}},
+    {"int4",
+     {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4, .group_size = 128,
+      .zero_point = true}},
+    {"int4-g32", {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4, .group_size = 32}},
+};
+
+static int fail(const char *msg)
+{
+    fprintf(stderr, "bench_matmul: %s\n", msg);
+    return 1;
+}
+
+/* Device memory holding n host bytes (NULL when out of memory). */
+static void *up(rt_backend *be, const void *h, size_t n)
+{
+    void *d = be->ops->alloc(be, n);
+    if (d)
+        be->ops->upload(be, d, h, n);
+    return d;
+}
+
+/* The weight (N, K) in format f on the backend; *bytes: what a product reads of it. */
+static int make_weight(rt_backend *be, const format *f, const float *w, int N, int K, rt_tensor *t, size_t *bytes)
+{
+    const rt_dtype dt = be->ops->act_dtype;
+    memset(t, 0, sizeof *t);
+    t->rows = N, t->cols = K, t->dtype = dt;
+    if (f->q.method == RT_QUANT_NONE) {
+        const size_t n = (size_t)N * K * rt_dtype_size(dt);
+        void *h = malloc(n);
+        if (!h)
+            return -1;
+        rt_convert_from_f32(h, w, dt, (size_t)N * K);
+        t->data = up(be, h, n);
+        free(h);
+        *bytes = n;
+        if (t->data && be->ops->prepare_weight && be->ops->prepare_weight(be, t))
+            return -1;
+        return t->data ? 0 : -1;
+    }
+    rt_qmat m;
+    base_err err;
+    if (rt_qmat_quantize(&m, &f->q, w, N, K, 0, K, f->name, &err)) {
+        fail(err.msg);
+        return -1;
+    }
+    const size_t nc = (size_t)(N * rt_qmat_row_bytes(&m)), ns = (size_t)(N * m.n_groups);
+    uint8_t *codes = malloc(nc);
+    if (!codes) {
+        rt_qmat_free(&m);
+        return -1;
+    }
+    rt_qmat_pack_codes(&m, codes);
+    t->data = up(be, codes, nc);
+    t->q = (rt_tensor_quant){.kind = m.kind, .bits = m.bits, .group = m.group, .n_groups = m.n_groups,
+                             .scales = up(be, m.scales, ns * sizeof(float)),
+                             .zeros = m.zeros ? up(be, m.zeros, ns * sizeof(uint16_t)) : NULL};
+    *bytes = nc + ns * (sizeof(float) + (m.zeros ? sizeof(uint16_t) : 0));
+    const int rc = !t->data || !t->q.scales || (m.zeros && !t->q.zeros) ? -1 : 0;
+    free(codes);
+    rt_qmat_free(&m);
+    return rc;
+}
+
+static void free_weight(rt_backend *be, rt_tensor *t)
+{
+    be->ops->free(be, t->data);
+    if (t->q.scales)
+        be->ops->free(be, t->q.scales);
+    if (t->q.zeros)
+        be->ops->free(be, t->q.zeros);
+}
+
+/* Whether name is one of the comma-separated list's items. */
+static bool listed(const char *list, const char *name)
+{
+    const size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        const size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == len && strncmp(p, name, len) == 0)
+            return true;
+        p += n + (end ? 1 : 0);
+    }
+    return false;
+}
+
+/* The comma-separated list s as ints (at most max). */
+static int parse_ints(const char *s, int *out, int max)
+{
+    int n = 0;
+    for (const char *p = s; *p && n < max;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 65536)
+            return -1;
+        out[n++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    bool cuda = true, small = false;
+    int rows[16] = {1, 16, 64}, n_rows = 3, iters = 50;
+    const char *fmt_list = "bf16,fp8,int8,int4";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--device") == 0 && v)
+            cuda = strcmp(v, "cpu") != 0, i++;
+        else if (strcmp(a, "--rows") == 0 && v && (n_rows = parse_ints(v, rows, 16)) > 0)
+            i++;
+        else if (strcmp(a, "--formats") == 0 && v)
+            fmt_list = v, i++;
+        else if (strcmp(a, "--iters") == 0 && v && (iters = atoi(v)) > 0)
+            i++;
+        else if (strcmp(a, "--small") == 0)
+            small = true;
+        else
+            return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
+                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--iters N] [--small]");
+    }
+    base_err err = {{0}};
+    rt_backend *be = NULL;
+    double copy = 0;
+    if (cuda) {
+#ifdef DINFER_HAVE_CUDA
+        if (rt_cuda_device_count() == 0)
+            return fail("no CUDA device is visible (--device cpu for the CPU backend)");
+        if (!(be = rt_cuda_backend_create(0, RT_BF16, 0, &err)))
+            return fail(err.msg);
+        copy = rt_cuda_copy_bandwidth();
+#else
+        return fail("this build has no CUDA backend (--device cpu)");
+#endif
+    } else {
+        be = rt_cpu_backend_create(0);
+    }
+    printf("%s; %d launches a product%s\n", be->ops->name, iters,
+           copy > 0 ? "" : " (no copy bandwidth measured: shares left out)");
+    if (copy > 0)
+        printf("measured device-to-device copy bandwidth %.0f GB/s\n", copy / 1e9);
+    printf("%-8s %-9s %5s %10s %9s %6s\n", "product", "format", "rows", "us", "GB/s", "share");
+    int maxr = 0;
+    for (int i = 0; i < n_rows; i++)
+        maxr = rows[i] > maxr ? rows[i] : maxr;
+    rt_rng rng;
+    rt_rng_seed(&rng, 7);
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int N = shapes[si].N / (small ? 16 : 1), K = shapes[si].K / (small ? 16 : 1);
+        float *w = malloc((size_t)N * K * sizeof *w), *x = malloc((size_t)maxr * K * sizeof *x);
+        if (!w || !x)
+            return fail("out of host memory");
+        for (size_t i = 0; i < (size_t)N * K; i++)
+            w[i] = (rt_rng_uniform(&rng) * 2.0f - 1.0f) * 0.05f;
+        for (size_t i = 0; i < (size_t)maxr * K; i++)
+            x[i] = rt_rng_uniform(&rng) * 2.0f - 1.0f;
+        const rt_dtype dt = be->ops->act_dtype;
+        void *hx = malloc((size_t)maxr * K * rt_dtype_size(dt));
+        rt_convert_from_f32(hx, x, dt, (size_t)maxr * K);
+        void *dx = up(be, hx, (size_t)maxr * K * rt_dtype_size(dt));
+        void *dout = be->ops->alloc(be, (size_t)maxr * N * rt_dtype_size(dt));
+        if (!dx || !dout)
+            return fail("out of device memory");
+        for (size_t fi = 0; fi < sizeof formats / sizeof *formats; fi++) {
+            const format *f = &formats[fi];
+            if (!listed(fmt_list, f->name))
+                continue;
+            rt_tensor t;
+            size_t bytes = 0;
+            if (make_weight(be, f, w, N, K, &t, &bytes))
+                return fail("cannot make the weight");
+            const rt_tensor none = {0};
+            for (int ri = 0; ri < n_rows; ri++) {
+                const int n = rows[ri];
+                for (int i = 0; i < 3; i++) /* warm-up: algorithm choices, caches */
+                    be->ops->matmul(be, dout, dx, &t, &none, n);
+                be->ops->sync(be);
+                const double t0 = base_now();
+                for (int i = 0; i < iters; i++)
+                    be->ops->matmul(be, dout, dx, &t, &none, n);
+                be->ops->sync(be);
+                const double s = (base_now() - t0) / iters;
+                if (be->ops->check(be, &err))
+                    return fail(err.msg);
+                const double gbs = (double)bytes / s / 1e9;
+                printf("%-8s %-9s %5d %10.1f %9.1f", shapes[si].name, f->name, n, s * 1e6, gbs);
+                if (copy > 0)
+                    printf(" %5.0f%%", 100.0 * gbs * 1e9 / copy);
+                printf("\n");
+            }
+            free_weight(be, &t);
+        }
+        be->ops->free(be, dx);
+        be->ops->free(be, dout);
+        free(w), free(x), free(hx);
+    }
+    be->ops->destroy(be);
+    return 0;
+}
