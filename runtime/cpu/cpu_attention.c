@@ -65,8 +65,8 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
                     const float ks = kv->k_scale[(slot + r) * s->n_kv_heads + kvh];
                     const float vs = kv->v_scale[(slot + r) * s->n_kv_heads + kvh];
                     for (int i = 0; i < hd; i++) {
-                        kd[r * hd + i] = cpu_fp8[k8[i]] * ks;
-                        vd[r * hd + i] = cpu_fp8[v8[i]] * vs;
+                        kd[r * hd + i] = cpu_fp8(k8[i]) * ks;
+                        vd[r * hd + i] = cpu_fp8(v8[i]) * vs;
                     }
                 }
                 seg_k[n_seg] = kd, seg_v[n_seg] = vd;
@@ -179,8 +179,6 @@ void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *
     const attend_fn fn = hd == 8 ? attend_8 : hd == 16 ? attend_16 : hd == 32 ? attend_32 : hd == 64 ? attend_64
                          : hd == 128 ? attend_128 : hd == 256 ? attend_256 : attend_any;
     (void)be;
-    if (kv->k_scale)
-        cpu_fp8_init();
     const int group = s->n_heads / s->n_kv_heads, chunks = (group + ATT_HEADS - 1) / ATT_HEADS;
     /* query head h reads KV head h / group: heads [kvh * group, (kvh + 1) * group) share one */
     CPU_FOR_DYNAMIC(i, (int64_t)b->n_tokens * s->n_kv_heads * chunks, {

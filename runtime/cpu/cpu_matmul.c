@@ -1,5 +1,4 @@
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 #include "runtime/cpu/cpu_ops.h"
@@ -128,20 +127,6 @@ static void matmul_panels(float *out, const float *x, const rt_tensor *w, const 
 #define QCHUNK 256
 #define QUANT_ROWS_MAX 8 /* up to this many tokens a row at a time; more through panels */
 
-float cpu_fp8[256]; /* the FP8 e4m3 code table (cpu_attention.c reads it too) */
-
-static void fill_fp8(void)
-{
-    for (int i = 0; i < 256; i++)
-        cpu_fp8[i] = rt_fp8_to_f32((uint8_t)i);
-}
-
-void cpu_fp8_init(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, fill_fp8);
-}
-
 /* dst[0..kc) = row `row`'s values at columns [c0, c0 + kc): a group's scale and zero read once, a
  * loop per kind of code so each vectorizes (int4: c0 and every group boundary are even). */
 static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t kc, float *restrict dst)
@@ -156,17 +141,10 @@ static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t k
         const float s = q->scales[row * ng + g], z = q->zeros ? (float)q->zeros[row * ng + g] : mid;
         float *restrict o = dst + (c - c0);
         if (q->kind == RT_QK_FP8) {
-            /* e4m3 by bits, so the loop vectorizes (a table lookup is a gather): sign, exponent and
-             * mantissa moved under a float's with the exponent 120 short, then times 2^120 (exact,
-             * subnormal codes included); the NaN codes stay NaN */
             const uint8_t *src = codes + row * K + c;
 #pragma omp simd
-            for (int64_t i = 0; i < len; i++) {
-                const uint32_t b = src[i], bits = (b & 0x7Fu) << 20 | (b & 0x80u) << 24;
-                float v;
-                memcpy(&v, &bits, sizeof v);
-                o[i] = (b & 0x7Fu) == 0x7Fu ? NAN : v * 0x1p120f * s;
-            }
+            for (int64_t i = 0; i < len; i++)
+                o[i] = cpu_fp8(src[i]) * s;
         } else if (q->bits == 8) {
             const uint8_t *src = codes + row * K + c;
 #pragma omp simd
@@ -187,7 +165,6 @@ static void dequant_chunk(const rt_tensor *w, int64_t row, int64_t c0, int64_t k
 /* Few tokens (decode): a row at a time, each chunk dequantized once and dotted with every token. */
 static void matmul_quant_rows(float *out, const float *x, const rt_tensor *w, const float *b, int n)
 {
-    cpu_fp8_init();
     const int64_t N = w->rows, K = w->cols;
     CPU_FOR(r, N, {
         float buf[QCHUNK], acc[QUANT_ROWS_MAX] = {0};
@@ -204,7 +181,6 @@ static void matmul_quant_rows(float *out, const float *x, const rt_tensor *w, co
 
 static void matmul_quant(float *out, const float *x, const rt_tensor *w, const float *b, int n)
 {
-    cpu_fp8_init();
     const int64_t N = w->rows, K = w->cols, np = (N + PANEL - 1) / PANEL, groups = (np + PANELS - 1) / PANELS;
     CPU_FOR(g, groups, {
         const int64_t q0 = g * PANELS, r0 = q0 * PANEL;

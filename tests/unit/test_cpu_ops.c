@@ -13,6 +13,7 @@
 #include "runtime/backend.h"
 #include "runtime/dtype.h"
 #include "runtime/cpu/cpu_math.h"
+#include "runtime/cpu/cpu_ops.h"
 #include "runtime/sampler.h"
 
 static rt_backend *be;
@@ -318,6 +319,19 @@ static void test_attn_tiles(void **state)
     assert_int_equal(n_rest, 8);
 }
 
+/* The CPU kernels' FP8 conversion (by bits, for vector loops) gives rt_fp8_to_f32's value for every
+ * code: zeros of both signs, the subnormal codes, the largest (448), NaN. */
+static void test_fp8_by_bits(void **state)
+{
+    (void)state;
+    for (uint32_t b = 0; b < 256; b++) {
+        const float want = rt_fp8_to_f32((uint8_t)b), got = cpu_fp8(b);
+        if (isnan(want) ? !isnan(got) : memcmp(&want, &got, sizeof got) != 0)
+            fail_msg("code 0x%02x: %g by bits, %g by rt_fp8_to_f32", b, got, want);
+    }
+    assert_true(cpu_fp8(0x7E) == 448.0f && cpu_fp8(0x01) == 0x1p-9f && signbit(cpu_fp8(0x80)));
+}
+
 static void test_expf(void **state)
 {
     (void)state;
@@ -347,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_attn_tiles),
         cmocka_unit_test(test_expf),
+        cmocka_unit_test(test_fp8_by_bits),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     be->ops->destroy(be);
