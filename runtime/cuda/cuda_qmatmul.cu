@@ -7,16 +7,15 @@
  * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
  * dot product is scaled once.
  *
- * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8
- * tensor cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
+ * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8 tensor
+ * cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
  * magnitude / 448), the product of codes is taken in fp32 and written in BF16 (F16's range is too
- * short for a product of codes, up to 448^2 K), then
- * each element is scaled by its token's and its weight row's scales (W8A8, as vLLM runs an FP8
- * checkpoint). DINFER_CUDA_FP8_GEMM=0 turns it off.
+ * short for a product of codes, up to 448^2 K), then each element is scaled by its token's and its
+ * weight row's scales (W8A8, as vLLM runs an FP8 checkpoint). DINFER_CUDA_FP8_GEMM=0 turns it off.
  *
- * Every other product (int8, int4, FP8 of group or block scales, F32, F16): the weights dequantized into
- * the backend's scratch a slab of rows at a time, each slab a cuBLAS product into its columns of
- * out. */
+ * Every other product (int8, int4, FP8 of group or block scales, F32, F16): the weights dequantized
+ * into the backend's scratch a slab of rows at a time, each slab a cuBLAS product into its columns
+ * of out. */
 #include <cublasLt.h>
 #include <cuda_fp8.h>
 #include <type_traits>
@@ -29,8 +28,8 @@
 #define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane (8: 90 registers, a fifth slower) */
 
 /* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
- * exponent of 2^23 (a byte permute, no conversion instruction; those run at a quarter of the rate
- * of arithmetic, and the integer kernels were bound by them). */
+ * exponent of 2^23 (a byte permute instead of a conversion instruction, which runs at a quarter of
+ * the rate of arithmetic; measured: no faster end to end, the kernel being bound elsewhere). */
 __device__ __forceinline__ float magic_byte(uint32_t word, int byte)
 {
     return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | (uint32_t)byte));
