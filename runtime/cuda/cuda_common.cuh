@@ -249,6 +249,12 @@ __device__ __forceinline__ float block_max(float v, float *scratch)
         }                                                               \
     } while (0)
 
+/* cuBLAS's name for a storage type. */
+static inline cudaDataType_t cuda_blas_type(rt_dtype t)
+{
+    return t == RT_BF16 ? CUDA_R_16BF : t == RT_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
 static inline int cuda_blocks(size_t n, int threads)
 {
     size_t b = (n + (size_t)threads - 1) / (size_t)threads;

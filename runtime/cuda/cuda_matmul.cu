@@ -138,11 +138,6 @@ void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t 
     CUDA_DISPATCH(c->dt, add_bias, c, out, bias, N, total);
 }
 
-static cudaDataType_t cuda_type(rt_dtype t)
-{
-    return t == RT_BF16 ? CUDA_R_16BF : t == RT_F16 ? CUDA_R_16F : CUDA_R_32F;
-}
-
 extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
 {
     cuda_ctx *c = cuda_ctx_of(be);
@@ -159,7 +154,7 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
     }
     const int N = (int)w->rows, K = (int)w->cols;
     const float one = 1.0f, zero = 0.0f;
-    const cudaDataType_t t = cuda_type(c->dt);
+    const cudaDataType_t t = cuda_blas_type(c->dt);
     /* CUBLAS_COMPUTE_32F: fp32 accumulation, and no TF32 shortcut for fp32 inputs */
     CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, &one, w->data, t, K, x, t, K, &zero,
                                  out, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

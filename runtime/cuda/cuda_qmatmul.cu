@@ -199,23 +199,19 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, int n, int N, int K, int group, int n_groups)
 {
-    constexpr int BITS = 4, NV = 1; /* a lane's 32 columns of a row: one 16-byte load */
     __shared__ float red[QMMA_WARPS][NT * 4][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
     const bool ok0 = r0 < N, ok1 = r1 < N;
-    const int64_t rb = (int64_t)K / 8 * BITS;
-    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (ok0 ? r0 : 0) * rb) + c * NV;
-    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (ok1 ? r1 : 0) * rb) + c * NV;
+    /* a lane's 32 columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
+    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * (K / 2)) + c;
+    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * (K / 2)) + c;
     const int chunks = K / 128;
-    uint4 b0[QMMA_AHEAD][NV], b1[QMMA_AHEAD][NV];
-    const auto fetch = [&](int ch, uint4 *d0, uint4 *d1) {
-#pragma unroll
-        for (int v = 0; v < NV; v++) {
-            const bool in = ch < chunks;
-            d0[v] = in && ok0 ? __ldg(p0 + (int64_t)ch * 4 * NV + v) : make_uint4(0, 0, 0, 0);
-            d1[v] = in && ok1 ? __ldg(p1 + (int64_t)ch * 4 * NV + v) : make_uint4(0, 0, 0, 0);
-        }
+    uint4 b0[QMMA_AHEAD], b1[QMMA_AHEAD];
+    const auto fetch = [&](int ch, uint4 &d0, uint4 &d1) {
+        const bool in = ch < chunks;
+        d0 = in && ok0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d1 = in && ok1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
     };
 #pragma unroll
     for (int a = 0; a < QMMA_AHEAD; a++)
@@ -232,39 +228,34 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
             const int ch = ch0 + a * QMMA_WARPS;
             if (ch >= chunks)
                 break;
-            uint4 w0[NV], w1[NV];
-#pragma unroll
-            for (int v = 0; v < NV; v++)
-                w0[v] = b0[a][v], w1[v] = b1[a][v];
+            const uint4 w0 = b0[a], w1 = b1[a];
             fetch(ch + QMMA_AHEAD * QMMA_WARPS, b0[a], b1[a]);
             const int col = ch * 128 + c * 32, gi = n_groups == 1 ? 0 : ch * 128 / group;
             const float s0 = ok0 ? __ldg(scales + (int64_t)r0 * n_groups + gi) : 0.0f;
             const float s1 = ok1 ? __ldg(scales + (int64_t)r1 * n_groups + gi) : 0.0f;
+            const float z0f = 128.0f + (ok0 && zeros ? (float)__ldg(zeros + (int64_t)r0 * n_groups + gi) : 8.0f);
+            const float z1f = 128.0f + (ok1 && zeros ? (float)__ldg(zeros + (int64_t)r1 * n_groups + gi) : 8.0f);
+            const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
             float d[NT][4];
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
-            {
-                const float z0f = 128.0f + (ok0 && zeros ? (float)__ldg(zeros + (int64_t)r0 * n_groups + gi) : 8.0f);
-                const float z1f = 128.0f + (ok1 && zeros ? (float)__ldg(zeros + (int64_t)r1 * n_groups + gi) : 8.0f);
-                const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
-                /* word q: columns col + 8q .. + 7 (nibble j the column j); two steps: pairs (0, 4) and
-                 * (1, 5), then (2, 6) and (3, 7), the activations gathered alike */
+            /* word q: columns col + 8q .. + 7 (nibble j the column j); two steps: pairs (0, 4) and
+             * (1, 5), then (2, 6) and (3, 7), the activations gathered alike */
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    const uint32_t u0 = (&w0[0].x)[q], u1 = (&w1[0].x)[q];
-                    const uint32_t a0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0),
-                                            int4_pair(u1 >> 4, z1)};
-                    const uint32_t a1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
-                                            int4_pair(u1 >> 12, z1)};
+            for (int q = 0; q < 4; q++) {
+                const uint32_t u0 = (&w0.x)[q], u1 = (&w1.x)[q];
+                const uint32_t a0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0),
+                                        int4_pair(u1 >> 4, z1)};
+                const uint32_t a1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
+                                        int4_pair(u1 >> 12, z1)};
 #pragma unroll
-                    for (int t = 0; t < NT; t++) {
-                        const int tok = t * 8 + g;
-                        const uint4 xv = tok < n ? __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)tok * K + col + 8 * q))
-                                                 : make_uint4(0, 0, 0, 0);
-                        mma16816<__nv_bfloat16>(d[t], a0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
-                        mma16816<__nv_bfloat16>(d[t], a1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
-                    }
+                for (int t = 0; t < NT; t++) {
+                    const int tok = t * 8 + g;
+                    const uint4 xv = tok < n ? __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)tok * K + col + 8 * q))
+                                             : make_uint4(0, 0, 0, 0);
+                    mma16816<__nv_bfloat16>(d[t], a0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
+                    mma16816<__nv_bfloat16>(d[t], a1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
                 }
             }
 #pragma unroll
@@ -365,11 +356,6 @@ __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales
     }
 }
 
-static cudaDataType_t blas_type(rt_dtype t)
-{
-    return t == RT_BF16 ? CUDA_R_16BF : t == RT_F16 ? CUDA_R_16F : CUDA_R_32F;
-}
-
 template <typename T>
 static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int n)
 {
@@ -382,7 +368,7 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
         return;
     }
     const float one = 1.0f, zero = 0.0f;
-    const cudaDataType_t t = blas_type(c->dt);
+    const cudaDataType_t t = cuda_blas_type(c->dt);
     T *wd = (T *)c->scratch;
     for (int r0 = 0; r0 < N; r0 += slab) {
         const int rows = N - r0 < slab ? N - r0 : slab;
@@ -485,7 +471,7 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     chunk = (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
     uint8_t *xq = (uint8_t *)c->scratch;
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
-    const cudaDataType_t t = blas_type(c->dt);
+    const cudaDataType_t t = cuda_blas_type(c->dt);
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;

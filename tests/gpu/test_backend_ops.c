@@ -24,6 +24,7 @@
 #include "runtime/dtype.h"
 #include "runtime/quant.h"
 #include "runtime/sampler.h"
+#include "tests/tools/lse.h"
 
 #define MAX_OUT 4
 
@@ -515,16 +516,6 @@ static float *sample_logits(int V, float scale, bool ties, uint64_t seed)
     return l;
 }
 
-static double lse_of(const float *l, int V)
-{
-    double mx = -INFINITY, s = 0;
-    for (int i = 0; i < V; i++)
-        mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < V; i++)
-        s += exp(l[i] - mx);
-    return mx + log(s);
-}
-
 /* N draws of one row at the stratified uniforms (i + 0.5) / N on both samplers: each token's count
  * is N times its probability within one, on either side, so the counts agree within 2 when the two
  * keep the same tokens with the same probabilities; and since both walk the kept tokens in the
@@ -538,7 +529,7 @@ static void check_sample_distribution(const float *l, int V, rt_sampling p, int 
     int *n_cpu = calloc((size_t)V, sizeof *n_cpu), *n_gpu = calloc((size_t)V, sizeof *n_gpu);
     int *tok_cpu = malloc((size_t)N * sizeof *tok_cpu), differ = 0;
     void *scratch = malloc((size_t)V * 8);
-    const double lse = lse_of(l, V);
+    const double lse = row_lse(l, V);
     for (int i = 0; i < N; i++) {
         memcpy(rows_l + (size_t)i * V, l, (size_t)V * sizeof *l);
         rows[i] = (rt_sample_row){p.temperature, p.top_p, ((float)i + 0.5f) / (float)N, p.top_k, p.n_logprobs};
@@ -632,7 +623,7 @@ static void test_sample_greedy_and_batch(void **state)
         rt_sample_out ref;
         rt_sample_with(r, V, &p, rows[i].u, scratch, &ref);
         assert_int_equal(all[i].token, ref.token);
-        assert_true(fabsf(all[i].logprob - (r[all[i].token] - (float)lse_of(r, V))) < 1e-4f);
+        assert_true(fabsf(all[i].logprob - (r[all[i].token] - (float)row_lse(r, V))) < 1e-4f);
         assert_int_equal(all[i].n_top, ref.n_top);
         for (int j = 0; j < ref.n_top; j++) {
             assert_int_equal(all[i].top_ids[j], ref.top_ids[j]);

@@ -21,6 +21,7 @@
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
+#include "tests/tools/lse.h"
 
 static int fail(const char *what, const base_err *err)
 {
@@ -28,16 +29,10 @@ static int fail(const char *what, const base_err *err)
     return 1;
 }
 
-/* In place: a row of logits (V) to log-probabilities (double sums). */
+/* In place: a row of logits (V) to log-probabilities. */
 static void log_softmax(float *l, int V)
 {
-    float mx = l[0];
-    for (int v = 1; v < V; v++)
-        mx = l[v] > mx ? l[v] : mx;
-    double sum = 0;
-    for (int v = 0; v < V; v++)
-        sum += exp((double)l[v] - mx);
-    const float lse = mx + (float)log(sum);
+    const float lse = (float)row_lse(l, V);
     for (int v = 0; v < V; v++)
         l[v] -= lse;
 }

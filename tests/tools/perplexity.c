@@ -22,6 +22,7 @@
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
 #include "runtime/text/tokenizer.h"
+#include "tests/tools/lse.h"
 
 /* Every element of a weight rounded to BF16 (the CPU backend's fp32 in host memory; a panel
  * layout's padding rows are zeros and stay so). */
@@ -134,13 +135,7 @@ int main(int argc, char **argv)
         const int V = cfg.vocab_size;
         for (int i = 0; i + 1 < w; i++) {
             const float *l = logits + (size_t)i * (size_t)V;
-            float mx = l[0];
-            for (int v = 1; v < V; v++)
-                mx = l[v] > mx ? l[v] : mx;
-            double sum = 0;
-            for (int v = 0; v < V; v++)
-                sum += exp((double)l[v] - mx);
-            nll -= (double)l[ids[start + i + 1]] - mx - log(sum);
+            nll -= (double)l[ids[start + i + 1]] - row_lse(l, V);
             scored++;
         }
     }
