@@ -92,6 +92,23 @@ typedef struct rt_attn_shape {
     float scale;        /* 1 / sqrt(head_dim) */
 } rt_attn_shape;
 
+#define RT_FUSION_SS_STRIDE 32 /* floats from one row's sum of squares to the next's (a cache line each) */
+
+/* What matmul_fused does around the product (see there). The RMSNorm between two products is split
+ * between them: the product that writes the residual stream also writes its rows times the next
+ * norm's weight (xg) and each row's sum of squares (ss), and the product that reads them scales its
+ * sums by 1 / rms at the end. */
+typedef struct rt_fusion {
+    const float *norm_ss; /* x is an xg (rows times a norm's weight): out = (x . w^T) / rms(row), the rms
+                           * from these sums of squares (the norm's dim = w.cols; strided as ss) */
+    float eps;
+    bool residual;        /* out += x . w^T (+ bias), out the residual stream (n, w.rows) */
+    const rt_tensor *next_norm; /* with residual: also xg = out * next_norm and ss += out's squares */
+    void *xg;
+    float *ss;            /* row i's sum at ss[i * RT_FUSION_SS_STRIDE], zero before the product */
+    bool silu;            /* w is the gate/up matrix: out(n, w.rows / 2) = silu(gate) * up (no bias) */
+} rt_fusion;
+
 typedef struct rt_backend_ops {
     const char *name;
     rt_dtype act_dtype; /* the type of activations and the KV cache */
@@ -121,6 +138,14 @@ typedef struct rt_backend_ops {
      * too when quant_matmul (its values as rt_tensor_quant says). */
     void (*matmul)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                    int n);
+    /* Optional (NULL: never; the three go together). Products of few rows fused with the ops around
+     * them in a layer, as rt_fusion says: fuses says whether matmul_fused takes w at n rows;
+     * norm_begin starts a chain of them: xg = x * w (n, dim = w.rows), ss[i * RT_FUSION_SS_STRIDE] =
+     * sum of row i's squares, and the rest of ss[0 .. ss_len) zero (the chain's later sums). */
+    bool (*fuses)(rt_backend *be, const rt_tensor *w, int n);
+    void (*matmul_fused)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                         const rt_fusion *f, int n);
+    void (*norm_begin)(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
     /* out(n, dim) = rmsnorm(x) * w, dim = w.rows. */
     void (*rmsnorm)(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
     /* x += delta, then out = rmsnorm(x) * w: the residual add fused with the next norm. */

@@ -33,6 +33,8 @@ struct rt_forward {
     float *inv_freq;        /* (head_dim / 2) */
     rt_sample_out *d_out;   /* (max_logits) samples, when the backend samples on the device */
     bool graphs;            /* decode steps are captured (graph_shape) */
+    bool fuse;              /* the backend's matmul_fused may take products (a single tensor-parallel rank) */
+    float *ss;              /* ((2 * n_layers + 1) * FUSE_MAX_ROWS rows, strided) the fused chain's sums of squares */
     int n_graphs;
     step_graph graph[MAX_GRAPHS];
     bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
@@ -51,9 +53,10 @@ struct rt_forward {
 
 /* Bytes of each device buffer of the workspace. */
 typedef struct ws_sizes {
-    size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples;
+    size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples, ss;
 } ws_sizes;
 
+#define FUSE_MAX_ROWS 16 /* rows a step the layers may run as fused products */
 #define ROW_INTS ((int)(sizeof(rt_sample_row) / sizeof(int32_t))) /* a sample row among the step's ints */
 
 static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt, ws_sizes *z)
@@ -71,6 +74,7 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
     z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks +
                T + 2 * (T / RT_ATTN_RUN_MIN)) * sizeof(int32_t); /* the last: attention tiles and the rest */
     z->samples = L * sizeof(rt_sample_out);
+    z->ss = (size_t)(2 * c->n_layers + 1) * FUSE_MAX_ROWS * RT_FUSION_SS_STRIDE * sizeof(float);
 }
 
 size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt)
@@ -78,7 +82,7 @@ size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const r
     ws_sizes z;
     ws_layout(c, s, lim, dt, &z);
     return 2 * z.x + 2 * z.q + z.qkv + 3 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints +
-           z.samples;
+           z.samples + z.ss;
 }
 
 static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
@@ -143,6 +147,9 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         return base_errf(err, "DINFER_CUDA_GRAPHS is '%.32s': 0 (every step op by op) or 1 (decode steps as CUDA "
                               "graphs, the default)", graphs_env);
     }
+    fw->fuse = be->ops->matmul_fused && tp == 1;
+    if (fw->fuse)
+        fw->ss = alloc_or_fail(be, z.ss, &failed);
     fw->graphs = be->ops->graph_begin && tp == 1 && pp == 1 && fw->device_sampling &&
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {
@@ -191,7 +198,7 @@ void rt_forward_destroy(rt_forward *fw)
     for (int i = 0; i < fw->n_graphs; i++)
         be->ops->graph_free(be, fw->graph[i].exec);
     void *bufs[] = {fw->x, fw->xb, fw->q, fw->qkv, fw->att, fw->gate_up, fw->act,
-                    fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints, fw->d_out};
+                    fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints, fw->d_out, fw->ss};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
             be->ops->free(be, bufs[i]);
@@ -397,37 +404,23 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
     return 0;
 }
 
-/* The device work of a step whose arrays are staged: from the embedding (or the previous stage's
- * hidden state) to the device sampler's launch (or the fp32 logits, left in *logits32 for the host
- * sampler). On a single rank nothing here waits for the device, so a graph can capture it. */
-static int run_ops(rt_forward *fw, const staged *st, const float **logits32, base_err *err)
+/* The layers op by op. The last layer's output product is left in xb, to be added to x. */
+static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
 {
     rt_model *m = fw->m;
     rt_backend *be = m->be;
     const rt_backend_ops *op = be->ops;
-    const rt_config *c = &m->cfg;
-    const rt_shard *s = &m->shard;
-    const rt_attn_batch *ab = &st->ab;
-    const int T = st->rows;
-    const float eps = (float)c->norm_eps;
-    const int ffn = s->ffn_end - s->ffn_begin;
-    const size_t xn = (size_t)T * (size_t)c->dim;
-    *logits32 = NULL;
-    if (s->first_stage) {
-        op->embedding(be, fw->x, &m->embed, s->vocab_begin, st->tokens, T);
-        if (tp_allreduce(fw, fw->x, xn, err))
-            return -1;
-    } else if (pp_transfer(fw, fw->x, xn, false, err)) {
-        return -1;
-    }
+    const int T = st->rows, ffn = m->shard.ffn_end - m->shard.ffn_begin;
+    const float eps = (float)m->cfg.norm_eps;
+    const size_t xn = (size_t)T * (size_t)m->cfg.dim;
     for (int l = 0; l < m->n_layers; l++) {
         rt_layer_weights *w = &m->layers[l];
         if (l == 0)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
         op->matmul(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, T);
-        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, ab, &fw->shape, &fw->kv->layers[l]);
-        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], ab, &fw->shape);
+        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
         if (tp_allreduce(fw, fw->xb, xn, err))
             return -1;
@@ -440,8 +433,84 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
         if (l + 1 < m->n_layers)
             op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &m->layers[l + 1].attn_norm, T, eps);
     }
+    return 0;
+}
+
+/* Whether the backend fuses every product of the layers at T rows (a single tensor-parallel rank). */
+static bool layers_fuse(const rt_forward *fw, int T)
+{
+    const rt_model *m = fw->m;
+    rt_backend *be = m->be;
+    if (!fw->fuse || T > FUSE_MAX_ROWS)
+        return false;
+    for (int l = 0; l < m->n_layers; l++) {
+        const rt_layer_weights *w = &m->layers[l];
+        if (!be->ops->fuses(be, &w->wqkv, T) || !be->ops->fuses(be, &w->wo, T) ||
+            !be->ops->fuses(be, &w->w_gate_up, T) || !be->ops->fuses(be, &w->w_down, T))
+            return false;
+    }
+    return true;
+}
+
+/* The layers as a chain of fused products (backend.h's matmul_fused): each norm split between the
+ * product that writes the residual stream (x * weight into xb, the sums of squares into the
+ * chain's next slot of ss) and the one that reads xb; the residual adds and the SiLU-multiply in
+ * the products. Four kernels a layer besides the attention's two. x is complete at the end. */
+static void layers_fused(rt_forward *fw, const staged *st)
+{
+    rt_model *m = fw->m;
+    rt_backend *be = m->be;
+    const rt_backend_ops *op = be->ops;
+    const int T = st->rows, L = m->n_layers;
+    const float eps = (float)m->cfg.norm_eps;
+    const size_t slot = (size_t)T * RT_FUSION_SS_STRIDE; /* a product's sums of squares */
+    op->norm_begin(be, fw->xb, fw->ss, (size_t)(2 * L + 1) * slot, fw->x, &m->layers[0].attn_norm, T);
+    for (int l = 0; l < L; l++) {
+        rt_layer_weights *w = &m->layers[l];
+        float *s_attn = fw->ss + (size_t)(2 * l) * slot, *s_ffn = s_attn + slot, *s_next = s_ffn + slot;
+        const rt_fusion qkv = {.norm_ss = s_attn, .eps = eps},
+                        o = {.residual = true, .next_norm = &w->ffn_norm, .xg = fw->xb, .ss = s_ffn},
+                        gate_up = {.norm_ss = s_ffn, .eps = eps, .silu = true},
+                        down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
+                                .xg = fw->xb, .ss = s_next};
+        op->matmul_fused(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, &qkv, T);
+        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
+        op->matmul_fused(be, fw->x, fw->att, &w->wo, &w->bo, &o, T);
+        op->matmul_fused(be, fw->act, fw->xb, &w->w_gate_up, NULL, &gate_up, T);
+        op->matmul_fused(be, fw->x, fw->act, &w->w_down, NULL, &down, T);
+    }
+}
+
+/* The device work of a step whose arrays are staged: from the embedding (or the previous stage's
+ * hidden state) to the device sampler's launch (or the fp32 logits, left in *logits32 for the host
+ * sampler). On a single rank nothing here waits for the device, so a graph can capture it. */
+static int run_ops(rt_forward *fw, const staged *st, const float **logits32, base_err *err)
+{
+    rt_model *m = fw->m;
+    rt_backend *be = m->be;
+    const rt_backend_ops *op = be->ops;
+    const rt_config *c = &m->cfg;
+    const rt_shard *s = &m->shard;
+    const int T = st->rows;
+    const float eps = (float)c->norm_eps;
+    const size_t xn = (size_t)T * (size_t)c->dim;
+    *logits32 = NULL;
+    if (s->first_stage) {
+        op->embedding(be, fw->x, &m->embed, s->vocab_begin, st->tokens, T);
+        if (tp_allreduce(fw, fw->x, xn, err))
+            return -1;
+    } else if (pp_transfer(fw, fw->x, xn, false, err)) {
+        return -1;
+    }
+    const bool pending = !layers_fuse(fw, T); /* op by op: the last product waits in xb */
+    if (!pending)
+        layers_fused(fw, st);
+    else if (layers_by_op(fw, st, err))
+        return -1;
     if (!s->last_stage) {
-        op->add(be, fw->x, fw->xb, xn); /* the last layer's residual, then on to the next stage */
+        if (pending)
+            op->add(be, fw->x, fw->xb, xn); /* the last layer's residual, then on to the next stage */
         return 0;
     }
     const int nl = st->n_logits;
@@ -450,8 +519,12 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
     /* the last residual add and the final norm, on the rows that need logits only */
     void *xr = fw->rows, *dr = (char *)fw->rows + (size_t)nl * (size_t)c->dim * rt_dtype_size(op->act_dtype);
     op->gather_rows(be, xr, fw->x, st->logit_rows, nl, c->dim);
-    op->gather_rows(be, dr, fw->xb, st->logit_rows, nl, c->dim);
-    op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
+    if (pending) {
+        op->gather_rows(be, dr, fw->xb, st->logit_rows, nl, c->dim);
+        op->add_rmsnorm(be, xr, dr, dr, &m->final_norm, nl, eps);
+    } else {
+        op->rmsnorm(be, dr, xr, &m->final_norm, nl, eps);
+    }
     op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
     *logits32 = fw->logits;
     if (op->act_dtype != RT_F32) {

@@ -138,7 +138,7 @@ static void cuda_destroy(rt_backend *be)
         .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, .prepare_weight = NULL, \
-        .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
+        .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -148,6 +148,18 @@ static void cuda_destroy(rt_backend *be)
 static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
 static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
 static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
+
+/* *on from the environment variable name (on when unset); -1 naming it when it is neither 0 nor 1. */
+static int env_switch(const char *name, const char *meaning, bool *on, base_err *err)
+{
+    const char *v = getenv(name);
+    if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
+        base_errf(err, "%s is '%.32s': %s", name, v, meaning);
+        return -1;
+    }
+    *on = !(v && strcmp(v, "0") == 0);
+    return 0;
+}
 
 extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, base_err *err)
 {
@@ -160,29 +172,21 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
         return NULL;
     }
-    const char *gemv_env = getenv("DINFER_CUDA_GEMV");
-    if (gemv_env && strcmp(gemv_env, "0") != 0 && strcmp(gemv_env, "1") != 0) {
-        base_errf(err, "DINFER_CUDA_GEMV is '%.32s': 0 (every product through cuBLAS) or 1 (the default)", gemv_env);
+    /* the switches for measuring: each 0 or 1 */
+    bool gemv, pdl, fp8_gemm, qmma, fuse;
+    if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
+        env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
+        env_switch("DINFER_CUDA_FP8_GEMM",
+                   "0 (FP8 weights dequantized for products of many rows) or 1 (the default: FP8 tensor cores)",
+                   &fp8_gemm, err) ||
+        env_switch("DINFER_CUDA_QMMA",
+                   "0 (quantized products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
+                   &qmma, err) ||
+        env_switch("DINFER_CUDA_FUSE",
+                   "0 (the norms, residual adds and SiLU-multiply as kernels of their own) or 1 (the default: in the "
+                   "products of few rows)",
+                   &fuse, err))
         return NULL;
-    }
-    const char *pdl_env = getenv("DINFER_CUDA_PDL");
-    if (pdl_env && strcmp(pdl_env, "0") != 0 && strcmp(pdl_env, "1") != 0) {
-        base_errf(err, "DINFER_CUDA_PDL is '%.32s': 0 (kernels wait for the one ahead to end) or 1 (the default)",
-                  pdl_env);
-        return NULL;
-    }
-    const char *fp8_env = getenv("DINFER_CUDA_FP8_GEMM");
-    if (fp8_env && strcmp(fp8_env, "0") != 0 && strcmp(fp8_env, "1") != 0) {
-        base_errf(err, "DINFER_CUDA_FP8_GEMM is '%.32s': 0 (FP8 weights dequantized for products of many rows) or 1 "
-                  "(the default: FP8 tensor cores)", fp8_env);
-        return NULL;
-    }
-    const char *qmma_env = getenv("DINFER_CUDA_QMMA");
-    if (qmma_env && strcmp(qmma_env, "0") != 0 && strcmp(qmma_env, "1") != 0) {
-        base_errf(err, "DINFER_CUDA_QMMA is '%.32s': 0 (quantized products of few rows in fp32 arithmetic) or 1 (the "
-                  "default: on the tensor cores)", qmma_env);
-        return NULL;
-    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -201,13 +205,14 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
-    c->gemv = !(gemv_env && strcmp(gemv_env, "0") == 0);
+    c->gemv = gemv;
+    c->fuse = fuse;
     int cc_major = 0;
     if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
         cc_major = 0;
-    c->pdl = !(pdl_env && strcmp(pdl_env, "0") == 0) && cc_major >= 9;
-    c->qmma = !(qmma_env && strcmp(qmma_env, "0") == 0) && cc_major >= 8;
-    c->fp8_gemm = !(fp8_env && strcmp(fp8_env, "0") == 0) && cc_major >= 9;
+    c->pdl = pdl && cc_major >= 9;
+    c->qmma = qmma && cc_major >= 8;
+    c->fp8_gemm = fp8_gemm && cc_major >= 9;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

@@ -42,6 +42,7 @@ typedef struct cuda_ctx {
     size_t scratch_bytes;
     void *blas_ws;         /* cuBLAS's workspace */
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
+    bool fuse;             /* products of few rows take their norm, residual add or SiLU (DINFER_CUDA_FUSE=0 off) */
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
     bool fp8_gemm;         /* FP8 weights take FP8 tensor cores above the GEMV's rows (Hopper on; DINFER_CUDA_FP8_GEMM=0 off) */
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
@@ -55,6 +56,10 @@ typedef struct cuda_ctx {
 /* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
 void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t total);
+/* backend.h's fuses and matmul_fused for a quantized w (the chain's activations 16-byte aligned). */
+bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n);
+void cuda_qmatmul_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                        const rt_fusion *f, int n);
 
 /* Keeps the first failure of the backend: "rank R: CALL failed at FILE:LINE: MESSAGE". */
 void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg);

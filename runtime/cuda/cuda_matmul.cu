@@ -5,20 +5,23 @@
  * every row of x, then reduces across the warp. Larger products go to cuBLAS. Row-major on our side
  * is column-major transposed on cuBLAS's: out^T (N x n) = W^T^T (N x K) . x^T (K x n). */
 #include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_fusion.cuh"
 #include "runtime/cuda/cuda_ops.h"
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
 
-/* R: rows of x the kernel is built for (n <= R are computed). */
-template <typename T, int R>
+/* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
+ * (cuda_fusion.cuh). */
+template <typename T, int R, int F>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_kernel(T *out, const T *x, const T *w, const T *bias, int n, int N, int K)
+    gemv_kernel(T *out, const T *x, const T *w, const T *bias, fusion f, int n, int N, int K)
 {
     constexpr int PER = 16 / (int)sizeof(T);
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= N)
+    bool valid;
+    const int row = fused_row<F, GEMV_WARPS>(N, threadIdx.x >> 5, &valid);
+    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
         return;
     const T *wr = w + (int64_t)row * K;
     float acc[R];
@@ -83,22 +86,17 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
     if (k < K)
         step1(two ? __ldg(wv + k / PER) : a, k);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const float v = warp_sum(acc[r]);
-        if (lane == 0 && r < n)
-            st(&out[(int64_t)r * N + row], v + (bias ? ld(&bias[row]) : 0.0f));
-    }
+    fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
-template <typename T>
-static void gemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+template <int F, typename T>
+static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f, int n)
 {
     const int N = (int)w->rows, K = (int)w->cols;
-    const T *b = bias && bias->data ? (const T *)bias->data : NULL;
-    const unsigned blocks = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
-#define GEMV_LAUNCH(R)                                                                                       \
-    cuda_launch(c, gemv_kernel<T, R>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, b, n, N, K)
+    const unsigned blocks = fused_blocks<F>(N, GEMV_WARPS);
+#define GEMV_LAUNCH(R)                                                                                             \
+    cuda_launch(c, gemv_kernel<T, R, F>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, bias, \
+                f, n, N, K)
     if (n <= 1)
         GEMV_LAUNCH(1);
     else if (n <= 2)
@@ -108,6 +106,14 @@ static void gemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, cons
     else
         GEMV_LAUNCH(8);
 #undef GEMV_LAUNCH
+}
+
+template <typename T>
+static void gemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                 const rt_fusion *f)
+{
+    const T *b = bias && bias->data ? (const T *)bias->data : NULL;
+    FUSED_DISPATCH(fused_bits(f), gemv_rows, c, out, x, w, b, fused_args(f), n);
 }
 
 /* Whether the weight-streaming kernel takes this product: few rows, whole 16-byte loads. */
@@ -148,7 +154,7 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
         return;
     }
     if (gemv_fits(c, out, x, w, n)) {
-        CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n);
+        CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n, (const rt_fusion *)NULL);
         CUDA_LAUNCHED(c);
         return;
     }
@@ -162,4 +168,27 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
         cuda_add_bias(c, out, bias->data, (int64_t)N, (int64_t)N * n);
         CUDA_LAUNCHED(c);
     }
+}
+
+extern "C" bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!c->fuse || n <= 0)
+        return false;
+    if (w->q.kind)
+        return cuda_qmatmul_fuses(c, w, n);
+    /* the chain's buffers are the workspace's: 16-byte aligned */
+    return c->gemv && n <= GEMV_MAX_ROWS && (size_t)w->cols * rt_dtype_size(c->dt) % 16 == 0 &&
+           (uintptr_t)w->data % 16 == 0;
+}
+
+extern "C" void cuda_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                                  const rt_fusion *f, int n)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (w->q.kind)
+        cuda_qmatmul_fused(c, out, x, w, bias, f, n);
+    else
+        CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n, f);
+    CUDA_LAUNCHED(c);
 }

@@ -13,6 +13,10 @@ extern "C" {
 void cuda_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin, const int32_t *tokens,
                     int n);
 void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
+bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n);
+void cuda_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                       const rt_fusion *f, int n);
+void cuda_norm_begin(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
 void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
 void cuda_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n, float eps);
 void cuda_rope_kv_write(rt_backend *be, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,

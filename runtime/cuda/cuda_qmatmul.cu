@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_fusion.cuh"
 #include "runtime/cuda/cuda_ops.h"
 
 #define QGEMV_MAX_ROWS 16
@@ -61,16 +62,17 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w
 }
 
 /* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
- * multiple of E (or n_groups 1). */
-template <typename T, int R, bool FP8, int BITS>
+ * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). */
+template <typename T, int R, bool FP8, int BITS, int F>
 __global__ void __launch_bounds__(QGEMV_WARPS * 32)
     qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
-                 int n, int N, int K, int group, int n_groups)
+                 fusion f, int n, int N, int K, int group, int n_groups)
 {
     constexpr int E = BITS == 4 ? 32 : 16; /* codes a 16-byte load holds */
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * QGEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= N)
+    bool valid;
+    const int row = fused_row<F, QGEMV_WARPS>(N, threadIdx.x >> 5, &valid);
+    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
         return;
     const int loads = K / E;
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
@@ -100,8 +102,8 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
         for (int u = 0; u < QGEMV_AHEAD; u++) {
             const int j = j0 + 32 * u;
             if (j < loads) {
-                const int k = j * E, g = n_groups == 1 ? 0 : k / group;
-                const float s = __ldg(sr + g), z = FP8 ? 0.0f : zr ? 8388608.0f + (float)__ldg(zr + g) : zdef;
+                const int k = j * E, gi = n_groups == 1 ? 0 : k / group;
+                const float s = __ldg(sr + gi), z = FP8 ? 0.0f : zr ? 8388608.0f + (float)__ldg(zr + gi) : zdef;
                 float w[E];
                 dequant16<FP8, BITS>(cur[u], z, w);
 #pragma unroll
@@ -119,23 +121,18 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const float v = warp_sum(acc[r]);
-        if (lane == 0 && r < n)
-            st(&out[(int64_t)r * N + row], v + (bias ? ld(&bias[row]) : 0.0f));
-    }
+    fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
-template <typename T, bool FP8, int BITS>
-static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, int n)
+template <typename T, bool FP8, int BITS, int F>
+static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f, int n)
 {
     const int N = (int)w->rows, K = (int)w->cols;
-    const unsigned blocks = (unsigned)((N + QGEMV_WARPS - 1) / QGEMV_WARPS);
+    const unsigned blocks = fused_blocks<F>(N, QGEMV_WARPS);
     const rt_tensor_quant *q = &w->q;
 #define QGEMV_LAUNCH(R)                                                                                          \
-    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,            \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, n, N, K,   \
+    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
                 (int)q->group, (int)q->n_groups)
     if (n <= 1)
         QGEMV_LAUNCH(1);
@@ -150,16 +147,24 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
 #undef QGEMV_LAUNCH
 }
 
+template <int F, typename T>
+static void qgemv_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f,
+                        int n)
+{
+    if (w->q.kind == RT_QK_FP8)
+        qgemv_as<T, true, 8, F>(c, out, x, w, bias, f, n);
+    else if (w->q.bits == 8)
+        qgemv_as<T, false, 8, F>(c, out, x, w, bias, f, n);
+    else
+        qgemv_as<T, false, 4, F>(c, out, x, w, bias, f, n);
+}
+
 template <typename T>
-static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                  const rt_fusion *f)
 {
     const T *b = bias && bias->data ? (const T *)bias->data : NULL;
-    if (w->q.kind == RT_QK_FP8)
-        qgemv_as<T, true, 8>(c, out, x, w, b, n);
-    else if (w->q.bits == 8)
-        qgemv_as<T, false, 8>(c, out, x, w, b, n);
-    else
-        qgemv_as<T, false, 4>(c, out, x, w, b, n);
+    FUSED_DISPATCH(fused_bits(f), qgemv_fused, c, out, x, w, b, fused_args(f), n);
 }
 
 /* ---- the same on the tensor cores (BF16 activations, int4 codes) ----
@@ -194,15 +199,22 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
     return bf16x2_bits(__hsub2(bits_bf16x2((w & 0x000F000Fu) | 0x43004300u), zoff));
 }
 
-template <int NT>
+/* F: FUSE_* bits, f what they need (cuda_fusion.cuh): with FUSE_SILU a block's rows r0 are gate
+ * rows and r1 the up rows that go with them. */
+template <int NT, int F>
 __global__ void __launch_bounds__(QMMA_WARPS * 32)
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
-                const uint16_t *zeros, const __nv_bfloat16 *bias, int n, int N, int K, int group, int n_groups)
+                const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
+                int n_groups)
 {
     __shared__ float red[QMMA_WARPS][NT * 4][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
-    const bool ok0 = r0 < N, ok1 = r1 < N;
+    int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
+    bool ok0 = r0 < N, ok1 = r1 < N;
+    if constexpr ((F & FUSE_SILU) != 0) {
+        r0 = blockIdx.x * 8 + g, r1 = r0 + N / 2;
+        ok0 = ok1 = r0 < N / 2;
+    }
     /* a lane's 32 columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
     const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * (K / 2)) + c;
     const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * (K / 2)) + c;
@@ -285,11 +297,39 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
         }
         /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1 */
         const int t0 = t * 8 + 2 * c;
+        if constexpr ((F & FUSE_NORM) != 0)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int tok = t0 + (i & 1), row = i < 2 ? r0 : r1;
-            if (tok < n && row < N)
-                out[(int64_t)tok * N + row] = __float2bfloat16(v[i] + (bias ? __bfloat162float(bias[row]) : 0.0f));
+            for (int i = 0; i < 2; i++)
+                if (t0 + i < n) {
+                    const float inv = fused_inv_rms(f, t0 + i, K);
+                    v[i] *= inv, v[i + 2] *= inv;
+                }
+        if constexpr ((F & FUSE_SILU) != 0) {
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                if (t0 + i < n && ok0)
+                    out[(int64_t)(t0 + i) * (N / 2) + r0] = __float2bfloat16(v[i] / (1.0f + expf(-v[i])) * v[i + 2]);
+        } else {
+            float q[2] = {0.0f, 0.0f}; /* the squares of tokens t0 and t0 + 1 */
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int tok = t0 + (i & 1), row = i < 2 ? r0 : r1;
+                if (tok < n && row < N)
+                    q[i & 1] += fused_out<__nv_bfloat16, F>(out, f, tok, row, N,
+                                                            v[i] + (bias ? __bfloat162float(bias[row]) : 0.0f));
+            }
+            if constexpr ((F & FUSE_RESIDUAL) != 0) {
+                if (f.next_g) { /* the block's 16 rows summed over the lanes of one c, one atomic a token */
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+#pragma unroll
+                        for (int o = 4; o < 32; o <<= 1)
+                            q[i] += __shfl_xor_sync(0xffffffffu, q[i], o);
+                        if (g == 0 && t0 + i < n)
+                            atomicAdd(f.ss + (t0 + i) * RT_FUSION_SS_STRIDE, q[i]);
+                    }
+                }
+            }
         }
     }
 }
@@ -304,21 +344,29 @@ static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int 
            (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
 }
 
-static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+template <int F>
+static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias,
+                    const fusion &f, int n)
 {
     const rt_tensor_quant *q = &w->q;
     const int N = (int)w->rows, K = (int)w->cols;
-    const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
-    const unsigned blocks = (unsigned)((N + 15) / 16);
+    const unsigned blocks = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
 #define QMMA_LAUNCH(NT)                                                                                            \
-    cuda_launch(c, qmma_kernel<NT>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, b, n, N, K,         \
+    cuda_launch(c, qmma_kernel<NT, F>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,    \
                 (int)q->group, (int)q->n_groups)
     if (n <= 8)
         QMMA_LAUNCH(1);
     else
         QMMA_LAUNCH(2);
 #undef QMMA_LAUNCH
+}
+
+static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                 const rt_fusion *f)
+{
+    const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
+    FUSED_DISPATCH(fused_bits(f), qmma_as, c, out, x, w, b, fused_args(f), n);
 }
 
 /* Whether the weight-streaming kernel takes this product: few rows, whole loads in one group each. */
@@ -522,11 +570,11 @@ template <typename T>
 static void qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
 {
     if (qmma_fits(c, x, w, n)) {
-        qmma(c, out, x, w, bias, n);
+        qmma(c, out, x, w, bias, n, (const rt_fusion *)NULL);
         return;
     }
     if (qgemv_fits(c, x, w, n)) {
-        qgemv<T>(c, out, x, w, bias, n);
+        qgemv<T>(c, out, x, w, bias, n, (const rt_fusion *)NULL);
         return;
     }
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
@@ -541,4 +589,25 @@ void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
 {
     CUDA_DISPATCH(c->dt, qmatmul, c, out, x, w, bias, n);
     CUDA_LAUNCHED(c);
+}
+
+template <typename T>
+static void qfused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                   const rt_fusion *f)
+{
+    if (qmma_fits(c, x, w, n))
+        qmma(c, out, x, w, bias, n, f);
+    else
+        qgemv<T>(c, out, x, w, bias, n, f);
+}
+
+bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n)
+{
+    return qmma_fits(c, w->data, w, n) || qgemv_fits(c, w->data, w, n);
+}
+
+void cuda_qmatmul_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                        const rt_fusion *f, int n)
+{
+    CUDA_DISPATCH(c->dt, qfused, c, out, x, w, bias, n, f);
 }

@@ -87,6 +87,47 @@ static void launch(cuda_ctx *c, void *out, void *x, const void *delta, const rt_
     cuda_launch(c, rmsnorm_kernel<T>, n, threads, 0, (T *)out, (T *)x, (const T *)delta, (const T *)w->data, dim, eps);
 }
 
+/* The start of a chain of fused products (backend.h's norm_begin): a block a row writes xg = x * w
+ * and the row's sum of squares; the blocks together zero the chain's later sums. */
+template <typename T>
+__global__ void norm_begin_kernel(T *xg, float *ss, size_t ss_len, const T *x, const T *w, int n, int dim)
+{
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float scratch[32];
+    const T *xr = x + (int64_t)blockIdx.x * dim;
+    T *orow = xg + (int64_t)blockIdx.x * dim;
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = ld(&xr[i]);
+        sq += v * v;
+        st(&orow[i], v * ld(&w[i]));
+    }
+    sq = block_sum(sq, scratch);
+    if (threadIdx.x == 0)
+        ss[(size_t)blockIdx.x * RT_FUSION_SS_STRIDE] = sq;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < ss_len; i += (size_t)gridDim.x * blockDim.x)
+        if (i % RT_FUSION_SS_STRIDE != 0 || i / RT_FUSION_SS_STRIDE >= (size_t)n)
+            ss[i] = 0.0f;
+}
+
+template <typename T>
+static void norm_begin(cuda_ctx *c, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n)
+{
+    cuda_launch(c, norm_begin_kernel<T>, n, 256, 0, (T *)xg, ss, ss_len, (const T *)x, (const T *)w->data, n,
+                (int)w->rows);
+}
+
+extern "C" void cuda_norm_begin(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w,
+                                int n)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (n <= 0)
+        return;
+    CUDA_DISPATCH(c->dt, norm_begin, c, xg, ss, ss_len, x, w, n);
+    CUDA_LAUNCHED(c);
+}
+
 extern "C" void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps)
 {
     cuda_ctx *c = cuda_ctx_of(be);

@@ -3,7 +3,7 @@
  * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
- *                [--iters N] [--small]
+ *                [--iters N] [--small] [--fused]
  *
  * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
  * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
@@ -11,7 +11,11 @@
  * The weights are random, quantized as --quantize does; the activations random. Timing: the
  * launches of one product back to back, each on the next of enough copies of the weight that none
  * is still in the L2 cache, then one sync: the device's time per product with launch overheads
- * overlapped, as in a CUDA graph. Not a test: prints figures. */
+ * overlapped, as in a CUDA graph. Not a test: prints figures.
+ *
+ * --fused: each product also as a decode layer runs it op by op (qkv after its RMSNorm, o and down
+ * before the residual add and the next norm, gate/up with its norm before and SiLU-multiply after)
+ * and as the backend's fused chain does (matmul_fused), where the backend has one. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,9 +155,44 @@ static int parse_ints(const char *s, int *out, int max)
     return n;
 }
 
+/* The device buffers of --fused's neighbouring ops (maxr rows of the widest shape). */
+typedef struct around {
+    void *res, *xb, *gu, *g;
+    float *ss;
+    rt_tensor norm_k, norm_n;
+} around;
+
+enum { PLAIN, BY_OP, FUSED };
+static const char *const way_name[] = {"", "+ops", "fused"};
+
+/* Product si of the shapes on weight t at n rows, as `way` runs it. */
+static void run_way(rt_backend *be, int way, size_t si, const rt_tensor *t, void *dx, void *dout, around *a, int n)
+{
+    const rt_backend_ops *op = be->ops;
+    const rt_tensor none = {0};
+    const float eps = 1e-5f;
+    const bool residual = si == 1 || si == 3, norm = !residual, silu = si == 2;
+    if (way == PLAIN) {
+        op->matmul(be, dout, dx, t, &none, n);
+    } else if (way == FUSED) {
+        const rt_fusion f = {.norm_ss = norm ? a->ss : NULL, .eps = eps, .residual = residual,
+                             .next_norm = residual ? &a->norm_n : NULL, .xg = a->xb, .ss = a->ss + n * RT_FUSION_SS_STRIDE,
+                             .silu = silu};
+        op->matmul_fused(be, residual ? a->res : dout, dx, t, &none, &f, n);
+    } else if (residual) {
+        op->matmul(be, dout, dx, t, &none, n);
+        op->add_rmsnorm(be, a->res, dout, a->xb, &a->norm_n, n, eps);
+    } else {
+        op->rmsnorm(be, a->xb, dx, &a->norm_k, n, eps);
+        op->matmul(be, silu ? a->gu : dout, a->xb, t, &none, n);
+        if (silu)
+            op->silu_mul(be, dout, a->gu, n, (int)t->rows / 2);
+    }
+}
+
 int main(int argc, char **argv)
 {
-    bool cuda = true, small = false;
+    bool cuda = true, small = false, fused = false;
     int rows[16] = {1, 16, 64}, n_rows = 3, iters = 50;
     const char *fmt_list = "bf16,fp8,int8,int4";
     for (int i = 1; i < argc; i++) {
@@ -168,9 +207,11 @@ int main(int argc, char **argv)
             i++;
         else if (strcmp(a, "--small") == 0)
             small = true;
+        else if (strcmp(a, "--fused") == 0)
+            fused = true;
         else
             return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
-                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--iters N] [--small]");
+                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--iters N] [--small] [--fused]");
     }
     base_err err = {{0}};
     rt_backend *be = NULL;
@@ -192,12 +233,26 @@ int main(int argc, char **argv)
            copy > 0 ? "" : " (no copy bandwidth measured: shares left out)");
     if (copy > 0)
         printf("measured device-to-device copy bandwidth %.0f GB/s\n", copy / 1e9);
-    printf("%-8s %-9s %5s %10s %9s %6s\n", "product", "format", "rows", "us", "GB/s", "share");
+    printf("%-14s %-9s %5s %10s %9s %6s\n", "product", "format", "rows", "us", "GB/s", "share");
     int maxr = 0;
     for (int i = 0; i < n_rows; i++)
         maxr = rows[i] > maxr ? rows[i] : maxr;
     rt_rng rng;
     rt_rng_seed(&rng, 7);
+    /* the neighbouring ops' buffers: rows of the widest shape, norm weights of ones */
+    const rt_dtype adt = be->ops->act_dtype;
+    const size_t wide = (size_t)28672 / (small ? 16 : 1), es = rt_dtype_size(adt);
+    float *ones = malloc(wide * sizeof *ones);
+    void *hones = malloc(wide * es);
+    for (size_t i = 0; i < wide; i++)
+        ones[i] = 1.0f;
+    rt_convert_from_f32(hones, ones, adt, wide);
+    around ar = {.res = be->ops->alloc(be, (size_t)maxr * wide * es), .xb = be->ops->alloc(be, (size_t)maxr * wide * es),
+                 .gu = be->ops->alloc(be, (size_t)maxr * wide * es), .g = up(be, hones, wide * es),
+                 .ss = be->ops->alloc(be, 2 * (size_t)maxr * RT_FUSION_SS_STRIDE * sizeof(float))};
+    free(ones), free(hones);
+    if (!ar.res || !ar.xb || !ar.gu || !ar.g || !ar.ss)
+        return fail("out of device memory");
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         const int N = shapes[si].N / (small ? 16 : 1), K = shapes[si].K / (small ? 16 : 1);
         float *w = malloc((size_t)N * K * sizeof *w), *x = malloc((size_t)maxr * K * sizeof *x);
@@ -214,6 +269,8 @@ int main(int argc, char **argv)
         void *dout = be->ops->alloc(be, (size_t)maxr * N * rt_dtype_size(dt));
         if (!dx || !dout)
             return fail("out of device memory");
+        ar.norm_k = (rt_tensor){.data = ar.g, .dtype = dt, .rows = K, .cols = 1};
+        ar.norm_n = (rt_tensor){.data = ar.g, .dtype = dt, .rows = N, .cols = 1};
         for (size_t fi = 0; fi < sizeof formats / sizeof *formats; fi++) {
             const format *f = &formats[fi];
             if (!listed(fmt_list, f->name))
@@ -228,24 +285,29 @@ int main(int argc, char **argv)
                     return fail("cannot make the weight");
                 copies++;
             } while (copies < COPIES && (size_t)copies * bytes < ((size_t)256 << 20));
-            const rt_tensor none = {0};
             for (int ri = 0; ri < n_rows; ri++) {
                 const int n = rows[ri];
-                for (int i = 0; i < copies; i++) /* warm-up: algorithm choices */
-                    be->ops->matmul(be, dout, dx, &t[i], &none, n);
-                be->ops->sync(be);
-                const double t0 = base_now();
-                for (int i = 0; i < iters; i++)
-                    be->ops->matmul(be, dout, dx, &t[i % copies], &none, n);
-                be->ops->sync(be);
-                const double s = (base_now() - t0) / iters;
-                if (be->ops->check(be, &err))
-                    return fail(err.msg);
-                const double gbs = (double)bytes / s / 1e9;
-                printf("%-8s %-9s %5d %10.1f %9.1f", shapes[si].name, f->name, n, s * 1e6, gbs);
-                if (copy > 0)
-                    printf(" %5.0f%%", 100.0 * gbs * 1e9 / copy);
-                printf("\n");
+                for (int way = PLAIN; way <= (fused ? FUSED : PLAIN); way++) {
+                    if (way == FUSED && !(be->ops->fuses && be->ops->fuses(be, &t[0], n)))
+                        continue;
+                    for (int i = 0; i < copies; i++) /* warm-up: algorithm choices */
+                        run_way(be, way, si, &t[i], dx, dout, &ar, n);
+                    be->ops->sync(be);
+                    const double t0 = base_now();
+                    for (int i = 0; i < iters; i++)
+                        run_way(be, way, si, &t[i % copies], dx, dout, &ar, n);
+                    be->ops->sync(be);
+                    const double s = (base_now() - t0) / iters;
+                    if (be->ops->check(be, &err))
+                        return fail(err.msg);
+                    const double gbs = (double)bytes / s / 1e9;
+                    char name[32];
+                    snprintf(name, sizeof name, "%s%s%s", shapes[si].name, way ? " " : "", way_name[way]);
+                    printf("%-14s %-9s %5d %10.1f %9.1f", name, f->name, n, s * 1e6, gbs);
+                    if (copy > 0)
+                        printf(" %5.0f%%", 100.0 * gbs * 1e9 / copy);
+                    printf("\n");
+                }
             }
             for (int i = 0; i < copies; i++)
                 free_weight(be, &t[i]);
@@ -254,6 +316,8 @@ int main(int argc, char **argv)
         be->ops->free(be, dout);
         free(w), free(x), free(hx);
     }
+    be->ops->free(be, ar.res), be->ops->free(be, ar.xb), be->ops->free(be, ar.gu), be->ops->free(be, ar.g);
+    be->ops->free(be, ar.ss);
     be->ops->destroy(be);
     return 0;
 }

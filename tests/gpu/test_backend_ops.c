@@ -156,16 +156,13 @@ static void fp8_rows(float *xs, int n, int K)
 
 /* p: n, K, N, bias, format (qformats), FP8 activations: the GPU runs the product on FP8 tensor cores
  * at BF16 (the CPU reference then takes the same quantized activations). */
-static void run_qmatmul(const op_case *c, ctx *x, outputs *o)
+/* w (N, K) quantized in format fmt (qformats) as the backend's weight: codes, scales, zero points. */
+static rt_tensor qweight(ctx *x, const float *w, int N, int K, int fmt)
 {
-    const int n = c->p[0], K = c->p[1], N = c->p[2];
-    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *b = rand_vec(x, (size_t)N);
     rt_qmat m;
     base_err err;
-    if (rt_qmat_quantize(&m, &qformats[c->p[4]], w, N, K, 0, K, "test weight", &err))
+    if (rt_qmat_quantize(&m, &qformats[fmt], w, N, K, 0, K, "test weight", &err))
         fail_msg("%s", err.msg);
-    if (c->p[5] && x->dt == RT_BF16 && x->be->ops->host_memory)
-        fp8_rows(xs, n, K);
     const size_t nc = (size_t)(N * rt_qmat_row_bytes(&m)), ns = (size_t)(N * m.n_groups);
     uint8_t *codes = malloc(nc);
     rt_qmat_pack_codes(&m, codes);
@@ -177,12 +174,119 @@ static void run_qmatmul(const op_case *c, ctx *x, outputs *o)
     x->be->ops->upload(x->be, W.q.scales, m.scales, ns * sizeof(float));
     if (m.zeros)
         x->be->ops->upload(x->be, W.q.zeros, m.zeros, ns * sizeof(uint16_t));
+    rt_qmat_free(&m);
+    free(codes);
+    return W;
+}
+
+/* p: n, K, N, bias, format (qformats), FP8 activations: the GPU runs the product on FP8 tensor cores
+ * at BF16 (the CPU reference then takes the same quantized activations). */
+static void run_qmatmul(const op_case *c, ctx *x, outputs *o)
+{
+    const int n = c->p[0], K = c->p[1], N = c->p[2];
+    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *b = rand_vec(x, (size_t)N);
+    if (c->p[5] && x->dt == RT_BF16 && x->be->ops->host_memory)
+        fp8_rows(xs, n, K);
+    rt_tensor W = qweight(x, w, N, K, c->p[4]);
     rt_tensor B = c->p[3] ? weight(x, b, N, 0) : (rt_tensor){0};
     void *dx = up(x, xs, (size_t)n * K), *dout = dev_out(x, (size_t)n * N);
     x->be->ops->matmul(x->be, dout, dx, &W, &B, n);
     take(x, o, "out", dout, (size_t)n * N);
-    rt_qmat_free(&m);
-    free(codes), free(xs), free(w), free(b);
+    free(xs), free(w), free(b);
+}
+
+/* Records host floats h (n, taken over) as output `name`. */
+static void record(outputs *o, const char *name, float *h, size_t n)
+{
+    o->name[o->n] = name, o->v[o->n] = h, o->len[o->n] = n;
+    o->n++;
+}
+
+/* n rows of sums of squares (RT_FUSION_SS_STRIDE floats apart) as a host array: whole (every float
+ * of the rows) or the sums alone. */
+static float *strided(ctx *x, const float *d, int n, int whole)
+{
+    const size_t len = (size_t)n * RT_FUSION_SS_STRIDE;
+    float *h = malloc(len * sizeof *h);
+    x->be->ops->download(x->be, h, d, len * sizeof *h);
+    if (!whole)
+        for (int i = 0; i < n; i++)
+            h[i] = h[(size_t)i * RT_FUSION_SS_STRIDE];
+    return h;
+}
+
+/* The fused chain (fuses, norm_begin, matmul_fused) against the ops it stands for, run one at a time
+ * (the CPU backend has none of the three).
+ * p: n, K, N, what (1: the norm on the way in, 2: into the residual stream with the next norm's xg
+ * and squares, 4: SiLU out, 5: both), bias, weight format (0: the compute type, else
+ * qformats[p[5] - 1]) */
+static void run_matmul_fused(const op_case *c, ctx *x, outputs *o)
+{
+    const int n = c->p[0], K = c->p[1], N = c->p[2], what = c->p[3];
+    const int outs = what & 4 ? N / 2 : N;
+    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *b = rand_vec(x, (size_t)N),
+          *g = rand_vec(x, (size_t)K), *res = rand_vec(x, (size_t)n * N), *gn = rand_vec(x, (size_t)N);
+    rt_tensor W = c->p[5] ? qweight(x, w, N, K, c->p[5] - 1) : weight(x, w, N, K), B = c->p[4] ? weight(x, b, N, 0) : (rt_tensor){0},
+              G = weight(x, g, K, 0), GN = weight(x, gn, N, 0);
+    void *dx = up(x, xs, (size_t)n * K), *dout = what & 2 ? up(x, res, (size_t)n * N) : dev_out(x, (size_t)n * outs);
+    const rt_backend_ops *op = x->be->ops;
+    if (op->matmul_fused) {
+        assert_true(op->fuses(x->be, &W, n));
+        const size_t ss_len = 2 * (size_t)n * RT_FUSION_SS_STRIDE, tail = (size_t)n * RT_FUSION_SS_STRIDE;
+        float *ones = malloc(ss_len * sizeof *ones), *ss = dev_alloc(x, ss_len * sizeof *ss);
+        for (size_t i = 0; i < ss_len; i++) /* norm_begin zeroes the later sums; a residual product adds to them */
+            ones[i] = what & 2 && i >= tail ? 0.0f : 1.0f;
+        op->upload(x->be, ss, ones, ss_len * sizeof *ss);
+        free(ones);
+        rt_fusion f = {.eps = 1e-5f, .residual = (what & 2) != 0, .silu = (what & 4) != 0};
+        void *in = dx;
+        if (what & 1) { /* the chain's start: xg and the squares, the later sums zeroed */
+            in = dev_out(x, (size_t)n * K);
+            op->norm_begin(x->be, in, ss, ss_len, dx, &G, n);
+            f.norm_ss = ss;
+            record(o, "zeroed sums", strided(x, ss + tail, n, 1), (size_t)n * RT_FUSION_SS_STRIDE);
+        }
+        void *xg = NULL;
+        if (what & 2) {
+            xg = dev_out(x, (size_t)n * N);
+            f.next_norm = &GN, f.xg = xg, f.ss = ss + tail;
+        }
+        op->matmul_fused(x->be, dout, in, &W, &B, &f, n);
+        take(x, o, "out", dout, (size_t)n * outs);
+        if (what & 2) {
+            take(x, o, "xg", xg, (size_t)n * N);
+            record(o, "squares", strided(x, ss + tail, n, 0), (size_t)n);
+        }
+    } else {
+        void *in = dx, *prod = dout;
+        if (what & 1) {
+            in = dev_out(x, (size_t)n * K);
+            op->rmsnorm(x->be, in, dx, &G, n, 1e-5f);
+            record(o, "zeroed sums", calloc((size_t)n * RT_FUSION_SS_STRIDE, sizeof(float)),
+                   (size_t)n * RT_FUSION_SS_STRIDE);
+        }
+        if (what & 6)
+            prod = dev_out(x, (size_t)n * N);
+        op->matmul(x->be, prod, in, &W, &B, n);
+        if (what & 2)
+            op->add(x->be, dout, prod, (size_t)n * N);
+        if (what & 4)
+            op->silu_mul(x->be, dout, prod, n, N / 2);
+        take(x, o, "out", dout, (size_t)n * outs);
+        if (what & 2) { /* the next norm's pieces, from the sum as stored */
+            const float *sum = o->v[o->n - 1];
+            float *xg = malloc((size_t)n * N * sizeof *xg), *sq = calloc((size_t)n, sizeof *sq);
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < N; j++) {
+                    const float v = sum[(size_t)r * N + j];
+                    xg[(size_t)r * N + j] = v * gn[j];
+                    sq[r] += v * v;
+                }
+            record(o, "xg", xg, (size_t)n * N);
+            record(o, "squares", sq, (size_t)n);
+        }
+    }
+    free(xs), free(w), free(b), free(g), free(res), free(gn);
 }
 
 static void run_rmsnorm(const op_case *c, ctx *x, outputs *o) /* p: n, dim */
@@ -386,6 +490,17 @@ static const op_case cases[] = {
      * 16, 9 to 16 tokens (two products a step) */
     {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
     {"matmul", {16, 1024, 17, 0, 1}, run_qmatmul},
+    /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
+    {"matmul_fused", {1, 4096, 64, 1, 1}, run_matmul_fused},  {"matmul_fused", {3, 256, 40, 2, 1}, run_matmul_fused},
+    {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
+    {"matmul_fused", {5, 14336, 24, 2, 0}, run_matmul_fused}, {"matmul_fused", {2, 200, 10, 5, 0}, run_matmul_fused},
+    {"matmul_fused", {4, 512, 33, 1, 0}, run_matmul_fused},   {"matmul_fused", {1, 8, 3, 2, 1}, run_matmul_fused},
+    /* quantized: FP8 and int8 (the fp32 kernel), int4 g128 (the tensor cores at BF16), int4 g32 */
+    {"matmul_fused", {1, 4096, 64, 1, 1, 1}, run_matmul_fused}, {"matmul_fused", {3, 1024, 40, 2, 0, 3}, run_matmul_fused},
+    {"matmul_fused", {8, 4096, 70, 5, 0, 1}, run_matmul_fused}, {"matmul_fused", {1, 4096, 48, 1, 1, 4}, run_matmul_fused},
+    {"matmul_fused", {5, 1024, 36, 2, 1, 4}, run_matmul_fused}, {"matmul_fused", {16, 4096, 70, 5, 0, 4}, run_matmul_fused},
+    {"matmul_fused", {2, 4096, 34, 4, 0, 4}, run_matmul_fused}, {"matmul_fused", {12, 512, 40, 5, 0, 5}, run_matmul_fused},
+    {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused},
     {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
     {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
     {"rmsnorm", {2, 9000}, run_rmsnorm},          {"add_rmsnorm", {2, 9000}, run_add_rmsnorm}, /* two-pass */

@@ -1,0 +1,168 @@
+/* What the products of few rows do around themselves (rt_fusion, backend.h's matmul_fused): the
+ * pieces the weight-streaming kernels share (a warp a weight row: cuda_matmul.cu's gemv_kernel and
+ * cuda_qmatmul.cu's qgemv_kernel; qmma_kernel uses fused_out). */
+#ifndef DINFER_RUNTIME_CUDA_FUSION_CUH
+#define DINFER_RUNTIME_CUDA_FUSION_CUH
+
+#include "runtime/cuda/cuda_common.cuh"
+
+/* The input is a norm's xg (its 1 / rms applied at the end), the product goes into the residual
+ * stream, or the SiLU-multiply of a gate row and its up row on the way out. */
+enum { FUSE_NORM = 1, FUSE_RESIDUAL = 2, FUSE_SILU = 4 };
+
+/* The kernels' view of an rt_fusion. */
+struct fusion {
+    const float *norm_ss;
+    float eps;
+    const void *next_g; /* with FUSE_RESIDUAL: the next norm's weight, NULL for none */
+    void *xg;
+    float *ss;
+};
+
+/* The weight row of warp `warp` of a block of WARPS. With FUSE_SILU, N counts the gate and up rows:
+ * the block's first WARPS / 2 warps take gate rows, the others the up rows that go with them, and
+ * *valid says whether the pair exists (an idle warp reads row 0's pair and writes nothing). */
+template <int F, int WARPS>
+__device__ __forceinline__ int fused_row(int N, int warp, bool *valid)
+{
+    if constexpr ((F & FUSE_SILU) != 0) {
+        const int j = blockIdx.x * (WARPS / 2) + warp % (WARPS / 2);
+        *valid = j < N / 2;
+        return (*valid ? j : 0) + (warp < WARPS / 2 ? 0 : N / 2);
+    } else {
+        const int row = blockIdx.x * WARPS + warp;
+        *valid = row < N;
+        return *valid ? row : 0;
+    }
+}
+
+/* Blocks of `warps` warps for N weight rows. */
+template <int F>
+static inline unsigned fused_blocks(int N, int warps)
+{
+    const int outs = (F & FUSE_SILU) != 0 ? N / 2 : N, per = (F & FUSE_SILU) != 0 ? warps / 2 : warps;
+    return (unsigned)((outs + per - 1) / per);
+}
+
+/* Row r's 1 / rms from the norm's sum of squares over K. */
+__device__ __forceinline__ float fused_inv_rms(const fusion &f, int r, int K)
+{
+    return rsqrtf(__ldg(f.norm_ss + r * RT_FUSION_SS_STRIDE) / (float)K + f.eps);
+}
+
+/* Element (r, row) of a product that is not a SiLU's: y (bias included) written, or added to the
+ * residual stream with the next norm's xg alongside; returns the square the next norm's sum takes
+ * (0 when none: the caller adds a block's squares to f.ss at once, fused_squares). */
+template <typename T, int F>
+__device__ __forceinline__ float fused_out(T *out, const fusion &f, int r, int row, int N, float y)
+{
+    T *o = &out[(int64_t)r * N + row];
+    if constexpr ((F & FUSE_RESIDUAL) != 0) {
+        T sum; /* rounded to storage: the next norm reads the residual stream as stored */
+        st(&sum, ld(o) + y);
+        *o = sum;
+        if (f.next_g) {
+            const float v = ld(&sum);
+            st(&((T *)f.xg)[(int64_t)r * N + row], v * ld(&((const T *)f.next_g)[row]));
+            return v * v;
+        }
+    } else {
+        st(o, y);
+    }
+    return 0.0f;
+}
+
+/* Adds q, one square a row of x, to row r's sum of squares: one atomic a row and block, each row's
+ * sum on a cache line of its own (thousands of same-line atomics a product serialize: measured up to
+ * twice the product's time). The block's warps give their rows' squares in part[warp][r]; every
+ * thread calls it. */
+template <int R, int WARPS>
+__device__ __forceinline__ void fused_squares(const fusion &f, float (*part)[R], int n)
+{
+    __syncthreads();
+    const int t = threadIdx.x;
+    if (t < R && t < n) {
+        float q = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++)
+            q += part[w][t];
+        atomicAdd(f.ss + t * RT_FUSION_SS_STRIDE, q);
+    }
+}
+
+/* The end of a warp's row: acc (the lane's partial sums for each row of x) summed over the warp,
+ * then out written as F says. Every thread of the block calls it (FUSE_SILU meets at a barrier). */
+template <typename T, int R, int F, int WARPS>
+__device__ __forceinline__ void fused_store(T *out, const float *acc, const T *bias, const fusion &f, int n, int N,
+                                            int K, int row, bool valid)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float v[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        v[r] = warp_sum(acc[r]);
+        if constexpr ((F & FUSE_NORM) != 0)
+            if (r < n)
+                v[r] *= fused_inv_rms(f, r, K);
+    }
+    if constexpr ((F & FUSE_SILU) != 0) {
+        constexpr int HW = WARPS / 2;
+        __shared__ float up[HW][R];
+        if (warp >= HW && lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                up[warp - HW][r] = v[r];
+        __syncthreads();
+        if (warp < HW && lane == 0 && valid)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (r < n)
+                    st(&out[(int64_t)r * (N / 2) + row], v[r] / (1.0f + expf(-v[r])) * up[warp][r]);
+    } else {
+        __shared__ float part[(F & FUSE_RESIDUAL) != 0 ? WARPS : 1][R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float q = 0.0f;
+            if (lane == 0 && r < n && valid)
+                q = fused_out<T, F>(out, f, r, row, N, v[r] + (bias ? ld(&bias[row]) : 0.0f));
+            if ((F & FUSE_RESIDUAL) != 0 && lane == 0)
+                part[(F & FUSE_RESIDUAL) != 0 ? warp : 0][r] = q;
+        }
+        if constexpr ((F & FUSE_RESIDUAL) != 0)
+            if (f.next_g)
+                fused_squares<R, WARPS>(f, part, n);
+    }
+}
+
+/* The F bits of rt_fusion f (NULL: none), and the kernels' view of it. A residual product takes no
+ * norm and no SiLU (cuda_matmul_fused refuses the mix), so these four and 0 are all there are. */
+static inline int fused_bits(const rt_fusion *f)
+{
+    if (!f)
+        return 0;
+    return (f->norm_ss ? FUSE_NORM : 0) | (f->residual ? FUSE_RESIDUAL : 0) | (f->silu ? FUSE_SILU : 0);
+}
+
+static inline fusion fused_args(const rt_fusion *f)
+{
+    fusion a = {};
+    if (f) {
+        a.norm_ss = f->norm_ss, a.eps = f->eps, a.xg = f->xg, a.ss = f->ss;
+        a.next_g = f->residual && f->next_norm ? f->next_norm->data : nullptr;
+    }
+    return a;
+}
+
+/* Calls LAUNCH<F>(args...) with the compile-time F of bits. */
+#define FUSED_DISPATCH(bits, LAUNCH, ...)                                                          \
+    do {                                                                                            \
+        switch (bits) {                                                                             \
+        case FUSE_NORM: LAUNCH<FUSE_NORM>(__VA_ARGS__); break;                                      \
+        case FUSE_RESIDUAL: LAUNCH<FUSE_RESIDUAL>(__VA_ARGS__); break;                              \
+        case FUSE_SILU: LAUNCH<FUSE_SILU>(__VA_ARGS__); break;                                      \
+        case FUSE_NORM | FUSE_SILU: LAUNCH<FUSE_NORM | FUSE_SILU>(__VA_ARGS__); break;              \
+        default: LAUNCH<0>(__VA_ARGS__); break;                                                     \
+        }                                                                                           \
+    } while (0)
+
+#endif
