@@ -57,40 +57,30 @@ static void cpu_destroy(rt_backend *be)
     free(be);
 }
 
-static const rt_backend_ops cpu_ops = {
-    .name = "cpu",
-    .act_dtype = RT_F32,
-    .host_memory = true,
-    .quant_matmul = true,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_copy,
-    .upload_async = cpu_copy,
-    .prepare_weight = cpu_prepare_weight,
-    .host_alloc = cpu_alloc,
-    .host_free = cpu_free,
-    .download = cpu_copy,
-    .sync = cpu_sync,
-    .embedding = cpu_embedding,
-    .matmul = cpu_matmul,
-    .rmsnorm = cpu_rmsnorm,
-    .add_rmsnorm = cpu_add_rmsnorm,
-    .rope_kv_write = cpu_rope_kv_write,
-    .attention = cpu_attention,
-    .add = cpu_add,
-    .silu_mul = cpu_silu_mul,
-    .gather_rows = cpu_gather_rows,
-    .to_f32 = cpu_to_f32,
-    .check = cpu_check,
-    .destroy = cpu_destroy,
-};
+#define CPU_OPS(...)                                                                                   \
+    {                                                                                                  \
+        .name = "cpu", .act_dtype = RT_F32, .host_memory = true, .quant_matmul = true, .alloc = cpu_alloc, \
+        .free = cpu_free, .upload = cpu_copy, .upload_async = cpu_copy, .prepare_weight = cpu_prepare_weight, \
+        .host_alloc = cpu_alloc, .host_free = cpu_free, .download = cpu_copy, .sync = cpu_sync,            \
+        .embedding = cpu_embedding, .matmul = cpu_matmul, .rmsnorm = cpu_rmsnorm,                          \
+        .add_rmsnorm = cpu_add_rmsnorm, .rope_kv_write = cpu_rope_kv_write, .attention = cpu_attention,    \
+        .add = cpu_add, .silu_mul = cpu_silu_mul, .gather_rows = cpu_gather_rows, .to_f32 = cpu_to_f32,    \
+        .check = cpu_check, .destroy = cpu_destroy, __VA_ARGS__                                            \
+    }
+
+static const rt_backend_ops cpu_ops = CPU_OPS(.fuses = NULL);
+/* DINFER_CPU_FUSE=1: small steps run the fused chain as the GPU does (to test it without a GPU) */
+static const rt_backend_ops cpu_ops_fused =
+    CPU_OPS(.fuses = cpu_fuses, .matmul_fused = cpu_matmul_fused, .norm_begin = cpu_norm_begin);
+
 
 rt_backend *rt_cpu_backend_create(int n_threads)
 {
     rt_backend *be = calloc(1, sizeof *be);
     if (!be)
         return NULL;
-    be->ops = &cpu_ops;
+    const char *fuse = getenv("DINFER_CPU_FUSE");
+    be->ops = fuse && strcmp(fuse, "1") == 0 ? &cpu_ops_fused : &cpu_ops;
     if (n_threads > 0)
         omp_set_num_threads(n_threads);
     return be;

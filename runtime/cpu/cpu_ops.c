@@ -1,5 +1,6 @@
 /* Element-wise and row-wise CPU ops: embedding, norms, RoPE with the KV write, SiLU-mul, gather. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/cpu/cpu_math.h"
@@ -151,4 +152,76 @@ void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *ro
     for (int i = 0; i < n; i++)
         memcpy((float *)out + (int64_t)i * dim, (const float *)x + (int64_t)rows[i] * dim,
                (size_t)dim * sizeof(float));
+}
+
+/* ---- the fused chain (backend.h's fuses / matmul_fused / norm_begin) ----
+ *
+ * The CPU backend runs it only when DINFER_CPU_FUSE=1 (rt_cpu_backend_create): the product as
+ * cpu_matmul computes it, then what rt_fusion says done on its rows, so that the forward pass's
+ * fused chain (which the GPU runs at small batch) is tested where no GPU is: the golden fixtures
+ * under it must give transformers' tokens as the op-by-op path does. */
+#define CPU_FUSE_MAX_ROWS 16
+
+bool cpu_fuses(rt_backend *be, const rt_tensor *w, int n)
+{
+    (void)be, (void)w;
+    return n > 0 && n <= CPU_FUSE_MAX_ROWS;
+}
+
+void cpu_matmul_fused(rt_backend *be, void *out_, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                      const rt_fusion *f, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    float *p = malloc((size_t)n * (size_t)N * sizeof *p), *out = out_;
+    if (!p) /* host ops have no failure path: a product of at most 16 rows is a few MiB */
+        abort();
+    const rt_tensor none = {0};
+    const float *b = bias && bias->data ? bias->data : NULL;
+    cpu_matmul(be, p, x, w, &none, n);
+    for (int r = 0; r < n; r++) {
+        float *pr = p + (size_t)r * N;
+        const float inv =
+            f->norm_ss ? 1.0f / sqrtf(f->norm_ss[(size_t)r * RT_FUSION_SS_STRIDE] / (float)K + f->eps) : 1.0f;
+        for (int j = 0; j < N; j++) /* the norm scales the product, not the bias */
+            pr[j] = pr[j] * inv + (b ? b[j] : 0.0f);
+        if (f->silu) {
+            float *o = out + (size_t)r * (N / 2);
+            for (int j = 0; j < N / 2; j++)
+                o[j] = pr[j] / (1.0f + cpu_expf(-pr[j])) * pr[N / 2 + j];
+        } else if (f->residual) {
+            float *o = out + (size_t)r * N, *xg = f->next_norm ? (float *)f->xg + (size_t)r * N : NULL;
+            const float *g = f->next_norm ? f->next_norm->data : NULL;
+            float sq = 0.0f;
+            for (int j = 0; j < N; j++) {
+                o[j] += pr[j];
+                if (g) {
+                    xg[j] = o[j] * g[j];
+                    sq += o[j] * o[j];
+                }
+            }
+            if (g)
+                f->ss[(size_t)r * RT_FUSION_SS_STRIDE] += sq;
+        } else {
+            memcpy(out + (size_t)r * N, pr, (size_t)N * sizeof *pr);
+        }
+    }
+    free(p);
+}
+
+void cpu_norm_begin(rt_backend *be, void *xg_, float *ss, size_t ss_len, const void *x_, const rt_tensor *w, int n)
+{
+    (void)be;
+    const int dim = (int)w->rows;
+    const float *x = x_, *g = w->data;
+    float *xg = xg_;
+    memset(ss, 0, ss_len * sizeof *ss);
+    for (int r = 0; r < n; r++) {
+        float sq = 0.0f;
+        for (int j = 0; j < dim; j++) {
+            const float v = x[(size_t)r * dim + j];
+            sq += v * v;
+            xg[(size_t)r * dim + j] = v * g[j];
+        }
+        ss[(size_t)r * RT_FUSION_SS_STRIDE] = sq;
+    }
 }

@@ -56,6 +56,10 @@ void cpu_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer *
 void cpu_add(rt_backend *be, void *x, const void *y, size_t n);
 int cpu_prepare_weight(rt_backend *be, rt_tensor *w);
 void cpu_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
+bool cpu_fuses(rt_backend *be, const rt_tensor *w, int n);
+void cpu_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                      const rt_fusion *f, int n);
+void cpu_norm_begin(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 
 #endif
