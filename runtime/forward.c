@@ -33,8 +33,8 @@ struct rt_forward {
     float *inv_freq;        /* (head_dim / 2) */
     rt_sample_out *d_out;   /* (max_logits) samples, when the backend samples on the device */
     bool graphs;            /* decode steps are captured (graph_shape) */
-    bool fuse;              /* the backend's matmul_fused may take products (a single tensor-parallel rank) */
-    float *ss;              /* ((2 * n_layers + 1) * FUSE_MAX_ROWS rows, strided) the fused chain's sums of squares */
+    float *ss;              /* ((2 * n_layers + 1) * FUSE_MAX_ROWS rows, strided) the fused chain's sums of
+                             * squares; NULL when the layers never fuse (no matmul_fused, or tp > 1) */
     int n_graphs;
     step_graph graph[MAX_GRAPHS];
     bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
@@ -147,8 +147,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
         return base_errf(err, "DINFER_CUDA_GRAPHS is '%.32s': 0 (every step op by op) or 1 (decode steps as CUDA "
                               "graphs, the default)", graphs_env);
     }
-    fw->fuse = be->ops->matmul_fused && tp == 1;
-    if (fw->fuse)
+    if (be->ops->matmul_fused && tp == 1)
         fw->ss = alloc_or_fail(be, z.ss, &failed);
     fw->graphs = be->ops->graph_begin && tp == 1 && pp == 1 && fw->device_sampling &&
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
@@ -441,7 +440,7 @@ static bool layers_fuse(const rt_forward *fw, int T)
 {
     const rt_model *m = fw->m;
     rt_backend *be = m->be;
-    if (!fw->fuse || T > FUSE_MAX_ROWS)
+    if (!fw->ss || T > FUSE_MAX_ROWS)
         return false;
     for (int l = 0; l < m->n_layers; l++) {
         const rt_layer_weights *w = &m->layers[l];

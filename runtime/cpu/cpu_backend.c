@@ -73,7 +73,6 @@ static const rt_backend_ops cpu_ops = CPU_OPS(.fuses = NULL);
 static const rt_backend_ops cpu_ops_fused =
     CPU_OPS(.fuses = cpu_fuses, .matmul_fused = cpu_matmul_fused, .norm_begin = cpu_norm_begin);
 
-
 rt_backend *rt_cpu_backend_create(int n_threads)
 {
     rt_backend *be = calloc(1, sizeof *be);

@@ -125,8 +125,9 @@ __device__ __forceinline__ void fused_store(T *out, const float *acc, const T *b
             float q = 0.0f;
             if (lane == 0 && r < n && valid)
                 q = fused_out<T, F>(out, f, r, row, N, v[r] + (bias ? ld(&bias[row]) : 0.0f));
-            if ((F & FUSE_RESIDUAL) != 0 && lane == 0)
-                part[(F & FUSE_RESIDUAL) != 0 ? warp : 0][r] = q;
+            if constexpr ((F & FUSE_RESIDUAL) != 0)
+                if (lane == 0)
+                    part[warp][r] = q;
         }
         if constexpr ((F & FUSE_RESIDUAL) != 0)
             if (f.next_g)

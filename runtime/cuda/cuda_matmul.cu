@@ -175,11 +175,8 @@ extern "C" bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n)
     cuda_ctx *c = cuda_ctx_of(be);
     if (!c->fuse || n <= 0)
         return false;
-    if (w->q.kind)
-        return cuda_qmatmul_fuses(c, w, n);
-    /* the chain's buffers are the workspace's: 16-byte aligned */
-    return c->gemv && n <= GEMV_MAX_ROWS && (size_t)w->cols * rt_dtype_size(c->dt) % 16 == 0 &&
-           (uintptr_t)w->data % 16 == 0;
+    /* the chain's activations are the workspace's buffers, 16-byte aligned like the weights */
+    return w->q.kind ? cuda_qmatmul_fuses(c, w, n) : gemv_fits(c, w->data, w->data, w, n);
 }
 
 extern "C" void cuda_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
