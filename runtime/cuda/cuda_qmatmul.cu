@@ -83,27 +83,44 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
 #pragma unroll
     for (int r = 0; r < R; r++)
         acc[r] = 0.0f;
+    /* load j's scale and zero offset (zdef without zero points): with groups, loaded with the codes
+     * (where they are used, each was a memory round trip after the codes'); one scale a row is
+     * loaded once */
+    const float s_row = __ldg(sr), z_row = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr);
+    const auto scale_of = [&](int j, float &s, float &z) {
+        if (n_groups == 1 || j >= loads) {
+            s = s_row, z = z_row;
+        } else {
+            const int gi = j * E / group;
+            s = __ldg(sr + gi), z = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr + gi);
+        }
+    };
     /* the first loads go out before pdl_wait (the codes are constant) */
     uint4 next[QGEMV_AHEAD];
+    float next_s[QGEMV_AHEAD], next_z[QGEMV_AHEAD];
 #pragma unroll
-    for (int u = 0; u < QGEMV_AHEAD; u++)
+    for (int u = 0; u < QGEMV_AHEAD; u++) {
         next[u] = lane + 32 * u < loads ? __ldg(wv + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        scale_of(lane + 32 * u, next_s[u], next_z[u]);
+    }
     pdl_wait();
     pdl_trigger();
     for (int j0 = lane; j0 < loads; j0 += 32 * QGEMV_AHEAD) {
         uint4 cur[QGEMV_AHEAD];
+        float cur_s[QGEMV_AHEAD], cur_z[QGEMV_AHEAD];
 #pragma unroll
         for (int u = 0; u < QGEMV_AHEAD; u++) {
-            cur[u] = next[u];
+            cur[u] = next[u], cur_s[u] = next_s[u], cur_z[u] = next_z[u];
             const int j = j0 + 32 * (QGEMV_AHEAD + u);
             next[u] = j < loads ? __ldg(wv + j) : make_uint4(0, 0, 0, 0);
+            scale_of(j, next_s[u], next_z[u]);
         }
 #pragma unroll
         for (int u = 0; u < QGEMV_AHEAD; u++) {
             const int j = j0 + 32 * u;
             if (j < loads) {
-                const int k = j * E, gi = n_groups == 1 ? 0 : k / group;
-                const float s = __ldg(sr + gi), z = FP8 ? 0.0f : zr ? 8388608.0f + (float)__ldg(zr + gi) : zdef;
+                const int k = j * E;
+                const float s = cur_s[u], z = FP8 ? 0.0f : cur_z[u];
                 float w[E];
                 dequant16<FP8, BITS>(cur[u], z, w);
 #pragma unroll
@@ -201,7 +218,7 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
 
 /* F: FUSE_* bits, f what they need (cuda_fusion.cuh): with FUSE_SILU a block's rows r0 are gate
  * rows and r1 the up rows that go with them. */
-template <int NT, int F>
+template <int NT, int F, int AH>
 __global__ void __launch_bounds__(QMMA_WARPS * 32)
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
@@ -219,34 +236,48 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * (K / 2)) + c;
     const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * (K / 2)) + c;
     const int chunks = K / 128;
-    uint4 b0[QMMA_AHEAD], b1[QMMA_AHEAD];
-    const auto fetch = [&](int ch, uint4 &d0, uint4 &d1) {
-        const bool in = ch < chunks;
-        d0 = in && ok0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d1 = in && ok1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+    /* a chunk's codes with its two rows' scales and zero points, loaded together: loaded where they
+     * are used, the scales of each chunk (a new group every 128 columns) were a memory round trip
+     * of their own after the codes' */
+    struct chunk_in {
+        uint4 w0, w1;
+        float s0, s1;
+        unsigned short z0, z1;
+    };
+    const float *sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, *sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
+    const unsigned short *zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
+    const unsigned short *zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
+    chunk_in b[AH];
+    const auto fetch = [&](int ch, chunk_in &d) {
+        const bool in0 = ch < chunks && ok0, in1 = ch < chunks && ok1;
+        const int gi = n_groups == 1 ? 0 : ch * 128 / group;
+        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
+        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
+        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
+        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
     };
 #pragma unroll
-    for (int a = 0; a < QMMA_AHEAD; a++)
-        fetch(warp + a * QMMA_WARPS, b0[a], b1[a]);
+    for (int a = 0; a < AH; a++)
+        fetch(warp + a * QMMA_WARPS, b[a]);
     pdl_wait();
     pdl_trigger();
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    for (int ch0 = warp; ch0 < chunks; ch0 += QMMA_AHEAD * QMMA_WARPS) {
+    for (int ch0 = warp; ch0 < chunks; ch0 += AH * QMMA_WARPS) {
 #pragma unroll
-        for (int a = 0; a < QMMA_AHEAD; a++) {
+        for (int a = 0; a < AH; a++) {
             const int ch = ch0 + a * QMMA_WARPS;
             if (ch >= chunks)
                 break;
-            const uint4 w0 = b0[a], w1 = b1[a];
-            fetch(ch + QMMA_AHEAD * QMMA_WARPS, b0[a], b1[a]);
-            const int col = ch * 128 + c * 32, gi = n_groups == 1 ? 0 : ch * 128 / group;
-            const float s0 = ok0 ? __ldg(scales + (int64_t)r0 * n_groups + gi) : 0.0f;
-            const float s1 = ok1 ? __ldg(scales + (int64_t)r1 * n_groups + gi) : 0.0f;
-            const float z0f = 128.0f + (ok0 && zeros ? (float)__ldg(zeros + (int64_t)r0 * n_groups + gi) : 8.0f);
-            const float z1f = 128.0f + (ok1 && zeros ? (float)__ldg(zeros + (int64_t)r1 * n_groups + gi) : 8.0f);
+            const chunk_in in = b[a];
+            fetch(ch + AH * QMMA_WARPS, b[a]);
+            const uint4 w0 = in.w0, w1 = in.w1;
+            const int col = ch * 128 + c * 32;
+            const float s0 = in.s0, s1 = in.s1, z0f = 128.0f + (float)in.z0, z1f = 128.0f + (float)in.z1;
             const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
             float d[NT][4];
 #pragma unroll
@@ -351,14 +382,16 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const rt_tensor_quant *q = &w->q;
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned blocks = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
-#define QMMA_LAUNCH(NT)                                                                                            \
-    cuda_launch(c, qmma_kernel<NT, F>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,    \
-                (int)q->group, (int)q->n_groups)
-    if (n <= 8)
-        QMMA_LAUNCH(1);
+#define QMMA_LAUNCH(NT, AH)                                                                                        \
+    cuda_launch(c, qmma_kernel<NT, F, AH>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,                         \
+                (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                        \
+                (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
+    if (n <= 8 && c->qmma_deep)
+        QMMA_LAUNCH(1, 4);
+    else if (n <= 8)
+        QMMA_LAUNCH(1, QMMA_AHEAD);
     else
-        QMMA_LAUNCH(2);
+        QMMA_LAUNCH(2, QMMA_AHEAD);
 #undef QMMA_LAUNCH
 }
 
