@@ -146,10 +146,6 @@ typedef struct rt_backend_ops {
     void (*matmul_fused)(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                          const rt_fusion *f, int n);
     void (*norm_begin)(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
-    /* Optional (NULL: nothing to do). Starts bringing w's values (or codes) toward the compute
-     * units (a GPU's L2 cache) ahead of the product that reads them, so that they stream while the
-     * ops between run from other memory; changes no result. */
-    void (*prefetch)(rt_backend *be, const rt_tensor *w);
     /* out(n, dim) = rmsnorm(x) * w, dim = w.rows. */
     void (*rmsnorm)(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
     /* x += delta, then out = rmsnorm(x) * w: the residual add fused with the next norm. */

@@ -418,8 +418,6 @@ static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
         op->matmul(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, T);
-        if (op->prefetch) /* the output product's weights stream while RoPE and attention run */
-            op->prefetch(be, &w->wo);
         op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
@@ -475,8 +473,6 @@ static void layers_fused(rt_forward *fw, const staged *st)
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
                                 .xg = fw->xb, .ss = s_next};
         op->matmul_fused(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, &qkv, T);
-        if (op->prefetch) /* the output product's weights stream while RoPE and attention run */
-            op->prefetch(be, &w->wo);
         op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul_fused(be, fw->x, fw->att, &w->wo, &w->bo, &o, T);
@@ -536,8 +532,6 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
     }
     if (st->sample_rows)
         op->sample(be, fw->d_out, *logits32, nl, c->vocab_size, st->sample_rows);
-    if (op->prefetch && s->first_stage && m->n_layers > 0) /* the next step's first product, while this one samples */
-        op->prefetch(be, &m->layers[0].wqkv);
     return 0;
 }
 

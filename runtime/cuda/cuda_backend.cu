@@ -1,7 +1,5 @@
 /* The CUDA backend: device memory through cudaMalloc, one stream per rank, a cuBLAS handle, and
  * the op table of the .cu files beside this one, for F32, BF16 or F16 storage. */
-#include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/cuda/cuda_common.cuh"
@@ -140,7 +138,7 @@ static void cuda_destroy(rt_backend *be)
         .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, .prepare_weight = NULL, \
-        .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .prefetch = cuda_prefetch, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
+        .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -189,19 +187,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "products of few rows)",
                    &fuse, err))
         return NULL;
-    long prefetch_mb = -1; /* -1: the default, from the L2's size */
-    const char *pv = getenv("DINFER_CUDA_PREFETCH_MB");
-    if (pv) {
-        char *end = NULL;
-        errno = 0;
-        prefetch_mb = strtol(pv, &end, 10);
-        if (end == pv || *end || errno || prefetch_mb < 0 || prefetch_mb > 4096) {
-            base_errf(err, "DINFER_CUDA_PREFETCH_MB is '%.32s': megabytes of a weight brought into L2 ahead of its "
-                           "product, 0 (off) to 4096",
-                      pv);
-            return NULL;
-        }
-    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -228,12 +213,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->pdl = pdl && cc_major >= 9;
     c->qmma = qmma && cc_major >= 8;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
-    c->qmma_deep = getenv("DINFER_CUDA_QMMA_DEEP") && strcmp(getenv("DINFER_CUDA_QMMA_DEEP"), "1") == 0;
-    /* the bulk L2 prefetch is Hopper's; by default up to two thirds of the L2 */
-    int l2 = 0;
-    if (cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) != cudaSuccess)
-        l2 = 0;
-    c->prefetch_bytes = cc_major < 9 ? 0 : prefetch_mb >= 0 ? (size_t)prefetch_mb << 20 : (size_t)l2 / 3 * 2;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

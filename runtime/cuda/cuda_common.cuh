@@ -46,8 +46,6 @@ typedef struct cuda_ctx {
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
     bool fp8_gemm;         /* FP8 weights take FP8 tensor cores above the GEMV's rows (Hopper on; DINFER_CUDA_FP8_GEMM=0 off) */
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
-    bool qmma_deep;        /* experiment: 4 chunks in flight in the int4 tensor-core kernel (DINFER_CUDA_QMMA_DEEP=1) */
-    size_t prefetch_bytes; /* of a weight, the most backend.h's prefetch brings into L2 (DINFER_CUDA_PREFETCH_MB; 0 off) */
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos;

@@ -16,7 +16,6 @@ void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, c
 bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n);
 void cuda_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                        const rt_fusion *f, int n);
-void cuda_prefetch(rt_backend *be, const rt_tensor *w);
 void cuda_norm_begin(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
 void cuda_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
 void cuda_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n, float eps);
