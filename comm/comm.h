@@ -104,6 +104,19 @@ int comm_has_device_path(const comm *c);
 int comm_dev_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
 int comm_dev_send(comm_group *g, const void *buf, size_t count, comm_dtype t, int peer, base_err *err);
 int comm_dev_recv(comm_group *g, void *buf, size_t count, comm_dtype t, int peer, base_err *err);
+/* ---- a one-shot all-reduce over CUDA IPC, for the tp ranks of one host ----
+ * Collective over the tp group: 0 when taken (each rank has mapped every peer's buffer of two
+ * max_bytes slots); 1 when not, the reason in err (one rank in the group, more than 8, ranks on
+ * other hosts, or a CUDA call that failed on some rank: the caller falls back to NCCL or to host
+ * memory); -1 when MPI failed. The reduction is one kernel on cuda_stream (capturable in a graph),
+ * summing in fp32 in rank order (every rank gets the same bits); a wait longer than timeout_s
+ * raises a flag comm_dev_wait reports. Works between processes that share one GPU too. */
+int comm_ipc_enable(comm *c, void *cuda_stream, size_t max_bytes, double timeout_s, base_err *err);
+/* Whether the IPC path takes a message of bytes. */
+int comm_has_ipc(const comm *c, size_t bytes);
+int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
+int comm_ipc_timed_out(comm *c);
+
 /* Waits until every operation enqueued on the stream so far has finished (0 at once without a
  * device path). */
 int comm_dev_wait(comm *c, base_err *err);

@@ -23,6 +23,10 @@ typedef struct comm_pending {
     MPI_Request *req; /* (n_req) one a chunk */
 } comm_pending;
 
+/* The CUDA IPC all-reduce's state (comm_ipc.cu), NULL when off. */
+#define COMM_IPC_MAX_RANKS 8
+typedef struct comm_ipc comm_ipc;
+
 struct comm {
     comm_topology topo;
     comm_group world, tp, pp;
@@ -34,11 +38,15 @@ struct comm {
     const char *last_op; /* the device path's latest operation, named when a wait fails */
     comm_pending *pending, *pending_tail; /* background sends, oldest first */
     int n_pending;
+    comm_ipc *ipc;
 };
 
 /* "rank R: CALL failed: MPI's message" into err; returns -1. */
 int comm_fail_mpi(const comm *c, base_err *err, const char *call, int rc);
 void comm_nccl_destroy(comm *c);
+void comm_ipc_destroy(comm *c);
+/* Waits for the stream, then whether a CUDA IPC wait ran out of time (the path without NCCL). */
+int comm_ipc_finish(comm *c);
 /* Lets MPI move the background sends along (a rank waiting on its GPU must not hold up a peer
  * that waits for one of them); frees those that completed. */
 int comm_progress(comm *c, base_err *err);

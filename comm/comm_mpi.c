@@ -115,6 +115,7 @@ void comm_destroy(comm *c)
     if (!c)
         return;
     comm_nccl_destroy(c);
+    comm_ipc_destroy(c);
     while (c->pending) { /* a job ending on an error: what its peers never received is dropped */
         comm_pending *p = c->pending;
         int done = 0;
@@ -429,6 +430,44 @@ int comm_min_i64(comm_group *g, int64_t *v, base_err *err)
     return 0;
 }
 
+#ifndef DINFER_HAVE_CUDA_IPC
+/* Built without CUDA: no IPC all-reduce. */
+int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double timeout_s, base_err *err)
+{
+    (void)c, (void)stream, (void)max_bytes, (void)timeout_s, (void)err;
+    return 1;
+}
+
+void comm_ipc_destroy(comm *c)
+{
+    (void)c;
+}
+
+int comm_has_ipc(const comm *c, size_t bytes)
+{
+    (void)c, (void)bytes;
+    return 0;
+}
+
+int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err)
+{
+    (void)buf, (void)count, (void)t;
+    return base_errf(err, "rank %d: this build has no CUDA IPC", g->owner->topo.rank);
+}
+
+int comm_ipc_timed_out(comm *c)
+{
+    (void)c;
+    return 0;
+}
+
+int comm_ipc_finish(comm *c)
+{
+    (void)c;
+    return 0;
+}
+#endif
+
 #ifndef DINFER_HAVE_NCCL
 /* Built without NCCL: no device path; device activations are staged through host memory. */
 int comm_nccl_enable(comm *c, void *stream, double timeout_s, base_err *err)
@@ -473,7 +512,9 @@ int comm_dev_recv(comm_group *g, void *buf, size_t n, comm_dtype t, int peer, ba
 
 int comm_dev_wait(comm *c, base_err *err)
 {
-    (void)c, (void)err;
+    if (comm_ipc_finish(c))
+        return base_errf(err, "rank %d: a CUDA IPC all-reduce did not finish within %.0f s (--comm-timeout): a peer "
+                              "is missing or stuck", c->topo.rank, c->timeout_s);
     return 0;
 }
 #endif

@@ -149,7 +149,7 @@ static int enqueued(comm_group *g, ncclResult_t r, const char *what, base_err *e
 
 int comm_dev_wait(comm *c, base_err *err)
 {
-    if (!c->device_path)
+    if (!c->device_path && !c->ipc)
         return 0;
     comm_group *gs[2] = {&c->tp, &c->pp};
     const double deadline = base_now() + c->timeout_s;
@@ -165,14 +165,14 @@ int comm_dev_wait(comm *c, base_err *err)
             }
         }
         cudaError_t s = cudaStreamQuery((cudaStream_t)c->stream);
-        if (s == cudaSuccess)
+        if (s == cudaSuccess && !comm_ipc_timed_out(c))
             return 0;
         /* the next stage may be waiting for this rank's step plan before it receives our send */
         if (comm_progress(c, err))
             return -1;
-        if (s != cudaErrorNotReady)
+        if (s != cudaErrorNotReady && s != cudaSuccess)
             return nccl_fail(c, err, c->last_op, cudaGetErrorString(s));
-        if (base_now() > deadline) {
+        if (base_now() > deadline || comm_ipc_timed_out(c)) {
             close_comms(c, true);
             char why[96];
             snprintf(why, sizeof why, "did not finish within %.0f s (--comm-timeout): a peer is missing or stuck",

@@ -331,6 +331,8 @@ static int tp_allreduce(rt_forward *fw, void *buf, size_t n, base_err *err)
     int rc;
     if (be->ops->host_memory) {
         rc = comm_allreduce_sum(g, buf, n, COMM_F32, err);
+    } else if (comm_has_ipc(fw->comm, n * rt_dtype_size(dt))) {
+        rc = comm_ipc_allreduce_sum(g, buf, n, comm_type(dt), err);
     } else if (comm_has_device_path(fw->comm)) {
         rc = comm_dev_allreduce_sum(g, buf, n, comm_type(dt), err);
     } else {

@@ -1,0 +1,298 @@
+/* A one-shot all-reduce over CUDA IPC for the ranks of a tensor-parallel group on one host (issue
+ * 14): each rank owns a device buffer of two message slots and a flag; the buffers are exported
+ * with cudaIpcGetMemHandle, the handles exchanged over MPI and mapped by every peer. A reduction is
+ * one kernel on the compute stream: copy the message into this rank's slot, publish the epoch,
+ * wait for every peer's, sum every rank's slot in rank order (the same order on every rank: the
+ * results agree bit for bit) in fp32. The epoch lives in device memory (a graph replays the
+ * kernel), and a rank overwrites its slot for epoch e only once every peer has published e - 1
+ * (in stream order it has then finished reading e - 2, the slot's last use). CUDA IPC also maps
+ * between processes on one GPU, which is how it is tested on a machine of one GPU (gpu.ipc,
+ * gpu.golden.llama_gqa.2x1*); machines of several GPUs have not run it yet. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "comm/comm_impl.h"
+}
+
+#define IPC_HEAD 256     /* bytes before the slots: the published epoch at 0 */
+#define IPC_BLOCKS_MAX 64
+#define IPC_THREADS 512
+
+struct comm_ipc {
+    int n, me;
+    size_t slot_bytes;
+    char *mine;                      /* this rank's buffer (IPC_HEAD + 2 slots) */
+    char *peer[COMM_IPC_MAX_RANKS];  /* every rank's buffer as mapped here (mine at me) */
+    char **d_peer;                   /* the same, in device memory */
+    unsigned long long *epoch;       /* device: the last epoch this rank finished */
+    unsigned int *arrive;            /* device: blocks of the current kernel done copying */
+    volatile unsigned int *h_flag;   /* pinned, mapped: raised by a kernel whose wait ran out of time */
+    unsigned int *d_flag;            /* the same, as the device sees it */
+    int blocks;
+    double timeout_s;
+};
+
+__device__ __forceinline__ unsigned long long ld_acquire_sys(const unsigned long long *p)
+{
+    unsigned long long v;
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release_sys(unsigned long long *p, unsigned long long v)
+{
+    asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long now_ns()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* Thread 0 of the block waits until every rank's published epoch is >= e (false on timeout,
+ * after raising the flag the host reads). */
+__device__ bool wait_epochs(char *const *peer, int n, unsigned long long e, unsigned long long limit_ns,
+                            unsigned int *flag)
+{
+    __shared__ int ok;
+    if (threadIdx.x == 0) {
+        ok = 1;
+        const unsigned long long t0 = now_ns();
+        for (int r = 0; r < n && ok; r++)
+            while (ld_acquire_sys((const unsigned long long *)peer[r]) < e) {
+                if (now_ns() - t0 > limit_ns) {
+                    *(volatile unsigned int *)flag = 1;
+                    __threadfence_system();
+                    ok = 0;
+                    break;
+                }
+                __nanosleep(100);
+            }
+    }
+    __syncthreads();
+    return ok != 0;
+}
+
+template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_f(float v) { return __float2half(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(IPC_THREADS)
+    ipc_allreduce_kernel(char *const *peer, int n, int me, T *buf, size_t count, size_t slot_bytes,
+                         unsigned long long *epoch, unsigned int *arrive, unsigned long long limit_ns, unsigned int *flag)
+{
+    const unsigned long long e = *(volatile unsigned long long *)epoch + 1;
+    char *mine = peer[me];
+    /* my slot for e was last read at e - 2: every peer past e - 1 has finished that */
+    if (!wait_epochs(peer, n, e - 1, limit_ns, flag))
+        return;
+    const size_t slot = IPC_HEAD + (size_t)(e & 1) * slot_bytes;
+    T *out = (T *)(mine + slot);
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride)
+        out[i] = buf[i];
+    /* the last block to finish copying publishes e */
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(arrive, 1u) == gridDim.x - 1) {
+        *arrive = 0;
+        st_release_sys((unsigned long long *)mine, e);
+    }
+    if (!wait_epochs(peer, n, e, limit_ns, flag))
+        return;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
+        float s = 0.0f;
+        for (int r = 0; r < n; r++)
+            s += to_f(((const T *)(peer[r] + slot))[i]);
+        buf[i] = from_f<T>(s);
+    }
+}
+
+/* After every block of the reduction: the epoch it used is done. */
+__global__ void ipc_epoch_kernel(unsigned long long *epoch)
+{
+    *epoch += 1;
+}
+
+/* Why this rank cannot take the IPC path, into err (the caller says it or falls back). */
+static int ipc_not_taken(const comm *c, base_err *err, const char *what, cudaError_t e)
+{
+    base_errf(err, "rank %d: CUDA IPC %s failed: %s", c->topo.rank, what, cudaGetErrorString(e));
+    return 1;
+}
+
+static void ipc_free(comm_ipc *p)
+{
+    for (int r = 0; r < p->n; r++)
+        if (r != p->me && p->peer[r])
+            cudaIpcCloseMemHandle(p->peer[r]);
+    cudaFree(p->d_peer);
+    cudaFree(p->mine);
+    cudaFree(p->epoch);
+    if (p->h_flag)
+        cudaFreeHost((void *)p->h_flag);
+    free(p);
+}
+
+extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double timeout_s, base_err *err)
+{
+    comm_group *g = &c->tp;
+    if (g->size == 1)
+        return 1;
+    if (g->size > COMM_IPC_MAX_RANKS) {
+        base_errf(err, "rank %d: CUDA IPC takes at most %d tensor-parallel ranks, not %d", c->topo.rank,
+                  COMM_IPC_MAX_RANKS, g->size);
+        return 1;
+    }
+    /* every rank of the group on this host */
+    MPI_Comm local;
+    int rc = MPI_Comm_split_type(g->mc, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+    if (rc != MPI_SUCCESS)
+        return comm_fail_mpi(c, err, "MPI_Comm_split_type", rc);
+    int local_size = 0;
+    MPI_Comm_size(local, &local_size);
+    MPI_Comm_free(&local);
+    int all_local = local_size == g->size, every = 0;
+    rc = MPI_Allreduce(&all_local, &every, 1, MPI_INT, MPI_LAND, g->mc);
+    if (rc != MPI_SUCCESS)
+        return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
+    if (!every) {
+        base_errf(err, "rank %d: the tensor-parallel group spans hosts", c->topo.rank);
+        return 1;
+    }
+    comm_ipc *p = (comm_ipc *)calloc(1, sizeof *p);
+    if (!p)
+        return base_errf(err, "rank %d: out of memory", c->topo.rank);
+    p->n = g->size, p->me = g->rank, p->slot_bytes = (max_bytes + 255) / 256 * 256;
+    p->timeout_s = timeout_s > 0 ? timeout_s : 120;
+    const char *step = "cudaMalloc";
+    cudaError_t e = cudaMalloc((void **)&p->mine, IPC_HEAD + 2 * p->slot_bytes);
+    if (e == cudaSuccess)
+        e = cudaMemset(p->mine, 0, IPC_HEAD);
+    if (e == cudaSuccess)
+        e = cudaMalloc((void **)&p->epoch, sizeof *p->epoch + sizeof *p->arrive);
+    if (e == cudaSuccess)
+        e = cudaMemset(p->epoch, 0, sizeof *p->epoch + sizeof *p->arrive);
+    if (e == cudaSuccess && (step = "cudaHostAlloc", e = cudaHostAlloc((void **)&p->h_flag, sizeof *p->h_flag,
+                                                                      cudaHostAllocMapped)) == cudaSuccess) {
+        *p->h_flag = 0;
+        e = cudaHostGetDevicePointer((void **)&p->d_flag, (void *)p->h_flag, 0);
+    }
+    cudaIpcMemHandle_t h, hs[COMM_IPC_MAX_RANKS];
+    if (e == cudaSuccess && (step = "cudaIpcGetMemHandle", e = cudaIpcGetMemHandle(&h, p->mine)) == cudaSuccess)
+        e = cudaDeviceSynchronize();
+    int ok = e == cudaSuccess, all_ok = 0;
+    rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, g->mc);
+    if (rc != MPI_SUCCESS || !all_ok) {
+        ipc_free(p);
+        if (rc != MPI_SUCCESS)
+            return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
+        if (ok)
+            base_errf(err, "rank %d: a peer could not set up CUDA IPC", c->topo.rank);
+        return ok ? 1 : ipc_not_taken(c, err, step, e);
+    }
+    p->arrive = (unsigned int *)(p->epoch + 1);
+    rc = MPI_Allgather(&h, (int)sizeof h, MPI_BYTE, hs, (int)sizeof h, MPI_BYTE, g->mc);
+    if (rc != MPI_SUCCESS) {
+        ipc_free(p);
+        return comm_fail_mpi(c, err, "MPI_Allgather of the IPC handles", rc);
+    }
+    step = "cudaIpcOpenMemHandle";
+    for (int r = 0; r < p->n && e == cudaSuccess; r++)
+        if (r == p->me)
+            p->peer[r] = p->mine;
+        else
+            e = cudaIpcOpenMemHandle((void **)&p->peer[r], hs[r], cudaIpcMemLazyEnablePeerAccess);
+    if (e == cudaSuccess && (step = "cudaMalloc", e = cudaMalloc((void **)&p->d_peer, sizeof p->peer)) == cudaSuccess)
+        e = cudaMemcpy(p->d_peer, p->peer, sizeof p->peer, cudaMemcpyHostToDevice);
+    ok = e == cudaSuccess;
+    rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, g->mc);
+    if (rc != MPI_SUCCESS || !all_ok) {
+        /* no peer maps this rank's buffer once every rank has closed its mappings */
+        ipc_free(p);
+        if (rc != MPI_SUCCESS)
+            return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
+        if (ok)
+            base_errf(err, "rank %d: a peer could not map the CUDA IPC buffers", c->topo.rank);
+        return ok ? 1 : ipc_not_taken(c, err, step, e);
+    }
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+    p->blocks = sms < IPC_BLOCKS_MAX ? (sms > 0 ? sms : 1) : IPC_BLOCKS_MAX;
+    c->ipc = p;
+    c->stream = stream;
+    c->timeout_s = p->timeout_s;
+    c->last_op = "operation";
+    return 0;
+}
+
+extern "C" void comm_ipc_destroy(comm *c)
+{
+    if (c->ipc)
+        ipc_free(c->ipc);
+    c->ipc = NULL;
+}
+
+extern "C" int comm_has_ipc(const comm *c, size_t bytes)
+{
+    return c->ipc && bytes <= c->ipc->slot_bytes;
+}
+
+extern "C" int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err)
+{
+    comm *c = g->owner;
+    comm_ipc *p = c->ipc;
+    cudaStream_t s = (cudaStream_t)c->stream;
+    const unsigned long long limit = (unsigned long long)(p->timeout_s * 1e9);
+    *g->bytes += count * comm_dtype_size(t);
+    c->counters.calls++;
+    switch (t) {
+    case COMM_BF16:
+        ipc_allreduce_kernel<__nv_bfloat16><<<p->blocks, IPC_THREADS, 0, s>>>(
+            p->d_peer, p->n, p->me, (__nv_bfloat16 *)buf, count, p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        break;
+    case COMM_F16:
+        ipc_allreduce_kernel<__half><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (__half *)buf, count,
+                                                                       p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        break;
+    case COMM_F32:
+        ipc_allreduce_kernel<float><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (float *)buf, count,
+                                                                      p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        break;
+    default:
+        return base_errf(err, "rank %d: CUDA IPC all-reduce of a type it does not sum", c->topo.rank);
+    }
+    ipc_epoch_kernel<<<1, 1, 0, s>>>(p->epoch);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        return base_errf(err, "rank %d: CUDA IPC all-reduce launch failed: %s", c->topo.rank, cudaGetErrorString(e));
+    c->last_op = "CUDA IPC all-reduce";
+    return 0;
+}
+
+/* Whether a reduction's wait ran out of time (a kernel raised the flag; read without a CUDA call,
+ * which could wait behind the stuck kernel): for comm_dev_wait. */
+extern "C" int comm_ipc_timed_out(comm *c)
+{
+    return c->ipc && *c->ipc->h_flag != 0;
+}
+
+extern "C" int comm_ipc_finish(comm *c)
+{
+    if (!c->ipc)
+        return 0;
+    cudaStreamSynchronize((cudaStream_t)c->stream); /* each wait in the kernels ends by itself */
+    return comm_ipc_timed_out(c);
+}
