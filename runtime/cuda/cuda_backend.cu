@@ -173,7 +173,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring: each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, qmma, fuse;
+    bool gemv, pdl, fp8_gemm, qmma, qmma_fp8, fuse;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -182,6 +182,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_switch("DINFER_CUDA_QMMA",
                    "0 (quantized products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma, err) ||
+        env_switch("DINFER_CUDA_QMMA_FP8",
+                   "0 (FP8 products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
+                   &qmma_fp8, err) ||
         env_switch("DINFER_CUDA_FUSE",
                    "0 (the norms, residual adds and SiLU-multiply as kernels of their own) or 1 (the default: in the "
                    "products of few rows)",
@@ -212,6 +215,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         cc_major = 0;
     c->pdl = pdl && cc_major >= 9;
     c->qmma = qmma && cc_major >= 8;
+    c->qmma_fp8 = qmma_fp8;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||

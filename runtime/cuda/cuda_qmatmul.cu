@@ -2,7 +2,8 @@
  * integer codes of 8 or 4 bits, a scale per row and group of columns, zero points or not).
  *
  * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4
- * codes in groups of 128 columns or more: on the tensor cores (qmma_kernel). Otherwise a warp per
+ * codes in groups of 128 columns or more, or FP8 codes at 2 rows or more: on the tensor cores
+ * (qmma_kernel). Otherwise a warp per
  * weight row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers in fp32: a
  * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
  * dot product is scaled once.
@@ -184,14 +185,15 @@ static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
     FUSED_DISPATCH(fused_bits(f), qgemv_fused, c, out, x, w, b, fused_args(f), n);
 }
 
-/* ---- the same on the tensor cores (BF16 activations, int4 codes) ----
+/* ---- the same on the tensor cores (BF16 activations, int4 or FP8 codes) ----
  *
  * The fp32 kernel above spends about five instructions on each code (unpack, convert, subtract the
  * zero, multiply-add, and the activation's conversion): at 4 bits a code that is as much time as
  * reading it. Here a warp takes 16 weight rows and feeds mma.m16n8k16 (bf16 in, fp32 out) with
  * codes turned into exact bf16 pairs by a few bit operations, up to 16 tokens as the 8-column B
  * operand (one or two products a step), so the products cost an instruction per 256 codes. (FP8
- * codes went the same way, through f16 and fp32 to bf16, and ran slower than the fp32 kernel.) A dot product
+ * codes first went the same way through conversion instructions, f16 and fp32 to bf16, and ran
+ * slower than the fp32 kernel; now by bit operations too, fp8_pair*.) A dot product
  * does not depend on the order of its terms: each lane reads 32 consecutive columns of its two rows
  * (16 bytes each) and the activations are gathered in the same order. Each 128-column
  * chunk lies in one group, so its sum is scaled once, in fp32, as the fp32 kernel does. The 8 warps
@@ -217,9 +219,27 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
     return bf16x2_bits(__hsub2(bits_bf16x2((w & 0x000F000Fu) | 0x43004300u), zoff));
 }
 
+/* Two e4m3 codes (bytes 0 and 2 of w) as an exact bf16 pair of their values times 2^-120: the sign
+ * to bit 15, exponent and mantissa under bf16's (bias 127 against e4m3's 7); a subnormal code lands
+ * on the bf16 subnormal of the same value times 2^-120. No conversion instruction. */
+__device__ __forceinline__ uint32_t fp8_pair02(uint32_t w)
+{
+    return ((w << 4) & 0x07F007F0u) | ((w << 8) & 0x80008000u);
+}
+
+/* The same for bytes 1 and 3. */
+__device__ __forceinline__ uint32_t fp8_pair13(uint32_t w)
+{
+    return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
+}
+
 /* F: FUSE_* bits, f what they need (cuda_fusion.cuh): with FUSE_SILU a block's rows r0 are gate
- * rows and r1 the up rows that go with them. */
-template <int NT, int F>
+ * rows and r1 the up rows that go with them. FP8: e4m3 codes (a chunk 64 columns, a lane's 16 of
+ * them one load): the weights enter the products as value * 2^-120 (fp8_pair*) and the activations
+ * as value * 2^100 (exact; an activation from 2^28 on would overflow bf16), so a chunk's sums sit
+ * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
+ * Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
+template <int NT, int F, bool FP8>
 __global__ void __launch_bounds__(QMMA_WARPS * 32)
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
@@ -233,10 +253,12 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
         r0 = blockIdx.x * 8 + g, r1 = r0 + N / 2;
         ok0 = ok1 = r0 < N / 2;
     }
-    /* a lane's 32 columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
-    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * (K / 2)) + c;
-    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * (K / 2)) + c;
-    const int chunks = K / 128;
+    /* a lane's 32 (FP8: 16) columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
+    constexpr int CH = FP8 ? 64 : 128;
+    const int64_t row_bytes = FP8 ? K : K / 2;
+    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
+    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
+    const int chunks = K / CH;
     /* a chunk's codes with its two rows' scales and zero points, loaded together: loaded where they
      * are used, the scales of each chunk (a new group every 128 columns) were a memory round trip
      * of their own after the codes' */
@@ -251,7 +273,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     chunk_in b[QMMA_AHEAD];
     const auto fetch = [&](int ch, chunk_in &d) {
         const bool in0 = ch < chunks && ok0, in1 = ch < chunks && ok1;
-        const int gi = n_groups == 1 ? 0 : ch * 128 / group;
+        const int gi = n_groups == 1 ? 0 : ch * CH / group;
         d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
         d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
         d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
@@ -277,13 +299,38 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
             const chunk_in in = b[a];
             fetch(ch + QMMA_AHEAD * QMMA_WARPS, b[a]);
             const uint4 w0 = in.w0, w1 = in.w1;
-            const int col = ch * 128 + c * 32;
-            const float s0 = in.s0, s1 = in.s1, z0f = 128.0f + (float)in.z0, z1f = 128.0f + (float)in.z1;
-            const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
+            const int col = ch * CH + c * (CH / 4);
             float d[NT][4];
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
+            if constexpr (FP8) {
+                /* word q: columns col + 4q .. + 3 (byte j the column j): pairs (0, 2) and (1, 3), one
+                 * product, the activations gathered alike */
+                const __nv_bfloat162 up = __floats2bfloat162_rn(0x1p100f, 0x1p100f);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const uint32_t u0 = (&w0.x)[q], u1 = (&w1.x)[q];
+                    const uint32_t wa[4] = {fp8_pair02(u0), fp8_pair02(u1), fp8_pair13(u0), fp8_pair13(u1)};
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const int tok = t * 8 + g;
+                        const uint2 xv = tok < n ? __ldg(reinterpret_cast<const uint2 *>(x + (int64_t)tok * K + col + 4 * q))
+                                                 : make_uint2(0, 0);
+                        mma16816<__nv_bfloat16>(d[t], wa, bf16x2_bits(__hmul2(bits_bf16x2(__byte_perm(xv.x, xv.y, 0x5410)), up)),
+                                                bf16x2_bits(__hmul2(bits_bf16x2(__byte_perm(xv.x, xv.y, 0x7632)), up)));
+                    }
+                }
+                const float s0 = in.s0 * 0x1p20f, s1 = in.s1 * 0x1p20f;
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    acc[t][0] += s0 * d[t][0], acc[t][1] += s0 * d[t][1];
+                    acc[t][2] += s1 * d[t][2], acc[t][3] += s1 * d[t][3];
+                }
+                continue;
+            }
+            const float s0 = in.s0, s1 = in.s1, z0f = 128.0f + (float)in.z0, z1f = 128.0f + (float)in.z1;
+            const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
             /* word q: columns col + 8q .. + 7 (nibble j the column j); two steps: pairs (0, 4) and
              * (1, 5), then (2, 6) and (3, 7), the activations gathered alike */
 #pragma unroll
@@ -366,14 +413,19 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     }
 }
 
-/* Whether the tensor-core kernel takes this product: BF16, int4, whole 128-column chunks in one
- * group each, up to 16 rows. */
+/* Whether the tensor-core kernel takes this product: BF16, int4 codes in whole 128-column chunks
+ * of one group each, up to 16 rows; or FP8 codes in 64-column ones, 2 to 16 rows. One FP8 row stays
+ * on the fp32 kernel (its four loads a lane in flight: the 8B decode at batch 1 ran 306.0 tok/s
+ * there against 263.9 here); at 8 rows this kernel took the 8B shape's products in 42.7 us (gate
+ * and up) and 30.7 us (down) where the fp32 kernel took 152.3 and 149.6 us (H200; 2 to 7 rows not
+ * measured). */
 static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const rt_tensor_quant *q = &w->q;
-    return c->gemv && c->qmma && c->dt == RT_BF16 && n <= QGEMV_MAX_ROWS &&
-           q->kind == RT_QK_INT && q->bits == 4 && w->cols % 128 == 0 && (q->n_groups == 1 || q->group % 128 == 0) &&
-           (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    const bool int4 = q->kind == RT_QK_INT && q->bits == 4, fp8 = q->kind == RT_QK_FP8 && c->qmma_fp8 && n >= 2;
+    const int64_t ch = fp8 ? 64 : 128;
+    return c->gemv && c->qmma && c->dt == RT_BF16 && n <= QGEMV_MAX_ROWS && (int4 || fp8) && w->cols % ch == 0 &&
+           (q->n_groups == 1 || q->group % ch == 0) && (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
 }
 
 template <int F>
@@ -383,14 +435,19 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const rt_tensor_quant *q = &w->q;
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned blocks = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
-#define QMMA_LAUNCH(NT)                                                                                            \
-    cuda_launch(c, qmma_kernel<NT, F>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,    \
-                (int)q->group, (int)q->n_groups)
-    if (n <= 8)
-        QMMA_LAUNCH(1);
+#define QMMA_LAUNCH(NT, FP8)                                                                                       \
+    cuda_launch(c, qmma_kernel<NT, F, FP8>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,                      \
+                (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                      \
+                (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
+    const bool fp8 = q->kind == RT_QK_FP8;
+    if (n <= 8 && fp8)
+        QMMA_LAUNCH(1, true);
+    else if (fp8)
+        QMMA_LAUNCH(2, true);
+    else if (n <= 8)
+        QMMA_LAUNCH(1, false);
     else
-        QMMA_LAUNCH(2);
+        QMMA_LAUNCH(2, false);
 #undef QMMA_LAUNCH
 }
 

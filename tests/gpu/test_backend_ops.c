@@ -486,8 +486,8 @@ static const op_case cases[] = {
     {"matmul", {64, 1024, 512, 1, 0, 1}, run_qmatmul}, {"matmul", {300, 256, 64, 0, 0, 1}, run_qmatmul},
     {"matmul", {17, 512, 100, 0, 0}, run_qmatmul},  {"matmul", {40, 4096, 96, 1, 3}, run_qmatmul},
     {"matmul", {33, 384, 64, 0, 1}, run_qmatmul},   {"matmul", {20, 1024, 70, 0, 4}, run_qmatmul},
-    /* the tensor-core kernel's edges (BF16, int4 or FP8 in 128-column groups): rows not a multiple of
-     * 16, 9 to 16 tokens (two products a step) */
+    /* the tensor-core kernel's edges (BF16, int4 in 128-column groups, FP8 from 2 tokens): rows not a
+     * multiple of 16, 9 to 16 tokens (two products a step) */
     {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
     {"matmul", {16, 1024, 17, 0, 1}, run_qmatmul},
     /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
@@ -495,7 +495,8 @@ static const op_case cases[] = {
     {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
     {"matmul_fused", {5, 14336, 24, 2, 0}, run_matmul_fused}, {"matmul_fused", {2, 200, 10, 5, 0}, run_matmul_fused},
     {"matmul_fused", {4, 512, 33, 1, 0}, run_matmul_fused},   {"matmul_fused", {1, 8, 3, 2, 1}, run_matmul_fused},
-    /* quantized: FP8 and int8 (the fp32 kernel), int4 g128 (the tensor cores at BF16), int4 g32 */
+    /* quantized: FP8 (one token: the fp32 kernel; more: the tensor cores at BF16), int8 (the fp32
+     * kernel), int4 g128 (the tensor cores at BF16), int4 g32 */
     {"matmul_fused", {1, 4096, 64, 1, 1, 1}, run_matmul_fused}, {"matmul_fused", {3, 1024, 40, 2, 0, 3}, run_matmul_fused},
     {"matmul_fused", {8, 4096, 70, 5, 0, 1}, run_matmul_fused}, {"matmul_fused", {1, 4096, 48, 1, 1, 4}, run_matmul_fused},
     {"matmul_fused", {5, 1024, 36, 2, 1, 4}, run_matmul_fused}, {"matmul_fused", {16, 4096, 70, 5, 0, 4}, run_matmul_fused},
