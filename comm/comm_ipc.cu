@@ -228,8 +228,9 @@ extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double t
             base_errf(err, "rank %d: a peer could not map the CUDA IPC buffers", c->topo.rank);
         return ok ? 1 : ipc_not_taken(c, err, step, e);
     }
-    int sms = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+    int sms = 0, dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        sms = 1;
     p->blocks = sms < IPC_BLOCKS_MAX ? (sms > 0 ? sms : 1) : IPC_BLOCKS_MAX;
     c->ipc = p;
     c->stream = stream;
