@@ -146,6 +146,25 @@ static void ipc_free(comm_ipc *p)
     free(p);
 }
 
+/* Whether every rank of the tp group got through a set-up stage (e: this rank's result of its
+ * CUDA call step): 0 when all did; else p freed and 1 with the reason in err (this rank's error,
+ * or that a peer could not do peer_failed), or -1 when MPI failed. */
+static int ipc_agree(comm *c, comm_ipc *p, cudaError_t e, const char *step, const char *peer_failed, base_err *err)
+{
+    int any = 0;
+    if (comm_any(&c->tp, e != cudaSuccess, &any, err) != 0) {
+        ipc_free(p);
+        return -1;
+    }
+    if (!any)
+        return 0;
+    ipc_free(p);
+    if (e != cudaSuccess)
+        return ipc_not_taken(c, err, step, e);
+    base_errf(err, "rank %d: a peer could not %s", c->topo.rank, peer_failed);
+    return 1;
+}
+
 extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double timeout_s, base_err *err)
 {
     comm_group *g = &c->tp;
@@ -164,11 +183,10 @@ extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double t
     int local_size = 0;
     MPI_Comm_size(local, &local_size);
     MPI_Comm_free(&local);
-    int all_local = local_size == g->size, every = 0;
-    rc = MPI_Allreduce(&all_local, &every, 1, MPI_INT, MPI_LAND, g->mc);
-    if (rc != MPI_SUCCESS)
-        return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
-    if (!every) {
+    int elsewhere = 0;
+    if (comm_any(g, local_size != g->size, &elsewhere, err) != 0)
+        return -1;
+    if (elsewhere) {
         base_errf(err, "rank %d: the tensor-parallel group spans hosts", c->topo.rank);
         return 1;
     }
@@ -193,16 +211,8 @@ extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double t
     cudaIpcMemHandle_t h, hs[COMM_IPC_MAX_RANKS];
     if (e == cudaSuccess && (step = "cudaIpcGetMemHandle", e = cudaIpcGetMemHandle(&h, p->mine)) == cudaSuccess)
         e = cudaDeviceSynchronize();
-    int ok = e == cudaSuccess, all_ok = 0;
-    rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, g->mc);
-    if (rc != MPI_SUCCESS || !all_ok) {
-        ipc_free(p);
-        if (rc != MPI_SUCCESS)
-            return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
-        if (ok)
-            base_errf(err, "rank %d: a peer could not set up CUDA IPC", c->topo.rank);
-        return ok ? 1 : ipc_not_taken(c, err, step, e);
-    }
+    if ((rc = ipc_agree(c, p, e, step, "set up CUDA IPC", err)) != 0)
+        return rc;
     p->arrive = (unsigned int *)(p->epoch + 1);
     rc = MPI_Allgather(&h, (int)sizeof h, MPI_BYTE, hs, (int)sizeof h, MPI_BYTE, g->mc);
     if (rc != MPI_SUCCESS) {
@@ -217,17 +227,9 @@ extern "C" int comm_ipc_enable(comm *c, void *stream, size_t max_bytes, double t
             e = cudaIpcOpenMemHandle((void **)&p->peer[r], hs[r], cudaIpcMemLazyEnablePeerAccess);
     if (e == cudaSuccess && (step = "cudaMalloc", e = cudaMalloc((void **)&p->d_peer, sizeof p->peer)) == cudaSuccess)
         e = cudaMemcpy(p->d_peer, p->peer, sizeof p->peer, cudaMemcpyHostToDevice);
-    ok = e == cudaSuccess;
-    rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, g->mc);
-    if (rc != MPI_SUCCESS || !all_ok) {
-        /* no peer maps this rank's buffer once every rank has closed its mappings */
-        ipc_free(p);
-        if (rc != MPI_SUCCESS)
-            return comm_fail_mpi(c, err, "MPI_Allreduce", rc);
-        if (ok)
-            base_errf(err, "rank %d: a peer could not map the CUDA IPC buffers", c->topo.rank);
-        return ok ? 1 : ipc_not_taken(c, err, step, e);
-    }
+    /* on failure no peer maps this rank's buffer once every rank has closed its mappings */
+    if ((rc = ipc_agree(c, p, e, step, "map the CUDA IPC buffers", err)) != 0)
+        return rc;
     int sms = 0, dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
         sms = 1;
