@@ -26,7 +26,8 @@ extern "C" {
 /* cuBLASLt's algorithm for one shape of FP8 product (cuda_qmatmul.cu), found once */
 typedef struct cuda_fp8_algo {
     int m, n, k;
-    bool ok; /* false: cuBLASLt has none (the product takes another path) */
+    bool ok;  /* false: cuBLASLt has none (the product takes another path) */
+    bool vec; /* it applies the scales itself (outer-vector scaling, fast accumulation) */
     cublasLtMatmulAlgo_t algo;
 } cuda_fp8_algo;
 #define CUDA_FP8_ALGOS 64

@@ -529,27 +529,46 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
 
 /* ---- FP8 tensor cores (cuBLASLt) ---- */
 
-/* Row t of x (n, K) as e4m3 codes and a scale (its largest magnitude / 448): a block a row. */
+/* Row t of x (n, K) as e4m3 codes and a scale (its largest magnitude / 448): a block a row, 16
+ * bytes of x a load (K a multiple of 8); the second pass reads the row again from L1 / L2. */
 template <typename T>
 __global__ void quantize_rows_kernel(uint8_t *codes, float *scales, const T *x, int K)
 {
+    constexpr int V = 16 / sizeof(T);
     pdl_wait();
     pdl_trigger();
     __shared__ float red[32];
-    const T *xr = x + (int64_t)blockIdx.x * K;
+    const uint4 *xr = (const uint4 *)(x + (int64_t)blockIdx.x * K);
+    const int nv = K / V;
     float amax = 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x)
-        amax = fmaxf(amax, fabsf(ld(&xr[k])));
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const uint4 u = xr[i];
+        const T *e = (const T *)&u;
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            amax = fmaxf(amax, fabsf(ld(&e[j])));
+    }
     amax = block_max(amax, red);
     const float s = amax > 0.0f ? amax / 448.0f : 1.0f, inv = 1.0f / s;
     if (threadIdx.x == 0)
         scales[blockIdx.x] = s;
-    uint8_t *cr = codes + (int64_t)blockIdx.x * K;
-    for (int k = threadIdx.x; k < K; k += blockDim.x)
-        cr[k] = __nv_cvt_float_to_fp8(ld(&xr[k]) * inv, __NV_SATFINITE, __NV_E4M3);
+    __nv_fp8x2_storage_t *cr = (__nv_fp8x2_storage_t *)(codes + (int64_t)blockIdx.x * K);
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const uint4 u = xr[i];
+        const T *e = (const T *)&u;
+        __nv_fp8x2_storage_t pk[V / 2];
+#pragma unroll
+        for (int j = 0; j < V / 2; j++)
+            pk[j] = __nv_cvt_float2_to_fp8x2(make_float2(ld(&e[2 * j]) * inv, ld(&e[2 * j + 1]) * inv),
+                                             __NV_SATFINITE, __NV_E4M3);
+#pragma unroll
+        for (int j = 0; j < V / 2; j++)
+            cr[(int64_t)i * (V / 2) + j] = pk[j];
+    }
 }
 
-/* out (n, N), the product of codes, times its token's and its weight row's scales (+ bias). */
+/* out (n, N), the product of codes, times its token's and its weight row's scales (+ bias): only
+ * where cuBLASLt cannot apply the scales itself. */
 template <typename T>
 __global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const T *bias, int N, int64_t total)
 {
@@ -561,33 +580,66 @@ __global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const
     }
 }
 
-/* The algorithm cuBLASLt's heuristic picks for an (m, n, k) FP8 product, found once. */
-static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                     cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo)
+/* The product's description: the weight's codes (transposed) times the tokens' codes. vec: cuBLASLt
+ * multiplies each result by its weight row's and its token's scales (outer-vector scaling) and
+ * accumulates without periodic promotion (fast accumulation, as vLLM's FP8 kernels run); NULL when
+ * this cuBLASLt cannot describe it. */
+static cublasLtMatmulDesc_t fp8_desc(bool vec)
+{
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const int8_t fast = 1;
+    cublasLtMatmulDesc_t op = NULL;
+    bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS;
+    if (vec)
+        ok = ok &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode) ==
+                 CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode) ==
+                 CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast) ==
+                 CUBLAS_STATUS_SUCCESS;
+    if (!ok && op) {
+        cublasLtMatmulDescDestroy(op);
+        op = NULL;
+    }
+    return op;
+}
+
+/* cuBLASLt's heuristic's algorithm for an (m, n, k) FP8 product, found once: with outer-vector
+ * scaling where it has one (*vec), else plain. */
+static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                     cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo, bool *vec)
 {
     for (int i = 0; i < c->n_fp8_algos; i++) {
         cuda_fp8_algo *a = &c->fp8_algos[i];
         if (a->m == m && a->n == n && a->k == k) {
             *algo = a->algo;
+            *vec = a->vec;
             return a->ok;
         }
     }
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
+    int found = 0, took = -1;
     const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
     if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
-            CUBLAS_STATUS_SUCCESS &&
-        cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS)
-        found = 0;
+            CUBLAS_STATUS_SUCCESS)
+        for (int v = 1; v >= 0 && took < 0; v--)
+            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, 1, &res, &found) ==
+                              CUBLAS_STATUS_SUCCESS && found > 0)
+                took = v;
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
-    const bool ok = found > 0;
+    const bool ok = took >= 0;
+    *vec = took == 1;
     if (ok)
         *algo = res.algo;
     if (c->n_fp8_algos < CUDA_FP8_ALGOS)
-        c->fp8_algos[c->n_fp8_algos++] = (cuda_fp8_algo){m, n, k, ok, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+        c->fp8_algos[c->n_fp8_algos++] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? res.algo : cublasLtMatmulAlgo_t{}};
     return ok;
 }
 
@@ -609,13 +661,10 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     uint8_t *xq = (uint8_t *)c->scratch;
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
     const cudaDataType_t t = cuda_blas_type(c->dt);
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtMatmulDesc_t op = NULL;
+    const bool has_bias = bias && bias->data;
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), fp8_desc(true)};
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
-    bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
+    bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
     for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
         const int rows = n - t0 < chunk ? n - t0 : chunk;
         if (rows != laid) { /* the first pass and a shorter last one */
@@ -627,22 +676,36 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
             laid = rows;
         }
         cublasLtMatmulAlgo_t algo;
-        if (!ok || !fp8_algo(c, op, la, lb, ld, N, rows, K, &algo)) {
+        bool vec = false;
+        if (!ok || !fp8_algo(c, ops, la, lb, ld, N, rows, K, &algo, &vec)) {
+            ok = false;
+            break;
+        }
+        const void *wscale = w->q.scales;
+        if (vec &&
+            (cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale) !=
+                 CUBLAS_STATUS_SUCCESS ||
+             cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs) !=
+                 CUBLAS_STATUS_SUCCESS)) {
             ok = false;
             break;
         }
         cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
         const float one = 1.0f, zero = 0.0f;
         T *o = (T *)out + (int64_t)t0 * N;
-        const cublasStatus_t s = cublasLtMatmul(c->lt, op, &one, w->data, la, xq, lb, &zero, o, ld, o, ld, &algo,
-                                                c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES, c->stream);
+        const cublasStatus_t s = cublasLtMatmul(c->lt, ops[vec], &one, w->data, la, xq, lb, &zero, o, ld, o, ld,
+                                                &algo, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES, c->stream);
         if (s != CUBLAS_STATUS_SUCCESS) {
             cuda_fail(c, "cublasLtMatmul (FP8)", __FILE__, __LINE__, cublasGetStatusString(s));
             break;
         }
         const int64_t total = (int64_t)rows * N;
-        cuda_launch(c, scale_out_kernel<T>, (unsigned)cuda_blocks((size_t)total, 256), 256, 0, o, (const float *)xs,
-                    (const float *)w->q.scales, bias && bias->data ? (const T *)bias->data : (const T *)NULL, N, total);
+        if (!vec)
+            cuda_launch(c, scale_out_kernel<T>, (unsigned)cuda_blocks((size_t)total, 256), 256, 0, o,
+                        (const float *)xs, (const float *)w->q.scales, has_bias ? (const T *)bias->data : (const T *)NULL,
+                        N, total);
+        else if (has_bias)
+            cuda_add_bias(c, o, bias->data, N, total);
     }
     if (la)
         cublasLtMatrixLayoutDestroy(la);
@@ -650,8 +713,9 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
         cublasLtMatrixLayoutDestroy(lb);
     if (ld)
         cublasLtMatrixLayoutDestroy(ld);
-    if (op)
-        cublasLtMatmulDescDestroy(op);
+    for (int v = 0; v < 2; v++)
+        if (ops[v])
+            cublasLtMatmulDescDestroy(ops[v]);
     return ok;
 }
 

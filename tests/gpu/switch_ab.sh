@@ -3,7 +3,8 @@
 # --bench on one model under each setting in turn, the settings alternating for AB_ROUNDS rounds
 # (machines drift between calls: only figures from one sitting compare).
 #   tests/gpu/switch_ab.sh BUILD_DIR MODEL SETTING...
-#     SETTING: environment assignments for that run ("DINFER_CUDA_FUSE=0"), or "-" for none
+#     SETTING: environment assignments for that run ("DINFER_CUDA_FUSE=0"), or "-" for none;
+#              AB_BUILD=DIR among them runs DIR's dinfer-run instead (a baseline build)
 #   AB_ARGS   dinfer-run's bench flags (default: --batch 1 --prompt-len 128 --gen-len 128)
 #   AB_ROUNDS rounds (default 2)
 # Prints, a run a line: the setting, prefill tok/s, decode tok/s, and the bandwidth line.
@@ -15,10 +16,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for round in $(seq "${AB_ROUNDS:-2}"); do
   for setting in "$@"; do
-    envs=()
+    envs=() run=$b
     [ "$setting" = - ] || read -r -a envs <<<"$setting"
+    for e in "${envs[@]}"; do
+      case $e in AB_BUILD=*) run=${e#AB_BUILD=} ;; esac
+    done
     # shellcheck disable=SC2086
-    env "${envs[@]}" "$b/launch/dinfer-run" --model "$m" --bench --device cuda --dtype bf16 \
+    env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --bench --device cuda --dtype bf16 \
       --max-batch-tokens 8192 $args >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
     pre=$(sed -n 's/^prefill:.*(\([0-9.]*\) tokens\/s).*/\1/p' "$tmp/out")
     dec=$(sed -n 's/^decode: .*(\([0-9.]*\) tokens\/s).*/\1/p' "$tmp/out")
