@@ -2,21 +2,23 @@
  * integer codes of 8 or 4 bits, a scale per row and group of columns, zero points or not).
  *
  * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4
- * codes in groups of 128 columns or more, or FP8 codes at 2 rows or more: on the tensor cores
- * (qmma_kernel). Otherwise a warp per
+ * codes in groups of 128 columns or more (up to QMMA_MAX_ROWS rows), or FP8 codes at 2 rows or
+ * more: on the tensor cores (qmma_kernel). Otherwise a warp per
  * weight row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers in fp32: a
  * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
  * dot product is scaled once.
  *
  * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8 tensor
  * cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
- * magnitude / 448), the product of codes is taken in fp32 and written in BF16 (F16's range is too
- * short for a product of codes, up to 448^2 K), then each element is scaled by its token's and its
- * weight row's scales (W8A8, as vLLM runs an FP8 checkpoint). DINFER_CUDA_FP8_GEMM=0 turns it off.
+ * magnitude / 448), the product of codes is taken in fp32, multiplied by its token's and its weight
+ * row's scales by cuBLASLt itself (outer-vector scaling, with fast accumulation; where a cuBLASLt has
+ * no algorithm for that, a pass over the output does it) and written in BF16 (F16's range is too
+ * short for an unscaled product of codes, up to 448^2 K): W8A8, as vLLM runs an FP8 checkpoint.
+ * DINFER_CUDA_FP8_GEMM=0 turns it off.
  *
- * Every other product (int8, int4, FP8 of group or block scales, F32, F16): the weights dequantized
- * into the backend's scratch a slab of rows at a time, each slab a cuBLAS product into its columns
- * of out. */
+ * Every other product (int8, int4 above QMMA_MAX_ROWS or in smaller groups, FP8 of block scales,
+ * F32, F16): the weights dequantized into the backend's scratch a slab of rows at a time, each slab
+ * a cuBLAS product into its columns of out. */
 #include <cublasLt.h>
 #include <cuda_fp8.h>
 #include <type_traits>
@@ -247,10 +249,11 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
 {
     __shared__ float red[QMMA_WARPS][NT * 4][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int r0 = blockIdx.x * 16 + g, r1 = r0 + 8;
+    const int tb = blockIdx.x * NT * 8; /* the block's first token (blocks of one weight tile run together) */
+    int r0 = blockIdx.y * 16 + g, r1 = r0 + 8;
     bool ok0 = r0 < N, ok1 = r1 < N;
     if constexpr ((F & FUSE_SILU) != 0) {
-        r0 = blockIdx.x * 8 + g, r1 = r0 + N / 2;
+        r0 = blockIdx.y * 8 + g, r1 = r0 + N / 2;
         ok0 = ok1 = r0 < N / 2;
     }
     /* a lane's 32 (FP8: 16) columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
@@ -314,7 +317,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
                     const uint32_t wa[4] = {fp8_pair02(u0), fp8_pair02(u1), fp8_pair13(u0), fp8_pair13(u1)};
 #pragma unroll
                     for (int t = 0; t < NT; t++) {
-                        const int tok = t * 8 + g;
+                        const int tok = tb + t * 8 + g;
                         const uint2 xv = tok < n ? __ldg(reinterpret_cast<const uint2 *>(x + (int64_t)tok * K + col + 4 * q))
                                                  : make_uint2(0, 0);
                         mma16816<__nv_bfloat16>(d[t], wa, bf16x2_bits(__hmul2(bits_bf16x2(__byte_perm(xv.x, xv.y, 0x5410)), up)),
@@ -342,7 +345,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
                                         int4_pair(u1 >> 12, z1)};
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
-                    const int tok = t * 8 + g;
+                    const int tok = tb + t * 8 + g;
                     const uint4 xv = tok < n ? __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)tok * K + col + 8 * q))
                                              : make_uint4(0, 0, 0, 0);
                     mma16816<__nv_bfloat16>(d[t], a0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
@@ -375,7 +378,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
                 v[i] += red[w][t * 4 + i][lane];
         }
         /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1 */
-        const int t0 = t * 8 + 2 * c;
+        const int t0 = tb + t * 8 + 2 * c;
         if constexpr ((F & FUSE_NORM) != 0)
 #pragma unroll
             for (int i = 0; i < 2; i++)
@@ -414,17 +417,20 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
 }
 
 /* Whether the tensor-core kernel takes this product: BF16, int4 codes in whole 128-column chunks
- * of one group each, up to 16 rows; or FP8 codes in 64-column ones, 2 to 16 rows. One FP8 row stays
- * on the fp32 kernel (its four loads a lane in flight: the 8B decode at batch 1 ran 306.0 tok/s
- * there against 263.9 here); at 8 rows this kernel took the 8B shape's products in 42.7 us (gate
- * and up) and 30.7 us (down) where the fp32 kernel took 152.3 and 149.6 us (H200; 2 to 7 rows not
- * measured). */
+ * of one group each, up to QMMA_MAX_ROWS rows (above 16, a block a weight tile and 16 tokens, the
+ * blocks of one tile side by side so that its codes come from HBM once); or FP8 codes in 64-column
+ * ones, 2 to 16 rows. One FP8 row stays on the fp32 kernel (its four loads a lane in flight: the 8B
+ * decode at batch 1 ran 306.0 tok/s there against 263.9 here); at 8 rows this kernel took the 8B
+ * shape's products in 42.7 us (gate and up) and 30.7 us (down) where the fp32 kernel took 152.3 and
+ * 149.6 us (H200; 2 to 7 rows not measured). More FP8 rows go to cuBLASLt. */
+#define QMMA_MAX_ROWS 64
 static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const rt_tensor_quant *q = &w->q;
-    const bool int4 = q->kind == RT_QK_INT && q->bits == 4, fp8 = q->kind == RT_QK_FP8 && c->qmma_fp8 && n >= 2;
+    const bool int4 = q->kind == RT_QK_INT && q->bits == 4 && n <= QMMA_MAX_ROWS,
+               fp8 = q->kind == RT_QK_FP8 && c->qmma_fp8 && n >= 2 && n <= QGEMV_MAX_ROWS;
     const int64_t ch = fp8 ? 64 : 128;
-    return c->gemv && c->qmma && c->dt == RT_BF16 && n <= QGEMV_MAX_ROWS && (int4 || fp8) && w->cols % ch == 0 &&
+    return c->gemv && c->qmma && c->dt == RT_BF16 && (int4 || fp8) && w->cols % ch == 0 && w->rows / 16 < 65535 &&
            (q->n_groups == 1 || q->group % ch == 0) && (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
 }
 
@@ -434,9 +440,10 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
 {
     const rt_tensor_quant *q = &w->q;
     const int N = (int)w->rows, K = (int)w->cols;
-    const unsigned blocks = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
+    const unsigned tiles = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
+    const dim3 grid1(1, tiles), grid2((unsigned)(n + 15) / 16, tiles);
 #define QMMA_LAUNCH(NT, FP8)                                                                                       \
-    cuda_launch(c, qmma_kernel<NT, F, FP8>, blocks, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,                      \
+    cuda_launch(c, qmma_kernel<NT, F, FP8>, NT == 1 ? grid1 : grid2, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,     \
                 (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                      \
                 (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
     const bool fp8 = q->kind == RT_QK_FP8;
