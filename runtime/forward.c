@@ -149,7 +149,9 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     }
     if (be->ops->matmul_fused && tp == 1)
         fw->ss = alloc_or_fail(be, z.ss, &failed);
-    fw->graphs = be->ops->graph_begin && tp == 1 && pp == 1 && fw->device_sampling &&
+    /* under tensor parallelism the host samples (by parts), after the graph: graph_shape takes a
+     * step only when its all-reduces are kernels (CUDA IPC) */
+    fw->graphs = be->ops->graph_begin && pp == 1 && (tp > 1 || fw->device_sampling) &&
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {
         fw->d_out = alloc_or_fail(be, z.samples, &failed);
@@ -537,8 +539,10 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
     return 0;
 }
 
-/* Decode steps on a single rank with the device sampler run as CUDA graphs: one per (rows bucket,
- * block-table width), captured the first time it is needed. 0 when this step is not one. */
+/* Decode steps run as CUDA graphs: one per (rows bucket, block-table width), captured the first
+ * time it is needed; on a single rank with the device sampler, or under tensor parallelism when
+ * the step's all-reduces go over CUDA IPC (one kernel each; through host memory they wait, and
+ * NCCL's capture has not been tried). 0 when this step is not one. */
 static const int row_buckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024};
 
 static int graph_shape(const rt_forward *fw, const rt_batch *b, int *width)
@@ -553,6 +557,9 @@ static int graph_shape(const rt_forward *fw, const rt_batch *b, int *width)
         if (row_buckets[i] >= T)
             rows = row_buckets[i] < cap ? row_buckets[i] : cap;
     if (rows < T)
+        return 0;
+    if (fw->comm && comm_topo(fw->comm)->tp > 1 &&
+        !comm_has_ipc(fw->comm, (size_t)rows * (size_t)fw->m->cfg.dim * rt_dtype_size(fw->m->be->ops->act_dtype)))
         return 0;
     int w = 8;
     while (w < b->max_blocks)
@@ -586,10 +593,13 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
             g = &fw->graph[fw->n_graphs++];
             *g = (step_graph){.rows = pad, .width = width, .exec = exec};
         }
-        if (g)
+        if (g) {
             op->graph_launch(be, g->exec);
-        else if (run_ops(fw, &st, &logits32, err)) /* more shapes than graphs: run it as it comes */
+            /* the logits the host samples under tensor parallelism (the graph's fp32 copy) */
+            logits32 = op->act_dtype != RT_F32 ? fw->logits32 : fw->logits;
+        } else if (run_ops(fw, &st, &logits32, err)) { /* more shapes than graphs: run it as it comes */
             return -1;
+        }
     } else if (run_ops(fw, &st, &logits32, err)) {
         return -1;
     }
