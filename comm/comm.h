@@ -115,6 +115,11 @@ int comm_ipc_enable(comm *c, void *cuda_stream, size_t max_bytes, double timeout
 /* Whether the IPC path takes a message of bytes. */
 int comm_has_ipc(const comm *c, size_t bytes);
 int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err);
+/* The all-reduce of delta (rows x dim) with the residual add and RMSNorm after it in the same
+ * kernel: x += the sum, out = rmsnorm(x) * w (eps), rounded as the two ops would (out may be delta;
+ * rows * dim * the type's size at most comm_has_ipc's bytes). */
+int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, void *x, void *out, const void *w, int rows,
+                                   int dim, float eps, comm_dtype t, base_err *err);
 int comm_ipc_timed_out(comm *c);
 
 /* Waits until every operation enqueued on the stream so far has finished (0 at once without a

@@ -88,16 +88,19 @@ template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v
 template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half from_f(float v) { return __float2half(v); }
 
+/* The exchange of a reduction: this rank's message (count elements of buf) into its slot for the
+ * epoch, published, and every peer's published. The slot's offset in every rank's buffer, or 0
+ * when a wait ran out of time (the flag is raised). */
 template <typename T>
-__global__ void __launch_bounds__(IPC_THREADS)
-    ipc_allreduce_kernel(char *const *peer, int n, int me, T *buf, size_t count, size_t slot_bytes,
-                         unsigned long long *epoch, unsigned int *arrive, unsigned long long limit_ns, unsigned int *flag)
+__device__ size_t ipc_exchange(char *const *peer, int n, int me, const T *buf, size_t count, size_t slot_bytes,
+                               const unsigned long long *epoch, unsigned int *arrive, unsigned long long limit_ns,
+                               unsigned int *flag)
 {
-    const unsigned long long e = *(volatile unsigned long long *)epoch + 1;
+    const unsigned long long e = *(const volatile unsigned long long *)epoch + 1;
     char *mine = peer[me];
     /* my slot for e was last read at e - 2: every peer past e - 1 has finished that */
     if (!wait_epochs(peer, n, e - 1, limit_ns, flag))
-        return;
+        return 0;
     const size_t slot = IPC_HEAD + (size_t)(e & 1) * slot_bytes;
     T *out = (T *)(mine + slot);
     const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -111,12 +114,72 @@ __global__ void __launch_bounds__(IPC_THREADS)
         st_release_sys((unsigned long long *)mine, e);
     }
     if (!wait_epochs(peer, n, e, limit_ns, flag))
+        return 0;
+    return slot;
+}
+
+/* Element i of the sum, in rank order in fp32, rounded to T (every rank the same bits). */
+template <typename T> __device__ __forceinline__ float ipc_sum(char *const *peer, int n, size_t slot, size_t i)
+{
+    float s = 0.0f;
+    for (int r = 0; r < n; r++)
+        s += to_f(((const T *)(peer[r] + slot))[i]);
+    return to_f(from_f<T>(s));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(IPC_THREADS)
+    ipc_allreduce_kernel(char *const *peer, int n, int me, T *buf, size_t count, size_t slot_bytes,
+                         unsigned long long *epoch, unsigned int *arrive, unsigned long long limit_ns, unsigned int *flag)
+{
+    const size_t slot = ipc_exchange(peer, n, me, buf, count, slot_bytes, epoch, arrive, limit_ns, flag);
+    if (!slot)
         return;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
-        float s = 0.0f;
-        for (int r = 0; r < n; r++)
-            s += to_f(((const T *)(peer[r] + slot))[i]);
-        buf[i] = from_f<T>(s);
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride)
+        buf[i] = from_f<T>(ipc_sum<T>(peer, n, slot, i));
+}
+
+__device__ float ipc_block_sum(float v)
+{
+    __shared__ float part[IPC_THREADS / 32];
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0)
+        part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+        s += part[w];
+    __syncthreads(); /* part is reused by the next row */
+    return s;
+}
+
+/* The reduction of delta (rows x dim), then x += the sum and out = rmsnorm(x) * w, a block a row:
+ * the same roundings as the reduction followed by the backend's add_rmsnorm (the sum rounded to
+ * T, x + it rounded to T, the squares of the rounded values in fp32). out may be delta. */
+template <typename T>
+__global__ void __launch_bounds__(IPC_THREADS)
+    ipc_add_rmsnorm_kernel(char *const *peer, int n, int me, const T *delta, T *x, T *out, const T *w, int rows,
+                           int dim, float eps, size_t slot_bytes, unsigned long long *epoch, unsigned int *arrive,
+                           unsigned long long limit_ns, unsigned int *flag)
+{
+    const size_t slot = ipc_exchange(peer, n, me, delta, (size_t)rows * (size_t)dim, slot_bytes, epoch, arrive,
+                                     limit_ns, flag);
+    if (!slot)
+        return;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        T *xr = x + (size_t)r * (size_t)dim;
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+            const T v = from_f<T>(to_f(xr[i]) + ipc_sum<T>(peer, n, slot, (size_t)r * (size_t)dim + (size_t)i));
+            xr[i] = v;
+            ss += to_f(v) * to_f(v);
+        }
+        const float inv = rsqrtf(ipc_block_sum(ss) / (float)dim + eps);
+        T *orow = out + (size_t)r * (size_t)dim;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x)
+            orow[i] = from_f<T>(to_f(w[i]) * (to_f(xr[i]) * inv));
     }
 }
 
@@ -277,6 +340,42 @@ extern "C" int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, co
     default:
         return base_errf(err, "rank %d: CUDA IPC all-reduce of a type it does not sum", c->topo.rank);
     }
+    ipc_epoch_kernel<<<1, 1, 0, s>>>(p->epoch);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        return base_errf(err, "rank %d: CUDA IPC all-reduce launch failed: %s", c->topo.rank, cudaGetErrorString(e));
+    c->last_op = "CUDA IPC all-reduce";
+    return 0;
+}
+
+extern "C" int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, void *x, void *out, const void *w,
+                                              int rows, int dim, float eps, comm_dtype t, base_err *err)
+{
+    comm *c = g->owner;
+    comm_ipc *p = c->ipc;
+    cudaStream_t s = (cudaStream_t)c->stream;
+    const unsigned long long limit = (unsigned long long)(p->timeout_s * 1e9);
+    const size_t count = (size_t)rows * (size_t)dim;
+    *g->bytes += count * comm_dtype_size(t);
+    c->counters.calls++;
+#define IPC_ADD_NORM(T)                                                                                            \
+    ipc_add_rmsnorm_kernel<T><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (const T *)delta, (T *)x,   \
+                                                                (T *)out, (const T *)w, rows, dim, eps,            \
+                                                                p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag)
+    switch (t) {
+    case COMM_BF16:
+        IPC_ADD_NORM(__nv_bfloat16);
+        break;
+    case COMM_F16:
+        IPC_ADD_NORM(__half);
+        break;
+    case COMM_F32:
+        IPC_ADD_NORM(float);
+        break;
+    default:
+        return base_errf(err, "rank %d: CUDA IPC all-reduce of a type it does not sum", c->topo.rank);
+    }
+#undef IPC_ADD_NORM
     ipc_epoch_kernel<<<1, 1, 0, s>>>(p->epoch);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)

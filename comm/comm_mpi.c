@@ -455,6 +455,13 @@ int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t,
     return base_errf(err, "rank %d: this build has no CUDA IPC", g->owner->topo.rank);
 }
 
+int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, void *x, void *out, const void *w, int rows,
+                                   int dim, float eps, comm_dtype t, base_err *err)
+{
+    (void)delta, (void)x, (void)out, (void)w, (void)rows, (void)dim, (void)eps, (void)t;
+    return base_errf(err, "rank %d: this build has no CUDA IPC", g->owner->topo.rank);
+}
+
 int comm_ipc_timed_out(comm *c)
 {
     (void)c;

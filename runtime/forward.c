@@ -347,6 +347,24 @@ static int tp_allreduce(rt_forward *fw, void *buf, size_t n, base_err *err)
     return rc;
 }
 
+/* The all-reduce of the product in xb, then x += xb and xb = rmsnorm(x) * w: over CUDA IPC one
+ * kernel (the residual add and the norm after the sum), otherwise the reduction and the backend's
+ * add_rmsnorm. */
+static int tp_allreduce_add_rmsnorm(rt_forward *fw, const rt_tensor *w, int T, float eps, base_err *err)
+{
+    rt_backend *be = fw->m->be;
+    const rt_dtype dt = be->ops->act_dtype;
+    const size_t xn = (size_t)T * (size_t)fw->m->cfg.dim;
+    if (fw->comm && comm_topo(fw->comm)->tp > 1 && !be->ops->host_memory && w->dtype == dt &&
+        comm_has_ipc(fw->comm, xn * rt_dtype_size(dt)))
+        return comm_ipc_allreduce_add_rmsnorm(comm_topo(fw->comm)->tp_group, fw->xb, fw->x, fw->xb, w->data, T,
+                                              fw->m->cfg.dim, eps, comm_type(dt), err);
+    if (tp_allreduce(fw, fw->xb, xn, err))
+        return -1;
+    be->ops->add_rmsnorm(be, fw->x, fw->xb, fw->xb, w, T, eps);
+    return 0;
+}
+
 static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err *err)
 {
     const comm_topology *t = comm_topo(fw->comm);
@@ -425,16 +443,14 @@ static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
         op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
-        if (tp_allreduce(fw, fw->xb, xn, err))
+        if (tp_allreduce_add_rmsnorm(fw, &w->ffn_norm, T, eps, err))
             return -1;
-        op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &w->ffn_norm, T, eps);
         op->matmul(be, fw->gate_up, fw->xb, &w->w_gate_up, NULL, T);
         op->silu_mul(be, fw->act, fw->gate_up, T, ffn);
         op->matmul(be, fw->xb, fw->act, &w->w_down, NULL, T);
-        if (tp_allreduce(fw, fw->xb, xn, err))
+        if (l + 1 < m->n_layers ? tp_allreduce_add_rmsnorm(fw, &m->layers[l + 1].attn_norm, T, eps, err)
+                                : tp_allreduce(fw, fw->xb, xn, err))
             return -1;
-        if (l + 1 < m->n_layers)
-            op->add_rmsnorm(be, fw->x, fw->xb, fw->xb, &m->layers[l + 1].attn_norm, T, eps);
     }
     return 0;
 }

@@ -4,6 +4,7 @@
  * that are not multiples of anything, enough repetitions to reuse both slots several times, and
  * the same reduction replayed from a CUDA graph. Exits 77 (skip) without a GPU. */
 #include <cuda_runtime.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,6 +114,78 @@ int main(int argc, char **argv)
                     }
                 }
             }
+    /* the reduction with the residual add and RMSNorm after it: x exactly as the add leaves it,
+     * the norm's output within rounding of the host's (its sum of squares runs in another order) */
+    const int shapes[][2] = {{1, 4096}, {3, 100}, {64, 4096}, {5, 1000}};
+    float *xh = malloc(max_count * 4), *wh = malloc(4096 * 4), *outh = malloc(max_count * 4);
+    void *xd = NULL, *wd = NULL;
+    cudaMalloc(&xd, max_count * 4);
+    cudaMalloc(&wd, 4096 * 4);
+    for (int bf = 0; bf < 2; bf++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            const int rows = shapes[k][0], dim = shapes[k][1];
+            const size_t n = (size_t)rows * (size_t)dim, es = bf ? 2 : 4;
+            /* x and w the same on every rank (as the residual stream and the norm's weight are) */
+            for (size_t i = 0; i < n; i++) {
+                const float v = value(99, i, (int)k);
+                if (bf)
+                    ((uint16_t *)xh)[i] = to_bf16(v);
+                else
+                    xh[i] = v;
+                const float d = value(me, i, 7 + (int)k);
+                if (bf)
+                    ((uint16_t *)host)[i] = to_bf16(d);
+                else
+                    host[i] = d;
+            }
+            for (int i = 0; i < dim; i++) {
+                const float v = 1.0f + 0.5f * value(98, (size_t)i, 0);
+                if (bf)
+                    ((uint16_t *)wh)[i] = to_bf16(v);
+                else
+                    wh[i] = v;
+            }
+            cudaMemcpyAsync(dev, host, n * es, cudaMemcpyHostToDevice, s);
+            cudaMemcpyAsync(xd, xh, n * es, cudaMemcpyHostToDevice, s);
+            cudaMemcpyAsync(wd, wh, (size_t)dim * es, cudaMemcpyHostToDevice, s);
+            if (comm_ipc_allreduce_add_rmsnorm(g, dev, xd, dev, wd, rows, dim, 1e-5f, bf ? COMM_BF16 : COMM_F32, &err)) {
+                fprintf(stderr, "rank %d: %s\n", me, err.msg);
+                MPI_Abort(MPI_COMM_WORLD, 1);
+            }
+            if (cudaStreamSynchronize(s) != cudaSuccess || comm_ipc_timed_out(c)) {
+                fprintf(stderr, "rank %d: the fused all-reduce failed\n", me);
+                MPI_Abort(MPI_COMM_WORLD, 1);
+            }
+            cudaMemcpy(outh, dev, n * es, cudaMemcpyDeviceToHost);
+            cudaMemcpy(want, xd, n * es, cudaMemcpyDeviceToHost); /* the device's x */
+            for (int r = 0; r < rows; r++) {
+                float ss = 0.0f, xr[4096];
+                for (int i = 0; i < dim; i++) {
+                    const size_t j = (size_t)r * (size_t)dim + (size_t)i;
+                    float sum = 0.0f;
+                    for (int q = 0; q < world; q++)
+                        sum += bf ? from_bf16(to_bf16(value(q, j, 7 + (int)k))) : value(q, j, 7 + (int)k);
+                    const float x0 = bf ? from_bf16(((uint16_t *)xh)[j]) : xh[j];
+                    xr[i] = bf ? from_bf16(to_bf16(x0 + from_bf16(to_bf16(sum)))) : x0 + sum;
+                    ss += xr[i] * xr[i];
+                    const float got = bf ? from_bf16(((uint16_t *)want)[j]) : want[j];
+                    if (got != xr[i] && bad++ < 5)
+                        fprintf(stderr, "rank %d: add_rmsnorm %s %dx%d x[%zu]: %g, want %g\n", me, bf ? "bf16" : "f32",
+                                rows, dim, j, got, xr[i]);
+                }
+                const float inv = 1.0f / sqrtf(ss / (float)dim + 1e-5f);
+                for (int i = 0; i < dim; i++) {
+                    const size_t j = (size_t)r * (size_t)dim + (size_t)i;
+                    const float w = bf ? from_bf16(((uint16_t *)wh)[i]) : wh[i];
+                    const float ref = w * (xr[i] * inv), got = bf ? from_bf16(((uint16_t *)outh)[j]) : outh[j];
+                    if (fabsf(got - ref) > (bf ? 1e-2f : 1e-5f) * (1.0f + fabsf(ref)) && bad++ < 5)
+                        fprintf(stderr, "rank %d: add_rmsnorm %s %dx%d out[%zu]: %g, want %g\n", me, bf ? "bf16" : "f32",
+                                rows, dim, j, got, ref);
+                }
+            }
+        }
+    free(xh), free(wh), free(outh);
+    cudaFree(xd), cudaFree(wd);
     free(host), free(want);
     cudaFree(dev);
     comm_destroy(c);
