@@ -196,7 +196,9 @@ static int make_backend(comm *c, const job_flags *o, job_model *jm, base_err *er
     const rt_shard *sh = &jm->plan.ranks[t->rank].shard;
     jm->weight_bytes = rt_shard_weight_bytes(&jm->cfg, sh, jm->dtype);
     jm->workspace_bytes = rt_forward_workspace_bytes(&jm->cfg, sh, &jm->geo.lim, jm->dtype);
-    const size_t reserve = (size_t)512 << 20; /* cuBLAS workspace, CUDA context, NCCL buffers */
+    /* the CUDA context, cuBLAS's workspace and the backend's scratch (64 MiB), NCCL's buffers, the
+     * CUDA IPC all-reduce's two 1 MiB slots */
+    const size_t reserve = (size_t)512 << 20;
     if (jm->weight_bytes + jm->workspace_bytes + reserve > jm->gpu_budget)
         return base_errf(err, "%s: the shard needs %.2f GiB of weights and %.2f GiB of workspace (+%.1f reserved), more "
                             "than --gpu-memory-fraction %.2f of the GPU's %.2f GiB: use more ranks, a smaller "
