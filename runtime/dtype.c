@@ -100,21 +100,14 @@ uint8_t rt_f32_to_fp8(float f)
     const float a = fabsf(f);
     if (a >= 448.0f)
         return sign | 0x7e;
-    /* the codes 0..0x7e are the finite magnitudes in increasing order: the last one <= a, or the
-     * one after it when nearer; a tie goes to the even code (an even mantissa) */
-    int lo = 0, hi = 0x7e;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (rt_fp8_to_f32((uint8_t)mid) <= a)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const float below = rt_fp8_to_f32((uint8_t)lo), above = rt_fp8_to_f32((uint8_t)(lo + 1));
-    int code = lo;
-    if (a - below > above - a || (a - below == above - a && (lo & 1)))
-        code = lo + 1;
-    return sign | (uint8_t)code;
+    if (a < 0x1p-6f) /* subnormal codes m * 2^-9: a * 2^9 (exact) to the nearest integer, ties even */
+        return sign | (uint8_t)rintf(a * 512.0f);
+    /* normal: the float's exponent and top 3 mantissa bits, rounded to nearest even on the bits
+     * below (a carry moves into the exponent), then e4m3's bias (7) for float's (127) */
+    uint32_t u;
+    memcpy(&u, &a, sizeof u);
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    return sign | (uint8_t)((u >> 20) - ((127u - 7u) << 3));
 }
 
 void rt_convert_to_f32(float *dst, const void *src, rt_dtype t, size_t n)

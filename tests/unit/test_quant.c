@@ -4,6 +4,7 @@
  * against transformers: the golden.quant_* tests.) */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -40,6 +41,56 @@ static void test_fp8(void **state)
     assert_int_equal(rt_f32_to_fp8(-1e30f), 0xfe);
     assert_int_equal(rt_f32_to_fp8(ldexpf(1, -11)), 0x00); /* below half the smallest subnormal */
     assert_int_equal(rt_f32_to_fp8(NAN), 0x7f);
+}
+
+/* The nearest e4m3 code by search over the finite magnitudes in order (ties to the even code):
+ * the reference rt_f32_to_fp8's bit arithmetic is checked against. */
+static uint8_t fp8_by_search(float f)
+{
+    if (isnan(f))
+        return 0x7f;
+    const uint8_t sign = signbit(f) ? 0x80 : 0;
+    const float a = fabsf(f);
+    if (a >= 448.0f)
+        return sign | 0x7e;
+    int lo = 0, hi = 0x7e;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (rt_fp8_to_f32((uint8_t)mid) <= a)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const float below = rt_fp8_to_f32((uint8_t)lo), above = rt_fp8_to_f32((uint8_t)(lo + 1));
+    const bool up = a - below > above - a || (a - below == above - a && (lo & 1));
+    return sign | (uint8_t)(lo + up);
+}
+
+/* rt_f32_to_fp8 against the search: every 2^12th float of either sign (zero, subnormals, normals,
+ * the saturating ones, infinities), and around every code: the code, a float either side of it,
+ * the midpoint to the next code and a float either side of that (the ties and the cases next to
+ * them). */
+static void test_fp8_rounding(void **state)
+{
+    (void)state;
+    for (uint64_t u = 0; u < (1ull << 32); u += 1u << 12) {
+        float f;
+        const uint32_t b = (uint32_t)u;
+        memcpy(&f, &b, sizeof f);
+        if (rt_f32_to_fp8(f) != fp8_by_search(f))
+            fail_msg("bits 0x%08x (%g): 0x%02x, the search 0x%02x", b, f, rt_f32_to_fp8(f), fp8_by_search(f));
+    }
+    for (int c = 0; c < 0x7e; c++) {
+        const float v = rt_fp8_to_f32((uint8_t)c), mid = (v + rt_fp8_to_f32((uint8_t)(c + 1))) / 2;
+        const float probes[] = {v, nextafterf(v, -1.0f), nextafterf(v, 1000.0f), mid, nextafterf(mid, 0.0f),
+                                nextafterf(mid, 1000.0f)};
+        for (size_t i = 0; i < sizeof probes / sizeof *probes; i++)
+            for (int neg = 0; neg < 2; neg++) {
+                const float f = neg ? -probes[i] : probes[i];
+                if (rt_f32_to_fp8(f) != fp8_by_search(f))
+                    fail_msg("%a (near code 0x%02x): 0x%02x, the search 0x%02x", f, c, rt_f32_to_fp8(f), fp8_by_search(f));
+            }
+    }
 }
 
 static float *random_matrix(int64_t rows, int64_t cols, unsigned seed)
@@ -272,6 +323,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp8),
+        cmocka_unit_test(test_fp8_rounding),
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_fixture_configs),
         cmocka_unit_test(test_read_slices),
