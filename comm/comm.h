@@ -53,6 +53,9 @@ void comm_destroy(comm *c);
 const comm_topology *comm_topo(const comm *c);
 comm_counters comm_get_counters(const comm *c);
 void comm_reset_counters(comm *c);
+/* Adds d to the counters: what a replayed CUDA graph's collectives moved (the host enqueued them
+ * once, at capture). */
+void comm_add_counters(comm *c, const comm_counters *d);
 /* Largest element count one underlying call carries (INT_MAX by default; tests lower it). */
 void comm_set_chunk_elems(comm *c, size_t n);
 

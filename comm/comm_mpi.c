@@ -140,6 +140,11 @@ void comm_destroy(comm *c)
 const comm_topology *comm_topo(const comm *c) { return &c->topo; }
 comm_counters comm_get_counters(const comm *c) { return c->counters; }
 void comm_reset_counters(comm *c) { memset(&c->counters, 0, sizeof c->counters); }
+void comm_add_counters(comm *c, const comm_counters *d)
+{
+    c->counters.tp_bytes += d->tp_bytes, c->counters.pp_bytes += d->pp_bytes;
+    c->counters.world_bytes += d->world_bytes, c->counters.calls += d->calls;
+}
 void comm_set_chunk_elems(comm *c, size_t n) { c->chunk = n > 0 && n < INT_MAX ? n : INT_MAX; }
 int comm_group_size(const comm_group *g) { return g->size; }
 int comm_group_rank(const comm_group *g) { return g->rank; }

@@ -11,6 +11,7 @@
 typedef struct step_graph {
     int rows, width; /* the padded step it replays: rows tokens, block tables of width entries */
     void *exec;
+    comm_counters traffic; /* what its collectives (CUDA IPC, under tp) counted when captured */
 } step_graph;
 
 struct rt_forward {
@@ -600,17 +601,27 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
         for (int i = 0; i < fw->n_graphs && !g; i++)
             if (fw->graph[i].rows == pad && fw->graph[i].width == width)
                 g = &fw->graph[i];
+        bool captured = false;
         if (!g && fw->n_graphs < MAX_GRAPHS) {
+            const comm_counters c0 = fw->comm ? comm_get_counters(fw->comm) : (comm_counters){0};
             op->graph_begin(be);
             int rc = run_ops(fw, &st, &logits32, err);
             void *exec = op->graph_end(be);
             if (rc || !exec)
                 return -1;
+            const comm_counters c1 = fw->comm ? comm_get_counters(fw->comm) : (comm_counters){0};
             g = &fw->graph[fw->n_graphs++];
-            *g = (step_graph){.rows = pad, .width = width, .exec = exec};
+            *g = (step_graph){.rows = pad,
+                              .width = width,
+                              .exec = exec,
+                              .traffic = {c1.tp_bytes - c0.tp_bytes, c1.pp_bytes - c0.pp_bytes,
+                                          c1.world_bytes - c0.world_bytes, c1.calls - c0.calls}};
+            captured = true;
         }
         if (g) {
             op->graph_launch(be, g->exec);
+            if (fw->comm && !captured) /* a replay: its collectives ran without the host counting them */
+                comm_add_counters(fw->comm, &g->traffic);
             /* the logits the host samples under tensor parallelism (the graph's fp32 copy) */
             logits32 = op->act_dtype != RT_F32 ? fw->logits32 : fw->logits;
         } else if (run_ops(fw, &st, &logits32, err)) { /* more shapes than graphs: run it as it comes */
