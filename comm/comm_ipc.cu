@@ -316,36 +316,45 @@ extern "C" int comm_has_ipc(const comm *c, size_t bytes)
     return c->ipc && bytes <= c->ipc->slot_bytes;
 }
 
+/* After a reduction's kernel: the count, the epoch's advance behind it, and whether the launches
+ * took. */
+static int ipc_launched(comm_group *g, size_t count, comm_dtype t, base_err *err)
+{
+    comm *c = g->owner;
+    *g->bytes += count * comm_dtype_size(t);
+    c->counters.calls++;
+    ipc_epoch_kernel<<<1, 1, 0, (cudaStream_t)c->stream>>>(c->ipc->epoch);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        return base_errf(err, "rank %d: CUDA IPC all-reduce launch failed: %s", c->topo.rank, cudaGetErrorString(e));
+    c->last_op = "CUDA IPC all-reduce";
+    return 0;
+}
+
 extern "C" int comm_ipc_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t, base_err *err)
 {
     comm *c = g->owner;
     comm_ipc *p = c->ipc;
     cudaStream_t s = (cudaStream_t)c->stream;
     const unsigned long long limit = (unsigned long long)(p->timeout_s * 1e9);
-    *g->bytes += count * comm_dtype_size(t);
-    c->counters.calls++;
+#define IPC_SUM(T)                                                                                                 \
+    ipc_allreduce_kernel<T><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (T *)buf, count, p->slot_bytes, \
+                                                              p->epoch, p->arrive, limit, p->d_flag)
     switch (t) {
     case COMM_BF16:
-        ipc_allreduce_kernel<__nv_bfloat16><<<p->blocks, IPC_THREADS, 0, s>>>(
-            p->d_peer, p->n, p->me, (__nv_bfloat16 *)buf, count, p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        IPC_SUM(__nv_bfloat16);
         break;
     case COMM_F16:
-        ipc_allreduce_kernel<__half><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (__half *)buf, count,
-                                                                       p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        IPC_SUM(__half);
         break;
     case COMM_F32:
-        ipc_allreduce_kernel<float><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (float *)buf, count,
-                                                                      p->slot_bytes, p->epoch, p->arrive, limit, p->d_flag);
+        IPC_SUM(float);
         break;
     default:
         return base_errf(err, "rank %d: CUDA IPC all-reduce of a type it does not sum", c->topo.rank);
     }
-    ipc_epoch_kernel<<<1, 1, 0, s>>>(p->epoch);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return base_errf(err, "rank %d: CUDA IPC all-reduce launch failed: %s", c->topo.rank, cudaGetErrorString(e));
-    c->last_op = "CUDA IPC all-reduce";
-    return 0;
+#undef IPC_SUM
+    return ipc_launched(g, count, t, err);
 }
 
 extern "C" int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, void *x, void *out, const void *w,
@@ -355,9 +364,6 @@ extern "C" int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, 
     comm_ipc *p = c->ipc;
     cudaStream_t s = (cudaStream_t)c->stream;
     const unsigned long long limit = (unsigned long long)(p->timeout_s * 1e9);
-    const size_t count = (size_t)rows * (size_t)dim;
-    *g->bytes += count * comm_dtype_size(t);
-    c->counters.calls++;
 #define IPC_ADD_NORM(T)                                                                                            \
     ipc_add_rmsnorm_kernel<T><<<p->blocks, IPC_THREADS, 0, s>>>(p->d_peer, p->n, p->me, (const T *)delta, (T *)x,   \
                                                                 (T *)out, (const T *)w, rows, dim, eps,            \
@@ -376,12 +382,7 @@ extern "C" int comm_ipc_allreduce_add_rmsnorm(comm_group *g, const void *delta, 
         return base_errf(err, "rank %d: CUDA IPC all-reduce of a type it does not sum", c->topo.rank);
     }
 #undef IPC_ADD_NORM
-    ipc_epoch_kernel<<<1, 1, 0, s>>>(p->epoch);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return base_errf(err, "rank %d: CUDA IPC all-reduce launch failed: %s", c->topo.rank, cudaGetErrorString(e));
-    c->last_op = "CUDA IPC all-reduce";
-    return 0;
+    return ipc_launched(g, (size_t)rows * (size_t)dim, t, err);
 }
 
 /* Whether a reduction's wait ran out of time (a kernel raised the flag; read without a CUDA call,
