@@ -367,28 +367,6 @@ static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 #define TC_KEYS 64
 static_assert(TC_WARPS * 16 == RT_ATTN_TILE, "a warp's 16 query rows of each tile");
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes from global to shared memory, or 16 zero bytes when !ok (src is not read then) */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 /* four 8x8 matrices of 16-bit elements; lane i names row i % 8 of matrix i / 8 */
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
 {

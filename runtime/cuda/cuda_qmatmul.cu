@@ -3,7 +3,7 @@
  *
  * Up to QGEMV_MAX_ROWS rows of x (decode at small batch): one pass over the codes. BF16 with int4
  * codes in groups of 128 columns or more (up to QMMA_MAX_ROWS rows), or FP8 codes at 2 rows or
- * more: on the tensor cores (qmma_kernel). Otherwise a warp per
+ * more: on the tensor cores (qmma_kernel; int4 of 17 rows on, qmma_tile_kernel). Otherwise a warp per
  * weight row in 16-byte loads (16 codes of 8 bits, 32 of 4) dequantized in registers in fp32: a
  * load's codes lie in one group (the group a multiple of the load's columns), so each load's partial
  * dot product is scaled once.
@@ -417,8 +417,9 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
 }
 
 /* Whether the tensor-core kernel takes this product: BF16, int4 codes in whole 128-column chunks
- * of one group each, up to QMMA_MAX_ROWS rows (above 16, a block a weight tile and 16 tokens, the
- * blocks of one tile side by side so that its codes come from HBM once); or FP8 codes in 64-column
+ * of one group each, up to QMMA_MAX_ROWS rows (above 16 unfused, qmma_tiles below; where its
+ * partial sums do not fit the scratch, this kernel a block a weight tile and 16 tokens, the blocks
+ * of one tile side by side so that its codes come from HBM once); or FP8 codes in 64-column
  * ones, 2 to 16 rows. One FP8 row stays on the fp32 kernel (its four loads a lane in flight: the 8B
  * decode at batch 1 ran 306.0 tok/s there against 263.9 here); at 8 rows this kernel took the 8B
  * shape's products in 42.7 us (gate and up) and 30.7 us (down) where the fp32 kernel took 152.3 and
@@ -463,6 +464,170 @@ static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, cons
 {
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
     FUSED_DISPATCH(fused_bits(f), qmma_as, c, out, x, w, b, fused_args(f), n);
+}
+
+/* ---- int4 products of 17 to QMMA_MAX_ROWS rows: weight tiles sharing the activations ----
+ *
+ * qmma_kernel's blocks each take 16 weight rows and read all of x for them: at 64 rows the 8B
+ * shape's gate/up product read 940 MB of activations from L2 for 58 MB of codes (L2-bound, 217 us).
+ * Here the warps of a block take different rows (16 each, QT_WARPS of them) over the same chunk of
+ * x, which the block stages in shared memory (cp.async, two buffers) for every token at once (NT
+ * tiles of 8): x is read once a block of 16 * QT_WARPS rows, the codes once. The products of few
+ * weight rows (output, down: 64 blocks) split K as well, so that each SM has blocks; the splits
+ * write fp32 partial sums to the scratch and qt_reduce_kernel adds them in split order (the same
+ * bits whatever the schedule) with the bias. A lane's codes, fragments and chunk scales are
+ * qmma_kernel's. */
+#define QT_WARPS 4
+/* blocks an SM the splits of K aim at: on the H200 at 64 rows, 8B shape, 1 / 2 / 4 / 8 gave gate/up in
+ * 149 / 149 / 123 / 121 us, down 97 / 62 / 61 / 60 us, batch-64 decode 6,267 (2) and 6,731 (4) tok/s */
+#define QT_BLOCKS_PER_SM 4
+#define QT_XPAD 8 /* bf16 padding a token's row of a staged chunk: a warp's 16-byte reads in 4 wavefronts */
+
+template <int NT>
+__global__ void __launch_bounds__(QT_WARPS * 32)
+    qmma_tile_kernel(float *part, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
+                     const uint16_t *zeros, int n, int N, int K, int group, int n_groups, int split_chunks)
+{
+    __shared__ __align__(16) __nv_bfloat16 xs[2][NT * 8][128 + QT_XPAD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int r0 = (blockIdx.x * QT_WARPS + warp) * 16 + g, r1 = r0 + 8;
+    const bool ok0 = r0 < N, ok1 = r1 < N;
+    const int chunks = K / 128, ch0 = blockIdx.y * split_chunks;
+    const int ch1 = ch0 + split_chunks < chunks ? ch0 + split_chunks : chunks;
+    const int64_t row_bytes = K / 2;
+    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
+    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
+    const float *sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, *sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
+    const unsigned short *zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
+    const unsigned short *zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
+    struct chunk_in {
+        uint4 w0, w1;
+        float s0, s1;
+        unsigned short z0, z1;
+    };
+    const auto fetch = [&](int ch, chunk_in &d) {
+        const bool in0 = ch < ch1 && ok0, in1 = ch < ch1 && ok1;
+        const int gi = n_groups == 1 ? 0 : ch * 128 / group;
+        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
+        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
+        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
+        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
+    };
+    /* chunk ch of every token into buffer b (tokens from n on as zeros), one commit group */
+    const auto stage = [&](int ch, int b) {
+        for (int i = threadIdx.x; i < NT * 8 * 16; i += QT_WARPS * 32) {
+            const int tok = i >> 4, piece = i & 15;
+            const bool ok = tok < n && ch < ch1;
+            cp_async16(&xs[b][tok][piece * 8], ok ? x + (int64_t)tok * K + ch * 128 + piece * 8 : x, ok);
+        }
+        cp_async_commit();
+    };
+    chunk_in a0, a1; /* the next two chunks' codes, in flight ahead of the math */
+    fetch(ch0, a0);
+    fetch(ch0 + 1, a1);
+    pdl_wait();
+    pdl_trigger();
+    stage(ch0, 0);
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (int ch = ch0; ch < ch1; ch++) {
+        const int b = (ch - ch0) & 1;
+        stage(ch + 1, b ^ 1); /* an empty group past the end */
+        const chunk_in in = a0;
+        a0 = a1;
+        fetch(ch + 2, a1);
+        cp_async_wait<1>();
+        __syncthreads();
+        const float z0f = 128.0f + (float)in.z0, z1f = 128.0f + (float)in.z1;
+        const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
+        float d[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const uint32_t u0 = (&in.w0.x)[q], u1 = (&in.w1.x)[q];
+            const uint32_t f0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0), int4_pair(u1 >> 4, z1)};
+            const uint32_t f1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
+                                    int4_pair(u1 >> 12, z1)};
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const uint4 xv = *reinterpret_cast<const uint4 *>(&xs[b][t * 8 + g][c * 32 + 8 * q]);
+                mma16816<__nv_bfloat16>(d[t], f0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
+                mma16816<__nv_bfloat16>(d[t], f1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            acc[t][0] += in.s0 * d[t][0], acc[t][1] += in.s0 * d[t][1];
+            acc[t][2] += in.s1 * d[t][2], acc[t][3] += in.s1 * d[t][3];
+        }
+        __syncthreads(); /* buffer b is staged again two chunks on */
+    }
+    cp_async_wait<0>();
+    /* d's layout: [0], [1] row r0 at tokens 2c, 2c + 1; [2], [3] row r1 */
+    float *pp = part + (int64_t)blockIdx.y * n * N;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int tok = t * 8 + 2 * c + (i & 1), row = i < 2 ? r0 : r1;
+            if (tok < n && row < N)
+                pp[(int64_t)tok * N + row] = acc[t][i];
+        }
+}
+
+/* out (n, N) = the splits' partial sums (splits, n, N) added in order, + bias */
+__global__ void qt_reduce_kernel(__nv_bfloat16 *out, const float *part, const __nv_bfloat16 *bias, int splits, int N,
+                                 int64_t total)
+{
+    pdl_wait();
+    pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int s = 0; s < splits; s++)
+            v += part[s * total + i];
+        out[i] = __float2bfloat16(v + (bias ? __bfloat162float(bias[i % N]) : 0.0f));
+    }
+}
+
+/* false when the partial sums do not fit the scratch (the caller takes another path) */
+static bool qmma_tiles(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const rt_tensor_quant *q = &w->q;
+    const int N = (int)w->rows, K = (int)w->cols, chunks = K / 128;
+    const int tiles = (N + 16 * QT_WARPS - 1) / (16 * QT_WARPS);
+    /* splits of K until each SM has QT_BLOCKS_PER_SM blocks, within the scratch */
+    int splits = (QT_BLOCKS_PER_SM * c->n_sms + tiles - 1) / tiles;
+    splits = splits < chunks ? splits : chunks;
+    while (splits > 1 && (size_t)splits * n * N * sizeof(float) > c->scratch_bytes)
+        splits--;
+    if ((size_t)splits * n * N * sizeof(float) > c->scratch_bytes)
+        return false;
+    const int split_chunks = (chunks + splits - 1) / splits;
+    splits = (chunks + split_chunks - 1) / split_chunks;
+    float *part = (float *)c->scratch;
+    const dim3 grid((unsigned)tiles, (unsigned)splits);
+#define QT_LAUNCH(NT)                                                                                              \
+    cuda_launch(c, qmma_tile_kernel<NT>, grid, QT_WARPS * 32, 0, part, (const __nv_bfloat16 *)x,                    \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, n, N, K, (int)q->group, \
+                (int)q->n_groups, split_chunks)
+    if (n <= 32)
+        QT_LAUNCH(4);
+    else if (n <= 48)
+        QT_LAUNCH(6);
+    else
+        QT_LAUNCH(8);
+#undef QT_LAUNCH
+    const int64_t total = (int64_t)n * N;
+    cuda_launch(c, qt_reduce_kernel, (unsigned)cuda_blocks((size_t)total, 256), 256, 0, (__nv_bfloat16 *)out,
+                (const float *)part, bias && bias->data ? (const __nv_bfloat16 *)bias->data : (const __nv_bfloat16 *)NULL,
+                splits, N, total);
+    return true;
 }
 
 /* Whether the weight-streaming kernel takes this product: few rows, whole loads in one group each. */
@@ -741,7 +906,8 @@ template <typename T>
 static void qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
 {
     if (qmma_fits(c, x, w, n)) {
-        qmma(c, out, x, w, bias, n, (const rt_fusion *)NULL);
+        if (n <= QGEMV_MAX_ROWS || !qmma_tiles(c, out, x, w, bias, n))
+            qmma(c, out, x, w, bias, n, (const rt_fusion *)NULL);
         return;
     }
     if (qgemv_fits(c, x, w, n)) {

@@ -490,10 +490,11 @@ static const op_case cases[] = {
      * multiple of 16, 9 to 16 tokens (two products a step) */
     {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
     {"matmul", {16, 1024, 17, 0, 1}, run_qmatmul},
-    /* int4 g128 above 16 rows: the tensor-core kernel a block of 16 tokens (17: a block of one), up to
-     * 64 rows; 65 takes the slabs */
+    /* int4 g128 above 16 rows: weight tiles over staged chunks of x (qmma_tile_kernel, K split for
+     * the narrow products; tiles of 8 tokens, 4 to 8 of them), up to 64 rows; 65 takes the slabs */
     {"matmul", {17, 512, 40, 0, 3}, run_qmatmul},   {"matmul", {64, 1024, 48, 1, 3}, run_qmatmul},
     {"matmul", {33, 256, 24, 0, 3}, run_qmatmul},   {"matmul", {65, 256, 32, 1, 3}, run_qmatmul},
+    {"matmul", {50, 512, 200, 1, 3}, run_qmatmul},
     /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
     {"matmul_fused", {1, 4096, 64, 1, 1}, run_matmul_fused},  {"matmul_fused", {3, 256, 40, 2, 1}, run_matmul_fused},
     {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
