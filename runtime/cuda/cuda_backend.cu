@@ -173,12 +173,16 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring: each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, qmma, qmma_fp8, fuse;
+    bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
                    "0 (FP8 weights dequantized for products of many rows) or 1 (the default: FP8 tensor cores)",
                    &fp8_gemm, err) ||
+        env_switch("DINFER_CUDA_FP8_VEC",
+                   "0 (cuBLASLt's FP8 products unscaled, then a scaling pass) or 1 (the default: cuBLASLt scales "
+                   "them where it can)",
+                   &fp8_vec, err) ||
         env_switch("DINFER_CUDA_QMMA",
                    "0 (quantized products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma, err) ||
@@ -217,6 +221,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->qmma = qmma && cc_major >= 8;
     c->qmma_fp8 = qmma_fp8;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
+    c->fp8_vec = fp8_vec;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

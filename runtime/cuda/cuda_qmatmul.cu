@@ -11,10 +11,11 @@
  * More rows, FP8 codes with a scale a row (per tensor or channel), BF16 activations: FP8 tensor
  * cores through cuBLASLt. The activations are quantized to e4m3 a token at a time (its largest
  * magnitude / 448), the product of codes is taken in fp32, multiplied by its token's and its weight
- * row's scales by cuBLASLt itself (outer-vector scaling, with fast accumulation; where a cuBLASLt has
- * no algorithm for that, a pass over the output does it) and written in BF16 (F16's range is too
- * short for an unscaled product of codes, up to 448^2 K): W8A8, as vLLM runs an FP8 checkpoint.
- * DINFER_CUDA_FP8_GEMM=0 turns it off.
+ * row's scales by cuBLASLt itself from FP8_VEC_MIN_ROWS tokens (outer-vector scaling, with fast
+ * accumulation; below that, or where a cuBLASLt has no algorithm for it, a pass over the output does
+ * it) and written in BF16 (F16's range is too short for an unscaled product of codes, up to 448^2 K):
+ * W8A8, as vLLM runs an FP8 checkpoint. DINFER_CUDA_FP8_GEMM=0 turns it off, DINFER_CUDA_FP8_VEC=0
+ * takes the pass at every size.
  *
  * Every other product (int8, int4 above QMMA_MAX_ROWS or in smaller groups, FP8 of block scales,
  * F32, F16): the weights dequantized into the backend's scratch a slab of rows at a time, each slab
@@ -790,10 +791,10 @@ static cublasLtMatmulDesc_t fp8_desc(bool vec)
     return op;
 }
 
+#define FP8_VEC_MIN_ROWS 512
 /* cuBLASLt's heuristic's algorithm for an (m, n, k) FP8 product, found once: with outer-vector
- * scaling where it has one (*vec), else plain. (cuBLASLt 13.1 on the H200 finds the outer-vector
- * one only when the scales' pointers are set before it is asked, which this does not do yet: there
- * the plain product and the scaling pass run.) */
+ * scaling where it has one (*vec), else plain. The caller sets the scales' pointers first (without
+ * them cuBLASLt 13.1 on the H200 finds no outer-vector algorithm). */
 static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
                      cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo, bool *vec)
 {
@@ -805,6 +806,11 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
             return a->ok;
         }
     }
+    /* outer-vector scaling from FP8_VEC_MIN_ROWS tokens: below, the plain product and the pass won end
+     * to end (H200, 8B shape, batch-64 decode: 12,511 / 12,620 tok/s against 11,674 / 11,698 with it on
+     * every product, 12,387 / 12,308 with it on all but the down product, which bench_matmul had at
+     * 42.9 us against 29.9; the 64 x 128 prefill 57,446 / 57,718 against 63,440 / 61,267 with it) */
+    const int first = n >= FP8_VEC_MIN_ROWS ? 1 : 0;
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
     int found = 0, took = -1;
@@ -812,7 +818,7 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
             CUBLAS_STATUS_SUCCESS)
-        for (int v = 1; v >= 0 && took < 0; v--)
+        for (int v = first; v >= 0 && took < 0; v--)
             if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, 1, &res, &found) ==
                               CUBLAS_STATUS_SUCCESS && found > 0)
                 took = v;
@@ -846,7 +852,7 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
     const cudaDataType_t t = cuda_blas_type(c->dt);
     const bool has_bias = bias && bias->data;
-    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), fp8_desc(true)};
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), c->fp8_vec ? fp8_desc(true) : NULL};
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
     bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
     for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
@@ -859,18 +865,20 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
                  cublasLtMatrixLayoutCreate(&ld, t, N, rows, N) == CUBLAS_STATUS_SUCCESS;
             laid = rows;
         }
-        cublasLtMatmulAlgo_t algo;
-        bool vec = false;
-        if (!ok || !fp8_algo(c, ops, la, lb, ld, N, rows, K, &algo, &vec)) {
-            ok = false;
-            break;
-        }
+        /* the scales' pointers before the heuristic: without them it finds no algorithm for outer-vector
+         * scaling (measured on the H200, cuBLASLt 13.1) */
         const void *wscale = w->q.scales;
-        if (vec &&
+        if (ops[1] &&
             (cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale) !=
                  CUBLAS_STATUS_SUCCESS ||
              cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs) !=
                  CUBLAS_STATUS_SUCCESS)) {
+            ok = false;
+            break;
+        }
+        cublasLtMatmulAlgo_t algo;
+        bool vec = false;
+        if (!ok || !fp8_algo(c, ops, la, lb, ld, N, rows, K, &algo, &vec)) {
             ok = false;
             break;
         }
