@@ -473,11 +473,11 @@ static void qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, cons
  * shape's gate/up product read 940 MB of activations from L2 for 58 MB of codes (L2-bound, 217 us).
  * Here the warps of a block take different rows (16 each, QT_WARPS of them) over the same chunk of
  * x, which the block stages in shared memory (cp.async, two buffers) for every token at once (NT
- * tiles of 8): x is read once a block of 16 * QT_WARPS rows, the codes once. The products of few
- * weight rows (output, down: 64 blocks) split K as well, so that each SM has blocks; the splits
- * write fp32 partial sums to the scratch and qt_reduce_kernel adds them in split order (the same
- * bits whatever the schedule) with the bias. A lane's codes, fragments and chunk scales are
- * qmma_kernel's. */
+ * tiles of 8): x is read once a block of 16 * QT_WARPS rows, the codes once. K is split as well
+ * until each SM has QT_BLOCKS_PER_SM blocks (the 8B shape's output and down products have 64 tiles,
+ * gate/up 448); the splits write fp32 partial sums to the scratch and qt_reduce_kernel adds them in
+ * split order (the same bits whatever the schedule) with the bias. A lane's codes, fragments and
+ * chunk scales are qmma_kernel's. */
 #define QT_WARPS 4
 /* blocks an SM the splits of K aim at: on the H200 at 64 rows, 8B shape, 1 / 2 / 4 / 8 gave gate/up in
  * 149 / 149 / 123 / 121 us, down 97 / 62 / 61 / 60 us, batch-64 decode 6,267 (2) and 6,731 (4) tok/s */
