@@ -9,6 +9,9 @@ time the compiler). Prints the same lines dinfer-run --bench prints, so bench.sh
   decode:  N tokens in X ms (Y tokens/s)
 
   peer_transformers.py MODEL_DIR BATCH PROMPT_LEN GEN_LEN
+
+A quantized checkpoint runs through transformers' quantizer for its format where transformers has
+one (and the packages it needs are installed); otherwise this fails, saying why.
 """
 import sys
 import time
@@ -30,7 +33,13 @@ def timed(fn, reps=1):
 def main():
     model_dir, batch, prompt, gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
+    # a quantized checkpoint (its config's quantization_config) is loaded by transformers' own
+    # quantizer for the format, straight onto the GPU
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
+    except ImportError:  # device_map wants accelerate where transformers does not place models itself
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
+    quant = getattr(model.config, "quantization_config", None)
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
     mask = torch.ones_like(ids)
@@ -56,8 +65,9 @@ def main():
         model.generate(ids, **one_kw)
         first_s, _ = timed(lambda: model.generate(ids, **one_kw), reps=3)
         total_s, _ = timed(lambda: model.generate(ids, **kw), reps=2)
+    method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)) or "none"
     print(f"peer: transformers {transformers.__version__}, torch {torch.__version__}, compiled decode: "
-          f"{hasattr(model, '_compiled_call')}", file=sys.stderr)
+          f"{hasattr(model, '_compiled_call')}, quantization: {method}", file=sys.stderr)
     decode_tokens = batch * (gen - 1)
     decode_s = max(total_s - first_s, 1e-9)
     print(f"prefill: {batch * prompt} tokens in {pre_s * 1e3:.1f} ms ({batch * prompt / pre_s:.1f} tokens/s)")
