@@ -478,8 +478,8 @@ static const op_case cases[] = {
     {"matmul", {9, 4096, 40, 0}, run_matmul},     {"matmul", {1, 8, 3, 1}, run_matmul},
     /* quantized weights: the weight-streaming kernel on codes (up to 16 rows; FP8, FP8 blocks, int8,
      * int4 with and without zero points), FP8 tensor cores (more rows, FP8 a scale a row; 520 tokens
-     * scaled by cuBLASLt, fewer by the pass after it), and
-     * dequantized slabs through cuBLAS (the rest: more rows, or columns not whole loads) */
+     * scaled by cuBLASLt, fewer by the pass after it), and dequantized slabs through cuBLAS (the
+     * rest: more rows, or columns not whole loads) */
     {"matmul", {1, 4096, 64, 1, 0}, run_qmatmul}, {"matmul", {1, 384, 20, 0, 1}, run_qmatmul},
     {"matmul", {3, 4096, 40, 1, 2}, run_qmatmul}, {"matmul", {16, 4096, 48, 0, 3}, run_qmatmul},
     {"matmul", {5, 1024, 33, 1, 4}, run_qmatmul}, {"matmul", {9, 14336, 24, 0, 3}, run_qmatmul},
