@@ -852,7 +852,9 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
     const cudaDataType_t t = cuda_blas_type(c->dt);
     const bool has_bias = bias && bias->data;
-    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), c->fp8_vec ? fp8_desc(true) : NULL};
+    /* the outer-vector description only where fp8_algo may take it (a pass of FP8_VEC_MIN_ROWS tokens
+     * or more needs n as many) */
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), c->fp8_vec && n >= FP8_VEC_MIN_ROWS ? fp8_desc(true) : NULL};
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
     bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
     for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
