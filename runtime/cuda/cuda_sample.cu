@@ -1,6 +1,7 @@
-/* Sampling on the device: one block per logit row does what rt_sample_with does on the host
- * (greedy, temperature, top-k, top-p, the sampled token's logprob and the top-n logprobs), so only
- * the samples leave the GPU, not the vocabulary.
+/* Sampling on the device: blocks of SAMPLE_SLICE logits summarize each row (its best logit, key
+ * range and normalizer), then one block per row does what rt_sample_with does on the host (greedy,
+ * temperature, top-k, top-p, the sampled token's logprob and the top-n logprobs), so only the
+ * samples leave the GPU, not the vocabulary.
  *
  * The filters work on order-preserving 32-bit keys of the logits. Top-k finds the k-th largest key
  * by bisection over the key range (a block count per probe); top-p does the same with the
@@ -250,26 +251,38 @@ __device__ int draw(const float *x, int V, const rt_sample_row &p, float mx, flo
     return nth_with_key(x, V, k, r, sh);
 }
 
-__global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(rt_sample_out *out, const float *logits, int V,
-                                                                const rt_sample_row *rows)
+/* A slice of a row summarized: its best logit (lowest id among equals), the least key, and the sum of
+ * its exponentials against its own maximum m. */
+struct row_stats {
+    float best, m, part;
+    int arg;
+    uint32_t kmin;
+};
+
+/* logits a block of the first pass: a row of Llama 3's 128,256 in 16 blocks (one block a row took
+ * 25 us at batch 1 on the H200, the arithmetic of 128K exponentials on one SM); a multiple of 4, so
+ * a slice starts at its row's alignment */
+#define SAMPLE_SLICE 8192
+
+/* The first pass: block (r, s) summarizes slice s of row r into st[r * slices + s]. Thread t takes
+ * the fours of the slice's elements t, t + blockDim.x, ... in 16-byte loads where the row is aligned
+ * (its vocabulary a multiple of 4), else 4-byte ones: the same elements a thread and the same order
+ * whatever the row's place in the batch, so a row's sums are the same bits alone and in a batch. */
+__global__ void __launch_bounds__(SAMPLE_THREADS) sample_stats_kernel(row_stats *st, const float *logits, int V)
 {
     pdl_wait();
     pdl_trigger();
     __shared__ sample_smem sh;
-    const rt_sample_row p = rows[blockIdx.x];
-    const float *x = logits + (size_t)blockIdx.x * (size_t)V;
-    rt_sample_out *o = out + blockIdx.x;
-
-    /* the best logit (lowest id among equals), the key range, and the normalizer, in one pass: each
-     * thread sums its exponentials against its own running maximum and rescales the sum to the row's
-     * at the end (two passes of 4-byte loads took 55 us for a row of 128K logits on the H200, the
-     * largest of a batch-1 step's kernels after the products) */
+    const int s0 = blockIdx.y * SAMPLE_SLICE, len = min(SAMPLE_SLICE, V - s0);
+    const float *x = logits + (size_t)blockIdx.x * (size_t)V + s0;
+    /* each thread sums its exponentials against its own running maximum, rescaled to the slice's at
+     * the end */
     float best = -INFINITY, m = -INFINITY, part = 0.0f;
     int arg = 0x7fffffff;
     uint32_t kmin = 0xffffffffu;
     const auto see = [&](float l, int i) {
         if (l > best)
-            best = l, arg = i;
+            best = l, arg = s0 + i;
         kmin = min(kmin, key_of(l));
         if (l > m) { /* a new running maximum (never NaN: l > m is false for one) */
             part = part * expf(m - l) + 1.0f;
@@ -278,33 +291,53 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(rt_sample_out *o
             part += expf(l - m);
         }
     };
-    /* thread t takes the fours of elements t, t + blockDim.x, ... in 16-byte loads where the row is
-     * aligned (its vocabulary a multiple of 4), else 4-byte ones: the same elements a thread and the
-     * same order whatever the row's place in the batch, so its sums are the same bits */
-    const int fours = V / 4;
+    const int fours = len / 4;
     if (((uintptr_t)x & 15) == 0) {
         const float4 *x4 = reinterpret_cast<const float4 *>(x);
-#pragma unroll 4
         for (int j = threadIdx.x; j < fours; j += blockDim.x) {
             const float4 v = __ldg(x4 + j);
             see(v.x, 4 * j), see(v.y, 4 * j + 1), see(v.z, 4 * j + 2), see(v.w, 4 * j + 3);
         }
     } else {
-#pragma unroll 4
         for (int j = threadIdx.x; j < fours; j += blockDim.x) {
             const float *q = x + 4 * j;
             see(__ldg(q), 4 * j), see(__ldg(q + 1), 4 * j + 1), see(__ldg(q + 2), 4 * j + 2), see(__ldg(q + 3), 4 * j + 3);
         }
     }
-    if ((int)threadIdx.x < V - 4 * fours)
+    if ((int)threadIdx.x < len - 4 * fours)
         see(x[4 * fours + threadIdx.x], 4 * fours + threadIdx.x);
+    block_best(&best, &arg, &sh);
+    kmin = block_min_u32(kmin, &sh);
+    part = m != -INFINITY ? part * expf(m - best) : 0.0f;
+    part = block_sum(part, sh.f);
+    if (threadIdx.x == 0)
+        st[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = row_stats{best, best, part, arg, kmin};
+}
+
+/* One block a row: the row's slices' summaries combined (in a fixed order), then the draw and the
+ * top-n as rt_sample_with does them. */
+__global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(rt_sample_out *out, const float *logits, int V,
+                                                                const rt_sample_row *rows, const row_stats *st,
+                                                                int slices)
+{
+    pdl_wait();
+    pdl_trigger();
+    __shared__ sample_smem sh;
+    const rt_sample_row p = rows[blockIdx.x];
+    const float *x = logits + (size_t)blockIdx.x * (size_t)V;
+    rt_sample_out *o = out + blockIdx.x;
+
+    const bool mine = (int)threadIdx.x < slices;
+    const row_stats sl = mine ? st[(size_t)blockIdx.x * slices + threadIdx.x]
+                              : row_stats{-INFINITY, -INFINITY, 0.0f, 0x7fffffff, 0xffffffffu};
+    float best = sl.best;
+    int arg = sl.arg;
     block_best(&best, &arg, &sh);
     if (arg >= V) /* no logit above -inf (all -inf or NaN): id 0, as the host sampler gives */
         arg = 0;
     const float mx = best;
-    kmin = block_min_u32(kmin, &sh);
-    if (m != -INFINITY)
-        part *= expf(m - mx);
+    const uint32_t kmin = block_min_u32(sl.kmin, &sh);
+    const float part = sl.m != -INFINITY ? sl.part * expf(sl.m - mx) : 0.0f;
     const float lse = mx + logf(block_sum(part, sh.f));
 
     int token = arg;
@@ -342,6 +375,14 @@ extern "C" void cuda_sample(rt_backend *be, rt_sample_out *out, const float *log
     cuda_ctx *c = cuda_ctx_of(be);
     if (n <= 0)
         return;
-    cuda_launch(c, sample_kernel, n, SAMPLE_THREADS, 0, out, logits, vocab, rows);
+    const int slices = (vocab + SAMPLE_SLICE - 1) / SAMPLE_SLICE;
+    static_assert(SAMPLE_SLICE % 4 == 0, "a slice starts at its row's alignment");
+    if ((size_t)n * slices * sizeof(row_stats) > c->scratch_bytes || slices > SAMPLE_THREADS) {
+        cuda_fail(c, "cuda_sample", __FILE__, __LINE__, "the rows' slice summaries exceed the scratch");
+        return;
+    }
+    row_stats *st = (row_stats *)c->scratch;
+    cuda_launch(c, sample_stats_kernel, dim3((unsigned)n, (unsigned)slices), SAMPLE_THREADS, 0, st, logits, vocab);
+    cuda_launch(c, sample_kernel, n, SAMPLE_THREADS, 0, out, logits, vocab, rows, (const row_stats *)st, slices);
     CUDA_LAUNCHED(c);
 }
