@@ -236,6 +236,50 @@ __device__ __forceinline__ uint32_t fp8_pair13(uint32_t w)
     return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
 }
 
+/* A chunk of a lane's two weight rows: its 16-byte load of each, with the chunk's scales and zero
+ * points, loaded together (loaded where they are used, the scales of each chunk, a new group every
+ * 128 columns, were a memory round trip of their own after the codes'). */
+struct qchunk {
+    uint4 w0, w1;
+    float s0, s1;
+    unsigned short z0, z1;
+};
+
+/* Where a lane's two rows r0 and r1 (ok0, ok1: within the weight) read their chunks: at column
+ * chunk ch of CH columns, the lane's (c) 16 bytes of each; rows outside read nothing and give zeros. */
+struct qrows {
+    const uint4 *p0, *p1;
+    const float *sc0, *sc1;
+    const unsigned short *zp0, *zp1;
+    bool ok0, ok1;
+    int group, n_groups;
+
+    __device__ __forceinline__ qrows(const uint8_t *codes, const float *scales, const uint16_t *zeros, int r0, int r1,
+                                     bool ok0_, bool ok1_, int64_t row_bytes, int c, int group_, int n_groups_)
+        : ok0(ok0_), ok1(ok1_), group(group_), n_groups(n_groups_)
+    {
+        p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
+        p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
+        sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
+        zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
+        zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
+    }
+
+    /* chunk ch of CH columns into d; from chunk end on, zeros */
+    template <int CH>
+    __device__ __forceinline__ void fetch(int ch, int end, qchunk &d) const
+    {
+        const bool in0 = ch < end && ok0, in1 = ch < end && ok1;
+        const int gi = n_groups == 1 ? 0 : ch * CH / group;
+        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
+        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
+        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
+        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
+        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
+    }
+};
+
 /* F: FUSE_* bits, f what they need (cuda_fusion.cuh): with FUSE_SILU a block's rows r0 are gate
  * rows and r1 the up rows that go with them. FP8: e4m3 codes (a chunk 64 columns, a lane's 16 of
  * them one load): the weights enter the products as value * 2^-120 (fp8_pair*) and the activations
@@ -260,31 +304,10 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     /* a lane's 32 (FP8: 16) columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
     constexpr int CH = FP8 ? 64 : 128;
     const int64_t row_bytes = FP8 ? K : K / 2;
-    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
-    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
     const int chunks = K / CH;
-    /* a chunk's codes with its two rows' scales and zero points, loaded together: loaded where they
-     * are used, the scales of each chunk (a new group every 128 columns) were a memory round trip
-     * of their own after the codes' */
-    struct chunk_in {
-        uint4 w0, w1;
-        float s0, s1;
-        unsigned short z0, z1;
-    };
-    const float *sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, *sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
-    const unsigned short *zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
-    const unsigned short *zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
-    chunk_in b[QMMA_AHEAD];
-    const auto fetch = [&](int ch, chunk_in &d) {
-        const bool in0 = ch < chunks && ok0, in1 = ch < chunks && ok1;
-        const int gi = n_groups == 1 ? 0 : ch * CH / group;
-        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
-        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
-        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
-        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
-    };
+    const qrows rows(codes, scales, zeros, r0, r1, ok0, ok1, row_bytes, c, group, n_groups);
+    qchunk b[QMMA_AHEAD];
+    const auto fetch = [&](int ch, qchunk &d) { rows.fetch<CH>(ch, chunks, d); };
 #pragma unroll
     for (int a = 0; a < QMMA_AHEAD; a++)
         fetch(warp + a * QMMA_WARPS, b[a]);
@@ -300,7 +323,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
             const int ch = ch0 + a * QMMA_WARPS;
             if (ch >= chunks)
                 break;
-            const chunk_in in = b[a];
+            const qchunk in = b[a];
             fetch(ch + QMMA_AHEAD * QMMA_WARPS, b[a]);
             const uint4 w0 = in.w0, w1 = in.w1;
             const int col = ch * CH + c * (CH / 4);
@@ -495,27 +518,8 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
     const bool ok0 = r0 < N, ok1 = r1 < N;
     const int chunks = K / 128, ch0 = blockIdx.y * split_chunks;
     const int ch1 = ch0 + split_chunks < chunks ? ch0 + split_chunks : chunks;
-    const int64_t row_bytes = K / 2;
-    const uint4 *p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
-    const uint4 *p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
-    const float *sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, *sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
-    const unsigned short *zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
-    const unsigned short *zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
-    struct chunk_in {
-        uint4 w0, w1;
-        float s0, s1;
-        unsigned short z0, z1;
-    };
-    const auto fetch = [&](int ch, chunk_in &d) {
-        const bool in0 = ch < ch1 && ok0, in1 = ch < ch1 && ok1;
-        const int gi = n_groups == 1 ? 0 : ch * 128 / group;
-        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
-        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
-        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
-        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
-    };
+    const qrows rows(codes, scales, zeros, r0, r1, ok0, ok1, K / 2, c, group, n_groups);
+    const auto fetch = [&](int ch, qchunk &d) { rows.fetch<128>(ch, ch1, d); };
     /* chunk ch of every token into buffer b (tokens from n on as zeros), one commit group */
     const auto stage = [&](int ch, int b) {
         for (int i = threadIdx.x; i < NT * 8 * 16; i += QT_WARPS * 32) {
@@ -525,7 +529,7 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
         }
         cp_async_commit();
     };
-    chunk_in a0, a1; /* the next two chunks' codes, in flight ahead of the math */
+    qchunk a0, a1; /* the next two chunks' codes, in flight ahead of the math */
     fetch(ch0, a0);
     fetch(ch0 + 1, a1);
     pdl_wait();
@@ -538,7 +542,7 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
     for (int ch = ch0; ch < ch1; ch++) {
         const int b = (ch - ch0) & 1;
         stage(ch + 1, b ^ 1); /* an empty group past the end */
-        const chunk_in in = a0;
+        const qchunk in = a0;
         a0 = a1;
         fetch(ch + 2, a1);
         cp_async_wait<1>();
