@@ -3,7 +3,7 @@
  * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
- *                [--iters N] [--small] [--fused]
+ *                [--products qkv,o,gate_up,down] [--iters N] [--small] [--fused]
  *
  * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
  * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
@@ -138,6 +138,27 @@ static bool listed(const char *list, const char *name)
     return false;
 }
 
+/* Whether every item of the comma-separated list is the name field of one of n records of size
+ * stride from base (the formats or shapes table); the first that is not goes to bad. */
+static bool all_known(const char *list, const void *base, size_t n, size_t stride, char *bad, size_t bad_size)
+{
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        const size_t len = end ? (size_t)(end - p) : strlen(p);
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++) {
+            const char *name = *(const char *const *)((const char *)base + i * stride);
+            found = strlen(name) == len && strncmp(p, name, len) == 0;
+        }
+        if (!found) {
+            snprintf(bad, bad_size, "%.*s", (int)len, p);
+            return false;
+        }
+        p += len + (end ? 1 : 0);
+    }
+    return true;
+}
+
 /* The comma-separated list s as ints (at most max). */
 static int parse_ints(const char *s, int *out, int max)
 {
@@ -194,7 +215,7 @@ int main(int argc, char **argv)
 {
     bool cuda = true, small = false, fused = false;
     int rows[16] = {1, 16, 64}, n_rows = 3, iters = 50;
-    const char *fmt_list = "bf16,fp8,int8,int4";
+    const char *fmt_list = "bf16,fp8,int8,int4", *prod_list = "qkv,o,gate_up,down";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--device") == 0 && v)
@@ -203,6 +224,8 @@ int main(int argc, char **argv)
             i++;
         else if (strcmp(a, "--formats") == 0 && v)
             fmt_list = v, i++;
+        else if (strcmp(a, "--products") == 0 && v)
+            prod_list = v, i++;
         else if (strcmp(a, "--iters") == 0 && v && (iters = atoi(v)) > 0)
             i++;
         else if (strcmp(a, "--small") == 0)
@@ -211,7 +234,17 @@ int main(int argc, char **argv)
             fused = true;
         else
             return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
-                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--iters N] [--small] [--fused]");
+                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--products qkv,o,gate_up,down] "
+                        "[--iters N] [--small] [--fused]");
+    }
+    char bad[64];
+    if (!all_known(fmt_list, formats, sizeof formats / sizeof *formats, sizeof *formats, bad, sizeof bad)) {
+        fprintf(stderr, "bench_matmul: unknown format '%s' in --formats\n", bad);
+        return 2;
+    }
+    if (!all_known(prod_list, shapes, sizeof shapes / sizeof *shapes, sizeof *shapes, bad, sizeof bad)) {
+        fprintf(stderr, "bench_matmul: unknown product '%s' in --products (qkv, o, gate_up, down)\n", bad);
+        return 2;
     }
     base_err err = {{0}};
     rt_backend *be = NULL;
@@ -254,6 +287,8 @@ int main(int argc, char **argv)
     if (!ar.res || !ar.xb || !ar.gu || !ar.g || !ar.ss)
         return fail("out of device memory");
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        if (!listed(prod_list, shapes[si].name))
+            continue;
         const int N = shapes[si].N / (small ? 16 : 1), K = shapes[si].K / (small ? 16 : 1);
         float *w = malloc((size_t)N * K * sizeof *w), *x = malloc((size_t)maxr * K * sizeof *x);
         if (!w || !x)
