@@ -382,21 +382,22 @@ int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows
         return -1;
     const int maxq = (1 << q->bits) - 1, mid = 1 << (q->bits - 1);
     const int64_t gfirst = g < cols ? c0 / g : 0;
-    /* a block of br rows shares a scale: each row computes its block's (the same result) */
+    /* first each block of br rows' scale (and zero) of each group, held in its first row's place
+     * (a block's values are read once, not once a row of it) */
+    const int64_t n_blocks = (rows + br - 1) / br;
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-    for (int64_t r = 0; r < rows; r++) {
-        const float *row = w + r * cols;
-        const int64_t b0 = r / br * br, b1 = b0 + br < rows ? b0 + br : rows;
+    for (int64_t bi = 0; bi < n_blocks; bi++) {
+        const int64_t b0 = bi * br, b1 = b0 + br < rows ? b0 + br : rows;
         for (int64_t j = 0; j < m->n_groups; j++) {
             /* the group's columns of the whole row: [a, b) */
             const int64_t a = g < cols ? (gfirst + j) * g : 0, b = g < cols ? (a + g < cols ? a + g : cols) : cols;
-            float lo = 0, hi = 0, amax = 0;
+            float lo = 0, hi = 0;
             for (int64_t rr = b0; rr < b1; rr++)
                 for (int64_t c = a; c < b; c++) {
                     lo = fminf(lo, w[rr * cols + c]);
                     hi = fmaxf(hi, w[rr * cols + c]);
                 }
-            amax = fmaxf(-lo, hi);
+            const float amax = fmaxf(-lo, hi);
             float s;
             int zero = mid;
             if (q->kind == RT_QK_FP8)
@@ -411,10 +412,26 @@ int rt_qmat_quantize(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows
                 s = 1; /* an all-zero group: any scale gives zeros */
             if (zeros)
                 zero = (int)fminf(fmaxf(nearbyintf(-lo / s), 0), (float)maxq);
-            const int64_t gi = r * m->n_groups + j;
-            m->scales[gi] = s;
+            m->scales[b0 * m->n_groups + j] = s;
             if (m->zeros)
-                m->zeros[gi] = (uint16_t)zero;
+                m->zeros[b0 * m->n_groups + j] = (uint16_t)zero;
+        }
+    }
+    /* then every row's codes, with its block's scales */
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = w + r * cols;
+        const int64_t b0 = r / br * br;
+        for (int64_t j = 0; j < m->n_groups; j++) {
+            const int64_t a = g < cols ? (gfirst + j) * g : 0, b = g < cols ? (a + g < cols ? a + g : cols) : cols;
+            const int64_t gi = r * m->n_groups + j, bg = b0 * m->n_groups + j;
+            const float s = m->scales[bg];
+            const int zero = m->zeros ? m->zeros[bg] : mid;
+            if (r != b0) { /* the block's first row holds them already (and other rows read them) */
+                m->scales[gi] = s;
+                if (m->zeros)
+                    m->zeros[gi] = (uint16_t)zero;
+            }
             /* this slice's part of the group */
             const int64_t ka = a > c0 ? a : c0, kb = b < c1 ? b : c1;
             for (int64_t c = ka; c < kb; c++) {
