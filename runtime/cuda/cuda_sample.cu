@@ -377,7 +377,11 @@ extern "C" void cuda_sample(rt_backend *be, rt_sample_out *out, const float *log
         return;
     const int slices = (vocab + SAMPLE_SLICE - 1) / SAMPLE_SLICE;
     static_assert(SAMPLE_SLICE % 4 == 0, "a slice starts at its row's alignment");
-    if ((size_t)n * slices * sizeof(row_stats) > c->scratch_bytes || slices > SAMPLE_THREADS) {
+    if (slices > SAMPLE_THREADS) {
+        cuda_fail(c, "cuda_sample", __FILE__, __LINE__, "the vocabulary has more slices than a block has threads");
+        return;
+    }
+    if ((size_t)n * slices * sizeof(row_stats) > c->scratch_bytes) {
         cuda_fail(c, "cuda_sample", __FILE__, __LINE__, "the rows' slice summaries exceed the scratch");
         return;
     }
