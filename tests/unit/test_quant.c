@@ -104,6 +104,51 @@ static float *random_matrix(int64_t rows, int64_t cols, unsigned seed)
     return w;
 }
 
+/* FP8 with a scale a 128 x 128 block (transformers' fp8, as dinfer-mkmodel writes it) and one a
+ * tensor: every row holds its block's scale, the block's largest magnitude over 448 (the last block
+ * of rows and of columns partial), and each value within FP8's step of it. */
+static void test_quantize_blocks(void **state)
+{
+    (void)state;
+    const int64_t rows = 300, cols = 300;
+    float *w = random_matrix(rows, cols, 5), *deq = malloc((size_t)(rows * cols) * sizeof *deq);
+    const rt_quant modes[] = {
+        {.method = RT_QUANT_FP8, .kind = RT_QK_FP8, .scale = RT_QSCALE_BLOCK, .bits = 8, .block_rows = 128,
+         .block_cols = 128},
+        {.method = RT_QUANT_CT_FP8, .kind = RT_QK_FP8, .scale = RT_QSCALE_TENSOR, .bits = 8},
+    };
+    for (int mi = 0; mi < 2; mi++) {
+        const rt_quant *q = &modes[mi];
+        const int64_t br = q->scale == RT_QSCALE_BLOCK ? 128 : rows, bc = q->scale == RT_QSCALE_BLOCK ? 128 : cols;
+        rt_qmat m;
+        base_err err;
+        assert_int_equal(rt_qmat_quantize(&m, q, w, rows, cols, 0, cols, "w", &err), 0);
+        assert_int_equal(m.n_groups, (cols + bc - 1) / bc);
+        rt_qmat_dequantize(&m, deq);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < m.n_groups; j++) {
+                float amax = 0;
+                for (int64_t rr = r / br * br; rr < rows && rr < r / br * br + br; rr++)
+                    for (int64_t c = j * bc; c < cols && c < j * bc + bc; c++)
+                        amax = fmaxf(amax, fabsf(w[rr * cols + c]));
+                const float scale = m.scales[r * m.n_groups + j];
+                if (scale != amax / 448.0f)
+                    fail_msg("mode %d: row %lld, block column %lld: scale %g, expected %g", mi, (long long)r,
+                             (long long)j, scale, amax / 448.0f);
+                for (int64_t c = j * bc; c < cols && c < j * bc + bc; c++) {
+                    const float x = w[r * cols + c];
+                    const float bound = fmaxf(fabsf(x), ldexpf(1, -6) * scale) / 16 * 1.0001f;
+                    if (!(fabsf(deq[r * cols + c] - x) <= bound))
+                        fail_msg("mode %d: w[%lld][%lld] = %g became %g (bound %g)", mi, (long long)r, (long long)c,
+                                 x, deq[r * cols + c], bound);
+                }
+            }
+        rt_qmat_free(&m);
+    }
+    free(w);
+    free(deq);
+}
+
 /* Each --quantize mode within half a step of its grid, a slice equal to the whole's columns. */
 static void test_quantize(void **state)
 {
@@ -325,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_fp8),
         cmocka_unit_test(test_fp8_rounding),
         cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_quantize_blocks),
         cmocka_unit_test(test_fixture_configs),
         cmocka_unit_test(test_read_slices),
         cmocka_unit_test(test_cpu_matmul_codes),
