@@ -59,6 +59,10 @@ typedef struct cuda_ctx {
 /* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
 void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t total);
+/* The product of FP8 weights with a scale a row and BF16 activations on the FP8 tensor cores
+ * (cuBLASLt, cuda_fp8_gemm.cu); false, out untouched, where it does not take it (the backend not
+ * BF16, other weights or shapes, DINFER_CUDA_FP8_GEMM=0, no cuBLASLt algorithm). */
+bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 /* backend.h's fuses and matmul_fused for a quantized w (the chain's activations 16-byte aligned). */
 bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n);
 void cuda_qmatmul_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,

@@ -124,17 +124,25 @@ static void free_weight(rt_backend *be, rt_tensor *t)
         be->ops->free(be, t->q.zeros);
 }
 
+/* The comma-separated list's next item from *p: its start and length; false at the end. */
+static bool next_item(const char **p, const char **item, size_t *len)
+{
+    if (!**p)
+        return false;
+    const char *end = strchr(*p, ',');
+    *item = *p, *len = end ? (size_t)(end - *p) : strlen(*p);
+    *p += *len + (end ? 1 : 0);
+    return true;
+}
+
 /* Whether name is one of the comma-separated list's items. */
 static bool listed(const char *list, const char *name)
 {
-    const size_t len = strlen(name);
-    for (const char *p = list; *p;) {
-        const char *end = strchr(p, ',');
-        const size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (n == len && strncmp(p, name, len) == 0)
+    const char *item;
+    size_t len;
+    while (next_item(&list, &item, &len))
+        if (len == strlen(name) && strncmp(item, name, len) == 0)
             return true;
-        p += n + (end ? 1 : 0);
-    }
     return false;
 }
 
@@ -142,19 +150,18 @@ static bool listed(const char *list, const char *name)
  * stride from base (the formats or shapes table); the first that is not goes to bad. */
 static bool all_known(const char *list, const void *base, size_t n, size_t stride, char *bad, size_t bad_size)
 {
-    for (const char *p = list; *p;) {
-        const char *end = strchr(p, ',');
-        const size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *item;
+    size_t len;
+    while (next_item(&list, &item, &len)) {
         bool found = false;
         for (size_t i = 0; i < n && !found; i++) {
             const char *name = *(const char *const *)((const char *)base + i * stride);
-            found = strlen(name) == len && strncmp(p, name, len) == 0;
+            found = strlen(name) == len && strncmp(item, name, len) == 0;
         }
         if (!found) {
-            snprintf(bad, bad_size, "%.*s", (int)len, p);
+            snprintf(bad, bad_size, "%.*s", (int)len, item);
             return false;
         }
-        p += len + (end ? 1 : 0);
     }
     return true;
 }

@@ -1,0 +1,225 @@
+/* out(n, N) = x(n, K) . W(N, K)^T (+ bias) on the FP8 tensor cores through cuBLASLt, for FP8 codes
+ * with a scale a row (per tensor or channel) and BF16 activations, above the rows the weight-
+ * streaming kernels take (cuda_qmatmul.cu takes every other quantized product).
+ *
+ * The activations are quantized to e4m3 a token at a time (its largest magnitude / 448), the
+ * product of codes is taken in fp32, multiplied by its token's and its weight row's scales by
+ * cuBLASLt itself from FP8_VEC_MIN_ROWS tokens (outer-vector scaling, with fast accumulation; below
+ * that, or where a cuBLASLt has no algorithm for it, a pass over the output does it) and written in
+ * BF16 (F16's range is too short for an unscaled product of codes, up to 448^2 K): W8A8, as vLLM
+ * runs an FP8 checkpoint. DINFER_CUDA_FP8_GEMM=0 turns it off, DINFER_CUDA_FP8_VEC=0 takes the pass
+ * at every size. */
+#include <cublasLt.h>
+#include <cuda_fp8.h>
+
+#include "runtime/cuda/cuda_common.cuh"
+
+/* Row t of x (n, K) as e4m3 codes and a scale (its largest magnitude / 448): a block a row, 16
+ * bytes of x a load (K a multiple of 8); the second pass reads the row again from L1 / L2. */
+template <typename T>
+__global__ void quantize_rows_kernel(uint8_t *codes, float *scales, const T *x, int K)
+{
+    constexpr int V = 16 / sizeof(T);
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float red[32];
+    const uint4 *xr = (const uint4 *)(x + (int64_t)blockIdx.x * K);
+    const int nv = K / V;
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const uint4 u = xr[i];
+        const T *e = (const T *)&u;
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            amax = fmaxf(amax, fabsf(ld(&e[j])));
+    }
+    amax = block_max(amax, red);
+    const float s = amax > 0.0f ? amax / 448.0f : 1.0f, inv = 1.0f / s;
+    if (threadIdx.x == 0)
+        scales[blockIdx.x] = s;
+    __nv_fp8x2_storage_t *cr = (__nv_fp8x2_storage_t *)(codes + (int64_t)blockIdx.x * K);
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const uint4 u = xr[i];
+        const T *e = (const T *)&u;
+        __nv_fp8x2_storage_t pk[V / 2];
+#pragma unroll
+        for (int j = 0; j < V / 2; j++)
+            pk[j] = __nv_cvt_float2_to_fp8x2(make_float2(ld(&e[2 * j]) * inv, ld(&e[2 * j + 1]) * inv),
+                                             __NV_SATFINITE, __NV_E4M3);
+#pragma unroll
+        for (int j = 0; j < V / 2; j++)
+            cr[(int64_t)i * (V / 2) + j] = pk[j];
+    }
+}
+
+/* out (n, N), the product of codes, times its token's and its weight row's scales (+ bias): only
+ * where cuBLASLt cannot apply the scales itself. A thread 16 bytes of a row (N a multiple of 8), a
+ * grid row a token. */
+template <typename T>
+__global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const T *bias, int N)
+{
+    constexpr int V = 16 / sizeof(T);
+    pdl_wait();
+    pdl_trigger();
+    const int col = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (col >= N)
+        return;
+    uint4 *o = reinterpret_cast<uint4 *>(out + (int64_t)blockIdx.y * N + col);
+    uint4 u = *o, bu = bias ? *reinterpret_cast<const uint4 *>(bias + col) : make_uint4(0, 0, 0, 0);
+    T *e = reinterpret_cast<T *>(&u);
+    const T *be = reinterpret_cast<const T *>(&bu);
+    const float s = xs[blockIdx.y];
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        st(&e[j], ld(&e[j]) * s * __ldg(ws + col + j) + (bias ? ld(&be[j]) : 0.0f));
+    *o = u;
+}
+
+/* The product's description: the weight's codes (transposed) times the tokens' codes. vec: cuBLASLt
+ * multiplies each result by its weight row's and its token's scales (outer-vector scaling) and
+ * accumulates without periodic promotion (fast accumulation, as vLLM's FP8 kernels run); NULL when
+ * this cuBLASLt cannot describe it. */
+static cublasLtMatmulDesc_t fp8_desc(bool vec)
+{
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const int8_t fast = 1;
+    cublasLtMatmulDesc_t op = NULL;
+    bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS;
+    if (vec)
+        ok = ok &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode) ==
+                 CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode) ==
+                 CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast) ==
+                 CUBLAS_STATUS_SUCCESS;
+    if (!ok && op) {
+        cublasLtMatmulDescDestroy(op);
+        op = NULL;
+    }
+    return op;
+}
+
+#define FP8_VEC_MIN_ROWS 512
+/* cuBLASLt's heuristic's algorithm for an (m, n, k) FP8 product, found once: with outer-vector
+ * scaling where it has one (*vec), else plain. The caller sets the scales' pointers first (without
+ * them cuBLASLt 13.1 on the H200 finds no outer-vector algorithm). */
+static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                     cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo, bool *vec)
+{
+    for (int i = 0; i < c->n_fp8_algos; i++) {
+        cuda_fp8_algo *a = &c->fp8_algos[i];
+        if (a->m == m && a->n == n && a->k == k) {
+            *algo = a->algo;
+            *vec = a->vec;
+            return a->ok;
+        }
+    }
+    /* outer-vector scaling from FP8_VEC_MIN_ROWS tokens: below, the plain product and the pass won end
+     * to end (H200, 8B shape, batch-64 decode: 12,511 / 12,620 tok/s against 11,674 / 11,698 with it on
+     * every product, 12,387 / 12,308 with it on all but the down product, which bench_matmul had at
+     * 42.9 us against 29.9; the 64 x 128 prefill 57,446 / 57,718 against 63,440 / 61,267 with it) */
+    const int first = n >= FP8_VEC_MIN_ROWS ? 1 : 0;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0, took = -1;
+    const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
+    if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+            CUBLAS_STATUS_SUCCESS)
+        for (int v = first; v >= 0 && took < 0; v--)
+            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, 1, &res, &found) ==
+                              CUBLAS_STATUS_SUCCESS && found > 0)
+                took = v;
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    const bool ok = took >= 0;
+    *vec = took == 1;
+    if (ok)
+        *algo = res.algo;
+    if (c->n_fp8_algos < CUDA_FP8_ALGOS)
+        c->fp8_algos[c->n_fp8_algos++] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+    return ok;
+}
+
+/* false when cuBLASLt has no algorithm for the shape (the caller takes the slabs) */
+template <typename T>
+static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    /* tokens a pass: their codes and scales within the scratch */
+    int chunk = (int)(c->scratch_bytes / ((size_t)K + 64));
+    chunk = (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
+    uint8_t *xq = (uint8_t *)c->scratch;
+    float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
+    const cudaDataType_t t = cuda_blas_type(c->dt);
+    const bool has_bias = bias && bias->data;
+    /* the outer-vector description only where fp8_algo may take it (a pass of FP8_VEC_MIN_ROWS tokens
+     * or more needs n as many) */
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), c->fp8_vec && n >= FP8_VEC_MIN_ROWS ? fp8_desc(true) : NULL};
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
+    for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
+        const int rows = n - t0 < chunk ? n - t0 : chunk;
+        if (rows != laid) { /* the first pass and a shorter last one */
+            if (lb)
+                cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
+            lb = ld = NULL;
+            ok = cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, rows, K) == CUBLAS_STATUS_SUCCESS &&
+                 cublasLtMatrixLayoutCreate(&ld, t, N, rows, N) == CUBLAS_STATUS_SUCCESS;
+            laid = rows;
+        }
+        /* the scales' pointers before the heuristic: without them it finds no algorithm for outer-vector
+         * scaling (measured on the H200, cuBLASLt 13.1) */
+        const void *wscale = w->q.scales;
+        if (ops[1] &&
+            (cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale) !=
+                 CUBLAS_STATUS_SUCCESS ||
+             cublasLtMatmulDescSetAttribute(ops[1], CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs) !=
+                 CUBLAS_STATUS_SUCCESS)) {
+            ok = false;
+            break;
+        }
+        cublasLtMatmulAlgo_t algo;
+        bool vec = false;
+        if (!ok || !fp8_algo(c, ops, la, lb, ld, N, rows, K, &algo, &vec)) {
+            ok = false;
+            break;
+        }
+        cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
+        const float one = 1.0f, zero = 0.0f;
+        T *o = (T *)out + (int64_t)t0 * N;
+        const cublasStatus_t s = cublasLtMatmul(c->lt, ops[vec], &one, w->data, la, xq, lb, &zero, o, ld, o, ld,
+                                                &algo, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES, c->stream);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            cuda_fail(c, "cublasLtMatmul (FP8)", __FILE__, __LINE__, cublasGetStatusString(s));
+            break;
+        }
+        if (!vec)
+            cuda_launch(c, scale_out_kernel<T>, dim3((unsigned)(N / (16 / sizeof(T)) + 255) / 256, (unsigned)rows), 256,
+                        0, o, (const float *)xs, (const float *)w->q.scales,
+                        has_bias ? (const T *)bias->data : (const T *)NULL, N);
+        else if (has_bias)
+            cuda_add_bias(c, o, bias->data, N, (int64_t)rows * N);
+    }
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (ld)
+        cublasLtMatrixLayoutDestroy(ld);
+    for (int v = 0; v < 2; v++)
+        if (ops[v])
+            cublasLtMatmulDescDestroy(ops[v]);
+    return ok;
+}
+
+bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+{
+    const bool fits = c->fp8_gemm && c->dt == RT_BF16 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 &&
+                      w->cols % 16 == 0 && w->rows % 16 == 0;
+    return fits && fp8_gemm<__nv_bfloat16>(c, out, x, w, bias, n);
+}
