@@ -22,6 +22,9 @@ typedef enum rt_layout {
     RT_ROWS = 0,  /* row-major (rows, cols) */
     RT_PANELS8,   /* the CPU backend's, for matmul only: rows in panels of 8 (the last zero-padded),
                    * each panel column by column: element (r, c) at ((r / 8) * cols + c) * 8 + r % 8 */
+    RT_INT4_PAIRS, /* the CUDA backend's int4 codes: row-major, each 32-bit word's 8 columns in nibble order
+                    * 0, 2, 4, 6, 1, 3, 5, 7 (column j at nibble j / 2 + 4 (j & 1), AWQ's order), so that
+                    * (word >> 4i) & 0x000F000F holds columns 2i and 2i + 1 in its two 16-bit halves */
 } rt_layout;
 
 /* A quantized matrix's codes' meaning (runtime/quant.h reads every format into it): element (r, c)

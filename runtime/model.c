@@ -351,7 +351,7 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
         for (int i = 0; i < got; i++)
             rt_qmat_free(&qm[i]);
         if (rc < 0 || (got == n && dst->q.kind))
-            return rc < 0 ? -1 : 0;
+            return rc < 0 ? -1 : prepare(L, dst);
         /* a part left float, or parts quantized unlike each other: the whole matrix as floats */
     }
     if (n > 1) {

@@ -48,11 +48,13 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w
 #pragma unroll
             for (int b = 0; b < 4; b++)
                 w[4 * i + b] = magic_byte(u[i], b) - zoff;
-        } else { /* the even column in the low nibble: byte b holds columns 2b (low) and 2b + 1 (high) */
+        } else { /* RT_INT4_PAIRS: nibble j of the word holds column 2j (j < 4) or 2j - 7: byte b's low
+                  * nibble (nibble 2b) columns 0, 4, 1, 5, its high one (2b + 1) columns 2, 6, 3, 7 */
             const uint32_t lo = u[i] & 0x0F0F0F0Fu, hi = (u[i] >> 4) & 0x0F0F0F0Fu;
+            constexpr int col_lo[4] = {0, 4, 1, 5}, col_hi[4] = {2, 6, 3, 7};
 #pragma unroll
             for (int b = 0; b < 4; b++)
-                w[8 * i + 2 * b] = magic_byte(lo, b) - zoff, w[8 * i + 2 * b + 1] = magic_byte(hi, b) - zoff;
+                w[8 * i + col_lo[b]] = magic_byte(lo, b) - zoff, w[8 * i + col_hi[b]] = magic_byte(hi, b) - zoff;
         }
     }
 }
@@ -207,11 +209,22 @@ __device__ __forceinline__ __nv_bfloat162 bits_bf16x2(uint32_t v)
     return *reinterpret_cast<__nv_bfloat162 *>(&v);
 }
 
-/* Two int4 codes (bits 0-3 and 16-19 of w) minus the zero, exactly, as a bf16 pair: 128 + code is
- * the bf16 0x4300 with the code in its low mantissa bits. zoff: (128 + zero) twice. */
-__device__ __forceinline__ uint32_t int4_pair(uint32_t w, __nv_bfloat162 zoff)
+/* Two int4 codes (bits 0-3 and 16-19 of w) as the bf16 pair 128 + code, exactly: the bf16 0x4300 with
+ * the code in its low mantissa bits. (w & 0x000F000F) | 0x43004300 in one instruction (LOP3's table
+ * 0xEA: (a & b) | c), which the compiler made two. */
+__device__ __forceinline__ uint32_t int4_biased(uint32_t w)
 {
-    return bf16x2_bits(__hsub2(bits_bf16x2((w & 0x000F000Fu) | 0x43004300u), zoff));
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(w), "n"(0x000F000F), "n"(0x43004300));
+    return r;
+}
+
+/* A word of int4 codes in RT_INT4_PAIRS order as four bf16 pairs 128 + code: columns (0, 1), (2, 3),
+ * (4, 5), (6, 7), each pair the A operand's two columns of a row (and x's 16-byte load of the same
+ * 8 columns the B operand's, as it is). */
+__device__ __forceinline__ void int4_word(uint32_t u, uint32_t p[4])
+{
+    p[0] = int4_biased(u), p[1] = int4_biased(u >> 4), p[2] = int4_biased(u >> 8), p[3] = int4_biased(u >> 12);
 }
 
 /* Two e4m3 codes (bytes 0 and 2 of w) as an exact bf16 pair of their values times 2^-120: the sign
@@ -237,38 +250,43 @@ struct qchunk {
     unsigned short z0, z1;
 };
 
-/* Where a lane's two rows r0 and r1 (ok0, ok1: within the weight) read their chunks: at column
- * chunk ch of CH columns, the lane's (c) 16 bytes of each; rows outside read nothing and give zeros. */
+/* Where a lane's two rows r0 and r1 read their chunks: at column chunk ch of CH columns, the lane's
+ * (c) 16 bytes of each. A row past the weight's last (ok0, ok1 false) reads the last row, and a chunk
+ * from end on the last chunk: values computed and never stored, in place of a predicate on each load. */
+template <int CH>
 struct qrows {
     const uint4 *p0, *p1;
     const float *sc0, *sc1;
     const unsigned short *zp0, *zp1;
-    bool ok0, ok1;
+    int last, gshift; /* the last chunk; a chunk's group ch >> gshift (-1: ch * CH / group) */
     int group, n_groups;
 
     __device__ __forceinline__ qrows(const uint8_t *codes, const float *scales, const uint16_t *zeros, int r0, int r1,
-                                     bool ok0_, bool ok1_, int64_t row_bytes, int c, int group_, int n_groups_)
-        : ok0(ok0_), ok1(ok1_), group(group_), n_groups(n_groups_)
+                                     bool ok0, bool ok1, int last_row, int64_t row_bytes, int c, int end, int group_,
+                                     int n_groups_)
+        : last(end - 1), group(group_), n_groups(n_groups_)
     {
-        p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok0 ? r0 : 0) * row_bytes) + c;
-        p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)(ok1 ? r1 : 0) * row_bytes) + c;
-        sc0 = scales + (int64_t)(ok0 ? r0 : 0) * n_groups, sc1 = scales + (int64_t)(ok1 ? r1 : 0) * n_groups;
-        zp0 = zeros ? zeros + (int64_t)(ok0 ? r0 : 0) * n_groups : nullptr;
-        zp1 = zeros ? zeros + (int64_t)(ok1 ? r1 : 0) * n_groups : nullptr;
+        r0 = ok0 ? r0 : last_row, r1 = ok1 ? r1 : last_row;
+        p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)r0 * row_bytes) + c;
+        p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)r1 * row_bytes) + c;
+        sc0 = scales + (int64_t)r0 * n_groups, sc1 = scales + (int64_t)r1 * n_groups;
+        zp0 = zeros ? zeros + (int64_t)r0 * n_groups : nullptr;
+        zp1 = zeros ? zeros + (int64_t)r1 * n_groups : nullptr;
+        const int cpg = n_groups == 1 ? 0 : group / CH; /* chunks a group */
+        gshift = n_groups == 1 ? 31 : (cpg & (cpg - 1)) == 0 ? __ffs(cpg) - 1 : -1;
     }
 
-    /* chunk ch of CH columns into d; from chunk end on, zeros */
-    template <int CH>
-    __device__ __forceinline__ void fetch(int ch, int end, qchunk &d) const
+    /* chunk ch (from end on, the last) of CH columns into d */
+    __device__ __forceinline__ void fetch(int ch, qchunk &d) const
     {
-        const bool in0 = ch < end && ok0, in1 = ch < end && ok1;
-        const int gi = n_groups == 1 ? 0 : ch * CH / group;
-        d.w0 = in0 ? __ldg(p0 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.w1 = in1 ? __ldg(p1 + (int64_t)ch * 4) : make_uint4(0, 0, 0, 0);
-        d.s0 = in0 ? __ldg(sc0 + gi) : 0.0f;
-        d.s1 = in1 ? __ldg(sc1 + gi) : 0.0f;
-        d.z0 = in0 && zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
-        d.z1 = in1 && zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
+        ch = ch < last ? ch : last;
+        const int gi = gshift >= 0 ? ch >> gshift : ch * CH / group;
+        d.w0 = __ldg(p0 + (int64_t)ch * 4);
+        d.w1 = __ldg(p1 + (int64_t)ch * 4);
+        d.s0 = __ldg(sc0 + gi);
+        d.s1 = __ldg(sc1 + gi);
+        d.z0 = zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
+        d.z1 = zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
     }
 };
 
@@ -279,7 +297,7 @@ struct qrows {
  * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
  * Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
 template <int NT, int F, bool FP8>
-__global__ void __launch_bounds__(QMMA_WARPS * 32)
+__global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* int4, one tile of tokens: 85 registers at most */
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
                 int n_groups)
@@ -297,45 +315,49 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
     constexpr int CH = FP8 ? 64 : 128;
     const int64_t row_bytes = FP8 ? K : K / 2;
     const int chunks = K / CH;
-    const qrows rows(codes, scales, zeros, r0, r1, ok0, ok1, row_bytes, c, group, n_groups);
+    const qrows<CH> rows(codes, scales, zeros, r0, r1, ok0, ok1, N - 1, row_bytes, c, chunks, group, n_groups);
+    /* the lane's activations: token tb + 8t + g (from n on, token n - 1: those columns of the product
+     * are never stored), its columns of a chunk from c * CH / 4 on */
+    const __nv_bfloat16 *xr[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const int tok = tb + t * 8 + g;
+        xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
+    }
+    const int mine = warp < chunks ? (chunks - 1 - warp) / QMMA_WARPS + 1 : 0; /* chunks warp, warp + 8, ... */
     qchunk b[QMMA_AHEAD];
-    const auto fetch = [&](int ch, qchunk &d) { rows.fetch<CH>(ch, chunks, d); };
 #pragma unroll
     for (int a = 0; a < QMMA_AHEAD; a++)
-        fetch(warp + a * QMMA_WARPS, b[a]);
+        rows.fetch(warp + a * QMMA_WARPS, b[a]);
     pdl_wait();
     pdl_trigger();
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    for (int ch0 = warp; ch0 < chunks; ch0 += QMMA_AHEAD * QMMA_WARPS) {
+    for (int i0 = 0; i0 < mine; i0 += QMMA_AHEAD) {
 #pragma unroll
         for (int a = 0; a < QMMA_AHEAD; a++) {
-            const int ch = ch0 + a * QMMA_WARPS;
-            if (ch >= chunks)
+            if (i0 + a >= mine)
                 break;
+            const int ch = warp + (i0 + a) * QMMA_WARPS;
             const qchunk in = b[a];
-            fetch(ch + QMMA_AHEAD * QMMA_WARPS, b[a]);
-            const uint4 w0 = in.w0, w1 = in.w1;
-            const int col = ch * CH + c * (CH / 4);
+            rows.fetch(ch + QMMA_AHEAD * QMMA_WARPS, b[a]);
             float d[NT][4];
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
             if constexpr (FP8) {
-                /* word q: columns col + 4q .. + 3 (byte j the column j): pairs (0, 2) and (1, 3), one
-                 * product, the activations gathered alike */
+                /* word q: columns 4q .. 4q + 3 of the lane's (byte j the column j): pairs (0, 2) and
+                 * (1, 3), one product, the activations gathered alike */
                 const __nv_bfloat162 up = __floats2bfloat162_rn(0x1p100f, 0x1p100f);
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const uint32_t u0 = (&w0.x)[q], u1 = (&w1.x)[q];
+                    const uint32_t u0 = (&in.w0.x)[q], u1 = (&in.w1.x)[q];
                     const uint32_t wa[4] = {fp8_pair02(u0), fp8_pair02(u1), fp8_pair13(u0), fp8_pair13(u1)};
 #pragma unroll
                     for (int t = 0; t < NT; t++) {
-                        const int tok = tb + t * 8 + g;
-                        const uint2 xv = tok < n ? __ldg(reinterpret_cast<const uint2 *>(x + (int64_t)tok * K + col + 4 * q))
-                                                 : make_uint2(0, 0);
+                        const uint2 xv = __ldg(reinterpret_cast<const uint2 *>(xr[t] + ch * CH + 4 * q));
                         mma16816<__nv_bfloat16>(d[t], wa, bf16x2_bits(__hmul2(bits_bf16x2(__byte_perm(xv.x, xv.y, 0x5410)), up)),
                                                 bf16x2_bits(__hmul2(bits_bf16x2(__byte_perm(xv.x, xv.y, 0x7632)), up)));
                     }
@@ -348,30 +370,33 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
                 }
                 continue;
             }
-            const float s0 = in.s0, s1 = in.s1, z0f = 128.0f + (float)in.z0, z1f = 128.0f + (float)in.z1;
-            const __nv_bfloat162 z0 = __floats2bfloat162_rn(z0f, z0f), z1 = __floats2bfloat162_rn(z1f, z1f);
-            /* word q: columns col + 8q .. + 7 (nibble j the column j); two steps: pairs (0, 4) and
-             * (1, 5), then (2, 6) and (3, 7), the activations gathered alike */
+            /* the codes enter as 128 + code (int4_word) and the zero as one more product a step, of
+             * the weight -(128 + zero) (the bf16 0xC300 with the zero in its mantissa) with the same
+             * activations: sum (code - zero) x = sum (128 + code) x - (128 + zero) sum x, eight
+             * tensor-core instructions a chunk in place of 32 subtractions */
+            const uint32_t zn0 = (0xC300u | in.z0) * 0x10001u, zn1 = (0xC300u | in.z1) * 0x10001u;
+            const uint32_t za[4] = {zn0, zn1, zn0, zn1};
+            /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
+             * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                const uint32_t u0 = (&w0.x)[q], u1 = (&w1.x)[q];
-                const uint32_t a0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0),
-                                        int4_pair(u1 >> 4, z1)};
-                const uint32_t a1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
-                                        int4_pair(u1 >> 12, z1)};
+                uint32_t p0[4], p1[4];
+                int4_word((&in.w0.x)[q], p0);
+                int4_word((&in.w1.x)[q], p1);
+                const uint32_t a0[4] = {p0[0], p1[0], p0[1], p1[1]}, a1[4] = {p0[2], p1[2], p0[3], p1[3]};
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
-                    const int tok = tb + t * 8 + g;
-                    const uint4 xv = tok < n ? __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)tok * K + col + 8 * q))
-                                             : make_uint4(0, 0, 0, 0);
-                    mma16816<__nv_bfloat16>(d[t], a0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
-                    mma16816<__nv_bfloat16>(d[t], a1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
+                    const uint4 xv = __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q));
+                    mma16816<__nv_bfloat16>(d[t], a0, xv.x, xv.y);
+                    mma16816<__nv_bfloat16>(d[t], za, xv.x, xv.y);
+                    mma16816<__nv_bfloat16>(d[t], a1, xv.z, xv.w);
+                    mma16816<__nv_bfloat16>(d[t], za, xv.z, xv.w);
                 }
             }
 #pragma unroll
             for (int t = 0; t < NT; t++) {
-                acc[t][0] += s0 * d[t][0], acc[t][1] += s0 * d[t][1];
-                acc[t][2] += s1 * d[t][2], acc[t][3] += s1 * d[t][3];
+                acc[t][0] += in.s0 * d[t][0], acc[t][1] += in.s0 * d[t][1];
+                acc[t][2] += in.s1 * d[t][2], acc[t][3] += in.s1 * d[t][3];
             }
         }
     }
@@ -444,7 +469,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32)
 static bool qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const rt_tensor_quant *q = &w->q;
-    const bool int4 = q->kind == RT_QK_INT && q->bits == 4 && n <= QMMA_MAX_ROWS,
+    const bool int4 = q->kind == RT_QK_INT && q->bits == 4 && w->layout == RT_INT4_PAIRS && n <= QMMA_MAX_ROWS,
                fp8 = q->kind == RT_QK_FP8 && c->qmma_fp8 && n >= 2 && n <= QGEMV_MAX_ROWS;
     const int64_t ch = fp8 ? 64 : 128;
     return c->gemv && c->qmma && c->dt == RT_BF16 && (int4 || fp8) && w->cols % ch == 0 && w->rows / 16 < 65535 &&
@@ -510,8 +535,8 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
     const bool ok0 = r0 < N, ok1 = r1 < N;
     const int chunks = K / 128, ch0 = blockIdx.y * split_chunks;
     const int ch1 = ch0 + split_chunks < chunks ? ch0 + split_chunks : chunks;
-    const qrows rows(codes, scales, zeros, r0, r1, ok0, ok1, K / 2, c, group, n_groups);
-    const auto fetch = [&](int ch, qchunk &d) { rows.fetch<128>(ch, ch1, d); };
+    const qrows<128> rows(codes, scales, zeros, r0, r1, ok0, ok1, N - 1, K / 2, c, ch1, group, n_groups);
+    const auto fetch = [&](int ch, qchunk &d) { rows.fetch(ch, d); };
     /* chunk ch of every token into buffer b (tokens from n on as zeros), one commit group */
     const auto stage = [&](int ch, int b) {
         for (int i = threadIdx.x; i < NT * 8 * 16; i += QT_WARPS * 32) {
@@ -546,16 +571,22 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
         for (int t = 0; t < NT; t++)
             d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const uint32_t u0 = (&in.w0.x)[q], u1 = (&in.w1.x)[q];
-            const uint32_t f0[4] = {int4_pair(u0, z0), int4_pair(u1, z1), int4_pair(u0 >> 4, z0), int4_pair(u1 >> 4, z1)};
-            const uint32_t f1[4] = {int4_pair(u0 >> 8, z0), int4_pair(u1 >> 8, z1), int4_pair(u0 >> 12, z0),
-                                    int4_pair(u1 >> 12, z1)};
+        for (int q = 0; q < 4; q++) { /* as in qmma_kernel, the zero subtracted from the codes (at NT tokens
+                                       * a subtraction is cheaper than NT more products) */
+            uint32_t p0[4], p1[4];
+            int4_word((&in.w0.x)[q], p0);
+            int4_word((&in.w1.x)[q], p1);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                p0[i] = bf16x2_bits(__hsub2(bits_bf16x2(p0[i]), z0));
+                p1[i] = bf16x2_bits(__hsub2(bits_bf16x2(p1[i]), z1));
+            }
+            const uint32_t f0[4] = {p0[0], p1[0], p0[1], p1[1]}, f1[4] = {p0[2], p1[2], p0[3], p1[3]};
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const uint4 xv = *reinterpret_cast<const uint4 *>(&xs[b][t * 8 + g][c * 32 + 8 * q]);
-                mma16816<__nv_bfloat16>(d[t], f0, __byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632));
-                mma16816<__nv_bfloat16>(d[t], f1, __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632));
+                mma16816<__nv_bfloat16>(d[t], f0, xv.x, xv.y);
+                mma16816<__nv_bfloat16>(d[t], f1, xv.z, xv.w);
             }
         }
 #pragma unroll
@@ -631,16 +662,48 @@ static bool qmma_tiles(cuda_ctx *c, void *out, const void *x, const rt_tensor *w
 static bool qgemv_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const int64_t E = w->q.bits == 4 ? 32 : 16;
-    return c->gemv && n <= QGEMV_MAX_ROWS && w->cols % E == 0 && (w->q.n_groups == 1 || w->q.group % E == 0) &&
+    return c->gemv && n <= QGEMV_MAX_ROWS && (w->q.bits != 4 || w->layout == RT_INT4_PAIRS) && w->cols % E == 0 && (w->q.n_groups == 1 || w->q.group % E == 0) &&
            (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+}
+
+/* ---- int4 codes in the order the kernels above read ---- */
+
+/* each 32-bit word's nibbles from column order (nibble j the column j) to RT_INT4_PAIRS' */
+__global__ void int4_pairs_kernel(uint32_t *words, int64_t n)
+{
+    pdl_wait();
+    pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint32_t u = words[i];
+        uint32_t v = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) /* column j to nibble j / 2 + 4 (j & 1) */
+            v |= ((u >> (4 * j)) & 0xFu) << (4 * ((j >> 1) + 4 * (j & 1)));
+        words[i] = v;
+    }
+}
+
+/* backend.h's prepare_weight: int4 codes of whole words a row (columns a multiple of 8) in
+ * RT_INT4_PAIRS order, in place; every other weight as it is */
+extern "C" int cuda_prepare_weight(rt_backend *be, rt_tensor *w)
+{
+    if (w->q.kind != RT_QK_INT || w->q.bits != 4 || w->layout != RT_ROWS || w->cols % 8)
+        return 0;
+    cuda_ctx *c = cuda_ctx_of(be);
+    const int64_t words = w->rows * w->cols / 8;
+    /* a failed launch stays on the backend: the loader's check after the weights reports it */
+    cuda_launch(c, int4_pairs_kernel, (unsigned)cuda_blocks((size_t)words, 256), 256, 0, (uint32_t *)w->data, words);
+    w->layout = RT_INT4_PAIRS;
+    return 0;
 }
 
 /* ---- dequantized slabs through cuBLAS ---- */
 
-/* out (rows, K) = rows r0 .. r0 + rows - 1 of the weight's values: a block per row. */
+/* out (rows, K) = rows r0 .. r0 + rows - 1 of the weight's values: a block per row. pairs: int4 codes
+ * in RT_INT4_PAIRS order. */
 template <typename T, bool FP8, int BITS>
 __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales, const uint16_t *zeros, int64_t r0,
-                               int K, int group, int n_groups)
+                               int K, int group, int n_groups, bool pairs)
 {
     pdl_wait(); /* out (the scratch) may still be read by the product ahead */
     pdl_trigger();
@@ -655,7 +718,10 @@ __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales
         if constexpr (FP8) {
             v = __half2float(__half(__nv_cvt_fp8_to_halfraw(cr[col], __NV_E4M3)));
         } else {
-            const int code = BITS == 4 ? (cr[col / 2] >> (4 * (col & 1))) & 0xf : cr[col];
+            int nib = col; /* the nibble holding column col */
+            if (pairs)
+                nib = (col & ~7) + ((col & 7) >> 1) + 4 * (col & 1);
+            const int code = BITS == 4 ? (cr[nib / 2] >> (4 * (nib & 1))) & 0xf : cr[col];
             v = (float)code - (zr ? (float)zr[g] : (float)(1 << (BITS - 1)));
         }
         st(&o[col], v * sr[g]);
@@ -681,15 +747,16 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
         const uint8_t *codes = (const uint8_t *)w->data;
         const uint16_t *zeros = (const uint16_t *)q->zeros;
         const int group = (int)(q->n_groups == 1 ? K : q->group), ng = (int)q->n_groups;
+        const bool pairs = w->layout == RT_INT4_PAIRS;
         if (q->kind == RT_QK_FP8)
             cuda_launch(c, dequant_kernel<T, true, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng);
+                        zeros, (int64_t)r0, K, group, ng, pairs);
         else if (q->bits == 8)
             cuda_launch(c, dequant_kernel<T, false, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng);
+                        zeros, (int64_t)r0, K, group, ng, pairs);
         else
             cuda_launch(c, dequant_kernel<T, false, 4>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng);
+                        zeros, (int64_t)r0, K, group, ng, pairs);
         CUDA_LAUNCHED(c);
         CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, K, &one, wd, t, K, x, t, K, &zero,
                                      (T *)out + r0, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

@@ -109,7 +109,9 @@ static int make_weight(rt_backend *be, const format *f, const float *w, int N, i
                              .scales = up(be, m.scales, ns * sizeof(float)),
                              .zeros = m.zeros ? up(be, m.zeros, ns * sizeof(uint16_t)) : NULL};
     *bytes = nc + ns * (sizeof(float) + (m.zeros ? sizeof(uint16_t) : 0));
-    const int rc = !t->data || !t->q.scales || (m.zeros && !t->q.zeros) ? -1 : 0;
+    int rc = !t->data || !t->q.scales || (m.zeros && !t->q.zeros) ? -1 : 0;
+    if (!rc && be->ops->prepare_weight && be->ops->prepare_weight(be, t)) /* the loader's layout */
+        rc = -1;
     free(codes);
     rt_qmat_free(&m);
     return rc;

@@ -174,6 +174,9 @@ static rt_tensor qweight(ctx *x, const float *w, int N, int K, int fmt)
     x->be->ops->upload(x->be, W.q.scales, m.scales, ns * sizeof(float));
     if (m.zeros)
         x->be->ops->upload(x->be, W.q.zeros, m.zeros, ns * sizeof(uint16_t));
+    /* in the backend's layout, as the loader leaves it (the CUDA backend reorders int4 codes) */
+    if (x->be->ops->prepare_weight && x->be->ops->prepare_weight(x->be, &W))
+        fail_msg("preparing the test weight");
     rt_qmat_free(&m);
     free(codes);
     return W;
