@@ -196,8 +196,11 @@ static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
  * chunk lies in one group, so its sum is scaled once, in fp32, as the fp32 kernel does. The 8 warps
  * of a block split the columns (chunk w, w + 8, ...) and add their sums in shared memory. */
 #define QMMA_WARPS 8
-#define QMMA_AHEAD 2 /* chunks whose codes are in flight ahead of the math (4: slower, also with the scales loaded
-                       * with the codes: 314 against 323 tok/s end to end, 8B batch 1) */
+#ifndef QMMA_STAGES
+#define QMMA_STAGES 4 /* chunks whose codes are in flight ahead of the math, through shared memory (2 in
+                        * registers before: 24 warps an SM with 2 KB each in flight; the 8B shape's one-row
+                        * gate/up product ran at 1.8 TB/s) */
+#endif
 
 __device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v)
 {
@@ -241,13 +244,17 @@ __device__ __forceinline__ uint32_t fp8_pair13(uint32_t w)
     return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
 }
 
-/* A chunk of a lane's two weight rows: its 16-byte load of each, with the chunk's scales and zero
- * points, loaded together (loaded where they are used, the scales of each chunk, a new group every
- * 128 columns, were a memory round trip of their own after the codes'). */
-struct qchunk {
-    uint4 w0, w1;
+/* A chunk's scales and zero points of a lane's two weight rows, loaded with its codes (loaded where
+ * they are used, the scales of each chunk, a new group every 128 columns, were a memory round trip
+ * of their own after the codes'). */
+struct qscale {
     float s0, s1;
     unsigned short z0, z1;
+};
+
+/* A chunk of a lane's two weight rows: its 16-byte load of each, with the scales. */
+struct qchunk : qscale {
+    uint4 w0, w1;
 };
 
 /* Where a lane's two rows r0 and r1 read their chunks: at column chunk ch of CH columns, the lane's
@@ -276,17 +283,32 @@ struct qrows {
         gshift = n_groups == 1 ? 31 : (cpg & (cpg - 1)) == 0 ? __ffs(cpg) - 1 : -1;
     }
 
-    /* chunk ch (from end on, the last) of CH columns into d */
-    __device__ __forceinline__ void fetch(int ch, qchunk &d) const
+    /* chunk ch (from end on, the last) of CH columns: its scales into d */
+    __device__ __forceinline__ void scales_of(int ch, qscale &d) const
     {
         ch = ch < last ? ch : last;
         const int gi = gshift >= 0 ? ch >> gshift : ch * CH / group;
-        d.w0 = __ldg(p0 + (int64_t)ch * 4);
-        d.w1 = __ldg(p1 + (int64_t)ch * 4);
         d.s0 = __ldg(sc0 + gi);
         d.s1 = __ldg(sc1 + gi);
         d.z0 = zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
         d.z1 = zp1 ? __ldg(zp1 + gi) : (unsigned short)8;
+    }
+
+    /* the same, and its codes into d */
+    __device__ __forceinline__ void fetch(int ch, qchunk &d) const
+    {
+        scales_of(ch, d);
+        ch = ch < last ? ch : last;
+        d.w0 = __ldg(p0 + (int64_t)ch * 4);
+        d.w1 = __ldg(p1 + (int64_t)ch * 4);
+    }
+
+    /* the same's codes into shared memory (cp.async: no registers held while they are in flight) */
+    __device__ __forceinline__ void stage(int ch, uint4 *d0, uint4 *d1) const
+    {
+        ch = ch < last ? ch : last;
+        cp_async16(d0, p0 + (int64_t)ch * 4, true);
+        cp_async16(d1, p1 + (int64_t)ch * 4, true);
     }
 };
 
@@ -325,24 +347,32 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
         xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
     }
     const int mine = warp < chunks ? (chunks - 1 - warp) / QMMA_WARPS + 1 : 0; /* chunks warp, warp + 8, ... */
-    qchunk b[QMMA_AHEAD];
+    /* a lane's codes of its next QMMA_STAGES chunks in flight to its own slots of shared memory (no
+     * other lane reads them: no barrier), their scales in registers */
+    __shared__ uint4 staged[QMMA_STAGES][QMMA_WARPS][2][32];
+    qscale sq[QMMA_STAGES];
 #pragma unroll
-    for (int a = 0; a < QMMA_AHEAD; a++)
-        rows.fetch(warp + a * QMMA_WARPS, b[a]);
+    for (int a = 0; a < QMMA_STAGES; a++) {
+        const int ch = warp + a * QMMA_WARPS;
+        rows.stage(ch, &staged[a][warp][0][lane], &staged[a][warp][1][lane]);
+        cp_async_commit();
+        rows.scales_of(ch, sq[a]);
+    }
     pdl_wait();
     pdl_trigger();
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    for (int i0 = 0; i0 < mine; i0 += QMMA_AHEAD) {
+    for (int i0 = 0; i0 < mine; i0 += QMMA_STAGES) {
 #pragma unroll
-        for (int a = 0; a < QMMA_AHEAD; a++) {
+        for (int a = 0; a < QMMA_STAGES; a++) {
             if (i0 + a >= mine)
                 break;
             const int ch = warp + (i0 + a) * QMMA_WARPS;
-            const qchunk in = b[a];
-            rows.fetch(ch + QMMA_AHEAD * QMMA_WARPS, b[a]);
+            cp_async_wait<QMMA_STAGES - 1>(); /* chunk ch's group: one committed a chunk, past the end too */
+            const uint4 w0 = staged[a][warp][0][lane], w1 = staged[a][warp][1][lane];
+            const qscale in = sq[a];
             float d[NT][4];
 #pragma unroll
             for (int t = 0; t < NT; t++)
@@ -353,7 +383,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
                 const __nv_bfloat162 up = __floats2bfloat162_rn(0x1p100f, 0x1p100f);
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const uint32_t u0 = (&in.w0.x)[q], u1 = (&in.w1.x)[q];
+                    const uint32_t u0 = (&w0.x)[q], u1 = (&w1.x)[q];
                     const uint32_t wa[4] = {fp8_pair02(u0), fp8_pair02(u1), fp8_pair13(u0), fp8_pair13(u1)};
 #pragma unroll
                     for (int t = 0; t < NT; t++) {
@@ -368,38 +398,46 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
                     acc[t][0] += s0 * d[t][0], acc[t][1] += s0 * d[t][1];
                     acc[t][2] += s1 * d[t][2], acc[t][3] += s1 * d[t][3];
                 }
-                continue;
-            }
-            /* the codes enter as 128 + code (int4_word) and the zero as one more product a step, of
-             * the weight -(128 + zero) (the bf16 0xC300 with the zero in its mantissa) with the same
-             * activations: sum (code - zero) x = sum (128 + code) x - (128 + zero) sum x, eight
-             * tensor-core instructions a chunk in place of 32 subtractions */
-            const uint32_t zn0 = (0xC300u | in.z0) * 0x10001u, zn1 = (0xC300u | in.z1) * 0x10001u;
-            const uint32_t za[4] = {zn0, zn1, zn0, zn1};
-            /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
-             * 4-7, x's 16-byte load of the same columns the B operands as it is */
+            } else {
+                /* the codes enter as 128 + code (int4_word) and the zero as one more product a step, of
+                 * the weight -(128 + zero) (the bf16 0xC300 with the zero in its mantissa) with the same
+                 * activations: sum (code - zero) x = sum (128 + code) x - (128 + zero) sum x, eight
+                 * tensor-core instructions a chunk in place of 32 subtractions */
+                const uint32_t zn0 = (0xC300u | in.z0) * 0x10001u, zn1 = (0xC300u | in.z1) * 0x10001u;
+                const uint32_t za[4] = {zn0, zn1, zn0, zn1};
+                /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
+                 * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                uint32_t p0[4], p1[4];
-                int4_word((&in.w0.x)[q], p0);
-                int4_word((&in.w1.x)[q], p1);
-                const uint32_t a0[4] = {p0[0], p1[0], p0[1], p1[1]}, a1[4] = {p0[2], p1[2], p0[3], p1[3]};
+                for (int q = 0; q < 4; q++) {
+                    uint32_t p0[4], p1[4];
+                    int4_word((&w0.x)[q], p0);
+                    int4_word((&w1.x)[q], p1);
+                    const uint32_t a0[4] = {p0[0], p1[0], p0[1], p1[1]}, a1[4] = {p0[2], p1[2], p0[3], p1[3]};
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const uint4 xv = __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q));
+                        mma16816<__nv_bfloat16>(d[t], a0, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(d[t], za, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(d[t], a1, xv.z, xv.w);
+                        mma16816<__nv_bfloat16>(d[t], za, xv.z, xv.w);
+                    }
+                }
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
-                    const uint4 xv = __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q));
-                    mma16816<__nv_bfloat16>(d[t], a0, xv.x, xv.y);
-                    mma16816<__nv_bfloat16>(d[t], za, xv.x, xv.y);
-                    mma16816<__nv_bfloat16>(d[t], a1, xv.z, xv.w);
-                    mma16816<__nv_bfloat16>(d[t], za, xv.z, xv.w);
+                    acc[t][0] += in.s0 * d[t][0], acc[t][1] += in.s0 * d[t][1];
+                    acc[t][2] += in.s1 * d[t][2], acc[t][3] += in.s1 * d[t][3];
                 }
             }
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                acc[t][0] += in.s0 * d[t][0], acc[t][1] += in.s0 * d[t][1];
-                acc[t][2] += in.s1 * d[t][2], acc[t][3] += in.s1 * d[t][3];
-            }
+            /* the slot again, QMMA_STAGES chunks on: after the math that read it (the compiler keeps
+             * the shared loads above this line) */
+            asm volatile("" ::: "memory");
+            const int next = ch + QMMA_STAGES * QMMA_WARPS;
+            rows.stage(next, &staged[a][warp][0][lane], &staged[a][warp][1][lane]);
+            cp_async_commit();
+            rows.scales_of(next, sq[a]);
         }
     }
+    cp_async_wait<0>(); /* no copy into the block's shared memory outlives it */
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
