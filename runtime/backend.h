@@ -24,7 +24,8 @@ typedef enum rt_layout {
                    * each panel column by column: element (r, c) at ((r / 8) * cols + c) * 8 + r % 8 */
     RT_INT4_PAIRS, /* the CUDA backend's int4 codes: row-major, each 32-bit word's 8 columns in nibble order
                     * 0, 2, 4, 6, 1, 3, 5, 7 (column j at nibble j / 2 + 4 (j & 1), AWQ's order), so that
-                    * (word >> 4i) & 0x000F000F holds columns 2i and 2i + 1 in its two 16-bit halves */
+                    * (word >> 4i) & 0x000F000F holds columns 2i and 2i + 1 in its two 16-bit halves;
+                    * q.scales and q.zeros group-major: (n_groups, rows) */
 } rt_layout;
 
 /* A quantized matrix's codes' meaning (runtime/quant.h reads every format into it): element (r, c)
@@ -35,8 +36,8 @@ typedef struct rt_tensor_quant {
     int bits;           /* 8: a code a byte; 4: two a byte, the low nibble the even column */
     int64_t group;      /* columns a scale covers (a row's last group may be shorter) */
     int64_t n_groups;   /* a row's scales */
-    float *scales;      /* (rows, n_groups) device memory */
-    uint16_t *zeros;    /* (rows, n_groups) device memory, or NULL: the zero is 2^(bits-1) */
+    float *scales;      /* (rows, n_groups) device memory ((n_groups, rows) in layout RT_INT4_PAIRS) */
+    uint16_t *zeros;    /* the same shape, or NULL: the zero is 2^(bits-1) */
 } rt_tensor_quant;
 
 /* A weight matrix (rows, cols) or vector (rows, 1) in device memory; a matrix only matmul reads

@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
         return;
     const int loads = K / E;
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
-    const float *sr = scales + (int64_t)row * n_groups;
-    const uint16_t *zr = zeros ? zeros + (int64_t)row * n_groups : nullptr;
+    /* a row's scales: int4's group-major (RT_INT4_PAIRS: group gi at gi * N), the others' row-major */
+    const int64_t gs = BITS == 4 ? N : 1;
+    const float *sr = scales + (BITS == 4 ? (int64_t)row : (int64_t)row * n_groups);
+    const uint16_t *zr = zeros ? zeros + (BITS == 4 ? (int64_t)row : (int64_t)row * n_groups) : nullptr;
     const float zdef = 8388608.0f + (float)(1 << (BITS - 1)); /* 2^23 + the zero (dequant16's zoff) */
     float acc[R];
 #pragma unroll
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32)
             s = s_row, z = z_row;
         } else {
             const int gi = j * E / group;
-            s = __ldg(sr + gi), z = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr + gi);
+            s = __ldg(sr + gi * gs), z = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr + gi * gs);
         }
     };
     /* the first loads go out before pdl_wait (the codes are constant) */
@@ -266,19 +268,23 @@ struct qrows {
     const float *sc0, *sc1;
     const unsigned short *zp0, *zp1;
     int last, gshift; /* the last chunk; a chunk's group ch >> gshift (-1: ch * CH / group) */
+    int gs;           /* a group's stride in the scales */
     int group, n_groups;
 
     __device__ __forceinline__ qrows(const uint8_t *codes, const float *scales, const uint16_t *zeros, int r0, int r1,
-                                     bool ok0, bool ok1, int last_row, int64_t row_bytes, int c, int end, int group_,
+                                     bool ok0, bool ok1, int N, int64_t row_bytes, int c, int end, int group_,
                                      int n_groups_)
         : last(end - 1), group(group_), n_groups(n_groups_)
     {
-        r0 = ok0 ? r0 : last_row, r1 = ok1 ? r1 : last_row;
+        r0 = ok0 ? r0 : N - 1, r1 = ok1 ? r1 : N - 1;
         p0 = reinterpret_cast<const uint4 *>(codes + (int64_t)r0 * row_bytes) + c;
         p1 = reinterpret_cast<const uint4 *>(codes + (int64_t)r1 * row_bytes) + c;
-        sc0 = scales + (int64_t)r0 * n_groups, sc1 = scales + (int64_t)r1 * n_groups;
-        zp0 = zeros ? zeros + (int64_t)r0 * n_groups : nullptr;
-        zp1 = zeros ? zeros + (int64_t)r1 * n_groups : nullptr;
+        /* int4 (RT_INT4_PAIRS): scales group-major, a chunk's 8 rows of g one sector; FP8 row-major */
+        const int64_t o0 = CH == 128 ? r0 : (int64_t)r0 * n_groups, o1 = CH == 128 ? r1 : (int64_t)r1 * n_groups;
+        gs = CH == 128 ? N : 1;
+        sc0 = scales + o0, sc1 = scales + o1;
+        zp0 = zeros ? zeros + o0 : nullptr;
+        zp1 = zeros ? zeros + o1 : nullptr;
         const int cpg = n_groups == 1 ? 0 : group / CH; /* chunks a group */
         gshift = n_groups == 1 ? 31 : (cpg & (cpg - 1)) == 0 ? __ffs(cpg) - 1 : -1;
     }
@@ -287,7 +293,7 @@ struct qrows {
     __device__ __forceinline__ void scales_of(int ch, qscale &d) const
     {
         ch = ch < last ? ch : last;
-        const int gi = gshift >= 0 ? ch >> gshift : ch * CH / group;
+        const int gi = (gshift >= 0 ? ch >> gshift : ch * CH / group) * gs;
         d.s0 = __ldg(sc0 + gi);
         d.s1 = __ldg(sc1 + gi);
         d.z0 = zp0 ? __ldg(zp0 + gi) : (unsigned short)8;
@@ -337,7 +343,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
     constexpr int CH = FP8 ? 64 : 128;
     const int64_t row_bytes = FP8 ? K : K / 2;
     const int chunks = K / CH;
-    const qrows<CH> rows(codes, scales, zeros, r0, r1, ok0, ok1, N - 1, row_bytes, c, chunks, group, n_groups);
+    const qrows<CH> rows(codes, scales, zeros, r0, r1, ok0, ok1, N, row_bytes, c, chunks, group, n_groups);
     /* the lane's activations: token tb + 8t + g (from n on, token n - 1: those columns of the product
      * are never stored), its columns of a chunk from c * CH / 4 on */
     const __nv_bfloat16 *xr[NT];
@@ -573,7 +579,7 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
     const bool ok0 = r0 < N, ok1 = r1 < N;
     const int chunks = K / 128, ch0 = blockIdx.y * split_chunks;
     const int ch1 = ch0 + split_chunks < chunks ? ch0 + split_chunks : chunks;
-    const qrows<128> rows(codes, scales, zeros, r0, r1, ok0, ok1, N - 1, K / 2, c, ch1, group, n_groups);
+    const qrows<128> rows(codes, scales, zeros, r0, r1, ok0, ok1, N, K / 2, c, ch1, group, n_groups);
     const auto fetch = [&](int ch, qchunk &d) { rows.fetch(ch, d); };
     /* chunk ch of every token into buffer b (tokens from n on as zeros), one commit group */
     const auto stage = [&](int ch, int b) {
@@ -721,16 +727,43 @@ __global__ void int4_pairs_kernel(uint32_t *words, int64_t n)
     }
 }
 
+/* out (cols, rows) = in (rows, cols) */
+template <typename T>
+__global__ void transpose_kernel(T *out, const T *in, int64_t rows, int64_t cols)
+{
+    pdl_wait();
+    pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols; i += (int64_t)gridDim.x * blockDim.x)
+        out[(i % cols) * rows + i / cols] = in[i];
+}
+
+/* A (rows, cols) matrix group-major in new device memory, the old freed; false when out of memory. */
+template <typename T>
+static bool group_major(cuda_ctx *c, rt_backend *be, T **m, int64_t rows, int64_t cols)
+{
+    T *t = (T *)be->ops->alloc(be, (size_t)(rows * cols) * sizeof(T));
+    if (!t)
+        return false;
+    cuda_launch(c, transpose_kernel<T>, (unsigned)cuda_blocks((size_t)(rows * cols), 256), 256, 0, t, (const T *)*m,
+                rows, cols);
+    be->ops->free(be, *m); /* cudaFree waits for the transposition */
+    *m = t;
+    return true;
+}
+
 /* backend.h's prepare_weight: int4 codes of whole words a row (columns a multiple of 8) in
- * RT_INT4_PAIRS order, in place; every other weight as it is */
+ * RT_INT4_PAIRS order, in place, and their scales and zero points group-major; every other weight
+ * as it is. A failed launch stays on the backend: the loader's check after the weights reports it. */
 extern "C" int cuda_prepare_weight(rt_backend *be, rt_tensor *w)
 {
     if (w->q.kind != RT_QK_INT || w->q.bits != 4 || w->layout != RT_ROWS || w->cols % 8)
         return 0;
     cuda_ctx *c = cuda_ctx_of(be);
     const int64_t words = w->rows * w->cols / 8;
-    /* a failed launch stays on the backend: the loader's check after the weights reports it */
     cuda_launch(c, int4_pairs_kernel, (unsigned)cuda_blocks((size_t)words, 256), 256, 0, (uint32_t *)w->data, words);
+    if (!group_major(c, be, &w->q.scales, w->rows, w->q.n_groups) ||
+        (w->q.zeros && !group_major(c, be, &w->q.zeros, w->rows, w->q.n_groups)))
+        return -1;
     w->layout = RT_INT4_PAIRS;
     return 0;
 }
@@ -738,17 +771,17 @@ extern "C" int cuda_prepare_weight(rt_backend *be, rt_tensor *w)
 /* ---- dequantized slabs through cuBLAS ---- */
 
 /* out (rows, K) = rows r0 .. r0 + rows - 1 of the weight's values: a block per row. pairs: int4 codes
- * in RT_INT4_PAIRS order. */
+ * in RT_INT4_PAIRS order, scales and zero points group-major (N rows). */
 template <typename T, bool FP8, int BITS>
 __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales, const uint16_t *zeros, int64_t r0,
-                               int K, int group, int n_groups, bool pairs)
+                               int N, int K, int group, int n_groups, bool pairs)
 {
     pdl_wait(); /* out (the scratch) may still be read by the product ahead */
     pdl_trigger();
-    const int64_t r = r0 + blockIdx.x;
+    const int64_t r = r0 + blockIdx.x, gs = pairs ? N : 1;
     const uint8_t *cr = codes + r * (K / 8 * BITS);
-    const float *sr = scales + r * n_groups;
-    const uint16_t *zr = zeros ? zeros + r * n_groups : nullptr;
+    const float *sr = scales + (pairs ? r : r * n_groups);
+    const uint16_t *zr = zeros ? zeros + (pairs ? r : r * n_groups) : nullptr;
     T *o = out + (int64_t)blockIdx.x * K;
     for (int col = threadIdx.x; col < K; col += blockDim.x) {
         const int g = col / group;
@@ -760,9 +793,9 @@ __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales
             if (pairs)
                 nib = (col & ~7) + ((col & 7) >> 1) + 4 * (col & 1);
             const int code = BITS == 4 ? (cr[nib / 2] >> (4 * (nib & 1))) & 0xf : cr[col];
-            v = (float)code - (zr ? (float)zr[g] : (float)(1 << (BITS - 1)));
+            v = (float)code - (zr ? (float)zr[g * gs] : (float)(1 << (BITS - 1)));
         }
-        st(&o[col], v * sr[g]);
+        st(&o[col], v * sr[g * gs]);
     }
 }
 
@@ -788,13 +821,13 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
         const bool pairs = w->layout == RT_INT4_PAIRS;
         if (q->kind == RT_QK_FP8)
             cuda_launch(c, dequant_kernel<T, true, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng, pairs);
+                        zeros, (int64_t)r0, N, K, group, ng, pairs);
         else if (q->bits == 8)
             cuda_launch(c, dequant_kernel<T, false, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng, pairs);
+                        zeros, (int64_t)r0, N, K, group, ng, pairs);
         else
             cuda_launch(c, dequant_kernel<T, false, 4>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, K, group, ng, pairs);
+                        zeros, (int64_t)r0, N, K, group, ng, pairs);
         CUDA_LAUNCHED(c);
         CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, K, &one, wd, t, K, x, t, K, &zero,
                                      (T *)out + r0, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
