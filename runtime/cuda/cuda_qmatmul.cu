@@ -325,7 +325,7 @@ struct qrows {
  * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
  * Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
 template <int NT, int F, bool FP8>
-__global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* int4, one tile of tokens: 85 registers at most */
+__global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 1) /* one tile of tokens: 64 (FP8), 80 registers */
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
                 int n_groups)
@@ -352,14 +352,15 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
         const int tok = tb + t * 8 + g;
         xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
     }
-    const int mine = warp < chunks ? (chunks - 1 - warp) / QMMA_WARPS + 1 : 0; /* chunks warp, warp + 8, ... */
+    const int nw = blockDim.x >> 5; /* QMMA_WARPS, or fewer where there are many tiles (qmma_as) */
+    const int mine = warp < chunks ? (chunks - 1 - warp) / nw + 1 : 0; /* chunks warp, warp + nw, ... */
     /* a lane's codes of its next QMMA_STAGES chunks in flight to its own slots of shared memory (no
      * other lane reads them: no barrier), their scales in registers */
     __shared__ uint4 staged[QMMA_STAGES][QMMA_WARPS][2][32];
     qscale sq[QMMA_STAGES];
 #pragma unroll
     for (int a = 0; a < QMMA_STAGES; a++) {
-        const int ch = warp + a * QMMA_WARPS;
+        const int ch = warp + a * nw;
         rows.stage(ch, &staged[a][warp][0][lane], &staged[a][warp][1][lane]);
         cp_async_commit();
         rows.scales_of(ch, sq[a]);
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
         for (int a = 0; a < QMMA_STAGES; a++) {
             if (i0 + a >= mine)
                 break;
-            const int ch = warp + (i0 + a) * QMMA_WARPS;
+            const int ch = warp + (i0 + a) * nw;
             cp_async_wait<QMMA_STAGES - 1>(); /* chunk ch's group: one committed a chunk, past the end too */
             const uint4 w0 = staged[a][warp][0][lane], w1 = staged[a][warp][1][lane];
             const qscale in = sq[a];
@@ -409,8 +410,10 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
                  * the weight -(128 + zero) (the bf16 0xC300 with the zero in its mantissa) with the same
                  * activations: sum (code - zero) x = sum (128 + code) x - (128 + zero) sum x, eight
                  * tensor-core instructions a chunk in place of 32 subtractions */
-                const uint32_t zn0 = (0xC300u | in.z0) * 0x10001u, zn1 = (0xC300u | in.z1) * 0x10001u;
-                const uint32_t za[4] = {zn0, zn1, zn0, zn1};
+                const uint32_t z0 = 0xC300u | in.z0, z1 = 0xC300u | in.z1;
+                /* the same pair twice, made two ways so that the compiler keeps the four in one register
+                 * quad for the chunk's 8 products instead of copying two into a quad before each */
+                const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010), __byte_perm(z1, 0, 0x1010)};
                 /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
                  * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
@@ -434,13 +437,16 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
                     acc[t][2] += in.s1 * d[t][2], acc[t][3] += in.s1 * d[t][3];
                 }
             }
-            /* the slot again, QMMA_STAGES chunks on: after the math that read it (the compiler keeps
-             * the shared loads above this line) */
+            /* the slot again, QMMA_STAGES chunks on if the warp has one: after the math that read it
+             * (the compiler keeps the shared loads above this line); a group committed a chunk all the
+             * same, empty past the end */
             asm volatile("" ::: "memory");
-            const int next = ch + QMMA_STAGES * QMMA_WARPS;
-            rows.stage(next, &staged[a][warp][0][lane], &staged[a][warp][1][lane]);
+            if (i0 + a + QMMA_STAGES < mine) {
+                const int next = ch + QMMA_STAGES * nw;
+                rows.stage(next, &staged[a][warp][0][lane], &staged[a][warp][1][lane]);
+                rows.scales_of(next, sq[a]);
+            }
             cp_async_commit();
-            rows.scales_of(next, sq[a]);
         }
     }
     cp_async_wait<0>(); /* no copy into the block's shared memory outlives it */
@@ -459,7 +465,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, !FP8 && NT == 1 ? 3 : 1) /* i
         for (int i = 0; i < 4; i++) {
             v[i] = 0.0f;
 #pragma unroll
-            for (int w = 0; w < QMMA_WARPS; w++)
+            for (int w = 0; w < nw; w++)
                 v[i] += red[w][t * 4 + i][lane];
         }
         /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1 */
@@ -528,8 +534,13 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned tiles = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
     const dim3 grid1(1, tiles), grid2((unsigned)(n + 15) / 16, tiles);
+    /* 4 warps a tile where the tiles alone fill the SMs twice (6 blocks of 4 an SM), so that each
+     * warp's fixed cost (its first loads, the reduction) is spread over more chunks */
+    int nw = tiles >= 12u * (unsigned)c->n_sms ? 4 : QMMA_WARPS;
+    if (getenv("DINFER_QMMA_WARPS"))
+        nw = atoi(getenv("DINFER_QMMA_WARPS"));
 #define QMMA_LAUNCH(NT, FP8)                                                                                       \
-    cuda_launch(c, qmma_kernel<NT, F, FP8>, NT == 1 ? grid1 : grid2, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,     \
+    cuda_launch(c, qmma_kernel<NT, F, FP8>, NT == 1 ? grid1 : grid2, nw * 32, 0, (__nv_bfloat16 *)out,             \
                 (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                      \
                 (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
     const bool fp8 = q->kind == RT_QK_FP8;

@@ -174,9 +174,16 @@ static rt_tensor qweight(ctx *x, const float *w, int N, int K, int fmt)
     x->be->ops->upload(x->be, W.q.scales, m.scales, ns * sizeof(float));
     if (m.zeros)
         x->be->ops->upload(x->be, W.q.zeros, m.zeros, ns * sizeof(uint16_t));
-    /* in the backend's layout, as the loader leaves it (the CUDA backend reorders int4 codes) */
+    /* in the backend's layout, as the loader leaves it (the CUDA backend reorders int4 codes and
+     * moves their scales and zero points to new memory, which the context frees instead) */
+    void *const was[2] = {W.q.scales, W.q.zeros};
     if (x->be->ops->prepare_weight && x->be->ops->prepare_weight(x->be, &W))
         fail_msg("preparing the test weight");
+    void *const now[2] = {W.q.scales, W.q.zeros};
+    for (int i = 0; i < x->n_allocs; i++)
+        for (int k = 0; k < 2; k++)
+            if (was[k] && x->allocs[i] == was[k])
+                x->allocs[i] = now[k];
     rt_qmat_free(&m);
     free(codes);
     return W;
