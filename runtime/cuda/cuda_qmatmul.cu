@@ -325,7 +325,7 @@ struct qrows {
  * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
  * Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
 template <int NT, int F, bool FP8>
-__global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 1) /* one tile of tokens: 64 (FP8), 80 registers */
+__global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) /* 64, 80, 128 registers at most */
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
                 int n_groups)
@@ -352,7 +352,8 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 1) 
         const int tok = tb + t * 8 + g;
         xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
     }
-    const int nw = blockDim.x >> 5; /* QMMA_WARPS, or fewer where there are many tiles (qmma_as) */
+    constexpr int nw = QMMA_WARPS; /* (4 where the tiles fill the SMs twice over, 6 blocks of 4 an SM: the
+                                    * 8B shape's one-row gate/up product 27.5 -> 31.2 us) */
     const int mine = warp < chunks ? (chunks - 1 - warp) / nw + 1 : 0; /* chunks warp, warp + nw, ... */
     /* a lane's codes of its next QMMA_STAGES chunks in flight to its own slots of shared memory (no
      * other lane reads them: no barrier), their scales in registers */
@@ -534,13 +535,8 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned tiles = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
     const dim3 grid1(1, tiles), grid2((unsigned)(n + 15) / 16, tiles);
-    /* 4 warps a tile where the tiles alone fill the SMs twice (6 blocks of 4 an SM), so that each
-     * warp's fixed cost (its first loads, the reduction) is spread over more chunks */
-    int nw = tiles >= 12u * (unsigned)c->n_sms ? 4 : QMMA_WARPS;
-    if (getenv("DINFER_QMMA_WARPS"))
-        nw = atoi(getenv("DINFER_QMMA_WARPS"));
 #define QMMA_LAUNCH(NT, FP8)                                                                                       \
-    cuda_launch(c, qmma_kernel<NT, F, FP8>, NT == 1 ? grid1 : grid2, nw * 32, 0, (__nv_bfloat16 *)out,             \
+    cuda_launch(c, qmma_kernel<NT, F, FP8>, NT == 1 ? grid1 : grid2, QMMA_WARPS * 32, 0, (__nv_bfloat16 *)out,     \
                 (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                      \
                 (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
     const bool fp8 = q->kind == RT_QK_FP8;
