@@ -137,7 +137,8 @@ static void cuda_destroy(rt_backend *be)
         .name = name_, .act_dtype = dt_, .host_memory = false, .quant_matmul = true, .alloc = cuda_alloc,   \
         .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
-        .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding, .prepare_weight = cuda_prepare_weight, \
+        .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding,            \
+        .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \

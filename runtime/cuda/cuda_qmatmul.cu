@@ -352,8 +352,8 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) 
         const int tok = tb + t * 8 + g;
         xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
     }
-    constexpr int nw = QMMA_WARPS; /* (4 where the tiles fill the SMs twice over, 6 blocks of 4 an SM: the
-                                    * 8B shape's one-row gate/up product 27.5 -> 31.2 us) */
+    constexpr int nw = QMMA_WARPS; /* warps a tile (4, each warp twice the chunks, 6 blocks an SM: the 8B
+                                    * shape's one-row gate/up product 27.5 -> 31.2 us) */
     const int mine = warp < chunks ? (chunks - 1 - warp) / nw + 1 : 0; /* chunks warp, warp + nw, ... */
     /* a lane's codes of its next QMMA_STAGES chunks in flight to its own slots of shared memory (no
      * other lane reads them: no barrier), their scales in registers */
@@ -414,7 +414,8 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) 
                 const uint32_t z0 = 0xC300u | in.z0, z1 = 0xC300u | in.z1;
                 /* the same pair twice, made two ways so that the compiler keeps the four in one register
                  * quad for the chunk's 8 products instead of copying two into a quad before each */
-                const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010), __byte_perm(z1, 0, 0x1010)};
+                const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010),
+                                        __byte_perm(z1, 0, 0x1010)};
                 /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
                  * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
@@ -622,8 +623,8 @@ __global__ void __launch_bounds__(QT_WARPS * 32)
         for (int t = 0; t < NT; t++)
             d[t][0] = d[t][1] = d[t][2] = d[t][3] = 0.0f;
 #pragma unroll
-        for (int q = 0; q < 4; q++) { /* as in qmma_kernel, the zero subtracted from the codes (at NT tokens
-                                       * a subtraction is cheaper than NT more products) */
+        for (int q = 0; q < 4; q++) { /* the zero subtracted from the codes, not qmma_kernel's extra product:
+                                       * at NT tiles of tokens a subtraction is cheaper than NT products */
             uint32_t p0[4], p1[4];
             int4_word((&in.w0.x)[q], p0);
             int4_word((&in.w1.x)[q], p1);
@@ -713,8 +714,8 @@ static bool qmma_tiles(cuda_ctx *c, void *out, const void *x, const rt_tensor *w
 static bool qgemv_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n)
 {
     const int64_t E = w->q.bits == 4 ? 32 : 16;
-    return c->gemv && n <= QGEMV_MAX_ROWS && (w->q.bits != 4 || w->layout == RT_INT4_PAIRS) && w->cols % E == 0 && (w->q.n_groups == 1 || w->q.group % E == 0) &&
-           (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    return c->gemv && n <= QGEMV_MAX_ROWS && (w->q.bits != 4 || w->layout == RT_INT4_PAIRS) && w->cols % E == 0 &&
+           (w->q.n_groups == 1 || w->q.group % E == 0) && (uintptr_t)x % 16 == 0 && (uintptr_t)w->data % 16 == 0;
 }
 
 /* ---- int4 codes in the order the kernels above read ---- */
@@ -740,7 +741,8 @@ __global__ void transpose_kernel(T *out, const T *in, int64_t rows, int64_t cols
 {
     pdl_wait();
     pdl_trigger();
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols; i += (int64_t)gridDim.x * blockDim.x)
+    const int64_t n = rows * cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         out[(i % cols) * rows + i / cols] = in[i];
 }
 
