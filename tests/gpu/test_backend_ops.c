@@ -507,6 +507,11 @@ static const op_case cases[] = {
     {"matmul", {17, 512, 40, 0, 3}, run_qmatmul},   {"matmul", {64, 1024, 48, 1, 3}, run_qmatmul},
     {"matmul", {33, 256, 24, 0, 3}, run_qmatmul},   {"matmul", {65, 256, 32, 1, 3}, run_qmatmul},
     {"matmul", {50, 512, 200, 1, 3}, run_qmatmul},
+    /* the tensor-core kernel over more weight tiles than one wave of its blocks holds (3 blocks an
+     * SM of 132 at one token tile of int4, 4 of FP8, 2 at 9-16 tokens), short rows (2 or 4 chunks:
+     * warps without a chunk of their own) */
+    {"matmul", {1, 256, 8200, 1, 3}, run_qmatmul}, {"matmul", {12, 256, 4500, 0, 3}, run_qmatmul},
+    {"matmul", {4, 256, 8800, 1, 0}, run_qmatmul},
     /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
     {"matmul_fused", {1, 4096, 64, 1, 1}, run_matmul_fused},  {"matmul_fused", {3, 256, 40, 2, 1}, run_matmul_fused},
     {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
@@ -519,6 +524,8 @@ static const op_case cases[] = {
     {"matmul_fused", {5, 1024, 36, 2, 1, 4}, run_matmul_fused}, {"matmul_fused", {16, 4096, 70, 5, 0, 4}, run_matmul_fused},
     {"matmul_fused", {2, 4096, 34, 4, 0, 4}, run_matmul_fused}, {"matmul_fused", {12, 512, 40, 5, 0, 5}, run_matmul_fused},
     {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused},
+    /* the same over many weight tiles: gate/up with its norm and SiLU (int4), the residual (FP8) */
+    {"matmul_fused", {1, 256, 13000, 5, 0, 4}, run_matmul_fused}, {"matmul_fused", {4, 256, 8800, 2, 0, 1}, run_matmul_fused},
     {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
     {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
     {"rmsnorm", {2, 9000}, run_rmsnorm},          {"add_rmsnorm", {2, 9000}, run_add_rmsnorm}, /* two-pass */
