@@ -67,6 +67,20 @@ bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, co
 bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n);
 void cuda_qmatmul_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                         const rt_fusion *f, int n);
+/* The kernels cuda_qmatmul chooses from. The weight-streaming one (cuda_qgemv.cu): up to
+ * QGEMV_MAX_ROWS rows of x, any storage type, fused as f says (NULL: not). */
+#define QGEMV_MAX_ROWS 16
+bool cuda_qgemv_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n);
+void cuda_qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                const rt_fusion *f);
+/* The tensor-core ones (cuda_qmma.cu), BF16: int4 codes up to QMMA_MAX_ROWS rows, FP8 codes of 2 to
+ * QGEMV_MAX_ROWS; cuda_qmma_tiles for int4 above QGEMV_MAX_ROWS (false, nothing done, where its
+ * partial sums do not fit the scratch). */
+#define QMMA_MAX_ROWS 64
+bool cuda_qmma_fits(const cuda_ctx *c, const void *x, const rt_tensor *w, int n);
+void cuda_qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+               const rt_fusion *f);
+bool cuda_qmma_tiles(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 
 /* Keeps the first failure of the backend: "rank R: CALL failed at FILE:LINE: MESSAGE". */
 void cuda_fail(cuda_ctx *c, const char *call, const char *file, int line, const char *msg);

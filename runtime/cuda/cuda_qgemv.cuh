@@ -1,0 +1,188 @@
+/* The quantized product of up to QGEMV_MAX_ROWS rows of x on the CUDA cores, any storage type
+ * (cuda_qmatmul.cu says which product goes where): a warp per weight row in 16-byte loads (16 codes
+ * of 8 bits, 32 of 4) dequantized in registers in fp32: a load's codes lie in one group (the group a
+ * multiple of the load's columns), so each load's partial dot product is scaled once.
+ *
+ * Templates over the storage type T, each instantiated in a file of its own (cuda_qgemv.cu BF16,
+ * cuda_qgemv_f16.cu, cuda_qgemv_f32.cu): in one file they took 43 s to compile, 4x the next
+ * longest file of the build. */
+#ifndef DINFER_RUNTIME_CUDA_QGEMV_CUH
+#define DINFER_RUNTIME_CUDA_QGEMV_CUH
+
+#include <cuda_fp8.h>
+
+#include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_fusion.cuh"
+
+#define QGEMV_WARPS 8
+#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane (8: 90 registers, a fifth slower) */
+
+/* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
+ * exponent of 2^23 (a byte permute instead of a conversion instruction, which runs at a quarter of
+ * the rate of arithmetic; measured: no faster end to end, the kernel being bound elsewhere). */
+__device__ __forceinline__ float magic_byte(uint32_t word, int byte)
+{
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | (uint32_t)byte));
+}
+
+/* The 16-byte load's codes (E of them) as values, without the scale: the FP8 number, or
+ * code - zero (zoff = 2^23 + zero: the subtraction is exact). */
+template <bool FP8, int BITS>
+__device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w)
+{
+    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if constexpr (FP8) {
+            const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u[i] & 0xffffu), __NV_E4M3)));
+            const float2 b = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u[i] >> 16), __NV_E4M3)));
+            w[4 * i] = a.x, w[4 * i + 1] = a.y, w[4 * i + 2] = b.x, w[4 * i + 3] = b.y;
+        } else if constexpr (BITS == 8) {
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+                w[4 * i + b] = magic_byte(u[i], b) - zoff;
+        } else { /* RT_INT4_PAIRS: nibble j of the word holds column 2j (j < 4) or 2j - 7: byte b's low
+                  * nibble (nibble 2b) columns 0, 4, 1, 5, its high one (2b + 1) columns 2, 6, 3, 7 */
+            const uint32_t lo = u[i] & 0x0F0F0F0Fu, hi = (u[i] >> 4) & 0x0F0F0F0Fu;
+            constexpr int col_lo[4] = {0, 4, 1, 5}, col_hi[4] = {2, 6, 3, 7};
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+                w[8 * i + col_lo[b]] = magic_byte(lo, b) - zoff, w[8 * i + col_hi[b]] = magic_byte(hi, b) - zoff;
+        }
+    }
+}
+
+/* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
+ * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). */
+template <typename T, int R, bool FP8, int BITS, int F>
+__global__ void __launch_bounds__(QGEMV_WARPS * 32)
+    qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
+                 fusion f, int n, int N, int K, int group, int n_groups)
+{
+    constexpr int E = BITS == 4 ? 32 : 16; /* codes a 16-byte load holds */
+    const int lane = threadIdx.x & 31;
+    bool valid;
+    const int row = fused_row<F, QGEMV_WARPS>(N, threadIdx.x >> 5, &valid);
+    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
+        return;
+    const int loads = K / E;
+    const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
+    /* a row's scales: int4's group-major (RT_INT4_PAIRS: group gi at gi * N), the others' row-major */
+    const int64_t gs = BITS == 4 ? N : 1;
+    const float *sr = scales + (BITS == 4 ? (int64_t)row : (int64_t)row * n_groups);
+    const uint16_t *zr = zeros ? zeros + (BITS == 4 ? (int64_t)row : (int64_t)row * n_groups) : nullptr;
+    const float zdef = 8388608.0f + (float)(1 << (BITS - 1)); /* 2^23 + the zero (dequant16's zoff) */
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    /* load j's scale and zero offset (zdef without zero points): with groups, loaded with the codes
+     * (where they are used, each was a memory round trip after the codes'); one scale a row is
+     * loaded once */
+    const float s_row = __ldg(sr), z_row = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr);
+    const auto scale_of = [&](int j, float &s, float &z) {
+        if (n_groups == 1 || j >= loads) {
+            s = s_row, z = z_row;
+        } else {
+            const int gi = j * E / group;
+            s = __ldg(sr + gi * gs), z = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr + gi * gs);
+        }
+    };
+    /* the first loads go out before pdl_wait (the codes are constant) */
+    uint4 next[QGEMV_AHEAD];
+    float next_s[QGEMV_AHEAD], next_z[QGEMV_AHEAD];
+#pragma unroll
+    for (int u = 0; u < QGEMV_AHEAD; u++) {
+        next[u] = lane + 32 * u < loads ? __ldg(wv + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        scale_of(lane + 32 * u, next_s[u], next_z[u]);
+    }
+    pdl_wait();
+    pdl_trigger();
+    for (int j0 = lane; j0 < loads; j0 += 32 * QGEMV_AHEAD) {
+        uint4 cur[QGEMV_AHEAD];
+        float cur_s[QGEMV_AHEAD], cur_z[QGEMV_AHEAD];
+#pragma unroll
+        for (int u = 0; u < QGEMV_AHEAD; u++) {
+            cur[u] = next[u], cur_s[u] = next_s[u], cur_z[u] = next_z[u];
+            const int j = j0 + 32 * (QGEMV_AHEAD + u);
+            next[u] = j < loads ? __ldg(wv + j) : make_uint4(0, 0, 0, 0);
+            scale_of(j, next_s[u], next_z[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < QGEMV_AHEAD; u++) {
+            const int j = j0 + 32 * u;
+            if (j < loads) {
+                const int k = j * E;
+                const float s = cur_s[u], z = FP8 ? 0.0f : cur_z[u];
+                float w[E];
+                dequant16<FP8, BITS>(cur[u], z, w);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < n) {
+                        float xv[E];
+                        load_vec<T, E>(x + (int64_t)r * K + k, xv);
+                        float p = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < E; e++)
+                            p += w[e] * xv[e];
+                        acc[r] += s * p;
+                    }
+                }
+            }
+        }
+    }
+    fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
+}
+
+template <typename T, bool FP8, int BITS, int F>
+static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    const unsigned blocks = fused_blocks<F>(N, QGEMV_WARPS);
+    const rt_tensor_quant *q = &w->q;
+#define QGEMV_LAUNCH(R)                                                                                          \
+    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
+                (int)q->group, (int)q->n_groups)
+    if (n <= 1)
+        QGEMV_LAUNCH(1);
+    else if (n <= 2)
+        QGEMV_LAUNCH(2);
+    else if (n <= 4)
+        QGEMV_LAUNCH(4);
+    else if (n <= 8)
+        QGEMV_LAUNCH(8);
+    else
+        QGEMV_LAUNCH(16);
+#undef QGEMV_LAUNCH
+}
+
+template <int F, typename T>
+static void qgemv_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f,
+                        int n)
+{
+    if (w->q.kind == RT_QK_FP8)
+        qgemv_as<T, true, 8, F>(c, out, x, w, bias, f, n);
+    else if (w->q.bits == 8)
+        qgemv_as<T, false, 8, F>(c, out, x, w, bias, f, n);
+    else
+        qgemv_as<T, false, 4, F>(c, out, x, w, bias, f, n);
+}
+
+template <typename T>
+static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                  const rt_fusion *f)
+{
+    const T *b = bias && bias->data ? (const T *)bias->data : NULL;
+    FUSED_DISPATCH(fused_bits(f), qgemv_fused, c, out, x, w, b, fused_args(f), n);
+}
+
+/* The instantiations (one a file). */
+void cuda_qgemv_bf16(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                     const rt_fusion *f);
+void cuda_qgemv_f16(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                    const rt_fusion *f);
+void cuda_qgemv_f32(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                    const rt_fusion *f);
+
+#endif
