@@ -23,7 +23,7 @@ extern "C" {
 #define CUDA_SCRATCH_BYTES ((size_t)32 << 20)
 #define CUDA_BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
-/* cuBLASLt's algorithm for one shape of FP8 product (cuda_qmatmul.cu), found once */
+/* cuBLASLt's algorithm for one shape of FP8 product (cuda_fp8_gemm.cu), found once */
 typedef struct cuda_fp8_algo {
     int m, n, k;
     bool ok;  /* false: cuBLASLt has none (the product takes another path) */

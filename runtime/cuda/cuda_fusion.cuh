@@ -1,6 +1,6 @@
 /* What the products of few rows do around themselves (rt_fusion, backend.h's matmul_fused): the
  * pieces the weight-streaming kernels share (a warp a weight row: cuda_matmul.cu's gemv_kernel and
- * cuda_qmatmul.cu's qgemv_kernel; qmma_kernel uses fused_out). */
+ * cuda_qgemv.cuh's qgemv_kernel; cuda_qmma.cu's qmma_kernel uses fused_out). */
 #ifndef DINFER_RUNTIME_CUDA_FUSION_CUH
 #define DINFER_RUNTIME_CUDA_FUSION_CUH
 
