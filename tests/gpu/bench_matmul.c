@@ -3,7 +3,7 @@
  * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
- *                [--products qkv,o,gate_up,down] [--iters N] [--small] [--fused]
+ *                [--products qkv,o,gate_up,down] [--iters N] [--small] [--fused] [--layer]
  *
  * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
  * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
@@ -15,7 +15,12 @@
  *
  * --fused: each product also as a decode layer runs it op by op (qkv after its RMSNorm, o and down
  * before the residual add and the next norm, gate/up with its norm before and SiLU-multiply after)
- * and as the backend's fused chain does (matmul_fused), where the backend has one. */
+ * and as the backend's fused chain does (matmul_fused), where the backend has one.
+ *
+ * --layer: then the four products of a decode layer back to back (each way, over copies of the
+ * layer's weights taken in turn), the pattern of a decode step, where a product's launch follows
+ * the one before it; with the sum of the four timed alone beside it. A product faster alone that
+ * is not faster here shows the step will not be either. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,9 +225,62 @@ static void run_way(rt_backend *be, int way, size_t si, const rt_tensor *t, void
     }
 }
 
+/* --layer for format f at n rows: a line a way, the layer's time and the sum of its products alone
+ * (alone[way], us). */
+static int bench_layer(rt_backend *be, const format *f, int n, int iters, bool small, bool fused, double copy,
+                       around *ar, void *dx, void *dout, const float *const *w, const double *alone)
+{
+    enum { NS = sizeof shapes / sizeof *shapes, MAXC = 8 };
+    rt_tensor t[MAXC][NS];
+    size_t bytes = 0;
+    int copies = 0;
+    do { /* enough copies that none is still in the L2 cache when its turn comes again */
+        for (size_t si = 0; si < NS; si++) {
+            size_t b;
+            if (make_weight(be, f, w[si], shapes[si].N / (small ? 16 : 1), shapes[si].K / (small ? 16 : 1),
+                            &t[copies][si], &b))
+                return fail("cannot make the layer's weights");
+            if (copies == 0)
+                bytes += b;
+        }
+        copies++;
+    } while (copies < MAXC && (copies < 2 || (size_t)copies * bytes < ((size_t)256 << 20)));
+    const int dim = shapes[1].N / (small ? 16 : 1);
+    ar->norm_k = ar->norm_n = (rt_tensor){.data = ar->g, .dtype = be->ops->act_dtype, .rows = dim, .cols = 1};
+    base_err err;
+    for (int way = PLAIN; way <= (fused ? FUSED : PLAIN); way++) {
+        if (way == FUSED && !(be->ops->fuses && be->ops->fuses(be, &t[0][0], n)))
+            continue;
+        for (int i = 0; i < copies; i++)
+            for (size_t si = 0; si < NS; si++)
+                run_way(be, way, si, &t[i][si], dx, dout, ar, n);
+        be->ops->sync(be);
+        const double t0 = base_now();
+        for (int i = 0; i < iters; i++)
+            for (size_t si = 0; si < NS; si++)
+                run_way(be, way, si, &t[i % copies][si], dx, dout, ar, n);
+        be->ops->sync(be);
+        const double s = (base_now() - t0) / iters;
+        if (be->ops->check(be, &err))
+            return fail(err.msg);
+        const double gbs = (double)bytes / s / 1e9;
+        char name[32];
+        snprintf(name, sizeof name, "layer%s%s", way ? " " : "", way_name[way]);
+        printf("%-14s %-9s %5d %10.1f %9.1f", name, f->name, n, s * 1e6, gbs);
+        printf(copy > 0 ? " %5.0f%%" : "       ", 100.0 * gbs * 1e9 / copy);
+        if (alone[way] > 0)
+            printf("  (its products alone: %.1f us)", alone[way]);
+        printf("\n");
+    }
+    for (int i = 0; i < copies; i++)
+        for (size_t si = 0; si < NS; si++)
+            free_weight(be, &t[i][si]);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    bool cuda = true, small = false, fused = false;
+    bool cuda = true, small = false, fused = false, layer = false;
     int rows[16] = {1, 16, 64}, n_rows = 3, iters = 50;
     const char *fmt_list = "bf16,fp8,int8,int4", *prod_list = "qkv,o,gate_up,down";
     for (int i = 1; i < argc; i++) {
@@ -241,10 +299,12 @@ int main(int argc, char **argv)
             small = true;
         else if (strcmp(a, "--fused") == 0)
             fused = true;
+        else if (strcmp(a, "--layer") == 0)
+            layer = true;
         else
             return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
                         "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--products qkv,o,gate_up,down] "
-                        "[--iters N] [--small] [--fused]");
+                        "[--iters N] [--small] [--fused] [--layer]");
     }
     char bad[64];
     if (!all_known(fmt_list, formats, sizeof formats / sizeof *formats, sizeof *formats, bad, sizeof bad)) {
@@ -295,6 +355,8 @@ int main(int argc, char **argv)
     free(ones), free(hones);
     if (!ar.res || !ar.xb || !ar.gu || !ar.g || !ar.ss)
         return fail("out of device memory");
+    enum { NF = sizeof formats / sizeof *formats };
+    double alone[NF][16][3] = {{{0}}}; /* us: the sum over the products timed alone */
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         if (!listed(prod_list, shapes[si].name))
             continue;
@@ -344,6 +406,7 @@ int main(int argc, char **argv)
                     const double s = (base_now() - t0) / iters;
                     if (be->ops->check(be, &err))
                         return fail(err.msg);
+                    alone[fi][ri][way] += s * 1e6;
                     const double gbs = (double)bytes / s / 1e9;
                     char name[32];
                     snprintf(name, sizeof name, "%s%s%s", shapes[si].name, way ? " " : "", way_name[way]);
@@ -359,6 +422,41 @@ int main(int argc, char **argv)
         be->ops->free(be, dx);
         be->ops->free(be, dout);
         free(w), free(x), free(hx);
+    }
+    if (layer) {
+        bool all = true; /* the sums alone are whole only with every product */
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            all = all && listed(prod_list, shapes[si].name);
+        float *w[sizeof shapes / sizeof *shapes];
+        size_t in = 0, out = 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            const size_t N = (size_t)shapes[si].N / (small ? 16 : 1), K = (size_t)shapes[si].K / (small ? 16 : 1);
+            if (!(w[si] = malloc(N * K * sizeof(float))))
+                return fail("out of host memory");
+            for (size_t i = 0; i < N * K; i++)
+                w[si][i] = (rt_rng_uniform(&rng) * 2.0f - 1.0f) * 0.05f;
+            in = K > in ? K : in, out = N > out ? N : out;
+        }
+        const size_t nx = (size_t)maxr * in;
+        float *x = malloc(nx * sizeof *x);
+        void *hx = malloc(nx * es);
+        if (!x || !hx)
+            return fail("out of host memory");
+        for (size_t i = 0; i < nx; i++)
+            x[i] = rt_rng_uniform(&rng) * 2.0f - 1.0f;
+        rt_convert_from_f32(hx, x, adt, nx);
+        void *dx = up(be, hx, nx * es), *dout = be->ops->alloc(be, (size_t)maxr * out * es);
+        free(x), free(hx);
+        if (!dx || !dout)
+            return fail("out of device memory");
+        for (size_t fi = 0; fi < NF; fi++)
+            for (int ri = 0; ri < n_rows && listed(fmt_list, formats[fi].name); ri++)
+                if (bench_layer(be, &formats[fi], rows[ri], iters, small, fused, copy, &ar, dx, dout,
+                                (const float *const *)w, all ? alone[fi][ri] : (const double[3]){0}))
+                    return 1;
+        be->ops->free(be, dx), be->ops->free(be, dout);
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            free(w[si]);
     }
     be->ops->free(be, ar.res), be->ops->free(be, ar.xb), be->ops->free(be, ar.gu), be->ops->free(be, ar.g);
     be->ops->free(be, ar.ss);
