@@ -23,7 +23,11 @@
 #               /tmp/models_done when both are written
 #   TAILN=N     lines of each step's log printed (default 12)
 #   OUT         where the logs go (the device tool's $OUT)
-# In BODY: `step NAME TIMEOUT_S "COMMAND"` and `waitfor FILE`.
+# In BODY: `step NAME TIMEOUT_S "COMMAND"`, `waitfor FILE`, and `variant NAME DIR`: DIR (carried)
+# holds files at their repository paths (DIR/runtime/cuda/cuda_qmma.cu, ...); they replace the
+# tree's while dinfer-run, bench_matmul and test_backend_ops are rebuilt into /tmp/NAME/launch and
+# /tmp/NAME/tests (a build dir as switch_ab.sh's AB_BUILD takes it), then the tree's own files go
+# back and those three are rebuilt from them (a changed .cu file ~20 s each way).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/out}
@@ -44,6 +48,18 @@ step() {
   tail -n "$TAILN" "$OUT/$name.log"
 }
 waitfor() { while [ ! -f "$1" ]; do sleep 2; done; }
+variant() {
+  local name=$1 dir=$2 f files
+  files=$(cd "$dir" && find . -type f | sed 's#^\./##')
+  for f in $files; do
+    mkdir -p "/tmp/orig/$name/$(dirname "$f")" && cp "$f" "/tmp/orig/$name/$f" && cp "$dir/$f" "$f"
+  done
+  step "build_$name" 300 "ninja -C build dinfer-run bench_matmul test_backend_ops >/dev/null &&
+    mkdir -p /tmp/$name/launch /tmp/$name/tests && cp build/launch/dinfer-run /tmp/$name/launch/ &&
+    cp build/tests/bench_matmul build/tests/test_backend_ops /tmp/$name/tests/"
+  for f in $files; do cp "/tmp/orig/$name/$f" "$f"; done
+  step "rebuild_after_$name" 300 "ninja -C build dinfer-run bench_matmul test_backend_ops >/dev/null"
+}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
 if [ "${BASE:-0}" = 1 ]; then
   (rm -rf /tmp/base && tar -xf base.tar -C /tmp && cd /tmp/base &&
