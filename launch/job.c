@@ -399,10 +399,11 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         const rt_shard *s = &jm->model.shard;
         snprintf(line, sizeof line,
                  "rank %d (stage %d, tp %d): layers %d-%d, heads %d-%d, KV heads %d-%d, FFN %d-%d, vocab %d-%d: "
-                 "loaded %zu bytes in %.2f s",
+                 "loaded %zu bytes in %.2f s, holding %zu bytes of weights",
                  t->rank, t->stage, t->tp_rank, s->layer_begin, s->layer_end - 1, s->head_begin,
                  s->head_begin + s->n_heads - 1, s->kv_head_begin, s->kv_head_begin + s->n_kv_heads - 1,
-                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, jm->model.bytes_loaded, secs);
+                 s->ffn_begin, s->ffn_end - 1, s->vocab_begin, s->vocab_end - 1, jm->model.bytes_loaded, secs,
+                 jm->model.bytes_held);
         if (t->rank == 0)
             fprintf(stderr, "%s: %s, tp=%d x pp=%d\n", o->model, rt_arch_name(jm->cfg.arch), o->tp, o->pp);
         job_print_by_rank(c, stderr, line);

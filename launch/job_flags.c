@@ -82,6 +82,13 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
         f->quantize = v;
         break;
     }
+    case JF_QUANTIZE_HEAD: {
+        rt_quant q;
+        if (rt_quant_for_load(&q, v))
+            return base_errf(err, "--quantize-lm-head: \"%.16s\" is not fp8, int8 or int4", v);
+        f->quantize_head = v;
+        break;
+    }
     default: return 0;
     }
     return 1;
@@ -104,6 +111,8 @@ int job_flags_depth(const job_flags *f)
 int job_flags_to_config(const job_flags *f, rt_config *cfg, base_err *err)
 {
     cfg->kv_fp8 = f->kv_fp8;
+    if (f->quantize_head && rt_quant_for_load(&cfg->head_quant, f->quantize_head))
+        return base_errf(err, "--quantize-lm-head: \"%.16s\" is not fp8, int8 or int4", f->quantize_head);
     if (!f->quantize)
         return 0;
     if (cfg->quant.method != RT_QUANT_NONE) {
@@ -128,7 +137,7 @@ void job_flags_usage_split(FILE *out)
                  "  --layers-per-stage L    layers of each pipeline stage, e.g. 3,2 (default: even)\n"
                  "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's; the CPU computes fp32)\n"
                  "  --kv-dtype auto|fp8     the KV cache's type: the compute type, or FP8 e4m3 with a scale a\n"
-                 "                          token and head (about 2x BF16's tokens; CPU only for now)\n");
+                 "                          token and head (about 1.9x BF16's tokens)\n");
 }
 
 void job_flags_usage_compute(FILE *out)
@@ -144,5 +153,8 @@ void job_flags_usage_compute(FILE *out)
                  "                          stage has work (default: --pp; 1 runs one step at a time)\n"
                  "  --quantize fp8|int8|int4 quantize a float checkpoint's linear layers as it loads: fp8 and\n"
                  "                          int8 a scale a row, int4 groups of 128 with zero points\n"
+                 "  --quantize-lm-head fp8|int8|int4 the LM head too (left 16-bit by --quantize and by\n"
+                 "                          published checkpoints; a tied head gets a quantized copy of the\n"
+                 "                          embedding): batch-1 decode reads it every token\n"
                  "  --verbose               print each rank's shard and load report\n");
 }

@@ -28,12 +28,13 @@ typedef struct job_flags {
     int pipeline_depth;          /* --pipeline-depth: steps in flight, 0: pp (every stage busy) */
     bool verbose;                /* --verbose */
     const char *quantize;        /* --quantize fp8|int8|int4: a float checkpoint's linear weights, or NULL */
+    const char *quantize_head;   /* --quantize-lm-head fp8|int8|int4: the LM head, or NULL (as stored) */
 } job_flags;
 
 /* Option codes of the shared flags, apart from any executable's own. */
 enum {
     JF_MODEL = 1000, JF_TP, JF_PP, JF_LPS, JF_DTYPE, JF_THREADS, JF_MBT, JF_BS, JF_DEVICE, JF_GMF, JF_COMM_TIMEOUT,
-    JF_VERBOSE, JF_DEPTH, JF_QUANTIZE, JF_KV_DTYPE,
+    JF_VERBOSE, JF_DEPTH, JF_QUANTIZE, JF_KV_DTYPE, JF_QUANTIZE_HEAD,
 };
 
 #define JOB_SPLIT_OPTIONS                                                                                     \
@@ -46,7 +47,8 @@ enum {
     {"max-batch-tokens", required_argument, 0, JF_MBT}, {"block-size", required_argument, 0, JF_BS},        \
     {"device", required_argument, 0, JF_DEVICE}, {"gpu-memory-fraction", required_argument, 0, JF_GMF},     \
     {"comm-timeout", required_argument, 0, JF_COMM_TIMEOUT}, {"verbose", no_argument, 0, JF_VERBOSE},       \
-    {"pipeline-depth", required_argument, 0, JF_DEPTH}, {"quantize", required_argument, 0, JF_QUANTIZE}
+    {"pipeline-depth", required_argument, 0, JF_DEPTH}, {"quantize", required_argument, 0, JF_QUANTIZE},       \
+    {"quantize-lm-head", required_argument, 0, JF_QUANTIZE_HEAD}
 
 void job_flags_init(job_flags *f);
 void job_flags_free(job_flags *f);
@@ -61,8 +63,8 @@ int job_flags_check(const job_flags *f, base_err *err);
 /* The steps rank 0 keeps in flight: --pipeline-depth, else pp. */
 int job_flags_depth(const job_flags *f);
 
-/* Applies --quantize and --kv-dtype to a loaded config.json: --quantize refused for a checkpoint
- * that is already quantized. */
+/* Applies --quantize, --quantize-lm-head and --kv-dtype to a loaded config.json: --quantize refused
+ * for a checkpoint that is already quantized. */
 struct rt_config;
 int job_flags_to_config(const job_flags *f, struct rt_config *cfg, base_err *err);
 

@@ -255,7 +255,7 @@ static void print_bandwidth(const job_model *jm, const run_args *a, int n, doubl
     const rt_shard *s = &jm->model.shard;
     const size_t es = rt_dtype_size(jm->dtype);
     size_t weights = rt_shard_weight_bytes(c, s, jm->dtype);
-    if (s->first_stage && !(c->tie_embeddings && s->last_stage))
+    if (s->first_stage && !rt_shard_head_is_embedding(c, s))
         weights -= (size_t)(s->vocab_end - s->vocab_begin) * (size_t)c->dim * es;
     double ctx = a->prompt_len + a->gen_len / 2.0;
     double kv = ctx * n * (double)rt_kv_bytes_per_token(s->layer_end - s->layer_begin, s->n_kv_heads, c->head_dim,

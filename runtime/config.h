@@ -94,6 +94,8 @@ typedef struct rt_config {
     int eos_ids[RT_MAX_EOS];
     rt_dtype dtype;     /* torch_dtype / dtype: the checkpoint's compute type */
     rt_quant quant;     /* quantization_config, or --quantize (method RT_QUANT_NONE: float weights) */
+    rt_quant head_quant; /* --quantize-lm-head: the LM head quantized as it loads (method RT_QUANT_NONE: as
+                          * stored, float; tied to the embedding, its own quantized copy) */
     bool kv_fp8;        /* --kv-dtype fp8: the KV cache in FP8 e4m3, a scale a token and KV head */
 } rt_config;
 

@@ -20,11 +20,10 @@ void rt_shard_whole(rt_shard *s, const rt_config *cfg)
     };
 }
 
-/* The bytes of a linear layer's weight (rows, cols): floats, or codes with their scales and zero
- * points when the model is quantized (modules a checkpoint leaves float are counted as codes). */
-static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtype dt)
+/* The bytes of a weight (rows, cols) quantized as q says: codes with their scales and zero points,
+ * or floats in dt for RT_QUANT_NONE. */
+static size_t quant_bytes(const rt_quant *q, size_t rows, size_t cols, rt_dtype dt)
 {
-    const rt_quant *q = &c->quant;
     if (q->method == RT_QUANT_NONE)
         return rows * cols * rt_dtype_size(dt);
     const int g = q->scale == RT_QSCALE_GROUP ? q->group_size : q->scale == RT_QSCALE_BLOCK ? q->block_cols : 0;
@@ -33,12 +32,24 @@ static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtyp
     return rows * (cols * (size_t)q->bits / 8 + ng * per_scale);
 }
 
+/* The bytes of a linear layer's weight (rows, cols): floats, or codes with their scales and zero
+ * points when the model is quantized (modules a checkpoint leaves float are counted as codes). */
+static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtype dt)
+{
+    return quant_bytes(&c->quant, rows, cols, dt);
+}
+
+bool rt_shard_head_is_embedding(const rt_config *c, const rt_shard *s)
+{
+    return c->tie_embeddings && s->first_stage && s->last_stage && c->head_quant.method == RT_QUANT_NONE;
+}
+
 size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
 {
     size_t hd = (size_t)c->head_dim, dim = (size_t)c->dim;
     size_t q = (size_t)s->n_heads * hd, kv = (size_t)s->n_kv_heads * hd;
     size_t ffn = (size_t)(s->ffn_end - s->ffn_begin), vocab = (size_t)(s->vocab_end - s->vocab_begin);
-    size_t layer = 2 * dim; /* floats: the norms, biases, embeddings and LM head */
+    size_t layer = 2 * dim; /* floats: the norms, biases and embeddings */
     if (c->qkv_bias)
         layer += q + 2 * kv;
     if (c->o_bias && s->adds_row_bias)
@@ -48,10 +59,11 @@ size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
     if (s->first_stage)
         n += vocab * dim;
     if (s->last_stage)
-        n += dim + (c->tie_embeddings && s->first_stage ? 0 : vocab * dim);
+        n += dim;
+    const size_t head = s->last_stage && !rt_shard_head_is_embedding(c, s) ? quant_bytes(&c->head_quant, vocab, dim, dt) : 0;
     const size_t linears = linear_bytes(c, q + 2 * kv, dim, dt) + linear_bytes(c, dim, q, dt) +
                            linear_bytes(c, 2 * ffn, dim, dt) + linear_bytes(c, dim, ffn, dt);
-    return n * rt_dtype_size(dt) + linears * layers;
+    return n * rt_dtype_size(dt) + linears * layers + head;
 }
 
 void rt_rope_inv_freq(const rt_rope *rope, int head_dim, float *inv_freq)
@@ -195,14 +207,16 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
 
 /* The quantized form of rows [r0, r1) x cols [c0, c1) of a linear layer's weight (module
  * "model.layers.L.mlp.down_proj", ...; full shape (rows, cols)): as the checkpoint stores it, or as
- * --quantize makes it (quantize_at_load: the LM head is not). 1 when it stays float. */
+ * at_load says when its method is RT_QUANT_LOAD (--quantize's, --quantize-lm-head's; NULL: not at
+ * load). 1 when it stays float. */
 static int read_qmat(loader *L, const char *module, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                     int64_t c1, bool quantize_at_load, rt_qmat *qm)
+                     int64_t c1, const rt_quant *at_load, rt_qmat *qm)
 {
     const rt_quant *q = &L->m->cfg.quant;
     char name[320];
     snprintf(name, sizeof name, "%s.weight", module);
-    if (q->method == RT_QUANT_LOAD && quantize_at_load) {
+    if (at_load && at_load->method == RT_QUANT_LOAD) {
+        q = at_load;
         /* whole rows: a row's scale (and group boundaries) must not depend on the split */
         const rt_st_file *f;
         const rt_st_tensor *t;
@@ -224,10 +238,10 @@ static int read_qmat(loader *L, const char *module, int64_t rows, int64_t cols, 
 
 /* A linear layer's weight as floats in the backend's type: as stored, or dequantized. */
 static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t rows, int64_t cols, int64_t r0,
-                       int64_t r1, int64_t c0, int64_t c1, bool quantize_at_load)
+                       int64_t r1, int64_t c0, int64_t c1, const rt_quant *at_load)
 {
     rt_qmat qm;
-    int rc = read_qmat(L, module, rows, cols, r0, r1, c0, c1, quantize_at_load, &qm);
+    int rc = read_qmat(L, module, rows, cols, r0, r1, c0, c1, at_load, &qm);
     if (rc < 0)
         return -1;
     if (rc == 1) {
@@ -344,7 +358,7 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
         rt_qmat qm[3];
         int got = 0, rc = 0;
         while (got < n && (rc = read_qmat(L, module[got], p[got].rows, p[got].cols, p[got].r0, p[got].r1, p[got].c0,
-                                          p[got].c1, true, &qm[got])) == 0)
+                                          p[got].c1, &L->m->cfg.quant, &qm[got])) == 0)
             got++;
         if (got == n && stackable(qm, n))
             rc = place_quant(L, dst, qm, n, what);
@@ -364,10 +378,27 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
     for (int i = 0, off = 0; i < n; off += (int)(p[i].r1 - p[i].r0), i++) {
         rt_tensor v = n > 1 ? view(dst, off) : (rt_tensor){0};
         if (load_linear(L, n > 1 ? &v : dst, module[i], p[i].rows, p[i].cols, p[i].r0, p[i].r1, p[i].c0, p[i].c1,
-                        true))
+                        &L->m->cfg.quant))
             return -1;
     }
     return prepare(L, dst);
+}
+
+/* The LM head's rows [v0, v1) of (V, dim), quantized as --quantize-lm-head says from the float
+ * weight of `module` (lm_head, or the tied embedding). */
+static int load_head_quantized(loader *L, rt_tensor *dst, const char *module, int64_t V, int64_t dim, int64_t v0,
+                               int64_t v1)
+{
+    rt_backend *be = L->m->be;
+    if (!be->ops->quant_matmul)
+        return base_errf(L->err, "--quantize-lm-head: the %s backend does not multiply quantized weights",
+                         be->ops->name);
+    rt_qmat qm;
+    if (read_qmat(L, module, V, dim, v0, v1, 0, dim, &L->m->cfg.head_quant, &qm))
+        return -1;
+    const int rc = place_quant(L, dst, &qm, 1, "the quantized LM head");
+    rt_qmat_free(&qm);
+    return rc ? -1 : prepare(L, dst);
 }
 
 static int load_layer(loader *L, int l, rt_layer_weights *w)
@@ -435,11 +466,15 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
     if (shard->last_stage) {
         if ((rc = load(&L, &m->final_norm, "model.norm.weight", dim, 0, 0, dim, 0, 0)))
             goto out;
-        if (cfg->tie_embeddings && shard->first_stage)
+        if (rt_shard_head_is_embedding(cfg, shard))
             m->lm_head = m->embed;
-        else if ((rc = cfg->tie_embeddings ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
-                                           : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, false)) ||
-                 (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
+        else if (cfg->head_quant.method != RT_QUANT_NONE) {
+            if ((rc = load_head_quantized(&L, &m->lm_head, cfg->tie_embeddings ? "model.embed_tokens" : "lm_head", V,
+                                          dim, v0, v1)))
+                goto out;
+        } else if ((rc = cfg->tie_embeddings ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
+                                             : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, NULL)) ||
+                   (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
             goto out;
     }
 out:

@@ -60,6 +60,9 @@ void rt_model_free(rt_model *m);
 /* Weight bytes a shard holds in dtype dt (used by the partition plan's memory estimate). */
 size_t rt_shard_weight_bytes(const rt_config *cfg, const rt_shard *s, rt_dtype dt);
 
+/* Whether the shard's LM head is its embedding (tied, both on this shard, not quantized apart). */
+bool rt_shard_head_is_embedding(const rt_config *cfg, const rt_shard *s);
+
 /* The head_dim / 2 inverse frequencies of the model's rotary embedding, scaling applied. */
 void rt_rope_inv_freq(const rt_rope *rope, int head_dim, float *inv_freq);
 

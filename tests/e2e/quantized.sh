@@ -62,6 +62,48 @@ story() { "$DINFER_RUN" --model "$m" --tokens 1 --max-tokens 40 --temperature 0 
 [ "$(story --kv-dtype fp8)" = "$(story)" ] || { echo "FAIL: stories260K with an FP8 cache: $(story --kv-dtype fp8)"; exit 1; }
 echo "ok: --kv-dtype fp8 holds 1.88x the tokens of BF16 (plan: $a / $b MiB per 1k), the same first token of each prompt"
 
+# --quantize-lm-head: the LM head quantized as it loads (left float by --quantize); tied to the
+# embedding, a quantized copy of it. The bytes held move by the head's (384 x 256: 393,216 bytes of
+# F32, 98,304 of int8 codes and 1,536 of fp32 scales); the float head's first tokens; under --tp 2
+# (the head's rows split by vocabulary) the same as on one rank
+"$DINFER_MKMODEL" --out "$tmp/tied" "${shape[@]}" --tie >/dev/null # f32's head is its own
+held() { "$DINFER_RUN" --verbose --tokens 1 --max-tokens 1 --threads 1 "$@" 2>&1 >/dev/null |
+           sed -n 's/.*holding \([0-9]*\) bytes of weights.*/\1/p'; }
+a=$(held --model "$tmp/f32") b=$(held --model "$tmp/f32" --quantize-lm-head int8)
+if [ -z "$a" ] || [ $((a - b)) -ne $((393216 - 98304 - 1536)) ]; then
+  echo "FAIL: untied head, bytes held $a float, $b with --quantize-lm-head int8"; exit 1
+fi
+a=$(held --model "$tmp/tied") b=$(held --model "$tmp/tied" --quantize-lm-head int8)
+if [ -z "$a" ] || [ $((b - a)) -ne $((98304 + 1536)) ]; then
+  echo "FAIL: tied head, bytes held $a float, $b with --quantize-lm-head int8"; exit 1
+fi
+# the float head's first 3 tokens with an int8 head (a random model's next-token logprobs lie close
+# together, about -3.5 each: FP8's 3 mantissa bits swap a close pair in its first token)
+for mdl in f32 tied awq fp8; do # awq and fp8: quantized checkpoints, their heads float
+  want=$(tokens 3 --model "$tmp/$mdl") got=$(tokens 3 --model "$tmp/$mdl" --quantize-lm-head int8)
+  [ "$got" = "$want" ] || { echo "FAIL: $mdl, int8 head: first tokens $got, the float head's $want"; exit 1; }
+done
+a=$(gen --model "$tmp/f32" --quantize int4 --quantize-lm-head int8 | sed 's/"logprobs.*//')
+b=$(mpirun --oversubscribe --bind-to none -np 2 "$DINFER_RUN" --model "$tmp/f32" --tp 2 "${prompts[@]}" \
+      --max-tokens 12 --temperature 0 --ignore-eos --json --quantize int4 --quantize-lm-head int8 2>/dev/null |
+      sed 's/"logprobs.*//')
+[ "$a" = "$b" ] || { echo "FAIL: --quantize-lm-head int8 under --tp 2: $b, one rank: $a"; exit 1; }
+# stories260K (trained, tied): its 40-token story with an int8 head, its first 10 tokens with FP8 and int4
+[ "$(story --quantize-lm-head int8)" = "$(story)" ] ||
+  { echo "FAIL: stories260K with an int8 head: $(story --quantize-lm-head int8)"; exit 1; }
+first10() { story "$@" | sed -E 's/.*"tokens": \[(([0-9]+, ){9}[0-9]+).*/\1/'; }
+for h in fp8 int4; do
+  [ "$(first10 --quantize-lm-head $h)" = "$(first10)" ] ||
+    { echo "FAIL: stories260K with an $h head: $(first10 --quantize-lm-head $h), float: $(first10)"; exit 1; }
+done
+if "$DINFER_RUN" --model "$tmp/f32" --tokens 1 --quantize-lm-head int3 2>"$tmp/err" >/dev/null; then
+  echo "FAIL: --quantize-lm-head int3 accepted"; exit 1
+fi
+grep -q -- '--quantize-lm-head: "int3" is not fp8, int8 or int4' "$tmp/err" || { echo "FAIL: $(cat "$tmp/err")"; exit 1; }
+echo "ok: --quantize-lm-head holds the head as codes (a tied one as a copy), keeps the float head's first tokens" \
+  "and stories260K's story (int8; FP8 and int4 its first 10 tokens), splits by vocabulary under --tp 2, names a" \
+  "bad format"
+
 # tests/tools/kl_divergence (docs/PERFORMANCE.md's 8B table runs it on the GPU): each format's
 # divergence from the float model is finite and positive, int8's below FP8's below int4's
 "$DINFER_KL" --model "$tmp/f32" --prompts 2 --len 24 int8 fp8 int4 kv-fp8 > "$tmp/kl"

@@ -1,6 +1,7 @@
 /* perplexity: how well a model (optionally quantized as it loads) predicts a text, on one CPU rank.
  *
- *   perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] [--window N]
+ *   perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--quantize-lm-head fp8|int8|int4]
+ *              [--kv-dtype fp8] [--window N]
  *
  * bf16 rounds every weight (embeddings and norms too) to BF16, as a BF16 checkpoint of the same
  * model would hold them, computing in fp32 like the rest.
@@ -44,7 +45,7 @@ static int fail(const char *what, const base_err *err)
 
 int main(int argc, char **argv)
 {
-    const char *model = NULL, *text_path = NULL, *quantize = NULL;
+    const char *model = NULL, *text_path = NULL, *quantize = NULL, *quantize_head = NULL;
     bool kv_fp8 = false;
     int window = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -54,17 +55,19 @@ int main(int argc, char **argv)
             text_path = argv[i + 1];
         else if (strcmp(argv[i], "--quantize") == 0)
             quantize = argv[i + 1];
+        else if (strcmp(argv[i], "--quantize-lm-head") == 0)
+            quantize_head = argv[i + 1];
         else if (strcmp(argv[i], "--kv-dtype") == 0)
             kv_fp8 = strcmp(argv[i + 1], "fp8") == 0;
         else if (strcmp(argv[i], "--window") == 0)
             window = atoi(argv[i + 1]);
         else
-            return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] "
-                        "[--window N]", NULL);
+            return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] "
+                        "[--quantize-lm-head fp8|int8|int4] [--kv-dtype fp8] [--window N]", NULL);
     }
     if (!model || !text_path)
-        return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] [--kv-dtype fp8] "
-                    "[--window N]", NULL);
+        return fail("usage: perplexity --model DIR --text FILE [--quantize fp8|int8|int4|bf16] "
+                    "[--quantize-lm-head fp8|int8|int4] [--kv-dtype fp8] [--window N]", NULL);
     base_err err = {{0}};
     rt_config cfg;
     if (rt_config_load(&cfg, model, &err))
@@ -72,6 +75,8 @@ int main(int argc, char **argv)
     const bool bf16 = quantize && strcmp(quantize, "bf16") == 0;
     if (quantize && !bf16 && rt_quant_for_load(&cfg.quant, quantize))
         return fail("--quantize is not fp8, int8, int4 or bf16", NULL);
+    if (quantize_head && rt_quant_for_load(&cfg.head_quant, quantize_head))
+        return fail("--quantize-lm-head is not fp8, int8 or int4", NULL);
     cfg.kv_fp8 = kv_fp8;
     if (window <= 1 || window > cfg.max_pos)
         window = cfg.max_pos;
@@ -140,9 +145,14 @@ int main(int argc, char **argv)
         }
     }
     char what[96];
-    printf("%s: %ld tokens scored (windows of %d), mean NLL %.5f, perplexity %.4f (%s%s)\n", model, scored, window,
+    char head[96] = "";
+    if (quantize_head) {
+        char hq[80];
+        snprintf(head, sizeof head, ", LM head %s", rt_quant_describe(&cfg.head_quant, hq, sizeof hq));
+    }
+    printf("%s: %ld tokens scored (windows of %d), mean NLL %.5f, perplexity %.4f (%s%s%s)\n", model, scored, window,
            nll / (double)scored, exp(nll / (double)scored),
-           bf16 ? "weights rounded to BF16" : rt_quant_describe(&cfg.quant, what, sizeof what),
+           bf16 ? "weights rounded to BF16" : rt_quant_describe(&cfg.quant, what, sizeof what), head,
            kv_fp8 ? ", FP8 KV cache" : "");
     rt_forward_destroy(fw);
     rt_kv_cache_destroy(&kv);

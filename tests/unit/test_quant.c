@@ -360,6 +360,19 @@ static void test_cpu_holds_codes(void **state)
             fail_msg("%s: the plan counts %zu bytes of weights, the load holds %zu", dirs[d], planned, m.bytes_held);
         assert_int_equal(m.layers[0].wqkv.q.kind, c.quant.kind);
         rt_model_free(&m);
+        /* --quantize-lm-head int8 as well: the head as codes, and still what the plan counts */
+        rt_config ch = c;
+        assert_int_equal(rt_quant_for_load(&ch.head_quant, "int8"), 0);
+        if (rt_model_load(&m, &ch, &s, dir, be, &err))
+            fail_msg("%s with the head quantized: %s", dir, err.msg);
+        assert_int_equal(m.lm_head.q.kind, RT_QK_INT);
+        assert_int_equal(m.lm_head.q.bits, 8);
+        if (rt_shard_weight_bytes(&ch, &s, RT_F32) != m.bytes_held)
+            fail_msg("%s with the head quantized: the plan counts %zu bytes of weights, the load holds %zu", dirs[d],
+                     rt_shard_weight_bytes(&ch, &s, RT_F32), m.bytes_held);
+        if (!(m.bytes_held < planned + (size_t)c.vocab_size * (size_t)c.dim * 2))
+            fail_msg("%s: %zu bytes held with the head quantized, %zu without", dirs[d], m.bytes_held, planned);
+        rt_model_free(&m);
     }
     be->ops->destroy(be);
 }
