@@ -1,9 +1,11 @@
-/* bench_matmul: one backend's matmul on the 8B shape's four products, float and quantized, without
+/* bench_matmul: one backend's matmul on the 8B shape's four layer products (and its LM head when
+ * --products names lm_head: by default left out, its 525M weights take seconds to make), float and
+ * quantized, without
  * a model (a kernel change measured in seconds, not a model load): each product timed over many
  * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
- *                [--products qkv,o,gate_up,down] [--iters N] [--small] [--fused] [--layer]
+ *                [--products qkv,o,gate_up,down,lm_head] [--iters N] [--small] [--fused] [--layer]
  *
  * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
  * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
@@ -42,7 +44,10 @@ typedef struct shape {
 
 #define COPIES 64
 
-static const shape shapes[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+/* a decode layer's four products (LAYER_PRODUCTS), then the LM head (only when --products names it) */
+static const shape shapes[] = {{"qkv", 6144, 4096},     {"o", 4096, 4096},        {"gate_up", 28672, 4096},
+                               {"down", 4096, 14336},   {"lm_head", 128256, 4096}};
+#define LAYER_PRODUCTS 4
 
 typedef struct format {
     const char *name;
@@ -230,7 +235,7 @@ static void run_way(rt_backend *be, int way, size_t si, const rt_tensor *t, void
 static int bench_layer(rt_backend *be, const format *f, int n, int iters, bool small, bool fused, double copy,
                        around *ar, void *dx, void *dout, const float *const *w, const double *alone)
 {
-    enum { NS = sizeof shapes / sizeof *shapes, MAXC = 8 };
+    enum { NS = LAYER_PRODUCTS, MAXC = 8 };
     rt_tensor t[MAXC][NS];
     size_t bytes = 0;
     int copies = 0;
@@ -303,7 +308,7 @@ int main(int argc, char **argv)
             layer = true;
         else
             return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
-                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--products qkv,o,gate_up,down] "
+                        "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--products qkv,o,gate_up,down,lm_head] "
                         "[--iters N] [--small] [--fused] [--layer]");
     }
     char bad[64];
@@ -312,7 +317,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!all_known(prod_list, shapes, sizeof shapes / sizeof *shapes, sizeof *shapes, bad, sizeof bad)) {
-        fprintf(stderr, "bench_matmul: unknown product '%s' in --products (qkv, o, gate_up, down)\n", bad);
+        fprintf(stderr, "bench_matmul: unknown product '%s' in --products (qkv, o, gate_up, down, lm_head)\n", bad);
         return 2;
     }
     base_err err = {{0}};
@@ -393,7 +398,7 @@ int main(int argc, char **argv)
             } while (copies < COPIES && (size_t)copies * bytes < ((size_t)256 << 20));
             for (int ri = 0; ri < n_rows; ri++) {
                 const int n = rows[ri];
-                for (int way = PLAIN; way <= (fused ? FUSED : PLAIN); way++) {
+                for (int way = PLAIN; way <= (fused && si < LAYER_PRODUCTS ? FUSED : PLAIN); way++) {
                     if (way == FUSED && !(be->ops->fuses && be->ops->fuses(be, &t[0], n)))
                         continue;
                     for (int i = 0; i < copies; i++) /* warm-up: algorithm choices */
@@ -425,11 +430,11 @@ int main(int argc, char **argv)
     }
     if (layer) {
         bool all = true; /* the sums alone are whole only with every product */
-        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (size_t si = 0; si < LAYER_PRODUCTS; si++)
             all = all && listed(prod_list, shapes[si].name);
-        float *w[sizeof shapes / sizeof *shapes];
+        float *w[LAYER_PRODUCTS];
         size_t in = 0, out = 0;
-        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        for (size_t si = 0; si < LAYER_PRODUCTS; si++) {
             const size_t N = (size_t)shapes[si].N / (small ? 16 : 1), K = (size_t)shapes[si].K / (small ? 16 : 1);
             if (!(w[si] = malloc(N * K * sizeof(float))))
                 return fail("out of host memory");
@@ -455,7 +460,7 @@ int main(int argc, char **argv)
                                 (const float *const *)w, all ? alone[fi][ri] : (const double[3]){0}))
                     return 1;
         be->ops->free(be, dx), be->ops->free(be, dout);
-        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (size_t si = 0; si < LAYER_PRODUCTS; si++)
             free(w[si]);
     }
     be->ops->free(be, ar.res), be->ops->free(be, ar.xb), be->ops->free(be, ar.gu), be->ops->free(be, ar.g);
