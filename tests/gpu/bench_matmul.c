@@ -1,8 +1,8 @@
 /* bench_matmul: one backend's matmul on the 8B shape's four layer products (and its LM head when
  * --products names lm_head: by default left out, its 525M weights take seconds to make), float and
- * quantized, without
- * a model (a kernel change measured in seconds, not a model load): each product timed over many
- * launches, its weight bytes over the time, and that as a share of the measured copy bandwidth.
+ * quantized, without a model (a kernel change measured in seconds, not a model load): each product
+ * timed over many launches, its weight bytes over the time, and that as a share of the measured
+ * copy bandwidth.
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
  *                [--products qkv,o,gate_up,down,lm_head] [--iters N] [--small] [--fused] [--layer]
