@@ -60,7 +60,8 @@ size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
         n += vocab * dim;
     if (s->last_stage)
         n += dim;
-    const size_t head = s->last_stage && !rt_shard_head_is_embedding(c, s) ? quant_bytes(&c->head_quant, vocab, dim, dt) : 0;
+    const size_t head =
+        s->last_stage && !rt_shard_head_is_embedding(c, s) ? quant_bytes(&c->head_quant, vocab, dim, dt) : 0;
     const size_t linears = linear_bytes(c, q + 2 * kv, dim, dt) + linear_bytes(c, dim, q, dt) +
                            linear_bytes(c, 2 * ffn, dim, dt) + linear_bytes(c, dim, ffn, dt);
     return n * rt_dtype_size(dt) + linears * layers + head;
@@ -472,8 +473,9 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
             if ((rc = load_head_quantized(&L, &m->lm_head, cfg->tie_embeddings ? "model.embed_tokens" : "lm_head", V,
                                           dim, v0, v1)))
                 goto out;
-        } else if ((rc = cfg->tie_embeddings ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
-                                             : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, NULL)) ||
+        } else if ((rc = cfg->tie_embeddings
+                             ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
+                             : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, NULL)) ||
                    (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
             goto out;
     }
