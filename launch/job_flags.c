@@ -75,18 +75,13 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
         if (cli_int("--pipeline-depth", v, 1, 16, &n, err)) return -1; /* RT_ENGINE_MAX_IN_FLIGHT */
         f->pipeline_depth = (int)n;
         break;
-    case JF_QUANTIZE: {
-        rt_quant q;
-        if (rt_quant_for_load(&q, v))
-            return base_errf(err, "--quantize: \"%.16s\" is not fp8, int8 or int4", v);
-        f->quantize = v;
-        break;
-    }
+    case JF_QUANTIZE:
     case JF_QUANTIZE_HEAD: {
         rt_quant q;
         if (rt_quant_for_load(&q, v))
-            return base_errf(err, "--quantize-lm-head: \"%.16s\" is not fp8, int8 or int4", v);
-        f->quantize_head = v;
+            return base_errf(err, "%s: \"%.16s\" is not fp8, int8 or int4",
+                             opt == JF_QUANTIZE ? "--quantize" : "--quantize-lm-head", v);
+        *(opt == JF_QUANTIZE ? &f->quantize : &f->quantize_head) = v;
         break;
     }
     default: return 0;
