@@ -394,6 +394,12 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
                                           : "dequantized as they load (the quantized model's outputs at the compute "
                                             "type's speed and memory)");
     }
+    if (t->rank == 0 && jm->cfg.head_quant.method != RT_QUANT_NONE) {
+        char what[96];
+        rt_quant_describe(&jm->cfg.head_quant, what, sizeof what);
+        fprintf(stderr, "%s: LM head: %s (--quantize-lm-head), kept as codes and scales%s\n", prog,
+                what + strlen("--quantize "), jm->cfg.tie_embeddings ? ", a copy of the tied embedding" : "");
+    }
     warn_if_bound(c, jm);
     if (o->verbose) {
         const rt_shard *s = &jm->model.shard;

@@ -73,6 +73,9 @@ a=$(held --model "$tmp/f32") b=$(held --model "$tmp/f32" --quantize-lm-head int8
 if [ -z "$a" ] || [ $((a - b)) -ne $((393216 - 98304 - 1536)) ]; then
   echo "FAIL: untied head, bytes held $a float, $b with --quantize-lm-head int8"; exit 1
 fi
+"$DINFER_RUN" --model "$tmp/tied" --tokens 1 --max-tokens 1 --quantize-lm-head int8 2>&1 >/dev/null |
+  grep -q "LM head: int8, a scale a row (--quantize-lm-head), kept as codes and scales, a copy of the tied" ||
+  { echo "FAIL: rank 0 does not say how the LM head is held"; exit 1; }
 a=$(held --model "$tmp/tied") b=$(held --model "$tmp/tied" --quantize-lm-head int8)
 if [ -z "$a" ] || [ $((b - a)) -ne $((98304 + 1536)) ]; then
   echo "FAIL: tied head, bytes held $a float, $b with --quantize-lm-head int8"; exit 1
