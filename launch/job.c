@@ -396,9 +396,11 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
     }
     if (t->rank == 0 && jm->cfg.head_quant.method != RT_QUANT_NONE) {
         char what[96];
-        rt_quant_describe(&jm->cfg.head_quant, what, sizeof what);
-        fprintf(stderr, "%s: LM head: %s (--quantize-lm-head), kept as codes and scales%s\n", prog,
-                what + strlen("--quantize "), jm->cfg.tie_embeddings ? ", a copy of the tied embedding" : "");
+        const char *d = rt_quant_describe(&jm->cfg.head_quant, what, sizeof what), *load = "--quantize ";
+        if (strncmp(d, load, strlen(load)) == 0) /* the method's name: the flag says it here */
+            d += strlen(load);
+        fprintf(stderr, "%s: LM head: %s (--quantize-lm-head), kept as codes and scales%s\n", prog, d,
+                jm->cfg.tie_embeddings ? ", a copy of the tied embedding" : "");
     }
     warn_if_bound(c, jm);
     if (o->verbose) {

@@ -230,6 +230,41 @@ static void run_way(rt_backend *be, int way, size_t si, const rt_tensor *t, void
     }
 }
 
+/* Seconds a run of products takes as `way` runs them: products si[0..np) on copies of their weights
+ * (t[copy * np + p]) taken in turn, after a warm-up over every copy (algorithm choices); -1 with a
+ * message when the backend failed. */
+static double time_products(rt_backend *be, int way, const size_t *si, int np, const rt_tensor *t, int copies,
+                            int iters, void *dx, void *dout, around *a, int n)
+{
+    for (int i = 0; i < copies; i++)
+        for (int p = 0; p < np; p++)
+            run_way(be, way, si[p], &t[i * np + p], dx, dout, a, n);
+    be->ops->sync(be);
+    const double t0 = base_now();
+    for (int i = 0; i < iters; i++)
+        for (int p = 0; p < np; p++)
+            run_way(be, way, si[p], &t[(i % copies) * np + p], dx, dout, a, n);
+    be->ops->sync(be);
+    const double s = (base_now() - t0) / iters;
+    base_err err;
+    if (be->ops->check(be, &err)) {
+        fail(err.msg);
+        return -1;
+    }
+    return s;
+}
+
+/* A line's figures (no newline): the product as `way` runs it, its time, bytes over the time, and
+ * that as a share of the copy bandwidth where one was measured. */
+static void print_row(const char *product, int way, const char *format, int n, double s, size_t bytes, double copy)
+{
+    char name[32];
+    snprintf(name, sizeof name, "%s%s%s", product, way ? " " : "", way_name[way]);
+    const double gbs = (double)bytes / s / 1e9;
+    printf("%-14s %-9s %5d %10.1f %9.1f", name, format, n, s * 1e6, gbs);
+    printf(copy > 0 ? " %5.0f%%" : "       ", 100.0 * gbs * 1e9 / copy);
+}
+
 /* --layer for format f at n rows: a line a way, the layer's time and the sum of its products alone
  * (alone[way], us). */
 static int bench_layer(rt_backend *be, const format *f, int n, int iters, bool small, bool fused, double copy,
@@ -252,27 +287,14 @@ static int bench_layer(rt_backend *be, const format *f, int n, int iters, bool s
     } while (copies < MAXC && (copies < 2 || (size_t)copies * bytes < ((size_t)256 << 20)));
     const int dim = shapes[1].N / (small ? 16 : 1);
     ar->norm_k = ar->norm_n = (rt_tensor){.data = ar->g, .dtype = be->ops->act_dtype, .rows = dim, .cols = 1};
-    base_err err;
+    const size_t si[NS] = {0, 1, 2, 3};
     for (int way = PLAIN; way <= (fused ? FUSED : PLAIN); way++) {
         if (way == FUSED && !(be->ops->fuses && be->ops->fuses(be, &t[0][0], n)))
             continue;
-        for (int i = 0; i < copies; i++)
-            for (size_t si = 0; si < NS; si++)
-                run_way(be, way, si, &t[i][si], dx, dout, ar, n);
-        be->ops->sync(be);
-        const double t0 = base_now();
-        for (int i = 0; i < iters; i++)
-            for (size_t si = 0; si < NS; si++)
-                run_way(be, way, si, &t[i % copies][si], dx, dout, ar, n);
-        be->ops->sync(be);
-        const double s = (base_now() - t0) / iters;
-        if (be->ops->check(be, &err))
-            return fail(err.msg);
-        const double gbs = (double)bytes / s / 1e9;
-        char name[32];
-        snprintf(name, sizeof name, "layer%s%s", way ? " " : "", way_name[way]);
-        printf("%-14s %-9s %5d %10.1f %9.1f", name, f->name, n, s * 1e6, gbs);
-        printf(copy > 0 ? " %5.0f%%" : "       ", 100.0 * gbs * 1e9 / copy);
+        const double s = time_products(be, way, si, NS, &t[0][0], copies, iters, dx, dout, ar, n);
+        if (s < 0)
+            return 1;
+        print_row("layer", way, f->name, n, s, bytes, copy);
         if (alone[way] > 0)
             printf("  (its products alone: %.1f us)", alone[way]);
         printf("\n");
@@ -401,23 +423,11 @@ int main(int argc, char **argv)
                 for (int way = PLAIN; way <= (fused && si < LAYER_PRODUCTS ? FUSED : PLAIN); way++) {
                     if (way == FUSED && !(be->ops->fuses && be->ops->fuses(be, &t[0], n)))
                         continue;
-                    for (int i = 0; i < copies; i++) /* warm-up: algorithm choices */
-                        run_way(be, way, si, &t[i], dx, dout, &ar, n);
-                    be->ops->sync(be);
-                    const double t0 = base_now();
-                    for (int i = 0; i < iters; i++)
-                        run_way(be, way, si, &t[i % copies], dx, dout, &ar, n);
-                    be->ops->sync(be);
-                    const double s = (base_now() - t0) / iters;
-                    if (be->ops->check(be, &err))
-                        return fail(err.msg);
+                    const double s = time_products(be, way, &si, 1, t, copies, iters, dx, dout, &ar, n);
+                    if (s < 0)
+                        return 1;
                     alone[fi][ri][way] += s * 1e6;
-                    const double gbs = (double)bytes / s / 1e9;
-                    char name[32];
-                    snprintf(name, sizeof name, "%s%s%s", shapes[si].name, way ? " " : "", way_name[way]);
-                    printf("%-14s %-9s %5d %10.1f %9.1f", name, f->name, n, s * 1e6, gbs);
-                    if (copy > 0)
-                        printf(" %5.0f%%", 100.0 * gbs * 1e9 / copy);
+                    print_row(shapes[si].name, way, f->name, n, s, bytes, copy);
                     printf("\n");
                 }
             }
