@@ -342,11 +342,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_matmul: unknown product '%s' in --products (qkv, o, gate_up, down, lm_head)\n", bad);
         return 2;
     }
-    base_err err = {{0}};
     rt_backend *be = NULL;
     double copy = 0;
     if (cuda) {
 #ifdef DINFER_HAVE_CUDA
+        base_err err = {{0}};
         if (rt_cuda_device_count() == 0)
             return fail("no CUDA device is visible (--device cpu for the CPU backend)");
         if (!(be = rt_cuda_backend_create(0, RT_BF16, 0, &err)))
