@@ -7,6 +7,7 @@
 #                                                                tokens (PROFILE_BATCH, PROFILE_PROMPT)
 #   PROFILE_BATCH=64 (decode too: a decode step of that many sequences)
 #   PROFILE_ARGS="--quantize fp8"   more dinfer-run flags
+#   PROFILE_LIST=1   also every kernel of the step in order, with its time
 # Prints kernels per step, then per kind: count, total microseconds, share of the step. Kernel
 # times are measured one at a time (ncu serializes them), so their sum is the step's GPU work
 # without launch gaps; the bench's own step time (printed first) includes them.
@@ -35,7 +36,7 @@ fi
 DINFER_CUDA_GRAPHS=0 "$ncu" --csv --metrics gpu__time_duration.sum --target-processes all --cache-control none \
   --clock-control none "${limit[@]}" "$build/launch/dinfer-run" --model "$model" --bench --device cuda --dtype bf16 \
   "${run[@]}" 2>/dev/null > "$csv"
-python3 - "$csv" "$mode" <<'EOF'
+python3 - "$csv" "$mode" "${PROFILE_LIST:-0}" <<'EOF'
 import csv, re, sys
 rows = []
 with open(sys.argv[1]) as f:
@@ -67,4 +68,7 @@ total = sum(t for _, t in agg.values())
 print(f"kernels per {sys.argv[2]} step: {len(step)}, GPU time {total:.1f} us")
 for k, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"  {k:40s} {c:5d} {t:10.1f} us {100 * t / total:5.1f}%")
+if sys.argv[3] == "1":
+    for n, us in step:
+        print(f"  {us:8.1f} us  {n[:110]}")
 EOF
