@@ -3,6 +3,7 @@
 #include "base/file.h"
 
 #include "runtime/backend.h"
+#include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 #include "runtime/scheduler.h"
 #ifdef DINFER_HAVE_CUDA
@@ -402,6 +403,13 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
         fprintf(stderr, "%s: LM head: %s (--quantize-lm-head), kept as codes and scales%s\n", prog, d,
                 jm->cfg.tie_embeddings ? ", a copy of the tied embedding" : "");
     }
+    if (t->rank == 0 && jm->cfg.quant.kv_scales != RT_KV_SCALES_NONE) /* a checkpoint with FP8 KV-cache scales */
+        fprintf(stderr, "%s: KV cache: %s\n", prog,
+                !jm->cfg.kv_fp8 ? "in the compute type: the checkpoint's FP8 KV-cache scales (kv_cache_scheme) go "
+                                  "unused (--kv-dtype fp8 takes them)"
+                : jm->cfg.kv_token_scales ? "FP8 with a scale a token and head (--kv-scales token: the checkpoint's "
+                                            "static scales go unused)"
+                                          : rt_kv_describe(&jm->cfg));
     warn_if_bound(c, jm);
     if (o->verbose) {
         const rt_shard *s = &jm->model.shard;

@@ -49,6 +49,11 @@ int job_flags_parse(job_flags *f, int opt, const char *v, base_err *err)
             return base_errf(err, "--kv-dtype: \"%.16s\" is not auto or fp8", v);
         f->kv_fp8 = strcmp(v, "fp8") == 0;
         break;
+    case JF_KV_SCALES:
+        if (strcmp(v, "checkpoint") && strcmp(v, "token"))
+            return base_errf(err, "--kv-scales: \"%.16s\" is not checkpoint or token", v);
+        f->kv_token_scales = strcmp(v, "token") == 0;
+        break;
     case JF_THREADS: if (cli_int("--threads", v, 1, 4096, &n, err)) return -1; f->threads = (int)n; break;
     case JF_MBT:
         if (cli_int("--max-batch-tokens", v, 1, 1 << 20, &n, err)) return -1;
@@ -106,6 +111,7 @@ int job_flags_depth(const job_flags *f)
 int job_flags_to_config(const job_flags *f, rt_config *cfg, base_err *err)
 {
     cfg->kv_fp8 = f->kv_fp8;
+    cfg->kv_token_scales = f->kv_token_scales;
     if (f->quantize_head && rt_quant_for_load(&cfg->head_quant, f->quantize_head))
         return base_errf(err, "--quantize-lm-head: \"%.16s\" is not fp8, int8 or int4", f->quantize_head);
     if (!f->quantize)
@@ -132,7 +138,10 @@ void job_flags_usage_split(FILE *out)
                  "  --layers-per-stage L    layers of each pipeline stage, e.g. 3,2 (default: even)\n"
                  "  --dtype f32|bf16|f16    GPU storage type (default: the checkpoint's; the CPU computes fp32)\n"
                  "  --kv-dtype auto|fp8     the KV cache's type: the compute type, or FP8 e4m3 with a scale a\n"
-                 "                          token and head (about 1.9x BF16's tokens)\n");
+                 "                          token and head (about 1.9x BF16's tokens), or under the checkpoint's\n"
+                 "                          static scales where it has them (kv_cache_scheme: 2x)\n"
+                 "  --kv-scales checkpoint|token  an FP8 cache's scales: the checkpoint's where it has them\n"
+                 "                          (default), or a scale a token and head even then\n");
 }
 
 void job_flags_usage_compute(FILE *out)

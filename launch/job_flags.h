@@ -19,6 +19,7 @@ typedef struct job_flags {
     int n_layers_per_stage;
     const char *dtype;           /* --dtype f32|bf16|f16, or NULL: the checkpoint's */
     bool kv_fp8;                 /* --kv-dtype fp8 (else auto: the compute type) */
+    bool kv_token_scales;        /* --kv-scales token (else checkpoint: its static scales where it has them) */
     int threads;                 /* --threads: CPU threads per rank, 0: the host's cores shared */
     int max_batch_tokens;        /* --max-batch-tokens: tokens per step (2048) */
     int block_size;              /* --block-size: tokens per KV block (16) */
@@ -34,13 +35,14 @@ typedef struct job_flags {
 /* Option codes of the shared flags, apart from any executable's own. */
 enum {
     JF_MODEL = 1000, JF_TP, JF_PP, JF_LPS, JF_DTYPE, JF_THREADS, JF_MBT, JF_BS, JF_DEVICE, JF_GMF, JF_COMM_TIMEOUT,
-    JF_VERBOSE, JF_DEPTH, JF_QUANTIZE, JF_KV_DTYPE, JF_QUANTIZE_HEAD,
+    JF_VERBOSE, JF_DEPTH, JF_QUANTIZE, JF_KV_DTYPE, JF_QUANTIZE_HEAD, JF_KV_SCALES,
 };
 
 #define JOB_SPLIT_OPTIONS                                                                                     \
     {"model", required_argument, 0, JF_MODEL}, {"tp", required_argument, 0, JF_TP},                          \
     {"pp", required_argument, 0, JF_PP}, {"layers-per-stage", required_argument, 0, JF_LPS},                 \
-    {"dtype", required_argument, 0, JF_DTYPE}, {"kv-dtype", required_argument, 0, JF_KV_DTYPE}
+    {"dtype", required_argument, 0, JF_DTYPE}, {"kv-dtype", required_argument, 0, JF_KV_DTYPE},              \
+    {"kv-scales", required_argument, 0, JF_KV_SCALES}
 
 #define JOB_FLAG_OPTIONS                                                                                      \
     JOB_SPLIT_OPTIONS, {"threads", required_argument, 0, JF_THREADS},                                        \
@@ -63,7 +65,7 @@ int job_flags_check(const job_flags *f, base_err *err);
 /* The steps rank 0 keeps in flight: --pipeline-depth, else pp. */
 int job_flags_depth(const job_flags *f);
 
-/* Applies --quantize, --quantize-lm-head and --kv-dtype to a loaded config.json: --quantize refused
+/* Applies --quantize, --quantize-lm-head, --kv-dtype and --kv-scales to a loaded config.json: --quantize refused
  * for a checkpoint that is already quantized. */
 struct rt_config;
 int job_flags_to_config(const job_flags *f, struct rt_config *cfg, base_err *err);

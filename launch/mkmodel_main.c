@@ -226,6 +226,73 @@ static int quantize_specs(const rt_st_spec *ts, int n, fill_ctx *fc, const rt_qu
     return 0;
 }
 
+/* Float tensor `name` of build_specs' list ts (n of them), its values as fc makes them, or NULL. */
+static float *float_values(const rt_st_spec *ts, int n, const fill_ctx *fc, const char *name)
+{
+    int i = 0;
+    while (i < n && strcmp(ts[i].name, name) != 0)
+        i++;
+    if (i == n)
+        return NULL;
+    const size_t count = (size_t)ts[i].shape[0] * (size_t)(ts[i].n_dims == 2 ? ts[i].shape[1] : 1);
+    const size_t es = rt_dtype_size(ts[i].dtype);
+    float *w = malloc(count * sizeof *w);
+    char *raw = malloc(count * es);
+    if (w && raw) {
+        fill_weights((void *)fc, i, &ts[i], 0, raw, count * es);
+        rt_convert_to_f32(w, raw, ts[i].dtype, count);
+    } else {
+        free(w);
+        w = NULL;
+    }
+    free(raw);
+    return w;
+}
+
+/* --kv-scales: layer l's static FP8 KV-cache scales, k's then v's (one, or one a KV head), from a
+ * bound on what the layer can write: a row of k_proj meets the normed input, whose 2-norm is at most
+ * sqrt(dim) times the norm weight's largest magnitude, so |k_j| <= |W_j| sqrt(dim) max|g| + |b_j|;
+ * RoPE mixes j with j + head_dim / 2, so k's bound is the pair's. The scale is the bound / 448: no
+ * value saturates (a calibrating tool takes the largest value it sees instead). */
+static int kv_scale_bounds(const rt_st_spec *ts, int n, const fill_ctx *fc, const rt_config *c, int l, bool per_head,
+                           float *out, base_err *err)
+{
+    char name[128];
+    float *w[5] = {0};
+    const char *suffix[5] = {"input_layernorm.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                             "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
+    int rc = 0;
+    for (int i = 0; i < 5 && !rc; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix[i]);
+        if (!(w[i] = float_values(ts, n, fc, name)) && (i < 3 || c->qkv_bias))
+            rc = base_errf(err, "out of memory computing %s's KV-cache scales", name);
+    }
+    const int hd = c->head_dim, nkv = c->n_kv_heads, dim = c->dim;
+    float gmax = 0.0f;
+    for (int i = 0; !rc && i < dim; i++)
+        gmax = fmaxf(gmax, fabsf(w[0][i]));
+    for (int h = 0; h < nkv; h++)
+        out[h] = out[nkv + h] = 0.0f;
+    for (int j = 0; !rc && j < nkv * hd; j++) {
+        float bound[2];
+        for (int m = 0; m < 2; m++) { /* k, v */
+            double s = 0;
+            for (int e = 0; e < dim; e++)
+                s += (double)w[1 + m][(size_t)j * dim + e] * w[1 + m][(size_t)j * dim + e];
+            bound[m] = (float)(sqrt(s) * sqrt((double)dim) * gmax) + (w[3 + m] ? fabsf(w[3 + m][j]) : 0.0f);
+        }
+        const int h = per_head ? j / hd : 0;
+        out[h] = fmaxf(out[h], bound[0]);
+        out[nkv + h] = fmaxf(out[nkv + h], bound[1]);
+    }
+    for (int i = 0; i < 5; i++)
+        free(w[i]);
+    /* k's pair bound: sqrt(2) times the largest single bound covers every pair */
+    for (int h = 0; !rc && h < (per_head ? nkv : 1); h++)
+        out[h] = out[h] * sqrtf(2.0f) / 448.0f, out[nkv + h] = out[nkv + h] / 448.0f;
+    return rc;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -243,13 +310,16 @@ static void usage(FILE *f)
             "                               published format: fp8 (compressed-tensors, a scale a row),\n"
             "                               fp8-block (transformers fp8, 128 x 128 blocks), awq (int4, groups\n"
             "                               of 128), gptq4 (int4, groups of 128, gptq_v2 zero points),\n"
-            "                               gptq8 (int8, a scale a row, symmetric)\n");
+            "                               gptq8 (int8, a scale a row, symmetric)\n"
+            "  --kv-scales tensor|attn_head with --quantize fp8: static FP8 KV-cache scales as llm-compressor\n"
+            "                               writes them (kv_cache_scheme; k_scale and v_scale a layer, one\n"
+            "                               value or one a KV head), each a bound on what the layer can write\n");
 }
 
 static int run(int argc, char **argv, base_err *err)
 {
     enum { O_PRESET = 256, O_ARCH, O_DIM, O_FFN, O_LAYERS, O_HEADS, O_KV, O_HD, O_VOCAB, O_MAXPOS, O_THETA,
-           O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD, O_QUANT };
+           O_TIE, O_NOTIE, O_DTYPE, O_SEED, O_SHARD, O_QUANT, O_KV_SCALES };
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'}, {"preset", required_argument, 0, O_PRESET},
         {"arch", required_argument, 0, O_ARCH}, {"dim", required_argument, 0, O_DIM},
@@ -260,13 +330,14 @@ static int run(int argc, char **argv, base_err *err)
         {"tie", no_argument, 0, O_TIE}, {"no-tie", no_argument, 0, O_NOTIE},
         {"dtype", required_argument, 0, O_DTYPE}, {"seed", required_argument, 0, O_SEED},
         {"shard-size", required_argument, 0, O_SHARD}, {"quantize", required_argument, 0, O_QUANT},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"kv-scales", required_argument, 0, O_KV_SCALES}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *out = NULL;
     rt_config c = presets[0].cfg; /* tiny unless told */
     bool preset_given = false, dims_changed = false, head_dim_given = false;
     uint64_t seed = 0;
     rt_quant quant = {0};
+    rt_kv_scales kv_scales = RT_KV_SCALES_NONE;
     uint64_t shard_bytes = 5000000000ULL;
     long v;
     double d;
@@ -321,12 +392,20 @@ static int run(int argc, char **argv, base_err *err)
             if (quant_format(a, &quant))
                 return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq8)", a);
             break;
+        case O_KV_SCALES:
+            if (strcmp(a, "tensor") == 0) kv_scales = RT_KV_SCALES_TENSOR;
+            else if (strcmp(a, "attn_head") == 0) kv_scales = RT_KV_SCALES_HEAD;
+            else return base_errf(err, "--kv-scales: unknown strategy \"%.16s\" (tensor, attn_head)", a);
+            break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return base_errf(err, "unknown or incomplete option (see above)");
         }
     }
     if (optind < argc)
         return base_errf(err, "unexpected argument \"%.64s\"", argv[optind]);
+    if (kv_scales != RT_KV_SCALES_NONE && quant.method != RT_QUANT_CT_FP8)
+        return base_errf(err, "--kv-scales needs --quantize fp8 (compressed-tensors checkpoints carry KV-cache scales)");
+    quant.kv_scales = kv_scales;
     if (!out)
         return base_errf(err, "--out DIR is required");
     if (!head_dim_given && (dims_changed || !preset_given)) {
@@ -377,6 +456,28 @@ static int run(int argc, char **argv, base_err *err)
         int nq = 0;
         rc = !qs || !src || !packed ? base_errf(err, "out of memory")
                                     : quantize_specs(ts, n, &fc, &quant, qs, src, packed, &nq, err);
+        for (int l = 0; rc == 0 && kv_scales != RT_KV_SCALES_NONE && l < c.n_layers; l++) {
+            const int per = kv_scales == RT_KV_SCALES_HEAD ? c.n_kv_heads : 1;
+            float *sc2 = malloc(2 * (size_t)c.n_kv_heads * sizeof *sc2);
+            if (!sc2 || (rc = kv_scale_bounds(ts, n, &fc, &c, l, per > 1, sc2, err))) {
+                rc = sc2 ? rc : base_errf(err, "out of memory");
+                free(sc2);
+                break;
+            }
+            for (int m = 0; m < 2; m++, nq++) { /* k_scale, v_scale: F32 of shape [per] */
+                float *vals = malloc((size_t)per * sizeof *vals);
+                if (!vals) {
+                    rc = base_errf(err, "out of memory");
+                    break;
+                }
+                memcpy(vals, sc2 + (size_t)m * c.n_kv_heads, (size_t)per * sizeof *vals);
+                qs[nq] = (rt_st_spec){.dtype = RT_F32, .n_dims = 1, .shape = {per, 0}};
+                snprintf(qs[nq].name, sizeof qs[nq].name, "model.layers.%d.self_attn.%s", l, m ? "v_scale" : "k_scale");
+                src[nq] = 0;
+                packed[nq] = vals;
+            }
+            free(sc2);
+        }
         fc.src = src;
         fc.packed = packed;
         n = nq;

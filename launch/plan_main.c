@@ -8,14 +8,15 @@
 #include "launch/cli.h"
 #include "launch/job_flags.h"
 #include "partition/plan.h"
+#include "runtime/kv_cache.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dinfer-plan --model DIR --tp T --pp P [--layers-per-stage 3,2] [--dtype f32|bf16|f16]\n"
-               "                   [--kv-dtype auto|fp8]\n"
+               "                   [--kv-dtype auto|fp8] [--kv-scales checkpoint|token]\n"
                "Prints each rank's share of the model; exits 1 with the reason when the split is impossible.\n"
-               "Reads only DIR/config.json. --dtype (default: the checkpoint's) and --kv-dtype set the memory\n"
-               "estimate.\n");
+               "Reads only DIR/config.json. --dtype (default: the checkpoint's), --kv-dtype and --kv-scales set\n"
+               "the memory estimate.\n");
 }
 
 static void range(char *buf, size_t n, int begin, int end)
@@ -68,8 +69,8 @@ static int run(int argc, char **argv, base_err *err)
            cfg.vocab_size);
     char qdesc[96];
     if (cfg.kv_fp8)
-        printf("split tp=%d x pp=%d over %d ranks, weights in %s (%s), KV cache in FP8 with a scale a token and "
-               "head%s\n", p.tp, p.pp, p.world, rt_dtype_name(dt), rt_quant_describe(&cfg.quant, qdesc, sizeof qdesc),
+        printf("split tp=%d x pp=%d over %d ranks, weights in %s (%s), KV cache in %s%s\n", p.tp, p.pp, p.world,
+               rt_dtype_name(dt), rt_quant_describe(&cfg.quant, qdesc, sizeof qdesc), rt_kv_describe(&cfg),
                cfg.tie_embeddings ? ", tied embeddings" : "");
     else
         printf("split tp=%d x pp=%d over %d ranks, weights and KV cache in %s (%s)%s\n", p.tp, p.pp, p.world,

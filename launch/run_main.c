@@ -259,7 +259,7 @@ static void print_bandwidth(const job_model *jm, const run_args *a, int n, doubl
         weights -= (size_t)(s->vocab_end - s->vocab_begin) * (size_t)c->dim * es;
     double ctx = a->prompt_len + a->gen_len / 2.0;
     double kv = ctx * n * (double)rt_kv_bytes_per_token(s->layer_end - s->layer_begin, s->n_kv_heads, c->head_dim,
-                                                        jm->dtype, c->kv_fp8);
+                                                        jm->dtype, rt_kv_kind_of(c));
     double gbs = ((double)weights + kv) / step_seconds / 1e9;
     printf("decode reads %.3f GB per step (weights %.3f, KV %.3f): %.1f GB/s", ((double)weights + kv) / 1e9,
            (double)weights / 1e9, kv / 1e9, gbs);

@@ -142,7 +142,7 @@ static int kv_blocks(comm *c, const server_args *a, const job_model *jm, base_er
         return a->kv_blocks;
     const rt_shard *s = &jm->model.shard;
     size_t per_token = rt_kv_bytes_per_token(s->layer_end - s->layer_begin, s->n_kv_heads, jm->cfg.head_dim, jm->dtype,
-                                             jm->cfg.kv_fp8);
+                                             rt_kv_kind_of(&jm->cfg));
     double bytes = a->kv_cache_mib * 1048576.0;
     if (jm->on_gpu) {
         double room = (double)job_kv_budget(jm);
@@ -275,7 +275,7 @@ static int serve(server_args *a, comm *c)
         s.snap.workspace_bytes = rt_forward_workspace_bytes(cfg, &jm.model.shard, &g.lim, jm.dtype);
         s.snap.kv_cache_bytes = (uint64_t)blocks * (uint64_t)g.block_size *
                                 rt_kv_bytes_per_token(jm.model.n_layers, jm.model.shard.n_kv_heads, cfg->head_dim,
-                                                      jm.dtype, cfg->kv_fp8);
+                                                      jm.dtype, rt_kv_kind_of(cfg));
         base_log(0, "%s: %s, tp=%d x pp=%d on %d ranks", a->job.model, rt_arch_name(cfg->arch), a->job.tp, a->job.pp,
                 t->world_size);
         base_log(0, "%s; KV cache: %d blocks of %d tokens (%ld tokens), %.2f GiB on rank 0; steps of up to %d tokens, "

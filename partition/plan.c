@@ -102,7 +102,7 @@ int plan_make(plan *p, const rt_config *c, int tp, int pp, const int *lps, rt_dt
             sh->adds_row_bias = t == 0;
             sh->sampler_rank = plan_rank_at(tp, pp - 1, 0);
             r->weight_bytes = rt_shard_weight_bytes(c, sh, dtype);
-            r->kv_bytes_per_token = rt_kv_bytes_per_token(p->stage_layers[s], sh->n_kv_heads, c->head_dim, dtype, c->kv_fp8);
+            r->kv_bytes_per_token = rt_kv_bytes_per_token(p->stage_layers[s], sh->n_kv_heads, c->head_dim, dtype, rt_kv_kind_of(c));
         }
     }
     return 0;

@@ -55,10 +55,13 @@ typedef struct rt_tensor {
 typedef struct rt_kv_layer {
     void *k; /* (n_blocks * block_size, n_kv_heads, head_dim) */
     void *v;
-    /* NULL, or an FP8 cache: k and v hold e4m3 codes, and these each (slot, KV head)'s scale (its
-     * largest magnitude / 448): value = code * scale. */
-    float *k_scale; /* (n_blocks * block_size, n_kv_heads) */
+    /* NULL, or an FP8 cache: k and v hold e4m3 codes, value = code * scale, with the scale of slot
+     * s and KV head h at [s * scale_stride + h]: each (slot, KV head)'s own (its largest magnitude /
+     * 448; scale_stride n_kv_heads), or the checkpoint's static one a KV head (scale_stride 0: the
+     * writer quantizes with it, saturating, and writes no scale). */
+    float *k_scale; /* (n_blocks * block_size, n_kv_heads), or (n_kv_heads) */
     float *v_scale;
+    int scale_stride;
 } rt_kv_layer;
 
 /* Where the tokens of a step sit in their sequences; all arrays in device memory. */

@@ -60,6 +60,14 @@ typedef enum rt_quant_scale {
     RT_QSCALE_BLOCK,      /* one a block of block_rows x block_cols */
 } rt_quant_scale;
 
+/* The FP8 KV-cache scales a checkpoint carries (compressed-tensors' kv_cache_scheme: tensors
+ * model.layers.L.self_attn.k_scale and v_scale, static, found by calibration). */
+typedef enum rt_kv_scales {
+    RT_KV_SCALES_NONE,   /* none */
+    RT_KV_SCALES_TENSOR, /* one k_scale and one v_scale a layer (strategy "tensor") */
+    RT_KV_SCALES_HEAD,   /* one a KV head (strategy "attn_head") */
+} rt_kv_scales;
+
 typedef struct rt_quant {
     rt_quant_method method;
     rt_quant_kind kind;
@@ -71,6 +79,7 @@ typedef struct rt_quant {
     bool gptq_v1;               /* GPTQ's "gptq" format: each stored zero point is the zero minus one */
     bool symmetric;             /* GPTQ's sym (its zero points are then all 2^(bits-1)) */
     bool scales_f16;            /* scales are stored as F16 (AWQ, GPTQ): quantizing rounds them so */
+    rt_kv_scales kv_scales;     /* the checkpoint's FP8 KV-cache scales (compressed-tensors) */
 } rt_quant;
 
 typedef struct rt_config {
@@ -96,8 +105,17 @@ typedef struct rt_config {
     rt_quant quant;     /* quantization_config, or --quantize (method RT_QUANT_NONE: float weights) */
     rt_quant head_quant; /* --quantize-lm-head: the LM head quantized as it loads (method RT_QUANT_NONE: as
                           * stored, float; tied to the embedding, its own quantized copy) */
-    bool kv_fp8;        /* --kv-dtype fp8: the KV cache in FP8 e4m3, a scale a token and KV head */
+    bool kv_fp8;        /* --kv-dtype fp8: the KV cache in FP8 e4m3, a scale a token and KV head, or the
+                         * checkpoint's static scales (quant.kv_scales) */
+    bool kv_token_scales; /* --kv-scales token: a scale a token even where the checkpoint has its own */
 } rt_config;
+
+/* Whether an FP8 KV cache takes the checkpoint's static scales (one a layer and KV head, no scale
+ * stored a token) instead of a scale a token. */
+static inline bool rt_config_kv_static(const rt_config *c)
+{
+    return c->kv_fp8 && c->quant.kv_scales != RT_KV_SCALES_NONE && !c->kv_token_scales;
+}
 
 /* Parses the text of a config.json (len bytes, need not be NUL-terminated). `name` is used in error
  * messages. Fails with a message naming the field and value for anything missing, of the wrong

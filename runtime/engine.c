@@ -148,8 +148,7 @@ int rt_engine_create(rt_engine **out, rt_model *m, comm *c, const rt_engine_geom
         rt_engine_destroy(e);
         return base_errf(err, "out of host memory");
     }
-    if (rt_kv_cache_create(&e->kv, m->be, m->n_layers, g->n_blocks, g->block_size, m->shard.n_kv_heads,
-                           m->cfg.head_dim, m->cfg.kv_fp8, err) ||
+    if (rt_kv_cache_for_model(&e->kv, m, g->n_blocks, g->block_size, err) ||
         rt_forward_create(&e->fw, m, &e->kv, &g->lim, c, err)) {
         rt_engine_destroy(e);
         return -1;

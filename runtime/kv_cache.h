@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "runtime/backend.h"
+#include "runtime/model.h"
 #include "base/err.h"
 
 #define RT_DEFAULT_BLOCK_SIZE 16
@@ -21,16 +22,32 @@ typedef struct rt_kv_cache {
     int block_size;      /* tokens per block */
     int n_kv_heads;      /* this rank's KV heads */
     int head_dim;
-    bool fp8;            /* FP8 codes with a scale a token and head (rt_kv_layer), else the backend's type */
+    bool fp8;            /* FP8 codes with their scales (rt_kv_layer), else the backend's type */
     rt_kv_layer *layers; /* (n_layers) */
 } rt_kv_cache;
 
-/* Bytes one token takes in the cache on a rank with these dimensions (k and v, every layer): in
- * type dt, or (fp8) as FP8 codes and their scales. */
-size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt, bool fp8);
+/* What the cache holds: the compute type, FP8 codes with a scale a token and KV head, or FP8 codes
+ * under the checkpoint's static scales (rt_config_kv_static). */
+typedef enum rt_kv_kind { RT_KV_FLOAT, RT_KV_FP8_TOKEN, RT_KV_FP8_STATIC } rt_kv_kind;
 
+static inline rt_kv_kind rt_kv_kind_of(const rt_config *c)
+{
+    return !c->kv_fp8 ? RT_KV_FLOAT : rt_config_kv_static(c) ? RT_KV_FP8_STATIC : RT_KV_FP8_TOKEN;
+}
+
+/* An FP8 cache as a phrase ("FP8 with a scale a token and head", ...), NULL for RT_KV_FLOAT. */
+const char *rt_kv_describe(const rt_config *c);
+
+/* Bytes one token takes in the cache on a rank with these dimensions (k and v, every layer): in
+ * type dt, or FP8 codes (and their scales where each token has its own). */
+size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt, rt_kv_kind kind);
+
+/* The cache of kind for layers of n_kv_heads; RT_KV_FP8_STATIC's scales start at 1 (rt_kv_cache_for_model
+ * sets the checkpoint's). */
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
-                       int n_kv_heads, int head_dim, bool fp8, base_err *err);
+                       int n_kv_heads, int head_dim, rt_kv_kind kind, base_err *err);
+/* The cache for model m's shard as its config says (--kv-dtype, the checkpoint's static scales). */
+int rt_kv_cache_for_model(rt_kv_cache *kv, const rt_model *m, int n_blocks, int block_size, base_err *err);
 void rt_kv_cache_destroy(rt_kv_cache *kv);
 
 /* Free-list allocator of block ids [0, n_blocks). */

@@ -402,6 +402,46 @@ static int load_head_quantized(loader *L, rt_tensor *dst, const char *module, in
     return rc ? -1 : prepare(L, dst);
 }
 
+/* The checkpoint's static FP8 KV-cache scale `which` ("k_scale", "v_scale") of layer l for this
+ * rank's KV heads, into out (n_kv_heads): one a layer (shape [] or [1]) or one a KV head. */
+static int load_kv_scale(loader *L, int l, const char *which, float *out)
+{
+    const rt_config *c = &L->m->cfg;
+    const rt_shard *s = &L->m->shard;
+    char name[128];
+    snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", l, which);
+    const rt_st_file *f;
+    const rt_st_tensor *t;
+    if (rt_ckpt_find(&L->ckpt, name, &f, &t, L->err)) {
+        char why[sizeof L->err->msg];
+        snprintf(why, sizeof why, "%s", L->err->msg);
+        return base_errf(L->err, "%s (quantization_config.kv_cache_scheme names the KV-cache scales)", why);
+    }
+    const bool per_head = c->quant.kv_scales == RT_KV_SCALES_HEAD;
+    const int64_t want = per_head ? c->n_kv_heads : 1;
+    if (!t->supported || t->n_dims > 1 || (t->n_dims == 1 && t->shape[0] != want) || (t->n_dims == 0 && per_head))
+        return base_errf(L->err, "%s: tensor '%s' must be %s of F32, F16 or BF16 (kv_cache_scheme strategy %s); it "
+                                 "has %d dimension(s) of %s",
+                         f->path, name, per_head ? "one value a KV head" : "one value", per_head ? "attn_head" : "tensor",
+                         t->n_dims, t->dtype_name);
+    float *v = staging(L, (size_t)c->n_kv_heads, name);
+    if (!v)
+        return -1;
+    const int64_t first = per_head ? s->kv_head_begin : 0, n = per_head ? s->n_kv_heads : 1;
+    if (t->n_dims == 0)
+        rt_convert_to_f32(v, f->data + t->begin, t->dtype, 1);
+    else if (rt_st_read_f32(f, t, first, first + n, 0, 1, v, L->err))
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (!(v[i] > 0.0f) || !isfinite(v[i]))
+            return base_errf(L->err, "%s: tensor '%s' holds %g: a scale must be positive and finite", f->path, name,
+                             (double)v[i]);
+    for (int h = 0; h < s->n_kv_heads; h++)
+        out[h] = v[per_head ? h : 0];
+    L->m->bytes_loaded += (size_t)n * (size_t)t->elem_size;
+    return 0;
+}
+
 static int load_layer(loader *L, int l, rt_layer_weights *w)
 {
     const rt_config *c = &L->m->cfg;
@@ -436,6 +476,12 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     }
     if (c->o_bias && s->adds_row_bias && load(L, &w->bo, NAME("self_attn.o_proj.bias"), dim, 0, 0, dim, 0, 0))
         return -1;
+    if (c->quant.kv_scales != RT_KV_SCALES_NONE) {
+        if (!(w->kv_scales = malloc(2 * (size_t)s->n_kv_heads * sizeof *w->kv_scales)))
+            return base_errf(L->err, "out of host memory");
+        if (load_kv_scale(L, l, "k_scale", w->kv_scales) || load_kv_scale(L, l, "v_scale", w->kv_scales + s->n_kv_heads))
+            return -1;
+    }
 #undef NAME
     return 0;
 }
@@ -505,9 +551,11 @@ void rt_model_free(rt_model *m)
     if (!m->be)
         return;
     for (int l = 0; m->layers && l < m->n_layers; l++) {
-        rt_tensor *ts = (rt_tensor *)&m->layers[l];
-        for (size_t i = 0; i < sizeof m->layers[l] / sizeof *ts; i++)
-            free_tensor(m->be, &ts[i]);
+        rt_layer_weights *w = &m->layers[l];
+        rt_tensor *ts[] = {&w->attn_norm, &w->wqkv, &w->bqkv, &w->wo, &w->bo, &w->ffn_norm, &w->w_gate_up, &w->w_down};
+        for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+            free_tensor(m->be, ts[i]);
+        free(w->kv_scales);
     }
     free(m->layers);
     if (m->lm_head.data == m->embed.data)

@@ -36,6 +36,8 @@ typedef struct rt_layer_weights {
     rt_tensor ffn_norm;  /* (dim) */
     rt_tensor w_gate_up; /* (2 * ffn_local, dim): gate's rows, then up's */
     rt_tensor w_down;    /* (dim, ffn_local) */
+    float *kv_scales;    /* host memory, (2, n_kv_heads) of this rank: the checkpoint's static FP8 KV-cache
+                          * scales, k's then v's (cfg.quant.kv_scales; NULL without) */
 } rt_layer_weights;
 
 typedef struct rt_model {

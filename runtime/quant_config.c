@@ -63,6 +63,36 @@ static int qpair(const cJSON *v, int *rows, int *cols)
     return 0;
 }
 
+/* compressed-tensors' kv_cache_scheme (NULL: none): static FP8 scales, one a layer or a KV head,
+ * which the checkpoint's k_scale and v_scale tensors hold. */
+static int parse_kv_scheme(const cJSON *kvs, const char *name, rt_kv_scales *kv, base_err *err)
+{
+    if (!kvs)
+        return 0;
+    if (!cJSON_IsObject(kvs))
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme' must be an object or null", name);
+    int bits = 0;
+    bool sym = true, dynamic = false;
+    const char *type = qstr(kvs, "type"), *strategy = qstr(kvs, "strategy");
+    if (qint(kvs, "num_bits", 0, &bits) || bits != 8 || !type || strcmp(type, "float") != 0)
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme' asks for %d-bit %.16s KV-cache "
+                              "values: dinfer reads 8-bit float (FP8) ones", name, bits, type ? type : "(no type)");
+    if (qbool(kvs, "dynamic", false, &dynamic) || dynamic)
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme.dynamic' is not false: dinfer reads "
+                              "static KV-cache scales (--kv-dtype fp8 alone computes a scale a token itself)", name);
+    if (qbool(kvs, "symmetric", true, &sym) || !sym)
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme.symmetric' is not true: FP8 KV-cache "
+                              "scales are symmetric", name);
+    if (strategy && strcmp(strategy, "tensor") == 0)
+        *kv = RT_KV_SCALES_TENSOR;
+    else if (strategy && strcmp(strategy, "attn_head") == 0)
+        *kv = RT_KV_SCALES_HEAD;
+    else
+        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme.strategy' has unsupported value "
+                              "\"%.16s\" (supported: tensor, attn_head)", name, strategy ? strategy : "(missing)");
+    return 0;
+}
+
 /* compressed-tensors: one config group of FP8 weights. */
 static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
 {
@@ -71,9 +101,9 @@ static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *e
         return base_errf(err, "%s: field 'quantization_config.format' has unsupported value \"%.32s\": dinfer reads "
                               "compressed-tensors FP8 weights (float-quantized or naive-quantized)",
                          name, fmt ? fmt : "(missing)");
-    if (qfield(obj, "kv_cache_scheme"))
-        return base_errf(err, "%s: field 'quantization_config.kv_cache_scheme' is set: quantized KV-cache scales "
-                              "are not read (use --kv-dtype)", name);
+    rt_kv_scales kv = RT_KV_SCALES_NONE;
+    if (parse_kv_scheme(qfield(obj, "kv_cache_scheme"), name, &kv, err))
+        return -1;
     const cJSON *groups = qfield(obj, "config_groups");
     if (!cJSON_IsObject(groups) || cJSON_GetArraySize(groups) != 1)
         return base_errf(err, "%s: field 'quantization_config.config_groups' must hold exactly one group (has %d)",
@@ -92,7 +122,7 @@ static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *e
     if (qbool(w, "symmetric", true, &sym) || !sym || qbool(w, "dynamic", false, &dynamic) || dynamic)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights': FP8 weights must be "
                               "symmetric with static scales", name, g->string);
-    *q = (rt_quant){.method = RT_QUANT_CT_FP8, .kind = RT_QK_FP8, .bits = 8};
+    *q = (rt_quant){.method = RT_QUANT_CT_FP8, .kind = RT_QK_FP8, .bits = 8, .kv_scales = kv};
     if (strategy && strcmp(strategy, "tensor") == 0) {
         q->scale = RT_QSCALE_TENSOR;
     } else if (strategy && strcmp(strategy, "channel") == 0) {
@@ -247,6 +277,14 @@ cJSON *rt_quant_to_json(const rt_quant *q)
         cJSON_AddBoolToObject(a, "dynamic", 1);
         const char *ignore[] = {"lm_head"};
         cJSON_AddItemToObject(o, "ignore", cJSON_CreateStringArray(ignore, 1));
+        if (q->kv_scales != RT_KV_SCALES_NONE) { /* as llm-compressor writes an FP8 KV cache's static scales */
+            cJSON *kv = cJSON_AddObjectToObject(o, "kv_cache_scheme");
+            cJSON_AddNumberToObject(kv, "num_bits", 8);
+            cJSON_AddStringToObject(kv, "type", "float");
+            cJSON_AddStringToObject(kv, "strategy", q->kv_scales == RT_KV_SCALES_HEAD ? "attn_head" : "tensor");
+            cJSON_AddBoolToObject(kv, "dynamic", 0);
+            cJSON_AddBoolToObject(kv, "symmetric", 1);
+        }
         break;
     }
     case RT_QUANT_FP8: {

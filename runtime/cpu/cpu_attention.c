@@ -62,8 +62,8 @@ static inline __attribute__((always_inline)) void attend(float *out, const float
                 float *kd = deq + (int64_t)jj * hd, *vd = deq + (int64_t)(ATT_TILE + jj) * hd;
                 for (int r = 0; r < len; r++) {
                     const uint8_t *k8 = (const uint8_t *)kv->k + row + r * kw, *v8 = (const uint8_t *)kv->v + row + r * kw;
-                    const float ks = kv->k_scale[(slot + r) * s->n_kv_heads + kvh];
-                    const float vs = kv->v_scale[(slot + r) * s->n_kv_heads + kvh];
+                    const float ks = kv->k_scale[(slot + r) * kv->scale_stride + kvh];
+                    const float vs = kv->v_scale[(slot + r) * kv->scale_stride + kvh];
                     for (int i = 0; i < hd; i++) {
                         kd[r * hd + i] = cpu_fp8(k8[i]) * ks;
                         vd[r * hd + i] = cpu_fp8(v8[i]) * vs;

@@ -68,13 +68,14 @@ static void rope_head(float *h, const float *cosv, const float *sinv, int half)
     }
 }
 
-/* One head's hd values into an FP8 cache row: codes and the scale (largest magnitude / 448). */
-static void fp8_row(uint8_t *codes, float *scale, const float *x, int hd)
+/* One head's hd values into an FP8 cache row: codes and the scale (largest magnitude / 448), or
+ * (fixed) codes under the static scale *scale, saturating. */
+static void fp8_row(uint8_t *codes, float *scale, const float *x, int hd, bool fixed)
 {
     float amax = 0.0f;
-    for (int i = 0; i < hd; i++)
+    for (int i = 0; i < hd && !fixed; i++)
         amax = fmaxf(amax, fabsf(x[i]));
-    const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
+    const float s = fixed ? *scale : amax > 0.0f ? amax / 448.0f : 1.0f;
     *scale = s;
     for (int i = 0; i < hd; i++)
         codes[i] = rt_f32_to_fp8(x[i] / s);
@@ -103,12 +104,13 @@ void cpu_rope_kv_write(rt_backend *be, void *q_, const void *qkv_, const float *
         const int64_t slot = b->slot[t];
         if (kv->k_scale) { /* FP8: each head's rotated k and its v, quantized */
             float kh[RT_MAX_HEAD_DIM];
+            const bool fixed = kv->scale_stride == 0;
             for (int h = 0; h < s->n_kv_heads; h++) {
-                const int64_t at = slot * kw + (int64_t)h * hd, si = slot * s->n_kv_heads + h;
+                const int64_t at = slot * kw + (int64_t)h * hd, si = slot * kv->scale_stride + h;
                 memcpy(kh, src + qw + (int64_t)h * hd, (size_t)hd * sizeof(float));
                 rope_head(kh, cosv, sinv, half);
-                fp8_row((uint8_t *)kv->k + at, kv->k_scale + si, kh, hd);
-                fp8_row((uint8_t *)kv->v + at, kv->v_scale + si, src + qw + kw + (int64_t)h * hd, hd);
+                fp8_row((uint8_t *)kv->k + at, kv->k_scale + si, kh, hd, fixed);
+                fp8_row((uint8_t *)kv->v + at, kv->v_scale + si, src + qw + kw + (int64_t)h * hd, hd, fixed);
             }
         } else {
             float *kc = (float *)kv->k + slot * kw;

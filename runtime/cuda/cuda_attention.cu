@@ -21,12 +21,13 @@ extern "C" {
 #define ATT_MAX_ACC (RT_MAX_HEAD_DIM / ATT_THREADS) /* accumulators per thread: head_dim <= RT_MAX_HEAD_DIM */
 static_assert(ATT_MAX_ACC * ATT_THREADS >= RT_MAX_HEAD_DIM, "the attention kernel must cover the config's head_dim limit");
 
-/* KV: the cache's storage, T or fp8_e4m3 (then k_scale and v_scale hold each (slot, KV head)'s scale) */
+/* KV: the cache's storage, T or fp8_e4m3 (then k_scale and v_scale hold slot s and KV head h's scale
+ * at s * sst + h: rt_kv_layer's scale_stride) */
 template <typename T, typename KV>
 __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc, const float *k_scale,
-                                 const float *v_scale, const int32_t *pos, const int32_t *seq, const int32_t *toks,
-                                 const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int hd, int window,
-                                 float scale)
+                                 const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
+                                 const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv,
+                                 int hd, int window, float scale)
 {
     constexpr bool Q8 = sizeof(KV) == 1;
     pdl_wait();
@@ -59,9 +60,9 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
             float d = 0.0f;
             for (int i = 0; i < hd; i++)
                 d += qs[i] * ld(&kj[i]);
-            s = Q8 ? d * k_scale[(int64_t)slot * nkv + kvh] : d;
+            s = Q8 ? d * k_scale[(int64_t)slot * sst + kvh] : d;
             if (Q8)
-                vsc = v_scale[(int64_t)slot * nkv + kvh];
+                vsc = v_scale[(int64_t)slot * sst + kvh];
         }
         const float m_new = fmaxf(m, block_max(s, scratch));
         const float pj = j <= p ? expf(s - m_new) : 0.0f;
@@ -110,14 +111,14 @@ struct fa_geom {
 template <typename T, typename KV, int HD, int GM>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
-                    const float *k_scale, const float *v_scale, const int32_t *pos, const int32_t *seq,
+                    const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
                     float scale)
 {
     pdl_wait();
     pdl_trigger();
     using G_ = fa_geom<KV, HD>;
-    constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: a scale a (slot, KV head) */
+    constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: (slot, KV head)'s scale at slot * sst + head */
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
     extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
     const int i = blockIdx.x, t = toks ? toks[i] : i, kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
@@ -162,7 +163,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
             load_raw<KV, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
             load_raw<KV, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
             if (Q8)
-                ks = __ldg(k_scale + slot * nkv + kvh), vs = __ldg(v_scale + slot * nkv + kvh);
+                ks = __ldg(k_scale + slot * sst + kvh), vs = __ldg(v_scale + slot * sst + kvh);
         } else {
 #pragma unroll
             for (int v = 0; v < NV; v++)
@@ -329,7 +330,7 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
                                            (int)shm));
     cuda_launch(c, fa_split_kernel<T, KV, HD, GM>, grid, FA_WARPS * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
-        (const float *)kv->v_scale, b->pos, b->seq, ts.toks,
+        (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
     if (n_splits > 1)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
@@ -582,7 +583,7 @@ static void launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     size_t shm = (size_t)s->head_dim * sizeof(float) + ATT_THREADS * (sizeof(float) + sizeof(int));
     cuda_launch(c, attention_kernel<T, KV>, grid, ATT_THREADS, shm,
         (T *)out, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
-        (const float *)kv->v_scale, b->pos, b->seq, ts.toks, b->block_tables,
+        (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks, b->block_tables,
         b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->head_dim, s->sliding_window, s->scale);
 }
 

@@ -42,10 +42,12 @@ __global__ void rope_kv_kernel(T *q, const T *qkv, const float *inv_freq, const 
 }
 
 /* An FP8 cache: a block per (token, KV head) rotates its k, takes its v, and writes both as e4m3
- * codes with a scale each (the largest magnitude / 448), as the CPU backend does. */
+ * codes with a scale each (the largest magnitude / 448), as the CPU backend does; or, with static
+ * scales (sst 0: the checkpoint's, one a KV head), as codes under those, saturating. */
 template <typename T>
 __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
-                                   int nq, int nkv, int hd, uint8_t *kc, uint8_t *vc, float *k_scale, float *v_scale)
+                                   int nq, int nkv, int hd, uint8_t *kc, uint8_t *vc, float *k_scale, float *v_scale,
+                                   int sst)
 {
     pdl_wait();
     pdl_trigger();
@@ -61,9 +63,14 @@ __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const in
         k0 = a * co - b * sn, k1 = b * co + a * sn;
         v0 = ld(&vin[j]), v1 = ld(&vin[j + half]);
     }
-    const float kmax = block_max(fmaxf(fabsf(k0), fabsf(k1)), red);
-    const float vmax = block_max(fmaxf(fabsf(v0), fabsf(v1)), red);
-    const float ks = kmax > 0.0f ? kmax / 448.0f : 1.0f, vs = vmax > 0.0f ? vmax / 448.0f : 1.0f;
+    float ks, vs;
+    if (sst == 0) { /* static: the checkpoint's */
+        ks = k_scale[h], vs = v_scale[h];
+    } else { /* every thread of the block takes part in the reductions */
+        const float kmax = block_max(fmaxf(fabsf(k0), fabsf(k1)), red);
+        const float vmax = block_max(fmaxf(fabsf(v0), fabsf(v1)), red);
+        ks = kmax > 0.0f ? kmax / 448.0f : 1.0f, vs = vmax > 0.0f ? vmax / 448.0f : 1.0f;
+    }
     const int64_t at = (int64_t)slot[t] * kw + (int64_t)h * hd;
     if (j < half) {
         kc[at + j] = __nv_cvt_float_to_fp8(k0 / ks, __NV_SATFINITE, __NV_E4M3);
@@ -71,9 +78,9 @@ __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const in
         vc[at + j] = __nv_cvt_float_to_fp8(v0 / vs, __NV_SATFINITE, __NV_E4M3);
         vc[at + j + half] = __nv_cvt_float_to_fp8(v1 / vs, __NV_SATFINITE, __NV_E4M3);
     }
-    if (j == 0) {
-        k_scale[(int64_t)slot[t] * nkv + h] = ks;
-        v_scale[(int64_t)slot[t] * nkv + h] = vs;
+    if (j == 0 && sst != 0) {
+        k_scale[(int64_t)slot[t] * sst + h] = ks;
+        v_scale[(int64_t)slot[t] * sst + h] = vs;
     }
 }
 
@@ -93,7 +100,7 @@ static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq,
         const unsigned threads = (unsigned)((s->head_dim / 2 + 31) / 32 * 32);
         cuda_launch(c, rope_kv_fp8_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)s->n_kv_heads), threads, 0,
             (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, (uint8_t *)kv->k,
-            (uint8_t *)kv->v, kv->k_scale, kv->v_scale);
+            (uint8_t *)kv->v, kv->k_scale, kv->v_scale, kv->scale_stride);
     }
 }
 

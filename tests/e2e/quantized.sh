@@ -56,6 +56,63 @@ awk -v a="$a" -v b="$b" 'BEGIN { exit !(b > 0 && a / b > 1.85 && a / b < 1.9) }'
 "$DINFER_PLAN" --model "$tmp/f32" --tp 1 --pp 1 --kv-dtype fp8 | grep -q "KV cache in FP8"
 want=$(tokens 1 --model "$tmp/f32") got=$(tokens 1 --model "$tmp/f32" --kv-dtype fp8)
 [ "$got" = "$want" ] || { echo "FAIL: --kv-dtype fp8's first tokens $got, the float cache's $want"; exit 1; }
+# a checkpoint's static FP8 KV-cache scales (compressed-tensors' kv_cache_scheme, as llm-compressor
+# writes them: k_scale and v_scale a layer, one value or one a KV head; dinfer-mkmodel --kv-scales):
+# unused without --kv-dtype fp8 (the fp8 checkpoint's tokens and logprobs exactly); with it a byte an
+# element and no scale a token, exactly 2x BF16's tokens in the plan; --kv-scales token goes back to
+# a scale a token; the float cache's first tokens; --tp 2 (each rank its KV heads' scales) = one rank
+for s in tensor attn_head; do
+  "$DINFER_MKMODEL" --out "$tmp/kv_$s" "${shape[@]}" --quantize fp8 --kv-scales $s >/dev/null
+  grep -q "\"strategy\":.*\"$s\"" "$tmp/kv_$s/config.json"
+  same "$tmp/kv_$s" "$tmp/fp8"
+  kvmib() { "$DINFER_PLAN" --model "$tmp/kv_$s" --tp 1 --pp 1 --dtype bf16 "$@" | awk '$1 == "0" {print $NF}'; }
+  a=$(kvmib) b=$(kvmib --kv-dtype fp8) c=$(kvmib --kv-dtype fp8 --kv-scales token)
+  awk -v a="$a" -v b="$b" -v c="$c" 'BEGIN { exit !(b > 0 && a / b > 1.99 && a / b < 2.01 && a / c < 1.9) }' ||
+    { echo "FAIL: $s scales, KV MiB per 1k tokens: BF16 $a, FP8 $b (want 2x), a scale a token $c"; exit 1; }
+  "$DINFER_PLAN" --model "$tmp/kv_$s" --kv-dtype fp8 | grep -q "KV cache in FP8 under the checkpoint's static scales"
+  "$DINFER_RUN" --model "$tmp/kv_$s" --tokens 1 --max-tokens 1 --kv-dtype fp8 2>&1 >/dev/null |
+    grep -q "KV cache: FP8 under the checkpoint's static scales" || { echo "FAIL: no start-up line for the scales"; exit 1; }
+  want=$(tokens 3 --model "$tmp/kv_$s") got=$(tokens 3 --model "$tmp/kv_$s" --kv-dtype fp8)
+  [ "$got" = "$want" ] || { echo "FAIL: $s static KV scales' first tokens $got, the float cache's $want"; exit 1; }
+  a=$(gen --model "$tmp/kv_$s" --kv-dtype fp8 | sed 's/"logprobs.*//')
+  b=$(mpirun --oversubscribe --bind-to none -np 2 "$DINFER_RUN" --model "$tmp/kv_$s" --tp 2 "${prompts[@]}" \
+        --max-tokens 12 --temperature 0 --ignore-eos --json --kv-dtype fp8 2>/dev/null | sed 's/"logprobs.*//')
+  [ "$a" = "$b" ] || { echo "FAIL: $s static KV scales under --tp 2: $b, one rank: $a"; exit 1; }
+  echo "ok: $s static KV-cache scales: unused by default, 2x BF16's tokens with --kv-dtype fp8, the float cache's" \
+    "first tokens, --tp 2 = one rank"
+done
+# a scale missing or not a scale: refused, naming the tensor
+cp -r "$tmp/kv_tensor" "$tmp/kv_bad"
+python3 - "$tmp/kv_bad/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+raw = open(p, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+b, _ = h["model.layers.1.self_attn.v_scale"]["data_offsets"]
+data = bytearray(raw[8 + n:])
+data[b:b + 4] = struct.pack("<f", 0.0)
+head = json.dumps(h).encode()
+head += b" " * (-len(head) % 8)
+open(p, "wb").write(struct.pack("<Q", len(head)) + head + bytes(data))
+PY
+if "$DINFER_RUN" --model "$tmp/kv_bad" --tokens 1 --max-tokens 1 2>"$tmp/err" >/dev/null; then
+  echo "FAIL: a KV-cache scale of 0 accepted"; exit 1
+fi
+grep -q "tensor 'model.layers.1.self_attn.v_scale' holds 0: a scale must be positive and finite" "$tmp/err" ||
+  { echo "FAIL: $(cat "$tmp/err")"; exit 1; }
+sed -i 's/"model.layers.0.self_attn.k_scale"/"model.layers.0.self_attn.k_scalX"/' "$tmp/kv_bad/model.safetensors"
+if "$DINFER_RUN" --model "$tmp/kv_bad" --tokens 1 --max-tokens 1 2>"$tmp/err" >/dev/null; then
+  echo "FAIL: a missing k_scale accepted"; exit 1
+fi
+grep -q "model.layers.0.self_attn.k_scale.*kv_cache_scheme names the KV-cache scales" "$tmp/err" ||
+  { echo "FAIL: $(cat "$tmp/err")"; exit 1; }
+if "$DINFER_MKMODEL" --out "$tmp/bad" "${shape[@]}" --quantize awq --kv-scales tensor 2>"$tmp/err"; then
+  echo "FAIL: --kv-scales with awq accepted"; exit 1
+fi
+grep -q -- "--kv-scales needs --quantize fp8" "$tmp/err"
+echo "ok: a KV-cache scale of 0 or a missing one is refused, naming the tensor"
+
 # a trained model (stories260K, committed): the FP8 cache tells the same story for its first 40 tokens
 m="$(dirname "$0")/../../launch/stories260K"
 story() { "$DINFER_RUN" --model "$m" --tokens 1 --max-tokens 40 --temperature 0 --json "$@" 2>/dev/null | sed 's/"logprobs.*//'; }

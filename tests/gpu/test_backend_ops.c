@@ -380,7 +380,8 @@ static void run_embedding(const op_case *c, ctx *x, outputs *o) /* p: shard rows
 
 /* RoPE + KV write, then attention, for sequences whose blocks are scattered over the pool: the
  * earlier positions of each sequence are written by a first step, the last ones by a second (a long
- * chunked prefill next to decodes). p: heads, KV heads, head_dim, window, layout, FP8 cache. */
+ * chunked prefill next to decodes). p: heads, KV heads, head_dim, window, layout, FP8 cache (1: a
+ * scale a token and KV head; 2: static scales, one a KV head, small enough that some values saturate). */
 static void run_attention(const op_case *c, ctx *x, outputs *o)
 {
     static const int layouts[3][3][2] = {
@@ -409,11 +410,21 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
     const int qw = nh * hd, kw = nkv * hd;
     const size_t cache = (size_t)total_blocks * bs * kw;
-    const bool fp8 = c->p[5];
+    const bool fp8 = c->p[5] != 0, fixed = c->p[5] == 2;
     rt_kv_layer kv = {.k = fp8 ? dev_alloc(x, cache) : dev_out(x, cache), .v = fp8 ? dev_alloc(x, cache) : dev_out(x, cache)};
+    const size_t n_scales = fixed ? (size_t)nkv : (size_t)total_blocks * bs * nkv;
     if (fp8) {
-        kv.k_scale = dev_alloc(x, (size_t)total_blocks * bs * nkv * sizeof(float));
-        kv.v_scale = dev_alloc(x, (size_t)total_blocks * bs * nkv * sizeof(float));
+        kv.k_scale = dev_alloc(x, n_scales * sizeof(float));
+        kv.v_scale = dev_alloc(x, n_scales * sizeof(float));
+        kv.scale_stride = fixed ? 0 : nkv;
+    }
+    if (fixed) {
+        float *sc = malloc(2 * (size_t)nkv * sizeof *sc);
+        for (int h = 0; h < nkv; h++)
+            sc[h] = (0.6f + 0.3f * (float)h) / 448.0f, sc[nkv + h] = (0.5f + 0.25f * (float)h) / 448.0f;
+        x->be->ops->upload(x->be, kv.k_scale, sc, (size_t)nkv * sizeof *sc);
+        x->be->ops->upload(x->be, kv.v_scale, sc + nkv, (size_t)nkv * sizeof *sc);
+        free(sc);
     }
     float *dinv = dev_alloc(x, sizeof inv_freq);
     x->be->ops->upload(x->be, dinv, inv_freq, sizeof inv_freq);
@@ -455,7 +466,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
     const int s = n_seqs - 1;
     float *ks = malloc((size_t)seqs[s][0] * kw * sizeof *ks);
     rt_dtype t = x->be->ops->act_dtype;
-    const size_t es = fp8 ? 1 : rt_dtype_size(t), n_scales = (size_t)total_blocks * bs * nkv;
+    const size_t es = fp8 ? 1 : rt_dtype_size(t);
     uint8_t *raw = malloc(cache * es);
     float *scales = malloc(n_scales * sizeof *scales);
     x->be->ops->download(x->be, raw, kv.k, cache * es);
@@ -468,7 +479,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
             continue;
         }
         for (int i = 0; i < kw; i++) /* an FP8 cache: each code times its head's scale */
-            ks[(size_t)j * kw + i] = rt_fp8_to_f32(raw[slot * kw + i]) * scales[slot * nkv + i / hd];
+            ks[(size_t)j * kw + i] = rt_fp8_to_f32(raw[slot * kw + i]) * scales[slot * (size_t)kv.scale_stride + i / hd];
     }
     free(scales);
     o->name[o->n] = "KV cache k", o->v[o->n] = ks, o->len[o->n] = (size_t)seqs[s][0] * kw;
@@ -550,6 +561,9 @@ static const op_case cases[] = {
     {"attention", {32, 8, 128, 0, 0, 1}, run_attention}, {"attention", {8, 8, 128, 100, 2, 1}, run_attention},
     {"attention", {16, 2, 64, 0, 1, 1}, run_attention},  {"attention", {8, 1, 256, 0, 2, 1}, run_attention},
     {"attention", {6, 3, 6, 0, 0, 1}, run_attention},    {"attention", {10, 2, 80, 33, 1, 1}, run_attention},
+    /* an FP8 cache under static scales (a checkpoint's kv_cache_scheme), some values saturating */
+    {"attention", {32, 8, 128, 0, 0, 2}, run_attention}, {"attention", {8, 2, 64, 100, 2, 2}, run_attention},
+    {"attention", {6, 3, 6, 0, 1, 2}, run_attention},
 };
 
 static const rt_dtype types[] = {RT_F32, RT_BF16, RT_F16};

@@ -78,7 +78,7 @@ static int score(const run_opts *o, const rt_config *cfg, float *lp, base_err *e
     bool loaded = false, cached = false;
     if (!rc && !(rc = rt_model_load(&m, cfg, &s, o->model, be, err)))
         loaded = true;
-    if (!rc && !(rc = rt_kv_cache_create(&kv, be, m.n_layers, nb, bs, s.n_kv_heads, cfg->head_dim, cfg->kv_fp8, err)))
+    if (!rc && !(rc = rt_kv_cache_for_model(&kv, &m, nb, bs, err)))
         cached = true;
     if (!rc)
         rc = rt_forward_create(&fw, &m, &kv, &lim, NULL, err);

@@ -101,14 +101,16 @@ int main(int argc, char **argv)
     rt_forward *fw = NULL;
     rt_forward_limits lim = {.max_tokens = window, .max_seqs = 1, .max_blocks = nb, .max_logits = window};
     if (rt_model_load(&m, &cfg, &s, model, be, &err) ||
-        rt_kv_cache_create(&kv, be, m.n_layers, nb, bs, s.n_kv_heads, cfg.head_dim, cfg.kv_fp8, &err) ||
+        rt_kv_cache_for_model(&kv, &m, nb, bs, &err) ||
         rt_forward_create(&fw, &m, &kv, &lim, NULL, &err))
         return fail("loading the model", &err);
     if (bf16) {
         for (int l = 0; l < m.n_layers; l++) {
-            rt_tensor *ts = (rt_tensor *)&m.layers[l];
-            for (size_t i = 0; i < sizeof m.layers[l] / sizeof *ts; i++)
-                round_bf16(&ts[i]);
+            rt_layer_weights *w = &m.layers[l];
+            rt_tensor *ts[] = {&w->attn_norm, &w->wqkv, &w->bqkv, &w->wo, &w->bo, &w->ffn_norm, &w->w_gate_up,
+                               &w->w_down};
+            for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+                round_bf16(ts[i]);
         }
         round_bf16(&m.embed);
         round_bf16(&m.final_norm);

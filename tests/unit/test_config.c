@@ -160,8 +160,29 @@ static void test_errors_name_field_and_value(void **state)
     expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"config_groups\": "
                     "{\"g\": {\"weights\": {\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"token\"}}}}"),
                  "weights.strategy' has unsupported value \"token\"");
-    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"kv_cache_scheme\": "
-                    "{\"num_bits\": 8}}"), "'quantization_config.kv_cache_scheme' is set");
+    /* kv_cache_scheme: static FP8 scales, one a layer or a KV head, are read; the rest refused by field */
+#define KV(scheme) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"config_groups\": " \
+                      "{\"g\": {\"weights\": {\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"channel\"}}}, " \
+                      "\"kv_cache_scheme\": " scheme "}")
+    expect_error(KV("{\"num_bits\": 8}"), "'quantization_config.kv_cache_scheme' asks for 8-bit (no type) KV-cache values");
+    expect_error(KV("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"tensor\"}"), "asks for 4-bit int KV-cache");
+    expect_error(KV("{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"tensor\", \"dynamic\": true}"),
+                 "'quantization_config.kv_cache_scheme.dynamic' is not false");
+    expect_error(KV("{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"channel\"}"),
+                 "'quantization_config.kv_cache_scheme.strategy' has unsupported value \"channel\"");
+    expect_error(KV("[1]"), "'quantization_config.kv_cache_scheme' must be an object or null");
+    {
+        rt_config kc;
+        base_err kerr = {{0}};
+        assert_int_equal(parse(&kc, KV("{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"attn_head\", "
+                                       "\"dynamic\": false, \"symmetric\": true}"), &kerr), 0);
+        assert_int_equal(kc.quant.kv_scales, RT_KV_SCALES_HEAD);
+        assert_int_equal(parse(&kc, KV("{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"tensor\"}"), &kerr), 0);
+        assert_int_equal(kc.quant.kv_scales, RT_KV_SCALES_TENSOR);
+        assert_int_equal(parse(&kc, KV("null"), &kerr), 0);
+        assert_int_equal(kc.quant.kv_scales, RT_KV_SCALES_NONE);
+    }
+#undef KV
     expect_error(QC("{\"quant_method\": \"fp8\", \"weight_block_size\": [128]}"), "'quantization_config.weight_block_size'");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"quantization_config\": {\"bits\": 4}}",
                  "'quantization_config' has no quant_method");

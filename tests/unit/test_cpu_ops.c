@@ -146,8 +146,10 @@ static void test_norms_embedding_silu(void **state)
 /* long: the second sequence is 150 tokens, several tiles of keys (the online softmax across them,
  * runs of blocks inside each) */
 /* fp8: the cache in FP8 codes with a scale a token and head (--kv-dtype fp8): each cached value
- * within half an FP8 step of the reference, the output within a few percent */
-static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool long_seq, bool fp8)
+ * within half an FP8 step of the reference, the output within a few percent; fixed: under static
+ * scales, one a KV head (a checkpoint's kv_cache_scheme), here each head's largest magnitude over
+ * the tokens / 448 (k's by its rotation pairs' norms, which bound the rotated values) */
+static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool long_seq, bool fp8, bool fixed)
 {
     enum { MAX_T = 13 + 150 };
     const int bs = 4, n_seqs = 2, max_blocks = 38, n_blocks = 64;
@@ -173,10 +175,19 @@ static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool l
     float inv_freq[64];
     for (int i = 0; i < hd / 2; i++)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
-    rt_kv_layer kv = {calloc((size_t)n_blocks * bs * kw, 4), calloc((size_t)n_blocks * bs * kw, 4), NULL, NULL};
+    rt_kv_layer kv = {.k = calloc((size_t)n_blocks * bs * kw, 4), .v = calloc((size_t)n_blocks * bs * kw, 4)};
     if (fp8) {
-        kv.k_scale = calloc((size_t)n_blocks * bs * n_kv, sizeof(float));
-        kv.v_scale = calloc((size_t)n_blocks * bs * n_kv, sizeof(float));
+        const size_t n_scales = fixed ? (size_t)n_kv : (size_t)n_blocks * bs * n_kv;
+        kv.k_scale = calloc(n_scales, sizeof(float));
+        kv.v_scale = calloc(n_scales, sizeof(float));
+        kv.scale_stride = fixed ? 0 : n_kv;
+        for (int t = 0; fixed && t < T; t++)
+            for (int i = 0; i < kw; i++) {
+                const int h = i / hd, j = i % hd, pair = j < hd / 2 ? i + hd / 2 : i - hd / 2;
+                const float kn = sqrtf(k[t * kw + i] * k[t * kw + i] + k[t * kw + pair] * k[t * kw + pair]);
+                kv.k_scale[h] = fmaxf(kv.k_scale[h], kn / 448.0f);
+                kv.v_scale[h] = fmaxf(kv.v_scale[h], fabsf(v[t * kw + i]) / 448.0f);
+            }
     }
     rt_attn_batch b = {.n_tokens = T, .pos = pos, .slot = slot, .seq = seq, .block_tables = tables,
                        .max_blocks = max_blocks, .block_size = bs};
@@ -232,12 +243,12 @@ static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool l
     double e = rel_err(out, ref, (size_t)T * qw);
     if (!(e < (fp8 ? 0.05 : 1e-5)))
         fail_msg("attention heads %d/%d hd %d window %d (%d tokens)%s: relative error %g", n_heads, n_kv, hd, window, T,
-                 fp8 ? ", FP8 cache" : "", e);
+                 fp8 ? fixed ? ", FP8 cache, static scales" : ", FP8 cache" : "", e);
     /* the cache holds the rotated k and the plain v at each token's slot */
     for (int t = 0; t < T; t++)
         for (int i = 0; i < kw; i++) {
             if (fp8) {
-                const int64_t si = (int64_t)slot[t] * n_kv + i / hd;
+                const int64_t si = (int64_t)slot[t] * kv.scale_stride + i / hd;
                 const double kd = rt_fp8_to_f32(((uint8_t *)kv.k)[slot[t] * kw + i]) * kv.k_scale[si];
                 const double vd = rt_fp8_to_f32(((uint8_t *)kv.v)[slot[t] * kw + i]) * kv.v_scale[si];
                 const double kb = fmax(fabs(kr[t * kw + i]) / 16, kv.k_scale[si] / 1024) * 1.001 + 1e-6;
@@ -256,7 +267,7 @@ static void check_attention_kv(int n_heads, int n_kv, int hd, int window, bool l
 
 static void check_attention(int n_heads, int n_kv, int hd, int window, bool long_seq)
 {
-    check_attention_kv(n_heads, n_kv, hd, window, long_seq, false);
+    check_attention_kv(n_heads, n_kv, hd, window, long_seq, false, false);
 }
 
 static void test_attention(void **state)
@@ -272,10 +283,14 @@ static void test_attention(void **state)
     check_attention(2, 2, 64, 0, true);
     check_attention(3, 3, 10, 0, true);
     /* an FP8 cache: the small-head (transposed) path, the wide one, GQA, a window across tiles */
-    check_attention_kv(4, 2, 8, 0, true, true);
-    check_attention_kv(8, 2, 64, 0, true, true);
-    check_attention_kv(4, 1, 32, 70, true, true);
-    check_attention_kv(6, 3, 6, 5, false, true);
+    check_attention_kv(4, 2, 8, 0, true, true, false);
+    check_attention_kv(8, 2, 64, 0, true, true, false);
+    check_attention_kv(4, 1, 32, 70, true, true, false);
+    check_attention_kv(6, 3, 6, 5, false, true, false);
+    /* the same under static scales, one a KV head */
+    check_attention_kv(4, 2, 8, 0, true, true, true);
+    check_attention_kv(8, 2, 64, 0, true, true, true);
+    check_attention_kv(6, 3, 6, 5, false, true, true);
 }
 
 static void test_gather_rows(void **state)

@@ -47,10 +47,12 @@ static void test_sizes(void **state)
 {
     (void)state;
     /* 2 (k and v) x layers x KV heads x head_dim x element size */
-    assert_int_equal(rt_kv_bytes_per_token(32, 8, 128, RT_BF16, false), 2 * 32 * 8 * 128 * 2);
-    assert_int_equal(rt_kv_bytes_per_token(3, 1, 6, RT_F32, false), 2 * 3 * 1 * 6 * 4);
+    assert_int_equal(rt_kv_bytes_per_token(32, 8, 128, RT_BF16, RT_KV_FLOAT), 2 * 32 * 8 * 128 * 2);
+    assert_int_equal(rt_kv_bytes_per_token(3, 1, 6, RT_F32, RT_KV_FLOAT), 2 * 3 * 1 * 6 * 4);
     /* FP8: a byte an element and a float scale a token and head: 1.94x BF16's tokens at head_dim 128 */
-    assert_int_equal(rt_kv_bytes_per_token(32, 8, 128, RT_BF16, true), 2 * 32 * 8 * (128 + 4));
+    assert_int_equal(rt_kv_bytes_per_token(32, 8, 128, RT_BF16, RT_KV_FP8_TOKEN), 2 * 32 * 8 * (128 + 4));
+    /* under the checkpoint's static scales a byte an element only: 2x */
+    assert_int_equal(rt_kv_bytes_per_token(32, 8, 128, RT_BF16, RT_KV_FP8_STATIC), 2 * 32 * 8 * 128);
     assert_int_equal(rt_kv_blocks_for(0, 16), 0);
     assert_int_equal(rt_kv_blocks_for(1, 16), 1);
     assert_int_equal(rt_kv_blocks_for(16, 16), 1);
@@ -64,7 +66,7 @@ static void test_pool(void **state)
     rt_kv_cache kv;
     base_err err;
     const int layers = 3, blocks = 5, bs = 4, heads = 2, hd = 6;
-    assert_int_equal(rt_kv_cache_create(&kv, be, layers, blocks, bs, heads, hd, false, &err), 0);
+    assert_int_equal(rt_kv_cache_create(&kv, be, layers, blocks, bs, heads, hd, RT_KV_FLOAT, &err), 0);
     const size_t n = (size_t)blocks * bs * heads * hd;
     for (int l = 0; l < layers; l++) { /* writable end to end (AddressSanitizer watches), and distinct */
         memset(kv.layers[l].k, l + 1, n * sizeof(float));
