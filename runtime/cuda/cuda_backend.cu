@@ -195,8 +195,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "products of few rows)",
                    &fuse, err) ||
         env_switch("DINFER_CUDA_ROPE_FUSE",
-                   "0 (RoPE and the KV-cache write as a kernel of their own) or 1 (the default: in the decode "
-                   "attention kernel)",
+                   "1 (RoPE and the KV-cache write in the decode attention kernel) or 0 (the default until it is "
+                   "measured: a kernel of their own)",
                    &rope_fuse, err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
@@ -219,7 +219,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = gemv;
     c->fuse = fuse;
-    c->rope_fuse = rope_fuse;
+    c->rope_fuse = rope_fuse && getenv("DINFER_CUDA_ROPE_FUSE"); /* off unless asked for: not yet run on a GPU */
     int cc_major = 0;
     if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
         cc_major = 0;

@@ -837,6 +837,7 @@ int main(int argc, char **argv)
                 if (strcmp(argv[i + 1], rt_dtype_name(types[k])) == 0)
                     only_type = k;
     }
+    setenv("DINFER_CUDA_ROPE_FUSE", "1", 0); /* the kernel under test, off by default elsewhere */
     if (rt_cuda_device_count() == 0) {
         printf("SKIP: no CUDA device is visible\n");
         return 77;
