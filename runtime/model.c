@@ -546,16 +546,23 @@ static void free_tensor(rt_backend *be, rt_tensor *t)
     t->q.zeros = NULL;
 }
 
+void rt_layer_tensors(rt_layer_weights *w, rt_tensor *out[RT_LAYER_TENSORS])
+{
+    rt_tensor *ts[RT_LAYER_TENSORS] = {&w->attn_norm, &w->wqkv, &w->bqkv, &w->wo,
+                                       &w->bo, &w->ffn_norm, &w->w_gate_up, &w->w_down};
+    memcpy(out, ts, sizeof ts);
+}
+
 void rt_model_free(rt_model *m)
 {
     if (!m->be)
         return;
     for (int l = 0; m->layers && l < m->n_layers; l++) {
-        rt_layer_weights *w = &m->layers[l];
-        rt_tensor *ts[] = {&w->attn_norm, &w->wqkv, &w->bqkv, &w->wo, &w->bo, &w->ffn_norm, &w->w_gate_up, &w->w_down};
-        for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+        rt_tensor *ts[RT_LAYER_TENSORS];
+        rt_layer_tensors(&m->layers[l], ts);
+        for (int i = 0; i < RT_LAYER_TENSORS; i++)
             free_tensor(m->be, ts[i]);
-        free(w->kv_scales);
+        free(m->layers[l].kv_scales);
     }
     free(m->layers);
     if (m->lm_head.data == m->embed.data)

@@ -40,6 +40,10 @@ typedef struct rt_layer_weights {
                           * scales, k's then v's (cfg.quant.kv_scales; NULL without) */
 } rt_layer_weights;
 
+/* A layer's tensors, each once (for walking them all: freeing, rounding). */
+#define RT_LAYER_TENSORS 8
+void rt_layer_tensors(rt_layer_weights *w, rt_tensor *out[RT_LAYER_TENSORS]);
+
 typedef struct rt_model {
     rt_config cfg;
     rt_shard shard;

@@ -106,10 +106,9 @@ int main(int argc, char **argv)
         return fail("loading the model", &err);
     if (bf16) {
         for (int l = 0; l < m.n_layers; l++) {
-            rt_layer_weights *w = &m.layers[l];
-            rt_tensor *ts[] = {&w->attn_norm, &w->wqkv, &w->bqkv, &w->wo, &w->bo, &w->ffn_norm, &w->w_gate_up,
-                               &w->w_down};
-            for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+            rt_tensor *ts[RT_LAYER_TENSORS];
+            rt_layer_tensors(&m.layers[l], ts);
+            for (int i = 0; i < RT_LAYER_TENSORS; i++)
                 round_bf16(ts[i]);
         }
         round_bf16(&m.embed);
