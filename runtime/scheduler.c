@@ -374,21 +374,27 @@ static bool in_step(const rt_sched *s, int n_entries, const seq *q)
     return false;
 }
 
-/* Gives q blocks for its first n tokens, preempting the latest-admitted running sequences that
- * are not in this step yet nor in one in flight when the pool is short. False when q itself had
- * to be preempted. */
+/* Gives q blocks for its first n tokens when the pool is short by preempting the sequences admitted
+ * after it, latest first, that are neither in this step nor in one in flight: the earliest admitted
+ * always makes progress, so two sequences that cannot both fit do not take turns undoing each
+ * other's work. When every later sequence is busy, q keeps its blocks and sits this step out; when
+ * there is none, q itself goes back to the queue. False when q does not run in this step. */
 static bool grow(rt_sched *s, seq *q, int n, int n_entries)
 {
-    int need = blocks_for(s, n) - q->n_blocks;
+    int need = blocks_for(s, n) - q->n_blocks, me = 0;
+    while (me < s->n_running && s->running[me] != q)
+        me++;
     while (need > s->pool.n_free) {
         int victim = -1;
-        for (int i = s->n_running - 1; i >= 0 && victim < 0; i--)
-            if (s->running[i] != q && !s->running[i]->in_flight && !in_step(s, n_entries, s->running[i]))
+        bool busy = false;
+        for (int i = s->n_running - 1; i > me && victim < 0; i--)
+            if (s->running[i]->in_flight || in_step(s, n_entries, s->running[i]))
+                busy = true;
+            else
                 victim = i;
-        if (victim < 0) { /* nobody else to take from: q waits */
-            for (int i = 0; i < s->n_running; i++)
-                if (s->running[i] == q)
-                    preempt(s, i);
+        if (victim < 0) {
+            if (!busy && me < s->n_running)
+                preempt(s, me);
             return false;
         }
         preempt(s, victim);
@@ -400,23 +406,45 @@ static bool grow(rt_sched *s, seq *q, int n, int n_entries)
     return true;
 }
 
+int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int depth, int max_batch_tokens)
+{
+    long share;
+    if (in_flight == 0 && now == 0 && prompt_seqs <= 1)
+        share = prompts; /* nothing to keep busy beside it: its chunks follow one another anyway */
+    else
+        share = (in_flight + now + (prompts + RT_SCHED_PROMPT_CYCLES - 1) / RT_SCHED_PROMPT_CYCLES + depth - 1) / depth;
+    return share < 1 ? 1 : share < max_batch_tokens ? (int)share : max_batch_tokens;
+}
 
-/* With several steps in flight, a step's share of the tokens there are to compute (those of the
- * steps in flight, the next token of each running sequence, the prompts still to read): a stage
- * works through the steps in order, so a step much larger than the one before it leaves the next
- * stage idle, and equal shares keep every stage busy. Prompts are read in chunks to fit. */
+/* A sequence's tokens still to compute: due in this cycle (a decode, or the recomputation of a
+ * preempted sequence, which in small chunks would lose its blocks again before it is done) or a
+ * new prompt. */
+static void count_work(const seq *q, long *now, long *prompts, int *prompt_seqs)
+{
+    const int left = len_of(q) - q->n_computed;
+    if (q->n_gen > 0) {
+        *now += left;
+    } else {
+        *prompts += left;
+        (*prompt_seqs)++;
+    }
+}
+
+/* rt_sched_share over this scheduler's state (a backlog beyond what the cycles spread still fills
+ * whole steps, so the count stops there). */
 static int even_share(const rt_sched *s)
 {
-    long work = 0;
+    long in_flight = 0, now = 0, prompts = 0;
+    int prompt_seqs = 0;
     for (int i = 0; i < s->n_flights; i++)
-        work += s->flights[(s->first + i) % s->depth].tokens;
+        in_flight += s->flights[(s->first + i) % s->depth].tokens;
     for (int i = 0; i < s->n_running; i++)
         if (!s->running[i]->in_flight)
-            work += len_of(s->running[i]) - s->running[i]->n_computed;
-    for (int i = 0; i < s->n_waiting && work < (long)s->depth * s->opt.max_batch_tokens; i++)
-        work += len_of(s->waiting[i]) - s->waiting[i]->n_computed;
-    const long share = (work + s->depth - 1) / s->depth;
-    return share < 1 ? 1 : share < s->opt.max_batch_tokens ? (int)share : s->opt.max_batch_tokens;
+            count_work(s->running[i], &now, &prompts, &prompt_seqs);
+    const long most = (long)RT_SCHED_PROMPT_CYCLES * s->depth * s->opt.max_batch_tokens;
+    for (int i = 0; i < s->n_waiting && now + prompts < most; i++)
+        count_work(s->waiting[i], &now, &prompts, &prompt_seqs);
+    return rt_sched_share(in_flight, now, prompts, prompt_seqs, s->depth, s->opt.max_batch_tokens);
 }
 
 /* Chooses this step's sequences and token counts, among those not in a step in flight. */

@@ -445,6 +445,8 @@ static int watched_step(eng *e, base_err *err)
     int tokens, prefill;
     rt_sched_last_step(e->sched, &tokens, &prefill);
     const int started = tokens > 0, collected = before + started - rt_sched_in_flight(e->sched);
+    if (started)
+        srv_hist_observe(&e->m.iter_tokens, tokens);
     if (started && e->n_flight_slots < SRV_MAX_IN_FLIGHT)
         e->flight_slots[e->n_flight_slots++] = srv_watchdog_step_begin(wd, t0);
     for (int i = 0; i < collected && e->n_flight_slots > 0; i++) {

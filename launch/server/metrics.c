@@ -15,10 +15,13 @@ static const double e2e_bounds[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0
                                     20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0};
 static const double step_bounds[] = {0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03,
                                      0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0};
+/* tokens an engine step computes (vLLM's iteration-token buckets) */
+static const double iter_bounds[] = {1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof *(a)))
 _Static_assert(N_OF(ttft_bounds) <= SRV_HIST_MAX && N_OF(tpot_bounds) <= SRV_HIST_MAX &&
-               N_OF(e2e_bounds) <= SRV_HIST_MAX && N_OF(step_bounds) <= SRV_HIST_MAX, "bucket bounds fit");
+               N_OF(e2e_bounds) <= SRV_HIST_MAX && N_OF(step_bounds) <= SRV_HIST_MAX &&
+                   N_OF(iter_bounds) <= SRV_HIST_MAX, "bucket bounds fit");
 
 void srv_metrics_init(srv_metrics *m)
 {
@@ -27,18 +30,19 @@ void srv_metrics_init(srv_metrics *m)
     m->tpot = (srv_hist){.bounds = tpot_bounds, .n = N_OF(tpot_bounds)};
     m->e2e = (srv_hist){.bounds = e2e_bounds, .n = N_OF(e2e_bounds)};
     m->step = (srv_hist){.bounds = step_bounds, .n = N_OF(step_bounds)};
+    m->iter_tokens = (srv_hist){.bounds = iter_bounds, .n = N_OF(iter_bounds)};
 }
 
-void srv_hist_observe(srv_hist *h, double seconds)
+void srv_hist_observe(srv_hist *h, double v)
 {
-    if (!(seconds >= 0)) /* NaN or negative: not a duration */
+    if (!(v >= 0)) /* NaN or negative: not a duration or a count */
         return;
     int b = 0;
-    while (b < h->n && seconds > h->bounds[b])
+    while (b < h->n && v > h->bounds[b])
         b++;
     h->counts[b]++;
     h->count++;
-    h->sum += seconds;
+    h->sum += v;
 }
 
 typedef struct out {
@@ -130,6 +134,8 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     hist(&o, "dinfer_e2e_request_latency_seconds", "From arrival to the last token.", &m->e2e);
     hist(&o, "dinfer_step_duration_seconds",
          "One engine call: a whole step, or with pipeline parallelism starting one or taking one back.", &m->step);
+    hist(&o, "dinfer_iteration_tokens", "Tokens an engine step computes, prompt and generated (one per step started).",
+         &m->iter_tokens);
     if (o.bad) {
         free(o.p);
         return NULL;

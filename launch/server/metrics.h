@@ -11,7 +11,7 @@
 #define SRV_HIST_MAX 20 /* finite bucket bounds; +Inf is implicit */
 
 typedef struct srv_hist {
-    const double *bounds; /* (n) ascending upper bounds, seconds */
+    const double *bounds; /* (n) ascending upper bounds: seconds, or tokens for the step sizes */
     int n;
     uint64_t counts[SRV_HIST_MAX + 1]; /* per bucket (not cumulative); the last is above every bound */
     uint64_t count;
@@ -31,10 +31,11 @@ typedef struct srv_metrics {
     uint64_t prompt_tokens, generation_tokens; /* of requests that finished / of every token sampled */
     uint64_t finished[SRV_FINISH_KINDS];
     srv_hist ttft, tpot, e2e, step; /* time to first token, per output token after it, request, engine step */
+    srv_hist iter_tokens;           /* tokens of each engine step started */
 } srv_metrics;
 
 void srv_metrics_init(srv_metrics *m);
-void srv_hist_observe(srv_hist *h, double seconds);
+void srv_hist_observe(srv_hist *h, double v);
 
 /* The gauges rendered with the counters. */
 typedef struct srv_gauges {

@@ -202,11 +202,16 @@ len1=$(awk '$1 == "dinfer_requests_finished_total{reason=\"length\"}" {print $2}
 for m in dinfer_requests_running dinfer_requests_waiting dinfer_kv_cache_usage_ratio dinfer_prompt_tokens_total \
   dinfer_preemptions_total dinfer_time_to_first_token_seconds_count dinfer_time_per_output_token_seconds_count \
   dinfer_e2e_request_latency_seconds_count dinfer_step_duration_seconds_count dinfer_engine_steps_in_flight \
-  dinfer_engine_steps_overlapped_total; do
+  dinfer_engine_steps_overlapped_total dinfer_iteration_tokens_count; do
   grep -q "^$m " "$tmp/metrics" || fail "metric $m missing"
 done
 steps=$(awk '$1 == "dinfer_engine_steps_total" {print $2}' "$tmp/metrics")
 [ "${steps:-0}" -ge 40 ] && ok "engine steps $steps" || fail "dinfer_engine_steps_total is ${steps:-missing}"
+iters=$(awk '$1 == "dinfer_iteration_tokens_count" {print $2}' "$tmp/metrics")
+big=$(awk '$1 == "dinfer_iteration_tokens_bucket{le=\"+Inf\"}" {n = $2} $1 == "dinfer_iteration_tokens_bucket{le=\"2048\"}" {k = $2} END {print n - k}' "$tmp/metrics")
+# an idle server has taken back every step it started; none exceeds --max-batch-tokens (2048 by default)
+[ "$iters" = "$steps" ] && [ "$big" = 0 ] && ok "iteration tokens: $iters steps, none over 2048 tokens" ||
+  fail "dinfer_iteration_tokens_count ${iters:-missing} against $steps steps, $big over 2048 tokens"
 [ "$(awk '$1 == "dinfer_time_to_first_token_seconds_bucket{le=\"+Inf\"}" {print $2}' "$tmp/metrics")" = \
   "$(awk '$1 == "dinfer_time_to_first_token_seconds_count" {print $2}' "$tmp/metrics")" ] &&
   ok "histograms: +Inf bucket = count" || fail "histogram +Inf"

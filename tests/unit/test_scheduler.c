@@ -1,6 +1,7 @@
 /* The scheduler under pressure: a KV pool too small for every sequence at once forces preemption
  * by recomputation, yet every sequence gets the tokens it gets alone; cancellation and deadlines
- * end requests and free their blocks; requests join a running batch. */
+ * end requests and free their blocks; requests join a running batch; with several steps in flight,
+ * a wave of prompts raises the step size a little for several cycles, not one step a lot. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -185,11 +186,54 @@ static void test_cancel_deadline_and_joining(void **state)
     rt_engine_destroy(e);
 }
 
+/* Two stages, two micro-batches of 32 decoding sequences each, and a wave of 32 prompts of 32 tokens
+ * arriving at once (a closed-loop client's next requests): the steps the share rule forms, each
+ * taking its micro-batch's decodes first and then prompt tokens. Stage 1 works on step i while
+ * stage 0 works on step i + 1, so sum |size(i + 1) - size(i)| is the tokens' worth of time the
+ * stages stand idle. Taking the wave in one or two steps (the old rule: half of everything there
+ * was) made a 528-token step after a 32-token one. */
+static void test_pipeline_share_spreads_prompts(void **state)
+{
+    (void)state;
+    const int depth = 2, mbt = 2048, decodes = 32;
+    long prompts = 32 * 32, in_flight = decodes, idle = 0, most = 0, absorbed_at = -1;
+    int prev = decodes;
+    for (int step = 0; step < 200; step++) {
+        const int seqs = (int)((prompts + 31) / 32);
+        const int share = rt_sched_share(in_flight, decodes, prompts, seqs, depth, mbt);
+        assert_true(share >= decodes); /* every decode fits, as in a steady pipeline */
+        const long take_prompt = share - decodes < prompts ? share - decodes : prompts;
+        const int size = decodes + (int)take_prompt;
+        prompts -= take_prompt;
+        idle += labs((long)size - prev);
+        most = size > most ? size : most;
+        prev = size, in_flight = size;
+        if (prompts == 0 && absorbed_at < 0)
+            absorbed_at = step;
+    }
+    idle += labs((long)decodes - prev);
+    print_message("wave of 1,024 prompt tokens over 32 decodes a step: largest step %ld, absorbed after %ld steps, "
+                  "idle %ld token-steps\n", most, absorbed_at + 1, idle);
+    assert_true(most <= decodes + 32 * 32 / RT_SCHED_PROMPT_CYCLES); /* the old rule: 528 */
+    assert_true(absorbed_at >= 0 && absorbed_at < 4 * RT_SCHED_PROMPT_CYCLES * depth); /* no starvation */
+    assert_true(idle <= 2 * (most - decodes) + 2);
+
+    /* a lone prompt with nothing in flight takes whole steps; a backlog fills whole steps; no work, 1 */
+    assert_int_equal(rt_sched_share(0, 0, 4000, 1, depth, mbt), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 300, 1, depth, mbt), 300);
+    assert_int_equal(rt_sched_share(32, 32, (long)RT_SCHED_PROMPT_CYCLES * depth * mbt, 100, depth, mbt), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 0, 0, depth, mbt), 1);
+    /* decodes alone: an even split of them over the stages */
+    assert_int_equal(rt_sched_share(0, 64, 0, 0, depth, mbt), 32);
+    assert_int_equal(rt_sched_share(32, 32, 0, 0, depth, mbt), 32);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_preemption_keeps_outputs),
         cmocka_unit_test(test_cancel_deadline_and_joining),
+        cmocka_unit_test(test_pipeline_share_spreads_prompts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
