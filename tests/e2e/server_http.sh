@@ -208,7 +208,8 @@ done
 steps=$(awk '$1 == "dinfer_engine_steps_total" {print $2}' "$tmp/metrics")
 [ "${steps:-0}" -ge 40 ] && ok "engine steps $steps" || fail "dinfer_engine_steps_total is ${steps:-missing}"
 iters=$(awk '$1 == "dinfer_iteration_tokens_count" {print $2}' "$tmp/metrics")
-big=$(awk '$1 == "dinfer_iteration_tokens_bucket{le=\"+Inf\"}" {n = $2} $1 == "dinfer_iteration_tokens_bucket{le=\"2048\"}" {k = $2} END {print n - k}' "$tmp/metrics")
+big=$(awk '$1 == "dinfer_iteration_tokens_bucket{le=\"+Inf\"}" {n = $2}
+  $1 == "dinfer_iteration_tokens_bucket{le=\"2048\"}" {k = $2} END {print n - k}' "$tmp/metrics")
 # an idle server has taken back every step it started; none exceeds --max-batch-tokens (2048 by default)
 [ "$iters" = "$steps" ] && [ "$big" = 0 ] && ok "iteration tokens: $iters steps, none over 2048 tokens" ||
   fail "dinfer_iteration_tokens_count ${iters:-missing} against $steps steps, $big over 2048 tokens"
