@@ -110,8 +110,8 @@ void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
 /* With several steps in flight (pipeline parallelism): the tokens the next step may take. Stage k
  * works on step i while stage k - 1 works on step i + 1, so the smaller of the two leaves its stage
  * idle for the difference: every rise and fall of the step size costs the pipeline that much. The
- * share is the work due every cycle (in_flight: the tokens of the steps in flight; now: the running
- * sequences' next tokens and the recomputation of preempted ones) over the depth, plus the new
+ * share is, over the depth, the work due every cycle (in_flight: the tokens of the steps in flight;
+ * now: the running sequences' next tokens and the recomputation of preempted ones) plus the new
  * prompts' tokens (prompts, of prompt_seqs sequences) spread over RT_SCHED_PROMPT_CYCLES cycles: a
  * wave of prompts raises the steps a little for several cycles instead of doubling one or two. A
  * lone prompt with nothing else to overlap takes whole steps; the share is 1 to max_batch_tokens. */

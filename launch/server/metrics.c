@@ -134,7 +134,7 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     hist(&o, "dinfer_e2e_request_latency_seconds", "From arrival to the last token.", &m->e2e);
     hist(&o, "dinfer_step_duration_seconds",
          "One engine call: a whole step, or with pipeline parallelism starting one or taking one back.", &m->step);
-    hist(&o, "dinfer_iteration_tokens", "Tokens an engine step computes, prompt and generated (one per step started).",
+    hist(&o, "dinfer_iteration_tokens", "Tokens per engine step, prompt and decode (one observation a step started).",
          &m->iter_tokens);
     if (o.bad) {
         free(o.p);
