@@ -110,13 +110,6 @@ typedef struct rt_config {
     bool kv_token_scales; /* --kv-scales token: a scale a token even where the checkpoint has its own */
 } rt_config;
 
-/* Whether an FP8 KV cache takes the checkpoint's static scales (one a layer and KV head, no scale
- * stored a token) instead of a scale a token. */
-static inline bool rt_config_kv_static(const rt_config *c)
-{
-    return c->kv_fp8 && c->quant.kv_scales != RT_KV_SCALES_NONE && !c->kv_token_scales;
-}
-
 /* Parses the text of a config.json (len bytes, need not be NUL-terminated). `name` is used in error
  * messages. Fails with a message naming the field and value for anything missing, of the wrong
  * type, out of range or unsupported. */

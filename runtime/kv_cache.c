@@ -44,11 +44,6 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
     const size_t slots = (size_t)(n_blocks + 1) * (size_t)block_size * (size_t)n_kv_heads;
     const size_t bytes = slots * (size_t)head_dim * (fp8 ? 1 : rt_dtype_size(be->ops->act_dtype));
     const size_t n_scales = per_token ? slots : (size_t)n_kv_heads;
-    float *ones = fp8 && !per_token ? malloc(n_scales * sizeof *ones) : NULL;
-    if (fp8 && !per_token && !ones)
-        return base_errf(err, "KV cache: out of host memory");
-    for (size_t i = 0; ones && i < n_scales; i++)
-        ones[i] = 1.0f;
     for (int l = 0; l < n_layers; l++) {
         rt_kv_layer *y = &kv->layers[l];
         y->k = be->ops->alloc(be, bytes);
@@ -57,19 +52,13 @@ int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_bloc
             y->k_scale = be->ops->alloc(be, n_scales * sizeof(float));
             y->v_scale = be->ops->alloc(be, n_scales * sizeof(float));
             y->scale_stride = per_token ? n_kv_heads : 0;
-            if (ones && y->k_scale && y->v_scale) {
-                be->ops->upload(be, y->k_scale, ones, n_scales * sizeof *ones);
-                be->ops->upload(be, y->v_scale, ones, n_scales * sizeof *ones);
-            }
         }
         if (!y->k || !y->v || (fp8 && (!y->k_scale || !y->v_scale))) {
-            free(ones);
             rt_kv_cache_destroy(kv);
             return base_errf(err, "KV cache: cannot allocate %d blocks of %d tokens (%.1f MiB per layer)",
                            n_blocks, block_size, 2.0 * (double)bytes / (1 << 20));
         }
     }
-    free(ones);
     return 0;
 }
 

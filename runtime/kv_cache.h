@@ -27,12 +27,15 @@ typedef struct rt_kv_cache {
 } rt_kv_cache;
 
 /* What the cache holds: the compute type, FP8 codes with a scale a token and KV head, or FP8 codes
- * under the checkpoint's static scales (rt_config_kv_static). */
+ * under the checkpoint's static scales (one a layer and KV head, none stored a token: a checkpoint
+ * with them, --kv-dtype fp8, and not --kv-scales token). */
 typedef enum rt_kv_kind { RT_KV_FLOAT, RT_KV_FP8_TOKEN, RT_KV_FP8_STATIC } rt_kv_kind;
 
 static inline rt_kv_kind rt_kv_kind_of(const rt_config *c)
 {
-    return !c->kv_fp8 ? RT_KV_FLOAT : rt_config_kv_static(c) ? RT_KV_FP8_STATIC : RT_KV_FP8_TOKEN;
+    return !c->kv_fp8                                                          ? RT_KV_FLOAT
+           : c->quant.kv_scales != RT_KV_SCALES_NONE && !c->kv_token_scales ? RT_KV_FP8_STATIC
+                                                                              : RT_KV_FP8_TOKEN;
 }
 
 /* An FP8 cache as a phrase ("FP8 with a scale a token and head", ...), NULL for RT_KV_FLOAT. */
@@ -42,8 +45,8 @@ const char *rt_kv_describe(const rt_config *c);
  * type dt, or FP8 codes (and their scales where each token has its own). */
 size_t rt_kv_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, rt_dtype dt, rt_kv_kind kind);
 
-/* The cache of kind for layers of n_kv_heads; RT_KV_FP8_STATIC's scales start at 1 (rt_kv_cache_for_model
- * sets the checkpoint's). */
+/* The cache of kind for layers of n_kv_heads; RT_KV_FP8_STATIC's scales are the caller's to set
+ * (rt_kv_cache_for_model uploads the checkpoint's). */
 int rt_kv_cache_create(rt_kv_cache *kv, rt_backend *be, int n_layers, int n_blocks, int block_size,
                        int n_kv_heads, int head_dim, rt_kv_kind kind, base_err *err);
 /* The cache for model m's shard as its config says (--kv-dtype, the checkpoint's static scales). */
