@@ -64,5 +64,6 @@ grep -E "KV blocks|preemptions" "$tmp/stats"
 rc=0
 [ $crc -eq 0 ] || { echo "FAIL: streams differ from their solo runs"; rc=1; }
 grep -q "KV blocks: 0 used" "$tmp/stats" || { echo "FAIL: the KV cache is not empty at the end"; rc=1; }
-kill -TERM "$rank0"; wait $mpid; mpid=
+kill -TERM "$rank0"; wait $mpid; mrc=$?; mpid=
+[ $mrc -eq 0 ] || { echo "FAIL: the server exited $mrc on SIGTERM"; rc=1; }
 exit $rc
