@@ -126,7 +126,19 @@ typedef struct enc {
     size_t sym_cap;
     struct heap_item { int32_t rank, pos, merged; } *heap;
     size_t heap_n, heap_cap;
+    bool runaway;         /* normalizing a piece went past norm_limit */
 } enc;
+
+/* How long normalizing may make a piece of n bytes. Real normalizers grow text a little (NFKC
+ * about 11x at most for one character, Replace(" ", "▁") 3x, Prepend a constant); a chain
+ * of Replaces whose content holds its own pattern grows it exponentially: ten such steps made a
+ * 2 KB tokenizer.json take 19 s on a two-word text. Past the limit, encoding fails naming it. */
+#define NORM_GROWTH 64
+#define NORM_SLACK 4096
+static size_t norm_limit(size_t n)
+{
+    return NORM_GROWTH * n + NORM_SLACK;
+}
 
 /* A word character as the \\w of Rust's regex crate, which tokenizers' single_word uses: letters,
  * marks, decimal digits, letter numbers, connector punctuation, the joiners. */
@@ -268,7 +280,7 @@ static int find(enc *e, const pcre2_code *re, size_t at, size_t end, size_t *m0,
     return 0;
 }
 
-static int replace_all(enc *e, piece *p, const pcre2_code *re, const char *content)
+static int replace_all(enc *e, piece *p, const pcre2_code *re, const char *content, size_t limit)
 {
     buf o = {0};
     const size_t clen = strlen(content);
@@ -292,6 +304,10 @@ static int replace_all(enc *e, piece *p, const pcre2_code *re, const char *conte
         if (buf_add(&o, e->arena.p + at, m0 - at) || buf_add(&o, content, clen))
             goto oom;
         at = m1;
+        if (o.n > limit) {
+            e->runaway = true;
+            goto oom;
+        }
     }
     if (at < end && buf_add(&o, e->arena.p + at, end - at))
         goto oom;
@@ -304,10 +320,17 @@ oom:
     return -1;
 }
 
+/* The normalizers over one piece; -1 when memory ran out or the piece grew past norm_limit
+ * (e->runaway). */
 static int normalize_piece(enc *e, piece *p)
 {
     const rt_tokenizer *t = e->t;
+    const size_t limit = norm_limit(p->len);
     for (int i = 0; i < t->n_norm; i++) {
+        if (p->len > limit) {
+            e->runaway = true;
+            return -1;
+        }
         const norm_step *s = &t->norm[i];
         switch (s->kind) {
         case NORM_NFC:
@@ -365,10 +388,14 @@ static int normalize_piece(enc *e, piece *p)
             }
             break;
         case NORM_REPLACE:
-            if (replace_all(e, p, s->re, s->content))
+            if (replace_all(e, p, s->re, s->content, limit))
                 return -1;
             break;
         }
+    }
+    if (p->len > limit) {
+        e->runaway = true;
+        return -1;
     }
     return 0;
 }
@@ -682,13 +709,39 @@ int rt_tok_added_patterns(rt_tokenizer *t, base_err *err)
         const bool ok = e.md && buf_add(&e.arena, a->content, a->len) == 0 &&
                         (!a->normalized || normalize_piece(&e, &p) == 0) && p.len > 0 &&
                         (a->pattern = strndup(e.arena.p + p.off, p.len)) != NULL;
+        const bool runaway = e.runaway;
         enc_free(&e);
+        if (!ok && runaway)
+            return base_errf(err, "added_tokens[%d]: normalizing \"%.40s\" (%zu bytes) made more than %zu bytes: "
+                                  "the normalizer's steps multiply the text", i, a->content, a->len, norm_limit(a->len));
         if (!ok)
             return base_errf(err, "added_tokens[%d]: \"%.40s\" normalizes to nothing, or out of memory", i, a->content);
         a->plen = p.len;
         t->added_first[(unsigned char)a->pattern[0]] = true;
     }
     return 0;
+}
+
+int rt_tok_check_normalizer(const rt_tokenizer *t, base_err *err)
+{
+    /* every printable ASCII character, the white space, a few beyond */
+    char probe[160];
+    size_t n = 0;
+    for (int c = ' '; c < 127; c++)
+        probe[n++] = (char)c;
+    static const char more[] = "\t\n\r \xc3\xa9 \xe4\xb8\xad \xe2\x96\x81 \xef\xb7\xba";
+    memcpy(probe + n, more, sizeof more - 1);
+    n += sizeof more - 1;
+    enc e = {.t = t};
+    piece p = {0, n, -1, true};
+    e.md = pcre2_match_data_create(1, NULL);
+    const bool ok = e.md && buf_add(&e.arena, probe, n) == 0 && normalize_piece(&e, &p) == 0;
+    const bool runaway = e.runaway;
+    enc_free(&e);
+    if (!ok && runaway)
+        return base_errf(err, "normalizer: its steps make more than %zu bytes of a %zu-byte text (a Replace whose "
+                              "content holds its own pattern, repeated?)", norm_limit(n), n);
+    return ok ? 0 : base_errf(err, "normalizer: out of memory normalizing a %zu-byte text", n);
 }
 
 int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids,
@@ -734,6 +787,9 @@ int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, boo
 oom:
     free(e.out.v);
     enc_free(&e);
+    if (e.runaway)
+        return base_errf(err, "the tokenizer's normalizer grows a piece of this text more than %dx (a Replace "
+                              "whose content holds its own pattern?): refused", NORM_GROWTH);
     return base_errf(err, "out of memory");
 }
 

@@ -239,5 +239,8 @@ int32_t rt_tok_lookup(const rt_tokenizer *t, const char *s);
 /* Each added token's pattern: its content, normalized for a normalized token (the runner's
  * normalizers do it); called once the whole file is loaded. */
 int rt_tok_added_patterns(rt_tokenizer *t, base_err *err);
+/* Refuses a normalizer that grows a text past the limit encoding holds it to (a probe of every
+ * printable ASCII character and a few others); called once the whole file is loaded. */
+int rt_tok_check_normalizer(const rt_tokenizer *t, base_err *err);
 
 #endif

@@ -348,6 +348,40 @@ static void test_small_and_errors(void **state)
     rmdir(dir);
 }
 
+/* Normalizers that multiply the text (a Replace whose content holds its own pattern, repeated:
+ * found by fuzz_tokenizer_load, 19 s on one 2 KB file) are refused at load when the probe shows it,
+ * and otherwise refused per text when encoding, naming the cause; other texts still encode. */
+static void test_normalizer_growth(void **state)
+{
+    (void)state;
+#define REPLACE(from, to) "{\"type\": \"Replace\", \"pattern\": {\"String\": \"" from "\"}, \"content\": \"" to "\"}"
+#define SPACES REPLACE(" ", "a a a a a a a a")
+    expect_refused("{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [" SPACES ", " SPACES ", " SPACES
+                   ", " SPACES ", " SPACES ", " SPACES "]}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                   ", \"merges\": []}}",
+                   "normalizer: its steps make more than");
+    /* U+0416 is not in the probe: the file loads, a text holding it is refused */
+#define ZHE REPLACE("\xd0\x96", "\xd0\x96\xd0\x96\xd0\x96\xd0\x96\xd0\x96\xd0\x96\xd0\x96\xd0\x96")
+    base_err err = {{0}};
+    rt_tokenizer *t = load_text("{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [" ZHE ", " ZHE ", " ZHE
+                                ", " ZHE ", " ZHE ", " ZHE "]}, \"model\": {\"type\": \"BPE\", \"unk_token\": "
+                                "\"<unk>\", " TINY_VOCAB ", \"merges\": [\"a b\"]}}",
+                                &err);
+    if (!t)
+        fail_msg("%s", err.msg);
+    int32_t *ids = NULL;
+    assert_int_equal(rt_tokenizer_encode(t, "ab \xd0\x96", 5, false, &ids, &err), -1);
+    assert_null(ids);
+    assert_non_null(strstr(err.msg, "normalizer grows a piece of this text more than 64x"));
+    assert_int_equal(rt_tokenizer_encode(t, "abab", 4, false, &ids, &err), 2);
+    assert_int_equal(ids[0], 2);
+    free(ids);
+    rt_tokenizer_free(t);
+#undef ZHE
+#undef SPACES
+#undef REPLACE
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +392,7 @@ int main(void)
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_continuation),
         cmocka_unit_test(test_small_and_errors),
+        cmocka_unit_test(test_normalizer_growth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
