@@ -48,7 +48,9 @@ corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 ./tests/fuzz/seed_corpus.sh "$corpus" ./build/launch/dinfer-mkmodel
 for t in config safetensors wire tokenizer_load tokenizer_encode openai jinja; do
-  if ! ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" "$corpus/$t" >"$corpus/$t.log" 2>&1; then
+  mkdir -p "build-fuzz/artifacts/$t" # what a failure leaves, kept
+  if ! ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${DINFER_FUZZ_SECONDS:-5}" -artifact_prefix="build-fuzz/artifacts/$t/" \
+    "$corpus/$t" >"$corpus/$t.log" 2>&1; then
     tail -n 40 "$corpus/$t.log"
     echo "fuzz_$t found a failure (above)"
     exit 1

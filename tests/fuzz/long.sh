@@ -20,12 +20,16 @@ cap=()
 [ -n "${SECONDS_EACH:-}" ] && cap=(-max_total_time="$SECONDS_EACH")
 for t in ${TARGETS:-config safetensors wire tokenizer_load tokenizer_encode openai jinja}; do
   start=$(date +%s)
-  if ./build-fuzz/tests/fuzz/fuzz_$t -runs="$runs" "${cap[@]}" -print_final_stats=1 "$work/corpus/$t" >"$work/$t.log" 2>&1; then
+  art=build-fuzz/artifacts/$t # crashes, and inputs slower than 10 s (slow-unit-*), kept here
+  mkdir -p "$art"
+  if ./build-fuzz/tests/fuzz/fuzz_$t -runs="$runs" "${cap[@]}" -artifact_prefix="$art/" -print_final_stats=1 "$work/corpus/$t" >"$work/$t.log" 2>&1; then
     res="0 crashes"
   else
     res="FAILED"; rc=1; tail -n 40 "$work/$t.log"
   fi
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log")
+  slow=$(sed -n 's/.*Test unit written to \(.*slow-unit-.*\)/\1/p' "$work/$t.log" | tr '\n' ' ')
+  [ -n "$slow" ] && res="$res; inputs slower than 10 s: $slow"
   echo "fuzz_$t: ${execs:-?} executions in $(( $(date +%s) - start )) s, $res ($(grep -E '^Done' "$work/$t.log" || true))"
 done
 exit $rc
