@@ -826,8 +826,9 @@ static void toks_free(toks *l)
     free(l->text.p), free(l->off), free(l->len);
 }
 
-/* One decoder over the whole list: src -> dst. */
-static int decode_step(const rt_tokenizer *t, const dec_step *s, const toks *src, toks *dst)
+/* One decoder over the whole list: src -> dst. 0, -1 when memory ran out, 1 when a Replace made
+ * the text longer than limit bytes (the only decoder that grows text). */
+static int decode_step(const rt_tokenizer *t, const dec_step *s, const toks *src, toks *dst, size_t limit)
 {
     buf tmp = {0};
     int rc = 0;
@@ -871,6 +872,10 @@ static int decode_step(const rt_tokenizer *t, const dec_step *s, const toks *src
                 if (at + fl <= n && memcmp(p + at, from, fl) == 0) {
                     rc |= buf_add(&tmp, to, tl);
                     at += fl;
+                    if (dst->text.n + tmp.n > limit) {
+                        free(tmp.p);
+                        return 1;
+                    }
                 } else {
                     rc |= buf_add(&tmp, p + at, 1);
                     at++;
@@ -939,6 +944,44 @@ static int decode_step(const rt_tokenizer *t, const dec_step *s, const toks *src
     return rc;
 }
 
+/* The decoders in turn over the token strings in a (the result left in a; b scratch): 0, -1 when
+ * memory ran out, 1 when the text grew past norm_limit of what it was. */
+static int run_decoders(const rt_tokenizer *t, toks *a, toks *b)
+{
+    const size_t limit = norm_limit(a->text.n);
+    for (int i = 0; i < t->n_dec; i++) {
+        b->n = 0, b->text.n = 0;
+        const int rc = decode_step(t, &t->dec[i], a, b, limit);
+        if (rc)
+            return rc;
+        toks tmp = *a;
+        *a = *b, *b = tmp;
+    }
+    return 0;
+}
+
+int rt_tok_check_decoder(const rt_tokenizer *t, base_err *err)
+{
+    if (!t->has_decoder)
+        return 0;
+    /* each printable ASCII character a token, and a few beyond */
+    static const char *const more[] = {"\xe2\x96\x81", "\xc4\xa0", "<0x41>", "\xc3\xa9"};
+    toks a = {0}, b = {0};
+    int rc = 0;
+    for (int c = ' '; c < 127 && !rc; c++)
+        rc = toks_add(&a, &(char){(char)c}, 1);
+    for (size_t i = 0; i < sizeof more / sizeof *more && !rc; i++)
+        rc = toks_add(&a, more[i], strlen(more[i]));
+    const size_t n = a.text.n;
+    if (!rc)
+        rc = run_decoders(t, &a, &b);
+    toks_free(&a), toks_free(&b);
+    if (rc > 0)
+        return base_errf(err, "decoder: its steps make more than %zu bytes of %zu bytes of tokens (a Replace whose "
+                              "content holds its own pattern, repeated?)", norm_limit(n), n);
+    return rc ? base_errf(err, "decoder: out of memory decoding %zu bytes of tokens", n) : 0;
+}
+
 char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool skip_special, size_t *len,
                           base_err *err)
 {
@@ -968,12 +1011,15 @@ char *rt_tokenizer_decode(const rt_tokenizer *t, const int32_t *ids, int n, bool
             *len = o.n;
         return o.p ? o.p : strdup("");
     }
-    for (int i = 0; i < t->n_dec; i++) {
-        b.n = 0, b.text.n = 0;
-        if (decode_step(t, &t->dec[i], &a, &b))
-            goto oom;
-        toks tmp = a;
-        a = b, b = tmp;
+    const int rc = run_decoders(t, &a, &b);
+    if (rc) {
+        toks_free(&a), toks_free(&b);
+        if (rc > 0)
+            base_errf(err, "the tokenizer's decoder grows these tokens' text more than %dx (a Replace whose content "
+                           "holds its own pattern?): refused", NORM_GROWTH);
+        else
+            base_errf(err, "out of memory");
+        return NULL;
     }
     buf o = {0};
     for (size_t i = 0; i < a.n; i++)

@@ -242,5 +242,7 @@ int rt_tok_added_patterns(rt_tokenizer *t, base_err *err);
 /* Refuses a normalizer that grows a text past the limit encoding holds it to (a probe of every
  * printable ASCII character and a few others); called once the whole file is loaded. */
 int rt_tok_check_normalizer(const rt_tokenizer *t, base_err *err);
+/* The same for the decoders (a token of each printable ASCII character and a few others). */
+int rt_tok_check_decoder(const rt_tokenizer *t, base_err *err);
 
 #endif

@@ -569,7 +569,7 @@ static int load_json(rt_tokenizer *t, const cJSON *root, base_err *err)
         load_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), "post_processor", err) ||
         load_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder", err))
         return -1;
-    if (rt_tok_check_normalizer(t, err) || rt_tok_added_patterns(t, err))
+    if (rt_tok_check_normalizer(t, err) || rt_tok_check_decoder(t, err) || rt_tok_added_patterns(t, err))
         return -1;
     const cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncation");
     if (trunc && !cJSON_IsNull(trunc))

@@ -1,6 +1,6 @@
 /* libFuzzer target: tokenizer.json loading on arbitrary bytes. A file that loads must encode a
- * text into ids it can decode, every id within its vocabulary, or refuse the text as one its
- * normalizer multiplies past the limit. */
+ * text into ids it can decode, every id within its vocabulary, or refuse the text (or the ids)
+ * as one its normalizer (decoder) multiplies past the limit. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (ids[i] < 0 || ids[i] >= rt_tokenizer_n_ids(t))
             abort();
     char *back = rt_tokenizer_decode(t, ids, n, false, NULL, &err);
-    if (!back)
+    if (!back && strstr(err.msg, "decoder grows") == NULL) /* refused only as multiplied by the decoder */
         abort();
     free(back);
     free(ids);

@@ -348,9 +348,10 @@ static void test_small_and_errors(void **state)
     rmdir(dir);
 }
 
-/* Normalizers that multiply the text (a Replace whose content holds its own pattern, repeated:
- * found by fuzz_tokenizer_load, 19 s on one 2 KB file) are refused at load when the probe shows it,
- * and otherwise refused per text when encoding, naming the cause; other texts still encode. */
+/* Normalizers and decoders that multiply the text (a Replace whose content holds its own pattern,
+ * repeated: found by fuzz_tokenizer_load, 19 s on one 2 KB file) are refused at load when the
+ * probe shows it, and otherwise refused per text when encoding or decoding, naming the cause;
+ * other texts still encode and decode. */
 static void test_normalizer_growth(void **state)
 {
     (void)state;
@@ -376,6 +377,23 @@ static void test_normalizer_growth(void **state)
     assert_int_equal(rt_tokenizer_encode(t, "abab", 4, false, &ids, &err), 2);
     assert_int_equal(ids[0], 2);
     free(ids);
+    rt_tokenizer_free(t);
+    /* the same for decoders: refused at load, or the ids whose text one multiplies when decoding */
+    expect_refused("{\"decoder\": {\"type\": \"Sequence\", \"decoders\": [" SPACES ", " SPACES ", " SPACES ", " SPACES
+                   ", " SPACES ", " SPACES "]}, \"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}",
+                   "decoder: its steps make more than");
+    t = load_text("{\"decoder\": {\"type\": \"Sequence\", \"decoders\": [" ZHE ", " ZHE ", " ZHE ", " ZHE ", " ZHE
+                  ", " ZHE "]}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, "
+                  "\"\xd0\x96\": 3}, \"merges\": [\"a b\"]}}",
+                  &err);
+    if (!t)
+        fail_msg("%s", err.msg);
+    const int32_t zhe[] = {2, 3}, plain[] = {2, 0};
+    assert_null(rt_tokenizer_decode(t, zhe, 2, false, NULL, &err));
+    assert_non_null(strstr(err.msg, "decoder grows these tokens' text more than 64x"));
+    char *text = rt_tokenizer_decode(t, plain, 2, false, NULL, &err);
+    assert_string_equal(text, "aba");
+    free(text);
     rt_tokenizer_free(t);
 #undef ZHE
 #undef SPACES
