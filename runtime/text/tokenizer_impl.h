@@ -239,6 +239,18 @@ int32_t rt_tok_lookup(const rt_tokenizer *t, const char *s);
 /* Each added token's pattern: its content, normalized for a normalized token (the runner's
  * normalizers do it); called once the whole file is loaded. */
 int rt_tok_added_patterns(rt_tokenizer *t, base_err *err);
+/* How long normalizing may make a piece of n bytes (and decoding, tokens of n bytes). Real
+ * normalizers grow text a little (NFKC about 11x at most for one character, Replace(" ", "▁") 3x,
+ * Prepend a constant); a chain of Replaces whose content holds its own pattern grows it
+ * exponentially: nine such steps made a 2 KB tokenizer.json take 19 s to load and encode one short
+ * line. Past the limit, normalizing or decoding fails and the caller names the cause. */
+#define RT_TOK_GROWTH 64
+#define RT_TOK_SLACK 4096
+static inline size_t rt_tok_growth_limit(size_t n)
+{
+    return RT_TOK_GROWTH * n + RT_TOK_SLACK;
+}
+
 /* Refuses a normalizer that grows a text past the limit encoding holds it to (a probe of every
  * printable ASCII character and a few others); called once the whole file is loaded. */
 int rt_tok_check_normalizer(const rt_tokenizer *t, base_err *err);
