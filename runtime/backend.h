@@ -81,7 +81,6 @@ typedef struct rt_attn_batch {
     const int32_t *tiles; /* (n_tiles, 2): first token, tokens */
     int n_rest;
     const int32_t *rest;  /* (n_rest) the tokens in no tile */
-    bool decode;          /* one token a sequence: no token of the step reads another's k and v */
 } rt_attn_batch;
 
 #define RT_ATTN_TILE 64    /* tokens of a tile at most */
@@ -169,10 +168,6 @@ typedef struct rt_backend_ops {
      * h / (n_heads / n_kv_heads). */
     void (*attention)(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,
                       const rt_attn_batch *b, const rt_attn_shape *s);
-    /* Optional (NULL: rope_kv_write, then attention): both in one call, the backend free to do them in
-     * one pass (a decode step, rt_attn_batch.decode); q is then scratch it may leave unwritten. */
-    void (*rope_attention)(rt_backend *be, void *out, void *q, const void *qkv, const float *inv_freq,
-                           const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
     /* x += y, n elements. */
     void (*add)(rt_backend *be, void *x, const void *y, size_t n);
     /* out(n, ffn) = silu(gate) * up, gate_up (n, 2 * ffn) holding each row's gate then up (the fused

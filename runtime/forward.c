@@ -310,7 +310,7 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
         .n_tokens = R, .pos = d + R, .slot = d + 2 * R, .seq = d + 3 * R,
         .block_tables = d + 4 * R + NL, .max_blocks = W, .block_size = bs,
         .n_tiles = n_tiles, .tiles = n_tiles ? d + at_tiles : NULL,
-        .n_rest = n_rest, .rest = n_tiles ? d + at_rest : NULL, .decode = T == b->n_seqs,
+        .n_rest = n_rest, .rest = n_tiles ? d + at_rest : NULL,
     };
     st->logit_rows = d + 4 * R;
     return 0;
@@ -427,20 +427,6 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
 }
 
 /* The layers op by op. The last layer's output product is left in xb, to be added to x. */
-/* Layer l's RoPE, KV-cache write and attention: fw->att from fw->qkv. */
-static void rope_attend(rt_forward *fw, const staged *st, int l)
-{
-    rt_backend *be = fw->m->be;
-    const rt_backend_ops *op = be->ops;
-    rt_kv_layer *kv = &fw->kv->layers[l];
-    if (op->rope_attention) {
-        op->rope_attention(be, fw->att, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, kv);
-    } else {
-        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, kv);
-        op->attention(be, fw->att, fw->q, kv, &st->ab, &fw->shape);
-    }
-}
-
 static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
 {
     rt_model *m = fw->m;
@@ -455,7 +441,8 @@ static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
         op->matmul(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, T);
-        rope_attend(fw, st, l);
+        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
         if (tp_allreduce_add_rmsnorm(fw, &w->ffn_norm, T, eps, err))
             return -1;
@@ -507,7 +494,8 @@ static void layers_fused(rt_forward *fw, const staged *st)
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
                                 .xg = fw->xb, .ss = s_next};
         op->matmul_fused(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, &qkv, T);
-        rope_attend(fw, st, l);
+        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
+        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
         op->matmul_fused(be, fw->x, fw->att, &w->wo, &w->bo, &o, T);
         op->matmul_fused(be, fw->act, fw->xb, &w->w_gate_up, NULL, &gate_up, T);
         op->matmul_fused(be, fw->x, fw->act, &w->w_down, NULL, &down, T);

@@ -107,34 +107,13 @@ struct fa_geom {
     static constexpr int PARTS = FA_WARPS * KPW; /* partial softmax states per block */
 };
 
-/* RoPE on a lane's E elements of a head spread over LPK lanes (Hugging Face's layout: element i
- * pairs with i + HD / 2, which lane sub ^ LPK / 2 holds) at position p. Every lane of the warp calls it. */
-template <int E, int LPK, int HD>
-__device__ __forceinline__ void rope_lanes(float *x, int sub, int p, const float *inv_freq)
-{
-    const bool low = sub < LPK / 2;
-#pragma unroll
-    for (int e = 0; e < E; e++) {
-        const float other = __shfl_xor_sync(0xffffffffu, x[e], LPK / 2);
-        float sn, co;
-        sincosf((float)p * __ldg(&inv_freq[(sub * E + e) % (HD / 2)]), &sn, &co);
-        x[e] = low ? x[e] * co - other * sn : x[e] * co + other * sn;
-    }
-}
-
-/* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m).
- * ROPE (a decode step over a 16-bit cache, rt_attn_batch.decode): q is the QKV product's rows
- * (each token's q heads, k heads, v heads), not yet rotated or cached: each block rotates its query
- * heads as it loads them, and the split that holds the token's own position rotates its k, writes k
- * and v to the cache and reads them from shared memory (the cache is read through the non-coherent
- * path, which need not see this kernel's writes; no other block reads that position: one token a
- * sequence). rope_kv_kernel's work without its launch. */
-template <typename T, typename KV, int HD, int GM, bool ROPE>
+/* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m). */
+template <typename T, typename KV, int HD, int GM>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
                     const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale, const float *inv_freq)
+                    float scale)
 {
     pdl_wait();
     pdl_trigger();
@@ -156,27 +135,6 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
-    const T *qrow = q + (int64_t)t * (ROPE ? (int64_t)(nh + 2 * nkv) * HD : (int64_t)nh * HD);
-    static_assert(!ROPE || sizeof(KV) == sizeof(T), "RoPE in the attention kernel: 16-bit (or fp32) caches");
-    __shared__ __align__(16) KV own[2][ROPE ? HD : 8]; /* the token's own k and v (ROPE) */
-    const bool own_here = ROPE && p >= k0 && p < k1;
-    if constexpr (ROPE) {
-        if (own_here) { /* a uniform branch: the block's split holds position p */
-            const T *kin = qrow + (int64_t)(nh + kvh) * HD, *vin = kin + kw;
-            const int64_t at = ((int64_t)table[p / bs] * bs + p % bs) * kw + (int64_t)kvh * HD;
-            KV *kd = const_cast<KV *>(kc) + at, *vd = const_cast<KV *>(vc) + at;
-            for (int j = threadIdx.x; j < HD / 2; j += blockDim.x) {
-                float sn, co;
-                sincosf((float)p * __ldg(&inv_freq[j]), &sn, &co);
-                const float a = ld(&kin[j]), b = ld(&kin[j + HD / 2]);
-                st(&own[0][j], a * co - b * sn), st(&own[0][j + HD / 2], b * co + a * sn);
-                own[1][j] = vin[j], own[1][j + HD / 2] = vin[j + HD / 2];
-                kd[j] = own[0][j], kd[j + HD / 2] = own[0][j + HD / 2];
-                vd[j] = own[1][j], vd[j + HD / 2] = own[1][j + HD / 2];
-            }
-        }
-        __syncthreads();
-    }
 
     float qv[GM][E], acc[GM][E], m[GM], l[GM];
 #pragma unroll
@@ -185,10 +143,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 #pragma unroll
         for (int e = 0; e < E; e++)
             acc[g][e] = 0.0f, qv[g][e] = 0.0f;
-        if (g < group) { /* uniform over the block */
-            load_vec<T, E>(qrow + ((int64_t)kvh * group + g) * HD + sub * E, qv[g]);
-            if constexpr (ROPE)
-                rope_lanes<E, LPK, HD>(qv[g], sub, p, inv_freq);
+        if (g < group) {
+            load_vec<T, E>(q + ((int64_t)t * nh + (int64_t)kvh * group + g) * HD + sub * E, qv[g]);
 #pragma unroll
             for (int e = 0; e < E; e++)
                 qv[g][e] *= scale;
@@ -202,15 +158,6 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
     float ksn[FA_AHEAD], vsn[FA_AHEAD]; /* an FP8 cache's scales of the keys in flight */
     const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
-        if constexpr (ROPE) {
-            if (own_here && j == p) { /* the token's own key, written by this block */
-#pragma unroll
-                for (int v = 0; v < NV; v++)
-                    kb[v] = reinterpret_cast<const uint4 *>(&own[0][sub * E])[v],
-                    vb[v] = reinterpret_cast<const uint4 *>(&own[1][sub * E])[v];
-                return;
-            }
-        }
         if (j < k1) {
             const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
             load_raw<KV, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
@@ -367,9 +314,9 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     return n > 1 ? n : 1;
 }
 
-template <typename T, typename KV, int HD, int GM, bool ROPE>
+template <typename T, typename KV, int HD, int GM>
 static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                      const rt_attn_shape *s, tok_set ts, const float *inv_freq)
+                      const rt_attn_shape *s, tok_set ts)
 {
     using G_ = fa_geom<KV, HD>;
     const int n_splits = fa_splits(c, b, s, ts.n);
@@ -379,41 +326,32 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     if (shm > 48 * 1024) /* the partial states of many key groups (an FP8 cache at head_dim 64, 8 heads a KV head) */
-        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, ROPE>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
-    cuda_launch(c, fa_split_kernel<T, KV, HD, GM, ROPE>, grid, FA_WARPS * 32, shm,
+        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)shm));
+    cuda_launch(c, fa_split_kernel<T, KV, HD, GM>, grid, FA_WARPS * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
         (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
-        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale, inv_freq);
+        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
     if (n_splits > 1)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
-/* Whether the split kernel takes this shape. */
-static bool fa_fits(const rt_attn_shape *s)
+template <typename T, typename KV>
+static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s, tok_set ts)
 {
     const int group = s->n_heads / s->n_kv_heads;
-    return group <= FA_MAX_GROUP && s->n_heads % s->n_kv_heads == 0 &&
-           (s->head_dim == 64 || s->head_dim == 128 || s->head_dim == 256);
-}
-
-/* The split kernel over ts, if it takes the shape; with ROPE, q is the QKV product's rows (see
- * fa_split_kernel). */
-template <typename T, typename KV, bool ROPE = false>
-static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s, tok_set ts, const float *inv_freq = nullptr)
-{
-    if (!fa_fits(s))
+    if (group > FA_MAX_GROUP || s->n_heads % s->n_kv_heads != 0)
         return false;
     /* registers for 4 query heads a KV head (Llama 3's 8B and 1B), or for up to 8 */
-    switch (s->head_dim * (s->n_heads / s->n_kv_heads <= 4 ? 1 : -1)) {
-    case 64: fa_launch<T, KV, 64, 4, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case 128: fa_launch<T, KV, 128, 4, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case 256: fa_launch<T, KV, 256, 4, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -64: fa_launch<T, KV, 64, 8, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -128: fa_launch<T, KV, 128, 8, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -256: fa_launch<T, KV, 256, 8, ROPE>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    switch (s->head_dim * (group <= 4 ? 1 : -1)) {
+    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts); return true;
+    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts); return true;
+    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts); return true;
+    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts); return true;
+    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts); return true;
+    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts); return true;
     default: return false;
     }
 }
@@ -674,29 +612,5 @@ extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const r
     if (b->n_tokens <= 0)
         return;
     CUDA_DISPATCH(c->dt, attend, c, out, q, kv, b, s);
-    CUDA_LAUNCHED(c);
-}
-
-template <typename T>
-static void attend_roped(cuda_ctx *c, void *out, const void *qkv, const float *inv_freq, const rt_kv_layer *kv,
-                         const rt_attn_batch *b, const rt_attn_shape *s)
-{
-    fa_try<T, T, true>(c, out, qkv, kv, b, s, (tok_set){b->n_tokens, NULL}, inv_freq);
-}
-
-/* A decode step over a 16-bit cache whose shape the split kernel takes: RoPE, the cache write and
- * the attention in that kernel; anything else: rope_kv_write, then attention. */
-extern "C" void cuda_rope_attention(rt_backend *be, void *out, void *q, const void *qkv, const float *inv_freq,
-                                    const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv)
-{
-    cuda_ctx *c = cuda_ctx_of(be);
-    if (b->n_tokens <= 0)
-        return;
-    if (!c->rope_fuse || !b->decode || kv->k_scale || !fa_fits(s)) {
-        cuda_rope_kv_write(be, q, qkv, inv_freq, b, s, kv);
-        cuda_attention(be, out, q, kv, b, s);
-        return;
-    }
-    CUDA_DISPATCH(c->dt, attend_roped, c, out, qkv, inv_freq, kv, b, s);
     CUDA_LAUNCHED(c);
 }

@@ -140,7 +140,7 @@ static void cuda_destroy(rt_backend *be)
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
-        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .add = cuda_add,           \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .to_f32 = cuda_to_f32,           \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
         .graph_launch = cuda_graph_launch, .graph_free = cuda_graph_free, .check = cuda_check, .destroy = cuda_destroy,                                                \
@@ -174,7 +174,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring: each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse, rope_fuse;
+    bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -193,11 +193,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_switch("DINFER_CUDA_FUSE",
                    "0 (the norms, residual adds and SiLU-multiply as kernels of their own) or 1 (the default: in the "
                    "products of few rows)",
-                   &fuse, err) ||
-        env_switch("DINFER_CUDA_ROPE_FUSE",
-                   "1 (RoPE and the KV-cache write in the decode attention kernel) or 0 (the default until it is "
-                   "measured: a kernel of their own)",
-                   &rope_fuse, err))
+                   &fuse, err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -219,7 +215,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = gemv;
     c->fuse = fuse;
-    c->rope_fuse = rope_fuse && getenv("DINFER_CUDA_ROPE_FUSE"); /* off unless asked for: not yet run on a GPU */
     int cc_major = 0;
     if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
         cc_major = 0;

@@ -381,9 +381,7 @@ static void run_embedding(const op_case *c, ctx *x, outputs *o) /* p: shard rows
 /* RoPE + KV write, then attention, for sequences whose blocks are scattered over the pool: the
  * earlier positions of each sequence are written by a first step, the last ones by a second (a long
  * chunked prefill next to decodes). p: heads, KV heads, head_dim, window, layout, FP8 cache (1: a
- * scale a token and KV head; 2: static scales, one a KV head, small enough that some values saturate),
- * or 3: a 16-bit cache whose second step (one token a sequence in layouts 1 and 2) goes through
- * rope_attention as a decode step (the CUDA backend's RoPE inside the attention kernel). */
+ * scale a token and KV head; 2: static scales, one a KV head, small enough that some values saturate). */
 static void run_attention(const op_case *c, ctx *x, outputs *o)
 {
     static const int layouts[3][3][2] = {
@@ -412,7 +410,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
         inv_freq[i] = (float)pow(10000.0, -2.0 * i / hd);
     const int qw = nh * hd, kw = nkv * hd;
     const size_t cache = (size_t)total_blocks * bs * kw;
-    const bool fp8 = c->p[5] == 1 || c->p[5] == 2, fixed = c->p[5] == 2, roped = c->p[5] == 3;
+    const bool fp8 = c->p[5] != 0, fixed = c->p[5] == 2;
     rt_kv_layer kv = {.k = fp8 ? dev_alloc(x, cache) : dev_out(x, cache), .v = fp8 ? dev_alloc(x, cache) : dev_out(x, cache)};
     const size_t n_scales = fixed ? (size_t)nkv : (size_t)total_blocks * bs * nkv;
     if (fp8) {
@@ -456,17 +454,11 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                            .rest = n_tiles && n_rest ? up_ints(x, rest, (size_t)n_rest) : NULL};
         free(tiles), free(rest);
         void *dout = dev_out(x, (size_t)n * qw);
-        b.decode = phase == 1 && roped && n == n_seqs; /* one token a sequence */
-        if (b.decode && x->be->ops->rope_attention) {
-            x->be->ops->rope_attention(x->be, dout, dq, dqkv, dinv, &b, &sh, &kv);
-        } else {
-            x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
-            x->be->ops->attention(x->be, dout, dq, &kv, &b, &sh);
-        }
+        x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
+        x->be->ops->attention(x->be, dout, dq, &kv, &b, &sh);
         if (phase == 1) {
             take(x, o, "attention", dout, (size_t)n * qw);
-            if (!roped) /* rope_attention may leave q unwritten */
-                take(x, o, "rope(q)", dq, (size_t)n * qw);
+            take(x, o, "rope(q)", dq, (size_t)n * qw);
         }
         free(pos), free(seq), free(slot), free(qkv);
     }
@@ -569,11 +561,6 @@ static const op_case cases[] = {
     {"attention", {32, 8, 128, 0, 0, 1}, run_attention}, {"attention", {8, 8, 128, 100, 2, 1}, run_attention},
     {"attention", {16, 2, 64, 0, 1, 1}, run_attention},  {"attention", {8, 1, 256, 0, 2, 1}, run_attention},
     {"attention", {6, 3, 6, 0, 0, 1}, run_attention},    {"attention", {10, 2, 80, 33, 1, 1}, run_attention},
-    /* a decode step's RoPE and cache write inside the split kernel (head sizes 64, 128, 256; 4 and 8
-     * query heads a KV head; context splits; a window) */
-    {"attention", {32, 8, 128, 0, 1, 3}, run_attention}, {"attention", {8, 1, 256, 0, 2, 3}, run_attention},
-    {"attention", {16, 2, 64, 0, 2, 3}, run_attention},  {"attention", {8, 8, 128, 100, 2, 3}, run_attention},
-    {"attention", {6, 3, 6, 0, 1, 3}, run_attention}, /* a head size the split kernel does not take */
     /* an FP8 cache under static scales (a checkpoint's kv_cache_scheme), some values saturating */
     {"attention", {32, 8, 128, 0, 0, 2}, run_attention}, {"attention", {8, 2, 64, 100, 2, 2}, run_attention},
     {"attention", {6, 3, 6, 0, 1, 2}, run_attention},
@@ -837,7 +824,6 @@ int main(int argc, char **argv)
                 if (strcmp(argv[i + 1], rt_dtype_name(types[k])) == 0)
                     only_type = k;
     }
-    setenv("DINFER_CUDA_ROPE_FUSE", "1", 0); /* the kernel under test, off by default elsewhere */
     if (rt_cuda_device_count() == 0) {
         printf("SKIP: no CUDA device is visible\n");
         return 77;
