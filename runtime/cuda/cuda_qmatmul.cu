@@ -89,7 +89,7 @@ __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales
     pdl_wait(); /* out (the scratch) may still be read by the product ahead */
     pdl_trigger();
     const int64_t r = r0 + blockIdx.x, gs = pairs ? N : 1;
-    const uint8_t *cr = codes + r * (K / 8 * BITS);
+    const uint8_t *cr = codes + r * (BITS == 4 ? K / 2 : K); /* int4: K even */
     const float *sr = scales + (pairs ? r : r * n_groups);
     const uint16_t *zr = zeros ? zeros + (pairs ? r : r * n_groups) : nullptr;
     T *o = out + (int64_t)blockIdx.x * K;
