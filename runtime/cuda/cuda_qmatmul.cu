@@ -109,6 +109,56 @@ __global__ void dequant_kernel(T *out, const uint8_t *codes, const float *scales
     }
 }
 
+/* The same, 8 columns of one group a thread (K and the group multiples of 8): one load of their
+ * codes (a 32-bit word of int4 in RT_INT4_PAIRS order, or 8 bytes of int8 / FP8), one scale and
+ * zero, the 8 values stored at once (16 bytes of BF16): a warp writes 512 contiguous bytes where
+ * dequant_kernel's threads wrote 2 bytes each. The values are dequant_kernel's, bit for bit. Grid:
+ * (rows, word blocks of the row). */
+template <typename T, bool FP8, int BITS>
+__global__ void dequant8_kernel(T *out, const uint8_t *codes, const float *scales, const uint16_t *zeros, int64_t r0,
+                                int N, int K, int group, int n_groups, bool pairs)
+{
+    pdl_wait(); /* out (the scratch) may still be read by the product ahead */
+    pdl_trigger();
+    const int wd = (int)(blockIdx.y * blockDim.x + threadIdx.x);
+    if (wd >= K / 8)
+        return;
+    const int64_t r = r0 + blockIdx.x, gs = pairs ? N : 1;
+    const int g = wd * 8 / group;
+    const float s = (scales + (pairs ? r : r * n_groups))[g * gs];
+    const float z = zeros ? (float)(zeros + (pairs ? r : r * n_groups))[g * gs] : (float)(1 << (BITS - 1));
+    float v[8];
+    if constexpr (BITS == 4) { /* column 2i at nibble i, 2i + 1 at nibble i + 4 */
+        const uint32_t u = reinterpret_cast<const uint32_t *>(codes + r * (K / 2))[wd];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = ((float)((u >> (4 * i)) & 0xFu) - z) * s;
+            v[2 * i + 1] = ((float)((u >> (4 * i + 16)) & 0xFu) - z) * s;
+        }
+    } else {
+        const uint2 u = reinterpret_cast<const uint2 *>(codes + r * K)[wd];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const uint8_t b = (uint8_t)(((j < 4 ? u.x : u.y) >> (8 * (j & 3))) & 0xFFu);
+            if constexpr (FP8)
+                v[j] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3))) * s;
+            else
+                v[j] = ((float)b - z) * s;
+        }
+    }
+    union {
+        T t[8];
+        uint4 u[sizeof(T) / 2];
+    } o;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        st(&o.t[j], v[j]);
+    uint4 *dst = reinterpret_cast<uint4 *>(out + (int64_t)blockIdx.x * K + wd * 8);
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(T) / 2); i++)
+        dst[i] = o.u[i];
+}
+
 template <typename T>
 static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int n)
 {
@@ -129,7 +179,21 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
         const uint16_t *zeros = (const uint16_t *)q->zeros;
         const int group = (int)(q->n_groups == 1 ? K : q->group), ng = (int)q->n_groups;
         const bool pairs = w->layout == RT_INT4_PAIRS;
-        if (q->kind == RT_QK_FP8)
+        /* 8 columns a thread where a word holds them in order or in pairs (int4 of RT_ROWS packs
+         * column j at nibble j: dequant_kernel) */
+        const bool by8 = K % 8 == 0 && group % 8 == 0 && (uintptr_t)codes % 8 == 0 &&
+                         (q->kind == RT_QK_FP8 || q->bits == 8 || pairs);
+        const dim3 grid8((unsigned)rows, (unsigned)((K / 8 + 255) / 256));
+        if (by8 && q->kind == RT_QK_FP8)
+            cuda_launch(c, dequant8_kernel<T, true, 8>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, N, K, group, ng, pairs);
+        else if (by8 && q->bits == 8)
+            cuda_launch(c, dequant8_kernel<T, false, 8>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, N, K, group, ng, pairs);
+        else if (by8)
+            cuda_launch(c, dequant8_kernel<T, false, 4>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
+                        (int64_t)r0, N, K, group, ng, pairs);
+        else if (q->kind == RT_QK_FP8)
             cuda_launch(c, dequant_kernel<T, true, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
                         zeros, (int64_t)r0, N, K, group, ng, pairs);
         else if (q->bits == 8)
