@@ -112,11 +112,14 @@ void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
  * idle for the difference: every rise and fall of the step size costs the pipeline that much. The
  * share is, over the depth, the work due every cycle (in_flight: the tokens of the steps in flight;
  * now: the running sequences' next tokens and the recomputation of preempted ones) plus the new
- * prompts' tokens (prompts, of prompt_seqs sequences) spread over RT_SCHED_PROMPT_CYCLES cycles: a
- * wave of prompts raises the steps a little for several cycles instead of doubling one or two. A
- * lone prompt with nothing else to overlap takes whole steps; the share is 1 to max_batch_tokens. */
+ * prompts' tokens (prompts, of prompt_seqs sequences) spread over `cycles` cycles: a wave of
+ * prompts raises the steps a little for several cycles instead of doubling one or two. A lone
+ * prompt with nothing else to overlap takes whole steps; the share is 1 to max_batch_tokens. The
+ * scheduler spreads prompts over RT_SCHED_PROMPT_CYCLES on a host backend (a step's cost grows
+ * with its tokens) and over 1 on a GPU (a step of a few hundred tokens costs about a decode step). */
 #define RT_SCHED_PROMPT_CYCLES 8
-int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int depth, int max_batch_tokens);
+int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int depth, int max_batch_tokens,
+                   int cycles);
 
 /* Tokens of the step the last rt_sched_step started (0 when none), and how many of them were
  * prompt (prefill) tokens. */

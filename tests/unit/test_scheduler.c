@@ -195,12 +195,12 @@ static void test_cancel_deadline_and_joining(void **state)
 static void test_pipeline_share_spreads_prompts(void **state)
 {
     (void)state;
-    const int depth = 2, mbt = 2048, decodes = 32;
+    const int depth = 2, mbt = 2048, decodes = 32, cyc = RT_SCHED_PROMPT_CYCLES;
     long prompts = 32 * 32, in_flight = decodes, idle = 0, most = 0, absorbed_at = -1;
     int prev = decodes;
     for (int step = 0; step < 200; step++) {
         const int seqs = (int)((prompts + 31) / 32);
-        const int share = rt_sched_share(in_flight, decodes, prompts, seqs, depth, mbt);
+        const int share = rt_sched_share(in_flight, decodes, prompts, seqs, depth, mbt, cyc);
         assert_true(share >= decodes); /* every decode fits, as in a steady pipeline */
         const long take_prompt = share - decodes < prompts ? share - decodes : prompts;
         const int size = decodes + (int)take_prompt;
@@ -219,13 +219,18 @@ static void test_pipeline_share_spreads_prompts(void **state)
     assert_true(idle <= 2 * (most - decodes) + 2);
 
     /* a lone prompt with nothing in flight takes whole steps; a backlog fills whole steps; no work, 1 */
-    assert_int_equal(rt_sched_share(0, 0, 4000, 1, depth, mbt), mbt);
-    assert_int_equal(rt_sched_share(0, 0, 300, 1, depth, mbt), 300);
-    assert_int_equal(rt_sched_share(32, 32, (long)RT_SCHED_PROMPT_CYCLES * depth * mbt, 100, depth, mbt), mbt);
-    assert_int_equal(rt_sched_share(0, 0, 0, 0, depth, mbt), 1);
+    assert_int_equal(rt_sched_share(0, 0, 4000, 1, depth, mbt, cyc), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 300, 1, depth, mbt, cyc), 300);
+    assert_int_equal(rt_sched_share(32, 32, (long)RT_SCHED_PROMPT_CYCLES * depth * mbt, 100, depth, mbt, cyc), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 0, 0, depth, mbt, cyc), 1);
     /* decodes alone: an even split of them over the stages */
-    assert_int_equal(rt_sched_share(0, 64, 0, 0, depth, mbt), 32);
-    assert_int_equal(rt_sched_share(32, 32, 0, 0, depth, mbt), 32);
+    assert_int_equal(rt_sched_share(0, 64, 0, 0, depth, mbt, cyc), 32);
+    assert_int_equal(rt_sched_share(32, 32, 0, 0, depth, mbt, cyc), 32);
+    /* a GPU's prompts in whole steps (cycles 1): 64 prompts of 128 tokens, 2,048 a step, where 8
+     * cycles would take 512 */
+    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, 1), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, cyc), 512);
+    assert_int_equal(rt_sched_share(32, 32, 1000, 10, depth, mbt, 1), (32 + 32 + 1000 + 1) / 2);
 }
 
 int main(void)
