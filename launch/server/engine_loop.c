@@ -27,6 +27,8 @@ typedef struct live {
     char **stops;     /* (n_stops) */
     int n_stops;
     bool stopped;     /* a stop string ended the text */
+    char *text_error; /* why the text could not be made (the tokenizer's decoder refused): the
+                       * request ends with this error, INTERNAL */
 } live;
 
 typedef struct eng {
@@ -102,13 +104,24 @@ static void live_free(live *l)
     }
     for (int i = 0; i < l->n_stops; i++)
         free(l->stops[i]);
-    free(l->stops), free(l->text);
+    free(l->stops), free(l->text), free(l->text_error);
 }
 
 static void drop_live(eng *e, int i)
 {
     live_free(&e->lv[i]);
     e->lv[i] = e->lv[--e->n_live];
+}
+
+/* The request's text cannot be made (its tokens stay right): it ends with this error. */
+static void text_failed(live *l, const char *why)
+{
+    if (l->text_error)
+        return;
+    const char *head = "the generated text could not be made: ";
+    l->text_error = malloc(strlen(head) + strlen(why) + 1);
+    if (l->text_error)
+        strcat(strcpy(l->text_error, head), why);
 }
 
 static int text_add(live *l, const char *s, size_t n)
@@ -180,11 +193,34 @@ static void observe(srv_metrics *m, const rt_sched_event *ev)
     }
 }
 
+/* A finished request's last text: the bytes that waited for a character's end, then the stop
+ * strings over them. An error event in *failed (returned) when the text could not be made. */
+static const rt_sched_event *finish_text(live *l, const rt_sched_event *ev, rt_sched_event *failed)
+{
+    if (!l->stopped && !l->text_error) {
+        char *rest = NULL;
+        size_t rl = 0, safe = 0;
+        base_err err;
+        if (rt_detok_flush(l->dt, &rest, &rl, &err))
+            text_failed(l, err.msg);
+        else if (rl > 0 && text_add(l, rest, rl) == 0)
+            l->stopped = stop_scan(l, rl, &safe);
+        free(rest);
+    }
+    if (!l->text_error)
+        return ev;
+    *failed = (rt_sched_event){.kind = RT_EV_ERROR, .id = ev->id, .status = RT_STATUS_INTERNAL, .message = l->text_error};
+    return failed;
+}
+
 static void on_event(void *ctx, const rt_sched_event *ev)
 {
     eng *e = ctx;
-    observe(&e->m, ev);
     int i = find_by_sched(e, ev->id);
+    rt_sched_event failed;
+    if (i >= 0 && ev->kind == RT_EV_DONE && e->lv[i].dt)
+        ev = finish_text(&e->lv[i], ev, &failed);
+    observe(&e->m, ev);
     if (i < 0)
         return; /* its connection is gone */
     const live l = e->lv[i];
@@ -196,13 +232,16 @@ static void on_event(void *ctx, const rt_sched_event *ev)
         const rt_sample_out *s = ev->sample;
         char *piece = NULL, *out = NULL;
         size_t pl = 0, safe = 0;
-        if (lp->dt) { /* the text this token made final; a stop string ends the request at its start */
+        if (lp->dt && !lp->text_error) { /* the text this token made final; a stop string ends the request at its start */
             base_err err;
             if (rt_detok_add(lp->dt, s->token, &piece, &pl, &err) == 0 && text_add(lp, piece, pl) == 0) {
                 if (stop_scan(lp, pl, &safe))
                     *ev->stop = lp->stopped = true;
                 out = strndup(lp->text + lp->sent, safe - lp->sent);
                 lp->sent = safe;
+            } else { /* the request ends, with the error */
+                text_failed(lp, piece ? "out of memory holding the generated text" : err.msg);
+                *ev->stop = true;
             }
             free(piece);
         }
@@ -212,15 +251,7 @@ static void on_event(void *ctx, const rt_sched_event *ev)
         return;
     }
     if (ev->kind == RT_EV_DONE) {
-        if (lp->dt && !lp->stopped) { /* what waited: an incomplete character's bytes */
-            char *rest = NULL;
-            size_t rl = 0, safe = 0;
-            base_err err;
-            if (rt_detok_flush(lp->dt, &rest, &rl, &err) == 0 && rl > 0 && text_add(lp, rest, rl) == 0)
-                lp->stopped = stop_scan(lp, rl, &safe);
-            free(rest);
-        }
-        if (lp->dt && lp->sent < lp->text_len) { /* and what could have begun a stop string */
+        if (lp->dt && lp->sent < lp->text_len) { /* what could have begun a stop string */
             wire_put_text(&o->buf, l.rid, lp->text + lp->sent);
             lp->sent = lp->text_len;
         }

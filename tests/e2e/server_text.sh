@@ -3,7 +3,7 @@
 # (launch/stories260K, with its tokenizer.json): a text prompt gives the text dinfer-run gives (the
 # streamed pieces joined equal the whole decode), stop strings end the text where they start, also
 # when they span two or three tokens, and bad text requests get INVALID_ARGUMENT naming the problem
-# while the server keeps serving. A model folder without tokenizer.json refuses text but serves ids.
+# while the server keeps serving; a decoder that multiplies the text ends that request INTERNAL. A model folder without tokenizer.json refuses text but serves ids.
 set -uo pipefail
 tmp=$(mktemp -d)
 cleanup() { [ -n "${mpid:-}" ] && kill -KILL "$mpid" 2>/dev/null; rm -rf "$tmp"; }
@@ -74,6 +74,25 @@ for split in "1 1" "2 2"; do
   grep -q '"tokens": \[407, 261, 378\]' <<<"$out" && echo "ok: ids still served" || fail "ids after errors: $out"
   stop
 done
+# a tokenizer.json whose decoder multiplies "th" 8-fold six times over: the load-time probe (single
+# characters) passes it, and a request whose text would hold "th" ends INTERNAL naming the decoder
+# (its tokens were right; its text cannot be made), while the server keeps serving
+case $want in *th*) ;; *) fail "the reference text holds no \"th\": the next check would test nothing" ;; esac
+mkdir -p "$tmp/thmodel" && ln -s "$tmp/model/config.json" "$tmp/model/model.safetensors" "$tmp/thmodel/"
+python3 - "$tmp/model/tokenizer.json" "$tmp/thmodel/tokenizer.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1], encoding="utf-8"))
+t["decoder"]["decoders"] += [{"type": "Replace", "pattern": {"String": "th"}, "content": "th" * 8}] * 6
+json.dump(t, open(sys.argv[2], "w", encoding="utf-8"))
+PY
+start 1 1 "$tmp/thmodel"
+expect_refused "the generated text could not be made: the tokenizer's decoder grows these tokens' text more than 64x" \
+  --prompt "Once upon a time" --max-tokens 60 --ignore-eos
+out=$(gen --prompt "Once upon a" --max-tokens 1 --json)
+grep -q '"tokens": \[378\]' <<<"$out" && grep -q '"text": " time"' <<<"$out" && echo "ok: still serving text" ||
+  fail "after the decoder's refusal: $out"
+stop
+
 # a model folder without tokenizer.json: ids work, text is refused by name
 start 1 1 "$(dirname "$0")/../golden/fixtures/llama_5layer_sharded"
 expect_refused "the model has no tokenizer.json" --prompt "hello"
