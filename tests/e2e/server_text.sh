@@ -13,9 +13,9 @@ fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 field() { sed -n "s/.*\"$1\": \"\\(\\([^\"\\\\]\\|\\\\.\\)*\\)\".*/\\1/p"; } # a JSON string field, still escaped
 
-start() { # start TP PP MODEL
+start() { # start TP PP MODEL [SERVER_FLAGS...]
   mpirun --oversubscribe --bind-to none -np $(($1 * $2)) "$DINFER_SERVER" --model "$3" --tp "$1" --pp "$2" --port 0 \
-    >"$tmp/log" 2>&1 &
+    "${@:4}" >"$tmp/log" 2>&1 &
   mpid=$!
   for _ in $(seq 1 300); do
     grep -q "ready on" "$tmp/log" && break
@@ -85,9 +85,16 @@ t = json.load(open(sys.argv[1], encoding="utf-8"))
 t["decoder"]["decoders"] += [{"type": "Replace", "pattern": {"String": "th"}, "content": "th" * 8}] * 6
 json.dump(t, open(sys.argv[2], "w", encoding="utf-8"))
 PY
-start 1 1 "$tmp/thmodel"
+start 1 1 "$tmp/thmodel" --http-port 0 --ready-file "$tmp/ready"
 expect_refused "the generated text could not be made: the tokenizer's decoder grows these tokens' text more than 64x" \
   --prompt "Once upon a time" --max-tokens 60 --ignore-eos
+if command -v curl >/dev/null; then # the same over HTTP: 500, the message in OpenAI's error body
+  read -r _ _ http <"$tmp/ready"
+  code=$(curl -s -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' "http://$http/v1/completions" \
+    -d '{"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": true, "temperature": 0}')
+  [ "$code" = 500 ] && grep -q "decoder grows these tokens' text" "$tmp/body" && echo "ok: HTTP 500 naming the decoder" ||
+    fail "HTTP after the decoder's refusal: $code $(cat "$tmp/body")"
+fi
 out=$(gen --prompt "Once upon a" --max-tokens 1 --json)
 grep -q '"tokens": \[378\]' <<<"$out" && grep -q '"text": " time"' <<<"$out" && echo "ok: still serving text" ||
   fail "after the decoder's refusal: $out"
