@@ -509,8 +509,12 @@ static const op_case cases[] = {
     {"matmul", {520, 512, 96, 1, 0, 1}, run_qmatmul},
     {"matmul", {17, 512, 100, 0, 0}, run_qmatmul},  {"matmul", {40, 4096, 96, 1, 3}, run_qmatmul},
     {"matmul", {33, 384, 64, 0, 1}, run_qmatmul},   {"matmul", {20, 1024, 70, 0, 4}, run_qmatmul},
-    /* int8 of the dequantized slabs (above 16 rows), columns a multiple of 8 and not (a row 204 bytes) */
+    /* the dequantized slabs: int8 above 16 rows, columns a multiple of 8 and not (a row of 204 codes:
+     * rows began at a multiple of 8 bytes until ea4d143); FP8 and int4 rows of 204 columns too (no
+     * streaming kernel takes them at any row count) */
     {"matmul", {24, 1024, 40, 1, 2}, run_qmatmul},  {"matmul", {20, 204, 30, 0, 2}, run_qmatmul},
+    {"matmul", {20, 204, 30, 0, 0}, run_qmatmul},   {"matmul", {20, 204, 30, 1, 4}, run_qmatmul},
+    {"matmul", {3, 204, 30, 1, 4}, run_qmatmul},
     /* the tensor-core kernel's edges (BF16, int4 in 128-column groups, FP8 from 2 tokens): rows not a
      * multiple of 16, 9 to 16 tokens (two products a step) */
     {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
