@@ -94,6 +94,11 @@ if command -v curl >/dev/null; then # the same over HTTP: 500, the message in Op
     -d '{"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": true, "temperature": 0}')
   [ "$code" = 500 ] && grep -q "decoder grows these tokens' text" "$tmp/body" && echo "ok: HTTP 500 naming the decoder" ||
     fail "HTTP after the decoder's refusal: $code $(cat "$tmp/body")"
+  # both counted as errors, not as requests that stopped (the metrics follow the step)
+  finished() { curl -s "http://$http/metrics" | awk -v m="dinfer_requests_finished_total{reason=\"$1\"}" '$1 == m {print $2}'; }
+  for _ in $(seq 1 50); do [ "$(finished error)" = 2 ] && break; sleep 0.1; done
+  [ "$(finished error)" = 2 ] && [ "$(finished stop)" = 0 ] && echo "ok: counted as 2 errors" ||
+    fail "metrics after the refusals: error $(finished error), stop $(finished stop)"
 fi
 out=$(gen --prompt "Once upon a" --max-tokens 1 --json)
 grep -q '"tokens": \[378\]' <<<"$out" && grep -q '"text": " time"' <<<"$out" && echo "ok: still serving text" ||
