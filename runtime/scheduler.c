@@ -102,7 +102,7 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->depth = opt->pipeline_depth < 1 ? 1 : opt->pipeline_depth > most ? most : opt->pipeline_depth;
     /* a host backend's step costs about its tokens: prompts spread over cycles keep the stages'
      * steps even. A GPU step has large fixed costs (a step of a few hundred tokens takes about a
-     * decode step's time), so there the spread multiplied the steps: pp=2 on one H200 ran 2.9x
+     * decode step's time), so there the spread multiplied the steps: pp=2 on one H200 ran 2.2-2.5x
      * slower end to end with it. Prompts go in whole steps on a GPU, as before the spread; stages
      * on GPUs of their own are not yet measured (a floor under the spread may pay there) */
     const rt_backend *be = rt_engine_model(e)->be;
