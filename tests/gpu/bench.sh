@@ -10,6 +10,10 @@
 #                      build's figures, the peer's and their ratio
 #   BENCH_SERVER=1     also the 8B model behind dinfer-server (mpirun -np 1, default binding) and
 #                      dinfer bench at concurrency 64 and 256, prompt 128, 128 new tokens
+#   BENCH_PP=1         also pp=2 on the one GPU (two ranks sharing it, mpirun -np 2): the 1B shape,
+#                      batch 64, prompt 128, 64 new, --pipeline-depth 1 and 2, each build in turn,
+#                      and each run's whole time (the pipelined scheduler on a GPU: PERFORMANCE.md,
+#                      "On one GPU"; a rule tuned on CPU ranks once made it 2.2-2.5x slower)
 # With several build folders (a baseline and a change), each row runs on every build in turn, in
 # one sitting, so their figures compare.
 set -euo pipefail
@@ -75,4 +79,19 @@ if [ "${BENCH_SERVER:-0}" = 1 ]; then
   done
   kill -TERM "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
+fi
+if [ "${BENCH_PP:-0}" = 1 ]; then
+  [ -f "$root/llama3-1b/config.json" ] ||
+    "${builds[0]}/launch/dinfer-mkmodel" --out "$root/llama3-1b" --preset llama3-1b --seed 1
+  for b in "${builds[@]}"; do
+    for d in 1 2; do
+      echo "== $b: mpirun -np 2 dinfer-run --model llama3-1b --pp 2 --pipeline-depth $d --bench --device cuda --batch 64 --prompt-len 128 --gen-len 64"
+      mpirun --allow-run-as-root -np 2 "$b/launch/dinfer-run" --model "$root/llama3-1b" --pp 2 --pipeline-depth "$d" \
+        --bench --device cuda --dtype bf16 --batch 64 --prompt-len 128 --gen-len 64 >"$tmp/pp" 2>&1 ||
+        { tail -5 "$tmp/pp"; exit 1; }
+      grep -E '^(prefill|decode):' "$tmp/pp"
+      awk '/^(prefill|decode):/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ms") t += $i }
+        END { printf "whole run: %.1f ms\n", t }' "$tmp/pp"
+    done
+  done
 fi
