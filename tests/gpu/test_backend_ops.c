@@ -515,6 +515,8 @@ static const op_case cases[] = {
     {"matmul", {24, 1024, 40, 1, 2}, run_qmatmul},  {"matmul", {20, 204, 30, 0, 2}, run_qmatmul},
     {"matmul", {20, 204, 30, 0, 0}, run_qmatmul},   {"matmul", {20, 204, 30, 1, 4}, run_qmatmul},
     {"matmul", {3, 204, 30, 1, 4}, run_qmatmul},
+    /* several slabs (the 32 MiB scratch holds 1,170 BF16 rows of 14,336 columns, 585 in F32) */
+    {"matmul", {20, 14336, 1200, 1, 2}, run_qmatmul}, {"matmul", {70, 14336, 1200, 0, 3}, run_qmatmul},
     /* the tensor-core kernel's edges (BF16, int4 in 128-column groups, FP8 from 2 tokens): rows not a
      * multiple of 16, 9 to 16 tokens (two products a step) */
     {"matmul", {3, 256, 37, 1, 3}, run_qmatmul},    {"matmul", {12, 512, 40, 1, 0}, run_qmatmul},
