@@ -159,6 +159,19 @@ __global__ void dequant8_kernel(T *out, const uint8_t *codes, const float *scale
         dst[i] = o.u[i];
 }
 
+/* Rows r0 .. r0 + rows - 1 of w's values into out: 8 columns a thread where a word holds them in
+ * order or in pairs (by8), else a column a thread (int4 of RT_ROWS packs column j at nibble j). */
+template <typename T, bool FP8, int BITS>
+static void dequant(cuda_ctx *c, T *out, const rt_tensor *w, bool by8, int r0, int rows, int group)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    const rt_tensor_quant *q = &w->q;
+    const dim3 grid = by8 ? dim3((unsigned)rows, (unsigned)((K / 8 + 255) / 256)) : dim3((unsigned)rows);
+    cuda_launch(c, by8 ? dequant8_kernel<T, FP8, BITS> : dequant_kernel<T, FP8, BITS>, grid, 256, 0, out,
+                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, (int64_t)r0, N, K,
+                group, (int)q->n_groups, w->layout == RT_INT4_PAIRS);
+}
+
 template <typename T>
 static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int n)
 {
@@ -173,35 +186,17 @@ static void slabs(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, int
     const float one = 1.0f, zero = 0.0f;
     const cudaDataType_t t = cuda_blas_type(c->dt);
     T *wd = (T *)c->scratch;
+    const int group = (int)(q->n_groups == 1 ? K : q->group);
+    const bool by8 = K % 8 == 0 && group % 8 == 0 && (uintptr_t)w->data % 8 == 0 &&
+                     (q->kind == RT_QK_FP8 || q->bits == 8 || w->layout == RT_INT4_PAIRS);
     for (int r0 = 0; r0 < N; r0 += slab) {
         const int rows = N - r0 < slab ? N - r0 : slab;
-        const uint8_t *codes = (const uint8_t *)w->data;
-        const uint16_t *zeros = (const uint16_t *)q->zeros;
-        const int group = (int)(q->n_groups == 1 ? K : q->group), ng = (int)q->n_groups;
-        const bool pairs = w->layout == RT_INT4_PAIRS;
-        /* 8 columns a thread where a word holds them in order or in pairs (int4 of RT_ROWS packs
-         * column j at nibble j: dequant_kernel) */
-        const bool by8 = K % 8 == 0 && group % 8 == 0 && (uintptr_t)codes % 8 == 0 &&
-                         (q->kind == RT_QK_FP8 || q->bits == 8 || pairs);
-        const dim3 grid8((unsigned)rows, (unsigned)((K / 8 + 255) / 256));
-        if (by8 && q->kind == RT_QK_FP8)
-            cuda_launch(c, dequant8_kernel<T, true, 8>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, N, K, group, ng, pairs);
-        else if (by8 && q->bits == 8)
-            cuda_launch(c, dequant8_kernel<T, false, 8>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, N, K, group, ng, pairs);
-        else if (by8)
-            cuda_launch(c, dequant8_kernel<T, false, 4>, grid8, 256, 0, wd, codes, (const float *)q->scales, zeros,
-                        (int64_t)r0, N, K, group, ng, pairs);
-        else if (q->kind == RT_QK_FP8)
-            cuda_launch(c, dequant_kernel<T, true, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, N, K, group, ng, pairs);
+        if (q->kind == RT_QK_FP8)
+            dequant<T, true, 8>(c, wd, w, by8, r0, rows, group);
         else if (q->bits == 8)
-            cuda_launch(c, dequant_kernel<T, false, 8>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, N, K, group, ng, pairs);
+            dequant<T, false, 8>(c, wd, w, by8, r0, rows, group);
         else
-            cuda_launch(c, dequant_kernel<T, false, 4>, (unsigned)rows, 256, 0, wd, codes, (const float *)q->scales,
-                        zeros, (int64_t)r0, N, K, group, ng, pairs);
+            dequant<T, false, 4>(c, wd, w, by8, r0, rows, group);
         CUDA_LAUNCHED(c);
         CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, K, &one, wd, t, K, x, t, K, &zero,
                                      (T *)out + r0, t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
