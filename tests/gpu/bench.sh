@@ -9,7 +9,10 @@
 #                      and torch.compile for decode, eager prefill), then a table of the last
 #                      build's figures, the peer's and their ratio
 #   BENCH_SERVER=1     also the 8B model behind dinfer-server (mpirun -np 1, default binding) and
-#                      dinfer bench at concurrency 64 and 256, prompt 128, 128 new tokens
+#                      dinfer bench at concurrency 64 and 256, prompt 128, 128 new tokens, each
+#                      against the offline batch-64 run of the same build in the same call: its
+#                      decode figure and its whole run (the same work: 64 prompts of 128, then 128
+#                      new tokens each). BENCH_SERVER_ARGS: more dinfer-server flags
 #   BENCH_PP=1         also pp=2 on the one GPU (two ranks sharing it, mpirun -np 2): the 1B shape,
 #                      batch 64, prompt 128, 64 new, --pipeline-depth 1 and 2, each build in turn,
 #                      and each run's whole time (the pipelined scheduler on a GPU: PERFORMANCE.md,
@@ -66,16 +69,28 @@ fi
 if [ "${BENCH_SERVER:-0}" = 1 ]; then
   b=${builds[${#builds[@]} - 1]}
   [ -f "$root/llama3-8b/config.json" ] || "$b/launch/dinfer-mkmodel" --out "$root/llama3-8b" --preset llama3-8b --seed 1
+  echo "== $b: the offline figure the server compares with: dinfer-run --bench --batch 64 --prompt-len 128 --gen-len 128"
+  "$b/launch/dinfer-run" --model "$root/llama3-8b" --bench --device cuda --dtype bf16 --batch 64 --prompt-len 128 \
+    --gen-len 128 --max-batch-tokens 8192 | grep -E '^(prefill|decode):' | tee "$tmp/offline"
+  # generated tokens/s: decode-only, and over the whole run (prefill's step makes each first token)
+  off_decode=$(rate decode "$tmp/offline")
+  off_whole=$(awk '/^(prefill|decode):/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ms") t += $i }
+    END { if (t > 0) printf "%.1f", 64 * 128 / (t / 1e3) }' "$tmp/offline")
   log=$tmp/server.log
+  # shellcheck disable=SC2086 # BENCH_SERVER_ARGS is a list of flags
   mpirun --allow-run-as-root -np 1 "$b/launch/dinfer-server" --model "$root/llama3-8b" --device cuda --dtype bf16 \
-    --port 0 --max-batch-tokens 8192 --max-seqs 256 >"$log" 2>&1 &
+    --port 0 --max-batch-tokens 8192 --max-seqs 256 ${BENCH_SERVER_ARGS:-} >"$log" 2>&1 &
   spid=$!
   for _ in $(seq 1 300); do grep -q "ready on" "$log" && break; sleep 0.5; done
   addr=$(sed -n 's/.*ready on \([^ ]*\) (pid.*/\1/p' "$log")
   [ -n "$addr" ] || { echo "the server did not start:"; tail -20 "$log"; kill "$spid" 2>/dev/null; exit 1; }
   for c in 64 256; do
     echo "== dinfer bench --concurrency $c --requests $((4 * c)) --prompt-len 128 --gen-len 128 (server: $b, mpirun -np 1)"
-    "$b/launch/dinfer" bench --server "$addr" --concurrency "$c" --requests $((4 * c)) --prompt-len 128 --gen-len 128
+    "$b/launch/dinfer" bench --server "$addr" --concurrency "$c" --requests $((4 * c)) --prompt-len 128 --gen-len 128 |
+      tee "$tmp/client"
+    awk -v d="$off_decode" -v w="$off_whole" '/^throughput:/ && d > 0 && w > 0 {
+      printf "server %.1f tok/s: %.2fx the offline decode (%.1f), %.2fx the offline whole run (%.1f)\n", $2, $2 / d, d, $2 / w, w }' \
+      "$tmp/client"
   done
   kill -TERM "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
