@@ -410,6 +410,15 @@ int job_load(comm *c, const char *prog, const job_flags *o, int max_seqs, job_mo
                 : jm->cfg.kv_token_scales ? "FP8 with a scale a token and head (--kv-scales token: the checkpoint's "
                                             "static scales go unused)"
                                           : rt_kv_describe(&jm->cfg));
+    if (jm->model.act_order_cut && t->tp_rank == 0) /* said once a stage */
+        fprintf(stderr, "%s: rank %d: %d act-order (desc_act) products dequantized to floats: the --tp %d split "
+                        "gives each rank part of some of their groups' input columns (they stay codes where a "
+                        "rank holds whole groups, as with --tp 1)\n",
+                prog, t->rank, jm->model.act_order_cut, o->tp);
+    if (jm->model.act_order_mixed && t->tp_rank == 0)
+        fprintf(stderr, "%s: rank %d: %d fused act-order (desc_act) products dequantized to floats: the g_idx of "
+                        "their parts (q/k/v, gate/up: one input) put its columns in different orders\n",
+                prog, t->rank, jm->model.act_order_mixed);
     warn_if_bound(c, jm);
     if (o->verbose) {
         const rt_shard *s = &jm->model.shard;

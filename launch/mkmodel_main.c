@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "runtime/config.h"
 #include "runtime/quant.h"
+#include "runtime/sampler.h"
 #include "runtime/st_writer.h"
 
 typedef struct preset {
@@ -148,6 +149,9 @@ static int quant_format(const char *name, rt_quant *q)
     else if (strcmp(name, "gptq4") == 0) /* zero points as they are: a zero of 0 has no v1 form */
         *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
                         .group_size = 128, .zero_point = true, .scales_f16 = true};
+    else if (strcmp(name, "gptq4-act") == 0) /* GPTQModel's default: desc_act, the groups from g_idx */
+        *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                        .group_size = 128, .zero_point = true, .scales_f16 = true, .act_order = true};
     else if (strcmp(name, "gptq8") == 0)
         *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
                         .symmetric = true, .gptq_v1 = true, .scales_f16 = true};
@@ -167,6 +171,47 @@ static bool is_linear(const char *name)
             return true;
     }
     return false;
+}
+
+/* Act order (GPTQ's desc_act) as the tools make it: the columns quantized in an order of their own
+ * (GPTQ's: by the Hessian of the layer's inputs, so q/k/v share one order and gate/up another; here
+ * a shuffle seeded by the input), each run of group_size of them a group. w (rows, cols) is
+ * quantized in that order and its codes put back in the input order, each column's group in gidx. */
+static int quantize_act_order(rt_qmat *m, const rt_quant *q, const float *w, int64_t rows, int64_t cols,
+                              uint64_t seed, const char *what, base_err *err)
+{
+    int32_t *order = malloc((size_t)cols * sizeof *order);
+    float *shuffled = malloc((size_t)(rows * cols) * sizeof *shuffled);
+    uint8_t *codes = malloc((size_t)(rows * cols) + 1);
+    int32_t *gidx = malloc((size_t)cols * sizeof *gidx + 1);
+    int rc = !order || !shuffled || !codes || !gidx ? base_errf(err, "out of memory quantizing %s", what) : 0;
+    if (!rc) {
+        rt_rng r;
+        rt_rng_seed(&r, seed);
+        for (int64_t c = 0; c < cols; c++)
+            order[c] = (int32_t)c;
+        for (int64_t c = cols - 1; c > 0; c--) { /* Fisher-Yates */
+            const int64_t j = (int64_t)(rt_rng_next(&r) % (uint64_t)(c + 1));
+            const int32_t t = order[c];
+            order[c] = order[j], order[j] = t;
+        }
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t c = 0; c < cols; c++)
+                shuffled[i * cols + c] = w[i * cols + order[c]];
+        rc = rt_qmat_quantize(m, q, shuffled, rows, cols, 0, cols, what, err);
+    }
+    if (!rc) {
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t c = 0; c < cols; c++)
+                codes[i * cols + order[c]] = m->codes[i * cols + c];
+        for (int64_t c = 0; c < cols; c++)
+            gidx[order[c]] = (int32_t)(c / m->group);
+        free(m->codes);
+        m->codes = codes, m->gidx = gidx;
+        codes = NULL, gidx = NULL;
+    }
+    free(order), free(shuffled), free(codes), free(gidx);
+    return rc;
 }
 
 /* The written list: build_specs' tensors, each linear weight replaced by its quantized form (the
@@ -203,7 +248,13 @@ static int quantize_specs(const rt_st_spec *ts, int n, fill_ctx *fc, const rt_qu
         int nq = 0;
         char module[128];
         snprintf(module, sizeof module, "%.*s", (int)(strlen(ts[i].name) - strlen(".weight")), ts[i].name);
-        int rc = rt_qmat_quantize(&qm, q, w, rows, cols, 0, cols, ts[i].name, err);
+        /* the input: layer * 4 + (0 q/k/v, 1 o, 2 gate/up, 3 down) */
+        const char *name = ts[i].name;
+        const uint64_t input = strtoull(name + strlen("model.layers."), NULL, 10) * 4 +
+                               (strstr(name, ".o_proj") ? 1 : strstr(name, "_proj") && strstr(name, ".mlp.") ?
+                                (strstr(name, ".down_proj") ? 3 : 2) : 0);
+        int rc = q->act_order ? quantize_act_order(&qm, q, w, rows, cols, fc->seed * 1000003u + input, name, err)
+                              : rt_qmat_quantize(&qm, q, w, rows, cols, 0, cols, ts[i].name, err);
         free(w);
         if (rc)
             return -1;
@@ -310,7 +361,9 @@ static void usage(FILE *f)
             "                               published format: fp8 (compressed-tensors, a scale a row),\n"
             "                               fp8-block (transformers fp8, 128 x 128 blocks), awq (int4, groups\n"
             "                               of 128), gptq4 (int4, groups of 128, gptq_v2 zero points),\n"
-            "                               gptq8 (int8, a scale a row, symmetric)\n"
+            "                               gptq4-act (the same in act order: desc_act, columns grouped\n"
+            "                               by a seeded shuffle, g_idx), gptq8 (int8, a scale a row,\n"
+            "                               symmetric)\n"
             "  --kv-scales tensor|attn_head with --quantize fp8: static FP8 KV-cache scales as llm-compressor\n"
             "                               writes them (kv_cache_scheme; k_scale and v_scale a layer, one\n"
             "                               value or one a KV head), each a bound on what the layer can write\n");
@@ -390,7 +443,7 @@ static int run(int argc, char **argv, base_err *err)
         case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
         case O_QUANT:
             if (quant_format(a, &quant))
-                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq8)", a);
+                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq4-act, gptq8)", a);
             break;
         case O_KV_SCALES:
             if (strcmp(a, "tensor") == 0) kv_scales = RT_KV_SCALES_TENSOR;

@@ -38,6 +38,9 @@ typedef struct rt_tensor_quant {
     int64_t n_groups;   /* a row's scales */
     float *scales;      /* (rows, n_groups) device memory ((n_groups, rows) in layout RT_INT4_PAIRS) */
     uint16_t *zeros;    /* the same shape, or NULL: the zero is 2^(bits-1) */
+    int32_t *perm;      /* (cols) device memory, or NULL: code column c multiplies input column perm[c]
+                         * (GPTQ's act order, its groups put back in runs): the caller gathers x's
+                         * columns through it first (gather_cols) */
 } rt_tensor_quant;
 
 /* A weight matrix (rows, cols) or vector (rows, 1) in device memory; a matrix only matmul reads
@@ -175,6 +178,9 @@ typedef struct rt_backend_ops {
     void (*silu_mul)(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
     /* out(n, dim) = x rows listed in rows. */
     void (*gather_rows)(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
+    /* out(n, dim)[i][c] = x(n, dim)[i][cols[c]], cols in device memory (a permuted product's inputs:
+     * rt_tensor_quant.perm). */
+    void (*gather_cols)(rt_backend *be, void *out, const void *x, const int32_t *cols, int n, int dim);
     /* out(n, cols) fp32 from activations (the logits leave in fp32). */
     void (*to_f32)(rt_backend *be, float *out, const void *x, size_t n);
     /* Optional (NULL: the logits go to the host and rt_sample runs there). Samples each of the n

@@ -28,6 +28,8 @@ struct rt_forward {
     void *att;    /* (max_tokens, n_heads * head_dim) */
     void *gate_up; /* (max_tokens, 2 * ffn_local) the fused gate/up product */
     void *act;    /* (max_tokens, ffn_local) silu(gate) * up */
+    void *xperm;  /* (max_tokens, the widest product input) an act-order product's inputs in its order,
+                   * or NULL: the checkpoint has none */
     void *rows;   /* (2, max_logits, dim): residual and delta of the rows that need logits */
     void *logits; /* (max_logits, vocab_local) */
     float *logits32; /* (max_logits, vocab_local) fp32 copy when activations are not fp32 */
@@ -54,7 +56,7 @@ struct rt_forward {
 
 /* Bytes of each device buffer of the workspace. */
 typedef struct ws_sizes {
-    size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples, ss;
+    size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples, ss, perm;
 } ws_sizes;
 
 #define FUSE_MAX_ROWS 16 /* rows a step the layers may run as fused products */
@@ -76,6 +78,8 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
                T + 2 * (T / RT_ATTN_RUN_MIN)) * sizeof(int32_t); /* the last: attention tiles and the rest */
     z->samples = L * sizeof(rt_sample_out);
     z->ss = (size_t)(2 * c->n_layers + 1) * FUSE_MAX_ROWS * RT_FUSION_SS_STRIDE * sizeof(float);
+    const size_t widest = z->x > z->q ? z->x : z->q; /* the largest product input: dim, heads or FFN */
+    z->perm = c->quant.act_order ? (widest > z->ffn ? widest : z->ffn) : 0;
 }
 
 size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt)
@@ -83,7 +87,7 @@ size_t rt_forward_workspace_bytes(const rt_config *c, const rt_shard *s, const r
     ws_sizes z;
     ws_layout(c, s, lim, dt, &z);
     return 2 * z.x + 2 * z.q + z.qkv + 3 * z.ffn + z.rows + z.logits + z.logits32 + z.inv_freq + z.ints +
-           z.samples + z.ss;
+           z.samples + z.ss + z.perm;
 }
 
 static void *alloc_or_fail(rt_backend *be, size_t bytes, int *failed)
@@ -130,6 +134,8 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->att = alloc_or_fail(be, z.q, &failed);
     fw->gate_up = alloc_or_fail(be, 2 * z.ffn, &failed);
     fw->act = alloc_or_fail(be, z.ffn, &failed);
+    if (z.perm)
+        fw->xperm = alloc_or_fail(be, z.perm, &failed);
     fw->rows = alloc_or_fail(be, z.rows, &failed);
     fw->logits = alloc_or_fail(be, z.logits, &failed);
     if (z.logits32)
@@ -199,7 +205,7 @@ void rt_forward_destroy(rt_forward *fw)
     rt_backend *be = fw->m->be;
     for (int i = 0; i < fw->n_graphs; i++)
         be->ops->graph_free(be, fw->graph[i].exec);
-    void *bufs[] = {fw->x, fw->xb, fw->q, fw->qkv, fw->att, fw->gate_up, fw->act,
+    void *bufs[] = {fw->x, fw->xb, fw->q, fw->qkv, fw->att, fw->gate_up, fw->act, fw->xperm,
                     fw->rows, fw->logits, fw->logits32, fw->inv_freq, fw->d_ints, fw->d_out, fw->ss};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
@@ -426,6 +432,16 @@ static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampl
     return 0;
 }
 
+/* x itself, or for an act-order product (w->q.perm) x's columns gathered in the order of its codes. */
+static const void *inputs(rt_forward *fw, const rt_tensor *w, const void *x, int T)
+{
+    if (!w->q.perm)
+        return x;
+    rt_backend *be = fw->m->be;
+    be->ops->gather_cols(be, fw->xperm, x, w->q.perm, T, (int)w->cols);
+    return fw->xperm;
+}
+
 /* The layers op by op. The last layer's output product is left in xb, to be added to x. */
 static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
 {
@@ -440,15 +456,15 @@ static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
         if (l == 0)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
-        op->matmul(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, T);
+        op->matmul(be, fw->qkv, inputs(fw, &w->wqkv, fw->xb, T), &w->wqkv, &w->bqkv, T);
         op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
-        op->matmul(be, fw->xb, fw->att, &w->wo, &w->bo, T);
+        op->matmul(be, fw->xb, inputs(fw, &w->wo, fw->att, T), &w->wo, &w->bo, T);
         if (tp_allreduce_add_rmsnorm(fw, &w->ffn_norm, T, eps, err))
             return -1;
-        op->matmul(be, fw->gate_up, fw->xb, &w->w_gate_up, NULL, T);
+        op->matmul(be, fw->gate_up, inputs(fw, &w->w_gate_up, fw->xb, T), &w->w_gate_up, NULL, T);
         op->silu_mul(be, fw->act, fw->gate_up, T, ffn);
-        op->matmul(be, fw->xb, fw->act, &w->w_down, NULL, T);
+        op->matmul(be, fw->xb, inputs(fw, &w->w_down, fw->act, T), &w->w_down, NULL, T);
         if (l + 1 < m->n_layers ? tp_allreduce_add_rmsnorm(fw, &m->layers[l + 1].attn_norm, T, eps, err)
                                 : tp_allreduce(fw, fw->xb, xn, err))
             return -1;
@@ -493,12 +509,12 @@ static void layers_fused(rt_forward *fw, const staged *st)
                         gate_up = {.norm_ss = s_ffn, .eps = eps, .silu = true},
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
                                 .xg = fw->xb, .ss = s_next};
-        op->matmul_fused(be, fw->qkv, fw->xb, &w->wqkv, &w->bqkv, &qkv, T);
+        op->matmul_fused(be, fw->qkv, inputs(fw, &w->wqkv, fw->xb, T), &w->wqkv, &w->bqkv, &qkv, T);
         op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
-        op->matmul_fused(be, fw->x, fw->att, &w->wo, &w->bo, &o, T);
-        op->matmul_fused(be, fw->act, fw->xb, &w->w_gate_up, NULL, &gate_up, T);
-        op->matmul_fused(be, fw->x, fw->act, &w->w_down, NULL, &down, T);
+        op->matmul_fused(be, fw->x, inputs(fw, &w->wo, fw->att, T), &w->wo, &w->bo, &o, T);
+        op->matmul_fused(be, fw->act, inputs(fw, &w->w_gate_up, fw->xb, T), &w->w_gate_up, NULL, &gate_up, T);
+        op->matmul_fused(be, fw->x, inputs(fw, &w->w_down, fw->act, T), &w->w_down, NULL, &down, T);
     }
 }
 

@@ -33,10 +33,12 @@ static size_t quant_bytes(const rt_quant *q, size_t rows, size_t cols, rt_dtype 
 }
 
 /* The bytes of a linear layer's weight (rows, cols): floats, or codes with their scales and zero
- * points when the model is quantized (modules a checkpoint leaves float are counted as codes). */
+ * points when the model is quantized (modules a checkpoint leaves float are counted as codes), and
+ * an act-order product's input order (a split that cuts its groups holds it as floats instead:
+ * more than counted here, which the load says). */
 static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtype dt)
 {
-    return quant_bytes(&c->quant, rows, cols, dt);
+    return quant_bytes(&c->quant, rows, cols, dt) + (c->quant.act_order ? cols * sizeof(int32_t) : 0);
 }
 
 bool rt_shard_head_is_embedding(const rt_config *c, const rt_shard *s)
@@ -267,13 +269,49 @@ static bool stackable(const rt_qmat *m, int n)
 {
     for (int i = 0; i < n; i++)
         if (m[i].kind != m[0].kind || m[i].bits != m[0].bits || m[i].cols != m[0].cols || m[i].group != m[0].group ||
-            m[i].n_groups != m[0].n_groups || !m[i].zeros != !m[0].zeros || (m[i].bits == 4 && m[i].cols % 2))
+            m[i].n_groups != m[0].n_groups || !m[i].zeros != !m[0].zeros || (m[i].bits == 4 && m[i].cols % 2) ||
+            m[i].gidx)
             return false;
     return true;
 }
 
-/* Quantized slices stacked by rows into one device tensor, as the backend's matmul reads it. */
-static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const char *what)
+/* Act-order slices (gidx) with their groups put back in runs, into one column order for all of
+ * them (they share their input): *perm (malloc'd, cols) that order, NULL when every slice is in
+ * order. When they cannot share one (the caller loads them as floats): 1 for orders that differ
+ * (some in order and some not), 2 for a slice holding part of a group. */
+static int order_parts(loader *L, rt_qmat *m, int n, int32_t **perm)
+{
+    *perm = NULL;
+    int with = 0;
+    for (int i = 0; i < n; i++)
+        with += m[i].gidx != NULL;
+    if (!with)
+        return 0;
+    if (with < n)
+        return 1;
+    int32_t *p = malloc(2 * (size_t)m[0].cols * sizeof *p + 1);
+    if (!p)
+        return base_errf(L->err, "out of host memory ordering act-order groups");
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (m[i].cols != m[0].cols)
+            rc = 1;
+        else if ((rc = rt_qmat_order(&m[i], i ? p + m[0].cols : p, L->err)) > 0)
+            rc = 2;
+        if (!rc && i && memcmp(p, p + m[0].cols, (size_t)m[0].cols * sizeof *p) != 0)
+            rc = 1;
+    }
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    *perm = p;
+    return 0;
+}
+
+/* Quantized slices stacked by rows into one device tensor, as the backend's matmul reads it; perm
+ * (cols, or NULL) their shared input order (order_parts). */
+static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const int32_t *perm, const char *what)
 {
     rt_backend *be = L->m->be;
     const int64_t cols = m[0].cols, ng = m[0].n_groups, row_bytes = rt_qmat_row_bytes(&m[0]);
@@ -289,12 +327,15 @@ static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const
     *dst = (rt_tensor){.data = dc, .dtype = be->ops->act_dtype, .rows = rows, .cols = cols,
                        .q = {.kind = m[0].kind, .bits = m[0].bits, .group = m[0].group, .n_groups = ng,
                              .scales = ds, .zeros = dz}};
-    L->m->bytes_held += nc + ns * sizeof *scales + (dz ? ns * sizeof *zeros : 0);
+    const size_t np = perm ? (size_t)cols * sizeof *perm : 0;
+    dst->q.perm = perm ? be->ops->alloc(be, np) : NULL;
+    L->m->bytes_held += nc + ns * sizeof *scales + (dz ? ns * sizeof *zeros : 0) + np;
     int rc = 0;
     if (!codes || !scales || (m[0].zeros && !zeros))
         rc = base_errf(L->err, "%s: out of host memory", what);
-    else if (!dc || !ds || (m[0].zeros && !dz))
-        rc = base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, nc + ns * 6, be->ops->name);
+    else if (!dc || !ds || (m[0].zeros && !dz) || (perm && !dst->q.perm))
+        rc = base_errf(L->err, "%s: cannot allocate %zu bytes on the %s backend", what, nc + ns * 6 + np,
+                       be->ops->name);
     for (int i = 0, r0 = 0; !rc && i < n; r0 += (int)m[i].rows, i++) {
         rt_qmat_pack_codes(&m[i], codes + r0 * row_bytes);
         memcpy(scales + r0 * ng, m[i].scales, (size_t)(m[i].rows * ng) * sizeof *scales);
@@ -306,6 +347,8 @@ static int place_quant(loader *L, rt_tensor *dst, const rt_qmat *m, int n, const
         be->ops->upload(be, ds, scales, ns * sizeof *scales);
         if (dz)
             be->ops->upload(be, dz, zeros, ns * sizeof *zeros);
+        if (perm)
+            be->ops->upload(be, dst->q.perm, perm, np);
     }
     free(codes);
     free(scales);
@@ -361,13 +404,23 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
         while (got < n && (rc = read_qmat(L, module[got], p[got].rows, p[got].cols, p[got].r0, p[got].r1, p[got].c0,
                                           p[got].c1, &L->m->cfg.quant, &qm[got])) == 0)
             got++;
-        if (got == n && stackable(qm, n))
-            rc = place_quant(L, dst, qm, n, what);
+        int32_t *perm = NULL;
+        int ordered = got == n ? order_parts(L, qm, n, &perm) : 1;
+        if (ordered < 0)
+            rc = -1;
+        else if (got == n && ordered == 0 && stackable(qm, n))
+            rc = place_quant(L, dst, qm, n, perm, what);
+        else if (got == n && ordered == 2)
+            L->m->act_order_cut++;
+        else if (got == n && ordered == 1)
+            L->m->act_order_mixed++;
+        free(perm);
         for (int i = 0; i < got; i++)
             rt_qmat_free(&qm[i]);
         if (rc < 0 || (got == n && dst->q.kind))
             return rc < 0 ? -1 : prepare(L, dst);
-        /* a part left float, or parts quantized unlike each other: the whole matrix as floats */
+        /* a part left float, parts quantized unlike each other, or act-order parts without one
+         * shared order of whole groups: the whole matrix as floats (dequantized through gidx) */
     }
     if (n > 1) {
         int64_t rows = 0;
@@ -397,7 +450,7 @@ static int load_head_quantized(loader *L, rt_tensor *dst, const char *module, in
     rt_qmat qm;
     if (read_qmat(L, module, V, dim, v0, v1, 0, dim, &L->m->cfg.head_quant, &qm))
         return -1;
-    const int rc = place_quant(L, dst, &qm, 1, "the quantized LM head");
+    const int rc = place_quant(L, dst, &qm, 1, NULL, "the quantized LM head");
     rt_qmat_free(&qm);
     return rc ? -1 : prepare(L, dst);
 }
@@ -537,13 +590,14 @@ out:
 
 static void free_tensor(rt_backend *be, rt_tensor *t)
 {
-    void *bufs[] = {t->data, t->q.scales, t->q.zeros};
+    void *bufs[] = {t->data, t->q.scales, t->q.zeros, t->q.perm};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i])
             be->ops->free(be, bufs[i]);
     t->data = NULL;
     t->q.scales = NULL;
     t->q.zeros = NULL;
+    t->q.perm = NULL;
 }
 
 void rt_layer_tensors(rt_layer_weights *w, rt_tensor *out[RT_LAYER_TENSORS])

@@ -55,6 +55,8 @@ typedef struct rt_model {
     rt_layer_weights *layers; /* (n_layers) */
     size_t bytes_loaded;      /* checkpoint bytes this rank read */
     size_t bytes_held;        /* backend memory its weights take (quantized ones as codes and scales) */
+    int act_order_cut;        /* act-order products held as floats: a tensor-parallel split cut their groups */
+    int act_order_mixed;      /* and fused ones whose parts' orders differ (q/k/v or gate/up's g_idx) */
 } rt_model;
 
 /* Loads the shard's weights from the checkpoint in dir (config.json already parsed into cfg),

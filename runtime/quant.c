@@ -12,6 +12,7 @@ void rt_qmat_free(rt_qmat *m)
     free(m->codes);
     free(m->scales);
     free(m->zeros);
+    free(m->gidx);
     memset(m, 0, sizeof *m);
 }
 
@@ -43,11 +44,66 @@ void rt_qmat_dequantize(const rt_qmat *m, float *w)
         const uint8_t *code = m->codes + r * m->cols;
         float *out = w + r * m->cols;
         for (int64_t c = 0; c < m->cols; c++) {
-            const int64_t g = r * m->n_groups + c / m->group;
+            const int64_t g = r * m->n_groups + (m->gidx ? m->gidx[c] : c / m->group);
             const float v = m->kind == RT_QK_FP8 ? fp8[code[c]] : (float)((int)code[c] - (m->zeros ? m->zeros[g] : mid));
             out[c] = v * m->scales[g];
         }
     }
+}
+
+int rt_qmat_order(rt_qmat *m, int32_t *perm, base_err *err)
+{
+    const int64_t ng = m->n_groups, R = m->rows, C = m->cols;
+    int64_t *count = calloc((size_t)ng + 1, sizeof *count), *at = calloc((size_t)ng + 1, sizeof *at);
+    int64_t kept = 0;
+    int rc = !count || !at ? base_errf(err, "out of host memory ordering a quantized weight's groups") : 0;
+    for (int64_t c = 0; !rc && c < C; c++)
+        count[m->gidx[c]]++;
+    for (int64_t g = 0; !rc && g < ng; g++) {
+        if (count[g] && count[g] != m->group)
+            rc = 1; /* part of group g: its other columns are another rank's */
+        at[g] = kept * m->group; /* where group g's columns go: the groups held, in order */
+        kept += count[g] > 0;
+    }
+    uint8_t *codes = NULL;
+    float *scales = NULL;
+    uint16_t *zeros = NULL;
+    if (!rc) {
+        codes = malloc((size_t)(R * C) + 1);
+        scales = malloc((size_t)(R * kept) * sizeof *scales + 1);
+        zeros = m->zeros ? malloc((size_t)(R * kept) * sizeof *zeros + 1) : NULL;
+        if (!codes || !scales || (m->zeros && !zeros))
+            rc = base_errf(err, "out of host memory ordering a quantized weight's groups");
+    }
+    if (!rc) {
+        for (int64_t c = 0; c < C; c++) /* stable: a group's columns keep their order */
+            perm[at[m->gidx[c]]++] = (int32_t)c;
+        for (int64_t r = 0; r < R; r++) {
+            for (int64_t c = 0; c < C; c++)
+                codes[r * C + c] = m->codes[r * C + perm[c]];
+            for (int64_t g = 0, j = 0; g < ng; g++) {
+                if (!count[g])
+                    continue;
+                scales[r * kept + j] = m->scales[r * ng + g];
+                if (zeros)
+                    zeros[r * kept + j] = m->zeros[r * ng + g];
+                j++;
+            }
+        }
+        free(m->codes);
+        free(m->scales);
+        free(m->zeros);
+        free(m->gidx);
+        m->codes = codes, m->scales = scales, m->zeros = zeros, m->gidx = NULL;
+        m->n_groups = kept;
+    } else {
+        free(codes);
+        free(scales);
+        free(zeros);
+    }
+    free(count);
+    free(at);
+    return rc;
 }
 
 /* A slice's storage: codes, scales and (when zeros) zero points. */
@@ -284,43 +340,100 @@ static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
     return rc;
 }
 
+/* GPTQ's g_idx (cols): each input column's group. 0 with *order NULL when it is i / g throughout
+ * (or absent), else *order (malloc'd) holds it, every group checked to have g columns. */
+static int read_g_idx(qread *R, const rt_quant *q, int64_t cols, int64_t g, int32_t **order)
+{
+    const rt_st_file *f;
+    const rt_st_tensor *t;
+    char name[320];
+    snprintf(name, sizeof name, "%s.g_idx", R->module);
+    *order = NULL;
+    if (!rt_ckpt_has(R->ck, name)) {
+        if (q->act_order)
+            return base_errf(R->err, "%s: quantization_config.desc_act is true but the checkpoint has no tensor '%s' "
+                                     "(each input column's group)", R->module, name);
+        return 0;
+    }
+    if (qfind(R, "g_idx", "I32", cols, -1, &f, &t))
+        return -1;
+    const int64_t ng = cols / g;
+    int32_t *gi = malloc((size_t)cols * sizeof *gi + 1);
+    int64_t *count = calloc((size_t)ng + 1, sizeof *count);
+    if (!gi || !count) {
+        free(gi);
+        free(count);
+        return base_errf(R->err, "out of host memory reading tensor '%s'", name);
+    }
+    memcpy(gi, f->data + t->begin, (size_t)cols * sizeof *gi);
+    bool in_order = true;
+    int rc = 0;
+    for (int64_t i = 0; i < cols && !rc; i++) {
+        if (gi[i] < 0 || gi[i] >= ng)
+            rc = base_errf(R->err, "%s: tensor '%s' puts input column %lld in group %d, outside [0, %lld)", f->path,
+                           name, (long long)i, (int)gi[i], (long long)ng);
+        else if (++count[gi[i]] > g)
+            rc = base_errf(R->err, "%s: tensor '%s' puts more than %lld columns (the group size) in group %d", f->path,
+                           name, (long long)g, (int)gi[i]);
+        in_order = in_order && gi[i] == (int32_t)(i / g);
+    }
+    free(count);
+    if (R->bytes)
+        *R->bytes += (size_t)cols * sizeof *gi;
+    if (rc || in_order) {
+        free(gi);
+        return rc;
+    }
+    *order = gi;
+    return 0;
+}
+
 static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
                      int64_t c0, int64_t c1)
 {
     const int bits = q->bits, per = 32 / bits;
     const uint32_t mask = (1u << bits) - 1;
     const int64_t g = q->scale == RT_QSCALE_CHANNEL ? cols : q->group_size, ng = cols / g;
-    const rt_st_file *fw, *fz, *fs, *fi;
-    const rt_st_tensor *tw, *tz, *ts, *ti;
+    const rt_st_file *fw, *fz, *fs;
+    const rt_st_tensor *tw, *tz, *ts;
+    int32_t *order = NULL;
     if (rows % per || cols % g || cols % per)
         return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit GPTQ (outputs and inputs multiples "
                                  "of %d, inputs of the group size %lld)", R->module, (long long)rows, (long long)cols,
                          bits, per, (long long)g);
     if (qfind(R, "qweight", "I32", cols / per, rows, &fw, &tw) ||
         qfind(R, "qzeros", "I32", ng, rows / per, &fz, &tz) || qfind(R, "scales", NULL, ng, rows, &fs, &ts) ||
-        check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? per : g, "a group") ||
-        check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
-        check_cut(R, "row", r0, per, "a packed word") || check_cut(R, "row", r1 == rows ? 0 : r1, per, "a packed word"))
+        read_g_idx(R, q, cols, g, &order))
         return -1;
-    char gname[320];
-    snprintf(gname, sizeof gname, "%s.g_idx", R->module);
-    if (rt_ckpt_has(R->ck, gname)) { /* in input order: column i in group i / g */
-        if (qfind(R, "g_idx", "I32", cols, -1, &fi, &ti))
-            return -1;
-        const int32_t *gi = (const int32_t *)(fi->data + ti->begin);
-        for (int64_t i = 0; i < cols; i++) {
-            int32_t v;
-            memcpy(&v, gi + i, sizeof v);
-            if (v != (int32_t)(i / g))
-                return base_errf(R->err, "%s: tensor '%s' puts input column %lld in group %d, not %lld: columns "
-                                         "quantized out of order (act-order) are not supported", fi->path, gname,
-                                 (long long)i, (int)v, (long long)(i / g));
-        }
+    /* in order, a slice must start at a group; out of order (act order) its columns' groups are
+     * anywhere: it takes every group's scales */
+    if ((!order && check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? per : g, "a group")) ||
+        check_cut(R, "column", c0, per, "a packed word") || check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
+        check_cut(R, "row", r0, per, "a packed word") || check_cut(R, "row", r1 == rows ? 0 : r1, per, "a packed word")) {
+        free(order);
+        return -1;
     }
     const int64_t mg = q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g;
-    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, mg, true, R->err))
+    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, mg, true, R->err)) {
+        free(order);
         return -1;
-    const int64_t g0 = c0 / g, g1 = (c1 + g - 1) / g, ncw = r1 / per - r0 / per;
+    }
+    if (order) { /* every group's scales, and each column's group */
+        float *sc = realloc(m->scales, (size_t)(m->rows * ng) * sizeof *sc + 1);
+        m->scales = sc ? sc : m->scales;
+        uint16_t *z = sc ? realloc(m->zeros, (size_t)(m->rows * ng) * sizeof *z + 1) : NULL;
+        m->zeros = z ? z : m->zeros;
+        m->gidx = z ? malloc((size_t)m->cols * sizeof *m->gidx + 1) : NULL;
+        if (!m->gidx) {
+            free(order);
+            rt_qmat_free(m);
+            return base_errf(R->err, "%s: out of host memory", R->module);
+        }
+        memcpy(m->gidx, order + c0, (size_t)m->cols * sizeof *m->gidx);
+        m->n_groups = ng;
+        free(order);
+    }
+    const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, ncw = r1 / per - r0 / per;
     uint32_t *qw = read_slice(R, fw, tw, false, c0 / per, (c1 + per - 1) / per, r0, r1);
     uint32_t *qz = read_slice(R, fz, tz, false, g0, g1, r0 / per, r1 / per);
     float *s = read_slice(R, fs, ts, true, g0, g1, r0, r1);

@@ -12,17 +12,19 @@
 #include "runtime/config.h"
 #include "runtime/safetensors.h"
 
-/* A slice (rows, cols) of a weight matrix (out, in): w[r][c] = value(codes[r][c]) * scales[r][c / group]
- * where value is the FP8 number of the code (RT_QK_FP8) or code - zero (RT_QK_INT). */
+/* A slice (rows, cols) of a weight matrix (out, in): w[r][c] = value(codes[r][c]) * scales[r][g(c)]
+ * where value is the FP8 number of the code (RT_QK_FP8) or code - zero (RT_QK_INT), and g(c) is
+ * c / group, or gidx[c] for columns quantized out of order (GPTQ's act order). */
 typedef struct rt_qmat {
     rt_quant_kind kind;
     int bits;
     int64_t rows, cols;
     int64_t group;    /* columns a scale covers; a row's last group may be shorter */
-    int64_t n_groups; /* ceil(cols / group) */
+    int64_t n_groups; /* ceil(cols / group), or with gidx the whole matrix's groups */
     uint8_t *codes;   /* (rows, cols), a code a byte */
     float *scales;    /* (rows, n_groups) */
     uint16_t *zeros;  /* (rows, n_groups) for RT_QK_INT with zero points; NULL: the zero is 2^(bits-1) */
+    int32_t *gidx;    /* (cols) each column's group, or NULL: in order */
 } rt_qmat;
 
 void rt_qmat_free(rt_qmat *m);
@@ -32,6 +34,11 @@ int64_t rt_qmat_row_bytes(const rt_qmat *m);
 void rt_qmat_pack_codes(const rt_qmat *m, uint8_t *out);
 /* w (rows, cols) = the slice's values, in fp32 (one rounding: the code's value times its scale). */
 void rt_qmat_dequantize(const rt_qmat *m, float *w);
+/* A slice with gidx rearranged so that its groups are runs of `group` columns again, in the order
+ * of their numbers (the groups the slice holds none of dropped): perm[c] (cols) receives the old
+ * column that column c now holds, the one whose input a product must take there. 1 (m unchanged)
+ * when the slice holds part of a group (a tensor-parallel split across act-order groups). */
+int rt_qmat_order(rt_qmat *m, int32_t *perm, base_err *err);
 
 /* Whether `module` ("model.layers.3.mlp.down_proj") holds its weight quantized as q says (a
  * checkpoint may leave some float: compressed-tensors' ignore list, AWQ without lm_head). */

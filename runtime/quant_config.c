@@ -178,9 +178,8 @@ static int parse_gptq(rt_quant *q, const cJSON *obj, const char *name, base_err 
     if (qint(obj, "group_size", -1, &group) || (group != -1 && (group < 8 || group % 8)))
         return base_errf(err, "%s: field 'quantization_config.group_size' is %d: GPTQ needs -1 (per channel) or a "
                               "positive multiple of 8", name, group);
-    if (qbool(obj, "desc_act", false, &desc_act) || desc_act)
-        return base_errf(err, "%s: field 'quantization_config.desc_act' is true: activation order (columns "
-                              "quantized out of order) is not supported; quantize with desc_act false", name);
+    if (qbool(obj, "desc_act", false, &desc_act))
+        return base_errf(err, "%s: field 'quantization_config.desc_act' must be true or false", name);
     if (qbool(obj, "sym", true, &sym))
         return base_errf(err, "%s: field 'quantization_config.sym' must be true or false", name);
     if (fmt && strcmp(fmt, "gptq") != 0 && strcmp(fmt, "gptq_v2") != 0)
@@ -189,7 +188,8 @@ static int parse_gptq(rt_quant *q, const cJSON *obj, const char *name, base_err 
     *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .bits = bits,
                     .scale = group == -1 ? RT_QSCALE_CHANNEL : RT_QSCALE_GROUP, .group_size = group > 0 ? group : 0,
                     .zero_point = true, /* stored even when symmetric: read as written */
-                    .gptq_v1 = !fmt || strcmp(fmt, "gptq") == 0, .symmetric = sym, .scales_f16 = true};
+                    .gptq_v1 = !fmt || strcmp(fmt, "gptq") == 0, .symmetric = sym, .scales_f16 = true,
+                    .act_order = desc_act && group > 0 /* one group a row has no order */};
     return 0;
 }
 
@@ -305,7 +305,7 @@ cJSON *rt_quant_to_json(const rt_quant *q)
         cJSON_AddStringToObject(o, "quant_method", "gptq");
         cJSON_AddNumberToObject(o, "bits", q->bits);
         cJSON_AddNumberToObject(o, "group_size", q->scale == RT_QSCALE_GROUP ? q->group_size : -1);
-        cJSON_AddBoolToObject(o, "desc_act", 0);
+        cJSON_AddBoolToObject(o, "desc_act", q->act_order);
         cJSON_AddBoolToObject(o, "sym", q->symmetric);
         cJSON_AddStringToObject(o, "checkpoint_format", q->gptq_v1 ? "gptq" : "gptq_v2");
         break;

@@ -87,7 +87,7 @@ static int pack_gptq(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *
     if (!qw || !qz || !s || !gi)
         return -1;
     for (int64_t c = 0; c < cols; c++) {
-        gi[c] = (int32_t)(c / m->group);
+        gi[c] = m->gidx ? m->gidx[c] : (int32_t)(c / m->group);
         for (int64_t r = 0; r < rows; r++)
             qw[(c / per) * rows + r] =
                 (int32_t)((uint32_t)qw[(c / per) * rows + r] | (uint32_t)m->codes[r * cols + c] << (bits * (c % per)));

@@ -156,6 +156,17 @@ void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *ro
                (size_t)dim * sizeof(float));
 }
 
+void cpu_gather_cols(rt_backend *be, void *out, const void *x, const int32_t *cols, int n, int dim)
+{
+    (void)be;
+    CPU_FOR(i, n, {
+        const float *src = (const float *)x + i * dim;
+        float *dst = (float *)out + i * dim;
+        for (int c = 0; c < dim; c++)
+            dst[c] = src[cols[c]];
+    });
+}
+
 /* ---- the fused chain (backend.h's fuses / matmul_fused / norm_begin) ----
  *
  * The CPU backend runs it only when DINFER_CPU_FUSE=1 (rt_cpu_backend_create): the product as

@@ -61,5 +61,6 @@ void cpu_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor 
                       const rt_fusion *f, int n);
 void cpu_norm_begin(rt_backend *be, void *xg, float *ss, size_t ss_len, const void *x, const rt_tensor *w, int n);
 void cpu_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
+void cpu_gather_cols(rt_backend *be, void *out, const void *x, const int32_t *cols, int n, int dim);
 
 #endif

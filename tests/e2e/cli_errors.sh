@@ -113,8 +113,8 @@ expect "--dtype bf16 needs --device cuda" -- --model "$tmp/m" --tokens 1 --devic
 expect "--gpu-memory-fraction" -- --model "$tmp/m" --tokens 1 --gpu-memory-fraction 1.5
 expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 0
 expect "--pipeline-depth" -- --model "$tmp/m" --tokens 1 --pipeline-depth 17
-fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": true},/' "$tmp/m/config.json"
-expect "config.json" "quantization_config.desc_act' is true" "activation order" -- --model "$tmp/m" --tokens 1
+fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": 1},/' "$tmp/m/config.json"
+expect "config.json" "quantization_config.desc_act' must be true or false" -- --model "$tmp/m" --tokens 1
 fresh; sed -i 's/^{/{"quantization_config": {"quant_method": "bitsandbytes", "bits": 4},/' "$tmp/m/config.json"
 expect "config.json" "quantization_config.quant_method" "\"bitsandbytes\" (bits 4)" -- --model "$tmp/m" --tokens 1
 expect "--quantize" "not fp8, int8 or int4" -- --model "$tmp/m" --tokens 1 --quantize q4_k

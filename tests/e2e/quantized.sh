@@ -47,12 +47,67 @@ for q in fp8-block awq gptq8; do
   echo "ok: $q under --tp 2 = one rank"
 done
 
+# act order (GPTQ's desc_act, GPTQModel's default; dinfer-mkmodel --quantize gptq4-act: each layer
+# input's columns grouped by a shuffle, g_idx): one rank holds every product as codes, its groups put
+# back in runs and its inputs gathered in that order (no more bytes than gptq4 but the orders'); --tp 2
+# cuts o_proj's and down_proj's groups, holds those two as floats, says so, and computes the same
+# tokens; its first token of each prompt is the float model's, as gptq4's is. (Against transformers:
+# the golden.quant_gptq4_act fixture.)
+"$DINFER_MKMODEL" --out "$tmp/gptq4-act" "${shape[@]}" --quantize gptq4-act >/dev/null
+grep -q '"desc_act":.*true' "$tmp/gptq4-act/config.json"
+hb() { "$DINFER_RUN" --verbose --tokens 1 --max-tokens 1 --threads 1 --model "$1" 2>&1 >/dev/null |
+         sed -n 's/.*holding \([0-9]*\) bytes of weights.*/\1/p'; }
+a=$(hb "$tmp/gptq4") b=$(hb "$tmp/gptq4-act") # the orders: 2 layers x (256 + 256 + 256 + 512) int32s
+[ -n "$a" ] && [ "$((b - a))" -eq $((2 * (256 + 256 + 256 + 512) * 4)) ] ||
+  { echo "FAIL: gptq4 holds $a bytes, gptq4-act $b"; exit 1; }
+a=$(gen --model "$tmp/gptq4-act" | sed 's/"logprobs.*//')
+b=$(mpirun --oversubscribe --bind-to none -np 2 "$DINFER_RUN" --model "$tmp/gptq4-act" --tp 2 "${prompts[@]}" \
+      --max-tokens 12 --temperature 0 --ignore-eos --json 2>"$tmp/err" | sed 's/"logprobs.*//')
+[ "$a" = "$b" ] || { echo "FAIL: gptq4-act under --tp 2: $b, one rank: $a"; exit 1; }
+grep -q "rank 0: 4 act-order (desc_act) products dequantized to floats: the --tp 2 split" "$tmp/err" ||
+  { echo "FAIL: --tp 2 does not say which products are floats: $(cat "$tmp/err")"; exit 1; }
+want=$(tokens 1 --model "$tmp/f32") got=$(tokens 1 --model "$tmp/gptq4-act")
+[ "$got" = "$want" ] || { echo "FAIL: gptq4-act's first tokens $got, the float model's $want"; exit 1; }
+# a g_idx that is not one: a column in no group, a group of too many columns, none at all
+bad_gidx() { # $1: the edit of layer 0's q_proj g_idx (a Python statement on the list g)
+  rm -rf "$tmp/act_bad"
+  cp -r "$tmp/gptq4-act" "$tmp/act_bad"
+  python3 - "$tmp/act_bad/model.safetensors" "$1" <<'PY'
+import json, struct, sys
+p, edit = sys.argv[1], sys.argv[2]
+raw = open(p, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+name = "model.layers.0.self_attn.q_proj.g_idx"
+b, e = h[name]["data_offsets"]
+data = bytearray(raw[8 + n:])
+g = list(struct.unpack("<%di" % ((e - b) // 4), data[b:e]))
+if edit == "drop":
+    h["model.layers.0.self_attn.q_proj.g_idk"] = h.pop(name)
+else:
+    exec(edit)
+    data[b:e] = struct.pack("<%di" % len(g), *g)
+head = json.dumps(h).encode()
+head += b" " * (-len(head) % 8)
+open(p, "wb").write(struct.pack("<Q", len(head)) + head + bytes(data))
+PY
+  if "$DINFER_RUN" --model "$tmp/act_bad" --tokens 1 --max-tokens 1 2>"$tmp/err" >/dev/null; then
+    echo "FAIL: a g_idx edited by '$1' accepted"; exit 1
+  fi
+  grep -q "$2" "$tmp/err" || { echo "FAIL: '$1': $(cat "$tmp/err")"; exit 1; }
+}
+bad_gidx "g[5] = 2" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts input column 5 in group 2, outside \[0, 2)"
+bad_gidx "g[g.index(1)] = 0" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts more than 128 columns (the group size) in group 0"
+bad_gidx drop "desc_act is true but the checkpoint has no tensor 'model.layers.0.self_attn.q_proj.g_idx'"
+echo "ok: gptq4-act held as codes on one rank, --tp 2 = one rank (o/down as floats, said), the float model's" \
+  "first tokens; a bad or missing g_idx refused, naming the tensor"
+
 # --kv-dtype fp8: a byte an element and a scale a token and head (head_dim 64: 68 bytes for BF16's
 # 128), in the memory plan; the model still tells the float model's first tokens
 kvmib() { "$DINFER_PLAN" --model "$tmp/f32" --tp 1 --pp 1 --dtype bf16 "$@" | awk '$1 == "0" {print $NF}'; }
-a=$(kvmib) b=$(kvmib --kv-dtype fp8)
-awk -v a="$a" -v b="$b" 'BEGIN { exit !(b > 0 && a / b > 1.85 && a / b < 1.9) }' ||
-  { echo "FAIL: KV MiB per 1k tokens: BF16 $a, FP8 $b (want 128 / 68 = 1.88x)"; exit 1; }
+kv16=$(kvmib) kv8=$(kvmib --kv-dtype fp8)
+awk -v a="$kv16" -v b="$kv8" 'BEGIN { exit !(b > 0 && a / b > 1.85 && a / b < 1.9) }' ||
+  { echo "FAIL: KV MiB per 1k tokens: BF16 $kv16, FP8 $kv8 (want 128 / 68 = 1.88x)"; exit 1; }
 "$DINFER_PLAN" --model "$tmp/f32" --tp 1 --pp 1 --kv-dtype fp8 | grep -q "KV cache in FP8"
 want=$(tokens 1 --model "$tmp/f32") got=$(tokens 1 --model "$tmp/f32" --kv-dtype fp8)
 [ "$got" = "$want" ] || { echo "FAIL: --kv-dtype fp8's first tokens $got, the float cache's $want"; exit 1; }
@@ -117,7 +172,7 @@ echo "ok: a KV-cache scale of 0 or a missing one is refused, naming the tensor"
 m="$(dirname "$0")/../../launch/stories260K"
 story() { "$DINFER_RUN" --model "$m" --tokens 1 --max-tokens 40 --temperature 0 --json "$@" 2>/dev/null | sed 's/"logprobs.*//'; }
 [ "$(story --kv-dtype fp8)" = "$(story)" ] || { echo "FAIL: stories260K with an FP8 cache: $(story --kv-dtype fp8)"; exit 1; }
-echo "ok: --kv-dtype fp8 holds 1.88x the tokens of BF16 (plan: $a / $b MiB per 1k), the same first token of each prompt"
+echo "ok: --kv-dtype fp8 holds 1.88x the tokens of BF16 (plan: $kv16 / $kv8 MiB per 1k), the same first token of each prompt"
 
 # --quantize-lm-head: the LM head quantized as it loads (left float by --quantize); tied to the
 # embedding, a quantized copy of it. The bytes held move by the head's (384 x 256: 393,216 bytes of

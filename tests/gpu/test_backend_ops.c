@@ -353,6 +353,19 @@ static void run_gather_rows(const op_case *c, ctx *x, outputs *o) /* p: rows in 
     free(xs);
 }
 
+static void run_gather_cols(const op_case *c, ctx *x, outputs *o) /* p: rows, dim */
+{
+    const int n = c->p[0], dim = c->p[1];
+    float *xs = rand_vec(x, (size_t)n * dim);
+    int32_t *cols = malloc((size_t)dim * sizeof *cols);
+    for (int i = 0; i < dim; i++) /* a permutation (5 is prime to both dims) that moves every column */
+        cols[i] = (int32_t)(((int64_t)i * 5 + 3) % dim);
+    void *dx = up(x, xs, (size_t)n * dim), *dc = up_ints(x, cols, dim), *dout = dev_out(x, (size_t)n * dim);
+    x->be->ops->gather_cols(x->be, dout, dx, dc, n, dim);
+    take(x, o, "out", dout, (size_t)n * dim);
+    free(xs), free(cols);
+}
+
 static void run_to_f32(const op_case *c, ctx *x, outputs *o) /* p: n */
 {
     const size_t n = (size_t)c->p[0];
@@ -551,6 +564,7 @@ static const op_case cases[] = {
     {"silu_mul", {5, 37}, run_silu_mul},          {"silu_mul", {5, 14336}, run_silu_mul},
     {"add", {185}, run_add},                      {"add", {5 * 4096}, run_add},
     {"gather_rows", {5, 37}, run_gather_rows},    {"gather_rows", {9, 4096}, run_gather_rows},
+    {"gather_cols", {3, 128}, run_gather_cols},   {"gather_cols", {70, 14336}, run_gather_cols},
     {"to_f32", {4097}, run_to_f32},
     {"embedding", {10, 37, 10}, run_embedding},   {"embedding", {100, 4096, 0}, run_embedding},
     /* rope_kv_write and attention, checked together (attention reads what rope_kv_write wrote) */

@@ -145,8 +145,8 @@ static void test_errors_name_field_and_value(void **state)
     expect_error(QC("{\"quant_method\": \"awq\", \"bits\": 3, \"group_size\": 128}"), "'quantization_config.bits' is 3");
     expect_error(QC("{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 100}"),
                  "'quantization_config.group_size' is 100");
-    expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"desc_act\": true}"),
-                 "'quantization_config.desc_act' is true");
+    expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"desc_act\": \"yes\"}"),
+                 "'quantization_config.desc_act' must be true or false");
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 2, \"group_size\": 128}"), "'quantization_config.bits' is 2");
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"checkpoint_format\": \"marlin\"}"),
                  "'quantization_config.checkpoint_format' has unsupported value \"marlin\"");

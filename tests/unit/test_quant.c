@@ -214,6 +214,7 @@ static void test_fixture_configs(void **state)
         {"quant_awq", RT_QUANT_AWQ, RT_QSCALE_GROUP, 4, 64, 0},
         {"quant_gptq4", RT_QUANT_GPTQ, RT_QSCALE_GROUP, 4, 32, 0},
         {"quant_gptq8", RT_QUANT_GPTQ, RT_QSCALE_CHANNEL, 8, 0, 0},
+        {"quant_gptq4_act", RT_QUANT_GPTQ, RT_QSCALE_GROUP, 4, 32, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rt_config c;
@@ -229,6 +230,7 @@ static void test_fixture_configs(void **state)
         assert_int_equal(c.quant.block_rows, cases[i].block);
         assert_int_equal(c.quant.block_cols, cases[i].block);
         assert_int_equal(c.quant.gptq_v1, cases[i].method == RT_QUANT_GPTQ);
+        assert_int_equal(c.quant.act_order, strstr(cases[i].dir, "_act") != NULL);
     }
 }
 
@@ -238,7 +240,7 @@ static void test_read_slices(void **state)
 {
     (void)state;
     static const char *const dirs[] = {"quant_fp8_tensor", "quant_fp8_channel", "quant_fp8_block",
-                                       "quant_awq", "quant_gptq4", "quant_gptq8"};
+                                       "quant_awq", "quant_gptq4", "quant_gptq8", "quant_gptq4_act"};
     static const char *const modules[] = {"model.layers.1.self_attn.o_proj", "model.layers.2.mlp.down_proj",
                                           "model.layers.0.mlp.gate_proj"};
     for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
@@ -277,6 +279,53 @@ static void test_read_slices(void **state)
         assert_false(rt_quant_stored(&ck, &c.quant, "lm_head")); /* left float by every fixture */
         rt_ckpt_close(&ck);
     }
+}
+
+/* An act-order weight (quant_gptq4_act: g_idx scattered) put back in runs of whole groups: each
+ * column c now holds old column perm[c], with the same values, and groups of 32 in order; a slice
+ * holding part of some groups (the second half of down_proj's inputs, as --tp 2 cuts them) cannot
+ * be, and stays as it was. */
+static void test_act_order(void **state)
+{
+    (void)state;
+    char dir[512];
+    snprintf(dir, sizeof dir, FIXTURES "quant_gptq4_act");
+    rt_config c;
+    rt_ckpt ck;
+    base_err err;
+    assert_int_equal(rt_config_load(&c, dir, &err), 0);
+    assert_int_equal(rt_ckpt_open(&ck, dir, &err), 0);
+    const int64_t rows = c.dim, cols = c.ffn_dim;
+    const char *mod = "model.layers.1.mlp.down_proj";
+    rt_qmat m;
+    assert_int_equal(rt_qmat_read(&m, &ck, &c.quant, mod, rows, cols, 0, rows, 0, cols, NULL, &err), 0);
+    assert_non_null(m.gidx);
+    bool scattered = false;
+    for (int64_t i = 0; i < cols; i++)
+        scattered = scattered || m.gidx[i] != (int32_t)(i / m.group);
+    assert_true(scattered);
+    int32_t *gidx = malloc((size_t)cols * sizeof *gidx), *perm = malloc((size_t)cols * sizeof *perm);
+    float *before = malloc((size_t)(rows * cols) * sizeof *before), *after = malloc((size_t)(rows * cols) * sizeof *after);
+    memcpy(gidx, m.gidx, (size_t)cols * sizeof *gidx);
+    rt_qmat_dequantize(&m, before);
+    assert_int_equal(rt_qmat_order(&m, perm, &err), 0);
+    assert_null(m.gidx);
+    assert_int_equal(m.n_groups, cols / m.group);
+    rt_qmat_dequantize(&m, after);
+    for (int64_t c2 = 0; c2 < cols; c2++) {
+        assert_int_equal(gidx[perm[c2]], c2 / m.group); /* runs of whole groups, in order */
+        for (int64_t r = 0; r < rows; r++)
+            assert_true(after[r * cols + c2] == before[r * cols + perm[c2]]);
+    }
+    rt_qmat_free(&m);
+    /* the second half of the inputs: some groups in part */
+    assert_int_equal(rt_qmat_read(&m, &ck, &c.quant, mod, rows, cols, 0, rows, cols / 2, cols, NULL, &err), 0);
+    assert_non_null(m.gidx);
+    assert_int_equal(rt_qmat_order(&m, perm, &err), 1);
+    assert_non_null(m.gidx);
+    rt_qmat_free(&m);
+    free(gidx), free(perm), free(before), free(after);
+    rt_ckpt_close(&ck);
 }
 
 /* The CPU backend's matmul on codes (rt_tensor_quant) against the same product over the dequantized
@@ -334,7 +383,7 @@ static void test_cpu_matmul_codes(void **state)
 static void test_cpu_holds_codes(void **state)
 {
     (void)state;
-    static const char *const dirs[] = {"quant_fp8_channel", "quant_awq", "quant_gptq8"};
+    static const char *const dirs[] = {"quant_fp8_channel", "quant_awq", "quant_gptq8", "quant_gptq4_act"};
     rt_backend *be = rt_cpu_backend_create(1);
     for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
         char dir[512];
@@ -386,6 +435,7 @@ int main(void)
         cmocka_unit_test(test_quantize_blocks),
         cmocka_unit_test(test_fixture_configs),
         cmocka_unit_test(test_read_slices),
+        cmocka_unit_test(test_act_order),
         cmocka_unit_test(test_cpu_matmul_codes),
         cmocka_unit_test(test_cpu_holds_codes),
     };
