@@ -34,11 +34,12 @@ static size_t quant_bytes(const rt_quant *q, size_t rows, size_t cols, rt_dtype 
 
 /* The bytes of a linear layer's weight (rows, cols): floats, or codes with their scales and zero
  * points when the model is quantized (modules a checkpoint leaves float are counted as codes), and
- * an act-order product's input order (a split that cuts its groups holds it as floats instead:
- * more than counted here, which the load says). */
-static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, rt_dtype dt)
+ * with `order` an act-order product's input order (down_proj has none: the FFN is relabelled by it;
+ * a split that cuts a product's groups holds it as floats instead, more than counted here, which the
+ * load says). */
+static size_t linear_bytes(const rt_config *c, size_t rows, size_t cols, bool order, rt_dtype dt)
 {
-    return quant_bytes(&c->quant, rows, cols, dt) + (c->quant.act_order ? cols * sizeof(int32_t) : 0);
+    return quant_bytes(&c->quant, rows, cols, dt) + (c->quant.act_order && order ? cols * sizeof(int32_t) : 0);
 }
 
 bool rt_shard_head_is_embedding(const rt_config *c, const rt_shard *s)
@@ -64,8 +65,8 @@ size_t rt_shard_weight_bytes(const rt_config *c, const rt_shard *s, rt_dtype dt)
         n += dim;
     const size_t head =
         s->last_stage && !rt_shard_head_is_embedding(c, s) ? quant_bytes(&c->head_quant, vocab, dim, dt) : 0;
-    const size_t linears = linear_bytes(c, q + 2 * kv, dim, dt) + linear_bytes(c, dim, q, dt) +
-                           linear_bytes(c, 2 * ffn, dim, dt) + linear_bytes(c, dim, ffn, dt);
+    const size_t linears = linear_bytes(c, q + 2 * kv, dim, true, dt) + linear_bytes(c, dim, q, true, dt) +
+                           linear_bytes(c, 2 * ffn, dim, true, dt) + linear_bytes(c, dim, ffn, false, dt);
     return n * rt_dtype_size(dt) + linears * layers + head;
 }
 
@@ -208,13 +209,21 @@ static int load(loader *L, rt_tensor *dst, const char *name, int64_t rows, int64
     return 0;
 }
 
-/* The quantized form of rows [r0, r1) x cols [c0, c1) of a linear layer's weight (module
- * "model.layers.L.mlp.down_proj", ...; full shape (rows, cols)): as the checkpoint stores it, or as
- * at_load says when its method is RT_QUANT_LOAD (--quantize's, --quantize-lm-head's; NULL: not at
- * load). 1 when it stays float. */
-static int read_qmat(loader *L, const char *module, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                     int64_t c1, const rt_quant *at_load, rt_qmat *qm)
+/* A linear layer's slice (of a fused matrix): its module and rows [r0, r1) x cols [c0, c1) of
+ * (rows, cols), or with rsel (csel) the rows (columns) rsel[0 .. r1 - r0) in that order instead (a
+ * dimension relabelled: ffn_order). */
+typedef struct part {
+    const char *module; /* after "model.layers.L." */
+    int64_t rows, cols, r0, r1, c0, c1;
+    const int32_t *rsel, *csel;
+} part;
+
+/* The quantized form of p's slice of a linear layer's weight (module "model.layers.L.mlp.down_proj",
+ * ...): as the checkpoint stores it, or as at_load says when its method is RT_QUANT_LOAD
+ * (--quantize's, --quantize-lm-head's; NULL: not at load). 1 when it stays float. */
+static int read_qmat(loader *L, const char *module, const part *p, const rt_quant *at_load, rt_qmat *qm)
 {
+    const int64_t rows = p->rows, cols = p->cols, r0 = p->r0, r1 = p->r1, c0 = p->c0, c1 = p->c1;
     const rt_quant *q = &L->m->cfg.quant;
     char name[320];
     snprintf(name, sizeof name, "%s.weight", module);
@@ -234,17 +243,27 @@ static int read_qmat(loader *L, const char *module, int64_t rows, int64_t cols, 
         free(full);
         return rc;
     }
-    if (q->method != RT_QUANT_NONE && q->method != RT_QUANT_LOAD && rt_quant_stored(&L->ckpt, q, module))
-        return rt_qmat_read(qm, &L->ckpt, q, module, rows, cols, r0, r1, c0, c1, &L->m->bytes_loaded, L->err);
-    return 1;
+    if (q->method == RT_QUANT_NONE || q->method == RT_QUANT_LOAD || !rt_quant_stored(&L->ckpt, q, module))
+        return p->rsel || p->csel ? base_errf(L->err, "%s: a relabelled dimension needs its weight quantized", module)
+                                  : 1;
+    /* a selection: the whole dimension, then its rows (columns) */
+    if (rt_qmat_read(qm, &L->ckpt, q, module, rows, cols, p->rsel ? 0 : r0, p->rsel ? rows : r1, p->csel ? 0 : c0,
+                     p->csel ? cols : c1, &L->m->bytes_loaded, L->err))
+        return -1;
+    if ((p->rsel && rt_qmat_take_rows(qm, p->rsel, r1 - r0, L->err)) ||
+        (p->csel && rt_qmat_take_cols(qm, p->csel, c1 - c0, L->err))) {
+        rt_qmat_free(qm);
+        return -1;
+    }
+    return 0;
 }
 
 /* A linear layer's weight as floats in the backend's type: as stored, or dequantized. */
-static int load_linear(loader *L, rt_tensor *dst, const char *module, int64_t rows, int64_t cols, int64_t r0,
-                       int64_t r1, int64_t c0, int64_t c1, const rt_quant *at_load)
+static int load_linear(loader *L, rt_tensor *dst, const char *module, const part *p, const rt_quant *at_load)
 {
+    const int64_t rows = p->rows, cols = p->cols, r0 = p->r0, r1 = p->r1, c0 = p->c0, c1 = p->c1;
     rt_qmat qm;
-    int rc = read_qmat(L, module, rows, cols, r0, r1, c0, c1, at_load, &qm);
+    int rc = read_qmat(L, module, p, at_load, &qm);
     if (rc < 0)
         return -1;
     if (rc == 1) {
@@ -301,7 +320,10 @@ static int order_parts(loader *L, rt_qmat *m, int n, int32_t **perm)
         if (!rc && i && memcmp(p, p + m[0].cols, (size_t)m[0].cols * sizeof *p) != 0)
             rc = 1;
     }
-    if (rc) {
+    bool identity = !rc;
+    for (int64_t c = 0; identity && c < m[0].cols; c++)
+        identity = p[c] == (int32_t)c;
+    if (rc || identity) { /* identity: the slices' groups were runs already (a relabelled FFN's down_proj) */
         free(p);
         return rc;
     }
@@ -385,11 +407,6 @@ static rt_tensor view(const rt_tensor *t, int64_t row)
                        .dtype = t->dtype};
 }
 
-/* One linear layer's slice of a fused matrix: its module and rows [r0, r1) x cols [c0, c1) of (rows, cols). */
-typedef struct part {
-    const char *module; /* after "model.layers.L." */
-    int64_t rows, cols, r0, r1, c0, c1;
-} part;
 
 /* The parts (1 to 3) stacked by rows into dst: quantized when the backend's matmul reads codes and
  * every part is quantized alike; else floats in the backend's type, laid out for its matmul. */
@@ -401,8 +418,7 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
     if (L->m->be->ops->quant_matmul && L->m->cfg.quant.method != RT_QUANT_NONE) {
         rt_qmat qm[3];
         int got = 0, rc = 0;
-        while (got < n && (rc = read_qmat(L, module[got], p[got].rows, p[got].cols, p[got].r0, p[got].r1, p[got].c0,
-                                          p[got].c1, &L->m->cfg.quant, &qm[got])) == 0)
+        while (got < n && (rc = read_qmat(L, module[got], &p[got], &L->m->cfg.quant, &qm[got])) == 0)
             got++;
         int32_t *perm = NULL;
         int ordered = got == n ? order_parts(L, qm, n, &perm) : 1;
@@ -431,8 +447,7 @@ static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int
     }
     for (int i = 0, off = 0; i < n; off += (int)(p[i].r1 - p[i].r0), i++) {
         rt_tensor v = n > 1 ? view(dst, off) : (rt_tensor){0};
-        if (load_linear(L, n > 1 ? &v : dst, module[i], p[i].rows, p[i].cols, p[i].r0, p[i].r1, p[i].c0, p[i].c1,
-                        &L->m->cfg.quant))
+        if (load_linear(L, n > 1 ? &v : dst, module[i], &p[i], &L->m->cfg.quant))
             return -1;
     }
     return prepare(L, dst);
@@ -448,7 +463,8 @@ static int load_head_quantized(loader *L, rt_tensor *dst, const char *module, in
         return base_errf(L->err, "--quantize-lm-head: the %s backend does not multiply quantized weights",
                          be->ops->name);
     rt_qmat qm;
-    if (read_qmat(L, module, V, dim, v0, v1, 0, dim, &L->m->cfg.head_quant, &qm))
+    const part hp = {module, V, dim, v0, v1, 0, dim, NULL, NULL};
+    if (read_qmat(L, module, &hp, &L->m->cfg.head_quant, &qm))
         return -1;
     const int rc = place_quant(L, dst, &qm, 1, NULL, "the quantized LM head");
     rt_qmat_free(&qm);
@@ -495,6 +511,24 @@ static int load_kv_scale(loader *L, int l, const char *which, float *out)
     return 0;
 }
 
+/* Act order: the FFN relabelled by down_proj's input order (rt_quant_input_order), so that down's
+ * groups are runs: a --tp split then hands each rank whole groups, and no step gathers down's inputs;
+ * gate's and up's rows move with them. *order (malloc'd, ffn_dim) the checkpoint's FFN index of each
+ * new one, or NULL: no relabelling (in order, or a weight of the three held float). */
+static int ffn_order(loader *L, int l, int32_t **order)
+{
+    const rt_quant *q = &L->m->cfg.quant;
+    static const char *const mods[] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    char m[3][256];
+    bool stored = q->act_order && L->m->be->ops->quant_matmul;
+    for (int i = 0; i < 3; i++) {
+        snprintf(m[i], sizeof m[i], "model.layers.%d.%s", l, mods[i]);
+        stored = stored && rt_quant_stored(&L->ckpt, q, m[i]);
+    }
+    *order = NULL;
+    return stored ? rt_quant_input_order(&L->ckpt, q, m[2], L->m->cfg.ffn_dim, order, L->err) : 0;
+}
+
 static int load_layer(loader *L, int l, rt_layer_weights *w)
 {
     const rt_config *c = &L->m->cfg;
@@ -506,19 +540,26 @@ static int load_layer(loader *L, int l, rt_layer_weights *w)
     char n[256];
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
     const int64_t lq = q1 - q0, lkv = k1 - k0;
-    const part qkv[3] = {{"self_attn.q_proj", nq, dim, q0, q1, 0, dim}, {"self_attn.k_proj", nkv, dim, k0, k1, 0, dim},
-                         {"self_attn.v_proj", nkv, dim, k0, k1, 0, dim}};
-    const part o = {"self_attn.o_proj", dim, nq, 0, dim, q0, q1};
-    const part gate_up[2] = {{"mlp.gate_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim},
-                             {"mlp.up_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim}};
-    const part down = {"mlp.down_proj", dim, ffn, 0, dim, s->ffn_begin, s->ffn_end};
-    if ((c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")) ||
-        load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load_linears(L, l, &w->wqkv, qkv, 3, "the fused QKV weight") ||
-        load_linears(L, l, &w->wo, &o, 1, "o_proj") ||
-        load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
-        load_linears(L, l, &w->w_gate_up, gate_up, 2, "the fused gate/up weight") ||
-        load_linears(L, l, &w->w_down, &down, 1, "down_proj"))
+    const part qkv[3] = {{"self_attn.q_proj", nq, dim, q0, q1, 0, dim, NULL, NULL},
+                         {"self_attn.k_proj", nkv, dim, k0, k1, 0, dim, NULL, NULL},
+                         {"self_attn.v_proj", nkv, dim, k0, k1, 0, dim, NULL, NULL}};
+    int32_t *order;
+    if (ffn_order(L, l, &order))
+        return -1;
+    const int32_t *sel = order ? order + s->ffn_begin : NULL;
+    const part o = {"self_attn.o_proj", dim, nq, 0, dim, q0, q1, NULL, NULL};
+    const part gate_up[2] = {{"mlp.gate_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim, sel, NULL},
+                             {"mlp.up_proj", ffn, dim, s->ffn_begin, s->ffn_end, 0, dim, sel, NULL}};
+    const part down = {"mlp.down_proj", dim, ffn, 0, dim, s->ffn_begin, s->ffn_end, NULL, sel};
+    const int rc = (c->qkv_bias && fused(L, &w->bqkv, lq + 2 * lkv, 1, "the fused QKV bias")) ||
+                   load(L, &w->attn_norm, NAME("input_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
+                   load_linears(L, l, &w->wqkv, qkv, 3, "the fused QKV weight") ||
+                   load_linears(L, l, &w->wo, &o, 1, "o_proj") ||
+                   load(L, &w->ffn_norm, NAME("post_attention_layernorm.weight"), dim, 0, 0, dim, 0, 0) ||
+                   load_linears(L, l, &w->w_gate_up, gate_up, 2, "the fused gate/up weight") ||
+                   load_linears(L, l, &w->w_down, &down, 1, "down_proj");
+    free(order);
+    if (rc)
         return -1;
     if (c->qkv_bias) {
         rt_tensor bq = view(&w->bqkv, 0), bk = view(&w->bqkv, lq), bv = view(&w->bqkv, lq + lkv);
@@ -564,6 +605,7 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
         if ((rc = load_layer(&L, shard->layer_begin + l, &m->layers[l])))
             goto out;
     if (shard->last_stage) {
+        const part head = {"lm_head", V, dim, v0, v1, 0, dim, NULL, NULL};
         if ((rc = load(&L, &m->final_norm, "model.norm.weight", dim, 0, 0, dim, 0, 0)))
             goto out;
         if (rt_shard_head_is_embedding(cfg, shard))
@@ -574,7 +616,7 @@ int rt_model_load(rt_model *m, const rt_config *cfg, const rt_shard *shard, cons
                 goto out;
         } else if ((rc = cfg->tie_embeddings
                              ? load(&L, &m->lm_head, "model.embed_tokens.weight", V, dim, v0, v1, 0, dim)
-                             : load_linear(&L, &m->lm_head, "lm_head", V, dim, v0, v1, 0, dim, NULL)) ||
+                             : load_linear(&L, &m->lm_head, "lm_head", &head, NULL)) ||
                    (rc = prepare(&L, &m->lm_head))) /* tied: the embedding's rows, read as rows */
             goto out;
     }

@@ -106,6 +106,46 @@ int rt_qmat_order(rt_qmat *m, int32_t *perm, base_err *err)
     return rc;
 }
 
+int rt_qmat_take_rows(rt_qmat *m, const int32_t *idx, int64_t n, base_err *err)
+{
+    const int64_t C = m->cols, ng = m->n_groups;
+    uint8_t *codes = malloc((size_t)(n * C) + 1);
+    float *scales = malloc((size_t)(n * ng) * sizeof *scales + 1);
+    uint16_t *zeros = m->zeros ? malloc((size_t)(n * ng) * sizeof *zeros + 1) : NULL;
+    if (!codes || !scales || (m->zeros && !zeros)) {
+        free(codes), free(scales), free(zeros);
+        return base_errf(err, "out of host memory selecting a quantized weight's rows");
+    }
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(codes + i * C, m->codes + (int64_t)idx[i] * C, (size_t)C);
+        memcpy(scales + i * ng, m->scales + (int64_t)idx[i] * ng, (size_t)ng * sizeof *scales);
+        if (zeros)
+            memcpy(zeros + i * ng, m->zeros + (int64_t)idx[i] * ng, (size_t)ng * sizeof *zeros);
+    }
+    free(m->codes), free(m->scales), free(m->zeros);
+    m->codes = codes, m->scales = scales, m->zeros = zeros, m->rows = n;
+    return 0;
+}
+
+int rt_qmat_take_cols(rt_qmat *m, const int32_t *idx, int64_t n, base_err *err)
+{
+    const int64_t R = m->rows, C = m->cols;
+    uint8_t *codes = malloc((size_t)(R * n) + 1);
+    int32_t *gidx = malloc((size_t)n * sizeof *gidx + 1);
+    if (!codes || !gidx) {
+        free(codes), free(gidx);
+        return base_errf(err, "out of host memory selecting a quantized weight's columns");
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t k = 0; k < n; k++)
+            codes[r * n + k] = m->codes[r * C + idx[k]];
+    for (int64_t k = 0; k < n; k++)
+        gidx[k] = m->gidx ? m->gidx[idx[k]] : (int32_t)(idx[k] / m->group);
+    free(m->codes), free(m->gidx);
+    m->codes = codes, m->gidx = gidx, m->cols = n;
+    return 0;
+}
+
 /* A slice's storage: codes, scales and (when zeros) zero points. */
 static int qmat_alloc(rt_qmat *m, rt_quant_kind kind, int bits, int64_t rows, int64_t cols, int64_t group,
                       bool zeros, base_err *err)
@@ -385,6 +425,34 @@ static int read_g_idx(qread *R, const rt_quant *q, int64_t cols, int64_t g, int3
         return rc;
     }
     *order = gi;
+    return 0;
+}
+
+int rt_quant_input_order(rt_ckpt *ck, const rt_quant *q, const char *module, int64_t cols, int32_t **order,
+                         base_err *err)
+{
+    qread R = {.ck = ck, .module = module, .err = err};
+    const int64_t g = q->group_size;
+    int32_t *gi;
+    *order = NULL;
+    if (q->method != RT_QUANT_GPTQ || q->scale != RT_QSCALE_GROUP || cols % g)
+        return 0;
+    if (read_g_idx(&R, q, cols, g, &gi))
+        return -1;
+    if (!gi)
+        return 0; /* in order */
+    int32_t *o = malloc((size_t)cols * sizeof *o);
+    int64_t *at = calloc((size_t)(cols / g) + 1, sizeof *at);
+    if (!o || !at) {
+        free(gi), free(o), free(at);
+        return base_errf(err, "out of host memory ordering %s's groups", module);
+    }
+    for (int64_t j = 0; j < cols / g; j++) /* read_g_idx checked: every group g columns */
+        at[j] = j * g;
+    for (int64_t c = 0; c < cols; c++)
+        o[at[gi[c]]++] = (int32_t)c;
+    free(gi), free(at);
+    *order = o;
     return 0;
 }
 

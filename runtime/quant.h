@@ -39,6 +39,19 @@ void rt_qmat_dequantize(const rt_qmat *m, float *w);
  * column that column c now holds, the one whose input a product must take there. 1 (m unchanged)
  * when the slice holds part of a group (a tensor-parallel split across act-order groups). */
 int rt_qmat_order(rt_qmat *m, int32_t *perm, base_err *err);
+/* Keeps the rows idx[0 .. n) of m (output rows), in that order. */
+int rt_qmat_take_rows(rt_qmat *m, const int32_t *idx, int64_t n, base_err *err);
+/* Keeps the columns idx[0 .. n) of m (input columns), in that order, each with its group: m gains
+ * gidx (rt_qmat_order puts the groups back in runs). */
+int rt_qmat_take_cols(rt_qmat *m, const int32_t *idx, int64_t n, base_err *err);
+
+/* The input order of an act-order GPTQ weight (module, full shape (rows, cols)) that puts its groups
+ * in runs, in the order of their numbers (each group's columns in their own order): *order (malloc'd,
+ * cols) holds the old column of each new one, or NULL when g_idx is in order already. Relabelling a
+ * dimension by it changes no output when every weight that meets it moves alike (the FFN: gate's and
+ * up's rows with down's inputs). */
+int rt_quant_input_order(rt_ckpt *ck, const rt_quant *q, const char *module, int64_t cols, int32_t **order,
+                         base_err *err);
 
 /* Whether `module` ("model.layers.3.mlp.down_proj") holds its weight quantized as q says (a
  * checkpoint may leave some float: compressed-tensors' ignore list, AWQ without lm_head). */

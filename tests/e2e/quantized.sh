@@ -49,22 +49,23 @@ done
 
 # act order (GPTQ's desc_act, GPTQModel's default; dinfer-mkmodel --quantize gptq4-act: each layer
 # input's columns grouped by a shuffle, g_idx): one rank holds every product as codes, its groups put
-# back in runs and its inputs gathered in that order (no more bytes than gptq4 but the orders'); --tp 2
-# cuts o_proj's and down_proj's groups, holds those two as floats, says so, and computes the same
-# tokens; its first token of each prompt is the float model's, as gptq4's is. (Against transformers:
-# the golden.quant_gptq4_act fixture.)
+# back in runs and its inputs gathered in that order (no more bytes than gptq4 but the orders of
+# q/k/v's, o's and gate/up's inputs: the FFN is relabelled by down's order instead); --tp 2 cuts
+# o_proj's groups, holds it as floats, says so, and computes the same tokens (down_proj stays codes:
+# each rank gets whole groups of the relabelled FFN); its first token of each prompt is the float
+# model's, as gptq4's is. (Against transformers: the golden.quant_gptq4_act fixture.)
 "$DINFER_MKMODEL" --out "$tmp/gptq4-act" "${shape[@]}" --quantize gptq4-act >/dev/null
 grep -q '"desc_act":.*true' "$tmp/gptq4-act/config.json"
 hb() { "$DINFER_RUN" --verbose --tokens 1 --max-tokens 1 --threads 1 --model "$1" 2>&1 >/dev/null |
          sed -n 's/.*holding \([0-9]*\) bytes of weights.*/\1/p'; }
-a=$(hb "$tmp/gptq4") b=$(hb "$tmp/gptq4-act") # the orders: 2 layers x (256 + 256 + 256 + 512) int32s
-[ -n "$a" ] && [ "$((b - a))" -eq $((2 * (256 + 256 + 256 + 512) * 4)) ] ||
+a=$(hb "$tmp/gptq4") b=$(hb "$tmp/gptq4-act") # the orders: 2 layers x (256 + 256 + 256) int32s
+[ -n "$a" ] && [ "$((b - a))" -eq $((2 * (256 + 256 + 256) * 4)) ] ||
   { echo "FAIL: gptq4 holds $a bytes, gptq4-act $b"; exit 1; }
 a=$(gen --model "$tmp/gptq4-act" | sed 's/"logprobs.*//')
 b=$(mpirun --oversubscribe --bind-to none -np 2 "$DINFER_RUN" --model "$tmp/gptq4-act" --tp 2 "${prompts[@]}" \
       --max-tokens 12 --temperature 0 --ignore-eos --json 2>"$tmp/err" | sed 's/"logprobs.*//')
 [ "$a" = "$b" ] || { echo "FAIL: gptq4-act under --tp 2: $b, one rank: $a"; exit 1; }
-grep -q "rank 0: 4 act-order (desc_act) products dequantized to floats: the --tp 2 split" "$tmp/err" ||
+grep -q "rank 0: 2 act-order (desc_act) products dequantized to floats: the --tp 2 split" "$tmp/err" ||
   { echo "FAIL: --tp 2 does not say which products are floats: $(cat "$tmp/err")"; exit 1; }
 want=$(tokens 1 --model "$tmp/f32") got=$(tokens 1 --model "$tmp/gptq4-act")
 [ "$got" = "$want" ] || { echo "FAIL: gptq4-act's first tokens $got, the float model's $want"; exit 1; }
@@ -99,7 +100,7 @@ PY
 bad_gidx "g[5] = 2" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts input column 5 in group 2, outside \[0, 2)"
 bad_gidx "g[g.index(1)] = 0" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts more than 128 columns (the group size) in group 0"
 bad_gidx drop "desc_act is true but the checkpoint has no tensor 'model.layers.0.self_attn.q_proj.g_idx'"
-echo "ok: gptq4-act held as codes on one rank, --tp 2 = one rank (o/down as floats, said), the float model's" \
+echo "ok: gptq4-act held as codes on one rank, --tp 2 = one rank (o_proj as floats, said), the float model's" \
   "first tokens; a bad or missing g_idx refused, naming the tensor"
 
 # --kv-dtype fp8: a byte an element and a scale a token and head (head_dim 64: 68 bytes for BF16's
