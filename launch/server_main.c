@@ -22,7 +22,7 @@
 typedef struct server_args {
     job_flags job; /* the model, its split, where and how it computes */
     const char *host, *token_file, *ready_file, *chat_template;
-    int port, http_port, max_seqs, kv_blocks, max_queue, max_connections;
+    int port, http_port, max_seqs, kv_blocks, max_queue, max_connections, prompt_spread;
     double kv_cache_mib, drain_seconds, idle_timeout, frame_timeout;
     long max_frame;
     bool kv_mib_given;
@@ -42,6 +42,10 @@ static void usage(FILE *f)
             "  --chat-template F       the Jinja chat template for /v1/chat/completions (default: the model\n"
             "                          folder's chat_template.jinja or tokenizer_config.json's chat_template)\n"
             "  --max-seqs S            sequences running at once (default 256)\n"
+            "  --prompt-spread C       while sequences decode, new prompts go in over C steps (at least 128\n"
+            "                          tokens a step), so clients that start together drift apart and later\n"
+            "                          prompts ride along decode steps (default 1: whole steps, up to\n"
+            "                          --max-batch-tokens; a pipeline on CPU ranks spreads over 8 by itself)\n"
             "  --kv-blocks B           KV cache blocks (every rank holds B)\n"
             "  --kv-cache-mib M        or: the KV cache per rank in MiB (default: on a GPU what\n"
             "                          --gpu-memory-fraction leaves after weights and workspace; on CPU 512)\n"
@@ -59,12 +63,12 @@ static void usage(FILE *f)
 static int parse(server_args *a, int argc, char **argv, base_err *err)
 {
     enum { O_HOST = 256, O_PORT, O_TOKEN, O_SEQS, O_KVB, O_KVM, O_QUEUE, O_FRAME, O_DRAIN, O_READY, O_MAXCONN, O_IDLE,
-           O_FRAMET, O_HTTP, O_CHAT };
+           O_FRAMET, O_HTTP, O_CHAT, O_SPREAD };
     static const struct option opts[] = {
         JOB_FLAG_OPTIONS, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"http-port", required_argument, 0, O_HTTP},
         {"auth-token-file", required_argument, 0, O_TOKEN}, {"chat-template", required_argument, 0, O_CHAT},
-        {"max-seqs", required_argument, 0, O_SEQS},
+        {"max-seqs", required_argument, 0, O_SEQS}, {"prompt-spread", required_argument, 0, O_SPREAD},
         {"kv-blocks", required_argument, 0, O_KVB}, {"kv-cache-mib", required_argument, 0, O_KVM},
         {"max-queue", required_argument, 0, O_QUEUE},
         {"max-frame-bytes", required_argument, 0, O_FRAME}, {"drain-seconds", required_argument, 0, O_DRAIN},
@@ -95,6 +99,7 @@ static int parse(server_args *a, int argc, char **argv, base_err *err)
         case O_TOKEN: a->token_file = s; break;
         case O_CHAT: a->chat_template = s; break;
         case O_SEQS: if (cli_int(f, s, 1, 65536, &v, err)) return -1; a->max_seqs = (int)v; break;
+        case O_SPREAD: if (cli_int(f, s, 1, 1024, &v, err)) return -1; a->prompt_spread = (int)v; break;
         case O_KVB: if (cli_int(f, s, 1, 1 << 28, &v, err)) return -1; a->kv_blocks = (int)v; break;
         case O_KVM: if (cli_float(f, s, 0.001, 1 << 24, &d, err)) return -1; a->kv_cache_mib = d; a->kv_mib_given = true; break;
         case O_QUEUE: if (cli_int(f, s, 1, 1 << 20, &v, err)) return -1; a->max_queue = (int)v; break;
@@ -197,7 +202,7 @@ static int serve(server_args *a, comm *c)
     }
     job_model jm;
     rt_sched_options so = {.max_batch_tokens = a->job.max_batch_tokens, .max_seqs = a->max_seqs,
-                           .pipeline_depth = job_flags_depth(&a->job)};
+                           .pipeline_depth = job_flags_depth(&a->job), .prompt_spread = a->prompt_spread};
     if (job_load(c, prog, &a->job, a->max_seqs, &jm)) {
         free(token);
         rt_tokenizer_free(tok);

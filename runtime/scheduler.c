@@ -59,6 +59,7 @@ struct rt_sched {
     int32_t *tok, *pos, *sidx, *lrow, *tables; /* step arrays */
     int depth;         /* steps in flight at most (pipeline parallelism) */
     int prompt_cycles; /* rt_sched_share's spread of new prompts */
+    int prompt_floor;  /* and its least prompt tokens a cycle */
     flight flights[RT_ENGINE_MAX_IN_FLIGHT]; /* (depth) oldest at first */
     int first, n_flights;
     /* statistics */
@@ -100,13 +101,18 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->max_blocks = g->lim.max_blocks;
     const int most = rt_engine_max_in_flight(e);
     s->depth = opt->pipeline_depth < 1 ? 1 : opt->pipeline_depth > most ? most : opt->pipeline_depth;
-    /* a host backend's step costs about its tokens: prompts spread over cycles keep the stages'
-     * steps even. A GPU step has large fixed costs (a step of a few hundred tokens takes about a
-     * decode step's time), so there the spread multiplied the steps: pp=2 on one H200 ran 2.2-2.5x
-     * slower end to end with it. Prompts go in whole steps on a GPU, as before the spread; stages
-     * on GPUs of their own are not yet measured (a floor under the spread may pay there) */
+    /* by default a pipeline on a host backend spreads prompts (a step costs about its tokens, so
+     * the spread keeps the stages' steps even). A GPU step has large fixed costs (a step of a few
+     * hundred tokens takes about a decode step's time), so there the spread multiplied the steps:
+     * pp=2 on one H200 ran 2.2-2.5x slower end to end with it. Prompts go in whole steps on a GPU,
+     * as before the spread; stages on GPUs of their own are not yet measured */
     const rt_backend *be = rt_engine_model(e)->be;
-    s->prompt_cycles = be && !be->ops->host_memory ? 1 : RT_SCHED_PROMPT_CYCLES;
+    if (opt->prompt_spread > 0) {
+        s->prompt_cycles = opt->prompt_spread;
+        s->prompt_floor = opt->prompt_spread > 1 ? RT_SCHED_PROMPT_FLOOR : 0;
+    } else {
+        s->prompt_cycles = s->depth > 1 && be && be->ops->host_memory ? RT_SCHED_PROMPT_CYCLES : 1;
+    }
     size_t T = (size_t)opt->max_batch_tokens, S = (size_t)opt->max_seqs;
     s->running = calloc(S, sizeof *s->running);
     s->snapshot = calloc(S, sizeof *s->snapshot);
@@ -415,13 +421,15 @@ static bool grow(rt_sched *s, seq *q, int n, int n_entries)
 }
 
 int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int depth, int max_batch_tokens,
-                   int cycles)
+                   int cycles, int floor)
 {
     long share;
-    if (in_flight == 0 && now == 0 && prompt_seqs <= 1)
+    if (in_flight == 0 && now == 0 && prompt_seqs <= 1) {
         share = prompts; /* nothing to keep busy beside it: its chunks follow one another anyway */
-    else
-        share = (in_flight + now + (prompts + cycles - 1) / cycles + depth - 1) / depth;
+    } else {
+        long spread = (prompts + cycles - 1) / cycles, least = prompts < floor ? prompts : floor;
+        share = (in_flight + now + (spread > least ? spread : least) + depth - 1) / depth;
+    }
     return share < 1 ? 1 : share < max_batch_tokens ? (int)share : max_batch_tokens;
 }
 
@@ -453,13 +461,15 @@ static int even_share(const rt_sched *s)
     const long most = (long)s->prompt_cycles * s->depth * s->opt.max_batch_tokens;
     for (int i = 0; i < s->n_waiting && now + prompts < most; i++)
         count_work(s->waiting[i], &now, &prompts, &prompt_seqs);
-    return rt_sched_share(in_flight, now, prompts, prompt_seqs, s->depth, s->opt.max_batch_tokens, s->prompt_cycles);
+    return rt_sched_share(in_flight, now, prompts, prompt_seqs, s->depth, s->opt.max_batch_tokens, s->prompt_cycles,
+                          s->prompt_floor);
 }
 
 /* Chooses this step's sequences and token counts, among those not in a step in flight. */
 static int form_step(rt_sched *s)
 {
-    int n = 0, budget = s->depth > 1 ? even_share(s) : s->opt.max_batch_tokens, most = s->opt.max_seqs;
+    int n = 0, budget = s->depth > 1 || s->prompt_cycles > 1 ? even_share(s) : s->opt.max_batch_tokens;
+    const int most = s->opt.max_seqs;
     /* running sequences: decodes first, then prompt chunks; a sequence preempted on the way
      * (to make room for an earlier one) drops out of the snapshot */
     seq **snap = s->snapshot;

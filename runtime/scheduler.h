@@ -65,6 +65,10 @@ typedef struct rt_sched_options {
     int max_seqs;         /* running sequences */
     int pipeline_depth;   /* steps in flight at once, each over other sequences (pipeline parallelism:
                            * pp keeps every stage busy); at most rt_engine_max_in_flight, < 1 means 1 */
+    int prompt_spread;    /* new prompts spread over this many cycles beside the running decodes
+                           * (rt_sched_share), at least RT_SCHED_PROMPT_FLOOR tokens a cycle; 1: whole
+                           * steps; 0: the default (whole steps, except RT_SCHED_PROMPT_CYCLES without
+                           * the floor for a pipeline on a host backend) */
 } rt_sched_options;
 
 typedef struct rt_sched_stats {
@@ -113,14 +117,21 @@ void rt_sched_get_stats(const rt_sched *s, rt_sched_stats *st);
  * idle for the difference: every rise and fall of the step size costs the pipeline that much. The
  * share is, over the depth, the work due every cycle (in_flight: the tokens of the steps in flight;
  * now: the running sequences' next tokens and the recomputation of preempted ones) plus the new
- * prompts' tokens (prompts, of prompt_seqs sequences) spread over `cycles` cycles: a wave of
- * prompts raises the steps a little for several cycles instead of doubling one or two. A lone
- * prompt with nothing else to overlap takes whole steps; the share is 1 to max_batch_tokens. The
- * scheduler spreads prompts over RT_SCHED_PROMPT_CYCLES on a host backend (a step's cost grows
- * with its tokens) and over 1 on a GPU (a step of a few hundred tokens costs about a decode step). */
+ * prompts' tokens (prompts, of prompt_seqs sequences) spread over `cycles` cycles, but at least
+ * `floor` of them a cycle: a wave of prompts raises the steps a little for several cycles instead
+ * of doubling one or two. A lone prompt with nothing else to overlap takes whole steps; the share
+ * is 1 to max_batch_tokens. With one step at a time (depth 1) the same spread lets a server's
+ * sequences drift apart: a closed loop of clients that start together otherwise stays in waves,
+ * each paying a whole prefill while nothing decodes, where a spread prompt rides along decode
+ * steps (on a GPU such a step costs about its weights' reading, not its tokens).
+ * The scheduler spreads prompts over rt_sched_options.prompt_spread cycles when given, with
+ * RT_SCHED_PROMPT_FLOOR; by default over RT_SCHED_PROMPT_CYCLES without a floor for a pipeline
+ * on a host backend (a step's cost grows with its tokens: issue 14's measured rule) and over 1
+ * otherwise (a GPU: the spread multiplied a pipeline's steps, each costing about a decode step). */
 #define RT_SCHED_PROMPT_CYCLES 8
+#define RT_SCHED_PROMPT_FLOOR 128
 int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int depth, int max_batch_tokens,
-                   int cycles);
+                   int cycles, int floor);
 
 /* Tokens of the step the last rt_sched_step started (0 when none), and how many of them were
  * prompt (prefill) tokens. */

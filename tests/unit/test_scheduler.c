@@ -1,7 +1,8 @@
 /* The scheduler under pressure: a KV pool too small for every sequence at once forces preemption
  * by recomputation, yet every sequence gets the tokens it gets alone; cancellation and deadlines
  * end requests and free their blocks; requests join a running batch; with several steps in flight,
- * a wave of prompts raises the step size a little for several cycles, not one step a lot. */
+ * or with --prompt-spread, a wave of prompts raises the step size a little for several cycles, not
+ * one step a lot. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,7 +201,7 @@ static void test_pipeline_share_spreads_prompts(void **state)
     int prev = decodes;
     for (int step = 0; step < 200; step++) {
         const int seqs = (int)((prompts + 31) / 32);
-        const int share = rt_sched_share(in_flight, decodes, prompts, seqs, depth, mbt, cyc);
+        const int share = rt_sched_share(in_flight, decodes, prompts, seqs, depth, mbt, cyc, 0);
         assert_true(share >= decodes); /* every decode fits, as in a steady pipeline */
         const long take_prompt = share - decodes < prompts ? share - decodes : prompts;
         const int size = decodes + (int)take_prompt;
@@ -219,18 +220,86 @@ static void test_pipeline_share_spreads_prompts(void **state)
     assert_true(idle <= 2 * (most - decodes) + 2);
 
     /* a lone prompt with nothing in flight takes whole steps; a backlog fills whole steps; no work, 1 */
-    assert_int_equal(rt_sched_share(0, 0, 4000, 1, depth, mbt, cyc), mbt);
-    assert_int_equal(rt_sched_share(0, 0, 300, 1, depth, mbt, cyc), 300);
-    assert_int_equal(rt_sched_share(32, 32, (long)RT_SCHED_PROMPT_CYCLES * depth * mbt, 100, depth, mbt, cyc), mbt);
-    assert_int_equal(rt_sched_share(0, 0, 0, 0, depth, mbt, cyc), 1);
+    assert_int_equal(rt_sched_share(0, 0, 4000, 1, depth, mbt, cyc, 0), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 300, 1, depth, mbt, cyc, 0), 300);
+    assert_int_equal(rt_sched_share(32, 32, (long)RT_SCHED_PROMPT_CYCLES * depth * mbt, 100, depth, mbt, cyc, 0), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 0, 0, depth, mbt, cyc, 0), 1);
     /* decodes alone: an even split of them over the stages */
-    assert_int_equal(rt_sched_share(0, 64, 0, 0, depth, mbt, cyc), 32);
-    assert_int_equal(rt_sched_share(32, 32, 0, 0, depth, mbt, cyc), 32);
+    assert_int_equal(rt_sched_share(0, 64, 0, 0, depth, mbt, cyc, 0), 32);
+    assert_int_equal(rt_sched_share(32, 32, 0, 0, depth, mbt, cyc, 0), 32);
     /* a GPU's prompts in whole steps (cycles 1): 64 prompts of 128 tokens, 2,048 a step, where 8
      * cycles would take 512 */
-    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, 1), mbt);
-    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, cyc), 512);
-    assert_int_equal(rt_sched_share(32, 32, 1000, 10, depth, mbt, 1), (32 + 32 + 1000 + 1) / 2);
+    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, 1, 0), mbt);
+    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, depth, mbt, cyc, 0), 512);
+    assert_int_equal(rt_sched_share(32, 32, 1000, 10, depth, mbt, 1, 0), (32 + 32 + 1000 + 1) / 2);
+}
+
+/* One step at a time (a server on one rank), --prompt-spread: a wave of 6 prompts (240 tokens)
+ * arriving while 2 sequences decode goes in over several steps, at least RT_SCHED_PROMPT_FLOOR
+ * tokens each, instead of one step of all of them (the default); every request's tokens are the
+ * ones it gets alone either way. */
+static void test_prompt_spread_one_step_at_a_time(void **state)
+{
+    (void)state;
+    enum { N = 8, PLEN = 40, GEN = 20 };
+    static int32_t p[N][PLEN];
+    int32_t ref[N][GEN];
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < PLEN; j++)
+            p[i][j] = (int32_t)((i * 11 + j * 5) % 60 + 3);
+        rt_gen_request r = {p[i], PLEN, GEN, (rt_sampling){.top_p = 1.0f}, true};
+        rt_gen_options go = {64, 16};
+        rt_gen_result res;
+        rt_gen_stats gs;
+        base_err err;
+        if (rt_generate_local(&model, &r, 1, &go, &res, &gs, &err))
+            fail_msg("%s", err.msg);
+        memcpy(ref[i], res.tokens, sizeof ref[i]);
+        rt_gen_result_free(&res);
+    }
+    for (int spread = 1; spread <= 4; spread += 3) {
+        rt_sched_options o = {.max_batch_tokens = 256, .max_seqs = N, .prompt_spread = spread};
+        rt_engine *e = make_engine(64, 8, &o);
+        event_log l = {0};
+        rt_sched *s;
+        base_err err;
+        int status, tokens, prefill, most = 0, wave_steps = 0;
+        assert_int_equal(rt_sched_create(&s, e, &o, on_event, &l, &err), 0);
+        for (int i = 0; i < N; i++) {
+            while (i == 2 && l.n[0] < 3) /* the first two decode before the wave comes */
+                assert_int_equal(rt_sched_step(s, &err), 0);
+            rt_sched_request r = {.id = (uint64_t)i, .prompt = p[i], .prompt_len = PLEN, .max_tokens = GEN,
+                                  .sampling = {.top_p = 1.0f}, .ignore_eos = true};
+            assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+        }
+        while (rt_sched_has_work(s)) {
+            assert_int_equal(rt_sched_step(s, &err), 0);
+            rt_sched_last_step(s, &tokens, &prefill);
+            most = prefill > most ? prefill : most;
+            wave_steps += prefill > 0;
+        }
+        print_message("--prompt-spread %d: the wave's largest prefill %d tokens, %d steps with prefill\n", spread,
+                      most, wave_steps);
+        if (spread == 1) {
+            assert_int_equal(most, (N - 2) * PLEN); /* whole: one step */
+            assert_int_equal(wave_steps, 1);
+        } else {
+            assert_int_equal(most, RT_SCHED_PROMPT_FLOOR); /* 240 / 4 = 60 < the floor */
+            assert_int_equal(wave_steps, 2);
+        }
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(l.done[i], 1);
+            assert_int_equal(l.n[i], GEN);
+            assert_memory_equal(l.tokens[i], ref[i], sizeof ref[i]);
+        }
+        rt_sched_destroy(s);
+        rt_engine_destroy(e);
+    }
+    /* the share: decodes plus the prompts over the cycles, at least the floor (or all of them) */
+    assert_int_equal(rt_sched_share(0, 64, 64 * 128, 64, 1, 8192, 16, RT_SCHED_PROMPT_FLOOR), 64 + 512);
+    assert_int_equal(rt_sched_share(0, 64, 1000, 8, 1, 8192, 16, RT_SCHED_PROMPT_FLOOR), 64 + RT_SCHED_PROMPT_FLOOR);
+    assert_int_equal(rt_sched_share(0, 64, 100, 1, 1, 8192, 16, RT_SCHED_PROMPT_FLOOR), 64 + 100);
+    assert_int_equal(rt_sched_share(0, 0, 64 * 128, 64, 1, 8192, 16, RT_SCHED_PROMPT_FLOOR), 512);
 }
 
 int main(void)
@@ -238,6 +307,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_preemption_keeps_outputs),
         cmocka_unit_test(test_cancel_deadline_and_joining),
+        cmocka_unit_test(test_prompt_spread_one_step_at_a_time),
         cmocka_unit_test(test_pipeline_share_spreads_prompts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
