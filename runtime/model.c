@@ -407,7 +407,6 @@ static rt_tensor view(const rt_tensor *t, int64_t row)
                        .dtype = t->dtype};
 }
 
-
 /* The parts (1 to 3) stacked by rows into dst: quantized when the backend's matmul reads codes and
  * every part is quantized alike; else floats in the backend's type, laid out for its matmul. */
 static int load_linears(loader *L, int layer, rt_tensor *dst, const part *p, int n, const char *what)

@@ -420,6 +420,9 @@ static int read_g_idx(qread *R, const rt_quant *q, int64_t cols, int64_t g, int3
     free(count);
     if (R->bytes)
         *R->bytes += (size_t)cols * sizeof *gi;
+    if (!rc && !in_order && !q->act_order)
+        rc = base_errf(R->err, "%s: tensor '%s' puts input columns out of order (act order) but "
+                               "quantization_config.desc_act is false", f->path, name);
     if (rc || in_order) {
         free(gi);
         return rc;

@@ -100,8 +100,14 @@ PY
 bad_gidx "g[5] = 2" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts input column 5 in group 2, outside \[0, 2)"
 bad_gidx "g[g.index(1)] = 0" "tensor 'model.layers.0.self_attn.q_proj.g_idx' puts more than 128 columns (the group size) in group 0"
 bad_gidx drop "desc_act is true but the checkpoint has no tensor 'model.layers.0.self_attn.q_proj.g_idx'"
+sed -i 's/"desc_act":[[:space:]]*true/"desc_act": false/' "$tmp/gptq4-act/config.json"
+if "$DINFER_RUN" --model "$tmp/gptq4-act" --tokens 1 --max-tokens 1 2>"$tmp/err" >/dev/null; then
+  echo "FAIL: a scattered g_idx under desc_act false accepted"; exit 1
+fi
+grep -q "g_idx' puts input columns out of order (act order) but quantization_config.desc_act is false" "$tmp/err" ||
+  { echo "FAIL: $(cat "$tmp/err")"; exit 1; }
 echo "ok: gptq4-act held as codes on one rank, --tp 2 = one rank (o_proj as floats, said), the float model's" \
-  "first tokens; a bad or missing g_idx refused, naming the tensor"
+  "first tokens; a bad or missing g_idx, or one out of order under desc_act false, refused, naming the tensor"
 
 # --kv-dtype fp8: a byte an element and a scale a token and head (head_dim 64: 68 bytes for BF16's
 # 128), in the memory plan; the model still tells the float model's first tokens
