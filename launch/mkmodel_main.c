@@ -152,6 +152,12 @@ static int quant_format(const char *name, rt_quant *q)
     else if (strcmp(name, "gptq4-act") == 0) /* GPTQModel's default: desc_act, the groups from g_idx */
         *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
                         .group_size = 128, .zero_point = true, .scales_f16 = true, .act_order = true};
+    else if (strcmp(name, "w4a16") == 0) /* llm-compressor's W4A16: symmetric int4, groups of 128 */
+        *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4,
+                        .group_size = 128, .symmetric = true, .scales_f16 = true};
+    else if (strcmp(name, "w8a16") == 0) /* its W8A16, asymmetric: int8 with zero points, a scale a row */
+        *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
+                        .zero_point = true, .scales_f16 = true};
     else if (strcmp(name, "gptq8") == 0)
         *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
                         .symmetric = true, .gptq_v1 = true, .scales_f16 = true};
@@ -216,7 +222,7 @@ static int quantize_act_order(rt_qmat *m, const rt_quant *q, const float *w, int
 
 /* The written list: build_specs' tensors, each linear weight replaced by its quantized form (the
  * float values it would have held, as dt rounds them, quantized by q and packed), into out/src/packed
- * (room for 4 tensors a float one). */
+ * (room for RT_QTENSORS_MAX tensors a float one). */
 static int quantize_specs(const rt_st_spec *ts, int n, fill_ctx *fc, const rt_quant *q, rt_st_spec *out, int *src,
                           void **packed, int *n_out, base_err *err)
 {
@@ -363,7 +369,9 @@ static void usage(FILE *f)
             "                               of 128), gptq4 (int4, groups of 128, gptq_v2 zero points),\n"
             "                               gptq4-act (the same in act order: desc_act, columns grouped\n"
             "                               by a seeded shuffle, g_idx), gptq8 (int8, a scale a row,\n"
-            "                               symmetric)\n"
+            "                               symmetric), w4a16 (compressed-tensors pack-quantized int4,\n"
+            "                               groups of 128, symmetric), w8a16 (int8 with zero points, a\n"
+            "                               scale a row)\n"
             "  --kv-scales tensor|attn_head with --quantize fp8: static FP8 KV-cache scales as llm-compressor\n"
             "                               writes them (kv_cache_scheme; k_scale and v_scale a layer, one\n"
             "                               value or one a KV head), each a bound on what the layer can write\n");
@@ -443,7 +451,7 @@ static int run(int argc, char **argv, base_err *err)
         case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
         case O_QUANT:
             if (quant_format(a, &quant))
-                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq4-act, gptq8)", a);
+                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq4-act, gptq8, w4a16, w8a16)", a);
             break;
         case O_KV_SCALES:
             if (strcmp(a, "tensor") == 0) kv_scales = RT_KV_SCALES_TENSOR;

@@ -45,6 +45,7 @@ typedef enum rt_quant_method {
     RT_QUANT_FP8,    /* transformers "fp8": FP8 with block scales (weight_scale_inv) */
     RT_QUANT_AWQ,    /* AWQ, GEMM packing, 4 bits with zero points */
     RT_QUANT_GPTQ,   /* GPTQ, 4 or 8 bits, its columns' groups from g_idx (act order: desc_act) */
+    RT_QUANT_CT_INT, /* compressed-tensors "pack-quantized" int4/int8 (llm-compressor's W4A16, W8A16) */
     RT_QUANT_LOAD,   /* a float checkpoint quantized as it loads (--quantize) */
 } rt_quant_method;
 
@@ -78,9 +79,10 @@ typedef struct rt_quant {
     bool zero_point;            /* integer codes come with zero points (else the zero is 2^(bits-1)) */
     bool gptq_v1;               /* GPTQ's "gptq" format: each stored zero point is the zero minus one */
     bool symmetric;             /* GPTQ's sym (its zero points are then all 2^(bits-1)) */
-    bool act_order;             /* GPTQ's desc_act: columns quantized out of order, each one's group in
-                                 * g_idx; the loader puts groups back in runs and the forward pass
-                                 * gathers a product's inputs in that order (rt_tensor_quant.perm) */
+    bool act_order;             /* GPTQ's desc_act (compressed-tensors' actorder "group"): columns
+                                 * quantized out of order, each one's group in g_idx (weight_g_idx);
+                                 * the loader puts groups back in runs and the forward pass gathers a
+                                 * product's inputs in that order (rt_tensor_quant.perm) */
     bool scales_f16;            /* scales are stored as F16 (AWQ, GPTQ): quantizing rounds them so */
     rt_kv_scales kv_scales;     /* the checkpoint's FP8 KV-cache scales (compressed-tensors) */
 } rt_quant;

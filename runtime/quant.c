@@ -177,6 +177,9 @@ bool rt_quant_stored(const rt_ckpt *ck, const rt_quant *q, const char *module)
     case RT_QUANT_GPTQ:
         snprintf(name, sizeof name, "%s.qweight", module);
         return rt_ckpt_has(ck, name);
+    case RT_QUANT_CT_INT:
+        snprintf(name, sizeof name, "%s.weight_packed", module);
+        return rt_ckpt_has(ck, name);
     case RT_QUANT_NONE:
     case RT_QUANT_LOAD:
         break;
@@ -380,22 +383,25 @@ static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
     return rc;
 }
 
-/* GPTQ's g_idx (cols): each input column's group. 0 with *order NULL when it is i / g throughout
- * (or absent), else *order (malloc'd) holds it, every group checked to have g columns. */
+/* Each input column's group (cols): GPTQ's g_idx, compressed-tensors' weight_g_idx. 0 with *order
+ * NULL when it is i / g throughout (or absent), else *order (malloc'd) holds it, every group checked
+ * to have g columns. */
 static int read_g_idx(qread *R, const rt_quant *q, int64_t cols, int64_t g, int32_t **order)
 {
     const rt_st_file *f;
     const rt_st_tensor *t;
+    const char *suffix = q->method == RT_QUANT_CT_INT ? "weight_g_idx" : "g_idx";
+    const char *flag = q->method == RT_QUANT_CT_INT ? "weights.actorder is \"group\"" : "desc_act is true";
     char name[320];
-    snprintf(name, sizeof name, "%s.g_idx", R->module);
+    snprintf(name, sizeof name, "%s.%s", R->module, suffix);
     *order = NULL;
     if (!rt_ckpt_has(R->ck, name)) {
         if (q->act_order)
-            return base_errf(R->err, "%s: quantization_config.desc_act is true but the checkpoint has no tensor '%s' "
-                                     "(each input column's group)", R->module, name);
+            return base_errf(R->err, "%s: quantization_config's %s but the checkpoint has no tensor '%s' (each "
+                                     "input column's group)", R->module, flag, name);
         return 0;
     }
-    if (qfind(R, "g_idx", "I32", cols, -1, &f, &t))
+    if (qfind(R, suffix, "I32", cols, -1, &f, &t))
         return -1;
     const int64_t ng = cols / g;
     int32_t *gi = malloc((size_t)cols * sizeof *gi + 1);
@@ -422,7 +428,8 @@ static int read_g_idx(qread *R, const rt_quant *q, int64_t cols, int64_t g, int3
         *R->bytes += (size_t)cols * sizeof *gi;
     if (!rc && !in_order && !q->act_order)
         rc = base_errf(R->err, "%s: tensor '%s' puts input columns out of order (act order) but "
-                               "quantization_config.desc_act is false", f->path, name);
+                               "quantization_config's %s", f->path, name,
+                       q->method == RT_QUANT_CT_INT ? "weights.actorder is not \"group\"" : "desc_act is false");
     if (rc || in_order) {
         free(gi);
         return rc;
@@ -438,7 +445,7 @@ int rt_quant_input_order(rt_ckpt *ck, const rt_quant *q, const char *module, int
     const int64_t g = q->group_size;
     int32_t *gi;
     *order = NULL;
-    if (q->method != RT_QUANT_GPTQ || q->scale != RT_QSCALE_GROUP || cols % g)
+    if ((q->method != RT_QUANT_GPTQ && q->method != RT_QUANT_CT_INT) || q->scale != RT_QSCALE_GROUP || cols % g)
         return 0;
     if (read_g_idx(&R, q, cols, g, &gi))
         return -1;
@@ -530,6 +537,82 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
     return rc;
 }
 
+/* compressed-tensors pack-quantized: weight_packed int32 (rows, cols * bits / 32), each row's values
+ * packed along the input, value j of a word at bits j * bits, each code its signed value plus
+ * 2^(bits-1); weight_scale (rows, groups) or (rows, 1); weight_zero_point int32 (rows * bits / 32,
+ * groups) packed along the output, when asymmetric; weight_g_idx (cols) under actorder "group". */
+static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                       int64_t c0, int64_t c1)
+{
+    const int bits = q->bits, per = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1;
+    const int64_t g = q->scale == RT_QSCALE_CHANNEL ? cols : q->group_size, ng = cols / g;
+    const rt_st_file *fw, *fs, *fz = NULL;
+    const rt_st_tensor *tw, *ts, *tz = NULL;
+    int32_t *order = NULL;
+    if (cols % g || cols % per || (q->zero_point && rows % per))
+        return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit compressed-tensors (inputs multiples "
+                                 "of %d and of the group size %lld%s)", R->module, (long long)rows, (long long)cols,
+                         bits, per, (long long)g, q->zero_point ? ", outputs of the zero points' packing" : "");
+    if (qfind(R, "weight_packed", "I32", rows, cols / per, &fw, &tw) ||
+        qfind(R, "weight_scale", NULL, rows, q->scale == RT_QSCALE_CHANNEL ? 0 : ng, &fs, &ts) ||
+        (q->zero_point && qfind(R, "weight_zero_point", "I32", rows / per, ng, &fz, &tz)) ||
+        read_g_idx(R, q, cols, g, &order))
+        return -1;
+    if ((!order && check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? per : g, "a group")) ||
+        check_cut(R, "column", c0, per, "a packed word") || check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
+        (q->zero_point && (check_cut(R, "row", r0, per, "a packed word of zero points") ||
+                           check_cut(R, "row", r1 == rows ? 0 : r1, per, "a packed word of zero points")))) {
+        free(order);
+        return -1;
+    }
+    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, q->zero_point,
+                   R->err)) {
+        free(order);
+        return -1;
+    }
+    if (order) { /* every group's scales, and each column's group */
+        float *sc = realloc(m->scales, (size_t)(m->rows * ng) * sizeof *sc + 1);
+        m->scales = sc ? sc : m->scales;
+        uint16_t *z = sc && m->zeros ? realloc(m->zeros, (size_t)(m->rows * ng) * sizeof *z + 1) : NULL;
+        m->zeros = z ? z : m->zeros;
+        m->gidx = sc && (z || !m->zeros) ? malloc((size_t)m->cols * sizeof *m->gidx + 1) : NULL;
+        if (!m->gidx) {
+            free(order);
+            rt_qmat_free(m);
+            return base_errf(R->err, "%s: out of host memory", R->module);
+        }
+        memcpy(m->gidx, order + c0, (size_t)m->cols * sizeof *m->gidx);
+        m->n_groups = ng;
+        free(order);
+    }
+    const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, nsg = g1 - g0;
+    uint32_t *qw = read_slice(R, fw, tw, false, r0, r1, c0 / per, (c1 + per - 1) / per);
+    float *s = read_slice(R, fs, ts, true, r0, r1, q->scale == RT_QSCALE_CHANNEL ? 0 : g0,
+                          q->scale == RT_QSCALE_CHANNEL ? 1 : g1);
+    uint32_t *qz = q->zero_point ? read_slice(R, fz, tz, false, r0 / per, (r1 + per - 1) / per, g0, g1) : NULL;
+    const int64_t nw = (c1 + per - 1) / per - c0 / per;
+    if (qw && s && (qz || !q->zero_point)) {
+        for (int64_t r = 0; r < m->rows; r++) {
+            for (int64_t c = 0; c < m->cols; c++)
+                m->codes[r * m->cols + c] = (uint8_t)((qw[r * nw + c / per] >> (bits * (c % per))) & mask);
+            for (int64_t j = 0; j < m->n_groups; j++) {
+                m->scales[r * m->n_groups + j] = s[r * (q->scale == RT_QSCALE_CHANNEL ? 1 : nsg) + j];
+                if (qz) /* row r0 + r: word (r0 + r) / per of the slice's first, value (r0 + r) % per */
+                    m->zeros[r * m->n_groups + j] =
+                        (uint16_t)((qz[((r0 + r) / per - r0 / per) * nsg + j] >> (bits * ((r0 + r) % per))) & mask);
+            }
+        }
+    }
+    int rc = qw && s && (qz || !q->zero_point) ? 0 : -1;
+    free(qw);
+    free(s);
+    free(qz);
+    if (rc)
+        rt_qmat_free(m);
+    return rc;
+}
+
 int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module, int64_t rows, int64_t cols,
                  int64_t r0, int64_t r1, int64_t c0, int64_t c1, size_t *bytes, base_err *err)
 {
@@ -543,6 +626,8 @@ int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module,
         return read_awq(m, &R, q, rows, cols, r0, r1, c0, c1);
     case RT_QUANT_GPTQ:
         return read_gptq(m, &R, q, rows, cols, r0, r1, c0, c1);
+    case RT_QUANT_CT_INT:
+        return read_ct_int(m, &R, q, rows, cols, r0, r1, c0, c1);
     case RT_QUANT_NONE:
     case RT_QUANT_LOAD:
         break;

@@ -79,7 +79,7 @@ typedef struct rt_qtensor {
     void *data;         /* malloc'd, row-major */
 } rt_qtensor;
 
-#define RT_QTENSORS_MAX 4
+#define RT_QTENSORS_MAX 5
 
 /* The tensors a checkpoint of method q->method stores for the whole matrix m (out, in), packed as
  * the format's tools lay them out: the inverse of rt_qmat_read. Fails naming a shape the format

@@ -93,14 +93,59 @@ static int parse_kv_scheme(const cJSON *kvs, const char *name, rt_kv_scales *kv,
     return 0;
 }
 
-/* compressed-tensors: one config group of FP8 weights. */
+/* compressed-tensors "pack-quantized": integer weights of 4 or 8 bits, a scale a row or a group,
+ * zero points when asymmetric, activations left alone (W4A16, W8A16). w: the group's weights. */
+static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, const char *name, base_err *err)
+{
+    const char *type = qstr(w, "type"), *strategy = qstr(w, "strategy");
+    int bits = 0;
+    bool sym = true, dynamic = false;
+    const cJSON *acts = qfield(g, "input_activations"), *ao = qfield(w, "actorder");
+    if (qint(w, "num_bits", 0, &bits) || (bits != 4 && bits != 8) || !type || strcmp(type, "int") != 0)
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' holds %d-bit %.16s "
+                              "weights: dinfer reads pack-quantized int4 and int8 ones", name, g->string, bits,
+                         type ? type : "(no type)");
+    if (qbool(w, "symmetric", true, &sym) || qbool(w, "dynamic", false, &dynamic) || dynamic)
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights': integer weights must "
+                              "have static scales (dynamic false) and a boolean symmetric", name, g->string);
+    if (acts && !cJSON_IsNull(acts))
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.input_activations' is set: dinfer "
+                              "reads weight-only integer checkpoints (W4A16, W8A16), activations unquantized",
+                         name, g->string);
+    if (ao && !cJSON_IsNull(ao) && !(cJSON_IsString(ao) && (strcmp(ao->valuestring, "group") == 0 ||
+                                                            strcmp(ao->valuestring, "weight") == 0 ||
+                                                            strcmp(ao->valuestring, "static") == 0)))
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.actorder' has unsupported "
+                              "value (supported: null, group, weight, static)", name, g->string);
+    *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .bits = bits, .zero_point = !sym,
+                    .symmetric = sym};
+    if (strategy && strcmp(strategy, "channel") == 0) {
+        q->scale = RT_QSCALE_CHANNEL;
+    } else if (strategy && strcmp(strategy, "group") == 0) {
+        q->scale = RT_QSCALE_GROUP;
+        if (qint(w, "group_size", 0, &q->group_size) || q->group_size < 8 || q->group_size % 8)
+            return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.group_size' must be "
+                                  "a positive multiple of 8", name, g->string);
+        /* "group": columns quantized out of order, weight_g_idx says each one's group ("weight" and
+         * "static" keep the groups in order) */
+        q->act_order = ao && cJSON_IsString(ao) && strcmp(ao->valuestring, "group") == 0;
+    } else {
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.strategy' has unsupported "
+                              "value \"%.16s\" for integer weights (supported: channel, group)",
+                         name, g->string, strategy ? strategy : "(missing)");
+    }
+    return 0;
+}
+
+/* compressed-tensors: one config group of FP8 weights, or of integer ones (pack-quantized). */
 static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
 {
     const char *fmt = qstr(obj, "format");
-    if (!fmt || (strcmp(fmt, "float-quantized") != 0 && strcmp(fmt, "naive-quantized") != 0))
+    const bool packed = fmt && strcmp(fmt, "pack-quantized") == 0;
+    if (!fmt || (strcmp(fmt, "float-quantized") != 0 && strcmp(fmt, "naive-quantized") != 0 && !packed))
         return base_errf(err, "%s: field 'quantization_config.format' has unsupported value \"%.32s\": dinfer reads "
-                              "compressed-tensors FP8 weights (float-quantized or naive-quantized)",
-                         name, fmt ? fmt : "(missing)");
+                              "compressed-tensors FP8 weights (float-quantized or naive-quantized) and integer ones "
+                              "(pack-quantized)", name, fmt ? fmt : "(missing)");
     rt_kv_scales kv = RT_KV_SCALES_NONE;
     if (parse_kv_scheme(qfield(obj, "kv_cache_scheme"), name, &kv, err))
         return -1;
@@ -112,6 +157,12 @@ static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *e
     if (!cJSON_IsObject(w))
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' is missing", name,
                          g->string);
+    if (packed) {
+        if (parse_ct_int(q, g, w, name, err))
+            return -1;
+        q->kv_scales = kv;
+        return 0;
+    }
     const char *type = qstr(w, "type"), *strategy = qstr(w, "strategy");
     int bits = 0;
     bool sym = true, dynamic = false;
@@ -226,7 +277,7 @@ int rt_quant_parse(rt_quant *q, const cJSON *obj, const char *name, base_err *er
     if (!qint(obj, "bits", 0, &bits) && bits)
         snprintf(shape, sizeof shape, " (bits %d)", bits);
     return base_errf(err, "%s: field 'quantization_config.quant_method' has unsupported value \"%.32s\"%s: dinfer "
-                          "reads compressed-tensors FP8, fp8, awq and gptq checkpoints", name, m, shape);
+                          "reads compressed-tensors (FP8, int4, int8), fp8, awq and gptq checkpoints", name, m, shape);
 }
 
 int rt_quant_for_load(rt_quant *q, const char *mode)
@@ -309,6 +360,30 @@ cJSON *rt_quant_to_json(const rt_quant *q)
         cJSON_AddBoolToObject(o, "sym", q->symmetric);
         cJSON_AddStringToObject(o, "checkpoint_format", q->gptq_v1 ? "gptq" : "gptq_v2");
         break;
+    case RT_QUANT_CT_INT: { /* as llm-compressor writes W4A16 / W8A16 */
+        cJSON_AddStringToObject(o, "quant_method", "compressed-tensors");
+        cJSON_AddStringToObject(o, "format", "pack-quantized");
+        cJSON_AddStringToObject(o, "quantization_status", "compressed");
+        cJSON *g = cJSON_AddObjectToObject(cJSON_AddObjectToObject(o, "config_groups"), "group_0");
+        const char *targets[] = {"Linear"};
+        cJSON_AddItemToObject(g, "targets", cJSON_CreateStringArray(targets, 1));
+        cJSON_AddNullToObject(g, "input_activations");
+        cJSON *w = cJSON_AddObjectToObject(g, "weights");
+        cJSON_AddNumberToObject(w, "num_bits", q->bits);
+        cJSON_AddStringToObject(w, "type", "int");
+        cJSON_AddStringToObject(w, "strategy", q->scale == RT_QSCALE_GROUP ? "group" : "channel");
+        if (q->scale == RT_QSCALE_GROUP)
+            cJSON_AddNumberToObject(w, "group_size", q->group_size);
+        cJSON_AddBoolToObject(w, "symmetric", q->symmetric);
+        cJSON_AddBoolToObject(w, "dynamic", 0);
+        if (q->act_order)
+            cJSON_AddStringToObject(w, "actorder", "group");
+        else
+            cJSON_AddNullToObject(w, "actorder");
+        const char *ignore[] = {"lm_head"};
+        cJSON_AddItemToObject(o, "ignore", cJSON_CreateStringArray(ignore, 1));
+        break;
+    }
     case RT_QUANT_NONE:
     case RT_QUANT_LOAD:
         cJSON_Delete(o);
@@ -319,7 +394,8 @@ cJSON *rt_quant_to_json(const rt_quant *q)
 
 const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size)
 {
-    static const char *const methods[] = {"float", "compressed-tensors", "fp8", "AWQ", "GPTQ", "--quantize"};
+    static const char *const methods[] = {"float", "compressed-tensors", "fp8", "AWQ", "GPTQ", "compressed-tensors",
+                                          "--quantize"};
     const char *what = q->kind == RT_QK_FP8 ? "FP8" : q->bits == 4 ? "int4" : "int8";
     if (q->method == RT_QUANT_NONE) {
         snprintf(buf, size, "float weights");

@@ -101,6 +101,43 @@ static int pack_gptq(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *
     return 0;
 }
 
+/* compressed-tensors pack-quantized (quant.c's read_ct_int): the codes as they are (a signed value
+ * plus 2^(bits-1)), packed along the input; zero points packed along the output. */
+static int pack_ct_int(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *n)
+{
+    const int bits = m->bits, per = 32 / bits;
+    const int64_t rows = m->rows, cols = m->cols, ng = m->n_groups;
+    int32_t *w = add(out, n, "weight_packed", "I32", 4, rows, cols / per);
+    uint16_t *s = add(out, n, "weight_scale", "F16", 2, rows, ng);
+    int32_t *shape = add(out, n, "weight_shape", "I32", 4, 2, 0);
+    if (!w || !s || !shape)
+        return -1;
+    shape[0] = (int32_t)rows, shape[1] = (int32_t)cols;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++)
+            w[r * (cols / per) + c / per] =
+                (int32_t)((uint32_t)w[r * (cols / per) + c / per] | (uint32_t)m->codes[r * cols + c] << (bits * (c % per)));
+        for (int64_t j = 0; j < ng; j++)
+            s[r * ng + j] = rt_f32_to_f16(scale_at(m, r, j));
+    }
+    if (q->zero_point) {
+        int32_t *z = add(out, n, "weight_zero_point", "I32", 4, rows / per, ng);
+        if (!z)
+            return -1;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < ng; j++)
+                z[(r / per) * ng + j] = (int32_t)((uint32_t)z[(r / per) * ng + j] | (uint32_t)zero_at(m, r, j)
+                                                                                        << (bits * (r % per)));
+    }
+    if (m->gidx) {
+        int32_t *gi = add(out, n, "weight_g_idx", "I32", 4, cols, 0);
+        if (!gi)
+            return -1;
+        memcpy(gi, m->gidx, (size_t)cols * sizeof *gi);
+    }
+    return 0;
+}
+
 int rt_qmat_pack(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *n, base_err *err)
 {
     *n = 0;
@@ -128,6 +165,14 @@ int rt_qmat_pack(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int *n, b
                     return base_errf(err, "GPTQ's v1 format stores each zero point minus one: a zero point of 0 "
                                           "needs checkpoint_format gptq_v2");
         rc = pack_gptq(m, q, out, n);
+        break;
+    case RT_QUANT_CT_INT:
+        if ((q->zero_point && m->rows % (32 / m->bits)) || m->cols % (32 / m->bits) ||
+            (q->scale == RT_QSCALE_GROUP && m->cols % q->group_size))
+            return base_errf(err, "a %lld x %lld matrix does not pack as %d-bit compressed-tensors (inputs multiples "
+                                  "of %d and of the group size)", (long long)m->rows, (long long)m->cols, m->bits,
+                             32 / m->bits);
+        rc = pack_ct_int(m, q, out, n);
         break;
     default:
         return base_errf(err, "not a checkpoint's quantization method");

@@ -138,6 +138,8 @@ static const rt_quant qformats[] = {
     {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4, .group_size = 128,
      .zero_point = true},
     {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4, .group_size = 32},
+    /* symmetric int4 in groups of 128: compressed-tensors' W4A16 (no zero points stored) */
+    {.method = RT_QUANT_LOAD, .kind = RT_QK_INT, .scale = RT_QSCALE_GROUP, .bits = 4, .group_size = 128},
 };
 
 /* Row i of x (n, K) as e4m3 values with a scale a row (its largest magnitude / 448): what a backend
@@ -528,6 +530,9 @@ static const op_case cases[] = {
     {"matmul", {24, 1024, 40, 1, 2}, run_qmatmul},  {"matmul", {20, 204, 30, 0, 2}, run_qmatmul},
     {"matmul", {20, 204, 30, 0, 0}, run_qmatmul},   {"matmul", {20, 204, 30, 1, 4}, run_qmatmul},
     {"matmul", {3, 204, 30, 1, 4}, run_qmatmul},
+    /* W4A16's symmetric int4 in groups of 128 on each int4 path: streaming, tensor cores, slabs */
+    {"matmul", {1, 4096, 64, 0, 5}, run_qmatmul},   {"matmul", {16, 4096, 48, 1, 5}, run_qmatmul},
+    {"matmul", {40, 4096, 96, 0, 5}, run_qmatmul},  {"matmul", {70, 1024, 64, 0, 5}, run_qmatmul},
     /* several slabs (the 32 MiB scratch holds 1,170 BF16 rows of 14,336 columns, 585 in F32) */
     {"matmul", {20, 14336, 1200, 1, 2}, run_qmatmul}, {"matmul", {70, 14336, 1200, 0, 3}, run_qmatmul},
     /* the tensor-core kernel's edges (BF16, int4 in 128-column groups, FP8 from 2 tokens): rows not a

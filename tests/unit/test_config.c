@@ -150,8 +150,34 @@ static void test_errors_name_field_and_value(void **state)
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 2, \"group_size\": 128}"), "'quantization_config.bits' is 2");
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"checkpoint_format\": \"marlin\"}"),
                  "'quantization_config.checkpoint_format' has unsupported value \"marlin\"");
-    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\"}"),
-                 "'quantization_config.format' has unsupported value \"pack-quantized\"");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"int-quantized\"}"),
+                 "'quantization_config.format' has unsupported value \"int-quantized\"");
+    /* pack-quantized: weight-only int4 / int8, a scale a row or a group, actorder known */
+#define CTI(weights, acts) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", " \
+                              "\"config_groups\": {\"g\": {\"weights\": " weights ", \"input_activations\": " acts "}}}")
+    expect_error(CTI("{\"num_bits\": 2, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128}", "null"),
+                 "holds 2-bit int weights: dinfer reads pack-quantized int4 and int8 ones");
+    expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128}",
+                     "{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"token\", \"dynamic\": true}"),
+                 "'quantization_config.config_groups.g.input_activations' is set: dinfer reads weight-only");
+    expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"tensor\"}", "null"),
+                 "weights.strategy' has unsupported value \"tensor\" for integer weights");
+    expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 100}", "null"),
+                 "weights.group_size' must be a positive multiple of 8");
+    expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128, "
+                     "\"actorder\": \"dynamic\"}", "null"),
+                 "weights.actorder' has unsupported value");
+    {
+        rt_config kc;
+        base_err err;
+        static const char cfg[] = CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": "
+                                      "128, \"symmetric\": false, \"actorder\": \"group\"}", "null");
+        assert_int_equal(parse(&kc, cfg, &err), 0);
+        assert_int_equal(kc.quant.method, RT_QUANT_CT_INT);
+        assert_int_equal(kc.quant.bits, 4);
+        assert_int_equal(kc.quant.group_size, 128);
+        assert_true(kc.quant.zero_point && kc.quant.act_order);
+    }
     expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\"}"),
                  "'quantization_config.config_groups' must hold exactly one group (has 0)");
     expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"float-quantized\", \"config_groups\": "
