@@ -551,16 +551,18 @@ static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, in
     const rt_st_tensor *tw, *ts, *tz = NULL;
     int32_t *order = NULL;
     if (cols % g || cols % per || (q->zero_point && rows % per))
-        return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit compressed-tensors (inputs multiples "
-                                 "of %d and of the group size %lld%s)", R->module, (long long)rows, (long long)cols,
-                         bits, per, (long long)g, q->zero_point ? ", outputs of the zero points' packing" : "");
+        return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit compressed-tensors (inputs "
+                                 "multiples of %d and of the group size %lld%s)", R->module, (long long)rows,
+                         (long long)cols, bits, per, (long long)g,
+                         q->zero_point ? ", outputs of the zero points' packing" : "");
     if (qfind(R, "weight_packed", "I32", rows, cols / per, &fw, &tw) ||
         qfind(R, "weight_scale", NULL, rows, q->scale == RT_QSCALE_CHANNEL ? 0 : ng, &fs, &ts) ||
         (q->zero_point && qfind(R, "weight_zero_point", "I32", rows / per, ng, &fz, &tz)) ||
         read_g_idx(R, q, cols, g, &order))
         return -1;
     if ((!order && check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? per : g, "a group")) ||
-        check_cut(R, "column", c0, per, "a packed word") || check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
+        check_cut(R, "column", c0, per, "a packed word") ||
+        check_cut(R, "column", c1 == cols ? 0 : c1, per, "a packed word") ||
         (q->zero_point && (check_cut(R, "row", r0, per, "a packed word of zero points") ||
                            check_cut(R, "row", r1 == rows ? 0 : r1, per, "a packed word of zero points")))) {
         free(order);

@@ -114,9 +114,9 @@ static int pack_ct_int(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int
         return -1;
     shape[0] = (int32_t)rows, shape[1] = (int32_t)cols;
     for (int64_t r = 0; r < rows; r++) {
+        int32_t *row = w + r * (cols / per);
         for (int64_t c = 0; c < cols; c++)
-            w[r * (cols / per) + c / per] =
-                (int32_t)((uint32_t)w[r * (cols / per) + c / per] | (uint32_t)m->codes[r * cols + c] << (bits * (c % per)));
+            row[c / per] = (int32_t)((uint32_t)row[c / per] | (uint32_t)m->codes[r * cols + c] << (bits * (c % per)));
         for (int64_t j = 0; j < ng; j++)
             s[r * ng + j] = rt_f32_to_f16(scale_at(m, r, j));
     }

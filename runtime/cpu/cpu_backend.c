@@ -64,7 +64,8 @@ static void cpu_destroy(rt_backend *be)
         .host_alloc = cpu_alloc, .host_free = cpu_free, .download = cpu_copy, .sync = cpu_sync,            \
         .embedding = cpu_embedding, .matmul = cpu_matmul, .rmsnorm = cpu_rmsnorm,                          \
         .add_rmsnorm = cpu_add_rmsnorm, .rope_kv_write = cpu_rope_kv_write, .attention = cpu_attention,    \
-        .add = cpu_add, .silu_mul = cpu_silu_mul, .gather_rows = cpu_gather_rows, .gather_cols = cpu_gather_cols, .to_f32 = cpu_to_f32,    \
+        .add = cpu_add, .silu_mul = cpu_silu_mul, .gather_rows = cpu_gather_rows,                          \
+        .gather_cols = cpu_gather_cols, .to_f32 = cpu_to_f32,                                              \
         .check = cpu_check, .destroy = cpu_destroy, __VA_ARGS__                                            \
     }
 

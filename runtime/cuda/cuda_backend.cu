@@ -141,7 +141,8 @@ static void cuda_destroy(rt_backend *be)
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
-        .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols, .to_f32 = cuda_to_f32,           \
+        .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
+        .to_f32 = cuda_to_f32,                                                                        \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
         .graph_launch = cuda_graph_launch, .graph_free = cuda_graph_free, .check = cuda_check, .destroy = cuda_destroy,                                                \
     }
