@@ -96,6 +96,9 @@ static int run(int argc, char **argv, base_err *err)
     if (p.tp > cfg.n_kv_heads)
         printf("KV heads are replicated: each is held by %d ranks\n", p.tp / cfg.n_kv_heads);
     printf("weights in all: %.1f MiB\n", total / (1 << 20));
+    if (cfg.quant.act_order && p.tp > 1) /* which groups a split cuts is in g_idx, not config.json */
+        printf("act order: where the --tp %d split gives a rank part of o_proj's groups, that rank holds o_proj as "
+               "floats, more than counted above (the job says so as it loads)\n", p.tp);
     plan_free(&p);
     return 0;
 }

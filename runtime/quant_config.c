@@ -405,7 +405,8 @@ const char *rt_quant_describe(const rt_quant *q, char *buf, size_t size)
     case RT_QSCALE_TENSOR: snprintf(buf, size, "%s %s, a scale a matrix", methods[q->method], what); break;
     case RT_QSCALE_CHANNEL: snprintf(buf, size, "%s %s, a scale a row", methods[q->method], what); break;
     case RT_QSCALE_GROUP:
-        snprintf(buf, size, "%s %s, groups of %d", methods[q->method], what, q->group_size);
+        snprintf(buf, size, "%s %s, groups of %d%s", methods[q->method], what, q->group_size,
+                 q->act_order ? " in act order" : "");
         break;
     case RT_QSCALE_BLOCK:
         snprintf(buf, size, "%s %s, blocks of %d x %d", methods[q->method], what, q->block_rows, q->block_cols);

@@ -58,6 +58,7 @@ done
 # model's, as gptq4's is. (Against transformers: the golden.quant_gptq4_act fixture.)
 "$DINFER_MKMODEL" --out "$tmp/gptq4-act" "${shape[@]}" --quantize gptq4-act >/dev/null
 grep -q '"desc_act":.*true' "$tmp/gptq4-act/config.json"
+"$DINFER_PLAN" --model "$tmp/gptq4-act" --tp 2 --pp 1 | grep -q "^act order: where the --tp 2 split gives a rank part of o_proj"
 hb() { "$DINFER_RUN" --verbose --tokens 1 --max-tokens 1 --threads 1 --model "$1" 2>&1 >/dev/null |
          sed -n 's/.*holding \([0-9]*\) bytes of weights.*/\1/p'; }
 a=$(hb "$tmp/gptq4") b=$(hb "$tmp/gptq4-act") # the orders: 2 layers x (256 + 256 + 256) int32s
