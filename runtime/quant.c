@@ -383,6 +383,31 @@ static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
     return rc;
 }
 
+/* An integer slice's storage (qmat_alloc), and with order (act order: each input column's group,
+ * read_g_idx's) room for every one of the ng groups' scales and each column's group from order[c0];
+ * order freed. */
+static int qmat_alloc_int(rt_qmat *m, qread *R, int bits, int64_t rows, int64_t cols, int64_t group, bool zeros,
+                          int32_t *order, int64_t c0, int64_t ng)
+{
+    int rc = qmat_alloc(m, RT_QK_INT, bits, rows, cols, group, zeros, R->err);
+    if (!rc && order) {
+        float *sc = realloc(m->scales, (size_t)(rows * ng) * sizeof *sc + 1);
+        m->scales = sc ? sc : m->scales;
+        uint16_t *z = sc && zeros ? realloc(m->zeros, (size_t)(rows * ng) * sizeof *z + 1) : NULL;
+        m->zeros = z ? z : m->zeros;
+        m->gidx = sc && (z || !zeros) ? malloc((size_t)cols * sizeof *m->gidx + 1) : NULL;
+        if (m->gidx) {
+            memcpy(m->gidx, order + c0, (size_t)cols * sizeof *m->gidx);
+            m->n_groups = ng;
+        } else {
+            rt_qmat_free(m);
+            rc = base_errf(R->err, "%s: out of host memory", R->module);
+        }
+    }
+    free(order);
+    return rc;
+}
+
 /* Each input column's group (cols): GPTQ's g_idx, compressed-tensors' weight_g_idx. 0 with *order
  * NULL when it is i / g throughout (or absent), else *order (malloc'd) holds it, every group checked
  * to have g columns. */
@@ -492,25 +517,8 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
         return -1;
     }
     const int64_t mg = q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g;
-    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, mg, true, R->err)) {
-        free(order);
+    if (qmat_alloc_int(m, R, bits, r1 - r0, c1 - c0, mg, true, order, c0, ng))
         return -1;
-    }
-    if (order) { /* every group's scales, and each column's group */
-        float *sc = realloc(m->scales, (size_t)(m->rows * ng) * sizeof *sc + 1);
-        m->scales = sc ? sc : m->scales;
-        uint16_t *z = sc ? realloc(m->zeros, (size_t)(m->rows * ng) * sizeof *z + 1) : NULL;
-        m->zeros = z ? z : m->zeros;
-        m->gidx = z ? malloc((size_t)m->cols * sizeof *m->gidx + 1) : NULL;
-        if (!m->gidx) {
-            free(order);
-            rt_qmat_free(m);
-            return base_errf(R->err, "%s: out of host memory", R->module);
-        }
-        memcpy(m->gidx, order + c0, (size_t)m->cols * sizeof *m->gidx);
-        m->n_groups = ng;
-        free(order);
-    }
     const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, ncw = r1 / per - r0 / per;
     uint32_t *qw = read_slice(R, fw, tw, false, c0 / per, (c1 + per - 1) / per, r0, r1);
     uint32_t *qz = read_slice(R, fz, tz, false, g0, g1, r0 / per, r1 / per);
@@ -568,26 +576,9 @@ static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, in
         free(order);
         return -1;
     }
-    if (qmat_alloc(m, RT_QK_INT, bits, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, q->zero_point,
-                   R->err)) {
-        free(order);
+    if (qmat_alloc_int(m, R, bits, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, q->zero_point,
+                       order, c0, ng))
         return -1;
-    }
-    if (order) { /* every group's scales, and each column's group */
-        float *sc = realloc(m->scales, (size_t)(m->rows * ng) * sizeof *sc + 1);
-        m->scales = sc ? sc : m->scales;
-        uint16_t *z = sc && m->zeros ? realloc(m->zeros, (size_t)(m->rows * ng) * sizeof *z + 1) : NULL;
-        m->zeros = z ? z : m->zeros;
-        m->gidx = sc && (z || !m->zeros) ? malloc((size_t)m->cols * sizeof *m->gidx + 1) : NULL;
-        if (!m->gidx) {
-            free(order);
-            rt_qmat_free(m);
-            return base_errf(R->err, "%s: out of host memory", R->module);
-        }
-        memcpy(m->gidx, order + c0, (size_t)m->cols * sizeof *m->gidx);
-        m->n_groups = ng;
-        free(order);
-    }
     const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, nsg = g1 - g0;
     uint32_t *qw = read_slice(R, fw, tw, false, r0, r1, c0 / per, (c1 + per - 1) / per);
     float *s = read_slice(R, fs, ts, true, r0, r1, q->scale == RT_QSCALE_CHANNEL ? 0 : g0,
