@@ -158,6 +158,9 @@ static int quant_format(const char *name, rt_quant *q)
     else if (strcmp(name, "w8a16") == 0) /* its W8A16, asymmetric: int8 with zero points, a scale a row */
         *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
                         .zero_point = true, .scales_f16 = true};
+    else if (strcmp(name, "w8a8") == 0) /* its W8A8 (int-quantized): int8 a byte, a scale a row */
+        *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
+                        .symmetric = true, .scales_f16 = true, .int8_weight = true};
     else if (strcmp(name, "gptq8") == 0)
         *q = (rt_quant){.method = RT_QUANT_GPTQ, .kind = RT_QK_INT, .scale = RT_QSCALE_CHANNEL, .bits = 8,
                         .symmetric = true, .gptq_v1 = true, .scales_f16 = true};
@@ -371,7 +374,7 @@ static void usage(FILE *f)
             "                               by a seeded shuffle, g_idx), gptq8 (int8, a scale a row,\n"
             "                               symmetric), w4a16 (compressed-tensors pack-quantized int4,\n"
             "                               groups of 128, symmetric), w8a16 (int8 with zero points, a\n"
-            "                               scale a row)\n"
+            "                               scale a row), w8a8 (int-quantized int8, a scale a row)\n"
             "  --kv-scales tensor|attn_head with --quantize fp8: static FP8 KV-cache scales as llm-compressor\n"
             "                               writes them (kv_cache_scheme; k_scale and v_scale a layer, one\n"
             "                               value or one a KV head), each a bound on what the layer can write\n");
@@ -451,7 +454,7 @@ static int run(int argc, char **argv, base_err *err)
         case O_SHARD: if (cli_size(f, a, &shard_bytes, err)) return -1; break;
         case O_QUANT:
             if (quant_format(a, &quant))
-                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq4-act, gptq8, w4a16, w8a16)", a);
+                return base_errf(err, "--quantize: unknown format \"%.16s\" (fp8, fp8-block, awq, gptq4, gptq4-act, gptq8, w4a16, w8a16, w8a8)", a);
             break;
         case O_KV_SCALES:
             if (strcmp(a, "tensor") == 0) kv_scales = RT_KV_SCALES_TENSOR;

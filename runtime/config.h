@@ -45,7 +45,8 @@ typedef enum rt_quant_method {
     RT_QUANT_FP8,    /* transformers "fp8": FP8 with block scales (weight_scale_inv) */
     RT_QUANT_AWQ,    /* AWQ, GEMM packing, 4 bits with zero points */
     RT_QUANT_GPTQ,   /* GPTQ, 4 or 8 bits, its columns' groups from g_idx (act order: desc_act) */
-    RT_QUANT_CT_INT, /* compressed-tensors "pack-quantized" int4/int8 (llm-compressor's W4A16, W8A16) */
+    RT_QUANT_CT_INT, /* compressed-tensors integers: "pack-quantized" int4/int8 (llm-compressor's W4A16,
+                      * W8A16), "int-quantized" int8 (its W8A8: activations left in the compute type) */
     RT_QUANT_LOAD,   /* a float checkpoint quantized as it loads (--quantize) */
 } rt_quant_method;
 
@@ -84,6 +85,7 @@ typedef struct rt_quant {
                                  * the loader puts groups back in runs and the forward pass gathers a
                                  * product's inputs in that order (rt_tensor_quant.perm) */
     bool scales_f16;            /* scales are stored as F16 (AWQ, GPTQ): quantizing rounds them so */
+    bool int8_weight;           /* compressed-tensors int-quantized: `weight` holds signed int8 values */
     rt_kv_scales kv_scales;     /* the checkpoint's FP8 KV-cache scales (compressed-tensors) */
 } rt_quant;
 

@@ -177,8 +177,8 @@ bool rt_quant_stored(const rt_ckpt *ck, const rt_quant *q, const char *module)
     case RT_QUANT_GPTQ:
         snprintf(name, sizeof name, "%s.qweight", module);
         return rt_ckpt_has(ck, name);
-    case RT_QUANT_CT_INT:
-        snprintf(name, sizeof name, "%s.weight_packed", module);
+    case RT_QUANT_CT_INT: /* int-quantized: as FP8's, the scale tells (the weight's name is a float one's) */
+        snprintf(name, sizeof name, "%s.%s", module, q->int8_weight ? "weight_scale" : "weight_packed");
         return rt_ckpt_has(ck, name);
     case RT_QUANT_NONE:
     case RT_QUANT_LOAD:
@@ -545,10 +545,50 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
     return rc;
 }
 
+static int read_ct_int8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                        int64_t c0, int64_t c1)
+{
+    const int64_t g = q->scale == RT_QSCALE_CHANNEL ? cols : q->group_size, ng = cols / g;
+    const rt_st_file *fw, *fs;
+    const rt_st_tensor *tw, *ts;
+    int32_t *order = NULL;
+    if (cols % g)
+        return base_errf(R->err, "%s: a %lld x %lld weight does not split into groups of %lld", R->module,
+                         (long long)rows, (long long)cols, (long long)g);
+    if (qfind(R, "weight", "I8", rows, cols, &fw, &tw) ||
+        qfind(R, "weight_scale", NULL, rows, q->scale == RT_QSCALE_CHANNEL ? 0 : ng, &fs, &ts) ||
+        read_g_idx(R, q, cols, g, &order))
+        return -1;
+    if (!order && check_cut(R, "column", c0, q->scale == RT_QSCALE_CHANNEL ? 1 : g, "a group")) {
+        free(order);
+        return -1;
+    }
+    if (qmat_alloc_int(m, R, 8, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, false, order, c0, ng))
+        return -1;
+    const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, nsg = g1 - g0;
+    int8_t *w = read_slice(R, fw, tw, false, r0, r1, c0, c1);
+    float *s = read_slice(R, fs, ts, true, r0, r1, q->scale == RT_QSCALE_CHANNEL ? 0 : g0,
+                          q->scale == RT_QSCALE_CHANNEL ? 1 : g1);
+    if (w && s)
+        for (int64_t r = 0; r < m->rows; r++) {
+            for (int64_t c = 0; c < m->cols; c++) /* the code: the value plus 128, the zero 128 */
+                m->codes[r * m->cols + c] = (uint8_t)(w[r * m->cols + c] + 128);
+            for (int64_t j = 0; j < m->n_groups; j++)
+                m->scales[r * m->n_groups + j] = s[r * (q->scale == RT_QSCALE_CHANNEL ? 1 : nsg) + j];
+        }
+    const int rc = w && s ? 0 : -1;
+    free(w);
+    free(s);
+    if (rc)
+        rt_qmat_free(m);
+    return rc;
+}
+
 /* compressed-tensors pack-quantized: weight_packed int32 (rows, cols * bits / 32), each row's values
  * packed along the input, value j of a word at bits j * bits, each code its signed value plus
  * 2^(bits-1); weight_scale (rows, groups) or (rows, 1); weight_zero_point int32 (rows * bits / 32,
- * groups) packed along the output, when asymmetric; weight_g_idx (cols) under actorder "group". */
+ * groups) packed along the output, when asymmetric; weight_g_idx (cols) under actorder "group".
+ * int-quantized (int8_weight): `weight` I8 (rows, cols), the signed values, symmetric. */
 static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
                        int64_t c0, int64_t c1)
 {
@@ -558,6 +598,8 @@ static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, in
     const rt_st_file *fw, *fs, *fz = NULL;
     const rt_st_tensor *tw, *ts, *tz = NULL;
     int32_t *order = NULL;
+    if (q->int8_weight)
+        return read_ct_int8(m, R, q, rows, cols, r0, r1, c0, c1);
     if (cols % g || cols % per || (q->zero_point && rows % per))
         return base_errf(R->err, "%s: a %lld x %lld weight does not pack as %d-bit compressed-tensors (inputs "
                                  "multiples of %d and of the group size %lld%s)", R->module, (long long)rows,

@@ -93,32 +93,33 @@ static int parse_kv_scheme(const cJSON *kvs, const char *name, rt_kv_scales *kv,
     return 0;
 }
 
-/* compressed-tensors "pack-quantized": integer weights of 4 or 8 bits, a scale a row or a group,
- * zero points when asymmetric, activations left alone (W4A16, W8A16). w: the group's weights. */
-static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, const char *name, base_err *err)
+/* compressed-tensors integer weights: "pack-quantized" (packed) of 4 or 8 bits, or int8 a byte each
+ * ("int-quantized"), a scale a row or a group, zero points when asymmetric (packed only). Quantized
+ * activations (W8A8's input_activations) are not applied: activations stay in the compute type, as
+ * with FP8's input scales. w: the group's weights. */
+static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, bool packed, const char *name, base_err *err)
 {
     const char *type = qstr(w, "type"), *strategy = qstr(w, "strategy");
     int bits = 0;
     bool sym = true, dynamic = false;
-    const cJSON *acts = qfield(g, "input_activations"), *ao = qfield(w, "actorder");
-    if (qint(w, "num_bits", 0, &bits) || (bits != 4 && bits != 8) || !type || strcmp(type, "int") != 0)
+    const cJSON *ao = qfield(w, "actorder");
+    if (qint(w, "num_bits", 0, &bits) || (bits != 8 && (bits != 4 || !packed)) || !type || strcmp(type, "int") != 0)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' holds %d-bit %.16s "
-                              "weights: dinfer reads pack-quantized int4 and int8 ones", name, g->string, bits,
-                         type ? type : "(no type)");
+                              "weights: dinfer reads %s", name, g->string, bits, type ? type : "(no type)",
+                         packed ? "pack-quantized int4 and int8 ones" : "int-quantized int8 ones");
     if (qbool(w, "symmetric", true, &sym) || qbool(w, "dynamic", false, &dynamic) || dynamic)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights': integer weights must "
                               "have static scales (dynamic false) and a boolean symmetric", name, g->string);
-    if (acts && !cJSON_IsNull(acts))
-        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.input_activations' is set: dinfer "
-                              "reads weight-only integer checkpoints (W4A16, W8A16), activations unquantized",
-                         name, g->string);
+    if (!packed && !sym)
+        return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.symmetric' is false: "
+                              "dinfer reads symmetric int-quantized weights", name, g->string);
     if (ao && !cJSON_IsNull(ao) && !(cJSON_IsString(ao) && (strcmp(ao->valuestring, "group") == 0 ||
                                                             strcmp(ao->valuestring, "weight") == 0 ||
                                                             strcmp(ao->valuestring, "static") == 0)))
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.actorder' has unsupported "
                               "value (supported: null, group, weight, static)", name, g->string);
     *q = (rt_quant){.method = RT_QUANT_CT_INT, .kind = RT_QK_INT, .bits = bits, .zero_point = !sym,
-                    .symmetric = sym};
+                    .symmetric = sym, .int8_weight = !packed};
     if (strategy && strcmp(strategy, "channel") == 0) {
         q->scale = RT_QSCALE_CHANNEL;
     } else if (strategy && strcmp(strategy, "group") == 0) {
@@ -137,15 +138,17 @@ static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, const char 
     return 0;
 }
 
-/* compressed-tensors: one config group of FP8 weights, or of integer ones (pack-quantized). */
+/* compressed-tensors: one config group of FP8 weights, or of integer ones (pack-quantized,
+ * int-quantized, or naive-quantized of type int). */
 static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *err)
 {
     const char *fmt = qstr(obj, "format");
-    const bool packed = fmt && strcmp(fmt, "pack-quantized") == 0;
-    if (!fmt || (strcmp(fmt, "float-quantized") != 0 && strcmp(fmt, "naive-quantized") != 0 && !packed))
+    const bool packed = fmt && strcmp(fmt, "pack-quantized") == 0, naive = fmt && strcmp(fmt, "naive-quantized") == 0;
+    const bool ints = fmt && strcmp(fmt, "int-quantized") == 0;
+    if (!fmt || (strcmp(fmt, "float-quantized") != 0 && !naive && !packed && !ints))
         return base_errf(err, "%s: field 'quantization_config.format' has unsupported value \"%.32s\": dinfer reads "
                               "compressed-tensors FP8 weights (float-quantized or naive-quantized) and integer ones "
-                              "(pack-quantized)", name, fmt ? fmt : "(missing)");
+                              "(pack-quantized, int-quantized)", name, fmt ? fmt : "(missing)");
     rt_kv_scales kv = RT_KV_SCALES_NONE;
     if (parse_kv_scheme(qfield(obj, "kv_cache_scheme"), name, &kv, err))
         return -1;
@@ -157,8 +160,9 @@ static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *e
     if (!cJSON_IsObject(w))
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' is missing", name,
                          g->string);
-    if (packed) {
-        if (parse_ct_int(q, g, w, name, err))
+    const char *wtype = qstr(w, "type");
+    if (packed || ints || (naive && wtype && strcmp(wtype, "int") == 0)) {
+        if (parse_ct_int(q, g, w, packed, name, err))
             return -1;
         q->kv_scales = kv;
         return 0;
@@ -362,12 +366,21 @@ cJSON *rt_quant_to_json(const rt_quant *q)
         break;
     case RT_QUANT_CT_INT: { /* as llm-compressor writes W4A16 / W8A16 */
         cJSON_AddStringToObject(o, "quant_method", "compressed-tensors");
-        cJSON_AddStringToObject(o, "format", "pack-quantized");
+        cJSON_AddStringToObject(o, "format", q->int8_weight ? "int-quantized" : "pack-quantized");
         cJSON_AddStringToObject(o, "quantization_status", "compressed");
         cJSON *g = cJSON_AddObjectToObject(cJSON_AddObjectToObject(o, "config_groups"), "group_0");
         const char *targets[] = {"Linear"};
         cJSON_AddItemToObject(g, "targets", cJSON_CreateStringArray(targets, 1));
-        cJSON_AddNullToObject(g, "input_activations");
+        if (q->int8_weight) { /* W8A8: int8 activations, dynamic per token (not applied by dinfer) */
+            cJSON *a = cJSON_AddObjectToObject(g, "input_activations");
+            cJSON_AddNumberToObject(a, "num_bits", 8);
+            cJSON_AddStringToObject(a, "type", "int");
+            cJSON_AddStringToObject(a, "strategy", "token");
+            cJSON_AddBoolToObject(a, "symmetric", 1);
+            cJSON_AddBoolToObject(a, "dynamic", 1);
+        } else {
+            cJSON_AddNullToObject(g, "input_activations");
+        }
         cJSON *w = cJSON_AddObjectToObject(g, "weights");
         cJSON_AddNumberToObject(w, "num_bits", q->bits);
         cJSON_AddStringToObject(w, "type", "int");

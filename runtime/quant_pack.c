@@ -107,6 +107,18 @@ static int pack_ct_int(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int
 {
     const int bits = m->bits, per = 32 / bits;
     const int64_t rows = m->rows, cols = m->cols, ng = m->n_groups;
+    if (q->int8_weight) { /* int-quantized: the signed values, a byte each */
+        int8_t *w = add(out, n, "weight", "I8", 1, rows, cols);
+        uint16_t *s = add(out, n, "weight_scale", "F16", 2, rows, ng);
+        if (!w || !s)
+            return -1;
+        for (int64_t i = 0; i < rows * cols; i++)
+            w[i] = (int8_t)(m->codes[i] - 128);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < ng; j++)
+                s[r * ng + j] = rt_f32_to_f16(scale_at(m, r, j));
+        return 0;
+    }
     int32_t *w = add(out, n, "weight_packed", "I32", 4, rows, cols / per);
     uint16_t *s = add(out, n, "weight_scale", "F16", 2, rows, ng);
     int32_t *shape = add(out, n, "weight_shape", "I32", 4, 2, 0);

@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 shape=(--dim 256 --heads 4 --kv-heads 2 --layers 2 --ffn-dim 512 --vocab 384 --seed 11)
 "$DINFER_MKMODEL" --out "$tmp/f32" "${shape[@]}" >/dev/null
-for q in fp8 fp8-block awq gptq4 gptq8 w4a16 w8a16; do
+for q in fp8 fp8-block awq gptq4 gptq8 w4a16 w8a16 w8a8; do
   "$DINFER_MKMODEL" --out "$tmp/$q" "${shape[@]}" --quantize "$q" >/dev/null
 done
 grep -q '"quant_method":.*"compressed-tensors"' "$tmp/fp8/config.json"
@@ -18,6 +18,7 @@ grep -q '"checkpoint_format":.*"gptq_v2"' "$tmp/gptq4/config.json"
 grep -q '"checkpoint_format":.*"gptq"' "$tmp/gptq8/config.json"
 grep -q '"format":.*"pack-quantized"' "$tmp/w4a16/config.json"
 grep -q '"symmetric":.*false' "$tmp/w8a16/config.json"
+grep -q '"format":.*"int-quantized"' "$tmp/w8a8/config.json"
 
 prompts=(--tokens 5,6,7 --tokens 100,3 --tokens 9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9)
 gen() { "$DINFER_RUN" "${prompts[@]}" --max-tokens 12 --temperature 0 --ignore-eos --json "$@" 2>/dev/null; }
@@ -33,7 +34,7 @@ same "$tmp/awq" "$tmp/gptq4"                # int4, groups of 128, F16 scales: t
 # the rest against the float model: the first three tokens of every prompt at 8 bits, the first at
 # int4 (a random model's next-token choices are close enough that int4 may change a later one)
 tokens() { local n=$1; shift; gen "$@" | sed -E "s/.*\"tokens\": \[(([0-9]+, ){$((n - 1))}[0-9]+).*/\1/"; }
-for q in fp8-block:3 gptq8:3 w8a16:3 awq:1 w4a16:1; do
+for q in fp8-block:3 gptq8:3 w8a16:3 w8a8:3 awq:1 w4a16:1; do
   n=${q#*:} q=${q%:*}
   want=$(tokens "$n" --model "$tmp/f32") got=$(tokens "$n" --model "$tmp/$q")
   [ "$got" = "$want" ] || { echo "FAIL: $q's first tokens $got, the float model's $want"; exit 1; }
@@ -41,7 +42,7 @@ for q in fp8-block:3 gptq8:3 w8a16:3 awq:1 w4a16:1; do
 done
 
 # tensor parallel: each rank reads its slice of the packed tensors (blocks, groups and words whole)
-for q in fp8-block awq gptq8 w4a16 w8a16; do
+for q in fp8-block awq gptq8 w4a16 w8a16 w8a8; do
   a=$(gen --model "$tmp/$q" | sed 's/"logprobs.*//')
   b=$(mpirun --oversubscribe --bind-to none -np 2 "$DINFER_RUN" --model "$tmp/$q" --tp 2 "${prompts[@]}" \
         --max-tokens 12 --temperature 0 --ignore-eos --json 2>/dev/null | sed 's/"logprobs.*//')

@@ -27,7 +27,7 @@ import shutil
 import struct
 import sys
 
-DTYPES = {"F32": ("f", 4), "F16": ("e", 2), "I32": ("i", 4)}
+DTYPES = {"F32": ("f", 4), "F16": ("e", 2), "I32": ("i", 4), "I8": ("b", 1)}
 
 
 def read_st(path):

@@ -12,6 +12,9 @@ transformers computed for the source (its golden.json, copied) are this model's 
   quant_gptq4     -> quant_ct_w4a16      int4, groups of 32, symmetric (every zero point 8: none stored)
   quant_gptq8     -> quant_ct_w8a16      int8, a scale a row, asymmetric (zero points stored)
   quant_gptq4_act -> quant_ct_w4a16_act  the int4 one with its columns out of order (actorder "group")
+  quant_gptq4     -> quant_ct_w8a8       format "int-quantized": the same values (-8 to 7) as int8 a byte,
+                                         groups of 32, int8 activations per token (which dinfer does not
+                                         apply: activations stay in the compute type)
 
 GPTQ's layout (make_quant_golden.py, checkpoint_format "gptq"): qweight int32 (in * bits / 32, out)
 packed along the input; qzeros int32 (groups, out * bits / 32) packed along the output, holding
@@ -20,7 +23,8 @@ compressed-tensors' (compressors/quantized_compressors/pack_quantized.py): weigh
 (out, in * bits / 32), each row packed along the input, value j of a word at bits j * bits, each
 value its signed code plus 2^(bits-1), that is the unsigned code; weight_scale (out, groups);
 weight_zero_point int32 (out * bits / 32, groups) packed along the output (asymmetric only);
-weight_shape int32 [out, in]; weight_g_idx int32 (in) under actorder "group".
+weight_shape int32 [out, in]; weight_g_idx int32 (in) under actorder "group". int-quantized
+(compressors/quantized_compressors/int_quantized.py): weight int8 (out, in), the signed values.
 """
 import json
 import os
@@ -34,7 +38,7 @@ LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
            "mlp.up_proj", "mlp.down_proj"]
 
 
-def convert(t, prefix, bits, sym, act):
+def convert(t, prefix, bits, sym, act, int8=False):
     per = 32 // bits
     _, shape, qw = t.pop(prefix + "qweight")
     _, zshape, qz = t.pop(prefix + "qzeros")
@@ -50,9 +54,13 @@ def convert(t, prefix, bits, sym, act):
     zeros = [[z + 1 for z in row] for row in zeros]
     if sym:
         assert all(z == 1 << (bits - 1) for row in zeros for z in row), prefix + ": a symmetric source"
-    t[prefix + "weight_packed"] = ("I32", [out, inn // per], [w for row in codes for w in pack(row, bits)])
+    if int8:  # the signed values, a byte each
+        t[prefix + "weight"] = ("I8", [out, inn], [v - (1 << (bits - 1)) for row in codes for v in row])
+    else:
+        t[prefix + "weight_packed"] = ("I32", [out, inn // per], [w for row in codes for w in pack(row, bits)])
     t[prefix + "weight_scale"] = ("F16", [out, ng], [sc[j * out + r] for r in range(out) for j in range(ng)])
-    t[prefix + "weight_shape"] = ("I32", [2], [out, inn])
+    if not int8:
+        t[prefix + "weight_shape"] = ("I32", [2], [out, inn])
     if not sym:  # packed along the output: (out / per, groups)
         cols = [pack([zeros[j][r] for r in range(out)], bits) for j in range(ng)]  # per group: out / per words
         t[prefix + "weight_zero_point"] = ("I32", [out // per, ng], [cols[j][w] for w in range(out // per)
@@ -63,7 +71,8 @@ def convert(t, prefix, bits, sym, act):
 
 def main(root):
     for src, dst in (("quant_gptq4", "quant_ct_w4a16"), ("quant_gptq8", "quant_ct_w8a16"),
-                     ("quant_gptq4_act", "quant_ct_w4a16_act")):
+                     ("quant_gptq4_act", "quant_ct_w4a16_act"), ("quant_gptq4", "quant_ct_w8a8")):
+        int8 = dst.endswith("w8a8")
         with open(os.path.join(root, src, "config.json")) as f:
             cfg = json.load(f)
         gq = cfg["quantization_config"]
@@ -71,16 +80,18 @@ def main(root):
         t = read_st(os.path.join(root, src, "model.safetensors"))
         for lay in range(cfg["num_hidden_layers"]):
             for lin in LINEARS:
-                convert(t, "model.layers.%d.%s." % (lay, lin), bits, sym, act)
-        weights = {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
+                convert(t, "model.layers.%d.%s." % (lay, lin), bits, sym, act, int8)
+        weights = {"num_bits": 8 if int8 else bits, "type": "int", "symmetric": sym, "dynamic": False,
                    "strategy": "group" if group > 0 else "channel", "actorder": "group" if act else None,
                    "observer": "minmax"}
         if group > 0:
             weights["group_size"] = group
         cfg["quantization_config"] = {
-            "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
-                                          "output_activations": None}},
+            "quant_method": "compressed-tensors", "format": "int-quantized" if int8 else "pack-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "output_activations": None,
+                                          "input_activations": {"num_bits": 8, "type": "int", "strategy": "token",
+                                                                "symmetric": True, "dynamic": True} if int8 else None}},
             "ignore": ["lm_head"], "kv_cache_scheme": None}
         out = os.path.join(root, dst)
         shutil.rmtree(out, ignore_errors=True)

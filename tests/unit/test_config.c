@@ -150,16 +150,28 @@ static void test_errors_name_field_and_value(void **state)
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 2, \"group_size\": 128}"), "'quantization_config.bits' is 2");
     expect_error(QC("{\"quant_method\": \"gptq\", \"bits\": 4, \"checkpoint_format\": \"marlin\"}"),
                  "'quantization_config.checkpoint_format' has unsupported value \"marlin\"");
-    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"int-quantized\"}"),
-                 "'quantization_config.format' has unsupported value \"int-quantized\"");
+    expect_error(QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"marlin-24\"}"),
+                 "'quantization_config.format' has unsupported value \"marlin-24\"");
     /* pack-quantized: weight-only int4 / int8, a scale a row or a group, actorder known */
 #define CTI(weights, acts) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", " \
                               "\"config_groups\": {\"g\": {\"weights\": " weights ", \"input_activations\": " acts "}}}")
     expect_error(CTI("{\"num_bits\": 2, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128}", "null"),
                  "holds 2-bit int weights: dinfer reads pack-quantized int4 and int8 ones");
-    expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128}",
-                     "{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"token\", \"dynamic\": true}"),
-                 "'quantization_config.config_groups.g.input_activations' is set: dinfer reads weight-only");
+    /* int-quantized (W8A8): int8 a byte, symmetric; its activations' quantization is not applied */
+#define CT8(weights) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"int-quantized\", \"config_groups\": " \
+                        "{\"g\": {\"weights\": " weights ", \"input_activations\": {\"num_bits\": 8, \"type\": \"int\", " \
+                        "\"strategy\": \"token\", \"dynamic\": true}}}}")
+    expect_error(CT8("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}"),
+                 "holds 4-bit int weights: dinfer reads int-quantized int8 ones");
+    expect_error(CT8("{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\", \"symmetric\": false}"),
+                 "weights.symmetric' is false: dinfer reads symmetric int-quantized weights");
+    {
+        rt_config kc;
+        base_err err;
+        static const char cfg[] = CT8("{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}");
+        assert_int_equal(parse(&kc, cfg, &err), 0);
+        assert_true(kc.quant.method == RT_QUANT_CT_INT && kc.quant.int8_weight && kc.quant.bits == 8);
+    }
     expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"tensor\"}", "null"),
                  "weights.strategy' has unsupported value \"tensor\" for integer weights");
     expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 100}", "null"),

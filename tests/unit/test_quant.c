@@ -218,6 +218,7 @@ static void test_fixture_configs(void **state)
         {"quant_ct_w4a16", RT_QUANT_CT_INT, RT_QSCALE_GROUP, 4, 32, 0},
         {"quant_ct_w8a16", RT_QUANT_CT_INT, RT_QSCALE_CHANNEL, 8, 0, 0},
         {"quant_ct_w4a16_act", RT_QUANT_CT_INT, RT_QSCALE_GROUP, 4, 32, 0},
+        {"quant_ct_w8a8", RT_QUANT_CT_INT, RT_QSCALE_GROUP, 8, 32, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rt_config c;
@@ -244,7 +245,7 @@ static void test_read_slices(void **state)
     (void)state;
     static const char *const dirs[] = {"quant_fp8_tensor", "quant_fp8_channel", "quant_fp8_block",
                                        "quant_awq", "quant_gptq4", "quant_gptq8", "quant_gptq4_act",
-                                       "quant_ct_w4a16", "quant_ct_w8a16", "quant_ct_w4a16_act"};
+                                       "quant_ct_w4a16", "quant_ct_w8a16", "quant_ct_w4a16_act", "quant_ct_w8a8"};
     static const char *const modules[] = {"model.layers.1.self_attn.o_proj", "model.layers.2.mlp.down_proj",
                                           "model.layers.0.mlp.gate_proj"};
     for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++) {
