@@ -85,7 +85,8 @@ typedef struct rt_quant {
                                  * the loader puts groups back in runs and the forward pass gathers a
                                  * product's inputs in that order (rt_tensor_quant.perm) */
     bool scales_f16;            /* scales are stored as F16 (AWQ, GPTQ): quantizing rounds them so */
-    bool int8_weight;           /* compressed-tensors int-quantized: `weight` holds signed int8 values */
+    bool int8_weight;           /* compressed-tensors int-quantized (naive-quantized): `weight` holds each
+                                 * signed value in a byte (int8 I8), 8 (or 4) bits of it used */
     rt_kv_scales kv_scales;     /* the checkpoint's FP8 KV-cache scales (compressed-tensors) */
 } rt_quant;
 

@@ -563,20 +563,26 @@ static int read_ct_int8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, i
         free(order);
         return -1;
     }
-    if (qmat_alloc_int(m, R, 8, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, false, order, c0, ng))
+    if (qmat_alloc_int(m, R, q->bits, r1 - r0, c1 - c0, q->scale == RT_QSCALE_CHANNEL ? c1 - c0 : g, false, order,
+                       c0, ng))
         return -1;
+    const int lo = -(1 << (q->bits - 1)), hi = (1 << (q->bits - 1)) - 1;
     const int64_t g0 = m->gidx ? 0 : c0 / g, g1 = m->gidx ? ng : (c1 + g - 1) / g, nsg = g1 - g0;
     int8_t *w = read_slice(R, fw, tw, false, r0, r1, c0, c1);
     float *s = read_slice(R, fs, ts, true, r0, r1, q->scale == RT_QSCALE_CHANNEL ? 0 : g0,
                           q->scale == RT_QSCALE_CHANNEL ? 1 : g1);
-    if (w && s)
+    int rc = w && s ? 0 : -1;
+    for (int64_t i = 0; !rc && i < m->rows * m->cols; i++)
+        if (w[i] < lo || w[i] > hi)
+            rc = base_errf(R->err, "%s: tensor '%s.weight' holds %d, outside the %d-bit range [%d, %d]", fw->path,
+                           R->module, (int)w[i], q->bits, lo, hi);
+    if (!rc)
         for (int64_t r = 0; r < m->rows; r++) {
-            for (int64_t c = 0; c < m->cols; c++) /* the code: the value plus 128, the zero 128 */
-                m->codes[r * m->cols + c] = (uint8_t)(w[r * m->cols + c] + 128);
+            for (int64_t c = 0; c < m->cols; c++) /* the code: the value plus 2^(bits-1), the zero */
+                m->codes[r * m->cols + c] = (uint8_t)(w[r * m->cols + c] - lo);
             for (int64_t j = 0; j < m->n_groups; j++)
                 m->scales[r * m->n_groups + j] = s[r * (q->scale == RT_QSCALE_CHANNEL ? 1 : nsg) + j];
         }
-    const int rc = w && s ? 0 : -1;
     free(w);
     free(s);
     if (rc)
@@ -588,7 +594,8 @@ static int read_ct_int8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, i
  * packed along the input, value j of a word at bits j * bits, each code its signed value plus
  * 2^(bits-1); weight_scale (rows, groups) or (rows, 1); weight_zero_point int32 (rows * bits / 32,
  * groups) packed along the output, when asymmetric; weight_g_idx (cols) under actorder "group".
- * int-quantized (int8_weight): `weight` I8 (rows, cols), the signed values, symmetric. */
+ * int-quantized and naive-quantized (int8_weight): `weight` I8 (rows, cols), the signed values,
+ * symmetric. */
 static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
                        int64_t c0, int64_t c1)
 {

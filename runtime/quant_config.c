@@ -93,26 +93,28 @@ static int parse_kv_scheme(const cJSON *kvs, const char *name, rt_kv_scales *kv,
     return 0;
 }
 
-/* compressed-tensors integer weights: "pack-quantized" (packed) of 4 or 8 bits, or int8 a byte each
- * ("int-quantized"), a scale a row or a group, zero points when asymmetric (packed only). Quantized
- * activations (W8A8's input_activations) are not applied: activations stay in the compute type, as
- * with FP8's input scales. w: the group's weights. */
-static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, bool packed, const char *name, base_err *err)
+/* compressed-tensors integer weights: "pack-quantized" (packed) of 4 or 8 bits, or a signed byte
+ * each ("int-quantized": 8 bits; "naive-quantized": 4 or 8), a scale a row or a group, zero points
+ * when asymmetric (packed only). Quantized activations (W8A8's input_activations) are not applied:
+ * activations stay in the compute type, as with FP8's input scales. w: the group's weights. */
+static int parse_ct_int(rt_quant *q, const cJSON *g, const cJSON *w, bool packed, bool naive, const char *name,
+                        base_err *err)
 {
     const char *type = qstr(w, "type"), *strategy = qstr(w, "strategy");
     int bits = 0;
     bool sym = true, dynamic = false;
     const cJSON *ao = qfield(w, "actorder");
-    if (qint(w, "num_bits", 0, &bits) || (bits != 8 && (bits != 4 || !packed)) || !type || strcmp(type, "int") != 0)
+    if (qint(w, "num_bits", 0, &bits) || (bits != 8 && (bits != 4 || !(packed || naive))) || !type ||
+        strcmp(type, "int") != 0)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights' holds %d-bit %.16s "
                               "weights: dinfer reads %s", name, g->string, bits, type ? type : "(no type)",
-                         packed ? "pack-quantized int4 and int8 ones" : "int-quantized int8 ones");
+                         packed || naive ? "int4 and int8 ones" : "int-quantized int8 ones");
     if (qbool(w, "symmetric", true, &sym) || qbool(w, "dynamic", false, &dynamic) || dynamic)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights': integer weights must "
                               "have static scales (dynamic false) and a boolean symmetric", name, g->string);
     if (!packed && !sym)
         return base_errf(err, "%s: field 'quantization_config.config_groups.%.32s.weights.symmetric' is false: "
-                              "dinfer reads symmetric int-quantized weights", name, g->string);
+                              "dinfer reads symmetric int-quantized and naive-quantized weights", name, g->string);
     if (ao && !cJSON_IsNull(ao) && !(cJSON_IsString(ao) && (strcmp(ao->valuestring, "group") == 0 ||
                                                             strcmp(ao->valuestring, "weight") == 0 ||
                                                             strcmp(ao->valuestring, "static") == 0)))
@@ -162,7 +164,7 @@ static int parse_ct(rt_quant *q, const cJSON *obj, const char *name, base_err *e
                          g->string);
     const char *wtype = qstr(w, "type");
     if (packed || ints || (naive && wtype && strcmp(wtype, "int") == 0)) {
-        if (parse_ct_int(q, g, w, packed, name, err))
+        if (parse_ct_int(q, g, w, packed, naive, name, err))
             return -1;
         q->kv_scales = kv;
         return 0;

@@ -113,7 +113,7 @@ static int pack_ct_int(const rt_qmat *m, const rt_quant *q, rt_qtensor *out, int
         if (!w || !s)
             return -1;
         for (int64_t i = 0; i < rows * cols; i++)
-            w[i] = (int8_t)(m->codes[i] - 128);
+            w[i] = (int8_t)(m->codes[i] - (1 << (bits - 1)));
         for (int64_t r = 0; r < rows; r++)
             for (int64_t j = 0; j < ng; j++)
                 s[r * ng + j] = rt_f32_to_f16(scale_at(m, r, j));

@@ -156,7 +156,7 @@ static void test_errors_name_field_and_value(void **state)
 #define CTI(weights, acts) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", " \
                               "\"config_groups\": {\"g\": {\"weights\": " weights ", \"input_activations\": " acts "}}}")
     expect_error(CTI("{\"num_bits\": 2, \"type\": \"int\", \"strategy\": \"group\", \"group_size\": 128}", "null"),
-                 "holds 2-bit int weights: dinfer reads pack-quantized int4 and int8 ones");
+                 "holds 2-bit int weights: dinfer reads int4 and int8 ones");
     /* int-quantized (W8A8): int8 a byte, symmetric; its activations' quantization is not applied */
 #define CT8(weights) QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"int-quantized\", \"config_groups\": " \
                         "{\"g\": {\"weights\": " weights ", \"input_activations\": {\"num_bits\": 8, \"type\": \"int\", " \
@@ -164,13 +164,19 @@ static void test_errors_name_field_and_value(void **state)
     expect_error(CT8("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}"),
                  "holds 4-bit int weights: dinfer reads int-quantized int8 ones");
     expect_error(CT8("{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\", \"symmetric\": false}"),
-                 "weights.symmetric' is false: dinfer reads symmetric int-quantized weights");
+                 "weights.symmetric' is false: dinfer reads symmetric int-quantized and naive-quantized weights");
     {
         rt_config kc;
         base_err err;
         static const char cfg[] = CT8("{\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}");
         assert_int_equal(parse(&kc, cfg, &err), 0);
         assert_true(kc.quant.method == RT_QUANT_CT_INT && kc.quant.int8_weight && kc.quant.bits == 8);
+        /* naive-quantized int4: a signed byte each too */
+        static const char naive[] = QC("{\"quant_method\": \"compressed-tensors\", \"format\": \"naive-quantized\", "
+                                       "\"config_groups\": {\"g\": {\"weights\": {\"num_bits\": 4, \"type\": \"int\", "
+                                       "\"strategy\": \"group\", \"group_size\": 128}}}}");
+        assert_int_equal(parse(&kc, naive, &err), 0);
+        assert_true(kc.quant.method == RT_QUANT_CT_INT && kc.quant.int8_weight && kc.quant.bits == 4);
     }
     expect_error(CTI("{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"tensor\"}", "null"),
                  "weights.strategy' has unsupported value \"tensor\" for integer weights");
