@@ -28,6 +28,10 @@ typedef struct rt_qmat {
 } rt_qmat;
 
 void rt_qmat_free(rt_qmat *m);
+/* m's storage for a slice of rows x cols: codes, scales and (when zeros) zero points, a scale a
+ * group of columns (the format readers' and rt_qmat_quantize's). */
+int rt_qmat_alloc(rt_qmat *m, rt_quant_kind kind, int bits, int64_t rows, int64_t cols, int64_t group, bool zeros,
+                  base_err *err);
 /* The codes as a backend's matmul reads them (rt_tensor_quant): a byte each, or at 4 bits two a
  * byte, the even column in the low nibble (cols even). out holds rows * rt_qmat_row_bytes(m). */
 int64_t rt_qmat_row_bytes(const rt_qmat *m);
