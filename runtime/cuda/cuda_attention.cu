@@ -99,17 +99,17 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 #define FA_AHEAD 2      /* key steps whose loads are in flight ahead of the math */
 #define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
-template <typename KV, int HD>
+template <typename KV, int HD, int W>
 struct fa_geom {
     static constexpr int LPK = HD * (int)sizeof(KV) / 16 < 32 ? HD * (int)sizeof(KV) / 16 : 32; /* lanes per key */
     static constexpr int E = HD / LPK;                                                           /* elements per lane */
     static constexpr int KPW = 32 / LPK;                                                         /* keys per warp step */
-    static constexpr int PARTS = FA_WARPS * KPW; /* partial softmax states per block */
+    static constexpr int PARTS = W * KPW;                                                        /* partial softmax states per block */
 };
 
 /* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m). */
-template <typename T, typename KV, int HD, int GM>
-__global__ void __launch_bounds__(FA_WARPS * 32)
+template <typename T, typename KV, int HD, int GM, int W, int AH>
+__global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
                     const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 {
     pdl_wait();
     pdl_trigger();
-    using G_ = fa_geom<KV, HD>;
+    using G_ = fa_geom<KV, HD, W>;
     constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: (slot, KV head)'s scale at slot * sst + head */
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
     extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     /* the splits share this token's own context (a CUDA graph's grid is sized for its bucket's
      * widest table; splits of the table's width would leave most of them empty), in whole block
      * steps of at least FA_MIN_SPLIT keys: the trailing splits of a short context see none */
-    constexpr int STEP = FA_WARPS * KPW;
+    constexpr int STEP = W * KPW;
     int split_len = (p + 1 - start + n_splits - 1) / n_splits;
     split_len = split_len > FA_MIN_SPLIT ? (split_len + STEP - 1) / STEP * STEP : FA_MIN_SPLIT;
     const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
@@ -152,11 +152,11 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     }
     /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
      * of the split computes nothing into its state. Each step's K and V rows are requested
-     * FA_AHEAD steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
+     * AH steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
      * steps before */
     constexpr int NV = E * (int)sizeof(KV) / 16;
-    uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
-    float ksn[FA_AHEAD], vsn[FA_AHEAD]; /* an FP8 cache's scales of the keys in flight */
+    uint4 kn[AH][NV], vn[AH][NV];
+    float ksn[AH], vsn[AH]; /* an FP8 cache's scales of the keys in flight */
     const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
         if (j < k1) {
             const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
@@ -172,18 +172,18 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         }
     };
 #pragma unroll
-    for (int a = 0; a < FA_AHEAD; a++)
+    for (int a = 0; a < AH; a++)
         fetch(k0 + warp * KPW + sg + a * STEP, kn[a], vn[a], ksn[a], vsn[a]);
-    for (int jb = k0 + warp * KPW; jb < k1; jb += FA_AHEAD * STEP) {
+    for (int jb = k0 + warp * KPW; jb < k1; jb += AH * STEP) {
 #pragma unroll
-        for (int a = 0; a < FA_AHEAD; a++) {
+        for (int a = 0; a < AH; a++) {
             const int j = jb + a * STEP + sg;
             const bool ok = j < k1;
             float kr[E], vr[E];
             raw_to_float<KV, E>(kn[a], kr);
             raw_to_float<KV, E>(vn[a], vr);
             const float ksc = Q8 ? ksn[a] : 1.0f, vsc = Q8 ? vsn[a] : 1.0f;
-            fetch(j + FA_AHEAD * STEP, kn[a], vn[a], ksn[a], vsn[a]);
+            fetch(j + AH * STEP, kn[a], vn[a], ksn[a], vsn[a]);
 #pragma unroll
             for (int g = 0; g < GM; g++) {
                 if (g >= group)
@@ -314,27 +314,42 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     return n > 1 ? n : 1;
 }
 
-template <typename T, typename KV, int HD, int GM>
-static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                      const rt_attn_shape *s, tok_set ts)
+template <typename T, typename KV, int HD, int GM, int W, int AH>
+static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                   const rt_attn_shape *s, tok_set ts, int n_splits)
 {
-    using G_ = fa_geom<KV, HD>;
-    const int n_splits = fa_splits(c, b, s, ts.n);
+    using G_ = fa_geom<KV, HD, W>;
     const int group = s->n_heads / s->n_kv_heads;
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float);
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     if (shm > 48 * 1024) /* the partial states of many key groups (an FP8 cache at head_dim 64, 8 heads a KV head) */
-        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)shm));
-    cuda_launch(c, fa_split_kernel<T, KV, HD, GM>, grid, FA_WARPS * 32, shm,
+        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, W, AH>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+    cuda_launch(c, fa_split_kernel<T, KV, HD, GM, W, AH>, grid, W * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
         (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
     if (n_splits > 1)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
+}
+
+template <typename T, typename KV, int HD, int GM>
+static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
+                      const rt_attn_shape *s, tok_set ts)
+{
+    const int n_splits = fa_splits(c, b, s, ts.n);
+    if constexpr (HD == 128 && GM == 4) { /* measuring: DINFER_CUDA_FA_DECODE's shapes of a split context */
+        if (n_splits > 1 && c->fa_decode == 1)
+            return fa_run<T, KV, HD, GM, 8, FA_AHEAD>(c, out, q, kv, b, s, ts, n_splits);
+        if (n_splits > 1 && c->fa_decode == 2)
+            return fa_run<T, KV, HD, GM, FA_WARPS, 4>(c, out, q, kv, b, s, ts, n_splits);
+        if (n_splits > 1 && c->fa_decode == 3)
+            return fa_run<T, KV, HD, GM, 8, 4>(c, out, q, kv, b, s, ts, n_splits);
+    }
+    fa_run<T, KV, HD, GM, FA_WARPS, FA_AHEAD>(c, out, q, kv, b, s, ts, n_splits);
 }
 
 template <typename T, typename KV>

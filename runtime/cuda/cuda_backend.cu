@@ -222,6 +222,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->pdl = pdl && cc_major >= 9;
     c->qmma = qmma && cc_major >= 8;
     c->qmma_fp8 = qmma_fp8;
+    {
+        const char *fa = getenv("DINFER_CUDA_FA_DECODE");
+        c->fa_decode = fa ? atoi(fa) : 0;
+    }
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
