@@ -225,6 +225,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     {
         const char *fa = getenv("DINFER_CUDA_FA_DECODE");
         c->fa_decode = fa ? atoi(fa) : 0;
+        const char *gs = getenv("DINFER_CUDA_GEMV_SPLIT");
+        c->gemv_split = gs && strcmp(gs, "1") == 0;
     }
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
