@@ -193,7 +193,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     /* the switches for measuring: each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
-    int gemv_split, fa_decode, slab_align;
+    int gemv_split, fa_decode, slab_align, rowvec;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -221,7 +221,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "attention's shape at 128-wide heads, 4 query heads a KV head",
                    3, 0, &fa_decode, err) ||
         env_choice("DINFER_CUDA_SLAB_ALIGN", "0 (the default) or 1 (dequantized slabs in whole 128-row tiles)", 1, 0,
-                   &slab_align, err))
+                   &slab_align, err) ||
+        env_choice("DINFER_CUDA_ROWVEC", "0 (the default) or 1 (a prompt's RMSNorm and RoPE in 16-byte vectors)", 1, 0,
+                   &rowvec, err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -252,6 +254,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_split = gemv_split != 0;
     c->fa_decode = fa_decode;
     c->slab_align = slab_align != 0;
+    c->rowvec = rowvec != 0;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */

@@ -53,6 +53,7 @@ typedef struct cuda_ctx {
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos;
     bool gemv_split;       /* measuring: one-row BF16 products of at most half the resident warps split a row over two (DINFER_CUDA_GEMV_SPLIT=1) */
+    bool rowvec;           /* measuring: a prompt's RMSNorm and RoPE in 16-byte vectors (DINFER_CUDA_ROWVEC=1) */
     bool slab_align;       /* measuring: dequantized slabs in whole 128-row tiles (DINFER_CUDA_SLAB_ALIGN=1) */
     int fa_decode;         /* measuring: the split attention's shape at 128-wide heads (DINFER_CUDA_FA_DECODE: 0 4 warps, 2 steps ahead; 1 8, 2; 2 4, 4; 3 8, 4) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
@@ -186,6 +187,24 @@ __device__ __forceinline__ void load_vec(const T *p, float *o)
 #pragma unroll
         for (int j = 0; j < PER; j++)
             o[v * PER + j] = ld(&e[j]);
+    }
+}
+
+/* E floats stored as consecutive elements of T at p (16-byte aligned), rounded as st rounds, in
+ * 16-byte stores. */
+template <typename T, int E>
+__device__ __forceinline__ void store_vec(T *p, const float *v)
+{
+    constexpr int PER = 16 / (int)sizeof(T), NV = E / PER;
+    static_assert(NV * PER == E, "whole 16-byte stores");
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        uint4 raw;
+        T *e = reinterpret_cast<T *>(&raw);
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+            st(&e[j], v[k * PER + j]);
+        reinterpret_cast<uint4 *>(p)[k] = raw;
     }
 }
 

@@ -84,6 +84,52 @@ __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const in
     }
 }
 
+/* Prompts (measuring, DINFER_CUDA_ROWVEC=1): a block a token computes its head_dim / 2 angles once
+ * into shared memory (every head shares them), then rotates 8 pairs a thread in 16-byte loads and
+ * stores, and copies v in 16-byte vectors. vc NULL: an FP8 cache (k and v are rope_kv_fp8_kernel's). */
+template <typename T>
+__global__ void rope_kv_vec_kernel(T *q, const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
+                                   int nq, int nkv, int hd, int rope_heads, T *kc, T *vc)
+{
+    pdl_wait();
+    pdl_trigger();
+    extern __shared__ float2 rope_cs[]; /* (hd / 2): cos, sin */
+    const int t = blockIdx.x, half = hd / 2, hc = half / 8;
+    const float p = (float)pos[t];
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float s, co;
+        sincosf(p * inv_freq[j], &s, &co); /* fp32 angle, as transformers computes it */
+        rope_cs[j] = make_float2(co, s);
+    }
+    __syncthreads();
+    const int64_t qw = (int64_t)nq * hd, kw = (int64_t)nkv * hd, at = (int64_t)slot[t] * kw;
+    const T *src = qkv + t * (qw + 2 * kw);
+    for (int i = threadIdx.x; i < rope_heads * hc; i += blockDim.x) {
+        const int h = i / hc, j0 = (i % hc) * 8;
+        const T *in = src + (int64_t)h * hd; /* k's heads follow q's in the row */
+        T *head = h < nq ? q + t * qw + (int64_t)h * hd : kc + at + (int64_t)(h - nq) * hd;
+        float a[8], b[8], o0[8], o1[8];
+        load_vec<T, 8>(in + j0, a);
+        load_vec<T, 8>(in + j0 + half, b);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float2 cs = rope_cs[j0 + e];
+            o0[e] = a[e] * cs.x - b[e] * cs.y;
+            o1[e] = b[e] * cs.x + a[e] * cs.y;
+        }
+        store_vec<T, 8>(head + j0, o0);
+        store_vec<T, 8>(head + j0 + half, o1);
+    }
+    if (vc) {
+        const uint4 *vs = reinterpret_cast<const uint4 *>(src + qw + kw);
+        uint4 *vd = reinterpret_cast<uint4 *>(vc + at);
+        for (int64_t i = threadIdx.x; i < kw * (int64_t)sizeof(T) / 16; i += blockDim.x)
+            vd[i] = __ldg(vs + i);
+    }
+}
+
+#define ROPE_VEC_MIN_TOKENS 64 /* fewer (decode): a token over many blocks, rope_kv_kernel */
+
 template <typename T>
 static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
                    const rt_attn_shape *s, rt_kv_layer *kv)
@@ -93,9 +139,17 @@ static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq,
     const int kw = s->n_kv_heads * s->head_dim;
     const int pair_blocks = (pairs + ROPE_THREADS - 1) / ROPE_THREADS;
     const int v_blocks = fp8 ? 0 : (kw + ROPE_THREADS - 1) / ROPE_THREADS;
-    cuda_launch(c, rope_kv_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)(pair_blocks + v_blocks)), ROPE_THREADS, 0,
-        (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads, s->head_dim, rope_heads,
-        pair_blocks, (T *)kv->k, (T *)kv->v);
+    const bool aligned = (uintptr_t)q % 16 == 0 && (uintptr_t)qkv % 16 == 0 && (uintptr_t)kv->k % 16 == 0 &&
+                         (uintptr_t)kv->v % 16 == 0;
+    if (c->rowvec && b->n_tokens >= ROPE_VEC_MIN_TOKENS && aligned && s->head_dim % 16 == 0) {
+        cuda_launch(c, rope_kv_vec_kernel<T>, (unsigned)b->n_tokens, ROPE_THREADS,
+            (size_t)(s->head_dim / 2) * sizeof(float2), (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads,
+            s->n_kv_heads, s->head_dim, rope_heads, (T *)kv->k, fp8 ? (T *)nullptr : (T *)kv->v);
+    } else {
+        cuda_launch(c, rope_kv_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)(pair_blocks + v_blocks)),
+            ROPE_THREADS, 0, (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads, s->n_kv_heads,
+            s->head_dim, rope_heads, pair_blocks, (T *)kv->k, (T *)kv->v);
+    }
     if (fp8) {
         const unsigned threads = (unsigned)((s->head_dim / 2 + 31) / 32 * 32);
         cuda_launch(c, rope_kv_fp8_kernel<T>, dim3((unsigned)b->n_tokens, (unsigned)s->n_kv_heads), threads, 0,
