@@ -185,6 +185,17 @@ static int read_fp8(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
 }
 
 /* AWQ's GEMM packing: word c of a row holds output columns 8c + ORDER[i] at bits 4i. */
+/* The end of a packed reader: its slices freed, and m too when rc says the read failed. */
+static int packed_end(rt_qmat *m, int rc, uint32_t *qw, uint32_t *qz, float *s)
+{
+    free(qw);
+    free(qz);
+    free(s);
+    if (rc)
+        rt_qmat_free(m);
+    return rc;
+}
+
 static const int awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
 static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
@@ -219,13 +230,7 @@ static int read_awq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int64
             }
         }
     }
-    int rc = qw && qz && s ? 0 : -1;
-    free(qw);
-    free(qz);
-    free(s);
-    if (rc)
-        rt_qmat_free(m);
-    return rc;
+    return packed_end(m, qw && qz && s ? 0 : -1, qw, qz, s);
 }
 
 /* An integer slice's storage (rt_qmat_alloc), and with order (act order: each input column's group,
@@ -381,13 +386,7 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
             }
         }
     }
-    int rc = qw && qz && s ? 0 : -1;
-    free(qw);
-    free(qz);
-    free(s);
-    if (rc)
-        rt_qmat_free(m);
-    return rc;
+    return packed_end(m, qw && qz && s ? 0 : -1, qw, qz, s);
 }
 
 /* compressed-tensors' weight_scale, (rows, groups) or (rows, 1): rows [r0, r1) of groups [g0, g1)
@@ -493,11 +492,7 @@ static int read_ct_int(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, in
             m->zeros[r * m->n_groups + j] =
                 (uint16_t)((qz[((r0 + r) / per - r0 / per) * nsg + j] >> (bits * ((r0 + r) % per))) & mask);
     }
-    free(qw);
-    free(qz);
-    if (rc)
-        rt_qmat_free(m);
-    return rc;
+    return packed_end(m, rc, qw, qz, NULL);
 }
 
 int rt_qmat_read(rt_qmat *m, rt_ckpt *ck, const rt_quant *q, const char *module, int64_t rows, int64_t cols,

@@ -171,12 +171,10 @@ static int env_choice(const char *name, const char *meaning, int most, int dflt,
 /* *on from the environment variable name (on when unset); -1 naming it when it is neither 0 nor 1. */
 static int env_switch(const char *name, const char *meaning, bool *on, base_err *err)
 {
-    const char *v = getenv(name);
-    if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0) {
-        base_errf(err, "%s is '%.32s': %s", name, v, meaning);
+    int v;
+    if (env_choice(name, meaning, 1, 1, &v, err))
         return -1;
-    }
-    *on = !(v && strcmp(v, "0") == 0);
+    *on = v != 0;
     return 0;
 }
 
@@ -191,7 +189,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
         return NULL;
     }
-    /* the switches for measuring: each 0 or 1 */
+    /* the switches for measuring: each 0 or 1, but DINFER_CUDA_FA_DECODE 0 to 3 */
     bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
     int gemv_split, fa_decode, slab_align, rowvec;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||

@@ -10,6 +10,7 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+#define GEMV_SPLIT_BLOCKS_SM (2048 / (GEMV_WARPS * 32)) /* a split product's blocks resident an SM */
 
 /* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
  * (cuda_fusion.cuh). */
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
  * contiguous halves, their sums met in shared memory: twice the warps a multiprocessor, half the
  * rounds of loads a warp. No SiLU pairs (gate/up fills the GPU already). */
 template <typename T, int F>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 2048 / (GEMV_WARPS * 32)) /* every warp slot: one wave */
+__global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_SPLIT_BLOCKS_SM) /* every warp slot: one wave */
     gemv_split_kernel(T *out, const T *x, const T *w, const T *bias, fusion f, int N, int K)
 {
     constexpr int PER = 16 / (int)sizeof(T), ROWS = GEMV_WARPS / 2;
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2048 / (GEMV_WARPS * 32)) /* 
     for (; v < ve; v += 32)
         dot(__ldg(wv + v), v);
     acc = warp_sum(acc);
-    __shared__ float other[ROWS], sq[ROWS];
+    __shared__ float other[ROWS], sq[ROWS][1];
     if (half == 1 && lane == 0)
         other[warp - ROWS] = acc;
     __syncthreads();
@@ -146,18 +147,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2048 / (GEMV_WARPS * 32)) /* 
         q = fused_out<T, F>(out, f, 0, row, N, y + (bias ? ld(&bias[row]) : 0.0f));
     }
     if constexpr ((F & FUSE_RESIDUAL) != 0) {
-        if (f.next_g) {
-            if (half == 0 && lane == 0)
-                sq[warp] = q;
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                float t = 0.0f;
-#pragma unroll
-                for (int r = 0; r < ROWS; r++)
-                    t += sq[r];
-                atomicAdd(f.ss, t);
-            }
-        }
+        if (half == 0 && lane == 0)
+            sq[warp][0] = q;
+        if (f.next_g)
+            fused_squares<1, ROWS>(f, sq, 1);
     }
 }
 
@@ -168,7 +161,7 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
     const unsigned blocks = fused_blocks<F>(N, GEMV_WARPS);
     if constexpr ((F & FUSE_SILU) == 0) {
         const unsigned split_blocks = (unsigned)((N + GEMV_WARPS / 2 - 1) / (GEMV_WARPS / 2));
-        if (n <= 1 && c->gemv_split && split_blocks <= (unsigned)c->n_sms * (2048 / (GEMV_WARPS * 32))) {
+        if (n <= 1 && c->gemv_split && split_blocks <= (unsigned)c->n_sms * GEMV_SPLIT_BLOCKS_SM) {
             cuda_launch(c, gemv_split_kernel<T, F>, split_blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
                         (const T *)w->data, bias, f, N, K);
             return;
