@@ -151,30 +151,15 @@ static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
 static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
 static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
 
-/* *v from the environment variable name: a digit from 0 to most (dflt when unset); -1 naming it
- * otherwise. */
-static int env_choice(const char *name, const char *meaning, int most, int dflt, int *v, base_err *err)
-{
-    const char *e = getenv(name);
-    if (!e) {
-        *v = dflt;
-        return 0;
-    }
-    if (e[0] < '0' || e[0] - '0' > most || e[1] != '\0') {
-        base_errf(err, "%s is '%.32s': %s", name, e, meaning);
-        return -1;
-    }
-    *v = e[0] - '0';
-    return 0;
-}
-
 /* *on from the environment variable name (on when unset); -1 naming it when it is neither 0 nor 1. */
 static int env_switch(const char *name, const char *meaning, bool *on, base_err *err)
 {
-    int v;
-    if (env_choice(name, meaning, 1, 1, &v, err))
+    const char *e = getenv(name);
+    if (e && strcmp(e, "0") != 0 && strcmp(e, "1") != 0) {
+        base_errf(err, "%s is '%.32s': %s", name, e, meaning);
         return -1;
-    *on = v != 0;
+    }
+    *on = !e || e[0] == '1';
     return 0;
 }
 
@@ -189,9 +174,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         base_errf(err, "cannot use CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
         return NULL;
     }
-    /* the switches for measuring: each 0 or 1, but DINFER_CUDA_FA_DECODE 0 to 3 */
+    /* the switches for measuring, each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
-    int gemv_split, fa_decode, slab_align, rowvec;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -210,18 +194,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_switch("DINFER_CUDA_FUSE",
                    "0 (the norms, residual adds and SiLU-multiply as kernels of their own) or 1 (the default: in the "
                    "products of few rows)",
-                   &fuse, err) ||
-        env_choice("DINFER_CUDA_GEMV_SPLIT",
-                   "0 (the default) or 1 (one-row products of at most half the resident warps: a row over two warps)",
-                   1, 0, &gemv_split, err) ||
-        env_choice("DINFER_CUDA_FA_DECODE",
-                   "0 (the default: 4 warps a block, 2 key steps ahead), 1 (8, 2), 2 (4, 4) or 3 (8, 4): the split "
-                   "attention's shape at 128-wide heads, 4 query heads a KV head",
-                   3, 0, &fa_decode, err) ||
-        env_choice("DINFER_CUDA_SLAB_ALIGN", "0 (the default) or 1 (dequantized slabs in whole 128-row tiles)", 1, 0,
-                   &slab_align, err) ||
-        env_choice("DINFER_CUDA_ROWVEC", "0 (the default) or 1 (a prompt's RMSNorm and RoPE in 16-byte vectors)", 1, 0,
-                   &rowvec, err))
+                   &fuse, err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -249,10 +222,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->pdl = pdl && cc_major >= 9;
     c->qmma = qmma && cc_major >= 8;
     c->qmma_fp8 = qmma_fp8;
-    c->gemv_split = gemv_split != 0;
-    c->fa_decode = fa_decode;
-    c->slab_align = slab_align != 0;
-    c->rowvec = rowvec != 0;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */

@@ -52,12 +52,6 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos;
-    bool gemv_split;       /* measuring: one-row BF16 products of at most half the resident warps split a
-                              row over two (DINFER_CUDA_GEMV_SPLIT=1) */
-    bool rowvec;           /* measuring: a prompt's RMSNorm and RoPE in 16-byte vectors (DINFER_CUDA_ROWVEC=1) */
-    bool slab_align;       /* measuring: dequantized slabs in whole 128-row tiles (DINFER_CUDA_SLAB_ALIGN=1) */
-    int fa_decode;         /* measuring: the split attention's shape at 128-wide heads (DINFER_CUDA_FA_DECODE:
-                              warps a block and key steps ahead 0: 4, 2; 1: 8, 2; 2: 4, 4; 3: 8, 4) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

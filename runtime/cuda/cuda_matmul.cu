@@ -10,7 +10,6 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
-#define GEMV_SPLIT_BLOCKS_SM (2048 / (GEMV_WARPS * 32)) /* a split product's blocks resident an SM */
 
 /* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
  * (cuda_fusion.cuh). */
@@ -90,83 +89,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
-/* Measuring (DINFER_CUDA_GEMV_SPLIT=1): a one-row product whose grid fills at most half the
- * resident warps (the 8B shape's o and down products) with each weight row split over two warps,
- * contiguous halves, their sums met in shared memory: twice the warps a multiprocessor, half the
- * rounds of loads a warp. No SiLU pairs (gate/up fills the GPU already). */
-template <typename T, int F>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_SPLIT_BLOCKS_SM) /* every warp slot: one wave */
-    gemv_split_kernel(T *out, const T *x, const T *w, const T *bias, fusion f, int N, int K)
-{
-    constexpr int PER = 16 / (int)sizeof(T), ROWS = GEMV_WARPS / 2;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, half = warp / ROWS;
-    const int row0 = blockIdx.x * ROWS + warp % ROWS;
-    const bool valid = row0 < N;
-    const int row = valid ? row0 : 0;
-    const int nv = K / PER, h0 = (nv + 1) / 2; /* 16-byte vectors of a row; the first half's */
-    const int ve = half ? nv : h0;
-    const uint4 *wv = reinterpret_cast<const uint4 *>(w + (int64_t)row * K);
-    float acc = 0.0f;
-    const auto dot = [&](const uint4 &a, int v) {
-        float w0[PER], x0[PER];
-        raw_to_float<T, PER>(&a, w0);
-        load_vec<T, PER>(x + (int64_t)v * PER, x0);
-#pragma unroll
-        for (int j = 0; j < PER; j++)
-            acc += w0[j] * x0[j];
-    };
-    int v = (half ? h0 : 0) + lane;
-    uint4 a = make_uint4(0, 0, 0, 0), b = a;
-    if (v < ve)
-        a = __ldg(wv + v);
-    if (v + 32 < ve)
-        b = __ldg(wv + v + 32);
-    pdl_wait();
-    pdl_trigger();
-    if (v < ve)
-        dot(a, v);
-    if (v + 32 < ve)
-        dot(b, v + 32);
-    v += 64;
-    for (; v + 96 < ve; v += 128) {
-        const uint4 a0 = __ldg(wv + v), a1 = __ldg(wv + v + 32), a2 = __ldg(wv + v + 64), a3 = __ldg(wv + v + 96);
-        dot(a0, v), dot(a1, v + 32), dot(a2, v + 64), dot(a3, v + 96);
-    }
-    for (; v < ve; v += 32)
-        dot(__ldg(wv + v), v);
-    acc = warp_sum(acc);
-    __shared__ float other[ROWS], sq[ROWS][1];
-    if (half == 1 && lane == 0)
-        other[warp - ROWS] = acc;
-    __syncthreads();
-    float q = 0.0f;
-    if (half == 0 && lane == 0 && valid) {
-        float y = acc + other[warp];
-        if constexpr ((F & FUSE_NORM) != 0)
-            y *= fused_inv_rms(f, 0, K);
-        q = fused_out<T, F>(out, f, 0, row, N, y + (bias ? ld(&bias[row]) : 0.0f));
-    }
-    if constexpr ((F & FUSE_RESIDUAL) != 0) {
-        if (half == 0 && lane == 0)
-            sq[warp][0] = q;
-        if (f.next_g)
-            fused_squares<1, ROWS>(f, sq, 1);
-    }
-}
-
 template <int F, typename T>
 static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const T *bias, const fusion &f, int n)
 {
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned blocks = fused_blocks<F>(N, GEMV_WARPS);
-    if constexpr ((F & FUSE_SILU) == 0) {
-        const unsigned split_blocks = (unsigned)((N + GEMV_WARPS / 2 - 1) / (GEMV_WARPS / 2));
-        if (n <= 1 && c->gemv_split && split_blocks <= (unsigned)c->n_sms * GEMV_SPLIT_BLOCKS_SM) {
-            cuda_launch(c, gemv_split_kernel<T, F>, split_blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
-                        (const T *)w->data, bias, f, N, K);
-            return;
-        }
-    }
 #define GEMV_LAUNCH(R)                                                                                             \
     cuda_launch(c, gemv_kernel<T, R, F>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, bias, \
                 f, n, N, K)

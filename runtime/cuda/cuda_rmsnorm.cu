@@ -69,8 +69,8 @@ __global__ void rmsnorm_reg_kernel(T *out, T *x, const T *delta, const T *w, int
     }
 }
 
-/* Rows of whole 16-byte vectors (measuring, DINFER_CUDA_ROWVEC=1: a prompt's norms moved ~1.7 TB/s
- * in 2-byte accesses): 8 elements a thread, dim / 8 threads a row. */
+/* Rows of whole 16-byte vectors (in 2-byte accesses a prompt's norms moved ~1.7 TB/s): 8 elements a
+ * thread, dim / 8 threads a row. */
 template <typename T>
 __global__ void rmsnorm_vec_kernel(T *out, T *x, const T *delta, const T *w, int dim, float eps)
 {
@@ -109,7 +109,7 @@ static void launch(cuda_ctx *c, void *out, void *x, const void *delta, const rt_
     const int dim = (int)w->rows;
     const bool aligned = (uintptr_t)out % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0 &&
                          (uintptr_t)w->data % 16 == 0;
-    if (c->rowvec && aligned && dim % 256 == 0 && dim <= 8 * 1024) { /* whole warps of 8 elements a thread */
+    if (aligned && dim % 256 == 0 && dim <= 8 * 1024) { /* whole warps of 8 elements a thread */
         cuda_launch(c, rmsnorm_vec_kernel<T>, n, dim / 8, 0, (T *)out, (T *)x, (const T *)delta, (const T *)w->data,
                     dim, eps);
         return;

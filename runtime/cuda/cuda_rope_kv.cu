@@ -84,7 +84,7 @@ __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const in
     }
 }
 
-/* Prompts (measuring, DINFER_CUDA_ROWVEC=1): a block a token computes its head_dim / 2 angles once
+/* Prompts: a block a token computes its head_dim / 2 angles once
  * into shared memory (every head shares them), then rotates 8 pairs a thread in 16-byte loads and
  * stores, and copies v in 16-byte vectors. vc NULL: an FP8 cache (k and v are rope_kv_fp8_kernel's). */
 template <typename T>
@@ -141,7 +141,7 @@ static void launch(cuda_ctx *c, void *q, const void *qkv, const float *inv_freq,
     const int v_blocks = fp8 ? 0 : (kw + ROPE_THREADS - 1) / ROPE_THREADS;
     const bool aligned = (uintptr_t)q % 16 == 0 && (uintptr_t)qkv % 16 == 0 && (uintptr_t)kv->k % 16 == 0 &&
                          (uintptr_t)kv->v % 16 == 0;
-    if (c->rowvec && b->n_tokens >= ROPE_VEC_MIN_TOKENS && aligned && s->head_dim % 16 == 0) {
+    if (b->n_tokens >= ROPE_VEC_MIN_TOKENS && aligned && s->head_dim % 16 == 0) {
         cuda_launch(c, rope_kv_vec_kernel<T>, (unsigned)b->n_tokens, ROPE_THREADS,
             (size_t)(s->head_dim / 2) * sizeof(float2), (T *)q, (const T *)qkv, inv_freq, b->pos, b->slot, s->n_heads,
             s->n_kv_heads, s->head_dim, rope_heads, (T *)kv->k, fp8 ? (T *)nullptr : (T *)kv->v);
