@@ -14,7 +14,9 @@
 #   step mm 200 "for b in /tmp/base/build build; do \$b/tests/bench_matmul --rows 1 --formats int4; done"
 #   waitfor /tmp/models_done
 #   step ab 200 "AB_ARGS='--batch 1 --quantize int4' tests/gpu/switch_ab.sh build /tmp/m8 AB_BUILD=/tmp/base/build -"
-# The call (the device tool's command; carry .devdeps, base.tar and the BODY file):
+# (tests/gpu/body_standard.sh is one, committed: the GPU tests, transformers side by side, the server
+# and the quantized checkpoints.) The call (the device tool's command; carry .devdeps, base.tar and
+# the BODY file):
 #   BASE=1 BODY=body.sh tests/gpu/device_call.sh
 #
 #   BASE=1      build base.tar's tree in /tmp/base (dinfer-run, bench_matmul, dinfer-mkmodel; 8 jobs),
