@@ -94,10 +94,10 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 
 /* ---- the fast path ---- */
 
-#define FA_WARPS 4
-#define FA_SPLIT_WARPS 8 /* a split context's blocks (fa_launch) */
+#define FA_WARPS 4       /* a block's warps */
+#define FA_SPLIT_WARPS 8 /* a split context's, at 128-wide heads (fa_launch) */
 #define FA_MAX_GROUP 8   /* query heads per KV head */
-#define FA_AHEAD 2      /* key steps whose loads are in flight ahead of the math */
+#define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
 #define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
 template <typename KV, int HD, int W>
