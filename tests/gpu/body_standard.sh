@@ -4,7 +4,8 @@
 #   STD_LIMIT=S   the seconds the call may take in all (default 560); STD_STEPS=a,b,...  only those
 # Steps: ctest (every gpu.* test), peer (bench.sh's rows beside transformers), server (concurrency 64
 # and 256), quant (the 8B shape as AWQ, GPTQ in order and in act order, W4A16 and FP8 at load, batch
-# 1 and 64 x 128). One log a step in $OUT (the device tool returns 8 files). All four take ~700 s
+# 1 and 64 x 128), profile (every kernel of a batch-1 decode step: the 1B shape, and 2 layers of the
+# 8B shape in BF16 and as AWQ: ncu does not finish the 8B's 32 layers in minutes). One log a step in $OUT (the device tool returns 8 files). All four take ~700 s
 # on an H100: two calls, STD_STEPS=ctest,peer,server then (warm, MODELS=1 again) STD_STEPS=quant.
 std_t0=$(date +%s)
 std_left() { echo $((${STD_LIMIT:-560} - ($(date +%s) - std_t0))); }
@@ -34,3 +35,10 @@ std_on quant && [ "$(std_left)" -gt 60 ] && step quant $(($(std_left) - 5)) "
   echo '== fp8 at load (--quantize fp8)'
   for a in '--batch 1 --prompt-len 128 --gen-len 128' '--batch 64 --prompt-len 128 --gen-len 128'; do
     AB_ROUNDS=1 AB_ARGS=\"\$a --quantize fp8\" tests/gpu/switch_ab.sh build /tmp/m8 -; done"
+if std_on profile && [ "$(std_left)" -gt 60 ]; then
+  [ -f /tmp/bm/llama3-1b/config.json ] || build/launch/dinfer-mkmodel --out /tmp/bm/llama3-1b --preset llama3-1b --seed 1 >/dev/null
+  [ -f /tmp/m8l2awq/config.json ] || build/launch/dinfer-mkmodel --out /tmp/m8l2awq --preset llama3-8b --layers 2 \
+    --quantize awq --seed 1 >/dev/null
+  step profile $(($(std_left) - 5)) "for m in /tmp/bm/llama3-1b /tmp/m8l2 /tmp/m8l2awq; do echo \"== \$m\";
+    PROFILE_LIST=1 tests/gpu/step_profile.sh \$m build; done"
+fi
