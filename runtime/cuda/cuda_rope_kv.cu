@@ -84,9 +84,9 @@ __global__ void rope_kv_fp8_kernel(const T *qkv, const float *inv_freq, const in
     }
 }
 
-/* Prompts: a block a token computes its head_dim / 2 angles once
- * into shared memory (every head shares them), then rotates 8 pairs a thread in 16-byte loads and
- * stores, and copies v in 16-byte vectors. vc NULL: an FP8 cache (k and v are rope_kv_fp8_kernel's). */
+/* Prompts: a block a token computes its head_dim / 2 angles once into shared memory (every head
+ * shares them), then rotates 8 pairs a thread in 16-byte loads and stores, and copies v in 16-byte
+ * vectors. vc NULL: an FP8 cache (k and v are rope_kv_fp8_kernel's). */
 template <typename T>
 __global__ void rope_kv_vec_kernel(T *q, const T *qkv, const float *inv_freq, const int32_t *pos, const int32_t *slot,
                                    int nq, int nkv, int hd, int rope_heads, T *kc, T *vc)

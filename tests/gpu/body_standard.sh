@@ -5,8 +5,9 @@
 # Steps: ctest (every gpu.* test), peer (bench.sh's rows beside transformers), server (concurrency 64
 # and 256), quant (the 8B shape as AWQ, GPTQ in order and in act order, W4A16 and FP8 at load, batch
 # 1 and 64 x 128), profile (every kernel of a batch-1 decode step: the 1B shape, and 2 layers of the
-# 8B shape in BF16 and as AWQ: ncu does not finish the 8B's 32 layers in minutes). One log a step in $OUT (the device tool returns 8 files). All four take ~700 s
-# on an H100: two calls, STD_STEPS=ctest,peer,server then (warm, MODELS=1 again) STD_STEPS=quant.
+# 8B shape in BF16 and as AWQ: ncu does not finish the 8B's 32 layers in minutes). One log a step
+# in $OUT (the device tool returns 8 files). The five take more than one call's 600 s on an H100:
+# STD_STEPS=ctest,peer,server, then (warm, MODELS=1 again) STD_STEPS=quant,profile.
 std_t0=$(date +%s)
 std_left() { echo $((${STD_LIMIT:-560} - ($(date +%s) - std_t0))); }
 std_on() { [ -z "${STD_STEPS:-}" ] || [[ ",$STD_STEPS," == *",$1,"* ]]; }
