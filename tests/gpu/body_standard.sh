@@ -5,9 +5,11 @@
 # Steps: ctest (every gpu.* test), peer (bench.sh's rows beside transformers), server (concurrency 64
 # and 256), quant (the 8B shape as AWQ, GPTQ in order and in act order, W4A16 and FP8 at load, batch
 # 1 and 64 x 128), profile (every kernel of a batch-1 decode step: the 1B shape, and 2 layers of the
-# 8B shape in BF16 and as AWQ: ncu does not finish the 8B's 32 layers in minutes). One log a step
-# in $OUT (the device tool returns 8 files). The five take more than one call's 600 s on an H100:
-# STD_STEPS=ctest,peer,server, then (warm, MODELS=1 again) STD_STEPS=quant,profile.
+# 8B shape in BF16, as AWQ and as FP8 at load: ncu does not finish the 8B's 32 layers in minutes),
+# sections (kernel_sections.sh: ncu's sections of each one-row product, int4, FP8 and BF16). One log
+# a step in $OUT (the device tool returns 8 files). The six take more than one call's 600 s on an
+# H100: STD_STEPS=ctest,peer,server, then (warm, MODELS=1 again) STD_STEPS=quant,profile,sections
+# (ctest and profile alone: ~210 s from a cold start).
 std_t0=$(date +%s)
 std_left() { echo $((${STD_LIMIT:-560} - ($(date +%s) - std_t0))); }
 std_on() { [ -z "${STD_STEPS:-}" ] || [[ ",$STD_STEPS," == *",$1,"* ]]; }
@@ -41,5 +43,7 @@ if std_on profile && [ "$(std_left)" -gt 60 ]; then
   [ -f /tmp/m8l2awq/config.json ] || build/launch/dinfer-mkmodel --out /tmp/m8l2awq --preset llama3-8b --layers 2 \
     --quantize awq --seed 1 >/dev/null
   step profile $(($(std_left) - 5)) "for m in /tmp/bm/llama3-1b /tmp/m8l2 /tmp/m8l2awq; do echo \"== \$m\";
-    PROFILE_LIST=1 tests/gpu/step_profile.sh \$m build; done"
+    PROFILE_LIST=1 tests/gpu/step_profile.sh \$m build; done
+    echo '== /tmp/m8l2 --quantize fp8'; PROFILE_LIST=1 PROFILE_ARGS='--quantize fp8' tests/gpu/step_profile.sh /tmp/m8l2 build"
 fi
+std_on sections && [ "$(std_left)" -gt 45 ] && step sections $(($(std_left) - 5)) "tests/gpu/kernel_sections.sh build"
