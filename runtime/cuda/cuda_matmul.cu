@@ -10,6 +10,9 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+#ifndef GEMV_PRE
+#define GEMV_PRE 2 /* a lane's loads issued before pdl_wait, even (4 and 8: the 1B step 2-3% slower) */
+#endif
 
 /* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
  * (cuda_fusion.cuh). */
@@ -60,32 +63,35 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
     };
     const uint4 *wv = reinterpret_cast<const uint4 *>(wr);
-    /* 16-byte loads of the weight row, four in flight per lane and step (two in the first and last
-     * steps); the first step's are issued before pdl_wait (weights are constant), while the kernel
-     * ahead may still run */
+    /* 16-byte loads of the weight row: GEMV_PRE of a lane's issued before pdl_wait (weights are
+     * constant), while the kernel ahead may still run, then four in flight a lane and step */
     int k = lane * PER;
-    const bool two = k + 32 * PER < K;
-    uint4 a = make_uint4(0, 0, 0, 0), b = a;
-    if (k < K)
-        a = __ldg(wv + k / PER);
-    if (two)
-        b = __ldg(wv + k / PER + 32);
+    uint4 pre[GEMV_PRE];
+#pragma unroll
+    for (int i = 0; i < GEMV_PRE; i++)
+        pre[i] = k + i * 32 * PER < K ? __ldg(wv + k / PER + 32 * i) : make_uint4(0, 0, 0, 0);
     pdl_wait();
     pdl_trigger();
-    if (two) {
-        step2(a, b, k);
-        k += 64 * PER;
-        for (; k + 96 * PER < K; k += 128 * PER) { /* four loads in flight a lane, then the pairs' order */
-            const uint4 a0 = __ldg(wv + k / PER), a1 = __ldg(wv + k / PER + 32), a2 = __ldg(wv + k / PER + 64),
-                        a3 = __ldg(wv + k / PER + 96);
-            step2(a0, a1, k);
-            step2(a2, a3, k + 64 * PER);
+#pragma unroll
+    for (int i = 0; i < GEMV_PRE; i += 2) {
+        if (k + 32 * PER < K) {
+            step2(pre[i], pre[i + 1], k);
+            k += 64 * PER;
+        } else if (k < K) {
+            step1(pre[i], k);
+            k += 32 * PER;
         }
-        for (; k + 32 * PER < K; k += 64 * PER)
-            step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
     }
+    for (; k + 96 * PER < K; k += 128 * PER) { /* four loads in flight a lane, then the pairs' order */
+        const uint4 a0 = __ldg(wv + k / PER), a1 = __ldg(wv + k / PER + 32), a2 = __ldg(wv + k / PER + 64),
+                    a3 = __ldg(wv + k / PER + 96);
+        step2(a0, a1, k);
+        step2(a2, a3, k + 64 * PER);
+    }
+    for (; k + 32 * PER < K; k += 64 * PER)
+        step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
     if (k < K)
-        step1(two ? __ldg(wv + k / PER) : a, k);
+        step1(__ldg(wv + k / PER), k);
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
