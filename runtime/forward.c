@@ -59,7 +59,9 @@ typedef struct ws_sizes {
     size_t x, q, qkv, ffn, rows, logits, logits32, inv_freq, ints, samples, ss, perm;
 } ws_sizes;
 
-#define FUSE_MAX_ROWS 16 /* rows a step the layers may run as fused products */
+#define FUSE_MAX_ROWS 256 /* rows a step the layers may run as fused products (where the backend fuses
+                           * every product at that many: the weight-streaming kernels up to 16, FP8 on
+                           * the tensor cores above) */
 #define ROW_INTS ((int)(sizeof(rt_sample_row) / sizeof(int32_t))) /* a sample row among the step's ints */
 
 static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_limits *lim, rt_dtype dt, ws_sizes *z)

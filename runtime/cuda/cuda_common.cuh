@@ -63,8 +63,14 @@ void cuda_add_bias(cuda_ctx *c, void *out, const void *bias, int64_t N, int64_t 
  * (cuBLASLt, cuda_fp8_gemm.cu); false, out untouched, where it does not take it (the backend not
  * BF16, other weights or shapes, DINFER_CUDA_FP8_GEMM=0, no cuBLASLt algorithm). */
 bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
+/* The same fused (backend.h's matmul_fused) from QGEMV_MAX_ROWS + 1 to FP8_FUSE_MAX_ROWS tokens, where
+ * cuda_fp8_fuses says so (its scratch fits, cuBLASLt has an algorithm). */
+#define FP8_FUSE_MAX_ROWS 256
+bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n);
+void cuda_fp8_gemm_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                         const rt_fusion *f, int n);
 /* backend.h's fuses and matmul_fused for a quantized w (the chain's activations 16-byte aligned). */
-bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n);
+bool cuda_qmatmul_fuses(cuda_ctx *c, const rt_tensor *w, int n);
 void cuda_qmatmul_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                         const rt_fusion *f, int n);
 /* The kernels cuda_qmatmul chooses from. The weight-streaming one (cuda_qgemv.cu): up to

@@ -8,11 +8,18 @@
  * that, or where a cuBLASLt has no algorithm for it, a pass over the output does it) and written in
  * BF16 (F16's range is too short for an unscaled product of codes, up to 448^2 K): W8A8, as vLLM
  * runs an FP8 checkpoint. DINFER_CUDA_FP8_GEMM=0 turns it off, DINFER_CUDA_FP8_VEC=0 takes the pass
- * at every size. */
+ * at every size.
+ *
+ * Fused (backend.h's matmul_fused, up to FP8_FUSE_MAX_ROWS tokens): the product of codes goes to
+ * the scratch and one pass (fp8_epilogue_kernel) scales it and does what rt_fusion says, the norm's
+ * 1 / rms, the SiLU-multiply or the residual add with the next norm's xg and squares, in place of
+ * the scaling pass and the op after it (RMSNorm, SiLU-multiply): the layer's chain at batch 64 as
+ * at batch 1. */
 #include <cublasLt.h>
 #include <cuda_fp8.h>
 
 #include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_fusion.cuh"
 
 /* Row t of x (n, K) as e4m3 codes and a scale (its largest magnitude / 448): a block a row, 16
  * bytes of x a load (K a multiple of 8); the second pass reads the row again from L1 / L2. */
@@ -73,6 +80,78 @@ __global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const
     for (int j = 0; j < V; j++)
         st(&e[j], ld(&e[j]) * s * __ldg(ws + col + j) + (bias ? ld(&be[j]) : 0.0f));
     *o = u;
+}
+
+/* The fused products' pass (the scaling pass's place): a thread 8 consecutive outputs of token
+ * blockIdx.y; d (n, N) the products of codes, xs the tokens' scales, ws the weight rows'. F as
+ * cuda_fusion.cuh's: the norm's 1 / rms, out (n, N / 2) = silu(gate) * up, or the residual stream
+ * += the product with the next norm's xg and a block's squares added to its token's sum; the same
+ * roundings as the weight-streaming kernels' (fused_out). */
+template <int F>
+__global__ void fp8_epilogue_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *d, const float *xs, const float *ws,
+                                    const __nv_bfloat16 *bias, fusion f, int N, int K)
+{
+    pdl_wait();
+    pdl_trigger();
+    const int t = blockIdx.y, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    float s = xs[t];
+    if constexpr ((F & FUSE_NORM) != 0)
+        s *= fused_inv_rms(f, t, K);
+    float sq = 0.0f;
+    if (j < outs) {
+        const __nv_bfloat16 *dr = d + (int64_t)t * N;
+        float a[8], wa[8];
+        load_vec<__nv_bfloat16, 8>(dr + j, a);
+        load_vec<float, 8>(ws + j, wa);
+        if constexpr ((F & FUSE_SILU) != 0) {
+            float b[8], wb[8];
+            load_vec<__nv_bfloat16, 8>(dr + N / 2 + j, b);
+            load_vec<float, 8>(ws + N / 2 + j, wb);
+            float v[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float g = a[e] * s * wa[e], u = b[e] * s * wb[e];
+                v[e] = g / (1.0f + expf(-g)) * u;
+            }
+            store_vec<__nv_bfloat16, 8>(out + (int64_t)t * outs + j, v);
+        } else {
+            float y[8] = {};
+            if (bias)
+                load_vec<__nv_bfloat16, 8>(bias + j, y);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                y[e] += a[e] * s * wa[e];
+            __nv_bfloat16 *o = out + (int64_t)t * N + j;
+            if constexpr ((F & FUSE_RESIDUAL) != 0) {
+                /* the sum rounded to storage: the next norm reads the residual stream as stored */
+                const uint4 raw = *reinterpret_cast<const uint4 *>(o);
+                const __nv_bfloat16 *r = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    y[e] = __bfloat162float(__float2bfloat16(ld(&r[e]) + y[e]));
+                store_vec<__nv_bfloat16, 8>(o, y);
+                if (f.next_g) {
+                    float g[8];
+                    load_vec<__nv_bfloat16, 8>((const __nv_bfloat16 *)f.next_g + j, g);
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        sq += y[e] * y[e], g[e] *= y[e];
+                    store_vec<__nv_bfloat16, 8>((__nv_bfloat16 *)f.xg + (int64_t)t * N + j, g);
+                }
+            } else {
+                store_vec<__nv_bfloat16, 8>(o, y);
+            }
+        }
+    }
+    if constexpr ((F & FUSE_RESIDUAL) != 0) {
+        __shared__ float red[32];
+        if (f.next_g) { /* every thread of the block: a barrier inside */
+            sq = block_sum(sq, red);
+            if (threadIdx.x == 0)
+                atomicAdd(f.ss + t * RT_FUSION_SS_STRIDE, sq);
+        }
+    }
 }
 
 /* The product's description: the weight's codes (transposed) times the tokens' codes. vec: cuBLASLt
@@ -145,21 +224,43 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     return ok;
 }
 
-/* false when cuBLASLt has no algorithm for the shape (the caller takes the slabs) */
+/* The scratch of a fused product of n tokens: their codes, their scales, then the products of codes
+ * (n, N); 0 when it does not fit (the caller does not fuse). */
+static size_t fused_d_offset(const cuda_ctx *c, int n, int N, int K)
+{
+    const size_t codes = ((size_t)n * K + 255) / 256 * 256, scales = ((size_t)n * sizeof(float) + 255) / 256 * 256;
+    const size_t need = codes + scales + (size_t)n * N * sizeof(__nv_bfloat16);
+    return need <= c->scratch_bytes ? codes + scales : 0;
+}
+
+template <int F>
+static void fp8_epilogue(cuda_ctx *c, void *out, const void *d, const float *xs, const rt_tensor *w,
+                         const rt_tensor *bias, const fusion &f, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
+    const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
+    cuda_launch(c, fp8_epilogue_kernel<F>, dim3((unsigned)(outs / 8 + 255) / 256, (unsigned)n), 256, 0,
+                (__nv_bfloat16 *)out, (const __nv_bfloat16 *)d, xs, (const float *)w->q.scales, b, f, N, K);
+}
+
+/* false when cuBLASLt has no algorithm for the shape (the caller takes the slabs). fz: fused (the
+ * tokens in one pass, fused_d_offset's layout of the scratch), else NULL. */
 template <typename T>
-static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
+static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
+                     const rt_fusion *fz)
 {
     const int N = (int)w->rows, K = (int)w->cols;
     /* tokens a pass: their codes and scales within the scratch */
     int chunk = (int)(c->scratch_bytes / ((size_t)K + 64));
-    chunk = (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
+    chunk = fz ? n : (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
     uint8_t *xq = (uint8_t *)c->scratch;
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
+    T *d = fz ? (T *)((char *)c->scratch + fused_d_offset(c, n, N, K)) : nullptr;
     const cudaDataType_t t = cuda_blas_type(c->dt);
     const bool has_bias = bias && bias->data;
     /* the outer-vector description only where fp8_algo may take it (a pass of FP8_VEC_MIN_ROWS tokens
      * or more needs n as many) */
-    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), c->fp8_vec && n >= FP8_VEC_MIN_ROWS ? fp8_desc(true) : NULL};
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), !fz && c->fp8_vec && n >= FP8_VEC_MIN_ROWS ? fp8_desc(true) : NULL};
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
     bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS;
     for (int t0 = 0, laid = 0; ok && t0 < n; t0 += chunk) {
@@ -191,14 +292,16 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
         }
         cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
         const float one = 1.0f, zero = 0.0f;
-        T *o = (T *)out + (int64_t)t0 * N;
+        T *o = d ? d : (T *)out + (int64_t)t0 * N;
         const cublasStatus_t s = cublasLtMatmul(c->lt, ops[vec], &one, w->data, la, xq, lb, &zero, o, ld, o, ld,
                                                 &algo, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES, c->stream);
         if (s != CUBLAS_STATUS_SUCCESS) {
             cuda_fail(c, "cublasLtMatmul (FP8)", __FILE__, __LINE__, cublasGetStatusString(s));
             break;
         }
-        if (!vec)
+        if (fz)
+            FUSED_DISPATCH(fused_bits(fz), fp8_epilogue, c, out, d, xs, w, bias, fused_args(fz), n);
+        else if (!vec)
             cuda_launch(c, scale_out_kernel<T>, dim3((unsigned)(N / (16 / sizeof(T)) + 255) / 256, (unsigned)rows), 256,
                         0, o, (const float *)xs, (const float *)w->q.scales,
                         has_bias ? (const T *)bias->data : (const T *)NULL, N);
@@ -217,9 +320,50 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     return ok;
 }
 
+static bool fp8_fits(const cuda_ctx *c, const rt_tensor *w)
+{
+    return c->fp8_gemm && c->dt == RT_BF16 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 && w->cols % 16 == 0 &&
+           w->rows % 16 == 0;
+}
+
 bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n)
 {
-    const bool fits = c->fp8_gemm && c->dt == RT_BF16 && w->q.kind == RT_QK_FP8 && w->q.n_groups == 1 &&
-                      w->cols % 16 == 0 && w->rows % 16 == 0;
-    return fits && fp8_gemm<__nv_bfloat16>(c, out, x, w, bias, n);
+    return fp8_fits(c, w) && fp8_gemm<__nv_bfloat16>(c, out, x, w, bias, n, NULL);
+}
+
+/* Whether cuda_fp8_gemm_fused takes w at n tokens: the FP8 path, its scratch in one pass, and an
+ * algorithm for the shape (found now, once a shape, as the product itself would). */
+bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
+{
+    const int N = (int)w->rows, K = (int)w->cols;
+    if (!fp8_fits(c, w) || n > FP8_FUSE_MAX_ROWS || !fused_d_offset(c, n, N, K))
+        return false;
+    for (int i = 0; i < c->n_fp8_algos; i++) /* asked every step a layer a product: the answer found once */
+        if (c->fp8_algos[i].m == N && c->fp8_algos[i].n == n && c->fp8_algos[i].k == K)
+            return c->fp8_algos[i].ok && !c->fp8_algos[i].vec;
+    cublasLtMatmulDesc_t ops[2] = {fp8_desc(false), NULL};
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulAlgo_t algo;
+    bool vec = false;
+    const bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS &&
+                    cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, n, K) == CUBLAS_STATUS_SUCCESS &&
+                    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, n, N) == CUBLAS_STATUS_SUCCESS &&
+                    fp8_algo(c, ops, la, lb, ld, N, n, K, &algo, &vec);
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (ld)
+        cublasLtMatrixLayoutDestroy(ld);
+    if (ops[0])
+        cublasLtMatmulDescDestroy(ops[0]);
+    return ok && !vec;
+}
+
+/* backend.h's matmul_fused on the FP8 tensor cores (where cuda_fp8_fuses said so). */
+void cuda_fp8_gemm_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                         const rt_fusion *f, int n)
+{
+    if (!fp8_gemm<__nv_bfloat16>(c, out, x, w, bias, n, f))
+        cuda_fail(c, "the fused FP8 product", __FILE__, __LINE__, "cuBLASLt took no algorithm it had offered");
 }

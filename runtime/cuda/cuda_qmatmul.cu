@@ -232,18 +232,24 @@ void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
     CUDA_LAUNCHED(c);
 }
 
+/* Up to QGEMV_MAX_ROWS rows the weight-streaming kernels fuse; above, FP8 codes on cuBLASLt (int4 of
+ * 17 to 64 rows stays unfused: its tile kernel, qmma_tiles, has no fusion). */
 template <typename T>
 static void qfused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
                    const rt_fusion *f)
 {
-    if (cuda_qmma_fits(c, x, w, n))
+    if (n > QGEMV_MAX_ROWS)
+        cuda_fp8_gemm_fused(c, out, x, w, bias, f, n);
+    else if (cuda_qmma_fits(c, x, w, n))
         cuda_qmma(c, out, x, w, bias, n, f);
     else
         cuda_qgemv(c, out, x, w, bias, n, f);
 }
 
-bool cuda_qmatmul_fuses(const cuda_ctx *c, const rt_tensor *w, int n)
+bool cuda_qmatmul_fuses(cuda_ctx *c, const rt_tensor *w, int n)
 {
+    if (n > QGEMV_MAX_ROWS)
+        return cuda_fp8_fuses(c, w, n);
     return cuda_qmma_fits(c, w->data, w, n) || cuda_qgemv_fits(c, w->data, w, n);
 }
 

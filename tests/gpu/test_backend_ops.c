@@ -231,18 +231,26 @@ static float *strided(ctx *x, const float *d, int n, int whole)
  * (the CPU backend has none of the three).
  * p: n, K, N, what (1: the norm on the way in, 2: into the residual stream with the next norm's xg
  * and squares, 4: SiLU out, 5: both), bias, weight format (0: the compute type, else
- * qformats[p[5] - 1]) */
+ * qformats[p[5] - 1]). FP8 weights above 16 rows: the FP8 tensor cores at BF16 (other types run the
+ * ops one by one on both sides), whose activations the CPU reference quantizes alike (fp8_rows),
+ * the norm's weight powers of two so that x * weight rounds to the same codes on both sides. */
 static void run_matmul_fused(const op_case *c, ctx *x, outputs *o)
 {
     const int n = c->p[0], K = c->p[1], N = c->p[2], what = c->p[3];
     const int outs = what & 4 ? N / 2 : N;
+    const bool fp8_tc = c->p[5] == 1 && n > 16, fp8_acts = fp8_tc && x->dt == RT_BF16;
     float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *b = rand_vec(x, (size_t)N),
           *g = rand_vec(x, (size_t)K), *res = rand_vec(x, (size_t)n * N), *gn = rand_vec(x, (size_t)N);
+    if (fp8_tc)
+        for (int k = 0; k < K; k++)
+            g[k] = (g[k] < 0 ? -1.0f : 1.0f) * (float)(1 << (k % 3)) * 0.5f;
+    if (fp8_acts && !(what & 1) && x->be->ops->host_memory)
+        fp8_rows(xs, n, K);
     rt_tensor W = c->p[5] ? qweight(x, w, N, K, c->p[5] - 1) : weight(x, w, N, K), B = c->p[4] ? weight(x, b, N, 0) : (rt_tensor){0},
               G = weight(x, g, K, 0), GN = weight(x, gn, N, 0);
     void *dx = up(x, xs, (size_t)n * K), *dout = what & 2 ? up(x, res, (size_t)n * N) : dev_out(x, (size_t)n * outs);
     const rt_backend_ops *op = x->be->ops;
-    if (op->matmul_fused) {
+    if (op->matmul_fused && (!fp8_tc || fp8_acts)) {
         assert_true(op->fuses(x->be, &W, n));
         const size_t ss_len = 2 * (size_t)n * RT_FUSION_SS_STRIDE, tail = (size_t)n * RT_FUSION_SS_STRIDE;
         float *ones = malloc(ss_len * sizeof *ones), *ss = dev_alloc(x, ss_len * sizeof *ss);
@@ -274,6 +282,8 @@ static void run_matmul_fused(const op_case *c, ctx *x, outputs *o)
         if (what & 1) {
             in = dev_out(x, (size_t)n * K);
             op->rmsnorm(x->be, in, dx, &G, n, 1e-5f);
+            if (fp8_acts && op->host_memory && op->act_dtype == RT_F32)
+                fp8_rows(in, n, K);
             record(o, "zeroed sums", calloc((size_t)n * RT_FUSION_SS_STRIDE, sizeof(float)),
                    (size_t)n * RT_FUSION_SS_STRIDE);
         }
@@ -563,6 +573,12 @@ static const op_case cases[] = {
     {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused},
     /* the same over many weight tiles: gate/up with its norm and SiLU (int4), the residual (FP8) */
     {"matmul_fused", {1, 256, 13000, 5, 0, 4}, run_matmul_fused}, {"matmul_fused", {4, 256, 8800, 2, 0, 1}, run_matmul_fused},
+    /* FP8 above 16 rows (the FP8 tensor cores through cuBLASLt and one pass after): each fusion,
+     * with and without a bias, up to the most rows it fuses */
+    {"matmul_fused", {33, 256, 64, 1, 1, 1}, run_matmul_fused}, {"matmul_fused", {64, 512, 96, 2, 0, 1}, run_matmul_fused},
+    {"matmul_fused", {40, 256, 4096, 5, 0, 1}, run_matmul_fused}, {"matmul_fused", {17, 1024, 48, 2, 1, 1}, run_matmul_fused},
+    {"matmul_fused", {24, 256, 32, 4, 0, 1}, run_matmul_fused}, {"matmul_fused", {256, 512, 2064, 2, 0, 1}, run_matmul_fused},
+    {"matmul_fused", {20, 128, 48, 0, 1, 1}, run_matmul_fused},
     {"rmsnorm", {5, 37}, run_rmsnorm},            {"rmsnorm", {5, 4096}, run_rmsnorm},
     {"add_rmsnorm", {5, 37}, run_add_rmsnorm},    {"add_rmsnorm", {3, 4096}, run_add_rmsnorm},
     {"rmsnorm", {2, 9000}, run_rmsnorm},          {"add_rmsnorm", {2, 9000}, run_add_rmsnorm}, /* two-pass */
