@@ -10,9 +10,6 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
-#ifndef GEMV_L2_AHEAD
-#define GEMV_L2_AHEAD 0 /* bytes of each weight row asked into L2 before pdl_wait (0: none) */
-#endif
 #ifndef GEMV_PRE
 #define GEMV_PRE 2 /* a lane's loads issued before pdl_wait, even (4 and 8: the 1B step 2-3% slower) */
 #endif
@@ -71,11 +68,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
      * eye on ptxas -v here: this form holds 40 registers at one row (6 blocks an SM) where the
      * SiLU-fused variants of an earlier one held 46 (5), and the 1B step was 5-11% slower for it */
     int k = lane * PER;
-    if constexpr (GEMV_L2_AHEAD > 0) { /* past the loads below: a line a lane, no register held */
-        const int bytes = K * (int)sizeof(T) < GEMV_L2_AHEAD ? K * (int)sizeof(T) : GEMV_L2_AHEAD;
-        for (int o = (GEMV_PRE * 32 * 16 + 127) / 128 * 128 + lane * 128; o < bytes; o += 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char *>(wr) + o));
-    }
     uint4 pre[GEMV_PRE];
 #pragma unroll
     for (int i = 0; i < GEMV_PRE; i++)
