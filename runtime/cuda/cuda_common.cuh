@@ -51,7 +51,7 @@ typedef struct cuda_ctx {
     bool qmma_fp8;         /* FP8 codes there too (DINFER_CUDA_QMMA_FP8=0: the fp32 kernel) */
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
-    int n_fp8_algos;
+    int n_fp8_algos, fp8_next; /* shapes known; where the next one goes (the oldest, once all are in use) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

@@ -219,8 +219,10 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     *vec = took == 1;
     if (ok)
         *algo = res.algo;
-    if (c->n_fp8_algos < CUDA_FP8_ALGOS)
-        c->fp8_algos[c->n_fp8_algos++] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+    /* every step of a server mixing prompts may bring new token counts: the oldest shape makes room */
+    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+    c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
+    c->n_fp8_algos += c->n_fp8_algos < CUDA_FP8_ALGOS;
     return ok;
 }
 
