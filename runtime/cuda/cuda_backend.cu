@@ -152,14 +152,14 @@ static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
 static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
 
 /* *on from the environment variable name (on when unset); -1 naming it when it is neither 0 nor 1. */
-static int env_switch(const char *name, const char *meaning, bool *on, base_err *err)
+static int env_switch(const char *name, const char *meaning, bool *on, base_err *err, bool dflt = true)
 {
     const char *e = getenv(name);
     if (e && strcmp(e, "0") != 0 && strcmp(e, "1") != 0) {
         base_errf(err, "%s is '%.32s': %s", name, e, meaning);
         return -1;
     }
-    *on = !e || e[0] == '1';
+    *on = e ? e[0] == '1' : dflt;
     return 0;
 }
 
@@ -175,7 +175,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, qmma, qmma_fp8, fuse;
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -185,6 +185,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "0 (cuBLASLt's FP8 products unscaled, then a scaling pass) or 1 (the default: cuBLASLt scales "
                    "them where it can)",
                    &fp8_vec, err) ||
+        env_switch("DINFER_CUDA_FP8_PREP",
+                   "1 (a fused FP8 product's pass quantizes the next product's activations) or 0 (the default: the "
+                   "next product does)",
+                   &fp8_prep, err, false) ||
         env_switch("DINFER_CUDA_QMMA",
                    "0 (quantized products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma, err) ||
@@ -224,6 +228,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->qmma_fp8 = qmma_fp8;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
+    c->fp8_prep = fp8_prep;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

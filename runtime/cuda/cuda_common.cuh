@@ -47,6 +47,9 @@ typedef struct cuda_ctx {
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
     bool fp8_gemm;         /* FP8 weights take FP8 tensor cores above the GEMV's rows (Hopper on; DINFER_CUDA_FP8_GEMM=0 off) */
     bool fp8_vec;          /* cuBLASLt scales its FP8 products itself where it can (DINFER_CUDA_FP8_VEC=0: a pass does) */
+    bool fp8_prep;         /* a fused FP8 product's epilogue quantizes the next one's activations (DINFER_CUDA_FP8_PREP=1) */
+    const void *prep_src;  /* whose codes an epilogue readied (cuda_fp8_gemm.cu), for prep_n tokens of prep_k */
+    int prep_n, prep_k;
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
     bool qmma_fp8;         /* FP8 codes there too (DINFER_CUDA_QMMA_FP8=0: the fp32 kernel) */
     cublasLtHandle_t lt;

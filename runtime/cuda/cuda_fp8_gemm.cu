@@ -82,11 +82,61 @@ __global__ void scale_out_kernel(T *out, const float *xs, const float *ws, const
     *o = u;
 }
 
-/* The fused products' pass (the scaling pass's place): a thread 8 consecutive outputs of token
- * blockIdx.y; d (n, N) the products of codes, xs the tokens' scales, ws the weight rows'. F as
- * cuda_fusion.cuh's: the norm's 1 / rms, out (n, N / 2) = silu(gate) * up, or the residual stream
- * += the product with the next norm's xg and a block's squares added to its token's sum; the same
- * roundings as the weight-streaming kernels' (fused_out). */
+/* The fused products' pass (the scaling pass's place), outputs j .. j + 7 of token t: d (n, N) the
+ * products of codes, s the token's scale (with the norm's 1 / rms), ws the weight rows'. F as
+ * cuda_fusion.cuh's: out (n, N / 2) = silu(gate) * up, or the residual stream += the product with
+ * the next norm's xg, or out = the product; the same roundings as the weight-streaming kernels'
+ * (fused_out). v: the values stored that a next product reads (act, or xg with a next norm), as
+ * stored; returns the squares of the residual stream's new values (with a next norm). */
+template <int F>
+__device__ __forceinline__ float epi8(__nv_bfloat16 *out, const __nv_bfloat16 *d, float s, const float *ws,
+                                      const __nv_bfloat16 *bias, const fusion &f, int t, int j, int N, float *v)
+{
+    const __nv_bfloat16 *dr = d + (int64_t)t * N;
+    float a[8], wa[8], sq = 0.0f;
+    load_vec<__nv_bfloat16, 8>(dr + j, a);
+    load_vec<float, 8>(ws + j, wa);
+    if constexpr ((F & FUSE_SILU) != 0) {
+        float b[8], wb[8];
+        load_vec<__nv_bfloat16, 8>(dr + N / 2 + j, b);
+        load_vec<float, 8>(ws + N / 2 + j, wb);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float g = a[e] * s * wa[e], u = b[e] * s * wb[e];
+            v[e] = __bfloat162float(__float2bfloat16(g / (1.0f + expf(-g)) * u));
+        }
+        store_vec<__nv_bfloat16, 8>(out + (int64_t)t * (N / 2) + j, v);
+    } else {
+        float y[8] = {};
+        if (bias)
+            load_vec<__nv_bfloat16, 8>(bias + j, y);
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            y[e] += a[e] * s * wa[e];
+        __nv_bfloat16 *o = out + (int64_t)t * N + j;
+        if constexpr ((F & FUSE_RESIDUAL) != 0) {
+            /* the sum rounded to storage: the next norm reads the residual stream as stored */
+            const uint4 raw = *reinterpret_cast<const uint4 *>(o);
+            const __nv_bfloat16 *r = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                y[e] = __bfloat162float(__float2bfloat16(ld(&r[e]) + y[e]));
+            store_vec<__nv_bfloat16, 8>(o, y);
+            if (f.next_g) {
+                load_vec<__nv_bfloat16, 8>((const __nv_bfloat16 *)f.next_g + j, v);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    sq += y[e] * y[e], v[e] = __bfloat162float(__float2bfloat16(v[e] * y[e]));
+                store_vec<__nv_bfloat16, 8>((__nv_bfloat16 *)f.xg + (int64_t)t * N + j, v);
+            }
+        } else {
+            store_vec<__nv_bfloat16, 8>(o, y);
+        }
+    }
+    return sq;
+}
+
+/* A thread 8 consecutive outputs of token blockIdx.y. */
 template <int F>
 __global__ void fp8_epilogue_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *d, const float *xs, const float *ws,
                                     const __nv_bfloat16 *bias, fusion f, int N, int K)
@@ -95,55 +145,11 @@ __global__ void fp8_epilogue_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *d, 
     pdl_trigger();
     const int t = blockIdx.y, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    float s = xs[t];
+    float s = xs[t], v[8], sq = 0.0f;
     if constexpr ((F & FUSE_NORM) != 0)
         s *= fused_inv_rms(f, t, K);
-    float sq = 0.0f;
-    if (j < outs) {
-        const __nv_bfloat16 *dr = d + (int64_t)t * N;
-        float a[8], wa[8];
-        load_vec<__nv_bfloat16, 8>(dr + j, a);
-        load_vec<float, 8>(ws + j, wa);
-        if constexpr ((F & FUSE_SILU) != 0) {
-            float b[8], wb[8];
-            load_vec<__nv_bfloat16, 8>(dr + N / 2 + j, b);
-            load_vec<float, 8>(ws + N / 2 + j, wb);
-            float v[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                const float g = a[e] * s * wa[e], u = b[e] * s * wb[e];
-                v[e] = g / (1.0f + expf(-g)) * u;
-            }
-            store_vec<__nv_bfloat16, 8>(out + (int64_t)t * outs + j, v);
-        } else {
-            float y[8] = {};
-            if (bias)
-                load_vec<__nv_bfloat16, 8>(bias + j, y);
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                y[e] += a[e] * s * wa[e];
-            __nv_bfloat16 *o = out + (int64_t)t * N + j;
-            if constexpr ((F & FUSE_RESIDUAL) != 0) {
-                /* the sum rounded to storage: the next norm reads the residual stream as stored */
-                const uint4 raw = *reinterpret_cast<const uint4 *>(o);
-                const __nv_bfloat16 *r = reinterpret_cast<const __nv_bfloat16 *>(&raw);
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    y[e] = __bfloat162float(__float2bfloat16(ld(&r[e]) + y[e]));
-                store_vec<__nv_bfloat16, 8>(o, y);
-                if (f.next_g) {
-                    float g[8];
-                    load_vec<__nv_bfloat16, 8>((const __nv_bfloat16 *)f.next_g + j, g);
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        sq += y[e] * y[e], g[e] *= y[e];
-                    store_vec<__nv_bfloat16, 8>((__nv_bfloat16 *)f.xg + (int64_t)t * N + j, g);
-                }
-            } else {
-                store_vec<__nv_bfloat16, 8>(o, y);
-            }
-        }
-    }
+    if (j < outs)
+        sq = epi8<F>(out, d, s, ws, bias, f, t, j, N, v);
     if constexpr ((F & FUSE_RESIDUAL) != 0) {
         __shared__ float red[32];
         if (f.next_g) { /* every thread of the block: a barrier inside */
@@ -151,6 +157,49 @@ __global__ void fp8_epilogue_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *d, 
             if (threadIdx.x == 0)
                 atomicAdd(f.ss + t * RT_FUSION_SS_STRIDE, sq);
         }
+    }
+}
+
+/* The same a block a token (blockIdx.x), the values the next product reads (act, or xg) then
+ * quantized as quantize_rows_kernel does (the same codes and scale: its largest magnitude over the
+ * stored values, / 448) into codes (n, outs) and scales: the next product's activations ready
+ * (DINFER_CUDA_FP8_PREP=1). */
+template <int F>
+__global__ void fp8_epilogue_rows_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *d, const float *xs, const float *ws,
+                                         const __nv_bfloat16 *bias, fusion f, int N, int K, uint8_t *codes,
+                                         float *scales)
+{
+    pdl_wait();
+    pdl_trigger();
+    __shared__ float red[32];
+    const int t = blockIdx.x, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
+    float s = xs[t], v[8], sq = 0.0f, amax = 0.0f;
+    if constexpr ((F & FUSE_NORM) != 0)
+        s *= fused_inv_rms(f, t, K);
+    for (int j = threadIdx.x * 8; j < outs; j += blockDim.x * 8) {
+        sq += epi8<F>(out, d, s, ws, bias, f, t, j, N, v);
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            amax = fmaxf(amax, fabsf(v[e]));
+    }
+    if constexpr ((F & FUSE_RESIDUAL) != 0) {
+        sq = block_sum(sq, red);
+        if (threadIdx.x == 0)
+            atomicAdd(f.ss + t * RT_FUSION_SS_STRIDE, sq);
+    }
+    amax = block_max(amax, red); /* its barriers: the row's values written, for every thread to read */
+    const float sc = amax > 0.0f ? amax / 448.0f : 1.0f, inv = 1.0f / sc;
+    if (threadIdx.x == 0)
+        scales[t] = sc;
+    const __nv_bfloat16 *src = (F & FUSE_SILU) != 0 ? out + (int64_t)t * outs : (const __nv_bfloat16 *)f.xg + (int64_t)t * N;
+    __nv_fp8x2_storage_t *cr = (__nv_fp8x2_storage_t *)(codes + (int64_t)t * outs);
+    for (int j = threadIdx.x * 8; j < outs; j += blockDim.x * 8) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(src + j); /* written in this kernel: not __ldg */
+        const __nv_bfloat16 *e = reinterpret_cast<const __nv_bfloat16 *>(&raw);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            cr[j / 2 + k] = __nv_cvt_float2_to_fp8x2(make_float2(ld(&e[2 * k]) * inv, ld(&e[2 * k + 1]) * inv),
+                                                     __NV_SATFINITE, __NV_E4M3);
     }
 }
 
@@ -247,13 +296,32 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     return ok;
 }
 
+/* Bytes of the codes and scales of n tokens of K activations, each part in whole 256-byte blocks. */
+static size_t codes_bytes(int n, int K)
+{
+    return ((size_t)n * K + 255) / 256 * 256 + ((size_t)n * sizeof(float) + 255) / 256 * 256;
+}
+
 /* The scratch of a fused product of n tokens: their codes, their scales, then the products of codes
- * (n, N); 0 when it does not fit (the caller does not fuse). */
+ * (n, N); with DINFER_CUDA_FP8_PREP, the top of the scratch kept for the activations an epilogue
+ * readies for the next product (at most max(N, K) a token: this product's input or its output).
+ * 0 when it does not fit (the caller does not fuse). */
 static size_t fused_d_offset(const cuda_ctx *c, int n, int N, int K)
 {
-    const size_t codes = ((size_t)n * K + 255) / 256 * 256, scales = ((size_t)n * sizeof(float) + 255) / 256 * 256;
-    const size_t need = codes + scales + (size_t)n * N * sizeof(__nv_bfloat16);
-    return need <= c->scratch_bytes ? codes + scales : 0;
+    const size_t need = codes_bytes(n, K) + (size_t)n * N * sizeof(__nv_bfloat16) +
+                        (c->fp8_prep ? codes_bytes(n, N > K ? N : K) : 0);
+    return need <= c->scratch_bytes ? codes_bytes(n, K) : 0;
+}
+
+/* Where the readied codes of n tokens of K activations lie (the scratch's top), and their scales. */
+static uint8_t *prep_codes(const cuda_ctx *c, int n, int K)
+{
+    return (uint8_t *)c->scratch + c->scratch_bytes - codes_bytes(n, K);
+}
+
+static float *prep_scales(const cuda_ctx *c, int n, int K)
+{
+    return (float *)(prep_codes(c, n, K) + ((size_t)n * K + 255) / 256 * 256);
 }
 
 template <int F>
@@ -262,6 +330,15 @@ static void fp8_epilogue(cuda_ctx *c, void *out, const void *d, const float *xs,
 {
     const int N = (int)w->rows, K = (int)w->cols, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
+    const void *next = (F & FUSE_SILU) != 0 ? out : (F & FUSE_RESIDUAL) != 0 && f.next_g ? f.xg : nullptr;
+    if constexpr ((F & (FUSE_SILU | FUSE_RESIDUAL)) != 0)
+        if (c->fp8_prep && next) { /* the next product's activations readied here */
+            cuda_launch(c, fp8_epilogue_rows_kernel<F>, (unsigned)n, 512, 0, (__nv_bfloat16 *)out,
+                        (const __nv_bfloat16 *)d, xs, (const float *)w->q.scales, b, f, N, K,
+                        prep_codes(c, n, outs), prep_scales(c, n, outs));
+            c->prep_src = next, c->prep_n = n, c->prep_k = outs;
+            return;
+        }
     cuda_launch(c, fp8_epilogue_kernel<F>, dim3((unsigned)(outs / 8 + 255) / 256, (unsigned)n), 256, 0,
                 (__nv_bfloat16 *)out, (const __nv_bfloat16 *)d, xs, (const float *)w->q.scales, b, f, N, K);
 }
@@ -279,6 +356,11 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     uint8_t *xq = (uint8_t *)c->scratch;
     float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
     T *d = fz ? (T *)((char *)c->scratch + fused_d_offset(c, n, N, K)) : nullptr;
+    /* x's codes readied by the epilogue before (the one that wrote x, just now) */
+    const bool ready = fz && c->prep_src == x && c->prep_n == n && c->prep_k == K;
+    c->prep_src = nullptr;
+    if (ready)
+        xq = prep_codes(c, n, K), xs = prep_scales(c, n, K);
     const cudaDataType_t t = cuda_blas_type(c->dt);
     const bool has_bias = bias && bias->data;
     /* the outer-vector description only where fp8_algo may take it (a pass of FP8_VEC_MIN_ROWS tokens
@@ -313,7 +395,8 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
             ok = false;
             break;
         }
-        cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
+        if (!ready)
+            cuda_launch(c, quantize_rows_kernel<T>, (unsigned)rows, 256, 0, xq, xs, (const T *)x + (int64_t)t0 * K, K);
         const float one = 1.0f, zero = 0.0f;
         T *o = d ? d : (T *)out + (int64_t)t0 * N;
         const cublasStatus_t s = cublasLtMatmul(c->lt, ops[vec], &one, w->data, la, xq, lb, &zero, o, ld, o, ld,

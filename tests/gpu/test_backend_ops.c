@@ -678,6 +678,86 @@ static void test_ops(void **state)
         fail_msg("no case matches -o %s", only_op ? only_op : "");
 }
 
+/* ---- the FP8 chain with its activations readied by the epilogue ahead ---- */
+
+/* Three fused FP8 products of 40 tokens as a layer chains them: the output product into the residual
+ * stream with the next norm's xg and squares, the gate/up product reading xg (its norm and SiLU),
+ * the down product reading the SiLU's output into the residual stream. out: the residual stream, the
+ * SiLU's output, xg. */
+static bool fp8_chain(rt_backend *be, float *out[3])
+{
+    enum { n = 40, D = 512, F = 1024 };
+    ctx x = {.be = be, .dt = RT_BF16};
+    rt_rng_seed(&x.rng, 77);
+    float *xs = rand_vec(&x, (size_t)n * D), *att = rand_vec(&x, (size_t)n * D), *wo = rand_vec(&x, (size_t)D * D),
+          *wgu = rand_vec(&x, (size_t)2 * F * D), *wd = rand_vec(&x, (size_t)D * F), *g = rand_vec(&x, D);
+    const rt_tensor Wo = qweight(&x, wo, D, D, 0), Wgu = qweight(&x, wgu, 2 * F, D, 0), Wd = qweight(&x, wd, D, F, 0),
+                    G = weight(&x, g, D, 0), none = {0};
+    void *dx = up(&x, xs, (size_t)n * D), *datt = up(&x, att, (size_t)n * D), *xg = dev_out(&x, (size_t)n * D),
+         *act = dev_out(&x, (size_t)n * F);
+    float *zeros = calloc((size_t)n * RT_FUSION_SS_STRIDE, sizeof *zeros),
+          *ss = dev_alloc(&x, (size_t)n * RT_FUSION_SS_STRIDE * sizeof *ss);
+    be->ops->upload(be, ss, zeros, (size_t)n * RT_FUSION_SS_STRIDE * sizeof *ss);
+    const rt_backend_ops *op = be->ops;
+    const bool fused = op->fuses(be, &Wo, n) && op->fuses(be, &Wgu, n) && op->fuses(be, &Wd, n);
+    const rt_fusion fo = {.residual = true, .next_norm = &G, .xg = xg, .ss = ss},
+                    fgu = {.norm_ss = ss, .eps = 1e-5f, .silu = true}, fd = {.residual = true};
+    if (fused) {
+        op->matmul_fused(be, dx, datt, &Wo, &none, &fo, n);
+        op->matmul_fused(be, act, xg, &Wgu, &none, &fgu, n);
+        op->matmul_fused(be, dx, act, &Wd, &none, &fd, n);
+    }
+    outputs o = {0};
+    take(&x, &o, "x", dx, (size_t)n * D);
+    take(&x, &o, "act", act, (size_t)n * F);
+    take(&x, &o, "xg", xg, (size_t)n * D);
+    base_err err;
+    if (op->check(be, &err))
+        fail_msg("the FP8 chain: %s", err.msg);
+    for (int i = 0; i < 3; i++)
+        out[i] = o.v[i];
+    for (int i = 0; i < x.n_allocs; i++)
+        op->free(be, x.allocs[i]);
+    free(xs), free(att), free(wo), free(wgu), free(wd), free(g), free(zeros);
+    return fused;
+}
+
+/* DINFER_CUDA_FP8_PREP=1 (each epilogue quantizes the next product's activations, skipping its
+ * quantization pass) computes what the chain computes without it: the same codes and scales, so the
+ * same outputs up to the order of the squares' sums (one block a token instead of several). */
+static void test_fp8_prep_chain(void **state)
+{
+    (void)state;
+    setenv("DINFER_CUDA_FP8_PREP", "1", 1);
+    base_err err;
+    rt_backend *prep = rt_cuda_backend_create(0, RT_BF16, 0, &err);
+    unsetenv("DINFER_CUDA_FP8_PREP");
+    if (!prep)
+        fail_msg("%s", err.msg);
+    float *a[3], *b[3];
+    const bool fa = fp8_chain(gpu[1], a), fb = fp8_chain(prep, b);
+    if (!fa || !fb) { /* before Hopper: no FP8 tensor cores, the chain runs op by op */
+        printf("  fp8 chain: skipped, this GPU does not fuse FP8 products of 40 tokens\n");
+        for (int i = 0; i < 3; i++)
+            free(a[i]), free(b[i]);
+        prep->ops->destroy(prep);
+        return;
+    }
+    static const char *const names[3] = {"x", "act", "xg"};
+    static const size_t lens[3] = {40 * 512, 40 * 1024, 40 * 512};
+    for (int i = 0; i < 3; i++) {
+        double num = 0, den = 0;
+        for (size_t j = 0; j < lens[i]; j++)
+            num += ((double)a[i][j] - b[i][j]) * ((double)a[i][j] - b[i][j]), den += (double)a[i][j] * a[i][j];
+        const double e = sqrt(num / (den > 0 ? den : 1));
+        printf("  fp8 chain, readied activations: %s relative error %.2e\n", names[i], e);
+        if (!(e < 1e-3))
+            fail_msg("the FP8 chain with DINFER_CUDA_FP8_PREP=1: %s differs by %.3g", names[i], e);
+        free(a[i]), free(b[i]);
+    }
+    prep->ops->destroy(prep);
+}
+
 /* ---- sampling: the device sampler against rt_sample_with ---- */
 
 /* Samples n rows of logits (n, V) on the GPU with rows[i]; out gets the samples. */
@@ -881,6 +961,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ops),
         cmocka_unit_test(test_sticky_error),
+        cmocka_unit_test(test_fp8_prep_chain),
         cmocka_unit_test(test_sample_distributions),
         cmocka_unit_test(test_sample_greedy_and_batch),
     };
