@@ -151,7 +151,7 @@ static const rt_backend_ops ops_f32 = CUDA_OPS("cuda (f32)", RT_F32);
 static const rt_backend_ops ops_bf16 = CUDA_OPS("cuda (bf16)", RT_BF16);
 static const rt_backend_ops ops_f16 = CUDA_OPS("cuda (f16)", RT_F16);
 
-/* *on from the environment variable name (on when unset); -1 naming it when it is neither 0 nor 1. */
+/* *on from the environment variable name (dflt when unset); -1 naming it when it is neither 0 nor 1. */
 static int env_switch(const char *name, const char *meaning, bool *on, base_err *err, bool dflt = true)
 {
     const char *e = getenv(name);

@@ -296,10 +296,16 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     return ok;
 }
 
+/* b bytes rounded up to whole 256-byte blocks (where the scratch's parts start) */
+static size_t whole256(size_t b)
+{
+    return (b + 255) / 256 * 256;
+}
+
 /* Bytes of the codes and scales of n tokens of K activations, each part in whole 256-byte blocks. */
 static size_t codes_bytes(int n, int K)
 {
-    return ((size_t)n * K + 255) / 256 * 256 + ((size_t)n * sizeof(float) + 255) / 256 * 256;
+    return whole256((size_t)n * K) + whole256((size_t)n * sizeof(float));
 }
 
 /* The scratch of a fused product of n tokens: their codes, their scales, then the products of codes
@@ -321,7 +327,7 @@ static uint8_t *prep_codes(const cuda_ctx *c, int n, int K)
 
 static float *prep_scales(const cuda_ctx *c, int n, int K)
 {
-    return (float *)(prep_codes(c, n, K) + ((size_t)n * K + 255) / 256 * 256);
+    return (float *)(prep_codes(c, n, K) + whole256((size_t)n * K));
 }
 
 template <int F>
@@ -330,15 +336,16 @@ static void fp8_epilogue(cuda_ctx *c, void *out, const void *d, const float *xs,
 {
     const int N = (int)w->rows, K = (int)w->cols, outs = (F & FUSE_SILU) != 0 ? N / 2 : N;
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
-    const void *next = (F & FUSE_SILU) != 0 ? out : (F & FUSE_RESIDUAL) != 0 && f.next_g ? f.xg : nullptr;
-    if constexpr ((F & (FUSE_SILU | FUSE_RESIDUAL)) != 0)
-        if (c->fp8_prep && next) { /* the next product's activations readied here */
+    if constexpr ((F & (FUSE_SILU | FUSE_RESIDUAL)) != 0) {
+        const void *next = (F & FUSE_SILU) != 0 ? out : f.next_g ? f.xg : nullptr; /* what the next product reads */
+        if (c->fp8_prep && next) { /* its activations readied here */
             cuda_launch(c, fp8_epilogue_rows_kernel<F>, (unsigned)n, 512, 0, (__nv_bfloat16 *)out,
                         (const __nv_bfloat16 *)d, xs, (const float *)w->q.scales, b, f, N, K,
                         prep_codes(c, n, outs), prep_scales(c, n, outs));
             c->prep_src = next, c->prep_n = n, c->prep_k = outs;
             return;
         }
+    }
     cuda_launch(c, fp8_epilogue_kernel<F>, dim3((unsigned)(outs / 8 + 255) / 256, (unsigned)n), 256, 0,
                 (__nv_bfloat16 *)out, (const __nv_bfloat16 *)d, xs, (const float *)w->q.scales, b, f, N, K);
 }
@@ -354,7 +361,7 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     int chunk = (int)(c->scratch_bytes / ((size_t)K + 64));
     chunk = fz ? n : (chunk / 16 * 16 < n ? chunk / 16 * 16 : n);
     uint8_t *xq = (uint8_t *)c->scratch;
-    float *xs = (float *)(xq + ((size_t)chunk * K + 255) / 256 * 256);
+    float *xs = (float *)(xq + whole256((size_t)chunk * K));
     T *d = fz ? (T *)((char *)c->scratch + fused_d_offset(c, n, N, K)) : nullptr;
     /* x's codes readied by the epilogue before (the one that wrote x, just now) */
     const bool ready = fz && c->prep_src == x && c->prep_n == n && c->prep_k == K;
