@@ -183,6 +183,10 @@ typedef struct rt_backend_ops {
     void (*gather_cols)(rt_backend *be, void *out, const void *x, const int32_t *cols, int n, int dim);
     /* out(n, cols) fp32 from activations (the logits leave in fp32). */
     void (*to_f32)(rt_backend *be, float *out, const void *x, size_t n);
+    /* Optional (NULL, or false returned: matmul then to_f32). The LM head's product written in fp32
+     * straight from its accumulators, out(n, w.rows) = x(n, w.cols) . w^T with no bias; false when
+     * the backend's product of w at n rows cannot (nothing is done then). */
+    bool (*matmul_f32)(rt_backend *be, float *out, const void *x, const rt_tensor *w, int n);
     /* Optional (NULL: the logits go to the host and rt_sample runs there). Samples each of the n
      * rows of fp32 logits (n, vocab) as rows[i] says, into out[i]; rows and out in device memory.
      * The distribution of rt_sample_with for the row's uniform draw; greedy rows and the logprobs

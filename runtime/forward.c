@@ -563,11 +563,15 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
     } else {
         op->rmsnorm(be, dr, xr, &m->final_norm, nl, eps);
     }
-    op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
-    *logits32 = fw->logits;
-    if (op->act_dtype != RT_F32) {
-        op->to_f32(be, fw->logits32, fw->logits, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin));
+    if (op->act_dtype != RT_F32 && op->matmul_f32 && op->matmul_f32(be, fw->logits32, dr, &m->lm_head, nl)) {
         *logits32 = fw->logits32;
+    } else {
+        op->matmul(be, fw->logits, dr, &m->lm_head, NULL, nl);
+        *logits32 = fw->logits;
+        if (op->act_dtype != RT_F32) {
+            op->to_f32(be, fw->logits32, fw->logits, (size_t)nl * (size_t)(s->vocab_end - s->vocab_begin));
+            *logits32 = fw->logits32;
+        }
     }
     if (st->sample_rows)
         op->sample(be, fw->d_out, *logits32, nl, c->vocab_size, st->sample_rows);

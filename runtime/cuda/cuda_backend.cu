@@ -142,7 +142,7 @@ static void cuda_destroy(rt_backend *be)
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
-        .to_f32 = cuda_to_f32,                                                                        \
+        .to_f32 = cuda_to_f32, .matmul_f32 = cuda_matmul_f32,                                         \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
         .graph_launch = cuda_graph_launch, .graph_free = cuda_graph_free, .check = cuda_check, .destroy = cuda_destroy,                                                \
     }
@@ -175,7 +175,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse;
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32;
     if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
@@ -198,7 +198,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_switch("DINFER_CUDA_FUSE",
                    "0 (the norms, residual adds and SiLU-multiply as kernels of their own) or 1 (the default: in the "
                    "products of few rows)",
-                   &fuse, err))
+                   &fuse, err) ||
+        env_switch("DINFER_CUDA_LOGITS_F32",
+                   "0 (the LM head's product in 16 bits, then a pass to fp32) or 1 (the default: cuBLAS writes "
+                   "fp32 logits where it takes the head)",
+                   &logits_f32, err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -220,6 +224,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = gemv;
     c->fuse = fuse;
+    c->logits_f32 = logits_f32;
     int cc_major = 0;
     if (cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
         cc_major = 0;

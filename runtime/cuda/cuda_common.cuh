@@ -44,6 +44,7 @@ typedef struct cuda_ctx {
     void *blas_ws;         /* cuBLAS's workspace */
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
     bool fuse;             /* products of few rows take their norm, residual add or SiLU (DINFER_CUDA_FUSE=0 off) */
+    bool logits_f32;       /* cuBLAS writes the LM head's logits in fp32 (DINFER_CUDA_LOGITS_F32=0: a pass converts) */
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
     bool fp8_gemm;         /* FP8 weights take FP8 tensor cores above the GEMV's rows (Hopper on; DINFER_CUDA_FP8_GEMM=0 off) */
     bool fp8_vec;          /* cuBLASLt scales its FP8 products itself where it can (DINFER_CUDA_FP8_VEC=0: a pass does) */

@@ -178,6 +178,24 @@ extern "C" void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_t
     }
 }
 
+/* The LM head of more rows than the weight-streaming kernel takes, 16-bit weights: cuBLAS's fp32
+ * accumulators go out as they are, which spares the 16-bit logits' write and to_f32's pass over
+ * them (at 64 rows of a 128,256-word vocabulary: 16 MB written, then 16 MB read and 33 MB written). */
+extern "C" bool cuda_matmul_f32(rt_backend *be, float *out, const void *x, const rt_tensor *w, int n)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!c->logits_f32 || n <= 0 || w->q.kind || c->dt == RT_F32 || gemv_fits(c, out, x, w, n))
+        return false;
+    const int N = (int)w->rows, K = (int)w->cols;
+    const float one = 1.0f, zero = 0.0f;
+    const cudaDataType_t t = cuda_blas_type(c->dt);
+    const cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, &one, w->data, t, K, x, t, K,
+                                           &zero, out, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) /* sticky: check reports it */
+        cuda_fail(c, "cublasGemmEx (fp32 logits)", __FILE__, __LINE__, cublasGetStatusString(st));
+    return true;
+}
+
 extern "C" bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n)
 {
     cuda_ctx *c = cuda_ctx_of(be);

@@ -28,6 +28,7 @@ void cuda_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ff
 void cuda_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);
 void cuda_gather_cols(rt_backend *be, void *out, const void *x, const int32_t *cols, int n, int dim);
 void cuda_to_f32(rt_backend *be, float *out, const void *x, size_t n);
+bool cuda_matmul_f32(rt_backend *be, float *out, const void *x, const rt_tensor *w, int n);
 int cuda_prepare_weight(rt_backend *be, rt_tensor *w);
 void cuda_sample(rt_backend *be, rt_sample_out *out, const float *logits, int n, int vocab, const rt_sample_row *rows);
 

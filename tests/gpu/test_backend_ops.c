@@ -391,6 +391,25 @@ static void run_to_f32(const op_case *c, ctx *x, outputs *o) /* p: n */
     free(a);
 }
 
+static void run_matmul_f32(const op_case *c, ctx *x, outputs *o) /* p: n, K, N: the LM head's fp32 logits */
+{
+    const int n = c->p[0], K = c->p[1], N = c->p[2];
+    const rt_backend_ops *op = x->be->ops;
+    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K);
+    rt_tensor W = weight(x, w, N, K);
+    void *dx = up(x, xs, (size_t)n * K);
+    float *d32 = dev_alloc(x, (size_t)n * N * sizeof(float)), *h = malloc((size_t)n * N * sizeof *h);
+    if (!op->matmul_f32 || !op->matmul_f32(x->be, d32, dx, &W, n)) {
+        void *dout = dev_out(x, (size_t)n * N);
+        op->matmul(x->be, dout, dx, &W, NULL, n);
+        op->to_f32(x->be, d32, dout, (size_t)n * N);
+    }
+    op->download(x->be, h, d32, (size_t)n * N * sizeof *h);
+    o->name[o->n] = "out", o->v[o->n] = h, o->len[o->n] = (size_t)n * N;
+    o->n++;
+    free(xs), free(w);
+}
+
 static void run_embedding(const op_case *c, ctx *x, outputs *o) /* p: shard rows, dim, first row */
 {
     const int rows = c->p[0], dim = c->p[1], begin = c->p[2];
@@ -518,6 +537,9 @@ static const op_case cases[] = {
     {"matmul", {1, 7, 5, 1}, run_matmul},         {"matmul", {3, 64, 33, 0}, run_matmul},
     {"matmul", {17, 129, 70, 1}, run_matmul},     {"matmul", {64, 1024, 512, 0}, run_matmul},
     {"matmul", {1, 4096, 1000, 1}, run_matmul},
+    /* the LM head's logits in fp32: cuBLAS writing them (64 rows), the weight-streaming kernel's
+     * 16 bits then to_f32 (3 rows) */
+    {"matmul_f32", {64, 1024, 515}, run_matmul_f32}, {"matmul_f32", {3, 2048, 700}, run_matmul_f32},
     /* the weight-streaming kernel (up to 8 rows, whole 16-byte loads) and its edges */
     {"matmul", {2, 4096, 33, 1}, run_matmul},     {"matmul", {3, 264, 70, 0}, run_matmul},
     {"matmul", {8, 1024, 515, 1}, run_matmul},    {"matmul", {5, 14336, 64, 0}, run_matmul},
