@@ -1,5 +1,6 @@
 /* The CUDA backend: device memory through cudaMalloc, one stream per rank, a cuBLAS handle, and
  * the op table of the .cu files beside this one, for F32, BF16 or F16 storage. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/cuda/cuda_common.cuh"
@@ -204,6 +205,19 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "fp32 logits where it takes the head)",
                    &logits_f32, err))
         return NULL;
+    /* measuring: the FP8 products take the heuristic's algorithm of this rank (the last it offers
+     * when it offers fewer) */
+    int fp8_pick = 0;
+    if (const char *e = getenv("DINFER_CUDA_FP8_ALGO")) {
+        char *end = NULL;
+        const long v = strtol(e, &end, 10);
+        if (end == e || *end || v < 0 || v >= CUDA_FP8_ALGO_PICKS) {
+            base_errf(err, "DINFER_CUDA_FP8_ALGO is '%.32s': an index of cuBLASLt's FP8 algorithms, 0 to %d",
+                      e, CUDA_FP8_ALGO_PICKS - 1);
+            return NULL;
+        }
+        fp8_pick = (int)v;
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -234,6 +248,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     c->fp8_prep = fp8_prep;
+    c->fp8_pick = fp8_pick;
     /* cuBLAS gets a workspace of its own up front: nothing is allocated while a step is captured */
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||

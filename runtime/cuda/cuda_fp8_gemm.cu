@@ -273,24 +273,25 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
      * 42.9 us against 29.9; the 64 x 128 prefill 57,446 / 57,718 against 63,440 / 61,267 with it) */
     const int first = n >= FP8_VEC_MIN_ROWS ? 1 : 0;
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[CUDA_FP8_ALGO_PICKS];
     int found = 0, took = -1;
     const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
     if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
             CUBLAS_STATUS_SUCCESS)
         for (int v = first; v >= 0 && took < 0; v--)
-            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, 1, &res, &found) ==
-                              CUBLAS_STATUS_SUCCESS && found > 0)
+            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, c->fp8_pick + 1, res,
+                                                         &found) == CUBLAS_STATUS_SUCCESS && found > 0)
                 took = v;
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
     const bool ok = took >= 0;
     *vec = took == 1;
+    const int pick = found - 1 < c->fp8_pick ? found - 1 : c->fp8_pick; /* DINFER_CUDA_FP8_ALGO, else the first */
     if (ok)
-        *algo = res.algo;
+        *algo = res[pick].algo;
     /* every step of a server mixing prompts may bring new token counts: the oldest shape makes room */
-    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? res.algo : cublasLtMatmulAlgo_t{}};
+    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? *algo : cublasLtMatmulAlgo_t{}};
     c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
     c->n_fp8_algos += c->n_fp8_algos < CUDA_FP8_ALGOS;
     return ok;
