@@ -31,7 +31,7 @@ typedef struct cuda_fp8_algo {
     cublasLtMatmulAlgo_t algo;
 } cuda_fp8_algo;
 #define CUDA_FP8_ALGOS 64
-#define CUDA_FP8_ALGO_PICKS 16 /* DINFER_CUDA_FP8_ALGO below this */
+#define CUDA_FP8_ALGO_PICKS 16 /* the heuristic's algorithms timed; DINFER_CUDA_FP8_ALGO below this */
 
 typedef struct cuda_ctx {
     int device;
@@ -57,7 +57,7 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos, fp8_next; /* shapes known; where the next one goes (the oldest, once all are in use) */
-    int fp8_pick;          /* which of cuBLASLt's heuristic's FP8 algorithms (DINFER_CUDA_FP8_ALGO; 0: its first) */
+    int fp8_pick;          /* which of cuBLASLt's heuristic's FP8 algorithms (DINFER_CUDA_FP8_ALGO; -1: the fastest, timed) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

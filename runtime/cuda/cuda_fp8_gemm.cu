@@ -255,48 +255,6 @@ static const cuda_fp8_algo *fp8_cached(const cuda_ctx *c, int m, int n, int k)
     return NULL;
 }
 
-#define FP8_VEC_MIN_ROWS 512
-/* cuBLASLt's heuristic's algorithm for an (m, n, k) FP8 product, found once: with outer-vector
- * scaling where it has one (*vec), else plain. The caller sets the scales' pointers first (without
- * them cuBLASLt 13.1 on the H200 finds no outer-vector algorithm). */
-static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                     cublasLtMatrixLayout_t ld, int m, int n, int k, cublasLtMatmulAlgo_t *algo, bool *vec)
-{
-    if (const cuda_fp8_algo *a = fp8_cached(c, m, n, k)) {
-        *algo = a->algo;
-        *vec = a->vec;
-        return a->ok;
-    }
-    /* outer-vector scaling from FP8_VEC_MIN_ROWS tokens: below, the plain product and the pass won end
-     * to end (H200, 8B shape, batch-64 decode: 12,511 / 12,620 tok/s against 11,674 / 11,698 with it on
-     * every product, 12,387 / 12,308 with it on all but the down product, which bench_matmul had at
-     * 42.9 us against 29.9; the 64 x 128 prefill 57,446 / 57,718 against 63,440 / 61,267 with it) */
-    const int first = n >= FP8_VEC_MIN_ROWS ? 1 : 0;
-    cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res[CUDA_FP8_ALGO_PICKS];
-    int found = 0, took = -1;
-    const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
-    if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
-            CUBLAS_STATUS_SUCCESS)
-        for (int v = first; v >= 0 && took < 0; v--)
-            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, c->fp8_pick + 1, res,
-                                                         &found) == CUBLAS_STATUS_SUCCESS && found > 0)
-                took = v;
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    const bool ok = took >= 0;
-    *vec = took == 1;
-    const int pick = found - 1 < c->fp8_pick ? found - 1 : c->fp8_pick; /* DINFER_CUDA_FP8_ALGO, else the first */
-    if (ok)
-        *algo = res[pick].algo;
-    /* every step of a server mixing prompts may bring new token counts: the oldest shape makes room */
-    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? *algo : cublasLtMatmulAlgo_t{}};
-    c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
-    c->n_fp8_algos += c->n_fp8_algos < CUDA_FP8_ALGOS;
-    return ok;
-}
-
 /* b bytes rounded up to whole 256-byte blocks (where the scratch's parts start) */
 static size_t whole256(size_t b)
 {
@@ -318,6 +276,119 @@ static size_t fused_d_offset(const cuda_ctx *c, int n, int N, int K)
     const size_t need = codes_bytes(n, K) + (size_t)n * N * sizeof(__nv_bfloat16) +
                         (c->fp8_prep ? codes_bytes(n, N > K ? N : K) : 0);
     return need <= c->scratch_bytes ? codes_bytes(n, K) : 0;
+}
+
+#define FP8_VEC_MIN_ROWS 512
+#define FP8_TUNE_FLUSH ((size_t)64 << 20) /* written between timed runs: more than the L2 holds */
+
+/* Which of the heuristic's found algorithms runs the (m, n, k) product of weight a fastest, timed on
+ * the device (the codes zero, the results into the scratch as a fused product lays it out; the L2
+ * flushed before each run, as a step's weights arrive from memory): the heuristic's first is up to
+ * 1.4x slower than the best at 64 tokens (the 8B shape's output product on an H100). 0 (the first)
+ * when it cannot time them now: inside a capture, an epilogue's readied codes waiting in the
+ * scratch, or too little scratch. */
+static int fp8_tune(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                    cublasLtMatrixLayout_t ld, const void *a, int m, int n, int k,
+                    const cublasLtMatmulHeuristicResult_t *res, int found)
+{
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    const size_t dat = codes_bytes(n, k);
+    if (found < 2 || !a || c->prep_src || cudaStreamIsCapturing(c->stream, &cap) != cudaSuccess ||
+        cap != cudaStreamCaptureStatusNone || dat + (size_t)m * n * sizeof(__nv_bfloat16) > c->scratch_bytes)
+        return 0;
+    uint8_t *b = (uint8_t *)c->scratch;
+    void *d = b + dat, *flush = NULL;
+    if (cudaMalloc(&flush, FP8_TUNE_FLUSH) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: the timing just runs with the L2 as it is */
+        flush = NULL;
+    }
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    int best = 0;
+    float best_ms = 0.0f;
+    const float one = 1.0f, zero = 0.0f;
+    if (cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess &&
+        cudaMemsetAsync(b, 0, (size_t)n * k, c->stream) == cudaSuccess)
+        for (int i = 0; i < found; i++) {
+            float ms = 0.0f;
+            bool ok = true;
+            for (int rep = 0; rep < 3 && ok; rep++) { /* the first run warms up */
+                float t = 0.0f;
+                ok = (!flush || cudaMemsetAsync(flush, rep, FP8_TUNE_FLUSH, c->stream) == cudaSuccess) &&
+                     cudaEventRecord(e0, c->stream) == cudaSuccess &&
+                     cublasLtMatmul(c->lt, op, &one, a, la, b, lb, &zero, d, ld, d, ld, &res[i].algo, c->blas_ws,
+                                    CUDA_BLAS_WORKSPACE_BYTES, c->stream) == CUBLAS_STATUS_SUCCESS &&
+                     cudaEventRecord(e1, c->stream) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+                     cudaEventElapsedTime(&t, e0, e1) == cudaSuccess;
+                if (rep > 0)
+                    ms += t;
+            }
+            if (ok && (best_ms == 0.0f || ms < best_ms))
+                best = i, best_ms = ms;
+        }
+    (void)cudaGetLastError(); /* an algorithm that failed to run was passed over */
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    if (flush)
+        cudaFree(flush);
+    return best;
+}
+
+/* Token counts whose algorithms are timed: the decode graphs' row buckets (2^i and 3 x 2^i) from 16
+ * to FP8_FUSE_MAX_ROWS, so a server's steps of every other count do not each pay a timing. */
+static bool tuned_rows(int n)
+{
+    const int p = n % 3 == 0 ? n / 3 : n;
+    return n >= 16 && n <= FP8_FUSE_MAX_ROWS && (p & (p - 1)) == 0;
+}
+
+/* cuBLASLt's algorithm for an (m, n, k) FP8 product of weight a, found once: with outer-vector
+ * scaling where it has one (*vec), else plain, and then the fastest of the heuristic's offers where
+ * fp8_tune can time them (DINFER_CUDA_FP8_ALGO=i: its i-th instead, for measuring). The caller sets
+ * the scales' pointers first (without them cuBLASLt 13.1 on the H200 finds no outer-vector
+ * algorithm). */
+static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                     cublasLtMatrixLayout_t ld, const void *a, int m, int n, int k, cublasLtMatmulAlgo_t *algo,
+                     bool *vec)
+{
+    if (const cuda_fp8_algo *a = fp8_cached(c, m, n, k)) {
+        *algo = a->algo;
+        *vec = a->vec;
+        return a->ok;
+    }
+    /* outer-vector scaling from FP8_VEC_MIN_ROWS tokens: below, the plain product and the pass won end
+     * to end (H200, 8B shape, batch-64 decode: 12,511 / 12,620 tok/s against 11,674 / 11,698 with it on
+     * every product, 12,387 / 12,308 with it on all but the down product, which bench_matmul had at
+     * 42.9 us against 29.9; the 64 x 128 prefill 57,446 / 57,718 against 63,440 / 61,267 with it) */
+    const int first = n >= FP8_VEC_MIN_ROWS ? 1 : 0;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res[CUDA_FP8_ALGO_PICKS];
+    int found = 0, took = -1;
+    const size_t ws = CUDA_BLAS_WORKSPACE_BYTES;
+    if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+            CUBLAS_STATUS_SUCCESS)
+        for (int v = first; v >= 0 && took < 0; v--)
+            if (ops[v] && cublasLtMatmulAlgoGetHeuristic(c->lt, ops[v], la, lb, ld, ld, pref, CUDA_FP8_ALGO_PICKS,
+                                                         res, &found) == CUBLAS_STATUS_SUCCESS && found > 0)
+                took = v;
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    const bool ok = took >= 0;
+    *vec = took == 1;
+    int pick = 0;
+    if (ok && c->fp8_pick >= 0)
+        pick = found - 1 < c->fp8_pick ? found - 1 : c->fp8_pick;
+    else if (ok && took == 0 && tuned_rows(n))
+        pick = fp8_tune(c, ops[0], la, lb, ld, a, m, n, k, res, found);
+    if (ok)
+        *algo = res[pick].algo;
+    /* every step of a server mixing prompts may bring new token counts: the oldest shape makes room */
+    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? *algo : cublasLtMatmulAlgo_t{}};
+    c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
+    c->n_fp8_algos += c->n_fp8_algos < CUDA_FP8_ALGOS;
+    return ok;
 }
 
 /* Where the readied codes of n tokens of K activations lie (the scratch's top), and their scales. */
@@ -399,7 +470,7 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
         }
         cublasLtMatmulAlgo_t algo;
         bool vec = false;
-        if (!ok || !fp8_algo(c, ops, la, lb, ld, N, rows, K, &algo, &vec)) {
+        if (!ok || !fp8_algo(c, ops, la, lb, ld, w->data, N, rows, K, &algo, &vec)) {
             ok = false;
             break;
         }
@@ -453,7 +524,7 @@ bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
     const bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS &&
                     cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, n, K) == CUBLAS_STATUS_SUCCESS &&
                     cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, n, N) == CUBLAS_STATUS_SUCCESS &&
-                    fp8_algo(c, ops, la, lb, ld, N, n, K, &algo, &vec);
+                    fp8_algo(c, ops, la, lb, ld, w->data, N, n, K, &algo, &vec);
     lt_release(ops, la, lb, ld);
     return ok && !vec;
 }
