@@ -377,12 +377,23 @@ static int run(run_args *a, comm *c, base_err *err)
             job_abort(c, prog, err);
     } else {
         if (a->bench) {
-            /* warm-up: thread pools and first-touch page faults stay out of the figures */
-            rt_gen_request w = reqs[0];
-            w.max_tokens = 2;
-            if (rt_generate(e, &w, 1, 1, res, &st, err))
+            /* warm-up, the batch itself for two tokens: thread pools, first-touch page faults, the
+             * first use of each of the batch's kernels (a library's kernel loads then) and the
+             * capture of its decode step stay out of the figures, as a server's start-up */
+            rt_gen_request *w = malloc((size_t)n * sizeof *w);
+            if (!w) {
+                base_errf(err, "out of memory");
                 job_abort(c, prog, err);
-            rt_gen_result_free(&res[0]);
+            }
+            for (int i = 0; i < n; i++) {
+                w[i] = reqs[i];
+                w[i].max_tokens = 2;
+            }
+            if (rt_generate(e, w, n, job_flags_depth(&a->job), res, &st, err))
+                job_abort(c, prog, err);
+            free(w);
+            for (int i = 0; i < n; i++)
+                rt_gen_result_free(&res[i]);
         }
         if (rt_generate(e, reqs, n, job_flags_depth(&a->job), res, &st, err) || rt_engine_finish(e, err))
             job_abort(c, prog, err);

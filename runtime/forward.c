@@ -40,8 +40,6 @@ struct rt_forward {
                              * squares; NULL when the layers never fuse (no matmul_fused, or tp > 1) */
     int n_graphs;
     step_graph graph[MAX_GRAPHS];
-    int n_ran;                /* shapes run once uncaptured, the first time each was needed */
-    int ran[MAX_GRAPHS][2];   /* (rows, width) */
     bool device_sampling;   /* the backend samples, and this rank holds whole rows of logits */
     bool samples;           /* this rank samples: the last stage's tp rank 0 */
     float *h_logits;        /* (max_logits, vocab) host: the logits the host sampler reads */
@@ -625,15 +623,8 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
         for (int i = 0; i < fw->n_graphs && !g; i++)
             if (fw->graph[i].rows == pad && fw->graph[i].width == width)
                 g = &fw->graph[i];
-        bool captured = false, ran = false;
-        for (int i = 0; i < fw->n_ran && !ran; i++)
-            ran = fw->ran[i][0] == pad && fw->ran[i][1] == width;
-        if (!g && !ran && fw->n_ran < MAX_GRAPHS) {
-            /* a shape's first step runs as it comes, the second is captured: what the backend settles
-             * on first use (the FP8 products' algorithms, timed) is settled outside the capture */
-            fw->ran[fw->n_ran][0] = pad, fw->ran[fw->n_ran][1] = width;
-            fw->n_ran++;
-        } else if (!g && fw->n_graphs < MAX_GRAPHS) {
+        bool captured = false;
+        if (!g && fw->n_graphs < MAX_GRAPHS) {
             const comm_counters c0 = fw->comm ? comm_get_counters(fw->comm) : (comm_counters){0};
             op->graph_begin(be);
             int rc = run_ops(fw, &st, &logits32, err);
@@ -655,7 +646,7 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
                 comm_add_counters(fw->comm, &g->traffic);
             /* the logits the host samples under tensor parallelism (the graph's fp32 copy) */
             logits32 = op->act_dtype != RT_F32 ? fw->logits32 : fw->logits;
-        } else if (run_ops(fw, &st, &logits32, err)) { /* a shape's first step, or more shapes than graphs */
+        } else if (run_ops(fw, &st, &logits32, err)) { /* more shapes than graphs: run it as it comes */
             return -1;
         }
     } else if (run_ops(fw, &st, &logits32, err)) {

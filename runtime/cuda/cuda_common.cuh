@@ -28,9 +28,10 @@ typedef struct cuda_fp8_algo {
     int m, n, k;
     bool ok;  /* false: cuBLASLt has none (the product takes another path) */
     bool vec; /* it applies the scales itself (outer-vector scaling, fast accumulation) */
+    bool tuned; /* timed at load (kept when the cache makes room) */
     cublasLtMatmulAlgo_t algo;
 } cuda_fp8_algo;
-#define CUDA_FP8_ALGOS 64
+#define CUDA_FP8_ALGOS 128
 #define CUDA_FP8_ALGO_PICKS 16 /* the heuristic's algorithms timed; DINFER_CUDA_FP8_ALGO below this */
 
 typedef struct cuda_ctx {
@@ -73,6 +74,7 @@ bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, co
  * cuda_fp8_fuses says so (its scratch fits, cuBLASLt has an algorithm). */
 #define FP8_FUSE_MAX_ROWS 256
 bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n);
+void cuda_fp8_prepare(cuda_ctx *c, const rt_tensor *w);
 void cuda_fp8_gemm_fused(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,
                          const rt_fusion *f, int n);
 /* backend.h's fuses and matmul_fused for a quantized w (the chain's activations 16-byte aligned). */

@@ -282,11 +282,11 @@ static size_t fused_d_offset(const cuda_ctx *c, int n, int N, int K)
 #define FP8_TUNE_FLUSH ((size_t)64 << 20) /* written between timed runs: more than the L2 holds */
 
 /* Which of the heuristic's found algorithms runs the (m, n, k) product of weight a fastest, timed on
- * the device (the codes zero, the results into the scratch as a fused product lays it out; the L2
- * flushed before each run, as a step's weights arrive from memory): the heuristic's first is up to
- * 1.4x slower than the best at 64 tokens (the 8B shape's output product on an H100). 0 (the first)
- * when it cannot time them now: inside a capture, an epilogue's readied codes waiting in the
- * scratch, or too little scratch. */
+ * the device at load (the codes zero, the results into the scratch; the L2 flushed before each
+ * run, as a step's weights arrive from memory): the heuristic's first is up to 1.4x slower than
+ * the best at 64 tokens (bench_matmul, the 8B shape's output product on an H100). 0 (the first)
+ * when it cannot time them: inside a capture, an epilogue's readied codes waiting in the scratch,
+ * or too little scratch. */
 static int fp8_tune(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
                     cublasLtMatrixLayout_t ld, const void *a, int m, int n, int k,
                     const cublasLtMatmulHeuristicResult_t *res, int found)
@@ -335,8 +335,8 @@ static int fp8_tune(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t
     return best;
 }
 
-/* Token counts whose algorithms are timed: the decode graphs' row buckets (2^i and 3 x 2^i) from 16
- * to FP8_FUSE_MAX_ROWS, so a server's steps of every other count do not each pay a timing. */
+/* Token counts whose algorithms are timed at load: the decode graphs' row buckets (2^i and 3 x 2^i)
+ * from 16 to FP8_FUSE_MAX_ROWS. */
 static bool tuned_rows(int n)
 {
     const int p = n % 3 == 0 ? n / 3 : n;
@@ -344,13 +344,13 @@ static bool tuned_rows(int n)
 }
 
 /* cuBLASLt's algorithm for an (m, n, k) FP8 product of weight a, found once: with outer-vector
- * scaling where it has one (*vec), else plain, and then the fastest of the heuristic's offers where
- * fp8_tune can time them (DINFER_CUDA_FP8_ALGO=i: its i-th instead, for measuring). The caller sets
+ * scaling where it has one (*vec), else plain; tune (at load): the fastest of the heuristic's offers
+ * as fp8_tune times them (DINFER_CUDA_FP8_ALGO=i: its i-th instead, for measuring). The caller sets
  * the scales' pointers first (without them cuBLASLt 13.1 on the H200 finds no outer-vector
  * algorithm). */
 static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                     cublasLtMatrixLayout_t ld, const void *a, int m, int n, int k, cublasLtMatmulAlgo_t *algo,
-                     bool *vec)
+                     cublasLtMatrixLayout_t ld, const void *a, int m, int n, int k, bool tune,
+                     cublasLtMatmulAlgo_t *algo, bool *vec)
 {
     if (const cuda_fp8_algo *a = fp8_cached(c, m, n, k)) {
         *algo = a->algo;
@@ -380,12 +380,15 @@ static bool fp8_algo(cuda_ctx *c, cublasLtMatmulDesc_t ops[2], cublasLtMatrixLay
     int pick = 0;
     if (ok && c->fp8_pick >= 0)
         pick = found - 1 < c->fp8_pick ? found - 1 : c->fp8_pick;
-    else if (ok && took == 0 && tuned_rows(n))
+    else if (ok && took == 0 && tune)
         pick = fp8_tune(c, ops[0], la, lb, ld, a, m, n, k, res, found);
     if (ok)
         *algo = res[pick].algo;
-    /* every step of a server mixing prompts may bring new token counts: the oldest shape makes room */
-    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, ok ? *algo : cublasLtMatmulAlgo_t{}};
+    /* every step of a server mixing prompts may bring new token counts: the oldest shape not timed
+     * at load makes room */
+    for (int i = 0; i < CUDA_FP8_ALGOS && c->fp8_next < c->n_fp8_algos && c->fp8_algos[c->fp8_next].tuned; i++)
+        c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
+    c->fp8_algos[c->fp8_next] = (cuda_fp8_algo){m, n, k, ok, *vec, tune, ok ? *algo : cublasLtMatmulAlgo_t{}};
     c->fp8_next = (c->fp8_next + 1) % CUDA_FP8_ALGOS;
     c->n_fp8_algos += c->n_fp8_algos < CUDA_FP8_ALGOS;
     return ok;
@@ -470,7 +473,7 @@ static bool fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
         }
         cublasLtMatmulAlgo_t algo;
         bool vec = false;
-        if (!ok || !fp8_algo(c, ops, la, lb, ld, w->data, N, rows, K, &algo, &vec)) {
+        if (!ok || !fp8_algo(c, ops, la, lb, ld, w->data, N, rows, K, false, &algo, &vec)) {
             ok = false;
             break;
         }
@@ -509,8 +512,8 @@ bool cuda_fp8_gemm(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, co
 }
 
 /* Whether cuda_fp8_gemm_fused takes w at n tokens: the FP8 path, its scratch in one pass, and an
- * algorithm for the shape (found now, once a shape, as the product itself would). */
-bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
+ * algorithm for the shape (found now, once a shape, as the product itself would; timed when tune). */
+static bool fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n, bool tune)
 {
     const int N = (int)w->rows, K = (int)w->cols;
     if (!fp8_fits(c, w) || n > FP8_FUSE_MAX_ROWS || !fused_d_offset(c, n, N, K))
@@ -524,9 +527,26 @@ bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
     const bool ok = ops[0] && cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K) == CUBLAS_STATUS_SUCCESS &&
                     cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, n, K) == CUBLAS_STATUS_SUCCESS &&
                     cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, n, N) == CUBLAS_STATUS_SUCCESS &&
-                    fp8_algo(c, ops, la, lb, ld, w->data, N, n, K, &algo, &vec);
+                    fp8_algo(c, ops, la, lb, ld, w->data, N, n, K, tune, &algo, &vec);
     lt_release(ops, la, lb, ld);
     return ok && !vec;
+}
+
+bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
+{
+    return fp8_fuses(c, w, n, false);
+}
+
+/* At load (prepare_weight), once a weight shape: its algorithms for the decode graphs' row counts
+ * found and timed now, while the device has memory free for fp8_tune's flush and no step is
+ * captured; the first of a shape's weights stands for the rest. */
+void cuda_fp8_prepare(cuda_ctx *c, const rt_tensor *w)
+{
+    if (c->fp8_pick >= 0)
+        return;
+    for (int n = 16; n <= FP8_FUSE_MAX_ROWS; n++)
+        if (tuned_rows(n) && !fp8_cached(c, (int)w->rows, n, (int)w->cols))
+            fp8_fuses(c, w, n, true);
 }
 
 /* backend.h's matmul_fused on the FP8 tensor cores (where cuda_fp8_fuses said so). */

@@ -62,13 +62,16 @@ static bool group_major(cuda_ctx *c, rt_backend *be, T **m, int64_t rows, int64_
 }
 
 /* backend.h's prepare_weight: int4 codes of whole words a row (columns a multiple of 8) in
- * RT_INT4_PAIRS order, in place, and their scales and zero points group-major; every other weight
- * as it is. A failed launch stays on the backend: the loader's check after the weights reports it. */
+ * RT_INT4_PAIRS order, in place, and their scales and zero points group-major; FP8 weights' shapes
+ * get their cuBLASLt algorithms (cuda_fp8_prepare); every other weight as it is. A failed launch
+ * stays on the backend: the loader's check after the weights reports it. */
 extern "C" int cuda_prepare_weight(rt_backend *be, rt_tensor *w)
 {
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (w->q.kind == RT_QK_FP8)
+        cuda_fp8_prepare(c, w);
     if (w->q.kind != RT_QK_INT || w->q.bits != 4 || w->layout != RT_ROWS || w->cols % 8)
         return 0;
-    cuda_ctx *c = cuda_ctx_of(be);
     const int64_t words = w->rows * w->cols / 8;
     cuda_launch(c, int4_pairs_kernel, (unsigned)cuda_blocks((size_t)words, 256), 256, 0, (uint32_t *)w->data, words);
     if (!group_major(c, be, &w->q.scales, w->rows, w->q.n_groups) ||
