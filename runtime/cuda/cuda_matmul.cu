@@ -15,17 +15,27 @@
 #endif
 
 /* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
- * (cuda_fusion.cuh). */
-template <typename T, int R, int F>
+ * (cuda_fusion.cuh). S: warps a weight row (its K split S ways, the partial sums met in shared
+ * memory; DINFER_CUDA_GEMV_SPLIT, measuring; not with FUSE_SILU, whose warps pair gate and up). */
+template <typename T, int R, int F, int S = 1>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_kernel(T *out, const T *x, const T *w, const T *bias, fusion f, int n, int N, int K)
 {
     constexpr int PER = 16 / (int)sizeof(T);
-    const int lane = threadIdx.x & 31;
+    static_assert(S == 1 || (F & FUSE_SILU) == 0, "a SiLU pair is two warps of one block");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % S;
     bool valid;
-    const int row = fused_row<F, GEMV_WARPS>(N, threadIdx.x >> 5, &valid);
-    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
-        return;
+    int row;
+    if constexpr (S == 1) {
+        row = fused_row<F, GEMV_WARPS>(N, warp, &valid);
+        if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
+            return;
+    } else {
+        row = blockIdx.x * (GEMV_WARPS / S) + warp / S;
+        valid = row < N;
+        row = valid ? row : 0;
+    }
+    const int kend = (part + 1) * (K / S); /* this warp's part of the row: [kend - K / S, kend) */
     const T *wr = w + (int64_t)row * K;
     float acc[R];
 #pragma unroll
@@ -67,33 +77,53 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
      * constant), while the kernel ahead may still run, then four in flight a lane and step. Keep an
      * eye on ptxas -v here: this form holds 40 registers at one row (6 blocks an SM) where the
      * SiLU-fused variants of an earlier one held 46 (5), and the 1B step was 5-11% slower for it */
-    int k = lane * PER;
+    int k = kend - K / S + lane * PER;
     uint4 pre[GEMV_PRE];
 #pragma unroll
     for (int i = 0; i < GEMV_PRE; i++)
-        pre[i] = k + i * 32 * PER < K ? __ldg(wv + k / PER + 32 * i) : make_uint4(0, 0, 0, 0);
+        pre[i] = k + i * 32 * PER < kend ? __ldg(wv + k / PER + 32 * i) : make_uint4(0, 0, 0, 0);
     pdl_wait();
     pdl_trigger();
 #pragma unroll
     for (int i = 0; i < GEMV_PRE; i += 2) {
-        if (k + 32 * PER < K) {
+        if (k + 32 * PER < kend) {
             step2(pre[i], pre[i + 1], k);
             k += 64 * PER;
-        } else if (k < K) {
+        } else if (k < kend) {
             step1(pre[i], k);
             k += 32 * PER;
         }
     }
-    for (; k + 96 * PER < K; k += 128 * PER) { /* four loads in flight a lane, then the pairs' order */
+    for (; k + 96 * PER < kend; k += 128 * PER) { /* four loads in flight a lane, then the pairs' order */
         const uint4 a0 = __ldg(wv + k / PER), a1 = __ldg(wv + k / PER + 32), a2 = __ldg(wv + k / PER + 64),
                     a3 = __ldg(wv + k / PER + 96);
         step2(a0, a1, k);
         step2(a2, a3, k + 64 * PER);
     }
-    for (; k + 32 * PER < K; k += 64 * PER)
+    for (; k + 32 * PER < kend; k += 64 * PER)
         step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
-    if (k < K)
+    if (k < kend)
         step1(__ldg(wv + k / PER), k);
+    if constexpr (S > 1) { /* the row's S partial sums to its first warp's lane 0, which stores it */
+        __shared__ float red[GEMV_WARPS][R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float v = warp_sum(acc[r]);
+            if (lane == 0)
+                red[warp][r] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float t = 0.0f;
+            if (part == 0 && lane == 0)
+#pragma unroll
+                for (int p = 0; p < S; p++)
+                    t += red[warp + p][r];
+            acc[r] = t;
+        }
+        valid = valid && part == 0;
+    }
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
@@ -105,6 +135,20 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
 #define GEMV_LAUNCH(R)                                                                                             \
     cuda_launch(c, gemv_kernel<T, R, F>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, bias, \
                 f, n, N, K)
+    const int S = c->gemv_split;
+    if constexpr ((F & FUSE_SILU) == 0) {
+        /* a row split over S warps (measuring): one row of x, products of few blocks, whole loads */
+        if (S > 1 && n <= 1 && blocks < 4u * (unsigned)c->n_sms && K % (S * (16 / (int)sizeof(T))) == 0) {
+            const unsigned sb = (unsigned)((N + GEMV_WARPS / S - 1) / (GEMV_WARPS / S));
+            if (S == 2)
+                cuda_launch(c, gemv_kernel<T, 1, F, 2>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
+                            (const T *)w->data, bias, f, n, N, K);
+            else
+                cuda_launch(c, gemv_kernel<T, 1, F, 4>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
+                            (const T *)w->data, bias, f, n, N, K);
+            return;
+        }
+    }
     if (n <= 1)
         GEMV_LAUNCH(1);
     else if (n <= 2)
