@@ -16,7 +16,7 @@
 
 /* R: rows of x the kernel is built for (n <= R are computed). F: FUSE_* bits, f what they need
  * (cuda_fusion.cuh). S: warps a weight row (its K split S ways, the partial sums met in shared
- * memory; DINFER_CUDA_GEMV_SPLIT, measuring; not with FUSE_SILU, whose warps pair gate and up). */
+ * memory; DINFER_CUDA_GEMV_SPLIT; not with FUSE_SILU, whose warps pair gate and up). */
 template <typename T, int R, int F, int S = 1>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_kernel(T *out, const T *x, const T *w, const T *bias, fusion f, int n, int N, int K)
@@ -137,8 +137,10 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
                 f, n, N, K)
     const int S = c->gemv_split;
     if constexpr ((F & FUSE_SILU) == 0) {
-        /* a row split over S warps (measuring): one row of x, products of few blocks, whole loads */
-        if (S > 1 && n <= 1 && blocks < 4u * (unsigned)c->n_sms && K % (S * (16 / (int)sizeof(T))) == 0) {
+        /* a row split over S warps: one row of x, a product of fewer than 3 blocks an SM (the 1B's QKV,
+         * output and down products: ~2 blocks of 8 warps an SM resident, too few loads in flight;
+         * the 8B's have 512 and more), whole loads in each part */
+        if (S > 1 && n <= 1 && blocks < 3u * (unsigned)c->n_sms && K % (S * (16 / (int)sizeof(T))) == 0) {
             const unsigned sb = (unsigned)((N + GEMV_WARPS / S - 1) / (GEMV_WARPS / S));
             if (S == 2)
                 cuda_launch(c, gemv_kernel<T, 1, F, 2>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,

@@ -586,8 +586,8 @@ static const op_case cases[] = {
     {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
     {"matmul_fused", {5, 14336, 24, 2, 0}, run_matmul_fused}, {"matmul_fused", {2, 200, 10, 5, 0}, run_matmul_fused},
     {"matmul_fused", {4, 512, 33, 1, 0}, run_matmul_fused},   {"matmul_fused", {1, 8, 3, 2, 1}, run_matmul_fused},
-    /* one row into the residual stream at K a whole number of 2 and 4 warps' loads, and a part's
-     * tail (K 272: 17 loads a lane-row in two parts): DINFER_CUDA_GEMV_SPLIT=2 and 4 split these */
+    /* one row into the residual stream with each row split over 2 warps (the default; 4 under
+     * DINFER_CUDA_GEMV_SPLIT=4): K a whole number of the parts' loads, and a part's tail (K 272) */
     {"matmul_fused", {1, 2048, 40, 2, 1}, run_matmul_fused},  {"matmul_fused", {1, 8192, 24, 2, 0}, run_matmul_fused},
     {"matmul_fused", {1, 272, 30, 2, 0}, run_matmul_fused},
     /* quantized: FP8 (one token: the fp32 kernel; more: the tensor cores at BF16), int8 (the fp32
