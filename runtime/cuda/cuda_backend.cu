@@ -228,6 +228,15 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         }
         gemv_split = e[0] - '0';
     }
+    /* measuring: the same split in the quantized one-row kernel on the CUDA cores (FP8 at batch 1) */
+    int qgemv_split = 1;
+    if (const char *e = getenv("DINFER_CUDA_QGEMV_SPLIT")) {
+        if (strcmp(e, "1") != 0 && strcmp(e, "2") != 0 && strcmp(e, "4") != 0) {
+            base_errf(err, "DINFER_CUDA_QGEMV_SPLIT is '%.32s': 1 (the default), 2 or 4 warps a weight row", e);
+            return NULL;
+        }
+        qgemv_split = e[0] - '0';
+    }
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {
@@ -248,6 +257,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = gemv;
     c->gemv_split = gemv_split;
+    c->qgemv_split = qgemv_split;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;

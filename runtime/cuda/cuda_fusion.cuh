@@ -90,6 +90,34 @@ __device__ __forceinline__ void fused_squares(const fusion &f, float (*part)[R],
     }
 }
 
+/* A weight row read by S consecutive warps of a block (each a part of its K): their sums met in
+ * shared memory, the total in lane 0 of the row's first warp (acc zero elsewhere, so fused_store's
+ * warp sum gives it) and valid only there. Every thread calls it. */
+template <int R, int S, int WARPS>
+__device__ __forceinline__ void split_sum(float *acc, bool &valid)
+{
+    __shared__ float red[WARPS][R];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0)
+            red[warp][r] = v;
+    }
+    __syncthreads();
+    const bool first = warp % S == 0 && lane == 0;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float t = 0.0f;
+        if (first)
+#pragma unroll
+            for (int p = 0; p < S; p++)
+                t += red[warp + p][r];
+        acc[r] = t;
+    }
+    valid = valid && warp % S == 0;
+}
+
 /* The end of a warp's row: acc (the lane's partial sums for each row of x) summed over the warp,
  * then out written as F says. Every thread of the block calls it (FUSE_SILU meets at a barrier). */
 template <typename T, int R, int F, int WARPS>

@@ -104,26 +104,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         step2(__ldg(wv + k / PER), __ldg(wv + k / PER + 32), k);
     if (k < kend)
         step1(__ldg(wv + k / PER), k);
-    if constexpr (S > 1) { /* the row's S partial sums to its first warp's lane 0, which stores it */
-        __shared__ float red[GEMV_WARPS][R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const float v = warp_sum(acc[r]);
-            if (lane == 0)
-                red[warp][r] = v;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float t = 0.0f;
-            if (part == 0 && lane == 0)
-#pragma unroll
-                for (int p = 0; p < S; p++)
-                    t += red[warp + p][r];
-            acc[r] = t;
-        }
-        valid = valid && part == 0;
-    }
+    if constexpr (S > 1)
+        split_sum<R, S, GEMV_WARPS>(acc, valid);
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
