@@ -164,6 +164,20 @@ static int env_switch(const char *name, const char *meaning, bool *on, base_err 
     return 0;
 }
 
+/* *warps from the environment variable name (left as it is when unset); -1 naming it when it is not
+ * 1, 2 or 4. */
+static int env_warps(const char *name, int *warps, base_err *err)
+{
+    const char *e = getenv(name);
+    if (e && strcmp(e, "1") != 0 && strcmp(e, "2") != 0 && strcmp(e, "4") != 0) {
+        base_errf(err, "%s is '%.32s': 1, 2 or 4 warps a weight row (the default %d)", name, e, *warps);
+        return -1;
+    }
+    if (e)
+        *warps = e[0] - '0';
+    return 0;
+}
+
 extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank, base_err *err)
 {
     int n = rt_cuda_device_count();
@@ -219,24 +233,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         fp8_pick = (int)v;
     }
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
-     * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4) */
-    int gemv_split = 2;
-    if (const char *e = getenv("DINFER_CUDA_GEMV_SPLIT")) {
-        if (strcmp(e, "1") != 0 && strcmp(e, "2") != 0 && strcmp(e, "4") != 0) {
-            base_errf(err, "DINFER_CUDA_GEMV_SPLIT is '%.32s': 1, 2 (the default) or 4 warps a weight row", e);
-            return NULL;
-        }
-        gemv_split = e[0] - '0';
-    }
-    /* measuring: the same split in the quantized one-row kernel on the CUDA cores (FP8 at batch 1) */
-    int qgemv_split = 1;
-    if (const char *e = getenv("DINFER_CUDA_QGEMV_SPLIT")) {
-        if (strcmp(e, "1") != 0 && strcmp(e, "2") != 0 && strcmp(e, "4") != 0) {
-            base_errf(err, "DINFER_CUDA_QGEMV_SPLIT is '%.32s': 1 (the default), 2 or 4 warps a weight row", e);
-            return NULL;
-        }
-        qgemv_split = e[0] - '0';
-    }
+     * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); measuring: the same in the
+     * quantized one-row kernel on the CUDA cores (FP8 at batch 1), 1 by default */
+    int gemv_split = 2, qgemv_split = 1;
+    if (env_warps("DINFER_CUDA_GEMV_SPLIT", &gemv_split, err) || env_warps("DINFER_CUDA_QGEMV_SPLIT", &qgemv_split, err))
+        return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
     if (!c || !be) {

@@ -36,6 +36,16 @@ __device__ __forceinline__ int fused_row(int N, int warp, bool *valid)
     }
 }
 
+/* The weight row of warp `warp` of a block of WARPS when S consecutive warps share a row (split_sum
+ * meets their sums), and whether it exists (an idle group reads row 0 and writes nothing). */
+template <int S, int WARPS>
+__device__ __forceinline__ int split_row(int N, int warp, bool *valid)
+{
+    const int row = blockIdx.x * (WARPS / S) + warp / S;
+    *valid = row < N;
+    return *valid ? row : 0;
+}
+
 /* Blocks of `warps` warps for N weight rows. */
 template <int F>
 static inline unsigned fused_blocks(int N, int warps)

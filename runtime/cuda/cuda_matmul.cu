@@ -31,9 +31,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
             return;
     } else {
-        row = blockIdx.x * (GEMV_WARPS / S) + warp / S;
-        valid = row < N;
-        row = valid ? row : 0;
+        row = split_row<S, GEMV_WARPS>(N, warp, &valid);
     }
     const int kend = (part + 1) * (K / S); /* this warp's part of the row: [kend - K / S, kend) */
     const T *wr = w + (int64_t)row * K;

@@ -76,9 +76,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_RO
         if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
             return;
     } else {
-        row = blockIdx.x * (QGEMV_WARPS / S) + warp / S;
-        valid = row < N;
-        row = valid ? row : 0;
+        row = split_row<S, QGEMV_WARPS>(N, warp, &valid);
     }
     const int loads = K / E;
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
