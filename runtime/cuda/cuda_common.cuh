@@ -61,6 +61,7 @@ typedef struct cuda_ctx {
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos, fp8_next; /* shapes known; where the next one goes (the oldest, once all are in use) */
     int fp8_pick;          /* which of cuBLASLt's heuristic's FP8 algorithms (DINFER_CUDA_FP8_ALGO; -1: the fastest, timed) */
+    void *tune_flush;      /* while cuda_fp8_prepare times them: 64 MB written between runs to flush the L2 (or NULL) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
 } cuda_ctx;

@@ -283,7 +283,7 @@ static size_t fused_d_offset(const cuda_ctx *c, int n, int N, int K)
 
 /* Which of the heuristic's found algorithms runs the (m, n, k) product of weight a fastest, timed on
  * the device at load (the codes zero, the results into the scratch; the L2 flushed before each
- * run, as a step's weights arrive from memory): the heuristic's first is up to 1.4x slower than
+ * run by writing c->tune_flush, as a step's weights arrive from memory): the heuristic's first is up to 1.4x slower than
  * the best at 64 tokens (bench_matmul, the 8B shape's output product on an H100). 0 (the first)
  * when it cannot time them: inside a capture, an epilogue's readied codes waiting in the scratch,
  * or too little scratch. */
@@ -297,11 +297,7 @@ static int fp8_tune(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t
         cap != cudaStreamCaptureStatusNone || dat + (size_t)m * n * sizeof(__nv_bfloat16) > c->scratch_bytes)
         return 0;
     uint8_t *b = (uint8_t *)c->scratch;
-    void *d = b + dat, *flush = NULL;
-    if (cudaMalloc(&flush, FP8_TUNE_FLUSH) != cudaSuccess) {
-        (void)cudaGetLastError(); /* not sticky: the timing just runs with the L2 as it is */
-        flush = NULL;
-    }
+    void *d = b + dat, *flush = c->tune_flush;
     cudaEvent_t e0 = NULL, e1 = NULL;
     int best = 0;
     float best_ms = 0.0f;
@@ -330,8 +326,6 @@ static int fp8_tune(cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t
         cudaEventDestroy(e0);
     if (e1)
         cudaEventDestroy(e1);
-    if (flush)
-        cudaFree(flush);
     return best;
 }
 
@@ -542,11 +536,22 @@ bool cuda_fp8_fuses(cuda_ctx *c, const rt_tensor *w, int n)
  * captured; the first of a shape's weights stands for the rest. */
 void cuda_fp8_prepare(cuda_ctx *c, const rt_tensor *w)
 {
-    if (c->fp8_pick >= 0)
+    bool todo = false;
+    for (int n = 16; n <= FP8_FUSE_MAX_ROWS && !todo; n++)
+        todo = tuned_rows(n) && !fp8_cached(c, (int)w->rows, n, (int)w->cols);
+    if (c->fp8_pick >= 0 || !todo)
         return;
+    /* one flush buffer for the shape's row counts (each allocation waits for the device) */
+    if (cudaMalloc(&c->tune_flush, FP8_TUNE_FLUSH) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: the timing just runs with the L2 as it is */
+        c->tune_flush = NULL;
+    }
     for (int n = 16; n <= FP8_FUSE_MAX_ROWS; n++)
         if (tuned_rows(n) && !fp8_cached(c, (int)w->rows, n, (int)w->cols))
             fp8_fuses(c, w, n, true);
+    if (c->tune_flush)
+        cudaFree(c->tune_flush);
+    c->tune_flush = NULL;
 }
 
 /* backend.h's matmul_fused on the FP8 tensor cores (where cuda_fp8_fuses said so). */
