@@ -164,17 +164,17 @@ static int env_switch(const char *name, const char *meaning, bool *on, base_err 
     return 0;
 }
 
-/* *warps from the environment variable name (left as it is when unset); -1 naming it when it is not
- * 1, 2 or 4. */
-static int env_warps(const char *name, int *warps, base_err *err)
+/* *v from the environment variable name (left as it is when unset): one digit of `digits`; -1
+ * naming it and `meaning` otherwise. */
+static int env_digit(const char *name, const char *digits, const char *meaning, int *v, base_err *err)
 {
     const char *e = getenv(name);
-    if (e && strcmp(e, "1") != 0 && strcmp(e, "2") != 0 && strcmp(e, "4") != 0) {
-        base_errf(err, "%s is '%.32s': 1, 2 or 4 warps a weight row (the default %d)", name, e, *warps);
+    if (e && (strlen(e) != 1 || !strchr(digits, e[0]))) {
+        base_errf(err, "%s is '%.32s': %s (the default %d)", name, e, meaning, *v);
         return -1;
     }
     if (e)
-        *warps = e[0] - '0';
+        *v = e[0] - '0';
     return 0;
 }
 
@@ -233,10 +233,13 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         fp8_pick = (int)v;
     }
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
-     * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); measuring: the same in the
-     * quantized one-row kernel on the CUDA cores (FP8 at batch 1), 1 by default */
-    int gemv_split = 2, qgemv_split = 1;
-    if (env_warps("DINFER_CUDA_GEMV_SPLIT", &gemv_split, err) || env_warps("DINFER_CUDA_QGEMV_SPLIT", &qgemv_split, err))
+     * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
+     * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
+    int gemv_split = 2, gemv_pair = 1;
+    if (env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
+        env_digit("DINFER_CUDA_GEMV_PAIR", "01",
+                  "0 (a warp a weight row) or 1 (two rows a warp in the one-row FP8 gate/up product)", &gemv_pair,
+                  err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -258,7 +261,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->scratch_bytes = CUDA_SCRATCH_BYTES;
     c->gemv = gemv;
     c->gemv_split = gemv_split;
-    c->qgemv_split = qgemv_split;
+    c->gemv_pair = gemv_pair;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;

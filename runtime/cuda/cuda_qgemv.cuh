@@ -13,6 +13,7 @@
 
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_fusion.cuh"
+#include "runtime/cuda/cuda_gemv_pair.cuh"
 
 #define QGEMV_WARPS 8
 #ifndef QGEMV_ONE_ROW_FP8_BLOCKS
@@ -57,27 +58,26 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w
     }
 }
 
+/* e4m3 codes for the pair kernel (cuda_gemv_pair.cuh) */
+struct PairFp8 {
+    static constexpr int E = 16;
+    static constexpr int BYTES = 1;
+    __device__ static void decode(const uint4 &raw, float *w) { dequant16<true, 8>(raw, 0.0f, w); }
+};
+
 /* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
- * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). S: warps a
- * weight row, taking its loads in turns, the partial sums met in shared memory
- * (DINFER_CUDA_QGEMV_SPLIT, measuring; not with FUSE_SILU, whose warps pair gate and up). */
-template <typename T, int R, bool FP8, int BITS, int F, int S = 1>
+ * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). */
+template <typename T, int R, bool FP8, int BITS, int F>
 __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_ROW_FP8_BLOCKS : 1)
     qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
                  fusion f, int n, int N, int K, int group, int n_groups)
 {
     constexpr int E = BITS == 4 ? 32 : 16; /* codes a 16-byte load holds */
-    static_assert(S == 1 || (F & FUSE_SILU) == 0, "a SiLU pair is two warps of one block");
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % S;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     bool valid;
-    int row;
-    if constexpr (S == 1) {
-        row = fused_row<F, QGEMV_WARPS>(N, warp, &valid);
-        if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
-            return;
-    } else {
-        row = split_row<S, QGEMV_WARPS>(N, warp, &valid);
-    }
+    const int row = fused_row<F, QGEMV_WARPS>(N, warp, &valid);
+    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
+        return;
     const int loads = K / E;
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
     /* a row's scales: int4's group-major (RT_INT4_PAIRS: group gi at gi * N), the others' row-major */
@@ -104,22 +104,19 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_RO
     /* QGEMV_AHEAD loads in flight a lane in one set of registers, each slot loaded again once its
      * codes are used (a current and a next set held 64 registers at one FP8 row: 4 blocks an SM); the
      * first loads go out before pdl_wait (the codes are constant) */
-    /* a row's S warps take turns by 32 loads (warp part p the p-th of each S x 32): the unsplit
-     * kernel's loop at a stride of S x 32, no register more (contiguous parts spilled at 40) */
-    const int first = lane + 32 * part;
     uint4 buf[QGEMV_AHEAD];
     float buf_s[QGEMV_AHEAD], buf_z[QGEMV_AHEAD];
 #pragma unroll
     for (int u = 0; u < QGEMV_AHEAD; u++) {
-        buf[u] = first + 32 * S * u < loads ? __ldg(wv + first + 32 * S * u) : make_uint4(0, 0, 0, 0);
-        scale_of(first + 32 * S * u, buf_s[u], buf_z[u]);
+        buf[u] = lane + 32 * u < loads ? __ldg(wv + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        scale_of(lane + 32 * u, buf_s[u], buf_z[u]);
     }
     pdl_wait();
     pdl_trigger();
-    for (int j0 = first; j0 < loads; j0 += 32 * S * QGEMV_AHEAD) {
+    for (int j0 = lane; j0 < loads; j0 += 32 * QGEMV_AHEAD) {
 #pragma unroll
         for (int u = 0; u < QGEMV_AHEAD; u++) {
-            const int j = j0 + 32 * S * u;
+            const int j = j0 + 32 * u;
             if (j < loads) {
                 const int k = j * E;
                 const float s = buf_s[u];
@@ -137,14 +134,12 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_RO
                         acc[r] += s * p;
                     }
                 }
-                const int jn = j + 32 * S * QGEMV_AHEAD;
+                const int jn = j + 32 * QGEMV_AHEAD;
                 buf[u] = jn < loads ? __ldg(wv + jn) : make_uint4(0, 0, 0, 0);
                 scale_of(jn, buf_s[u], buf_z[u]);
             }
         }
     }
-    if constexpr (S > 1)
-        split_sum<R, S, QGEMV_WARPS>(acc, valid);
     fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
 }
 
@@ -154,23 +149,10 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned blocks = fused_blocks<F>(N, QGEMV_WARPS);
     const rt_tensor_quant *q = &w->q;
-    if constexpr ((F & FUSE_SILU) == 0) {
-        /* a row split over S warps (measuring): one row of x, a product of fewer than 4 blocks an SM */
-        const int S = c->qgemv_split;
-        if (S > 1 && n <= 1 && blocks < 4u * (unsigned)c->n_sms) {
-            const unsigned sb = (unsigned)((N + QGEMV_WARPS / S - 1) / (QGEMV_WARPS / S));
-#define QGEMV_SPLIT(S_)                                                                                          \
-    cuda_launch(c, qgemv_kernel<T, 1, FP8, BITS, F, S_>, sb, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
-                (int)q->group, (int)q->n_groups)
-            if (S == 2)
-                QGEMV_SPLIT(2);
-            else
-                QGEMV_SPLIT(4);
-#undef QGEMV_SPLIT
+    if constexpr (FP8) /* a scale a row: the gate/up product two rows a warp (cuda_gemv_pair.cuh) */
+        if (n <= 1 && q->n_groups == 1 && !q->zeros &&
+            gemv_pair<T, PairFp8, F>(c, (T *)out, (const T *)x, w->data, (const float *)q->scales, f, N, K))
             return;
-        }
-    }
 #define QGEMV_LAUNCH(R)                                                                                          \
     cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \

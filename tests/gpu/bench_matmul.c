@@ -1,4 +1,4 @@
-/* bench_matmul: one backend's matmul on the 8B shape's four layer products (and its LM head when
+/* bench_matmul: one backend's matmul on the 8B (or 1B) shape's four layer products (and its LM head when
  * --products names lm_head: by default left out, its 525M weights take seconds to make), float and
  * quantized, without a model (a kernel change measured in seconds, not a model load): each product
  * timed over many launches, its weight bytes over the time, and that as a share of the measured
@@ -6,6 +6,7 @@
  *
  *   bench_matmul [--device cuda|cpu] [--rows 1,16,64] [--formats bf16,fp8,int8,int4]
  *                [--products qkv,o,gate_up,down,lm_head] [--iters N] [--small] [--fused] [--layer]
+ *                [--shape 8b|1b]
  *
  * Formats: bf16 (the backend's compute type: BF16 on CUDA, F32 on the CPU), fp8 (a scale a row),
  * fp8-block (128 x 128), int8 (symmetric, a scale a row), int4 (groups of 128 with zero points,
@@ -44,9 +45,14 @@ typedef struct shape {
 
 #define COPIES 64
 
-/* a decode layer's four products (LAYER_PRODUCTS), then the LM head (only when --products names it) */
-static const shape shapes[] = {{"qkv", 6144, 4096},     {"o", 4096, 4096},        {"gate_up", 28672, 4096},
-                               {"down", 4096, 14336},   {"lm_head", 128256, 4096}};
+/* a decode layer's four products (LAYER_PRODUCTS), then the LM head (only when --products names it):
+ * the 8B shape's (Llama 3.1 8B) or, under --shape 1b, the 1B's (Llama 3.2 1B) */
+#define N_SHAPES 5
+static const shape shapes_8b[N_SHAPES] = {{"qkv", 6144, 4096},   {"o", 4096, 4096},         {"gate_up", 28672, 4096},
+                                          {"down", 4096, 14336}, {"lm_head", 128256, 4096}};
+static const shape shapes_1b[N_SHAPES] = {{"qkv", 3072, 2048},  {"o", 2048, 2048},         {"gate_up", 16384, 2048},
+                                          {"down", 2048, 8192}, {"lm_head", 128256, 2048}};
+static const shape *shapes = shapes_8b;
 #define LAYER_PRODUCTS 4
 
 typedef struct format {
@@ -328,17 +334,19 @@ int main(int argc, char **argv)
             fused = true;
         else if (strcmp(a, "--layer") == 0)
             layer = true;
+        else if (strcmp(a, "--shape") == 0 && v && (strcmp(v, "8b") == 0 || strcmp(v, "1b") == 0))
+            shapes = strcmp(v, "1b") == 0 ? shapes_1b : shapes_8b, i++;
         else
             return fail("usage: bench_matmul [--device cuda|cpu] [--rows 1,16,64] "
                         "[--formats bf16,fp8,fp8-block,int8,int4,int4-g32] [--products qkv,o,gate_up,down,lm_head] "
-                        "[--iters N] [--small] [--fused] [--layer]");
+                        "[--iters N] [--small] [--fused] [--layer] [--shape 8b|1b]");
     }
     char bad[64];
     if (!all_known(fmt_list, formats, sizeof formats / sizeof *formats, sizeof *formats, bad, sizeof bad)) {
         fprintf(stderr, "bench_matmul: unknown format '%s' in --formats\n", bad);
         return 2;
     }
-    if (!all_known(prod_list, shapes, sizeof shapes / sizeof *shapes, sizeof *shapes, bad, sizeof bad)) {
+    if (!all_known(prod_list, shapes, N_SHAPES, sizeof *shapes, bad, sizeof bad)) {
         fprintf(stderr, "bench_matmul: unknown product '%s' in --products (qkv, o, gate_up, down, lm_head)\n", bad);
         return 2;
     }
@@ -384,7 +392,7 @@ int main(int argc, char **argv)
         return fail("out of device memory");
     enum { NF = sizeof formats / sizeof *formats };
     double alone[NF][16][3] = {{{0}}}; /* us: the sum over the products timed alone */
-    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    for (size_t si = 0; si < N_SHAPES; si++) {
         if (!listed(prod_list, shapes[si].name))
             continue;
         const int N = shapes[si].N / (small ? 16 : 1), K = shapes[si].K / (small ? 16 : 1);

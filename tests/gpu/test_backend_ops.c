@@ -589,8 +589,12 @@ static const op_case cases[] = {
      * DINFER_CUDA_GEMV_SPLIT=4): K a whole number of the parts' loads, and a part's tail (K 272) */
     {"matmul_fused", {1, 2048, 40, 2, 1}, run_matmul_fused},  {"matmul_fused", {1, 8192, 24, 2, 0}, run_matmul_fused},
     {"matmul_fused", {1, 272, 30, 2, 0}, run_matmul_fused},
-    /* the same on FP8 codes (DINFER_CUDA_QGEMV_SPLIT=2 and 4 split them): 256 loads a row, and 17 */
+    /* the same on FP8 codes: 256 loads a row, and 17; the one-row FP8 gate/up product (a gate row
+     * and its up row a warp, DINFER_CUDA_GEMV_PAIR) with pairs not filling the last block, 17 loads
+     * a row, with and without the norm; BF16 gate/up of one row with an odd count of pairs */
     {"matmul_fused", {1, 4096, 40, 2, 1, 1}, run_matmul_fused}, {"matmul_fused", {1, 272, 30, 2, 0, 1}, run_matmul_fused},
+    {"matmul_fused", {1, 272, 38, 4, 0, 1}, run_matmul_fused},  {"matmul_fused", {1, 4096, 46, 5, 0, 1}, run_matmul_fused},
+    {"matmul_fused", {1, 2048, 42, 5, 0}, run_matmul_fused},
     /* quantized: FP8 (one token: the fp32 kernel; more: the tensor cores at BF16), int8 (the fp32
      * kernel), int4 g128 (the tensor cores at BF16), int4 g32 */
     {"matmul_fused", {1, 4096, 64, 1, 1, 1}, run_matmul_fused}, {"matmul_fused", {3, 1024, 40, 2, 0, 3}, run_matmul_fused},
