@@ -2,31 +2,13 @@
  *
  *   text -> added tokens split out (non-normalized ones on the raw text) -> each other segment
  *   normalized -> normalized added tokens split out -> pre-tokenized into words -> each word
- *   through the BPE model -> ids -> the post-processor's special tokens around them.
+ *   through the BPE model (tokenizer_bpe.c) -> ids -> the post-processor's special tokens around them.
  *
  * Strings are UTF-8 throughout; words live in one growing buffer per call (an arena of byte
  * ranges), so encoding allocates a few buffers, not one per word. Decoding: tokenizer_decode.c. */
 #include "runtime/text/tokenizer_impl.h"
 
 /* ---- the runner's containers ---- */
-
-typedef struct ids_vec {
-    int32_t *v;
-    size_t n, cap;
-} ids_vec;
-
-static int ids_push(ids_vec *a, int32_t id)
-{
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        int32_t *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return -1;
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n++] = id;
-    return 0;
-}
 
 /* A piece of text: bytes [off, off + len) of an arena; id >= 0 for an added token already found. */
 typedef struct piece {
@@ -53,22 +35,6 @@ static int pieces_push(pieces *a, piece p)
     return 0;
 }
 
-static bool merge_get(const merge_map *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged)
-{
-    if (!m->cap || a < 0 || b < 0)
-        return false;
-    const uint64_t k = ((uint64_t)a + 1) << 32 | (uint32_t)b;
-    for (size_t i = mix64(k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        const merge_slot *e = &m->slot[i];
-        if (e->key == 0)
-            return false;
-        if (e->key == k) {
-            *rank = e->rank, *merged = e->merged;
-            return true;
-        }
-    }
-}
-
 /* ---- encoding ---- */
 
 /* The working state of one encode call. */
@@ -78,11 +44,7 @@ typedef struct enc {
     pieces a, b;      /* the pieces before and after a step */
     ids_vec out;
     pcre2_match_data *md; /* this call's match (PCRE2's code is shared, its match data is not) */
-    /* BPE scratch */
-    int32_t *sym, *prev, *next;
-    size_t sym_cap;
-    struct heap_item { int32_t rank, pos, merged; } *heap;
-    size_t heap_n, heap_cap;
+    rt_bpe bpe;       /* the BPE model's scratch */
     bool runaway;         /* normalizing a piece went past norm_limit */
 } enc;
 
@@ -495,151 +457,10 @@ static int pre_tokenize(enc *e)
     return 0;
 }
 
-/* The heap of candidate merges: lowest rank first, then leftmost. */
-static bool heap_less(const struct heap_item *x, const struct heap_item *y)
-{
-    return x->rank != y->rank ? x->rank < y->rank : x->pos < y->pos;
-}
-
-static int heap_push(enc *e, struct heap_item it)
-{
-    if (e->heap_n == e->heap_cap) {
-        size_t cap = e->heap_cap ? e->heap_cap * 2 : 256;
-        struct heap_item *h = realloc(e->heap, cap * sizeof *h);
-        if (!h)
-            return -1;
-        e->heap = h, e->heap_cap = cap;
-    }
-    size_t i = e->heap_n++;
-    while (i > 0 && heap_less(&it, &e->heap[(i - 1) / 2])) {
-        e->heap[i] = e->heap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    e->heap[i] = it;
-    return 0;
-}
-
-static struct heap_item heap_pop(enc *e)
-{
-    struct heap_item top = e->heap[0], last = e->heap[--e->heap_n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= e->heap_n)
-            break;
-        if (c + 1 < e->heap_n && heap_less(&e->heap[c + 1], &e->heap[c]))
-            c++;
-        if (!heap_less(&e->heap[c], &last))
-            break;
-        e->heap[i] = e->heap[c];
-        i = c;
-    }
-    if (e->heap_n > 0)
-        e->heap[i] = last;
-    return top;
-}
-
-static int push_pair(enc *e, int32_t pos)
-{
-    const int32_t nx = e->next[pos];
-    int32_t rank, merged;
-    if (nx >= 0 && merge_get(&e->t->merges, e->sym[pos], e->sym[nx], &rank, &merged))
-        return heap_push(e, (struct heap_item){rank, pos, merged});
-    return 0;
-}
-
-/* One word through the BPE model: its characters (or their bytes, or unk), merged by rank. */
-static int bpe_word(enc *e, const char *w, size_t n)
-{
-    const rt_tokenizer *t = e->t;
-    if (n == 0)
-        return 0;
-    if (t->ignore_merges) {
-        int32_t id = str_map_get(&t->vocab, w, n);
-        if (id >= 0)
-            return ids_push(&e->out, id);
-    }
-    if (n + 1 > e->sym_cap) {
-        size_t cap = e->sym_cap ? e->sym_cap : 64;
-        while (cap < n + 1)
-            cap *= 2;
-        int32_t *a = realloc(e->sym, cap * sizeof *a), *b = a ? realloc(e->prev, cap * sizeof *b) : NULL,
-                *c = b ? realloc(e->next, cap * sizeof *c) : NULL;
-        if (a)
-            e->sym = a;
-        if (b)
-            e->prev = b;
-        if (c)
-            e->next = c;
-        if (!a || !b || !c)
-            return -1;
-        e->sym_cap = cap;
-    }
-    int32_t ns = 0;
-    bool last_unk = false;
-    for (size_t i = 0; i < n;) {
-        const unsigned char c0 = (unsigned char)w[i];
-        int k = c0 < 0x80 ? 1 : utf8_len((const unsigned char *)w + i, n - i);
-        if (k == 0)
-            k = 1;
-        int32_t id;
-        if (c0 < 0x80)
-            id = t->ascii_id[c0];
-        else if (k == 2 && c0 < 0xC6) /* U+0080 .. U+017F: ByteLevel's characters among them */
-            id = t->latin_id[((c0 & 0x1F) << 6 | ((unsigned char)w[i + 1] & 0x3F)) - 0x80];
-        else
-            id = str_map_get(&t->vocab, w + i, (size_t)k);
-        if (id >= 0) {
-            e->sym[ns++] = id, last_unk = false;
-        } else {
-            bool bytes = t->byte_fallback;
-            for (int j = 0; bytes && j < k; j++)
-                bytes = t->byte_id[(unsigned char)w[i + j]] >= 0;
-            if (bytes) {
-                for (int j = 0; j < k; j++)
-                    e->sym[ns++] = t->byte_id[(unsigned char)w[i + j]];
-                last_unk = false;
-            } else if (t->unk_id >= 0) {
-                if (!(t->fuse_unk && last_unk))
-                    e->sym[ns++] = t->unk_id;
-                last_unk = true;
-            } /* no unk token: the character is dropped, as tokenizers drops it */
-        }
-        i += (size_t)k;
-    }
-    for (int32_t i = 0; i < ns; i++)
-        e->prev[i] = i - 1, e->next[i] = i + 1 < ns ? i + 1 : -1;
-    e->heap_n = 0;
-    for (int32_t i = 0; i + 1 < ns; i++)
-        if (push_pair(e, i))
-            return -1;
-    while (e->heap_n > 0) {
-        const struct heap_item it = heap_pop(e);
-        if (e->sym[it.pos] < 0 || e->next[it.pos] < 0)
-            continue; /* merged away, or no right neighbour any more */
-        int32_t rank, merged;
-        if (!merge_get(&t->merges, e->sym[it.pos], e->sym[e->next[it.pos]], &rank, &merged) || merged != it.merged)
-            continue; /* the pair changed since it was queued */
-        const int32_t r = e->next[it.pos];
-        e->sym[it.pos] = merged;
-        e->sym[r] = -1;
-        e->next[it.pos] = e->next[r];
-        if (e->next[r] >= 0)
-            e->prev[e->next[r]] = it.pos;
-        if (e->prev[it.pos] >= 0 && push_pair(e, e->prev[it.pos]))
-            return -1;
-        if (push_pair(e, it.pos))
-            return -1;
-    }
-    for (int32_t i = 0; i >= 0 && i < ns; i = e->next[i])
-        if (ids_push(&e->out, e->sym[i]))
-            return -1;
-    return 0;
-}
-
 static void enc_free(enc *e)
 {
-    free(e->arena.p), free(e->a.v), free(e->b.v), free(e->sym), free(e->prev), free(e->next), free(e->heap);
+    free(e->arena.p), free(e->a.v), free(e->b.v);
+    rt_bpe_free(&e->bpe);
     pcre2_match_data_free(e->md);
 }
 
@@ -718,7 +539,7 @@ int rt_tokenizer_encode(const rt_tokenizer *t, const char *text, size_t len, boo
                 goto oom;
     for (size_t i = 0; i < e.a.n; i++) {
         const piece *p = &e.a.v[i];
-        if (p->id >= 0 ? ids_push(&e.out, p->id) : bpe_word(&e, e.arena.p + p->off, p->len))
+        if (p->id >= 0 ? ids_push(&e.out, p->id) : rt_bpe_word(t, &e.bpe, e.arena.p + p->off, p->len, &e.out))
             goto oom;
     }
     if (add_special)

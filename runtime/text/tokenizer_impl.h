@@ -251,6 +251,37 @@ static inline size_t rt_tok_growth_limit(size_t n)
     return RT_TOK_GROWTH * n + RT_TOK_SLACK;
 }
 
+/* A growing array of ids. */
+typedef struct ids_vec {
+    int32_t *v;
+    size_t n, cap;
+} ids_vec;
+
+static inline int ids_push(ids_vec *a, int32_t id)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        int32_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v)
+            return -1;
+        a->v = v, a->cap = cap;
+    }
+    a->v[a->n++] = id;
+    return 0;
+}
+
+/* The BPE model's scratch, kept across the words of one encode call (tokenizer_bpe.c). */
+typedef struct rt_bpe {
+    int32_t *sym, *prev, *next; /* the word's symbols, a linked list (sym -1: merged away) */
+    size_t sym_cap;
+    struct rt_bpe_item { int32_t rank, pos, merged; } *heap; /* candidate merges */
+    size_t heap_n, heap_cap;
+} rt_bpe;
+
+/* One word (n bytes of UTF-8) through t's BPE model, its ids appended to out; -1 out of memory. */
+int rt_bpe_word(const rt_tokenizer *t, rt_bpe *e, const char *w, size_t n, ids_vec *out);
+void rt_bpe_free(rt_bpe *e);
+
 /* Refuses a normalizer that grows a text past the limit encoding holds it to (a probe of every
  * printable ASCII character and a few others); called once the whole file is loaded. */
 int rt_tok_check_normalizer(const rt_tokenizer *t, base_err *err);
