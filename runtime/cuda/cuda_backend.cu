@@ -235,8 +235,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1;
     if (env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
+        env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
+                  "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
+                  &qgemv_deep, err) ||
         env_digit("DINFER_CUDA_GEMV_PAIR", "01",
                   "0 (a warp a weight row) or 1 (two rows a warp in the one-row FP8 gate/up product)", &gemv_pair,
                   err))
@@ -262,6 +265,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv = gemv;
     c->gemv_split = gemv_split;
     c->gemv_pair = gemv_pair;
+    c->qgemv_deep = qgemv_deep;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;

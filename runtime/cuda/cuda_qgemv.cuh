@@ -20,7 +20,11 @@
  * H200 8B batch 1 318.9 against 320.6) */
 #define QGEMV_ONE_ROW_FP8_BLOCKS 6
 #endif
-#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane (8: 90 registers, a fifth slower) */
+#define QGEMV_AHEAD 4 /* 16-byte loads in flight a lane (8 in every product: 90 registers, a fifth slower) */
+/* ... and in the one-row FP8 products of at most 4 blocks an SM (the 8B's output and down products:
+ * one wave of 512 blocks), where 64 registers cost no occupancy (DINFER_CUDA_QGEMV_DEEP; H100, 8B FP8
+ * batch 1: 280 -> 284 tok/s, the output product alone 10.4 -> 9.7 us) */
+#define QGEMV_DEEP 8
 
 /* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
  * exponent of 2^23 (a byte permute instead of a conversion instruction, which runs at a quarter of
@@ -58,9 +62,10 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w
 }
 
 /* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
- * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). */
-template <typename T, int R, bool FP8, int BITS, int F>
-__global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_ROW_FP8_BLOCKS : 1)
+ * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). A: 16-byte
+ * loads in flight a lane, QGEMV_AHEAD or QGEMV_DEEP (one row of FP8 only, 4 blocks an SM). */
+template <typename T, int R, bool FP8, int BITS, int F, int A = QGEMV_AHEAD>
+__global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_AHEAD ? 4 : QGEMV_ONE_ROW_FP8_BLOCKS) : 1)
     qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
                  fusion f, int n, int N, int K, int group, int n_groups)
 {
@@ -93,21 +98,21 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_RO
             s = __ldg(sr + gi * gs), z = FP8 || !zr ? zdef : 8388608.0f + (float)__ldg(zr + gi * gs);
         }
     };
-    /* QGEMV_AHEAD loads in flight a lane in one set of registers, each slot loaded again once its
-     * codes are used (a current and a next set held 64 registers at one FP8 row: 4 blocks an SM); the
-     * first loads go out before pdl_wait (the codes are constant) */
-    uint4 buf[QGEMV_AHEAD];
-    float buf_s[QGEMV_AHEAD], buf_z[QGEMV_AHEAD];
+    /* A loads in flight a lane in one set of registers, each slot loaded again once its codes are
+     * used (a current and a next set of 4 held 64 registers at one FP8 row: 4 blocks an SM); the first
+     * loads go out before pdl_wait (the codes are constant) */
+    uint4 buf[A];
+    float buf_s[A], buf_z[A];
 #pragma unroll
-    for (int u = 0; u < QGEMV_AHEAD; u++) {
+    for (int u = 0; u < A; u++) {
         buf[u] = lane + 32 * u < loads ? __ldg(wv + lane + 32 * u) : make_uint4(0, 0, 0, 0);
         scale_of(lane + 32 * u, buf_s[u], buf_z[u]);
     }
     pdl_wait();
     pdl_trigger();
-    for (int j0 = lane; j0 < loads; j0 += 32 * QGEMV_AHEAD) {
+    for (int j0 = lane; j0 < loads; j0 += 32 * A) {
 #pragma unroll
-        for (int u = 0; u < QGEMV_AHEAD; u++) {
+        for (int u = 0; u < A; u++) {
             const int j = j0 + 32 * u;
             if (j < loads) {
                 const int k = j * E;
@@ -126,7 +131,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? QGEMV_ONE_RO
                         acc[r] += s * p;
                     }
                 }
-                const int jn = j + 32 * QGEMV_AHEAD;
+                const int jn = j + 32 * A;
                 buf[u] = jn < loads ? __ldg(wv + jn) : make_uint4(0, 0, 0, 0);
                 scale_of(jn, buf_s[u], buf_z[u]);
             }
@@ -217,6 +222,13 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
                 (int)q->group, (int)q->n_groups)
+    if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
+        if (c->qgemv_deep && n <= 1 && blocks <= 4u * (unsigned)c->n_sms) {
+            cuda_launch(c, qgemv_kernel<T, 1, true, 8, F, QGEMV_DEEP>, blocks, QGEMV_WARPS * 32, 0, (T *)out,
+                        (const T *)x, (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros,
+                        bias, f, n, N, K, (int)q->group, (int)q->n_groups);
+            return;
+        }
     if (n <= 1)
         QGEMV_LAUNCH(1);
     else if (n <= 2)
