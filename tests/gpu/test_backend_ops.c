@@ -602,6 +602,9 @@ static const op_case cases[] = {
     {"matmul_fused", {5, 1024, 36, 2, 1, 4}, run_matmul_fused}, {"matmul_fused", {16, 4096, 70, 5, 0, 4}, run_matmul_fused},
     {"matmul_fused", {2, 4096, 34, 4, 0, 4}, run_matmul_fused}, {"matmul_fused", {12, 512, 40, 5, 0, 5}, run_matmul_fused},
     {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused},
+    /* one FP8 row over at most 4 blocks an SM (8 loads in flight a lane, DINFER_CUDA_QGEMV_DEEP: 28
+     * loads a lane here) and over more (4 in flight: 563 blocks on 132 SMs) */
+    {"matmul_fused", {1, 14336, 40, 2, 1, 1}, run_matmul_fused}, {"matmul_fused", {1, 1024, 4500, 2, 0, 1}, run_matmul_fused},
     /* the same over many weight tiles: gate/up with its norm and SiLU (int4), the residual (FP8) */
     {"matmul_fused", {1, 256, 13000, 5, 0, 4}, run_matmul_fused}, {"matmul_fused", {4, 256, 8800, 2, 0, 1}, run_matmul_fused},
     /* FP8 above 16 rows (the FP8 tensor cores through cuBLASLt and one pass after): each fusion,
