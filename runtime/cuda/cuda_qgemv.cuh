@@ -218,27 +218,25 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
                         0, (T *)out, (const T *)x, (const uint8_t *)w->data, (const float *)q->scales, f, N, K);
             return;
         }
-#define QGEMV_LAUNCH(R)                                                                                          \
-    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,         \
+#define QGEMV_LAUNCH(R, A)                                                                                       \
+    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F, A>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,      \
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
                 (int)q->group, (int)q->n_groups)
     if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
         if (c->qgemv_deep && n <= 1 && blocks <= 4u * (unsigned)c->n_sms) {
-            cuda_launch(c, qgemv_kernel<T, 1, true, 8, F, QGEMV_DEEP>, blocks, QGEMV_WARPS * 32, 0, (T *)out,
-                        (const T *)x, (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros,
-                        bias, f, n, N, K, (int)q->group, (int)q->n_groups);
+            QGEMV_LAUNCH(1, QGEMV_DEEP);
             return;
         }
     if (n <= 1)
-        QGEMV_LAUNCH(1);
+        QGEMV_LAUNCH(1, QGEMV_AHEAD);
     else if (n <= 2)
-        QGEMV_LAUNCH(2);
+        QGEMV_LAUNCH(2, QGEMV_AHEAD);
     else if (n <= 4)
-        QGEMV_LAUNCH(4);
+        QGEMV_LAUNCH(4, QGEMV_AHEAD);
     else if (n <= 8)
-        QGEMV_LAUNCH(8);
+        QGEMV_LAUNCH(8, QGEMV_AHEAD);
     else
-        QGEMV_LAUNCH(16);
+        QGEMV_LAUNCH(16, QGEMV_AHEAD);
 #undef QGEMV_LAUNCH
 }
 
