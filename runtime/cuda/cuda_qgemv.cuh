@@ -25,6 +25,7 @@
  * one wave of 512 blocks), where 64 registers cost no occupancy (DINFER_CUDA_QGEMV_DEEP; H100, 8B FP8
  * batch 1: 280 -> 284 tok/s, the output product alone 10.4 -> 9.7 us) */
 #define QGEMV_DEEP 8
+#define QGEMV_DEEP_BLOCKS 4 /* blocks an SM the deep form is built for, and the most a product it takes has */
 
 /* An unsigned byte b as the float 2^23 + b: its bits as a float's low mantissa bits under the
  * exponent of 2^23 (a byte permute instead of a conversion instruction, which runs at a quarter of
@@ -63,9 +64,9 @@ __device__ __forceinline__ void dequant16(const uint4 &raw, float zoff, float *w
 
 /* R: rows of x the kernel is built for (n <= R are computed). K a multiple of E, the group a
  * multiple of E (or n_groups 1). F: FUSE_* bits, f what they need (cuda_fusion.cuh). A: 16-byte
- * loads in flight a lane, QGEMV_AHEAD or QGEMV_DEEP (one row of FP8 only, 4 blocks an SM). */
+ * loads in flight a lane, QGEMV_AHEAD or QGEMV_DEEP (one row of FP8 only, QGEMV_DEEP_BLOCKS an SM). */
 template <typename T, int R, bool FP8, int BITS, int F, int A = QGEMV_AHEAD>
-__global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_AHEAD ? 4 : QGEMV_ONE_ROW_FP8_BLOCKS) : 1)
+__global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_AHEAD ? QGEMV_DEEP_BLOCKS : QGEMV_ONE_ROW_FP8_BLOCKS) : 1)
     qgemv_kernel(T *out, const T *x, const uint8_t *codes, const float *scales, const uint16_t *zeros, const T *bias,
                  fusion f, int n, int N, int K, int group, int n_groups)
 {
@@ -223,7 +224,7 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
                 (int)q->group, (int)q->n_groups)
     if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
-        if (c->qgemv_deep && n <= 1 && blocks <= 4u * (unsigned)c->n_sms) {
+        if (c->qgemv_deep && n <= 1 && blocks <= (unsigned)(QGEMV_DEEP_BLOCKS * c->n_sms)) {
             QGEMV_LAUNCH(1, QGEMV_DEEP);
             return;
         }
