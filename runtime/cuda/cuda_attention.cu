@@ -98,7 +98,6 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 #define FA_SPLIT_WARPS 8 /* a split context's, at 128-wide heads (fa_launch) */
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
-#define FA_MIN_SPLIT 64  /* keys: a split shorter than this costs more to combine than it saves */
 
 template <typename KV, int HD, int W>
 struct fa_geom {
@@ -114,7 +113,7 @@ __global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
                     const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale)
+                    float scale, int min_split)
 {
     pdl_wait();
     pdl_trigger();
@@ -129,10 +128,10 @@ __global__ void __launch_bounds__(W * 32)
     const int start = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     /* the splits share this token's own context (a CUDA graph's grid is sized for its bucket's
      * widest table; splits of the table's width would leave most of them empty), in whole block
-     * steps of at least FA_MIN_SPLIT keys: the trailing splits of a short context see none */
+     * steps of at least min_split keys (FA_MIN_SPLIT): the trailing splits of a short context see none */
     constexpr int STEP = W * KPW;
     int split_len = (p + 1 - start + n_splits - 1) / n_splits;
-    split_len = split_len > FA_MIN_SPLIT ? (split_len + STEP - 1) / STEP * STEP : FA_MIN_SPLIT;
+    split_len = split_len > min_split ? (split_len + STEP - 1) / STEP * STEP : min_split;
     const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
@@ -307,7 +306,7 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     const int ctx = b->max_blocks * b->block_size; /* no token of the step sees more */
     const int64_t blocks = (int64_t)n_tokens * s->n_kv_heads, want = 2LL * c->n_sms;
     int n = blocks >= want ? 1 : (int)((want + blocks - 1) / blocks);
-    const int most = (ctx + FA_MIN_SPLIT - 1) / FA_MIN_SPLIT;
+    const int most = (ctx + c->fa_min_split - 1) / c->fa_min_split;
     n = n < most ? n : most;
     const size_t per_split = (size_t)n_tokens * s->n_heads * ((size_t)s->head_dim * sizeof(float) + sizeof(float2));
     const int fit = (int)(c->scratch_bytes / per_split);
@@ -331,7 +330,8 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     cuda_launch(c, fa_split_kernel<T, KV, HD, GM, W>, grid, W * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
         (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
-        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale);
+        b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
+        c->fa_min_split);
     if (n_splits > 1)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);

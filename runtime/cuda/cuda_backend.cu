@@ -110,10 +110,32 @@ static void *cuda_graph_end(rt_backend *be)
     return (void *)exec;
 }
 
+/* DINFER_CUDA_STEP_GAPS: replay i's events are slot i % 3; when it is launched, replay i - 1 has
+ * its time read (its end waited for) and the gap between replays i - 2 and i - 1 too, where nothing
+ * else was launched between them (a prompt's step is not a gap) */
+static void gaps_launch(cuda_ctx *c, cudaGraphExec_t graph)
+{
+    const int i = c->gap_n++, a = (i + 2) % 3, b = (i + 1) % 3;
+    float busy = 0.0f, idle = 0.0f;
+    if (i >= 1 && cudaEventSynchronize(c->gap_end[a]) == cudaSuccess &&
+        cudaEventElapsedTime(&busy, c->gap_start[a], c->gap_end[a]) == cudaSuccess)
+        c->gap_busy_ms += busy;
+    if (i >= 2 && c->gap_alone[a] && cudaEventElapsedTime(&idle, c->gap_end[b], c->gap_start[a]) == cudaSuccess)
+        c->gap_idle_ms += idle, c->gap_idles++;
+    c->gap_alone[i % 3] = c->n_launches == c->gap_launches;
+    CUDA_CHECK(c, cudaEventRecord(c->gap_start[i % 3], c->stream));
+    CUDA_CHECK(c, cudaGraphLaunch(graph, c->stream));
+    CUDA_CHECK(c, cudaEventRecord(c->gap_end[i % 3], c->stream));
+    c->gap_launches = c->n_launches;
+}
+
 static void cuda_graph_launch(rt_backend *be, void *graph)
 {
     cuda_ctx *c = cuda_ctx_of(be);
-    CUDA_CHECK(c, cudaGraphLaunch((cudaGraphExec_t)graph, c->stream));
+    if (c->gaps)
+        gaps_launch(c, (cudaGraphExec_t)graph);
+    else
+        CUDA_CHECK(c, cudaGraphLaunch((cudaGraphExec_t)graph, c->stream));
 }
 
 static void cuda_graph_free(rt_backend *be, void *graph)
@@ -124,6 +146,17 @@ static void cuda_graph_free(rt_backend *be, void *graph)
 static void cuda_destroy(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
+    if (c->gaps) {
+        /* the last replay's time is not read: n - 1 replays timed */
+        if (c->gap_n >= 2 && c->gap_idles > 0)
+            fprintf(stderr, "rank %d: %d step graphs replayed: %.1f us of device time each, %.1f us idle between "
+                            "two in a row (%d such gaps: %.2f%% of the device's time)\n", c->rank, c->gap_n,
+                    1e3 * c->gap_busy_ms / (c->gap_n - 1), 1e3 * c->gap_idle_ms / c->gap_idles, c->gap_idles,
+                    100.0 * (c->gap_idle_ms / c->gap_idles) /
+                        (c->gap_idle_ms / c->gap_idles + c->gap_busy_ms / (c->gap_n - 1)));
+        for (int i = 0; i < 3; i++)
+            cudaEventDestroy(c->gap_start[i]), cudaEventDestroy(c->gap_end[i]);
+    }
     cublasDestroy(c->blas);
     cublasLtDestroy(c->lt);
     cudaFree(c->scratch);
@@ -190,8 +223,12 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32;
-    if (env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps;
+    if (env_switch("DINFER_CUDA_STEP_GAPS",
+                   "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
+                   "default)",
+                   &gaps, err, false) ||
+        env_switch("DINFER_CUDA_GEMV", "0 (every product through cuBLAS) or 1 (the default)", &gemv, err) ||
         env_switch("DINFER_CUDA_PDL", "0 (kernels wait for the one ahead to end) or 1 (the default)", &pdl, err) ||
         env_switch("DINFER_CUDA_FP8_GEMM",
                    "0 (FP8 weights dequantized for products of many rows) or 1 (the default: FP8 tensor cores)",
@@ -235,8 +272,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1;
-    if (env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
+                  &fa_min_split, err) ||
+        env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
                   &qgemv_deep, err) ||
@@ -266,6 +305,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_split = gemv_split;
     c->gemv_pair = gemv_pair;
     c->qgemv_deep = qgemv_deep;
+    c->fa_min_split = 16 * fa_min_split;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;
@@ -294,6 +334,12 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         free(c), free(be);
         return NULL;
     }
+    for (int i = 0; i < 3 && gaps; i++)
+        if (cudaEventCreate(&c->gap_start[i]) != cudaSuccess || cudaEventCreate(&c->gap_end[i]) != cudaSuccess) {
+            cudaGetLastError();
+            gaps = false; /* measuring only: the backend runs without it */
+        }
+    c->gaps = gaps;
     /* fp32 stays fp32: no TF32 tensor-op shortcut */
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     be->ops = dt == RT_BF16 ? &ops_bf16 : dt == RT_F16 ? &ops_f16 : &ops_f32;

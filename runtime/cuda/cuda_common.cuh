@@ -34,6 +34,11 @@ typedef struct cuda_fp8_algo {
 #define CUDA_FP8_ALGOS 128
 #define CUDA_FP8_ALGO_PICKS 16 /* the heuristic's algorithms timed; DINFER_CUDA_FP8_ALGO below this */
 
+/* Keys: a split of a decode context shorter than this costs more to combine than it saves (H100, batch
+ * 1, prompt 128, 128 new: 1B 888.8 -> 901.9 tok/s at 32 against 64, 8B FP8 279.6 -> 283.3; 16 below 32
+ * on the 1B). A multiple of 16 (cuda_backend.cu's switch). */
+#define FA_MIN_SPLIT 32
+
 typedef struct cuda_ctx {
     int device;
     int rank;              /* for messages */
@@ -65,6 +70,15 @@ typedef struct cuda_ctx {
     void *tune_flush;      /* while cuda_fp8_prepare times them: 64 MB written between runs to flush the L2 (or NULL) */
     bool failed;           /* a call failed: err holds the first failure (sticky) */
     base_err err;
+    /* measuring (DINFER_CUDA_STEP_GAPS=1): each graph replay between two events, the device's time
+     * in each replay and idle between them summed, printed when the backend goes */
+    bool gaps;
+    cudaEvent_t gap_start[3], gap_end[3];
+    bool gap_alone[3];         /* replay i's slot: nothing was launched between replay i - 1 and it */
+    unsigned long n_launches, gap_launches; /* cuda_launch's kernels; their count after the last replay */
+    int gap_n, gap_idles;
+    double gap_busy_ms, gap_idle_ms;
+    int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
 } cuda_ctx;
 
 /* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
@@ -167,6 +181,7 @@ static inline void cuda_launch_at(cuda_ctx *c, const char *file, int line, void 
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = shm, cfg.stream = c->stream;
     cfg.attrs = &at, cfg.numAttrs = c->pdl ? 1 : 0;
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+    c->n_launches++;
     if (e != cudaSuccess)
         cuda_fail(c, "cudaLaunchKernelEx", file, line, cudaGetErrorString(e));
 }
