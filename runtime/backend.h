@@ -136,11 +136,18 @@ typedef struct rt_backend_ops {
     /* upload that returns before the copy is done: src (from host_alloc) must stay unchanged until
      * the next sync or download. */
     void (*upload_async)(rt_backend *be, void *dst, const void *src, size_t bytes);
+    /* Optional (NULL: each step's sampled rows are read back before the next step starts; both or
+     * neither). download_mark copies without waiting into dst (from host_alloc) and marks the copy's
+     * end in slot (0 or 1); wait_mark returns once slot's last marked copy is in dst. */
+    void (*download_mark)(rt_backend *be, void *dst, const void *src, size_t bytes, int slot);
+    void (*wait_mark)(rt_backend *be, int slot);
 
     /* out(n, cols) = rows of table for tokens; a token outside [row_begin, row_begin + table.rows)
-     * gives a zero row (vocab-parallel embedding: the tp all-reduce fills it in). */
+     * gives a zero row (vocab-parallel embedding: the tp all-reduce fills it in). chain (NULL: none):
+     * where chain[t] >= 0, token t is instead prev[chain[t]].token, a row the step before sampled
+     * (its device output: the host need not have read it yet). */
     void (*embedding)(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
-                      const int32_t *tokens, int n);
+                      const int32_t *tokens, int n, const int32_t *chain, const rt_sample_out *prev);
     /* Optional (NULL: weights stay row-major). Lays a matrix that only matmul reads out as the
      * backend's matmul reads it fastest (w->layout says which); -1 when out of memory, w unchanged. */
     int (*prepare_weight)(rt_backend *be, rt_tensor *w);

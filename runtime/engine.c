@@ -35,6 +35,7 @@ typedef struct flight {
     rt_step_sampling *rows; /* (n_logits) the caller's: the advanced rng states land here */
     rt_sample_out *out;     /* (n_logits) */
     int n_logits;
+    int slot;               /* a single rank's: rt_forward_submit's read-back slot (-1: none) */
 } flight;
 
 struct rt_engine {
@@ -376,6 +377,11 @@ int rt_engine_max_in_flight(const rt_engine *e)
     return sampler_rank(e) == 0 ? 1 : RT_ENGINE_MAX_IN_FLIGHT;
 }
 
+bool rt_engine_chains(const rt_engine *e)
+{
+    return rt_forward_chains(e->fw);
+}
+
 int rt_engine_in_flight(const rt_engine *e)
 {
     return e->n_flights;
@@ -383,22 +389,27 @@ int rt_engine_in_flight(const rt_engine *e)
 
 int rt_engine_submit(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
-    if (e->n_flights >= rt_engine_max_in_flight(e))
+    const bool chains = rt_forward_chains(e->fw); /* a single rank: a chained step beside the one before */
+    const int most = rt_engine_max_in_flight(e);
+    if (e->n_flights >= (chains && most < 2 ? 2 : most))
         return base_errf(err, "a step was started with %d already in flight, the most this job allows",
                          e->n_flights);
+    if (b->chain && (!chains || e->n_flights > 1))
+        return base_errf(err, "a chained step follows the one step in flight on a single rank");
     comm_counters before = counters_now(e);
     uint64_t ctl_tp = 0, ctl_pp = 0;
     if (e->comm && comm_topo(e->comm)->world_size > 1 &&
         (pack(e, b, rows, e->head, err) || send_plan(e, &ctl_tp, &ctl_pp, err)))
         return -1;
-    if (rt_forward_step(e->fw, b, rows, out, err))
+    int slot = -1;
+    if (chains ? rt_forward_submit(e->fw, b, rows, out, &slot, err) : rt_forward_step(e->fw, b, rows, out, err))
         return -1;
     if (e->comm) {
         int32_t h[H_LEN] = {[H_TOKENS] = b->n_tokens, [H_LOGITS] = b->n_logits};
         account(e, h, before, ctl_tp, ctl_pp);
     }
     e->flights[(e->first + e->n_flights++) % RT_ENGINE_MAX_IN_FLIGHT] =
-        (flight){.rows = rows, .out = out, .n_logits = b->n_logits};
+        (flight){.rows = rows, .out = out, .n_logits = b->n_logits, .slot = slot};
     return 0;
 }
 
@@ -410,8 +421,10 @@ int rt_engine_collect(rt_engine *e, base_err *err)
     e->first = (e->first + 1) % RT_ENGINE_MAX_IN_FLIGHT;
     e->n_flights--;
     const int sr = sampler_rank(e);
-    if (sr == 0 || f.n_logits == 0)
-        return 0; /* sampled here, or nothing to sample */
+    if (sr == 0)
+        return rt_forward_collect(e->fw, f.out, f.n_logits, f.slot, err); /* sampled here */
+    if (f.n_logits == 0)
+        return 0;
     comm_group *w = comm_topo(e->comm)->world;
     return comm_recv(w, f.out, (size_t)f.n_logits * sizeof *f.out, COMM_U8, sr, err) ||
            comm_recv(w, f.rows, (size_t)f.n_logits * sizeof *f.rows, COMM_U8, sr, err);

@@ -43,8 +43,13 @@ rt_engine_traffic rt_engine_get_traffic(const rt_engine *e);
 int rt_engine_submit(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
 /* Rank 0: waits for the oldest step in flight to end and fills its rows and out. */
 int rt_engine_collect(rt_engine *e, base_err *err);
-/* Steps rank 0 may have in flight at once: 1 when rank 0 samples itself (pp = 1). */
+/* Steps rank 0 may have in flight at once: 1 when rank 0 samples itself (pp = 1), beside a chained one
+ * (rt_engine_chains). */
 int rt_engine_max_in_flight(const rt_engine *e);
+/* Whether a step may chain its tokens to the one in flight (rt_batch.chain): a single rank that
+ * samples whole rows, so two steps may be in flight, the second taking the first's samples on the
+ * device before the host has read them. */
+bool rt_engine_chains(const rt_engine *e);
 int rt_engine_in_flight(const rt_engine *e);
 /* Rank 0, with nothing in flight: submit and collect one step. */
 int rt_engine_step(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);

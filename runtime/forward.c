@@ -45,9 +45,15 @@ struct rt_forward {
     float *h_logits;        /* (max_logits, vocab) host: the logits the host sampler reads */
     const float *last_logits; /* the last step's whole rows of fp32 logits on the host, or NULL */
     void *scratch;          /* the host sampler's scratch, 8 * vocab bytes per OpenMP thread */
-    int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables, sample rows */
-    int32_t *h_ints;        /* host staging of the same (the backend's host memory: uploaded without a wait) */
+    int32_t *d_ints;        /* tokens, pos, slot, seq, logit_rows, block_tables, chain, sample rows */
+    int32_t *h_ints;        /* (2, n_ints) host staging of the same, a step's half each in turn (the backend's
+                             * host memory: uploaded without a wait, while the step before may still run) */
     size_t n_ints;
+    int h_half;             /* the half of h_ints the next step stages in */
+    const rt_sample_out *prev_out; /* the last step's samples (host memory backends), for a chained token */
+    int prev_logits;        /* its rows; 0: the last step sampled nothing here */
+    rt_sample_out *h_out;   /* (2, max_logits) host: a step's samples read back without a wait, by slot */
+    int out_slot;           /* the slot the next such step takes */
     void *stage;            /* (max_tokens, dim) host, activation type: device collectives staged through MPI */
     float *stage32;         /* (max_tokens, dim) host fp32: the all-reduce's buffer when staged */
     float *part;            /* (max_logits, vocab_local) host: this rank's logits off the device (tp > 1) */
@@ -76,8 +82,8 @@ static void ws_layout(const rt_config *c, const rt_shard *s, const rt_forward_li
     z->logits = L * vocab * es;
     z->logits32 = dt == RT_F32 ? 0 : L * vocab * sizeof(float);
     z->inv_freq = (size_t)c->head_dim / 2 * sizeof(float);
-    z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks +
-               T + 2 * (T / RT_ATTN_RUN_MIN)) * sizeof(int32_t); /* the last: attention tiles and the rest */
+    z->ints = (4 * T + L * (1 + ROW_INTS) + (size_t)lim->max_seqs * (size_t)lim->max_blocks + T +
+               T + 2 * (T / RT_ATTN_RUN_MIN)) * sizeof(int32_t); /* the chain; attention tiles and the rest */
     z->samples = L * sizeof(rt_sample_out);
     z->ss = (size_t)(2 * c->n_layers + 1) * FUSE_MAX_ROWS * RT_FUSION_SS_STRIDE * sizeof(float);
     const size_t widest = z->x > z->q ? z->x : z->q; /* the largest product input: dim, heads or FFN */
@@ -145,7 +151,7 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
     fw->inv_freq = alloc_or_fail(be, z.inv_freq, &failed);
     fw->n_ints = z.ints / sizeof(int32_t);
     fw->d_ints = alloc_or_fail(be, z.ints, &failed);
-    fw->h_ints = be->ops->host_alloc(be, fw->n_ints * sizeof(int32_t));
+    fw->h_ints = be->ops->host_alloc(be, 2 * fw->n_ints * sizeof(int32_t));
     const int tp = cm ? comm_topo(cm)->tp : 1, pp = cm ? comm_topo(cm)->pp : 1;
     fw->samples = s->last_stage && (tp == 1 || comm_topo(cm)->tp_rank == 0);
     fw->device_sampling = be->ops->sample && tp == 1 && !lim->host_logits;
@@ -164,6 +170,8 @@ int rt_forward_create(rt_forward **out, rt_model *m, rt_kv_cache *kv, const rt_f
                  !(graphs_env && strcmp(graphs_env, "0") == 0);
     if (fw->samples && fw->device_sampling) {
         fw->d_out = alloc_or_fail(be, z.samples, &failed);
+        if (be->ops->download_mark && !(fw->h_out = be->ops->host_alloc(be, 2 * z.samples)))
+            failed = 1;
     } else if (fw->samples && tp == 1) {
         const size_t V = (size_t)c->vocab_size, L = (size_t)(lim->max_logits ? lim->max_logits : 1);
         /* a single host-memory rank samples its logits where they are */
@@ -214,6 +222,8 @@ void rt_forward_destroy(rt_forward *fw)
             be->ops->free(be, bufs[i]);
     if (fw->h_ints)
         be->ops->host_free(be, fw->h_ints);
+    if (fw->h_out)
+        be->ops->host_free(be, fw->h_out);
     free(fw->h_logits);
     free(fw->scratch);
     free(fw->stage);
@@ -229,6 +239,7 @@ typedef struct staged {
     int n_logits;      /* logit rows sampled on the device (likewise) */
     rt_attn_batch ab;
     int32_t *tokens, *logit_rows;
+    int32_t *chain;             /* (rows) rt_batch.chain, or NULL: none */
     rt_sample_row *sample_rows; /* NULL unless this rank samples on the device */
 } staged;
 
@@ -252,7 +263,10 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
         return base_errf(err, "%d logit rows requested, at most %d", b->n_logits, L->max_logits);
     const int T = b->n_tokens, R = pad_rows > T ? pad_rows : T, W = width > b->max_blocks ? width : b->max_blocks;
     const int NS = R > T ? R : b->n_seqs, NL = R > T ? R : b->n_logits;
-    int32_t *tok = fw->h_ints, *pos = tok + R, *slot = pos + R, *seq = slot + R, *lrow = seq + R;
+    if (b->chain && !rt_forward_chains(fw))
+        return base_errf(err, "a batch takes tokens the step before sampled, which this rank cannot");
+    int32_t *h = fw->h_ints + (size_t)fw->h_half * fw->n_ints;
+    int32_t *tok = h, *pos = tok + R, *slot = pos + R, *seq = slot + R, *lrow = seq + R;
     int32_t *tables = lrow + NL;
     for (int q = 0; q < b->n_seqs; q++)
         for (int j = 0; j < W; j++) {
@@ -272,6 +286,9 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
         int32_t blk = b->block_tables[(size_t)b->seq[t] * (size_t)b->max_blocks + (size_t)(b->pos[t] / bs)];
         if (blk < 0)
             return base_errf(err, "position %d of sequence %d has no KV block", b->pos[t], b->seq[t]);
+        if (b->chain && (b->chain[t] < -1 || b->chain[t] >= fw->prev_logits))
+            return base_errf(err, "token %d takes the sample of row %d of the step before, which sampled %d", t,
+                             b->chain[t], fw->prev_logits);
         tok[t] = b->tokens[t];
         pos[t] = b->pos[t];
         seq[t] = b->seq[t];
@@ -289,9 +306,16 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
             tables[(size_t)i * (size_t)W + (size_t)j] = -1;
     }
     size_t n = 4 * (size_t)R + (size_t)NL + (size_t)NS * (size_t)W;
+    /* chained tokens: always in a graph's step, which may replay with them */
+    const size_t at_chain = n;
+    if (b->chain || pad_rows) {
+        for (int t = 0; t < R; t++)
+            h[n + (size_t)t] = b->chain && t < T ? b->chain[t] : -1;
+        n += (size_t)R;
+    }
     /* prompt runs for attention on matrix units (a padded step is all decodes: none) */
     int n_tiles = 0, n_rest = 0;
-    int32_t *tiles = fw->h_ints + n, *rest = tiles + 2 * (T / RT_ATTN_RUN_MIN);
+    int32_t *tiles = h + n, *rest = tiles + 2 * (T / RT_ATTN_RUN_MIN);
     if (R == T)
         n_tiles = rt_attn_tiles(pos, seq, T, tiles, rest, &n_rest);
     const size_t at_tiles = n, at_rest = n + 2 * (size_t)(T / RT_ATTN_RUN_MIN);
@@ -300,7 +324,7 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
     st->sample_rows = NULL;
     if (fw->samples && fw->device_sampling && NL > 0) {
         /* each row's uniform draw is taken here, as rt_sample would take it on the host */
-        rt_sample_row *r = (rt_sample_row *)(fw->h_ints + n);
+        rt_sample_row *r = (rt_sample_row *)(h + n);
         for (int i = 0; i < NL; i++)
             r[i] = i < b->n_logits ? rt_sample_row_draw(&rows[i].params, &rows[i].rng)
                                    : (rt_sample_row){.temperature = 0.0f, .top_p = 1.0f};
@@ -308,12 +332,15 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
         n += (size_t)NL * ROW_INTS;
     }
     rt_backend *be = fw->m->be;
-    /* every step ends in a sync or download, so h_ints is free again when the next one stages */
-    be->ops->upload_async(be, fw->d_ints, fw->h_ints, n * sizeof(int32_t));
+    /* a step's half of h_ints is free again when the step after next stages: the step before that
+     * one was read back (and its upload went ahead of it) */
+    be->ops->upload_async(be, fw->d_ints, h, n * sizeof(int32_t));
+    fw->h_half ^= 1;
     int32_t *d = fw->d_ints;
     st->rows = R;
     st->n_logits = NL;
     st->tokens = d;
+    st->chain = b->chain || pad_rows ? d + at_chain : NULL;
     st->ab = (rt_attn_batch){
         .n_tokens = R, .pos = d + R, .slot = d + 2 * R, .seq = d + 3 * R,
         .block_tables = d + 4 * R + NL, .max_blocks = W, .block_size = bs,
@@ -402,13 +429,23 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
 
 /* The logit rows of the step to samples: those the device sampled (run_ops launched it), else
  * sampled on the host (one OpenMP thread a row: each row has its own random stream). */
+/* Samples the step's nl rows into out, or with *slot (not NULL) set to -1 and a device sampler that
+ * can, starts reading them back into h_out's *slot without waiting (rt_forward_collect waits). */
 static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampling *rows, rt_sample_out *out,
-                  base_err *err)
+                  int *slot, base_err *err)
 {
     rt_backend *be = fw->m->be;
     const int V = fw->m->cfg.vocab_size;
     fw->last_logits = NULL;
+    fw->prev_out = out, fw->prev_logits = nl;
     if (fw->device_sampling) {
+        if (slot && fw->h_out) {
+            *slot = fw->out_slot;
+            fw->out_slot ^= 1;
+            be->ops->download_mark(be, fw->h_out + (size_t)*slot * (size_t)fw->lim.max_logits, fw->d_out,
+                                   (size_t)nl * sizeof *out, *slot);
+            return 0;
+        }
         be->ops->download(be, out, fw->d_out, (size_t)nl * sizeof *out);
         return 0;
     }
@@ -535,7 +572,8 @@ static int run_ops(rt_forward *fw, const staged *st, const float **logits32, bas
     const size_t xn = (size_t)T * (size_t)c->dim;
     *logits32 = NULL;
     if (s->first_stage) {
-        op->embedding(be, fw->x, &m->embed, s->vocab_begin, st->tokens, T);
+        op->embedding(be, fw->x, &m->embed, s->vocab_begin, st->tokens, T, st->chain,
+                      fw->device_sampling ? fw->d_out : fw->prev_out);
         if (tp_allreduce(fw, fw->x, xn, err))
             return -1;
     } else if (pp_transfer(fw, fw->x, xn, false, err)) {
@@ -607,7 +645,8 @@ static int graph_shape(const rt_forward *fw, const rt_batch *b, int *width)
     return rows;
 }
 
-static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
+                   base_err *err)
 {
     rt_backend *be = fw->m->be;
     const rt_backend_ops *op = be->ops;
@@ -661,19 +700,55 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
         return pp_transfer(fw, fw->x, (size_t)b->n_tokens * (size_t)fw->m->cfg.dim, true, err);
     }
     if (b->n_logits == 0) {
+        fw->prev_logits = 0;
         op->sync(be);
         return 0;
     }
-    return sample(fw, logits32, b->n_logits, rows, out, err);
+    return sample(fw, logits32, b->n_logits, rows, out, slot, err);
 }
 
-int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+/* The step, its samples in out (slot NULL) or on their way to h_out's *slot (-1: in out already). */
+static int step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
+                base_err *err)
 {
-    int rc = forward(fw, b, rows, out, err);
-    if (rc)
+    if (slot)
+        *slot = -1;
+    int rc = forward(fw, b, rows, out, slot, err);
+    if (rc) {
+        fw->prev_logits = 0;
         fw->m->be->ops->sync(fw->m->be); /* a step cut short leaves no copy from h_ints in flight */
+    }
     /* a device failure inside an op is the cause of whatever else went wrong: it wins */
     if (fw->m->be->ops->check(fw->m->be, err))
         return -1;
     return rc;
+}
+
+int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
+{
+    return step(fw, b, rows, out, NULL, err);
+}
+
+bool rt_forward_chains(const rt_forward *fw)
+{
+    const bool one_rank = !fw->comm || comm_topo(fw->comm)->world_size == 1;
+    return one_rank && fw->samples && (fw->device_sampling || fw->m->be->ops->host_memory);
+}
+
+int rt_forward_submit(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
+                      base_err *err)
+{
+    return step(fw, b, rows, out, slot, err);
+}
+
+int rt_forward_collect(rt_forward *fw, rt_sample_out *out, int n_logits, int slot, base_err *err)
+{
+    rt_backend *be = fw->m->be;
+    if (slot < 0)
+        return 0;
+    be->ops->wait_mark(be, slot);
+    if (be->ops->check(be, err))
+        return -1;
+    memcpy(out, fw->h_out + (size_t)slot * (size_t)fw->lim.max_logits, (size_t)n_logits * sizeof *out);
+    return 0;
 }

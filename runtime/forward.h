@@ -22,6 +22,10 @@ typedef struct rt_batch {
     int max_blocks;              /* row stride of block_tables */
     int n_logits;
     const int32_t *logit_rows;   /* (n_logits) token rows whose next-token logits are wanted */
+    const int32_t *chain;        /* (n_tokens) or NULL: where chain[t] >= 0, token t is the one the step
+                                  * before sampled for its logit row chain[t] (tokens[t] unread), so a
+                                  * step can start before the host has read the one before it
+                                  * (rt_forward_chains) */
 } rt_batch;
 
 /* Limits a forward context is sized for. */
@@ -61,6 +65,19 @@ typedef struct rt_step_sampling {
  * range (every rank sees the same batch and refuses it before any collective), or when a
  * collective fails. */
 int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err);
+
+/* Whether a batch may chain its tokens to the step before (rt_batch.chain): a single rank that
+ * samples whole rows, on the device or in host memory. */
+bool rt_forward_chains(const rt_forward *fw);
+
+/* rt_forward_step in two halves on a single rank: submit returns once the step is queued, its samples
+ * in out already (*slot -1) or on their way from the device (*slot 0 or 1, the last two submitted
+ * taking different slots); collect waits for them and writes them to out. rows are advanced by
+ * submit. Another step (a chained one) may be submitted before the one before it is collected;
+ * collect them in order. */
+int rt_forward_submit(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
+                      base_err *err);
+int rt_forward_collect(rt_forward *fw, rt_sample_out *out, int n_logits, int slot, base_err *err);
 
 /* After a step on a rank that sampled whole rows on the host (a single rank without a device
  * sampler): its (n_logits, vocab) fp32 logits, valid until the next step; else NULL. For scoring

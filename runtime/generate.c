@@ -100,8 +100,8 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, int depth, rt_g
             break;
         double dt = base_now() - t0;
         int T, prefill;
-        rt_sched_last_step(s, &T, &prefill);
-        st->steps += T > 0; /* a call that only took a step back started none */
+        rt_sched_last_timed(s, &T, &prefill);
+        st->steps += T > 0; /* a call that only took a step back started none (with run-ahead: took none back) */
         if (prefill) {
             st->prefill_seconds += dt;
             st->prefill_tokens += prefill;

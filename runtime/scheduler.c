@@ -16,6 +16,7 @@ typedef struct seq {
     int32_t *tokens;   /* (prompt_len + max_tokens) prompt, then the generated tokens */
     int prompt_len, n_gen, max_tokens;
     int n_computed;    /* tokens whose k and v are in the cache */
+    int pending;       /* tokens after those in steps not yet collected */
     rt_sampling sampling;
     rt_rng rng;
     bool ignore_eos;
@@ -24,13 +25,16 @@ typedef struct seq {
     double deadline, arrival, first_token;
     int32_t *blocks;   /* (max_blocks) physical ids of its logical blocks */
     int n_blocks;
-    bool in_flight;    /* in a step not yet collected: its next token is not known yet */
+    int in_flight;     /* steps not yet collected that hold it: its next token is not known yet */
+    int out_row;       /* its logit row in the last step submitted, if that one holds it (else -1) */
+    const rt_step_sampling *out_sampling; /* that row's sampling, its rng advanced by the step */
 } seq;
 
 typedef struct entry { /* one sequence's share of a step */
     seq *s;            /* NULL once it ended while its step was in flight */
     int take;
     bool wants_logits;
+    bool chained;      /* one token, the one the step in flight samples for it (run-ahead) */
 } entry;
 
 /* A step submitted to the engine and not yet collected. */
@@ -57,7 +61,10 @@ struct rt_sched {
     seq **snapshot;    /* (max_seqs) scratch copy of running */
     entry *entries;    /* (max_seqs) the step being formed */
     int32_t *tok, *pos, *sidx, *lrow, *tables; /* step arrays */
-    int depth;         /* steps in flight at most (pipeline parallelism) */
+    int depth;         /* steps in flight at most over different sequences (pipeline parallelism) */
+    bool ahead;        /* run-ahead: a step chained to the one in flight (rt_sched_options.run_ahead) */
+    int slots;         /* flights: depth, or 2 with run-ahead */
+    int32_t *chain;    /* (max_batch_tokens) the step's rt_batch.chain */
     int prompt_cycles; /* rt_sched_share's spread of new prompts */
     int prompt_floor;  /* and its least prompt tokens a cycle */
     flight flights[RT_ENGINE_MAX_IN_FLIGHT]; /* (depth) oldest at first */
@@ -70,6 +77,8 @@ struct rt_sched {
     int rate_n[RATE_RING];
     int n_rate;
     int last_tokens, last_prefill;
+    int got_tokens, got_prefill; /* the step the last rt_sched_step collected */
+    bool waits_collected;        /* a call's time is the collected step's: run-ahead on a device backend */
 };
 
 rt_engine_geometry rt_sched_geometry(const rt_config *cfg, const rt_sched_options *opt, int n_blocks, int bs)
@@ -89,6 +98,15 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
         opt->max_seqs > g->lim.max_seqs || opt->max_seqs > g->lim.max_logits)
         return base_errf(err, "scheduler: %d tokens and %d sequences per step do not fit the engine's %d and %d",
                        opt->max_batch_tokens, opt->max_seqs, g->lim.max_tokens, g->lim.max_seqs);
+    int ahead = opt->run_ahead;
+    if (ahead == 0) { /* the default: off unless DINFER_RUN_AHEAD=1 (not yet shown to pay end to end) */
+        const char *env = getenv("DINFER_RUN_AHEAD");
+        if (env && strcmp(env, "0") != 0 && strcmp(env, "1") != 0)
+            return base_errf(err, "DINFER_RUN_AHEAD is '%.32s': 0 (the default: each step waits for the one "
+                                  "before to be read back) or 1 (the next step starts first, where the engine can "
+                                  "chain it)", env);
+        ahead = env && env[0] == '1' ? 1 : -1;
+    }
     rt_sched *s = calloc(1, sizeof *s);
     if (!s)
         return base_errf(err, "out of memory");
@@ -101,16 +119,19 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->max_blocks = g->lim.max_blocks;
     const int most = rt_engine_max_in_flight(e);
     s->depth = opt->pipeline_depth < 1 ? 1 : opt->pipeline_depth > most ? most : opt->pipeline_depth;
+    s->ahead = ahead > 0 && s->depth == 1 && rt_engine_chains(e);
+    s->slots = s->ahead ? 2 : s->depth;
+    s->waits_collected = s->ahead && !rt_engine_model(e)->be->ops->host_memory;
     /* by default a pipeline on a host backend spreads prompts (a step costs about its tokens, so
      * the spread keeps the stages' steps even). A GPU step has large fixed costs (a step of a few
      * hundred tokens takes about a decode step's time), so there the spread multiplied the steps:
      * pp=2 on one H200 ran 2.2-2.5x slower end to end with it. Prompts go in whole steps on a GPU,
      * as before the spread; stages on GPUs of their own are not yet measured */
-    const rt_backend *be = rt_engine_model(e)->be;
     if (opt->prompt_spread > 0) {
         s->prompt_cycles = opt->prompt_spread;
         s->prompt_floor = opt->prompt_spread > 1 ? RT_SCHED_PROMPT_FLOOR : 0;
     } else {
+        const rt_backend *be = rt_engine_model(e)->be;
         s->prompt_cycles = s->depth > 1 && be && be->ops->host_memory ? RT_SCHED_PROMPT_CYCLES : 1;
     }
     size_t T = (size_t)opt->max_batch_tokens, S = (size_t)opt->max_seqs;
@@ -121,7 +142,9 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
     s->lrow = malloc(S * sizeof *s->lrow);
     s->tables = malloc(S * (size_t)s->max_blocks * sizeof *s->tables);
     bool ok = s->running && s->snapshot && s->entries && s->tok && s->lrow && s->tables;
-    for (int i = 0; i < s->depth && ok; i++) {
+    s->chain = malloc(T * sizeof *s->chain);
+    ok = ok && s->chain;
+    for (int i = 0; i < s->slots && ok; i++) {
         flight *f = &s->flights[i];
         f->entries = calloc(S, sizeof *f->entries);
         f->rows = calloc(S, sizeof *f->rows);
@@ -163,6 +186,7 @@ void rt_sched_destroy(rt_sched *s)
     free(s->tok);
     free(s->lrow);
     free(s->tables);
+    free(s->chain);
     for (int i = 0; i < RT_ENGINE_MAX_IN_FLIGHT; i++)
         free(s->flights[i].entries), free(s->flights[i].rows), free(s->flights[i].outs);
     rt_kv_blocks_destroy(&s->pool);
@@ -291,7 +315,7 @@ static void remove_running(rt_sched *s, int i)
 static void forget_in_flight(rt_sched *s, const seq *q)
 {
     for (int i = 0; i < s->n_flights && q->in_flight; i++) {
-        flight *f = &s->flights[(s->first + i) % s->depth];
+        flight *f = &s->flights[(s->first + i) % s->slots];
         for (int j = 0; j < f->n; j++)
             if (f->entries[j].s == q)
                 f->entries[j].s = NULL;
@@ -438,7 +462,7 @@ int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int 
  * new prompt. */
 static void count_work(const seq *q, long *now, long *prompts, int *prompt_seqs)
 {
-    const int left = len_of(q) - q->n_computed;
+    const int left = len_of(q) - q->n_computed - q->pending;
     if (q->n_gen > 0) {
         *now += left;
     } else {
@@ -447,17 +471,29 @@ static void count_work(const seq *q, long *now, long *prompts, int *prompt_seqs)
     }
 }
 
+/* Run-ahead: whether q, held by the step in flight, may be in the next step too: with the token that
+ * step samples for it (it gives q a logit row, and the token will not be q's last), or else with the
+ * next chunk of its prompt. */
+static bool continues(const rt_sched *s, const seq *q)
+{
+    return s->ahead && q->in_flight == 1 && (q->out_row < 0 || q->n_gen + 1 < q->max_tokens);
+}
+
 /* rt_sched_share over this scheduler's state (a backlog beyond what the cycles spread still fills
  * whole steps, so the count stops there). */
 static int even_share(const rt_sched *s)
 {
     long in_flight = 0, now = 0, prompts = 0;
     int prompt_seqs = 0;
-    for (int i = 0; i < s->n_flights; i++)
-        in_flight += s->flights[(s->first + i) % s->depth].tokens;
-    for (int i = 0; i < s->n_running; i++)
-        if (!s->running[i]->in_flight)
-            count_work(s->running[i], &now, &prompts, &prompt_seqs);
+    for (int i = 0; i < s->n_flights && !s->ahead; i++) /* run-ahead's step in flight is the one before */
+        in_flight += s->flights[(s->first + i) % s->slots].tokens;
+    for (int i = 0; i < s->n_running; i++) {
+        const seq *q = s->running[i];
+        if (!q->in_flight || (continues(s, q) && q->out_row < 0))
+            count_work(q, &now, &prompts, &prompt_seqs);
+        else if (continues(s, q))
+            now++; /* its chained decode */
+    }
     const long most = (long)s->prompt_cycles * s->depth * s->opt.max_batch_tokens;
     for (int i = 0; i < s->n_waiting && now + prompts < most; i++)
         count_work(s->waiting[i], &now, &prompts, &prompt_seqs);
@@ -465,7 +501,22 @@ static int even_share(const rt_sched *s)
                           s->prompt_floor);
 }
 
-/* Chooses this step's sequences and token counts, among those not in a step in flight. */
+/* Blocks for q's first n tokens from the free ones only, for a sequence in flight (which grow could
+ * preempt): false when there are too few. */
+static bool grow_free(rt_sched *s, seq *q, int n)
+{
+    const int need = blocks_for(s, n) - q->n_blocks;
+    if (need > s->pool.n_free)
+        return false;
+    if (need > 0) {
+        rt_kv_blocks_alloc(&s->pool, need, q->blocks + q->n_blocks);
+        q->n_blocks += need;
+    }
+    return true;
+}
+
+/* Chooses this step's sequences and token counts, among those not in a step in flight (with
+ * run-ahead, decodes chained to it too). */
 static int form_step(rt_sched *s)
 {
     int n = 0, budget = s->depth > 1 || s->prompt_cycles > 1 ? even_share(s) : s->opt.max_batch_tokens;
@@ -478,16 +529,24 @@ static int form_step(rt_sched *s)
         memcpy(snap, s->running, (size_t)m * sizeof *snap);
         for (int i = 0; i < m && budget > 0 && n < most; i++) {
             seq *q = snap[i];
-            if (!is_running(s, q) || q->in_flight || in_step(s, n, q))
+            if (!is_running(s, q) || (q->in_flight && !continues(s, q)) || in_step(s, n, q))
                 continue;
-            int left = len_of(q) - q->n_computed;
+            const int base = q->n_computed + q->pending; /* its next token's position */
+            if (q->in_flight && q->out_row >= 0) {       /* the token the step in flight samples */
+                if (pass == 0 && grow_free(s, q, base + 1)) {
+                    s->entries[n++] = (entry){q, 1, true, true};
+                    budget--;
+                }
+                continue;
+            }
+            int left = len_of(q) - base;
             bool decode = left == 1 && q->n_gen > 0;
             if (decode != (pass == 0))
                 continue;
             int take = left < budget ? left : budget;
-            if (!grow(s, q, q->n_computed + take, n))
+            if (!(q->in_flight ? grow_free(s, q, base + take) : grow(s, q, base + take, n)))
                 continue;
-            s->entries[n++] = (entry){q, take, q->n_computed + take == len_of(q)};
+            s->entries[n++] = (entry){q, take, base + take == len_of(q), false};
             budget -= take;
         }
     }
@@ -502,7 +561,7 @@ static int form_step(rt_sched *s)
         s->n_waiting--;
         s->running[s->n_running++] = q;
         grow(s, q, q->n_computed + take, n);
-        s->entries[n++] = (entry){q, take, q->n_computed + take == len_of(q)};
+        s->entries[n++] = (entry){q, take, q->n_computed + take == len_of(q), false};
         budget -= take;
     }
     return n;
@@ -528,6 +587,7 @@ static void finish(rt_sched *s, int run_index, const char *reason, double now)
     s->n_lat = s->n_lat < RING ? s->n_lat + 1 : RING;
     s->finished++;
     remove_running(s, run_index);
+    forget_in_flight(s, q); /* a step chained to the one that ended it */
     release_blocks(s, q);
     s->emit(s->ctx, &ev);
     seq_free(q);
@@ -540,34 +600,50 @@ static int submit(rt_sched *s, bool *submitted, base_err *err)
     int n = form_step(s);
     if (n == 0)
         return 0;
-    flight *f = &s->flights[(s->first + s->n_flights) % s->depth];
+    flight *f = &s->flights[(s->first + s->n_flights) % s->slots];
     int width = 1, T = 0, nl = 0, prefill = 0;
+    bool chained = false;
     for (int i = 0; i < n; i++)
         width = s->entries[i].s->n_blocks > width ? s->entries[i].s->n_blocks : width;
     for (int i = 0; i < n; i++) {
         entry *en = &s->entries[i];
         seq *q = en->s;
-        if (!(en->take == 1 && q->n_gen > 0 && en->wants_logits))
-            prefill += en->take;
-        for (int j = 0; j < en->take; j++, T++) {
-            s->tok[T] = q->tokens[q->n_computed + j];
-            s->pos[T] = q->n_computed + j;
+        const int base = q->n_computed + q->pending;
+        if (en->chained) { /* the token the step in flight samples for q, at the position after its last */
+            s->tok[T] = 0;
+            s->pos[T] = base;
             s->sidx[T] = i;
+            s->chain[T++] = q->out_row;
+            chained = true;
+        } else {
+            if (!(en->take == 1 && q->n_gen > 0 && en->wants_logits))
+                prefill += en->take;
+            for (int j = 0; j < en->take; j++, T++) {
+                s->tok[T] = q->tokens[base + j];
+                s->pos[T] = base + j;
+                s->sidx[T] = i;
+                s->chain[T] = -1;
+            }
         }
+        q->pending += en->take;
         for (int j = 0; j < width; j++)
             s->tables[(size_t)i * width + j] = j < q->n_blocks ? q->blocks[j] : -1;
+        q->out_row = -1;
         if (en->wants_logits) {
             s->lrow[nl] = T - 1;
-            f->rows[nl] = (rt_step_sampling){q->sampling, q->rng};
+            /* a chained row draws after the row in flight: from its rng as that step advanced it */
+            f->rows[nl] = (rt_step_sampling){q->sampling, en->chained ? q->out_sampling->rng : q->rng};
+            q->out_row = nl, q->out_sampling = &f->rows[nl];
             nl++;
         }
         f->entries[i] = *en;
-        q->in_flight = true;
+        q->in_flight++;
     }
     f->n = n, f->tokens = T, f->prefill = prefill;
     s->last_tokens = T, s->last_prefill = prefill;
     rt_batch b = {.n_tokens = T, .tokens = s->tok, .pos = s->pos, .seq = s->sidx, .n_seqs = n,
-                  .block_tables = s->tables, .max_blocks = width, .n_logits = nl, .logit_rows = s->lrow};
+                  .block_tables = s->tables, .max_blocks = width, .n_logits = nl, .logit_rows = s->lrow,
+                  .chain = chained ? s->chain : NULL};
     s->overlapped += s->n_flights > 0;
     s->n_flights++;
     *submitted = true;
@@ -578,11 +654,12 @@ static int submit(rt_sched *s, bool *submitted, base_err *err)
 static int collect(rt_sched *s, base_err *err)
 {
     flight *f = &s->flights[s->first];
-    s->first = (s->first + 1) % s->depth;
+    s->first = (s->first + 1) % s->slots;
     s->n_flights--;
+    s->got_tokens = f->tokens, s->got_prefill = f->prefill;
     for (int i = 0; i < f->n; i++)
         if (f->entries[i].s)
-            f->entries[i].s->in_flight = false;
+            f->entries[i].s->in_flight--;
     if (rt_engine_collect(s->e, err))
         return -1;
     const double now = base_now();
@@ -594,14 +671,14 @@ static int collect(rt_sched *s, base_err *err)
         seq *q = en->s;
         if (!en->wants_logits) {
             if (q)
-                q->n_computed += en->take;
+                q->n_computed += en->take, q->pending -= en->take;
             continue;
         }
         const rt_sample_out *o = &f->outs[k];
         const rt_rng rng = f->rows[k++].rng;
         if (!q)
             continue; /* it ended while the step was in flight */
-        q->n_computed += en->take;
+        q->n_computed += en->take, q->pending -= en->take;
         q->rng = rng;
         q->tokens[len_of(q)] = o->token;
         q->n_gen++;
@@ -632,10 +709,14 @@ static int collect(rt_sched *s, base_err *err)
 int rt_sched_step(rt_sched *s, base_err *err)
 {
     expire_deadlines(s, base_now());
-    s->last_tokens = s->last_prefill = 0;
+    s->last_tokens = s->last_prefill = s->got_tokens = s->got_prefill = 0;
     bool submitted = false;
-    if (s->n_flights < s->depth && submit(s, &submitted, err))
+    if (s->n_flights < s->slots && submit(s, &submitted, err))
         return -1;
+    /* run-ahead: the step before comes back once the next one is queued behind it (a chained step
+     * needs no result of it), or when nothing else could start */
+    if (s->ahead)
+        return s->n_flights == 2 || (!submitted && s->n_flights > 0) ? collect(s, err) : 0;
     /* the oldest step comes back when nothing else could start, or at once with a depth of 1; a
      * deeper pipeline that is full gives it back on the next call (so the caller sees, between
      * calls, every step in flight) */
@@ -697,4 +778,17 @@ void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens)
 {
     *tokens = s->last_tokens;
     *prefill_tokens = s->last_prefill;
+}
+
+void rt_sched_last_timed(const rt_sched *s, int *tokens, int *prefill_tokens)
+{
+    if (!s->waits_collected)
+        return rt_sched_last_step(s, tokens, prefill_tokens);
+    *tokens = s->got_tokens;
+    *prefill_tokens = s->got_prefill;
+}
+
+bool rt_sched_runs_ahead(const rt_sched *s)
+{
+    return s->ahead;
 }

@@ -69,13 +69,19 @@ typedef struct rt_sched_options {
                            * (rt_sched_share), at least RT_SCHED_PROMPT_FLOOR tokens a cycle; 1: whole
                            * steps; 0: the default (whole steps, except RT_SCHED_PROMPT_CYCLES without
                            * the floor for a pipeline on a host backend) */
+    int run_ahead;        /* 1: on a single rank, each decode step is queued before the host has read the
+                           * one before (its tokens taken from that step's samples on the device), so the
+                           * device does not wait for the host between steps; a sequence that ends there
+                           * wastes its row of the next step. -1: off. 0: the default, off unless
+                           * DINFER_RUN_AHEAD=1 (H100: the device's idle time between 1B batch-1 steps 16.5
+                           * -> 11.9 us; not yet measured end to end with the bench's time split right) */
 } rt_sched_options;
 
 typedef struct rt_sched_stats {
     int waiting, running;
     int kv_blocks_used, kv_blocks_free, kv_block_size;
     uint64_t steps, step_tokens, preemptions, finished;
-    uint64_t steps_overlapped; /* steps started while another was in flight (pipeline parallelism) */
+    uint64_t steps_overlapped; /* steps started while another was in flight (pipeline parallelism, run-ahead) */
     int in_flight;             /* steps in flight now */
     double tokens_per_second; /* generated tokens over the last 10 s */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99; /* seconds, over the last 1024 requests */
@@ -136,5 +142,10 @@ int rt_sched_share(long in_flight, long now, long prompts, int prompt_seqs, int 
 /* Tokens of the step the last rt_sched_step started (0 when none), and how many of them were
  * prompt (prefill) tokens. */
 void rt_sched_last_step(const rt_sched *s, int *tokens, int *prefill_tokens);
+/* The same for the step whose time the last rt_sched_step spent: the one it started, or with run-ahead
+ * on a device backend the one it collected (it waits for that one; the one it started still runs). */
+void rt_sched_last_timed(const rt_sched *s, int *tokens, int *prefill_tokens);
+/* Whether the scheduler runs ahead (rt_sched_options.run_ahead, resolved). */
+bool rt_sched_runs_ahead(const rt_sched *s);
 
 #endif

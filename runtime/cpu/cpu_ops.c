@@ -8,14 +8,14 @@
 #include "runtime/dtype.h"
 
 void cpu_embedding(rt_backend *be, void *out_, const rt_tensor *table, int64_t row_begin,
-                   const int32_t *tokens, int n)
+                   const int32_t *tokens, int n, const int32_t *chain, const rt_sample_out *prev)
 {
     (void)be;
     float *out = out_;
     const float *tab = table->data;
     const int64_t dim = table->cols;
     CPU_FOR(t, n, {
-        int64_t r = (int64_t)tokens[t] - row_begin;
+        int64_t r = (int64_t)(chain && chain[t] >= 0 ? prev[chain[t]].token : tokens[t]) - row_begin;
         float *o = out + t * dim;
         if (r >= 0 && r < table->rows)
             memcpy(o, tab + r * dim, (size_t)dim * sizeof *o);

@@ -44,7 +44,7 @@ static inline float cpu_fp8(uint32_t b)
 }
 
 void cpu_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin,
-                   const int32_t *tokens, int n);
+                   const int32_t *tokens, int n, const int32_t *chain, const rt_sample_out *prev);
 void cpu_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 void cpu_rmsnorm(rt_backend *be, void *out, const void *x, const rt_tensor *w, int n, float eps);
 void cpu_add_rmsnorm(rt_backend *be, void *x, const void *delta, void *out, const rt_tensor *w, int n,

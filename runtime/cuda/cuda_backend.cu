@@ -81,6 +81,23 @@ static void cuda_download(rt_backend *be, void *dst, const void *src, size_t byt
     CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
 }
 
+static void cuda_download_mark(rt_backend *be, void *dst, const void *src, size_t bytes, int slot)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!c->marks[slot])
+        CUDA_CHECK(c, cudaEventCreateWithFlags(&c->marks[slot], cudaEventDisableTiming));
+    if (bytes)
+        CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(c, cudaEventRecord(c->marks[slot], c->stream));
+}
+
+static void cuda_wait_mark(rt_backend *be, int slot)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (c->marks[slot])
+        CUDA_CHECK(c, cudaEventSynchronize(c->marks[slot]));
+}
+
 static void cuda_sync(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
@@ -157,6 +174,9 @@ static void cuda_destroy(rt_backend *be)
         for (int i = 0; i < 3; i++)
             cudaEventDestroy(c->gap_start[i]), cudaEventDestroy(c->gap_end[i]);
     }
+    for (int i = 0; i < 2; i++)
+        if (c->marks[i])
+            cudaEventDestroy(c->marks[i]);
     cublasDestroy(c->blas);
     cublasLtDestroy(c->lt);
     cudaFree(c->scratch);
@@ -171,7 +191,7 @@ static void cuda_destroy(rt_backend *be)
         .name = name_, .act_dtype = dt_, .host_memory = false, .quant_matmul = true, .alloc = cuda_alloc,   \
         .free = cuda_free,                                                                            \
         .upload = cuda_upload, .download = cuda_download, .sync = cuda_sync, .host_alloc = cuda_host_alloc,             \
-        .host_free = cuda_host_free, .upload_async = cuda_upload_async, .embedding = cuda_embedding,            \
+        .host_free = cuda_host_free, .upload_async = cuda_upload_async, .download_mark = cuda_download_mark, .wait_mark = cuda_wait_mark, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
         .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \

@@ -78,6 +78,7 @@ typedef struct cuda_ctx {
     unsigned long n_launches, gap_launches; /* cuda_launch's kernels; their count after the last replay */
     int gap_n, gap_idles;
     double gap_busy_ms, gap_idle_ms;
+    cudaEvent_t marks[2];      /* download_mark's slots (created on first use) */
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
 } cuda_ctx;
 

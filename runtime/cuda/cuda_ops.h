@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 void cuda_embedding(rt_backend *be, void *out, const rt_tensor *table, int64_t row_begin, const int32_t *tokens,
-                    int n);
+                    int n, const int32_t *chain, const rt_sample_out *prev);
 void cuda_matmul(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
 bool cuda_fuses(rt_backend *be, const rt_tensor *w, int n);
 void cuda_matmul_fused(rt_backend *be, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias,

@@ -409,14 +409,23 @@ static void run_matmul_f32(const op_case *c, ctx *x, outputs *o) /* p: n, K, N: 
     free(xs), free(w);
 }
 
-static void run_embedding(const op_case *c, ctx *x, outputs *o) /* p: shard rows, dim, first row */
+/* p: shard rows, dim, first row, and 1: tokens 1 and 3 chained to the samples of a step before */
+static void run_embedding(const op_case *c, ctx *x, outputs *o)
 {
     const int rows = c->p[0], dim = c->p[1], begin = c->p[2];
     float *tab = rand_vec(x, (size_t)rows * dim);
     rt_tensor T = weight(x, tab, rows, dim);
     int32_t toks[5] = {begin, begin + rows - 1, begin - 1, begin + rows, begin + rows / 2}; /* two outside */
-    void *dt = up_ints(x, toks, 5), *dout = dev_out(x, (size_t)5 * dim);
-    x->be->ops->embedding(x->be, dout, &T, begin, dt, 5);
+    void *dt = up_ints(x, toks, 5), *dout = dev_out(x, (size_t)5 * dim), *dchain = NULL;
+    rt_sample_out prev[3] = {{.token = begin + 2}, {.token = begin - 3}, {.token = begin + rows - 2}};
+    rt_sample_out *dprev = NULL;
+    if (c->p[3]) {
+        const int32_t chain[5] = {-1, 2, -1, 0, -1};
+        dchain = up_ints(x, chain, 5);
+        dprev = dev_alloc(x, sizeof prev);
+        x->be->ops->upload(x->be, dprev, prev, sizeof prev);
+    }
+    x->be->ops->embedding(x->be, dout, &T, begin, dt, 5, dchain, dprev);
     take(x, o, "out", dout, (size_t)5 * dim);
     free(tab);
 }
@@ -621,7 +630,7 @@ static const op_case cases[] = {
     {"gather_rows", {5, 37}, run_gather_rows},    {"gather_rows", {9, 4096}, run_gather_rows},
     {"gather_cols", {3, 128}, run_gather_cols},   {"gather_cols", {70, 14336}, run_gather_cols},
     {"to_f32", {4097}, run_to_f32},
-    {"embedding", {10, 37, 10}, run_embedding},   {"embedding", {100, 4096, 0}, run_embedding},
+    {"embedding", {10, 37, 10}, run_embedding},   {"embedding", {10, 37, 10, 1}, run_embedding},   {"embedding", {100, 4096, 0}, run_embedding},
     /* rope_kv_write and attention, checked together (attention reads what rope_kv_write wrote) */
     {"attention", {8, 2, 64, 0, 0}, run_attention},   {"attention", {32, 8, 128, 0, 1}, run_attention},
     {"attention", {6, 3, 6, 0, 0}, run_attention},    /* an odd head size */

@@ -121,7 +121,7 @@ static void test_norms_embedding_silu(void **state)
     float *tab = rand_vec(10 * dim);
     rt_tensor T = {.data = tab, .dtype = RT_F32, .rows = 10, .cols = dim};
     int32_t toks[5] = {10, 19, 9, 20, 15};
-    be->ops->embedding(be, out, &T, 10, toks, 5);
+    be->ops->embedding(be, out, &T, 10, toks, 5, NULL, NULL);
     for (int t = 0; t < 5; t++)
         for (int i = 0; i < dim; i++) {
             int r = toks[t] - 10;

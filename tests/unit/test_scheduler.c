@@ -187,6 +187,87 @@ static void test_cancel_deadline_and_joining(void **state)
     rt_engine_destroy(e);
 }
 
+/* The 4 requests of test_preemption_keeps_outputs through a scheduler with run-ahead on (1) or off
+ * (-1), request 1 cancelled after `cancel_at` calls (0: never); the stats at the end. */
+static void run_four(int ahead, int n_blocks, int mbt, rt_sampling smp, const int32_t *stop, int n_stop, int cancel_at,
+                     event_log *l, rt_sched_stats *st)
+{
+    rt_sched_options o = {.max_batch_tokens = mbt, .max_seqs = 4, .run_ahead = ahead};
+    rt_engine *e = make_engine(n_blocks, 4, &o);
+    rt_sched *s;
+    base_err err;
+    int status;
+    memset(l, 0, sizeof *l);
+    assert_int_equal(rt_sched_create(&s, e, &o, on_event, l, &err), 0);
+    for (int i = 0; i < 4; i++) {
+        rt_sched_request r = {.id = (uint64_t)i, .prompt = prompts[i], .prompt_len = plen[i], .max_tokens = gen[i],
+                              .sampling = smp, .ignore_eos = true, .stop_ids = stop, .n_stop = n_stop};
+        assert_int_equal(rt_sched_add(s, &r, &status, &err), 0);
+    }
+    for (int calls = 1; rt_sched_has_work(s) && calls < 10000; calls++) {
+        assert_int_equal(rt_sched_step(s, &err), 0);
+        if (calls == cancel_at)
+            assert_int_equal(rt_sched_cancel(s, 1, RT_STATUS_CANCELLED, "cancelled"), 0);
+    }
+    assert_false(rt_sched_has_work(s));
+    rt_sched_get_stats(s, st);
+    rt_sched_destroy(s);
+    rt_engine_destroy(e);
+}
+
+/* Run-ahead (each step queued before the host reads the one ahead of it, its decodes taking that
+ * step's samples on the device), forced on here on the host backend: every request gets the tokens
+ * it gets without it, greedy or drawn from its seed, under preemption and chunked prompts (a KV pool
+ * and a step budget too small for all four), when a stop token ends a sequence while the next step
+ * holds it, and when a request is cancelled with two steps in flight; every block comes back. */
+static void test_run_ahead_same_outputs(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < plen[i]; j++)
+            prompts[i][j] = (int32_t)((i * 7 + j * 13) % 60 + 3);
+    static event_log off, on;
+    rt_sched_stats st_off, st_on;
+    for (int sampled = 0; sampled < 2; sampled++) {
+        rt_sampling smp = sampled ? (rt_sampling){.temperature = 1.0f, .top_p = 0.9f, .seed = 5}
+                                  : (rt_sampling){.top_p = 1.0f};
+        for (int roomy = 0; roomy < 2; roomy++) {
+            const int blocks = roomy ? 80 : 19, mbt = roomy ? 64 : 8;
+            run_four(-1, blocks, mbt, smp, NULL, 0, 0, &off, &st_off);
+            run_four(1, blocks, mbt, smp, NULL, 0, 0, &on, &st_on);
+            assert_int_equal(st_off.steps_overlapped, 0);
+            assert_true(st_on.steps_overlapped > 0);
+            assert_true(roomy || st_on.preemptions > 0);
+            assert_int_equal(st_on.finished, 4);
+            assert_int_equal(st_on.kv_blocks_used, 0);
+            assert_memory_equal(&on, &off, sizeof on);
+            /* a stop token each sequence meets part way */
+            int32_t stop[4];
+            for (int i = 0; i < 4; i++)
+                stop[i] = off.tokens[i][5 + 3 * i];
+            run_four(-1, blocks, mbt, smp, stop, 4, 0, &off, &st_off);
+            run_four(1, blocks, mbt, smp, stop, 4, 0, &on, &st_on);
+            for (int i = 0; i < 4; i++)
+                assert_true(on.n[i] <= 6 + 3 * i && on.done[i] == 1);
+            assert_int_equal(st_on.kv_blocks_used, 0);
+            assert_memory_equal(&on, &off, sizeof on);
+            /* request 1 cancelled mid-way: the others as before */
+            run_four(-1, blocks, mbt, smp, NULL, 0, 0, &off, &st_off);
+            run_four(1, blocks, mbt, smp, NULL, 0, 12, &on, &st_on);
+            assert_int_equal(on.error[1], 1);
+            assert_int_equal(on.status[1], RT_STATUS_CANCELLED);
+            assert_true(on.n[1] < gen[1]);
+            assert_memory_equal(on.tokens[1], off.tokens[1], (size_t)on.n[1] * sizeof(int32_t));
+            for (int i = 0; i < 4; i++)
+                if (i != 1) {
+                    assert_int_equal(on.n[i], off.n[i]);
+                    assert_memory_equal(on.tokens[i], off.tokens[i], sizeof on.tokens[i]);
+                }
+            assert_int_equal(st_on.kv_blocks_used, 0);
+        }
+    }
+}
+
 /* Two stages, two micro-batches of 32 decoding sequences each, and a wave of 32 prompts of 32 tokens
  * arriving at once (a closed-loop client's next requests): the steps the share rule forms, each
  * taking its micro-batch's decodes first and then prompt tokens. Stage 1 works on step i while
@@ -307,6 +388,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_preemption_keeps_outputs),
         cmocka_unit_test(test_cancel_deadline_and_joining),
+        cmocka_unit_test(test_run_ahead_same_outputs),
         cmocka_unit_test(test_prompt_spread_one_step_at_a_time),
         cmocka_unit_test(test_pipeline_share_spreads_prompts),
     };
