@@ -243,7 +243,8 @@ static void print_speed(FILE *f, const rt_gen_stats *st)
     fprintf(f, "decode:  %ld tokens in %.1f ms (%.1f tokens/s)\n", st->decode_tokens, st->decode_seconds * 1e3,
             st->decode_seconds > 0 ? (double)st->decode_tokens / st->decode_seconds : 0.0);
     if (st->steps_overlapped > 0)
-        fprintf(f, "pipeline: %ld of %d steps started while another was in flight\n", st->steps_overlapped, st->steps);
+        fprintf(f, "%s: %ld of %d steps started while another was in flight\n",
+                st->run_ahead ? "run-ahead" : "pipeline", st->steps_overlapped, st->steps);
 }
 
 /* Bytes a decode step reads on rank 0 (every weight once, but only a row of an untied embedding,

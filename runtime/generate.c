@@ -115,6 +115,7 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, int depth, rt_g
     rt_sched_stats ss;
     rt_sched_get_stats(s, &ss);
     st->steps_overlapped = (long)ss.steps_overlapped;
+    st->run_ahead = rt_sched_runs_ahead(s);
     rt_sched_destroy(s);
     if (rc)
         for (int i = 0; i < n; i++)

@@ -32,7 +32,8 @@ typedef struct rt_gen_stats {
     long prefill_tokens;    /* prompt tokens processed */
     long decode_tokens;     /* tokens fed in decode-only steps */
     int steps;
-    long steps_overlapped;  /* steps started while another was in flight (pipeline parallelism) */
+    long steps_overlapped;  /* steps started while another was in flight (pipeline parallelism, run-ahead) */
+    bool run_ahead;         /* the scheduler ran ahead (rt_sched_options.run_ahead) */
 } rt_gen_stats;
 
 typedef struct rt_gen_options {
