@@ -14,6 +14,8 @@ fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 field() { sed -n "s/.*\"$1\": \"\\(\\([^\"\\\\]\\|\\\\.\\)*\\)\".*/\\1/p"; } # a JSON string field, still escaped
 
 start() { # start TP PP MODEL [SERVER_FLAGS...]
+  : >"$tmp/log" # emptied here: the background job's own redirection may come after the first grep below,
+                # which then read the last server's "ready on" line
   mpirun --oversubscribe --bind-to none -np $(($1 * $2)) "$DINFER_SERVER" --model "$3" --tp "$1" --pp "$2" --port 0 \
     "${@:4}" >"$tmp/log" 2>&1 &
   mpid=$!
