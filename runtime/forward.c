@@ -427,10 +427,10 @@ static int pp_transfer(rt_forward *fw, void *buf, size_t n, bool send, base_err 
     return rc;
 }
 
-/* The logit rows of the step to samples: those the device sampled (run_ops launched it), else
- * sampled on the host (one OpenMP thread a row: each row has its own random stream). */
-/* Samples the step's nl rows into out, or with *slot (not NULL) set to -1 and a device sampler that
- * can, starts reading them back into h_out's *slot without waiting (rt_forward_collect waits). */
+/* The logit rows of the step to samples in out: those the device sampled (run_ops launched it), else
+ * sampled on the host (one OpenMP thread a row: each row has its own random stream). With slot (not
+ * NULL) and a device sampler that can, the device's samples start their way back into h_out's *slot
+ * without a wait instead (rt_forward_collect waits). */
 static int sample(rt_forward *fw, const float *d_logits32, int nl, rt_step_sampling *rows, rt_sample_out *out,
                   int *slot, base_err *err)
 {
@@ -707,9 +707,8 @@ static int forward(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt
     return sample(fw, logits32, b->n_logits, rows, out, slot, err);
 }
 
-/* The step, its samples in out (slot NULL) or on their way to h_out's *slot (-1: in out already). */
-static int step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
-                base_err *err)
+int rt_forward_submit(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
+                      base_err *err)
 {
     if (slot)
         *slot = -1;
@@ -726,19 +725,13 @@ static int step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sa
 
 int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, base_err *err)
 {
-    return step(fw, b, rows, out, NULL, err);
+    return rt_forward_submit(fw, b, rows, out, NULL, err);
 }
 
 bool rt_forward_chains(const rt_forward *fw)
 {
     const bool one_rank = !fw->comm || comm_topo(fw->comm)->world_size == 1;
     return one_rank && fw->samples && (fw->device_sampling || fw->m->be->ops->host_memory);
-}
-
-int rt_forward_submit(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,
-                      base_err *err)
-{
-    return step(fw, b, rows, out, slot, err);
 }
 
 int rt_forward_collect(rt_forward *fw, rt_sample_out *out, int n_logits, int slot, base_err *err)

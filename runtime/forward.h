@@ -71,8 +71,8 @@ int rt_forward_step(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, r
 bool rt_forward_chains(const rt_forward *fw);
 
 /* rt_forward_step in two halves on a single rank: submit returns once the step is queued, its samples
- * in out already (*slot -1) or on their way from the device (*slot 0 or 1, the last two submitted
- * taking different slots); collect waits for them and writes them to out. rows are advanced by
+ * in out already (*slot -1, or slot NULL: rt_forward_step) or on their way from the device (*slot 0 or
+ * 1, the last two submitted taking different slots); collect waits for them and writes them to out. rows are advanced by
  * submit. Another step (a chained one) may be submitted before the one before it is collected;
  * collect them in order. */
 int rt_forward_submit(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows, rt_sample_out *out, int *slot,

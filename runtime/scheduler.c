@@ -27,7 +27,6 @@ typedef struct seq {
     int n_blocks;
     int in_flight;     /* steps not yet collected that hold it: its next token is not known yet */
     int out_row;       /* its logit row in the last step submitted, if that one holds it (else -1) */
-    const rt_step_sampling *out_sampling; /* that row's sampling, its rng advanced by the step */
 } seq;
 
 typedef struct entry { /* one sequence's share of a step */
@@ -489,10 +488,12 @@ static int even_share(const rt_sched *s)
         in_flight += s->flights[(s->first + i) % s->slots].tokens;
     for (int i = 0; i < s->n_running; i++) {
         const seq *q = s->running[i];
-        if (!q->in_flight || (continues(s, q) && q->out_row < 0))
-            count_work(q, &now, &prompts, &prompt_seqs);
-        else if (continues(s, q))
+        if (q->in_flight && !continues(s, q))
+            continue;
+        if (q->in_flight && q->out_row >= 0)
             now++; /* its chained decode */
+        else
+            count_work(q, &now, &prompts, &prompt_seqs);
     }
     const long most = (long)s->prompt_cycles * s->depth * s->opt.max_batch_tokens;
     for (int i = 0; i < s->n_waiting && now + prompts < most; i++)
@@ -601,6 +602,8 @@ static int submit(rt_sched *s, bool *submitted, base_err *err)
     if (n == 0)
         return 0;
     flight *f = &s->flights[(s->first + s->n_flights) % s->slots];
+    /* run-ahead's step in flight: a chained row's rng is the one that step advanced */
+    const flight *before = s->n_flights ? &s->flights[(s->first + s->n_flights - 1) % s->slots] : NULL;
     int width = 1, T = 0, nl = 0, prefill = 0;
     bool chained = false;
     for (int i = 0; i < n; i++)
@@ -609,6 +612,8 @@ static int submit(rt_sched *s, bool *submitted, base_err *err)
         entry *en = &s->entries[i];
         seq *q = en->s;
         const int base = q->n_computed + q->pending;
+        /* a chained row draws after q's row in flight: from its rng as that step advanced it */
+        const rt_rng rng = en->chained ? before->rows[q->out_row].rng : q->rng;
         if (en->chained) { /* the token the step in flight samples for q, at the position after its last */
             s->tok[T] = 0;
             s->pos[T] = base;
@@ -631,9 +636,8 @@ static int submit(rt_sched *s, bool *submitted, base_err *err)
         q->out_row = -1;
         if (en->wants_logits) {
             s->lrow[nl] = T - 1;
-            /* a chained row draws after the row in flight: from its rng as that step advanced it */
-            f->rows[nl] = (rt_step_sampling){q->sampling, en->chained ? q->out_sampling->rng : q->rng};
-            q->out_row = nl, q->out_sampling = &f->rows[nl];
+            f->rows[nl] = (rt_step_sampling){q->sampling, rng};
+            q->out_row = nl;
             nl++;
         }
         f->entries[i] = *en;
