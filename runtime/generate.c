@@ -94,24 +94,29 @@ int rt_generate(rt_engine *e, const rt_gen_request *reqs, int n, int depth, rt_g
         else if (rt_sched_add(s, &r, &status, err))
             rc = -1, base_err_prefix(err, "request %d", i);
     }
+    double carried = 0.0;
     while (rc == 0 && rt_sched_has_work(s)) {
         double t0 = base_now();
         if ((rc = rt_sched_step(s, err)))
             break;
-        double dt = base_now() - t0;
+        double dt = base_now() - t0 + carried;
         int T, prefill;
         rt_sched_last_timed(s, &T, &prefill);
-        st->steps += T > 0; /* a call that only took a step back started none (with run-ahead: took none back) */
+        /* a call that only took a step back started none; with run-ahead, one that took none back
+         * (the first) is timed with the next */
+        carried = T > 0 ? 0.0 : dt;
+        st->steps += T > 0;
         if (prefill) {
             st->prefill_seconds += dt;
             st->prefill_tokens += prefill;
-        } else {
+        } else if (T > 0) {
             st->decode_seconds += dt;
             st->decode_tokens += T;
         }
         if (col.failed)
             rc = base_errf(err, "%s", col.message);
     }
+    st->decode_seconds += carried;
     rt_sched_stats ss;
     rt_sched_get_stats(s, &ss);
     st->steps_overlapped = (long)ss.steps_overlapped;
