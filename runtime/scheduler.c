@@ -98,13 +98,13 @@ int rt_sched_create(rt_sched **out, rt_engine *e, const rt_sched_options *opt, r
         return base_errf(err, "scheduler: %d tokens and %d sequences per step do not fit the engine's %d and %d",
                        opt->max_batch_tokens, opt->max_seqs, g->lim.max_tokens, g->lim.max_seqs);
     int ahead = opt->run_ahead;
-    if (ahead == 0) { /* the default: off unless DINFER_RUN_AHEAD=1 (not yet shown to pay end to end) */
+    if (ahead == 0) { /* the default: on a device (a host backend has no device to keep busy), DINFER_RUN_AHEAD */
         const char *env = getenv("DINFER_RUN_AHEAD");
         if (env && strcmp(env, "0") != 0 && strcmp(env, "1") != 0)
-            return base_errf(err, "DINFER_RUN_AHEAD is '%.32s': 0 (the default: each step waits for the one "
-                                  "before to be read back) or 1 (the next step starts first, where the engine can "
-                                  "chain it)", env);
-        ahead = env && env[0] == '1' ? 1 : -1;
+            return base_errf(err, "DINFER_RUN_AHEAD is '%.32s': 0 (each step waits for the one before to be read "
+                                  "back) or 1 (the next step starts first, where the engine can chain it; the "
+                                  "default on a GPU)", env);
+        ahead = env ? (env[0] == '1' ? 1 : -1) : rt_engine_model(e)->be->ops->host_memory ? -1 : 1;
     }
     rt_sched *s = calloc(1, sizeof *s);
     if (!s)
