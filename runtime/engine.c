@@ -402,7 +402,7 @@ int rt_engine_submit(rt_engine *e, const rt_batch *b, rt_step_sampling *rows, rt
         (pack(e, b, rows, e->head, err) || send_plan(e, &ctl_tp, &ctl_pp, err)))
         return -1;
     int slot = -1;
-    if (chains ? rt_forward_submit(e->fw, b, rows, out, &slot, err) : rt_forward_step(e->fw, b, rows, out, err))
+    if (rt_forward_submit(e->fw, b, rows, out, chains ? &slot : NULL, err))
         return -1;
     if (e->comm) {
         int32_t h[H_LEN] = {[H_TOKENS] = b->n_tokens, [H_LOGITS] = b->n_logits};
