@@ -84,6 +84,9 @@ typedef struct rt_attn_batch {
     const int32_t *tiles; /* (n_tiles, 2): first token, tokens */
     int n_rest;
     const int32_t *rest;  /* (n_rest) the tokens in no tile */
+    /* Every sequence has one token in the step (a decode step): the keys before each token's own
+     * were written by earlier steps, so a backend may read them before this step's KV writes end. */
+    bool decode;
 } rt_attn_batch;
 
 #define RT_ATTN_TILE 64    /* tokens of a tile at most */

@@ -6,9 +6,11 @@
  * row is read once for all of them; a group of lanes holds one key row in 16-byte loads and the
  * warp walks several keys at a time, each lane's loads two key steps ahead of its math. When the
  * tokens and KV heads alone cannot fill the GPU (decode at small batch over a long context), each
- * token's context is split (flash-decoding) into as many equal parts as the grid has splits, and a
- * second kernel combines the splits' partial results. The general path (any other head size or group) is one
+ * token's context is split (flash-decoding) into as many equal parts as the grid has splits, whose
+ * partial results are combined by the splits' blocks themselves as one cluster (up to 8 splits, on
+ * Hopper), or by a second kernel. The general path (any other head size or group) is one
  * block per (token, query head) walking the keys in tiles of a thread per key. fp32 throughout. */
+#include <cooperative_groups.h>
 #include <type_traits>
 
 #include "runtime/cuda/cuda_common.cuh"
@@ -98,6 +100,7 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 #define FA_SPLIT_WARPS 8 /* a split context's, at 128-wide heads (fa_launch) */
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
+#define FA_CLUSTER_MAX 8 /* splits combined in one cluster (the portable cluster size) */
 
 template <typename KV, int HD, int W>
 struct fa_geom {
@@ -107,16 +110,23 @@ struct fa_geom {
     static constexpr int PARTS = W * KPW;                                                        /* partial softmax states per block */
 };
 
-/* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m). */
+/* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m), written to
+ * part_o and part_ml for fa_combine_kernel; or with cl (the grid's splits one cluster, at most
+ * FA_CLUSTER_MAX) left in the block's shared memory, where the cluster's blocks combine them, each
+ * a share of the outputs: no second kernel. With pre (a decode step, rt_attn_batch.decode) the
+ * keys before the token's own are asked for before the wait on the kernel ahead, which writes only
+ * the token's own key. */
 template <typename T, typename KV, int HD, int GM, int W>
 __global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
                     const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale, int min_split)
+                    float scale, int min_split, bool cl, bool pre)
 {
-    pdl_wait();
-    pdl_trigger();
+    if (!pre) {
+        pdl_wait();
+        pdl_trigger();
+    }
     using G_ = fa_geom<KV, HD, W>;
     constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: (slot, KV head)'s scale at slot * sst + head */
     constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
@@ -136,6 +146,40 @@ __global__ void __launch_bounds__(W * 32)
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
 
+    /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
+     * of the split computes nothing into its state. Each step's K and V rows are requested
+     * FA_AHEAD steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
+     * steps before */
+    constexpr int NV = E * (int)sizeof(KV) / 16;
+    uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
+    float ksn[FA_AHEAD], vsn[FA_AHEAD]; /* an FP8 cache's scales of the keys in flight */
+    /* key j's rows if j < end, zeros otherwise */
+    const auto fetch_to = [&](int j, int end, uint4 *kb, uint4 *vb, float &ks, float &vs) {
+        if (j < end) {
+            const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
+            load_raw<KV, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
+            load_raw<KV, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
+            if (Q8)
+                ks = __ldg(k_scale + slot * sst + kvh), vs = __ldg(v_scale + slot * sst + kvh);
+        } else {
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                kb[v] = make_uint4(0, 0, 0, 0), vb[v] = make_uint4(0, 0, 0, 0);
+            ks = vs = 0.0f;
+        }
+    };
+    const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) { fetch_to(j, k1, kb, vb, ks, vs); };
+#pragma unroll
+    for (int a = 0; a < FA_AHEAD; a++)
+        fetch_to(k0 + warp * KPW + sg + a * STEP, pre ? min(k1, p) : k1, kn[a], vn[a], ksn[a], vsn[a]);
+    if (pre) { /* the token's own key, written by the kernel ahead, if it is among those */
+        pdl_wait();
+        pdl_trigger();
+#pragma unroll
+        for (int a = 0; a < FA_AHEAD; a++)
+            if (k0 + warp * KPW + sg + a * STEP == p)
+                fetch(p, kn[a], vn[a], ksn[a], vsn[a]);
+    }
     float qv[GM][E], acc[GM][E], m[GM], l[GM];
 #pragma unroll
     for (int g = 0; g < GM; g++) {
@@ -150,30 +194,6 @@ __global__ void __launch_bounds__(W * 32)
                 qv[g][e] *= scale;
         }
     }
-    /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
-     * of the split computes nothing into its state. Each step's K and V rows are requested
-     * FA_AHEAD steps ahead, as raw 16-byte vectors, so their latency passes under the math of the
-     * steps before */
-    constexpr int NV = E * (int)sizeof(KV) / 16;
-    uint4 kn[FA_AHEAD][NV], vn[FA_AHEAD][NV];
-    float ksn[FA_AHEAD], vsn[FA_AHEAD]; /* an FP8 cache's scales of the keys in flight */
-    const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
-        if (j < k1) {
-            const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
-            load_raw<KV, E>(kc + slot * kw + (int64_t)kvh * HD + sub * E, kb);
-            load_raw<KV, E>(vc + slot * kw + (int64_t)kvh * HD + sub * E, vb);
-            if (Q8)
-                ks = __ldg(k_scale + slot * sst + kvh), vs = __ldg(v_scale + slot * sst + kvh);
-        } else {
-#pragma unroll
-            for (int v = 0; v < NV; v++)
-                kb[v] = make_uint4(0, 0, 0, 0), vb[v] = make_uint4(0, 0, 0, 0);
-            ks = vs = 0.0f;
-        }
-    };
-#pragma unroll
-    for (int a = 0; a < FA_AHEAD; a++)
-        fetch(k0 + warp * KPW + sg + a * STEP, kn[a], vn[a], ksn[a], vsn[a]);
     for (int jb = k0 + warp * KPW; jb < k1; jb += FA_AHEAD * STEP) {
 #pragma unroll
         for (int a = 0; a < FA_AHEAD; a++) {
@@ -222,6 +242,9 @@ __global__ void __launch_bounds__(W * 32)
         }
     }
     __syncthreads();
+    /* with cl, the block's combined state: o (group, HD), then (m, l) a query head */
+    float *cl_o = fa_sm + (size_t)PARTS * group * stride;
+    float2 *cl_ml = reinterpret_cast<float2 *>(cl_o + group * HD);
     for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
         const int g = x / HD, d = x % HD;
         float mx = -INFINITY;
@@ -238,6 +261,10 @@ __global__ void __launch_bounds__(W * 32)
         const int h = kvh * group + g;
         if (n_splits == 1) {
             st(&out[((int64_t)t * nh + h) * HD + d], o / sum);
+        } else if (cl) {
+            cl_o[x] = o;
+            if (d == 0)
+                cl_ml[g] = make_float2(mx, sum);
         } else {
             const int64_t at = ((int64_t)i * nh + h) * n_splits + split;
             part_o[at * HD + d] = o;
@@ -245,6 +272,33 @@ __global__ void __launch_bounds__(W * 32)
                 part_ml[at] = make_float2(mx, sum);
         }
     }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (cl && n_splits > 1) {
+        /* split r is the cluster's block r; output x is block x % n_splits's, from every block's
+         * shared memory (fa_combine_kernel's sums, in the same order) */
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync();
+        for (int x = split + n_splits * (int)threadIdx.x; x < group * HD; x += n_splits * (int)blockDim.x) {
+            const int g = x / HD;
+            float mx = -INFINITY;
+            for (int r = 0; r < n_splits; r++) {
+                const float2 v = cluster.map_shared_rank(cl_ml, r)[g];
+                if (v.y > 0.0f)
+                    mx = fmaxf(mx, v.x);
+            }
+            float o = 0.0f, sum = 0.0f;
+            for (int r = 0; r < n_splits; r++) {
+                const float2 v = cluster.map_shared_rank(cl_ml, r)[g];
+                const float w = v.y > 0.0f ? __expf(v.x - mx) : 0.0f; /* a split that saw no key weighs 0 */
+                o += w * cluster.map_shared_rank(cl_o, r)[x];
+                sum += w * v.y;
+            }
+            st(&out[((int64_t)t * nh + kvh * group + g) * HD + x % HD], o / sum);
+        }
+        cluster.sync(); /* no block's shared memory goes while another reads it */
+    }
+#endif
 }
 
 /* out = the splits' partial results combined. One block per (token, query head), a thread per
@@ -320,19 +374,23 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 {
     using G_ = fa_geom<KV, HD, W>;
     const int group = s->n_heads / s->n_kv_heads;
-    const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float);
+    /* the splits combined in their cluster (H100, batch 1: 8B int4 406.1 -> 414.3 tok/s; the early keys
+     * below 404.7 -> 414.3) */
+    const bool cl = c->fa_cluster && n_splits > 1 && n_splits <= FA_CLUSTER_MAX;
+    const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float) +
+                       (cl ? (size_t)group * (HD * sizeof(float) + sizeof(float2)) : 0);
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     if (shm > 48 * 1024) /* the partial states of many key groups (an FP8 cache at head_dim 64, 8 heads a KV head) */
         CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, W>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
-    cuda_launch(c, fa_split_kernel<T, KV, HD, GM, W>, grid, W * 32, shm,
+    cuda_launch_cluster(c, cl ? (unsigned)n_splits : 1u, fa_split_kernel<T, KV, HD, GM, W>, grid, W * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
         (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split);
-    if (n_splits > 1)
+        c->fa_min_split, cl, c->fa_pre && b->decode);
+    if (n_splits > 1 && !cl)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }

@@ -243,7 +243,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps;
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, qmma_xs;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -264,6 +264,18 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_switch("DINFER_CUDA_QMMA",
                    "0 (quantized products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma, err) ||
+        env_switch("DINFER_CUDA_FA_CLUSTER",
+                   "0 (a split decode context's parts combined by a second kernel) or 1 (the default: in a cluster "
+                   "of the splits, up to 8)",
+                   &fa_cluster, err) ||
+        env_switch("DINFER_CUDA_FA_PRE",
+                   "0 (decode attention loads every key after the kernel ahead ends) or 1 (the default: the keys "
+                   "before the token's own before)",
+                   &fa_pre, err) ||
+        env_switch("DINFER_CUDA_QMMA_XS",
+                   "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
+                   "staged with the codes)",
+                   &qmma_xs, err) ||
         env_switch("DINFER_CUDA_QMMA_FP8",
                    "0 (FP8 products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma_fp8, err) ||
@@ -334,6 +346,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->pdl = pdl && cc_major >= 9;
     c->qmma = qmma && cc_major >= 8;
     c->qmma_fp8 = qmma_fp8;
+    c->fa_cluster = fa_cluster && cc_major >= 9;
+    c->fa_pre = fa_pre;
+    c->qmma_xs = qmma_xs;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     c->fp8_prep = fp8_prep;

@@ -63,6 +63,7 @@ typedef struct cuda_ctx {
     int prep_n, prep_k;
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
     bool qmma_fp8;         /* FP8 codes there too (DINFER_CUDA_QMMA_FP8=0: the fp32 kernel) */
+    bool qmma_xs;          /* one token's activations staged with the codes there (DINFER_CUDA_QMMA_XS=0 off) */
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
     int n_fp8_algos, fp8_next; /* shapes known; where the next one goes (the oldest, once all are in use) */
@@ -80,6 +81,8 @@ typedef struct cuda_ctx {
     double gap_busy_ms, gap_idle_ms;
     cudaEvent_t marks[2];      /* download_mark's slots (created on first use) */
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
+    bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
+    bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
 } cuda_ctx;
 
 /* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
@@ -169,24 +172,33 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
-/* kernel<<<grid, block, shm, c->stream>>>(args...), as a programmatic dependent launch when c->pdl;
- * a failed launch is kept on the backend (ops->check reports it). */
+/* kernel<<<grid, block, shm, c->stream>>>(args...), as a programmatic dependent launch when c->pdl,
+ * its blocks in clusters of cluster_z consecutive blocks along z when cluster_z > 1 (compute
+ * capability 9.0 on); a failed launch is kept on the backend (ops->check reports it). */
 template <typename... P, typename... A>
-static inline void cuda_launch_at(cuda_ctx *c, const char *file, int line, void (*kernel)(P...), dim3 grid,
-                                  dim3 block, size_t shm, A &&...args)
+static inline void cuda_launch_at(cuda_ctx *c, const char *file, int line, unsigned cluster_z, void (*kernel)(P...),
+                                  dim3 grid, dim3 block, size_t shm, A &&...args)
 {
-    cudaLaunchAttribute at;
-    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute at[2];
+    unsigned n = 0;
+    if (c->pdl) {
+        at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster_z > 1) {
+        at[n].id = cudaLaunchAttributeClusterDimension;
+        at[n].val.clusterDim.x = 1, at[n].val.clusterDim.y = 1, at[n++].val.clusterDim.z = cluster_z;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = shm, cfg.stream = c->stream;
-    cfg.attrs = &at, cfg.numAttrs = c->pdl ? 1 : 0;
+    cfg.attrs = at, cfg.numAttrs = n;
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
     c->n_launches++;
     if (e != cudaSuccess)
         cuda_fail(c, "cudaLaunchKernelEx", file, line, cudaGetErrorString(e));
 }
-#define cuda_launch(c, ...) cuda_launch_at((c), __FILE__, __LINE__, __VA_ARGS__)
+#define cuda_launch(c, ...) cuda_launch_at((c), __FILE__, __LINE__, 1u, __VA_ARGS__)
+#define cuda_launch_cluster(c, cluster_z, ...) cuda_launch_at((c), __FILE__, __LINE__, (cluster_z), __VA_ARGS__)
 
 __device__ __forceinline__ float ld(const float *p) { return *p; }
 __device__ __forceinline__ float ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }

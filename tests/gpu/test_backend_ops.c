@@ -436,10 +436,12 @@ static void run_embedding(const op_case *c, ctx *x, outputs *o)
  * scale a token and KV head; 2: static scales, one a KV head, small enough that some values saturate). */
 static void run_attention(const op_case *c, ctx *x, outputs *o)
 {
-    static const int layouts[3][3][2] = {
+    static const int layouts[5][3][2] = {
         {{1000, 200}, {37, 1}, {5, 5}}, /* a chunked prefill, a decode, a short prompt */
         {{300, 1}, {129, 1}, {0, 0}},   /* decodes over long contexts */
         {{4000, 1}, {1, 1}, {77, 1}},   /* decodes at 4,000 positions and at 1 in one step */
+        {{100, 1}, {37, 1}, {200, 1}},  /* decodes over short contexts (7 splits: one cluster) */
+        {{256, 1}, {3, 1}, {0, 0}},     /* 8 splits, most of the short sequence's empty */
     };
     const int nh = c->p[0], nkv = c->p[1], hd = c->p[2], window = c->p[3];
     const int (*seqs)[2] = layouts[c->p[4]];
@@ -494,6 +496,9 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                 pos[t] = j, seq[t] = s;
                 slot[t++] = tables[s * max_blocks + j / bs] * bs + j % bs;
             }
+        bool decode = n == n_seqs; /* one token a sequence, as the forward pass flags it */
+        for (int t = 0; t < n; t++)
+            decode = decode && seq[t] == t;
         float *qkv = rand_vec(x, (size_t)n * (qw + 2 * kw)); /* the fused product's rows: q, k, v */
         void *dq = dev_out(x, (size_t)n * qw), *dqkv = up(x, qkv, (size_t)n * (qw + 2 * kw));
         /* prompt runs as tiles, as the forward pass stages them (the CPU backend ignores them) */
@@ -503,7 +508,8 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                            .seq = up_ints(x, seq, (size_t)n), .block_tables = dtab, .max_blocks = max_blocks,
                            .block_size = bs, .n_tiles = n_tiles,
                            .tiles = n_tiles ? up_ints(x, tiles, 2 * (size_t)n_tiles) : NULL, .n_rest = n_rest,
-                           .rest = n_tiles && n_rest ? up_ints(x, rest, (size_t)n_rest) : NULL};
+                           .rest = n_tiles && n_rest ? up_ints(x, rest, (size_t)n_rest) : NULL,
+                           .decode = decode};
         free(tiles), free(rest);
         void *dout = dev_out(x, (size_t)n * qw);
         x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
@@ -643,6 +649,10 @@ static const op_case cases[] = {
     /* prompt tiles on the tensor cores (layout 0's runs), with a window, and beside the general path */
     {"attention", {32, 8, 128, 0, 0}, run_attention}, {"attention", {8, 1, 128, 100, 0}, run_attention},
     {"attention", {16, 1, 64, 0, 0}, run_attention},
+    /* decodes of 7 and 8 splits, combined in a cluster */
+    {"attention", {32, 8, 128, 0, 3}, run_attention}, {"attention", {32, 8, 128, 0, 4}, run_attention},
+    {"attention", {8, 2, 64, 0, 3}, run_attention},   {"attention", {8, 1, 128, 100, 4}, run_attention},
+    {"attention", {32, 8, 128, 0, 3, 1}, run_attention}, {"attention", {16, 2, 64, 0, 4, 2}, run_attention},
     /* an FP8 cache (codes and a scale a token and KV head): the split kernel, the general one */
     {"attention", {32, 8, 128, 0, 0, 1}, run_attention}, {"attention", {8, 8, 128, 100, 2, 1}, run_attention},
     {"attention", {16, 2, 64, 0, 1, 1}, run_attention},  {"attention", {8, 1, 256, 0, 2, 1}, run_attention},
