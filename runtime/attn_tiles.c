@@ -1,4 +1,5 @@
-/* The prompt runs of a step, cut into tiles for attention on matrix units (backend.h). */
+/* The prompt runs of a step, cut into tiles for attention on matrix units, and whether the step is
+ * a decode step (backend.h). */
 #include "runtime/backend.h"
 
 int rt_attn_tiles(const int32_t *pos, const int32_t *seq, int n, int32_t *tiles, int32_t *rest, int *n_rest)
@@ -22,4 +23,14 @@ int rt_attn_tiles(const int32_t *pos, const int32_t *seq, int n, int32_t *tiles,
     }
     *n_rest = nr;
     return n_tiles;
+}
+
+bool rt_attn_decode(const int32_t *seq, int n, int n_seqs)
+{
+    if (n != n_seqs)
+        return false;
+    for (int t = 0; t < n; t++)
+        if (seq[t] != t)
+            return false;
+    return true;
 }

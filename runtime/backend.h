@@ -96,6 +96,10 @@ typedef struct rt_attn_batch {
  * holds 2 * (n / RT_ATTN_RUN_MIN) ints at most, rest n. */
 int rt_attn_tiles(const int32_t *pos, const int32_t *seq, int n, int32_t *tiles, int32_t *rest, int *n_rest);
 
+/* rt_attn_batch.decode for a step's host arrays: token t is sequence t's one (the decode step's
+ * layout), for every t of n with n == n_seqs. */
+bool rt_attn_decode(const int32_t *seq, int n, int n_seqs);
+
 /* Head geometry of one rank's attention. */
 typedef struct rt_attn_shape {
     int n_heads;        /* query heads on this rank */

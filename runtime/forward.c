@@ -275,9 +275,7 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
                 return base_errf(err, "block id %d outside the pool of %d blocks", id, fw->kv->n_blocks);
             tables[(size_t)q * (size_t)W + (size_t)j] = id;
         }
-    bool decode = T == b->n_seqs; /* one token a sequence, as the scheduler lays a decode step out */
     for (int t = 0; t < T; t++) {
-        decode = decode && b->seq[t] == t;
         if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
             return base_errf(err, "token id %d outside the vocabulary [0, %d)", b->tokens[t], c->vocab_size);
         if (b->seq[t] < 0 || b->seq[t] >= b->n_seqs)
@@ -347,7 +345,8 @@ static int stage_batch(rt_forward *fw, const rt_batch *b, rt_step_sampling *rows
         .n_tokens = R, .pos = d + R, .slot = d + 2 * R, .seq = d + 3 * R,
         .block_tables = d + 4 * R + NL, .max_blocks = W, .block_size = bs,
         .n_tiles = n_tiles, .tiles = n_tiles ? d + at_tiles : NULL,
-        .n_rest = n_rest, .rest = n_tiles ? d + at_rest : NULL, .decode = decode,
+        .n_rest = n_rest, .rest = n_tiles ? d + at_rest : NULL,
+        .decode = rt_attn_decode(seq, R, NS), /* padding row i is sequence i's one token */
     };
     st->logit_rows = d + 4 * R;
     return 0;

@@ -496,9 +496,6 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                 pos[t] = j, seq[t] = s;
                 slot[t++] = tables[s * max_blocks + j / bs] * bs + j % bs;
             }
-        bool decode = n == n_seqs; /* one token a sequence, as the forward pass flags it */
-        for (int t = 0; t < n; t++)
-            decode = decode && seq[t] == t;
         float *qkv = rand_vec(x, (size_t)n * (qw + 2 * kw)); /* the fused product's rows: q, k, v */
         void *dq = dev_out(x, (size_t)n * qw), *dqkv = up(x, qkv, (size_t)n * (qw + 2 * kw));
         /* prompt runs as tiles, as the forward pass stages them (the CPU backend ignores them) */
@@ -509,7 +506,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                            .block_size = bs, .n_tiles = n_tiles,
                            .tiles = n_tiles ? up_ints(x, tiles, 2 * (size_t)n_tiles) : NULL, .n_rest = n_rest,
                            .rest = n_tiles && n_rest ? up_ints(x, rest, (size_t)n_rest) : NULL,
-                           .decode = decode};
+                           .decode = rt_attn_decode(seq, n, n_seqs)};
         free(tiles), free(rest);
         void *dout = dev_out(x, (size_t)n * qw);
         x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
