@@ -8,11 +8,20 @@
 #              AB_MORE=FLAG,VALUE,... adds dinfer-run flags ("AB_MORE=--quantize-lm-head,int8")
 #   AB_ARGS   dinfer-run's bench flags (default: --batch 1 --prompt-len 128 --gen-len 128)
 #   AB_ROUNDS rounds (default 2)
+#   AB_TOKENS=N instead of timing: N greedy tokens of three token-id prompts under each setting (one
+#             round; AB_ARGS then only the model's flags, e.g. "--quantize int4"), each setting's
+#             tokens against the first's and the largest logprob difference
 # Prints, a run a line: the setting, prefill tok/s, decode tok/s, and the bandwidth line.
 set -euo pipefail
 b=$1 m=$2
 shift 2
-args=${AB_ARGS:---batch 1 --prompt-len 128 --gen-len 128}
+tokens=${AB_TOKENS:-0}
+if [ "$tokens" -gt 0 ]; then
+  args="${AB_ARGS:-} --max-tokens $tokens --ignore-eos --logprobs --json --tokens 1,2,3,4,5,6,7,8 --tokens 9,10,11 --tokens 100,200,300,400,500"
+  AB_ROUNDS=1
+else
+  args=${AB_ARGS:---batch 1 --prompt-len 128 --gen-len 128}
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for round in $(seq "${AB_ROUNDS:-2}"); do
@@ -26,6 +35,23 @@ for round in $(seq "${AB_ROUNDS:-2}"); do
         *) envs+=("$e") ;;
       esac
     done
+    if [ "$tokens" -gt 0 ]; then
+      # shellcheck disable=SC2086
+      env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --device cuda --dtype bf16 $args "${more[@]}" \
+        >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
+      grep '^{' "$tmp/out" >"$tmp/json"
+      [ -f "$tmp/ref" ] || cp "$tmp/json" "$tmp/ref"
+      printf '%-40s %s\n' "$setting" "$(python3 -c '
+import json, sys
+ref = [json.loads(l) for l in open(sys.argv[1])]
+got = [json.loads(l) for l in open(sys.argv[2])]
+same = all(a["tokens"] == b["tokens"] for a, b in zip(ref, got)) and len(ref) == len(got)
+d = max(abs(x - y) for a, b in zip(ref, got) for x, y in zip(a["logprobs"], b["logprobs"]))
+first = [next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), None) for a, b in zip(ref, got)]
+print(("same tokens" if same else "tokens differ (first at %s)" % first) + ", logprobs within %.4f" % d)
+' "$tmp/ref" "$tmp/json")"
+      continue
+    fi
     # shellcheck disable=SC2086
     env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --bench --device cuda --dtype bf16 \
       --max-batch-tokens 8192 $args "${more[@]}" >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
