@@ -20,7 +20,7 @@ if [ "$tokens" -gt 0 ]; then
   args="${AB_ARGS:-} --max-tokens $tokens --ignore-eos --logprobs --json --tokens 1,2,3,4,5,6,7,8 --tokens 9,10,11 --tokens 100,200,300,400,500"
   AB_ROUNDS=1
 else
-  args=${AB_ARGS:---batch 1 --prompt-len 128 --gen-len 128}
+  args="--bench --max-batch-tokens 8192 ${AB_ARGS:---batch 1 --prompt-len 128 --gen-len 128}"
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -35,10 +35,10 @@ for round in $(seq "${AB_ROUNDS:-2}"); do
         *) envs+=("$e") ;;
       esac
     done
+    # shellcheck disable=SC2086
+    env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --device cuda --dtype bf16 $args "${more[@]}" \
+      >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
     if [ "$tokens" -gt 0 ]; then
-      # shellcheck disable=SC2086
-      env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --device cuda --dtype bf16 $args "${more[@]}" \
-        >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
       grep '^{' "$tmp/out" >"$tmp/json"
       [ -f "$tmp/ref" ] || cp "$tmp/json" "$tmp/ref"
       printf '%-40s %s\n' "$setting" "$(python3 -c '
@@ -52,9 +52,6 @@ print(("same tokens" if same else "tokens differ (first at %s)" % first) + ", lo
 ' "$tmp/ref" "$tmp/json")"
       continue
     fi
-    # shellcheck disable=SC2086
-    env "${envs[@]}" "$run/launch/dinfer-run" --model "$m" --bench --device cuda --dtype bf16 \
-      --max-batch-tokens 8192 $args "${more[@]}" >"$tmp/out" 2>"$tmp/err" || { tail -5 "$tmp/err"; exit 1; }
     pre=$(sed -n 's/^prefill:.*(\([0-9.]*\) tokens\/s).*/\1/p' "$tmp/out")
     dec=$(sed -n 's/^decode: .*(\([0-9.]*\) tokens\/s).*/\1/p' "$tmp/out")
     bw=$(grep '^decode reads' "$tmp/out" | sed 's/^decode reads //')
