@@ -142,14 +142,26 @@ struct qrows {
  * as value * 2^100 (exact; an activation from 2^28 on would overflow bf16), so a chunk's sums sit
  * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
  * Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
-template <int NT, int F, bool FP8, bool XS = false>
-__global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) /* 64, 80, 128 registers at most */
+template <int NT, bool XS, int NW>
+struct qmma_smem {
+    uint4 staged[QMMA_STAGES][NW][2][32]; /* each lane's codes of its chunks in flight */
+    uint4 xs[XS ? QMMA_STAGES : 1][XS ? NW : 1][16]; /* their activations (XS) */
+    float red[NW][NT * 4][32];            /* the warps' sums */
+};
+
+/* NW: warps a tile (QMMA_WARPS, or more for one-token int4 products of few tiles: qmma_wide) */
+template <int NT, int F, bool FP8, bool XS = false, int NW = QMMA_WARPS>
+__global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8 ? 4 : 3) : 2) /* 64, 80, 128 registers
+                                                                                                  * at most; wide 80 or 64 */
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
                 int n_groups)
 {
     static_assert(!XS || (NT == 1 && !FP8), "activations staged for one token of int4 codes");
-    __shared__ float red[QMMA_WARPS][NT * 4][32];
+    static_assert(NW == QMMA_WARPS || XS, "more warps a tile only for one staged token");
+    extern __shared__ __align__(16) unsigned char qmma_sm[];
+    qmma_smem<NT, XS, NW> &sm = *reinterpret_cast<qmma_smem<NT, XS, NW> *>(qmma_sm);
+    auto &red = sm.red;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int tb = blockIdx.x * NT * 8; /* the block's first token (blocks of one weight tile run together) */
     int r0 = blockIdx.y * 16 + g, r1 = r0 + 8;
@@ -175,12 +187,12 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) 
         xr[t] = x + (int64_t)(tok < n ? tok : n - 1) * K + c * (CH / 4);
         xon[t] = tok < n;
     }
-    constexpr int nw = QMMA_WARPS; /* warps a tile (4, each warp twice the chunks, 6 blocks an SM: the 8B
-                                    * shape's one-row gate/up product 27.5 -> 31.2 us) */
+    constexpr int nw = NW; /* warps a tile (4, each warp twice the chunks, 6 blocks an SM: the 8B shape's
+                            * one-row gate/up product 27.5 -> 31.2 us) */
     const int mine = warp < chunks ? (chunks - 1 - warp) / nw + 1 : 0; /* chunks warp, warp + nw, ... */
     /* a lane's codes of its next QMMA_STAGES chunks in flight to its own slots of shared memory (no
      * other lane reads them: no barrier), their scales in registers */
-    __shared__ uint4 staged[QMMA_STAGES][QMMA_WARPS][2][32];
+    auto &staged = sm.staged;
     qscale sq[QMMA_STAGES];
 #pragma unroll
     for (int a = 0; a < QMMA_STAGES; a++) {
@@ -193,7 +205,7 @@ __global__ void __launch_bounds__(QMMA_WARPS * 32, NT == 1 ? (FP8 ? 4 : 3) : 2) 
      * math reads them from shared memory: loaded where used, each chunk waited on an L2 round trip
      * (the kernel ahead wrote x; a block's warps take different chunks, so few are L1 hits). H100, 8B
      * int4: the layer's four one-row products 68.5 -> 59.3 us, batch 1 371.8 -> 414.3 tok/s */
-    __shared__ uint4 xs[XS ? QMMA_STAGES : 1][XS ? QMMA_WARPS : 1][16];
+    auto &xs = sm.xs;
     const auto stage_x = [&](int ch, int a) {
         if constexpr (XS) {
             ch = ch < chunks - 1 ? ch : chunks - 1;
@@ -386,22 +398,36 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const int N = (int)w->rows, K = (int)w->cols;
     const unsigned tiles = (unsigned)(((F & FUSE_SILU) != 0 ? (N / 2 + 7) / 8 : (N + 15) / 16));
     const dim3 grid1(1, tiles), grid2((unsigned)(n + 15) / 16, tiles);
-#define QMMA_LAUNCH(NT, FP8, ...)                                                                                  \
-    cuda_launch(c, qmma_kernel<NT, F, FP8, ##__VA_ARGS__>, NT == 1 ? grid1 : grid2, QMMA_WARPS * 32, 0,            \
-                (__nv_bfloat16 *)out,                                                                              \
-                (const __nv_bfloat16 *)x, (const uint8_t *)w->data, (const float *)q->scales,                      \
-                (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group, (int)q->n_groups)
+#define QMMA_LAUNCH(NT, FP8, XS, NW)                                                                              \
+    do {                                                                                                           \
+        const size_t shm = sizeof(qmma_smem<NT, XS, NW>);                                                          \
+        if (shm > 48 * 1024)                                                                                       \
+            CUDA_CHECK(c, cudaFuncSetAttribute(qmma_kernel<NT, F, FP8, XS, NW>,                                    \
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));            \
+        cuda_launch(c, qmma_kernel<NT, F, FP8, XS, NW>, NT == 1 ? grid1 : grid2, NW * 32, shm,                     \
+                    (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, (const uint8_t *)w->data,                      \
+                    (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group,         \
+                    (int)q->n_groups);                                                                             \
+    } while (0)
     const bool fp8 = q->kind == RT_QK_FP8;
+    /* a one-token product of at most two tiles an SM (the 8B shape's output and down products, 256
+     * tiles) has two 8-warp blocks an SM, 16 of the 24 warps its registers allow (H200: the down
+     * product latency-bound, DRAM at 35%): qmma_wide gives each tile more warps */
+    const bool wide = n == 1 && c->qmma_xs && c->qmma_wide && tiles <= 2u * (unsigned)c->n_sms;
     if (n <= 8 && fp8)
-        QMMA_LAUNCH(1, true);
+        QMMA_LAUNCH(1, true, false, QMMA_WARPS);
     else if (fp8)
-        QMMA_LAUNCH(2, true);
+        QMMA_LAUNCH(2, true, false, QMMA_WARPS);
+    else if (wide && c->qmma_wide == 1)
+        QMMA_LAUNCH(1, false, true, 12);
+    else if (wide)
+        QMMA_LAUNCH(1, false, true, 16);
     else if (n == 1 && c->qmma_xs)
-        QMMA_LAUNCH(1, false, true);
+        QMMA_LAUNCH(1, false, true, QMMA_WARPS);
     else if (n <= 8)
-        QMMA_LAUNCH(1, false);
+        QMMA_LAUNCH(1, false, false, QMMA_WARPS);
     else
-        QMMA_LAUNCH(2, false);
+        QMMA_LAUNCH(2, false, false, QMMA_WARPS);
 #undef QMMA_LAUNCH
 }
 
