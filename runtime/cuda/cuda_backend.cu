@@ -243,7 +243,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, qmma_xs;
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, qmma_xs,
+        qmma_wide;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -276,6 +277,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
                    "staged with the codes)",
                    &qmma_xs, err) ||
+        env_switch("DINFER_CUDA_QMMA_WIDE",
+                   "0 (one-token int4 products 8 warps a weight tile) or 1 (the default: 12 in those of at most two "
+                   "tiles an SM and 64 chunks a tile)",
+                   &qmma_wide, err) ||
         env_switch("DINFER_CUDA_QMMA_FP8",
                    "0 (FP8 products of few rows in fp32 arithmetic) or 1 (the default: on the tensor cores)",
                    &qmma_fp8, err) ||
@@ -304,11 +309,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, qmma_wide = 0;
-    if (env_digit("DINFER_CUDA_QMMA_WIDE", "012",
-                  "warps a tile of one-token int4 products of at most two tiles an SM: 0 (8), 1 (12) or 2 (16)",
-                  &qmma_wide, err) ||
-        env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",

@@ -149,10 +149,11 @@ struct qmma_smem {
     float red[NW][NT * 4][32];            /* the warps' sums */
 };
 
-/* NW: warps a tile (QMMA_WARPS, or more for one-token int4 products of few tiles: qmma_wide) */
+/* NW: warps a tile (QMMA_WARPS, or QMMA_WIDE_WARPS for the one-token int4 products qmma_as gives them) */
+#define QMMA_WIDE_WARPS 12
 template <int NT, int F, bool FP8, bool XS = false, int NW = QMMA_WARPS>
 __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8 ? 4 : 3) : 2) /* 64, 80, 128 registers
-                                                                                                  * at most; wide 80 or 64 */
+                                                                                                  * at most; wide 80 */
     qmma_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
                 const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int n, int N, int K, int group,
                 int n_groups)
@@ -412,16 +413,18 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
     const bool fp8 = q->kind == RT_QK_FP8;
     /* a one-token product of at most two tiles an SM (the 8B shape's output and down products, 256
      * tiles) has two 8-warp blocks an SM, 16 of the 24 warps its registers allow (H200: the down
-     * product latency-bound, DRAM at 35%): qmma_wide gives each tile more warps */
-    const bool wide = n == 1 && c->qmma_xs && c->qmma_wide && tiles <= 2u * (unsigned)c->n_sms;
+     * product latency-bound, DRAM at 35%, 15 warps active). With 64 chunks or more a tile (the down
+     * product, 112) its tiles take 12 warps each, two blocks an SM (H100, 8B int4: the down product
+     * in the layer 17.2 -> 14.9 us, batch 1 415.3 -> 424.4 tok/s); the output product's 32 chunks
+     * a tile lost (6.2 -> 7.2 us: a warp 2 or 3 chunks), and 16 warps a tile lost on both (64
+     * registers; batch 1 409.0 against 416.3 at 12 and 414.9 at 8 on both products) */
+    const bool wide = n == 1 && c->qmma_xs && c->qmma_wide && tiles <= 2u * (unsigned)c->n_sms && K >= 64 * 128;
     if (n <= 8 && fp8)
         QMMA_LAUNCH(1, true, false, QMMA_WARPS);
     else if (fp8)
         QMMA_LAUNCH(2, true, false, QMMA_WARPS);
-    else if (wide && c->qmma_wide == 1)
-        QMMA_LAUNCH(1, false, true, 12);
     else if (wide)
-        QMMA_LAUNCH(1, false, true, 16);
+        QMMA_LAUNCH(1, false, true, QMMA_WIDE_WARPS);
     else if (n == 1 && c->qmma_xs)
         QMMA_LAUNCH(1, false, true, QMMA_WARPS);
     else if (n <= 8)

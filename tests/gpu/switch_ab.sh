@@ -10,7 +10,7 @@
 #   AB_ROUNDS rounds (default 2)
 #   AB_TOKENS=N instead of timing: N greedy tokens of three token-id prompts under each setting (one
 #             round; AB_ARGS then only the model's flags, e.g. "--quantize int4"), each setting's
-#             tokens against the first's and the largest logprob difference
+#             tokens against the first's and the largest logprob difference up to the first token that differs
 # Prints, a run a line: the setting, prefill tok/s, decode tok/s, and the bandwidth line.
 set -euo pipefail
 b=$1 m=$2
@@ -46,9 +46,10 @@ import json, sys
 ref = [json.loads(l) for l in open(sys.argv[1])]
 got = [json.loads(l) for l in open(sys.argv[2])]
 same = all(a["tokens"] == b["tokens"] for a, b in zip(ref, got)) and len(ref) == len(got)
-d = max(abs(x - y) for a, b in zip(ref, got) for x, y in zip(a["logprobs"], b["logprobs"]))
 first = [next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), None) for a, b in zip(ref, got)]
-print(("same tokens" if same else "tokens differ (first at %s)" % first) + ", logprobs within %.4f" % d)
+# up to and including the first token that differs (after it the two continue different texts)
+d = max(abs(x - y) for a, b, f in zip(ref, got, first) for x, y in list(zip(a["logprobs"], b["logprobs"]))[:None if f is None else f + 1])
+print(("same tokens" if same else "tokens differ (first at %s)" % first) + ", logprobs within %.4f up to there" % d)
 ' "$tmp/ref" "$tmp/json")"
       continue
     fi

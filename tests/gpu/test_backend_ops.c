@@ -592,6 +592,9 @@ static const op_case cases[] = {
      * warps without a chunk of their own) */
     {"matmul", {1, 256, 8200, 1, 3}, run_qmatmul}, {"matmul", {12, 256, 4500, 0, 3}, run_qmatmul},
     {"matmul", {4, 256, 8800, 1, 0}, run_qmatmul},
+    /* one int4 token over long rows (64 chunks or more) of few tiles: 12 warps a tile
+     * (DINFER_CUDA_QMMA_WIDE), 112 chunks (4 warps with 10, 8 with 9) and 64 */
+    {"matmul", {1, 14336, 40, 1, 3}, run_qmatmul}, {"matmul", {1, 8192, 24, 0, 5}, run_qmatmul},
     /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
     {"matmul_fused", {1, 4096, 64, 1, 1}, run_matmul_fused},  {"matmul_fused", {3, 256, 40, 2, 1}, run_matmul_fused},
     {"matmul_fused", {8, 1024, 70, 5, 0}, run_matmul_fused},  {"matmul_fused", {1, 4096, 28, 4, 0}, run_matmul_fused},
@@ -613,7 +616,7 @@ static const op_case cases[] = {
     {"matmul_fused", {8, 4096, 70, 5, 0, 1}, run_matmul_fused}, {"matmul_fused", {1, 4096, 48, 1, 1, 4}, run_matmul_fused},
     {"matmul_fused", {5, 1024, 36, 2, 1, 4}, run_matmul_fused}, {"matmul_fused", {16, 4096, 70, 5, 0, 4}, run_matmul_fused},
     {"matmul_fused", {2, 4096, 34, 4, 0, 4}, run_matmul_fused}, {"matmul_fused", {12, 512, 40, 5, 0, 5}, run_matmul_fused},
-    {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused},
+    {"matmul_fused", {1, 14336, 24, 2, 0, 2}, run_matmul_fused}, {"matmul_fused", {1, 14336, 40, 2, 0, 4}, run_matmul_fused},
     /* one FP8 row over at most 4 blocks an SM (8 loads in flight a lane, DINFER_CUDA_QGEMV_DEEP: 28
      * loads a lane here) and over more (4 in flight: 563 blocks on 132 SMs) */
     {"matmul_fused", {1, 14336, 40, 2, 1, 1}, run_matmul_fused}, {"matmul_fused", {1, 1024, 4500, 2, 0, 1}, run_matmul_fused},
