@@ -28,6 +28,7 @@ void rt_qmat_pack_codes(const rt_qmat *m, uint8_t *out)
         memcpy(out, m->codes, (size_t)(m->rows * rb));
         return;
     }
+#pragma omp parallel for schedule(static) if (m->rows * m->cols > (1 << 16))
     for (int64_t r = 0; r < m->rows; r++)
         for (int64_t c = 0; c + 1 < m->cols; c += 2)
             out[r * rb + c / 2] = (uint8_t)(m->codes[r * m->cols + c] | m->codes[r * m->cols + c + 1] << 4);
