@@ -386,7 +386,7 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
     uint32_t *qz = read_slice(R, fz, tz, false, g0, g1, r0 / per, r1 / per);
     float *s = read_slice(R, fs, ts, true, g0, g1, r0, r1);
     if (qw && qz && s) {
-        const int64_t nr = m->rows, C = m->cols, nwc = (C + per - 1) / per;
+        const int64_t nr = m->rows, C = m->cols, nwc = C / per; /* C a multiple of per: checked above */
         /* qweight is (input word, output): a transpose, in blocks of UNPACK_BLOCK rows (as read_awq) */
 #pragma omp parallel for schedule(static) if (nr * C > (1 << 16))
         for (int64_t rb = 0; rb < nr; rb += UNPACK_BLOCK) {
@@ -394,7 +394,7 @@ static int read_gptq(rt_qmat *m, qread *R, const rt_quant *q, int64_t rows, int6
             for (int64_t i = 0; i < nwc; i++)
                 for (int64_t r = rb; r < re; r++) {
                     const uint32_t u = qw[i * nr + r];
-                    for (int k = 0; k < per && i * per + k < C; k++)
+                    for (int k = 0; k < per; k++)
                         m->codes[r * C + i * per + k] = (uint8_t)((u >> (bits * k)) & mask);
                 }
         }
