@@ -149,6 +149,7 @@ static void gaps_launch(cuda_ctx *c, cudaGraphExec_t graph)
 static void cuda_graph_launch(rt_backend *be, void *graph)
 {
     cuda_ctx *c = cuda_ctx_of(be);
+    cuda_trace_replay(c);
     if (c->gaps)
         gaps_launch(c, (cudaGraphExec_t)graph);
     else
@@ -163,6 +164,7 @@ static void cuda_graph_free(rt_backend *be, void *graph)
 static void cuda_destroy(rt_backend *be)
 {
     cuda_ctx *c = cuda_ctx_of(be);
+    cuda_trace_close(c);
     if (c->gaps) {
         /* the last replay's time is not read: n - 1 replays timed */
         if (c->gap_n >= 2 && c->gap_idles > 0)
@@ -385,6 +387,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     be->ops = dt == RT_BF16 ? &ops_bf16 : dt == RT_F16 ? &ops_f16 : &ops_f32;
     be->impl = c;
+    if (cuda_trace_open(c, err)) {
+        cuda_destroy(be);
+        return NULL;
+    }
     return be;
 }
 

@@ -84,7 +84,16 @@ typedef struct cuda_ctx {
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
+    struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
+    int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
+    char *trace_out;
 } cuda_ctx;
+
+/* The step trace (cuda_trace.cu): read DINFER_CUDA_TRACE_OUT (an error where it is set in a build
+ * without tracing), switch the recording before each graph replay, write the file at the end. */
+int cuda_trace_open(cuda_ctx *c, base_err *err);
+void cuda_trace_replay(cuda_ctx *c);
+void cuda_trace_close(cuda_ctx *c);
 
 /* The product with a quantized weight (cuda_qmatmul.cu), and out(total / N, N) += bias (N). */
 void cuda_qmatmul(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n);
@@ -159,10 +168,86 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
  * before. pdl_trigger() lets the next kernel launch once every block of this one has called it:
  * its blocks then sit resident at their own pdl_wait, and the launch gap between the two is gone.
  * Both are no-ops for a kernel launched the ordinary way. */
+#ifdef DINFER_CUDA_TRACE
+/* Measuring a step's kernels as they run (built with -DDINFER_CUDA_TRACE=ON; DINFER_CUDA_TRACE_OUT
+ * names the file, cuda_backend.cu): each block's first thread records when it reached pdl_wait and
+ * when it passed it (the kernel ahead done), and, where a kernel calls cuda_trace_end, when the
+ * block's work ended, on the global nanosecond timer with the launch (%gridid), block, SM and grid
+ * shape. tests/gpu/trace_step.py reads the file. Off (the default build), none of it is compiled. */
+typedef struct cuda_trace_rec {
+    unsigned long long t_pre, t_post, grid; /* kind 1: t_post the block's end */
+    unsigned block;
+    unsigned short sm, kind; /* 0: pdl_wait, 1: cuda_trace_end */
+    unsigned short gx, gy, gz, bx;
+} cuda_trace_rec;
+typedef struct cuda_trace_buf {
+    unsigned on, n, cap, pad; /* records kept while on, up to cap (n counts past it) */
+    cuda_trace_rec rec[1];
+} cuda_trace_buf;
+/* each translation unit's own pointer to the buffer (no relocatable device code), set by the
+ * function it registers (cuda_backend.cu calls them all) */
+static __device__ cuda_trace_buf *cuda_trace_dev;
+void cuda_trace_register(void (*arm)(cuda_trace_buf *));
+[[maybe_unused]] static const int cuda_trace_registered = (cuda_trace_register([](cuda_trace_buf *b) {
+                                                              cudaMemcpyToSymbol(cuda_trace_dev, &b, sizeof b);
+                                                          }),
+                                                          0);
+
+__device__ __forceinline__ unsigned long long cuda_trace_now()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void cuda_trace_put(unsigned long long t_pre, unsigned long long t_post, unsigned kind)
+{
+    cuda_trace_buf *b = cuda_trace_dev;
+    if (!b || !*(volatile unsigned *)&b->on)
+        return;
+    const unsigned i = atomicAdd(&b->n, 1u);
+    if (i >= b->cap)
+        return;
+    unsigned long long grid;
+    unsigned sm;
+    asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    cuda_trace_rec r;
+    r.t_pre = t_pre, r.t_post = t_post, r.grid = grid;
+    r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    r.sm = (unsigned short)sm, r.kind = (unsigned short)kind;
+    r.gx = (unsigned short)gridDim.x, r.gy = (unsigned short)gridDim.y, r.gz = (unsigned short)gridDim.z;
+    r.bx = (unsigned short)blockDim.x;
+    b->rec[i] = r;
+}
+
+__device__ __forceinline__ bool cuda_trace_first_thread()
+{
+    return threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0;
+}
+#endif
+
+/* A block's work done (its first thread, once): its end for the trace (nothing in other builds). */
+__device__ __forceinline__ void cuda_trace_end()
+{
+#ifdef DINFER_CUDA_TRACE
+    if (cuda_trace_first_thread())
+        cuda_trace_put(0, cuda_trace_now(), 1);
+#endif
+}
+
 __device__ __forceinline__ void pdl_wait()
 {
+#ifdef DINFER_CUDA_TRACE
+    const bool me = cuda_trace_first_thread();
+    const unsigned long long t0 = me ? cuda_trace_now() : 0;
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#ifdef DINFER_CUDA_TRACE
+    if (me)
+        cuda_trace_put(t0, cuda_trace_now(), 0);
 #endif
 }
 

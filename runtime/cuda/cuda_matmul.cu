@@ -105,6 +105,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     if constexpr (S > 1)
         split_sum<R, S, GEMV_WARPS>(acc, valid);
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
+    cuda_trace_end();
 }
 
 template <int F, typename T>

@@ -139,6 +139,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
         }
     }
     fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
+    cuda_trace_end();
 }
 
 /* The one-row FP8 gate/up product (a scale a row), a gate row and its up row a warp
@@ -205,6 +206,7 @@ __global__ void __launch_bounds__(PAIR_WARPS * 32, PAIR_BLOCKS)
     }
     if (lane == 0)
         st(&out[item], g / (1.0f + expf(-g)) * up);
+    cuda_trace_end();
 }
 
 template <typename T, bool FP8, int BITS, int F>

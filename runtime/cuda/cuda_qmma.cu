@@ -371,6 +371,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
             }
         }
     }
+    cuda_trace_end();
 }
 
 /* Whether the tensor-core kernel takes this product: BF16, int4 codes in whole 128-column chunks

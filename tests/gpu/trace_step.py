@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Where a decode step's time goes, from a DINFER_CUDA_TRACE_OUT file (not a test; run on the GPU
+machine after a run of a -DDINFER_CUDA_TRACE=ON build):
+
+    DINFER_CUDA_TRACE_OUT=/tmp/t.txt build-trace/launch/dinfer-run --model M --bench ...
+    tests/gpu/trace_step.py /tmp/t.txt [--show FIRST:LAST]   (default 14:8: the step's first 14
+                                                          launches and its last 8)
+
+Each launch's blocks recorded when they reached pdl_wait, when they passed it (the kernel ahead
+done) and, for the weight-streaming products, when each block's work ended. Launches are ordered
+by their first release (a kernel's blocks cannot pass the wait before the one ahead ends), the
+step's repeating launches found, and for each launch of the step: when it was released (from the
+step's first launch), its span (to the next launch's release: its share of the step's critical
+path), how long its first blocks sat resident before the release (the overlap programmatic
+dependent launch buys), when its last block was released (waves) and when its last block ended,
+and the time from that end to the next launch's release (the dependency's own cost). Then the
+same summed by launch shape (grid x block) over the step."""
+import collections
+import sys
+
+
+def load(path):
+    waits, ends = collections.defaultdict(list), collections.defaultdict(list)
+    sig, header = {}, []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#"):
+                header.append(line.strip())
+                continue
+            p = line.split()
+            if len(p) != 10:
+                continue
+            grid, block, sm, kind, t_pre, t_post = (int(v) for v in p[:6])
+            sig[grid] = tuple(int(v) for v in p[6:10])
+            (waits if kind == 0 else ends)[grid].append((block, sm, t_pre, t_post))
+    return waits, ends, sig, header
+
+
+def period(seq):
+    """the shortest p with seq[i] == seq[i + p] for (nearly) every i"""
+    n = len(seq)
+    for p in range(1, n // 2 + 1):
+        same = sum(1 for i in range(n - p) if seq[i] == seq[i + p])
+        if same >= 0.98 * (n - p):
+            return p
+    return n
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit("usage: trace_step.py TRACE_FILE [--show FIRST:LAST]")
+    waits, ends, sig, header = load(sys.argv[1])
+    show_first, show_last = 14, 8
+    if "--show" in sys.argv:
+        show_first, show_last = (int(v) for v in sys.argv[sys.argv.index("--show") + 1].split(":"))
+    for h in header:
+        print(h)
+    launches = []
+    for g, w in waits.items():
+        post = sorted(r[3] for r in w)
+        pre = min(r[2] for r in w)
+        e = ends.get(g, [])
+        end_max = max((r[3] for r in e), default=None)
+        start_of = {r[0]: r[3] for r in w}
+        dur = [r[3] - start_of[r[0]] for r in e if r[0] in start_of]
+        launches.append(dict(grid=g, sig=sig[g], n=len(w), pre=pre, post0=post[0], post1=post[-1], end=end_max,
+                             dur=sum(dur) / len(dur) if dur else None, sms=len({r[1] for r in w})))
+    launches.sort(key=lambda l: l["post0"])
+    ts = sorted({l["post0"] for l in launches})
+    res = min((b - a for a, b in zip(ts, ts[1:]) if b > a), default=0)
+    print(f"# {len(launches)} launches; the timer's smallest step between releases: {res} ns")
+    sigs = [l["sig"] for l in launches]
+    p = period(sigs)
+    # the step starts where the repeating pattern starts: the launch after the longest span in the first period
+    spans = [launches[i + 1]["post0"] - launches[i]["post0"] for i in range(len(launches) - 1)]
+    first = max(range(min(p, len(spans))), key=lambda i: spans[i]) + 1 if p < len(launches) else 0
+    steps = []
+    i = first
+    while i + p <= len(launches):
+        steps.append(launches[i:i + p + 1] if i + p < len(launches) else launches[i:i + p])
+        i += p
+    if not steps:
+        sys.exit("trace_step: no whole step in the trace")
+    full = [s for s in steps if len(s) == p + 1]
+    if not full:
+        full = steps
+    print(f"# a step: {p} launches; {len(full)} whole steps with the next step's first launch")
+    step_us = [(s[-1]["post0"] - s[0]["post0"]) / 1e3 for s in full if len(s) == p + 1]
+    if step_us:
+        print(f"# step time (release to release): {sum(step_us) / len(step_us):.1f} us "
+              f"({1e6 / (sum(step_us) / len(step_us)):.1f} steps/s); each: " + " ".join(f"{v:.1f}" for v in step_us))
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    def fmt(v, w=8):
+        return f"{v:{w}.2f}" if v is not None else " " * (w - 1) + "-"
+
+    rows = []
+    for j in range(p):
+        col = [s[j] for s in full]
+        nxt = [s[j + 1] for s in full if len(s) > j + 1]
+        rows.append(dict(
+            sig=col[0]["sig"], n=col[0]["n"], sms=col[0]["sms"],
+            rel=mean([(c["post0"] - s[0]["post0"]) / 1e3 for c, s in zip(col, full)]),
+            span=mean([(b["post0"] - a["post0"]) / 1e3 for a, b in zip(col, nxt)]),
+            early=mean([(c["post0"] - c["pre"]) / 1e3 for c in col]),
+            waves=mean([(c["post1"] - c["post0"]) / 1e3 for c in col]),
+            end=mean([(c["end"] - c["post0"]) / 1e3 if c["end"] else None for c in col]),
+            dur=mean([c["dur"] / 1e3 if c["dur"] else None for c in col]),
+            gap=mean([(b["post0"] - a["end"]) / 1e3 if a["end"] else None for a, b in zip(col, nxt)])))
+    hdr = "  pos  grid x block            blocks  SMs  release     span    early  last-rel  last-end  blk-dur  end->next"
+    print("\nEach launch of a step (us; means over the steps):")
+    print(hdr)
+    show = sorted(set(range(min(show_first, p))) | set(range(max(p - show_last, 0), p)))
+    for k, j in enumerate(show):
+        if k and show[k - 1] != j - 1:
+            print("  ...")
+        r = rows[j]
+        g = r["sig"]
+        print(f"{j:5d}  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(30) + f"{r['n']:6d} {r['sms']:4d} {fmt(r['rel'])} "
+              f"{fmt(r['span'])} {fmt(r['early'])} {fmt(r['waves'], 9)} {fmt(r['end'], 9)} {fmt(r['dur'])} "
+              f"{fmt(r['gap'], 10)}")
+    by = collections.OrderedDict()
+    for r in rows:
+        a = by.setdefault(r["sig"], dict(k=0, span=0.0, early=[], end=[], gap=[], dur=[], n=r["n"]))
+        a["k"] += 1
+        a["span"] += r["span"] or 0.0
+        for key in ("early", "end", "gap", "dur"):
+            a[key].append(r[key])
+    total = sum(a["span"] for a in by.values())
+    print(f"\nBy launch shape (a step's spans summed: {total:.1f} us):")
+    print("  grid x block                 blocks  a step   span/launch  span/step   share  early  last-end  blk-dur  end->next")
+    for g, a in sorted(by.items(), key=lambda kv: -kv[1]["span"]):
+        print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(30) + f"{a['n']:6d} {a['k']:7d} {a['span'] / a['k']:12.2f} "
+              f"{a['span']:10.1f} {100 * a['span'] / total:6.1f}% {fmt(mean(a['early']), 6)} {fmt(mean(a['end']), 9)} "
+              f"{fmt(mean(a['dur']))} {fmt(mean(a['gap']), 10)}")
+
+
+if __name__ == "__main__":
+    main()
