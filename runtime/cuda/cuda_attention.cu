@@ -281,24 +281,34 @@ __global__ void __launch_bounds__(W * 32)
         cluster.sync();
         for (int x = split + n_splits * (int)threadIdx.x; x < group * HD; x += n_splits * (int)blockDim.x) {
             const int g = x / HD;
+            /* every block's (m, l) and o of x asked for at once (a loop over n_splits waited on each
+             * remote load before the next: 2 x n_splits round trips) */
+            float2 ml[FA_CLUSTER_MAX];
+            float ov[FA_CLUSTER_MAX];
+#pragma unroll
+            for (int r = 0; r < FA_CLUSTER_MAX; r++)
+                if (r < n_splits)
+                    ml[r] = cluster.map_shared_rank(cl_ml, r)[g], ov[r] = cluster.map_shared_rank(cl_o, r)[x];
+                else
+                    ml[r] = make_float2(0.0f, 0.0f), ov[r] = 0.0f;
             float mx = -INFINITY;
-            for (int r = 0; r < n_splits; r++) {
-                const float2 v = cluster.map_shared_rank(cl_ml, r)[g];
-                if (v.y > 0.0f)
-                    mx = fmaxf(mx, v.x);
-            }
+#pragma unroll
+            for (int r = 0; r < FA_CLUSTER_MAX; r++)
+                if (ml[r].y > 0.0f)
+                    mx = fmaxf(mx, ml[r].x);
             float o = 0.0f, sum = 0.0f;
-            for (int r = 0; r < n_splits; r++) {
-                const float2 v = cluster.map_shared_rank(cl_ml, r)[g];
-                const float w = v.y > 0.0f ? __expf(v.x - mx) : 0.0f; /* a split that saw no key weighs 0 */
-                o += w * cluster.map_shared_rank(cl_o, r)[x];
-                sum += w * v.y;
+#pragma unroll
+            for (int r = 0; r < FA_CLUSTER_MAX; r++) {
+                const float w = ml[r].y > 0.0f ? __expf(ml[r].x - mx) : 0.0f; /* a split that saw no key weighs 0 */
+                o += w * ov[r];
+                sum += w * ml[r].y;
             }
             st(&out[((int64_t)t * nh + kvh * group + g) * HD + x % HD], o / sum);
         }
         cluster.sync(); /* no block's shared memory goes while another reads it */
     }
 #endif
+    cuda_trace_end();
 }
 
 /* out = the splits' partial results combined. One block per (token, query head), a thread per

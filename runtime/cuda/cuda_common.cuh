@@ -170,22 +170,26 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
  * Both are no-ops for a kernel launched the ordinary way. */
 #ifdef DINFER_CUDA_TRACE
 /* Measuring a step's kernels as they run (built with -DDINFER_CUDA_TRACE=ON; DINFER_CUDA_TRACE_OUT
- * names the file, cuda_backend.cu): each block's first thread records when it reached pdl_wait and
- * when it passed it (the kernel ahead done), and, where a kernel calls cuda_trace_end, when the
- * block's work ended, on the global nanosecond timer with the launch (%gridid), block, SM and grid
- * shape. tests/gpu/trace_step.py reads the file. Off (the default build), none of it is compiled. */
+ * names the file, cuda_trace.cu): each block's first thread records when it reached pdl_wait and
+ * when it passed it (the kernel ahead done), and, in a kernel that calls cuda_trace_end, when the
+ * block's work ended, on the global nanosecond timer, with the launch (%gridid: the same for a graph
+ * node's every replay), block, SM and grid shape. A record's slot is taken before the wait, from
+ * its SM's own counter (one counter for all cost a step ~15%), so that little lands after it.
+ * tests/gpu/trace_step.py reads the file. Off (the default build), none of it is compiled. */
+#define CUDA_TRACE_SMS 160 /* SM ids recorded (%smid below this) */
 typedef struct cuda_trace_rec {
-    unsigned long long t_pre, t_post, grid; /* kind 1: t_post the block's end */
+    unsigned long long t_pre, t_post, t_end, grid; /* t_end 0: no cuda_trace_end */
     unsigned block;
-    unsigned short sm, kind; /* 0: pdl_wait, 1: cuda_trace_end */
+    unsigned short sm, pad;
     unsigned short gx, gy, gz, bx;
 } cuda_trace_rec;
 typedef struct cuda_trace_buf {
-    unsigned on, n, cap, pad; /* records kept while on, up to cap (n counts past it) */
-    cuda_trace_rec rec[1];
+    unsigned on, cap, pad[30];          /* records kept while on, up to cap an SM */
+    unsigned n[CUDA_TRACE_SMS][32];     /* an SM's records taken (past cap too), a cache line each */
+    cuda_trace_rec rec[1];              /* SM s's at s * cap */
 } cuda_trace_buf;
 /* each translation unit's own pointer to the buffer (no relocatable device code), set by the
- * function it registers (cuda_backend.cu calls them all) */
+ * function it registers (cuda_trace.cu calls them all) */
 static __device__ cuda_trace_buf *cuda_trace_dev;
 void cuda_trace_register(void (*arm)(cuda_trace_buf *));
 [[maybe_unused]] static const int cuda_trace_registered = (cuda_trace_register([](cuda_trace_buf *b) {
@@ -200,54 +204,65 @@ __device__ __forceinline__ unsigned long long cuda_trace_now()
     return t;
 }
 
-__device__ __forceinline__ void cuda_trace_put(unsigned long long t_pre, unsigned long long t_post, unsigned kind)
+/* the block's record, taken at pdl_wait (cuda_trace_end writes its end there): an index into
+ * rec, or ~0u */
+__device__ __forceinline__ unsigned &cuda_trace_slot()
 {
-    cuda_trace_buf *b = cuda_trace_dev;
-    if (!b || !*(volatile unsigned *)&b->on)
-        return;
-    const unsigned i = atomicAdd(&b->n, 1u);
-    if (i >= b->cap)
-        return;
-    unsigned long long grid;
-    unsigned sm;
-    asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    cuda_trace_rec r;
-    r.t_pre = t_pre, r.t_post = t_post, r.grid = grid;
-    r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    r.sm = (unsigned short)sm, r.kind = (unsigned short)kind;
-    r.gx = (unsigned short)gridDim.x, r.gy = (unsigned short)gridDim.y, r.gz = (unsigned short)gridDim.z;
-    r.bx = (unsigned short)blockDim.x;
-    b->rec[i] = r;
-}
-
-__device__ __forceinline__ bool cuda_trace_first_thread()
-{
-    return threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0;
+    __shared__ unsigned slot;
+    return slot;
 }
 #endif
 
-/* A block's work done (its first thread, once): its end for the trace (nothing in other builds). */
+/* A block's work done: its end for the trace (nothing in other builds). Only in kernels whose first
+ * thread passes pdl_wait before it, and reaches it once. */
 __device__ __forceinline__ void cuda_trace_end()
 {
 #ifdef DINFER_CUDA_TRACE
-    if (cuda_trace_first_thread())
-        cuda_trace_put(0, cuda_trace_now(), 1);
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        const unsigned i = cuda_trace_slot();
+        if (i != ~0u)
+            cuda_trace_dev->rec[i].t_end = cuda_trace_now();
+    }
 #endif
 }
 
 __device__ __forceinline__ void pdl_wait()
 {
 #ifdef DINFER_CUDA_TRACE
-    const bool me = cuda_trace_first_thread();
-    const unsigned long long t0 = me ? cuda_trace_now() : 0;
+    cuda_trace_buf *b = nullptr;
+    unsigned i = ~0u, sm = 0;
+    unsigned long long t0 = 0;
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        b = cuda_trace_dev;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        if (b && *(volatile unsigned *)&b->on && sm < CUDA_TRACE_SMS) {
+            i = atomicAdd(&b->n[sm][0], 1u);
+            t0 = cuda_trace_now();
+        } else {
+            b = nullptr;
+        }
+    }
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 #ifdef DINFER_CUDA_TRACE
-    if (me)
-        cuda_trace_put(t0, cuda_trace_now(), 0);
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        unsigned slot = ~0u;
+        if (b && i < b->cap) {
+            slot = sm * b->cap + i;
+            unsigned long long grid;
+            asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+            cuda_trace_rec r;
+            r.t_pre = t0, r.t_post = cuda_trace_now(), r.t_end = 0, r.grid = grid;
+            r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+            r.sm = (unsigned short)sm, r.pad = 0;
+            r.gx = (unsigned short)gridDim.x, r.gy = (unsigned short)gridDim.y, r.gz = (unsigned short)gridDim.z;
+            r.bx = (unsigned short)blockDim.x;
+            b->rec[slot] = r;
+        }
+        cuda_trace_slot() = slot;
+    }
 #endif
 }
 

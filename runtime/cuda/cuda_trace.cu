@@ -9,7 +9,7 @@
 
 #ifdef DINFER_CUDA_TRACE
 
-#define TRACE_CAP (1u << 20) /* records (40 bytes each): ~5 steps of the 8B shape at batch 1 */
+#define TRACE_CAP 8192u /* records an SM (48 bytes each; ~1,300 a step of the 8B shape at batch 1) */
 #define TRACE_ARMS 64
 
 static void (*trace_arms[TRACE_ARMS])(cuda_trace_buf *);
@@ -48,16 +48,21 @@ int cuda_trace_open(cuda_ctx *c, base_err *err)
         base_errf(err, "DINFER_CUDA_TRACE: more than %d CUDA sources to arm", TRACE_ARMS);
         return -1;
     }
-    const size_t bytes = offsetof(cuda_trace_buf, rec) + (size_t)TRACE_CAP * sizeof(cuda_trace_rec);
-    cuda_trace_buf head = {0, 0, TRACE_CAP, 0, {}};
-    if (cudaMalloc(&c->trace, bytes) != cudaSuccess ||
-        cudaMemcpy(c->trace, &head, offsetof(cuda_trace_buf, rec), cudaMemcpyHostToDevice) != cudaSuccess) {
+    const size_t head_bytes = offsetof(cuda_trace_buf, rec),
+                 bytes = head_bytes + (size_t)CUDA_TRACE_SMS * TRACE_CAP * sizeof(cuda_trace_rec);
+    cuda_trace_buf *head = (cuda_trace_buf *)calloc(1, head_bytes);
+    if (head)
+        head->cap = TRACE_CAP;
+    if (!head || cudaMalloc(&c->trace, bytes) != cudaSuccess ||
+        cudaMemcpy(c->trace, head, head_bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
         cudaGetLastError();
         cudaFree(c->trace);
         c->trace = NULL;
+        free(head);
         base_errf(err, "DINFER_CUDA_TRACE_OUT: cannot allocate %zu MiB for the trace", bytes >> 20);
         return -1;
     }
+    free(head);
     for (int i = 0; i < trace_n_arms; i++)
         trace_arms[i](c->trace);
     c->trace_out = strdup(out);
@@ -79,39 +84,45 @@ void cuda_trace_close(cuda_ctx *c)
 {
     if (!c->trace)
         return;
-    cuda_trace_buf head;
-    cuda_trace_rec *rec = NULL;
+    const size_t head_bytes = offsetof(cuda_trace_buf, rec);
+    cuda_trace_buf *head = (cuda_trace_buf *)malloc(head_bytes);
+    cuda_trace_rec *rec = (cuda_trace_rec *)malloc((size_t)TRACE_CAP * sizeof *rec);
     FILE *f = NULL;
-    if (cudaStreamSynchronize(c->stream) != cudaSuccess ||
-        cudaMemcpy(&head, c->trace, offsetof(cuda_trace_buf, rec), cudaMemcpyDeviceToHost) != cudaSuccess) {
+    unsigned long kept = 0, made = 0;
+    if (!head || !rec || cudaStreamSynchronize(c->stream) != cudaSuccess ||
+        cudaMemcpy(head, c->trace, head_bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
         fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot read the trace back\n", c->rank);
         goto done;
     }
-    {
-        const unsigned n = head.n < head.cap ? head.n : head.cap;
-        rec = (cuda_trace_rec *)malloc((size_t)n * sizeof *rec + 1);
-        if (!rec || cudaMemcpy(rec, c->trace->rec, (size_t)n * sizeof *rec, cudaMemcpyDeviceToHost) != cudaSuccess) {
-            fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot read the trace's %u records back\n", c->rank, n);
-            goto done;
-        }
-        f = fopen(c->trace_out, "w");
-        if (!f) {
-            fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
-            goto done;
-        }
-        fprintf(f, "# dinfer trace: replays %d to %d of %d, %u records (%u made)\n"
-                   "# grid block sm kind t_pre t_post gx gy gz bx\n",
-                c->trace_from, c->trace_to - 1, c->trace_replay, n, head.n);
-        for (unsigned i = 0; i < n; i++)
-            fprintf(f, "%llu %u %u %u %llu %llu %u %u %u %u\n", rec[i].grid, rec[i].block, rec[i].sm, rec[i].kind,
-                    rec[i].t_pre, rec[i].t_post, rec[i].gx, rec[i].gy, rec[i].gz, rec[i].bx);
-        if (fclose(f) != 0)
-            fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
-        else
-            fprintf(stderr, "rank %d: %u trace records of replays %d to %d in %s\n", c->rank, n, c->trace_from,
-                    c->trace_to - 1, c->trace_out);
+    f = fopen(c->trace_out, "w");
+    if (!f) {
+        fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
+        goto done;
     }
+    fprintf(f, "# dinfer trace: replays %d to %d of %d\n# grid block sm t_pre t_post t_end gx gy gz bx\n",
+            c->trace_from, c->trace_to - 1, c->trace_replay);
+    for (int sm = 0; sm < CUDA_TRACE_SMS; sm++) {
+        const unsigned n = head->n[sm][0] < TRACE_CAP ? head->n[sm][0] : TRACE_CAP;
+        made += head->n[sm][0];
+        if (n == 0)
+            continue;
+        if (cudaMemcpy(rec, c->trace->rec + (size_t)sm * TRACE_CAP, (size_t)n * sizeof *rec, cudaMemcpyDeviceToHost) !=
+            cudaSuccess) {
+            fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot read SM %d's records back\n", c->rank, sm);
+            break;
+        }
+        for (unsigned i = 0; i < n; i++)
+            fprintf(f, "%llu %u %u %llu %llu %llu %u %u %u %u\n", rec[i].grid, rec[i].block, rec[i].sm, rec[i].t_pre,
+                    rec[i].t_post, rec[i].t_end, rec[i].gx, rec[i].gy, rec[i].gz, rec[i].bx);
+        kept += n;
+    }
+    if (fclose(f) != 0)
+        fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
+    else
+        fprintf(stderr, "rank %d: %lu trace records (%lu made) of replays %d to %d in %s\n", c->rank, kept, made,
+                c->trace_from, c->trace_to - 1, c->trace_out);
 done:
+    free(head);
     free(rec);
     cudaFree(c->trace);
     free(c->trace_out);
