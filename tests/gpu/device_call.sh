@@ -24,6 +24,7 @@
 #   MODELS=0    skip writing /tmp/m8l2 (the 8B shape, 2 layers) and /tmp/m8 (the 8B shape, BF16),
 #               /tmp/models_done when both are written
 #   TAILN=N     lines of each step's log printed (default 12)
+#   BUILD_TARGETS="a b"  build only those targets (a short call: dinfer-run dinfer-mkmodel ...)
 #   OUT         where the logs go (the device tool's $OUT)
 # In BODY: `step NAME TIMEOUT_S "COMMAND"`, `waitfor FILE`, and `variant NAME DIR`: DIR (carried)
 # holds files at their repository paths (DIR/runtime/cuda/cuda_qmma.cu, ...); they replace the
@@ -73,7 +74,7 @@ if [ "${BASE:-0}" = 1 ]; then
     cmake --build build -j 8 --target dinfer-run bench_matmul dinfer-mkmodel >/tmp/base_build.log 2>&1
     echo "rc=$?" >/tmp/base_done) &
 fi
-step build 400 "cmake -S . -B build -G Ninja -DDINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build -j 16"
+step build 400 "cmake -S . -B build -G Ninja -DDINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build -j 16 ${BUILD_TARGETS:+--target $BUILD_TARGETS}"
 if [ "${MODELS:-1}" = 1 ]; then
   (./build/launch/dinfer-mkmodel --out /tmp/m8l2 --preset llama3-8b --layers 2 --seed 1 >/tmp/mk.log 2>&1
     ./build/launch/dinfer-mkmodel --out /tmp/m8 --preset llama3-8b --seed 1 >>/tmp/mk.log 2>&1
