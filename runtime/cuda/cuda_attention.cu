@@ -115,10 +115,10 @@ struct fa_geom {
  * FA_CLUSTER_MAX) left in the block's shared memory, where the cluster's blocks combine them, each
  * a share of the outputs: no second kernel; or with tickets (one counter a token and KV head, zero
  * between launches) written to part_o and part_ml, and the split that finishes last combines them:
- * no second kernel and no cluster (a cluster launch does not start before the kernel ahead ends, so
- * its blocks cannot wait resident with their keys loaded as other kernels' blocks do). With pre (a decode step, rt_attn_batch.decode) the
- * keys before the token's own are asked for before the wait on the kernel ahead, which writes only
- * the token's own key. */
+ * no second kernel and no cluster (the step trace saw the cluster launch's blocks start only after
+ * the kernel ahead ended, where other kernels' blocks wait resident with their weights asked for).
+ * With pre (a decode step, rt_attn_batch.decode) the keys before the token's own are asked for
+ * before the wait on the kernel ahead, which writes only the token's own key. */
 template <typename T, typename KV, int HD, int GM, int W>
 __global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
@@ -336,11 +336,11 @@ __global__ void __launch_bounds__(W * 32)
                     float2 ml[8];
                     float ov[8];
 #pragma unroll
-                    for (int k = 0; k < 8; k++)
-                        if (r0 + k < n_splits)
-                            ml[k] = __ldcg(part_ml + at0 + r0 + k), ov[k] = __ldcg(part_o + (at0 + r0 + k) * HD + x % HD);
-                        else
-                            ml[k] = make_float2(0.0f, 0.0f), ov[k] = 0.0f;
+                    for (int k = 0; k < 8; k++) {
+                        const int64_t at = at0 + r0 + k;
+                        ml[k] = r0 + k < n_splits ? __ldcg(part_ml + at) : make_float2(0.0f, 0.0f);
+                        ov[k] = r0 + k < n_splits ? __ldcg(part_o + at * HD + x % HD) : 0.0f;
+                    }
 #pragma unroll
                     for (int k = 0; k < 8; k++)
                         if (ml[k].y > 0.0f) { /* a split that saw no key weighs 0 */

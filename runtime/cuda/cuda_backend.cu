@@ -246,8 +246,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, fa_last, qmma_xs,
-        qmma_wide;
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, fa_last,
+        qmma_xs, qmma_wide;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",

@@ -74,7 +74,8 @@ if [ "${BASE:-0}" = 1 ]; then
     cmake --build build -j 8 --target dinfer-run bench_matmul dinfer-mkmodel >/tmp/base_build.log 2>&1
     echo "rc=$?" >/tmp/base_done) &
 fi
-step build 400 "cmake -S . -B build -G Ninja -DDINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build -j 16 ${BUILD_TARGETS:+--target $BUILD_TARGETS}"
+step build 400 "cmake -S . -B build -G Ninja -DDINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
+  cmake --build build -j 16 ${BUILD_TARGETS:+--target $BUILD_TARGETS}"
 if [ "${MODELS:-1}" = 1 ]; then
   (./build/launch/dinfer-mkmodel --out /tmp/m8l2 --preset llama3-8b --layers 2 --seed 1 >/tmp/mk.log 2>&1
     ./build/launch/dinfer-mkmodel --out /tmp/m8 --preset llama3-8b --seed 1 >>/tmp/mk.log 2>&1
