@@ -372,8 +372,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != cudaSuccess ||
         cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != CUBLAS_STATUS_SUCCESS ||
-        cudaMalloc(&c->fa_tickets, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess ||
-        cudaMemset(c->fa_tickets, 0, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess) {
+        (fa_last && (cudaMalloc(&c->fa_tickets, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess ||
+                     cudaMemset(c->fa_tickets, 0, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess))) {
         cudaGetLastError();
         cudaFree(c->scratch);
         cudaFree(c->blas_ws);

@@ -88,7 +88,8 @@ typedef struct cuda_ctx {
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool fa_last;              /* a split context's parts combined by its last split to finish (DINFER_CUDA_FA_LAST) */
-    int *fa_tickets;           /* (CUDA_FA_TICKETS) its counters, a token and KV head each, zero between launches */
+    int *fa_tickets;           /* (CUDA_FA_TICKETS) its counters, a token and KV head each, zero between launches
+                                * (allocated only with fa_last) */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;

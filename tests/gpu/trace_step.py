@@ -69,9 +69,9 @@ def main():
     res = None
     for (g, k), w in groups.items():
         post = sorted(r[3] for r in w)
-        steps = [b - a for a, b in zip(post, post[1:]) if b > a]
-        if steps:
-            res = min(res, min(steps)) if res is not None else min(steps)
+        diffs = [b - a for a, b in zip(post, post[1:]) if b > a]
+        if diffs:
+            res = min(res, min(diffs)) if res is not None else min(diffs)
         ends = [r[4] for r in w if r[4]]
         durs = [r[4] - r[3] for r in w if r[4]]
         launches.append(dict(grid=g, sig=sig[g], n=len(w), pre=min(r[2] for r in w), post0=post[0], post1=post[-1],
