@@ -1,5 +1,5 @@
-/* The prompt runs of a step, cut into tiles for attention on matrix units, and whether the step is
- * a decode step (backend.h). */
+/* The prompt runs of a step, cut into tiles for attention on matrix units, whether the step is a
+ * decode step, and a layer's RoPE and attention through whichever ops the backend has (backend.h). */
 #include "runtime/backend.h"
 
 int rt_attn_tiles(const int32_t *pos, const int32_t *seq, int n, int32_t *tiles, int32_t *rest, int *n_rest)
@@ -33,4 +33,14 @@ bool rt_attn_decode(const int32_t *seq, int n, int n_seqs)
         if (seq[t] != t)
             return false;
     return true;
+}
+
+void rt_attend(rt_backend *be, void *out, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+               const rt_attn_shape *s, rt_kv_layer *kv)
+{
+    const rt_backend_ops *op = be->ops;
+    if (b->decode && op->rope_attention && op->rope_attention(be, out, qkv, inv_freq, b, s, kv))
+        return;
+    op->rope_kv_write(be, q, qkv, inv_freq, b, s, kv);
+    op->attention(be, out, q, kv, b, s);
 }

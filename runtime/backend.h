@@ -185,6 +185,11 @@ typedef struct rt_backend_ops {
      * h / (n_heads / n_kv_heads). */
     void (*attention)(rt_backend *be, void *out, const void *q, const rt_kv_layer *kv,
                       const rt_attn_batch *b, const rt_attn_shape *s);
+    /* Optional (NULL, or false returned: rope_kv_write then attention, as rt_attend does). A decode
+     * step's (b->decode) rope_kv_write and attention in one: q, k and v read from qkv's rows, k
+     * rotated and v written to their KV slots, out as attention's (q's buffer is not written). */
+    bool (*rope_attention)(rt_backend *be, void *out, const void *qkv, const float *inv_freq,
+                           const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
     /* x += y, n elements. */
     void (*add)(rt_backend *be, void *x, const void *y, size_t n);
     /* out(n, ffn) = silu(gate) * up, gate_up (n, 2 * ffn) holding each row's gate then up (the fused
@@ -229,6 +234,11 @@ struct rt_backend {
     const rt_backend_ops *ops;
     void *impl;
 };
+
+/* A layer's attention from its fused QKV product's rows: the backend's rope_attention where it takes
+ * the step, else rope_kv_write (q rotated into q) then attention into out. */
+void rt_attend(rt_backend *be, void *out, void *q, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+               const rt_attn_shape *s, rt_kv_layer *kv);
 
 /* The CPU backend: fp32, OpenMP threads (OMP_NUM_THREADS or n_threads when > 0). */
 rt_backend *rt_cpu_backend_create(int n_threads);

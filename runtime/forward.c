@@ -497,8 +497,7 @@ static int layers_by_op(rt_forward *fw, const staged *st, base_err *err)
             op->rmsnorm(be, fw->xb, fw->x, &w->attn_norm, T, eps);
         /* else: the previous layer's add_rmsnorm already left norm(x) in xb */
         op->matmul(be, fw->qkv, inputs(fw, &w->wqkv, fw->xb, T), &w->wqkv, &w->bqkv, T);
-        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
-        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
+        rt_attend(be, fw->att, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->matmul(be, fw->xb, inputs(fw, &w->wo, fw->att, T), &w->wo, &w->bo, T);
         if (tp_allreduce_add_rmsnorm(fw, &w->ffn_norm, T, eps, err))
             return -1;
@@ -531,7 +530,8 @@ static bool layers_fuse(const rt_forward *fw, int T)
 /* The layers as a chain of fused products (backend.h's matmul_fused): each norm split between the
  * product that writes the residual stream (x * weight into xb, the sums of squares into the
  * chain's next slot of ss) and the one that reads xb; the residual adds and the SiLU-multiply in
- * the products. Four kernels a layer besides the attention's two. x is complete at the end. */
+ * the products. Four kernels a layer besides the attention's (one in a decode step on the GPU). x
+ * is complete at the end. */
 static void layers_fused(rt_forward *fw, const staged *st)
 {
     rt_model *m = fw->m;
@@ -550,8 +550,7 @@ static void layers_fused(rt_forward *fw, const staged *st)
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
                                 .xg = fw->xb, .ss = s_next};
         op->matmul_fused(be, fw->qkv, inputs(fw, &w->wqkv, fw->xb, T), &w->wqkv, &w->bqkv, &qkv, T);
-        op->rope_kv_write(be, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
-        op->attention(be, fw->att, fw->q, &fw->kv->layers[l], &st->ab, &fw->shape);
+        rt_attend(be, fw->att, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
         op->matmul_fused(be, fw->x, inputs(fw, &w->wo, fw->att, T), &w->wo, &w->bo, &o, T);
         op->matmul_fused(be, fw->act, inputs(fw, &w->w_gate_up, fw->xb, T), &w->w_gate_up, NULL, &gate_up, T);
         op->matmul_fused(be, fw->x, inputs(fw, &w->w_down, fw->act, T), &w->w_down, NULL, &down, T);

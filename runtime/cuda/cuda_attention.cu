@@ -118,13 +118,20 @@ struct fa_geom {
  * no second kernel and no cluster (the step trace saw the cluster launch's blocks start only after
  * the kernel ahead ended, where other kernels' blocks wait resident with their weights asked for).
  * With pre (a decode step, rt_attn_batch.decode) the keys before the token's own are asked for
- * before the wait on the kernel ahead, which writes only the token's own key. */
+ * before the wait on the kernel ahead, which writes only the token's own key. With inv_freq too (a
+ * decode step's rope_attention), that kernel is the QKV product: q is a row of its output (q_ld
+ * apart) and is rotated here, and the split that holds the token's own key takes it from the row,
+ * rotates it, writes it and its v to their slot, and attends it after the others: no RoPE kernel
+ * between the product and the attention. Off by default (DINFER_CUDA_ROPE_FUSE): on an H100 the 8B
+ * step was 1-2% slower with it, the attention's blocks still starting only as the product's last
+ * wave ends, with the angles and the early loads then on the step's path (docs/PERFORMANCE.md). */
 template <typename T, typename KV, int HD, int GM, int W>
 __global__ void __launch_bounds__(W * 32)
-    fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, const KV *kc, const KV *vc,
-                    const float *k_scale, const float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
+    fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, int64_t q_ld, KV *kc, KV *vc,
+                    float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale, int min_split, bool cl, bool pre, int *tickets)
+                    float scale, int min_split, bool cl, bool pre, int *tickets, const float *inv_freq,
+                    const int32_t *slots)
 {
     if (!pre) {
         pdl_wait();
@@ -148,6 +155,8 @@ __global__ void __launch_bounds__(W * 32)
     const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
+    const bool rope = inv_freq != nullptr;
+    const int kend = pre ? min(k1, p) : k1; /* keys read from the cache (pre: the token's own is not yet there) */
 
     /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
      * of the split computes nothing into its state. Each step's K and V rows are requested
@@ -171,17 +180,44 @@ __global__ void __launch_bounds__(W * 32)
             ks = vs = 0.0f;
         }
     };
-    const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) { fetch_to(j, k1, kb, vb, ks, vs); };
+    const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
+        fetch_to(j, rope ? kend : k1, kb, vb, ks, vs);
+    };
 #pragma unroll
     for (int a = 0; a < FA_AHEAD; a++)
-        fetch_to(k0 + warp * KPW + sg + a * STEP, pre ? min(k1, p) : k1, kn[a], vn[a], ksn[a], vsn[a]);
-    if (pre) { /* the token's own key, written by the kernel ahead, if it is among those */
+        fetch_to(k0 + warp * KPW + sg + a * STEP, kend, kn[a], vn[a], ksn[a], vsn[a]);
+    /* with rope, the rotation's cos and sin of each pair (fp32 angles, as transformers computes
+     * them), before the wait; the pair of element i < HD / 2 is i + HD / 2, LPK / 2 lanes on */
+    __shared__ float2 rope_cs[HD / 2];
+    if (rope) {
+        for (int j = threadIdx.x; j < HD / 2; j += blockDim.x) {
+            float sn, co;
+            sincosf((float)p * __ldg(inv_freq + j), &sn, &co);
+            rope_cs[j] = make_float2(co, sn);
+        }
+        __syncthreads();
+    }
+    /* a head row's E elements of this lane (all the warp's lanes take part), rotated with rope */
+    const auto row = [&](const T *head, float *o) {
+        load_vec<T, E>(head + sub * E, o);
+        if (rope) {
+            const bool lo = sub < LPK / 2;
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                const float y = __shfl_xor_sync(0xffffffffu, o[e], LPK / 2);
+                const float2 cs = rope_cs[(sub * E + e) % (HD / 2)];
+                o[e] = lo ? o[e] * cs.x - y * cs.y : o[e] * cs.x + y * cs.y;
+            }
+        }
+    };
+    if (pre) {
         pdl_wait();
         pdl_trigger();
+        if (!rope) /* the token's own key, written by the kernel ahead, if it is among those */
 #pragma unroll
-        for (int a = 0; a < FA_AHEAD; a++)
-            if (k0 + warp * KPW + sg + a * STEP == p)
-                fetch(p, kn[a], vn[a], ksn[a], vsn[a]);
+            for (int a = 0; a < FA_AHEAD; a++)
+                if (k0 + warp * KPW + sg + a * STEP == p)
+                    fetch(p, kn[a], vn[a], ksn[a], vsn[a]);
     }
     float qv[GM][E], acc[GM][E], m[GM], l[GM];
 #pragma unroll
@@ -190,47 +226,106 @@ __global__ void __launch_bounds__(W * 32)
 #pragma unroll
         for (int e = 0; e < E; e++)
             acc[g][e] = 0.0f, qv[g][e] = 0.0f;
-        if (g < group) {
-            load_vec<T, E>(q + ((int64_t)t * nh + (int64_t)kvh * group + g) * HD + sub * E, qv[g]);
+        if (g < group) { /* rope: rounded to T, as the RoPE kernel stores it */
+            row(q + (int64_t)t * q_ld + ((int64_t)kvh * group + g) * HD, qv[g]);
 #pragma unroll
             for (int e = 0; e < E; e++)
-                qv[g][e] *= scale;
+                qv[g][e] = (rope ? as_stored<T>(qv[g][e]) : qv[g][e]) * scale;
         }
     }
-    for (int jb = k0 + warp * KPW; jb < k1; jb += FA_AHEAD * STEP) {
+    /* one key of a lane group into the online softmax of each query head (every lane of the warp
+     * takes part in the shuffles; ok: the key counts) */
+    const auto attend = [&](const float *kr, const float *vr, float ksc, float vsc, bool ok) {
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (g >= group)
+                continue;
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; e++)
+                d += qv[g][e] * kr[e];
+#pragma unroll
+            for (int o = LPK / 2; o > 0; o >>= 1)
+                d += __shfl_xor_sync(0xffffffffu, d, o);
+            if (Q8)
+                d *= ksc;
+            if (ok) {
+                const float m_new = fmaxf(m[g], d);
+                const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new), pv = pj * vsc;
+                l[g] = l[g] * corr + pj;
+#pragma unroll
+                for (int e = 0; e < E; e++)
+                    acc[g][e] = acc[g][e] * corr + pv * vr[e];
+                m[g] = m_new;
+            }
+        }
+    };
+    const int kloop = rope ? kend : k1;
+    for (int jb = k0 + warp * KPW; jb < kloop; jb += FA_AHEAD * STEP) {
 #pragma unroll
         for (int a = 0; a < FA_AHEAD; a++) {
             const int j = jb + a * STEP + sg;
-            const bool ok = j < k1;
             float kr[E], vr[E];
             raw_to_float<KV, E>(kn[a], kr);
             raw_to_float<KV, E>(vn[a], vr);
             const float ksc = Q8 ? ksn[a] : 1.0f, vsc = Q8 ? vsn[a] : 1.0f;
             fetch(j + FA_AHEAD * STEP, kn[a], vn[a], ksn[a], vsn[a]);
-#pragma unroll
-            for (int g = 0; g < GM; g++) {
-                if (g >= group)
-                    continue;
-                float d = 0.0f;
+            attend(kr, vr, ksc, vsc, j < kloop);
+        }
+    }
+    if (rope && p >= k0 && p < k1 && warp == 0) {
+        /* the token's own key and value from the QKV product's row, written to their slot as the
+         * RoPE kernels write them (16-bit: k rounded; FP8: codes under the head's scale, the largest
+         * magnitude / 448, or the static one) and attended as the loop would read them back; the
+         * warp's first lane group writes and counts them */
+        const T *kin = q + (int64_t)t * q_ld + (int64_t)nh * HD + (int64_t)kvh * HD;
+        float kr[E], vr[E], ksc = 1.0f, vsc = 1.0f;
+        row(kin, kr);
+        load_vec<T, E>(kin + kw + sub * E, vr);
+        const int64_t at = (int64_t)slots[t] * kw + (int64_t)kvh * HD + sub * E;
+        if constexpr (Q8) {
+            if (sst == 0) {
+                ksc = __ldg(k_scale + kvh), vsc = __ldg(v_scale + kvh);
+            } else {
+                float km = 0.0f, vm = 0.0f;
 #pragma unroll
                 for (int e = 0; e < E; e++)
-                    d += qv[g][e] * kr[e];
+                    km = fmaxf(km, fabsf(kr[e])), vm = fmaxf(vm, fabsf(vr[e]));
 #pragma unroll
-                for (int o = LPK / 2; o > 0; o >>= 1)
-                    d += __shfl_xor_sync(0xffffffffu, d, o);
-                if (Q8)
-                    d *= ksc;
-                if (ok) {
-                    const float m_new = fmaxf(m[g], d);
-                    const float corr = __expf(m[g] - m_new), pj = __expf(d - m_new), pv = pj * vsc;
-                    l[g] = l[g] * corr + pj;
-#pragma unroll
-                    for (int e = 0; e < E; e++)
-                        acc[g][e] = acc[g][e] * corr + pv * vr[e];
-                    m[g] = m_new;
+                for (int o = LPK / 2; o > 0; o >>= 1) {
+                    km = fmaxf(km, __shfl_xor_sync(0xffffffffu, km, o));
+                    vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, o));
                 }
+                ksc = km > 0.0f ? km / 448.0f : 1.0f, vsc = vm > 0.0f ? vm / 448.0f : 1.0f;
+            }
+            uint4 kq[NV], vq[NV];
+            uint8_t *kb = reinterpret_cast<uint8_t *>(kq), *vb = reinterpret_cast<uint8_t *>(vq);
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                kb[e] = __nv_cvt_float_to_fp8(kr[e] / ksc, __NV_SATFINITE, __NV_E4M3);
+                vb[e] = __nv_cvt_float_to_fp8(vr[e] / vsc, __NV_SATFINITE, __NV_E4M3);
+            }
+            raw_to_float<KV, E>(kq, kr);
+            raw_to_float<KV, E>(vq, vr);
+            if (sg == 0) {
+#pragma unroll
+                for (int v = 0; v < NV; v++) {
+                    reinterpret_cast<uint4 *>(kc + at)[v] = kq[v];
+                    reinterpret_cast<uint4 *>(vc + at)[v] = vq[v];
+                }
+                if (sst != 0 && sub == 0)
+                    k_scale[(int64_t)slots[t] * sst + kvh] = ksc, v_scale[(int64_t)slots[t] * sst + kvh] = vsc;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++)
+                kr[e] = as_stored<T>(kr[e]);
+            if (sg == 0) {
+                store_vec<KV, E>(kc + at, kr);
+                store_vec<KV, E>(vc + at, vr);
             }
         }
+        attend(kr, vr, ksc, vsc, sg == 0);
     }
     const int stride = HD + 2;
 #pragma unroll
@@ -425,9 +520,10 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     return n > 1 ? n : 1;
 }
 
+/* inv_freq: a decode step's rope_attention (q is then the QKV product's output) */
 template <typename T, typename KV, int HD, int GM, int W>
 static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s, tok_set ts, int n_splits)
+                   const rt_attn_shape *s, tok_set ts, int n_splits, const float *inv_freq)
 {
     using G_ = fa_geom<KV, HD, W>;
     const int group = s->n_heads / s->n_kv_heads;
@@ -447,10 +543,11 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, W>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
     cuda_launch_cluster(c, cl ? (unsigned)n_splits : 1u, fa_split_kernel<T, KV, HD, GM, W>, grid, W * 32, shm,
-        (T *)out, part_o, part_ml, (const T *)q, (const KV *)kv->k, (const KV *)kv->v, (const float *)kv->k_scale,
-        (const float *)kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
+        (T *)out, part_o, part_ml, (const T *)q,
+        (int64_t)(s->n_heads + (inv_freq ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
+        kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split, cl, c->fa_pre && b->decode, tickets);
+        c->fa_min_split, cl, inv_freq || (c->fa_pre && b->decode), tickets, inv_freq, b->slot);
     if (n_splits > 1 && !cl && !tickets)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
@@ -458,7 +555,7 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
 
 template <typename T, typename KV, int HD, int GM>
 static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                      const rt_attn_shape *s, tok_set ts)
+                      const rt_attn_shape *s, tok_set ts, const float *inv_freq)
 {
     const int n_splits = fa_splits(c, b, s, ts.n);
     /* a split context at 128-wide heads, 4 query heads a KV head (Llama 3's 8B): the blocks are few
@@ -466,25 +563,25 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
      * tokens: 168.2 -> 173.5 tok/s on an H100; 4 steps ahead instead of 2 gained nothing) */
     if constexpr (HD == 128 && GM == 4)
         if (n_splits > 1)
-            return fa_run<T, KV, HD, GM, FA_SPLIT_WARPS>(c, out, q, kv, b, s, ts, n_splits);
-    fa_run<T, KV, HD, GM, FA_WARPS>(c, out, q, kv, b, s, ts, n_splits);
+            return fa_run<T, KV, HD, GM, FA_SPLIT_WARPS>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
+    fa_run<T, KV, HD, GM, FA_WARPS>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
 }
 
 template <typename T, typename KV>
 static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s, tok_set ts)
+                   const rt_attn_shape *s, tok_set ts, const float *inv_freq = nullptr)
 {
     const int group = s->n_heads / s->n_kv_heads;
     if (group > FA_MAX_GROUP || s->n_heads % s->n_kv_heads != 0)
         return false;
     /* registers for 4 query heads a KV head (Llama 3's 8B and 1B), or for up to 8 */
     switch (s->head_dim * (group <= 4 ? 1 : -1)) {
-    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts); return true;
-    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts); return true;
-    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts); return true;
-    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts); return true;
-    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts); return true;
-    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts); return true;
+    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
     default: return false;
     }
 }
@@ -746,4 +843,37 @@ extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const r
         return;
     CUDA_DISPATCH(c->dt, attend, c, out, q, kv, b, s);
     CUDA_LAUNCHED(c);
+}
+
+static void launched(cuda_ctx *c)
+{
+    CUDA_LAUNCHED(c);
+}
+
+/* A decode step through the split kernel, its RoPE and KV write inside (fa_split_kernel's rope;
+ * DINFER_CUDA_ROPE_FUSE=1): false where the split kernel does not take the shape, or a row is not
+ * 16-byte aligned. */
+template <typename T>
+static bool rope_attend(cuda_ctx *c, void *out, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
+                        const rt_attn_shape *s, rt_kv_layer *kv)
+{
+    const int64_t row = (int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim * (int64_t)sizeof(T);
+    if ((uintptr_t)qkv % 16 != 0 || row % 16 != 0)
+        return false;
+    const tok_set ts = {b->n_tokens, NULL};
+    return kv->k_scale ? fa_try<T, fp8_e4m3>(c, out, qkv, kv, b, s, ts, inv_freq)
+                       : fa_try<T, T>(c, out, qkv, kv, b, s, ts, inv_freq);
+}
+
+extern "C" bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq,
+                                    const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    if (!c->rope_fuse || !b->decode || b->n_tokens <= 0)
+        return false;
+    bool done = false;
+    CUDA_DISPATCH(c->dt, done = rope_attend, c, out, qkv, inv_freq, b, s, kv);
+    if (done)
+        launched(c);
+    return done;
 }

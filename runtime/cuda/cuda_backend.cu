@@ -197,7 +197,7 @@ static void cuda_destroy(rt_backend *be)
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .download_mark = cuda_download_mark, .wait_mark = cuda_wait_mark, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
-        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .add = cuda_add,           \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
         .to_f32 = cuda_to_f32, .matmul_f32 = cuda_matmul_f32,                                         \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -247,7 +247,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     /* the switches for measuring, each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, fa_last,
-        qmma_xs, qmma_wide;
+        qmma_xs, qmma_wide, rope_fuse;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -280,6 +280,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "1 (a split decode context's parts combined by the split that finishes last, no cluster) or 0 "
                    "(the default)",
                    &fa_last, err, false) ||
+        env_switch("DINFER_CUDA_ROPE_FUSE",
+                   "1 (a decode step's RoPE and KV write in its attention kernel) or 0 (the default: a kernel of "
+                   "their own)",
+                   &rope_fuse, err, false) ||
         env_switch("DINFER_CUDA_QMMA_XS",
                    "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
                    "staged with the codes)",
@@ -361,6 +365,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->fa_cluster = fa_cluster && cc_major >= 9;
     c->fa_pre = fa_pre;
     c->fa_last = fa_last;
+    c->rope_fuse = rope_fuse;
     c->qmma_xs = qmma_xs;
     c->qmma_wide = qmma_wide;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;

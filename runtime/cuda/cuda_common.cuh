@@ -88,6 +88,7 @@ typedef struct cuda_ctx {
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool fa_last;              /* a split context's parts combined by its last split to finish (DINFER_CUDA_FA_LAST) */
+    bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
     int *fa_tickets;           /* (CUDA_FA_TICKETS) its counters, a token and KV head each, zero between launches
                                 * (allocated only with fa_last) */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
@@ -321,6 +322,14 @@ __device__ __forceinline__ float ld(const fp8_e4m3 *p)
 __device__ __forceinline__ void st(float *p, float v) { *p = v; }
 __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void st(__half *p, float v) { *p = __float2half(v); }
+/* v as st stores it in T and ld reads it back (rounded to T) */
+template <typename T>
+__device__ __forceinline__ float as_stored(float v)
+{
+    T x;
+    st(&x, v);
+    return ld(&x);
+}
 
 /* E consecutive elements at p (16-byte aligned) as floats, in 16-byte loads through the read-only
  * cache: the vector loads of the bandwidth-bound kernels (attention, the weight-streaming GEMV). */

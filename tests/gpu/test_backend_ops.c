@@ -432,7 +432,8 @@ static void run_embedding(const op_case *c, ctx *x, outputs *o)
 
 /* RoPE + KV write, then attention, for sequences whose blocks are scattered over the pool: the
  * earlier positions of each sequence are written by a first step, the last ones by a second (a long
- * chunked prefill next to decodes). p: heads, KV heads, head_dim, window, layout, FP8 cache (1: a
+ * chunked prefill next to decodes), through rt_attend (a decode step: the backend's rope_attention
+ * where it has one, each checked against the CPU's two ops). p: heads, KV heads, head_dim, window, layout, FP8 cache (1: a
  * scale a token and KV head; 2: static scales, one a KV head, small enough that some values saturate). */
 static void run_attention(const op_case *c, ctx *x, outputs *o)
 {
@@ -509,36 +510,39 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
                            .decode = rt_attn_decode(seq, n, n_seqs)};
         free(tiles), free(rest);
         void *dout = dev_out(x, (size_t)n * qw);
-        x->be->ops->rope_kv_write(x->be, dq, dqkv, dinv, &b, &sh, &kv);
-        x->be->ops->attention(x->be, dout, dq, &kv, &b, &sh);
-        if (phase == 1) {
-            take(x, o, "attention", dout, (size_t)n * qw);
+        rt_attend(x->be, dout, dq, dqkv, dinv, &b, &sh, &kv);
+        if (phase == 0) /* a decode's rope_attention writes no q */
             take(x, o, "rope(q)", dq, (size_t)n * qw);
-        }
+        else
+            take(x, o, "attention", dout, (size_t)n * qw);
         free(pos), free(seq), free(slot), free(qkv);
     }
-    /* the KV slots of the last sequence, in order (the rest of the pool was never written) */
+    /* the KV slots of the last sequence, in order (the rest of the pool was never written): its keys
+     * and its values */
     const int s = n_seqs - 1;
-    float *ks = malloc((size_t)seqs[s][0] * kw * sizeof *ks);
     rt_dtype t = x->be->ops->act_dtype;
     const size_t es = fp8 ? 1 : rt_dtype_size(t);
     uint8_t *raw = malloc(cache * es);
     float *scales = malloc(n_scales * sizeof *scales);
-    x->be->ops->download(x->be, raw, kv.k, cache * es);
-    if (fp8)
-        x->be->ops->download(x->be, scales, kv.k_scale, n_scales * sizeof *scales);
-    for (int j = 0; j < seqs[s][0]; j++) {
-        const size_t slot = (size_t)(tables[s * max_blocks + j / bs] * bs + j % bs);
-        if (!fp8) {
-            rt_convert_to_f32(ks + (size_t)j * kw, raw + slot * kw * es, t, (size_t)kw);
-            continue;
+    for (int which = 0; which < 2; which++) {
+        float *kvs = malloc((size_t)seqs[s][0] * kw * sizeof *kvs);
+        x->be->ops->download(x->be, raw, which ? kv.v : kv.k, cache * es);
+        if (fp8)
+            x->be->ops->download(x->be, scales, which ? kv.v_scale : kv.k_scale, n_scales * sizeof *scales);
+        for (int j = 0; j < seqs[s][0]; j++) {
+            const size_t slot = (size_t)(tables[s * max_blocks + j / bs] * bs + j % bs);
+            if (!fp8) {
+                rt_convert_to_f32(kvs + (size_t)j * kw, raw + slot * kw * es, t, (size_t)kw);
+                continue;
+            }
+            for (int i = 0; i < kw; i++) /* an FP8 cache: each code times its head's scale */
+                kvs[(size_t)j * kw + i] =
+                    rt_fp8_to_f32(raw[slot * kw + i]) * scales[slot * (size_t)kv.scale_stride + i / hd];
         }
-        for (int i = 0; i < kw; i++) /* an FP8 cache: each code times its head's scale */
-            ks[(size_t)j * kw + i] = rt_fp8_to_f32(raw[slot * kw + i]) * scales[slot * (size_t)kv.scale_stride + i / hd];
+        o->name[o->n] = which ? "KV cache v" : "KV cache k", o->v[o->n] = kvs, o->len[o->n] = (size_t)seqs[s][0] * kw;
+        o->n++;
     }
     free(scales);
-    o->name[o->n] = "KV cache k", o->v[o->n] = ks, o->len[o->n] = (size_t)seqs[s][0] * kw;
-    o->n++;
     free(raw), free(perm), free(tables);
 }
 
