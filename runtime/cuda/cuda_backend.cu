@@ -320,10 +320,14 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, qmma_tiles = 1;
     if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
+        env_digit("DINFER_CUDA_QMMA_TILES", "12345678",
+                  "1 to 8 weight tiles a block in the one-token int4 products whose rows are a multiple of 1,024 "
+                  "columns",
+                  &qmma_tiles, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
                   &qgemv_deep, err) ||
@@ -368,6 +372,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->rope_fuse = rope_fuse;
     c->qmma_xs = qmma_xs;
     c->qmma_wide = qmma_wide;
+    c->qmma_tiles = qmma_tiles;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     c->fp8_prep = fp8_prep;

@@ -67,6 +67,7 @@ typedef struct cuda_ctx {
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
     bool qmma_fp8;         /* FP8 codes there too (DINFER_CUDA_QMMA_FP8=0: the fp32 kernel) */
     bool qmma_xs;          /* one token's activations staged with the codes there (DINFER_CUDA_QMMA_XS=0 off) */
+    int qmma_tiles;        /* weight tiles a block in one-token int4 products (DINFER_CUDA_QMMA_TILES; 1) */
     bool qmma_wide;        /* one-token int4 products of few long tiles: 12 warps a tile, not 8 (DINFER_CUDA_QMMA_WIDE=0 off) */
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];

@@ -374,6 +374,168 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
     cuda_trace_end();
 }
 
+/* ---- one-token int4 products, several weight tiles a block (DINFER_CUDA_QMMA_TILES=T) ----
+ *
+ * qmma_kernel's one-token form (staged activations, 8 warps a tile) with a block taking T tiles in
+ * turn (tile blockIdx.y + k * gridDim.y, k < T): each warp's chunks of all T tiles are one stream
+ * through the same QMMA_STAGES slots, so the chunks of the next tile are asked for while the last
+ * ones of the current tile are in the math, and a block's end is no gap with the pipe empty before
+ * the next block's first loads (the int4 trace: the gate/up product's 1,792 one-tile blocks ran in
+ * synchronized waves). Each warp holds the same number of a tile's chunks (chunks % QMMA_WARPS == 0),
+ * so every warp meets a tile's end at the same step: its sums go to one of two halves of red and
+ * warp 0 finishes the tile while the others go on. Off by default: not yet measured. */
+template <int NW>
+struct qmma_tiles_smem {
+    uint4 staged[QMMA_STAGES][NW][2][32];
+    uint4 xs[QMMA_STAGES][NW][16];
+    float red[2][NW][4][32]; /* a tile's sums, tiles alternating */
+};
+
+template <int F, int NW = QMMA_WARPS>
+__global__ void __launch_bounds__(NW * 32, 3)
+    qmma_tiles_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
+                      const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int N, int K, int group,
+                      int n_groups, int per_block)
+{
+    extern __shared__ __align__(16) unsigned char qmma_sm[];
+    qmma_tiles_smem<NW> &sm = *reinterpret_cast<qmma_tiles_smem<NW> *>(qmma_sm);
+    constexpr int CH = 128;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int64_t row_bytes = K / 2;
+    const int chunks = K / CH, mine = chunks / NW, total = per_block * mine;
+    /* tile k's two rows of this lane (qmma_kernel's), and where they read */
+    const auto rows_of = [&](int k, int &r0, int &r1, bool &ok0, bool &ok1) {
+        const int tile = (int)blockIdx.y + k * (int)gridDim.y;
+        r0 = tile * 16 + g, r1 = r0 + 8, ok0 = r0 < N, ok1 = r1 < N;
+        if constexpr ((F & FUSE_SILU) != 0) {
+            r0 = tile * 8 + g, r1 = r0 + N / 2;
+            ok0 = ok1 = r0 < N / 2;
+        }
+    };
+    const auto rows_at = [&](int k) {
+        int r0, r1;
+        bool ok0, ok1;
+        rows_of(k, r0, r1, ok0, ok1);
+        return qrows<CH>(codes, scales, zeros, r0, r1, ok0, ok1, N, row_bytes, c, chunks, group, n_groups);
+    };
+    /* stream element e: tile e / mine, the warp's chunk e % mine of it (chunk warp + i * NW); a
+     * stream's end reads the last element again (never used: its group is committed all the same) */
+    const auto chunk_of = [&](int e) { return warp + (e % mine) * NW; };
+    qscale sq[QMMA_STAGES];
+#pragma unroll
+    for (int a = 0; a < QMMA_STAGES; a++) {
+        const int e = a < total ? a : total - 1;
+        const qrows<CH> rows = rows_at(e / mine);
+        rows.stage(chunk_of(e), &sm.staged[a][warp][0][lane], &sm.staged[a][warp][1][lane]);
+        cp_async_commit();
+        rows.scales_of(chunk_of(e), sq[a]);
+    }
+    const auto stage_x = [&](int e, int a) {
+        if (lane < 16)
+            cp_async16(&sm.xs[a][warp][lane], x + (int64_t)chunk_of(e < total ? e : total - 1) * CH + lane * 8, true);
+    };
+    pdl_wait();
+    pdl_trigger();
+#pragma unroll
+    for (int a = 0; a < QMMA_STAGES; a++)
+        stage_x(a, a);
+    cp_async_commit();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int e0 = 0; e0 < total; e0 += QMMA_STAGES) {
+#pragma unroll
+        for (int a = 0; a < QMMA_STAGES; a++) {
+            const int e = e0 + a;
+            if (e >= total)
+                break;
+            if (e == 0)
+                cp_async_wait<0>(); /* the first chunks' activations, the group after their codes' */
+            else
+                cp_async_wait<QMMA_STAGES - 1>();
+            __syncwarp(); /* the other lanes' copies of x */
+            const uint4 w0 = sm.staged[a][warp][0][lane], w1 = sm.staged[a][warp][1][lane];
+            const qscale in = sq[a];
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const uint32_t z0 = 0xC300u | in.z0, z1 = 0xC300u | in.z1; /* qmma_kernel's zero products */
+            const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010),
+                                    __byte_perm(z1, 0, 0x1010)};
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                uint32_t p0[4], p1[4];
+                int4_word((&w0.x)[q], p0);
+                int4_word((&w1.x)[q], p1);
+                const uint32_t a0[4] = {p0[0], p1[0], p0[1], p1[1]}, a1[4] = {p0[2], p1[2], p0[3], p1[3]};
+                const uint4 xv = sm.xs[a][warp][c * 4 + q];
+                mma16816<__nv_bfloat16>(d, a0, xv.x, xv.y);
+                mma16816<__nv_bfloat16>(d, za, xv.x, xv.y);
+                mma16816<__nv_bfloat16>(d, a1, xv.z, xv.w);
+                mma16816<__nv_bfloat16>(d, za, xv.z, xv.w);
+            }
+            acc[0] += in.s0 * d[0], acc[1] += in.s0 * d[1];
+            acc[2] += in.s1 * d[2], acc[3] += in.s1 * d[3];
+            asm volatile("" ::: "memory");
+            __syncwarp(); /* every lane has read the slot's x */
+            if (e + QMMA_STAGES < total) { /* the slot again, QMMA_STAGES elements on: maybe the next tile's */
+                const int next = e + QMMA_STAGES;
+                const qrows<CH> rows = rows_at(next / mine);
+                rows.stage(chunk_of(next), &sm.staged[a][warp][0][lane], &sm.staged[a][warp][1][lane]);
+                stage_x(next, a);
+                rows.scales_of(chunk_of(next), sq[a]);
+            }
+            cp_async_commit();
+            if ((e + 1) % mine == 0) { /* the tile's last chunk, at the same step in every warp */
+                const int k = e / mine;
+                float(*red)[4][32] = sm.red[k & 1];
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    red[warp][i][lane] = acc[i], acc[i] = 0.0f;
+                /* warp 0 finished tile k - 1 from the other half before it came here */
+                __syncthreads();
+                if (warp == 0) {
+                    float v[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        v[i] = 0.0f;
+#pragma unroll
+                        for (int w = 0; w < NW; w++)
+                            v[i] += red[w][i][lane];
+                    }
+                    int r0, r1;
+                    bool ok0, ok1;
+                    rows_of(k, r0, r1, ok0, ok1);
+                    /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1: token 0 only */
+                    if (c == 0) {
+                        if constexpr ((F & FUSE_NORM) != 0) {
+                            const float inv = fused_inv_rms(f, 0, K);
+                            v[0] *= inv, v[2] *= inv;
+                        }
+                        if constexpr ((F & FUSE_SILU) != 0) {
+                            if (ok0)
+                                out[r0] = __float2bfloat16(v[0] / (1.0f + expf(-v[0])) * v[2]);
+                        } else {
+                            float q = 0.0f;
+                            if (ok0)
+                                q += fused_out<__nv_bfloat16, F>(out, f, 0, r0, N,
+                                                                 v[0] + (bias ? __bfloat162float(bias[r0]) : 0.0f));
+                            if (ok1)
+                                q += fused_out<__nv_bfloat16, F>(out, f, 0, r1, N,
+                                                                 v[2] + (bias ? __bfloat162float(bias[r1]) : 0.0f));
+                            if constexpr ((F & FUSE_RESIDUAL) != 0)
+                                if (f.next_g) /* the tile's 16 rows summed over the lanes of c 0 */
+                                    for (int o = 4; o < 32; o <<= 1)
+                                        q += __shfl_xor_sync(0x11111111u, q, o);
+                            if constexpr ((F & FUSE_RESIDUAL) != 0)
+                                if (f.next_g && g == 0)
+                                    atomicAdd(f.ss, q);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>(); /* no copy into the block's shared memory outlives it */
+    cuda_trace_end();
+}
+
 /* Whether the tensor-core kernel takes this product: BF16, int4 codes in whole 128-column chunks
  * of one group each, up to QMMA_MAX_ROWS rows (above 16 unfused, qmma_tiles below; where its
  * partial sums do not fit the scratch, this kernel a block a weight tile and 16 tokens, the blocks
@@ -412,6 +574,15 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
                     (int)q->n_groups);                                                                             \
     } while (0)
     const bool fp8 = q->kind == RT_QK_FP8;
+    const int per = c->qmma_tiles;
+    if (n == 1 && !fp8 && c->qmma_xs && per > 1 && K / 128 >= QMMA_WARPS && (K / 128) % QMMA_WARPS == 0 &&
+        !(c->qmma_wide && tiles <= 2u * (unsigned)c->n_sms && K >= 64 * 128)) { /* qmma_tiles_kernel */
+        cuda_launch(c, qmma_tiles_kernel<F>, dim3(1, (tiles + (unsigned)per - 1) / (unsigned)per), QMMA_WARPS * 32,
+                    sizeof(qmma_tiles_smem<QMMA_WARPS>), (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x,
+                    (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, N, K,
+                    (int)q->group, (int)q->n_groups, per);
+        return;
+    }
     /* a one-token product of at most two tiles an SM (the 8B shape's output and down products, 256
      * tiles) has two 8-warp blocks an SM, 16 of the 24 warps its registers allow (H200: the down
      * product latency-bound, DRAM at 35%, 15 warps active). With 64 chunks or more a tile (the down
