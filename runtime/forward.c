@@ -530,8 +530,8 @@ static bool layers_fuse(const rt_forward *fw, int T)
 /* The layers as a chain of fused products (backend.h's matmul_fused): each norm split between the
  * product that writes the residual stream (x * weight into xb, the sums of squares into the
  * chain's next slot of ss) and the one that reads xb; the residual adds and the SiLU-multiply in
- * the products. Four kernels a layer besides the attention's (one in a decode step on the GPU). x
- * is complete at the end. */
+ * the products. Four kernels a layer besides the attention's two (one where the backend's
+ * rope_attention takes a decode step). x is complete at the end. */
 static void layers_fused(rt_forward *fw, const staged *st)
 {
     rt_model *m = fw->m;

@@ -125,7 +125,7 @@ struct fa_geom {
  * between the product and the attention. Off by default (DINFER_CUDA_ROPE_FUSE): on an H100 the 8B
  * step was 1-2% slower with it, the attention's blocks still starting only as the product's last
  * wave ends, with the angles and the early loads then on the step's path (docs/PERFORMANCE.md). */
-template <typename T, typename KV, int HD, int GM, int W>
+template <typename T, typename KV, int HD, int GM, int W, bool ROPE>
 __global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, int64_t q_ld, KV *kc, KV *vc,
                     float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(W * 32)
     const int k0 = start + split * split_len, k1 = min(p + 1, k0 + split_len);
     const int32_t *table = tables + (int64_t)seq[t] * max_blocks;
     const int64_t kw = (int64_t)nkv * HD;
-    const bool rope = inv_freq != nullptr;
+    constexpr bool rope = ROPE;
     const int kend = pre ? min(k1, p) : k1; /* keys read from the cache (pre: the token's own is not yet there) */
 
     /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(W * 32)
         fetch_to(k0 + warp * KPW + sg + a * STEP, kend, kn[a], vn[a], ksn[a], vsn[a]);
     /* with rope, the rotation's cos and sin of each pair (fp32 angles, as transformers computes
      * them), before the wait; the pair of element i < HD / 2 is i + HD / 2, LPK / 2 lanes on */
-    __shared__ float2 rope_cs[HD / 2];
-    if (rope) {
+    __shared__ float2 rope_cs[rope ? HD / 2 : 1];
+    if constexpr (rope) {
         for (int j = threadIdx.x; j < HD / 2; j += blockDim.x) {
             float sn, co;
             sincosf((float)p * __ldg(inv_freq + j), &sn, &co);
@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(W * 32)
     /* a head row's E elements of this lane (all the warp's lanes take part), rotated with rope */
     const auto row = [&](const T *head, float *o) {
         load_vec<T, E>(head + sub * E, o);
-        if (rope) {
+        if constexpr (rope) {
             const bool lo = sub < LPK / 2;
 #pragma unroll
             for (int e = 0; e < E; e++) {
@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(W * 32)
             attend(kr, vr, ksc, vsc, j < kloop);
         }
     }
-    if (rope && p >= k0 && p < k1 && warp == 0) {
+    if (rope && p >= k0 && p < k1 && warp == 0) { /* (rope: a constant) */
         /* the token's own key and value from the QKV product's row, written to their slot as the
          * RoPE kernels write them (16-bit: k rounded; FP8: codes under the head's scale, the largest
          * magnitude / 448, or the static one) and attended as the loop would read them back; the
@@ -520,8 +520,8 @@ static int fa_splits(const cuda_ctx *c, const rt_attn_batch *b, const rt_attn_sh
     return n > 1 ? n : 1;
 }
 
-/* inv_freq: a decode step's rope_attention (q is then the QKV product's output) */
-template <typename T, typename KV, int HD, int GM, int W>
+/* ROPE: a decode step's rope_attention (q is then the QKV product's output, inv_freq the rotation's) */
+template <typename T, typename KV, int HD, int GM, int W, bool ROPE>
 static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
                    const rt_attn_shape *s, tok_set ts, int n_splits, const float *inv_freq)
 {
@@ -540,22 +540,22 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
     if (shm > 48 * 1024) /* the partial states of many key groups (an FP8 cache at head_dim 64, 8 heads a KV head) */
-        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, W>,
+        CUDA_CHECK(c, cudaFuncSetAttribute(fa_split_kernel<T, KV, HD, GM, W, ROPE>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
-    cuda_launch_cluster(c, cl ? (unsigned)n_splits : 1u, fa_split_kernel<T, KV, HD, GM, W>, grid, W * 32, shm,
+    cuda_launch_cluster(c, cl ? (unsigned)n_splits : 1u, fa_split_kernel<T, KV, HD, GM, W, ROPE>, grid, W * 32, shm,
         (T *)out, part_o, part_ml, (const T *)q,
-        (int64_t)(s->n_heads + (inv_freq ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
+        (int64_t)(s->n_heads + (ROPE ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
         kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split, cl, inv_freq || (c->fa_pre && b->decode), tickets, inv_freq, b->slot);
+        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), tickets, inv_freq, b->slot);
     if (n_splits > 1 && !cl && !tickets)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }
 
-template <typename T, typename KV, int HD, int GM>
+template <typename T, typename KV, int HD, int GM, bool ROPE = false>
 static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                      const rt_attn_shape *s, tok_set ts, const float *inv_freq)
+                      const rt_attn_shape *s, tok_set ts, const float *inv_freq = nullptr)
 {
     const int n_splits = fa_splits(c, b, s, ts.n);
     /* a split context at 128-wide heads, 4 query heads a KV head (Llama 3's 8B): the blocks are few
@@ -563,25 +563,25 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
      * tokens: 168.2 -> 173.5 tok/s on an H100; 4 steps ahead instead of 2 gained nothing) */
     if constexpr (HD == 128 && GM == 4)
         if (n_splits > 1)
-            return fa_run<T, KV, HD, GM, FA_SPLIT_WARPS>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
-    fa_run<T, KV, HD, GM, FA_WARPS>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
+            return fa_run<T, KV, HD, GM, FA_SPLIT_WARPS, ROPE>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
+    fa_run<T, KV, HD, GM, FA_WARPS, ROPE>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
 }
 
 template <typename T, typename KV>
 static bool fa_try(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv, const rt_attn_batch *b,
-                   const rt_attn_shape *s, tok_set ts, const float *inv_freq = nullptr)
+                   const rt_attn_shape *s, tok_set ts)
 {
     const int group = s->n_heads / s->n_kv_heads;
     if (group > FA_MAX_GROUP || s->n_heads % s->n_kv_heads != 0)
         return false;
     /* registers for 4 query heads a KV head (Llama 3's 8B and 1B), or for up to 8 */
     switch (s->head_dim * (group <= 4 ? 1 : -1)) {
-    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
-    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts, inv_freq); return true;
+    case 64: fa_launch<T, KV, 64, 4>(c, out, q, kv, b, s, ts); return true;
+    case 128: fa_launch<T, KV, 128, 4>(c, out, q, kv, b, s, ts); return true;
+    case 256: fa_launch<T, KV, 256, 4>(c, out, q, kv, b, s, ts); return true;
+    case -64: fa_launch<T, KV, 64, 8>(c, out, q, kv, b, s, ts); return true;
+    case -128: fa_launch<T, KV, 128, 8>(c, out, q, kv, b, s, ts); return true;
+    case -256: fa_launch<T, KV, 256, 8>(c, out, q, kv, b, s, ts); return true;
     default: return false;
     }
 }
@@ -850,19 +850,27 @@ static void launched(cuda_ctx *c)
     CUDA_LAUNCHED(c);
 }
 
-/* A decode step through the split kernel, its RoPE and KV write inside (fa_split_kernel's rope;
- * DINFER_CUDA_ROPE_FUSE=1): false where the split kernel does not take the shape, or a row is not
- * 16-byte aligned. */
+/* A decode step through the split kernel, its RoPE and KV write inside (fa_split_kernel's ROPE;
+ * DINFER_CUDA_ROPE_FUSE=1), built for 16-bit activations, 128-wide heads and up to 4 query heads a
+ * KV head (Llama 3's 8B): false for any other shape, or a row not 16-byte aligned. */
 template <typename T>
 static bool rope_attend(cuda_ctx *c, void *out, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
                         const rt_attn_shape *s, rt_kv_layer *kv)
 {
-    const int64_t row = (int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim * (int64_t)sizeof(T);
-    if ((uintptr_t)qkv % 16 != 0 || row % 16 != 0)
+    if constexpr (std::is_same<T, float>::value) {
         return false;
-    const tok_set ts = {b->n_tokens, NULL};
-    return kv->k_scale ? fa_try<T, fp8_e4m3>(c, out, qkv, kv, b, s, ts, inv_freq)
-                       : fa_try<T, T>(c, out, qkv, kv, b, s, ts, inv_freq);
+    } else {
+        const int64_t row = (int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim * (int64_t)sizeof(T);
+        if ((uintptr_t)qkv % 16 != 0 || row % 16 != 0 || s->head_dim != 128 || s->n_heads % s->n_kv_heads != 0 ||
+            s->n_heads / s->n_kv_heads > 4)
+            return false;
+        const tok_set ts = {b->n_tokens, NULL};
+        if (kv->k_scale)
+            fa_launch<T, fp8_e4m3, 128, 4, true>(c, out, qkv, kv, b, s, ts, inv_freq);
+        else
+            fa_launch<T, T, 128, 4, true>(c, out, qkv, kv, b, s, ts, inv_freq);
+        return true;
+    }
 }
 
 extern "C" bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq,

@@ -386,7 +386,9 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
  * warp 0 finishes the tile while the others go on. Off by default: not yet measured. (The
  * twenty-sixth session's persistent form, which staged all of x first and took every product, made
  * the gate/up product 4% faster and the down product 14% slower on an H200; this one stages x by the
- * chunk, as qmma_kernel does, and takes only products of many tiles.) */
+ * chunk, as qmma_kernel does, and takes only products of many tiles. Its chunk math is qmma_kernel's
+ * one-token int4 steps, copied so that the default kernel's code stays as measured: if it wins, it
+ * replaces that path at T = 1 too, or goes.) */
 template <int NW>
 struct qmma_tiles_smem {
     uint4 staged[QMMA_STAGES][NW][2][32];
