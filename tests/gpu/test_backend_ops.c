@@ -671,6 +671,7 @@ static const op_case cases[] = {
     /* an FP8 cache under static scales (a checkpoint's kv_cache_scheme), some values saturating */
     {"attention", {32, 8, 128, 0, 0, 2}, run_attention}, {"attention", {8, 2, 64, 100, 2, 2}, run_attention},
     {"attention", {6, 3, 6, 0, 1, 2}, run_attention},
+    {"attention", {32, 8, 128, 0, 1, 2}, run_attention}, /* decodes under static scales (gpu.ops.rope_fused) */
 };
 
 static const rt_dtype types[] = {RT_F32, RT_BF16, RT_F16};
