@@ -340,6 +340,7 @@ __global__ void __launch_bounds__(W * 32)
         }
     }
     __syncthreads();
+    cuda_trace_mark(); /* every warp's keys done */
     /* with cl, the block's combined state: o (group, HD), then (m, l) a query head */
     float *cl_o = fa_sm + (size_t)PARTS * group * stride;
     float2 *cl_ml = reinterpret_cast<float2 *>(cl_o + group * HD);

@@ -187,6 +187,7 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
 #define CUDA_TRACE_SMS 160 /* SM ids recorded (%smid below this) */
 typedef struct cuda_trace_rec {
     unsigned long long t_pre, t_post, t_end, grid; /* t_end 0: no cuda_trace_end */
+    unsigned long long t_mark;                     /* cuda_trace_mark's time (0: none) */
     unsigned block;
     unsigned short sm, pad;
     unsigned short gx, gy, gz, bx;
@@ -234,6 +235,19 @@ __device__ __forceinline__ void cuda_trace_end()
 #endif
 }
 
+/* A point between the wait and the end (the block's math done, before its epilogue) for the trace,
+ * under the same conditions as cuda_trace_end (nothing in other builds). */
+__device__ __forceinline__ void cuda_trace_mark()
+{
+#ifdef DINFER_CUDA_TRACE
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        const unsigned i = cuda_trace_slot();
+        if (i != ~0u)
+            cuda_trace_dev->rec[i].t_mark = cuda_trace_now();
+    }
+#endif
+}
+
 __device__ __forceinline__ void pdl_wait()
 {
 #ifdef DINFER_CUDA_TRACE
@@ -262,7 +276,7 @@ __device__ __forceinline__ void pdl_wait()
             unsigned long long grid;
             asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
             cuda_trace_rec r;
-            r.t_pre = t0, r.t_post = cuda_trace_now(), r.t_end = 0, r.grid = grid;
+            r.t_pre = t0, r.t_post = cuda_trace_now(), r.t_end = 0, r.t_mark = 0, r.grid = grid;
             r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
             r.sm = (unsigned short)sm, r.pad = 0;
             r.gx = (unsigned short)gridDim.x, r.gy = (unsigned short)gridDim.y, r.gz = (unsigned short)gridDim.z;

@@ -104,6 +104,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         step1(__ldg(wv + k / PER), k);
     if constexpr (S > 1)
         split_sum<R, S, GEMV_WARPS>(acc, valid);
+    cuda_trace_mark(); /* the first warp's row done */
     fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
     cuda_trace_end();
 }

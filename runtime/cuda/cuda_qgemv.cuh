@@ -138,6 +138,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
             }
         }
     }
+    cuda_trace_mark(); /* the first warp's row done */
     fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
     cuda_trace_end();
 }
@@ -199,6 +200,7 @@ __global__ void __launch_bounds__(PAIR_WARPS * 32, PAIR_BLOCKS)
             }
         }
     }
+    cuda_trace_mark(); /* the first warp's pair done */
     float g = warp_sum(acc_a) * __ldg(scales + item), up = warp_sum(acc_b) * __ldg(scales + item + N / 2);
     if constexpr ((F & FUSE_NORM) != 0) {
         const float inv = fused_inv_rms(f, 0, K);

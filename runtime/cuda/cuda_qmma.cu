@@ -322,6 +322,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
         for (int i = 0; i < 4; i++)
             red[warp][t * 4 + i][lane] = acc[t][i];
     __syncthreads();
+    cuda_trace_mark(); /* every warp's chunks done */
     if (warp != 0)
         return;
 #pragma unroll
