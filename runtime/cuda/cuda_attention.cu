@@ -157,6 +157,7 @@ __global__ void __launch_bounds__(W * 32)
     const int64_t kw = (int64_t)nkv * HD;
     constexpr bool rope = ROPE;
     const int kend = pre ? min(k1, p) : k1; /* keys read from the cache (pre: the token's own is not yet there) */
+    const int kloop = rope ? kend : k1;     /* keys the loop attends (rope: the token's own after it) */
 
     /* the whole warp takes every step (the shuffles need all its lanes); a key group past the end
      * of the split computes nothing into its state. Each step's K and V rows are requested
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(W * 32)
         }
     };
     const auto fetch = [&](int j, uint4 *kb, uint4 *vb, float &ks, float &vs) {
-        fetch_to(j, rope ? kend : k1, kb, vb, ks, vs);
+        fetch_to(j, kloop, kb, vb, ks, vs);
     };
 #pragma unroll
     for (int a = 0; a < FA_AHEAD; a++)
@@ -260,7 +261,6 @@ __global__ void __launch_bounds__(W * 32)
             }
         }
     };
-    const int kloop = rope ? kend : k1;
     for (int jb = k0 + warp * KPW; jb < kloop; jb += FA_AHEAD * STEP) {
 #pragma unroll
         for (int a = 0; a < FA_AHEAD; a++) {

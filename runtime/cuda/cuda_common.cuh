@@ -220,6 +220,16 @@ __device__ __forceinline__ unsigned &cuda_trace_slot()
     __shared__ unsigned slot;
     return slot;
 }
+
+/* now into field f of the block's record, by its first thread (if pdl_wait took one) */
+__device__ __forceinline__ void cuda_trace_stamp(unsigned long long cuda_trace_rec::*f)
+{
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        const unsigned i = cuda_trace_slot();
+        if (i != ~0u)
+            cuda_trace_dev->rec[i].*f = cuda_trace_now();
+    }
+}
 #endif
 
 /* A block's work done: its end for the trace (nothing in other builds). Only in kernels whose first
@@ -227,11 +237,7 @@ __device__ __forceinline__ unsigned &cuda_trace_slot()
 __device__ __forceinline__ void cuda_trace_end()
 {
 #ifdef DINFER_CUDA_TRACE
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
-        const unsigned i = cuda_trace_slot();
-        if (i != ~0u)
-            cuda_trace_dev->rec[i].t_end = cuda_trace_now();
-    }
+    cuda_trace_stamp(&cuda_trace_rec::t_end);
 #endif
 }
 
@@ -240,11 +246,7 @@ __device__ __forceinline__ void cuda_trace_end()
 __device__ __forceinline__ void cuda_trace_mark()
 {
 #ifdef DINFER_CUDA_TRACE
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
-        const unsigned i = cuda_trace_slot();
-        if (i != ~0u)
-            cuda_trace_dev->rec[i].t_mark = cuda_trace_now();
-    }
+    cuda_trace_stamp(&cuda_trace_rec::t_mark);
 #endif
 }
 
