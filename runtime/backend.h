@@ -190,6 +190,13 @@ typedef struct rt_backend_ops {
      * rotated and v written to their KV slots, out as attention's (q's buffer is not written). */
     bool (*rope_attention)(rt_backend *be, void *out, const void *qkv, const float *inv_freq,
                            const rt_attn_batch *b, const rt_attn_shape *s, rt_kv_layer *kv);
+    /* Optional (NULL, or false returned: matmul_fused into a qkv buffer, then rope_kv_write). The
+     * fused chain's QKV product (w, bias, f and n as matmul_fused's) with rope_kv_write's work in its
+     * last step: q rotated to q, k rotated and v to their KV slots, as the two would write them (no
+     * qkv buffer is written). */
+    bool (*matmul_rope)(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                        const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b,
+                        const rt_attn_shape *s, rt_kv_layer *kv);
     /* x += y, n elements. */
     void (*add)(rt_backend *be, void *x, const void *y, size_t n);
     /* out(n, ffn) = silu(gate) * up, gate_up (n, 2 * ffn) holding each row's gate then up (the fused

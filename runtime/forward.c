@@ -531,7 +531,8 @@ static bool layers_fuse(const rt_forward *fw, int T)
  * product that writes the residual stream (x * weight into xb, the sums of squares into the
  * chain's next slot of ss) and the one that reads xb; the residual adds and the SiLU-multiply in
  * the products. Four kernels a layer besides the attention's two (one where the backend's
- * rope_attention takes a decode step). x is complete at the end. */
+ * matmul_rope takes the RoPE and KV write into the QKV product, or its rope_attention into a decode
+ * step's attention). x is complete at the end. */
 static void layers_fused(rt_forward *fw, const staged *st)
 {
     rt_model *m = fw->m;
@@ -549,8 +550,15 @@ static void layers_fused(rt_forward *fw, const staged *st)
                         gate_up = {.norm_ss = s_ffn, .eps = eps, .silu = true},
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
                                 .xg = fw->xb, .ss = s_next};
-        op->matmul_fused(be, fw->qkv, inputs(fw, &w->wqkv, fw->xb, T), &w->wqkv, &w->bqkv, &qkv, T);
-        rt_attend(be, fw->att, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, &fw->kv->layers[l]);
+        const void *xq = inputs(fw, &w->wqkv, fw->xb, T);
+        rt_kv_layer *kv = &fw->kv->layers[l];
+        if (op->matmul_rope &&
+            op->matmul_rope(be, fw->q, xq, &w->wqkv, &w->bqkv, &qkv, T, fw->inv_freq, &st->ab, &fw->shape, kv)) {
+            op->attention(be, fw->att, fw->q, kv, &st->ab, &fw->shape);
+        } else {
+            op->matmul_fused(be, fw->qkv, xq, &w->wqkv, &w->bqkv, &qkv, T);
+            rt_attend(be, fw->att, fw->q, fw->qkv, fw->inv_freq, &st->ab, &fw->shape, kv);
+        }
         op->matmul_fused(be, fw->x, inputs(fw, &w->wo, fw->att, T), &w->wo, &w->bo, &o, T);
         op->matmul_fused(be, fw->act, inputs(fw, &w->w_gate_up, fw->xb, T), &w->w_gate_up, NULL, &gate_up, T);
         op->matmul_fused(be, fw->x, inputs(fw, &w->w_down, fw->act, T), &w->w_down, NULL, &down, T);

@@ -197,7 +197,7 @@ static void cuda_destroy(rt_backend *be)
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .download_mark = cuda_download_mark, .wait_mark = cuda_wait_mark, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
-        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .add = cuda_add,           \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .matmul_rope = cuda_matmul_rope, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
         .to_f32 = cuda_to_f32, .matmul_f32 = cuda_matmul_f32,                                         \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -247,7 +247,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     /* the switches for measuring, each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, fa_last,
-        qmma_xs, qmma_wide, rope_fuse;
+        qmma_xs, qmma_wide, rope_fuse, qkv_rope;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -284,6 +284,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "1 (a decode step's RoPE and KV write in its attention kernel) or 0 (the default: a kernel of "
                    "their own)",
                    &rope_fuse, err, false) ||
+        env_switch("DINFER_CUDA_QKV_ROPE",
+                   "1 (a decode step's RoPE and KV write in the QKV product's last step, at batch 1) or 0 (the "
+                   "default: a kernel of their own)",
+                   &qkv_rope, err, false) ||
         env_switch("DINFER_CUDA_QMMA_XS",
                    "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
                    "staged with the codes)",
@@ -320,14 +324,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, qmma_tiles = 1;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
     if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
-        env_digit("DINFER_CUDA_QMMA_TILES", "12345678",
-                  "1 to 8 weight tiles a block in the one-token int4 products whose rows are a multiple of 1,024 "
-                  "columns",
-                  &qmma_tiles, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
                   &qgemv_deep, err) ||
@@ -370,9 +370,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->fa_pre = fa_pre;
     c->fa_last = fa_last;
     c->rope_fuse = rope_fuse;
+    c->qkv_rope = qkv_rope;
     c->qmma_xs = qmma_xs;
     c->qmma_wide = qmma_wide;
-    c->qmma_tiles = qmma_tiles;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;
     c->fp8_vec = fp8_vec;
     c->fp8_prep = fp8_prep;

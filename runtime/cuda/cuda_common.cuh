@@ -67,7 +67,6 @@ typedef struct cuda_ctx {
     bool qmma;             /* BF16 products of few rows with int4 or FP8 codes on the tensor cores (DINFER_CUDA_QMMA=0 off) */
     bool qmma_fp8;         /* FP8 codes there too (DINFER_CUDA_QMMA_FP8=0: the fp32 kernel) */
     bool qmma_xs;          /* one token's activations staged with the codes there (DINFER_CUDA_QMMA_XS=0 off) */
-    int qmma_tiles;        /* weight tiles a block in one-token int4 products (DINFER_CUDA_QMMA_TILES; 1) */
     bool qmma_wide;        /* one-token int4 products of few long tiles: 12 warps a tile, not 8 (DINFER_CUDA_QMMA_WIDE=0 off) */
     cublasLtHandle_t lt;
     cuda_fp8_algo fp8_algos[CUDA_FP8_ALGOS];
@@ -90,6 +89,7 @@ typedef struct cuda_ctx {
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool fa_last;              /* a split context's parts combined by its last split to finish (DINFER_CUDA_FA_LAST) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
+    bool qkv_rope;             /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE=1) */
     int *fa_tickets;           /* (CUDA_FA_TICKETS) its counters, a token and KV head each, zero between launches
                                 * (allocated only with fa_last) */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */

@@ -7,8 +7,18 @@
 #include "runtime/cuda/cuda_common.cuh"
 
 /* The input is a norm's xg (its 1 / rms applied at the end), the product goes into the residual
- * stream, or the SiLU-multiply of a gate row and its up row on the way out. */
-enum { FUSE_NORM = 1, FUSE_RESIDUAL = 2, FUSE_SILU = 4 };
+ * stream, the SiLU-multiply of a gate row and its up row on the way out, or the QKV product's rows
+ * rotated into q and the KV cache (backend.h's matmul_rope). */
+enum { FUSE_NORM = 1, FUSE_RESIDUAL = 2, FUSE_SILU = 4, FUSE_ROPE = 8 };
+
+/* With FUSE_ROPE: where rope_kv_write would put the QKV product's rows (cuda_rope_kv.cu), and how. */
+struct fusion_rope {
+    void *q, *kc, *vc;          /* q (n, nq * hd); the cache's k and v (16-bit, or FP8 codes) */
+    const float *inv_freq;      /* (hd / 2) */
+    const int32_t *pos, *slot;  /* (n) */
+    const float *k_scale, *v_scale; /* an FP8 cache's static scales, one a KV head (NULL: 16-bit) */
+    int nq, nkv, hd;
+};
 
 /* The kernels' view of an rt_fusion. */
 struct fusion {
@@ -17,15 +27,65 @@ struct fusion {
     const void *next_g; /* with FUSE_RESIDUAL: the next norm's weight, NULL for none */
     void *xg;
     float *ss;
+    fusion_rope rope;
 };
+
+/* With FUSE_ROPE, the weight rows of a block's pairs: pair i (of `pairs` a block) is row j and its
+ * rotation partner j + hd / 2 of one head, a head's first half taken by hd / 2 / pairs blocks in
+ * turn (hd / 2 a multiple of pairs). The lower row of block `block`'s pair i. */
+__device__ __forceinline__ int rope_row(const fusion &f, int pairs, int block, int i)
+{
+    const int per_head = f.rope.hd / 2 / pairs, head = block / per_head;
+    return head * f.rope.hd + block % per_head * pairs + i;
+}
+
+/* Rows r and r + hd / 2 of token t's QKV product (a and b, bias included) where rope_kv_write would
+ * put them: rounded to T first (its kernel reads the product as stored), then a q or k pair rotated
+ * by the token's position (fp32 angle, as transformers computes it) into q or the token's KV slot,
+ * a v pair copied there (FP8 cache: codes under the KV head's static scale, saturating). */
+template <typename T>
+__device__ __forceinline__ void fused_rope_pair(const fusion &f, int t, int r, float a, float b)
+{
+    const fusion_rope &p = f.rope;
+    const int hd = p.hd, head = r / hd, j = r % hd;
+    a = as_stored<T>(a), b = as_stored<T>(b);
+    if (head < p.nq + p.nkv) {
+        float sn, co;
+        sincosf((float)__ldg(p.pos + t) * __ldg(p.inv_freq + j), &sn, &co);
+        const float a0 = a;
+        a = a0 * co - b * sn, b = b * co + a0 * sn;
+    }
+    if (head < p.nq) {
+        T *d = (T *)p.q + ((int64_t)t * p.nq + head) * hd + j;
+        st(d, a), st(d + hd / 2, b);
+        return;
+    }
+    const bool is_k = head < p.nq + p.nkv;
+    const int h = head - p.nq - (is_k ? 0 : p.nkv);
+    const int64_t at = ((int64_t)__ldg(p.slot + t) * p.nkv + h) * hd + j;
+    if (p.k_scale) {
+        const float s = __ldg((is_k ? p.k_scale : p.v_scale) + h);
+        uint8_t *d = (uint8_t *)(is_k ? p.kc : p.vc) + at;
+        d[0] = __nv_cvt_float_to_fp8(a / s, __NV_SATFINITE, __NV_E4M3);
+        d[hd / 2] = __nv_cvt_float_to_fp8(b / s, __NV_SATFINITE, __NV_E4M3);
+    } else {
+        T *d = (T *)(is_k ? p.kc : p.vc) + at;
+        st(d, a), st(d + hd / 2, b);
+    }
+}
 
 /* The weight row of warp `warp` of a block of WARPS. With FUSE_SILU, N counts the gate and up rows:
  * the block's first WARPS / 2 warps take gate rows, the others the up rows that go with them, and
- * *valid says whether the pair exists (an idle warp reads row 0's pair and writes nothing). */
+ * *valid says whether the pair exists (an idle warp reads row 0's pair and writes nothing); with
+ * FUSE_ROPE likewise a row and its rotation partner (rope_row). */
 template <int F, int WARPS>
-__device__ __forceinline__ int fused_row(int N, int warp, bool *valid)
+__device__ __forceinline__ int fused_row(const fusion &f, int N, int warp, bool *valid)
 {
-    if constexpr ((F & FUSE_SILU) != 0) {
+    if constexpr ((F & FUSE_ROPE) != 0) { /* the same halves: a row and its rotation partner */
+        const int row = rope_row(f, WARPS / 2, (int)blockIdx.x, warp % (WARPS / 2)) + (warp < WARPS / 2 ? 0 : f.rope.hd / 2);
+        *valid = row < N;
+        return *valid ? row : 0;
+    } else if constexpr ((F & FUSE_SILU) != 0) {
         const int j = blockIdx.x * (WARPS / 2) + warp % (WARPS / 2);
         *valid = j < N / 2;
         return (*valid ? j : 0) + (warp < WARPS / 2 ? 0 : N / 2);
@@ -143,7 +203,20 @@ __device__ __forceinline__ void fused_store(T *out, const float *acc, const T *b
             if (r < n)
                 v[r] *= fused_inv_rms(f, r, K);
     }
-    if constexpr ((F & FUSE_SILU) != 0) {
+    if constexpr ((F & FUSE_ROPE) != 0) { /* the partner rows' sums to the first half's warps */
+        constexpr int HW = WARPS / 2;
+        __shared__ float hi[HW][R];
+        if (warp >= HW && lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                hi[warp - HW][r] = v[r] + (bias ? ld(&bias[row]) : 0.0f);
+        __syncthreads();
+        if (warp < HW && lane == 0 && valid)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (r < n)
+                    fused_rope_pair<T>(f, r, row, v[r] + (bias ? ld(&bias[row]) : 0.0f), hi[warp][r]);
+    } else if constexpr ((F & FUSE_SILU) != 0) {
         constexpr int HW = WARPS / 2;
         __shared__ float up[HW][R];
         if (warp >= HW && lane == 0)
@@ -184,13 +257,18 @@ static inline int fused_bits(const rt_fusion *f)
 
 static inline fusion fused_args(const rt_fusion *f)
 {
-    fusion a = {};
+    fusion a{};
     if (f) {
         a.norm_ss = f->norm_ss, a.eps = f->eps, a.xg = f->xg, a.ss = f->ss;
         a.next_g = f->residual && f->next_norm ? f->next_norm->data : nullptr;
     }
     return a;
 }
+
+/* The chain's QKV product of one token at BF16 with FUSE_NORM | FUSE_ROPE (cuda_matmul_rope): on the
+ * int4 tensor-core kernel (false: it does not take w) or the quantized weight-streaming one. */
+bool cuda_qmma_rope(cuda_ctx *c, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias, const fusion &f);
+void cuda_qgemv_rope(cuda_ctx *c, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias, const fusion &f);
 
 /* Calls LAUNCH<F>(args...) with the compile-time F of bits. */
 #define FUSED_DISPATCH(bits, LAUNCH, ...)                                                          \

@@ -27,8 +27,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bool valid;
     int row;
     if constexpr (S == 1) {
-        row = fused_row<F, GEMV_WARPS>(N, warp, &valid);
-        if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
+        row = fused_row<F, GEMV_WARPS>(f, N, warp, &valid);
+        if ((F & (FUSE_SILU | FUSE_RESIDUAL | FUSE_ROPE)) == 0 && !valid) /* those three meet at a barrier */
             return;
     } else {
         row = split_row<S, GEMV_WARPS>(N, warp, &valid);
@@ -117,8 +117,12 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
 #define GEMV_LAUNCH(R)                                                                                             \
     cuda_launch(c, gemv_kernel<T, R, F>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, bias, \
                 f, n, N, K)
+    if constexpr ((F & FUSE_ROPE) != 0) { /* one row of x: all cuda_matmul_rope gives */
+        GEMV_LAUNCH(1);
+        return;
+    }
     const int S = c->gemv_split;
-    if constexpr ((F & FUSE_SILU) == 0) {
+    if constexpr ((F & (FUSE_SILU | FUSE_ROPE)) == 0) {
         /* a row split over S warps: one row of x, a product of fewer than 3 blocks an SM (the 1B's QKV,
          * output and down products: ~2 blocks of 8 warps an SM resident, too few loads in flight;
          * the 8B's have 512 and more), whole loads in each part */
@@ -133,14 +137,16 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
             return;
         }
     }
-    if (n <= 1)
-        GEMV_LAUNCH(1);
-    else if (n <= 2)
-        GEMV_LAUNCH(2);
-    else if (n <= 4)
-        GEMV_LAUNCH(4);
-    else
-        GEMV_LAUNCH(8);
+    if constexpr ((F & FUSE_ROPE) == 0) {
+        if (n <= 1)
+            GEMV_LAUNCH(1);
+        else if (n <= 2)
+            GEMV_LAUNCH(2);
+        else if (n <= 4)
+            GEMV_LAUNCH(4);
+        else
+            GEMV_LAUNCH(8);
+    }
 #undef GEMV_LAUNCH
 }
 
@@ -242,4 +248,34 @@ extern "C" void cuda_matmul_fused(rt_backend *be, void *out, const void *x, cons
     else
         CUDA_DISPATCH(c->dt, gemv, c, out, x, w, bias, n, f);
     CUDA_LAUNCHED(c);
+}
+
+/* The chain's QKV product with rope_kv_write's work in its last step (backend.h's matmul_rope): one
+ * token (a decode step at batch 1) at BF16, a block's rows pairs of a head's row and its rotation
+ * partner (cuda_fusion.cuh's rope_row), so that each pair meets in one block. Not taken: more rows
+ * (their kernels' other forms would each need the epilogue), 16-bit caches other than the
+ * activations' type, an FP8 cache's dynamic scales (a head's largest magnitude, over the blocks of
+ * its rows: rope_kv_fp8_kernel), and heads whose half is not a whole number of 8 pairs. The RoPE
+ * kernel's launch and its place on the layer's chain are what this saves (DINFER_CUDA_QKV_ROPE). */
+extern "C" bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                                 const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b,
+                                 const rt_attn_shape *s, rt_kv_layer *kv)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    const int hd = s->head_dim;
+    if (!c->qkv_rope || n != 1 || c->dt != RT_BF16 || !f || !f->norm_ss || f->residual || f->silu || hd % 16 != 0 ||
+        w->rows != (int64_t)(s->n_heads + 2 * s->n_kv_heads) * hd || (kv->k_scale && kv->scale_stride != 0) ||
+        !cuda_fuses(be, w, n))
+        return false;
+    fusion a = fused_args(f);
+    a.rope = {q, kv->k, kv->v, inv_freq, b->pos, b->slot, kv->k_scale, kv->v_scale, s->n_heads, s->n_kv_heads, hd};
+    const __nv_bfloat16 *bb = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
+    if (!w->q.kind)
+        gemv_rows<FUSE_NORM | FUSE_ROPE, __nv_bfloat16>(c, nullptr, x, w, bb, a, 1);
+    else if (!cuda_qmma_rope(c, x, w, bb, a))
+        cuda_qgemv_rope(c, x, w, bb, a);
+    const cudaError_t e = cudaGetLastError(); /* sticky: check reports it */
+    if (e != cudaSuccess)
+        cuda_fail(c, "the QKV product with RoPE", __FILE__, __LINE__, cudaGetErrorString(e));
+    return true;
 }

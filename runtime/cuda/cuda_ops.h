@@ -25,6 +25,9 @@ void cuda_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer 
                     const rt_attn_shape *s);
 bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
                          const rt_attn_shape *s, rt_kv_layer *kv);
+bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
+                      const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b, const rt_attn_shape *s,
+                      rt_kv_layer *kv);
 void cuda_add(rt_backend *be, void *x, const void *y, size_t n);
 void cuda_silu_mul(rt_backend *be, void *out, const void *gate_up, int n, int ffn);
 void cuda_gather_rows(rt_backend *be, void *out, const void *x, const int32_t *rows, int n, int dim);

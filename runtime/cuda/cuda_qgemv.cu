@@ -16,6 +16,11 @@ void cuda_qgemv_bf16(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     qgemv<__nv_bfloat16>(c, out, x, w, bias, n, f);
 }
 
+void cuda_qgemv_rope(cuda_ctx *c, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias, const fusion &f)
+{
+    qgemv_fused<FUSE_NORM | FUSE_ROPE, __nv_bfloat16>(c, nullptr, x, w, bias, f, 1);
+}
+
 void cuda_qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const rt_tensor *bias, int n,
                 const rt_fusion *f)
 {

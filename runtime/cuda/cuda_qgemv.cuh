@@ -73,8 +73,8 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
     constexpr int E = BITS == 4 ? 32 : 16; /* codes a 16-byte load holds */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     bool valid;
-    const int row = fused_row<F, QGEMV_WARPS>(N, warp, &valid);
-    if ((F & (FUSE_SILU | FUSE_RESIDUAL)) == 0 && !valid) /* those two meet at a barrier */
+    const int row = fused_row<F, QGEMV_WARPS>(f, N, warp, &valid);
+    if ((F & (FUSE_SILU | FUSE_RESIDUAL | FUSE_ROPE)) == 0 && !valid) /* those three meet at a barrier */
         return;
     const int loads = K / E;
     const uint4 *wv = reinterpret_cast<const uint4 *>(codes + (int64_t)row * (K / 8 * BITS));
@@ -227,21 +227,25 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F, A>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,      \
                 (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
                 (int)q->group, (int)q->n_groups)
-    if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
-        if (c->qgemv_deep && n <= 1 && blocks <= (unsigned)(QGEMV_DEEP_BLOCKS * c->n_sms)) {
-            QGEMV_LAUNCH(1, QGEMV_DEEP);
-            return;
-        }
-    if (n <= 1)
+    if constexpr ((F & FUSE_ROPE) != 0) { /* one row of x: all cuda_qgemv_rope gives */
         QGEMV_LAUNCH(1, QGEMV_AHEAD);
-    else if (n <= 2)
-        QGEMV_LAUNCH(2, QGEMV_AHEAD);
-    else if (n <= 4)
-        QGEMV_LAUNCH(4, QGEMV_AHEAD);
-    else if (n <= 8)
-        QGEMV_LAUNCH(8, QGEMV_AHEAD);
-    else
-        QGEMV_LAUNCH(16, QGEMV_AHEAD);
+    } else {
+        if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
+            if (c->qgemv_deep && n <= 1 && blocks <= (unsigned)(QGEMV_DEEP_BLOCKS * c->n_sms)) {
+                QGEMV_LAUNCH(1, QGEMV_DEEP);
+                return;
+            }
+        if (n <= 1)
+            QGEMV_LAUNCH(1, QGEMV_AHEAD);
+        else if (n <= 2)
+            QGEMV_LAUNCH(2, QGEMV_AHEAD);
+        else if (n <= 4)
+            QGEMV_LAUNCH(4, QGEMV_AHEAD);
+        else if (n <= 8)
+            QGEMV_LAUNCH(8, QGEMV_AHEAD);
+        else
+            QGEMV_LAUNCH(16, QGEMV_AHEAD);
+    }
 #undef QGEMV_LAUNCH
 }
 

@@ -137,7 +137,7 @@ struct qrows {
 };
 
 /* F: FUSE_* bits, f what they need (cuda_fusion.cuh): with FUSE_SILU a block's rows r0 are gate
- * rows and r1 the up rows that go with them. FP8: e4m3 codes (a chunk 64 columns, a lane's 16 of
+ * rows and r1 the up rows that go with them, with FUSE_ROPE r1 the rotation partners of r0. FP8: e4m3 codes (a chunk 64 columns, a lane's 16 of
  * them one load): the weights enter the products as value * 2^-120 (fp8_pair*) and the activations
  * as value * 2^100 (exact; an activation from 2^28 on would overflow bf16), so a chunk's sums sit
  * at 2^-20 of their value, far from fp32's subnormals; the chunk's scale carries the 2^20 back.
@@ -170,6 +170,9 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
     if constexpr ((F & FUSE_SILU) != 0) {
         r0 = blockIdx.y * 8 + g, r1 = r0 + N / 2;
         ok0 = ok1 = r0 < N / 2;
+    } else if constexpr ((F & FUSE_ROPE) != 0) { /* r1 the rotation partner of r0 */
+        r0 = rope_row(f, 8, (int)blockIdx.y, g), r1 = r0 + f.rope.hd / 2;
+        ok0 = ok1 = r0 < N;
     }
     /* a lane's 32 (FP8: 16) columns of a row in a chunk: one 16-byte load, 4 of them a chunk's row */
     constexpr int CH = FP8 ? 64 : 128;
@@ -349,6 +352,12 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
             for (int i = 0; i < 2; i++)
                 if (t0 + i < n && ok0)
                     out[(int64_t)(t0 + i) * (N / 2) + r0] = __float2bfloat16(v[i] / (1.0f + expf(-v[i])) * v[i + 2]);
+        } else if constexpr ((F & FUSE_ROPE) != 0) {
+            const float b0 = bias ? __bfloat162float(bias[r0]) : 0.0f, b1 = bias ? __bfloat162float(bias[r1]) : 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                if (t0 + i < n && ok0)
+                    fused_rope_pair<__nv_bfloat16>(f, t0 + i, r0, v[i] + b0, v[i + 2] + b1);
         } else {
             float q[2] = {0.0f, 0.0f}; /* the squares of tokens t0 and t0 + 1 */
 #pragma unroll
@@ -372,173 +381,6 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
             }
         }
     }
-    cuda_trace_end();
-}
-
-/* ---- one-token int4 products, several weight tiles a block (DINFER_CUDA_QMMA_TILES=T) ----
- *
- * qmma_kernel's one-token form (staged activations, 8 warps a tile) with a block taking T tiles in
- * turn (tile blockIdx.y + k * gridDim.y, k < T): each warp's chunks of all T tiles are one stream
- * through the same QMMA_STAGES slots, so the chunks of the next tile are asked for while the last
- * ones of the current tile are in the math, and a block's end is no gap with the pipe empty before
- * the next block's first loads (the int4 trace: the gate/up product's 1,792 one-tile blocks ran in
- * synchronized waves). Each warp holds the same number of a tile's chunks (chunks % QMMA_WARPS == 0),
- * so every warp meets a tile's end at the same step: its sums go to one of two halves of red and
- * warp 0 finishes the tile while the others go on. Off by default: not yet measured. (The
- * twenty-sixth session's persistent form, which staged all of x first and took every product, made
- * the gate/up product 4% faster and the down product 14% slower on an H200; this one stages x by the
- * chunk, as qmma_kernel does, and takes only products of many tiles. Its chunk math is qmma_kernel's
- * one-token int4 steps, copied so that the default kernel's code stays as measured: if it wins, it
- * replaces that path at T = 1 too, or goes.) */
-template <int NW>
-struct qmma_tiles_smem {
-    uint4 staged[QMMA_STAGES][NW][2][32];
-    uint4 xs[QMMA_STAGES][NW][16];
-    float red[2][NW][4][32]; /* a tile's sums, tiles alternating */
-};
-
-template <int F, int NW = QMMA_WARPS>
-__global__ void __launch_bounds__(NW * 32, 3)
-    qmma_tiles_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *x, const uint8_t *codes, const float *scales,
-                      const uint16_t *zeros, const __nv_bfloat16 *bias, fusion f, int N, int K, int group,
-                      int n_groups, int per_block)
-{
-    extern __shared__ __align__(16) unsigned char qmma_sm[];
-    qmma_tiles_smem<NW> &sm = *reinterpret_cast<qmma_tiles_smem<NW> *>(qmma_sm);
-    constexpr int CH = 128;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int64_t row_bytes = K / 2;
-    const int chunks = K / CH, mine = chunks / NW, total = per_block * mine;
-    /* tile k's two rows of this lane (qmma_kernel's), and where they read */
-    const auto rows_of = [&](int k, int &r0, int &r1, bool &ok0, bool &ok1) {
-        const int tile = (int)blockIdx.y + k * (int)gridDim.y;
-        r0 = tile * 16 + g, r1 = r0 + 8, ok0 = r0 < N, ok1 = r1 < N;
-        if constexpr ((F & FUSE_SILU) != 0) {
-            r0 = tile * 8 + g, r1 = r0 + N / 2;
-            ok0 = ok1 = r0 < N / 2;
-        }
-    };
-    const auto rows_at = [&](int k) {
-        int r0, r1;
-        bool ok0, ok1;
-        rows_of(k, r0, r1, ok0, ok1);
-        return qrows<CH>(codes, scales, zeros, r0, r1, ok0, ok1, N, row_bytes, c, chunks, group, n_groups);
-    };
-    /* stream element e: tile e / mine, the warp's chunk e % mine of it (chunk warp + i * NW); a
-     * stream's end reads the last element again (never used: its group is committed all the same) */
-    const auto chunk_of = [&](int e) { return warp + (e % mine) * NW; };
-    qscale sq[QMMA_STAGES];
-#pragma unroll
-    for (int a = 0; a < QMMA_STAGES; a++) {
-        const int e = a < total ? a : total - 1;
-        const qrows<CH> rows = rows_at(e / mine);
-        rows.stage(chunk_of(e), &sm.staged[a][warp][0][lane], &sm.staged[a][warp][1][lane]);
-        cp_async_commit();
-        rows.scales_of(chunk_of(e), sq[a]);
-    }
-    const auto stage_x = [&](int e, int a) {
-        if (lane < 16)
-            cp_async16(&sm.xs[a][warp][lane], x + (int64_t)chunk_of(e < total ? e : total - 1) * CH + lane * 8, true);
-    };
-    pdl_wait();
-    pdl_trigger();
-#pragma unroll
-    for (int a = 0; a < QMMA_STAGES; a++)
-        stage_x(a, a);
-    cp_async_commit();
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int e0 = 0; e0 < total; e0 += QMMA_STAGES) {
-#pragma unroll
-        for (int a = 0; a < QMMA_STAGES; a++) {
-            const int e = e0 + a;
-            if (e >= total)
-                break;
-            if (e == 0)
-                cp_async_wait<0>(); /* the first chunks' activations, the group after their codes' */
-            else
-                cp_async_wait<QMMA_STAGES - 1>();
-            __syncwarp(); /* the other lanes' copies of x */
-            const uint4 w0 = sm.staged[a][warp][0][lane], w1 = sm.staged[a][warp][1][lane];
-            const qscale in = sq[a];
-            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const uint32_t z0 = 0xC300u | in.z0, z1 = 0xC300u | in.z1; /* qmma_kernel's zero products */
-            const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010),
-                                    __byte_perm(z1, 0, 0x1010)};
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                uint32_t p0[4], p1[4];
-                int4_word((&w0.x)[q], p0);
-                int4_word((&w1.x)[q], p1);
-                const uint32_t a0[4] = {p0[0], p1[0], p0[1], p1[1]}, a1[4] = {p0[2], p1[2], p0[3], p1[3]};
-                const uint4 xv = sm.xs[a][warp][c * 4 + q];
-                mma16816<__nv_bfloat16>(d, a0, xv.x, xv.y);
-                mma16816<__nv_bfloat16>(d, za, xv.x, xv.y);
-                mma16816<__nv_bfloat16>(d, a1, xv.z, xv.w);
-                mma16816<__nv_bfloat16>(d, za, xv.z, xv.w);
-            }
-            acc[0] += in.s0 * d[0], acc[1] += in.s0 * d[1];
-            acc[2] += in.s1 * d[2], acc[3] += in.s1 * d[3];
-            asm volatile("" ::: "memory");
-            __syncwarp(); /* every lane has read the slot's x */
-            if (e + QMMA_STAGES < total) { /* the slot again, QMMA_STAGES elements on: maybe the next tile's */
-                const int next = e + QMMA_STAGES;
-                const qrows<CH> rows = rows_at(next / mine);
-                rows.stage(chunk_of(next), &sm.staged[a][warp][0][lane], &sm.staged[a][warp][1][lane]);
-                stage_x(next, a);
-                rows.scales_of(chunk_of(next), sq[a]);
-            }
-            cp_async_commit();
-            if ((e + 1) % mine == 0) { /* the tile's last chunk, at the same step in every warp */
-                const int k = e / mine;
-                float(*red)[4][32] = sm.red[k & 1];
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    red[warp][i][lane] = acc[i], acc[i] = 0.0f;
-                /* warp 0 finished tile k - 1 from the other half before it came here */
-                __syncthreads();
-                if (warp == 0) {
-                    float v[4];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        v[i] = 0.0f;
-#pragma unroll
-                        for (int w = 0; w < NW; w++)
-                            v[i] += red[w][i][lane];
-                    }
-                    int r0, r1;
-                    bool ok0, ok1;
-                    rows_of(k, r0, r1, ok0, ok1);
-                    /* d's layout: v[0], v[1] row r0 at tokens 2c, 2c + 1; v[2], v[3] row r1: token 0 only */
-                    if (c == 0) {
-                        if constexpr ((F & FUSE_NORM) != 0) {
-                            const float inv = fused_inv_rms(f, 0, K);
-                            v[0] *= inv, v[2] *= inv;
-                        }
-                        if constexpr ((F & FUSE_SILU) != 0) {
-                            if (ok0)
-                                out[r0] = __float2bfloat16(v[0] / (1.0f + expf(-v[0])) * v[2]);
-                        } else {
-                            float q = 0.0f;
-                            if (ok0)
-                                q += fused_out<__nv_bfloat16, F>(out, f, 0, r0, N,
-                                                                 v[0] + (bias ? __bfloat162float(bias[r0]) : 0.0f));
-                            if (ok1)
-                                q += fused_out<__nv_bfloat16, F>(out, f, 0, r1, N,
-                                                                 v[2] + (bias ? __bfloat162float(bias[r1]) : 0.0f));
-                            if constexpr ((F & FUSE_RESIDUAL) != 0)
-                                if (f.next_g) /* the tile's 16 rows summed over the lanes of c 0 */
-                                    for (int o = 4; o < 32; o <<= 1)
-                                        q += __shfl_xor_sync(0x11111111u, q, o);
-                            if constexpr ((F & FUSE_RESIDUAL) != 0)
-                                if (f.next_g && g == 0)
-                                    atomicAdd(f.ss, q);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    cp_async_wait<0>(); /* no copy into the block's shared memory outlives it */
     cuda_trace_end();
 }
 
@@ -580,17 +422,6 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
                     (int)q->n_groups);                                                                             \
     } while (0)
     const bool fp8 = q->kind == RT_QK_FP8;
-    /* several tiles a block (qmma_tiles_kernel) where the blocks still fill two an SM: the 8B's
-     * gate/up product (1,792 tiles) */
-    const unsigned per = (unsigned)c->qmma_tiles, blocks = (tiles + per - 1) / per;
-    if (n == 1 && !fp8 && c->qmma_xs && per > 1 && blocks >= 2u * (unsigned)c->n_sms && K / 128 >= QMMA_WARPS &&
-        (K / 128) % QMMA_WARPS == 0) {
-        cuda_launch(c, qmma_tiles_kernel<F>, dim3(1, blocks), QMMA_WARPS * 32,
-                    sizeof(qmma_tiles_smem<QMMA_WARPS>), (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x,
-                    (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, N, K,
-                    (int)q->group, (int)q->n_groups, (int)per);
-        return;
-    }
     /* a one-token product of at most two tiles an SM (the 8B shape's output and down products, 256
      * tiles) has two 8-warp blocks an SM, 16 of the 24 warps its registers allow (H200: the down
      * product latency-bound, DRAM at 35%, 15 warps active). With 64 chunks or more a tile (the down
@@ -599,7 +430,9 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
      * a tile lost (6.2 -> 7.2 us: a warp 2 or 3 chunks), and 16 warps a tile lost on both (64
      * registers; batch 1 409.0 against 416.3 at 12 and 414.9 at 8 on both products) */
     const bool wide = n == 1 && c->qmma_xs && c->qmma_wide && tiles <= 2u * (unsigned)c->n_sms && K >= 64 * 128;
-    if (n <= 8 && fp8)
+    if constexpr ((F & FUSE_ROPE) != 0) /* one int4 token, staged: all cuda_qmma_rope gives */
+        QMMA_LAUNCH(1, false, true, QMMA_WARPS);
+    else if (n <= 8 && fp8)
         QMMA_LAUNCH(1, true, false, QMMA_WARPS);
     else if (fp8)
         QMMA_LAUNCH(2, true, false, QMMA_WARPS);
@@ -619,6 +452,14 @@ void cuda_qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const 
 {
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
     FUSED_DISPATCH(fused_bits(f), qmma_as, c, out, x, w, b, fused_args(f), n);
+}
+
+bool cuda_qmma_rope(cuda_ctx *c, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias, const fusion &f)
+{
+    if (!cuda_qmma_fits(c, x, w, 1) || w->q.kind != RT_QK_INT || !c->qmma_xs)
+        return false;
+    qmma_as<FUSE_NORM | FUSE_ROPE>(c, nullptr, x, w, bias, f, 1);
+    return true;
 }
 
 /* ---- int4 products of 17 to QMMA_MAX_ROWS rows: weight tiles sharing the activations ----

@@ -546,6 +546,107 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
     free(raw), free(perm), free(tables);
 }
 
+/* The chain's QKV product of n decode tokens with its RoPE and KV write. p: n, heads, KV heads,
+ * head_dim, weights (0 in the activations' type, else qformats + 1), flags (1 a bias, 2 an FP8 cache
+ * under static scales, 4 the GPU at BF16 takes it under DINFER_CUDA_QKV_ROPE=1: gpu.ops.qkv_rope).
+ * matmul_rope where the backend takes it, else the product (fused with its norm where the backend
+ * fuses) into a qkv buffer and rope_kv_write; where matmul_rope took it, the other way runs too and
+ * the two write the same bits. Outputs: q, and the tokens' k and v slots. */
+static void run_matmul_rope(const op_case *c, ctx *x, outputs *o)
+{
+    enum { K = 1024 };
+    const int n = c->p[0], nh = c->p[1], nkv = c->p[2], hd = c->p[3], fmt = c->p[4], flags = c->p[5];
+    const int N = (nh + 2 * nkv) * hd, qw = nh * hd, kw = nkv * hd, n_slots = 2 * n + 2;
+    const bool fp8 = (flags & 2) != 0;
+    const rt_backend_ops *op = x->be->ops;
+    float *xs = rand_vec(x, (size_t)n * K), *w = rand_vec(x, (size_t)N * K), *bv = rand_vec(x, (size_t)N),
+          *g = rand_vec(x, K);
+    rt_tensor W = fmt ? qweight(x, w, N, K, fmt - 1) : weight(x, w, N, K),
+              B = flags & 1 ? weight(x, bv, N, 0) : (rt_tensor){0}, G = weight(x, g, K, 0);
+    int32_t *pos = malloc((size_t)n * 4), *slot = malloc((size_t)n * 4), *seq = malloc((size_t)n * 4);
+    for (int t = 0; t < n; t++) /* a sequence a token, its slot out of order */
+        pos[t] = 3 + 41 * t, slot[t] = n_slots - 1 - 2 * t, seq[t] = t;
+    float inv_freq[RT_MAX_HEAD_DIM / 2];
+    for (int i = 0; i < hd / 2; i++)
+        inv_freq[i] = (float)pow(500000.0, -2.0 * i / hd);
+    float *dinv = dev_alloc(x, sizeof inv_freq);
+    op->upload(x->be, dinv, inv_freq, sizeof inv_freq);
+    const rt_attn_batch b = {.n_tokens = n, .pos = up_ints(x, pos, (size_t)n), .slot = up_ints(x, slot, (size_t)n),
+                             .seq = up_ints(x, seq, (size_t)n), .decode = true};
+    const rt_attn_shape sh = {nh, nkv, hd, 0, 1.0f / sqrtf((float)hd)};
+    const size_t es = fp8 ? 1 : rt_dtype_size(op->act_dtype), cache = (size_t)n_slots * kw * es;
+    float sc[2 * RT_MAX_HEAD_DIM];
+    for (int h = 0; h < nkv; h++) /* static scales, some values saturating */
+        sc[h] = (2.0f + 0.5f * (float)h) / 448.0f, sc[nkv + h] = (1.5f + 0.25f * (float)h) / 448.0f;
+    rt_kv_layer kv[2];
+    for (int i = 0; i < 2; i++) {
+        kv[i] = (rt_kv_layer){.k = dev_alloc(x, cache), .v = dev_alloc(x, cache)};
+        if (fp8) {
+            kv[i].k_scale = dev_alloc(x, (size_t)nkv * sizeof(float));
+            kv[i].v_scale = dev_alloc(x, (size_t)nkv * sizeof(float));
+            op->upload(x->be, kv[i].k_scale, sc, (size_t)nkv * sizeof(float));
+            op->upload(x->be, kv[i].v_scale, sc + nkv, (size_t)nkv * sizeof(float));
+        }
+    }
+    void *dx = up(x, xs, (size_t)n * K), *in = dev_out(x, (size_t)n * K), *dqkv = dev_out(x, (size_t)n * N);
+    void *dq[2] = {dev_out(x, (size_t)n * qw), dev_out(x, (size_t)n * qw)};
+    const bool chain = op->matmul_fused && op->fuses(x->be, &W, n);
+    const size_t ss_len = (size_t)n * RT_FUSION_SS_STRIDE;
+    float *ss = dev_alloc(x, ss_len * sizeof *ss);
+    rt_fusion f = {.norm_ss = ss, .eps = 1e-5f};
+    if (chain)
+        op->norm_begin(x->be, in, ss, ss_len, dx, &G, n);
+    else
+        op->rmsnorm(x->be, in, dx, &G, n, 1e-5f);
+    const bool fused = chain && op->matmul_rope && op->matmul_rope(x->be, dq[0], in, &W, &B, &f, n, dinv, &b, &sh, &kv[0]);
+    const char *e = getenv("DINFER_CUDA_QKV_ROPE");
+    if ((flags & 4) && e && strcmp(e, "1") == 0 && !op->host_memory && x->dt == RT_BF16)
+        assert_true(fused);
+    for (int i = fused ? 1 : 0; i < 2; i++) { /* the two kernels' way (both ways where the first was fused) */
+        if (chain)
+            op->matmul_fused(x->be, dqkv, in, &W, &B, &f, n);
+        else
+            op->matmul(x->be, dqkv, in, &W, &B, n);
+        op->rope_kv_write(x->be, dq[i], dqkv, dinv, &b, &sh, &kv[i]);
+        if (!fused)
+            break;
+    }
+    take(x, o, "q", dq[0], (size_t)n * qw);
+    uint8_t *raw[2][2] = {{malloc(cache), malloc(cache)}, {malloc(cache), malloc(cache)}};
+    for (int i = 0; i < (fused ? 2 : 1); i++)
+        for (int which = 0; which < 2; which++)
+            op->download(x->be, raw[i][which], which ? kv[i].v : kv[i].k, cache);
+    if (fused) { /* the same bits both ways: q, and each token's slots */
+        const size_t qb = (size_t)n * qw * es;
+        uint8_t *q2[2] = {malloc(qb), malloc(qb)};
+        for (int i = 0; i < 2; i++)
+            op->download(x->be, q2[i], dq[i], (size_t)n * qw * rt_dtype_size(op->act_dtype));
+        assert_memory_equal(q2[0], q2[1], (size_t)n * qw * rt_dtype_size(op->act_dtype));
+        free(q2[0]), free(q2[1]);
+        for (int which = 0; which < 2; which++)
+            for (int t = 0; t < n; t++)
+                assert_memory_equal(raw[0][which] + (size_t)slot[t] * kw * es, raw[1][which] + (size_t)slot[t] * kw * es,
+                                    (size_t)kw * es);
+    }
+    rt_dtype t = op->act_dtype;
+    for (int which = 0; which < 2; which++) {
+        float *kvs = malloc((size_t)n * kw * sizeof *kvs);
+        for (int j = 0; j < n; j++) {
+            const uint8_t *r = raw[0][which] + (size_t)slot[j] * kw * es;
+            if (!fp8)
+                rt_convert_to_f32(kvs + (size_t)j * kw, r, t, (size_t)kw);
+            else
+                for (int i = 0; i < kw; i++)
+                    kvs[(size_t)j * kw + i] = rt_fp8_to_f32(r[i]) * sc[which * nkv + i / hd];
+        }
+        o->name[o->n] = which ? "KV v" : "KV k", o->v[o->n] = kvs, o->len[o->n] = (size_t)n * kw;
+        o->n++;
+    }
+    for (int i = 0; i < 2; i++)
+        free(raw[i][0]), free(raw[i][1]);
+    free(xs), free(w), free(bv), free(g), free(pos), free(slot), free(seq);
+}
+
 /* ---- the table ---- */
 
 static const op_case cases[] = {
@@ -672,6 +773,16 @@ static const op_case cases[] = {
     {"attention", {32, 8, 128, 0, 0, 2}, run_attention}, {"attention", {8, 2, 64, 100, 2, 2}, run_attention},
     {"attention", {6, 3, 6, 0, 1, 2}, run_attention},
     {"attention", {32, 8, 128, 0, 1, 2}, run_attention}, /* decodes under static scales (gpu.ops.rope_fused) */
+    /* the QKV product with its RoPE and KV write (matmul_rope): weights in the activations' type
+     * with a bias, FP8, int8, int4 on the tensor cores (with zero points: AWQ's) and int4 g32 on the
+     * fp32 kernel, head sizes 128 and 64, an FP8 cache under static scales; 3 tokens and a head of 8
+     * (not taken: the two kernels) */
+    {"matmul_rope", {1, 4, 2, 128, 0, 5}, run_matmul_rope}, {"matmul_rope", {1, 4, 2, 128, 1, 4}, run_matmul_rope},
+    {"matmul_rope", {1, 4, 2, 128, 3, 5}, run_matmul_rope}, {"matmul_rope", {1, 4, 2, 128, 4, 5}, run_matmul_rope},
+    {"matmul_rope", {1, 8, 8, 64, 4, 4}, run_matmul_rope},  {"matmul_rope", {1, 4, 1, 128, 5, 6}, run_matmul_rope},
+    {"matmul_rope", {1, 32, 8, 128, 4, 4}, run_matmul_rope}, {"matmul_rope", {1, 4, 2, 128, 4, 6}, run_matmul_rope},
+    {"matmul_rope", {1, 4, 2, 64, 1, 6}, run_matmul_rope},  {"matmul_rope", {3, 4, 2, 128, 4, 1}, run_matmul_rope},
+    {"matmul_rope", {1, 6, 3, 8, 0, 0}, run_matmul_rope},
 };
 
 static const rt_dtype types[] = {RT_F32, RT_BF16, RT_F16};
@@ -715,7 +826,8 @@ static void test_ops(void **state)
             run_on(c, k, gpu[k], &got);
             assert_int_equal(ref.n, got.n);
             double worst = 0, tol = tolerance[k];
-            if (c->run == run_attention && c->p[5]) /* codes may round apart where fp32 rope results differ */
+            if ((c->run == run_attention && c->p[5]) || (c->run == run_matmul_rope && (c->p[5] & 2)))
+                /* codes may round apart where fp32 rope results differ */
                 tol = tol > 2e-3 ? tol : 2e-3;
             for (int i = 0; i < ref.n; i++) {
                 double num = 0, den = 0;
