@@ -39,21 +39,43 @@ __device__ __forceinline__ int rope_row(const fusion &f, int pairs, int block, i
     return head * f.rope.hd + block % per_head * pairs + i;
 }
 
+/* The cos and sin of row r's rotation at token t's position (fp32 angle, as transformers computes
+ * it; a row of the second half takes its partner's). The kernels take them before their wait: the
+ * positions are the step's inputs, copied before its first kernel, not the kernel ahead's output
+ * (the decode attention reads them there too). */
+__device__ __forceinline__ float2 rope_angle(const fusion &f, int t, int r)
+{
+    float sn, co;
+    sincosf((float)__ldg(f.rope.pos + t) * __ldg(f.rope.inv_freq + r % (f.rope.hd / 2)), &sn, &co);
+    return make_float2(co, sn);
+}
+
+/* With FUSE_ROPE, row `row`'s angles for tokens 0 .. R - 1 (those below n); nothing otherwise. */
+template <int F, int R>
+struct rope_angles {
+    float2 cs[(F & FUSE_ROPE) != 0 ? R : 1];
+    __device__ __forceinline__ rope_angles(const fusion &f, int row, int n)
+    {
+        if constexpr ((F & FUSE_ROPE) != 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                cs[r] = r < n ? rope_angle(f, r, row) : make_float2(1.0f, 0.0f);
+    }
+};
+
 /* Rows r and r + hd / 2 of token t's QKV product (a and b, bias included) where rope_kv_write would
  * put them: rounded to T first (its kernel reads the product as stored), then a q or k pair rotated
- * by the token's position (fp32 angle, as transformers computes it) into q or the token's KV slot,
- * a v pair copied there (FP8 cache: codes under the KV head's static scale, saturating). */
+ * by cs (rope_angle) into q or the token's KV slot, a v pair copied there (FP8 cache: codes under
+ * the KV head's static scale, saturating). */
 template <typename T>
-__device__ __forceinline__ void fused_rope_pair(const fusion &f, int t, int r, float a, float b)
+__device__ __forceinline__ void fused_rope_pair(const fusion &f, int t, int r, float a, float b, float2 cs)
 {
     const fusion_rope &p = f.rope;
     const int hd = p.hd, head = r / hd, j = r % hd;
     a = as_stored<T>(a), b = as_stored<T>(b);
     if (head < p.nq + p.nkv) {
-        float sn, co;
-        sincosf((float)__ldg(p.pos + t) * __ldg(p.inv_freq + j), &sn, &co);
         const float a0 = a;
-        a = a0 * co - b * sn, b = b * co + a0 * sn;
+        a = a0 * cs.x - b * cs.y, b = b * cs.x + a0 * cs.y;
     }
     if (head < p.nq) {
         T *d = (T *)p.q + ((int64_t)t * p.nq + head) * hd + j;
@@ -192,7 +214,7 @@ __device__ __forceinline__ void split_sum(float *acc, bool &valid)
  * then out written as F says. Every thread of the block calls it (FUSE_SILU meets at a barrier). */
 template <typename T, int R, int F, int WARPS>
 __device__ __forceinline__ void fused_store(T *out, const float *acc, const T *bias, const fusion &f, int n, int N,
-                                            int K, int row, bool valid)
+                                            int K, int row, bool valid, const rope_angles<F, R> &ra)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float v[R];
@@ -215,7 +237,7 @@ __device__ __forceinline__ void fused_store(T *out, const float *acc, const T *b
 #pragma unroll
             for (int r = 0; r < R; r++)
                 if (r < n)
-                    fused_rope_pair<T>(f, r, row, v[r] + (bias ? ld(&bias[row]) : 0.0f), hi[warp][r]);
+                    fused_rope_pair<T>(f, r, row, v[r] + (bias ? ld(&bias[row]) : 0.0f), hi[warp][r], ra.cs[r]);
     } else if constexpr ((F & FUSE_SILU) != 0) {
         constexpr int HW = WARPS / 2;
         __shared__ float up[HW][R];

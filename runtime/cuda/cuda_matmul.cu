@@ -76,6 +76,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
      * eye on ptxas -v here: this form holds 40 registers at one row (6 blocks an SM) where the
      * SiLU-fused variants of an earlier one held 46 (5), and the 1B step was 5-11% slower for it */
     int k = kend - K / S + lane * PER;
+    const rope_angles<F, R> ra(f, row, n);
     uint4 pre[GEMV_PRE];
 #pragma unroll
     for (int i = 0; i < GEMV_PRE; i++)
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     if constexpr (S > 1)
         split_sum<R, S, GEMV_WARPS>(acc, valid);
     cuda_trace_mark(); /* the first warp's row done */
-    fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
+    fused_store<T, R, F, GEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid, ra);
     cuda_trace_end();
 }
 

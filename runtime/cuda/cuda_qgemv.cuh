@@ -102,6 +102,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
     /* A loads in flight a lane in one set of registers, each slot loaded again once its codes are
      * used (a current and a next set of 4 held 64 registers at one FP8 row: 4 blocks an SM); the first
      * loads go out before pdl_wait (the codes are constant) */
+    const rope_angles<F, R> ra(f, row, n);
     uint4 buf[A];
     float buf_s[A], buf_z[A];
 #pragma unroll
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
         }
     }
     cuda_trace_mark(); /* the first warp's row done */
-    fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid);
+    fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid, ra);
     cuda_trace_end();
 }
 

@@ -159,6 +159,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                 int n_groups)
 {
     static_assert(!XS || (NT == 1 && !FP8), "activations staged for one token of int4 codes");
+    static_assert((F & FUSE_ROPE) == 0 || NT == 1, "the rotation's angles of one token tile");
     static_assert(NW == QMMA_WARPS || XS, "more warps a tile only for one staged token");
     extern __shared__ __align__(16) unsigned char qmma_sm[];
     qmma_smem<NT, XS, NW> &sm = *reinterpret_cast<qmma_smem<NT, XS, NW> *>(qmma_sm);
@@ -217,6 +218,12 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                 cp_async16(&xs[a][warp][lane], x + (int64_t)ch * CH + lane * 8, true);
         }
     };
+    float2 rcs[2] = {}; /* FUSE_ROPE: the angles of the lane's row r0 at its tokens (rope_angle) */
+    if constexpr ((F & FUSE_ROPE) != 0)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            if (warp == 0 && tb + 2 * c + i < n) /* warp 0 stores */
+                rcs[i] = rope_angle(f, tb + 2 * c + i, r0);
     pdl_wait();
     pdl_trigger();
     if constexpr (XS) { /* one group after the codes' (the first chunk waits for all of them) */
@@ -357,7 +364,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
 #pragma unroll
             for (int i = 0; i < 2; i++)
                 if (t0 + i < n && ok0)
-                    fused_rope_pair<__nv_bfloat16>(f, t0 + i, r0, v[i] + b0, v[i + 2] + b1);
+                    fused_rope_pair<__nv_bfloat16>(f, t0 + i, r0, v[i] + b0, v[i + 2] + b1, rcs[i]);
         } else {
             float q[2] = {0.0f, 0.0f}; /* the squares of tokens t0 and t0 + 1 */
 #pragma unroll
