@@ -113,10 +113,7 @@ struct fa_geom {
 /* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m), written to
  * part_o and part_ml for fa_combine_kernel; or with cl (the grid's splits one cluster, at most
  * FA_CLUSTER_MAX) left in the block's shared memory, where the cluster's blocks combine them, each
- * a share of the outputs: no second kernel; or with tickets (one counter a token and KV head, zero
- * between launches) written to part_o and part_ml, and the split that finishes last combines them:
- * no second kernel and no cluster (the step trace saw the cluster launch's blocks start only after
- * the kernel ahead ended, where other kernels' blocks wait resident with their weights asked for).
+ * a share of the outputs: no second kernel.
  * With pre (a decode step, rt_attn_batch.decode) the keys before the token's own are asked for
  * before the wait on the kernel ahead, which writes only the token's own key. With inv_freq too (a
  * decode step's rope_attention), that kernel is the QKV product: q is a row of its output (q_ld
@@ -130,7 +127,7 @@ __global__ void __launch_bounds__(W * 32)
     fa_split_kernel(T *out, float *part_o, float2 *part_ml, const T *q, int64_t q_ld, KV *kc, KV *vc,
                     float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
-                    float scale, int min_split, bool cl, bool pre, int *tickets, const float *inv_freq,
+                    float scale, int min_split, bool cl, bool pre, const float *inv_freq,
                     const int32_t *slots)
 {
     if (!pre) {
@@ -407,50 +404,6 @@ __global__ void __launch_bounds__(W * 32)
         cluster.sync(); /* no block's shared memory goes while another reads it */
     }
 #endif
-    if (tickets && n_splits > 1) {
-        /* the last split of (token, KV head) to finish combines every split's state: each block's
-         * writes made visible before its ticket is taken (the threadfence reduction's order) */
-        __shared__ bool last;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int *tk = tickets + (int64_t)i * gridDim.y + kvh;
-            last = atomicAdd(tk, 1) == n_splits - 1;
-            if (last)
-                *tk = 0; /* every split has counted: ready for the next launch */
-        }
-        __syncthreads();
-        if (last) {
-            __threadfence();
-            for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
-                const int g = x / HD, h = kvh * group + g;
-                const int64_t at0 = ((int64_t)i * nh + h) * n_splits;
-                /* the splits' states merged as they come, 8 asked for at once (from L2: written by
-                 * other blocks) */
-                float mx = -INFINITY, o = 0.0f, sum = 0.0f;
-                for (int r0 = 0; r0 < n_splits; r0 += 8) {
-                    float2 ml[8];
-                    float ov[8];
-#pragma unroll
-                    for (int k = 0; k < 8; k++) {
-                        const int64_t at = at0 + r0 + k;
-                        ml[k] = r0 + k < n_splits ? __ldcg(part_ml + at) : make_float2(0.0f, 0.0f);
-                        ov[k] = r0 + k < n_splits ? __ldcg(part_o + at * HD + x % HD) : 0.0f;
-                    }
-#pragma unroll
-                    for (int k = 0; k < 8; k++)
-                        if (ml[k].y > 0.0f) { /* a split that saw no key weighs 0 */
-                            const float m_new = fmaxf(mx, ml[k].x), corr = __expf(mx - m_new),
-                                        w = __expf(ml[k].x - m_new);
-                            o = o * corr + w * ov[k];
-                            sum = sum * corr + w * ml[k].y;
-                            mx = m_new;
-                        }
-                }
-                st(&out[((int64_t)t * nh + h) * HD + x % HD], o / sum);
-            }
-        }
-    }
     cuda_trace_end();
 }
 
@@ -530,11 +483,7 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     const int group = s->n_heads / s->n_kv_heads;
     /* the splits combined in their cluster (H100, batch 1: 8B int4 406.1 -> 414.3 tok/s; the early keys
      * below 404.7 -> 414.3) */
-    /* the last split to finish combines (DINFER_CUDA_FA_LAST) where the tickets cover the launch's
-     * tokens and KV heads; otherwise in a cluster of the splits */
-    int *tickets = c->fa_last && n_splits > 1 && (int64_t)ts.n * s->n_kv_heads <= CUDA_FA_TICKETS ? c->fa_tickets
-                                                                                                    : nullptr;
-    const bool cl = !tickets && c->fa_cluster && n_splits > 1 && n_splits <= FA_CLUSTER_MAX;
+    const bool cl = c->fa_cluster && n_splits > 1 && n_splits <= FA_CLUSTER_MAX;
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float) +
                        (cl ? (size_t)group * (HD * sizeof(float) + sizeof(float2)) : 0);
     float *part_o = (float *)c->scratch;
@@ -548,8 +497,8 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         (int64_t)(s->n_heads + (ROPE ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
         kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), tickets, inv_freq, b->slot);
-    if (n_splits > 1 && !cl && !tickets)
+        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot);
+    if (n_splits > 1 && !cl)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
 }

@@ -183,7 +183,6 @@ static void cuda_destroy(rt_backend *be)
     cublasLtDestroy(c->lt);
     cudaFree(c->scratch);
     cudaFree(c->blas_ws);
-    cudaFree(c->fa_tickets);
     cudaStreamDestroy(c->stream);
     free(c);
     free(be);
@@ -246,7 +245,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         return NULL;
     }
     /* the switches for measuring, each 0 or 1 */
-    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre, fa_last,
+    bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre,
         qmma_xs, qmma_wide, rope_fuse, qkv_rope;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
@@ -276,10 +275,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "0 (decode attention loads every key after the kernel ahead ends) or 1 (the default: the keys "
                    "before the token's own before)",
                    &fa_pre, err) ||
-        env_switch("DINFER_CUDA_FA_LAST",
-                   "1 (a split decode context's parts combined by the split that finishes last, no cluster) or 0 "
-                   "(the default)",
-                   &fa_last, err, false) ||
         env_switch("DINFER_CUDA_ROPE_FUSE",
                    "1 (a decode step's RoPE and KV write in its attention kernel) or 0 (the default: a kernel of "
                    "their own)",
@@ -368,7 +363,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->qmma_fp8 = qmma_fp8;
     c->fa_cluster = fa_cluster && cc_major >= 9;
     c->fa_pre = fa_pre;
-    c->fa_last = fa_last;
     c->rope_fuse = rope_fuse;
     c->qkv_rope = qkv_rope;
     c->qmma_xs = qmma_xs;
@@ -381,14 +375,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     if (cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         cudaMalloc(&c->scratch, c->scratch_bytes) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != cudaSuccess ||
-        cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != CUBLAS_STATUS_SUCCESS ||
-        (fa_last && (cudaMalloc(&c->fa_tickets, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess ||
-                     cudaMemset(c->fa_tickets, 0, CUDA_FA_TICKETS * sizeof(int)) != cudaSuccess))) {
+        cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WORKSPACE_BYTES) != CUBLAS_STATUS_SUCCESS) {
         cudaGetLastError();
         cudaFree(c->scratch);
         cudaFree(c->blas_ws);
-        cudaFree(c->fa_tickets);
-        base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
+            base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
                   (c->scratch_bytes + CUDA_BLAS_WORKSPACE_BYTES) >> 20, device);
         cublasDestroy(c->blas);
         cublasLtDestroy(c->lt);

@@ -38,9 +38,6 @@ typedef struct cuda_fp8_algo {
  * 1, prompt 128, 128 new: 1B 888.8 -> 901.9 tok/s at 32 against 64, 8B FP8 279.6 -> 283.3; 16 below 32
  * on the 1B). A multiple of 16 (cuda_backend.cu's switch). */
 #define FA_MIN_SPLIT 32
-/* Tokens x KV heads whose split contexts the last split combines: a context splits only while they
- * number fewer than twice the SMs (cuda_attention.cu's fa_splits) */
-#define CUDA_FA_TICKETS 1024
 
 typedef struct cuda_ctx {
     int device;
@@ -87,11 +84,8 @@ typedef struct cuda_ctx {
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
-    bool fa_last;              /* a split context's parts combined by its last split to finish (DINFER_CUDA_FA_LAST) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
     bool qkv_rope;             /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE=1) */
-    int *fa_tickets;           /* (CUDA_FA_TICKETS) its counters, a token and KV head each, zero between launches
-                                * (allocated only with fa_last) */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;
