@@ -700,9 +700,8 @@ static const op_case cases[] = {
     /* one int4 token over long rows (64 chunks or more) of few tiles: 12 warps a tile
      * (DINFER_CUDA_QMMA_WIDE), 112 chunks (4 warps with 10, 8 with 9) and 64 */
     {"matmul", {1, 14336, 40, 1, 3}, run_qmatmul}, {"matmul", {1, 8192, 24, 0, 5}, run_qmatmul},
-    /* one int4 token over 811 tiles of rows a multiple of 1,024 columns: 3 a block under
-     * DINFER_CUDA_QMMA_TILES=3 (gpu.ops.qmma_tiles), the last tile partly past the rows, the last
-     * block's last two wholly */
+    /* one int4 token over 811 tiles of rows a multiple of 1,024 columns, the last tile partly past
+     * the rows */
     {"matmul", {1, 2048, 12970, 1, 3}, run_qmatmul}, {"matmul", {1, 1024, 12970, 0, 5}, run_qmatmul},
     /* the fused products of few rows: each GEMV row count, odd widths, the 8B shape's widths */
     {"matmul_fused", {1, 4096, 64, 1, 1}, run_matmul_fused},  {"matmul_fused", {3, 256, 40, 2, 1}, run_matmul_fused},
@@ -731,7 +730,7 @@ static const op_case cases[] = {
     {"matmul_fused", {1, 14336, 40, 2, 1, 1}, run_matmul_fused}, {"matmul_fused", {1, 1024, 4500, 2, 0, 1}, run_matmul_fused},
     /* the same over many weight tiles: gate/up with its norm and SiLU (int4), the residual (FP8) */
     {"matmul_fused", {1, 256, 13000, 5, 0, 4}, run_matmul_fused}, {"matmul_fused", {4, 256, 8800, 2, 0, 1}, run_matmul_fused},
-    /* the same fused (gpu.ops.qmma_tiles): gate/up, the residual with its squares, a norm with a bias */
+    /* the same fused over 811 tiles: gate/up, the residual with its squares, a norm with a bias */
     {"matmul_fused", {1, 4096, 12970, 5, 0, 4}, run_matmul_fused}, {"matmul_fused", {1, 1024, 12970, 2, 0, 4}, run_matmul_fused},
     {"matmul_fused", {1, 2048, 12970, 1, 1, 6}, run_matmul_fused},
     /* FP8 above 16 rows (the FP8 tensor cores through cuBLASLt and one pass after): each fusion,
