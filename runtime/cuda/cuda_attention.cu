@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(W * 32)
                     float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
                     float scale, int min_split, bool cl, bool pre, const float *inv_freq,
-                    const int32_t *slots)
+                    const int32_t *slots, const char *ahead0, const char *ahead1, unsigned ahead_bytes)
 {
     if (!pre) {
         pdl_wait();
@@ -211,6 +211,20 @@ __global__ void __launch_bounds__(W * 32)
     if (pre) {
         pdl_wait();
         pdl_trigger();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (ahead_bytes && threadIdx.x == 0) {
+            /* read ahead (cuda_read_ahead): the block's share of both regions asked into L2, now
+             * that the QKV product's stream has ended and the attention leaves HBM idle */
+            const unsigned nb = gridDim.x * gridDim.y * gridDim.z,
+                           b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+            const unsigned share = (ahead_bytes / nb + 15) / 16 * 16, at = b * share;
+            if (at < ahead_bytes) {
+                const unsigned len = min(share, ahead_bytes - at);
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ahead0 + at), "r"(len) : "memory");
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ahead1 + at), "r"(len) : "memory");
+            }
+        }
+#endif
         if (!rope) /* the token's own key, written by the kernel ahead, if it is among those */
 #pragma unroll
             for (int a = 0; a < FA_AHEAD; a++)
@@ -497,7 +511,9 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         (int64_t)(s->n_heads + (ROPE ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
         kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot);
+        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot, (const char *)c->ahead[0],
+        (const char *)c->ahead[1], ROPE || (c->fa_pre && b->decode) ? c->ahead_bytes : 0u);
+    c->ahead_bytes = 0; /* the hint is this launch's */
     if (n_splits > 1 && !cl)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
@@ -821,6 +837,27 @@ static bool rope_attend(cuda_ctx *c, void *out, const void *qkv, const float *in
             fa_launch<T, T, 128, 4, true>(c, out, qkv, kv, b, s, ts, inv_freq);
         return true;
     }
+}
+
+/* backend.h's read_ahead: the next decode attention asks L2 for the first DINFER_CUDA_READ_AHEAD_MB
+ * (0: off, the default) of w's two halves (a gate/up product's first gate rows and the up rows
+ * that go with them: its first blocks' weights), 16-byte aligned, while its own work leaves HBM
+ * idle. The hint holds for the next launch only. */
+extern "C" void cuda_read_ahead(rt_backend *be, const rt_tensor *w)
+{
+    cuda_ctx *c = cuda_ctx_of(be);
+    c->ahead_bytes = 0;
+    if (c->read_ahead_mb == 0 || !w->data || w->rows < 2)
+        return;
+    const size_t row = w->q.kind == RT_QK_INT && w->q.bits == 4 ? (size_t)w->cols / 2
+                       : w->q.kind                              ? (size_t)w->cols
+                                                                : (size_t)w->cols * rt_dtype_size(w->dtype);
+    const size_t half = (size_t)(w->rows / 2) * row, want = (size_t)c->read_ahead_mb << 19; /* MB / 2 a half */
+    c->ahead[0] = w->data;
+    c->ahead[1] = (const char *)w->data + half;
+    c->ahead_bytes = (unsigned)((want < half ? want : half) / 16 * 16);
+    if ((uintptr_t)c->ahead[1] % 16 != 0)
+        c->ahead_bytes = 0;
 }
 
 extern "C" bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq,

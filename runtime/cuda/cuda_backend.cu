@@ -196,7 +196,7 @@ static void cuda_destroy(rt_backend *be)
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .download_mark = cuda_download_mark, .wait_mark = cuda_wait_mark, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
-        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .matmul_rope = cuda_matmul_rope, .add = cuda_add,           \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .matmul_rope = cuda_matmul_rope, .read_ahead = cuda_read_ahead, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
         .to_f32 = cuda_to_f32, .matmul_f32 = cuda_matmul_f32,                                         \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -320,6 +320,17 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
     int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    int read_ahead_mb = 0;
+    if (const char *e = getenv("DINFER_CUDA_READ_AHEAD_MB")) {
+        char *end = NULL;
+        const long v = strtol(e, &end, 10);
+        if (end == e || *end || v < 0 || v > 64) {
+            base_errf(err, "DINFER_CUDA_READ_AHEAD_MB is '%.32s': megabytes of the gate/up weights the decode "
+                           "attention asks into L2, 0 to 64", e);
+            return NULL;
+        }
+        read_ahead_mb = (int)v;
+    }
     if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
@@ -365,6 +376,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->fa_pre = fa_pre;
     c->rope_fuse = rope_fuse;
     c->qkv_rope = qkv_rope;
+    c->read_ahead_mb = read_ahead_mb;
     c->qmma_xs = qmma_xs;
     c->qmma_wide = qmma_wide;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;

@@ -86,6 +86,9 @@ typedef struct cuda_ctx {
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
     bool qkv_rope;             /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE=1) */
+    int read_ahead_mb;         /* MB the decode attention asks into L2 of read_ahead's weight (DINFER_CUDA_READ_AHEAD_MB; 0) */
+    const void *ahead[2];      /* read_ahead's two regions, ahead_bytes each (0: none) for the next attention */
+    unsigned ahead_bytes;
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;
