@@ -118,27 +118,25 @@ static void gemv_rows(cuda_ctx *c, void *out, const void *x, const rt_tensor *w,
 #define GEMV_LAUNCH(R)                                                                                             \
     cuda_launch(c, gemv_kernel<T, R, F>, blocks, GEMV_WARPS * 32, 0, (T *)out, (const T *)x, (const T *)w->data, bias, \
                 f, n, N, K)
-    if constexpr ((F & FUSE_ROPE) != 0) { /* one row of x: all cuda_matmul_rope gives */
-        GEMV_LAUNCH(1);
-        return;
-    }
-    const int S = c->gemv_split;
-    if constexpr ((F & (FUSE_SILU | FUSE_ROPE)) == 0) {
-        /* a row split over S warps: one row of x, a product of fewer than 3 blocks an SM (the 1B's QKV,
-         * output and down products: ~2 blocks of 8 warps an SM resident, too few loads in flight;
-         * the 8B's have 512 and more), whole loads in each part */
-        if (S > 1 && n <= 1 && blocks < 3u * (unsigned)c->n_sms && K % (S * (16 / (int)sizeof(T))) == 0) {
-            const unsigned sb = (unsigned)((N + GEMV_WARPS / S - 1) / (GEMV_WARPS / S));
-            if (S == 2)
-                cuda_launch(c, gemv_kernel<T, 1, F, 2>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
-                            (const T *)w->data, bias, f, n, N, K);
-            else
-                cuda_launch(c, gemv_kernel<T, 1, F, 4>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
-                            (const T *)w->data, bias, f, n, N, K);
-            return;
+    if constexpr ((F & FUSE_ROPE) != 0) {
+        GEMV_LAUNCH(1); /* one row of x: all cuda_matmul_rope gives */
+    } else {
+        const int S = c->gemv_split;
+        if constexpr ((F & FUSE_SILU) == 0) {
+            /* a row split over S warps: one row of x, a product of fewer than 3 blocks an SM (the 1B's
+             * QKV, output and down products: ~2 blocks of 8 warps an SM resident, too few loads in
+             * flight; the 8B's have 512 and more), whole loads in each part */
+            if (S > 1 && n <= 1 && blocks < 3u * (unsigned)c->n_sms && K % (S * (16 / (int)sizeof(T))) == 0) {
+                const unsigned sb = (unsigned)((N + GEMV_WARPS / S - 1) / (GEMV_WARPS / S));
+                if (S == 2)
+                    cuda_launch(c, gemv_kernel<T, 1, F, 2>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
+                                (const T *)w->data, bias, f, n, N, K);
+                else
+                    cuda_launch(c, gemv_kernel<T, 1, F, 4>, sb, GEMV_WARPS * 32, 0, (T *)out, (const T *)x,
+                                (const T *)w->data, bias, f, n, N, K);
+                return;
+            }
         }
-    }
-    if constexpr ((F & FUSE_ROPE) == 0) {
         if (n <= 1)
             GEMV_LAUNCH(1);
         else if (n <= 2)
