@@ -389,6 +389,7 @@ __global__ void __launch_bounds__(W * 32)
         namespace cg = cooperative_groups;
         cg::cluster_group cluster = cg::this_cluster();
         cluster.sync();
+        cuda_trace_mark2(); /* the block's own combine and the cluster's first barrier done */
         for (int x = split + n_splits * (int)threadIdx.x; x < group * HD; x += n_splits * (int)blockDim.x) {
             const int g = x / HD;
             /* every block's (m, l) and o of x asked for at once (a loop over n_splits waited on each

@@ -184,7 +184,7 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
 #define CUDA_TRACE_SMS 160 /* SM ids recorded (%smid below this) */
 typedef struct cuda_trace_rec {
     unsigned long long t_pre, t_post, t_end, grid; /* t_end 0: no cuda_trace_end */
-    unsigned long long t_mark;                     /* cuda_trace_mark's time (0: none) */
+    unsigned long long t_mark, t_mark2;            /* cuda_trace_mark's and cuda_trace_mark2's times (0: none) */
     unsigned block;
     unsigned short sm, pad;
     unsigned short gx, gy, gz, bx;
@@ -247,6 +247,15 @@ __device__ __forceinline__ void cuda_trace_mark()
 #endif
 }
 
+/* A second point after cuda_trace_mark (the split attention: its cluster's first barrier passed),
+ * under the same conditions. */
+__device__ __forceinline__ void cuda_trace_mark2()
+{
+#ifdef DINFER_CUDA_TRACE
+    cuda_trace_stamp(&cuda_trace_rec::t_mark2);
+#endif
+}
+
 __device__ __forceinline__ void pdl_wait()
 {
 #ifdef DINFER_CUDA_TRACE
@@ -275,7 +284,7 @@ __device__ __forceinline__ void pdl_wait()
             unsigned long long grid;
             asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
             cuda_trace_rec r;
-            r.t_pre = t0, r.t_post = cuda_trace_now(), r.t_end = 0, r.t_mark = 0, r.grid = grid;
+            r.t_pre = t0, r.t_post = cuda_trace_now(), r.t_end = 0, r.t_mark = 0, r.t_mark2 = 0, r.grid = grid;
             r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
             r.sm = (unsigned short)sm, r.pad = 0;
             r.gx = (unsigned short)gridDim.x, r.gy = (unsigned short)gridDim.y, r.gz = (unsigned short)gridDim.z;

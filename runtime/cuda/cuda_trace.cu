@@ -9,7 +9,7 @@
 
 #ifdef DINFER_CUDA_TRACE
 
-#define TRACE_CAP 8192u /* records an SM (56 bytes each; ~1,300 a step of the 8B shape at batch 1) */
+#define TRACE_CAP 8192u /* records an SM (64 bytes each; ~1,300 a step of the 8B shape at batch 1) */
 #define TRACE_ARMS 64
 
 static void (*trace_arms[TRACE_ARMS])(cuda_trace_buf *);
@@ -99,7 +99,7 @@ void cuda_trace_close(cuda_ctx *c)
         fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
         goto done;
     }
-    fprintf(f, "# dinfer trace: replays %d to %d of %d\n# grid block sm t_pre t_post t_end gx gy gz bx t_mark\n",
+    fprintf(f, "# dinfer trace: replays %d to %d of %d\n# grid block sm t_pre t_post t_end gx gy gz bx t_mark t_mark2\n",
             c->trace_from, c->trace_to - 1, c->trace_replay);
     for (int sm = 0; sm < CUDA_TRACE_SMS; sm++) {
         const unsigned n = head->n[sm][0] < TRACE_CAP ? head->n[sm][0] : TRACE_CAP;
@@ -112,9 +112,9 @@ void cuda_trace_close(cuda_ctx *c)
             break;
         }
         for (unsigned i = 0; i < n; i++)
-            fprintf(f, "%llu %u %u %llu %llu %llu %u %u %u %u %llu\n", rec[i].grid, rec[i].block, rec[i].sm,
+            fprintf(f, "%llu %u %u %llu %llu %llu %u %u %u %u %llu %llu\n", rec[i].grid, rec[i].block, rec[i].sm,
                     rec[i].t_pre, rec[i].t_post, rec[i].t_end, rec[i].gx, rec[i].gy, rec[i].gz, rec[i].bx,
-                    rec[i].t_mark);
+                    rec[i].t_mark, rec[i].t_mark2);
         kept += n;
     }
     if (fclose(f) != 0)

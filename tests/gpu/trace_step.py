@@ -8,7 +8,8 @@ machine after a run of a -DDINFER_CUDA_TRACE=ON build):
 
 Each launch's blocks recorded when they reached pdl_wait, when they passed it (the kernel ahead
 done) and, for the weight-streaming products and the split attention, when each block's math was
-done (its mark: the epilogue after it) and when its work ended. Launches are ordered
+done (its mark: the epilogue after it; the split attention's second mark, `to-mk2`, after its
+cluster's first barrier) and when its work ended. Launches are ordered
 by their first release (a kernel's blocks cannot pass the wait before the one ahead ends), the
 step's repeating launches found, and for each launch of the step: when it was released (from the
 step's first launch), its span (to the next launch's release: its share of the step's critical
@@ -31,20 +32,21 @@ def load(path):
                 header.append(line.strip())
                 continue
             p = line.split()
-            if len(p) not in (10, 11):
+            if len(p) not in (10, 11, 12):
                 continue
             grid, block, sm, t_pre, t_post, t_end = (int(v) for v in p[:6])
             sig[grid] = tuple(int(v) for v in p[6:10])
-            t_mark = int(p[10]) if len(p) == 11 else 0
-            by_grid[grid].append((t_post, block, sm, t_pre, t_end, t_mark))
+            t_mark = int(p[10]) if len(p) >= 11 else 0
+            t_mark2 = int(p[11]) if len(p) == 12 else 0
+            by_grid[grid].append((t_post, block, sm, t_pre, t_end, t_mark, t_mark2))
     launches = collections.defaultdict(list)
     for grid, recs in by_grid.items():
         recs.sort()
         seen = collections.Counter()
-        for t_post, block, sm, t_pre, t_end, t_mark in recs:
+        for t_post, block, sm, t_pre, t_end, t_mark, t_mark2 in recs:
             k = seen[block]
             seen[block] += 1
-            launches[(grid, k)].append((block, sm, t_pre, t_post, t_end, t_mark))
+            launches[(grid, k)].append((block, sm, t_pre, t_post, t_end, t_mark, t_mark2))
     return launches, sig, header
 
 
@@ -77,9 +79,11 @@ def main():
         ends = [r[4] for r in w if r[4]]
         durs = [r[4] - r[3] for r in w if r[4]]
         marks = [r[5] - r[3] for r in w if r[5]]
+        marks2 = [r[6] - r[3] for r in w if r[6]]
         launches.append(dict(grid=g, sig=sig[g], n=len(w), pre=min(r[2] for r in w), post0=post[0], post1=post[-1],
                              end=max(ends) if ends else None, dur=sum(durs) / len(durs) if durs else None,
-                             mark=sum(marks) / len(marks) if marks else None, sms=len({r[1] for r in w})))
+                             mark=sum(marks) / len(marks) if marks else None,
+                             mark2=sum(marks2) / len(marks2) if marks2 else None, sms=len({r[1] for r in w})))
     launches.sort(key=lambda l: l["post0"])
     print(f"# {len(launches)} launches; the timer's smallest step between two blocks' releases: {res} ns")
     sigs = [l["sig"] for l in launches]
@@ -123,9 +127,10 @@ def main():
             end=mean([(c["end"] - c["post0"]) / 1e3 if c["end"] else None for c in col]),
             dur=mean([c["dur"] / 1e3 if c["dur"] else None for c in col]),
             mark=mean([c["mark"] / 1e3 if c["mark"] else None for c in col]),
+            mark2=mean([c["mark2"] / 1e3 if c["mark2"] else None for c in col]),
             gap=mean([(b["post0"] - a["end"]) / 1e3 if a["end"] else None for a, b in zip(col, nxt)])))
     hdr = ("  pos  grid x block            blocks  SMs  release     span    early  last-rel  last-end  blk-dur  to-mark"
-           "  end->next")
+           "  end->next   to-mk2")
     print("\nEach launch of a step (us; means over the steps):")
     print(hdr)
     show = sorted(set(range(min(show_first, p))) | set(range(max(p - show_last, 0), p)))
@@ -136,7 +141,7 @@ def main():
         g = r["sig"]
         print(f"{j:5d}  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(30) + f"{r['n']:6d} {r['sms']:4d} {fmt(r['rel'])} "
               f"{fmt(r['span'])} {fmt(r['early'])} {fmt(r['waves'], 9)} {fmt(r['end'], 9)} {fmt(r['dur'])} "
-              f"{fmt(r['mark'])} {fmt(r['gap'], 10)}")
+              f"{fmt(r['mark'])} {fmt(r['gap'], 10)} {fmt(r['mark2'])}")
     by = collections.OrderedDict()
     for r in rows:
         a = by.setdefault(r["sig"], dict(k=0, span=0.0, early=[], end=[], gap=[], dur=[], mark=[], n=r["n"]))
