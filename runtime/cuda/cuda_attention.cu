@@ -812,11 +812,6 @@ extern "C" void cuda_attention(rt_backend *be, void *out, const void *q, const r
     CUDA_LAUNCHED(c);
 }
 
-static void launched(cuda_ctx *c)
-{
-    CUDA_LAUNCHED(c);
-}
-
 /* A decode step through the split kernel, its RoPE and KV write inside (fa_split_kernel's ROPE;
  * DINFER_CUDA_ROPE_FUSE=1), built for 16-bit activations, 128-wide heads and up to 4 query heads a
  * KV head (Llama 3's 8B): false for any other shape, or a row not 16-byte aligned. */
@@ -850,9 +845,7 @@ extern "C" void cuda_read_ahead(rt_backend *be, const rt_tensor *w)
     c->ahead_bytes = 0;
     if (c->read_ahead_mb == 0 || !w->data || w->rows < 2)
         return;
-    const size_t row = w->q.kind == RT_QK_INT && w->q.bits == 4 ? (size_t)w->cols / 2
-                       : w->q.kind                              ? (size_t)w->cols
-                                                                : (size_t)w->cols * rt_dtype_size(w->dtype);
+    const size_t row = w->q.kind ? (size_t)w->cols * w->q.bits / 8 : (size_t)w->cols * rt_dtype_size(w->dtype);
     const size_t half = (size_t)(w->rows / 2) * row, want = (size_t)c->read_ahead_mb << 19; /* MB / 2 a half */
     c->ahead[0] = w->data;
     c->ahead[1] = (const char *)w->data + half;
@@ -870,6 +863,6 @@ extern "C" bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, 
     bool done = false;
     CUDA_DISPATCH(c->dt, done = rope_attend, c, out, qkv, inv_freq, b, s, kv);
     if (done)
-        launched(c);
+        cuda_launched(c);
     return done;
 }

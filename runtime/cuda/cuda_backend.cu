@@ -219,6 +219,23 @@ static int env_switch(const char *name, const char *meaning, bool *on, base_err 
     return 0;
 }
 
+/* *v from the environment variable name (left as it is when unset): an integer from lo to hi; -1
+ * naming it and `meaning` otherwise. */
+static int env_int(const char *name, int lo, int hi, const char *meaning, int *v, base_err *err)
+{
+    const char *e = getenv(name);
+    if (!e)
+        return 0;
+    char *end = NULL;
+    const long x = strtol(e, &end, 10);
+    if (end == e || *end || x < lo || x > hi) {
+        base_errf(err, "%s is '%.32s': %s, %d to %d", name, e, meaning, lo, hi);
+        return -1;
+    }
+    *v = (int)x;
+    return 0;
+}
+
 /* *v from the environment variable name (left as it is when unset): one digit of `digits`; -1
  * naming it and `meaning` otherwise. */
 static int env_digit(const char *name, const char *digits, const char *meaning, int *v, base_err *err)
@@ -306,32 +323,16 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* measuring: the FP8 products take the heuristic's algorithm of this rank (the last it offers
      * when it offers fewer) instead of the fastest of them, timed */
     int fp8_pick = -1;
-    if (const char *e = getenv("DINFER_CUDA_FP8_ALGO")) {
-        char *end = NULL;
-        const long v = strtol(e, &end, 10);
-        if (end == e || *end || v < 0 || v >= CUDA_FP8_ALGO_PICKS) {
-            base_errf(err, "DINFER_CUDA_FP8_ALGO is '%.32s': an index of cuBLASLt's FP8 algorithms, 0 to %d",
-                      e, CUDA_FP8_ALGO_PICKS - 1);
-            return NULL;
-        }
-        fp8_pick = (int)v;
-    }
+    int read_ahead_mb = 0; /* MB of the gate/up weights a decode attention asks into L2 (0: off) */
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
     int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
-    int read_ahead_mb = 0;
-    if (const char *e = getenv("DINFER_CUDA_READ_AHEAD_MB")) {
-        char *end = NULL;
-        const long v = strtol(e, &end, 10);
-        if (end == e || *end || v < 0 || v > 64) {
-            base_errf(err, "DINFER_CUDA_READ_AHEAD_MB is '%.32s': megabytes of the gate/up weights the decode "
-                           "attention asks into L2, 0 to 64", e);
-            return NULL;
-        }
-        read_ahead_mb = (int)v;
-    }
-    if (env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
+    if (env_int("DINFER_CUDA_FP8_ALGO", 0, CUDA_FP8_ALGO_PICKS - 1, "an index of cuBLASLt's FP8 algorithms",
+                &fp8_pick, err) ||
+        env_int("DINFER_CUDA_READ_AHEAD_MB", 0, 64, "megabytes of the gate/up weights the decode attention asks "
+                "into L2", &read_ahead_mb, err) ||
+        env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
@@ -391,7 +392,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         cudaGetLastError();
         cudaFree(c->scratch);
         cudaFree(c->blas_ws);
-            base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
+        base_errf(err, "cannot allocate the backend's %zu MiB of scratch on device %d",
                   (c->scratch_bytes + CUDA_BLAS_WORKSPACE_BYTES) >> 20, device);
         cublasDestroy(c->blas);
         cublasLtDestroy(c->lt);

@@ -165,6 +165,11 @@ static inline cuda_ctx *cuda_ctx_of(rt_backend *be)
 
 /* After every launch: a bad configuration shows up here, not at the next sync. */
 #define CUDA_LAUNCHED(ctx) CUDA_CHECK(ctx, cudaGetLastError())
+/* The same as a function, for callers that return a value (CUDA_CHECK returns nothing). */
+static inline void cuda_launched(cuda_ctx *c)
+{
+    CUDA_LAUNCHED(c);
+}
 
 /* Programmatic dependent launch (compute capability 9.0 on): every kernel of the backend is
  * launched by cuda_launch, so it may start while the kernel ahead of it in the stream still runs;

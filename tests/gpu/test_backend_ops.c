@@ -617,11 +617,11 @@ static void run_matmul_rope(const op_case *c, ctx *x, outputs *o)
         for (int which = 0; which < 2; which++)
             op->download(x->be, raw[i][which], which ? kv[i].v : kv[i].k, cache);
     if (fused) { /* the same bits both ways: q, and each token's slots */
-        const size_t qb = (size_t)n * qw * es;
+        const size_t qb = (size_t)n * qw * rt_dtype_size(op->act_dtype); /* q in the activations' type */
         uint8_t *q2[2] = {malloc(qb), malloc(qb)};
         for (int i = 0; i < 2; i++)
-            op->download(x->be, q2[i], dq[i], (size_t)n * qw * rt_dtype_size(op->act_dtype));
-        assert_memory_equal(q2[0], q2[1], (size_t)n * qw * rt_dtype_size(op->act_dtype));
+            op->download(x->be, q2[i], dq[i], qb);
+        assert_memory_equal(q2[0], q2[1], qb);
         free(q2[0]), free(q2[1]);
         for (int which = 0; which < 2; which++)
             for (int t = 0; t < n; t++)
