@@ -101,6 +101,21 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
 #define FA_CLUSTER_MAX 8 /* splits combined in one cluster (the portable cluster size) */
+/* the split kernel's combine (cuda_ctx.fa_combine, DINFER_CUDA_FA_COMBINE) */
+#define FA_WARP_MERGE 1 /* a warp's key groups merged by shuffles before the block's states meet in shared memory */
+#define FA_PUSH 2       /* a cluster's blocks write their state to the block owning each output: one barrier */
+
+/* p in the shared memory of the cluster's block `rank` (a cluster launch on sm_90 and later only) */
+template <typename P>
+__device__ __forceinline__ P *fa_remote(P *p, int rank)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+    (void)rank;
+    return p;
+#endif
+}
 
 template <typename KV, int HD, int W>
 struct fa_geom {
@@ -128,8 +143,15 @@ __global__ void __launch_bounds__(W * 32)
                     float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
                     float scale, int min_split, bool cl, bool pre, const float *inv_freq,
-                    const int32_t *slots, const char *ahead0, const char *ahead1, unsigned ahead_bytes)
+                    const int32_t *slots, const char *ahead0, const char *ahead1, unsigned ahead_bytes, int comb)
 {
+    /* FA_PUSH: every block writes into the others' shared memory once they have all started; its
+     * first barrier is split, this arrival well ahead of the wait before the writes */
+    const bool wm = comb & FA_WARP_MERGE, push = cl && gridDim.z > 1 && (comb & FA_PUSH);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (push)
+        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
     if (!pre) {
         pdl_wait();
         pdl_trigger();
@@ -338,11 +360,33 @@ __global__ void __launch_bounds__(W * 32)
         }
         attend(kr, vr, ksc, vsc, sg == 0);
     }
+    if (wm) {
+        /* the warp's KPW key groups' states merged by shuffles (lanes LPK apart hold the same
+         * elements): W states a block meet in shared memory instead of W x KPW */
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (g >= group)
+                continue;
+#pragma unroll
+            for (int o = LPK; o < 32; o <<= 1) {
+                const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+                const float mn = fmaxf(m[g], mo);
+                /* a state that saw no key (m -inf) weighs 0; two such stay empty */
+                const float c1 = mn == -INFINITY ? 0.0f : __expf(m[g] - mn),
+                            c2 = mn == -INFINITY ? 0.0f : __expf(mo - mn);
+                l[g] = l[g] * c1 + lo * c2;
+#pragma unroll
+                for (int e = 0; e < E; e++)
+                    acc[g][e] = acc[g][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * c2;
+                m[g] = mn;
+            }
+        }
+    }
     const int stride = HD + 2;
 #pragma unroll
     for (int g = 0; g < GM; g++) { /* constant indices: the arrays stay in registers */
-        if (g < group) {
-            float *dst = fa_sm + ((size_t)part * group + g) * stride;
+        if (g < group && (!wm || sg == 0)) {
+            float *dst = fa_sm + ((size_t)(wm ? warp : part) * group + g) * stride;
 #pragma unroll
             for (int e = 0; e < E; e++)
                 dst[sub * E + e] = acc[g][e];
@@ -352,25 +396,50 @@ __global__ void __launch_bounds__(W * 32)
     }
     __syncthreads();
     cuda_trace_mark(); /* every warp's keys done */
-    /* with cl, the block's combined state: o (group, HD), then (m, l) a query head */
+    /* with cl, the block's combined state: o (group, HD), then (m, l) a query head; with push, in
+     * their place the states the cluster's blocks write here: (m, l) of each block's query heads,
+     * then each block's o of the outputs this block owns (x % n_splits == split), per apart */
     float *cl_o = fa_sm + (size_t)PARTS * group * stride;
     float2 *cl_ml = reinterpret_cast<float2 *>(cl_o + group * HD);
-    for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
+    float2 *recv_ml = reinterpret_cast<float2 *>(cl_o);
+    float *recv_o = reinterpret_cast<float *>(recv_ml + FA_CLUSTER_MAX * group);
+    const int per = (group * HD + n_splits - 1) / n_splits;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (push)
+        asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); /* every block of the cluster started */
+#endif
+    /* the parts of the block's states in shared memory merged (a loop of NP, unrolled) */
+    const auto merge = [&](auto np, int x, float &mx, float &o, float &sum) {
+        constexpr int NP = decltype(np)::value;
         const int g = x / HD, d = x % HD;
-        float mx = -INFINITY;
-        for (int r = 0; r < PARTS; r++)
+        mx = -INFINITY, o = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < NP; r++)
             mx = fmaxf(mx, fa_sm[((size_t)r * group + g) * stride + HD]);
-        float o = 0.0f, sum = 0.0f;
         if (mx > -INFINITY)
-            for (int r = 0; r < PARTS; r++) {
+#pragma unroll
+            for (int r = 0; r < NP; r++) {
                 const float *src = fa_sm + ((size_t)r * group + g) * stride;
                 const float w = __expf(src[HD] - mx); /* 0 for a part that saw no key */
                 o += w * src[d];
                 sum += w * src[HD + 1];
             }
+    };
+    for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
+        const int g = x / HD, d = x % HD;
+        float mx, o, sum;
+        if (wm)
+            merge(std::integral_constant<int, W>{}, x, mx, o, sum);
+        else
+            merge(std::integral_constant<int, PARTS>{}, x, mx, o, sum);
         const int h = kvh * group + g;
         if (n_splits == 1) {
             st(&out[((int64_t)t * nh + h) * HD + d], o / sum);
+        } else if (push) {
+            fa_remote(recv_o, x % n_splits)[split * per + x / n_splits] = o;
+            if (d == 0)
+                for (int r = 0; r < n_splits; r++)
+                    fa_remote(recv_ml, r)[split * group + g] = make_float2(mx, sum);
         } else if (cl) {
             cl_o[x] = o;
             if (d == 0)
@@ -382,10 +451,43 @@ __global__ void __launch_bounds__(W * 32)
                 part_ml[at] = make_float2(mx, sum);
         }
     }
+    /* the splits' states of one output x merged (fa_combine_kernel's sums, in the same order) */
+    const auto combine = [&](const float2 *ml, const float *ov, int x) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < FA_CLUSTER_MAX; r++)
+            if (ml[r].y > 0.0f)
+                mx = fmaxf(mx, ml[r].x);
+        float o = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < FA_CLUSTER_MAX; r++) {
+            const float w = ml[r].y > 0.0f ? __expf(ml[r].x - mx) : 0.0f; /* a split that saw no key weighs 0 */
+            o += w * ov[r];
+            sum += w * ml[r].y;
+        }
+        st(&out[((int64_t)t * nh + kvh * group + x / HD) * HD + x % HD], o / sum);
+    };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (cl && n_splits > 1) {
+    if (push) {
+        /* the writes above made visible to their owners; then each block reads only its own shared
+         * memory, so it may end without waiting for the others */
+        asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+        cuda_trace_mark2();
+        for (int k = threadIdx.x; split + n_splits * k < group * HD; k += blockDim.x) {
+            const int x = split + n_splits * k, g = x / HD;
+            float2 ml[FA_CLUSTER_MAX];
+            float ov[FA_CLUSTER_MAX];
+#pragma unroll
+            for (int r = 0; r < FA_CLUSTER_MAX; r++)
+                if (r < n_splits)
+                    ml[r] = recv_ml[r * group + g], ov[r] = recv_o[r * per + k];
+                else
+                    ml[r] = make_float2(0.0f, 0.0f), ov[r] = 0.0f;
+            combine(ml, ov, x);
+        }
+    } else if (cl && n_splits > 1) {
         /* split r is the cluster's block r; output x is block x % n_splits's, from every block's
-         * shared memory (fa_combine_kernel's sums, in the same order) */
+         * shared memory */
         namespace cg = cooperative_groups;
         cg::cluster_group cluster = cg::this_cluster();
         cluster.sync();
@@ -402,19 +504,7 @@ __global__ void __launch_bounds__(W * 32)
                     ml[r] = cluster.map_shared_rank(cl_ml, r)[g], ov[r] = cluster.map_shared_rank(cl_o, r)[x];
                 else
                     ml[r] = make_float2(0.0f, 0.0f), ov[r] = 0.0f;
-            float mx = -INFINITY;
-#pragma unroll
-            for (int r = 0; r < FA_CLUSTER_MAX; r++)
-                if (ml[r].y > 0.0f)
-                    mx = fmaxf(mx, ml[r].x);
-            float o = 0.0f, sum = 0.0f;
-#pragma unroll
-            for (int r = 0; r < FA_CLUSTER_MAX; r++) {
-                const float w = ml[r].y > 0.0f ? __expf(ml[r].x - mx) : 0.0f; /* a split that saw no key weighs 0 */
-                o += w * ov[r];
-                sum += w * ml[r].y;
-            }
-            st(&out[((int64_t)t * nh + kvh * group + g) * HD + x % HD], o / sum);
+            combine(ml, ov, x);
         }
         cluster.sync(); /* no block's shared memory goes while another reads it */
     }
@@ -499,8 +589,13 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     /* the splits combined in their cluster (H100, batch 1: 8B int4 406.1 -> 414.3 tok/s; the early keys
      * below 404.7 -> 414.3) */
     const bool cl = c->fa_cluster && n_splits > 1 && n_splits <= FA_CLUSTER_MAX;
+    /* the parts' states, then with cl the block's merged state or, with FA_PUSH, those the cluster's
+     * blocks write to it (the kernel's cl_o and recv_o) */
+    const size_t per = (size_t)(group * HD + n_splits - 1) / n_splits,
+                 push = (size_t)FA_CLUSTER_MAX * group * sizeof(float2) + n_splits * per * sizeof(float),
+                 own = (size_t)group * (HD * sizeof(float) + sizeof(float2));
     const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float) +
-                       (cl ? (size_t)group * (HD * sizeof(float) + sizeof(float2)) : 0);
+                       (cl ? ((c->fa_combine & FA_PUSH) && push > own ? push : own) : 0);
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
@@ -513,7 +608,7 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
         c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot, (const char *)c->ahead[0],
-        (const char *)c->ahead[1], ROPE || (c->fa_pre && b->decode) ? c->ahead_bytes : 0u);
+        (const char *)c->ahead[1], ROPE || (c->fa_pre && b->decode) ? c->ahead_bytes : 0u, c->fa_combine);
     c->ahead_bytes = 0; /* the hint is this launch's */
     if (n_splits > 1 && !cl)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,

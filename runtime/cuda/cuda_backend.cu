@@ -327,13 +327,18 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, fa_combine = 0;
     if (env_int("DINFER_CUDA_FP8_ALGO", 0, CUDA_FP8_ALGO_PICKS - 1, "an index of cuBLASLt's FP8 algorithms",
                 &fp8_pick, err) ||
         env_int("DINFER_CUDA_READ_AHEAD_MB", 0, 64, "megabytes of the gate/up weights the decode attention asks "
                 "into L2", &read_ahead_mb, err) ||
         env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
+        env_digit("DINFER_CUDA_FA_COMBINE", "0123",
+                  "the split decode attention's combine: 0 (every key group's state merged in shared memory, the "
+                  "cluster's read from the other blocks), 1 (a warp's key groups merged by shuffles first), 2 (each "
+                  "block's state pushed to the block that owns its outputs: one cluster barrier) or 3 (both)",
+                  &fa_combine, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
@@ -365,6 +370,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_pair = gemv_pair;
     c->qgemv_deep = qgemv_deep;
     c->fa_min_split = 16 * fa_min_split;
+    c->fa_combine = fa_combine;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;

@@ -82,6 +82,7 @@ typedef struct cuda_ctx {
     double gap_busy_ms, gap_idle_ms;
     cudaEvent_t marks[2];      /* download_mark's slots (created on first use) */
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
+    int fa_combine;            /* the split attention's combine (DINFER_CUDA_FA_COMBINE: FA_WARP_MERGE | FA_PUSH) */
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
