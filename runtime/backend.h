@@ -197,9 +197,6 @@ typedef struct rt_backend_ops {
     bool (*matmul_rope)(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
                         const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b,
                         const rt_attn_shape *s, rt_kv_layer *kv);
-    /* Optional (NULL: nothing). A hint: the next attention asks the memory system for w's first
-     * rows of each half (a gate/up product's first blocks' weights) while it runs. */
-    void (*read_ahead)(rt_backend *be, const rt_tensor *w);
     /* x += y, n elements. */
     void (*add)(rt_backend *be, void *x, const void *y, size_t n);
     /* out(n, ffn) = silu(gate) * up, gate_up (n, 2 * ffn) holding each row's gate then up (the fused

@@ -552,8 +552,6 @@ static void layers_fused(rt_forward *fw, const staged *st)
                                 .xg = fw->xb, .ss = s_next};
         const void *xq = inputs(fw, &w->wqkv, fw->xb, T);
         rt_kv_layer *kv = &fw->kv->layers[l];
-        if (op->read_ahead)
-            op->read_ahead(be, &w->w_gate_up);
         if (op->matmul_rope &&
             op->matmul_rope(be, fw->q, xq, &w->wqkv, &w->bqkv, &qkv, T, fw->inv_freq, &st->ab, &fw->shape, kv)) {
             op->attention(be, fw->att, fw->q, kv, &st->ab, &fw->shape);

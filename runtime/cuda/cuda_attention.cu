@@ -101,10 +101,6 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
 #define FA_CLUSTER_MAX 8 /* splits combined in one cluster (the portable cluster size) */
-/* the split kernel's combine (cuda_ctx.fa_combine, DINFER_CUDA_FA_COMBINE) */
-#define FA_WARP_MERGE 1 /* a warp's key groups merged by shuffles before the block's states meet in shared memory */
-#define FA_PUSH 2       /* a cluster's blocks write their state to the block owning each output: one barrier */
-
 /* p in the shared memory of the cluster's block `rank` (a cluster launch on sm_90 and later only) */
 template <typename P>
 __device__ __forceinline__ P *fa_remote(P *p, int rank)
@@ -122,13 +118,12 @@ struct fa_geom {
     static constexpr int LPK = HD * (int)sizeof(KV) / 16 < 32 ? HD * (int)sizeof(KV) / 16 : 32; /* lanes per key */
     static constexpr int E = HD / LPK;                                                           /* elements per lane */
     static constexpr int KPW = 32 / LPK;                                                         /* keys per warp step */
-    static constexpr int PARTS = W * KPW;                                                        /* partial softmax states per block */
 };
 
 /* Partial results of a split: o unnormalized (relative to m), l the sum of exp(s - m), written to
  * part_o and part_ml for fa_combine_kernel; or with cl (the grid's splits one cluster, at most
- * FA_CLUSTER_MAX) left in the block's shared memory, where the cluster's blocks combine them, each
- * a share of the outputs: no second kernel.
+ * FA_CLUSTER_MAX) written to the shared memory of the cluster's block that owns each output (x %
+ * n_splits), which combines them after one barrier: no second kernel.
  * With pre (a decode step, rt_attn_batch.decode) the keys before the token's own are asked for
  * before the wait on the kernel ahead, which writes only the token's own key. With inv_freq too (a
  * decode step's rope_attention), that kernel is the QKV product: q is a row of its output (q_ld
@@ -143,11 +138,11 @@ __global__ void __launch_bounds__(W * 32)
                     float *k_scale, float *v_scale, int sst, const int32_t *pos, const int32_t *seq,
                     const int32_t *toks, const int32_t *tables, int max_blocks, int bs, int nh, int nkv, int window,
                     float scale, int min_split, bool cl, bool pre, const float *inv_freq,
-                    const int32_t *slots, const char *ahead0, const char *ahead1, unsigned ahead_bytes, int comb)
+                    const int32_t *slots)
 {
-    /* FA_PUSH: every block writes into the others' shared memory once they have all started; its
-     * first barrier is split, this arrival well ahead of the wait before the writes */
-    const bool wm = comb & FA_WARP_MERGE, push = cl && gridDim.z > 1 && (comb & FA_PUSH);
+    /* with a cluster, every block writes into the others' shared memory once they have all
+     * started: that barrier is split, this arrival well ahead of the wait before the writes */
+    const bool push = cl && gridDim.z > 1;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (push)
         asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
@@ -158,11 +153,11 @@ __global__ void __launch_bounds__(W * 32)
     }
     using G_ = fa_geom<KV, HD, W>;
     constexpr bool Q8 = sizeof(KV) == 1; /* an FP8 cache: (slot, KV head)'s scale at slot * sst + head */
-    constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW, PARTS = G_::PARTS;
-    extern __shared__ float fa_sm[]; /* (PARTS, group, HD + 2): each part's o, m, l */
+    constexpr int LPK = G_::LPK, E = G_::E, KPW = G_::KPW;
+    extern __shared__ float fa_sm[]; /* (W, group, HD + 2): each warp's o, m, l */
     const int i = blockIdx.x, t = toks ? toks[i] : i, kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
     const int group = nh / nkv, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int sg = lane / LPK, sub = lane % LPK, part = warp * KPW + sg;
+    const int sg = lane / LPK, sub = lane % LPK;
     const int p = pos[t];
     const int start = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     /* the splits share this token's own context (a CUDA graph's grid is sized for its bucket's
@@ -233,20 +228,6 @@ __global__ void __launch_bounds__(W * 32)
     if (pre) {
         pdl_wait();
         pdl_trigger();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (ahead_bytes && threadIdx.x == 0) {
-            /* read ahead (cuda_read_ahead): the block's share of both regions asked into L2, now
-             * that the QKV product's stream has ended and the attention leaves HBM idle */
-            const unsigned nb = gridDim.x * gridDim.y * gridDim.z,
-                           b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-            const unsigned share = (ahead_bytes / nb + 15) / 16 * 16, at = b * share;
-            if (at < ahead_bytes) {
-                const unsigned len = min(share, ahead_bytes - at);
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ahead0 + at), "r"(len) : "memory");
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ahead1 + at), "r"(len) : "memory");
-            }
-        }
-#endif
         if (!rope) /* the token's own key, written by the kernel ahead, if it is among those */
 #pragma unroll
             for (int a = 0; a < FA_AHEAD; a++)
@@ -360,33 +341,31 @@ __global__ void __launch_bounds__(W * 32)
         }
         attend(kr, vr, ksc, vsc, sg == 0);
     }
-    if (wm) {
-        /* the warp's KPW key groups' states merged by shuffles (lanes LPK apart hold the same
-         * elements): W states a block meet in shared memory instead of W x KPW */
+    /* the warp's KPW key groups' states merged by shuffles (lanes LPK apart hold the same elements):
+     * W states a block meet in shared memory instead of W x KPW (8B int4 batch 1 on an H100, with the
+     * cluster's states pushed below: 419.5 -> 424.2 tok/s; 423.9 pushed alone) */
 #pragma unroll
-        for (int g = 0; g < GM; g++) {
-            if (g >= group)
-                continue;
+    for (int g = 0; g < GM; g++) {
+        if (g >= group)
+            continue;
 #pragma unroll
-            for (int o = LPK; o < 32; o <<= 1) {
-                const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
-                const float mn = fmaxf(m[g], mo);
-                /* a state that saw no key (m -inf) weighs 0; two such stay empty */
-                const float c1 = mn == -INFINITY ? 0.0f : __expf(m[g] - mn),
-                            c2 = mn == -INFINITY ? 0.0f : __expf(mo - mn);
-                l[g] = l[g] * c1 + lo * c2;
+        for (int o = LPK; o < 32; o <<= 1) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            const float mn = fmaxf(m[g], mo);
+            /* a state that saw no key (m -inf) weighs 0; two such stay empty */
+            const float c1 = mn == -INFINITY ? 0.0f : __expf(m[g] - mn), c2 = mn == -INFINITY ? 0.0f : __expf(mo - mn);
+            l[g] = l[g] * c1 + lo * c2;
 #pragma unroll
-                for (int e = 0; e < E; e++)
-                    acc[g][e] = acc[g][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * c2;
-                m[g] = mn;
-            }
+            for (int e = 0; e < E; e++)
+                acc[g][e] = acc[g][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * c2;
+            m[g] = mn;
         }
     }
     const int stride = HD + 2;
 #pragma unroll
     for (int g = 0; g < GM; g++) { /* constant indices: the arrays stay in registers */
-        if (g < group && (!wm || sg == 0)) {
-            float *dst = fa_sm + ((size_t)(wm ? warp : part) * group + g) * stride;
+        if (g < group && sg == 0) {
+            float *dst = fa_sm + ((size_t)warp * group + g) * stride;
 #pragma unroll
             for (int e = 0; e < E; e++)
                 dst[sub * E + e] = acc[g][e];
@@ -396,42 +375,30 @@ __global__ void __launch_bounds__(W * 32)
     }
     __syncthreads();
     cuda_trace_mark(); /* every warp's keys done */
-    /* with cl, the block's combined state: o (group, HD), then (m, l) a query head; with push, in
-     * their place the states the cluster's blocks write here: (m, l) of each block's query heads,
-     * then each block's o of the outputs this block owns (x % n_splits == split), per apart */
-    float *cl_o = fa_sm + (size_t)PARTS * group * stride;
-    float2 *cl_ml = reinterpret_cast<float2 *>(cl_o + group * HD);
-    float2 *recv_ml = reinterpret_cast<float2 *>(cl_o);
+    /* with a cluster, the states its blocks write here: (m, l) of each block's query heads, then
+     * each block's o of the outputs this block owns (x % n_splits == split), per apart */
+    float2 *recv_ml = reinterpret_cast<float2 *>(fa_sm + (size_t)W * group * stride);
     float *recv_o = reinterpret_cast<float *>(recv_ml + FA_CLUSTER_MAX * group);
     const int per = (group * HD + n_splits - 1) / n_splits;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (push)
         asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); /* every block of the cluster started */
 #endif
-    /* the parts of the block's states in shared memory merged (a loop of NP, unrolled) */
-    const auto merge = [&](auto np, int x, float &mx, float &o, float &sum) {
-        constexpr int NP = decltype(np)::value;
+    for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
         const int g = x / HD, d = x % HD;
-        mx = -INFINITY, o = 0.0f, sum = 0.0f;
+        float mx = -INFINITY;
 #pragma unroll
-        for (int r = 0; r < NP; r++)
+        for (int r = 0; r < W; r++)
             mx = fmaxf(mx, fa_sm[((size_t)r * group + g) * stride + HD]);
+        float o = 0.0f, sum = 0.0f;
         if (mx > -INFINITY)
 #pragma unroll
-            for (int r = 0; r < NP; r++) {
+            for (int r = 0; r < W; r++) {
                 const float *src = fa_sm + ((size_t)r * group + g) * stride;
-                const float w = __expf(src[HD] - mx); /* 0 for a part that saw no key */
+                const float w = __expf(src[HD] - mx); /* 0 for a warp that saw no key */
                 o += w * src[d];
                 sum += w * src[HD + 1];
             }
-    };
-    for (int x = threadIdx.x; x < group * HD; x += blockDim.x) {
-        const int g = x / HD, d = x % HD;
-        float mx, o, sum;
-        if (wm)
-            merge(std::integral_constant<int, W>{}, x, mx, o, sum);
-        else
-            merge(std::integral_constant<int, PARTS>{}, x, mx, o, sum);
         const int h = kvh * group + g;
         if (n_splits == 1) {
             st(&out[((int64_t)t * nh + h) * HD + d], o / sum);
@@ -440,10 +407,6 @@ __global__ void __launch_bounds__(W * 32)
             if (d == 0)
                 for (int r = 0; r < n_splits; r++)
                     fa_remote(recv_ml, r)[split * group + g] = make_float2(mx, sum);
-        } else if (cl) {
-            cl_o[x] = o;
-            if (d == 0)
-                cl_ml[g] = make_float2(mx, sum);
         } else {
             const int64_t at = ((int64_t)i * nh + h) * n_splits + split;
             part_o[at * HD + d] = o;
@@ -451,30 +414,16 @@ __global__ void __launch_bounds__(W * 32)
                 part_ml[at] = make_float2(mx, sum);
         }
     }
-    /* the splits' states of one output x merged (fa_combine_kernel's sums, in the same order) */
-    const auto combine = [&](const float2 *ml, const float *ov, int x) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int r = 0; r < FA_CLUSTER_MAX; r++)
-            if (ml[r].y > 0.0f)
-                mx = fmaxf(mx, ml[r].x);
-        float o = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int r = 0; r < FA_CLUSTER_MAX; r++) {
-            const float w = ml[r].y > 0.0f ? __expf(ml[r].x - mx) : 0.0f; /* a split that saw no key weighs 0 */
-            o += w * ov[r];
-            sum += w * ml[r].y;
-        }
-        st(&out[((int64_t)t * nh + kvh * group + x / HD) * HD + x % HD], o / sum);
-    };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (push) {
         /* the writes above made visible to their owners; then each block reads only its own shared
-         * memory, so it may end without waiting for the others */
+         * memory, so it may end without waiting for the others (the blocks read the others' states
+         * after a barrier and a second kept them alive until then: 8B batch 1 +1.0% on an H100) */
         asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
         cuda_trace_mark2();
         for (int k = threadIdx.x; split + n_splits * k < group * HD; k += blockDim.x) {
             const int x = split + n_splits * k, g = x / HD;
+            /* fa_combine_kernel's sums, in the same order */
             float2 ml[FA_CLUSTER_MAX];
             float ov[FA_CLUSTER_MAX];
 #pragma unroll
@@ -483,30 +432,20 @@ __global__ void __launch_bounds__(W * 32)
                     ml[r] = recv_ml[r * group + g], ov[r] = recv_o[r * per + k];
                 else
                     ml[r] = make_float2(0.0f, 0.0f), ov[r] = 0.0f;
-            combine(ml, ov, x);
-        }
-    } else if (cl && n_splits > 1) {
-        /* split r is the cluster's block r; output x is block x % n_splits's, from every block's
-         * shared memory */
-        namespace cg = cooperative_groups;
-        cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync();
-        cuda_trace_mark2(); /* the block's own combine and the cluster's first barrier done */
-        for (int x = split + n_splits * (int)threadIdx.x; x < group * HD; x += n_splits * (int)blockDim.x) {
-            const int g = x / HD;
-            /* every block's (m, l) and o of x asked for at once (a loop over n_splits waited on each
-             * remote load before the next: 2 x n_splits round trips) */
-            float2 ml[FA_CLUSTER_MAX];
-            float ov[FA_CLUSTER_MAX];
+            float mx = -INFINITY;
 #pragma unroll
             for (int r = 0; r < FA_CLUSTER_MAX; r++)
-                if (r < n_splits)
-                    ml[r] = cluster.map_shared_rank(cl_ml, r)[g], ov[r] = cluster.map_shared_rank(cl_o, r)[x];
-                else
-                    ml[r] = make_float2(0.0f, 0.0f), ov[r] = 0.0f;
-            combine(ml, ov, x);
+                if (ml[r].y > 0.0f)
+                    mx = fmaxf(mx, ml[r].x);
+            float o = 0.0f, sum = 0.0f;
+#pragma unroll
+            for (int r = 0; r < FA_CLUSTER_MAX; r++) {
+                const float w = ml[r].y > 0.0f ? __expf(ml[r].x - mx) : 0.0f; /* a split that saw no key weighs 0 */
+                o += w * ov[r];
+                sum += w * ml[r].y;
+            }
+            st(&out[((int64_t)t * nh + kvh * group + g) * HD + x % HD], o / sum);
         }
-        cluster.sync(); /* no block's shared memory goes while another reads it */
     }
 #endif
     cuda_trace_end();
@@ -589,13 +528,11 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
     /* the splits combined in their cluster (H100, batch 1: 8B int4 406.1 -> 414.3 tok/s; the early keys
      * below 404.7 -> 414.3) */
     const bool cl = c->fa_cluster && n_splits > 1 && n_splits <= FA_CLUSTER_MAX;
-    /* the parts' states, then with cl the block's merged state or, with FA_PUSH, those the cluster's
-     * blocks write to it (the kernel's cl_o and recv_o) */
-    const size_t per = (size_t)(group * HD + n_splits - 1) / n_splits,
-                 push = (size_t)FA_CLUSTER_MAX * group * sizeof(float2) + n_splits * per * sizeof(float),
-                 own = (size_t)group * (HD * sizeof(float) + sizeof(float2));
-    const size_t shm = (size_t)G_::PARTS * group * (HD + 2) * sizeof(float) +
-                       (cl ? ((c->fa_combine & FA_PUSH) && push > own ? push : own) : 0);
+    /* the warps' states, then with cl those the cluster's blocks write to this one (the kernel's
+     * recv_ml and recv_o) */
+    const size_t per = (size_t)(group * HD + n_splits - 1) / n_splits;
+    const size_t shm = (size_t)W * group * (HD + 2) * sizeof(float) +
+                       (cl ? (size_t)FA_CLUSTER_MAX * group * sizeof(float2) + n_splits * per * sizeof(float) : 0);
     float *part_o = (float *)c->scratch;
     float2 *part_ml = (float2 *)(part_o + (size_t)ts.n * s->n_heads * n_splits * HD);
     dim3 grid((unsigned)ts.n, (unsigned)s->n_kv_heads, (unsigned)n_splits);
@@ -607,9 +544,7 @@ static void fa_run(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *kv,
         (int64_t)(s->n_heads + (ROPE ? 2 * s->n_kv_heads : 0)) * HD, (KV *)kv->k, (KV *)kv->v, kv->k_scale,
         kv->v_scale, kv->scale_stride, b->pos, b->seq, ts.toks,
         b->block_tables, b->max_blocks, b->block_size, s->n_heads, s->n_kv_heads, s->sliding_window, s->scale,
-        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot, (const char *)c->ahead[0],
-        (const char *)c->ahead[1], ROPE || (c->fa_pre && b->decode) ? c->ahead_bytes : 0u, c->fa_combine);
-    c->ahead_bytes = 0; /* the hint is this launch's */
+        c->fa_min_split, cl, ROPE || (c->fa_pre && b->decode), inv_freq, b->slot);
     if (n_splits > 1 && !cl)
         cuda_launch(c, fa_combine_kernel<T>, dim3((unsigned)ts.n, (unsigned)s->n_heads), HD,
             (size_t)n_splits * sizeof(float), (T *)out, part_o, part_ml, ts.toks, HD, n_splits);
@@ -928,25 +863,6 @@ static bool rope_attend(cuda_ctx *c, void *out, const void *qkv, const float *in
             fa_launch<T, T, 128, 4, true>(c, out, qkv, kv, b, s, ts, inv_freq);
         return true;
     }
-}
-
-/* backend.h's read_ahead: the next decode attention asks L2 for the first DINFER_CUDA_READ_AHEAD_MB
- * (0: off, the default) of w's two halves (a gate/up product's first gate rows and the up rows
- * that go with them: its first blocks' weights), 16-byte aligned, while its own work leaves HBM
- * idle. The hint holds for the next launch only. */
-extern "C" void cuda_read_ahead(rt_backend *be, const rt_tensor *w)
-{
-    cuda_ctx *c = cuda_ctx_of(be);
-    c->ahead_bytes = 0;
-    if (c->read_ahead_mb == 0 || !w->data || w->rows < 2)
-        return;
-    const size_t row = w->q.kind ? (size_t)w->cols * w->q.bits / 8 : (size_t)w->cols * rt_dtype_size(w->dtype);
-    const size_t half = (size_t)(w->rows / 2) * row, want = (size_t)c->read_ahead_mb << 19; /* MB / 2 a half */
-    c->ahead[0] = w->data;
-    c->ahead[1] = (const char *)w->data + half;
-    c->ahead_bytes = (unsigned)((want < half ? want : half) / 16 * 16);
-    if ((uintptr_t)c->ahead[1] % 16 != 0)
-        c->ahead_bytes = 0;
 }
 
 extern "C" bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq,

@@ -196,7 +196,7 @@ static void cuda_destroy(rt_backend *be)
         .host_free = cuda_host_free, .upload_async = cuda_upload_async, .download_mark = cuda_download_mark, .wait_mark = cuda_wait_mark, .embedding = cuda_embedding,            \
         .prepare_weight = cuda_prepare_weight,                                                        \
         .matmul = cuda_matmul, .fuses = cuda_fuses, .matmul_fused = cuda_matmul_fused, .norm_begin = cuda_norm_begin, .rmsnorm = cuda_rmsnorm, .add_rmsnorm = cuda_add_rmsnorm,             \
-        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .matmul_rope = cuda_matmul_rope, .read_ahead = cuda_read_ahead, .add = cuda_add,           \
+        .rope_kv_write = cuda_rope_kv_write, .attention = cuda_attention, .rope_attention = cuda_rope_attention, .matmul_rope = cuda_matmul_rope, .add = cuda_add,           \
         .silu_mul = cuda_silu_mul, .gather_rows = cuda_gather_rows, .gather_cols = cuda_gather_cols,  \
         .to_f32 = cuda_to_f32, .matmul_f32 = cuda_matmul_f32,                                         \
         .sample = cuda_sample, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,          \
@@ -263,7 +263,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     /* the switches for measuring, each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre,
-        qmma_xs, qmma_wide, rope_fuse, qkv_rope;
+        qmma_xs, qmma_wide, rope_fuse;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -296,10 +296,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "1 (a decode step's RoPE and KV write in its attention kernel) or 0 (the default: a kernel of "
                    "their own)",
                    &rope_fuse, err, false) ||
-        env_switch("DINFER_CUDA_QKV_ROPE",
-                   "1 (a decode step's RoPE and KV write in the QKV product's last step, at batch 1) or 0 (the "
-                   "default: a kernel of their own)",
-                   &qkv_rope, err, false) ||
         env_switch("DINFER_CUDA_QMMA_XS",
                    "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
                    "staged with the codes)",
@@ -323,22 +319,19 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* measuring: the FP8 products take the heuristic's algorithm of this rank (the last it offers
      * when it offers fewer) instead of the fastest of them, timed */
     int fp8_pick = -1;
-    int read_ahead_mb = 0; /* MB of the gate/up weights a decode attention asks into L2 (0: off) */
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, fa_combine = 0;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, qkv_rope = 1;
     if (env_int("DINFER_CUDA_FP8_ALGO", 0, CUDA_FP8_ALGO_PICKS - 1, "an index of cuBLASLt's FP8 algorithms",
                 &fp8_pick, err) ||
-        env_int("DINFER_CUDA_READ_AHEAD_MB", 0, 64, "megabytes of the gate/up weights the decode attention asks "
-                "into L2", &read_ahead_mb, err) ||
         env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
-        env_digit("DINFER_CUDA_FA_COMBINE", "0123",
-                  "the split decode attention's combine: 0 (every key group's state merged in shared memory, the "
-                  "cluster's read from the other blocks), 1 (a warp's key groups merged by shuffles first), 2 (each "
-                  "block's state pushed to the block that owns its outputs: one cluster barrier) or 3 (both)",
-                  &fa_combine, err) ||
+        env_digit("DINFER_CUDA_QKV_ROPE", "012",
+                  "a decode step's RoPE and KV write, at batch 1: 0 (a kernel of their own), 1 (in the QKV "
+                  "product's last step where it is the int4 tensor-core kernel) or 2 (in every product form that "
+                  "has it: BF16 and quantized weight-streaming kernels too)",
+                  &qkv_rope, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
@@ -370,7 +363,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_pair = gemv_pair;
     c->qgemv_deep = qgemv_deep;
     c->fa_min_split = 16 * fa_min_split;
-    c->fa_combine = fa_combine;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;
@@ -383,7 +375,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->fa_pre = fa_pre;
     c->rope_fuse = rope_fuse;
     c->qkv_rope = qkv_rope;
-    c->read_ahead_mb = read_ahead_mb;
     c->qmma_xs = qmma_xs;
     c->qmma_wide = qmma_wide;
     c->fp8_gemm = fp8_gemm && cc_major >= 9;

@@ -82,14 +82,11 @@ typedef struct cuda_ctx {
     double gap_busy_ms, gap_idle_ms;
     cudaEvent_t marks[2];      /* download_mark's slots (created on first use) */
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
-    int fa_combine;            /* the split attention's combine (DINFER_CUDA_FA_COMBINE: FA_WARP_MERGE | FA_PUSH) */
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
-    bool qkv_rope;             /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE=1) */
-    int read_ahead_mb;         /* MB the decode attention asks into L2 of read_ahead's weight (DINFER_CUDA_READ_AHEAD_MB; 0) */
-    const void *ahead[2];      /* read_ahead's two regions, ahead_bytes each (0: none) for the next attention */
-    unsigned ahead_bytes;
+    int qkv_rope;              /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE): 0 never,
+                                * 1 the int4 tensor-core form (the default), 2 every form */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;

@@ -25,7 +25,6 @@ void cuda_attention(rt_backend *be, void *out, const void *q, const rt_kv_layer 
                     const rt_attn_shape *s);
 bool cuda_rope_attention(rt_backend *be, void *out, const void *qkv, const float *inv_freq, const rt_attn_batch *b,
                          const rt_attn_shape *s, rt_kv_layer *kv);
-void cuda_read_ahead(rt_backend *be, const rt_tensor *w);
 bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
                       const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b, const rt_attn_shape *s,
                       rt_kv_layer *kv);

@@ -548,7 +548,7 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
 
 /* The chain's QKV product of n decode tokens with its RoPE and KV write. p: n, heads, KV heads,
  * head_dim, weights (0 in the activations' type, else qformats + 1), flags (1 a bias, 2 an FP8 cache
- * under static scales, 4 the GPU at BF16 takes it under DINFER_CUDA_QKV_ROPE=1: gpu.ops.qkv_rope).
+ * under static scales, 4 the GPU at BF16 takes it under DINFER_CUDA_QKV_ROPE=2: gpu.ops.qkv_rope).
  * matmul_rope where the backend takes it, else the product (fused with its norm where the backend
  * fuses) into a qkv buffer and rope_kv_write; where matmul_rope took it, the other way runs too and
  * the two write the same bits. Outputs: q, and the tokens' k and v slots. */
@@ -600,7 +600,7 @@ static void run_matmul_rope(const op_case *c, ctx *x, outputs *o)
         op->rmsnorm(x->be, in, dx, &G, n, 1e-5f);
     const bool fused = chain && op->matmul_rope && op->matmul_rope(x->be, dq[0], in, &W, &B, &f, n, dinv, &b, &sh, &kv[0]);
     const char *e = getenv("DINFER_CUDA_QKV_ROPE");
-    if ((flags & 4) && e && strcmp(e, "1") == 0 && !op->host_memory && x->dt == RT_BF16)
+    if ((flags & 4) && e && strcmp(e, "2") == 0 && !op->host_memory && x->dt == RT_BF16)
         assert_true(fused);
     for (int i = fused ? 1 : 0; i < 2; i++) { /* the two kernels' way (both ways where the first was fused) */
         if (chain)
@@ -828,6 +828,11 @@ static void test_ops(void **state)
             if ((c->run == run_attention && c->p[5]) || (c->run == run_matmul_rope && (c->p[5] & 2)))
                 /* codes may round apart where fp32 rope results differ */
                 tol = tol > 2e-3 ? tol : 2e-3;
+            if (c->run == run_matmul_rope && (c->p[5] & 2) && types[k] == RT_BF16)
+                /* FP8 codes (3 mantissa bits) of a BF16 product: where the two backends' products
+                 * round one BF16 step apart, a code can land one step (up to 12.5%) off; over a head
+                 * that reaches ~1% (an H100: 1.03e-2, int4 weights in groups of 32) */
+                tol = 3e-2;
             for (int i = 0; i < ref.n; i++) {
                 double num = 0, den = 0;
                 for (size_t j = 0; j < ref.len[i]; j++) {
