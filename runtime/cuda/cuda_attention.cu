@@ -420,7 +420,7 @@ __global__ void __launch_bounds__(W * 32)
          * memory, so it may end without waiting for the others (the blocks read the others' states
          * after a barrier and a second kept them alive until then: 8B batch 1 +1.0% on an H100) */
         asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-        cuda_trace_mark2();
+        cuda_trace_mark2(); /* the block's own merge, its writes and the barrier done */
         for (int k = threadIdx.x; split + n_splits * k < group * HD; k += blockDim.x) {
             const int x = split + n_splits * k, g = x / HD;
             /* fa_combine_kernel's sums, in the same order */

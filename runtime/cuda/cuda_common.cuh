@@ -250,7 +250,8 @@ __device__ __forceinline__ void cuda_trace_mark()
 #endif
 }
 
-/* A second point after cuda_trace_mark (the split attention: its cluster's first barrier passed),
+/* A second point after cuda_trace_mark (the split attention: its cluster's barrier passed, every
+ * block's state written to the blocks that combine it),
  * under the same conditions. */
 __device__ __forceinline__ void cuda_trace_mark2()
 {

@@ -9,7 +9,7 @@ machine after a run of a -DDINFER_CUDA_TRACE=ON build):
 Each launch's blocks recorded when they reached pdl_wait, when they passed it (the kernel ahead
 done) and, for the weight-streaming products and the split attention, when each block's math was
 done (its mark: the epilogue after it; the split attention's second mark, `to-mk2`, after its
-cluster's first barrier) and when its work ended. Launches are ordered
+cluster's barrier) and when its work ended. Launches are ordered
 by their first release (a kernel's blocks cannot pass the wait before the one ahead ends), the
 step's repeating launches found, and for each launch of the step: when it was released (from the
 step's first launch), its span (to the next launch's release: its share of the step's critical
