@@ -50,17 +50,28 @@ __device__ __forceinline__ float2 rope_angle(const fusion &f, int t, int r)
     return make_float2(co, sn);
 }
 
-/* With FUSE_ROPE, row `row`'s angles for tokens 0 .. R - 1 (those below n); nothing otherwise. */
+/* With FUSE_ROPE, row `row`'s angles for tokens 0 .. R - 1 (those below n); nothing otherwise.
+ * Kept in shared memory, a slot a warp, from before the kernel's wait to its epilogue, by the lane
+ * that rotates the row there (lane 0: fused_store), so no register holds them through the product's
+ * loop (in registers they spilled the one-row FP8 weight-streaming kernel, 40 registers at 6 blocks
+ * an SM). The same thread writes and reads its slot: no barrier. */
 template <int F, int R>
 struct rope_angles {
-    float2 cs[(F & FUSE_ROPE) != 0 ? R : 1];
+    static __device__ __forceinline__ float2 *slot(int r)
+    {
+        __shared__ float2 cs[32][(F & FUSE_ROPE) != 0 ? R : 1];
+        return &cs[threadIdx.x >> 5][r];
+    }
     __device__ __forceinline__ rope_angles(const fusion &f, int row, int n)
     {
         if constexpr ((F & FUSE_ROPE) != 0)
+            if ((threadIdx.x & 31) == 0)
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                cs[r] = r < n ? rope_angle(f, r, row) : make_float2(1.0f, 0.0f);
+                for (int r = 0; r < R; r++)
+                    *slot(r) = r < n ? rope_angle(f, r, row) : make_float2(1.0f, 0.0f);
     }
+    /* row's angles for token r (lane 0 only) */
+    __device__ __forceinline__ float2 cs(int r) const { return *slot(r); }
 };
 
 /* Rows r and r + hd / 2 of token t's QKV product (a and b, bias included) where rope_kv_write would
@@ -237,7 +248,7 @@ __device__ __forceinline__ void fused_store(T *out, const float *acc, const T *b
 #pragma unroll
             for (int r = 0; r < R; r++)
                 if (r < n)
-                    fused_rope_pair<T>(f, r, row, v[r] + (bias ? ld(&bias[row]) : 0.0f), hi[warp][r], ra.cs[r]);
+                    fused_rope_pair<T>(f, r, row, v[r] + (bias ? ld(&bias[row]) : 0.0f), hi[warp][r], ra.cs(r));
     } else if constexpr ((F & FUSE_SILU) != 0) {
         constexpr int HW = WARPS / 2;
         __shared__ float up[HW][R];
