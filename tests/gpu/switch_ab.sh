@@ -10,7 +10,9 @@
 #   AB_ROUNDS rounds (default 2)
 #   AB_TOKENS=N instead of timing: N greedy tokens of three token-id prompts under each setting (one
 #             round; AB_ARGS then only the model's flags, e.g. "--quantize int4"), each setting's
-#             tokens against the first's and the largest logprob difference up to the first token that differs
+#             tokens against the first's and the largest logprob difference up to the first token that differs.
+#             Give "-" twice: the default's tokens vary run to run on the synthetic 8B (the norms' sums are
+#             float atomics, its greedy choices near-ties), and only a difference beyond that says anything
 # Prints, a run a line: the setting, prefill tok/s, decode tok/s, and the bandwidth line.
 set -euo pipefail
 b=$1 m=$2
