@@ -251,8 +251,7 @@ __device__ __forceinline__ void cuda_trace_mark()
 }
 
 /* A second point after cuda_trace_mark (the split attention: its cluster's barrier passed, every
- * block's state written to the blocks that combine it),
- * under the same conditions. */
+ * block's state written to the blocks that combine it), under the same conditions. */
 __device__ __forceinline__ void cuda_trace_mark2()
 {
 #ifdef DINFER_CUDA_TRACE

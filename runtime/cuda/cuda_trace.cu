@@ -99,7 +99,9 @@ void cuda_trace_close(cuda_ctx *c)
         fprintf(stderr, "rank %d: DINFER_CUDA_TRACE_OUT: cannot write '%s'\n", c->rank, c->trace_out);
         goto done;
     }
-    fprintf(f, "# dinfer trace: replays %d to %d of %d\n# grid block sm t_pre t_post t_end gx gy gz bx t_mark t_mark2\n",
+    fprintf(f,
+            "# dinfer trace: replays %d to %d of %d\n"
+            "# grid block sm t_pre t_post t_end gx gy gz bx t_mark t_mark2\n",
             c->trace_from, c->trace_to - 1, c->trace_replay);
     for (int sm = 0; sm < CUDA_TRACE_SMS; sm++) {
         const unsigned n = head->n[sm][0] < TRACE_CAP ? head->n[sm][0] : TRACE_CAP;
