@@ -15,7 +15,9 @@ step's repeating launches found, and for each launch of the step: when it was re
 step's first launch), its span (to the next launch's release: its share of the step's critical
 path), how long its first blocks sat resident before the release (the overlap programmatic
 dependent launch buys), when its last block was released (waves) and when its last block ended,
-and the time from that end to the next launch's release (the dependency's own cost). Then the
+the time from that end to the next launch's release (the dependency's own cost), and the share of its
+blocks that had reached their wait by its release (resident%: those that were not, waited for room on
+an SM). Then the
 same summed by launch shape (grid x block) over the step."""
 import collections
 import sys
@@ -83,7 +85,8 @@ def main():
         launches.append(dict(grid=g, sig=sig[g], n=len(w), pre=min(r[2] for r in w), post0=post[0], post1=post[-1],
                              end=max(ends) if ends else None, dur=sum(durs) / len(durs) if durs else None,
                              mark=sum(marks) / len(marks) if marks else None,
-                             mark2=sum(marks2) / len(marks2) if marks2 else None, sms=len({r[1] for r in w})))
+                             mark2=sum(marks2) / len(marks2) if marks2 else None, sms=len({r[1] for r in w}),
+                             res=100.0 * sum(1 for r in w if r[2] <= post[0]) / len(w)))
     launches.sort(key=lambda l: l["post0"])
     print(f"# {len(launches)} launches; the timer's smallest step between two blocks' releases: {res} ns")
     sigs = [l["sig"] for l in launches]
@@ -128,9 +131,10 @@ def main():
             dur=mean([c["dur"] / 1e3 if c["dur"] else None for c in col]),
             mark=mean([c["mark"] / 1e3 if c["mark"] else None for c in col]),
             mark2=mean([c["mark2"] / 1e3 if c["mark2"] else None for c in col]),
-            gap=mean([(b["post0"] - a["end"]) / 1e3 if a["end"] else None for a, b in zip(col, nxt)])))
+            gap=mean([(b["post0"] - a["end"]) / 1e3 if a["end"] else None for a, b in zip(col, nxt)]),
+            res=mean([c["res"] for c in col])))
     hdr = ("  pos  grid x block            blocks  SMs  release     span    early  last-rel  last-end  blk-dur  to-mark"
-           "  end->next   to-mk2")
+           "  end->next   to-mk2  resident%")
     print("\nEach launch of a step (us; means over the steps):")
     print(hdr)
     show = sorted(set(range(min(show_first, p))) | set(range(max(p - show_last, 0), p)))
@@ -141,22 +145,22 @@ def main():
         g = r["sig"]
         print(f"{j:5d}  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(30) + f"{r['n']:6d} {r['sms']:4d} {fmt(r['rel'])} "
               f"{fmt(r['span'])} {fmt(r['early'])} {fmt(r['waves'], 9)} {fmt(r['end'], 9)} {fmt(r['dur'])} "
-              f"{fmt(r['mark'])} {fmt(r['gap'], 10)} {fmt(r['mark2'])}")
+              f"{fmt(r['mark'])} {fmt(r['gap'], 10)} {fmt(r['mark2'])} {fmt(r['res'], 10)}")
     by = collections.OrderedDict()
     for r in rows:
-        a = by.setdefault(r["sig"], dict(k=0, span=0.0, early=[], end=[], gap=[], dur=[], mark=[], n=r["n"]))
+        a = by.setdefault(r["sig"], dict(k=0, span=0.0, early=[], end=[], gap=[], dur=[], mark=[], res=[], n=r["n"]))
         a["k"] += 1
         a["span"] += r["span"] or 0.0
-        for key in ("early", "end", "gap", "dur", "mark"):
+        for key in ("early", "end", "gap", "dur", "mark", "res"):
             a[key].append(r[key])
     total = sum(a["span"] for a in by.values())
     print(f"\nBy launch shape (a step's spans summed: {total:.1f} us):")
     print("  grid x block                 blocks  a step   span/launch  span/step   share  early  last-end  blk-dur"
-          "  to-mark  end->next")
+          "  to-mark  end->next  resident%")
     for g, a in sorted(by.items(), key=lambda kv: -kv[1]["span"]):
         print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(30) + f"{a['n']:6d} {a['k']:7d} {a['span'] / a['k']:12.2f} "
               f"{a['span']:10.1f} {100 * a['span'] / total:6.1f}% {fmt(mean(a['early']), 6)} {fmt(mean(a['end']), 9)} "
-              f"{fmt(mean(a['dur']))} {fmt(mean(a['mark']))} {fmt(mean(a['gap']), 10)}")
+              f"{fmt(mean(a['dur']))} {fmt(mean(a['mark']))} {fmt(mean(a['gap']), 10)} {fmt(mean(a['res']), 10)}")
 
 
 if __name__ == "__main__":
