@@ -333,8 +333,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                   &fa_split_warps, err) ||
         env_digit("DINFER_CUDA_QKV_ROPE", "012",
                   "a decode step's RoPE and KV write, at batch 1: 0 (a kernel of their own), 1 (in the QKV "
-                  "product's last step where it is the int4 tensor-core kernel) or 2 (in every product form that "
-                  "has it: BF16 and quantized weight-streaming kernels too)",
+                  "product's last step where its weights are quantized) or 2 (the BF16 weight-streaming kernel "
+                  "too)",
                   &qkv_rope, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",

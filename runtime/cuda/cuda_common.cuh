@@ -88,7 +88,7 @@ typedef struct cuda_ctx {
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
     int qkv_rope;              /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE): 0 never,
-                                * 1 the int4 tensor-core form (the default), 2 every form */
+                                * 1 quantized weights' forms (the default), 2 the BF16 form too */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;

@@ -256,9 +256,10 @@ extern "C" void cuda_matmul_fused(rt_backend *be, void *out, const void *x, cons
  * activations' type, an FP8 cache's dynamic scales (a head's largest magnitude, over the blocks of
  * its rows: rope_kv_fp8_kernel), and heads whose half is not a whole number of 8 pairs. The RoPE
  * kernel's launch and its place on the layer's chain are what this saves (DINFER_CUDA_QKV_ROPE).
- * Taken by default where the product is the int4 tensor-core kernel (8B AWQ batch 1 on an H100:
- * 419.5 -> 425.6 tok/s); the FP8 weight-streaming kernel lost with it (298.4 -> 297.0: its epilogue
- * spills), and the BF16 one is not measured, so those take it only with DINFER_CUDA_QKV_ROPE=2. */
+ * Taken by default where the weights are quantized: the int4 tensor-core kernel (8B AWQ batch 1 on
+ * an H100: 419.5 -> 425.6 tok/s) and the quantized weight-streaming one (8B FP8: 302.6 -> 306.6,
+ * once the rotation's angles left its registers); the BF16 one, not measured, only with
+ * DINFER_CUDA_QKV_ROPE=2. */
 extern "C" bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
                                  const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b,
                                  const rt_attn_shape *s, rt_kv_layer *kv)
@@ -272,13 +273,12 @@ extern "C" bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const r
     fusion a = fused_args(f);
     a.rope = {q, kv->k, kv->v, inv_freq, b->pos, b->slot, kv->k_scale, kv->v_scale, s->n_heads, s->n_kv_heads, hd};
     const __nv_bfloat16 *bb = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
-    if (!w->q.kind || !cuda_qmma_rope(c, x, w, bb, a)) {
+    if (!w->q.kind) {
         if (c->qkv_rope < 2)
             return false;
-        if (!w->q.kind)
-            gemv_rows<FUSE_NORM | FUSE_ROPE, __nv_bfloat16>(c, nullptr, x, w, bb, a, 1);
-        else
-            cuda_qgemv_rope(c, x, w, bb, a);
+        gemv_rows<FUSE_NORM | FUSE_ROPE, __nv_bfloat16>(c, nullptr, x, w, bb, a, 1);
+    } else if (!cuda_qmma_rope(c, x, w, bb, a)) {
+        cuda_qgemv_rope(c, x, w, bb, a);
     }
     cuda_launched(c);
     return true;

@@ -5,6 +5,8 @@ machine after a run of a -DDINFER_CUDA_TRACE=ON build):
     DINFER_CUDA_TRACE_OUT=/tmp/t.txt build-trace/launch/dinfer-run --model M --bench ...
     tests/gpu/trace_step.py /tmp/t.txt [--show FIRST:LAST]   (default 14:8: the step's first 14
                                                           launches and its last 8)
+    tests/gpu/trace_step.py /tmp/t.txt --clusters       (the split attention's clusters: when each
+                                                          block's keys were done against its siblings')
 
 Each launch's blocks recorded when they reached pdl_wait, when they passed it (the kernel ahead
 done) and, for the weight-streaming products and the split attention, when each block's math was
@@ -62,10 +64,55 @@ def period(seq):
     return n
 
 
+def clusters(groups, sig):
+    """the split attention's clusters (launches whose grid has z > 1: a cluster is the z blocks of one
+    x, y), each block's times against its cluster's: whether the combine's barrier waits for a late
+    sibling or costs its own time"""
+    rows = collections.defaultdict(list)
+    for (g, _k), w in groups.items():
+        gx, gy, gz, _bx = sig[g]
+        if gz < 2:
+            continue
+        by = collections.defaultdict(list)
+        for block, _sm, t_pre, t_post, t_end, t_mark, t_mark2 in w:
+            by[block % (gx * gy)].append((t_pre, t_post, t_end, t_mark, t_mark2))
+        for c in by.values():
+            if len(c) < 2 or not all(r[3] and r[4] for r in c):
+                continue
+            post = [r[1] for r in c]
+            mark = [r[3] for r in c]
+            mark2 = [r[4] for r in c]
+            rows[sig[g]].append(dict(
+                arrive=(max(r[0] for r in c) - min(r[0] for r in c)) / 1e3,
+                release=(max(post) - min(post)) / 1e3,
+                keys=(max(mark) - min(mark)) / 1e3,
+                keys_own=sum(m - p for m, p in zip(mark, post)) / len(c) / 1e3,
+                slowest=(max(mark) - min(post)) / 1e3,
+                barrier=(min(mark2) - max(mark)) / 1e3,
+                passed=(max(mark2) - min(mark2)) / 1e3,
+                end=(max(r[2] for r in c) - max(mark2)) / 1e3))
+    if not rows:
+        print("no split attention's clusters with both marks in the trace")
+        return
+    print("\nThe split attention's clusters (us; means over the clusters; spreads are the latest block's time"
+          " less the earliest's):")
+    print("  grid x block        clusters  arrive-spread  release-spread  keys-own  keys-spread  first-release"
+          "->last-keys  last-keys->first-barrier  barrier-spread  last-barrier->last-end")
+    for g, rs in rows.items():
+        def m(key):
+            return sum(r[key] for r in rs) / len(rs)
+        print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(22) + f"{len(rs):8d} {m('arrive'):14.2f} {m('release'):15.2f} "
+              f"{m('keys_own'):9.2f} {m('keys'):12.2f} {m('slowest'):25.2f} {m('barrier'):25.2f} {m('passed'):15.2f} "
+              f"{m('end'):23.2f}")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit("usage: trace_step.py TRACE_FILE [--show FIRST:LAST]")
     groups, sig, header = load(sys.argv[1])
+    if "--clusters" in sys.argv:
+        clusters(groups, sig)
+        return
     show_first, show_last = 14, 8
     if "--show" in sys.argv:
         show_first, show_last = (int(v) for v in sys.argv[sys.argv.index("--show") + 1].split(":"))
