@@ -97,6 +97,7 @@ __global__ void attention_kernel(T *out, const T *q, const KV *kc, const KV *vc,
 /* ---- the fast path ---- */
 
 #define FA_WARPS 4       /* a block's warps */
+#define FA_SPLIT_WARPS 8 /* a split context's, at 128-wide heads (fa_launch) */
 #define FA_MAX_GROUP 8   /* query heads per KV head */
 #define FA_AHEAD 2       /* key steps whose loads are in flight ahead of the math */
 #define FA_CLUSTER_MAX 8 /* splits combined in one cluster (the portable cluster size) */
@@ -558,7 +559,7 @@ static void fa_launch(cuda_ctx *c, void *out, const void *q, const rt_kv_layer *
      * and each is latency-bound, so twice the warps keep twice the loads in flight (8B at 4,096
      * tokens: 168.2 -> 173.5 tok/s on an H100; 4 steps ahead instead of 2 gained nothing) */
     if constexpr (HD == 128 && GM == 4)
-        if (n_splits > 1 && c->fa_split_warps == FA_SPLIT_WARPS)
+        if (n_splits > 1)
             return fa_run<T, KV, HD, GM, FA_SPLIT_WARPS, ROPE>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
     fa_run<T, KV, HD, GM, FA_WARPS, ROPE>(c, out, q, kv, b, s, ts, n_splits, inv_freq);
 }

@@ -263,7 +263,7 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     }
     /* the switches for measuring, each 0 or 1 */
     bool gemv, pdl, fp8_gemm, fp8_vec, fp8_prep, qmma, qmma_fp8, fuse, logits_f32, gaps, fa_cluster, fa_pre,
-        qmma_xs, qmma_wide, rope_fuse;
+        qmma_xs, qmma_wide, rope_fuse, qkv_rope;
     if (env_switch("DINFER_CUDA_STEP_GAPS",
                    "1 (the device's time in each step graph and idle between them, printed at the end) or 0 (the "
                    "default)",
@@ -296,6 +296,10 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                    "1 (a decode step's RoPE and KV write in its attention kernel) or 0 (the default: a kernel of "
                    "their own)",
                    &rope_fuse, err, false) ||
+        env_switch("DINFER_CUDA_QKV_ROPE",
+                   "0 (a decode step's RoPE and KV write at batch 1 a kernel of their own) or 1 (the default: in "
+                   "the QKV product's last step)",
+                   &qkv_rope, err) ||
         env_switch("DINFER_CUDA_QMMA_XS",
                    "0 (the one-token int4 tensor-core products load the activations where used) or 1 (the default: "
                    "staged with the codes)",
@@ -322,20 +326,11 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     /* the one-row weight-streaming products of few blocks split each row over this many warps (1B
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
-    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16, qkv_rope = 1,
-        fa_split_warps = FA_SPLIT_WARPS;
+    int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
     if (env_int("DINFER_CUDA_FP8_ALGO", 0, CUDA_FP8_ALGO_PICKS - 1, "an index of cuBLASLt's FP8 algorithms",
                 &fp8_pick, err) ||
         env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
-        env_digit("DINFER_CUDA_FA_WARPS", "48",
-                  "the warps a block of a split decode context at 128-wide heads, 4 query heads a KV head: 4 or 8",
-                  &fa_split_warps, err) ||
-        env_digit("DINFER_CUDA_QKV_ROPE", "012",
-                  "a decode step's RoPE and KV write, at batch 1: 0 (a kernel of their own), 1 (in the QKV "
-                  "product's last step where its weights are quantized) or 2 (the BF16 weight-streaming kernel "
-                  "too)",
-                  &qkv_rope, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
         env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
                   "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
@@ -367,7 +362,6 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_pair = gemv_pair;
     c->qgemv_deep = qgemv_deep;
     c->fa_min_split = 16 * fa_min_split;
-    c->fa_split_warps = fa_split_warps;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;
     int cc_major = 0;

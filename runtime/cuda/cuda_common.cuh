@@ -38,7 +38,6 @@ typedef struct cuda_fp8_algo {
  * 1, prompt 128, 128 new: 1B 888.8 -> 901.9 tok/s at 32 against 64, 8B FP8 279.6 -> 283.3; 16 below 32
  * on the 1B). A multiple of 16 (cuda_backend.cu's switch). */
 #define FA_MIN_SPLIT 32
-#define FA_SPLIT_WARPS 8 /* a split decode context's warps a block, at 128-wide heads (fa_launch) */
 
 typedef struct cuda_ctx {
     int device;
@@ -83,12 +82,10 @@ typedef struct cuda_ctx {
     double gap_busy_ms, gap_idle_ms;
     cudaEvent_t marks[2];      /* download_mark's slots (created on first use) */
     int fa_min_split;          /* the fewest keys a split of a decode context (FA_MIN_SPLIT; DINFER_CUDA_FA_MIN_SPLIT) */
-    int fa_split_warps;        /* a split context's block at 128-wide heads, 4 a KV head (FA_SPLIT_WARPS; DINFER_CUDA_FA_WARPS) */
     bool fa_cluster;           /* a split context's parts combined in a cluster of its splits (DINFER_CUDA_FA_CLUSTER=0 off) */
     bool fa_pre;               /* a decode step's earlier keys loaded before the wait (DINFER_CUDA_FA_PRE=0 off) */
     bool rope_fuse;            /* a decode step's RoPE and KV write in its attention (DINFER_CUDA_ROPE_FUSE=1) */
-    int qkv_rope;              /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE): 0 never,
-                                * 1 quantized weights' forms (the default), 2 the BF16 form too */
+    bool qkv_rope;             /* the RoPE and KV write in the QKV product's last step (DINFER_CUDA_QKV_ROPE=0 off) */
     struct cuda_trace_buf *trace; /* DINFER_CUDA_TRACE builds, DINFER_CUDA_TRACE_OUT set: the records' buffer */
     int trace_replay, trace_from, trace_to; /* graph replays so far; those recorded: [from, to) */
     char *trace_out;

@@ -256,30 +256,26 @@ extern "C" void cuda_matmul_fused(rt_backend *be, void *out, const void *x, cons
  * activations' type, an FP8 cache's dynamic scales (a head's largest magnitude, over the blocks of
  * its rows: rope_kv_fp8_kernel), and heads whose half is not a whole number of 8 pairs. The RoPE
  * kernel's launch and its place on the layer's chain are what this saves (DINFER_CUDA_QKV_ROPE).
- * Taken by default where the weights are quantized: the int4 tensor-core kernel (8B AWQ batch 1 on
- * an H100: 419.5 -> 425.6 tok/s) and the quantized weight-streaming one (8B FP8: 302.6 -> 306.6,
- * once the rotation's angles left its registers); the BF16 one, not measured, only with
- * DINFER_CUDA_QKV_ROPE=2. */
+ * On by default (8B batch 1 on an H100: AWQ int4 on the tensor-core kernel 419.5 -> 425.6 tok/s,
+ * FP8 on the weight-streaming one 297.3 -> 301.3 once the rotation's angles left its registers,
+ * BF16 184.0 -> 184.8). */
 extern "C" bool cuda_matmul_rope(rt_backend *be, void *q, const void *x, const rt_tensor *w, const rt_tensor *bias,
                                  const rt_fusion *f, int n, const float *inv_freq, const rt_attn_batch *b,
                                  const rt_attn_shape *s, rt_kv_layer *kv)
 {
     cuda_ctx *c = cuda_ctx_of(be);
     const int hd = s->head_dim;
-    if (c->qkv_rope == 0 || n != 1 || c->dt != RT_BF16 || !f || !f->norm_ss || f->residual || f->silu || hd % 16 != 0 ||
+    if (!c->qkv_rope || n != 1 || c->dt != RT_BF16 || !f || !f->norm_ss || f->residual || f->silu || hd % 16 != 0 ||
         w->rows != (int64_t)(s->n_heads + 2 * s->n_kv_heads) * hd || (kv->k_scale && kv->scale_stride != 0) ||
         !cuda_fuses(be, w, n))
         return false;
     fusion a = fused_args(f);
     a.rope = {q, kv->k, kv->v, inv_freq, b->pos, b->slot, kv->k_scale, kv->v_scale, s->n_heads, s->n_kv_heads, hd};
     const __nv_bfloat16 *bb = bias && bias->data ? (const __nv_bfloat16 *)bias->data : nullptr;
-    if (!w->q.kind) {
-        if (c->qkv_rope < 2)
-            return false;
+    if (!w->q.kind)
         gemv_rows<FUSE_NORM | FUSE_ROPE, __nv_bfloat16>(c, nullptr, x, w, bb, a, 1);
-    } else if (!cuda_qmma_rope(c, x, w, bb, a)) {
+    else if (!cuda_qmma_rope(c, x, w, bb, a))
         cuda_qgemv_rope(c, x, w, bb, a);
-    }
     cuda_launched(c);
     return true;
 }

@@ -548,7 +548,8 @@ static void run_attention(const op_case *c, ctx *x, outputs *o)
 
 /* The chain's QKV product of n decode tokens with its RoPE and KV write. p: n, heads, KV heads,
  * head_dim, weights (0 in the activations' type, else qformats + 1), flags (1 a bias, 2 an FP8 cache
- * under static scales, 4 the GPU at BF16 takes it under DINFER_CUDA_QKV_ROPE=2: gpu.ops.qkv_rope).
+ * under static scales, 4 the GPU at BF16 takes it unless DINFER_CUDA_QKV_ROPE=0, gpu.ops.qkv_rope's
+ * setting, under which it takes none).
  * matmul_rope where the backend takes it, else the product (fused with its norm where the backend
  * fuses) into a qkv buffer and rope_kv_write; where matmul_rope took it, the other way runs too and
  * the two write the same bits. Outputs: q, and the tokens' k and v slots. */
@@ -600,7 +601,10 @@ static void run_matmul_rope(const op_case *c, ctx *x, outputs *o)
         op->rmsnorm(x->be, in, dx, &G, n, 1e-5f);
     const bool fused = chain && op->matmul_rope && op->matmul_rope(x->be, dq[0], in, &W, &B, &f, n, dinv, &b, &sh, &kv[0]);
     const char *e = getenv("DINFER_CUDA_QKV_ROPE");
-    if ((flags & 4) && e && strcmp(e, "2") == 0 && !op->host_memory && x->dt == RT_BF16)
+    const bool off = e && strcmp(e, "0") == 0;
+    if (off)
+        assert_false(fused);
+    else if ((flags & 4) && !op->host_memory && x->dt == RT_BF16)
         assert_true(fused);
     for (int i = fused ? 1 : 0; i < 2; i++) { /* the two kernels' way (both ways where the first was fused) */
         if (chain)

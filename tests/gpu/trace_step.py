@@ -69,19 +69,22 @@ def clusters(groups, sig):
     x, y), each block's times against its cluster's: whether the combine's barrier waits for a late
     sibling or costs its own time"""
     rows = collections.defaultdict(list)
+    by_split = collections.defaultdict(lambda: collections.defaultdict(list))
     for (g, _k), w in groups.items():
         gx, gy, gz, _bx = sig[g]
         if gz < 2:
             continue
         by = collections.defaultdict(list)
         for block, _sm, t_pre, t_post, t_end, t_mark, t_mark2 in w:
-            by[block % (gx * gy)].append((t_pre, t_post, t_end, t_mark, t_mark2))
+            by[block % (gx * gy)].append((t_pre, t_post, t_end, t_mark, t_mark2, block // (gx * gy)))
         for c in by.values():
             if len(c) < 2 or not all(r[3] and r[4] for r in c):
                 continue
             post = [r[1] for r in c]
             mark = [r[3] for r in c]
             mark2 = [r[4] for r in c]
+            for r in c:
+                by_split[sig[g]][r[5]].append(((r[1] - min(post)) / 1e3, (r[3] - r[1]) / 1e3, (r[3] - min(mark)) / 1e3))
             rows[sig[g]].append(dict(
                 arrive=(max(r[0] for r in c) - min(r[0] for r in c)) / 1e3,
                 release=(max(post) - min(post)) / 1e3,
@@ -104,6 +107,10 @@ def clusters(groups, sig):
         print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(22) + f"{len(rs):8d} {m('arrive'):14.2f} {m('release'):15.2f} "
               f"{m('keys_own'):9.2f} {m('keys'):12.2f} {m('slowest'):25.2f} {m('barrier'):25.2f} {m('passed'):15.2f} "
               f"{m('end'):23.2f}")
+        print("    by split (the cluster's rank): release after the cluster's first, keys after its own release, "
+              "keys done after the cluster's first block's")
+        for z, v in sorted(by_split[g].items()):
+            print(f"    split {z}: " + " ".join(f"{sum(x[i] for x in v) / len(v):6.2f}" for i in range(3)))
 
 
 def main():
