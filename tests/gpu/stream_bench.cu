@@ -9,7 +9,12 @@
  *            shared-memory slots by cp.async, S chunks in flight
  *   bulk     the same ring filled by the copy engine (cp.async.bulk, one instruction a chunk,
  *            completing on an mbarrier): no registers and no threads held by the loads
- * The consumers only fold the words into a checksum, so each figure is the read stream's own. */
+ * The consumers only fold the words into a checksum, so each figure is the read stream's own.
+ * Then a decode step's weight reads as the layers chain them (`chain`): each layer's four products'
+ * bytes (the 8B shape in int4 and FP8) read by four ldg kernels in turn, 32 layers captured in a
+ * CUDA graph, each kernel a programmatic dependent launch whose blocks issue their first loads
+ * before griddepcontrol.wait (as the products do), and the same without: the least a step's
+ * products can cost with a kernel a product. */
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +46,33 @@ __global__ void ldg_kernel(const uint4 *src, size_t n16, unsigned *out)
 #pragma unroll
         for (int u = 0; u < 4; u++)
             acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (acc == 0x12345678u)
+        out[0] = acc;
+}
+
+/* ldg_kernel's reads with the first 4 loads a thread before the wait on the kernel ahead */
+__global__ void chain_kernel(const uint4 *src, size_t n16, unsigned *out)
+{
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        v[u] = i + u * stride < n16 ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::);
+    unsigned acc = 0;
+    for (;;) {
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+        i += 4 * stride;
+        if (i >= n16)
+            break;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v[u] = i + u * stride < n16 ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
     }
     if (acc == 0x12345678u)
         out[0] = acc;
@@ -127,6 +159,47 @@ __global__ void __launch_bounds__(256) bulk_kernel(const uint8_t *src, size_t n_
 }
 
 static const size_t BUF = (size_t)2 << 30;
+static const size_t CHAIN_BUF = (size_t)8 << 30;
+
+/* 32 layers of the four products' bytes, each kernel `per_sm` blocks an SM, in a graph; us a layer */
+static double chain(const uint8_t *buf, unsigned *out, const size_t bytes[4], int sms, int per_sm, bool pdl)
+{
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    size_t off = 0;
+    for (int l = 0; l < 32; l++)
+        for (int p = 0; p < 4; p++) {
+            cudaLaunchConfig_t cfg = {};
+            cudaLaunchAttribute at[1];
+            cfg.gridDim = dim3((unsigned)(sms * per_sm)), cfg.blockDim = dim3(256), cfg.stream = st;
+            at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            at[0].val.programmaticStreamSerializationAllowed = 1;
+            cfg.attrs = at, cfg.numAttrs = pdl ? 1 : 0;
+            CK(cudaLaunchKernelEx(&cfg, chain_kernel, reinterpret_cast<const uint4 *>(buf + off), bytes[p] / 16, out));
+            off += (bytes[p] + 4095) & ~(size_t)4095;
+        }
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(a, st));
+    const int reps = 10;
+    for (int r = 0; r < reps; r++)
+        CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(b, st));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaStreamDestroy(st));
+    return ms * 1e3 / reps / 32;
+}
 
 template <typename L>
 static double time_runs(size_t bytes, L launch)
@@ -199,6 +272,25 @@ int main()
         ring<16, 8192>("bulk", true, buf, out, bytes, sms, 1);
         ring<6, 16384>("bulk", true, buf, out, bytes, sms, 2);
         ring<8, 4096>("bulk", true, buf, out, bytes, sms, 2);
+    }
+    CK(cudaFree(buf));
+    uint8_t *big;
+    CK(cudaMalloc(&big, CHAIN_BUF));
+    CK(cudaMemset(big, 0x5a, CHAIN_BUF));
+    /* QKV, output, gate/up, down: codes and scales (int4: groups of 128, fp32 scales, 16-bit zeros) */
+    const size_t mb = 1 << 20;
+    const size_t int4[4] = {13 * mb + 400 * 1024, 8 * mb + 800 * 1024, 64 * mb, 32 * mb};
+    const size_t fp8[4] = {24 * mb, 16 * mb, 112 * mb, 56 * mb};
+    for (int f = 0; f < 2; f++) {
+        const size_t *by = f ? fp8 : int4;
+        const double bytes = (double)(by[0] + by[1] + by[2] + by[3]);
+        printf("a layer's four products, %s (%.1f MB), 32 layers in a graph:\n", f ? "FP8" : "int4", bytes / mb);
+        for (int per_sm : {2, 4, 8})
+            for (int pdl = 1; pdl >= 0; pdl--) {
+                const double us = chain(big, out, by, sms, per_sm, pdl);
+                printf("  %d blocks an SM, %-9s %7.2f us a layer  %6.0f GB/s\n", per_sm, pdl ? "early:" : "no PDL:", us,
+                       bytes / us / 1e3);
+            }
     }
     return 0;
 }
