@@ -52,7 +52,8 @@ typedef struct cuda_ctx {
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
     int gemv_split;        /* its one-row products of few blocks: warps a weight row (DINFER_CUDA_GEMV_SPLIT: 1, 2 (default) or 4) */
     bool gemv_pair;        /* the one-row FP8 gate/up product two weight rows a warp (DINFER_CUDA_GEMV_PAIR=0 off) */
-    bool qgemv_deep;       /* one-row FP8 products of one wave: 8 loads in flight a lane, not 4 (DINFER_CUDA_QGEMV_DEEP=0 off) */
+    int qgemv_deep;        /* one-row FP8 products of one wave: 8 loads in flight a lane, not 4 (DINFER_CUDA_QGEMV_DEEP:
+                            * 0 none, 1 all, 2 those of fewer than 8,192 columns, 3 those of more) */
     bool fuse;             /* products of few rows take their norm, residual add or SiLU (DINFER_CUDA_FUSE=0 off) */
     bool logits_f32;       /* cuBLAS writes the LM head's logits in fp32 (DINFER_CUDA_LOGITS_F32=0: a pass converts) */
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */
