@@ -14,7 +14,9 @@
  * bytes (the 8B shape in int4 and FP8) read by four ldg kernels in turn, 32 layers captured in a
  * CUDA graph, each kernel a programmatic dependent launch whose blocks issue their first loads
  * before griddepcontrol.wait (as the products do), and the same without: the least a step's
- * products can cost with a kernel a product. */
+ * products can cost with a kernel a product; then the same reads in the grids dinfer's one-row
+ * kernels have for those products (their blocks, threads and blocks an SM, each block reading its
+ * own tile), to tell what the launch shapes cost from what the math and the epilogues do. */
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +75,34 @@ __global__ void chain_kernel(const uint4 *src, size_t n16, unsigned *out)
 #pragma unroll
         for (int u = 0; u < 4; u++)
             v[u] = i + u * stride < n16 ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
+    }
+    if (acc == 0x12345678u)
+        out[0] = acc;
+}
+
+/* chain_kernel's reads over a block's own tile (n16 a block, as a product's block reads its rows) */
+__global__ void tile_kernel(const uint4 *src, size_t per, size_t n16, unsigned *out)
+{
+    const size_t end = (blockIdx.x + 1) * per < n16 ? (blockIdx.x + 1) * per : n16;
+    size_t i = blockIdx.x * per + threadIdx.x;
+    const size_t stride = blockDim.x;
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        v[u] = i + u * stride < end ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::);
+    unsigned acc = 0;
+    for (;;) {
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+        i += 4 * stride;
+        if (i >= end)
+            break;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v[u] = i + u * stride < end ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
     }
     if (acc == 0x12345678u)
         out[0] = acc;
@@ -161,8 +191,16 @@ __global__ void __launch_bounds__(256) bulk_kernel(const uint8_t *src, size_t n_
 static const size_t BUF = (size_t)2 << 30;
 static const size_t CHAIN_BUF = (size_t)8 << 30;
 
-/* 32 layers of the four products' bytes, each kernel `per_sm` blocks an SM, in a graph; us a layer */
-static double chain(const uint8_t *buf, unsigned *out, const size_t bytes[4], int sms, int per_sm, bool pdl)
+/* A product's launch as dinfer's kernel has it: blocks, threads, and at most per_sm of them an SM
+ * (the registers' limit there, imposed here by shared memory); blocks 0: chain_kernel's grid. */
+struct shape {
+    unsigned blocks, threads, per_sm;
+};
+
+/* 32 layers of the four products' bytes, each kernel `per_sm` blocks an SM (or as `sh` says), in a
+ * graph; us a layer */
+static double chain(const uint8_t *buf, unsigned *out, const size_t bytes[4], int sms, int per_sm, bool pdl,
+                    const shape *sh = nullptr)
 {
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -178,7 +216,16 @@ static double chain(const uint8_t *buf, unsigned *out, const size_t bytes[4], in
             at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
             at[0].val.programmaticStreamSerializationAllowed = 1;
             cfg.attrs = at, cfg.numAttrs = pdl ? 1 : 0;
-            CK(cudaLaunchKernelEx(&cfg, chain_kernel, reinterpret_cast<const uint4 *>(buf + off), bytes[p] / 16, out));
+            if (sh) {
+                const size_t n16 = bytes[p] / 16;
+                cfg.gridDim = dim3(sh[p].blocks), cfg.blockDim = dim3(sh[p].threads);
+                cfg.dynamicSmemBytes = (size_t)(227 / sh[p].per_sm - 1) * 1024;
+                CK(cudaLaunchKernelEx(&cfg, tile_kernel, reinterpret_cast<const uint4 *>(buf + off),
+                                      (n16 + sh[p].blocks - 1) / sh[p].blocks, n16, out));
+            } else {
+                CK(cudaLaunchKernelEx(&cfg, chain_kernel, reinterpret_cast<const uint4 *>(buf + off), bytes[p] / 16,
+                                      out));
+            }
             off += (bytes[p] + 4095) & ~(size_t)4095;
         }
     CK(cudaStreamEndCapture(st, &g));
@@ -281,6 +328,12 @@ int main()
     const size_t mb = 1 << 20;
     const size_t int4[4] = {13 * mb + 400 * 1024, 8 * mb + 800 * 1024, 64 * mb, 32 * mb};
     const size_t fp8[4] = {24 * mb, 16 * mb, 112 * mb, 56 * mb};
+    /* the grids of dinfer's one-row kernels for these products (8B shape): int4 on the tensor cores
+     * (QKV, output, gate/up 16 rows a block, 3 an SM; down 12 warps, 2 an SM), FP8 weight-streaming
+     * (8 rows a block: QKV 6 an SM, output and down the deep form, 4; gate/up paired, 5) */
+    const shape int4_sh[4] = {{384, 256, 3}, {256, 256, 3}, {1792, 256, 3}, {256, 384, 2}};
+    const shape fp8_sh[4] = {{768, 256, 6}, {512, 256, 4}, {1792, 256, 5}, {512, 256, 4}};
+    CK(cudaFuncSetAttribute(tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 226 * 1024));
     for (int f = 0; f < 2; f++) {
         const size_t *by = f ? fp8 : int4;
         const double bytes = (double)(by[0] + by[1] + by[2] + by[3]);
@@ -291,6 +344,11 @@ int main()
                 printf("  %d blocks an SM, %-9s %7.2f us a layer  %6.0f GB/s\n", per_sm, pdl ? "early:" : "no PDL:", us,
                        bytes / us / 1e3);
             }
+        for (int pdl = 1; pdl >= 0; pdl--) {
+            const double us = chain(big, out, by, sms, 0, pdl, f ? fp8_sh : int4_sh);
+            printf("  dinfer's grids, %-9s %7.2f us a layer  %6.0f GB/s\n", pdl ? "early:" : "no PDL:", us,
+                   bytes / us / 1e3);
+        }
     }
     return 0;
 }
