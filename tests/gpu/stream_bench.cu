@@ -53,39 +53,10 @@ __global__ void ldg_kernel(const uint4 *src, size_t n16, unsigned *out)
         out[0] = acc;
 }
 
-/* ldg_kernel's reads with the first 4 loads a thread before the wait on the kernel ahead */
-__global__ void chain_kernel(const uint4 *src, size_t n16, unsigned *out)
+/* Words i, i + stride, ... below end folded into the checksum, the first 4 loads a thread before the
+ * wait on the kernel ahead (as the products issue theirs) */
+__device__ __forceinline__ void read_chained(const uint4 *src, size_t i, size_t stride, size_t end, unsigned *out)
 {
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    uint4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++)
-        v[u] = i + u * stride < n16 ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::);
-    unsigned acc = 0;
-    for (;;) {
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-        i += 4 * stride;
-        if (i >= n16)
-            break;
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            v[u] = i + u * stride < n16 ? __ldg(src + i + u * stride) : make_uint4(0, 0, 0, 0);
-    }
-    if (acc == 0x12345678u)
-        out[0] = acc;
-}
-
-/* chain_kernel's reads over a block's own tile (n16 a block, as a product's block reads its rows) */
-__global__ void tile_kernel(const uint4 *src, size_t per, size_t n16, unsigned *out)
-{
-    const size_t end = (blockIdx.x + 1) * per < n16 ? (blockIdx.x + 1) * per : n16;
-    size_t i = blockIdx.x * per + threadIdx.x;
-    const size_t stride = blockDim.x;
     uint4 v[4];
 #pragma unroll
     for (int u = 0; u < 4; u++)
@@ -106,6 +77,19 @@ __global__ void tile_kernel(const uint4 *src, size_t per, size_t n16, unsigned *
     }
     if (acc == 0x12345678u)
         out[0] = acc;
+}
+
+/* ldg_kernel's reads, chained */
+__global__ void chain_kernel(const uint4 *src, size_t n16, unsigned *out)
+{
+    read_chained(src, (size_t)blockIdx.x * blockDim.x + threadIdx.x, (size_t)gridDim.x * blockDim.x, n16, out);
+}
+
+/* the same over a block's own tile (per words a block, as a product's block reads its rows) */
+__global__ void tile_kernel(const uint4 *src, size_t per, size_t n16, unsigned *out)
+{
+    const size_t end = (blockIdx.x + 1) * per < n16 ? (blockIdx.x + 1) * per : n16;
+    read_chained(src, blockIdx.x * per + threadIdx.x, blockDim.x, end, out);
 }
 
 template <int S, int SB>
