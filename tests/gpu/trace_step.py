@@ -115,7 +115,7 @@ def clusters(groups, sig):
 
 def main():
     if len(sys.argv) < 2:
-        sys.exit("usage: trace_step.py TRACE_FILE [--show FIRST:LAST]")
+        sys.exit("usage: trace_step.py TRACE_FILE [--show FIRST:LAST] [--clusters]")
     groups, sig, header = load(sys.argv[1])
     if "--clusters" in sys.argv:
         clusters(groups, sig)
