@@ -141,7 +141,8 @@ struct qrows {
  * e4m3 codes (a chunk 64 columns, a lane's 16 of them one load): the weights enter the products as
  * value * 2^-120 (fp8_pair*) and the activations as value * 2^100 (exact; an activation from 2^28
  * on would overflow bf16), so a chunk's sums sit at 2^-20 of their value, far from fp32's
- * subnormals; the chunk's scale carries the 2^20 back. Otherwise int4 codes (a chunk 128 columns, a lane's 32 one load). */
+ * subnormals; the chunk's scale carries the 2^20 back. Otherwise int4 codes (a chunk 128 columns,
+ * a lane's 32 one load). */
 template <int NT, bool XS, int NW>
 struct qmma_smem {
     uint4 staged[QMMA_STAGES][NW][2][32]; /* each lane's codes of its chunks in flight */

@@ -104,8 +104,9 @@ def clusters(groups, sig):
     for g, rs in rows.items():
         def m(key):
             return sum(r[key] for r in rs) / len(rs)
-        print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(22) + f"{len(rs):8d} {m('arrive'):14.2f} {m('release'):15.2f} "
-              f"{m('keys_own'):9.2f} {m('keys'):12.2f} {m('slowest'):25.2f} {m('barrier'):25.2f} {m('passed'):15.2f} "
+        print(f"  {g[0]}x{g[1]}x{g[2]} x {g[3]:<4d}".ljust(22)
+              + f"{len(rs):8d} {m('arrive'):14.2f} {m('release'):15.2f} {m('keys_own'):9.2f}"
+              f" {m('keys'):12.2f} {m('slowest'):25.2f} {m('barrier'):25.2f} {m('passed'):15.2f} "
               f"{m('end'):23.2f}")
         print("    by split (the cluster's rank): release after the cluster's first, keys after its own release, "
               "keys done after the cluster's first block's")
