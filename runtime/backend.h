@@ -124,6 +124,11 @@ typedef struct rt_fusion {
     void *xg;
     float *ss;            /* row i's sum at ss[i * RT_FUSION_SS_STRIDE], zero before the product */
     bool silu;            /* w is the gate/up matrix: out(n, w.rows / 2) = silu(gate) * up (no bias) */
+    /* A hint, NULL for none: the weight the product after this one reads (ahead_halves: a gate/up
+     * matrix, whose first blocks read the first rows of both halves), which a backend may ask its
+     * memory for while this product ends. Backends may ignore it. */
+    const rt_tensor *ahead;
+    bool ahead_halves;
 } rt_fusion;
 
 typedef struct rt_backend_ops {

@@ -546,10 +546,11 @@ static void layers_fused(rt_forward *fw, const staged *st)
         rt_layer_weights *w = &m->layers[l];
         float *s_attn = fw->ss + (size_t)(2 * l) * slot, *s_ffn = s_attn + slot, *s_next = s_ffn + slot;
         const rt_fusion qkv = {.norm_ss = s_attn, .eps = eps},
-                        o = {.residual = true, .next_norm = &w->ffn_norm, .xg = fw->xb, .ss = s_ffn},
-                        gate_up = {.norm_ss = s_ffn, .eps = eps, .silu = true},
+                        o = {.residual = true, .next_norm = &w->ffn_norm, .xg = fw->xb, .ss = s_ffn,
+                             .ahead = &w->w_gate_up, .ahead_halves = true},
+                        gate_up = {.norm_ss = s_ffn, .eps = eps, .silu = true, .ahead = &w->w_down},
                         down = {.residual = true, .next_norm = l + 1 < L ? &m->layers[l + 1].attn_norm : NULL,
-                                .xg = fw->xb, .ss = s_next};
+                                .xg = fw->xb, .ss = s_next, .ahead = l + 1 < L ? &m->layers[l + 1].wqkv : NULL};
         const void *xq = inputs(fw, &w->wqkv, fw->xb, T);
         rt_kv_layer *kv = &fw->kv->layers[l];
         if (op->matmul_rope &&

@@ -327,6 +327,9 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
      * batch 1 on an H100: 857 tok/s unsplit, 887 at 2, 848 at 4); the one-row FP8 gate/up product
      * two weight rows a warp (8B FP8 batch 1 on an H100: 271 tok/s off, 276 on) */
     int gemv_split = 2, gemv_pair = 1, qgemv_deep = 1, fa_min_split = FA_MIN_SPLIT / 16;
+    /* measuring: which fused quantized products ask L2 for the next product's first weights at their
+     * end (cuda_fusion.cuh's fused_ahead), and at most how many MB */
+    int ahead = 0, ahead_mb = 16;
     if (env_int("DINFER_CUDA_FP8_ALGO", 0, CUDA_FP8_ALGO_PICKS - 1, "an index of cuBLASLt's FP8 algorithms",
                 &fp8_pick, err) ||
         env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
@@ -338,7 +341,13 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
                   &qgemv_deep, err) ||
         env_digit("DINFER_CUDA_GEMV_PAIR", "01",
                   "0 (a warp a weight row) or 1 (two rows a warp in the one-row FP8 gate/up product)", &gemv_pair,
-                  err))
+                  err) ||
+        env_int("DINFER_CUDA_AHEAD", 0, 7,
+                "the fused quantized products that ask L2 for the next product's first weights as they end, a sum "
+                "of 1 (the output product), 2 (the down product) and 4 (the gate/up product)",
+                &ahead, err) ||
+        env_int("DINFER_CUDA_AHEAD_MB", 1, 64, "megabytes of the next product's weights asked for at most", &ahead_mb,
+                err))
         return NULL;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     rt_backend *be = (rt_backend *)calloc(1, sizeof *be);
@@ -362,6 +371,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
     c->gemv_split = gemv_split;
     c->gemv_pair = gemv_pair;
     c->qgemv_deep = qgemv_deep;
+    c->ahead = ahead;
+    c->ahead_mb = ahead_mb;
     c->fa_min_split = 16 * fa_min_split;
     c->fuse = fuse;
     c->logits_f32 = logits_f32;

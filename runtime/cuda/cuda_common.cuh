@@ -54,6 +54,8 @@ typedef struct cuda_ctx {
     bool gemv_pair;        /* the one-row FP8 gate/up product two weight rows a warp (DINFER_CUDA_GEMV_PAIR=0 off) */
     int qgemv_deep;        /* one-row FP8 products of one wave: 8 loads in flight a lane, not 4 (DINFER_CUDA_QGEMV_DEEP:
                             * 0 none, 1 all, 2 those of fewer than 8,192 columns, 3 those of more) */
+    int ahead, ahead_mb;   /* products asking L2 for the next one's weights as they end (DINFER_CUDA_AHEAD: 1 output,
+                            * 2 down, 4 gate/up; 0), at most ahead_mb MB (cuda_fusion.cuh's fused_ahead) */
     bool fuse;             /* products of few rows take their norm, residual add or SiLU (DINFER_CUDA_FUSE=0 off) */
     bool logits_f32;       /* cuBLAS writes the LM head's logits in fp32 (DINFER_CUDA_LOGITS_F32=0: a pass converts) */
     bool pdl;              /* kernels launch before the one ahead of them ends (Hopper on; DINFER_CUDA_PDL=0 off) */

@@ -28,6 +28,10 @@ struct fusion {
     void *xg;
     float *ss;
     fusion_rope rope;
+    /* the next product's first weights, ahead_bytes of each region (ahead1 NULL: one region), asked
+     * into L2 by the blocks from ahead_from on as they end (fused_ahead; ahead_bytes 0: none) */
+    const char *ahead0, *ahead1;
+    unsigned ahead_bytes, ahead_from;
 };
 
 /* With FUSE_ROPE, the weight rows of a block's pairs: pair i (of `pairs` a block) is row j and its
@@ -105,6 +109,27 @@ __device__ __forceinline__ void fused_rope_pair(const fusion &f, int t, int r, f
         T *d = (T *)(is_k ? p.kc : p.vc) + at;
         st(d, a), st(d + hd / 2, b);
     }
+}
+
+/* A block's share of f's ahead regions asked into L2 (cp.async.bulk.prefetch: no registers, no
+ * wait), by its first thread, once the block's own weights have arrived: the next product's blocks
+ * cannot be resident beside this one's (their registers), so without it HBM idles from this
+ * product's last loads until they launch. Only the blocks of the last wave (ahead_from on) ask, so
+ * that a product of several waves does not slow its own stream. */
+__device__ __forceinline__ void fused_ahead_issue(const fusion &f)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned b = blockIdx.x + gridDim.x * blockIdx.y, nb = gridDim.x * gridDim.y;
+    if (f.ahead_bytes == 0 || threadIdx.x != 0 || b < f.ahead_from)
+        return;
+    const unsigned share = (f.ahead_bytes / (nb - f.ahead_from) + 15) / 16 * 16, at = (b - f.ahead_from) * share;
+    if (at >= f.ahead_bytes)
+        return;
+    const unsigned len = min(share, f.ahead_bytes - at);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(f.ahead0 + at), "r"(len) : "memory");
+    if (f.ahead1)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(f.ahead1 + at), "r"(len) : "memory");
+#endif
 }
 
 /* The weight row of warp `warp` of a block of WARPS. With FUSE_SILU, N counts the gate and up rows:
@@ -296,6 +321,48 @@ static inline fusion fused_args(const rt_fusion *f)
         a.next_g = f->residual && f->next_norm ? f->next_norm->data : nullptr;
     }
     return a;
+}
+
+/* The ahead hint of rt_fusion f in a (DINFER_CUDA_AHEAD selects the products: 1 a residual product
+ * before a gate/up one, the output product; 2 the other residual ones, the down product; 4 the
+ * SiLU ones): the first ahead_mb MB of its weight's codes (of each half's first rows for a gate/up
+ * matrix), 16-byte aligned; every block asks (fused_ahead_wave narrows it to the last wave). */
+static inline void fused_ahead(const cuda_ctx *c, const rt_fusion *f, fusion &a)
+{
+    a.ahead_bytes = 0;
+    if (!f || !f->ahead || !f->ahead->data || !c->ahead)
+        return;
+    const int bit = f->silu ? 4 : !f->residual ? 0 : f->ahead_halves ? 1 : 2;
+    if ((c->ahead & bit) == 0)
+        return;
+    const rt_tensor *w = f->ahead;
+    const size_t row = w->q.kind == RT_QK_INT && w->q.bits == 4 ? (size_t)w->cols / 2
+                       : w->q.kind                              ? (size_t)w->cols
+                                                                : (size_t)w->cols * rt_dtype_size(w->dtype);
+    const size_t whole = (size_t)w->rows * row, half = (size_t)(w->rows / 2) * row;
+    size_t want = (size_t)c->ahead_mb << 20, have = whole;
+    a.ahead0 = (const char *)w->data, a.ahead1 = nullptr;
+    if (f->ahead_halves) {
+        a.ahead1 = a.ahead0 + half, want /= 2, have = half;
+        if ((uintptr_t)a.ahead1 % 16 != 0)
+            return;
+    }
+    a.ahead_bytes = (unsigned)((want < have ? want : have) / 16 * 16);
+    a.ahead_from = 0;
+}
+
+/* With an ahead hint: only the blocks of `blocks` that run in the last wave of kernel k (threads and
+ * shm a block) ask for it. */
+template <typename K>
+static inline void fused_ahead_wave(cuda_ctx *c, fusion &a, K k, unsigned blocks, int threads, size_t shm)
+{
+    if (a.ahead_bytes == 0)
+        return;
+    int per = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k, threads, shm) != cudaSuccess || per < 1)
+        per = 1, cudaGetLastError();
+    const unsigned slots = (unsigned)per * (unsigned)c->n_sms;
+    a.ahead_from = blocks > slots ? blocks - slots : 0;
 }
 
 /* The chain's QKV product of one token at BF16 with FUSE_NORM | FUSE_ROPE (cuda_matmul_rope): on the

@@ -139,6 +139,7 @@ __global__ void __launch_bounds__(QGEMV_WARPS * 32, R == 1 && FP8 ? (A > QGEMV_A
             }
         }
     }
+    fused_ahead_issue(f);
     cuda_trace_mark(); /* the first warp's row done */
     fused_store<T, R, F, QGEMV_WARPS>(out, acc, bias, f, n, N, K, row, valid, ra);
     cuda_trace_end();
@@ -201,6 +202,7 @@ __global__ void __launch_bounds__(PAIR_WARPS * 32, PAIR_BLOCKS)
             }
         }
     }
+    fused_ahead_issue(f);
     cuda_trace_mark(); /* the first warp's pair done */
     float g = warp_sum(acc_a) * __ldg(scales + item), up = warp_sum(acc_b) * __ldg(scales + item + N / 2);
     if constexpr ((F & FUSE_NORM) != 0) {
@@ -220,14 +222,21 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
     const rt_tensor_quant *q = &w->q;
     if constexpr (FP8 && (F & FUSE_SILU) != 0) /* the gate/up product of one row, a scale a row: paired */
         if (c->gemv_pair && n <= 1 && q->n_groups == 1) {
-            cuda_launch(c, qgemv_pair_kernel<T, F>, (unsigned)((N / 2 + PAIR_WARPS - 1) / PAIR_WARPS), PAIR_WARPS * 32,
-                        0, (T *)out, (const T *)x, (const uint8_t *)w->data, (const float *)q->scales, f, N, K);
+            const unsigned pairs = (unsigned)((N / 2 + PAIR_WARPS - 1) / PAIR_WARPS);
+            fusion fa = f;
+            fused_ahead_wave(c, fa, qgemv_pair_kernel<T, F>, pairs, PAIR_WARPS * 32, 0);
+            cuda_launch(c, qgemv_pair_kernel<T, F>, pairs, PAIR_WARPS * 32, 0, (T *)out, (const T *)x,
+                        (const uint8_t *)w->data, (const float *)q->scales, fa, N, K);
             return;
         }
 #define QGEMV_LAUNCH(R, A)                                                                                       \
-    cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F, A>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,      \
-                (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K,   \
-                (int)q->group, (int)q->n_groups)
+    do {                                                                                                         \
+        fusion fa = f;                                                                                           \
+        fused_ahead_wave(c, fa, qgemv_kernel<T, R, FP8, BITS, F, A>, blocks, QGEMV_WARPS * 32, 0);               \
+        cuda_launch(c, qgemv_kernel<T, R, FP8, BITS, F, A>, blocks, QGEMV_WARPS * 32, 0, (T *)out, (const T *)x,  \
+                    (const uint8_t *)w->data, (const float *)q->scales, (const uint16_t *)q->zeros, bias, fa, n, N, \
+                    K, (int)q->group, (int)q->n_groups);                                                         \
+    } while (0)
     if constexpr ((F & FUSE_ROPE) != 0) { /* one row of x: all cuda_qgemv_rope gives */
         QGEMV_LAUNCH(1, QGEMV_AHEAD);
     } else {
@@ -268,7 +277,9 @@ static void qgemv(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, con
                   const rt_fusion *f)
 {
     const T *b = bias && bias->data ? (const T *)bias->data : NULL;
-    FUSED_DISPATCH(fused_bits(f), qgemv_fused, c, out, x, w, b, fused_args(f), n);
+    fusion a = fused_args(f);
+    fused_ahead(c, f, a);
+    FUSED_DISPATCH(fused_bits(f), qgemv_fused, c, out, x, w, b, a, n);
 }
 
 /* The instantiations (one a file). */

@@ -327,6 +327,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
         }
     }
     cp_async_wait<0>(); /* no copy into the block's shared memory outlives it */
+    fused_ahead_issue(f);
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
@@ -424,9 +425,12 @@ static void qmma_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, c
         if (shm > 48 * 1024)                                                                                       \
             CUDA_CHECK(c, cudaFuncSetAttribute(qmma_kernel<NT, F, FP8, XS, NW>,                                    \
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));            \
+        fusion fa = f;                                                                                             \
+        fused_ahead_wave(c, fa, qmma_kernel<NT, F, FP8, XS, NW>, (NT == 1 ? grid1 : grid2).x * tiles, NW * 32,     \
+                         shm);                                                                                     \
         cuda_launch(c, qmma_kernel<NT, F, FP8, XS, NW>, NT == 1 ? grid1 : grid2, NW * 32, shm,                     \
                     (__nv_bfloat16 *)out, (const __nv_bfloat16 *)x, (const uint8_t *)w->data,                      \
-                    (const float *)q->scales, (const uint16_t *)q->zeros, bias, f, n, N, K, (int)q->group,         \
+                    (const float *)q->scales, (const uint16_t *)q->zeros, bias, fa, n, N, K, (int)q->group,        \
                     (int)q->n_groups);                                                                             \
     } while (0)
     const bool fp8 = q->kind == RT_QK_FP8;
@@ -459,7 +463,9 @@ void cuda_qmma(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, const 
                  const rt_fusion *f)
 {
     const __nv_bfloat16 *b = bias && bias->data ? (const __nv_bfloat16 *)bias->data : NULL;
-    FUSED_DISPATCH(fused_bits(f), qmma_as, c, out, x, w, b, fused_args(f), n);
+    fusion a = fused_args(f);
+    fused_ahead(c, f, a);
+    FUSED_DISPATCH(fused_bits(f), qmma_as, c, out, x, w, b, a, n);
 }
 
 bool cuda_qmma_rope(cuda_ctx *c, const void *x, const rt_tensor *w, const __nv_bfloat16 *bias, const fusion &f)
