@@ -16,6 +16,9 @@
 #include "runtime/cuda/cuda_fusion.cuh"
 
 #define QMMA_WARPS 8
+#ifndef QMMA_CHAINS
+#define QMMA_CHAINS 1 /* int4: the accumulators a chunk's 16 products take in turn (1: each waits for the one before) */
+#endif
 #ifndef QMMA_STAGES
 #define QMMA_STAGES 4 /* chunks whose codes are in flight ahead of the math, through shared memory (2 in
                         * registers before: 24 warps an SM with 2 KB each in flight; the 8B shape's one-row
@@ -288,6 +291,17 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                                         __byte_perm(z1, 0, 0x1010)};
                 /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
                  * 4-7, x's 16-byte load of the same columns the B operands as it is */
+                /* chain 0 is d (the RoPE form, whose angles take registers through the loop, one chain) */
+                constexpr int CHN = (F & FUSE_ROPE) != 0 ? 1 : QMMA_CHAINS;
+                float e[CHN][NT][4];
+#pragma unroll
+                for (int k = 1; k < CHN; k++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+                        e[k][t][0] = e[k][t][1] = e[k][t][2] = e[k][t][3] = 0.0f;
+                const auto chain = [&](int j, int t) -> float(&)[4] {
+                    return j % CHN == 0 ? d[t] : e[j % CHN][t];
+                };
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     uint32_t p0[4], p1[4];
@@ -299,12 +313,19 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                         const uint4 xv = XS       ? xs[a][warp][c * 4 + q]
                                          : xon[t] ? __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q))
                                                   : make_uint4(0, 0, 0, 0);
-                        mma16816<__nv_bfloat16>(d[t], a0, xv.x, xv.y);
-                        mma16816<__nv_bfloat16>(d[t], za, xv.x, xv.y);
-                        mma16816<__nv_bfloat16>(d[t], a1, xv.z, xv.w);
-                        mma16816<__nv_bfloat16>(d[t], za, xv.z, xv.w);
+                        mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(chain(1, t), za, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(chain(2, t), a1, xv.z, xv.w);
+                        mma16816<__nv_bfloat16>(chain(3, t), za, xv.z, xv.w);
                     }
                 }
+#pragma unroll
+                for (int k = 1; k < CHN; k++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            d[t][i] += e[k][t][i];
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
                     acc[t][0] += in.s0 * d[t][0], acc[t][1] += in.s0 * d[t][1];
