@@ -335,9 +335,8 @@ extern "C" rt_backend *rt_cuda_backend_create(int device, rt_dtype dt, int rank,
         env_digit("DINFER_CUDA_FA_MIN_SPLIT", "1248", "the fewest keys a split of a decode context, in 16s: 1, 2, 4 or 8",
                   &fa_min_split, err) ||
         env_digit("DINFER_CUDA_GEMV_SPLIT", "124", "1, 2 or 4 warps a weight row", &gemv_split, err) ||
-        env_digit("DINFER_CUDA_QGEMV_DEEP", "0123",
-                  "0 (4 loads in flight a lane), 1 (8, in one-row FP8 products of at most 4 blocks an SM), 2 (8 "
-                  "only in those of fewer than 8,192 columns) or 3 (only in those of more)",
+        env_digit("DINFER_CUDA_QGEMV_DEEP", "01",
+                  "0 (4 loads in flight a lane) or 1 (8, in one-row FP8 products of at most 4 blocks an SM)",
                   &qgemv_deep, err) ||
         env_digit("DINFER_CUDA_GEMV_PAIR", "01",
                   "0 (a warp a weight row) or 1 (two rows a warp in the one-row FP8 gate/up product)", &gemv_pair,

@@ -52,8 +52,7 @@ typedef struct cuda_ctx {
     bool gemv;             /* products of few rows use the weight-streaming kernel (DINFER_CUDA_GEMV=0: cuBLAS) */
     int gemv_split;        /* its one-row products of few blocks: warps a weight row (DINFER_CUDA_GEMV_SPLIT: 1, 2 (default) or 4) */
     bool gemv_pair;        /* the one-row FP8 gate/up product two weight rows a warp (DINFER_CUDA_GEMV_PAIR=0 off) */
-    int qgemv_deep;        /* one-row FP8 products of one wave: 8 loads in flight a lane, not 4 (DINFER_CUDA_QGEMV_DEEP:
-                            * 0 none, 1 all, 2 those of fewer than 8,192 columns, 3 those of more) */
+    bool qgemv_deep;       /* one-row FP8 products of one wave: 8 loads in flight a lane, not 4 (DINFER_CUDA_QGEMV_DEEP=0 off) */
     int ahead, ahead_mb;   /* products asking L2 for the next one's weights as they end (DINFER_CUDA_AHEAD: 1 output,
                             * 2 down, 4 gate/up; 0), at most ahead_mb MB (cuda_fusion.cuh's fused_ahead) */
     bool fuse;             /* products of few rows take their norm, residual add or SiLU (DINFER_CUDA_FUSE=0 off) */

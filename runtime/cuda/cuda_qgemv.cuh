@@ -241,8 +241,7 @@ static void qgemv_as(cuda_ctx *c, void *out, const void *x, const rt_tensor *w, 
         QGEMV_LAUNCH(1, QGEMV_AHEAD);
     } else {
         if constexpr (FP8 && (F & FUSE_SILU) == 0) /* one wave of blocks: more loads in flight a lane */
-            if (c->qgemv_deep && n <= 1 && blocks <= (unsigned)(QGEMV_DEEP_BLOCKS * c->n_sms) &&
-                (c->qgemv_deep == 1 || (c->qgemv_deep == 2) == (K < 8192))) {
+            if (c->qgemv_deep && n <= 1 && blocks <= (unsigned)(QGEMV_DEEP_BLOCKS * c->n_sms)) {
                 QGEMV_LAUNCH(1, QGEMV_DEEP);
                 return;
             }
