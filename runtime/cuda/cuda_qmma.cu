@@ -17,7 +17,10 @@
 
 #define QMMA_WARPS 8
 #ifndef QMMA_CHAINS
-#define QMMA_CHAINS 1 /* int4: the accumulators a chunk's 16 products take in turn (1: each waits for the one before) */
+#define QMMA_CHAINS 2 /* int4: accumulators a chunk's 16 products take in turn. With one, each product waited for the
+                       * one before (a tensor-core product's latency, 16 a chunk, 64 a warp in a one-wave product
+                       * whose codes are all staged before its wait: the chain its blocks run after their
+                       * release); two halve it. H100, 8B AWQ batch 1: 433.0 -> 442.9 tok/s. Four spill. */
 #endif
 #ifndef QMMA_STAGES
 #define QMMA_STAGES 4 /* chunks whose codes are in flight ahead of the math, through shared memory (2 in
@@ -291,8 +294,11 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                                         __byte_perm(z1, 0, 0x1010)};
                 /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
                  * 4-7, x's 16-byte load of the same columns the B operands as it is */
-                /* chain 0 is d (the RoPE form, whose angles take registers through the loop, one chain) */
-                constexpr int CHN = (F & FUSE_ROPE) != 0 ? 1 : QMMA_CHAINS;
+                /* chain 0 is d. One chain in the QKV product's forms (the RoPE form's angles take registers
+                 * through the loop: two chains spilled; and its sums must be the unfused form's bits) and
+                 * where the activations are not staged (the products of 2 to 16 tokens, not measured with
+                 * two; the one-token form there spilled 4 bytes) */
+                constexpr int CHN = !XS || (F & FUSE_ROPE) != 0 || F == FUSE_NORM ? 1 : QMMA_CHAINS;
                 float e[CHN][NT][4];
 #pragma unroll
                 for (int k = 1; k < CHN; k++)
