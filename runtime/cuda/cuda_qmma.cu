@@ -22,6 +22,14 @@
                        * whose codes are all staged before its wait: the chain its blocks run after their
                        * release); two halve it. H100, 8B AWQ batch 1: 433.0 -> 442.9 tok/s. Four spill. */
 #endif
+#ifndef QMMA_ZSUM
+#define QMMA_ZSUM 0 /* 1: the staged one-token int4 forms take the zero points' part as one fp32 term (measuring; not
+                     * yet run on a GPU) */
+#endif
+#ifndef QMMA_QKV_CHAINS
+#define QMMA_QKV_CHAINS 0 /* 1: the QKV product's staged forms take QMMA_CHAINS too, the RoPE form's angles kept in
+                           * shared memory through the loop (measuring; not yet run on a GPU) */
+#endif
 #ifndef QMMA_STAGES
 #define QMMA_STAGES 4 /* chunks whose codes are in flight ahead of the math, through shared memory (2 in
                         * registers before: 24 warps an SM with 2 KB each in flight; the 8B shape's one-row
@@ -226,11 +234,17 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
         }
     };
     float2 rcs[2] = {}; /* FUSE_ROPE: the angles of the lane's row r0 at its tokens (rope_angle) */
+    __shared__ float2 rcs_sm[QMMA_QKV_CHAINS ? 32 : 1][2]; /* QMMA_QKV_CHAINS: there instead (warp 0's lanes) */
     if constexpr ((F & FUSE_ROPE) != 0)
 #pragma unroll
         for (int i = 0; i < 2; i++)
             if (warp == 0 && tb + 2 * c + i < n) /* warp 0 stores */
                 rcs[i] = rope_angle(f, tb + 2 * c + i, r0);
+    if constexpr ((F & FUSE_ROPE) != 0 && QMMA_QKV_CHAINS != 0)
+        if (warp == 0)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                rcs_sm[lane][i] = rcs[i];
     pdl_wait();
     pdl_trigger();
     if constexpr (XS) { /* one group after the codes' (the first chunk waits for all of them) */
@@ -298,7 +312,8 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                  * through the loop: two chains spilled; and its sums must be the unfused form's bits) and
                  * where the activations are not staged (the products of 2 to 16 tokens, not measured with
                  * two; the one-token form there spilled 4 bytes) */
-                constexpr int CHN = !XS || (F & FUSE_ROPE) != 0 || F == FUSE_NORM ? 1 : QMMA_CHAINS;
+                constexpr int CHN =
+                    !XS || (!QMMA_QKV_CHAINS && ((F & FUSE_ROPE) != 0 || F == FUSE_NORM)) ? 1 : QMMA_CHAINS;
                 float e[CHN][NT][4];
 #pragma unroll
                 for (int k = 1; k < CHN; k++)
@@ -307,6 +322,16 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                         e[k][t][0] = e[k][t][1] = e[k][t][2] = e[k][t][3] = 0.0f;
                 const auto chain = [&](int j, int t) -> float(&)[4] {
                     return j % CHN == 0 ? d[t] : e[j % CHN][t];
+                };
+                /* QMMA_ZSUM: the zero points' part, -(128 + zero) times the sum of the chunk's 128
+                 * activations (a lane's 32 in fp32, then over the 4 lanes of a row group: staged, every
+                 * group holds the one token's), one fp32 term a row in place of 8 tensor-core products,
+                 * so that the chunk's chain is its codes' 8 (not in the QKV product's forms, as CHN: the RoPE
+                 * form spilled 32 bytes) */
+                constexpr bool ZS = QMMA_ZSUM && XS && NT == 1 && CHN == QMMA_CHAINS && QMMA_CHAINS > 1;
+                float xsum[2] = {0.0f, 0.0f};
+                const auto bf16_sum = [](uint32_t u) {
+                    return __uint_as_float(u << 16) + __uint_as_float(u & 0xFFFF0000u);
                 };
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
@@ -319,11 +344,25 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                         const uint4 xv = XS       ? xs[a][warp][c * 4 + q]
                                          : xon[t] ? __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q))
                                                   : make_uint4(0, 0, 0, 0);
-                        mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
-                        mma16816<__nv_bfloat16>(chain(1, t), za, xv.x, xv.y);
-                        mma16816<__nv_bfloat16>(chain(2, t), a1, xv.z, xv.w);
-                        mma16816<__nv_bfloat16>(chain(3, t), za, xv.z, xv.w);
+                        if constexpr (ZS) {
+                            mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
+                            mma16816<__nv_bfloat16>(chain(1, t), a1, xv.z, xv.w);
+                            xsum[0] += bf16_sum(xv.x) + bf16_sum(xv.y);
+                            xsum[1] += bf16_sum(xv.z) + bf16_sum(xv.w);
+                        } else {
+                            mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
+                            mma16816<__nv_bfloat16>(chain(1, t), za, xv.x, xv.y);
+                            mma16816<__nv_bfloat16>(chain(2, t), a1, xv.z, xv.w);
+                            mma16816<__nv_bfloat16>(chain(3, t), za, xv.z, xv.w);
+                        }
                     }
+                }
+                if constexpr (ZS) {
+                    float sx = xsum[0] + xsum[1];
+                    sx += __shfl_xor_sync(0xffffffffu, sx, 1);
+                    sx += __shfl_xor_sync(0xffffffffu, sx, 2);
+                    const float m0 = -(128.0f + (float)in.z0) * sx, m1 = -(128.0f + (float)in.z1) * sx;
+                    d[0][0] += m0, d[0][1] += m0, d[0][2] += m1, d[0][3] += m1;
                 }
 #pragma unroll
                 for (int k = 1; k < CHN; k++)
@@ -393,7 +432,8 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
 #pragma unroll
             for (int i = 0; i < 2; i++)
                 if (t0 + i < n && ok0)
-                    fused_rope_pair<__nv_bfloat16>(f, t0 + i, r0, v[i] + b0, v[i + 2] + b1, rcs[i]);
+                    fused_rope_pair<__nv_bfloat16>(f, t0 + i, r0, v[i] + b0, v[i + 2] + b1,
+                                                   QMMA_QKV_CHAINS ? rcs_sm[lane][i] : rcs[i]);
         } else {
             float q[2] = {0.0f, 0.0f}; /* the squares of tokens t0 and t0 + 1 */
 #pragma unroll
