@@ -306,12 +306,10 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                  * quad for the chunk's 8 products instead of copying two into a quad before each */
                 const uint32_t za[4] = {z0 * 0x10001u, z1 * 0x10001u, __byte_perm(z0, 0, 0x1010),
                                         __byte_perm(z1, 0, 0x1010)};
-                /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
-                 * 4-7, x's 16-byte load of the same columns the B operands as it is */
-                /* chain 0 is d. One chain in the QKV product's forms (the RoPE form's angles take registers
-                 * through the loop: two chains spilled; and its sums must be the unfused form's bits) and
-                 * where the activations are not staged (the products of 2 to 16 tokens, not measured with
-                 * two; the one-token form there spilled 4 bytes) */
+                /* chain 0 is d. One chain in the QKV product's forms (but with QMMA_QKV_CHAINS: the RoPE
+                 * form's angles took registers through the loop and two chains spilled; its sums must be the
+                 * unfused form's bits) and where the activations are not staged (the products of 2 to 16
+                 * tokens, not measured with two; the one-token form there spilled 4 bytes) */
                 constexpr int CHN =
                     !XS || (!QMMA_QKV_CHAINS && ((F & FUSE_ROPE) != 0 || F == FUSE_NORM)) ? 1 : QMMA_CHAINS;
                 float e[CHN][NT][4];
@@ -333,6 +331,8 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                 const auto bf16_sum = [](uint32_t u) {
                     return __uint_as_float(u << 16) + __uint_as_float(u & 0xFFFF0000u);
                 };
+                /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
+                 * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     uint32_t p0[4], p1[4];
