@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                  * group holds the one token's), one fp32 term a row in place of 8 tensor-core products,
                  * so that the chunk's chain is its codes' 8 (not in the QKV product's forms, as CHN: the RoPE
                  * form spilled 32 bytes) */
-                constexpr bool ZS = QMMA_ZSUM && XS && NT == 1 && CHN == QMMA_CHAINS && QMMA_CHAINS > 1;
+                constexpr bool ZS = QMMA_ZSUM && CHN > 1; /* CHN > 1: staged, so one token */
                 float xsum[2] = {0.0f, 0.0f};
                 const auto bf16_sum = [](uint32_t u) {
                     return __uint_as_float(u << 16) + __uint_as_float(u & 0xFFFF0000u);
