@@ -22,10 +22,6 @@
                        * whose codes are all staged before its wait: the chain its blocks run after their
                        * release); two halve it. H100, 8B AWQ batch 1: 433.0 -> 442.9 tok/s. Four spill. */
 #endif
-#ifndef QMMA_ZSUM
-#define QMMA_ZSUM 0 /* 1: the staged one-token int4 forms take the zero points' part as one fp32 term (measuring; not
-                     * yet run on a GPU) */
-#endif
 #ifndef QMMA_QKV_CHAINS
 #define QMMA_QKV_CHAINS 0 /* 1: the QKV product's staged forms take QMMA_CHAINS too, the RoPE form's angles kept in
                            * shared memory through the loop (measuring; not yet run on a GPU) */
@@ -321,16 +317,6 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                 const auto chain = [&](int j, int t) -> float(&)[4] {
                     return j % CHN == 0 ? d[t] : e[j % CHN][t];
                 };
-                /* QMMA_ZSUM: the zero points' part, -(128 + zero) times the sum of the chunk's 128
-                 * activations (a lane's 32 in fp32, then over the 4 lanes of a row group: staged, every
-                 * group holds the one token's), one fp32 term a row in place of 8 tensor-core products,
-                 * so that the chunk's chain is its codes' 8 (not in the QKV product's forms, as CHN: the RoPE
-                 * form spilled 32 bytes) */
-                constexpr bool ZS = QMMA_ZSUM && CHN > 1; /* CHN > 1: staged, so one token */
-                float xsum[2] = {0.0f, 0.0f};
-                const auto bf16_sum = [](uint32_t u) {
-                    return __uint_as_float(u << 16) + __uint_as_float(u & 0xFFFF0000u);
-                };
                 /* word q: columns 8q .. 8q + 7 of the lane's, RT_INT4_PAIRS: two steps, columns 0-3 then
                  * 4-7, x's 16-byte load of the same columns the B operands as it is */
 #pragma unroll
@@ -344,25 +330,11 @@ __global__ void __launch_bounds__(NW * 32, NW != QMMA_WARPS ? 2 : NT == 1 ? (FP8
                         const uint4 xv = XS       ? xs[a][warp][c * 4 + q]
                                          : xon[t] ? __ldg(reinterpret_cast<const uint4 *>(xr[t] + ch * CH + 8 * q))
                                                   : make_uint4(0, 0, 0, 0);
-                        if constexpr (ZS) {
-                            mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
-                            mma16816<__nv_bfloat16>(chain(1, t), a1, xv.z, xv.w);
-                            xsum[0] += bf16_sum(xv.x) + bf16_sum(xv.y);
-                            xsum[1] += bf16_sum(xv.z) + bf16_sum(xv.w);
-                        } else {
-                            mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
-                            mma16816<__nv_bfloat16>(chain(1, t), za, xv.x, xv.y);
-                            mma16816<__nv_bfloat16>(chain(2, t), a1, xv.z, xv.w);
-                            mma16816<__nv_bfloat16>(chain(3, t), za, xv.z, xv.w);
-                        }
+                        mma16816<__nv_bfloat16>(chain(0, t), a0, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(chain(1, t), za, xv.x, xv.y);
+                        mma16816<__nv_bfloat16>(chain(2, t), a1, xv.z, xv.w);
+                        mma16816<__nv_bfloat16>(chain(3, t), za, xv.z, xv.w);
                     }
-                }
-                if constexpr (ZS) {
-                    float sx = xsum[0] + xsum[1];
-                    sx += __shfl_xor_sync(0xffffffffu, sx, 1);
-                    sx += __shfl_xor_sync(0xffffffffu, sx, 2);
-                    const float m0 = -(128.0f + (float)in.z0) * sx, m1 = -(128.0f + (float)in.z1) * sx;
-                    d[0][0] += m0, d[0][1] += m0, d[0][2] += m1, d[0][3] += m1;
                 }
 #pragma unroll
                 for (int k = 1; k < CHN; k++)
