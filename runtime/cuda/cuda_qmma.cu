@@ -24,7 +24,7 @@
 #endif
 #ifndef QMMA_QKV_CHAINS
 #define QMMA_QKV_CHAINS 0 /* 1: the QKV product's staged forms take QMMA_CHAINS too, the RoPE form's angles kept in
-                           * shared memory through the loop (measuring: H100, 8B AWQ batch 1 +0.3%, 430.0 -> 431.3,
+                           * shared memory through the loop (measuring: H100, 8B AWQ batch 1 +0.3%, 429.9 -> 431.3,
                            * beside a build whose residual forms spilled; not yet against this one) */
 #endif
 #ifndef QMMA_STAGES
